@@ -1,0 +1,190 @@
+"""Render rows through the task templates, tokenize, cache on disk, and batch with dynamic padding."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from benchmark.data.sources import digest, locate, read_rows, subsample
+from benchmark.errors import DataError
+from benchmark.spec.schema import TaskSpec
+from benchmark.spec.templates import render
+
+CACHE_VERSION = 1
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AFBENCH_CACHE_DIR", Path.home() / ".cache" / "afbench"))
+
+
+def label_id(task: TaskSpec, raw) -> int | None:
+    """Class / choice id of a raw label value, or None if the mapping does not cover it."""
+    m = task.label.map
+    if m is not None:
+        if raw in m:
+            return m[raw]
+        if str(raw) in m:
+            return m[str(raw)]
+        if isinstance(raw, str) and raw.lstrip("-").isdigit() and int(raw) in m:
+            return m[int(raw)]
+        return None
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int) and 0 <= raw < task.num_labels:
+        return raw
+    return None
+
+
+def render_row(task: TaskSpec, row: dict, task_file: str = "") -> dict:
+    """Model inputs of one row as strings: {'text', 'text_pair'} or {'text', 'choices'}."""
+    r = lambda fld, src: render(src, row, file=task_file, field=fld)  # noqa: E731
+    if task.type == "classification":
+        return {"text": r("input.text", task.input.text),
+                "text_pair": r("input.text_pair", task.input.text_pair) if task.input.text_pair else None}
+    return {"text": r("input.text", task.input.text) if task.input.text else None,
+            "choices": [r(f"input.choices[{i}]", c) for i, c in enumerate(task.input.choices)]}
+
+
+def labels_of(task: TaskSpec, rows: list[dict], split: str, task_file: str = "") -> list[int]:
+    col = task.label.column
+    if rows and col not in rows[0]:
+        raise DataError(
+            f"task '{task.name}', split '{split}': no label column '{col}' (columns: {sorted(rows[0])})",
+            file=task_file, field="label.column", fix="name the column that holds the gold label",
+        )
+    ids = [label_id(task, row[col]) for row in rows]
+    bad = Counter(repr(rows[i][col]) for i, v in enumerate(ids) if v is None)
+    if bad:
+        shown = ", ".join(f"{k} ({n} rows)" for k, n in bad.most_common(5))
+        raise DataError(
+            f"task '{task.name}', split '{split}': label values outside the declared mapping: {shown}",
+            file=task_file, field="label.map",
+            fix="add these values to label.map (raw value -> class id), or use a split that has gold labels",
+        )
+    return ids
+
+
+@lru_cache(maxsize=8)
+def tokenizer_fingerprint(tok) -> str:
+    try:
+        state = tok.backend_tokenizer.to_str()
+    except Exception:  # noqa: BLE001 - slow tokenizers: fall back to the vocab
+        state = str(sorted(tok.get_vocab().items()))
+    return digest([type(tok).__name__, state])[:16]
+
+
+@dataclass
+class EncodedSplit:
+    task: str
+    split: str
+    type: str
+    examples: list[dict]  # {'input_ids': [...] or [[...]*K], 'token_type_ids': ... , 'label': int}
+    source: str
+    rows_total: int
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def _tokenize(tok, rendered: dict, task: TaskSpec, max_length: int) -> dict:
+    if task.type == "classification":
+        enc = tok(rendered["text"], rendered["text_pair"], truncation=True, max_length=max_length)
+        out = {"input_ids": enc["input_ids"]}
+        if "token_type_ids" in enc:
+            out["token_type_ids"] = enc["token_type_ids"]
+        return out
+    ids, tts = [], []
+    for choice in rendered["choices"]:
+        if rendered["text"] is not None:
+            enc = tok(rendered["text"], choice, truncation=True, max_length=max_length)
+        else:
+            enc = tok(choice, truncation=True, max_length=max_length)
+        ids.append(enc["input_ids"])
+        if "token_type_ids" in enc:
+            tts.append(enc["token_type_ids"])
+    out = {"input_ids": ids}
+    if tts:
+        out["token_type_ids"] = tts
+    return out
+
+
+def encode_split(
+    task: TaskSpec,
+    split: str,
+    tokenizer,
+    *,
+    max_length: int | None = None,
+    max_rows: int | None = None,
+    data_seed: int = 0,
+    root: Path | None = None,
+    task_file: str = "",
+    use_cache: bool = True,
+) -> EncodedSplit:
+    """Rendered + tokenized rows of a split (capped deterministically), cached on disk."""
+    max_length = min(max_length or task.max_length, task.max_length) if max_length else task.max_length
+    src = locate(task, split, root, task_file=task_file)
+    key = digest({"v": CACHE_VERSION, "task": task.model_dump(mode="json"), "split": split,
+                  "src": src.fingerprint(), "tok": tokenizer_fingerprint(tokenizer), "len": max_length,
+                  "rows": max_rows, "seed": data_seed})[:24]
+    path = cache_root() / "tokenized" / f"{task.name}-{split}-{key}.pt"
+    if use_cache and path.exists():
+        blob = torch.load(path, weights_only=True)
+        return EncodedSplit(task.name, split, task.type, blob["examples"], src.kind, blob["rows_total"])
+    rows = read_rows(task, split, root, task_file=task_file)
+    idx = subsample(len(rows), max_rows, data_seed)
+    rows_sel = [rows[i] for i in idx]
+    labels = labels_of(task, rows_sel, split, task_file)
+    examples = []
+    for row, y in zip(rows_sel, labels):
+        ex = _tokenize(tokenizer, render_row(task, row, task_file), task, max_length)
+        ex["label"] = y
+        examples.append(ex)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"examples": examples, "rows_total": len(rows)}, tmp)
+        os.replace(tmp, path)
+    return EncodedSplit(task.name, split, task.type, examples, src.kind, len(rows))
+
+
+def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest sequence in the batch (not to a fixed length).
+
+    Classification -> input_ids [B, L]; multiple choice -> input_ids [B, K, L].
+    """
+    mc = isinstance(examples[0]["input_ids"][0], list)
+    seqs = [s for ex in examples for s in (ex["input_ids"] if mc else [ex["input_ids"]])]
+    tts = None
+    if "token_type_ids" in examples[0]:
+        tts = [s for ex in examples for s in (ex["token_type_ids"] if mc else [ex["token_type_ids"]])]
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    tt = torch.zeros((len(seqs), L), dtype=torch.long) if tts is not None else None
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        if tt is not None:
+            tt[i, : len(s)] = torch.tensor(tts[i])
+    batch = {"input_ids": ids, "attention_mask": mask}
+    if tt is not None:
+        batch["token_type_ids"] = tt
+    if mc:
+        B, K = len(examples), len(examples[0]["input_ids"])
+        batch = {k: v.view(B, K, L) for k, v in batch.items()}
+    batch["labels"] = torch.tensor([ex["label"] for ex in examples], dtype=torch.long)
+    return batch
+
+
+def batches(split: EncodedSplit, batch_size: int, pad_id: int, *, shuffle: bool, seed: int = 0):
+    order = list(range(len(split)))
+    if shuffle:
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(split), generator=g).tolist()
+    for i in range(0, len(order), batch_size):
+        yield collate([split.examples[j] for j in order[i : i + batch_size]], pad_id)

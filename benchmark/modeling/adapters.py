@@ -1,0 +1,50 @@
+"""Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021).
+
+An adapter maps a hidden state h [.., H] to up(act(down(h))) [.., H] with a bottleneck of width
+r = H / reduction_factor. Where it sits and what it adds to is decided by the sub-layer output
+module that hosts it (``layers.AdaptedOutput``):
+
+* Pfeiffer (AdapterHub ``seq_bn``, the paper's ST-A): after the FFN only;
+  h = LN(f + x), out = adapter(h) + f, layer output LN(out + x), with the pretrained LN.
+* Houlsby (``double_seq_bn``): after attention and after the FFN, on the raw sub-layer output;
+  layer output LN(f + adapter(f) + x).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchmark.spec.schema import AdapterParams
+
+ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+def non_linearity(params: AdapterParams) -> str:
+    if params.non_linearity:
+        return params.non_linearity
+    return "relu" if params.type == "pfeiffer" else "swish"
+
+
+class BottleneckAdapter(nn.Module):
+    def __init__(self, hidden_size: int, params: AdapterParams):
+        super().__init__()
+        if hidden_size % params.reduction_factor:
+            raise ValueError(f"hidden size {hidden_size} is not divisible by reduction factor {params.reduction_factor}")
+        self.params = params
+        self.bottleneck = hidden_size // params.reduction_factor
+        self.down = nn.Linear(hidden_size, self.bottleneck)  # weight [r, H]
+        self.act = ACTIVATIONS[non_linearity(params)]()
+        self.up = nn.Linear(self.bottleneck, hidden_size)  # weight [H, r]
+        # AdapterHub "bert" init: normal(0, 0.02) weights, zero biases.
+        for lin in (self.down, self.up):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    @property
+    def kind(self) -> str:
+        return self.params.type
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        # h: [B, T, H] -> down [B, T, r] -> up [B, T, H]
+        return self.up(self.act(self.down(h)))

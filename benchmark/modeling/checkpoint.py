@@ -1,0 +1,199 @@
+"""Save and load adapters, fusion layers and heads (safetensors + a small JSON config).
+
+Also reads adapters saved by AdapterHub (``adapter_config.json`` + ``pytorch_adapter.bin``), so the
+paper's published adapters can be fused, and writes that format for the parity check. Pickled
+``.bin`` files are loaded with ``weights_only=True``. Any mismatch is a CheckpointError naming the
+file, the tensor and the expected and found shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from benchmark.errors import CheckpointError
+from benchmark.modeling.model import AdapterModel
+from benchmark.spec.schema import AdapterParams, FusionParams
+
+WEIGHTS = "weights.safetensors"
+MODULES = "modules.json"
+
+
+def _select(state: dict, adapters=(), fusions=(), heads=(), encoder=False) -> dict:
+    out = {}
+    for k, v in state.items():
+        if any(f".adapters.{a}." in k for a in adapters) or any(f".fusions.{f}." in k for f in fusions) \
+                or any(k.startswith(f"heads.{h}.") for h in heads):
+            out[k] = v
+        elif encoder and k.startswith("encoder.") and ".adapters." not in k and ".fusions." not in k:
+            out[k] = v
+    return out
+
+
+def trained_state(model: AdapterModel, adapters=(), fusions=(), heads=(), encoder=False) -> dict:
+    return {k: v.detach().clone() for k, v in
+            _select(model.state_dict(), adapters, fusions, heads, encoder).items()}
+
+
+def save_modules(model: AdapterModel, folder: Path, *, adapters=(), fusions=(), heads=(), encoder=False,
+                 state: dict | None = None) -> None:
+    """Write ``weights.safetensors`` + ``modules.json`` (atomically, each via a temp file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = state if state is not None else trained_state(model, adapters, fusions, heads, encoder)
+    meta = {
+        "hidden_size": model.hidden_size,
+        "num_layers": len(model.encoder.encoder.layer),
+        "adapters": {a: model.adapter_params[a].model_dump() for a in adapters},
+        "fusions": {f: {"adapters": model.fusion_params[f][0], "params": model.fusion_params[f][1].model_dump()}
+                    for f in fusions},
+        "heads": {h: list(model.head_specs[h]) for h in heads},
+        "encoder": bool(encoder),
+    }
+    tmp = folder / f".{WEIGHTS}.tmp{os.getpid()}"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    os.replace(tmp, folder / WEIGHTS)
+    tmp = folder / f".{MODULES}.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, folder / MODULES)
+
+
+def _load_tensors(model: AdapterModel, tensors: dict, file: str) -> None:
+    own = model.state_dict()
+    for k, v in tensors.items():
+        if k not in own:
+            raise CheckpointError(f"tensor '{k}' has no place in this model", file=file,
+                                  fix="load it into a model of the same architecture and adapter setup")
+        if tuple(own[k].shape) != tuple(v.shape):
+            raise CheckpointError(
+                f"tensor '{k}' has shape {tuple(v.shape)} but the model expects {tuple(own[k].shape)}",
+                file=file, fix="use weights trained on the same backbone (hidden size, layers) and reduction factor",
+            )
+    model.load_state_dict(tensors, strict=False)
+
+
+def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=None, heads=None,
+                 encoder: bool | None = None, rename: dict[str, str] | None = None) -> dict:
+    """Add the saved modules to ``model`` (creating adapters / fusions / heads) and load their weights.
+
+    ``None`` selects everything the folder has; ``rename`` maps saved adapter names to new ones.
+    Returns the folder's modules.json.
+    """
+    folder = Path(folder)
+    wfile, mfile = folder / WEIGHTS, folder / MODULES
+    for f in (wfile, mfile):
+        if not f.exists():
+            raise CheckpointError(f"missing {f.name}", file=str(folder),
+                                  fix="point at a run folder that finished (it holds weights.safetensors and modules.json)")
+    meta = json.loads(mfile.read_text())
+    if meta["hidden_size"] != model.hidden_size or meta["num_layers"] != len(model.encoder.encoder.layer):
+        raise CheckpointError(
+            f"saved for hidden size {meta['hidden_size']} x {meta['num_layers']} layers, but the model has "
+            f"{model.hidden_size} x {len(model.encoder.encoder.layer)}", file=str(mfile),
+            fix="load it into the backbone it was trained on")
+    rename = rename or {}
+    adapters = list(meta["adapters"]) if adapters is None else list(adapters)
+    fusions = list(meta["fusions"]) if fusions is None else list(fusions)
+    heads = list(meta["heads"]) if heads is None else list(heads)
+    encoder = meta["encoder"] if encoder is None else encoder
+    for a in adapters:
+        if a not in meta["adapters"]:
+            raise CheckpointError(f"no adapter '{a}' saved here (have {sorted(meta['adapters'])})", file=str(mfile))
+        new = rename.get(a, a)
+        if new not in model.adapter_params:
+            model.add_adapter(new, AdapterParams(**meta["adapters"][a]))
+    for f in fusions:
+        info = meta["fusions"][f]
+        if f not in model.fusion_params:
+            model.add_fusion(f, [rename.get(a, a) for a in info["adapters"]], FusionParams(**info["params"]))
+    for h in heads:
+        if h not in model.heads:
+            model.add_head(h, *meta["heads"][h])
+    tensors = load_file(str(wfile))
+    chosen = _select(tensors, adapters, fusions, heads, encoder)
+    if rename:
+        chosen = {_rename_key(k, rename): v for k, v in chosen.items()}
+    _load_tensors(model, chosen, str(wfile))
+    return meta
+
+
+def _rename_key(key: str, rename: dict[str, str]) -> str:
+    for old, new in rename.items():
+        key = key.replace(f".adapters.{old}.", f".adapters.{new}.")
+    return key
+
+
+# ---------------------------------------------------------------------------------------- AdapterHub
+_HUB_KEY = re.compile(
+    r"(?:^|\.)encoder\.layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.adapter_(down\.0|up)\.(weight|bias)$"
+)
+
+
+def adapterhub_params(config: dict, file: str) -> AdapterParams:
+    cfg = config.get("config", config)
+    if cfg.get("architecture", "bottleneck") != "bottleneck":
+        raise CheckpointError(f"architecture {cfg.get('architecture')!r} is not a bottleneck adapter", file=file)
+    rf = cfg.get("reduction_factor", 16)
+    if isinstance(rf, dict):
+        values = set(rf.values())
+        if len(values) != 1:
+            raise CheckpointError("per-layer reduction factors are not supported", file=file,
+                                  field="config.reduction_factor")
+        rf = values.pop()
+    nl = str(cfg.get("non_linearity", "relu")).lower()
+    nl = {"silu": "swish", "gelu_new": "gelu"}.get(nl, nl)
+    kind = "houlsby" if cfg.get("mh_adapter") else "pfeiffer"
+    return AdapterParams(type=kind, reduction_factor=int(rf), non_linearity=nl)
+
+
+def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) -> str:
+    """Load an AdapterHub adapter folder into ``model``; returns the adapter's name in the model."""
+    folder = Path(folder)
+    cfile, wfile = folder / "adapter_config.json", folder / "pytorch_adapter.bin"
+    if not cfile.exists() or not wfile.exists():
+        raise CheckpointError("an AdapterHub adapter folder holds adapter_config.json and pytorch_adapter.bin",
+                              file=str(folder), fix="point at the folder that save_adapter() wrote")
+    config = json.loads(cfile.read_text())
+    params = adapterhub_params(config, str(cfile))
+    try:
+        state = torch.load(wfile, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"cannot read the weights safely ({type(e).__name__}: {str(e)[:200]})", file=str(wfile),
+                              fix="only plain tensor state dicts are accepted (weights_only=True)") from None
+    saved_name = config.get("name")
+    name = name or saved_name
+    mapped = {}
+    for k, v in state.items():
+        m = _HUB_KEY.search(k)
+        if not m:
+            continue
+        layer, loc, _, part, kind = m.groups()
+        ours = "down" if part == "down.0" else "up"
+        mapped[f"encoder.encoder.layer.{layer}.{loc}.adapters.{name}.{ours}.{kind}"] = v
+    if not mapped:
+        raise CheckpointError("no adapter tensors found (expected keys like "
+                              "'...encoder.layer.0.output.adapters.NAME.adapter_down.0.weight')", file=str(wfile))
+    if name not in model.adapter_params:
+        model.add_adapter(name, params)
+    expected = {k for k in model.state_dict() if f".adapters.{name}." in k}
+    missing = sorted(expected - set(mapped))
+    if missing:
+        raise CheckpointError(f"{len(missing)} adapter tensors missing, e.g. '{missing[0]}'", file=str(wfile),
+                              fix="check that the adapter was trained for a model with this many layers")
+    _load_tensors(model, mapped, str(wfile))
+    return name
+
+
+def export_adapterhub_state(model: AdapterModel, name: str, prefix: str) -> dict:
+    """Our adapter ``name`` as AdapterHub state-dict keys (``{prefix}.encoder.layer...``)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        m = re.match(r"encoder\.encoder\.layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.(down|up)\.(weight|bias)$", k)
+        if m and m.group(3) == name:
+            part = "adapter_down.0" if m.group(4) == "down" else "adapter_up"
+            out[f"{prefix}.encoder.layer.{m.group(1)}.{m.group(2)}.adapters.{name}.{part}.{m.group(5)}"] = v.clone()
+    return out

@@ -1,0 +1,166 @@
+"""Find spec files by themselves: every ``*.yaml`` under ``specs/`` (and any ``--specs`` folder).
+
+The kind of a file comes from its folder (``tasks/``, ``methods/``, ``backbones/``, ``experiments/``)
+or from a ``kind:`` key. Files whose name starts with ``_`` are shared defaults for ``include`` and
+are not registered. Adding a task is dropping one YAML file in: no code change, no registry edit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmark.errors import SpecError
+from benchmark.spec import templates
+from benchmark.spec.loader import load_with_includes, validate_model
+from benchmark.spec.schema import (
+    SPEC_MODELS,
+    BackboneSpec,
+    ExperimentSpec,
+    MethodRef,
+    MethodSpec,
+    TaskSpec,
+    TrainParams,
+)
+
+FOLDER_KIND = {"tasks": "task", "methods": "method", "backbones": "backbone", "experiments": "experiment"}
+
+
+def default_spec_dir() -> Path:
+    """``specs/`` of the checkout (or AFBENCH_SPECS)."""
+    env = os.environ.get("AFBENCH_SPECS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "specs"
+
+
+@dataclass
+class Registry:
+    tasks: dict[str, TaskSpec] = field(default_factory=dict)
+    methods: dict[str, MethodSpec] = field(default_factory=dict)
+    backbones: dict[str, BackboneSpec] = field(default_factory=dict)
+    experiments: dict[str, ExperimentSpec] = field(default_factory=dict)
+    files: dict[tuple[str, str], Path] = field(default_factory=dict)  # (kind, name) -> file
+
+    def table(self, kind: str) -> dict:
+        return {"task": self.tasks, "method": self.methods, "backbone": self.backbones,
+                "experiment": self.experiments}[kind]
+
+    def file_of(self, kind: str, name: str) -> str:
+        return str(self.files.get((kind, name), f"<{kind} {name}>"))
+
+    def get(self, kind: str, name: str, *, referenced_from: str | None = None, field_path: str | None = None):
+        table = self.table(kind)
+        if name in table:
+            return table[name]
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise SpecError(
+            f"unknown {kind} '{name}'; known: {', '.join(sorted(table)) or 'none'}.{hint}",
+            file=referenced_from,
+            field=field_path,
+            fix=f"use a {kind} name that exists, or add specs/{kind}s/{name}.yaml",
+        )
+
+
+def _kind_of(path: Path, data: dict, roots: list[Path]) -> str | None:
+    if isinstance(data.get("kind"), str):
+        return data["kind"]
+    for parent in path.parents:
+        if parent.name in FOLDER_KIND:
+            return FOLDER_KIND[parent.name]
+        if parent in roots:
+            break
+    return None
+
+
+def spec_files(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            out.extend(sorted(q for q in p.rglob("*.yaml") if not q.name.startswith("_")))
+        else:
+            raise SpecError(f"path {p} does not exist", fix="pass a spec file or a folder of spec files")
+    return out
+
+
+def load_file(path: Path, roots: list[Path]):
+    data = load_with_includes(path)
+    kind = _kind_of(path.resolve(), data, [r.resolve() for r in roots])
+    if kind not in SPEC_MODELS:
+        raise SpecError(
+            f"cannot tell what kind of spec this is (kind: {data.get('kind')!r})",
+            file=str(path),
+            field="kind",
+            fix="put it under tasks/, methods/, backbones/ or experiments/, or add 'kind: task' (method, ...)",
+        )
+    data.setdefault("name", path.stem)
+    spec = validate_model(SPEC_MODELS[kind], data, file=str(path))
+    if kind == "task":
+        for fld, src in spec.templates.items():
+            templates.check_syntax(src, file=str(path), field=fld)
+        if spec.data_files:
+            spec.data_files = {k: str((path.parent / v).resolve()) for k, v in spec.data_files.items()}
+    return kind, spec
+
+
+def load_registry(extra: list[Path] | None = None, *, include_default: bool = True) -> Registry:
+    roots = ([default_spec_dir()] if include_default else []) + [Path(p) for p in (extra or [])]
+    reg = Registry()
+    for path in spec_files(roots):
+        kind, spec = load_file(path, roots)
+        table = reg.table(kind)
+        if spec.name in table and reg.files[(kind, spec.name)].resolve() != path.resolve():
+            raise SpecError(
+                f"{kind} '{spec.name}' is defined twice (also in {reg.files[(kind, spec.name)]})",
+                file=str(path),
+                field="name",
+                fix="give one of them another name",
+            )
+        table[spec.name] = spec
+        reg.files[(kind, spec.name)] = path
+    check_references(reg)
+    return reg
+
+
+def check_references(reg: Registry) -> None:
+    """Experiments may only name tasks, methods and backbones that exist, with valid overrides."""
+    train_fields = set(TrainParams.model_fields)
+    for name, exp in reg.experiments.items():
+        f = reg.file_of("experiment", name)
+        for i, b in enumerate(exp.backbones):
+            reg.get("backbone", b, referenced_from=f, field_path=f"backbones[{i}]")
+        for gi, g in enumerate(exp.groups):
+            for ti, t in enumerate(g.tasks):
+                reg.get("task", t, referenced_from=f, field_path=f"groups[{gi}].tasks[{ti}]")
+            for mi, m in enumerate(g.methods):
+                mname = m.method if isinstance(m, MethodRef) else m
+                spec = reg.get("method", mname, referenced_from=f, field_path=f"groups[{gi}].methods[{mi}]")
+                if isinstance(m, MethodRef) and m.reduction_factor and spec.adapter is None:
+                    raise SpecError(
+                        f"method '{mname}' has no adapter, so a reduction_factor sweep means nothing",
+                        file=f, field=f"groups[{gi}].methods[{mi}].reduction_factor",
+                        fix="remove reduction_factor or use an adapter method (st_a, st_a_houlsby)",
+                    )
+            for bi, b in enumerate(g.backbones or []):
+                reg.get("backbone", b, referenced_from=f, field_path=f"groups[{gi}].backbones[{bi}]")
+        if exp.fusion.sources != "all":
+            for si, s in enumerate(exp.fusion.sources):
+                reg.get("task", s, referenced_from=f, field_path=f"fusion.sources[{si}]")
+        for si, s in enumerate(exp.mt_a.tasks or []):
+            reg.get("task", s, referenced_from=f, field_path=f"mt_a.tasks[{si}]")
+        for mname, params in exp.overrides.items():
+            reg.get("method", mname, referenced_from=f, field_path=f"overrides.{mname}")
+            for key in params:
+                if key not in train_fields:
+                    close = difflib.get_close_matches(key, sorted(train_fields), n=1)
+                    raise SpecError(
+                        f"'{key}' is not a training hyper-parameter"
+                        + (f" (did you mean '{close[0]}'?)" if close else ""),
+                        file=f, field=f"overrides.{mname}.{key}",
+                        fix=f"use one of {', '.join(sorted(train_fields))}",
+                    )

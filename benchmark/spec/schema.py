@@ -1,0 +1,246 @@
+"""Pydantic models for the four kinds of spec file: task, method, backbone, experiment.
+
+Every model forbids unknown keys, so a typo is an error, not a silently ignored setting.
+Cross-references (an experiment naming a task) are checked by the registry, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+METHOD_KINDS = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# --------------------------------------------------------------------------------------------- task
+class HubDataset(Strict):
+    path: str = Field(description="Hugging Face Hub dataset id, e.g. nyu-mll/glue")
+    name: str | None = Field(None, description="Hub config name, e.g. rte; None for the default config")
+
+
+class TaskInput(Strict):
+    """Jinja2 templates over a row's columns (rendered in a sandbox)."""
+
+    text: str | None = None
+    text_pair: str | None = None
+    choices: list[str] | None = Field(None, description="multiple_choice: one template per choice")
+
+
+class LabelSpec(Strict):
+    column: str
+    names: list[str] | None = Field(None, description="class names (classification); index = class id")
+    map: dict[str | int, int] | None = Field(
+        None, description="raw label value -> class/choice id; default: identity over 0..K-1"
+    )
+
+
+class Splits(Strict):
+    train: str = "train"
+    eval: str = "validation"
+
+
+class PaperInfo(Strict):
+    order: int | None = Field(None, description="row position in the paper's Table 1 (sorted by size)")
+    train_size: int | None = Field(None, description="official training-set size")
+    group: Literal["high", "medium", "low"] | None = Field(None, description="size group of Table 1")
+
+
+class TaskSpec(Strict):
+    kind: Literal["task"] = "task"
+    name: str
+    description: str = ""
+    dataset: HubDataset | None = None
+    data_files: dict[str, str] | None = Field(
+        None, description="split -> local CSV/JSONL/Parquet file (relative to the spec file)"
+    )
+    splits: Splits = Splits()
+    type: Literal["classification", "multiple_choice"]
+    input: TaskInput
+    label: LabelSpec
+    max_length: int = Field(128, gt=8, le=4096)
+    metric: Literal["accuracy"] = "accuracy"
+    paper: PaperInfo = PaperInfo()
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        if (self.dataset is None) == (self.data_files is None):
+            raise ValueError("give exactly one of 'dataset' (Hub id) or 'data_files' (local files)")
+        if self.type == "classification":
+            if not self.input.text:
+                raise ValueError("a classification task needs 'input.text'")
+            if self.input.choices:
+                raise ValueError("'input.choices' is only for type: multiple_choice")
+            if not self.label.names or len(self.label.names) < 2:
+                raise ValueError("a classification task needs 'label.names' with at least two classes")
+        else:
+            if not self.input.choices or len(self.input.choices) < 2:
+                raise ValueError("a multiple_choice task needs 'input.choices' with at least two templates")
+            if self.input.text_pair:
+                raise ValueError("'input.text_pair' is not used by multiple_choice (the choice is the pair)")
+        k = self.num_labels
+        if self.label.map is not None:
+            bad = sorted({v for v in self.label.map.values() if not 0 <= v < k})
+            if bad:
+                raise ValueError(f"label.map sends values to ids {bad}, outside 0..{k - 1}")
+        return self
+
+    @property
+    def num_labels(self) -> int:
+        if self.type == "multiple_choice":
+            return len(self.input.choices or [])
+        return len(self.label.names or [])
+
+    @property
+    def templates(self) -> dict[str, str]:
+        out = {}
+        if self.input.text:
+            out["input.text"] = self.input.text
+        if self.input.text_pair:
+            out["input.text_pair"] = self.input.text_pair
+        for i, c in enumerate(self.input.choices or []):
+            out[f"input.choices[{i}]"] = c
+        return out
+
+
+# ------------------------------------------------------------------------------------------ backbone
+class TokenizerSpec(Strict):
+    kind: Literal["wordpiece", "bytelevel_bpe"]
+    vocab_size: int = Field(2000, ge=300, le=50000)
+    lowercase: bool = True
+
+
+class BackboneSpec(Strict):
+    kind: Literal["backbone"] = "backbone"
+    name: str
+    description: str = ""
+    source: Literal["hub", "python_package", "random_init"]
+    model_id: str | None = Field(None, description="hub: the model id")
+    package: str | None = Field(None, description="python_package: module with get_model_path()")
+    model_type: Literal["bert", "roberta"] | None = Field(None, description="random_init: architecture")
+    config: dict[str, int | float | str] = Field(default_factory=dict, description="random_init: config")
+    tokenizer: TokenizerSpec | None = Field(None, description="random_init: offline tokenizer to build")
+    paper_backbone: str | None = Field(None, description="the paper backbone this stands in for")
+
+    @model_validator(mode="after")
+    def _check(self) -> BackboneSpec:
+        need = {"hub": ["model_id"], "python_package": ["package"], "random_init": ["model_type", "tokenizer"]}
+        for f in need[self.source]:
+            if getattr(self, f) in (None, ""):
+                raise ValueError(f"source '{self.source}' needs '{f}'")
+        return self
+
+
+# -------------------------------------------------------------------------------------------- method
+class TrainParams(Strict):
+    lr: float = Field(1e-4, gt=0)
+    epochs: int = Field(30, ge=1)
+    patience: int | None = Field(3, ge=1, description="early stopping patience in epochs; null = off")
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    grad_clip: float | None = Field(1.0, gt=0)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+
+
+class AdapterParams(Strict):
+    type: Literal["pfeiffer", "houlsby"] = "pfeiffer"
+    reduction_factor: int = Field(16, ge=1)
+    non_linearity: Literal["relu", "swish", "gelu", "tanh"] | None = None  # None: pfeiffer relu, houlsby swish
+
+
+class FusionParams(Strict):
+    type: Literal["dynamic", "static"] = "dynamic"
+    regularization: float = Field(0.01, ge=0, description="weight of sum_l ||I - V_l||_F^2 (dynamic only)")
+    temperature: bool = Field(False, description="anneal the softmax temperature from 50 to 1 over training")
+    source_reduction_factor: int = Field(16, ge=1, description="reduction factor of the fused ST-A adapters")
+    implementation: Literal["fast", "naive"] = "fast"
+
+
+class MtaParams(Strict):
+    alpha_start: float = 1.0
+    alpha_end: float = 0.2
+
+
+class MethodSpec(Strict):
+    kind: Literal["method"] = "method"
+    name: str
+    description: str = ""
+    method: Literal[METHOD_KINDS]  # type: ignore[valid-type]
+    adapter: AdapterParams | None = None
+    fusion: FusionParams | None = None
+    mt_a: MtaParams | None = None
+    train: TrainParams = TrainParams()
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> MethodSpec:
+        if self.method in ("st_a", "st_a_houlsby", "mt_a") and self.adapter is None:
+            raise ValueError(f"method '{self.method}' needs an 'adapter' section")
+        if self.method.startswith("fusion") and self.fusion is None:
+            raise ValueError(f"method '{self.method}' needs a 'fusion' section")
+        if self.method == "st_a_houlsby" and self.adapter and self.adapter.type != "houlsby":
+            raise ValueError("st_a_houlsby needs adapter.type: houlsby")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- experiment
+class MethodRef(Strict):
+    method: str
+    reduction_factor: list[int] | None = Field(None, description="sweep of adapter reduction factors")
+
+
+class RunGroup(Strict):
+    tasks: list[str] = Field(min_length=1)
+    methods: list[Annotated[str, Field(min_length=1)] | MethodRef] = Field(min_length=1)
+    seeds: list[int] | None = None
+    backbones: list[str] | None = None
+
+
+class Caps(Strict):
+    max_train_rows: int | None = Field(None, ge=1)
+    max_eval_rows: int | None = Field(None, ge=1)
+    max_epochs: int | None = Field(None, ge=1)
+    max_length: int | None = Field(None, gt=8)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
+    data_seed: int = Field(0, description="seed of the row subsample (the same for every run seed)")
+
+
+class FusionSources(Strict):
+    sources: list[str] | Literal["all"] = "all"
+    adapter_seed: int | Literal["matched"] = "matched"
+
+
+class MtaSetup(Strict):
+    tasks: list[str] | None = Field(None, description="tasks trained jointly; default: fusion sources")
+
+
+class ExperimentSpec(Strict):
+    kind: Literal["experiment"] = "experiment"
+    name: str
+    description: str = ""
+    backbones: list[str] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
+    groups: list[RunGroup] = Field(min_length=1)
+    caps: Caps = Caps()
+    overrides: dict[str, dict[str, float | int | None]] = Field(
+        default_factory=dict, description="method name -> train hyper-parameters to override"
+    )
+    fusion: FusionSources = FusionSources()
+    mt_a: MtaSetup = MtaSetup()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    notes: str = ""
+
+
+SPEC_MODELS: dict[str, type[Strict]] = {
+    "task": TaskSpec,
+    "backbone": BackboneSpec,
+    "method": MethodSpec,
+    "experiment": ExperimentSpec,
+}

@@ -1,0 +1,91 @@
+"""Developer and reproduction entry points.
+
+    nox -s tests                 # the CI test command (README)
+    nox -s reproduce -- quick    # run an experiment grid (default: quick)
+    nox -s report -- quick       # render reports/<experiment>.{md,html,tex}
+    nox -s lint                  # ruff
+    nox -s parity                # compare our modules with AdapterHub `adapters` 1.3.0
+    nox -s perf                  # training-step throughput, ours vs AdapterHub
+
+Torch: by default every session installs ``torch==2.13.0`` (a CPU build that lies on local disk on
+the project machines) *before* the package, so pip never pulls a multi-GB CUDA build. GPU users set
+``AFBENCH_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`` (any pip
+arguments), or ``AFBENCH_TORCH=skip`` together with ``nox --no-venv`` to use the current interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH = os.environ.get("AFBENCH_TORCH", "torch==2.13.0")
+REFERENCE = ["transformers==4.57.6", "adapters==1.3.0"]
+
+
+def _install_project(session: nox.Session, extras: str = "") -> None:
+    if TORCH != "skip":
+        session.install(*shlex.split(TORCH))
+    session.install("-e", f".{extras}")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit and end-to-end tests (tiny models; real data when AFBENCH_DATA_DIR is set)."""
+    _install_project(session, "[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def reproduce(session: nox.Session) -> None:
+    """Run an experiment grid: ``nox -s reproduce -- [EXPERIMENT] [afbench run options]``."""
+    _install_project(session)
+    args = session.posargs or ["quick"]
+    session.run("afbench", "run", *args)
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Render reports for experiments: ``nox -s report -- [EXPERIMENT ...]``."""
+    _install_project(session)
+    session.run("afbench", "report", *(session.posargs or ["quick"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", "benchmark", "tests", "noxfile.py")
+
+
+def _reference_env(session: nox.Session) -> str:
+    """A second virtualenv holding the AdapterHub reference (transformers 4.57)."""
+    ref = os.path.join(session.virtualenv.location, "..", "reference")
+    ref = os.path.abspath(ref)
+    py = os.path.join(ref, "bin", "python")
+    if not os.path.exists(py):
+        session.run("python", "-m", "venv", ref, external=True)
+    pip = [py, "-m", "pip", "install", "-q"]
+    if TORCH != "skip":
+        session.run(*pip, *shlex.split(TORCH), external=True)
+    session.run(*pip, *REFERENCE, external=True)
+    return py
+
+
+@nox.session
+def parity(session: nox.Session) -> None:
+    """Logit parity with AdapterHub adapters 1.3.0 (tiny BERT/RoBERTa, weights exported)."""
+    _install_project(session)
+    ref_py = _reference_env(session)
+    session.run("afbench", "parity", "--reference-python", ref_py, *session.posargs)
+
+
+@nox.session
+def perf(session: nox.Session) -> None:
+    """Training steps/s for ST-A and Fusion (N = 2..16) vs the reference; writes reports/perf.md."""
+    _install_project(session)
+    ref_py = _reference_env(session)
+    session.run("afbench", "perf", "--reference-python", ref_py, *session.posargs)
