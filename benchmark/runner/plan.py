@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from benchmark.data.sources import digest
 from benchmark.errors import SpecError
 from benchmark.spec.registry import Registry
-from benchmark.spec.schema import ExperimentSpec, MethodRef, MethodSpec
+from benchmark.spec.schema import Caps, ExperimentSpec, MethodRef, MethodSpec
 
 
 @dataclass
@@ -23,6 +23,7 @@ class Run:
     method: MethodSpec  # resolved: overrides, caps and the reduction factor applied
     backbone: str
     seed: int
+    caps: Caps = field(default_factory=Caps)  # data and epoch caps this run trains under
     task: str | None = None  # None for MT-A, which trains on ``tasks``
     tasks: list[str] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # fusion: fused adapters, in order
@@ -46,7 +47,7 @@ class Run:
             "tasks": {t: reg.tasks[t].model_dump(mode="json") for t in tasks},
             "seed": self.seed,
             "sources": self.sources,
-            "caps": exp.caps.model_dump(mode="json"),
+            "caps": self.caps.model_dump(mode="json"),
             "deps": self.deps,
         }
 
@@ -61,11 +62,12 @@ class Plan:
         return {r.id: r for r in self.runs}
 
 
-def resolve_method(reg: Registry, exp: ExperimentSpec, name: str, rf: int | None = None) -> MethodSpec:
+def resolve_method(reg: Registry, exp: ExperimentSpec, name: str, rf: int | None = None,
+                   caps: Caps | None = None) -> MethodSpec:
     m = reg.methods[name].model_copy(deep=True)
     train = m.train.model_dump()
     train.update({k: v for k, v in exp.overrides.get(name, {}).items()})
-    caps = exp.caps
+    caps = caps or exp.caps
     if caps.max_epochs:
         train["epochs"] = min(train["epochs"], caps.max_epochs)
     if caps.max_steps_per_epoch:
@@ -134,13 +136,16 @@ def build_plan(reg: Registry, exp: ExperimentSpec, available=None) -> Plan:
         return runs[run.id]
 
     def stage1(task: str, backbone: str, seed: int, rf: int) -> Run:
-        return add(Run("", exp.name, resolve_method(reg, exp, "st_a", rf), backbone, seed, task=task, implied=True))
+        caps = exp.fusion.caps or exp.caps
+        return add(Run("", exp.name, resolve_method(reg, exp, "st_a", rf, caps), backbone, seed, caps=caps,
+                       task=task, implied=True))
 
     def mt_a_run(backbone: str, seed: int, implied: bool) -> Run | None:
         tasks = [t for t in mt_a_tasks(exp) if usable(t)]
         if not tasks:
             return None
-        return add(Run("", exp.name, resolve_method(reg, exp, "mt_a"), backbone, seed, tasks=tasks, implied=implied))
+        return add(Run("", exp.name, resolve_method(reg, exp, "mt_a"), backbone, seed, caps=exp.caps, tasks=tasks,
+                       implied=implied))
 
     for g in exp.groups:
         for backbone in g.backbones or exp.backbones:
@@ -157,7 +162,7 @@ def build_plan(reg: Registry, exp: ExperimentSpec, available=None) -> Plan:
                             continue
                         for rf in rfs:
                             method = resolve_method(reg, exp, name, rf)
-                            run = Run("", exp.name, method, backbone, seed, task=task)
+                            run = Run("", exp.name, method, backbone, seed, caps=exp.caps, task=task)
                             aseed = seed if exp.fusion.adapter_seed == "matched" else exp.fusion.adapter_seed
                             if kind == "fusion_st_a":
                                 srcs = [s for s in fusion_sources(exp, task) if usable(s)]

@@ -215,6 +215,7 @@ class Caps(Strict):
 class FusionSources(Strict):
     sources: list[str] | Literal["all"] = "all"
     adapter_seed: int | Literal["matched"] = "matched"
+    caps: Caps | None = Field(None, description="caps of the stage-1 source adapters (default: the experiment's)")
 
 
 class MtaSetup(Strict):

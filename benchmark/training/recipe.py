@@ -33,8 +33,8 @@ class RunContext:
     run_dir: callable  # run id -> folder of a finished run (dependencies)
 
 
-def load_data(ctx: RunContext, task: TaskSpec, tok):
-    caps = ctx.exp.caps
+def load_data(ctx: RunContext, run: Run, task: TaskSpec, tok):
+    caps = run.caps
     common = dict(max_length=caps.max_length, data_seed=caps.data_seed, root=ctx.data_dir,
                   task_file=ctx.reg.file_of("task", task.name))
     tr = encode_split(task, task.splits.train, tok, max_rows=caps.max_train_rows, **common)
@@ -92,7 +92,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     _freeze_all_but(model, **train_mods)
     model.to(ctx.device)
 
-    tr, dev = load_data(ctx, task, tok)
+    tr, dev = load_data(ctx, run, task, tok)
     objective = Objective()
     if kind.startswith("fusion"):
         reg_w = method.fusion.regularization if method.fusion.type == "dynamic" else 0.0
@@ -130,7 +130,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         task = reg.tasks[t]
         model.add_adapter(t, method.adapter)
         model.add_head(t, task.type, task.num_labels)
-        data[t] = load_data(ctx, task, tok)
+        data[t] = load_data(ctx, run, task, tok)
     model.to(ctx.device)
     snapshot = lambda: trained_state(model, adapters=run.tasks, heads=run.tasks, encoder=True)  # noqa: E731
     outcome, per_task = train_multitask(model, data, method.train, method.mt_a, pad_id=tok.pad_token_id,
