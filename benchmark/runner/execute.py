@@ -19,8 +19,17 @@ from pathlib import Path
 
 import torch
 
+from benchmark.errors import BenchError
 from benchmark.runner.plan import Plan, Run
-from benchmark.runner.results import RESULT, SCHEMA, git_revision, is_finished, now, versions, write_json_atomic
+from benchmark.runner.results import (
+    RESULT,
+    SCHEMA,
+    git_revision,
+    is_finished,
+    now,
+    versions,
+    write_json_atomic,
+)
 from benchmark.spec.registry import Registry
 
 
@@ -39,6 +48,17 @@ class Summary:
     skipped: list[str] = field(default_factory=list)  # already finished before this invocation
     failed: dict[str, str] = field(default_factory=dict)  # run id -> error
     seconds: float = 0.0
+
+
+def plan_record(plan: Plan) -> dict:
+    """What the report needs of the plan: the expected cells and the tasks left out (with why)."""
+    return {
+        "experiment": plan.experiment.name,
+        "description": plan.experiment.description.strip(),
+        "runs": [{"id": r.id, "task": r.task, "tasks": r.tasks, "label": r.label, "backbone": r.backbone,
+                  "seed": r.seed, "role": "stage1" if r.implied else "grid"} for r in plan.runs],
+        "skipped": [{"what": w, "why": y} for w, y in plan.skipped],
+    }
 
 
 def _fmt(seconds: float) -> str:
@@ -71,6 +91,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "method": run.method.name,
         "method_kind": run.method.method,
         "label": run.label,
+        "role": "stage1" if run.implied else "grid",  # stage1: only a dependency of fusion runs
         "reduction_factor": run.reduction_factor,
         "backbone": run.backbone,
         "paper_backbone": reg.backbones[run.backbone].paper_backbone,
@@ -125,7 +146,7 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
         shutil.rmtree(work, ignore_errors=True)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded, the grid goes on
-        msg = getattr(e, "render", lambda: f"{type(e).__name__}: {e}")()
+        msg = e.render() if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         tail = "".join(traceback.format_exception(e)[-3:])
         measured, error = {"traceback_tail": tail}, msg
     seconds = time.perf_counter() - t0
@@ -141,6 +162,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     summary, t_start = Summary(), time.perf_counter()
     for rid in [r.id for r in plan.runs]:
         _recover(exp_dir, rid)
+    write_json_atomic(exp_dir / "plan.json", plan_record(plan))
     todo = []
     for r in plan.runs:
         if not force and is_finished(exp_dir / r.id):

@@ -111,11 +111,14 @@ def validate_model(model: type, data: dict, *, file: str) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        errs = e.errors()
+        # an unknown key is usually the cause of a "missing" one (a typo): report it first
+        errs = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
         first = errs[0]
         loc = tuple(first["loc"])
         field = ".".join(str(p) for p in loc) or "(top level)"
         msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}'"
         more = f" ({len(errs) - 1} more problem(s) in this file after this one)" if len(errs) > 1 else ""
         raise SpecError(
             f"{msg}{more}", file=file, field=field, fix=_fix_for(first, _known_fields(model, loc))

@@ -104,8 +104,9 @@ def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, devic
 
 def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: EncodedSplit,
           params: TrainParams, *, pad_id: int, device: torch.device, seed: int, snapshot,
-          objective: Objective = Objective(), desc: str = "") -> Outcome:
+          objective: Objective | None = None, desc: str = "") -> Outcome:
     """Train the parameters of ``model`` that require grad; ``snapshot()`` returns the trained state."""
+    objective = objective or Objective()
     opt = make_optimizer(model, params, device)
     steps_per_epoch = math.ceil(len(train_split) / params.batch_size)
     if params.max_steps_per_epoch:

@@ -1,0 +1,112 @@
+"""Stored results -> cells: (backbone, task, column) -> best-epoch dev accuracies over seeds.
+
+Only the runs the experiment asked for count (role "grid"); stage-1 adapters that exist only as
+fusion dependencies are listed separately. A cell knows why it is empty: not run, failed, no data.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Cell:
+    values: list[float] = field(default_factory=list)  # one per seed
+    seeds: list[int] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # error messages of failed runs
+    expected: bool = False  # the plan asked for it
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation over seeds (ddof = 1); None with fewer than two seeds."""
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+    def reason(self, no_data: str | None) -> str:
+        if self.values:
+            return ""
+        if no_data:
+            return "no data"
+        if self.failed:
+            return "failed"
+        return "not run"
+
+
+@dataclass
+class Collected:
+    experiment: str
+    cells: dict[tuple[str, str, str], Cell]  # (backbone, task, column label)
+    stage1: list[dict]  # finished stage-1 results
+    no_data: dict[str, str]  # task -> why it was skipped
+    results: list[dict]  # every result read (finished and failed)
+    description: str = ""
+    attention: dict[tuple[str, str, str], list[dict]] = field(default_factory=dict)  # fusion_attention per cell
+
+    def backbones(self) -> list[str]:
+        return sorted({b for b, _, _ in self.cells})
+
+    def tasks(self, backbone: str) -> list[str]:
+        return sorted({t for b, t, _ in self.cells if b == backbone} | set(self.no_data))
+
+    def columns(self, backbone: str) -> set[str]:
+        return {c for b, _, c in self.cells if b == backbone and self.cells[(b, _, c)].values}
+
+
+def _read_plan(folder: Path) -> dict | None:
+    f = folder / "plan.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def collect(results: list[dict], plan: dict | None, experiment: str) -> Collected:
+    roles = {r["id"]: r["role"] for r in (plan or {}).get("runs", [])}
+    cells: dict[tuple[str, str, str], Cell] = {}
+    attention: dict[tuple[str, str, str], list[dict]] = {}
+    stage1 = []
+
+    def cell(b, t, c) -> Cell:
+        return cells.setdefault((b, t, c), Cell())
+
+    for run in (plan or {}).get("runs", []):
+        if run["role"] == "grid":
+            for t in ([run["task"]] if run["task"] else run["tasks"]):
+                cell(run["backbone"], t, run["label"]).expected = True
+    for r in results:
+        role = roles.get(r["run_id"], r.get("role", "grid"))
+        if role != "grid":
+            if r["status"] == "finished":
+                stage1.append(r)
+            continue
+        per_task = r.get("per_task") or {}
+        tasks = list(per_task) if per_task else [r["task"]]
+        for t in tasks:
+            c = cell(r["backbone"], t, r["label"])
+            c.expected = True
+            if r["status"] != "finished":
+                c.failed.append(r.get("error") or "unknown error")
+                continue
+            c.values.append(per_task[t]["best_metric"] if per_task else r["best_metric"])
+            c.seeds.append(r["seed"])
+            if r.get("fusion_attention") and r["fusion_attention"].get("layers"):
+                attention.setdefault((r["backbone"], t, r["label"]), []).append(r["fusion_attention"])
+    no_data = {}
+    for s in (plan or {}).get("skipped", []):
+        if s["what"].startswith("task "):
+            no_data[s["what"][5:]] = s["why"]
+    return Collected(experiment, cells, stage1, no_data, results, (plan or {}).get("description", ""), attention)
+
+
+def load(results_dir: Path, experiment: str) -> Collected:
+    from benchmark.runner.results import load_experiment_results
+
+    folder = results_dir / experiment
+    return collect(load_experiment_results(results_dir, experiment), _read_plan(folder), experiment)

@@ -1,0 +1,223 @@
+"""``afbench report``: stored results -> reports/<experiment>.{md,html,tex} (+ figures).
+
+One data model (``ReportData``) is filled once and rendered by three Jinja templates; ``tabulate``
+prints the terminal summary.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import yaml
+from tabulate import tabulate
+
+from benchmark.errors import BenchError
+from benchmark.report import figures
+from benchmark.report.aggregate import Collected, load
+from benchmark.report.tables import (
+    LAYOUTS,
+    Finding,
+    Table2View,
+    TableView,
+    build_table,
+    build_table2,
+    findings,
+)
+from benchmark.runner.results import git_revision, results_root
+
+NLI_TASKS = ("mnli", "scitail", "sick", "rte", "cb")
+
+
+def paper_numbers(path: str | None = None) -> tuple[dict, str]:
+    """The published tables: --paper, $AFBENCH_PAPER_FILE, or the copy bundled with the package."""
+    p = path or os.environ.get("AFBENCH_PAPER_FILE")
+    if p:
+        f = Path(p)
+        if not f.exists():
+            raise BenchError(f"paper numbers file {f} does not exist", field="--paper",
+                             fix="point --paper / AFBENCH_PAPER_FILE at adapterfusion_eacl2021.yaml")
+        return yaml.safe_load(f.read_text()), str(f)
+    text = resources.files("benchmark.paper").joinpath("adapterfusion_eacl2021.yaml").read_text()
+    return yaml.safe_load(text), "bundled copy (benchmark/paper/adapterfusion_eacl2021.yaml)"
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    png: bytes
+    file: str = ""
+
+    @property
+    def b64(self) -> str:
+        return base64.b64encode(self.png).decode()
+
+
+@dataclass
+class AttentionSummary:
+    target: str
+    top: list[tuple[str, float]]  # adapters by mean attention over layers
+    own: float | None
+    nli_share: float  # attention mass on entailment-style adapters (MNLI-like)
+    mnli_rank: int | None
+
+
+@dataclass
+class ReportData:
+    experiment: str
+    description: str
+    notes: str
+    generated: str
+    reporter_revision: str
+    provenance: dict
+    tables: list[TableView] = field(default_factory=list)
+    table2: list[Table2View] = field(default_factory=list)
+    findings: dict[str, list[Finding]] = field(default_factory=dict)
+    figures: list[Figure] = field(default_factory=list)
+    attention: list[AttentionSummary] = field(default_factory=list)
+    stage1: list[dict] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+    paper_source: str = ""
+
+
+def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
+    fin = [r for r in col.results if r["status"] == "finished"]
+    revs = sorted({(r.get("git") or {}).get("revision") or "unknown" for r in col.results})
+    dirty = any((r.get("git") or {}).get("dirty") for r in col.results)
+    v = fin[0]["versions"] if fin else {}
+    try:
+        spec_file = str(Path(spec_file).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        spec_file = Path(spec_file).name
+    return {
+        "spec_file": spec_file,
+        "runs_finished": len(fin),
+        "runs_failed": len(col.results) - len(fin),
+        "revisions": revs,
+        "dirty": dirty,
+        "devices": sorted({r.get("device", "?") for r in col.results}),
+        "versions": {k: v.get(k) for k in ("torch", "transformers", "python") if v.get(k)},
+        "data_sources": sorted({(r.get("data") or {}).get("source", "") for r in fin} - {""}),
+        "total_train_hours": sum(r.get("wall_seconds", 0.0) for r in col.results) / 3600,
+        "caps": exp_spec.caps.model_dump(exclude_none=True) if exp_spec else {},
+        "overrides": exp_spec.overrides if exp_spec else {},
+    }
+
+
+def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSummary]:
+    out = []
+    got = figures.attention_matrix(col, backbone, "fusion_st_a_rf16", reg)
+    if got is None:
+        return out
+    targets, adapters, m = got
+    for i, t in enumerate(targets):
+        mean = m[:, i, :].mean(0)  # over layers
+        order = sorted(range(len(adapters)), key=lambda j: -mean[j])
+        top = [(adapters[j], float(mean[j])) for j in order[:3]]
+        own = float(mean[adapters.index(t)]) if t in adapters else None
+        nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in NLI_TASKS and a != t))
+        rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
+        out.append(AttentionSummary(t, top, own, nli, rank))
+    return out
+
+
+def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None) -> ReportData:
+    col = load(results_dir, experiment)
+    if not col.results:
+        raise BenchError(f"no results for experiment '{experiment}' under {results_dir / experiment}",
+                         fix=f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})")
+    paper, paper_src = paper_numbers(paper_file)
+    exp_spec = reg.experiments.get(experiment)
+    data = ReportData(
+        experiment=experiment,
+        description=(exp_spec.description.strip() if exp_spec else col.description),
+        notes=(exp_spec.notes.strip() if exp_spec else ""),
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        reporter_revision=(git_revision().get("revision") or "unknown"),
+        provenance=_provenance(col, exp_spec, reg.file_of("experiment", experiment)),
+        skipped=col.no_data,
+        paper_source=paper_src,
+    )
+    for b in col.backbones():
+        pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
+        for key in (("table4",) if pb == "roberta-base" else ("table1", "table3")):
+            t = build_table(key, col, b, paper, reg)
+            if t:
+                data.tables.append(t)
+        t2 = build_table2(col, b, paper, reg)
+        if t2:
+            data.table2.append(t2)
+        fs = findings(col, b, paper, reg)
+        if fs:
+            data.findings[b] = fs
+        for label, name in (("fusion_st_a_rf16", "Fusion w/ ST-A"), ("fusion_mt_a", "Fusion w/ MT-A")):
+            png = figures.heatmap(col, b, label, reg)
+            if png:
+                data.figures.append(Figure(f"attention-{label}-{b}", f"{name} attention per layer ({b}), "
+                                           "Figure 4/6 style", png))
+        png = figures.relative_to_full(col, b, [(c[0], c[2]) for c in LAYOUTS["table1"]], reg)
+        if png:
+            data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",
+                                       png))
+        data.attention += attention_summaries(col, b, reg)
+    data.stage1 = sorted(({"task": r["task"], "backbone": r["backbone"], "seed": r["seed"],
+                           "accuracy": r["best_metric"], "epoch": r["best_epoch"],
+                           "rows": (r.get("data") or {}).get("train_rows"),
+                           "rows_total": (r.get("data") or {}).get("train_rows_total")} for r in col.stage1),
+                         key=lambda d: (d["backbone"], d["task"]))
+    data.failures = [{"run": r["run_id"], "error": r.get("error")} for r in col.results if r["status"] != "finished"]
+    return data
+
+
+def _env() -> jinja2.Environment:
+    loader = jinja2.PackageLoader("benchmark.report", "templates")
+    env = jinja2.Environment(loader=loader, autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    env.filters["f2"] = lambda x: "—" if x is None else f"{x:.2f}"
+    env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.1f}%"
+    env.filters["arrow"] = lambda a: {"up": "↗", "down": "↘", "same": "→"}.get(a, "—")
+    env.filters["tex"] = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") \
+        .replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("—", "--").replace("#", r"\#")
+    env.filters["texarrow"] = lambda a: {"up": r"$\nearrow$", "down": r"$\searrow$", "same": r"$\rightarrow$"}.get(
+        a, "--")
+    return env
+
+
+def build_reports(reg, experiment: str, *, results_dir: str | None = None, out_dir: Path = Path("reports"),
+                  paper_file: str | None = None) -> list[Path]:
+    data = build_data(reg, experiment, results_root(results_dir), paper_file)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir = out_dir / f"{experiment}_files"
+    for f in data.figures:
+        f.file = f"{experiment}_files/{f.name}.png"
+        figures.write(out_dir / f.file, f.png)
+    env = _env()
+    written = []
+    for ext in ("md", "html", "tex"):
+        path = out_dir / f"{experiment}.{ext}"
+        path.write_text(env.get_template(f"report.{ext}.j2").render(d=data), encoding="utf-8")
+        written.append(path)
+    if data.figures:
+        written.append(fig_dir)
+    print_summary(data)
+    return written
+
+
+def print_summary(data: ReportData) -> None:
+    for t in data.tables:
+        rows = [[r.task] + [c.text for c in r.cells] for r in t.rows]
+        rows.append(["Mean"] + [c.text for c in t.mean_row])
+        print(f"\n{t.title} ({t.backbone})")
+        print(tabulate(rows, headers=["task", *t.columns]))
+    for t2 in data.table2:
+        rows = [[r.task] + [{"up": "↗", "down": "↘", "same": "→"}.get(a, "—") for a in r.ours] for r in t2.rows]
+        rows.append(["Improved"] + t2.improved_ours)
+        print(f"\nTable 2 ({t2.backbone})")
+        print(tabulate(rows, headers=["task", *t2.columns]))

@@ -1,0 +1,138 @@
+"""The grid runner end to end on the smoke experiment (tiny models, real mirror data): all seven methods,
+resumability after SIGKILL, failure recording, fusion built on the stage-1 adapters, repeatable seeds."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from benchmark.cli import main
+from conftest import ROOT, needs_mirror
+
+pytestmark = [needs_mirror, pytest.mark.slow]
+METHODS = {"head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a"}
+
+
+def results(folder: Path) -> dict[str, dict]:
+    out = {}
+    for f in folder.glob("*/result.json"):
+        r = json.loads(f.read_text())
+        out[r["run_id"]] = r
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One uninterrupted smoke grid, shared by the tests below."""
+    d = tmp_path_factory.mktemp("smoke-results")
+    assert main(["run", "smoke", "--results-dir", str(d)]) == 0
+    return d / "smoke"
+
+
+def test_smoke_trains_all_seven_methods(smoke):
+    res = results(smoke)
+    assert len(res) == 23 and all(r["status"] == "finished" for r in res.values())
+    assert {r["method"] for r in res.values()} == METHODS
+    r = next(r for r in res.values() if r["method"] == "st_a")
+    # provenance: resolved config, per-epoch metrics, parameter counts, versions, revision
+    assert r["config"]["method"]["adapter"]["reduction_factor"] == 16
+    assert len(r["history"]) >= 1 and "dev_accuracy" in r["history"][0]
+    assert 0 < r["params"]["trained"] < r["params"]["total"]
+    assert r["versions"]["torch"] and "revision" in r["git"] and r["seed"] == 1
+    assert r["data"]["train_rows"] == 48 and r["data"]["source"] == "mirror"
+    mt = next(r for r in res.values() if r["method"] == "mt_a")
+    assert set(mt["per_task"]) == {"rte", "cb", "socialiqa"} and mt["params"]["trained"] == mt["params"]["total"]
+    for rid in res:
+        files = {p.name for p in (smoke / rid).iterdir()}
+        assert {"result.json", "weights.safetensors", "modules.json"} <= files
+        assert not any(n.startswith(".") for n in files)
+    assert json.loads((smoke / "plan.json").read_text())["experiment"] == "smoke"
+
+
+def test_rerun_skips_finished_runs(smoke, capsys):
+    before = {rid: r["finished_at"] for rid, r in results(smoke).items()}
+    assert main(["run", "smoke", "--results-dir", str(smoke.parent)]) == 0
+    assert "23 already finished, 0 to run" in capsys.readouterr().out
+    assert {rid: r["finished_at"] for rid, r in results(smoke).items()} == before
+
+
+def test_fusion_starts_from_the_stage1_adapters(smoke):
+    res = results(smoke)
+    fus = next(r for r in res.values() if r["method"] == "fusion_st_a" and r["task"] == "cb"
+               and r["backbone"] == "tiny-bert")
+    assert fus["sources"] == ["rte", "cb", "socialiqa"] and len(fus["deps"]) == 3
+    fused = load_file(str(smoke / fus["run_id"] / "weights.safetensors"))
+    for src, dep in zip(fus["sources"], fus["deps"]):
+        stage1 = load_file(str(smoke / dep / "weights.safetensors"))
+        keys = [k for k in stage1 if f".adapters.{src}." in k]
+        assert keys and all(torch.equal(stage1[k], fused[k]) for k in keys)
+    att = fus["fusion_attention"]
+    assert att["adapters"] == fus["sources"] and len(att["layers"]) == 2
+    fmt = next(r for r in res.values() if r["method"] == "fusion_mt_a" and r["task"] == "cb")
+    assert res[fmt["deps"][0]]["method"] == "mt_a"
+
+
+def test_plan_shows_runs_and_status(smoke, capsys):
+    assert main(["plan", "smoke", "--results-dir", str(smoke.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "23 runs: 23 finished" in out and "implied" in out
+
+
+def test_sigkill_midway_then_rerun_finishes_each_run_once(smoke, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "benchmark.cli", "run", "smoke", "--results-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = tmp_path / "smoke"
+    deadline = time.time() + 300
+    while len(list(folder.glob("*/result.json"))) < 6 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = {rid: r["finished_at"] for rid, r in results(folder).items()}
+    assert 0 < len(first) < 23, "the kill should land mid-grid"
+    assert all(r["status"] == "finished" for r in results(folder).values())
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    after = results(folder)
+    assert len(after) == 23 and all(r["status"] == "finished" for r in after.values())
+    assert all(after[rid]["finished_at"] == t for rid, t in first.items()), "finished runs were redone"
+    assert not list(folder.glob(".tmp-*")) and not list(folder.glob(".trash-*"))
+    reference = results(smoke)
+    for rid, r in after.items():  # the same metrics as the uninterrupted grid: seeds make CPU runs repeatable
+        assert r["best_metric"] == reference[rid]["best_metric"], rid
+        assert [h["train_loss"] for h in r["history"]] == [h["train_loss"] for h in reference[rid]["history"]], rid
+
+
+def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
+    specs = tmp_path / "specs" / "experiments"
+    specs.mkdir(parents=True)
+    (specs / "broken_lr.yaml").write_text(textwrap.dedent("""
+        description: stage-1 adapters diverge (lr 1e30); heads must still train, fusions are blocked
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
+        fusion: {sources: [rte, cb]}
+        caps: {max_train_rows: 32, max_eval_rows: 16, max_epochs: 2, max_length: 32}
+        overrides: {st_a: {lr: 1.0e+30}}
+    """))
+    code = main(["run", "broken_lr", "--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")])
+    out = capsys.readouterr().out
+    assert code == 1
+    res = results(tmp_path / "r" / "broken_lr")
+    by = {(r["method"], r["task"]): r for r in res.values()}
+    assert by[("head", "rte")]["status"] == by[("head", "cb")]["status"] == "finished"
+    assert by[("st_a", "rte")]["status"] == "failed" and "NonFiniteLoss" in by[("st_a", "rte")]["error"]
+    assert by[("fusion_st_a", "cb")]["status"] == "failed"
+    assert "dependency failed" in by[("fusion_st_a", "cb")]["error"]
+    assert "2 trained" in out and "4 failed" in out and "FAILED" in out
+    # a failed run never leaves weights that look finished
+    assert not (tmp_path / "r" / "broken_lr" / by[("st_a", "rte")]["run_id"] / "weights.safetensors").exists()
