@@ -61,6 +61,7 @@ class Figure:
 
 @dataclass
 class AttentionSummary:
+    backbone: str
     target: str
     top: list[tuple[str, float]]  # adapters by mean attention over layers
     own: float | None
@@ -124,7 +125,7 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
         own = float(mean[adapters.index(t)]) if t in adapters else None
         nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in NLI_TASKS and a != t))
         rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
-        out.append(AttentionSummary(t, top, own, nli, rank))
+        out.append(AttentionSummary(backbone, t, top, own, nli, rank))
     return out
 
 
@@ -160,8 +161,9 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None) 
         for label, name in (("fusion_st_a_rf16", "Fusion w/ ST-A"), ("fusion_mt_a", "Fusion w/ MT-A")):
             png = figures.heatmap(col, b, label, reg)
             if png:
-                data.figures.append(Figure(f"attention-{label}-{b}", f"{name} attention per layer ({b}), "
-                                           "Figure 4/6 style", png))
+                data.figures.append(Figure(f"attention-{label}-{b}", f"{name}: mean attention per layer "
+                                           f"({b}; rows = target task, columns = adapter, % of the softmax mass "
+                                           "over dev tokens, averaged over seeds), Figure 4/6 style", png))
         png = figures.relative_to_full(col, b, [(c[0], c[2]) for c in LAYOUTS["table1"]], reg)
         if png:
             data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",

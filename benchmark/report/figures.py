@@ -64,12 +64,14 @@ def heatmap(col: Collected, backbone: str, label: str, reg) -> bytes | None:
             ax.axis("off")
             continue
         im = ax.imshow(m[k], vmin=0.0, vmax=vmax, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(m[k]):  # the value in percent in every cell
+            ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
+                    color="white" if v < 0.6 * vmax else "black")
         ax.set_title(f"layer {k + 1}", fontsize=9)
         ax.set_xticks(range(len(adapters)), adapters, rotation=90, fontsize=7)
         ax.set_yticks(range(len(targets)), targets if k % ncols == 0 else [""] * len(targets), fontsize=8)
     fig.colorbar(im, ax=axes, shrink=0.8, label="mean fusion attention")
-    fig.suptitle(f"Fusion attention ({label}, {backbone}): rows = target task, columns = adapter; "
-                 "mean over dev tokens and seeds", fontsize=9)
+    fig.suptitle(f"{label} attention on {backbone} (%)", fontsize=9, y=1.0 + 0.12 / nrows)
     return _png(fig)
 
 
