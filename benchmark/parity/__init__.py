@@ -1,0 +1,106 @@
+"""``afbench parity``: our modules against AdapterHub ``adapters`` 1.3.0 (transformers 4.57.6).
+
+Our side builds a tiny BERT and a tiny RoBERTa, adds a Pfeiffer adapter (rf 16), a Houlsby adapter and
+a dynamic fusion over three Pfeiffer adapters, randomises every adapter / fusion weight (biases and V
+included, so no term is trivially zero), and writes base weights, module weights, inputs and our last
+hidden states. ``reference.py`` runs in the reference environment, loads the same weights into
+AdapterHub's model and reports the max abs difference per setup; the check passes at <= 1e-5.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.spec.schema import AdapterParams, FusionParams
+
+TOLERANCE = 1e-5
+ARCHS = {
+    "bert": ("BertConfig", "BertModel", {"pad_token_id": 0}),
+    "roberta": ("RobertaConfig", "RobertaModel", {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+                                                  "type_vocab_size": 1}),
+}
+BASE = {"vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 128, "max_position_embeddings": 130}
+ADAPTERS = {"pf": "pfeiffer", "ho": "houlsby", "a": "pfeiffer", "b": "pfeiffer", "c": "pfeiffer"}
+FUSED = ["a", "b", "c"]
+SETUPS = ["pf", "ho", "fusion"]
+
+
+def _neutral(key: str) -> str | None:
+    parts = key.split(".")
+    if ".adapters." in key:  # encoder.encoder.layer.{i}.{attention.output|output}.adapters.{n}.{down|up}.{w|b}
+        i = parts[3]
+        loc = "attention" if parts[4] == "attention" else "output"
+        return f"layer{i}.{loc}.{parts[-3]}.{parts[-2]}.{parts[-1]}"
+    if ".fusions." in key:
+        return f"layer{parts[3]}.fusion.{parts[-2]}.{parts[-1]}"
+    return None
+
+
+def export_case(arch: str, folder: Path) -> None:
+    from transformers import AutoModel, BertConfig, RobertaConfig
+
+    cfg_name, model_name, extra = ARCHS[arch]
+    config_kwargs = {**BASE, **extra}
+    config = (BertConfig if arch == "bert" else RobertaConfig)(**config_kwargs)
+    torch.manual_seed(0)
+    encoder = AutoModel.from_config(config, add_pooling_layer=False)
+    base = {k: v.clone() for k, v in encoder.state_dict().items()}
+    model = AdapterModel(encoder)
+    for name, kind in ADAPTERS.items():
+        model.add_adapter(name, AdapterParams(type=kind, reduction_factor=16))
+    model.add_fusion("f", FUSED, FusionParams())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".adapters." in name or ".fusions." in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, BASE["vocab_size"], (3, 17), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    mask[2, 5:] = 0
+    ids[mask == 0] = config.pad_token_id
+    outputs = {}
+    for setup in SETUPS:
+        model.set_active(Fuse("f", FUSED) if setup == "fusion" else setup)
+        with torch.no_grad():
+            outputs[setup] = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.contiguous()
+    modules = {n: v.contiguous() for k, v in model.state_dict().items() if (n := _neutral(k))}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in base.items()}, str(folder / "base.safetensors"))
+    save_file(modules, str(folder / "modules.safetensors"))
+    save_file({"input_ids": ids, "attention_mask": mask}, str(folder / "inputs.safetensors"))
+    save_file(outputs, str(folder / "outputs.safetensors"))
+    (folder / "meta.json").write_text(json.dumps({
+        "config_class": cfg_name, "model_class": model_name, "config": config_kwargs, "adapters": ADAPTERS,
+        "fusion": FUSED, "reduction_factor": 16, "setups": SETUPS}, indent=2))
+
+
+def run_parity(reference_python: str, work_dir: Path) -> int:
+    for arch in ARCHS:
+        export_case(arch, work_dir / arch)
+    script = Path(__file__).with_name("reference.py")
+    proc = subprocess.run([reference_python, str(script), str(work_dir)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stdout + proc.stderr, file=sys.stderr)
+        print("parity: the reference side failed (see above)", file=sys.stderr)
+        return 1
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"reference: transformers {report['transformers']}, adapters {report['adapters']}")
+    ok = True
+    for r in report["results"]:
+        good = r["max_abs_diff"] <= TOLERANCE and r["effect"] > 100 * TOLERANCE  # equal, and not vacuously so
+        ok &= good
+        print(f"  {r['arch']:<8} {r['setup']:<7} max |ours - adapters| = {r['max_abs_diff']:.2e}   "
+              f"(the setup moves the output by up to {r['effect']:.2e}; {r['tensors']} tensors) "
+              f"{'ok' if good else 'MISMATCH'}")
+    print("parity: " + ("passed" if ok else f"FAILED (tolerance {TOLERANCE})"))
+    return 0 if ok else 1
