@@ -1,0 +1,40 @@
+"""Timed training steps shared by both sides of ``afbench perf``. Imports only torch, so the
+reference environment (transformers 4.57 + adapters 1.3.0) can run it too."""
+
+import time
+
+import torch
+
+
+def make_batch(vocab_size: int, batch: int, length: int, num_labels: int = 3, device: str = "cpu"):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab_size, (batch, length), generator=g)
+    ids[:, 0] = 101  # [CLS]
+    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+            "labels": torch.randint(0, num_labels, (batch,), generator=g).to(device)}
+
+
+def time_steps(step, warmup: int, steps: int, device: str = "cpu") -> float:
+    """Seconds per training step (mean over ``steps`` after ``warmup``)."""
+    for _ in range(warmup):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps
+
+
+class Head(torch.nn.Module):
+    """The same two-layer tanh head on both sides, so only the encoder + adapters differ."""
+
+    def __init__(self, hidden: int, num_labels: int = 3):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+                                       torch.nn.Dropout(0.1), torch.nn.Linear(hidden, num_labels))
+
+    def forward(self, hidden_states):
+        return self.net(hidden_states[:, 0])
