@@ -136,3 +136,32 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
     assert "2 trained" in out and "4 failed" in out and "FAILED" in out
     # a failed run never leaves weights that look finished
     assert not (tmp_path / "r" / "broken_lr" / by[("st_a", "rte")]["run_id"] / "weights.safetensors").exists()
+
+
+def test_parallel_jobs_and_missing_weights_are_retrained(tmp_path, capsys):
+    specs = tmp_path / "specs" / "experiments"
+    specs.mkdir(parents=True)
+    (specs / "tiny_jobs.yaml").write_text(textwrap.dedent("""
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
+        fusion: {sources: [rte, cb]}
+        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
+    """))
+    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_jobs", "--jobs", "2", *args]) == 0
+    folder = tmp_path / "r" / "tiny_jobs"
+    res = results(folder)
+    assert len(res) == 6 and all(r["status"] == "finished" for r in res.values())
+    # results committed without weights: a rerun keeps them unless a pending run needs the weights
+    stage1 = [rid for rid, r in res.items() if r["method"] == "st_a"]
+    fusion = [rid for rid, r in res.items() if r["method"] == "fusion_st_a"]
+    (folder / stage1[0] / "weights.safetensors").unlink()
+    capsys.readouterr()
+    assert main(["run", "tiny_jobs", *args]) == 0
+    assert "6 already finished, 0 to run" in capsys.readouterr().out
+    (folder / fusion[0] / "result.json").unlink()
+    assert main(["run", "tiny_jobs", *args]) == 0
+    out = capsys.readouterr().out
+    assert "weights are missing" in out and "2 trained" in out
+    assert (folder / stage1[0] / "weights.safetensors").exists()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import BenchError
+from benchmark.modeling.checkpoint import WEIGHTS
 from benchmark.runner.plan import Plan, Run
 from benchmark.runner.results import (
     RESULT,
@@ -169,6 +170,14 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
             summary.skipped.append(r.id)
         else:
             todo.append(r)
+    # A finished run whose weights are gone (results are committed to git without them) is redone
+    # only if a pending run needs those weights.
+    needed = {d for r in todo for d in r.deps}
+    by_id = plan.by_id()
+    for rid in [rid for rid in summary.skipped if rid in needed and not (exp_dir / rid / WEIGHTS).exists()]:
+        summary.skipped.remove(rid)
+        todo.insert(0, by_id[rid])
+        log(f"  {rid} is finished but its weights are missing; a pending run needs them, so it is retrained")
     n = len(todo)
     log(f"{plan.experiment.name}: {len(plan.runs)} runs, {len(summary.skipped)} already finished, {n} to run "
         f"on {dev}" + (f" with {jobs} jobs" if jobs > 1 else ""))
