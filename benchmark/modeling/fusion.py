@@ -10,7 +10,7 @@ Two implementations of the same function:
 
 * ``naive_fusion``: literally the above (K and V applied to every adapter output); the test oracle,
   and what AdapterHub does.
-* ``fast_fusion``: the algebra of ``shared/design/fast-fusion.md``: k = q Kᵀ once,
+* ``fast_fusion``: the algebra of ``shared/design/fast-fusion.md``: k = q Kᵀ once (Q and K merged),
   k . z_n = (k W_up,n) . a_n + k . b_up,n, sum_n s_n z_n = [s_n a_n]_n W_up + sum_n s_n b_up,n, V once,
   and the N down projections as one matmul. z_n never exists; only [B, T, N, r] tensors are kept.
 """
@@ -87,11 +87,14 @@ def fast_fusion(fusion: AdapterFusion, h, adapters, residual):
     act = ACTIVATIONS[non_linearity(adapters[0].params)]()
 
     a = act(F.linear(h, w_down, b_down))  # [B, T, N*r]: all down projections in one matmul
-    q = fusion.query(h)  # [B, T, H]
-    k = q @ fusion.key.weight  # [B, T, H]: q . (z W_kᵀ) = (q W_k) . z
+    # q . (z W_kᵀ + b_k) with q = h W_qᵀ + b_q: merge Q and K into one [H, H] matrix per step, so
+    # k = q W_k = h (W_qᵀ W_k) + b_q W_k costs one H x H matmul per token instead of two.
+    wq, bq, wk, bk = fusion.query.weight, fusion.query.bias, fusion.key.weight, fusion.key.bias
+    k = F.linear(h, (wq.T @ wk).T, bq @ wk)  # [B, T, H]
+    q_bk = F.linear(h, (wq.T @ bk).unsqueeze(0), (bq @ bk).unsqueeze(0))  # [B, T, 1] = q . b_k
     ku = (k @ w_up).view(B, T, N, r)  # [B, T, N, r]
     a4 = a.view(B, T, N, r)
-    scores = (ku * a4).sum(-1) + k @ b_up.T + (q * fusion.key.bias).sum(-1, keepdim=True)  # [B, T, N]
+    scores = (ku * a4).sum(-1) + k @ b_up.T + q_bk  # [B, T, N]
     probs = torch.softmax(fusion.score_dropout(scores) / fusion.temperature, dim=-1)
     mixed = (probs.unsqueeze(-1) * a4).reshape(B, T, N * r) @ w_up.T + probs @ b_up  # [B, T, H] = sum_n s_n z_n
     o = fusion.value(mixed) if fusion.value is not None else mixed
