@@ -179,13 +179,17 @@ def test_fast_fusion_equals_naive_fusion(dropout, temperature):
         assert (gn - gf).abs().max() <= 1e-5
 
 
-def test_fast_fusion_in_the_model_equals_naive(model_and_tok):
-    model, tok = model_and_tok
+def fused(model, tok):
+    """The model with a dynamic fusion over three Pfeiffer adapters active, in eval mode."""
     for n in "abc":
         model.add_adapter(n, PFEIFFER)
     model.add_fusion("f", list("abc"), FusionParams())
     model.set_active(Fuse("f", list("abc")))
-    model.eval()
+    return model.eval(), tok
+
+
+def test_fast_fusion_in_the_model_equals_naive(model_and_tok):
+    model, tok = fused(*model_and_tok)
     x = inputs(tok)
     logits = {}
     for impl in ("naive", "fast"):
@@ -298,12 +302,7 @@ def test_adapterhub_errors_are_clear(tiny_bert, tmp_path):
 
 
 def test_capture_averages_over_real_tokens(model_and_tok):
-    model, tok = model_and_tok
-    for n in "abc":
-        model.add_adapter(n, PFEIFFER)
-    model.add_fusion("f", list("abc"), FusionParams())
-    model.set_active(Fuse("f", list("abc")))
-    model.eval()
+    model, tok = fused(*model_and_tok)
     model.start_capture()
     with torch.no_grad():
         model(head="t", **inputs(tok))
