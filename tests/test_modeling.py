@@ -318,3 +318,22 @@ def test_multiple_choice_head_shapes(tiny_bert):
     enc = tok(["q"] * 8, [f"choice {i}" for i in range(8)], padding=True, return_tensors="pt")
     batch = {k: v.view(2, 4, -1) for k, v in enc.items()}
     assert model(head="mc", **batch).shape == (2, 4)
+
+
+def test_mean_pooling_ignores_padding():
+    from benchmark.modeling.heads import pool
+
+    h = torch.arange(24, dtype=torch.float32).view(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert torch.equal(pool(h, mask, "cls"), h[:, 0])
+    assert torch.allclose(pool(h, mask, "mean"), torch.stack([h[0, :2].mean(0), h[1, 0]]))
+
+
+def test_head_pooling_survives_save_and_load(tiny_bert, tmp_path):
+    tok, make = tiny_bert
+    model = AdapterModel(make())
+    model.add_head("t", "classification", 2, pooling="mean")
+    save_modules(model, tmp_path, heads=["t"])
+    fresh = AdapterModel(make())
+    load_modules(fresh, tmp_path)
+    assert fresh.heads["t"].pooling == "mean" and fresh.head_specs["t"] == ("classification", 2, "mean")

@@ -1,4 +1,8 @@
-"""Prediction heads, AdapterHub-style (two layers, tanh, on the first token)."""
+"""Prediction heads, AdapterHub-style: two layers with tanh on a pooled sentence vector.
+
+Pooling is the first token (``cls``; the paper and AdapterHub) unless the backbone spec says the
+encoder was pretrained to produce a masked mean (``mean``; e.g. sentence-transformers' MiniLM).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,18 @@ import torch
 from torch import nn
 
 
+def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+    """[B, T, H] -> [B, H]: the first token, or the mean over real (unmasked) tokens."""
+    if pooling == "cls" or attention_mask is None:
+        return hidden_states[:, 0]
+    m = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # [B, T, 1]
+    return (hidden_states * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
 class _TwoLayer(nn.Module):
-    def __init__(self, hidden_size: int, out: int, dropout: float):
+    def __init__(self, hidden_size: int, out: int, dropout: float, pooling: str = "cls"):
         super().__init__()
+        self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.out = nn.Linear(hidden_size, out)
@@ -16,32 +29,32 @@ class _TwoLayer(nn.Module):
             nn.init.normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
 
-    def score(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        x = hidden_states[:, 0]  # [B, H] first token ([CLS] / <s>)
+    def score(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        x = pool(hidden_states, attention_mask, self.pooling)  # [B, H]
         x = self.dropout(torch.tanh(self.dense(self.dropout(x))))
         return self.out(x)
 
 
 class ClassificationHead(_TwoLayer):
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
-        super().__init__(hidden_size, num_labels, dropout)
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
+        super().__init__(hidden_size, num_labels, dropout, pooling)
         self.num_labels = num_labels
 
-    def forward(self, hidden_states: torch.Tensor, num_choices: int | None = None) -> torch.Tensor:
-        return self.score(hidden_states)  # [B, num_labels]
+    def forward(self, hidden_states, attention_mask=None, num_choices: int | None = None) -> torch.Tensor:
+        return self.score(hidden_states, attention_mask)  # [B, num_labels]
 
 
 class MultipleChoiceHead(_TwoLayer):
     """One score per (context, choice) sequence; the loss is a softmax over the K choices."""
 
-    def __init__(self, hidden_size: int, num_choices: int, dropout: float):
-        super().__init__(hidden_size, 1, dropout)
+    def __init__(self, hidden_size: int, num_choices: int, dropout: float, pooling: str = "cls"):
+        super().__init__(hidden_size, 1, dropout, pooling)
         self.num_labels = num_choices
 
-    def forward(self, hidden_states: torch.Tensor, num_choices: int | None = None) -> torch.Tensor:
-        return self.score(hidden_states).view(-1, num_choices)  # [B*K, 1] -> [B, K]
+    def forward(self, hidden_states, attention_mask=None, num_choices: int | None = None) -> torch.Tensor:
+        return self.score(hidden_states, attention_mask).view(-1, num_choices)  # [B*K, 1] -> [B, K]
 
 
-def make_head(task_type: str, hidden_size: int, num_labels: int, dropout: float) -> nn.Module:
+def make_head(task_type: str, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls") -> nn.Module:
     cls = ClassificationHead if task_type == "classification" else MultipleChoiceHead
-    return cls(hidden_size, num_labels, dropout)
+    return cls(hidden_size, num_labels, dropout, pooling)

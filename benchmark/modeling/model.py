@@ -47,7 +47,7 @@ class AdapterModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.adapter_params: dict[str, AdapterParams] = {}
         self.fusion_params: dict[str, tuple[list[str], FusionParams]] = {}
-        self.head_specs: dict[str, tuple[str, int]] = {}
+        self.head_specs: dict[str, tuple[str, int, str]] = {}
         self._ctx = ForwardContext()
         for layer in encoder_layers(encoder):
             if not isinstance(layer.output, AdaptedOutput):
@@ -87,10 +87,10 @@ class AdapterModel(nn.Module):
             mod.fusions[name] = AdapterFusion(self.hidden_size, adapter_names, params, drop)
         self.fusion_params[name] = (list(adapter_names), params)
 
-    def add_head(self, name: str, task_type: str, num_labels: int) -> None:
+    def add_head(self, name: str, task_type: str, num_labels: int, pooling: str = "cls") -> None:
         drop = getattr(self.config, "hidden_dropout_prob", 0.1)
-        self.heads[name] = make_head(task_type, self.hidden_size, num_labels, drop)
-        self.head_specs[name] = (task_type, num_labels)
+        self.heads[name] = make_head(task_type, self.hidden_size, num_labels, drop, pooling)
+        self.head_specs[name] = (task_type, num_labels, pooling)
 
     def set_active(self, setup: str | Fuse | None) -> None:
         """Turn adapters off (None), on (one adapter name), or activate a fusion over several."""
@@ -150,4 +150,4 @@ class AdapterModel(nn.Module):
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         self._ctx.attention_mask = None
-        return self.heads[head](out.last_hidden_state, num_choices)
+        return self.heads[head](out.last_hidden_state, attention_mask, num_choices)

@@ -126,6 +126,8 @@ class BackboneSpec(Strict):
     config: dict[str, int | float | str] = Field(default_factory=dict, description="random_init: config")
     tokenizer: TokenizerSpec | None = Field(None, description="random_init: offline tokenizer to build")
     paper_backbone: str | None = Field(None, description="the paper backbone this stands in for")
+    pooling: Literal["cls", "mean"] = Field(
+        "cls", description="sentence vector the heads read: first token (paper) or masked mean of the tokens")
 
     @model_validator(mode="after")
     def _check(self) -> BackboneSpec:

@@ -88,7 +88,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         model.set_active(Fuse(FUSION, run.sources))
         train_mods["fusions"] = [FUSION]
         save_extra["adapters"] = list(run.sources)  # frozen, saved so the run folder is self-contained
-    model.add_head(task.name, task.type, task.num_labels)
+    model.add_head(task.name, task.type, task.num_labels, bspec.pooling)
     _freeze_all_but(model, **train_mods)
     model.to(ctx.device)
 
@@ -129,7 +129,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     for t in run.tasks:
         task = reg.tasks[t]
         model.add_adapter(t, method.adapter)
-        model.add_head(t, task.type, task.num_labels)
+        model.add_head(t, task.type, task.num_labels, bspec.pooling)
         data[t] = load_data(ctx, run, task, tok)
     model.to(ctx.device)
     snapshot = lambda: trained_state(model, adapters=run.tasks, heads=run.tasks, encoder=True)  # noqa: E731
