@@ -181,8 +181,18 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def batches(split: EncodedSplit, batch_size: int, pad_id: int, *, shuffle: bool, seed: int = 0):
+def _length(ex: dict) -> int:
+    ids = ex["input_ids"]
+    return max(len(s) for s in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
+def batches(split: EncodedSplit, batch_size: int, pad_id: int, *, shuffle: bool, seed: int = 0,
+            by_length: bool = False):
+    """Training: shuffled by ``seed``. Evaluation: ``by_length`` groups similar lengths to cut padding
+    (the metric does not depend on the order)."""
     order = list(range(len(split)))
+    if by_length:
+        order.sort(key=lambda i: _length(split.examples[i]))
     if shuffle:
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(split), generator=g).tolist()

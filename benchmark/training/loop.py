@@ -81,7 +81,7 @@ def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, b
     """Dev accuracy in percent."""
     model.eval()
     preds, gold = [], []
-    for batch in batches(split, batch_size, pad_id, shuffle=False):
+    for batch in batches(split, batch_size, pad_id, shuffle=False, by_length=True):
         batch = to_device(batch, device)
         with autocast(device):
             logits = model(head=head, **batch)
