@@ -84,6 +84,7 @@ class ReportData:
     attention: list[AttentionSummary] = field(default_factory=list)
     stage1: list[dict] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    not_in_experiment: list[str] = field(default_factory=list)  # paper tasks the experiment does not use
     failures: list[dict] = field(default_factory=list)
     paper_source: str = ""
 
@@ -174,6 +175,9 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None) 
                            "rows": (r.get("data") or {}).get("train_rows"),
                            "rows_total": (r.get("data") or {}).get("train_rows_total")} for r in col.stage1),
                          key=lambda d: (d["backbone"], d["task"]))
+    used = {t for r in col.results for t in (r.get("tasks") or [r.get("task")])} | set(col.no_data)
+    data.not_in_experiment = sorted((t for t, spec in reg.tasks.items() if spec.paper.order and t not in used),
+                                    key=lambda t: reg.tasks[t].paper.order)
     data.failures = [{"run": r["run_id"], "error": r.get("error")} for r in col.results if r["status"] != "finished"]
     return data
 

@@ -55,8 +55,10 @@ def heatmap(col: Collected, backbone: str, label: str, reg) -> bytes | None:
     layers = m.shape[0]
     ncols = min(layers, 4)
     nrows = (layers + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.1 * ncols + 0.8, 0.38 * len(targets) * nrows + 1.6 * nrows),
-                             squeeze=False)
+    label_room = 0.09 * max(len(a) for a in adapters)  # inches of rotated x labels under each row
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                             figsize=(3.1 * ncols + 0.8, (0.38 * len(targets) + 0.6 + label_room) * nrows),
+                             gridspec_kw={"hspace": 0.35 + label_room / (0.38 * len(targets) + 0.6)})
     vmax = float(np.nanmax(m))
     for k in range(nrows * ncols):
         ax = axes[k // ncols][k % ncols]
@@ -71,7 +73,7 @@ def heatmap(col: Collected, backbone: str, label: str, reg) -> bytes | None:
         ax.set_xticks(range(len(adapters)), adapters, rotation=90, fontsize=7)
         ax.set_yticks(range(len(targets)), targets if k % ncols == 0 else [""] * len(targets), fontsize=8)
     fig.colorbar(im, ax=axes, shrink=0.8, label="mean fusion attention")
-    fig.suptitle(f"{label} attention on {backbone} (%)", fontsize=9, y=1.0 + 0.12 / nrows)
+    fig.suptitle(f"{label} attention on {backbone} (%)", fontsize=9)
     return _png(fig)
 
 
