@@ -64,14 +64,12 @@ def cmd_validate(args) -> int:
     paths = [Path(p) for p in args.paths] or []
     reg = load_registry(paths)
     chosen = {p.resolve() for p in spec_files(paths)} if paths else None
-    n = 0
     for name, task in sorted(reg.tasks.items()):
         f = reg.files[("task", name)]
         if chosen is not None and f.resolve() not in chosen:
             continue
         status = check_task_data(task, str(f), _data_dir(args)) if not args.no_data else "data not checked"
         print(f"ok  task {name:<12} {status}")
-        n += 1
     counts = {k: len(reg.table(k)) for k in ("task", "method", "backbone", "experiment")}
     print("valid: " + ", ".join(f"{v} {k}s" for k, v in counts.items()))
     return 0

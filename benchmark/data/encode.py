@@ -126,7 +126,7 @@ def encode_split(
     use_cache: bool = True,
 ) -> EncodedSplit:
     """Rendered + tokenized rows of a split (capped deterministically), cached on disk."""
-    max_length = min(max_length or task.max_length, task.max_length) if max_length else task.max_length
+    max_length = min(max_length, task.max_length) if max_length else task.max_length  # a cap only shortens
     src = locate(task, split, root, task_file=task_file)
     key = digest({"v": CACHE_VERSION, "task": task.model_dump(mode="json"), "split": split,
                   "src": src.fingerprint(), "tok": tokenizer_fingerprint(tokenizer), "len": max_length,

@@ -116,23 +116,6 @@ def read_rows(task: TaskSpec, split: str, root: Path | None = None, *, task_file
     return ds.to_list()
 
 
-def columns_of(task: TaskSpec, split: str, root: Path | None = None) -> list[str] | None:
-    """Column names of a split without reading all rows, or None if the data is not reachable offline."""
-    try:
-        src = locate(task, split, root)
-    except DataError:
-        return None
-    if src.kind == "hub":
-        return None
-    p = Path(src.location)
-    if p.suffix.lower() == ".parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.read_schema(p).names)
-    rows = _read_local(p)
-    return list(rows[0]) if rows else []
-
-
 def subsample(n: int, cap: int | None, seed: int) -> list[int]:
     """Deterministic row indices: all rows, or ``cap`` of them chosen by ``seed`` (kept in file order)."""
     if cap is None or cap >= n:

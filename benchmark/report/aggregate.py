@@ -59,7 +59,7 @@ class Collected:
         return sorted({t for b, t, _ in self.cells if b == backbone} | set(self.no_data))
 
     def columns(self, backbone: str) -> set[str]:
-        return {c for b, _, c in self.cells if b == backbone and self.cells[(b, _, c)].values}
+        return {c for (b, _, c), cell in self.cells.items() if b == backbone and cell.values}
 
 
 def _read_plan(folder: Path) -> dict | None:

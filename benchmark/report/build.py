@@ -21,6 +21,7 @@ from benchmark.errors import BenchError
 from benchmark.report import figures
 from benchmark.report.aggregate import Collected, load
 from benchmark.report.tables import (
+    ARROWS,
     LAYOUTS,
     Finding,
     Table2View,
@@ -188,7 +189,7 @@ def _env() -> jinja2.Environment:
                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     env.filters["f2"] = lambda x: "—" if x is None else f"{x:.2f}"
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.1f}%"
-    env.filters["arrow"] = lambda a: {"up": "↗", "down": "↘", "same": "→"}.get(a, "—")
+    env.filters["arrow"] = lambda a: ARROWS.get(a, "—")
     env.filters["tex"] = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") \
         .replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("—", "--").replace("#", r"\#")
     env.filters["texarrow"] = lambda a: {"up": r"$\nearrow$", "down": r"$\searrow$", "same": r"$\rightarrow$"}.get(
@@ -223,7 +224,7 @@ def print_summary(data: ReportData) -> None:
         print(f"\n{t.title} ({t.backbone})")
         print(tabulate(rows, headers=["task", *t.columns]))
     for t2 in data.table2:
-        rows = [[r.task] + [{"up": "↗", "down": "↘", "same": "→"}.get(a, "—") for a in r.ours] for r in t2.rows]
+        rows = [[r.task] + [ARROWS.get(a, "—") for a in r.ours] for r in t2.rows]
         rows.append(["Improved"] + t2.improved_ours)
         print(f"\nTable 2 ({t2.backbone})")
         print(tabulate(rows, headers=["task", *t2.columns]))

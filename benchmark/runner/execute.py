@@ -199,6 +199,14 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         bad = [d for d in r.deps if d in summary.failed]
         return f"dependency failed: {', '.join(bad)}" if bad else None
 
+    def finish(k: int, rid: str, err: str | None, secs: float) -> None:
+        if err:
+            summary.failed[rid] = err
+        else:
+            summary.finished.append(rid)
+            done_ok.add(rid)
+        progress(k, rid, err, secs)
+
     def note_failure(r: Run, why: str) -> None:
         summary.failed[r.id] = why
         record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None)
@@ -213,9 +221,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                 progress(k, r.id, why, 0.0)
                 continue
             log(f"[run {k}/{n}] start {r.id}")
-            rid, err, secs = execute_one(r, reg, plan, exp_dir, data_dir, str(dev))
-            (summary.failed.__setitem__(rid, err) if err else (summary.finished.append(rid), done_ok.add(rid)))
-            progress(k, rid, err, secs)
+            finish(k, *execute_one(r, reg, plan, exp_dir, data_dir, str(dev)))
     else:
         ngpu = torch.cuda.device_count() if dev.type == "cuda" else 0
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -240,10 +246,8 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in finished:
                     running.pop(fut)
-                    rid, err, secs = fut.result()
                     k += 1
-                    (summary.failed.__setitem__(rid, err) if err else (summary.finished.append(rid), done_ok.add(rid)))
-                    progress(k, rid, err, secs)
+                    finish(k, *fut.result())
     summary.seconds = time.perf_counter() - t_start
     log(f"done in {_fmt(summary.seconds)}: {len(summary.finished)} trained, {len(summary.skipped)} already "
         f"finished, {len(summary.failed)} failed")
