@@ -147,7 +147,7 @@ def cmd_run(args) -> int:
     reg = _registry(args)
     plan = _plan(args, reg)
     summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
-                       device=args.device, jobs=args.jobs, force=args.force)
+                       device=args.device, jobs=args.jobs, force=args.force, cpu_dropout=args.cpu_dropout)
     return 1 if summary.failed else 0
 
 
@@ -198,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes")
             sp.add_argument("--force", action="store_true", help="retrain finished runs")
             sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
+            sp.add_argument("--cpu-dropout", choices=["fast", "stock"], default="fast",
+                            help="dropout kernel on the CPU: fast (same distribution, faster mask; default) or "
+                                 "stock torch dropout; recorded in each result as dropout_kernel")
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), data=False)
     r.add_argument("experiments", nargs="+")
     r.add_argument("--results-dir")
@@ -209,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe = sub.add_parser("perf", help="training steps/s, ours vs AdapterHub")
     pe.add_argument("--reference-python", help="python of an env with adapters==1.3.0 (omit: ours only)")
     pe.add_argument("--adapters", default="2,4,8,16")
-    pe.add_argument("--steps", type=int, default=6)
+    pe.add_argument("--steps", type=int, default=4, help="timed steps per setup and round")
+    pe.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours / the reference")
     pe.add_argument("--batch-size", type=int, default=32)
     pe.add_argument("--length", type=int, default=128)
     pe.add_argument("--device", default=None)

@@ -1,0 +1,115 @@
+"""Dropout on the CPU without the slow Bernoulli kernel.
+
+Profiling a MiniLM training step on the CPU (``afbench perf``) shows about a fifth of the time in
+``aten::bernoulli_`` and the attention dropout forcing SDPA off its fused kernel onto a slower math
+path. Both compute plain inverted dropout; only the way the random mask is drawn is slow. Here the
+keep-mask comes from 32-bit random integers (``random_`` on int64, two lanes per draw, from torch's
+seeded generator), compared with a threshold, so
+
+    P(drop) = floor(p * 2**32) / 2**32        (|error| < 2.4e-10; stock: float uniform, ~6e-8)
+    out = x * keep / (1 - p)                   backward: grad * keep / (1 - p)
+
+i.e. the same distribution and the same function as ``torch.nn.functional.dropout``, drawn from a
+different random stream (a seeded CPU run is still repeatable; its numbers differ from a stock run).
+Attention dropout gets the same mask in a small math-path attention function registered with
+transformers' ``AttentionInterface``; without dropout (eval) or off the CPU it hands over to SDPA.
+
+``set_cpu_dropout(model, "fast" | "stock")`` switches a whole model (encoder, adapters, fusion, heads)
+either way; the runner records which one trained a result (``afbench run --cpu-dropout``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+KERNELS = ("fast", "stock")
+ATTENTION = "afbench_cpu_dropout"  # name registered with transformers' AttentionInterface
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """Bool tensor of ``shape``, each element True with probability 1 - p, independently."""
+    n = 1
+    for s in shape:
+        n *= s
+    lanes = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
+    bits = lanes.random_(-(2**63), None).view(torch.int32)[:n]  # uniform over all 2**32 values
+    threshold = int(p * 2**32) - 2**31  # P(bits < threshold) = floor(p * 2**32) / 2**32
+    return (bits >= threshold).view(shape)
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``F.dropout(x, p, training)`` with the keep-mask from :func:`keep_mask` on the CPU."""
+    if not training or p == 0.0 or x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    if p == 1.0:
+        return x * 0.0
+    scale = torch.where(keep_mask(x.shape, p, x.device), 1.0 / (1.0 - p), 0.0).to(x.dtype)
+    return x * scale  # autograd keeps `scale` for the backward: grad * keep / (1 - p)
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with :func:`fast_dropout`; no state, so it swaps in and out freely."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+
+def attention_math(query, key, value, attention_mask, scaling: float, dropout: float, training: bool = True):
+    """Softmax attention with fast dropout on the probabilities.
+
+    query/key/value [B, heads, T, d]; attention_mask None, bool [B, 1, T, T] (True = attend) or additive
+    float broadcastable to [B, heads, T, T]. Returns [B, T, heads, d] (what transformers' attention
+    functions return).
+    """
+    scores = torch.matmul(query * scaling, key.transpose(2, 3))  # [B, heads, T, T]
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            attention_mask = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device) \
+                .masked_fill_(~attention_mask, torch.finfo(scores.dtype).min)
+        scores = scores + attention_mask
+    probs = fast_dropout(torch.softmax(scores, dim=-1), dropout, training)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous()  # [B, T, heads, d]
+
+
+def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+    """transformers attention function: the math path above when dropping out on the CPU, else SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if dropout == 0.0 or query.device.type != "cpu":
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    return attention_math(query, key, value, attention_mask, scaling, dropout), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, attention_forward)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # bool mask, or None when nothing is masked
+
+
+def set_cpu_dropout(model: nn.Module, kernel: str) -> None:
+    """Use the fast (default) or the stock CPU dropout everywhere in ``model``. Call after adding heads."""
+    if kernel not in KERNELS:
+        raise ValueError(f"cpu dropout kernel must be one of {KERNELS}, got {kernel!r}")
+    cls = FastDropout if kernel == "fast" else nn.Dropout
+    for mod in model.modules():
+        for name, child in list(mod.named_children()):
+            if isinstance(child, nn.Dropout) and type(child) is not cls:
+                swapped = cls(child.p, child.inplace)
+                swapped.train(child.training)
+                setattr(mod, name, swapped)
+    for mod in model.modules():
+        config = getattr(mod, "config", None)
+        if getattr(mod, "set_attn_implementation", None) is None or config is None:
+            continue
+        current = config._attn_implementation
+        if kernel == "fast" and current == "sdpa":
+            _register()
+            mod.set_attn_implementation(ATTENTION)
+        elif kernel == "stock" and current == ATTENTION:
+            mod.set_attn_implementation("sdpa")

@@ -1,0 +1,120 @@
+"""The fast CPU dropout: same distribution and function as torch's dropout, a different random stream."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from benchmark.modeling.dropout import (
+    ATTENTION,
+    FastDropout,
+    attention_math,
+    fast_dropout,
+    keep_mask,
+    set_cpu_dropout,
+)
+from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.spec.schema import AdapterParams, FusionParams
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_keep_mask_has_the_right_rate_and_no_lane_bias(p):
+    torch.manual_seed(0)
+    keep = keep_mask((999, 1001), p, torch.device("cpu"))  # odd size: the last int64 draw is half used
+    assert keep.shape == (999, 1001) and keep.dtype == torch.bool
+    n = keep.numel()
+    sd = (p * (1 - p) / n) ** 0.5
+    assert abs((1 - keep.float().mean().item()) - p) < 5 * sd
+    # the two 32-bit lanes of each int64 draw (even / odd positions) are both unbiased
+    flat = keep.flatten()[: n - 1].view(-1, 2).float()
+    for lane in (0, 1):
+        assert abs((1 - flat[:, lane].mean().item()) - p) < 5 * sd * 2 ** 0.5
+    # neighbours are independent: P(both dropped) = p^2
+    both = (~flat.bool()).all(1).float().mean().item()
+    assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / flat.shape[0]) ** 0.5
+
+
+def test_fast_dropout_is_inverted_dropout_with_the_right_gradient():
+    torch.manual_seed(1)
+    x = torch.randn(64, 128, requires_grad=True)
+    y = fast_dropout(x, 0.25)
+    kept = y != 0
+    assert torch.allclose(y[kept], x[kept] / 0.75)
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / 0.75)
+    assert abs(kept.float().mean().item() - 0.75) < 0.02
+
+
+def test_fast_dropout_is_seeded_and_off_in_eval():
+    x = torch.randn(32, 50)
+    torch.manual_seed(3)
+    a = fast_dropout(x, 0.1)
+    torch.manual_seed(3)
+    b = fast_dropout(x, 0.1)
+    assert torch.equal(a, b)
+    assert torch.equal(fast_dropout(x, 0.1, training=False), x)
+    assert torch.equal(fast_dropout(x, 0.0), x)
+    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))
+    m = FastDropout(0.1).eval()
+    assert torch.equal(m(x), x)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_attention_math_equals_the_definition(mask_kind):
+    torch.manual_seed(0)
+    B, heads, T, d = 2, 3, 7, 4
+    q, k, v = (torch.randn(B, heads, T, d) for _ in range(3))
+    real = torch.ones(B, T, dtype=torch.bool)
+    real[1, 5:] = False  # padding in the second example
+    bool_mask = real[:, None, None, :].expand(B, 1, T, T)
+    float_mask = torch.zeros(B, 1, 1, T).masked_fill(~real[:, None, None, :], torch.finfo(torch.float32).min)
+    mask = {"none": None, "bool": bool_mask, "float": float_mask}[mask_kind]
+    # without dropout: SDPA is the reference
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    got = attention_math(q, k, v, mask, d ** -0.5, 0.0)
+    assert torch.allclose(got, want, atol=1e-6)
+    # with dropout: the same keep-mask drawn from the same seed, applied by hand
+    torch.manual_seed(7)
+    got = attention_math(q, k, v, mask, d ** -0.5, 0.3)
+    torch.manual_seed(7)
+    keep = keep_mask((B, heads, T, T), 0.3, q.device)
+    scores = q @ k.transpose(2, 3) * d ** -0.5
+    if mask is not None:
+        scores = scores.masked_fill(~real[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, -1) * keep / 0.7
+    assert torch.allclose(got, (probs @ v).transpose(1, 2), atol=1e-6)
+
+
+def test_set_cpu_dropout_switches_the_whole_model_and_back(tiny_bert, tiny_roberta):
+    for tok, make in (tiny_bert, tiny_roberta):
+        torch.manual_seed(0)
+        model = AdapterModel(make())
+        model.add_adapter("a", AdapterParams())
+        model.add_adapter("b", AdapterParams())
+        model.add_fusion("f", ["a", "b"], FusionParams())
+        model.add_head("t", "classification", 2)
+        model.set_active(Fuse("f", ["a", "b"]))
+        batch = dict(tok(["a short one", "a somewhat longer sentence here"], padding=True, return_tensors="pt"))
+        model.eval()
+        with torch.no_grad():
+            before = model(head="t", **batch)
+        set_cpu_dropout(model, "fast")
+        drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert drops and all(type(m) is FastDropout for m in drops)
+        assert model.config._attn_implementation == ATTENTION
+        with torch.no_grad():  # eval: exactly the same function
+            assert torch.equal(model(head="t", **batch), before)
+        model.train()
+        torch.manual_seed(5)
+        a = model(head="t", **batch)
+        torch.manual_seed(5)
+        b = model(head="t", **batch)
+        assert torch.equal(a, b) and not torch.allclose(a, before)  # seeded, and dropout is on
+        a.sum().backward()
+        assert all(p.grad is not None for n, p in model.named_parameters() if ".fusions.f." in n)
+        set_cpu_dropout(model, "stock")
+        assert all(type(m) is torch.nn.Dropout for m in model.modules() if isinstance(m, torch.nn.Dropout))
+        assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="fast"):
+        set_cpu_dropout(model, "quick")
