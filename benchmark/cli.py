@@ -147,7 +147,7 @@ def cmd_run(args) -> int:
     reg = _registry(args)
     plan = _plan(args, reg)
     summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
-                       device=args.device, jobs=args.jobs, force=args.force, cpu_dropout=args.cpu_dropout)
+                       device=args.device, jobs=args.jobs, force=args.force, cpu_kernels=args.cpu_kernels)
     return 1 if summary.failed else 0
 
 
@@ -198,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes")
             sp.add_argument("--force", action="store_true", help="retrain finished runs")
             sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
-            sp.add_argument("--cpu-dropout", choices=["fast", "stock"], default="fast",
-                            help="dropout kernel on the CPU: fast (same distribution, faster mask; default) or "
-                                 "stock torch dropout; recorded in each result as dropout_kernel")
+            sp.add_argument("--cpu-kernels", choices=["fast", "stock"], default="fast",
+                            help="CPU kernels: fast (dropout masks from 32-bit integers, frozen linear layers "
+                                 "on oneDNN; same functions; default) or stock torch; recorded as cpu_kernels")
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), data=False)
     r.add_argument("experiments", nargs="+")
     r.add_argument("--results-dir")

@@ -4,9 +4,10 @@ MiniLM-L6 (batch 32, length 128), ours and AdapterHub ``adapters`` 1.3.0 in one 
 
 Both sides time the same step: forward, cross-entropy through the same two-layer head, backward and
 AdamW over the trained parameters only (the adapter for ST-A; fusion + head for Fusion, whose
-adapters are frozen), on identical random token ids. Ours runs twice, with the fast CPU dropout
-(the default of ``afbench run``, see ``benchmark/modeling/dropout.py``) and with stock dropout, so
-the table shows what the dropout kernel and what the fusion algebra contribute.
+adapters are frozen), on identical random token ids. Ours runs twice, with the fast CPU kernels
+(the default of ``afbench run``: dropout masks and frozen linear layers, see
+``benchmark/modeling/cpu_kernels.py``) and with stock torch kernels, so the table shows what the
+kernels and what the fusion algebra contribute.
 
 Timings on a shared 2-core machine drift by 10-20 % over minutes, so the three sides run in
 alternating rounds (ours fast, ours stock, reference; ``--rounds``) and the table reports the median
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from benchmark.modeling.backbone import load_encoder, model_path
-from benchmark.modeling.dropout import set_cpu_dropout
+from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.perf.steps import Head, make_batch, time_steps
 from benchmark.spec import load_registry
@@ -35,7 +36,7 @@ TARGETS = "Fusion N=16 >= 4x the reference; Fusion N=16 step <= 1.6x a single-ad
 
 
 def ours(spec, configs, batch_size, length, warmup, steps, device="cpu", bf16=False,
-         cpu_dropout="fast") -> dict[str, float]:
+         cpu_kernels="fast") -> dict[str, float]:
     out = {}
     for name, n in configs:
         torch.manual_seed(0)
@@ -55,8 +56,8 @@ def ours(spec, configs, batch_size, length, warmup, steps, device="cpu", bf16=Fa
         for p in trained:
             p.requires_grad = True
         head = Head(model.hidden_size)
-        set_cpu_dropout(model, cpu_dropout)
-        set_cpu_dropout(head, cpu_dropout)
+        set_cpu_kernels(model, cpu_kernels)
+        set_cpu_kernels(head, cpu_kernels)
         model.to(device).train()
         head.to(device).train()
         opt = torch.optim.AdamW(trained + list(head.parameters()), lr=1e-4, fused=device.startswith("cuda"))
@@ -102,9 +103,9 @@ def run_perf(args) -> int:
     common = dict(batch_size=args.batch_size, length=args.length, warmup=1, steps=args.steps)
     fast, stock, ref, ref_version = [], [], [], None
     for r in range(args.rounds):
-        print(f"round {r + 1}/{args.rounds}: ours on {device} (fast dropout, stock dropout) ...", flush=True)
-        fast.append(ours(spec, configs, device=device, cpu_dropout="fast", **common))
-        stock.append(ours(spec, configs, device=device, cpu_dropout="stock", **common))
+        print(f"round {r + 1}/{args.rounds}: ours on {device} (fast kernels, stock kernels) ...", flush=True)
+        fast.append(ours(spec, configs, device=device, cpu_kernels="fast", **common))
+        stock.append(ours(spec, configs, device=device, cpu_kernels="stock", **common))
         if args.reference_python:
             print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0) ...", flush=True)
             try:
@@ -120,12 +121,13 @@ def run_perf(args) -> int:
         f"MiniLM-L6 (all-MiniLM-L6-v2), batch {args.batch_size}, length {args.length}, float32 on {device} "
         f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
         f"{args.steps} timed steps after 1 warm-up, {args.rounds} alternating rounds (median round shown). "
-        f"Reference: adapters {ref_version or 'not run'}. \"fast\" = our default CPU dropout (same distribution, "
-        "faster mask; `benchmark/modeling/dropout.py`), \"stock\" = `torch.nn.Dropout` and SDPA as shipped.",
+        f"Reference: adapters {ref_version or 'not run'}. Ours = our default fast CPU kernels (dropout masks from "
+        "32-bit random integers, frozen linear layers on oneDNN; same functions, "
+        "`benchmark/modeling/cpu_kernels.py`); \"stock\" = torch's dropout, SDPA and linear as shipped.",
         "",
         f"Command: `nox -s perf` (= `afbench perf --reference-python <reference env python>`). Targets: {TARGETS}.",
         "",
-        "| setup | ours steps/s | ours seq/s | ours, stock dropout, steps/s | reference steps/s | ours / reference "
+        "| setup | ours steps/s | ours seq/s | ours, stock kernels, steps/s | reference steps/s | ours / reference "
         "| per-round range | ours vs one adapter (time) |" + (" ours bf16 steps/s |" if bf16 else ""),
         "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if bf16 else ""),
     ]

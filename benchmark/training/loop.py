@@ -90,6 +90,12 @@ def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, b
     return 100.0 * accuracy_score(gold, preds)
 
 
+def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> None:
+    """One line per epoch, also where the step bar is hidden (logs, CI, nohup)."""
+    tqdm.write(f"    {desc} epoch {h['epoch']}/{epochs}: train loss {h['train_loss']:.4f}, "
+               f"dev accuracy {h['dev_accuracy']:.2f}, {examples_per_second:.1f} train ex/s, {h['seconds']:.0f}s")
+
+
 def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device) -> torch.Tensor:
     with autocast(device):
         logits = model(head=head, **batch)
@@ -145,6 +151,7 @@ def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: 
         acc = evaluate(model, dev_split, head, pad_id, params.eval_batch_size, device)
         out.history.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),
                             "dev_accuracy": acc, "seconds": time.perf_counter() - t0})
+        log_epoch(desc, out.history[-1], params.epochs, seen / max(train_time, 1e-9))
         if acc > out.best_metric:
             out.best_metric, out.best_epoch, out.best_state, since_best = acc, epoch + 1, snapshot(), 0
         else:

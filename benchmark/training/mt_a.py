@@ -23,6 +23,7 @@ from benchmark.training.loop import (
     Outcome,
     evaluate,
     linear_schedule,
+    log_epoch,
     make_optimizer,
     step_loss,
     to_device,
@@ -90,6 +91,7 @@ def train_multitask(model: AdapterModel, data: dict[str, tuple[EncodedSplit, Enc
         out.history.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)), "dev_accuracy": mean,
                             "dev_accuracy_per_task": accs, "alpha": alpha_at(epoch, params.epochs, mt),
                             "seconds": time.perf_counter() - t0})
+        log_epoch(desc, out.history[-1], params.epochs, seen / max(train_time, 1e-9))
         if mean > out.best_metric:
             out.best_metric, out.best_epoch, out.best_state, since_best = mean, epoch + 1, snapshot(), 0
         else:

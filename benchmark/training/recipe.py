@@ -14,7 +14,7 @@ import torch
 from benchmark.data.encode import encode_split
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_modules, save_modules, trained_state
-from benchmark.modeling.dropout import set_cpu_dropout
+from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.runner.plan import Run
 from benchmark.spec.registry import Registry
@@ -32,7 +32,7 @@ class RunContext:
     data_dir: Path | None
     device: torch.device
     run_dir: callable  # run id -> folder of a finished run (dependencies)
-    cpu_dropout: str = "fast"  # dropout kernel on the CPU: "fast" | "stock" (benchmark/modeling/dropout.py)
+    cpu_kernels: str = "fast"  # "fast" | "stock" CPU kernels (benchmark/modeling/cpu_kernels.py)
 
 
 def load_data(ctx: RunContext, run: Run, task: TaskSpec, tok):
@@ -92,7 +92,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         save_extra["adapters"] = list(run.sources)  # frozen, saved so the run folder is self-contained
     model.add_head(task.name, task.type, task.num_labels, bspec.pooling)
     _freeze_all_but(model, **train_mods)
-    set_cpu_dropout(model, ctx.cpu_dropout)
+    set_cpu_kernels(model, ctx.cpu_kernels)
     model.to(ctx.device)
 
     tr, dev = load_data(ctx, run, task, tok)
@@ -134,7 +134,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         model.add_adapter(t, method.adapter)
         model.add_head(t, task.type, task.num_labels, bspec.pooling)
         data[t] = load_data(ctx, run, task, tok)
-    set_cpu_dropout(model, ctx.cpu_dropout)
+    set_cpu_kernels(model, ctx.cpu_kernels)
     model.to(ctx.device)
     snapshot = lambda: trained_state(model, adapters=run.tasks, heads=run.tasks, encoder=True)  # noqa: E731
     outcome, per_task = train_multitask(model, data, method.train, method.mt_a, pad_id=tok.pad_token_id,

@@ -1,4 +1,5 @@
-"""The fast CPU dropout: same distribution and function as torch's dropout, a different random stream."""
+"""The fast CPU kernels: dropout with the same distribution as torch's (a different random stream), and
+frozen linear layers on oneDNN computing the same function as F.linear."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from benchmark.modeling.dropout import (
+from benchmark.modeling.cpu_kernels import (
     ATTENTION,
+    CpuLinear,
     FastDropout,
     attention_math,
     fast_dropout,
     keep_mask,
-    set_cpu_dropout,
+    set_cpu_kernels,
 )
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.spec.schema import AdapterParams, FusionParams
@@ -86,7 +88,7 @@ def test_attention_math_equals_the_definition(mask_kind):
     assert torch.allclose(got, (probs @ v).transpose(1, 2), atol=1e-6)
 
 
-def test_set_cpu_dropout_switches_the_whole_model_and_back(tiny_bert, tiny_roberta):
+def test_set_cpu_kernels_switches_the_whole_model_and_back(tiny_bert, tiny_roberta):
     for tok, make in (tiny_bert, tiny_roberta):
         torch.manual_seed(0)
         model = AdapterModel(make())
@@ -99,9 +101,10 @@ def test_set_cpu_dropout_switches_the_whole_model_and_back(tiny_bert, tiny_rober
         model.eval()
         with torch.no_grad():
             before = model(head="t", **batch)
-        set_cpu_dropout(model, "fast")
+        set_cpu_kernels(model, "fast")
         drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
         assert drops and all(type(m) is FastDropout for m in drops)
+        assert all(type(m) is CpuLinear for m in model.modules() if isinstance(m, torch.nn.Linear))
         assert model.config._attn_implementation == ATTENTION
         with torch.no_grad():  # eval: exactly the same function
             assert torch.equal(model(head="t", **batch), before)
@@ -113,8 +116,35 @@ def test_set_cpu_dropout_switches_the_whole_model_and_back(tiny_bert, tiny_rober
         assert torch.equal(a, b) and not torch.allclose(a, before)  # seeded, and dropout is on
         a.sum().backward()
         assert all(p.grad is not None for n, p in model.named_parameters() if ".fusions.f." in n)
-        set_cpu_dropout(model, "stock")
+        set_cpu_kernels(model, "stock")
         assert all(type(m) is torch.nn.Dropout for m in model.modules() if isinstance(m, torch.nn.Dropout))
+        assert all(type(m) is torch.nn.Linear for m in model.modules() if isinstance(m, torch.nn.Linear))
         assert model.config._attn_implementation == "sdpa"
     with pytest.raises(ValueError, match="fast"):
-        set_cpu_dropout(model, "quick")
+        set_cpu_kernels(model, "quick")
+
+
+def test_frozen_linear_computes_f_linear_and_its_input_gradient():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 80)
+    fast = CpuLinear.__new__(CpuLinear)
+    fast.__dict__ = lin.__dict__.copy()
+    assert fast.state_dict().keys() == lin.state_dict().keys()
+    # trained weights: exactly F.linear (the oneDNN path is only for frozen layers)
+    x = torch.randn(4, 9, 48)
+    assert torch.equal(fast(x), F.linear(x, lin.weight, lin.bias))
+    for p in lin.parameters():
+        p.requires_grad = False
+    x1 = torch.randn(4, 9, 48, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_(True)
+    y1, y2 = fast(x1), F.linear(x2, lin.weight, lin.bias)
+    assert y1.shape == (4, 9, 80) and torch.allclose(y1, y2, atol=1e-5)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-5)
+    assert lin.weight.grad is None  # frozen: no weight gradient is computed
+    xt = torch.randn(9, 4, 48).transpose(0, 1)  # non-contiguous input
+    assert torch.allclose(fast(xt), F.linear(xt, lin.weight, lin.bias), atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), F.linear(x, lin.weight, lin.bias), atol=1e-5)

@@ -1,21 +1,28 @@
-"""Dropout on the CPU without the slow Bernoulli kernel.
+"""Faster CPU kernels for the same functions: dropout, and linear layers with frozen weights.
 
-Profiling a MiniLM training step on the CPU (``afbench perf``) shows about a fifth of the time in
-``aten::bernoulli_`` and the attention dropout forcing SDPA off its fused kernel onto a slower math
-path. Both compute plain inverted dropout; only the way the random mask is drawn is slow. Here the
-keep-mask comes from 32-bit random integers (``random_`` on int64, two lanes per draw, from torch's
-seeded generator), compared with a threshold, so
+Profiling a MiniLM training step on the CPU (``afbench perf``) shows two costs that are not the
+model's math. Neither changes the function computed; ``set_cpu_kernels(model, "fast" | "stock")``
+switches a whole model (encoder, adapters, fusion, heads) either way, and the runner records which
+one trained a result (``afbench run --cpu-kernels``, field ``cpu_kernels`` in result.json).
+
+**Dropout.** About a fifth of the step is ``aten::bernoulli_``, and attention dropout pushes SDPA
+off its fused kernel onto a slower math path. Here the keep-mask comes from 32-bit random integers
+(``random_`` on int64, two lanes per draw, from torch's seeded generator) compared with a threshold:
 
     P(drop) = floor(p * 2**32) / 2**32        (|error| < 2.4e-10; stock: float uniform, ~6e-8)
     out = x * keep / (1 - p)                   backward: grad * keep / (1 - p)
 
-i.e. the same distribution and the same function as ``torch.nn.functional.dropout``, drawn from a
-different random stream (a seeded CPU run is still repeatable; its numbers differ from a stock run).
-Attention dropout gets the same mask in a small math-path attention function registered with
-transformers' ``AttentionInterface``; without dropout (eval) or off the CPU it hands over to SDPA.
+i.e. inverted dropout with the same distribution, drawn from a different random stream (a seeded CPU
+run is still repeatable; its numbers differ from a stock run). Attention dropout gets the same mask
+in a small math-path attention function registered with transformers' ``AttentionInterface``;
+without dropout (eval) or off the CPU it hands over to SDPA.
 
-``set_cpu_dropout(model, "fast" | "stock")`` switches a whole model (encoder, adapters, fusion, heads)
-either way; the runner records which one trained a result (``afbench run --cpu-dropout``).
+**Frozen linear layers.** On this project's AMD CPUs torch's float32 ``addmm`` (MKL) reaches ~70 %
+of the throughput of oneDNN's GEMM for the encoder's shapes. A linear layer whose weight and bias
+are frozen (the whole encoder for ST-A, Fusion and Head) computes ``y = x Wᵀ + b`` and, in the
+backward, only ``dx = dy W``, both with oneDNN (``torch.ops.mkldnn._linear_pointwise``). Trained
+weights, other dtypes and other devices use ``F.linear`` unchanged. Results agree with MKL to float32
+rounding (different summation order).
 """
 
 from __future__ import annotations
@@ -92,24 +99,73 @@ def _register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # bool mask, or None when nothing is masked
 
 
-def set_cpu_dropout(model: nn.Module, kernel: str) -> None:
-    """Use the fast (default) or the stock CPU dropout everywhere in ``model``. Call after adding heads."""
-    if kernel not in KERNELS:
-        raise ValueError(f"cpu dropout kernel must be one of {KERNELS}, got {kernel!r}")
-    cls = FastDropout if kernel == "fast" else nn.Dropout
+def _onednn_linear_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+class _FrozenLinear(torch.autograd.Function):
+    """y = x Wᵀ + b with W and b frozen: the backward is dx = dy W only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # x [..., in], weight [out, in] -> [..., out]
+        ctx.save_for_backward(weight)
+        return _onednn_linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # grad [..., out] -> dx [..., in]
+        (weight,) = ctx.saved_tensors
+        return _onednn_linear(grad, weight.t(), None), None, None
+
+
+class CpuLinear(nn.Linear):
+    """``nn.Linear`` (same parameters and keys) computing frozen CPU float32 layers with oneDNN."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
+        if frozen and x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype:
+            return _FrozenLinear.apply(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+def _swap(model: nn.Module, old: type, make) -> None:
+    """Replace every child of exactly type ``old`` (not its subclasses) by ``make(child)``."""
     for mod in model.modules():
         for name, child in list(mod.named_children()):
-            if isinstance(child, nn.Dropout) and type(child) is not cls:
-                swapped = cls(child.p, child.inplace)
+            if type(child) is old:
+                swapped = make(child)
                 swapped.train(child.training)
                 setattr(mod, name, swapped)
+
+
+def _relinear(cls: type, lin: nn.Linear) -> nn.Linear:
+    new = cls.__new__(cls)
+    new.__dict__ = lin.__dict__.copy()  # the same Parameter objects: optimiser and state dict unchanged
+    return new
+
+
+def set_cpu_kernels(model: nn.Module, kernels: str) -> None:
+    """Use the fast (default) or the stock CPU kernels everywhere in ``model``. Call after adding heads."""
+    if kernels not in KERNELS:
+        raise ValueError(f"cpu kernels must be one of {KERNELS}, got {kernels!r}")
+    fast = kernels == "fast"
+    if fast:
+        _swap(model, nn.Dropout, lambda d: FastDropout(d.p, d.inplace))
+        if _onednn_linear_available():
+            _swap(model, nn.Linear, lambda m: _relinear(CpuLinear, m))
+    else:
+        _swap(model, FastDropout, lambda d: nn.Dropout(d.p, d.inplace))
+        _swap(model, CpuLinear, lambda m: _relinear(nn.Linear, m))
     for mod in model.modules():
         config = getattr(mod, "config", None)
         if getattr(mod, "set_attn_implementation", None) is None or config is None:
             continue
         current = config._attn_implementation
-        if kernel == "fast" and current == "sdpa":
+        if fast and current == "sdpa":
             _register()
             mod.set_attn_implementation(ATTENTION)
-        elif kernel == "stock" and current == ATTENTION:
+        elif not fast and current == ATTENTION:
             mod.set_attn_implementation("sdpa")
