@@ -50,6 +50,9 @@ def handmade(tmp_path):
                 runs.append(r)
     failed = make_result("mrpc", "head", 1, error="RuntimeError: out of memory")
     write_json_atomic(folder / failed["run_id"] / "result.json", failed)
+    # a result of an earlier version of the spec (its id is not in the plan): must not count as a seed
+    stale = make_result("rte", "fusion_st_a_rf16", 1, 10.0) | {"run_id": "rte__fusion_st_a_rf16__minilm-l6__s1__old"}
+    write_json_atomic(folder / stale["run_id"] / "result.json", stale)
     plan = {"experiment": "handmade", "description": "hand-made", "skipped": [
         {"what": "task boolq", "why": "not in the offline mirror"}],
         "runs": [{"id": r["run_id"], "task": r["task"], "tasks": [], "label": r["label"], "backbone": "minilm-l6",
@@ -126,6 +129,7 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     assert "77.00 ± 1.00† <sup>n=3</sup>" in md
     assert "| **Improved** (ours / paper) | 1/3 / 10/16 |" in md
     assert "— (no data)" in md and "— (failed)" in md and "— (not run)" in md
+    assert "1 older results not in the current plan (spec edited since) left out" in md
     html = (out / "handmade.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     tex = (out / "handmade.tex").read_text()

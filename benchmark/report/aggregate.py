@@ -51,6 +51,7 @@ class Collected:
     results: list[dict]  # every result read (finished and failed)
     description: str = ""
     attention: dict[tuple[str, str, str], list[dict]] = field(default_factory=dict)  # fusion_attention per cell
+    stale: list[str] = field(default_factory=list)  # run ids on disk that the current plan no longer has
 
     def backbones(self) -> list[str]:
         return sorted({b for b, _, _ in self.cells})
@@ -69,6 +70,10 @@ def _read_plan(folder: Path) -> dict | None:
 
 def collect(results: list[dict], plan: dict | None, experiment: str) -> Collected:
     roles = {r["id"]: r["role"] for r in (plan or {}).get("runs", [])}
+    # A spec edited after a run changes the run ids; results of the old spec stay on disk but are not
+    # part of this experiment any more (they would count as an extra seed), so they are left out.
+    stale = sorted(r["run_id"] for r in results if plan is not None and r["run_id"] not in roles)
+    results = [r for r in results if r["run_id"] not in stale]
     cells: dict[tuple[str, str, str], Cell] = {}
     attention: dict[tuple[str, str, str], list[dict]] = {}
     stage1 = []
@@ -102,7 +107,8 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
     for s in (plan or {}).get("skipped", []):
         if s["what"].startswith("task "):
             no_data[s["what"][5:]] = s["why"]
-    return Collected(experiment, cells, stage1, no_data, results, (plan or {}).get("description", ""), attention)
+    return Collected(experiment, cells, stage1, no_data, results, (plan or {}).get("description", ""), attention,
+                     stale)
 
 
 def load(results_dir: Path, experiment: str) -> Collected:

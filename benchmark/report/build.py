@@ -103,6 +103,7 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
         "spec_file": spec_file,
         "runs_finished": len(fin),
         "runs_failed": len(col.results) - len(fin),
+        "runs_stale": len(col.stale),
         "revisions": revs,
         "dirty": dirty,
         "devices": sorted({r.get("device", "?") for r in col.results}),
