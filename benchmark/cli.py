@@ -141,13 +141,15 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from benchmark.modeling.compute import Compute
     from benchmark.runner.execute import run_plan
     from benchmark.runner.results import results_root
 
     reg = _registry(args)
     plan = _plan(args, reg)
     summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
-                       device=args.device, jobs=args.jobs, force=args.force, cpu_kernels=args.cpu_kernels)
+                       device=args.device, jobs=args.jobs, force=args.force,
+                       compute=Compute(args.cpu_kernels, args.last_layer))
     return 1 if summary.failed else 0
 
 
@@ -201,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--cpu-kernels", choices=["fast", "stock"], default="fast",
                             help="CPU kernels: fast (dropout masks from 32-bit integers, frozen linear layers "
                                  "on oneDNN; same functions; default) or stock torch; recorded as cpu_kernels")
+            sp.add_argument("--last-layer", choices=["first_token", "full"], default="first_token",
+                            help="with a first-token ([CLS]) head the last layer computes position 0 only "
+                                 "(same logits and gradients; default) or every position; recorded as last_layer")
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), data=False)
     r.add_argument("experiments", nargs="+")
     r.add_argument("--results-dir")

@@ -49,7 +49,7 @@ def test_smoke_trains_all_seven_methods(smoke):
     assert len(r["history"]) >= 1 and "dev_accuracy" in r["history"][0]
     assert 0 < r["params"]["trained"] < r["params"]["total"]
     assert r["versions"]["torch"] and "revision" in r["git"] and r["seed"] == 1
-    assert r["device"] == "cpu" and r["cpu_kernels"] == "fast"
+    assert r["device"] == "cpu" and r["cpu_kernels"] == "fast" and r["last_layer"] == "first_token"
     assert r["data"]["train_rows"] == 48 and r["data"]["source"] == "mirror"
     mt = next(r for r in res.values() if r["method"] == "mt_a")
     assert set(mt["per_task"]) == {"rte", "cb", "socialiqa"} and mt["params"]["trained"] == mt["params"]["total"]
@@ -150,11 +150,13 @@ def test_parallel_jobs_and_missing_weights_are_retrained(tmp_path, capsys):
         caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
     """))
     args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
-    assert main(["run", "tiny_jobs", "--jobs", "2", "--cpu-kernels", "stock", *args]) == 0
+    assert main(["run", "tiny_jobs", "--jobs", "2", "--cpu-kernels", "stock", "--last-layer", "full",
+                 *args]) == 0
     folder = tmp_path / "r" / "tiny_jobs"
     res = results(folder)
     assert len(res) == 6 and all(r["status"] == "finished" for r in res.values())
-    assert {r["cpu_kernels"] for r in res.values()} == {"stock"}  # the option reaches the worker processes
+    # the options reach the worker processes
+    assert {(r["cpu_kernels"], r["last_layer"]) for r in res.values()} == {("stock", "full")}
     # results committed without weights: a rerun keeps them unless a pending run needs the weights
     stage1 = [rid for rid, r in res.items() if r["method"] == "st_a"]
     fusion = [rid for rid, r in res.items() if r["method"] == "fusion_st_a"]

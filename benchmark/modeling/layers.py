@@ -19,10 +19,11 @@ from benchmark.modeling.fusion import AdapterFusion
 
 @dataclass
 class ForwardContext:
-    """Shared by every AdaptedOutput of one model: the current attention mask and capture state."""
+    """Shared by the adapted modules of one model: the current attention mask, capture and last-layer state."""
 
     attention_mask: torch.Tensor | None = None  # [B, T]
     capture: bool = False
+    first_token_only: bool = False  # the last layer computes position 0 only (first_token.py)
 
 
 @dataclass

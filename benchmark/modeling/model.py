@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from benchmark.modeling.adapters import BottleneckAdapter
+from benchmark.modeling.first_token import LAST_LAYER, wrap_last_layer
 from benchmark.modeling.fusion import AdapterFusion
 from benchmark.modeling.heads import make_head
 from benchmark.modeling.layers import ActiveSetup, AdaptedOutput, ForwardContext
@@ -41,9 +42,12 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
 
 
 class AdapterModel(nn.Module):
-    def __init__(self, encoder: nn.Module):
+    def __init__(self, encoder: nn.Module, last_layer: str = "first_token"):
         super().__init__()
+        if last_layer not in LAST_LAYER:
+            raise ValueError(f"last_layer must be one of {LAST_LAYER}, got {last_layer!r}")
         self.encoder = encoder
+        self.last_layer = last_layer  # "first_token": position 0 only where the head reads only that
         self.heads = nn.ModuleDict()
         self.adapter_params: dict[str, AdapterParams] = {}
         self.fusion_params: dict[str, tuple[list[str], FusionParams]] = {}
@@ -53,6 +57,7 @@ class AdapterModel(nn.Module):
             if not isinstance(layer.output, AdaptedOutput):
                 layer.output = AdaptedOutput(layer.output, "output", self._ctx)
                 layer.attention.output = AdaptedOutput(layer.attention.output, "attention", self._ctx)
+        wrap_last_layer(encoder, self._ctx)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -146,8 +151,18 @@ class AdapterModel(nn.Module):
             input_ids = input_ids.flatten(0, 1)  # [B*K, L]
             attention_mask = attention_mask.flatten(0, 1)
             token_type_ids = token_type_ids.flatten(0, 1) if token_type_ids is not None else None
+        pooling = getattr(self.heads[head], "pooling", "cls")
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, first_token_only=pooling == "cls")
+        return self.heads[head](hidden, attention_mask, num_choices)
+
+    def encode(self, input_ids, attention_mask, token_type_ids=None, first_token_only: bool = False) -> torch.Tensor:
+        """[B, L] -> last hidden states [B, L, H], or [B, 1, H] (position 0) when ``first_token_only`` and
+        ``self.last_layer == "first_token"`` and fusion attention is not being captured."""
         self._ctx.attention_mask = attention_mask
+        self._ctx.first_token_only = first_token_only and self.last_layer == "first_token" and not self._ctx.capture
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        self._ctx.attention_mask = None
-        return self.heads[head](out.last_hidden_state, attention_mask, num_choices)
+        try:
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        finally:
+            self._ctx.attention_mask = None
+            self._ctx.first_token_only = False

@@ -21,6 +21,7 @@ import torch
 
 from benchmark.errors import BenchError
 from benchmark.modeling.checkpoint import WEIGHTS
+from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.runner.plan import Plan, Run
 from benchmark.runner.results import (
     RESULT,
@@ -80,7 +81,7 @@ def _recover(exp_dir: Path, run_id: str) -> None:
 
 
 def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.device, measured: dict | None,
-           error: str | None, started: str, seconds: float, work: Path | None, cpu_kernels: str = "fast") -> None:
+           error: str | None, started: str, seconds: float, work: Path | None, compute: Compute = DEFAULT) -> None:
     final = exp_dir / run.id
     result = {
         "schema": SCHEMA,
@@ -106,7 +107,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "wall_seconds": seconds,
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "torch_threads": torch.get_num_threads(),
-        "cpu_kernels": cpu_kernels if device.type == "cpu" else "stock",  # see benchmark/modeling/cpu_kernels.py
+        **compute.record(device),  # cpu_kernels, last_layer: see benchmark/modeling/compute.py
         "host": socket.gethostname(),
         "started_at": started,
         "finished_at": now(),
@@ -130,7 +131,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
 
 
 def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Path | None, device_name: str,
-                threads: int | None = None, cpu_kernels: str = "fast") -> tuple[str, str | None, float]:
+                threads: int | None = None, compute: Compute = DEFAULT) -> tuple[str, str | None, float]:
     """Train one run and record it. Returns (run id, error or None, seconds)."""
     from benchmark.training.recipe import RunContext, execute
 
@@ -141,7 +142,7 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
     work = exp_dir / f".tmp-{run.id}-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     started, t0 = now(), time.perf_counter()
-    ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: exp_dir / rid, cpu_kernels)
+    ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: exp_dir / rid, compute)
     try:
         measured, error = execute(run, ctx, work), None
     except KeyboardInterrupt:
@@ -152,12 +153,12 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
         tail = "".join(traceback.format_exception(e)[-3:])
         measured, error = {"traceback_tail": tail}, msg
     seconds = time.perf_counter() - t0
-    record(run, reg, plan, exp_dir, device, measured, error, started, seconds, work, cpu_kernels)
+    record(run, reg, plan, exp_dir, device, measured, error, started, seconds, work, compute)
     return run.id, error, seconds
 
 
 def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | None, device: str | None = None,
-             jobs: int = 1, force: bool = False, cpu_kernels: str = "fast", log=print) -> Summary:
+             jobs: int = 1, force: bool = False, compute: Compute = DEFAULT, log=print) -> Summary:
     exp_dir = results_dir / plan.experiment.name
     exp_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device, plan.experiment.device)
@@ -210,7 +211,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
 
     def note_failure(r: Run, why: str) -> None:
         summary.failed[r.id] = why
-        record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None, cpu_kernels)
+        record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None, compute)
 
     k = 0
     if jobs <= 1:
@@ -222,7 +223,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                 progress(k, r.id, why, 0.0)
                 continue
             log(f"[run {k}/{n}] start {r.id}")
-            finish(k, *execute_one(r, reg, plan, exp_dir, data_dir, str(dev), None, cpu_kernels))
+            finish(k, *execute_one(r, reg, plan, exp_dir, data_dir, str(dev), None, compute))
     else:
         ngpu = torch.cuda.device_count() if dev.type == "cuda" else 0
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -242,7 +243,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                         pending.remove(r)
                         name = f"cuda:{len(running) % ngpu}" if ngpu else str(dev)
                         running[pool.submit(execute_one, r, reg, plan, exp_dir, data_dir, name, threads,
-                                                 cpu_kernels)] = r
+                                                 compute)] = r
                 if not running:
                     break
                 finished, _ = wait(list(running), return_when=FIRST_COMPLETED)

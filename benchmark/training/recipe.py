@@ -14,6 +14,7 @@ import torch
 from benchmark.data.encode import encode_split
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_modules, save_modules, trained_state
+from benchmark.modeling.compute import Compute
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.runner.plan import Run
@@ -32,7 +33,7 @@ class RunContext:
     data_dir: Path | None
     device: torch.device
     run_dir: callable  # run id -> folder of a finished run (dependencies)
-    cpu_kernels: str = "fast"  # "fast" | "stock" CPU kernels (benchmark/modeling/cpu_kernels.py)
+    compute: Compute = Compute()  # faster or stock code paths (benchmark/modeling/compute.py)
 
 
 def load_data(ctx: RunContext, run: Run, task: TaskSpec, tok):
@@ -69,7 +70,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     task = reg.tasks[run.task]
     bspec = reg.backbones[run.backbone]
     tok = load_tokenizer(bspec)
-    model = AdapterModel(load_encoder(bspec, tok))
+    model = AdapterModel(load_encoder(bspec, tok), ctx.compute.last_layer)
 
     torch.manual_seed(run.seed)  # module init, dropout and batch order follow the run seed
     train_mods: dict = {"heads": [task.name]}
@@ -92,7 +93,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         save_extra["adapters"] = list(run.sources)  # frozen, saved so the run folder is self-contained
     model.add_head(task.name, task.type, task.num_labels, bspec.pooling)
     _freeze_all_but(model, **train_mods)
-    set_cpu_kernels(model, ctx.cpu_kernels)
+    set_cpu_kernels(model, ctx.compute.cpu_kernels)
     model.to(ctx.device)
 
     tr, dev = load_data(ctx, run, task, tok)
@@ -126,7 +127,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     reg, method = ctx.reg, run.method
     bspec = reg.backbones[run.backbone]
     tok = load_tokenizer(bspec)
-    model = AdapterModel(load_encoder(bspec, tok))
+    model = AdapterModel(load_encoder(bspec, tok), ctx.compute.last_layer)
     torch.manual_seed(run.seed)
     data = {}
     for t in run.tasks:
@@ -134,7 +135,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         model.add_adapter(t, method.adapter)
         model.add_head(t, task.type, task.num_labels, bspec.pooling)
         data[t] = load_data(ctx, run, task, tok)
-    set_cpu_kernels(model, ctx.cpu_kernels)
+    set_cpu_kernels(model, ctx.compute.cpu_kernels)
     model.to(ctx.device)
     snapshot = lambda: trained_state(model, adapters=run.tasks, heads=run.tasks, encoder=True)  # noqa: E731
     outcome, per_task = train_multitask(model, data, method.train, method.mt_a, pad_id=tok.pad_token_id,

@@ -1,0 +1,75 @@
+"""The encoder's last layer computed at position 0 only, when the head reads nothing else.
+
+A first-token head (``cls`` pooling: classification and multiple choice, as in the paper and
+AdapterHub) reads only the final hidden state of position 0. In the last layer, everything that
+acts per position — the query projection, the attention output block, the FFN, the adapter or fusion
+— then matters at position 0 alone; keys and values still come from every position. Computing just
+that row gives the same logits, loss and gradients (to float32 rounding: other matmul shapes) and
+skips most of the last layer, forward and backward (``afbench perf`` shows the effect).
+
+Dropout inside the last layer then draws masks for one row instead of T, so a seeded run draws a
+different random stream than with the full layer: the runner records the choice (``last_layer`` in
+result.json, ``afbench run --last-layer first_token|full``). Mean pooling and fusion-attention
+capture (Figures 4 and 6 average over all tokens) always compute every position.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+LAST_LAYER = ("first_token", "full")
+
+
+class FirstTokenLastLayer(nn.Module):
+    """Wraps a BERT-like layer; keeps its sub-modules under the same names (state-dict keys unchanged)."""
+
+    def __init__(self, layer: nn.Module, ctx):
+        super().__init__()
+        self.attention = layer.attention
+        self.intermediate = layer.intermediate
+        self.output = layer.output
+        self._ctx = ctx  # ForwardContext: first_token_only says which rows to compute
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs) -> torch.Tensor:
+        if not self._ctx.first_token_only:  # the stock layer (an encoder: no cross-attention, no chunking)
+            attended, _ = self.attention(hidden_states, attention_mask, **kwargs)  # [B, T, H]
+            return self.output(self.intermediate(attended), attended)  # [B, T, H]
+        sa = self.attention.self
+        B, T, _ = hidden_states.shape
+        d = sa.attention_head_size
+        first = hidden_states[:, :1]  # [B, 1, H]
+        query = sa.query(first).view(B, 1, -1, d).transpose(1, 2)  # [B, heads, 1, d]
+        key = sa.key(hidden_states).view(B, T, -1, d).transpose(1, 2)  # [B, heads, T, d]
+        value = sa.value(hidden_states).view(B, T, -1, d).transpose(1, 2)  # [B, heads, T, d]
+        if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] == T:
+            attention_mask = attention_mask[:, :, :1]  # [B, 1, 1, T]: the first query row
+        attend = _attention_function(sa)
+        context, _ = attend(sa, query, key, value, attention_mask,
+                            dropout=sa.dropout.p if sa.training else 0.0, scaling=sa.scaling, **kwargs)
+        context = context.reshape(B, 1, -1)  # [B, 1, H]
+        attended = self.attention.output(context, first)  # [B, 1, H]
+        return self.output(self.intermediate(attended), attended)  # [B, 1, H]
+
+
+def _attention_function(self_attention: nn.Module):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    impl = self_attention.config._attn_implementation
+    if impl in (None, "eager"):
+        return sys.modules[type(self_attention).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[impl]
+
+
+def wrap_last_layer(encoder: nn.Module, ctx) -> None:
+    """Make the last layer able to compute position 0 only; with ``ctx.first_token_only`` off it is unchanged."""
+    layers = encoder.encoder.layer
+    last = layers[-1]
+    if isinstance(last, FirstTokenLastLayer):
+        return
+    if getattr(last, "chunk_size_feed_forward", 0) or getattr(last, "is_decoder", False) \
+            or getattr(encoder.config, "position_embedding_type", "absolute") != "absolute":
+        return  # not the plain encoder layer this module reproduces: keep the stock layer
+    layers[-1] = FirstTokenLastLayer(last, ctx)
