@@ -73,7 +73,7 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
     # A spec edited after a run changes the run ids; results of the old spec stay on disk but are not
     # part of this experiment any more (they would count as an extra seed), so they are left out.
     stale = sorted(r["run_id"] for r in results if plan is not None and r["run_id"] not in roles)
-    results = [r for r in results if r["run_id"] not in stale]
+    results = [r for r in results if plan is None or r["run_id"] in roles]
     cells: dict[tuple[str, str, str], Cell] = {}
     attention: dict[tuple[str, str, str], list[dict]] = {}
     stage1 = []

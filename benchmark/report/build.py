@@ -99,19 +99,27 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
         spec_file = str(Path(spec_file).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         spec_file = Path(spec_file).name
+    versions = {k: v.get(k) for k in ("torch", "transformers", "python") if v.get(k)}
+    caps = exp_spec.caps.model_dump(exclude_none=True) if exp_spec else {}
+    overrides = exp_spec.overrides if exp_spec else {}
+    runs = f"{len(fin)} finished, {len(col.results) - len(fin)} failed"
+    if col.stale:
+        runs += f"; {len(col.stale)} older results not in the current plan (spec edited since) left out"
     return {
         "spec_file": spec_file,
         "runs_finished": len(fin),
         "runs_failed": len(col.results) - len(fin),
-        "runs_stale": len(col.stale),
         "revisions": revs,
         "dirty": dirty,
         "devices": sorted({r.get("device", "?") for r in col.results}),
-        "versions": {k: v.get(k) for k in ("torch", "transformers", "python") if v.get(k)},
         "data_sources": sorted({(r.get("data") or {}).get("source", "") for r in fin} - {""}),
         "total_train_hours": sum(r.get("wall_seconds", 0.0) for r in col.results) / 3600,
-        "caps": exp_spec.caps.model_dump(exclude_none=True) if exp_spec else {},
-        "overrides": exp_spec.overrides if exp_spec else {},
+        # the same sentences in the Markdown and HTML reports
+        "runs": runs,
+        "versions": ", ".join(f"{k} {x}" for k, x in versions.items()),
+        "caps": ", ".join(f"{k}={x}" for k, x in caps.items()),
+        "overrides": "; ".join(f"{m}: " + ", ".join(f"{k}={x}" for k, x in o.items())
+                               for m, o in overrides.items()) or "none",
     }
 
 

@@ -14,7 +14,7 @@ import torch
 from benchmark.data.encode import encode_split
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_modules, save_modules, trained_state
-from benchmark.modeling.compute import Compute
+from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.runner.plan import Run
@@ -33,7 +33,7 @@ class RunContext:
     data_dir: Path | None
     device: torch.device
     run_dir: callable  # run id -> folder of a finished run (dependencies)
-    compute: Compute = Compute()  # faster or stock code paths (benchmark/modeling/compute.py)
+    compute: Compute = DEFAULT  # faster or stock code paths (benchmark/modeling/compute.py)
 
 
 def load_data(ctx: RunContext, run: Run, task: TaskSpec, tok):
