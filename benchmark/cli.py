@@ -112,10 +112,12 @@ def cmd_data(args) -> int:
 
 
 def _plan(args, reg):
-    from benchmark.runner.plan import build_plan
+    from benchmark.plan.build import Options, build_plan
 
     exp = reg.get("experiment", args.experiment)
-    return build_plan(reg, exp, availability(reg, _data_dir(args)))
+    options = Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
+                      getattr(args, "last_layer", None))
+    return build_plan(reg, exp, availability(reg, _data_dir(args)), data_root=_data_dir(args), options=options)
 
 
 def cmd_plan(args) -> int:
@@ -141,16 +143,25 @@ def cmd_plan(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from benchmark.modeling.compute import Compute
     from benchmark.runner.execute import run_plan
     from benchmark.runner.results import results_root
 
     reg = _registry(args)
     plan = _plan(args, reg)
     summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
-                       device=args.device, jobs=args.jobs, force=args.force,
-                       compute=Compute(args.cpu_kernels, args.last_layer))
+                       device=args.device, jobs=args.jobs, force=args.force)
     return 1 if summary.failed else 0
+
+
+def cmd_migrate(args) -> int:
+    from benchmark.runner.migrate import migrate_experiment
+    from benchmark.runner.results import results_root
+
+    reg = _registry(args)
+    plan = _plan(args, reg)
+    moved = migrate_experiment(plan, reg, results_root(args.results_dir), _data_dir(args), dry_run=args.dry_run)
+    print(f"{len(moved)} result folder(s) {'would be ' if args.dry_run else ''}renamed to run-id scheme 2")
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -192,20 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-data", action="store_true", help="skip the checks against the data")
     d = common(sub.add_parser("data", help="split sizes, label distribution and rendered examples"))
     d.add_argument("task")
-    for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment")):
+    for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment"),
+                           ("migrate", "rename result folders of older run-id schemes to the current ids")):
         sp = common(sub.add_parser(name, help=helptext))
-        sp.add_argument("experiment")
+        sp.add_argument("experiment", help="experiment name (afbench list shows them)")
         sp.add_argument("--results-dir", help="default: $AFBENCH_RESULTS_DIR or ./results")
+        # these change what a run computes, so they are part of the run ids (plan and run alike)
+        sp.add_argument("--batching", choices=["grouped", "shuffled"],
+                        help="training batches grouped by length or shuffled (default: the method's, then the "
+                             "experiment's batching:, then grouped); recorded as batching")
+        sp.add_argument("--cpu-kernels", choices=["fast", "stock"],
+                        help="CPU kernels: fast (dropout masks from 32-bit integers, frozen linear layers "
+                             "on oneDNN; same functions) or stock torch (default: the experiment's compute:, then "
+                             "fast); recorded as cpu_kernels")
+        sp.add_argument("--last-layer", choices=["first_token", "full"],
+                        help="with a first-token ([CLS]) head the last layer computes position 0 only "
+                             "(same logits and gradients) or every position (default: the experiment's compute:, "
+                             "then first_token); recorded as last_layer")
         if name == "run":
             sp.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes")
             sp.add_argument("--force", action="store_true", help="retrain finished runs")
             sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
-            sp.add_argument("--cpu-kernels", choices=["fast", "stock"], default="fast",
-                            help="CPU kernels: fast (dropout masks from 32-bit integers, frozen linear layers "
-                                 "on oneDNN; same functions; default) or stock torch; recorded as cpu_kernels")
-            sp.add_argument("--last-layer", choices=["first_token", "full"], default="first_token",
-                            help="with a first-token ([CLS]) head the last layer computes position 0 only "
-                                 "(same logits and gradients; default) or every position; recorded as last_layer")
+        if name == "migrate":
+            sp.add_argument("--dry-run", action="store_true", help="only say what would be renamed")
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), data=False)
     r.add_argument("experiments", nargs="+")
     r.add_argument("--results-dir")
@@ -227,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
+            "migrate": cmd_migrate,
             "report": cmd_report, "parity": cmd_parity, "perf": cmd_perf}
 
 

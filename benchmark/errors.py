@@ -35,3 +35,7 @@ class DataError(BenchError):
 
 class CheckpointError(BenchError):
     """A weights file is malformed or does not fit the model."""
+
+
+class StorageError(BenchError):
+    """Results or weights could not be written (disk full, permissions): the grid stops."""

@@ -40,16 +40,20 @@ def test_deterministic_per_seed_and_different_across_epochs_and_seeds(mode):
     assert as_sets(a) != as_sets(epoch_batches(lens, 32, mode=mode, seed=epoch_seed(1, 1)))
 
 
-def test_shuffled_is_bit_identical_to_encode_batches():
-    """Committed results were trained on encode.batches(shuffle=True) order: labels carry the row index."""
+def test_shuffled_is_bit_identical_to_the_order_committed_results_trained_on():
+    """Before grouping existed, encode.batches drew torch.randperm(n) with the epoch seed and cut it into
+    consecutive batches; encode.batches(mode="shuffled") must still give exactly those (labels carry the
+    row index)."""
     n, bs = 203, 16
     lens = _lengths(n, 5)
     ex = [{"input_ids": [101] + [7] * (k - 1), "label": i} for i, k in enumerate(lens)]
     split = EncodedSplit("t", "train", "classification", ex, "test", n)
     for run_seed, epoch in ((0, 0), (1, 2), (42, 9)):
         s = epoch_seed(run_seed, epoch)
-        old = [b["labels"].tolist() for b in batches(split, bs, 0, shuffle=True, seed=s)]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(s)).tolist()
+        old = [perm[i: i + bs] for i in range(0, n, bs)]
         assert epoch_batches(lens, bs, mode="shuffled", seed=s) == old
+        assert [b["labels"].tolist() for b in batches(split, bs, 0, mode="shuffled", seed=s)] == old
 
 
 def test_grouped_batches_hold_similar_lengths_and_are_shuffled():

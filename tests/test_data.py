@@ -130,5 +130,5 @@ def test_batches_shuffle_depends_on_seed_only():
 
     split = EncodedSplit("t", "train", "classification",
                          [{"input_ids": [1, 2, i + 3], "label": i % 2} for i in range(10)], "local", 10)
-    order = lambda s: torch.cat([b["input_ids"][:, 2] for b in batches(split, 3, 0, shuffle=True, seed=s)]).tolist()  # noqa: E731
+    order = lambda s: torch.cat([b["input_ids"][:, 2] for b in batches(split, 3, 0, mode="shuffled", seed=s)]).tolist()  # noqa: E731
     assert order(1) == order(1) and order(1) != order(2) and sorted(order(1)) == list(range(3, 13))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
-from benchmark.modeling.first_token import FirstTokenLastLayer
-from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.modeling.first_token import FirstTokenLastLayer, set_last_layer
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 
@@ -27,21 +27,20 @@ def _model(make, setup, task_type="classification", pooling="cls"):
     for name in ("a", "b", "c"):
         model.add_adapter(name, AdapterParams(type=kind, reduction_factor=4))
     model.add_head("t", task_type, 3, pooling)
-    for p in model.parameters():
-        p.requires_grad = False
     if setup == "fusion":
         model.add_fusion("f", ["a", "b", "c"], FusionParams())
-        model.set_active(Fuse("f", ["a", "b", "c"]))
-        trained = [p for n, p in model.named_parameters() if ".fusions." in n or n.startswith("heads.")]
+        model.set_active(Fuse("f"))
+        model.train_only(Modules(fusions=["f"], heads=["t"]))
     else:
         model.set_active("a")
-        trained = [p for n, p in model.named_parameters() if ".adapters.a." in n or n.startswith("heads.")]
-    for p in trained:
-        p.requires_grad = True
+        model.train_only(Modules(adapters=["a"], heads=["t"]))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    set_last_layer(model, "first_token")
+    params = dict(model.named_parameters())
     with torch.no_grad():  # non-zero up-projections, so every adapter changes the output
-        for n, p in model.named_parameters():
-            if ".adapters." in n and n.endswith("up.weight"):
-                p.normal_(0, 0.05)
+        for n in model.keys_of(Modules(adapters=["a", "b", "c"])):
+            if n.endswith("up.weight"):
+                params[n].normal_(0, 0.05)
     return model.eval(), trained  # eval: no dropout, so both ways compute one function
 
 
@@ -62,9 +61,10 @@ def test_first_token_last_layer_equals_the_full_layer(tiny_bert, tiny_roberta, s
         x = _batch(tok, choices=task_type == "multiple_choice")
         for kernels in ("stock", "fast"):
             set_cpu_kernels(model, kernels)
-            model.last_layer = "full"
+            set_last_layer(model, "full")
+            assert not isinstance(model.encoder.encoder.layer[-1], FirstTokenLastLayer)
             ref, ref_grads = _logits_and_grads(model, trained, x)
-            model.last_layer = "first_token"
+            set_last_layer(model, "first_token")
             out, grads = _logits_and_grads(model, trained, x)
             assert torch.allclose(out, ref, atol=1e-5), (kernels, (out - ref).abs().max())
             assert all(g.abs().sum() > 0 for g in ref_grads[:2])
@@ -78,9 +78,9 @@ def test_first_token_only_where_the_head_reads_position_0(tiny_bert):
     x = _batch(tok)
     assert model.encode(x["input_ids"], x["attention_mask"], first_token_only=True).shape[1] == 1
     assert model.encode(x["input_ids"], x["attention_mask"]).shape[1] == x["input_ids"].shape[1]
-    model.last_layer = "full"
+    set_last_layer(model, "full")
     assert model.encode(x["input_ids"], x["attention_mask"], first_token_only=True).shape[1] == x["input_ids"].shape[1]
-    model.last_layer = "first_token"
+    set_last_layer(model, "first_token")
     # capture (Figures 4/6) averages over every token: the last layer then computes them all
     model.start_capture()
     with torch.no_grad():
@@ -94,13 +94,16 @@ def test_first_token_only_where_the_head_reads_position_0(tiny_bert):
     mean, _ = _model(make, "st_a", pooling="mean")
     with torch.no_grad():
         a = mean(head="t", **x)
-        mean.last_layer = "full"
+        set_last_layer(mean, "full")
         assert torch.equal(a, mean(head="t", **x))
 
 
 def test_wrapped_last_layer_keeps_keys_and_trains_with_dropout(tiny_bert):
     tok, make = tiny_bert
-    assert set(AdapterModel(make()).encoder.state_dict()) == set(make().state_dict())
+    wrapped = AdapterModel(make())
+    set_last_layer(wrapped, "first_token")
+    assert isinstance(wrapped.encoder.encoder.layer[-1], FirstTokenLastLayer)
+    assert set(wrapped.encoder.state_dict()) == set(make().state_dict())
     model, trained = _model(make, "st_a")
     set_cpu_kernels(model, "fast")
     model.train()
@@ -109,7 +112,7 @@ def test_wrapped_last_layer_keeps_keys_and_trains_with_dropout(tiny_bert):
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
     with pytest.raises(ValueError, match="last_layer"):
-        AdapterModel(make(), last_layer="cls")
+        set_last_layer(model, "cls")
 
 
 def test_compute_options_are_validated_and_recorded():

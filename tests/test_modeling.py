@@ -13,12 +13,10 @@ from benchmark.modeling.checkpoint import (
     load_adapterhub,
     load_modules,
     save_modules,
-    trained_state,
 )
 from benchmark.modeling.fusion import AdapterFusion, fast_fusion, naive_fusion
-from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams
-from benchmark.training.recipe import _freeze_all_but
 
 PFEIFFER = AdapterParams(type="pfeiffer", reduction_factor=16)
 HOULSBY = AdapterParams(type="houlsby", reduction_factor=16)
@@ -35,23 +33,30 @@ def model_and_tok(request, tiny_bert, tiny_roberta):
     torch.manual_seed(0)
     model = AdapterModel(make())
     model.add_head("t", "classification", 3)
+    object.__setattr__(model, "stock", make())  # the same weights, untouched by our wrappers (not a sub-module)
     return model, tok
 
 
 def test_no_adapter_is_the_stock_model(model_and_tok):
-    model, tok = model_and_tok
-    model.eval()
-    x = inputs(tok)
-    ref = model.encoder(**x).last_hidden_state  # our wrappers installed but inactive
     from benchmark.modeling.layers import AdaptedOutput
 
+    model, tok = model_and_tok
+    stock = model.stock.eval()
+    model.eval()
+    x = inputs(tok)
     assert all(isinstance(layer.output, AdaptedOutput) for layer in model.encoder.encoder.layer)
-    state = {k: v for k, v in model.encoder.state_dict().items()}
-    assert any(k.endswith("output.LayerNorm.weight") for k in state)  # pretrained key names unchanged
+    assert not any(isinstance(layer.output, AdaptedOutput) for layer in stock.encoder.layer)
+    assert set(model.encoder.state_dict()) == set(stock.state_dict())  # pretrained key names unchanged
+    model.add_adapter("a", PFEIFFER)  # present but inactive
     with torch.no_grad():
-        logits = model(head="t", **x)
-    assert logits.shape == (3, 3)
-    assert torch.isfinite(ref).all()
+        ours = model.encoder(**x).last_hidden_state
+        ref = stock(**x).last_hidden_state
+    assert torch.equal(ours, ref)
+    model.set_active("a")  # and active, it does change the output (so the comparison above is not vacuous)
+    for p in model.keys_of(Modules(adapters=["a"])):
+        dict(model.named_parameters())[p].data.normal_(0, 0.1)
+    with torch.no_grad():
+        assert not torch.allclose(model.encoder(**x).last_hidden_state, ref, atol=1e-3)
 
 
 @pytest.mark.parametrize("params", [PFEIFFER, HOULSBY], ids=["pfeiffer", "houlsby"])
@@ -205,7 +210,7 @@ def test_only_intended_parameters_get_gradients(model_and_tok):
         model.add_adapter(n, PFEIFFER)
     model.add_fusion("f", ["a", "b"], FusionParams())
     model.set_active(Fuse("f", ["a", "b"]))
-    _freeze_all_but(model, fusions=["f"], heads=["t"])
+    model.train_only(Modules(fusions=["f"], heads=["t"]))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loss = model(head="t", **inputs(tok)).sum() + 0.01 * model.fusion_regularization("f")
     loss.backward()
@@ -233,8 +238,8 @@ def test_save_load_round_trip_is_bit_exact(model_and_tok, tmp_path, tiny_bert, t
     fresh = AdapterModel(type(model.encoder)(model.encoder.config))
     fresh.encoder.load_state_dict(model.encoder.state_dict(), strict=False)
     load_modules(fresh, tmp_path)
-    want = trained_state(model, adapters=["a", "b", "h"], fusions=["f"], heads=["t"])
-    got = trained_state(fresh, adapters=["a", "b", "h"], fusions=["f"], heads=["t"])
+    sel = Modules(adapters=["a", "b", "h"], fusions=["f"], heads=["t"])
+    want, got = model.state_of(sel), fresh.state_of(sel)
     assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
     model.eval()
     fresh.eval()
@@ -281,7 +286,7 @@ def test_load_adapterhub_adapter(tiny_bert, tmp_path, kind):
     dst.encoder.load_state_dict(src.encoder.state_dict(), strict=False)
     name = load_adapterhub(dst, tmp_path / "hub")
     assert name == "sst" and dst.adapter_params["sst"].type == kind
-    s, d = trained_state(src, adapters=["sst"]), trained_state(dst, adapters=["sst"])
+    s, d = src.state_of(Modules(adapters=["sst"])), dst.state_of(Modules(adapters=["sst"]))
     assert all(torch.equal(s[k], d[k]) for k in s)
 
 
@@ -337,3 +342,51 @@ def test_head_pooling_survives_save_and_load(tiny_bert, tmp_path):
     fresh = AdapterModel(make())
     load_modules(fresh, tmp_path)
     assert fresh.heads["t"].pooling == "mean" and fresh.head_specs["t"] == ("classification", 2, "mean")
+
+
+def test_static_fusion_mixes_the_adapter_outputs_without_a_value_matrix():
+    """Static fusion: o = sum_n softmax(q . k_n) z_n + residual (no V), the same in both implementations."""
+    _, adapters, h, res = _fusion_case(n_adapters=3)
+    static = AdapterFusion(h.shape[-1], ["0", "1", "2"], FusionParams(type="static"), score_dropout=0.0).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(static.query.weight, std=0.3)
+        torch.nn.init.normal_(static.key.weight, std=0.3)
+        z = torch.stack([a(h) for a in adapters], dim=2)  # [B, T, N, H]
+        scores = (static.query(h).unsqueeze(2) * static.key(z)).sum(-1)  # [B, T, N]
+        want = (torch.softmax(scores, -1).unsqueeze(-1) * z).sum(2) + res
+        for impl in (naive_fusion, fast_fusion):
+            o, probs = impl(static, h, adapters, res)
+            assert (o - want).abs().max() <= 1e-5 and torch.allclose(probs.sum(-1), torch.ones(probs.shape[:2]))
+    assert not torch.allclose(want, z.mean(2) + res, atol=1e-3)  # the attention is not uniform here
+
+
+def test_fuse_cannot_disagree_with_the_fusion_it_names(model_and_tok):
+    model, tok = model_and_tok
+    for n in "abc":
+        model.add_adapter(n, PFEIFFER)
+    model.add_fusion("f", list("abc"), FusionParams())
+    model.set_active(Fuse("f"))  # the fusion's own list
+    assert model.encoder.encoder.layer[0].output.active.fused == ["a", "b", "c"]
+    model.set_active(Fuse("f", ["a", "b", "c"]))  # repeating it is a check
+    for wrong in (["c", "b", "a"], ["a", "b"], ["a", "b", "x"]):
+        with pytest.raises(ValueError, match="does not match the fusion's adapters"):
+            model.set_active(Fuse("f", wrong))
+    with pytest.raises(KeyError, match="no fusion named 'g'"):
+        model.set_active(Fuse("g"))
+
+
+def test_module_selection_by_name_not_key_strings(model_and_tok):
+    model, _ = model_and_tok
+    model.add_adapter("a", PFEIFFER)
+    model.add_adapter("adapter_a", PFEIFFER)  # a name containing another name
+    model.add_fusion("f", ["a", "adapter_a"], FusionParams())
+    keys = model.keys_of(Modules(adapters=["a"]))
+    assert keys and all(".adapters.a." in k for k in keys)
+    enc = set(model.keys_of(Modules(encoder=True)))
+    assert enc == {f"encoder.{k}" for k in model.stock.state_dict()}  # the backbone's own weights, nothing added
+    everything = set(model.keys_of(Modules(adapters=["a", "adapter_a"], fusions=["f"], heads=["t"], encoder=True)))
+    assert everything == set(model.state_dict())
+    model.train_only(Modules(fusions=["f"]))
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == set(model.keys_of(Modules(fusions=["f"])))
+    with pytest.raises(KeyError, match="no adapter named 'b'"):
+        model.keys_of(Modules(adapters=["b"]))

@@ -149,9 +149,10 @@ def test_parallel_jobs_and_missing_weights_are_retrained(tmp_path, capsys):
         fusion: {sources: [rte, cb]}
         caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
     """))
-    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
-    assert main(["run", "tiny_jobs", "--jobs", "2", "--cpu-kernels", "stock", "--last-layer", "full",
-                 *args]) == 0
+    # compute switches are part of the run ids: a rerun must name them again
+    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r"), "--cpu-kernels", "stock",
+            "--last-layer", "full"]
+    assert main(["run", "tiny_jobs", "--jobs", "2", *args]) == 0
     folder = tmp_path / "r" / "tiny_jobs"
     res = results(folder)
     assert len(res) == 6 and all(r["status"] == "finished" for r in res.values())

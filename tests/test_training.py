@@ -6,12 +6,10 @@ import pytest
 import torch
 
 from benchmark.data.encode import EncodedSplit
-from benchmark.modeling.checkpoint import trained_state
-from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams, MtaParams, TrainParams
 from benchmark.training.loop import Objective, linear_schedule, make_optimizer, train
 from benchmark.training.mt_a import alpha_at, sampling_probs
-from benchmark.training.recipe import _freeze_all_but
 
 
 def test_linear_schedule_with_warmup():
@@ -34,7 +32,7 @@ def test_no_weight_decay_on_biases_layernorm_and_fusion_value(tiny_bert):
         model.add_adapter(n, AdapterParams())
     model.add_fusion("f", ["a", "b"], FusionParams())
     model.add_head("t", "classification", 2)
-    _freeze_all_but(model, fusions=["f"], heads=["t"], encoder=True)
+    model.train_only(Modules(fusions=["f"], heads=["t"], encoder=True))
     opt = make_optimizer(model, TrainParams(weight_decay=0.1), torch.device("cpu"))
     decay, no_decay = ({id(p) for p in g["params"]} for g in opt.param_groups)
     named = dict(model.named_parameters())
@@ -71,14 +69,14 @@ def test_temperature_anneals_from_50_to_1_during_training_only(tiny_bert, monkey
     model.add_fusion("f", ["a", "b"], FusionParams(temperature=True))
     model.add_head("t", "classification", 2)
     model.set_active(Fuse("f", ["a", "b"]))
-    _freeze_all_but(model, fusions=["f"], heads=["t"])
+    model.train_only(Modules(fusions=["f"], heads=["t"]))
     seen = []
     real = model.set_fusion_temperature
     monkeypatch.setattr(model, "set_fusion_temperature", lambda t: (seen.append(t), real(t)))
     params = TrainParams(lr=1e-3, epochs=2, batch_size=8, patience=None)
     out = train(model, "t", _toy_split(), _toy_split(8, 1), params, pad_id=tok.pad_token_id,
                 device=torch.device("cpu"), seed=0, objective=Objective("f", 0.01, True),
-                snapshot=lambda: trained_state(model, fusions=["f"], heads=["t"]))
+                snapshot=lambda: model.state_of(Modules(fusions=["f"], heads=["t"])))
     # 3 steps per epoch, 6 in all: T = 50 - 49 * step / 5 on training steps, back to 1 for each evaluation
     t = [50 - 49 * k / 5 for k in range(6)]
     assert seen == pytest.approx([t[0], t[1], t[2], 1.0, t[3], t[4], t[5], 1.0])

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from benchmark.data.batching import epoch_batches, row_lengths
+from benchmark.data.holdout import heldout_indices
 from benchmark.data.sources import digest, locate, read_rows, subsample
 from benchmark.errors import DataError
 from benchmark.spec.schema import TaskSpec
@@ -124,19 +126,30 @@ def encode_split(
     root: Path | None = None,
     task_file: str = "",
     use_cache: bool = True,
+    heldout: tuple[float, int] | None = None,
+    part: str = "rest",
 ) -> EncodedSplit:
-    """Rendered + tokenized rows of a split (capped deterministically), cached on disk."""
+    """Rendered + tokenized rows of a split (capped deterministically), cached on disk.
+
+    ``heldout=(fraction, max_rows)`` carves a stratified slice out of the split first (``holdout.py``,
+    seeded by ``data_seed``): ``part="heldout"`` returns that slice, ``part="rest"`` the other rows, to
+    which ``max_rows`` then applies.
+    """
     max_length = min(max_length, task.max_length) if max_length else task.max_length  # a cap only shortens
     src = locate(task, split, root, task_file=task_file)
     key = digest({"v": CACHE_VERSION, "task": task.model_dump(mode="json"), "split": split,
                   "src": src.fingerprint(), "tok": tokenizer_fingerprint(tokenizer), "len": max_length,
-                  "rows": max_rows, "seed": data_seed})[:24]
+                  "rows": max_rows, "seed": data_seed, "heldout": heldout, "part": part})[:24]
     path = cache_root() / "tokenized" / f"{task.name}-{split}-{key}.pt"
     if use_cache and path.exists():
         blob = torch.load(path, weights_only=True)
         return EncodedSplit(task.name, split, task.type, blob["examples"], src.kind, blob["rows_total"])
     rows = read_rows(task, split, root, task_file=task_file)
-    idx = subsample(len(rows), max_rows, data_seed)
+    pool = list(range(len(rows)))
+    if heldout is not None:
+        held = heldout_indices(labels_of(task, rows, split, task_file), *heldout, seed=data_seed)
+        pool = held if part == "heldout" else sorted(set(pool) - set(held))
+    idx = [pool[i] for i in subsample(len(pool), None if part == "heldout" else max_rows, data_seed)]
     rows_sel = [rows[i] for i in idx]
     labels = labels_of(task, rows_sel, split, task_file)
     examples = []
@@ -147,9 +160,9 @@ def encode_split(
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"examples": examples, "rows_total": len(rows)}, tmp)
+        torch.save({"examples": examples, "rows_total": len(pool)}, tmp)
         os.replace(tmp, path)
-    return EncodedSplit(task.name, split, task.type, examples, src.kind, len(rows))
+    return EncodedSplit(task.name, split, task.type, examples, src.kind, len(pool))
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -181,20 +194,15 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _length(ex: dict) -> int:
-    ids = ex["input_ids"]
-    return max(len(s) for s in ids) if ids and isinstance(ids[0], list) else len(ids)
-
-
-def batches(split: EncodedSplit, batch_size: int, pad_id: int, *, shuffle: bool, seed: int = 0,
-            by_length: bool = False):
-    """Training: shuffled by ``seed``. Evaluation: ``by_length`` groups similar lengths to cut padding
-    (the metric does not depend on the order)."""
-    order = list(range(len(split)))
-    if by_length:
-        order.sort(key=lambda i: _length(split.examples[i]))
-    if shuffle:
-        g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(split), generator=g).tolist()
-    for i in range(0, len(order), batch_size):
-        yield collate([split.examples[j] for j in order[i : i + batch_size]], pad_id)
+def batches(split: EncodedSplit, batch_size: int, pad_id: int, *, mode: str = "shuffled", seed: int = 0):
+    """Padded batches of ``split``. Training: ``shuffled`` or ``grouped`` by length (``batching.py``;
+    ``seed`` is the epoch's). Evaluation: ``by_length`` sorts rows by length to cut padding (the metric
+    does not depend on the order)."""
+    lengths = row_lengths(split.examples)
+    if mode == "by_length":
+        order = sorted(range(len(split)), key=lambda i: lengths[i] if isinstance(lengths[i], int) else max(lengths[i]))
+        groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    else:
+        groups = epoch_batches(lengths, batch_size, mode=mode, seed=seed)
+    for idx in groups:
+        yield collate([split.examples[j] for j in idx], pad_id)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from benchmark.errors import DataError
@@ -38,10 +39,20 @@ class SplitSource:
     location: str
 
     def fingerprint(self) -> str:
+        """The file's content hash (the same on every machine, whatever the path); the Hub id otherwise."""
         if self.kind in ("mirror", "local"):
             st = os.stat(self.location)
-            return f"{self.kind}:{self.location}:{st.st_size}:{int(st.st_mtime)}"
+            return "sha256:" + _file_digest(self.location, st.st_size, st.st_mtime_ns)
         return f"hub:{self.location}"
+
+
+@lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: re-hash a changed file
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def locate(task: TaskSpec, split: str, root: Path | None = None, *, task_file: str = "") -> SplitSource:

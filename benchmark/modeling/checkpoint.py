@@ -17,34 +17,19 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from benchmark.errors import CheckpointError
-from benchmark.modeling.model import AdapterModel
+from benchmark.modeling.model import AdapterModel, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 WEIGHTS = "weights.safetensors"
 MODULES = "modules.json"
 
 
-def _select(state: dict, adapters=(), fusions=(), heads=(), encoder=False) -> dict:
-    out = {}
-    for k, v in state.items():
-        if any(f".adapters.{a}." in k for a in adapters) or any(f".fusions.{f}." in k for f in fusions) \
-                or any(k.startswith(f"heads.{h}.") for h in heads):
-            out[k] = v
-        elif encoder and k.startswith("encoder.") and ".adapters." not in k and ".fusions." not in k:
-            out[k] = v
-    return out
-
-
-def trained_state(model: AdapterModel, adapters=(), fusions=(), heads=(), encoder=False) -> dict:
-    return {k: v.detach().clone() for k, v in
-            _select(model.state_dict(), adapters, fusions, heads, encoder).items()}
-
-
 def save_modules(model: AdapterModel, folder: Path, *, adapters=(), fusions=(), heads=(), encoder=False,
                  state: dict | None = None) -> None:
     """Write ``weights.safetensors`` + ``modules.json`` (atomically, each via a temp file)."""
     folder.mkdir(parents=True, exist_ok=True)
-    state = state if state is not None else trained_state(model, adapters, fusions, heads, encoder)
+    sel = Modules(tuple(adapters), tuple(fusions), tuple(heads), encoder)
+    state = state if state is not None else model.state_of(sel)
     meta = {
         "hidden_size": model.hidden_size,
         "num_layers": len(model.encoder.encoder.layer),
@@ -114,10 +99,15 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
         if h not in model.heads:
             model.add_head(h, *meta["heads"][h])
     tensors = load_file(str(wfile))
-    chosen = _select(tensors, adapters, fusions, heads, encoder)
-    if rename:
-        chosen = {_rename_key(k, rename): v for k, v in chosen.items()}
-    _load_tensors(model, chosen, str(wfile))
+    sel = Modules(tuple(rename.get(a, a) for a in adapters), tuple(fusions), tuple(heads), encoder)
+    back = {new: old for old, new in rename.items()}
+    expected = {k: _rename_key(k, back) for k in model.keys_of(sel)}  # key in the model -> key in the file
+    missing = [k for k, saved in expected.items() if saved not in tensors]
+    if missing:
+        raise CheckpointError(f"{len(missing)} of the {len(expected)} tensors of the selected modules are missing, "
+                              f"e.g. '{expected[missing[0]]}'", file=str(wfile),
+                              fix="retrain the run that wrote this file (its weights are incomplete)")
+    _load_tensors(model, {k: tensors[saved] for k, saved in expected.items()}, str(wfile))
     return meta
 
 
@@ -179,7 +169,7 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
                               "'...encoder.layer.0.output.adapters.NAME.adapter_down.0.weight')", file=str(wfile))
     if name not in model.adapter_params:
         model.add_adapter(name, params)
-    expected = {k for k in model.state_dict() if f".adapters.{name}." in k}
+    expected = set(model.keys_of(Modules(adapters=[name])))
     missing = sorted(expected - set(mapped))
     if missing:
         raise CheckpointError(f"{len(missing)} adapter tensors missing, e.g. '{missing[0]}'", file=str(wfile),

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmark.modeling.cpu_kernels import KERNELS
-from benchmark.modeling.first_token import LAST_LAYER
+from benchmark.modeling.cpu_kernels import KERNELS, set_cpu_kernels
+from benchmark.modeling.first_token import LAST_LAYER, set_last_layer
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,16 @@ class Compute:
             raise ValueError(f"cpu_kernels must be one of {KERNELS}, got {self.cpu_kernels!r}")
         if self.last_layer not in LAST_LAYER:
             raise ValueError(f"last_layer must be one of {LAST_LAYER}, got {self.last_layer!r}")
+
+    @classmethod
+    def of(cls, spec) -> Compute:
+        """From a resolved ``spec.schema.ComputeSpec`` (both fields set)."""
+        return cls(spec.cpu_kernels, spec.last_layer)
+
+    def apply(self, model) -> None:
+        """Switch a whole AdapterModel (after its modules are added: kernels wrap every linear layer)."""
+        set_last_layer(model, self.last_layer)
+        set_cpu_kernels(model, self.cpu_kernels)
 
     def record(self, device: torch.device) -> dict[str, str]:
         return {"cpu_kernels": self.cpu_kernels if device.type == "cpu" else "stock", "last_layer": self.last_layer}

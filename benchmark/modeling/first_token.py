@@ -11,6 +11,9 @@ Dropout inside the last layer then draws masks for one row instead of T, so a se
 different random stream than with the full layer: the runner records the choice (``last_layer`` in
 result.json, ``afbench run --last-layer first_token|full``). Mean pooling and fusion-attention
 capture (Figures 4 and 6 average over all tokens) always compute every position.
+
+A transform applied after construction, like ``cpu_kernels.set_cpu_kernels``:
+``set_last_layer(model, "first_token" | "full")``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class FirstTokenLastLayer(nn.Module):
         self.intermediate = layer.intermediate
         self.output = layer.output
         self._ctx = ctx  # ForwardContext: first_token_only says which rows to compute
+        object.__setattr__(self, "original", layer)  # not a sub-module: no second copy of the keys
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs) -> torch.Tensor:
         if not self._ctx.first_token_only:  # the stock layer (an encoder: no cross-attention, no chunking)
@@ -63,13 +67,21 @@ def _attention_function(self_attention: nn.Module):
     return ALL_ATTENTION_FUNCTIONS[impl]
 
 
-def wrap_last_layer(encoder: nn.Module, ctx) -> None:
-    """Make the last layer able to compute position 0 only; with ``ctx.first_token_only`` off it is unchanged."""
-    layers = encoder.encoder.layer
+def set_last_layer(model, mode: str) -> None:
+    """``first_token``: the last layer of ``model`` (an AdapterModel) computes position 0 only whenever its
+    head reads nothing else; ``full``: the stock layer. Same logits and gradients either way."""
+    if mode not in LAST_LAYER:
+        raise ValueError(f"last_layer must be one of {LAST_LAYER}, got {mode!r}")
+    layers = model.encoder.encoder.layer
     last = layers[-1]
-    if isinstance(last, FirstTokenLastLayer):
+    if mode == "full":
+        if isinstance(last, FirstTokenLastLayer):
+            layers[-1] = last.original
+        model._ctx.last_layer_first_token = False
         return
-    if getattr(last, "chunk_size_feed_forward", 0) or getattr(last, "is_decoder", False) \
-            or getattr(encoder.config, "position_embedding_type", "absolute") != "absolute":
-        return  # not the plain encoder layer this module reproduces: keep the stock layer
-    layers[-1] = FirstTokenLastLayer(last, ctx)
+    if not isinstance(last, FirstTokenLastLayer):
+        if getattr(last, "chunk_size_feed_forward", 0) or getattr(last, "is_decoder", False) \
+                or getattr(model.encoder.config, "position_embedding_type", "absolute") != "absolute":
+            return  # not the plain encoder layer this module reproduces: keep the stock layer
+        layers[-1] = FirstTokenLastLayer(last, model._ctx)
+    model._ctx.last_layer_first_token = True

@@ -23,7 +23,8 @@ class ForwardContext:
 
     attention_mask: torch.Tensor | None = None  # [B, T]
     capture: bool = False
-    first_token_only: bool = False  # the last layer computes position 0 only (first_token.py)
+    first_token_only: bool = False  # this forward: the last layer computes position 0 only (first_token.py)
+    last_layer_first_token: bool = False  # the first-token transform is on (first_token.set_last_layer)
 
 
 @dataclass

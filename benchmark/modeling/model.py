@@ -4,8 +4,13 @@
     model.add_adapter("rte", AdapterParams())       # Pfeiffer rf 16
     model.add_head("rte", "classification", 2)
     model.set_active("rte")                         # one adapter
-    model.set_active(Fuse("f", ["mnli", "rte"]))    # or a fusion layer over several; None = off
+    model.set_active(Fuse("f"))                     # or a fusion layer over the adapters it was built on
     logits = model(head="rte", **batch)
+    model.train_only(Modules(adapters=["rte"], heads=["rte"]))   # requires_grad on exactly these
+    model.state_of(Modules(adapters=["rte"]))        # their tensors, as state-dict keys -> tensors
+
+Transforms applied after construction change how, never what, the model computes:
+``cpu_kernels.set_cpu_kernels`` and ``first_token.set_last_layer`` (``compute.Compute.apply`` does both).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import torch
 from torch import nn
 
 from benchmark.modeling.adapters import BottleneckAdapter
-from benchmark.modeling.first_token import LAST_LAYER, wrap_last_layer
 from benchmark.modeling.fusion import AdapterFusion
 from benchmark.modeling.heads import make_head
 from benchmark.modeling.layers import ActiveSetup, AdaptedOutput, ForwardContext
@@ -25,8 +29,21 @@ from benchmark.spec.schema import AdapterParams, FusionParams
 
 @dataclass(frozen=True)
 class Fuse:
+    """Activate fusion layer ``name``. ``adapters`` may repeat the fusion's adapter list as a check; the
+    order is the fusion's own (given at ``add_fusion``) and a different list is an error."""
+
     name: str
-    adapters: tuple[str, ...] | list[str]
+    adapters: tuple[str, ...] | list[str] | None = None
+
+
+@dataclass(frozen=True)
+class Modules:
+    """A selection of a model's modules by name: for freezing, saving, loading and snapshots."""
+
+    adapters: tuple[str, ...] | list[str] = ()
+    fusions: tuple[str, ...] | list[str] = ()
+    heads: tuple[str, ...] | list[str] = ()
+    encoder: bool = False  # the backbone's own weights (not the adapters and fusions inside it)
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
@@ -42,12 +59,9 @@ def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
 
 
 class AdapterModel(nn.Module):
-    def __init__(self, encoder: nn.Module, last_layer: str = "first_token"):
+    def __init__(self, encoder: nn.Module):
         super().__init__()
-        if last_layer not in LAST_LAYER:
-            raise ValueError(f"last_layer must be one of {LAST_LAYER}, got {last_layer!r}")
         self.encoder = encoder
-        self.last_layer = last_layer  # "first_token": position 0 only where the head reads only that
         self.heads = nn.ModuleDict()
         self.adapter_params: dict[str, AdapterParams] = {}
         self.fusion_params: dict[str, tuple[list[str], FusionParams]] = {}
@@ -57,7 +71,6 @@ class AdapterModel(nn.Module):
             if not isinstance(layer.output, AdaptedOutput):
                 layer.output = AdaptedOutput(layer.output, "output", self._ctx)
                 layer.attention.output = AdaptedOutput(layer.attention.output, "attention", self._ctx)
-        wrap_last_layer(encoder, self._ctx)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -107,10 +120,63 @@ class AdapterModel(nn.Module):
                     raise KeyError(f"no adapter named '{setup}'")
                 mod.active = ActiveSetup(adapter=setup) if setup in mod.adapters else None
             else:
-                if setup.name not in self.fusion_params:
-                    raise KeyError(f"no fusion named '{setup.name}'")
-                mod.active = ActiveSetup(fusion=setup.name, fused=list(setup.adapters)) \
-                    if setup.name in mod.fusions else None
+                fused = self.fused_adapters(setup)
+                mod.active = ActiveSetup(fusion=setup.name, fused=fused) if setup.name in mod.fusions else None
+
+    def fused_adapters(self, setup: Fuse) -> list[str]:
+        if setup.name not in self.fusion_params:
+            raise KeyError(f"no fusion named '{setup.name}' (have {sorted(self.fusion_params)})")
+        own = self.fusion_params[setup.name][0]
+        if setup.adapters is not None and list(setup.adapters) != own:
+            raise ValueError(f"Fuse('{setup.name}', {list(setup.adapters)}) does not match the fusion's adapters "
+                             f"{own} (names and order are fixed when the fusion is added)")
+        return list(own)
+
+    # ------------------------------------------------------------------ selecting modules
+    def modules_of(self, sel: Modules) -> list[nn.Module]:
+        """The nn.Modules a selection names (every layer's slot for adapters and fusions)."""
+        for a in sel.adapters:
+            if a not in self.adapter_params:
+                raise KeyError(f"no adapter named '{a}' (have {sorted(self.adapter_params)})")
+        for f in sel.fusions:
+            if f not in self.fusion_params:
+                raise KeyError(f"no fusion named '{f}' (have {sorted(self.fusion_params)})")
+        for h in sel.heads:
+            if h not in self.heads:
+                raise KeyError(f"no head named '{h}' (have {sorted(self.heads)})")
+        out: list[nn.Module] = []
+        for slot in self.slots():
+            out += [slot.adapters[a] for a in sel.adapters if a in slot.adapters]
+            out += [slot.fusions[f] for f in sel.fusions if f in slot.fusions]
+        out += [self.heads[h] for h in sel.heads]
+        return out
+
+    def _added_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of every adapter and fusion module (what is not the backbone's own)."""
+        added = {id(m) for slot in self.slots() for d in (slot.adapters, slot.fusions) for m in d.values()}
+        return tuple(f"{n}." for n, m in self.named_modules() if id(m) in added)
+
+    def keys_of(self, sel: Modules) -> list[str]:
+        """State-dict keys of the selected modules, in state-dict order."""
+        chosen = {id(m) for m in self.modules_of(sel)}
+        prefixes = tuple(f"{n}." for n, m in self.named_modules() if id(m) in chosen)
+        added = self._added_prefixes() if sel.encoder else ()
+        keys = []
+        for k in self.state_dict(keep_vars=True):
+            if k.startswith(prefixes) or (sel.encoder and k.startswith("encoder.") and not k.startswith(added)):
+                keys.append(k)
+        return keys
+
+    def state_of(self, sel: Modules) -> dict[str, torch.Tensor]:
+        """Detached copies of the selected modules' tensors (state-dict keys)."""
+        state = self.state_dict()
+        return {k: state[k].detach().clone() for k in self.keys_of(sel)}
+
+    def train_only(self, sel: Modules) -> None:
+        """requires_grad on the selected modules' parameters, off everywhere else."""
+        chosen = set(self.keys_of(sel))
+        for name, p in self.named_parameters():
+            p.requires_grad = name in chosen
 
     # ------------------------------------------------------------------ fusion helpers
     def fusion_layers(self, name: str | None = None):
@@ -156,10 +222,10 @@ class AdapterModel(nn.Module):
         return self.heads[head](hidden, attention_mask, num_choices)
 
     def encode(self, input_ids, attention_mask, token_type_ids=None, first_token_only: bool = False) -> torch.Tensor:
-        """[B, L] -> last hidden states [B, L, H], or [B, 1, H] (position 0) when ``first_token_only`` and
-        ``self.last_layer == "first_token"`` and fusion attention is not being captured."""
+        """[B, L] -> last hidden states [B, L, H], or [B, 1, H] (position 0) when ``first_token_only``, the
+        first-token transform is on (``first_token.set_last_layer``) and fusion attention is not captured."""
         self._ctx.attention_mask = attention_mask
-        self._ctx.first_token_only = first_token_only and self.last_layer == "first_token" and not self._ctx.capture
+        self._ctx.first_token_only = first_token_only and self._ctx.last_layer_first_token and not self._ctx.capture
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         try:
             return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state

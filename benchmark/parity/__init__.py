@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 TOLERANCE = 1e-5
@@ -57,10 +57,10 @@ def export_case(arch: str, folder: Path) -> None:
     for name, kind in ADAPTERS.items():
         model.add_adapter(name, AdapterParams(type=kind, reduction_factor=16))
     model.add_fusion("f", FUSED, FusionParams())
+    added = dict(model.named_parameters())
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if ".adapters." in name or ".fusions." in name:
-                p.add_(0.1 * torch.randn_like(p))
+        for name in model.keys_of(Modules(adapters=list(ADAPTERS), fusions=["f"])):
+            added[name].add_(0.1 * torch.randn_like(added[name]))
     model.eval()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, BASE["vocab_size"], (3, 17), generator=g)
@@ -70,7 +70,7 @@ def export_case(arch: str, folder: Path) -> None:
     ids[mask == 0] = config.pad_token_id
     outputs = {}
     for setup in SETUPS:
-        model.set_active(Fuse("f", FUSED) if setup == "fusion" else setup)
+        model.set_active(Fuse("f", FUSED) if setup == "fusion" else setup)  # FUSED: checked against the fusion
         with torch.no_grad():
             outputs[setup] = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.contiguous()
     modules = {n: v.contiguous() for k, v in model.state_dict().items() if (n := _neutral(k))}

@@ -28,7 +28,7 @@ import torch
 from benchmark.modeling.backbone import load_encoder, model_path
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
-from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.perf.steps import Head, make_batch, time_steps
 from benchmark.spec import load_registry
 from benchmark.spec.schema import AdapterParams, FusionParams
@@ -41,23 +41,21 @@ def ours(spec, configs, batch_size, length, warmup, steps, device="cpu", bf16=Fa
     out = {}
     for name, n in configs:
         torch.manual_seed(0)
-        model = AdapterModel(load_encoder(spec), compute.last_layer)
+        model = AdapterModel(load_encoder(spec))
         names = [f"a{i}" for i in range(max(n, 1))]
         for a in names:
             model.add_adapter(a, AdapterParams(reduction_factor=16))
-        for p in model.parameters():
-            p.requires_grad = False
         if n == 0:
             model.set_active(names[0])
-            trained = [p for nm, p in model.named_parameters() if ".adapters." in nm]
+            sel = Modules(adapters=names)
         else:
             model.add_fusion("f", names, FusionParams())
-            model.set_active(Fuse("f", names))
-            trained = [p for nm, p in model.named_parameters() if ".fusions." in nm]
-        for p in trained:
-            p.requires_grad = True
+            model.set_active(Fuse("f"))
+            sel = Modules(fusions=["f"])
+        model.train_only(sel)
+        trained = [p for p in model.parameters() if p.requires_grad]
         head = Head(model.hidden_size)
-        set_cpu_kernels(model, compute.cpu_kernels)
+        compute.apply(model)
         set_cpu_kernels(head, compute.cpu_kernels)
         model.to(device).train()
         head.to(device).train()

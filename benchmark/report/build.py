@@ -22,13 +22,13 @@ from benchmark.report import figures
 from benchmark.report.aggregate import Collected, load
 from benchmark.report.tables import (
     ARROWS,
-    LAYOUTS,
     Finding,
     Table2View,
     TableView,
     build_table,
     build_table2,
     findings,
+    layout,
 )
 from benchmark.runner.results import git_revision, results_root
 
@@ -175,7 +175,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None) 
                 data.figures.append(Figure(f"attention-{label}-{b}", f"{name}: mean attention per layer "
                                            f"({b}; rows = target task, columns = adapter, % of the softmax mass "
                                            "over dev tokens, averaged over seeds), Figure 4/6 style", png))
-        png = figures.relative_to_full(col, b, [(c[0], c[2]) for c in LAYOUTS["table1"]], reg)
+        png = figures.relative_to_full(col, b, [(c[0], c[2]) for c in layout("table1")], reg)
         if png:
             data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",
                                        png))

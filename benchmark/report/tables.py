@@ -12,30 +12,26 @@ from dataclasses import dataclass, field
 
 from scipy import stats
 
+from benchmark import methods
 from benchmark.report.aggregate import Cell, Collected
 
-# (our column label, the paper's key, heading)
-LAYOUTS = {
-    "table1": [("head", "head", "Head"), ("full", "full", "Full"), ("st_a_rf16", "st_a", "ST-A"),
-               ("mt_a_rf16", "mt_a", "MT-A"), ("fusion_st_a_rf16", "fusion_st_a", "F. w/ ST-A"),
-               ("fusion_mt_a", "fusion_mt_a", "F. w/ MT-A"), ("st_a_houlsby_rf16", "st_a_houlsby", "ST-A Houlsby")],
-    "table3": [("st_a_rf2", "st_a_rf2", "ST-A rf 2"), ("st_a_rf16", "st_a_rf16", "ST-A rf 16"),
-               ("st_a_rf64", "st_a_rf64", "ST-A rf 64")],
-    "table4": [("head", "head", "Head"), ("full", "full", "Full"), ("st_a_rf2", "st_a_rf2", "ST-A rf 2"),
-               ("st_a_rf16", "st_a_rf16", "ST-A rf 16"), ("st_a_rf64", "st_a_rf64", "ST-A rf 64"),
-               ("fusion_st_a_rf16", "fusion_st_a_rf16", "F. w/ ST-A"),
-               ("st_a_houlsby_rf16", "st_a_houlsby_rf16", "ST-A Houlsby")],
-}
+
+# Columns, Table 2 comparisons and † pairs come from the method kinds (benchmark/methods): a new kind's
+# columns appear without an edit here.
+def layout(table: str) -> list[tuple[str, str, str]]:
+    """(our column label, the paper's key, heading) of a table."""
+    return [(c.label, c.paper_key, c.heading) for c in methods.layout(table)]
+
+
+def comparisons() -> list[tuple[str, str, str, str]]:
+    """Table 2: (key, fusion column, baseline column, heading)."""
+    return [(c.key, c.ours, c.baseline, c.heading) for c in methods.comparisons()]
+
+
 TITLES = {"table1": "Table 1: all methods", "table3": "Table 3: ST-A reduction factors",
           "table4": "Table 4: RoBERTa-base"}
-# Table 2: (key, fusion column, baseline column, heading)
-COMPARISONS = [("fusion_st_a_vs_st_a", "fusion_st_a_rf16", "st_a_rf16", "F. w/ ST-A vs ST-A"),
-               ("fusion_st_a_vs_mt_a", "fusion_st_a_rf16", "mt_a_rf16", "F. w/ ST-A vs MT-A"),
-               ("fusion_mt_a_vs_st_a", "fusion_mt_a", "st_a_rf16", "F. w/ MT-A vs ST-A"),
-               ("fusion_mt_a_vs_mt_a", "fusion_mt_a", "mt_a_rf16", "F. w/ MT-A vs MT-A")]
 ARROWS = {"up": "↗", "down": "↘", "same": "→"}
 SIGNIFICANCE = 0.05
-SIG_PAIRS = {"fusion_st_a_rf16": "st_a_rf16", "fusion_mt_a": "mt_a_rf16"}
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -159,22 +155,23 @@ def group_of(reg, task: str) -> str:
 
 
 def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> TableView | None:
-    layout = [c for c in LAYOUTS[key] if c[0] in col.columns(backbone)]
-    if not layout or (key == "table3" and len(layout) < 2):
+    cols = [c for c in layout(key) if c[0] in col.columns(backbone)]
+    pairs = methods.significance_pairs()
+    if not cols or (key == "table3" and len(cols) < 2):
         return None
     pb = (reg.backbones[backbone].paper_backbone if backbone in reg.backbones else None)
     ptable = paper.get(key, {}) if pb == paper.get(key, {}).get("backbone") else {}
     tasks = task_order(reg, [t for t in col.tasks(backbone)
-                             if any(col.cells.get((backbone, t, c[0]), Cell()).expected for c in layout)
+                             if any(col.cells.get((backbone, t, c[0]), Cell()).expected for c in cols)
                              or t in col.no_data])
     rows = []
     for t in tasks:
         views = []
-        for label, pkey, _ in layout:
+        for label, pkey, _ in cols:
             c = col.cells.get((backbone, t, label), Cell())
             pv = ptable.get("rows", {}).get(t, {}).get(pkey, {})
             v = CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(t)), pv.get("mean"), pv.get("std"))
-            base = SIG_PAIRS.get(label)
+            base = pairs.get(label)
             if base and c.values and (backbone, t, base) in col.cells:
                 v.p_value = welch_p(c.values, col.cells[(backbone, t, base)].values)
                 if v.p_value is not None and v.p_value < SIGNIFICANCE:
@@ -182,7 +179,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
             views.append(v)
         rows.append(RowView(t, group_of(reg, t), views))
     mean_row = []
-    for j in range(len(layout)):
+    for j in range(len(cols)):
         have = [r.cells[j] for r in rows if r.cells[j].mean is not None]
         m = sum(c.mean for c in have) / len(have) if have else None
         pvals = [r.cells[j].paper for r in rows if r.cells[j].mean is not None and r.cells[j].paper is not None]
@@ -198,12 +195,12 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
     notes.append("Cells: mean ± sample std (ddof = 1) of the best-epoch dev accuracy over seeds; "
                  "n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A) "
                  f"beyond seed noise (Welch's t-test, p < {SIGNIFICANCE}).")
-    return TableView(key, TITLES[key], backbone, pb, [c[2] for c in layout], [c[0] for c in layout], rows, mean_row,
+    return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
                      notes)
 
 
 def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View | None:
-    comps = [c for c in COMPARISONS if {c[1], c[2]} <= col.columns(backbone)]
+    comps = [c for c in comparisons() if {c[1], c[2]} <= col.columns(backbone)]
     if not comps:
         return None
     p2 = paper.get("table2", {})

@@ -8,21 +8,24 @@ every run that does not depend on it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import socket
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, StorageError
 from benchmark.modeling.checkpoint import WEIGHTS
-from benchmark.modeling.compute import DEFAULT, Compute
-from benchmark.runner.plan import Plan, Run
+from benchmark.modeling.compute import Compute
+from benchmark.plan.identity import ID_SCHEME
+from benchmark.plan.run import Plan, Run
 from benchmark.runner.results import (
     RESULT,
     SCHEMA,
@@ -33,6 +36,7 @@ from benchmark.runner.results import (
     write_json_atomic,
 )
 from benchmark.spec.registry import Registry
+from benchmark.training.recipe import RunContext, execute
 
 
 def pick_device(requested: str | None, exp_device: str = "auto") -> torch.device:
@@ -40,7 +44,10 @@ def pick_device(requested: str | None, exp_device: str = "auto") -> torch.device
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("CUDA was requested but no GPU is visible; use --device cpu")
+        raise BenchError(f"the device '{want}' was requested but torch sees no GPU "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})",
+                         field="--device (or the experiment's device:)",
+                         fix="use --device cpu, or install a CUDA build of torch (AFBENCH_TORCH, see README)")
     return torch.device(want)
 
 
@@ -81,17 +88,18 @@ def _recover(exp_dir: Path, run_id: str) -> None:
 
 
 def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.device, measured: dict | None,
-           error: str | None, started: str, seconds: float, work: Path | None, compute: Compute = DEFAULT) -> None:
+           error: str | None, started: str, seconds: float, work: Path | None) -> None:
     final = exp_dir / run.id
     result = {
         "schema": SCHEMA,
+        "id_scheme": ID_SCHEME,
         "status": "finished" if error is None else "failed",
         "run_id": run.id,
         "experiment": run.experiment,
         "task": run.task,
-        "tasks": run.tasks or [run.task],
+        "tasks": run.all_tasks,
         "method": run.method.name,
-        "method_kind": run.method.method,
+        "method_kind": run.kind.name,
         "label": run.label,
         "role": "stage1" if run.implied else "grid",  # stage1: only a dependency of fusion runs
         "reduction_factor": run.reduction_factor,
@@ -101,13 +109,15 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "sources": run.sources,
         "deps": run.deps,
         "config": run.config(reg, plan.experiment),
+        "batching": run.batching,
+        "selection": run.selection.protocol,
         "metric": "accuracy (%) on the dev split",
         **(measured or {}),
         "error": error,
         "wall_seconds": seconds,
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "torch_threads": torch.get_num_threads(),
-        **compute.record(device),  # cpu_kernels, last_layer: see benchmark/modeling/compute.py
+        **Compute.of(run.compute).record(device),  # cpu_kernels, last_layer: benchmark/modeling/compute.py
         "host": socket.gethostname(),
         "started_at": started,
         "finished_at": now(),
@@ -131,10 +141,8 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
 
 
 def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Path | None, device_name: str,
-                threads: int | None = None, compute: Compute = DEFAULT) -> tuple[str, str | None, float]:
+                threads: int | None = None) -> tuple[str, str | None, float]:
     """Train one run and record it. Returns (run id, error or None, seconds)."""
-    from benchmark.training.recipe import RunContext, execute
-
     if threads:
         torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -142,23 +150,93 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
     work = exp_dir / f".tmp-{run.id}-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     started, t0 = now(), time.perf_counter()
-    ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: exp_dir / rid, compute)
+    ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: exp_dir / rid)
     try:
         measured, error = execute(run, ctx, work), None
     except KeyboardInterrupt:
         shutil.rmtree(work, ignore_errors=True)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded, the grid goes on
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the grid stops (run_plan); record it if we can
+            shutil.rmtree(work, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                record(run, reg, plan, exp_dir, device, None, f"OSError: {e}", started, time.perf_counter() - t0, None)
+            raise
         msg = e.render() if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         tail = "".join(traceback.format_exception(e)[-3:])
         measured, error = {"traceback_tail": tail}, msg
     seconds = time.perf_counter() - t0
-    record(run, reg, plan, exp_dir, device, measured, error, started, seconds, work, compute)
+    record(run, reg, plan, exp_dir, device, measured, error, started, seconds, work)
     return run.id, error, seconds
 
 
+# ------------------------------------------------------------------------------------ scheduling
+class InlineExecutor:
+    """Runs each submitted call at once, in this process: ``--jobs 1`` shares the pool's scheduling code."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001 - handed to the caller through the future, like a pool
+            fut.set_exception(e)
+        return fut
+
+
+def free_gpu(busy: list[int], ngpu: int) -> int:
+    """The GPU with the fewest running jobs, lowest index first: never a shared GPU while another is free."""
+    counts = [busy.count(i) for i in range(ngpu)]
+    return counts.index(min(counts))
+
+
+def pending_runs(plan: Plan, exp_dir: Path, force: bool, log) -> tuple[list[Run], list[str]]:
+    """(runs to train, ids already finished). A finished dependency whose weights are missing is retrained
+    only if a pending run needs them (results are committed to git without their weights)."""
+    todo, done = [], []
+    for r in plan.runs:
+        if not force and is_finished(exp_dir / r.id):
+            done.append(r.id)
+        else:
+            todo.append(r)
+    needed = {d for r in todo for d in r.deps}
+    by_id = plan.by_id()
+    for rid in [rid for rid in done if rid in needed]:
+        why = weights_problem(exp_dir / rid)
+        if why:
+            done.remove(rid)
+            todo.insert(0, by_id[rid])
+            log(f"  {rid} is finished but {why}; a pending run needs its weights, so it is retrained")
+    return todo, done
+
+
+def weights_problem(folder: Path) -> str | None:
+    return None if (folder / WEIGHTS).exists() else "its weights are missing"
+
+
+class _Progress:
+    def __init__(self, n: int, jobs: int, log):
+        self.n, self.jobs, self.log, self.k = n, jobs, log, 0
+        self.t0, self.durations = time.perf_counter(), []
+
+    def __call__(self, rid: str, err: str | None, secs: float) -> None:
+        self.k += 1
+        self.durations.append(secs)
+        eta = sum(self.durations) / len(self.durations) * (self.n - self.k) / max(1, self.jobs)
+        state = "ok" if err is None else "FAILED"
+        self.log(f"[run {self.k}/{self.n}] {state} {rid} ({secs:.1f}s) | elapsed "
+                 f"{_fmt(time.perf_counter() - self.t0)} | ETA {_fmt(eta)}")
+        if err:
+            self.log(f"    {err}")
+
+
 def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | None, device: str | None = None,
-             jobs: int = 1, force: bool = False, compute: Compute = DEFAULT, log=print) -> Summary:
+             jobs: int = 1, force: bool = False, log=print) -> Summary:
     exp_dir = results_dir / plan.experiment.name
     exp_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device, plan.experiment.device)
@@ -166,94 +244,65 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     for rid in [r.id for r in plan.runs]:
         _recover(exp_dir, rid)
     write_json_atomic(exp_dir / "plan.json", plan_record(plan))
-    todo = []
-    for r in plan.runs:
-        if not force and is_finished(exp_dir / r.id):
-            summary.skipped.append(r.id)
-        else:
-            todo.append(r)
-    # A finished run whose weights are gone (results are committed to git without them) is redone
-    # only if a pending run needs those weights.
-    needed = {d for r in todo for d in r.deps}
-    by_id = plan.by_id()
-    for rid in [rid for rid in summary.skipped if rid in needed and not (exp_dir / rid / WEIGHTS).exists()]:
-        summary.skipped.remove(rid)
-        todo.insert(0, by_id[rid])
-        log(f"  {rid} is finished but its weights are missing; a pending run needs them, so it is retrained")
-    n = len(todo)
-    log(f"{plan.experiment.name}: {len(plan.runs)} runs, {len(summary.skipped)} already finished, {n} to run "
+    todo, summary.skipped = pending_runs(plan, exp_dir, force, log)
+    log(f"{plan.experiment.name}: {len(plan.runs)} runs, {len(summary.skipped)} already finished, {len(todo)} to run "
         f"on {dev}" + (f" with {jobs} jobs" if jobs > 1 else ""))
     for what, why in plan.skipped:
         log(f"  skipped {what}: {why}")
-    done_ok = set(summary.skipped)
-    durations: list[float] = []
-
-    def progress(k: int, rid: str, err: str | None, secs: float) -> None:
-        durations.append(secs)
-        elapsed = time.perf_counter() - t_start
-        eta = sum(durations) / len(durations) * (n - k) / max(1, jobs)
-        state = "ok" if err is None else "FAILED"
-        log(f"[run {k}/{n}] {state} {rid} ({secs:.1f}s) | elapsed {_fmt(elapsed)} | ETA {_fmt(eta)}")
-        if err:
-            log(f"    {err}")
-
-    def blocked(r: Run) -> str | None:
-        bad = [d for d in r.deps if d in summary.failed]
-        return f"dependency failed: {', '.join(bad)}" if bad else None
-
-    def finish(k: int, rid: str, err: str | None, secs: float) -> None:
-        if err:
-            summary.failed[rid] = err
-        else:
-            summary.finished.append(rid)
-            done_ok.add(rid)
-        progress(k, rid, err, secs)
-
-    def note_failure(r: Run, why: str) -> None:
-        summary.failed[r.id] = why
-        record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None, compute)
-
-    k = 0
-    if jobs <= 1:
-        for r in todo:
-            k += 1
-            why = blocked(r)
-            if why:
-                note_failure(r, why)
-                progress(k, r.id, why, 0.0)
-                continue
-            log(f"[run {k}/{n}] start {r.id}")
-            finish(k, *execute_one(r, reg, plan, exp_dir, data_dir, str(dev), None, compute))
-    else:
-        ngpu = torch.cuda.device_count() if dev.type == "cuda" else 0
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        pending, running = list(todo), {}
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            while pending or running:
-                for r in list(pending):
-                    if len(running) >= jobs:
-                        break
-                    why = blocked(r)
-                    if why:
-                        pending.remove(r)
-                        k += 1
-                        note_failure(r, why)
-                        progress(k, r.id, why, 0.0)
-                    elif all(d in done_ok for d in r.deps):
-                        pending.remove(r)
-                        name = f"cuda:{len(running) % ngpu}" if ngpu else str(dev)
-                        running[pool.submit(execute_one, r, reg, plan, exp_dir, data_dir, name, threads,
-                                                 compute)] = r
-                if not running:
-                    break
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    running.pop(fut)
-                    k += 1
-                    finish(k, *fut.result())
+    try:
+        _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log)
+    except OSError as e:
+        raise StorageError(
+            f"writing results failed ({e.strerror or e}{': ' + str(e.filename) if e.filename else ''}); the grid "
+            f"stopped. Finished runs under {exp_dir} are intact (each was swapped in complete)",
+            file=str(exp_dir), fix="free space (or fix the folder's permissions) and rerun the same command: "
+                                   "only unfinished runs are redone") from None
     summary.seconds = time.perf_counter() - t_start
     log(f"done in {_fmt(summary.seconds)}: {len(summary.finished)} trained, {len(summary.skipped)} already "
         f"finished, {len(summary.failed)} failed")
     for rid, err in summary.failed.items():
         log(f"  FAILED {rid}: {err}")
     return summary
+
+
+def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_dir: Path, data_dir,
+              dev: torch.device, jobs: int, log) -> None:
+    """Start every run whose dependencies finished (at most ``jobs`` at once); a run whose dependency
+    failed is recorded as failed without training; on CUDA each job gets the least-busy GPU."""
+    progress, done_ok = _Progress(len(todo), jobs, log), set(summary.skipped)
+    ngpu = torch.cuda.device_count() if dev.type == "cuda" and jobs > 1 else 0
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    pending, running = list(todo), {}
+    pool = InlineExecutor() if jobs <= 1 else ProcessPoolExecutor(max_workers=jobs)
+    with pool:
+        while pending or running:
+            for r in list(pending):
+                if len(running) >= max(1, jobs):
+                    break
+                bad = [d for d in r.deps if d in summary.failed]
+                if bad:
+                    pending.remove(r)
+                    why = f"dependency failed: {', '.join(bad)}"
+                    summary.failed[r.id] = why
+                    record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None)
+                    progress(r.id, why, 0.0)
+                elif all(d in done_ok for d in r.deps):
+                    pending.remove(r)
+                    gpu = free_gpu([g for _, g in running.values()], ngpu) if ngpu else None
+                    name = f"cuda:{gpu}" if gpu is not None else str(dev)
+                    log(f"[run {progress.k + len(running) + 1}/{progress.n}] start {r.id}" + (f" on {name}" if ngpu else ""))
+                    running[pool.submit(execute_one, r, reg, plan, exp_dir, data_dir, name, threads)] = (r, gpu)
+            if not running:
+                for r in pending:  # dependencies neither finished nor pending: nothing can start them
+                    log(f"  not started {r.id}: its dependencies did not run")
+                break
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                running.pop(fut)
+                rid, err, secs = fut.result()
+                if err:
+                    summary.failed[rid] = err
+                else:
+                    summary.finished.append(rid)
+                    done_ok.add(rid)
+                progress(rid, err, secs)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-METHOD_KINDS = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a")
+from benchmark import methods
+
+BATCHING = ("grouped", "shuffled")
+Batching = Literal["grouped", "shuffled"]
 
 
 class Strict(BaseModel):
@@ -149,6 +152,8 @@ class TrainParams(Strict):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     grad_clip: float | None = Field(1.0, gt=0)
     max_steps_per_epoch: int | None = Field(None, ge=1)
+    batching: Batching | None = Field(
+        None, description="training batches: grouped by length (default) or shuffled; None = the experiment's")
 
 
 class AdapterParams(Strict):
@@ -174,22 +179,34 @@ class MethodSpec(Strict):
     kind: Literal["method"] = "method"
     name: str
     description: str = ""
-    method: Literal[METHOD_KINDS]  # type: ignore[valid-type]
+    method: str = Field(description="a method kind registered in benchmark/methods (head, st_a, fusion_st_a, ...)")
     adapter: AdapterParams | None = None
     fusion: FusionParams | None = None
     mt_a: MtaParams | None = None
     train: TrainParams = TrainParams()
     notes: str = ""
 
+    @field_validator("method")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in methods.KINDS:
+            raise ValueError(f"unknown method kind '{v}'; known: {', '.join(methods.KINDS)}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> MethodSpec:
-        if self.method in ("st_a", "st_a_houlsby", "mt_a") and self.adapter is None:
-            raise ValueError(f"method '{self.method}' needs an 'adapter' section")
-        if self.method.startswith("fusion") and self.fusion is None:
-            raise ValueError(f"method '{self.method}' needs a 'fusion' section")
-        if self.method == "st_a_houlsby" and self.adapter and self.adapter.type != "houlsby":
-            raise ValueError("st_a_houlsby needs adapter.type: houlsby")
+        kind = methods.get(self.method)
+        for section in kind.needs:
+            if getattr(self, section) is None:
+                article = "an" if section[0] in "aeiou" else "a"
+                raise ValueError(f"method '{self.method}' needs {article} '{section}' section")
+        if kind.adapter_type and self.adapter and self.adapter.type != kind.adapter_type:
+            raise ValueError(f"{self.method} needs adapter.type: {kind.adapter_type}")
         return self
+
+    @property
+    def method_kind(self) -> methods.MethodKind:
+        return methods.get(self.method)
 
 
 # ---------------------------------------------------------------------------------------- experiment
@@ -224,6 +241,23 @@ class MtaSetup(Strict):
     tasks: list[str] | None = Field(None, description="tasks trained jointly; default: fusion sources")
 
 
+class Selection(Strict):
+    """How the kept epoch is chosen (issue: model selection without peeking at dev)."""
+
+    protocol: Literal["dev", "heldout"] = Field(
+        "dev", description="dev: best epoch on dev, dev reported (the paper's); heldout: best epoch on a held-out "
+                           "slice of train, dev of that epoch reported")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="share of the train split held out")
+    heldout_max_rows: int = Field(1000, ge=2, description="at most this many held-out rows")
+
+
+class ComputeSpec(Strict):
+    """How-not-what switches (benchmark/modeling/compute.py); None = the default (or the CLI flag)."""
+
+    cpu_kernels: Literal["fast", "stock"] | None = None
+    last_layer: Literal["first_token", "full"] | None = None
+
+
 class ExperimentSpec(Strict):
     kind: Literal["experiment"] = "experiment"
     name: str
@@ -232,13 +266,23 @@ class ExperimentSpec(Strict):
     seeds: list[int] = Field(min_length=1)
     groups: list[RunGroup] = Field(min_length=1)
     caps: Caps = Caps()
-    overrides: dict[str, dict[str, float | int | None]] = Field(
+    task_caps: dict[str, Caps] = Field(
+        default_factory=dict, description="task -> caps for every run on that task (stage-1, grid and MT-A data)")
+    overrides: dict[str, dict[str, float | int | str | None]] = Field(
         default_factory=dict, description="method name -> train hyper-parameters to override"
     )
     fusion: FusionSources = FusionSources()
     mt_a: MtaSetup = MtaSetup()
+    batching: Batching = Field("grouped", description="training batches, unless a method spec says otherwise")
+    selection: Selection = Selection()
+    compute: ComputeSpec = ComputeSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     notes: str = ""
+
+    @field_validator("selection", mode="before")
+    @classmethod
+    def _selection_shorthand(cls, v):
+        return {"protocol": v} if isinstance(v, str) else v
 
 
 SPEC_MODELS: dict[str, type[Strict]] = {

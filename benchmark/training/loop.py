@@ -1,14 +1,19 @@
-"""One training loop for every single-task method (MT-A has its own sampler in ``mt_a.py``).
+"""The one training loop (``fit``), shared by single-task training (``train``) and MT-A (``mt_a.py``).
 
-AdamW, linear decay (optional warm-up), gradient clipping, dev evaluation after every epoch, early
-stopping with patience, and the best epoch's trained weights kept (only the trained parameters).
+AdamW, linear decay (optional warm-up), gradient clipping, an evaluation after every epoch, early
+stopping with patience on the selection metric, and the kept epoch's trained weights (only the trained
+parameters). The selection metric is the dev accuracy (the paper's protocol) or the accuracy on a
+held-out slice of train (``selection: heldout``); the reported metric is the dev accuracy of the kept
+epoch either way, and every epoch's numbers stay in the history.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -36,10 +41,13 @@ class Objective:
 @dataclass
 class Outcome:
     history: list[dict] = field(default_factory=list)
-    best_epoch: int = -1
-    best_metric: float = float("-inf")
+    best_epoch: int = -1  # the kept epoch (1-based)
+    best_metric: float = float("-inf")  # its dev accuracy: the reported number
+    best_selection: float = float("-inf")  # its selection metric (= best_metric under selection: dev)
     best_state: dict | None = None
     examples_per_second: float = 0.0
+    stopped_early: str | None = None  # why training ended before the last epoch
+    padding: dict = field(default_factory=lambda: {"real_tokens": 0, "computed_tokens": 0})
 
 
 def autocast(device: torch.device):
@@ -78,10 +86,10 @@ def linear_schedule(opt, total_steps: int, warmup_ratio: float):
 @torch.no_grad()
 def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
              device: torch.device) -> float:
-    """Dev accuracy in percent."""
+    """Accuracy in percent (batches sorted by length: the metric does not depend on the order)."""
     model.eval()
     preds, gold = [], []
-    for batch in batches(split, batch_size, pad_id, shuffle=False, by_length=True):
+    for batch in batches(split, batch_size, pad_id, mode="by_length"):
         batch = to_device(batch, device)
         with autocast(device):
             logits = model(head=head, **batch)
@@ -92,8 +100,9 @@ def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, b
 
 def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> None:
     """One line per epoch, also where the step bar is hidden (logs, CI, nohup)."""
+    held = f", held-out accuracy {h['heldout_accuracy']:.2f}" if "heldout_accuracy" in h else ""
     tqdm.write(f"    {desc} epoch {h['epoch']}/{epochs}: train loss {h['train_loss']:.4f}, "
-               f"dev accuracy {h['dev_accuracy']:.2f}, {examples_per_second:.1f} train ex/s, {h['seconds']:.0f}s")
+               f"dev accuracy {h['dev_accuracy']:.2f}{held}, {examples_per_second:.1f} train ex/s, {h['seconds']:.0f}s")
 
 
 def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device) -> torch.Tensor:
@@ -103,60 +112,96 @@ def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, devic
     if obj.fusion and obj.reg_weight:
         # the value regulariser enters the loss of the same step (AdapterHub adds it one step late)
         loss = loss + obj.reg_weight * model.fusion_regularization(obj.fusion)
-    if not torch.isfinite(loss):
-        raise NonFiniteLoss(f"the training loss became {loss.item()}")
     return loss
 
 
-def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: EncodedSplit,
-          params: TrainParams, *, pad_id: int, device: torch.device, seed: int, snapshot,
-          objective: Objective | None = None, desc: str = "") -> Outcome:
-    """Train the parameters of ``model`` that require grad; ``snapshot()`` returns the trained state."""
+def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
+        epoch_batches: Callable[[int], Iterator[tuple[str, dict]]], evaluate_epoch: Callable[[], dict],
+        snapshot: Callable[[], dict], device: torch.device, objective: Objective | None = None,
+        select: str = "dev_accuracy", desc: str = "") -> Outcome:
+    """Train the parameters of ``model`` that require grad.
+
+    ``epoch_batches(epoch)`` yields (head, batch) pairs; ``evaluate_epoch()`` returns the epoch's metrics
+    (``dev_accuracy`` and, under held-out selection, ``heldout_accuracy``); ``select`` names the one
+    that picks the kept epoch and drives early stopping; ``snapshot()`` returns the trained state.
+    """
     objective = objective or Objective()
     opt = make_optimizer(model, params, device)
-    steps_per_epoch = math.ceil(len(train_split) / params.batch_size)
-    if params.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
     total = steps_per_epoch * params.epochs
     sched = linear_schedule(opt, total, params.warmup_ratio)
-    out, since_best, global_step = Outcome(), 0, 0
-    seen, train_time = 0, 0.0
+    trained = [p for p in model.parameters() if p.requires_grad]
+    check_every = 1 if device.type == "cpu" else 50  # a finiteness check is a host sync on a GPU
+    out, since_best, global_step, seen, train_time = Outcome(), 0, 0, 0, 0.0
     for epoch in range(params.epochs):
         model.train()
-        t0, losses = time.perf_counter(), []
+        t0, steps = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=device)
         bar = tqdm(total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{params.epochs}", leave=False,
                    disable=None, unit="step")
-        for step, batch in enumerate(batches(train_split, params.batch_size, pad_id, shuffle=True,
-                                             seed=seed * 100_003 + epoch)):
-            if step >= steps_per_epoch:
-                break
+        for head, batch in islice(epoch_batches(epoch), steps_per_epoch):
             if objective.anneal_temperature:  # T from 50 down to 1 over the training steps
                 model.set_fusion_temperature(max(1.0, 50.0 - 49.0 * global_step / max(1, total - 1)))
+            mask = batch["attention_mask"]
+            out.padding["real_tokens"] += int(mask.sum())
+            out.padding["computed_tokens"] += mask.numel()
             batch = to_device(batch, device)
             loss = step_loss(model, batch, head, objective, device)
             loss.backward()
             if params.grad_clip:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trained, params.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            seen += batch["labels"].shape[0]
+            loss_sum += loss.detach()
+            steps += 1
             global_step += 1
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", ex_s=f"{seen / max(1e-9, train_time + time.perf_counter() - t0):.1f}")
+            seen += batch["labels"].shape[0]
+            if steps % check_every == 0 and not torch.isfinite(loss_sum):
+                raise NonFiniteLoss(f"the training loss became {loss_sum.item()} (epoch {epoch + 1}, step {steps})")
             bar.update()
         bar.close()
+        train_loss = loss_sum.item() / max(1, steps)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLoss(f"the training loss became {train_loss} (epoch {epoch + 1})")
         train_time += time.perf_counter() - t0
         model.set_fusion_temperature(1.0)
-        acc = evaluate(model, dev_split, head, pad_id, params.eval_batch_size, device)
-        out.history.append({"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),
-                            "dev_accuracy": acc, "seconds": time.perf_counter() - t0})
+        metrics = evaluate_epoch()
+        out.history.append({"epoch": epoch + 1, "train_loss": train_loss, **metrics,
+                            "seconds": time.perf_counter() - t0})
         log_epoch(desc, out.history[-1], params.epochs, seen / max(train_time, 1e-9))
-        if acc > out.best_metric:
-            out.best_metric, out.best_epoch, out.best_state, since_best = acc, epoch + 1, snapshot(), 0
+        if metrics[select] > out.best_selection:
+            out.best_selection, out.best_metric = metrics[select], metrics["dev_accuracy"]
+            out.best_epoch, out.best_state, since_best = epoch + 1, snapshot(), 0
         else:
             since_best += 1
-            if params.patience and since_best >= params.patience:
+            if params.patience and since_best >= params.patience and epoch + 1 < params.epochs:
+                out.stopped_early = (f"stopped after epoch {epoch + 1}: no gain in {select.replace('_', ' ')} "
+                                     f"for {since_best} epochs (kept epoch {out.best_epoch})")
+                tqdm.write(f"    {desc} {out.stopped_early}")
                 break
     out.examples_per_second = seen / max(train_time, 1e-9)
     return out
+
+
+def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: EncodedSplit,
+          params: TrainParams, *, pad_id: int, device: torch.device, seed: int, snapshot,
+          objective: Objective | None = None, desc: str = "", heldout: EncodedSplit | None = None) -> Outcome:
+    """Single-task training: one head, batches of ``train_split`` in the method's batching mode."""
+    steps_per_epoch = math.ceil(len(train_split) / params.batch_size)
+    if params.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
+
+    def epoch_batches(epoch: int):
+        for batch in batches(train_split, params.batch_size, pad_id, mode=params.batching or "grouped",
+                             seed=seed * 100_003 + epoch):
+            yield head, batch
+
+    def evaluate_epoch() -> dict:
+        m = {"dev_accuracy": evaluate(model, dev_split, head, pad_id, params.eval_batch_size, device)}
+        if heldout is not None:
+            m["heldout_accuracy"] = evaluate(model, heldout, head, pad_id, params.eval_batch_size, device)
+        return m
+
+    return fit(model, params, steps_per_epoch=steps_per_epoch, epoch_batches=epoch_batches,
+               evaluate_epoch=evaluate_epoch, snapshot=snapshot, device=device, objective=objective,
+               select="heldout_accuracy" if heldout is not None else "dev_accuracy", desc=desc)

@@ -1,23 +1,25 @@
 """Recipes: one planned run -> trained weights on disk + the measured part of its result.
 
-Reads top to bottom: load backbone, add the method's modules, freeze what the method freezes,
-load data, train, keep the best epoch, capture fusion attention, save.
+A single-task run reads top to bottom (``run_single_task``): load the backbone, let the method kind add
+its modules (one ``@setup`` function per kind), add the head, train exactly what the kind trains
+(``benchmark/methods``), load the data, train, keep the selected epoch, capture fusion attention, save.
+A kind with a different shape of run (MT-A: many tasks at once) registers a whole ``@recipe`` instead.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from benchmark.data.encode import encode_split
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
-from benchmark.modeling.checkpoint import load_modules, save_modules, trained_state
-from benchmark.modeling.compute import DEFAULT, Compute
-from benchmark.modeling.cpu_kernels import set_cpu_kernels
-from benchmark.modeling.model import AdapterModel, Fuse
-from benchmark.runner.plan import Run
+from benchmark.modeling.checkpoint import load_modules, save_modules
+from benchmark.modeling.compute import Compute
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.plan.run import Run
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import ExperimentSpec, TaskSpec
 from benchmark.training.loop import Objective, evaluate, train
@@ -32,22 +34,60 @@ class RunContext:
     exp: ExperimentSpec
     data_dir: Path | None
     device: torch.device
-    run_dir: callable  # run id -> folder of a finished run (dependencies)
-    compute: Compute = DEFAULT  # faster or stock code paths (benchmark/modeling/compute.py)
+    run_dir: Callable[[str], Path]  # run id -> folder of a finished run (dependencies)
 
 
+@dataclass
+class Setup:
+    """What a kind's setup added: the modules it trains (the head is added by the recipe) and frozen
+    modules saved beside them so the run folder is self-contained (fusion's source adapters)."""
+
+    trains: Modules = field(default_factory=Modules)
+    keeps: Modules = field(default_factory=Modules)
+
+
+SETUPS: dict[str, Callable[[AdapterModel, Run, RunContext], Setup]] = {}
+RECIPES: dict[str, Callable[[Run, RunContext, Path], dict]] = {}
+
+
+def setup(*kinds: str):
+    """Register how single-task runs of these kinds add their modules to the model."""
+    def deco(fn):
+        for k in kinds:
+            SETUPS[k] = fn
+        return fn
+    return deco
+
+
+def recipe(*kinds: str):
+    """Register a whole recipe for runs of these kinds (instead of ``run_single_task``)."""
+    def deco(fn):
+        for k in kinds:
+            RECIPES[k] = fn
+        return fn
+    return deco
+
+
+# --------------------------------------------------------------------------------- data
 def load_data(ctx: RunContext, run: Run, task: TaskSpec, tok):
-    caps = run.caps
+    """(train, dev, held-out or None) of one task, under the run's caps and selection protocol."""
+    caps = run.caps_for(task.name)
     common = dict(max_length=caps.max_length, data_seed=caps.data_seed, root=ctx.data_dir,
                   task_file=ctx.reg.file_of("task", task.name))
-    tr = encode_split(task, task.splits.train, tok, max_rows=caps.max_train_rows, **common)
+    sel = run.selection
+    held = (sel.heldout_fraction, sel.heldout_max_rows) if sel.protocol == "heldout" else None
+    tr = encode_split(task, task.splits.train, tok, max_rows=caps.max_train_rows, heldout=held, **common)
     dev = encode_split(task, task.splits.eval, tok, max_rows=caps.max_eval_rows, **common)
-    return tr, dev
+    ho = encode_split(task, task.splits.train, tok, heldout=held, part="heldout", **common) if held else None
+    return tr, dev, ho
 
 
-def _data_info(tr, dev) -> dict:
-    return {"train_rows": len(tr), "train_rows_total": tr.rows_total, "eval_rows": len(dev),
+def _data_info(tr, dev, ho=None) -> dict:
+    info = {"train_rows": len(tr), "train_rows_total": tr.rows_total, "eval_rows": len(dev),
             "eval_rows_total": dev.rows_total, "source": tr.source}
+    if ho is not None:
+        info["heldout_rows"] = len(ho)
+    return info
 
 
 def _param_counts(model: AdapterModel) -> dict:
@@ -55,103 +95,132 @@ def _param_counts(model: AdapterModel) -> dict:
             "total": sum(p.numel() for p in model.parameters())}
 
 
-def _freeze_all_but(model: AdapterModel, *, adapters=(), fusions=(), heads=(), encoder=False) -> None:
-    for name, p in model.named_parameters():
-        p.requires_grad = (
-            any(f".adapters.{a}." in name for a in adapters)
-            or any(f".fusions.{f}." in name for f in fusions)
-            or any(name.startswith(f"heads.{h}.") for h in heads)
-            or (encoder and name.startswith("encoder.") and ".adapters." not in name and ".fusions." not in name)
-        )
+def _combine(a: Modules, b: Modules) -> Modules:
+    return Modules(tuple(a.adapters) + tuple(b.adapters), tuple(a.fusions) + tuple(b.fusions),
+                   tuple(a.heads) + tuple(b.heads), a.encoder or b.encoder)
 
 
+def _training_info(outcome) -> dict:
+    return {"history": outcome.history, "best_epoch": outcome.best_epoch, "best_metric": outcome.best_metric,
+            "selection_metric": outcome.best_selection, "stopped_early": outcome.stopped_early,
+            "padding": outcome.padding, "train_examples_per_second": outcome.examples_per_second}
+
+
+# --------------------------------------------------------------------------------- per-kind setups
+@setup("head")
+def _head_only(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    return Setup()
+
+
+@setup("full")
+def _full(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    return Setup(trains=Modules(encoder=True))
+
+
+@setup("st_a", "st_a_houlsby")
+def _single_adapter(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    model.add_adapter(run.task, run.method.adapter)
+    model.set_active(run.task)
+    return Setup(trains=Modules(adapters=[run.task]))
+
+
+def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
+    model.add_fusion(FUSION, run.sources, run.method.fusion)
+    model.set_active(Fuse(FUSION))
+    return Setup(trains=Modules(fusions=[FUSION]), keeps=Modules(adapters=run.sources))
+
+
+@setup("fusion_st_a")
+def _fusion_st_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    for src, dep in zip(run.sources, run.deps):  # one stage-1 ST-A run per source
+        load_modules(model, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
+    return _fusion_over_loaded_adapters(model, run)
+
+
+@setup("fusion_mt_a")
+def _fusion_mt_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    # the MT-A run's adapters and its fine-tuned encoder, both frozen
+    load_modules(model, ctx.run_dir(run.deps[0]), adapters=run.sources, heads=[], fusions=[], encoder=True)
+    return _fusion_over_loaded_adapters(model, run)
+
+
+# --------------------------------------------------------------------------------- recipes
 def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
-    reg, method, kind = ctx.reg, run.method, run.method.method
+    reg, method, kind = ctx.reg, run.method, run.kind
     task = reg.tasks[run.task]
     bspec = reg.backbones[run.backbone]
     tok = load_tokenizer(bspec)
-    model = AdapterModel(load_encoder(bspec, tok), ctx.compute.last_layer)
+    model = AdapterModel(load_encoder(bspec, tok))
 
     torch.manual_seed(run.seed)  # module init, dropout and batch order follow the run seed
-    train_mods: dict = {"heads": [task.name]}
-    save_extra: dict = {}
-    if kind == "full":
-        train_mods["encoder"] = True
-    elif kind in ("st_a", "st_a_houlsby"):
-        model.add_adapter(task.name, method.adapter)
-        model.set_active(task.name)
-        train_mods["adapters"] = [task.name]
-    elif kind == "fusion_st_a":
-        for src, dep in zip(run.sources, run.deps):
-            load_modules(model, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
-    elif kind == "fusion_mt_a":
-        load_modules(model, ctx.run_dir(run.deps[0]), adapters=run.sources, heads=[], fusions=[], encoder=True)
-    if kind.startswith("fusion"):
-        model.add_fusion(FUSION, run.sources, method.fusion)
-        model.set_active(Fuse(FUSION, run.sources))
-        train_mods["fusions"] = [FUSION]
-        save_extra["adapters"] = list(run.sources)  # frozen, saved so the run folder is self-contained
+    added = SETUPS[kind.name](model, run, ctx)
     model.add_head(task.name, task.type, task.num_labels, bspec.pooling)
-    _freeze_all_but(model, **train_mods)
-    set_cpu_kernels(model, ctx.compute.cpu_kernels)
+    trains = _combine(added.trains, Modules(heads=[task.name])) if "head" in kind.trains else added.trains
+    model.train_only(trains)
+    Compute.of(run.compute).apply(model)
     model.to(ctx.device)
 
-    tr, dev = load_data(ctx, run, task, tok)
+    tr, dev, ho = load_data(ctx, run, task, tok)
     objective = Objective()
-    if kind.startswith("fusion"):
+    if kind.fusion:
         reg_w = method.fusion.regularization if method.fusion.type == "dynamic" else 0.0
         objective = Objective(FUSION, reg_w, method.fusion.temperature)
-    snapshot = lambda: trained_state(model, **train_mods)  # noqa: E731
     outcome = train(model, task.name, tr, dev, method.train, pad_id=tok.pad_token_id, device=ctx.device,
-                    seed=run.seed, snapshot=snapshot, objective=objective, desc=run.label + " " + task.name)
+                    seed=run.seed, snapshot=lambda: model.state_of(trains), objective=objective,
+                    desc=run.label + " " + task.name, heldout=ho)
 
     model.load_state_dict(outcome.best_state, strict=False)
-    result = {"history": outcome.history, "best_epoch": outcome.best_epoch, "best_metric": outcome.best_metric,
-              "params": _param_counts(model), "data": _data_info(tr, dev),
-              "train_examples_per_second": outcome.examples_per_second}
-    if kind.startswith("fusion"):
+    result = {**_training_info(outcome), "params": _param_counts(model), "data": _data_info(tr, dev, ho)}
+    if kind.fusion:
         model.start_capture()
         again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device)
         result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
                                       "dev_accuracy": again}
-    state = dict(outcome.best_state)
-    if save_extra.get("adapters"):
-        state.update(trained_state(model, adapters=save_extra["adapters"]))
-    save_modules(model, out_dir, adapters=train_mods.get("adapters", []) + save_extra.get("adapters", []),
-                 fusions=train_mods.get("fusions", []), heads=train_mods["heads"],
-                 encoder=train_mods.get("encoder", False), state={k: v.cpu() for k, v in state.items()})
+    saved = _combine(trains, added.keeps)
+    state = {**model.state_of(added.keeps), **outcome.best_state}
+    save_modules(model, out_dir, adapters=saved.adapters, fusions=saved.fusions, heads=saved.heads,
+                 encoder=saved.encoder, state={k: v.cpu() for k, v in state.items()})
     return result
 
 
+@recipe("mt_a")
 def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     reg, method = ctx.reg, run.method
     bspec = reg.backbones[run.backbone]
     tok = load_tokenizer(bspec)
-    model = AdapterModel(load_encoder(bspec, tok), ctx.compute.last_layer)
+    model = AdapterModel(load_encoder(bspec, tok))
     torch.manual_seed(run.seed)
-    data = {}
+    data, heldout = {}, {}
     for t in run.tasks:
         task = reg.tasks[t]
         model.add_adapter(t, method.adapter)
         model.add_head(t, task.type, task.num_labels, bspec.pooling)
-        data[t] = load_data(ctx, run, task, tok)
-    set_cpu_kernels(model, ctx.compute.cpu_kernels)
+        tr, dev, ho = load_data(ctx, run, task, tok)
+        data[t] = (tr, dev)
+        if ho is not None:
+            heldout[t] = ho
+    trains = Modules(adapters=run.tasks, heads=run.tasks, encoder=True)
+    model.train_only(trains)
+    Compute.of(run.compute).apply(model)
     model.to(ctx.device)
-    snapshot = lambda: trained_state(model, adapters=run.tasks, heads=run.tasks, encoder=True)  # noqa: E731
     outcome, per_task = train_multitask(model, data, method.train, method.mt_a, pad_id=tok.pad_token_id,
-                                        device=ctx.device, seed=run.seed, snapshot=snapshot)
+                                        device=ctx.device, seed=run.seed, snapshot=lambda: model.state_of(trains),
+                                        heldout=heldout or None)
     best = outcome.best_epoch - 1
     save_modules(model, out_dir, adapters=run.tasks, heads=run.tasks, encoder=True,
                  state={k: v.cpu() for k, v in outcome.best_state.items()})
     return {
-        "history": outcome.history, "best_epoch": outcome.best_epoch, "best_metric": outcome.best_metric,
+        **_training_info(outcome),
         "per_task": {t: {"best_metric": per_task[t][best], "history": per_task[t],
-                         "data": _data_info(*data[t])} for t in run.tasks},
-        "params": _param_counts(model), "train_examples_per_second": outcome.examples_per_second,
+                         "data": _data_info(*data[t], heldout.get(t))} for t in run.tasks},
+        "params": _param_counts(model),
     }
 
 
 def execute(run: Run, ctx: RunContext, out_dir: Path) -> dict:
-    if run.method.method == "mt_a":
-        return run_mt_a(run, ctx, out_dir)
+    fn = RECIPES.get(run.kind.name)
+    if fn is not None:
+        return fn(run, ctx, out_dir)
+    if run.kind.name not in SETUPS:
+        raise KeyError(f"method kind '{run.kind.name}' has neither a @setup nor a @recipe in benchmark/training/recipe.py")
     return run_single_task(run, ctx, out_dir)

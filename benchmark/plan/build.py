@@ -1,0 +1,190 @@
+"""Expand an experiment into runs: task x method x backbone x seed (x reduction factor).
+
+Each run has a stable id hashed from what changes its result (``identity.py``), so finished work is
+found again after any prose edit. Runs that read other runs' weights get them as dependencies, added
+when the experiment does not list them ("implied" runs): fusion over ST-A reads one stage-1 ST-A run
+per fused source; kinds that depend on MT-A read the one joint MT-A run per backbone and seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from benchmark import methods
+from benchmark.data.sources import locate
+from benchmark.errors import BenchError, SpecError
+from benchmark.plan.identity import run_id
+from benchmark.plan.run import Plan, Run
+from benchmark.spec.registry import Registry
+from benchmark.spec.schema import Caps, ComputeSpec, ExperimentSpec, MethodRef, MethodSpec
+
+DEFAULT_COMPUTE = ComputeSpec(cpu_kernels="fast", last_layer="first_token")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Command-line choices that take precedence over the specs (None = the spec's, then the default)."""
+
+    batching: str | None = None
+    cpu_kernels: str | None = None
+    last_layer: str | None = None
+
+
+def resolve_method(reg: Registry, exp: ExperimentSpec, name: str, rf: int | None = None,
+                   caps: Caps | None = None, batching: str | None = None) -> MethodSpec:
+    """The method spec with the experiment's overrides, caps, batching and a swept reduction factor applied."""
+    m = reg.methods[name].model_copy(deep=True)
+    train = m.train.model_dump()
+    train.update(exp.overrides.get(name, {}))
+    caps = caps or exp.caps
+    if caps.max_epochs:
+        train["epochs"] = min(train["epochs"], caps.max_epochs)
+    if caps.max_steps_per_epoch:
+        train["max_steps_per_epoch"] = min(train.get("max_steps_per_epoch") or caps.max_steps_per_epoch,
+                                           caps.max_steps_per_epoch)
+    train["batching"] = batching or train.get("batching") or exp.batching
+    m.train = type(m.train)(**train)
+    if rf is not None and m.adapter is not None:
+        m.adapter = m.adapter.model_copy(update={"reduction_factor": rf})
+    return m
+
+
+def experiment_tasks(exp: ExperimentSpec) -> list[str]:
+    seen: list[str] = []
+    for g in exp.groups:
+        seen += [t for t in g.tasks if t not in seen]
+    return seen
+
+
+def fusion_sources(exp: ExperimentSpec, target: str) -> list[str]:
+    srcs = experiment_tasks(exp) if exp.fusion.sources == "all" else list(exp.fusion.sources)
+    return srcs if target in srcs else [*srcs, target]
+
+
+def _method_name(mref) -> str:
+    return mref.method if isinstance(mref, MethodRef) else mref
+
+
+def mt_a_tasks(reg: Registry, exp: ExperimentSpec) -> list[str]:
+    base = exp.mt_a.tasks or (experiment_tasks(exp) if exp.fusion.sources == "all" else list(exp.fusion.sources))
+    out = list(base)
+    for g in exp.groups:  # every task that asks for an MT-A cell, or for a kind built on MT-A, trains jointly
+        for m in g.methods:
+            kind = reg.methods[_method_name(m)].method_kind
+            if kind.multitask or kind.depends_on == "mt_a":
+                out += [t for t in g.tasks if t not in out]
+    return out
+
+
+class _Planner:
+    """Collects runs by id; the same run asked for twice (a grid ST-A run that is also a stage-1 source) is one."""
+
+    def __init__(self, reg: Registry, exp: ExperimentSpec, available: Callable[[str], str | None] | None,
+                 data_root, options: Options):
+        self.reg, self.exp, self.available, self.data_root = reg, exp, available, data_root
+        self.batching = options.batching
+        spec = exp.compute
+        self.compute = ComputeSpec(cpu_kernels=options.cpu_kernels or spec.cpu_kernels or DEFAULT_COMPUTE.cpu_kernels,
+                                   last_layer=options.last_layer or spec.last_layer or DEFAULT_COMPUTE.last_layer)
+        self.plan = Plan(exp, [])
+        self.runs: dict[str, Run] = {}
+        self._why: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ data
+    def usable(self, task: str) -> bool:
+        if task not in self._why:
+            why = self.available(task) if self.available else None
+            self._why[task] = why or ""
+            if why:
+                self.plan.skipped.append((f"task {task}", why))
+        return not self._why[task]
+
+    def fingerprints(self, task: str) -> dict[str, str]:
+        spec = self.reg.tasks[task]
+        out = {}
+        for split in dict.fromkeys((spec.splits.train, spec.splits.eval)):
+            try:
+                out[split] = locate(spec, split, self.data_root, task_file=self.reg.file_of("task", task)).fingerprint()
+            except (BenchError, OSError):
+                out[split] = "unavailable"
+        return out
+
+    # ------------------------------------------------------------------ runs
+    def caps(self, task: str | None, stage1: bool = False) -> Caps:
+        base = (self.exp.fusion.caps or self.exp.caps) if stage1 else self.exp.caps
+        return self.exp.task_caps.get(task, base) if task else base
+
+    def add(self, run: Run) -> Run:
+        run.selection, run.compute = self.exp.selection, self.compute
+        run.task_caps = {t: self.exp.task_caps[t] for t in run.all_tasks if t in self.exp.task_caps}
+        run.data = {t: self.fingerprints(t) for t in run.all_tasks}
+        run.id = run_id(run.task or "multi", run.label, run.backbone, run.seed, run.identity(self.reg))
+        if run.id not in self.runs:
+            self.runs[run.id] = run
+        elif not run.implied:
+            self.runs[run.id].implied = False
+        return self.runs[run.id]
+
+    def method(self, name: str, rf: int | None = None, caps: Caps | None = None) -> MethodSpec:
+        return resolve_method(self.reg, self.exp, name, rf, caps, self.batching)
+
+    def stage1(self, task: str, backbone: str, seed: int, rf: int) -> Run:
+        caps = self.caps(task, stage1=True)
+        return self.add(Run("", self.exp.name, self.method(methods.STAGE1, rf, caps), backbone, seed, caps=caps,
+                            task=task, implied=True))
+
+    def mt_a(self, backbone: str, seed: int, implied: bool) -> Run | None:
+        tasks = [t for t in mt_a_tasks(self.reg, self.exp) if self.usable(t)]
+        if not tasks:
+            return None
+        return self.add(Run("", self.exp.name, self.method(self.mt_a_method()), backbone, seed, caps=self.exp.caps,
+                            tasks=tasks, implied=implied))
+
+    def mt_a_method(self) -> str:
+        """The experiment's own multi-task method if it lists one, else the spec named after the kind."""
+        listed = [_method_name(m) for g in self.exp.groups for m in g.methods
+                  if self.reg.methods[_method_name(m)].method_kind.multitask]
+        return listed[0] if listed else "mt_a"
+
+    def grid_run(self, name: str, task: str, backbone: str, seed: int, rf: int | None) -> None:
+        kind = self.reg.methods[name].method_kind
+        run = Run("", self.exp.name, self.method(name, rf, self.caps(task)), backbone, seed,
+                  caps=self.caps(task), task=task)
+        aseed = seed if self.exp.fusion.adapter_seed == "matched" else self.exp.fusion.adapter_seed
+        if kind.depends_on == "stage1":
+            run.sources = [s for s in fusion_sources(self.exp, task) if self.usable(s)]
+            rf_src = run.method.fusion.source_reduction_factor
+            run.deps = [self.stage1(s, backbone, aseed, rf_src).id for s in run.sources]
+        elif kind.depends_on == "mt_a":
+            dep = self.mt_a(backbone, aseed, implied=True)
+            if dep is None or task not in dep.tasks:
+                raise SpecError(f"{name} on '{task}' needs an MT-A run that includes it", file=self.exp.name,
+                                field="mt_a.tasks", fix=f"add {task} to mt_a.tasks")
+            run.sources, run.deps = list(dep.tasks), [dep.id]
+        self.add(run)
+
+    def group(self, g) -> None:
+        for backbone in g.backbones or self.exp.backbones:
+            for seed in g.seeds or self.exp.seeds:
+                for mref in g.methods:
+                    name = _method_name(mref)
+                    if self.reg.methods[name].method_kind.multitask:
+                        self.mt_a(backbone, seed, implied=False)
+                        continue
+                    rfs = mref.reduction_factor if isinstance(mref, MethodRef) and mref.reduction_factor else [None]
+                    for task in g.tasks:
+                        if self.usable(task):
+                            for rf in rfs:
+                                self.grid_run(name, task, backbone, seed, rf)
+
+
+def build_plan(reg: Registry, exp: ExperimentSpec, available: Callable[[str], str | None] | None = None, *,
+               data_root=None, options: Options = Options()) -> Plan:
+    """``available(task) -> str | None`` says why a task's data is missing (None = usable)."""
+    planner = _Planner(reg, exp, available, data_root, options)
+    for g in exp.groups:
+        planner.group(g)
+    # dependencies first, then in the order the experiment lists them (sorted() is stable)
+    planner.plan.runs = sorted(planner.runs.values(), key=lambda r: len(r.deps) > 0)
+    return planner.plan

@@ -1,0 +1,90 @@
+"""The planner's output: ``Run`` (one training job) and ``Plan`` (an experiment's runs, dependencies first).
+
+Both the recipes (``benchmark/training``) and the runner (``benchmark/runner``) read these records; the
+planner (``build.py``) is the only writer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from benchmark.plan.identity import run_identity
+from benchmark.spec.registry import Registry
+from benchmark.spec.schema import Caps, ComputeSpec, ExperimentSpec, MethodSpec, Selection
+
+
+@dataclass
+class Run:
+    id: str
+    experiment: str
+    method: MethodSpec  # resolved: overrides, caps, batching and the reduction factor applied
+    backbone: str
+    seed: int
+    caps: Caps = field(default_factory=Caps)  # data and epoch caps this run trains under
+    task: str | None = None  # None for a multi-task run (MT-A), which trains on ``tasks``
+    tasks: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # fusion: fused adapters, in order
+    deps: list[str] = field(default_factory=list)  # run ids that must finish first
+    implied: bool = False  # added as a dependency, not listed by the experiment
+    task_caps: dict[str, Caps] = field(default_factory=dict)  # per-task caps (override ``caps``)
+    selection: Selection = field(default_factory=Selection)
+    compute: ComputeSpec = field(default_factory=lambda: ComputeSpec(cpu_kernels="fast", last_layer="first_token"))
+    data: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> split -> data fingerprint
+
+    @property
+    def kind(self):
+        return self.method.method_kind
+
+    @property
+    def all_tasks(self) -> list[str]:
+        return [self.task] if self.task else list(self.tasks)
+
+    @property
+    def reduction_factor(self) -> int | None:
+        return self.method.adapter.reduction_factor if self.method.adapter else None
+
+    @property
+    def label(self) -> str:
+        return self.kind.label(self.method)
+
+    @property
+    def batching(self) -> str:
+        return self.method.train.batching or "grouped"
+
+    def caps_for(self, task: str) -> Caps:
+        return self.task_caps.get(task, self.caps)
+
+    def identity(self, reg: Registry) -> dict:
+        """Exactly what changes this run's result (see identity.py); hashed into the run id."""
+        tasks = self.all_tasks
+        return run_identity(
+            method=self.method, backbone=reg.backbones[self.backbone], tasks={t: reg.tasks[t] for t in tasks},
+            data=self.data, seed=self.seed, sources=self.sources, caps=self.caps,
+            task_caps={t: c for t, c in self.task_caps.items() if t in tasks}, deps=self.deps,
+            selection=self.selection, compute=self.compute)
+
+    def config(self, reg: Registry, exp: ExperimentSpec | None = None) -> dict:
+        """The resolved config stored with the result (provenance: prose included)."""
+        return {
+            "method": self.method.model_dump(mode="json"),
+            "backbone": reg.backbones[self.backbone].model_dump(mode="json"),
+            "tasks": {t: reg.tasks[t].model_dump(mode="json") for t in self.all_tasks},
+            "seed": self.seed,
+            "sources": self.sources,
+            "caps": self.caps.model_dump(mode="json"),
+            "task_caps": {t: c.model_dump(mode="json") for t, c in self.task_caps.items()},
+            "deps": self.deps,
+            "selection": self.selection.model_dump(mode="json"),
+            "compute": self.compute.model_dump(mode="json"),
+            "data": self.data,
+        }
+
+
+@dataclass
+class Plan:
+    experiment: ExperimentSpec
+    runs: list[Run]  # dependencies before dependents
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (what, why) left out of the grid
+
+    def by_id(self) -> dict[str, Run]:
+        return {r.id: r for r in self.runs}
