@@ -51,9 +51,8 @@ class AdapterFusion(nn.Module):
         eye = torch.eye(self.value.weight.shape[0], device=self.value.weight.device, dtype=self.value.weight.dtype)
         return ((eye - self.value.weight) ** 2).sum()
 
-    def forward(self, h, adapters, residual, implementation: str | None = None):
-        impl = implementation or self.params.implementation
-        if impl == "fast" and _stackable(adapters):
+    def forward(self, h, adapters, residual):
+        if self.params.implementation == "fast" and _stackable(adapters):
             return fast_fusion(self, h, adapters, residual)
         return naive_fusion(self, h, adapters, residual)
 

@@ -209,7 +209,7 @@ class AdapterModel(nn.Module):
         return out
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input_ids, attention_mask, head: str, token_type_ids=None, labels=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, head: str, token_type_ids=None) -> torch.Tensor:
         """input_ids [B, L] (classification) or [B, K, L] (multiple choice) -> logits [B, C] / [B, K]."""
         num_choices = None
         if input_ids.dim() == 3:

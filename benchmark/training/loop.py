@@ -60,6 +60,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def inputs_of(batch: dict) -> dict:
+    """The model's inputs of a batch (everything but the labels)."""
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 def make_optimizer(model: AdapterModel, params: TrainParams, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over trainable parameters; biases, LayerNorms and fusion V get no weight decay."""
     decay, no_decay = [], []
@@ -92,7 +97,7 @@ def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, b
     for batch in batches(split, batch_size, pad_id, mode="by_length"):
         batch = to_device(batch, device)
         with autocast(device):
-            logits = model(head=head, **batch)
+            logits = model(head=head, **inputs_of(batch))
         preds += logits.argmax(-1).tolist()
         gold += batch["labels"].tolist()
     return 100.0 * accuracy_score(gold, preds)
@@ -107,7 +112,7 @@ def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> No
 
 def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device) -> torch.Tensor:
     with autocast(device):
-        logits = model(head=head, **batch)
+        logits = model(head=head, **inputs_of(batch))
     loss = F.cross_entropy(logits.float(), batch["labels"])
     if obj.fusion and obj.reg_weight:
         # the value regulariser enters the loss of the same step (AdapterHub adds it one step late)
