@@ -115,9 +115,10 @@ class _Planner:
         base = (self.exp.fusion.caps or self.exp.caps) if stage1 else self.exp.caps
         return self.exp.task_caps.get(task, base) if task else base
 
-    def add(self, run: Run) -> Run:
+    def add(self, run: Run, task_caps: dict[str, Caps] | None = None) -> Run:
         run.selection, run.compute = self.exp.selection, self.compute
-        run.task_caps = {t: self.exp.task_caps[t] for t in run.all_tasks if t in self.exp.task_caps}
+        task_caps = self.exp.task_caps if task_caps is None else task_caps
+        run.task_caps = {t: task_caps[t] for t in run.all_tasks if t in task_caps}
         run.data = {t: self.fingerprints(t) for t in run.all_tasks}
         run.id = run_id(run.task or "multi", run.label, run.backbone, run.seed, run.identity(self.reg))
         if run.id not in self.runs:
@@ -138,8 +139,10 @@ class _Planner:
         tasks = [t for t in mt_a_tasks(self.reg, self.exp) if self.usable(t)]
         if not tasks:
             return None
-        return self.add(Run("", self.exp.name, self.method(self.mt_a_method()), backbone, seed, caps=self.exp.caps,
-                            tasks=tasks, implied=implied))
+        caps = self.exp.mt_a.caps or self.exp.caps
+        run = Run("", self.exp.name, self.method(self.mt_a_method(), caps=caps), backbone, seed, caps=caps,
+                  tasks=tasks, implied=implied)
+        return self.add(run, task_caps={} if self.exp.mt_a.caps else None)  # mt_a.caps: one cap for every task
 
     def mt_a_method(self) -> str:
         """The experiment's own multi-task method if it lists one, else the spec named after the kind."""

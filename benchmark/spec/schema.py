@@ -239,6 +239,8 @@ class FusionSources(Strict):
 
 class MtaSetup(Strict):
     tasks: list[str] | None = Field(None, description="tasks trained jointly; default: fusion sources")
+    caps: Caps | None = Field(None, description="caps of every task's data in the joint run (default: the "
+                                                "experiment's caps and task_caps)")
 
 
 class Selection(Strict):
