@@ -121,20 +121,24 @@ def _plan(args, reg):
 def cmd_plan(args) -> int:
     from tabulate import tabulate
 
-    from benchmark.runner.results import read_result, results_root
+    from benchmark.runner.results import read_result_file, results_root, scan_experiment
 
     reg = _registry(args)
     plan = _plan(args, reg)
-    exp_dir = results_root(args.results_dir) / plan.experiment.name
+    root = results_root(args.results_dir)
+    exp_dir = root / plan.experiment.name
     rows = []
     for i, r in enumerate(plan.runs, 1):
-        res = read_result(exp_dir / r.id)
-        state = res["status"] if res else "pending"
+        res = read_result_file(exp_dir / r.id)
+        state = res.data["status"] if res.ok else "pending" if res.state == "missing" else "corrupt"
         rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, len(r.deps),
-                     "implied" if r.implied else "", state, r.id))
-    print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "", "status", "run id"]))
+                     "dependency" if r.implied else "grid", state, r.id))
+    print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "role", "status", "run id"],
+                   disable_numparse=True))
     for what, why in plan.skipped:
         print(f"skipped {what}: {why}")
+    for line in scan_experiment(root, plan.experiment.name).problems():
+        print(f"warning: {line}")
     c = Counter(row[7] for row in rows)
     print(f"{len(rows)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())))
     return 0
@@ -157,9 +161,10 @@ def cmd_report(args) -> int:
     from benchmark.report.build import build_reports
 
     reg = _registry(args)
+    available = availability(reg, _data_dir(args))
     for exp in args.experiments:
         for path in build_reports(reg, exp, results_dir=args.results_dir, out_dir=Path(args.out_dir),
-                                  paper_file=args.paper):
+                                  paper_file=args.paper, available=available):
             print(f"wrote {path}")
     return 0
 
@@ -206,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--last-layer", choices=["first_token", "full"], default="first_token",
                             help="with a first-token ([CLS]) head the last layer computes position 0 only "
                                  "(same logits and gradients; default) or every position; recorded as last_layer")
-    r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), data=False)
+    r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"))
     r.add_argument("experiments", nargs="+")
     r.add_argument("--results-dir")
     r.add_argument("--out-dir", default="reports")

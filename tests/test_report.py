@@ -101,15 +101,17 @@ def test_table2_arrows_improved_and_agreement(registry, handmade):
     assert rows["rte"].ours == ["up"] and rows["rte"].deltas[0] == pytest.approx(5.0)
     assert rows["cb"].ours == ["same"] and rows["mrpc"].ours == ["down"]
     assert [rows[t].paper[0] for t in ("mrpc", "rte", "cb")] == ["up", "up", "up"]
-    assert t2.improved_ours == ["1/3"] and t2.improved_paper == ["10/16"]
+    # the paper's count over the same three tasks as ours (its printed arrows), not its 10/16 over all 16
+    assert t2.improved_ours == ["1/3"] and t2.improved_paper == ["3/3"]
     assert t2.agreement == ["1/3"]
+    assert any("10/16 improved as printed, 9/16 derived from its Table 1" in n and "imdb" in n for n in t2.notes)
     assert "rho = " in t2.rank_correlation and "over 3 tasks" in t2.rank_correlation
 
 
 def test_findings_and_attention(registry, handmade):
     data = build_data(registry, "handmade", handmade, None)
     claims = {f.claim: f for f in data.findings["minilm-l6"]}
-    small = claims["Fusion w/ ST-A improves over ST-A on tasks with < 5k training examples"]
+    small = claims["Fusion w/ ST-A improves over ST-A on tasks with < 5,000 training examples"]
     assert "rte +5.00" in small.ours and "mrpc -1.00" in small.ours and "rte +5.78" in small.paper
     assert small.verdict == "does not hold (no clear difference)"  # mean +1.36 but only 1 of 3 up
     att = {a.target: a for a in data.attention}
@@ -127,7 +129,7 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     assert "| rte | low | 70.00" not in md  # cells are means, not first seeds
     assert "72.00 ± 2.00 <sup>n=3</sup> | 71.04 ± 1.62 | +0.96" in md
     assert "77.00 ± 1.00† <sup>n=3</sup>" in md
-    assert "| **Improved** (ours / paper) | 1/3 / 10/16 |" in md
+    assert "| **Improved** (ours / paper) | 1/3 / 3/3 |" in md
     assert "— (no data)" in md and "— (failed)" in md and "— (not run)" in md
     assert "1 older results not in the current plan (spec edited since) left out" in md
     html = (out / "handmade.html").read_text()
