@@ -171,3 +171,120 @@ def test_bundled_paper_numbers_match_the_shared_copy():
         assert yaml.safe_load(shared.read_text()) == ours
     assert ours["table1"]["rows"]["cb"]["fusion_st_a"]["mean"] == 92.14
     assert json.dumps(ours["table2"]["improved"])
+
+
+def fake_result(run, experiment: str, value: float | None = 50.0, error: str | None = None) -> dict:
+    """A result.json for a planned run (ids come from the planner, never recomputed here)."""
+    return {"schema": 1, "status": "failed" if error else "finished", "run_id": run.id, "experiment": experiment,
+            "task": run.task, "tasks": run.tasks or [run.task], "label": run.label,
+            "role": "stage1" if run.implied else "grid", "backbone": run.backbone, "seed": run.seed,
+            "best_metric": None if error else value, "best_epoch": 1, "error": error, "wall_seconds": 1.0,
+            "device": "cpu", "versions": {}, "git": {}}
+
+
+def test_report_uses_the_current_plan_and_its_own_experiment_only(registry, tmp_path):
+    """No plan.json: the plan is rebuilt from the specs; a result of another experiment and one of an
+    older spec (its id is not in the plan) in the same folder are left out, and said so."""
+    from benchmark.runner.plan import build_plan
+
+    plan = build_plan(registry, registry.experiments["smoke"])
+    folder = tmp_path / "smoke"
+    single = [r for r in plan.runs if r.task]
+    for r in single:
+        write_json_atomic(folder / r.id / "result.json", fake_result(r, "smoke"))
+    other = single[0]
+    foreign = fake_result(other, "quick") | {"run_id": "cb__head__tiny-bert__s9__feedbeef"}
+    write_json_atomic(folder / foreign["run_id"] / "result.json", foreign)
+    old = fake_result(other, "smoke") | {"run_id": "cb__head__tiny-bert__s1__0ldc0ffe"}
+    write_json_atomic(folder / old["run_id"] / "result.json", old)
+    assert not (folder / "plan.json").exists()
+    data = build_data(registry, "smoke", tmp_path, None)
+    assert data.provenance["runs_finished"] == len(single)
+    assert "1 older results not in the current plan" in data.provenance["runs"]
+    assert any("belongs to experiment 'quick'" in p for p in data.problems)
+    # tiny-bert stands in for no paper backbone: no paper findings, no paper arrows, no rank correlation
+    assert data.findings == {}
+    assert all(a is None for t2 in data.table2 for r in t2.rows for a in r.paper)
+    assert all(i == "—" for t2 in data.table2 for i in t2.improved_paper)
+    assert all("not computed" in t2.rank_correlation for t2 in data.table2)
+
+
+def test_html_escapes_spec_prose_and_data_and_renders_markdown(tmp_path):
+    from benchmark.runner.plan import build_plan
+    from benchmark.spec import load_registry
+
+    exp = tmp_path / "specs" / "experiments"
+    exp.mkdir(parents=True)
+    (exp / "evil.yaml").write_text(
+        "description: \"Markup <script>alert('desc')</script> in a `description`\"\n"
+        "backbones: [tiny-bert]\nseeds: [1]\ngroups: [{tasks: [cb], methods: [head]}]\n"
+        "notes: |-\n  Uses **bold** and `afbench run`.\n\n  - one <img src=x onerror=alert(1)>\n  - two\n")
+    reg = load_registry([tmp_path / "specs"])
+    run = build_plan(reg, reg.experiments["evil"]).runs[0]
+    write_json_atomic(tmp_path / "results" / "evil" / run.id / "result.json",
+                      fake_result(run, "evil", error="ValueError: <img src=x onerror=alert('row')>"))
+    out = tmp_path / "reports"
+    assert main(["report", "evil", "--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "results"),
+                 "--out-dir", str(out)]) == 0
+    html = (out / "evil.html").read_text()
+    assert "<script" not in html and "&lt;script&gt;alert(&#39;desc&#39;)&lt;/script&gt;" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(&#39;row&#39;)&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html  # from the notes' list
+    assert "<code>description</code>" in html and "<strong>bold</strong>" in html
+    assert "<ul><li>one" in html and "`" not in html  # Markdown rendered: no raw backticks
+    assert str(tmp_path) not in html and str(tmp_path) not in (out / "evil.md").read_text()
+
+
+def test_verdict_needs_three_seeds_per_side(registry, handmade):
+    import shutil
+
+    for seed in (2, 3):  # rte fusion keeps one seed
+        shutil.rmtree(handmade / "handmade" / f"rte__fusion_st_a_rf16__minilm-l6__s{seed}__x")
+    data = build_data(registry, "handmade", handmade, None)
+    claims = {f.claim: f for f in data.findings["minilm-l6"]}
+    for f in claims.values():
+        assert f.verdict.startswith("not enough seeds (1 vs 3; a verdict needs ≥ 3 per side)"), f.verdict
+
+
+def test_findings_read_the_paper_yaml_not_code(registry, handmade, tmp_path, monkeypatch):
+    """Change the published means in a copy of the paper file: the findings' paper column follows."""
+    import yaml
+
+    paper, _ = paper_numbers(None)
+    paper["table1"]["rows"]["Mean"]["fusion_st_a"]["mean"] = 80.0
+    f = tmp_path / "elsewhere" / "paper.yaml"
+    f.parent.mkdir()
+    f.write_text(yaml.safe_dump(paper))
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the file lies inside the working directory: shown relative
+    data = build_data(registry, "handmade", handmade, str(f))
+    avg = next(x for x in data.findings["minilm-l6"] if x.claim.endswith("on average"))
+    assert avg.paper.startswith("Mean 80.00 vs 76.05 (+3.95) over 16 tasks")
+    assert data.paper_source == "paper.yaml"
+    monkeypatch.chdir(handmade)  # outside: the name only, never a machine path
+    assert build_data(registry, "handmade", handmade, str(f)).paper_source.startswith("paper.yaml (outside")
+    bundled = tmp_path / "copy.yaml"  # an identical copy anywhere is the bundled file
+    bundled.write_text(yaml.safe_dump(paper_numbers(None)[0]))
+    monkeypatch.setenv("AFBENCH_PAPER_FILE", str(bundled))
+    assert build_data(registry, "handmade", handmade, None).paper_source.startswith("bundled copy")
+
+
+def test_paper_arrows_derived_from_table1():
+    from benchmark.report import published
+
+    paper, _ = paper_numbers(None)
+    assert published.disagreements(paper, "fusion_st_a_vs_st_a") == [("imdb", "up", "same", pytest.approx(-0.03))]
+    assert published.disagreements(paper, "fusion_st_a_vs_mt_a") == [("scitail", "up", "down", pytest.approx(-0.49))]
+    assert published.printed_improved(paper, "fusion_st_a_vs_st_a") == "10/16"
+    assert published.derived_improved(paper, "fusion_st_a_vs_st_a") == "9/16"
+    assert published.derived_improved(paper, "fusion_mt_a_vs_mt_a") == "14/16"
+
+
+def test_terminal_tables_keep_their_decimals(capsys):
+    from benchmark.report.build import ReportData, print_summary
+    from benchmark.report.tables import CellView, RowView, TableView
+
+    t = TableView("table1", "Table 1: all methods", "minilm-l6", "bert-base-uncased", ["Head"], ["head"],
+                  [RowView("mrpc", "low", [CellView(70.1, None, 1)])], [CellView(70.1, None, 1)])
+    print_summary(ReportData("x", "", "", "", "", {}, tables=[t]))
+    out = capsys.readouterr().out
+    assert "70.10" in out and "70.1 " not in out

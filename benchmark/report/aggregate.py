@@ -121,7 +121,8 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
                 stage1.append(r)
             continue
         per_task = r.get("per_task") or {}
-        tasks = list(per_task) if per_task else [r["task"]]
+        # MT-A: one result for several tasks (per_task when finished; a failed one counts for each of its tasks)
+        tasks = list(per_task) if per_task else ([r["task"]] if r.get("task") else list(r.get("tasks") or []))
         for t in tasks:
             c = cell(r["backbone"], t, r["label"])
             c.expected = True

@@ -89,7 +89,7 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     fin = [r for r in col.results if r["status"] == "finished"]
     revs = sorted({(r.get("git") or {}).get("revision") or "unknown" for r in col.results})
     dirty = any((r.get("git") or {}).get("dirty") for r in col.results)
-    v = fin[0]["versions"] if fin else {}
+    v = (fin[0].get("versions") or {}) if fin else {}
     try:
         spec_file = str(Path(spec_file).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -181,8 +181,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
             data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",
                                        png))
         data.attention += attention_summaries(col, b, reg)
-    data.stage1 = sorted(({"task": r["task"], "backbone": r["backbone"], "seed": r["seed"],
-                           "accuracy": r["best_metric"], "epoch": r["best_epoch"],
+    data.stage1 = sorted(({"task": r.get("task") or "+".join(r.get("tasks") or []), "backbone": r["backbone"], "seed": r["seed"],
+                           "accuracy": r["best_metric"], "epoch": r.get("best_epoch"),
                            "rows": (r.get("data") or {}).get("train_rows"),
                            "rows_total": (r.get("data") or {}).get("train_rows_total")} for r in col.stage1),
                          key=lambda d: (d["backbone"], d["task"]))
