@@ -288,3 +288,27 @@ def test_terminal_tables_keep_their_decimals(capsys):
     print_summary(ReportData("x", "", "", "", "", {}, tables=[t]))
     out = capsys.readouterr().out
     assert "70.10" in out and "70.1 " not in out
+
+
+@pytest.mark.parametrize("layers", [2, 6])
+def test_heatmap_units_and_titles_do_not_overlap(registry, handmade, layers):
+    """Cells, colour bar and title in %; the figure title clear of every panel title (2 and 6 layers)."""
+    from benchmark.report import figures
+    from benchmark.report.aggregate import load
+
+    col = load(handmade, "handmade", registry)
+    for recs in col.attention.values():
+        for rec in recs:
+            rec["layers"] = [[0.6, 0.3, 0.1]] * layers
+    fig = figures.heatmap_figure(col, "minilm-l6", "fusion_st_a_rf16", registry)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("layer")]
+    assert len(panels) == layers
+    title = fig._suptitle.get_window_extent(renderer)
+    for ax in panels:
+        assert not title.overlaps(ax.title.get_window_extent(renderer)), ax.get_title()
+    assert {t.get_text() for t in panels[0].texts} == {"60", "30", "10"}  # cell text in %
+    cbar = next(ax for ax in fig.axes if ax not in panels and ax.get_ylabel())
+    assert "(%)" in cbar.get_ylabel() and cbar.get_ylim()[1] == pytest.approx(60.0)
+    figures.plt.close(fig)
