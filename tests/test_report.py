@@ -312,3 +312,31 @@ def test_heatmap_units_and_titles_do_not_overlap(registry, handmade, layers):
     cbar = next(ax for ax in fig.axes if ax not in panels and ax.get_ylabel())
     assert "(%)" in cbar.get_ylabel() and cbar.get_ylim()[1] == pytest.approx(60.0)
     figures.plt.close(fig)
+
+
+def test_cli_help_is_complete(capsys):
+    """Every subcommand, positional and option has help; --help shows examples and the environment."""
+    import argparse
+
+    from benchmark.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    top = capsys.readouterr().out
+    assert "examples:" in top
+    for var in ("AFBENCH_DATA_DIR", "AFBENCH_RESULTS_DIR", "AFBENCH_SPECS", "AFBENCH_CACHE_DIR",
+                "AFBENCH_PAPER_FILE", "HF_HUB_OFFLINE"):
+        assert var in top
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helped = {c.dest for c in sub._choices_actions if c.help}
+    assert helped == set(sub.choices)
+    for name, sp in sub.choices.items():
+        for action in sp._actions:
+            assert action.help, f"afbench {name} {action.dest} has no help"
+
+
+def test_unknown_experiment_message_grammar(capsys):
+    assert main(["plan", "no_such_experiment"]) == 2
+    err = capsys.readouterr().err
+    assert "an experiment name that exists" in err and "a experiment" not in err
