@@ -207,6 +207,7 @@ def test_report_uses_the_current_plan_and_its_own_experiment_only(registry, tmp_
     assert all(a is None for t2 in data.table2 for r in t2.rows for a in r.paper)
     assert all(i == "—" for t2 in data.table2 for i in t2.improved_paper)
     assert all("not computed" in t2.rank_correlation for t2 in data.table2)
+    assert data.tables and all(not t.has_paper and t.heading_note == "(no paper counterpart)" for t in data.tables)
 
 
 def test_html_escapes_spec_prose_and_data_and_renders_markdown(tmp_path):

@@ -201,6 +201,7 @@ def _env() -> jinja2.Environment:
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["markdown"] = markdown_to_html
+    env.globals["arrow_threshold"] = published.ARROW_THRESHOLD
     env.filters["f2"] = lambda x: "—" if x is None else f"{x:.2f}"
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.1f}%"
     env.filters["arrow"] = lambda a: ARROWS.get(a, "—")

@@ -124,6 +124,17 @@ class TableView:
         return self.paper_backbone == {"table4": "roberta-base"}.get(self.key, "bert-base-uncased") and \
             self.backbone == self.paper_backbone
 
+    @property
+    def has_paper(self) -> bool:
+        """Any published value to show (a backbone without a paper counterpart has none: no empty columns)."""
+        return any(c.paper is not None for r in self.rows for c in r.cells)
+
+    @property
+    def heading_note(self) -> str:
+        if self.comparable:
+            return ""
+        return f"(stands in for {self.paper_backbone})" if self.paper_backbone else "(no paper counterpart)"
+
 
 @dataclass
 class Table2Row:
@@ -217,8 +228,10 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
         reason = "" if len(have) == len(rows) else (f"over {len(have)}/{len(rows)} tasks" if have else "no data")
         mean_row.append(CellView(m, None, len(have), reason, pm))
     notes = []
-    if pb != backbone:
-        notes.append(f"Backbone {backbone} stands in for the paper's {pb or 'backbone'}: the paper's numbers are "
+    if pb is None:
+        notes.append(f"Backbone {backbone} has no counterpart in the paper, so no paper numbers are shown.")
+    elif pb != backbone:
+        notes.append(f"Backbone {backbone} stands in for the paper's {pb}: the paper's numbers are "
                      "shown for orientation, not as a target; differences are expected.")
     if ptable:
         notes.append("Paper mean: the mean of the published values over the same tasks as ours.")
