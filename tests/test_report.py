@@ -341,3 +341,26 @@ def test_unknown_experiment_message_grammar(capsys):
     assert main(["plan", "no_such_experiment"]) == 2
     err = capsys.readouterr().err
     assert "an experiment name that exists" in err and "a experiment" not in err
+
+
+def test_a_printed_arrow_that_table1_contradicts_is_marked(registry, handmade, tmp_path):
+    import yaml
+
+    paper, _ = paper_numbers(None)
+    paper["table2"]["rows"]["rte"]["fusion_st_a_vs_st_a"] = "down"  # Table 1 still gives rte +5.78
+    f = tmp_path / "paper.yaml"
+    f.write_text(yaml.safe_dump(paper))
+    out = tmp_path / "reports"
+    assert main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(out), "--paper", str(f)]) == 0
+    md = (out / "handmade.md").read_text()
+    assert "| rte | ↗ (+5.00, p=0.03) / ↘\\* |" in md and "| cb | → (+0.07, p=0.98) / ↗ |" in md
+    assert "rte: printed ↘, Table 1 gives +5.78 (↗)" in md
+    assert "| **Improved** (ours / paper) | 1/3 / 2/3 |" in md
+
+
+def test_only_stale_results_is_a_clear_error(registry, tmp_path, capsys):
+    old = {"schema": 1, "status": "finished", "run_id": "cb__head__tiny-bert__s1__0ldc0ffe", "experiment": "smoke",
+           "task": "cb", "tasks": ["cb"], "label": "head", "backbone": "tiny-bert", "seed": 1, "best_metric": 50.0}
+    write_json_atomic(tmp_path / "smoke" / old["run_id"] / "result.json", old)
+    assert main(["report", "smoke", "--results-dir", str(tmp_path)]) == 2
+    assert "1 result(s) on disk are from an older version of the spec" in capsys.readouterr().err

@@ -143,6 +143,9 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     col = load(results_dir, experiment, reg, available)
     if not col.results:
         extra = f" ({'; '.join(col.problems)})" if col.problems else ""
+        if col.stale:
+            extra += (f" ({len(col.stale)} result(s) on disk are from an older version of the spec: their run ids "
+                      "are not in the current plan)")
         raise BenchError(f"no results for experiment '{experiment}' under {results_dir / experiment}{extra}",
                          fix=f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})")
     paper, paper_src = paper_numbers(paper_file)
