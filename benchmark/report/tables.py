@@ -38,11 +38,8 @@ COMPARISONS = [("fusion_st_a_vs_st_a", "fusion_st_a_rf16", "st_a_rf16", "F. w/ S
 ARROWS = {"up": "↗", "down": "↘", "same": "→"}
 SIGNIFICANCE = 0.05
 SIG_PAIRS = {"fusion_st_a_rf16": "st_a_rf16", "fusion_mt_a": "mt_a_rf16"}
-# our column label -> the paper's Table 1 key, for the Table 1 layout
-PAPER_KEY = {label: pkey for label, pkey, _ in LAYOUTS["table1"]}
-
-# The paper's findings are checked only where a verdict can mean something: a comparison with fewer
-# seeds than this on either side gets "not enough seeds" (the paper reports 3 seeds for its small tasks).
+# The paper's findings are checked only where a verdict can mean something: with fewer seeds than this
+# on either side, seed noise cannot be told from an effect, and the verdict is "not enough seeds".
 MIN_SEEDS = 3
 # The paper reports Fusion's largest gains over ST-A on its smallest targets; its four targets under
 # 5,000 training examples (Table 1: MRPC 3,668, SICK 4,439, RTE 2,490, CB 250) are the ones it singles
@@ -210,7 +207,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
         views = []
         for label, pkey, _ in layout:
             c = col.cells.get((backbone, t, label), Cell())
-            pv = ptable.get("rows", {}).get(t, {}).get(pkey, {})
+            pv = ptable.get("rows", {}).get(t, {}).get(pkey, {}) if is_paper_task(reg, t) else {}
             v = CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(t)), pv.get("mean"), pv.get("std"))
             base = SIG_PAIRS.get(label)
             if base and c.values and (backbone, t, base) in col.cells:
@@ -290,7 +287,8 @@ def table2_notes(view: Table2View, paper: dict, with_paper: bool) -> list[str]:
              "as ours. * = the paper's Table 1 numbers give a different arrow by the same thresholds."]
     for key, heading in zip(view.keys, view.columns, strict=True):
         odd = published.disagreements(paper, key)
-        totals = (f"{heading}: the paper's totals over its 16 tasks are {published.printed_improved(paper, key)} "
+        n = len(paper.get("table2", {}).get("rows", {}))
+        totals = (f"{heading}: the paper's totals over its {n} tasks are {published.printed_improved(paper, key)} "
                   f"improved as printed, {published.derived_improved(paper, key)} derived from its Table 1")
         if odd:
             totals += " (" + "; ".join(f"{t}: printed {ARROWS[pa]}, Table 1 gives {d:+.2f} ({ARROWS[da]})"
