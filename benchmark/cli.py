@@ -132,7 +132,7 @@ def cmd_plan(args) -> int:
         res = read_result_file(exp_dir / r.id)
         state = res.data["status"] if res.ok else "pending" if res.state == "missing" else "corrupt"
         rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, len(r.deps),
-                     "dependency" if r.implied else "grid", state, r.id))
+                     "implied" if r.implied else "grid", state, r.id))
     print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "role", "status", "run id"],
                    disable_numparse=True))
     for what, why in plan.skipped:
