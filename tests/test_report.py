@@ -353,9 +353,16 @@ def test_a_printed_arrow_that_table1_contradicts_is_marked(registry, handmade, t
     out = tmp_path / "reports"
     assert main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(out), "--paper", str(f)]) == 0
     md = (out / "handmade.md").read_text()
-    assert "| rte | ↗ (+5.00, p=0.03) / ↘\\* |" in md and "| cb | → (+0.07, p=0.98) / ↗ |" in md
+    assert "| rte | ↗ (+5.00, p=0.03) / ↘ (Table 1: ↗) |" in md and "| cb | → (+0.07, p=0.98) / ↗ |" in md
     assert "rte: printed ↘, Table 1 gives +5.78 (↗)" in md
     assert "| **Improved** (ours / paper) | 1/3 / 2/3 |" in md
+
+
+def test_unreadable_plan_json_is_named_not_fatal(registry, handmade):
+    (handmade / "handmade" / "plan.json").write_text('{"runs": [')  # truncated; the spec is gone too
+    data = build_data(registry, "handmade", handmade, None)
+    assert any("handmade/plan.json is not readable JSON" in p for p in data.problems)
+    assert data.provenance["runs_finished"] == 31  # no plan: every result of the experiment counts, stale included
 
 
 def test_only_stale_results_is_a_clear_error(registry, tmp_path, capsys):

@@ -284,7 +284,8 @@ def table2_notes(view: Table2View, paper: dict, with_paper: bool) -> list[str]:
         return [f"No paper arrows: {view.backbone} has no counterpart in the paper's Table 2 "
                 f"({published.table1_backbone(paper)})."]
     notes = ["Paper arrows are those printed in its Table 2; the paper's count is taken over the same tasks "
-             "as ours. * = the paper's Table 1 numbers give a different arrow by the same thresholds."]
+             "as ours. \"(Table 1: ...)\" = the arrow the paper's own Table 1 numbers give by the same "
+             "thresholds, where it differs from the printed one."]
     for key, heading in zip(view.keys, view.columns, strict=True):
         odd = published.disagreements(paper, key)
         n = len(paper.get("table2", {}).get("rows", {}))
