@@ -123,20 +123,24 @@ def _plan(args, reg):
 def cmd_plan(args) -> int:
     from tabulate import tabulate
 
-    from benchmark.runner.results import read_result, results_root
+    from benchmark.runner.results import read_result_file, results_root, scan_experiment
 
     reg = _registry(args)
     plan = _plan(args, reg)
-    exp_dir = results_root(args.results_dir) / plan.experiment.name
+    root = results_root(args.results_dir)
+    exp_dir = root / plan.experiment.name
     rows = []
     for i, r in enumerate(plan.runs, 1):
-        res = read_result(exp_dir / r.id)
-        state = res["status"] if res else "pending"
+        res = read_result_file(exp_dir / r.id)
+        state = res.data["status"] if res.ok else "pending" if res.state == "missing" else "corrupt"
         rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, len(r.deps),
-                     "implied" if r.implied else "", state, r.id))
-    print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "", "status", "run id"]))
+                     "implied" if r.implied else "grid", state, r.id))
+    print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "role", "status", "run id"],
+                   disable_numparse=True))
     for what, why in plan.skipped:
         print(f"skipped {what}: {why}")
+    for line in scan_experiment(root, plan.experiment.name).problems():
+        print(f"warning: {line}")
     c = Counter(row[7] for row in rows)
     print(f"{len(rows)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())))
     return 0
@@ -165,12 +169,16 @@ def cmd_migrate(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from benchmark.plan.build import build_plan
     from benchmark.report.build import build_reports
 
     reg = _registry(args)
+    root = _data_dir(args)
+    available = availability(reg, root)
     for exp in args.experiments:
         for path in build_reports(reg, exp, results_dir=args.results_dir, out_dir=Path(args.out_dir),
-                                  paper_file=args.paper):
+                                  paper_file=args.paper,
+                                  plan_of=lambda spec: build_plan(reg, spec, available, data_root=root)):
             print(f"wrote {path}")
     return 0
 
@@ -187,14 +195,35 @@ def cmd_perf(args) -> int:
     return run_perf(args)
 
 
+EPILOG = """examples:
+  afbench validate specs/                   check every spec (and each task against its data)
+  AFBENCH_DATA_DIR=../shared/data afbench run quick --jobs 2
+  afbench report quick                      reports/quick.{md,html,tex} + reports/quick_files/
+
+environment:
+  AFBENCH_DATA_DIR     offline data mirror (Hub-schema Parquet); unset: datasets come from the Hub
+  AFBENCH_RESULTS_DIR  where results/<experiment>/<run id>/ live (default: ./results)
+  AFBENCH_SPECS        the spec folder to use instead of the checkout's specs/
+  AFBENCH_CACHE_DIR    cache of tokenized data and tiny tokenizers (default: ~/.cache/afbench)
+  AFBENCH_PAPER_FILE   published numbers YAML for reports (default: the bundled copy)
+  HF_HUB_OFFLINE=1     never contact the Hugging Face Hub (use only its local cache)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="afbench", description=__doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = argparse.ArgumentParser(prog="afbench", epilog=EPILOG,
+                                description="AdapterFusion-Bench: YAML specs -> plan -> runs -> results -> reports. "
+                                            "Errors in specs, data or weights print as one paragraph (file, field, "
+                                            "fix) and exit with status 2.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="one of:")
 
     def common(sp, data=True):
-        sp.add_argument("--specs", action="append", help="extra folder of spec files (repeatable)")
+        sp.add_argument("--specs", action="append", metavar="DIR",
+                        help="extra folder of spec files, added to specs/ (repeatable)")
         if data:
-            sp.add_argument("--data-dir", help="offline mirror root (default: $AFBENCH_DATA_DIR; unset = Hub)")
+            sp.add_argument("--data-dir", metavar="DIR",
+                            help="offline mirror root (default: $AFBENCH_DATA_DIR; unset = Hub)")
         return sp
 
     common(sub.add_parser("list", help="tasks, methods, backbones, experiments found"), data=False)
@@ -202,12 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("paths", nargs="*", help="spec files or folders (default: specs/)")
     v.add_argument("--no-data", action="store_true", help="skip the checks against the data")
     d = common(sub.add_parser("data", help="split sizes, label distribution and rendered examples"))
-    d.add_argument("task")
+    d.add_argument("task", help="task name (see afbench list)")
     for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment"),
                            ("migrate", "rename result folders of older run-id schemes to the current ids")):
         sp = common(sub.add_parser(name, help=helptext))
-        sp.add_argument("experiment", help="experiment name (afbench list shows them)")
-        sp.add_argument("--results-dir", help="default: $AFBENCH_RESULTS_DIR or ./results")
+        sp.add_argument("experiment", help="experiment name (see afbench list)")
+        sp.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
         # these change what a run computes, so they are part of the run ids (plan and run alike)
         sp.add_argument("--batching", choices=["grouped", "shuffled"],
                         help="training batches grouped by length or shuffled (default: the method's, then the "
@@ -221,28 +250,32 @@ def build_parser() -> argparse.ArgumentParser:
                              "(same logits and gradients) or every position (default: the experiment's compute:, "
                              "then first_token); recorded as last_layer")
         if name == "run":
-            sp.add_argument("--jobs", type=int, default=1, help="independent runs in parallel processes")
+            sp.add_argument("--jobs", type=int, default=1, metavar="N",
+                            help="independent runs in parallel processes (default: 1)")
             sp.add_argument("--force", action="store_true", help="retrain finished runs")
             sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
         if name == "migrate":
             sp.add_argument("--dry-run", action="store_true", help="only say what would be renamed")
-    r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), data=False)
-    r.add_argument("experiments", nargs="+")
-    r.add_argument("--results-dir")
-    r.add_argument("--out-dir", default="reports")
-    r.add_argument("--paper", help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
+    r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"))
+    r.add_argument("experiments", nargs="+", metavar="experiment", help="one or more experiment names")
+    r.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    r.add_argument("--out-dir", default="reports", metavar="DIR", help="where reports are written (default: reports)")
+    r.add_argument("--paper", metavar="FILE",
+                   help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
     pa = sub.add_parser("parity", help="compare logits with AdapterHub adapters 1.3.0")
     pa.add_argument("--reference-python", required=True, help="python of an env with adapters==1.3.0")
-    pa.add_argument("--work-dir", default=".cache/parity")
+    pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "
+                    "(default: .cache/parity)")
     pe = sub.add_parser("perf", help="training steps/s, ours vs AdapterHub")
     pe.add_argument("--reference-python", help="python of an env with adapters==1.3.0 (omit: ours only)")
-    pe.add_argument("--adapters", default="2,4,8,16")
+    pe.add_argument("--adapters", default="2,4,8,16", help="fused adapter counts to time, comma-separated "
+                    "(default: 2,4,8,16)")
     pe.add_argument("--steps", type=int, default=4, help="timed steps per setup and round")
     pe.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours / the reference")
-    pe.add_argument("--batch-size", type=int, default=32)
-    pe.add_argument("--length", type=int, default=128)
-    pe.add_argument("--device", default=None)
-    pe.add_argument("--out", default="reports/perf.md")
+    pe.add_argument("--batch-size", type=int, default=32, help="examples per step (default: 32)")
+    pe.add_argument("--length", type=int, default=128, help="tokens per example (default: 128)")
+    pe.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if visible, else cpu)")
+    pe.add_argument("--out", default="reports/perf.md", help="Markdown file written (default: reports/perf.md)")
     return p
 
 

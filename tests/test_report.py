@@ -101,15 +101,17 @@ def test_table2_arrows_improved_and_agreement(registry, handmade):
     assert rows["rte"].ours == ["up"] and rows["rte"].deltas[0] == pytest.approx(5.0)
     assert rows["cb"].ours == ["same"] and rows["mrpc"].ours == ["down"]
     assert [rows[t].paper[0] for t in ("mrpc", "rte", "cb")] == ["up", "up", "up"]
-    assert t2.improved_ours == ["1/3"] and t2.improved_paper == ["10/16"]
+    # the paper's count over the same three tasks as ours (its printed arrows), not its 10/16 over all 16
+    assert t2.improved_ours == ["1/3"] and t2.improved_paper == ["3/3"]
     assert t2.agreement == ["1/3"]
+    assert any("10/16 improved as printed, 9/16 derived from its Table 1" in n and "imdb" in n for n in t2.notes)
     assert "rho = " in t2.rank_correlation and "over 3 tasks" in t2.rank_correlation
 
 
 def test_findings_and_attention(registry, handmade):
     data = build_data(registry, "handmade", handmade, None)
     claims = {f.claim: f for f in data.findings["minilm-l6"]}
-    small = claims["Fusion w/ ST-A improves over ST-A on tasks with < 5k training examples"]
+    small = claims["Fusion w/ ST-A improves over ST-A on tasks with < 5,000 training examples"]
     assert "rte +5.00" in small.ours and "mrpc -1.00" in small.ours and "rte +5.78" in small.paper
     assert small.verdict == "does not hold (no clear difference)"  # mean +1.36 but only 1 of 3 up
     att = {a.target: a for a in data.attention}
@@ -127,7 +129,7 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     assert "| rte | low | 70.00" not in md  # cells are means, not first seeds
     assert "72.00 ± 2.00 <sup>n=3</sup> | 71.04 ± 1.62 | +0.96" in md
     assert "77.00 ± 1.00† <sup>n=3</sup>" in md
-    assert "| **Improved** (ours / paper) | 1/3 / 10/16 |" in md
+    assert "| **Improved** (ours / paper) | 1/3 / 3/3 |" in md
     assert "— (no data)" in md and "— (failed)" in md and "— (not run)" in md
     assert "1 older results not in the current plan (spec edited since) left out" in md
     html = (out / "handmade.html").read_text()
@@ -169,3 +171,203 @@ def test_bundled_paper_numbers_match_the_shared_copy():
         assert yaml.safe_load(shared.read_text()) == ours
     assert ours["table1"]["rows"]["cb"]["fusion_st_a"]["mean"] == 92.14
     assert json.dumps(ours["table2"]["improved"])
+
+
+def fake_result(run, experiment: str, value: float | None = 50.0, error: str | None = None) -> dict:
+    """A result.json for a planned run (ids come from the planner, never recomputed here)."""
+    return {"schema": 1, "status": "failed" if error else "finished", "run_id": run.id, "experiment": experiment,
+            "task": run.task, "tasks": run.tasks or [run.task], "label": run.label,
+            "role": "stage1" if run.implied else "grid", "backbone": run.backbone, "seed": run.seed,
+            "best_metric": None if error else value, "best_epoch": 1, "error": error, "wall_seconds": 1.0,
+            "device": "cpu", "versions": {}, "git": {}}
+
+
+def test_report_uses_the_current_plan_and_its_own_experiment_only(registry, tmp_path):
+    """No plan.json: the plan is rebuilt from the specs; a result of another experiment and one of an
+    older spec (its id is not in the plan) in the same folder are left out, and said so."""
+    from benchmark.plan.build import build_plan
+
+    plan = build_plan(registry, registry.experiments["smoke"])
+    folder = tmp_path / "smoke"
+    single = [r for r in plan.runs if r.task]
+    for r in single:
+        write_json_atomic(folder / r.id / "result.json", fake_result(r, "smoke"))
+    other = single[0]
+    foreign = fake_result(other, "quick") | {"run_id": "cb__head__tiny-bert__s9__feedbeef"}
+    write_json_atomic(folder / foreign["run_id"] / "result.json", foreign)
+    old = fake_result(other, "smoke") | {"run_id": "cb__head__tiny-bert__s1__0ldc0ffe"}
+    write_json_atomic(folder / old["run_id"] / "result.json", old)
+    assert not (folder / "plan.json").exists()
+    data = build_data(registry, "smoke", tmp_path, None)
+    assert data.provenance["runs_finished"] == len(single)
+    assert "1 older results not in the current plan" in data.provenance["runs"]
+    assert any("belongs to experiment 'quick'" in p for p in data.problems)
+    # tiny-bert stands in for no paper backbone: no paper findings, no paper arrows, no rank correlation
+    assert data.findings == {}
+    assert all(a is None for t2 in data.table2 for r in t2.rows for a in r.paper)
+    assert all(i == "—" for t2 in data.table2 for i in t2.improved_paper)
+    assert all("not computed" in t2.rank_correlation for t2 in data.table2)
+    assert data.tables and all(not t.has_paper and t.heading_note == "(no paper counterpart)" for t in data.tables)
+
+
+def test_html_escapes_spec_prose_and_data_and_renders_markdown(tmp_path):
+    from benchmark.plan.build import build_plan
+    from benchmark.spec import load_registry
+
+    exp = tmp_path / "specs" / "experiments"
+    exp.mkdir(parents=True)
+    (exp / "evil.yaml").write_text(
+        "description: \"Markup <script>alert('desc')</script> in a `description`\"\n"
+        "backbones: [tiny-bert]\nseeds: [1]\ngroups: [{tasks: [cb], methods: [head]}]\n"
+        "notes: |-\n  Uses **bold** and `afbench run`.\n\n  - one <img src=x onerror=alert(1)>\n  - two\n")
+    reg = load_registry([tmp_path / "specs"])
+    run = build_plan(reg, reg.experiments["evil"]).runs[0]
+    write_json_atomic(tmp_path / "results" / "evil" / run.id / "result.json",
+                      fake_result(run, "evil", error="ValueError: <img src=x onerror=alert('row')>"))
+    out = tmp_path / "reports"
+    assert main(["report", "evil", "--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "results"),
+                 "--out-dir", str(out)]) == 0
+    html = (out / "evil.html").read_text()
+    assert "<script" not in html and "&lt;script&gt;alert(&#39;desc&#39;)&lt;/script&gt;" in html
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(&#39;row&#39;)&gt;" in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html  # from the notes' list
+    assert "<code>description</code>" in html and "<strong>bold</strong>" in html
+    assert "<ul><li>one" in html and "`" not in html  # Markdown rendered: no raw backticks
+    assert str(tmp_path) not in html and str(tmp_path) not in (out / "evil.md").read_text()
+
+
+def test_verdict_needs_three_seeds_per_side(registry, handmade):
+    import shutil
+
+    for seed in (2, 3):  # rte fusion keeps one seed
+        shutil.rmtree(handmade / "handmade" / f"rte__fusion_st_a_rf16__minilm-l6__s{seed}__x")
+    data = build_data(registry, "handmade", handmade, None)
+    claims = {f.claim: f for f in data.findings["minilm-l6"]}
+    for f in claims.values():
+        assert f.verdict.startswith("not enough seeds (1 vs 3; a verdict needs ≥ 3 per side)"), f.verdict
+
+
+def test_findings_read_the_paper_yaml_not_code(registry, handmade, tmp_path, monkeypatch):
+    """Change the published means in a copy of the paper file: the findings' paper column follows."""
+    import yaml
+
+    paper, _ = paper_numbers(None)
+    paper["table1"]["rows"]["Mean"]["fusion_st_a"]["mean"] = 80.0
+    f = tmp_path / "elsewhere" / "paper.yaml"
+    f.parent.mkdir()
+    f.write_text(yaml.safe_dump(paper))
+    monkeypatch.chdir(tmp_path / "elsewhere")  # the file lies inside the working directory: shown relative
+    data = build_data(registry, "handmade", handmade, str(f))
+    avg = next(x for x in data.findings["minilm-l6"] if x.claim.endswith("on average"))
+    assert avg.paper.startswith("Mean 80.00 vs 76.05 (+3.95) over 16 tasks")
+    assert data.paper_source == "paper.yaml"
+    monkeypatch.chdir(handmade)  # outside: the name only, never a machine path
+    assert build_data(registry, "handmade", handmade, str(f)).paper_source.startswith("paper.yaml (outside")
+    bundled = tmp_path / "copy.yaml"  # an identical copy anywhere is the bundled file
+    bundled.write_text(yaml.safe_dump(paper_numbers(None)[0]))
+    monkeypatch.setenv("AFBENCH_PAPER_FILE", str(bundled))
+    assert build_data(registry, "handmade", handmade, None).paper_source.startswith("bundled copy")
+
+
+def test_paper_arrows_derived_from_table1():
+    from benchmark.report import published
+
+    paper, _ = paper_numbers(None)
+    assert published.disagreements(paper, "fusion_st_a_vs_st_a") == [("imdb", "up", "same", pytest.approx(-0.03))]
+    assert published.disagreements(paper, "fusion_st_a_vs_mt_a") == [("scitail", "up", "down", pytest.approx(-0.49))]
+    assert published.printed_improved(paper, "fusion_st_a_vs_st_a") == "10/16"
+    assert published.derived_improved(paper, "fusion_st_a_vs_st_a") == "9/16"
+    assert published.derived_improved(paper, "fusion_mt_a_vs_mt_a") == "14/16"
+
+
+def test_terminal_tables_keep_their_decimals(capsys):
+    from benchmark.report.build import ReportData, print_summary
+    from benchmark.report.tables import CellView, RowView, TableView
+
+    t = TableView("table1", "Table 1: all methods", "minilm-l6", "bert-base-uncased", ["Head"], ["head"],
+                  [RowView("mrpc", "low", [CellView(70.1, None, 1)])], [CellView(70.1, None, 1)])
+    print_summary(ReportData("x", "", "", "", "", {}, tables=[t]))
+    out = capsys.readouterr().out
+    assert "70.10" in out and "70.1 " not in out
+
+
+@pytest.mark.parametrize("layers", [2, 6])
+def test_heatmap_units_and_titles_do_not_overlap(registry, handmade, layers):
+    """Cells, colour bar and title in %; the figure title clear of every panel title (2 and 6 layers)."""
+    from benchmark.report import figures
+    from benchmark.report.aggregate import load
+
+    col = load(handmade, "handmade", registry)
+    for recs in col.attention.values():
+        for rec in recs:
+            rec["layers"] = [[0.6, 0.3, 0.1]] * layers
+    fig = figures.heatmap_figure(col, "minilm-l6", "fusion_st_a_rf16", registry)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.get_title().startswith("layer")]
+    assert len(panels) == layers
+    title = fig._suptitle.get_window_extent(renderer)
+    for ax in panels:
+        assert not title.overlaps(ax.title.get_window_extent(renderer)), ax.get_title()
+    assert {t.get_text() for t in panels[0].texts} == {"60", "30", "10"}  # cell text in %
+    cbar = next(ax for ax in fig.axes if ax not in panels and ax.get_ylabel())
+    assert "(%)" in cbar.get_ylabel() and cbar.get_ylim()[1] == pytest.approx(60.0)
+    figures.plt.close(fig)
+
+
+def test_cli_help_is_complete(capsys):
+    """Every subcommand, positional and option has help; --help shows examples and the environment."""
+    import argparse
+
+    from benchmark.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    top = capsys.readouterr().out
+    assert "examples:" in top
+    for var in ("AFBENCH_DATA_DIR", "AFBENCH_RESULTS_DIR", "AFBENCH_SPECS", "AFBENCH_CACHE_DIR",
+                "AFBENCH_PAPER_FILE", "HF_HUB_OFFLINE"):
+        assert var in top
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helped = {c.dest for c in sub._choices_actions if c.help}
+    assert helped == set(sub.choices)
+    for name, sp in sub.choices.items():
+        for action in sp._actions:
+            assert action.help, f"afbench {name} {action.dest} has no help"
+
+
+def test_unknown_experiment_message_grammar(capsys):
+    assert main(["plan", "no_such_experiment"]) == 2
+    err = capsys.readouterr().err
+    assert "an experiment name that exists" in err and "a experiment" not in err
+
+
+def test_a_printed_arrow_that_table1_contradicts_is_marked(registry, handmade, tmp_path):
+    import yaml
+
+    paper, _ = paper_numbers(None)
+    paper["table2"]["rows"]["rte"]["fusion_st_a_vs_st_a"] = "down"  # Table 1 still gives rte +5.78
+    f = tmp_path / "paper.yaml"
+    f.write_text(yaml.safe_dump(paper))
+    out = tmp_path / "reports"
+    assert main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(out), "--paper", str(f)]) == 0
+    md = (out / "handmade.md").read_text()
+    assert "| rte | ↗ (+5.00, p=0.03) / ↘ (Table 1: ↗) |" in md and "| cb | → (+0.07, p=0.98) / ↗ |" in md
+    assert "rte: printed ↘, Table 1 gives +5.78 (↗)" in md
+    assert "| **Improved** (ours / paper) | 1/3 / 2/3 |" in md
+
+
+def test_unreadable_plan_json_is_named_not_fatal(registry, handmade):
+    (handmade / "handmade" / "plan.json").write_text('{"runs": [')  # truncated; the spec is gone too
+    data = build_data(registry, "handmade", handmade, None)
+    assert any("handmade/plan.json is not readable JSON" in p for p in data.problems)
+    assert data.provenance["runs_finished"] == 31  # no plan: every result of the experiment counts, stale included
+
+
+def test_only_stale_results_is_a_clear_error(registry, tmp_path, capsys):
+    old = {"schema": 1, "status": "finished", "run_id": "cb__head__tiny-bert__s1__0ldc0ffe", "experiment": "smoke",
+           "task": "cb", "tasks": ["cb"], "label": "head", "backbone": "tiny-bert", "seed": 1, "best_metric": 50.0}
+    write_json_atomic(tmp_path / "smoke" / old["run_id"] / "result.json", old)
+    assert main(["report", "smoke", "--results-dir", str(tmp_path)]) == 2
+    assert "1 result(s) on disk are from an older version of the spec" in capsys.readouterr().err

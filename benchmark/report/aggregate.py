@@ -2,6 +2,10 @@
 
 Only the runs the experiment asked for count (role "grid"); stage-1 adapters that exist only as
 fusion dependencies are listed separately. A cell knows why it is empty: not run, failed, no data.
+
+Which results are current is decided from the experiment spec as it is now (the plan is rebuilt on
+every report), not from the ``plan.json`` of the last run, which may be missing or older than the
+specs; ``plan.json`` is the fallback only when the experiment's spec no longer exists.
 """
 
 from __future__ import annotations
@@ -10,6 +14,9 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from benchmark.plan.build import build_plan
+from benchmark.runner.results import scan_experiment
 
 
 @dataclass
@@ -52,6 +59,8 @@ class Collected:
     description: str = ""
     attention: dict[tuple[str, str, str], list[dict]] = field(default_factory=dict)  # fusion_attention per cell
     stale: list[str] = field(default_factory=list)  # run ids on disk that the current plan no longer has
+    problems: list[str] = field(default_factory=list)  # result files left out (corrupt, other experiment)
+    plan_source: str = ""  # where the expected runs came from: the current specs, plan.json or nothing
 
     def backbones(self) -> list[str]:
         return sorted({b for b, _, _ in self.cells})
@@ -63,9 +72,32 @@ class Collected:
         return {c for (b, _, c), cell in self.cells.items() if b == backbone and cell.values}
 
 
-def _read_plan(folder: Path) -> dict | None:
+def _read_plan(folder: Path) -> tuple[dict | None, str]:
+    """The runner's ``plan.json`` (fallback for an experiment whose spec is gone), or why not."""
     f = folder / "plan.json"
-    return json.loads(f.read_text()) if f.exists() else None
+    if not f.exists():
+        return None, ""
+    try:
+        plan = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{folder.name}/plan.json is not readable JSON ({e}); left out"
+    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
+        return None, f"{folder.name}/plan.json has no 'runs' list; left out"
+    return plan, ""
+
+
+def expected_runs(plan) -> dict:
+    """A planner ``Plan`` in the shape of ``plan.json``: the runs the report expects and the tasks left out.
+
+    Only ids are compared with the results on disk; they are never recomputed here.
+    """
+    return {
+        "experiment": plan.experiment.name,
+        "description": plan.experiment.description.strip(),
+        "runs": [{"id": r.id, "task": r.task, "tasks": r.tasks, "label": r.label, "backbone": r.backbone,
+                  "seed": r.seed, "role": "stage1" if r.implied else "grid"} for r in plan.runs],
+        "skipped": [{"what": w, "why": y} for w, y in plan.skipped],
+    }
 
 
 def collect(results: list[dict], plan: dict | None, experiment: str) -> Collected:
@@ -92,7 +124,8 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
                 stage1.append(r)
             continue
         per_task = r.get("per_task") or {}
-        tasks = list(per_task) if per_task else [r["task"]]
+        # MT-A: one result for several tasks (per_task when finished; a failed one counts for each of its tasks)
+        tasks = list(per_task) if per_task else ([r["task"]] if r.get("task") else list(r.get("tasks") or []))
         for t in tasks:
             c = cell(r["backbone"], t, r["label"])
             c.expected = True
@@ -111,8 +144,19 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
                      stale)
 
 
-def load(results_dir: Path, experiment: str) -> Collected:
-    from benchmark.runner.results import load_experiment_results
-
-    folder = results_dir / experiment
-    return collect(load_experiment_results(results_dir, experiment), _read_plan(folder), experiment)
+def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collected:
+    """Read ``results_dir/<experiment>``; ``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan``
+    would (data folder, availability); default: ``build_plan`` with the environment's data folder."""
+    scan = scan_experiment(results_dir, experiment)
+    problems = scan.problems()
+    spec = reg.experiments.get(experiment) if reg is not None else None
+    if spec is not None:
+        plan = plan_of(spec) if plan_of else build_plan(reg, spec)
+        plan, source = expected_runs(plan), "current specs"
+    else:
+        plan, why = _read_plan(results_dir / experiment)
+        source = "plan.json (the experiment spec no longer exists)" if plan else "none"
+        problems += [why] if why else []
+    col = collect(scan.results, plan, experiment)
+    col.problems, col.plan_source = problems, source
+    return col

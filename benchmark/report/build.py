@@ -7,19 +7,17 @@ prints the terminal summary.
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 
 import jinja2
-import yaml
 from tabulate import tabulate
 
 from benchmark.errors import BenchError
-from benchmark.report import figures
+from benchmark.report import figures, published
 from benchmark.report.aggregate import Collected, load
+from benchmark.report.prose import markdown_to_html
 from benchmark.report.tables import (
     ARROWS,
     Finding,
@@ -32,20 +30,15 @@ from benchmark.report.tables import (
 )
 from benchmark.runner.results import git_revision, results_root
 
-NLI_TASKS = ("mnli", "scitail", "sick", "rte", "cb")
+# The entailment-style tasks among the paper's 16 (its Figure 4 discussion: RTE and CB attend mostly to
+# the MNLI adapter). "NLI-like" attention in the report is the mass on these adapters other than the
+# target's own. A named list rather than a task-spec field, because the task schema has no family key.
+ENTAILMENT_TASKS = ("mnli", "scitail", "sick", "rte", "cb")
 
 
 def paper_numbers(path: str | None = None) -> tuple[dict, str]:
     """The published tables: --paper, $AFBENCH_PAPER_FILE, or the copy bundled with the package."""
-    p = path or os.environ.get("AFBENCH_PAPER_FILE")
-    if p:
-        f = Path(p)
-        if not f.exists():
-            raise BenchError(f"paper numbers file {f} does not exist", field="--paper",
-                             fix="point --paper / AFBENCH_PAPER_FILE at adapterfusion_eacl2021.yaml")
-        return yaml.safe_load(f.read_text()), str(f)
-    text = resources.files("benchmark.paper").joinpath("adapterfusion_eacl2021.yaml").read_text()
-    return yaml.safe_load(text), "bundled copy (benchmark/paper/adapterfusion_eacl2021.yaml)"
+    return published.load(path)
 
 
 @dataclass
@@ -88,13 +81,15 @@ class ReportData:
     not_in_experiment: list[str] = field(default_factory=list)  # paper tasks the experiment does not use
     failures: list[dict] = field(default_factory=list)
     paper_source: str = ""
+    problems: list[str] = field(default_factory=list)  # result files left out, and why
+    entailment_tasks: tuple[str, ...] = ENTAILMENT_TASKS
 
 
 def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     fin = [r for r in col.results if r["status"] == "finished"]
     revs = sorted({(r.get("git") or {}).get("revision") or "unknown" for r in col.results})
     dirty = any((r.get("git") or {}).get("dirty") for r in col.results)
-    v = fin[0]["versions"] if fin else {}
+    v = (fin[0].get("versions") or {}) if fin else {}
     try:
         spec_file = str(Path(spec_file).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -105,6 +100,8 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     runs = f"{len(fin)} finished, {len(col.results) - len(fin)} failed"
     if col.stale:
         runs += f"; {len(col.stale)} older results not in the current plan (spec edited since) left out"
+    if col.problems:
+        runs += f"; {len(col.problems)} result file(s) left out (listed below)"
     return {
         "spec_file": spec_file,
         "runs_finished": len(fin),
@@ -134,16 +131,22 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
         order = sorted(range(len(adapters)), key=lambda j: -mean[j])
         top = [(adapters[j], float(mean[j])) for j in order[:3]]
         own = float(mean[adapters.index(t)]) if t in adapters else None
-        nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in NLI_TASKS and a != t))
+        nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in ENTAILMENT_TASKS and a != t))
         rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
         out.append(AttentionSummary(backbone, t, top, own, nli, rank))
     return out
 
 
-def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None) -> ReportData:
-    col = load(results_dir, experiment)
+def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, plan_of=None) -> ReportData:
+    """``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan`` does (``cli.cmd_report``: tasks
+    without data are skipped, run ids use the same data folder); without it, ``build_plan``'s defaults."""
+    col = load(results_dir, experiment, reg, plan_of)
     if not col.results:
-        raise BenchError(f"no results for experiment '{experiment}' under {results_dir / experiment}",
+        extra = f" ({'; '.join(col.problems)})" if col.problems else ""
+        if col.stale:
+            extra += (f" ({len(col.stale)} result(s) on disk are from an older version of the spec: their run ids "
+                      "are not in the current plan)")
+        raise BenchError(f"no results for experiment '{experiment}' under {results_dir / experiment}{extra}",
                          fix=f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})")
     paper, paper_src = paper_numbers(paper_file)
     exp_spec = reg.experiments.get(experiment)
@@ -156,6 +159,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None) 
         provenance=_provenance(col, exp_spec, reg.file_of("experiment", experiment)),
         skipped=col.no_data,
         paper_source=paper_src,
+        problems=col.problems,
     )
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
@@ -180,8 +184,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None) 
             data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",
                                        png))
         data.attention += attention_summaries(col, b, reg)
-    data.stage1 = sorted(({"task": r["task"], "backbone": r["backbone"], "seed": r["seed"],
-                           "accuracy": r["best_metric"], "epoch": r["best_epoch"],
+    data.stage1 = sorted(({"task": r.get("task") or "+".join(r.get("tasks") or []), "backbone": r["backbone"], "seed": r["seed"],
+                           "accuracy": r["best_metric"], "epoch": r.get("best_epoch"),
                            "rows": (r.get("data") or {}).get("train_rows"),
                            "rows_total": (r.get("data") or {}).get("train_rows_total")} for r in col.stage1),
                          key=lambda d: (d["backbone"], d["task"]))
@@ -194,8 +198,13 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None) 
 
 def _env() -> jinja2.Environment:
     loader = jinja2.PackageLoader("benchmark.report", "templates")
-    env = jinja2.Environment(loader=loader, autoescape=jinja2.select_autoescape(["html"]), trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+    # every report.html.j2 (and any other *.html.j2) is autoescaped: spec prose and data (task names,
+    # error messages) are untrusted text
+    env = jinja2.Environment(loader=loader, autoescape=jinja2.select_autoescape(["html", "html.j2"]),
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["markdown"] = markdown_to_html
+    env.globals["arrow_threshold"] = published.ARROW_THRESHOLD
     env.filters["f2"] = lambda x: "—" if x is None else f"{x:.2f}"
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.1f}%"
     env.filters["arrow"] = lambda a: ARROWS.get(a, "—")
@@ -207,8 +216,8 @@ def _env() -> jinja2.Environment:
 
 
 def build_reports(reg, experiment: str, *, results_dir: str | None = None, out_dir: Path = Path("reports"),
-                  paper_file: str | None = None) -> list[Path]:
-    data = build_data(reg, experiment, results_root(results_dir), paper_file)
+                  paper_file: str | None = None, plan_of=None) -> list[Path]:
+    data = build_data(reg, experiment, results_root(results_dir), paper_file, plan_of)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig_dir = out_dir / f"{experiment}_files"
     for f in data.figures:
@@ -231,9 +240,11 @@ def print_summary(data: ReportData) -> None:
         rows = [[r.task] + [c.text for c in r.cells] for r in t.rows]
         rows.append(["Mean"] + [c.text for c in t.mean_row])
         print(f"\n{t.title} ({t.backbone})")
-        print(tabulate(rows, headers=["task", *t.columns]))
+        print(tabulate(rows, headers=["task", *t.columns], disable_numparse=True))  # keep 70.10 as printed
     for t2 in data.table2:
         rows = [[r.task] + [ARROWS.get(a, "—") for a in r.ours] for r in t2.rows]
         rows.append(["Improved"] + t2.improved_ours)
         print(f"\nTable 2 ({t2.backbone})")
-        print(tabulate(rows, headers=["task", *t2.columns]))
+        print(tabulate(rows, headers=["task", *t2.columns], disable_numparse=True))
+    for line in data.problems:
+        print(f"warning: {line}")

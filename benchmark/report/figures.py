@@ -48,33 +48,41 @@ def attention_matrix(col: Collected, backbone: str, label: str, reg):
 
 
 def heatmap(col: Collected, backbone: str, label: str, reg) -> bytes | None:
+    fig = heatmap_figure(col, backbone, label, reg)
+    return None if fig is None else _png(fig)
+
+
+def heatmap_figure(col: Collected, backbone: str, label: str, reg):
+    """Figure 4/6 style: one panel per layer, rows = target task, columns = adapter, cells in %."""
     got = attention_matrix(col, backbone, label, reg)
     if got is None:
         return None
     targets, adapters, m = got
-    layers = m.shape[0]
+    pct = 100.0 * m  # [layers, targets, adapters]: the cells, the colour bar and the title all in %
+    layers = pct.shape[0]
     ncols = min(layers, 4)
     nrows = (layers + ncols - 1) // ncols
     label_room = 0.09 * max(len(a) for a in adapters)  # inches of rotated x labels under each row
-    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
-                             figsize=(3.1 * ncols + 0.8, (0.38 * len(targets) + 0.6 + label_room) * nrows),
-                             gridspec_kw={"hspace": 0.35 + label_room / (0.38 * len(targets) + 0.6)})
-    vmax = float(np.nanmax(m))
+    # constrained layout keeps the figure title, the panel titles, the tick labels and the colour bar
+    # apart for any number of layers (a fixed suptitle overlapped the panel titles with 2 layers)
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, layout="constrained",
+                             figsize=(3.1 * ncols + 0.8, (0.38 * len(targets) + 0.9 + label_room) * nrows + 0.4))
+    vmax = float(np.nanmax(pct))
     for k in range(nrows * ncols):
         ax = axes[k // ncols][k % ncols]
         if k >= layers:
             ax.axis("off")
             continue
-        im = ax.imshow(m[k], vmin=0.0, vmax=vmax, cmap="viridis", aspect="auto")
-        for (i, j), v in np.ndenumerate(m[k]):  # the value in percent in every cell
-            ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=6,
+        im = ax.imshow(pct[k], vmin=0.0, vmax=vmax, cmap="viridis", aspect="auto")
+        for (i, j), v in np.ndenumerate(pct[k]):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
                     color="white" if v < 0.6 * vmax else "black")
         ax.set_title(f"layer {k + 1}", fontsize=9)
         ax.set_xticks(range(len(adapters)), adapters, rotation=90, fontsize=7)
         ax.set_yticks(range(len(targets)), targets if k % ncols == 0 else [""] * len(targets), fontsize=8)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="mean fusion attention")
-    fig.suptitle(f"{label} attention on {backbone} (%)", fontsize=9)
-    return _png(fig)
+    fig.colorbar(im, ax=axes, shrink=0.8, label="mean fusion attention (%)")
+    fig.suptitle(f"{label} attention on {backbone} (% of the softmax mass)", fontsize=9)
+    return fig
 
 
 def relative_to_full(col: Collected, backbone: str, labels: list[tuple[str, str]], reg) -> bytes | None:

@@ -1,0 +1,53 @@
+"""Spec prose (descriptions, notes) is written in Markdown; the HTML report renders a small subset.
+
+The text is HTML-escaped first, then only this subset becomes markup: blank-line paragraphs, ``- `` /
+``* `` bullet lists and ``1. `` numbered lists, `` `code` `` spans and ``**bold**``. Nothing a spec
+author writes can become a tag or an attribute, so a description or a note cannot inject script.
+"""
+
+from __future__ import annotations
+
+import re
+
+from markupsafe import Markup, escape
+
+_BULLET = re.compile(r"^\s*[-*]\s+")
+_NUMBER = re.compile(r"^\s*\d+[.)]\s+")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
+def _inline(text: str) -> str:
+    """Escape, then `code` and **bold** (never bold inside code)."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an unmatched backtick stays a literal backtick
+        parts[-2:] = ["`".join(parts[-2:])]
+    out = []
+    for i, part in enumerate(parts):
+        safe = str(escape(part))
+        out.append(f"<code>{safe}</code>" if i % 2 else _BOLD.sub(r"<strong>\1</strong>", safe))
+    return "".join(out)
+
+
+def _block(lines: list[str]) -> str:
+    for pattern, tag in ((_BULLET, "ul"), (_NUMBER, "ol")):
+        if all(pattern.match(ln) or (ln.startswith((" ", "\t")) and i) for i, ln in enumerate(lines)):
+            items: list[list[str]] = []
+            for ln in lines:
+                if pattern.match(ln):
+                    items.append([pattern.sub("", ln, count=1)])
+                else:  # an indented continuation of the item above
+                    items[-1].append(ln.strip())
+            body = "".join(f"<li>{_inline(' '.join(it))}</li>" for it in items)
+            return f"<{tag}>{body}</{tag}>"
+    return f"<p>{_inline(' '.join(ln.strip() for ln in lines))}</p>"
+
+
+def markdown_to_html(text: str | None) -> Markup:
+    """The Markdown subset above as safe HTML (a ``Markup``, so autoescaping leaves it alone)."""
+    blocks: list[list[str]] = [[]]
+    for line in (text or "").splitlines():
+        if line.strip():
+            blocks[-1].append(line.rstrip())
+        elif blocks[-1]:
+            blocks.append([])
+    return Markup("\n".join(_block(b) for b in blocks if b))
