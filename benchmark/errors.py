@@ -35,3 +35,19 @@ class DataError(BenchError):
 
 class CheckpointError(BenchError):
     """A weights file is malformed or does not fit the model."""
+
+
+class DataUnavailable(DataError):
+    """A split's data is not there (a missing local file, a split the mirror lacks, the Hub unreachable).
+
+    Unlike other DataErrors this is an expected state of a checkout, not a broken spec: a plan skips
+    the task with this message instead of training (and failing) its runs.
+    """
+
+
+class StorageError(BenchError):
+    """Writing results, weights or caches failed in the operating system (disk full, read-only, quota).
+
+    Raised instead of a chain of OSErrors so the runner can stop the grid with one paragraph; every
+    file is written to a temp name and renamed, so what was finished before is intact.
+    """
