@@ -51,3 +51,23 @@ class StorageError(BenchError):
     Raised instead of a chain of OSErrors so the runner can stop the grid with one paragraph; every
     file is written to a temp name and renamed, so what was finished before is intact.
     """
+
+    @classmethod
+    def from_os_error(cls, path, e: Exception) -> StorageError:
+        import errno
+        import os
+
+        code = getattr(e, "errno", None)
+        name = errno.errorcode.get(code, "") if code else ""
+        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied",
+                errno.EPERM: "permission is denied"}.get(code, "the operating system refused the write")
+        where = os.path.dirname(os.fspath(path)) or "."
+        return cls(
+            f"writing {os.path.basename(os.fspath(path))} failed: {what} ({name or type(e).__name__}: "
+            f"{getattr(e, 'strerror', None) or e}) in {where}; results finished before are intact (each is "
+            "written to a temp file and renamed into place) and the run being written is not counted as finished",
+            file=os.fspath(path),
+            fix=f"free space (or fix permissions) on the file system of {where}, or point --results-dir / "
+                "AFBENCH_RESULTS_DIR elsewhere, then rerun: finished runs are skipped",
+        )
