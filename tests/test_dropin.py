@@ -224,3 +224,61 @@ def test_hub_backbone_does_not_retry_when_the_hub_is_unreachable(tmp_path):
     assert time.perf_counter() - t0 < 30
     assert p.returncode == 3, p.stdout + p.stderr
     assert "not in the Hugging Face cache" in p.stdout and "unreachable" in p.stdout and "HF_HUB_OFFLINE=1" in p.stdout
+
+
+# ------------------------------------------------------------------------------ acceptance (issue 14)
+@pytest.mark.slow
+def test_dropin_tasks_outside_specs_validate_run_and_report(tmp_path, capsys):
+    """A CSV with spaced headers and a JSONL with nested fields, specs in a folder outside specs/ with
+    no kind: keys and include: _defaults.yaml; validate, run Head / ST-A / Fusion on tiny-bert, report."""
+    d = tmp_path / "my_project"
+    d.mkdir()
+    words = ["red", "blue", "green", "cold", "hot", "wet", "dry", "loud"]
+    lines = ["Observation Text,Claim Text,Gold Label"]
+    for i in range(40):
+        lines.append(f"\"The {words[i % 8]} sample, number {i}\",it is {words[(i + i % 2) % 8]},"
+                     f"{'same' if i % 2 == 0 else 'different'}")
+    (d / "obs.csv").write_text("\n".join(lines) + "\n")
+    rows = [{"question": f"which is {words[i % 8]}?", "ctx": {"hint": f"think of {words[i % 8]}"},
+             "options": [words[i % 8], words[(i + 3) % 8]], "answer": i % 2} for i in range(40)]
+    for r in rows:
+        if r["answer"] == 1:
+            r["options"].reverse()
+    (d / "quiz.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "observations.yaml").write_text(textwrap.dedent("""
+        include: _defaults.yaml
+        description: observations vs claims, columns with spaces
+        data_files: {train: obs.csv, validation: obs.csv}
+        type: classification
+        input: {text: "{{ row['Observation Text'] }}", text_pair: "{{ row['Claim Text'] }}"}
+        label: {column: Gold Label, names: [same, different], map: {same: 0, different: 1}}
+    """))
+    (d / "quiz.yaml").write_text(textwrap.dedent("""
+        include: _defaults.yaml
+        description: two-way quiz over nested JSON fields
+        data_files: {train: quiz.jsonl, validation: quiz.jsonl}
+        type: multiple_choice
+        input:
+          text: "{{ question }} ({{ row['ctx']['hint'] }})"
+          choices: ["{{ options[0] }}", "{{ options[1] }}"]
+        label: {column: answer}
+    """))
+    (d / "dropin.yaml").write_text(textwrap.dedent("""
+        description: drop-in tasks, tiny model
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [observations, quiz], methods: [head, st_a, fusion_st_a]}]
+        caps: {max_train_rows: 32, max_eval_rows: 16, max_epochs: 1, max_length: 32}
+        fusion: {sources: [observations, quiz]}
+    """))
+    assert main(["validate", str(d), "--specs", str(d)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "task observations" in out and "task quiz" in out and out.count("data ok") == 2
+    res, rep = tmp_path / "results", tmp_path / "reports"
+    assert main(["run", "dropin", "--specs", str(d), "--results-dir", str(res)]) == 0
+    found = [json.loads(f.read_text()) for f in (res / "dropin").glob("*/result.json")]
+    assert {(r["task"], r["method"]) for r in found if r["role"] == "grid"} == \
+        {(t, m) for t in ("observations", "quiz") for m in ("head", "st_a", "fusion_st_a")}
+    assert all(r["status"] == "finished" for r in found)
+    assert main(["report", "dropin", "--specs", str(d), "--results-dir", str(res), "--out-dir", str(rep)]) == 0
+    assert (rep / "dropin.md").exists() and (rep / "dropin.html").exists()

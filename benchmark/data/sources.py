@@ -194,7 +194,10 @@ def read_rows(task: TaskSpec, split: str, root: Path | None = None, *, task_file
             f"task '{task.name}', split '{split}': loading {task.dataset.path} ({task.dataset.name or 'default'}) "
             f"from the Hugging Face Hub failed: {type(e).__name__}: {str(e)[:300]}",
             file=task_file, field="dataset",
-            fix="check the network and the dataset id, or set AFBENCH_DATA_DIR to an offline mirror",
+            fix=("HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set, so only the Hugging Face cache is read: fill the "
+                 "cache on a machine with a network, unset them, or set AFBENCH_DATA_DIR to an offline mirror")
+            if hub.offline_mode() else
+            "check the network and the dataset id, or set AFBENCH_DATA_DIR to an offline mirror",
         ) from None
     rows = ds.to_list()
     if not rows:
