@@ -35,7 +35,7 @@ def availability(reg, root):
     said in full once; the other Hub tasks refer to it.
     """
     from benchmark.data.sources import locate
-    from benchmark.errors import DataUnavailable
+    from benchmark.errors import DataUnavailable, HubUnreachable
 
     hub_down: list[str] = []  # the first task that found the Hub unreachable
 
@@ -45,7 +45,7 @@ def availability(reg, root):
             try:
                 locate(spec, split, root, task_file=reg.file_of("task", task))
             except DataUnavailable as e:
-                if e.field != "dataset":
+                if not isinstance(e, HubUnreachable):
                     return e.message
                 if hub_down:
                     return f"the Hugging Face Hub is unreachable (as said for task {hub_down[0]})"

@@ -13,6 +13,9 @@ class BenchError(Exception):
         self.fix = fix
         super().__init__(self.render())
 
+    def __reduce__(self):  # survive a process pool (``--jobs``): rebuild from the parts, not the text
+        return (_rebuild, (type(self), self.message, self.file, self.field, self.fix))
+
     def render(self) -> str:
         where = []
         if self.file:
@@ -23,6 +26,10 @@ class BenchError(Exception):
         if self.fix:
             text += f" Fix: {self.fix.rstrip('.')}."
         return text
+
+
+def _rebuild(cls, message, file, field, fix):
+    return cls(message, file=file, field=field, fix=fix)
 
 
 class SpecError(BenchError):
@@ -43,6 +50,10 @@ class DataUnavailable(DataError):
     Unlike other DataErrors this is an expected state of a checkout, not a broken spec: a plan skips
     the task with this message instead of training (and failing) its runs.
     """
+
+
+class HubUnreachable(DataUnavailable):
+    """The Hugging Face Hub did not answer (``benchmark/data/hub.py``); every Hub task is skipped at once."""
 
 
 class StorageError(BenchError):

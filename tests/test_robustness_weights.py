@@ -226,3 +226,12 @@ def test_disk_full_while_saving_weights_is_a_storage_error(tiny_bert, tmp_path, 
         save_modules(m, tmp_path / "w", heads=["t"])
     assert "weights.safetensors" in str(e.value) and "the disk is full" in str(e.value)
     assert not list((tmp_path / "w").iterdir())
+
+
+def test_bench_errors_cross_a_process_pool_intact():
+    """--jobs runs train in worker processes: a StorageError raised there must arrive as one paragraph."""
+    import pickle
+
+    e = StorageError.from_os_error(Path("/r/exp/run/result.json"), OSError(errno.ENOSPC, "No space left on device"))
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is StorageError and back.render() == e.render() and back.render().count("Error") == 1

@@ -88,7 +88,7 @@ def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) ->
             hub_only = True
             continue  # validate never downloads
         rows = read_rows(task, split, root, task_file=task_file)  # DataError if empty or malformed
-        cols = list(rows[0])
+        cols = list(dict.fromkeys(k for r in rows for k in r))  # any row's keys (JSONL rows may differ)
         for fld, src_t in task.templates.items():
             missing = sorted(template_columns(src_t) - set(cols))
             if missing:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.data import hub
-from benchmark.errors import DataError, DataUnavailable
+from benchmark.errors import DataError, DataUnavailable, HubUnreachable
 from benchmark.spec.schema import TaskSpec
 
 
@@ -89,7 +89,7 @@ def locate(task: TaskSpec, split: str, root: Path | None = None, *, task_file: s
     ref = f"{task.dataset.path}:{task.dataset.name or 'default'}:{split}"
     why = hub.unreachable_reason()
     if why:
-        raise DataUnavailable(f"task '{task.name}', split '{split}': {why}", file=task_file, field="dataset",
+        raise HubUnreachable(f"task '{task.name}', split '{split}': {why}", file=task_file, field="dataset",
                               fix=hub.UNREACHABLE_FIX)
     return SplitSource("hub", ref)
 
