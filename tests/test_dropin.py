@@ -48,6 +48,17 @@ def test_template_reading_no_column_is_an_error_at_load(tmp_path, capsys, templa
     assert "t.yaml" in err and "input.text" in err and "reads no column" in err and "row['" in err
 
 
+def test_constant_answer_choices_are_allowed_when_the_question_varies(tmp_path):
+    mc = ("dataset: {path: x/y}\ntype: multiple_choice\nlabel: {column: y}\n"
+          "input: {text: '{{ question }}', choices: ['yes', 'no']}\n")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "yn.yaml").write_text(mc)
+    assert load_registry([tmp_path]).tasks["yn"].input.choices == ["yes", "no"]
+    (tmp_path / "tasks" / "yn.yaml").write_text(mc.replace("'{{ question }}'", "'Which?'"))
+    with pytest.raises(SpecError, match="input.text.*reads no column"):
+        load_registry([tmp_path])
+
+
 def _write_rows(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -109,12 +120,13 @@ def test_include_falls_back_to_shared_defaults_and_kind_comes_from_keys(tmp_path
         label: {column: y, names: [n, p], map: {"0": 0, "1": 1}}
     """))
     (d / "mymethod.yaml").write_text("include: _adapter_defaults.yaml\nmethod: st_a\nadapter: {type: pfeiffer}\n")
+    (d / "mybackbone.yaml").write_text("source: hub\nmodel_id: my-org/my-bert\n")
     (d / "myexp.yaml").write_text("backbones: [tiny-bert]\nseeds: [1]\ngroups: [{tasks: [mytask], methods: [mymethod]}]\n")
     reg = load_registry([d])
     t = reg.tasks["mytask"]
     assert t.max_length == 128 and t.splits.eval == "validation"  # from specs/tasks/_defaults.yaml
     assert reg.methods["mymethod"].adapter.reduction_factor == 16 and reg.methods["mymethod"].train.patience == 3
-    assert "myexp" in reg.experiments
+    assert "myexp" in reg.experiments and reg.backbones["mybackbone"].model_id == "my-org/my-bert"
 
 
 def test_include_of_unknown_bare_name_still_says_where_it_looked(tmp_path):

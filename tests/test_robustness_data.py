@@ -140,7 +140,7 @@ LABEL_CASES = [
     ("duplicate YAML key", "label: {column: y, names: [a, b]}\nlabel: {column: z, names: [a, b]}\n",
      ["the key 'label' is given twice", "lines 5 and 6"]),
     ("duplicate nested key", "label: {column: y, names: [a, b], map: {x: 0, x: 1}}\n",
-     ["the key 'x' is given twice"]),
+     ["the key 'x' is given twice", "at field 'label.map.x'"]),
     ("duplicate class names", "label: {column: y, names: [a, a]}\n", ["label.names lists ['a'] more than once"]),
     ("many-to-one map", "label: {column: y, names: [a, b], map: {entails: 0, entailment: 0, neutral: 1}}\n",
      ["sends several raw values to one id", "['entails', 'entailment'] -> 0", "allow_merge: true"]),

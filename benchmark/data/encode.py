@@ -169,8 +169,8 @@ def read_cache(path: Path) -> dict | None:
             raise ValueError("not a tokenized-split cache")
         return blob
     except Exception as e:  # noqa: BLE001 - truncated, poisoned (refused by weights_only), foreign: rebuild
-        print(f"tokenized cache {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); "
-              "rebuilding it", flush=True)
+        why = type(e).__name__ + (f": {str(e).splitlines()[0][:80]}" if str(e).strip() else "")
+        print(f"tokenized cache {path} cannot be read ({why}); rebuilding it", flush=True)
         try:
             path.unlink()
         except OSError:

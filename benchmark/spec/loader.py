@@ -49,6 +49,33 @@ class _StrictSafeLoader(yaml.SafeLoader):
 
 
 
+def _key_path(text: str, line: int) -> str | None:
+    """Dotted path of the mapping key that starts on ``line`` (1-based), e.g. 'label.map.x'."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+
+    def walk(node, trail):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                here = [*trail, str(k.value)]
+                if k.start_mark.line + 1 == line:
+                    return here
+                found = walk(v, here)
+                if found:
+                    return found
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                found = walk(v, [*trail[:-1], f"{trail[-1]}[{i}]"] if trail else [f"[{i}]"])
+                if found:
+                    return found
+        return None
+
+    found = walk(root, [])
+    return ".".join(found) if found else None
+
+
 def read_yaml(path: Path) -> dict:
     try:
         size = path.stat().st_size
@@ -69,7 +96,7 @@ def read_yaml(path: Path) -> dict:
         raise SpecError(
             f"the key {e.key!r} is given twice in one mapping (lines {e.first_line} and {e.line}); YAML would "
             "silently keep the last one",
-            file=str(path), field=str(e.key), fix="keep one of them",
+            file=str(path), field=_key_path(text, e.line) or str(e.key), fix="keep one of them",
         ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

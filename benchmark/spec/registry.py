@@ -101,8 +101,7 @@ def load_file(path: Path, roots: list[Path]):
     data.setdefault("name", path.stem)
     spec = validate_model(SPEC_MODELS[kind], data, file=str(path))
     if kind == "task":
-        for fld, src in spec.templates.items():
-            templates.check_template(src, file=str(path), field=fld)
+        templates.check_task_templates(spec.templates, file=str(path))
         if spec.data_files:
             spec.data_files = {k: str((path.parent / v).resolve()) for k, v in spec.data_files.items()}
     return kind, spec

@@ -210,8 +210,28 @@ def reads_row(source: str) -> bool:
     return bool(set(meta.find_undeclared_variables(ast)) - set(_ENV.globals))
 
 
-def check_template(source: str, *, file: str, field: str) -> None:
-    """Spec-load-time checks: valid Jinja2, and it reads at least one column (a constant trains on nothing)."""
+def check_task_templates(task_templates: dict[str, str], *, file: str) -> None:
+    """Spec-load-time checks of a task's templates (field -> source): valid Jinja2, and reading columns.
+
+    ``input.text`` and ``input.text_pair`` must each read a column: a constant there (typically a quoted
+    column name, ``'{{ "Observation Text" }}'``) gives every row the same text. A multiple-choice
+    choice may be constant (answer options such as "yes" / "no") when ``input.text`` reads a column.
+    """
+    text_varies = "input.text" in task_templates and reads_row_safe(task_templates["input.text"])
+    for fld, src in task_templates.items():
+        check_template(src, file=file, field=fld,
+                       require_column=not (fld.startswith("input.choices") and text_varies))
+
+
+def reads_row_safe(source: str) -> bool:
+    try:
+        return reads_row(source)
+    except jinja2.TemplateSyntaxError:
+        return False  # reported by check_template
+
+
+def check_template(source: str, *, file: str, field: str, require_column: bool = True) -> None:
+    """Valid Jinja2, and (``require_column``) it reads at least one column: a constant trains on nothing."""
     try:
         _ENV.parse(source)
     except jinja2.TemplateSyntaxError as e:
@@ -221,7 +241,7 @@ def check_template(source: str, *, file: str, field: str) -> None:
             field=field,
             fix="write it as Jinja2, e.g. '{{ premise }}' for a column named premise",
         ) from None
-    if not reads_row(source):
+    if require_column and not reads_row(source):
         raise SpecError(
             f"the template {source!r} reads no column, so every row would get the same text",
             file=file,
