@@ -21,8 +21,8 @@ KIND_FOLDERS = {"task": "tasks", "method": "methods", "backbone": "backbones", "
 
 
 class DuplicateKeyError(yaml.YAMLError):
-    def __init__(self, key, first_line: int, line: int):
-        self.key, self.first_line, self.line = key, first_line, line
+    def __init__(self, key, first_line: int, line: int, column: int):
+        self.key, self.first_line, self.line, self.column = key, first_line, line, column
         super().__init__(f"duplicate key {key!r}")
 
 
@@ -42,15 +42,15 @@ class _StrictSafeLoader(yaml.SafeLoader):
                     continue  # the base class reports unhashable keys
                 line = key_node.start_mark.line + 1
                 if key in seen:
-                    raise DuplicateKeyError(key, seen[key], line)
+                    raise DuplicateKeyError(key, seen[key], line, key_node.start_mark.column)
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
 
 
 
-def _key_path(text: str, line: int) -> str | None:
-    """Dotted path of the mapping key that starts on ``line`` (1-based), e.g. 'label.map.x'."""
+def _key_path(text: str, line: int, column: int) -> str | None:
+    """Dotted path of the mapping key that starts at ``line`` (1-based), ``column``, e.g. 'label.map.x'."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
@@ -60,7 +60,7 @@ def _key_path(text: str, line: int) -> str | None:
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
                 here = [*trail, str(k.value)]
-                if k.start_mark.line + 1 == line:
+                if (k.start_mark.line + 1, k.start_mark.column) == (line, column):
                     return here
                 found = walk(v, here)
                 if found:
@@ -96,7 +96,7 @@ def read_yaml(path: Path) -> dict:
         raise SpecError(
             f"the key {e.key!r} is given twice in one mapping (lines {e.first_line} and {e.line}); YAML would "
             "silently keep the last one",
-            file=str(path), field=_key_path(text, e.line) or str(e.key), fix="keep one of them",
+            file=str(path), field=_key_path(text, e.line, e.column) or str(e.key), fix="keep one of them",
         ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
