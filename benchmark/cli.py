@@ -83,7 +83,7 @@ def cmd_validate(args) -> int:
     reg = load_registry(paths)
     chosen = {p.resolve() for p in spec_files(paths)} if paths else None
     named = {p.resolve() for p in paths if p.is_file()}
-    missing_named = []
+    missing_named, hub_down = [], None
     for name, task in sorted(reg.tasks.items()):
         f = reg.files[("task", name)]
         if chosen is not None and f.resolve() not in chosen:
@@ -92,7 +92,10 @@ def cmd_validate(args) -> int:
             print(f"ok  task {name:<12} data not checked")
             continue
         check = check_task_data(task, str(f), _data_dir(args))
-        print(f"{'ok ' if check.missing is None else '!! '} task {name:<12} {check.status}")
+        status = f"MISSING: the Hugging Face Hub is unreachable (as said for task {hub_down})" \
+            if check.hub_down and hub_down else check.status
+        hub_down = hub_down or (name if check.hub_down else None)
+        print(f"{'ok ' if check.missing is None else '!! '} task {name:<12} {status}")
         if check.missing is not None and f.resolve() in named:
             missing_named.append(name)
     counts = {k: len(reg.table(k)) for k in ("task", "method", "backbone", "experiment")}

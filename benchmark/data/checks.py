@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmark.data import hub
 from benchmark.data.encode import labels_of, render_row_at
 from benchmark.data.sources import data_dir, locate, read_rows
-from benchmark.errors import DataError, DataUnavailable, SpecError
+from benchmark.errors import DataError, DataUnavailable, HubUnreachable, SpecError
 from benchmark.spec.schema import TaskSpec
 from benchmark.spec.templates import template_columns
 
@@ -32,6 +32,7 @@ class DataCheck:
 
     status: str
     missing: str | None = None  # the paragraph of the first split that is not there (DataUnavailable)
+    hub_down: bool = False  # missing because the Hugging Face Hub is unreachable
 
     def __str__(self) -> str:
         return self.status
@@ -83,7 +84,7 @@ def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) ->
         try:
             src = locate(task, split, root, task_file=task_file)
         except DataUnavailable as e:
-            return DataCheck(f"MISSING: {e.render()}", missing=e.render())
+            return DataCheck(f"MISSING: {e.render()}", missing=e.render(), hub_down=isinstance(e, HubUnreachable))
         if src.kind == "hub":
             hub_only = True
             continue  # validate never downloads
