@@ -207,3 +207,18 @@ def test_rendered_text_over_the_limit_is_an_error_but_ordinary_text_is_not():
     with pytest.raises(SpecError, match="rendered text would hold 100,001"):
         render("{{ premise }}!", {"premise": "a" * MAX_RENDER_CHARS})
     assert render("{{ premise * 3 }} {% for i in range(3) %}{{ i }}{% endfor %}", {"premise": "ab"}) == "ababab 012"
+
+
+def test_allow_merge_leaves_existing_configs_and_run_ids_alone(registry, tmp_path):
+    """The new field must not enter the dump of a task that does not use it: the dump is hashed into
+    run ids, and the committed results would all look stale."""
+    assert all("allow_merge" not in t.model_dump(mode="json")["label"] for t in registry.tasks.values())
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "m.yaml").write_text(
+        "dataset: {path: a/b}\ntype: classification\ninput: {text: '{{ a }}'}\n"
+        "label: {column: y, names: [a, b], map: {x: 0, z: 0, w: 1}, allow_merge: true}\n")
+    dumped = load_registry([tmp_path]).tasks["m"].model_dump(mode="json")
+    assert dumped["label"]["allow_merge"] is True
+    from benchmark.spec.schema import TaskSpec
+
+    assert TaskSpec.model_validate(dumped).label.allow_merge is True  # round-trips

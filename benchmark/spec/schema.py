@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 METHOD_KINDS = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a")
 
@@ -56,6 +56,15 @@ class LabelSpec(Strict):
                 raise ValueError(f"label.map sends several raw values to one id ({shown}); if that is "
                                  "intended, add 'allow_merge: true' under label")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave ``allow_merge`` out while it is off, so the configs (and run ids) of existing tasks stay as
+        they were; it never changes what is trained, only whether the spec is accepted."""
+        out = handler(self)
+        if isinstance(out, dict) and not self.allow_merge:
+            out.pop("allow_merge", None)
+        return out
 
 
 class Splits(Strict):
