@@ -33,6 +33,8 @@ def test_templates_read_any_column_through_row():
     assert render("{{ row['row'] }}", row) == "own column"  # a column called row stays reachable
     assert template_columns("{{ row['Observation Text'] }} {{ claim }} {{ row.ctx }}") == \
         {"Observation Text", "claim", "ctx"}
+    assert template_columns("{{ row.get('Optional Note', '') }}") == set()  # optional, not a column 'get'
+    assert render("{{ row.get('Optional Note', '-') }}", row) == "-"
 
 
 @pytest.mark.parametrize("template", ['{{ "Observation Text" }}', "a constant", "{{ range(3)|join(',') }}"])

@@ -198,7 +198,8 @@ def template_columns(source: str) -> set[str]:
     for node in ast.find_all((nodes.Getitem, nodes.Getattr)):
         if isinstance(node.node, nodes.Name) and node.node.name == ROW:
             if isinstance(node, nodes.Getattr):
-                names.add(node.attr)
+                if not hasattr(dict, node.attr):  # row.get('x', '') reads an optional column, not 'get'
+                    names.add(node.attr)
             elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 names.add(node.arg.value)
     return names
