@@ -192,6 +192,8 @@ def test_spec_file_over_a_megabyte_is_refused_before_parsing(tmp_path):
     ("{{ 2 ** 100000000 }}", "exponent"),
     ("{% for i in range(9000) %}{{ premise }}{% endfor %}", "rendered text"),
     ("{{ lipsum(n=10000000) }}", "'lipsum' is undefined"),
+    ("{{ range(9000)|join(premise * 4000) }}", "filter 'join'"),
+    ("{{ (premise * 4000).join(range(9000)|map('string')) }}", "'join'"),
 ])
 def test_template_budget_fails_fast(template, fragment):
     row = {"premise": "p" * 20}
@@ -207,6 +209,7 @@ def test_rendered_text_over_the_limit_is_an_error_but_ordinary_text_is_not():
     with pytest.raises(SpecError, match="rendered text would hold 100,001"):
         render("{{ premise }}!", {"premise": "a" * MAX_RENDER_CHARS})
     assert render("{{ premise * 3 }} {% for i in range(3) %}{{ i }}{% endfor %}", {"premise": "ab"}) == "ababab 012"
+    assert render("{{ words|join(', ') }} {{ '-'.join(words) }} {{ words|join }}", {"words": ["a", "b"]}) == "a, b a-b ab"
 
 
 def test_allow_merge_leaves_existing_configs_and_run_ids_alone(registry, tmp_path):

@@ -96,16 +96,25 @@ def _check_args(args, kwargs, what: str) -> None:
             raise TemplateBudgetError(f"{what} got the number {a:,}, over the limit of {MAX_RENDER_CHARS:,}")
 
 
+def _join_size(items: list, sep: str) -> int:
+    return sum(len(str(x)) for x in items) + len(sep) * max(0, len(items) - 1)
+
+
 def _guard_filter(fn):
     """Wrap a filter so sizing arguments are bounded (``center(10**9)``, ``indent(10**9)``)."""
 
     sizing = fn.__name__.removeprefix("do_") in _SIZING
     fmt = fn.__name__ == "do_format"
+    join = fn.__name__ in ("do_join", "sync_do_join")
 
     @functools.wraps(fn)  # keeps jinja_pass_arg (pass_context / pass_environment)
     def guarded(*args, **kwargs):
         if sizing:
             _check_args(args[1:], kwargs, f"the filter '{fn.__name__.removeprefix('do_')}'")
+        if join and len(args) >= 2 and kwargs.get("attribute") is None and len(args) < 4:
+            args = (args[0], list(args[1]), *args[2:])  # sized before joining: 10,000 x a long separator
+            sep = args[2] if len(args) > 2 else kwargs.get("d", "")
+            _check_size(_join_size(args[1], str(sep)), "the result of the filter 'join'")
         if fmt and args and isinstance(args[0], str) and _FORMAT_NUMBER.search(args[0]):
             raise TemplateBudgetError("a format string asks for a width or precision of a million or more")
         out = fn(*args, **kwargs)
@@ -161,6 +170,9 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
         owner = getattr(__obj, "__self__", None)
         if name in _SIZING:
             _check_args(args, kwargs, f"'{name}'")
+        if name == "join" and isinstance(owner, str) and len(args) == 1:
+            args = (list(args[0]),)
+            _check_size(_join_size(args[0], owner), "the result of 'join'")
         if name == "replace" and isinstance(owner, str) and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
             hits = owner.count(args[0]) if args[0] else len(owner) + 1
             _check_size(len(owner) + hits * len(args[1]), "the result of 'replace'")
