@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, DataUnavailable
 
 
 def _registry(args):
@@ -27,16 +27,32 @@ def _data_dir(args) -> Path | None:
 
 
 def availability(reg, root):
-    """task -> None if its train and eval splits can be read, else why not."""
+    """task -> None if its train and eval splits can be read, else why not.
+
+    Only data that is not there (``DataUnavailable``: a missing file, a split the mirror lacks, the Hub
+    unreachable) skips a task; any other data problem (a directory where a file should be, no file
+    named for a split) returns None so the run fails with that error recorded. An unreachable Hub is
+    said in full once; the other Hub tasks refer to it.
+    """
     from benchmark.data.sources import locate
+    from benchmark.errors import DataUnavailable, HubUnreachable
+
+    hub_down: list[str] = []  # the first task that found the Hub unreachable
 
     def check(task: str) -> str | None:
         spec = reg.tasks[task]
         for split in (spec.splits.train, spec.splits.eval):
             try:
                 locate(spec, split, root, task_file=reg.file_of("task", task))
-            except BenchError as e:
-                return e.message
+            except DataUnavailable as e:
+                if not isinstance(e, HubUnreachable):
+                    return e.message
+                if hub_down:
+                    return f"the Hugging Face Hub is unreachable (as said for task {hub_down[0]})"
+                hub_down.append(task)
+                return f"{e.message}. Fix: {e.fix.rstrip('.')}."
+            except BenchError:
+                return None  # not a missing-data case: the run itself fails and records why
         return None
 
     return check
@@ -57,6 +73,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """Exit 2 on any invalid spec or data; missing data (e.g. the UKP corpus) is listed as MISSING and
+    is an error only for a spec file named on the command line (you asked about that task)."""
     from benchmark.data.checks import check_task_data
     from benchmark.spec import load_registry
     from benchmark.spec.registry import spec_files
@@ -64,14 +82,28 @@ def cmd_validate(args) -> int:
     paths = [Path(p) for p in args.paths] or []
     reg = load_registry(paths)
     chosen = {p.resolve() for p in spec_files(paths)} if paths else None
+    named = {p.resolve() for p in paths if p.is_file()}
+    missing_named, hub_down = [], None
     for name, task in sorted(reg.tasks.items()):
         f = reg.files[("task", name)]
         if chosen is not None and f.resolve() not in chosen:
             continue
-        status = check_task_data(task, str(f), _data_dir(args)) if not args.no_data else "data not checked"
-        print(f"ok  task {name:<12} {status}")
+        if args.no_data:
+            print(f"ok  task {name:<12} data not checked")
+            continue
+        check = check_task_data(task, str(f), _data_dir(args))
+        status = f"MISSING: the Hugging Face Hub is unreachable (as said for task {hub_down})" \
+            if check.hub_down and hub_down else check.status
+        hub_down = hub_down or (name if check.hub_down else None)
+        print(f"{'ok ' if check.missing is None else '!! '} task {name:<12} {status}")
+        if check.missing is not None and f.resolve() in named:
+            missing_named.append(name)
     counts = {k: len(reg.table(k)) for k in ("task", "method", "backbone", "experiment")}
     print("valid: " + ", ".join(f"{v} {k}s" for k, v in counts.items()))
+    if missing_named:
+        print(f"Error: the data of {', '.join(missing_named)} is missing (see above); nothing can run on it.",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -152,6 +184,10 @@ def cmd_run(args) -> int:
 
     reg = _registry(args)
     plan = _plan(args, reg)
+    if not plan.runs and plan.skipped:
+        raise DataUnavailable("no run of this experiment can start: " + "; ".join(f"{w}: {y}" for w, y in plan.skipped),
+                              file=reg.file_of("experiment", plan.experiment.name),
+                              fix="make the data available (see each reason), then rerun")
     summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
                        device=args.device, jobs=args.jobs, force=args.force)
     return 1 if summary.failed else 0

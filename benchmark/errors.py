@@ -13,6 +13,9 @@ class BenchError(Exception):
         self.fix = fix
         super().__init__(self.render())
 
+    def __reduce__(self):  # survive a process pool (``--jobs``): rebuild from the parts, not the text
+        return (_rebuild, (type(self), self.message, self.file, self.field, self.fix))
+
     def render(self) -> str:
         where = []
         if self.file:
@@ -23,6 +26,10 @@ class BenchError(Exception):
         if self.fix:
             text += f" Fix: {self.fix.rstrip('.')}."
         return text
+
+
+def _rebuild(cls, message, file, field, fix):
+    return cls(message, file=file, field=field, fix=fix)
 
 
 class SpecError(BenchError):
@@ -37,5 +44,41 @@ class CheckpointError(BenchError):
     """A weights file is malformed or does not fit the model."""
 
 
+class DataUnavailable(DataError):
+    """A split's data is not there (a missing local file, a split the mirror lacks, the Hub unreachable).
+
+    Unlike other DataErrors this is an expected state of a checkout, not a broken spec: a plan skips
+    the task with this message instead of training (and failing) its runs.
+    """
+
+
+class HubUnreachable(DataUnavailable):
+    """The Hugging Face Hub did not answer (``benchmark/data/hub.py``); every Hub task is skipped at once."""
+
+
 class StorageError(BenchError):
-    """Results or weights could not be written (disk full, permissions): the grid stops."""
+    """Writing results, weights or caches failed in the operating system (disk full, read-only, quota).
+
+    Raised instead of a chain of OSErrors so the runner can stop the grid with one paragraph; every
+    file is written to a temp name and renamed, so what was finished before is intact.
+    """
+
+    @classmethod
+    def from_os_error(cls, path, e: Exception) -> StorageError:
+        import errno
+        import os
+
+        code = getattr(e, "errno", None)
+        name = errno.errorcode.get(code, "") if code else ""
+        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied",
+                errno.EPERM: "permission is denied"}.get(code, "the operating system refused the write")
+        where = os.path.dirname(os.fspath(path)) or "."
+        return cls(
+            f"writing {os.path.basename(os.fspath(path))} failed: {what} ({name or type(e).__name__}: "
+            f"{getattr(e, 'strerror', None) or e}) in {where}; results finished before are intact (each is "
+            "written to a temp file and renamed into place) and the run being written is not counted as finished",
+            file=os.fspath(path),
+            fix=f"free space (or fix permissions) on the file system of {where}, or point --results-dir / "
+                "AFBENCH_RESULTS_DIR elsewhere, then rerun: finished runs are skipped",
+        )

@@ -170,3 +170,65 @@ def test_parallel_jobs_and_missing_weights_are_retrained(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "weights are missing" in out and "2 trained" in out
     assert (folder / stage1[0] / "weights.safetensors").exists()
+
+
+def test_partial_dependency_weights_are_retrained_with_a_reason(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    specs = tmp_path / "specs" / "experiments"
+    specs.mkdir(parents=True)
+    (specs / "tiny_heal.yaml").write_text(textwrap.dedent("""
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [cb], methods: [fusion_st_a]}]
+        fusion: {sources: [rte, cb]}
+        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
+    """))
+    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_heal", *args]) == 0
+    folder = tmp_path / "r" / "tiny_heal"
+    res = results(folder)
+    rte = next(rid for rid, r in res.items() if r["task"] == "rte")
+    fusion = next(rid for rid, r in res.items() if r["method"] == "fusion_st_a")
+    w = folder / rte / "weights.safetensors"
+    save_file({k: v for k, v in load_file(str(w)).items() if ".adapters." not in k}, str(w))  # stripped
+    (folder / fusion / "result.json").unlink()
+    capsys.readouterr()
+    assert main(["run", "tiny_heal", *args]) == 0
+    out = capsys.readouterr().out
+    assert f"{rte} is finished but its weights are partial" in out and "2 trained" in out
+    assert any(".adapters.rte." in k for k in load_file(str(w)))
+
+
+def test_a_full_disk_stops_the_grid_with_one_paragraph(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from benchmark.modeling import checkpoint
+
+    specs = tmp_path / "specs" / "experiments"
+    specs.mkdir(parents=True)
+    (specs / "tiny_full.yaml").write_text(textwrap.dedent("""
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [rte, cb], methods: [head, st_a]}]
+        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
+    """))
+    real, calls = checkpoint.save_file, []
+
+    def filling(*a, **k):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", filling)
+    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_full", *args]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "the disk is full" in err and "intact" in err and "Traceback" not in err
+    res = results(tmp_path / "r" / "tiny_full")
+    assert sorted(r["status"] for r in res.values()) == ["failed", "finished", "finished"]  # the grid stopped
+    failed = next(r for r in res.values() if r["status"] == "failed")
+    assert "disk is full" in failed["error"]
+    assert not list((tmp_path / "r" / "tiny_full").glob(".tmp-*"))

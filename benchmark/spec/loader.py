@@ -1,4 +1,9 @@
-"""Read spec YAML files: safe loader, ``include`` of shared defaults, clear validation errors."""
+"""Read spec YAML files: safe loader, ``include`` of shared defaults, clear validation errors.
+
+The loader is YAML's safe loader with two refusals of its own: a key given twice in one mapping
+(plain YAML lets the last one win silently) and a file over ``MAX_SPEC_BYTES`` (a spec is a page of
+settings; a huge file is a mistake or an attack and would take gigabytes to parse).
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,88 @@ from pydantic import ValidationError
 
 from benchmark.errors import SpecError
 
+MAX_SPEC_BYTES = 1_000_000
+KIND_FOLDERS = {"task": "tasks", "method": "methods", "backbone": "backbones", "experiment": "experiments"}
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key, first_line: int, line: int, column: int):
+        self.key, self.first_line, self.line, self.column = key, first_line, line, column
+        super().__init__(f"duplicate key {key!r}")
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (``<<`` merges may override)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base class reports unhashable keys
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line, key_node.start_mark.column)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+
+
+def _key_path(text: str, line: int, column: int) -> str | None:
+    """Dotted path of the mapping key that starts at ``line`` (1-based), ``column``, e.g. 'label.map.x'."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+
+    def walk(node, trail):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                here = [*trail, str(k.value)]
+                if (k.start_mark.line + 1, k.start_mark.column) == (line, column):
+                    return here
+                found = walk(v, here)
+                if found:
+                    return found
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                found = walk(v, [*trail[:-1], f"{trail[-1]}[{i}]"] if trail else [f"[{i}]"])
+                if found:
+                    return found
+        return None
+
+    found = walk(root, [])
+    return ".".join(found) if found else None
+
 
 def read_yaml(path: Path) -> dict:
     try:
+        size = path.stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(
+                f"the file is {size:,} bytes, over the limit of {MAX_SPEC_BYTES:,} for a spec file",
+                file=str(path), fix="a spec holds settings, not data: put rows in data files (data_files) "
+                                    "and keep the spec small")
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"cannot read the file ({e.strerror})", file=str(path), fix="check the path") from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"the file is not UTF-8 text ({e.reason} at byte {e.start})", file=str(path),
+                        fix="save the spec as UTF-8") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as e:
+        raise SpecError(
+            f"the key {e.key!r} is given twice in one mapping (lines {e.first_line} and {e.line}); YAML would "
+            "silently keep the last one",
+            file=str(path), field=_key_path(text, e.line, e.column) or str(e.key), fix="keep one of them",
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -49,8 +128,47 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def infer_kind(data: dict) -> str | None:
+    """The kind of a spec from its keys, for a file with no ``kind:`` key outside the kind folders."""
+    if isinstance(data.get("kind"), str):
+        return data["kind"]
+    if "groups" in data:
+        return "experiment"
+    if "method" in data:
+        return "method"
+    if "source" in data:
+        return "backbone"
+    if "input" in data and ("label" in data or "type" in data):
+        return "task"
+    return None
+
+
+def _kind_hint(path: Path, data: dict) -> str | None:
+    for parent in path.parents:
+        for kind, folder in KIND_FOLDERS.items():
+            if parent.name == folder:
+                return kind
+    return infer_kind(data)
+
+
+def _shared_default(name: str, kind: str | None) -> Path | None:
+    """``specs/<kind folder>/NAME`` of the project, for an include that is not beside the spec."""
+    if "/" in name or "\\" in name:
+        return None
+    from benchmark.spec.registry import default_spec_dir  # registry imports this module
+
+    folders = [KIND_FOLDERS[kind]] if kind in KIND_FOLDERS else list(KIND_FOLDERS.values())
+    hits = [default_spec_dir() / f / name for f in folders if (default_spec_dir() / f / name).is_file()]
+    return hits[0].resolve() if len(hits) == 1 else None
+
+
 def load_with_includes(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
-    """Load ``path``; ``include: FILE`` (or a list) names shared defaults it overrides, recursively."""
+    """Load ``path``; ``include: FILE`` (or a list) names shared defaults it overrides, recursively.
+
+    A bare file name that is not beside the spec falls back to the project's shared defaults of the
+    spec's kind (``specs/tasks/_defaults.yaml`` for a task), so a task folder outside ``specs/`` can
+    ``include: _defaults.yaml`` as the shipped tasks do.
+    """
     path = path.resolve()
     if path in _stack:
         chain = " -> ".join(p.name for p in (*_stack, path))
@@ -67,8 +185,13 @@ def load_with_includes(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
     for name in incs:
         target = (path.parent / name).resolve()
         if not target.exists():
-            raise SpecError(f"included file {name!r} does not exist (looked at {target})", file=str(path),
-                            field="include", fix="give a path relative to this spec file")
+            kind = _kind_hint(path, data)
+            target = _shared_default(name, kind) or target
+        if not target.exists():
+            raise SpecError(f"included file {name!r} does not exist (looked at {target} and in the project's "
+                            "specs/ folders)", file=str(path),
+                            field="include", fix="give a path relative to this spec file, or the name of a shared "
+                                                 "defaults file of specs/tasks (methods, ...)")
         merged = deep_merge(merged, load_with_includes(target, (*_stack, path)))
     return deep_merge(merged, data)
 
@@ -87,6 +210,9 @@ def _fix_for(err: dict, model_fields: list[str]) -> str:
         return f"use one of {err.get('ctx', {}).get('expected', 'the allowed values')}"
     if t in ("value_error", "assertion_error"):
         return "see the message"
+    if t == "string_type" and isinstance(err.get("input"), bool):
+        return ("quote it: YAML reads unquoted yes / no / on / off / true / false as booleans, "
+                "write e.g. [\"yes\", \"no\"]")
     return f"give a value of the expected type ({err['msg'].lower()})"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from benchmark.errors import SpecError
 from benchmark.spec import templates
-from benchmark.spec.loader import load_with_includes, validate_model
+from benchmark.spec.loader import infer_kind, load_with_includes, validate_model
 from benchmark.spec.schema import (
     SPEC_MODELS,
     BackboneSpec,
@@ -86,7 +86,7 @@ def _kind_of(path: Path, data: dict, roots: list[Path]) -> str | None:
             return FOLDER_KIND[parent.name]
         if parent in roots:
             break
-    return None
+    return infer_kind(data)  # outside the kind folders: from its keys (input+label: a task, ...)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:
@@ -114,8 +114,7 @@ def load_file(path: Path, roots: list[Path]):
     data.setdefault("name", path.stem)
     spec = validate_model(SPEC_MODELS[kind], data, file=str(path))
     if kind == "task":
-        for fld, src in spec.templates.items():
-            templates.check_syntax(src, file=str(path), field=fld)
+        templates.check_task_templates(spec.templates, file=str(path))
         if spec.data_files:
             spec.data_files = {k: str((path.parent / v).resolve()) for k, v in spec.data_files.items()}
     return kind, spec

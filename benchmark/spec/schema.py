@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from benchmark import methods
 
@@ -40,6 +40,34 @@ class LabelSpec(Strict):
     map: dict[str | int, int] | None = Field(
         None, description="raw label value -> class/choice id; default: identity over 0..K-1"
     )
+    allow_merge: bool = Field(False, description="allow label.map to send several raw values to one id")
+
+    @model_validator(mode="after")
+    def _check_mapping(self) -> LabelSpec:
+        """Two classes with one name, or two raw values silently merged into one class, are spec mistakes."""
+        names = self.names or []
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"label.names lists {dup} more than once; each class needs its own name")
+        if self.map and not self.allow_merge:
+            by_id: dict[int, list] = {}
+            for raw, i in self.map.items():
+                by_id.setdefault(i, []).append(raw)
+            merged = {i: raws for i, raws in by_id.items() if len(raws) > 1}
+            if merged:
+                shown = "; ".join(f"{raws} -> {i}" for i, raws in sorted(merged.items()))
+                raise ValueError(f"label.map sends several raw values to one id ({shown}); if that is "
+                                 "intended, add 'allow_merge: true' under label")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave ``allow_merge`` out while it is off, so the configs (and run ids) of existing tasks stay as
+        they were; it never changes what is trained, only whether the spec is accepted."""
+        out = handler(self)
+        if isinstance(out, dict) and not self.allow_merge:
+            out.pop("allow_merge", None)
+        return out
 
 
 class Splits(Strict):

@@ -1,20 +1,198 @@
-"""Render a row's model inputs from Jinja2 templates in a sandbox.
+"""Render a row's model inputs from Jinja2 templates in a sandbox with a resource budget.
 
 A spec is data, never code: templates run in Jinja's immutable sandbox, so a template received from
 someone else cannot reach Python internals (``{{ ''.__class__.__mro__ }}`` raises SecurityError).
+
+A template sees every column whose name is a Python identifier by that name (``{{ premise }}``) and
+the whole row as ``row`` (``{{ row['Observation Text'] }}``, ``{{ row['ctx']['hint'] }}``), so a
+column whose header has spaces or dashes needs no renaming. A column literally called ``row`` is
+``row['row']``.
+
+The sandbox stops code execution but not a template that loops or allocates without end
+(``{% for i in range(100000) %}{% for j in range(100000) %}``, ``{{ premise * 100000000 }}``).
+``_BudgetedSandbox`` bounds one render: ``range`` items in total, the size of strings and lists that
+``*`` / ``+`` / ``%`` and sizing arguments (``center(10**9)``) would make, the output length and the
+wall-clock time. Over any of them the render fails fast with a SpecError.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import operator
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from benchmark.errors import SpecError
 
-_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+MAX_RENDER_CHARS = 100_000  # one rendered input (and any string or list built on the way)
+MAX_RANGE_ITEMS = 10_000  # range() items per render, all loops together
+MAX_RENDER_SECONDS = 2.0  # wall clock per render
+MAX_POWER_EXPONENT = 64  # ``a ** b``: big-integer towers are not text
+
+
+class TemplateBudgetError(Exception):
+    """A render went over one of the limits above (turned into a SpecError by ``render``)."""
+
+
+@dataclass
+class _Budget:
+    started: float
+    range_items: int = 0
+    chars: int = 0
+
+    def tick(self) -> None:
+        if time.perf_counter() - self.started > MAX_RENDER_SECONDS:
+            raise TemplateBudgetError(f"rendering took over {MAX_RENDER_SECONDS:g} s")
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("afbench_template_budget", default=None)
+
+
+def _budget() -> _Budget:
+    b = _BUDGET.get()
+    if b is None:  # rendered outside ``render`` (e.g. a test calling the template directly)
+        b = _Budget(time.perf_counter())
+        _BUDGET.set(b)
+    return b
+
+
+def _sized(value) -> int | None:
+    return len(value) if isinstance(value, str | list | tuple) else None
+
+
+def _check_size(n: int, what: str) -> None:
+    if n > MAX_RENDER_CHARS:
+        raise TemplateBudgetError(f"{what} would hold {n:,} items, over the limit of {MAX_RENDER_CHARS:,}")
+
+
+def _budgeted_range(*args: int) -> Iterator[int]:
+    rng = range(*args)
+    b = _budget()
+    if b.range_items + len(rng) > MAX_RANGE_ITEMS:
+        raise TemplateBudgetError(
+            f"range() would give {b.range_items + len(rng):,} items in this render, over the limit of "
+            f"{MAX_RANGE_ITEMS:,}")
+    b.range_items += len(rng)
+    b.tick()
+    return iter(rng)
+
+
+_FORMAT_NUMBER = re.compile(r"\d{6,}")  # a width or precision of a million or more in a format string
+# functions and filters whose integer arguments size their result (a width, a count, a fill)
+_SIZING = frozenset(["center", "ljust", "rjust", "zfill", "expandtabs", "indent", "wordwrap", "batch", "slice"])
+
+
+def _check_args(args, kwargs, what: str) -> None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_RENDER_CHARS:
+            raise TemplateBudgetError(f"{what} got the number {a:,}, over the limit of {MAX_RENDER_CHARS:,}")
+
+
+def _join_size(items: list, sep: str) -> int:
+    return sum(len(str(x)) for x in items) + len(sep) * max(0, len(items) - 1)
+
+
+def _guard_filter(fn):
+    """Wrap a filter so sizing arguments are bounded (``center(10**9)``, ``indent(10**9)``)."""
+
+    sizing = fn.__name__.removeprefix("do_") in _SIZING
+    fmt = fn.__name__ == "do_format"
+    join = fn.__name__ in ("do_join", "sync_do_join")
+
+    @functools.wraps(fn)  # keeps jinja_pass_arg (pass_context / pass_environment)
+    def guarded(*args, **kwargs):
+        if sizing:
+            _check_args(args[1:], kwargs, f"the filter '{fn.__name__.removeprefix('do_')}'")
+        if join and len(args) >= 2 and kwargs.get("attribute") is None and len(args) < 4:
+            args = (args[0], list(args[1]), *args[2:])  # sized before joining: 10,000 x a long separator
+            sep = args[2] if len(args) > 2 else kwargs.get("d", "")
+            _check_size(_join_size(args[1], str(sep)), "the result of the filter 'join'")
+        if fmt and args and isinstance(args[0], str) and _FORMAT_NUMBER.search(args[0]):
+            raise TemplateBudgetError("a format string asks for a width or precision of a million or more")
+        out = fn(*args, **kwargs)
+        n = _sized(out)
+        if n is not None:
+            _check_size(n, f"the result of the filter '{fn.__name__}'")
+        return out
+
+    return guarded
+
+
+class _BudgetedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox plus the per-render limits of this module."""
+
+    intercepted_binops = frozenset(["*", "+", "%", "**"])
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.globals["range"] = _budgeted_range
+        for name in ("lipsum", "namespace"):  # lipsum(n=10**9) builds text; namespace lets loops accumulate
+            self.globals.pop(name, None)
+        self.filters = {k: _guard_filter(v) for k, v in self.filters.items()}
+
+    def call_binop(self, context, operator_: str, left, right):
+        _budget().tick()
+        if operator_ == "*":
+            for seq, times in ((left, right), (right, left)):
+                n = _sized(seq)
+                if n is not None and isinstance(times, int):
+                    _check_size(n * max(times, 0), "a repeated string or list")
+        elif operator_ == "+":
+            a, b = _sized(left), _sized(right)
+            if a is not None and b is not None:
+                _check_size(a + b, "a concatenated string or list")
+        elif operator_ == "%" and isinstance(left, str) and _FORMAT_NUMBER.search(left):
+            raise TemplateBudgetError("a '%' format string asks for a width or precision of a million or more")
+        elif operator_ == "**" and isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
+            raise TemplateBudgetError(f"the exponent {right} is over the limit of {MAX_POWER_EXPONENT}")
+        return {"*": operator.mul, "+": operator.add, "%": operator.mod, "**": operator.pow}[operator_](left, right)
+
+    def wrap_str_format(self, value):
+        owner = getattr(value, "__self__", None)
+        if isinstance(owner, str) and getattr(value, "__name__", "") in ("format", "format_map") \
+                and _FORMAT_NUMBER.search(owner):
+            def refuse(*args, **kwargs):
+                raise TemplateBudgetError("a format string asks for a width or precision of a million or more")
+            return refuse
+        return super().wrap_str_format(value)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
+        _budget().tick()
+        name = getattr(__obj, "__name__", "a function")
+        owner = getattr(__obj, "__self__", None)
+        if name in _SIZING:
+            _check_args(args, kwargs, f"'{name}'")
+        if name == "join" and isinstance(owner, str) and len(args) == 1:
+            args = (list(args[0]),)
+            _check_size(_join_size(args[0], owner), "the result of 'join'")
+        if name == "replace" and isinstance(owner, str) and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
+            hits = owner.count(args[0]) if args[0] else len(owner) + 1
+            _check_size(len(owner) + hits * len(args[1]), "the result of 'replace'")
+        out = super().call(__context, __obj, *args, **kwargs)
+        n = _sized(out)
+        if n is not None:
+            _check_size(n, f"the result of '{name}'")
+        return out
+
+
+def _finalize(value):
+    """``{{ x }}`` of a missing value is an error, not the text 'None' (a short CSV row, a JSON null)."""
+    if value is None:
+        raise TemplateBudgetError("a value the template prints is missing (None)")
+    return value
+
+
+_ENV = _BudgetedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False,
+                        finalize=_finalize)
+ROW = "row"  # the name of the whole row in templates
 
 
 @lru_cache(maxsize=1024)
@@ -23,11 +201,50 @@ def compile_template(source: str) -> jinja2.Template:
 
 
 def template_columns(source: str) -> set[str]:
-    """Top-level names a template reads (the row columns it needs)."""
-    return set(meta.find_undeclared_variables(_ENV.parse(source)))
+    """Columns a template reads: top-level names, plus ``row['NAME']`` / ``row.NAME`` with a constant NAME.
+
+    ``row`` itself and the sandbox's globals (``range``, ...) are not columns.
+    """
+    ast = _ENV.parse(source)
+    names = set(meta.find_undeclared_variables(ast)) - set(_ENV.globals) - {ROW}
+    for node in ast.find_all((nodes.Getitem, nodes.Getattr)):
+        if isinstance(node.node, nodes.Name) and node.node.name == ROW:
+            if isinstance(node, nodes.Getattr):
+                if not hasattr(dict, node.attr):  # row.get('x', '') reads an optional column, not 'get'
+                    names.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                names.add(node.arg.value)
+    return names
 
 
-def check_syntax(source: str, *, file: str, field: str) -> None:
+def reads_row(source: str) -> bool:
+    """Whether a template reads anything of the row (a column, or the whole row)."""
+    ast = _ENV.parse(source)
+    return bool(set(meta.find_undeclared_variables(ast)) - set(_ENV.globals))
+
+
+def check_task_templates(task_templates: dict[str, str], *, file: str) -> None:
+    """Spec-load-time checks of a task's templates (field -> source): valid Jinja2, and reading columns.
+
+    ``input.text`` and ``input.text_pair`` must each read a column: a constant there (typically a quoted
+    column name, ``'{{ "Observation Text" }}'``) gives every row the same text. A multiple-choice
+    choice may be constant (answer options such as "yes" / "no") when ``input.text`` reads a column.
+    """
+    text_varies = "input.text" in task_templates and reads_row_safe(task_templates["input.text"])
+    for fld, src in task_templates.items():
+        check_template(src, file=file, field=fld,
+                       require_column=not (fld.startswith("input.choices") and text_varies))
+
+
+def reads_row_safe(source: str) -> bool:
+    try:
+        return reads_row(source)
+    except jinja2.TemplateSyntaxError:
+        return False  # reported by check_template
+
+
+def check_template(source: str, *, file: str, field: str, require_column: bool = True) -> None:
+    """Valid Jinja2, and (``require_column``) it reads at least one column: a constant trains on nothing."""
     try:
         _ENV.parse(source)
     except jinja2.TemplateSyntaxError as e:
@@ -37,11 +254,52 @@ def check_syntax(source: str, *, file: str, field: str) -> None:
             field=field,
             fix="write it as Jinja2, e.g. '{{ premise }}' for a column named premise",
         ) from None
+    if require_column and not reads_row(source):
+        raise SpecError(
+            f"the template {source!r} reads no column, so every row would get the same text",
+            file=file,
+            field=field,
+            fix="name a column: '{{ premise }}', or '{{ row['Observation Text'] }}' for a column whose name "
+                "has spaces (a quoted name inside {{ }} is a constant string, not a column)",
+        )
+
+
+check_syntax = check_template  # the old name
+
+
+def template_vars(row: dict) -> dict:
+    """The variables a template sees: identifier-named columns, and ``row`` = the whole row."""
+    out = {k: v for k, v in row.items() if isinstance(k, str) and k.isidentifier() and k != ROW}
+    out[ROW] = row
+    return out
+
+
+def _render_bounded(template: jinja2.Template, row: dict) -> str:
+    budget = _Budget(time.perf_counter())
+    token = _BUDGET.set(budget)
+    try:
+        parts = []
+        for chunk in template.generate(**template_vars(row)):
+            budget.chars += len(chunk)
+            _check_size(budget.chars, "the rendered text")
+            budget.tick()
+            parts.append(chunk)
+        return "".join(parts)
+    finally:
+        _BUDGET.reset(token)
 
 
 def render(source: str, row: dict, *, file: str = "<task>", field: str = "input") -> str:
     try:
-        return compile_template(source).render(**row).strip()
+        return _render_bounded(compile_template(source), row).strip()
+    except TemplateBudgetError as e:
+        raise SpecError(
+            f"the template {source!r} went over a rendering limit: {e}",
+            file=file,
+            field=field,
+            fix="templates should only pick and join a row's values; print an empty value with "
+                "'{{ x or \"\" }}' and keep loops and repetition small",
+        ) from None
     except SecurityError as e:
         raise SpecError(
             f"the template {source!r} tried an unsafe operation ({e}); spec templates run in a sandbox",
@@ -54,7 +312,7 @@ def render(source: str, row: dict, *, file: str = "<task>", field: str = "input"
             f"the template {source!r} failed on a row with columns {sorted(row)}: {e.message}",
             file=file,
             field=field,
-            fix="reference only columns the dataset has",
+            fix="reference only columns (and keys) the dataset has; row['NAME'] reads a column by any name",
         ) from None
     except Exception as e:  # noqa: BLE001 - any other render failure is a spec problem
         raise SpecError(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.data.encode import encode_split
+from benchmark.data.encode import encode_split, tokenizer_fingerprint
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_modules, save_modules
 from benchmark.modeling.compute import Compute
@@ -170,7 +170,8 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
                     desc=run.label + " " + task.name, heldout=ho)
 
     model.load_state_dict(outcome.best_state, strict=False)
-    result = {**_training_info(outcome), "params": _param_counts(model), "data": _data_info(tr, dev, ho)}
+    result = {**_training_info(outcome), "params": _param_counts(model), "data": _data_info(tr, dev, ho),
+              "tokenizer": tokenizer_fingerprint(tok)}
     if kind.fusion:
         model.start_capture()
         again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device)
@@ -213,7 +214,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         **_training_info(outcome),
         "per_task": {t: {"best_metric": per_task[t][best], "history": per_task[t],
                          "data": _data_info(*data[t], heldout.get(t))} for t in run.tasks},
-        "params": _param_counts(model),
+        "params": _param_counts(model), "tokenizer": tokenizer_fingerprint(tok),
     }
 
 
