@@ -188,8 +188,17 @@ def cmd_run(args) -> int:
         raise DataUnavailable("no run of this experiment can start: " + "; ".join(f"{w}: {y}" for w, y in plan.skipped),
                               file=reg.file_of("experiment", plan.experiment.name),
                               fix="make the data available (see each reason), then rerun")
+    only = None
+    if args.only:
+        from benchmark.plan.build import select
+
+        only = select(plan, args.only)
+        if not only:
+            raise BenchError(f"--only {' '.join(args.only)} matches no run of '{plan.experiment.name}'",
+                             field="--only", fix=f"use glob patterns over the run ids that afbench plan "
+                                                 f"{plan.experiment.name} lists, e.g. '*__st_a_rf16__*'")
     summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
-                       device=args.device, jobs=args.jobs, force=args.force)
+                       device=args.device, jobs=args.jobs, force=args.force, only=only)
     return 1 if summary.failed else 0
 
 
@@ -289,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--jobs", type=int, default=1, metavar="N",
                             help="independent runs in parallel processes (default: 1)")
             sp.add_argument("--force", action="store_true", help="retrain finished runs")
+            sp.add_argument("--only", action="append", metavar="GLOB",
+                            help="run only the runs whose id matches this glob (repeatable), and the runs they "
+                                 "depend on, e.g. --only '*__st_a_rf16__*__s42__*'")
             sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
         if name == "migrate":
             sp.add_argument("--dry-run", action="store_true", help="only say what would be renamed")

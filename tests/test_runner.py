@@ -232,3 +232,35 @@ def test_a_full_disk_stops_the_grid_with_one_paragraph(tmp_path, capsys, monkeyp
     failed = next(r for r in res.values() if r["status"] == "failed")
     assert "disk is full" in failed["error"]
     assert not list((tmp_path / "r" / "tiny_full").glob(".tmp-*"))
+
+
+def test_only_runs_the_selection_and_its_dependencies_and_hashes_weights(tmp_path, capsys):
+    specs = tmp_path / "specs" / "experiments"
+    specs.mkdir(parents=True)
+    (specs / "tiny_only.yaml").write_text(textwrap.dedent("""
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
+        fusion: {sources: [rte, cb]}
+        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
+    """))
+    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_only", "--only", "cb__fusion_st_a*", *args]) == 0
+    res = results(tmp_path / "r" / "tiny_only")
+    assert sorted((r["method"], r["task"]) for r in res.values()) == [
+        ("fusion_st_a", "cb"), ("st_a", "cb"), ("st_a", "rte")]  # the fusion run and the adapters it reads
+    assert "6 runs (3 selected with --only)" in capsys.readouterr().out
+    st_a = next(rid for rid, r in res.items() if r["method"] == "st_a")
+    from benchmark.runner.execute import weights_problem
+
+    assert weights_problem(tmp_path / "r" / "tiny_only" / st_a) is None
+    w = tmp_path / "r" / "tiny_only" / st_a / "weights.safetensors"
+    state = load_file(str(w))
+    k = next(iter(state))
+    state[k] = state[k] + 1.0  # same names and shapes, other numbers: only the hash can tell
+    from safetensors.torch import save_file
+
+    save_file(state, str(w))
+    assert "sha256 differs" in weights_problem(tmp_path / "r" / "tiny_only" / st_a)
+    assert main(["run", "tiny_only", "--only", "nothing*", *args]) == 2
+    assert "matches no run" in capsys.readouterr().err

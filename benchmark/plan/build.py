@@ -8,6 +8,7 @@ per fused source; kinds that depend on MT-A read the one joint MT-A run per back
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -191,3 +192,17 @@ def build_plan(reg: Registry, exp: ExperimentSpec, available: Callable[[str], st
     # dependencies first, then in the order the experiment lists them (sorted() is stable)
     planner.plan.runs = sorted(planner.runs.values(), key=lambda r: len(r.deps) > 0)
     return planner.plan
+
+
+def select(plan: Plan, patterns: list[str]) -> set[str]:
+    """Ids of the runs whose id matches any glob pattern (``afbench run --only``), with everything they
+    depend on, so that a selection can always run."""
+    by_id = plan.by_id()
+    todo = [r.id for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in patterns)]
+    chosen: set[str] = set()
+    while todo:
+        rid = todo.pop()
+        if rid not in chosen:
+            chosen.add(rid)
+            todo += by_id[rid].deps
+    return chosen

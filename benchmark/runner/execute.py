@@ -9,6 +9,7 @@ every run that does not depend on it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import socket
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import BenchError, StorageError
-from benchmark.modeling.checkpoint import verify_weights
+from benchmark.modeling.checkpoint import WEIGHTS, verify_weights
 from benchmark.modeling.compute import Compute
 from benchmark.plan.identity import ID_SCHEME
 from benchmark.plan.run import Plan, Run
@@ -30,6 +31,7 @@ from benchmark.runner.results import (
     SCHEMA,
     git_revision,
     is_finished,
+    read_result,
     now,
     versions,
     write_json_atomic,
@@ -124,6 +126,8 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "git": git_revision(),
     }
     if error is None:
+        if (work / WEIGHTS).exists():
+            result["weights_sha256"] = file_sha256(work / WEIGHTS)
         write_json_atomic(work / RESULT, result)
         trash = exp_dir / f".trash-{run.id}"
         if final.exists():
@@ -196,11 +200,15 @@ def free_gpu(busy: list[int], ngpu: int) -> int:
     return counts.index(min(counts))
 
 
-def pending_runs(plan: Plan, exp_dir: Path, force: bool, log) -> tuple[list[Run], list[str]]:
-    """(runs to train, ids already finished). A finished dependency whose weights are missing is retrained
-    only if a pending run needs them (results are committed to git without their weights)."""
+def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | None = None
+                 ) -> tuple[list[Run], list[str]]:
+    """(runs to train, ids already finished), among ``only`` if given. A finished dependency whose weights
+    are missing, partial or changed is retrained only if a pending run needs them (results are committed
+    to git without most weights)."""
     todo, done = [], []
     for r in plan.runs:
+        if only is not None and r.id not in only:
+            continue
         if not force and is_finished(exp_dir / r.id):
             done.append(r.id)
         else:
@@ -217,9 +225,24 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log) -> tuple[list[Run]
 
 
 def weights_problem(folder: Path) -> str | None:
-    """Why a finished run's weights cannot be used (missing, partial, unreadable), or None."""
+    """Why a finished run's weights cannot be used (missing, partial, unreadable, changed), or None.
+    Weights committed to git are trusted after the same check: their tensors fit the declared modules
+    and their content hash is the one the run recorded."""
     why = verify_weights(folder)
-    return f"its weights are {why}" if why else None
+    if why:
+        return f"its weights are {why}"
+    recorded = (read_result(folder) or {}).get("weights_sha256")
+    if recorded and file_sha256(folder / WEIGHTS) != recorded:
+        return "its weights changed since the run wrote them (sha256 differs from result.json)"
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class _Progress:
@@ -239,7 +262,8 @@ class _Progress:
 
 
 def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | None, device: str | None = None,
-             jobs: int = 1, force: bool = False, log=print) -> Summary:
+             jobs: int = 1, force: bool = False, only: set[str] | None = None, log=print) -> Summary:
+    """Train what is not finished (``only``: a subset of run ids, ``plan.build.select``)."""
     exp_dir = results_dir / plan.experiment.name
     exp_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device, plan.experiment.device)
@@ -247,9 +271,10 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     for rid in [r.id for r in plan.runs]:
         _recover(exp_dir, rid)
     write_json_atomic(exp_dir / "plan.json", plan_record(plan))
-    todo, summary.skipped = pending_runs(plan, exp_dir, force, log)
-    log(f"{plan.experiment.name}: {len(plan.runs)} runs, {len(summary.skipped)} already finished, {len(todo)} to run "
-        f"on {dev}" + (f" with {jobs} jobs" if jobs > 1 else ""))
+    todo, summary.skipped = pending_runs(plan, exp_dir, force, log, only)
+    chosen = f" ({len(only)} selected with --only)" if only is not None else ""
+    log(f"{plan.experiment.name}: {len(plan.runs)} runs{chosen}, {len(summary.skipped)} already finished, {len(todo)} "
+        f"to run on {dev}" + (f" with {jobs} jobs" if jobs > 1 else ""))
     for what, why in plan.skipped:
         log(f"  skipped {what}: {why}")
     try:
