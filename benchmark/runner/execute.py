@@ -31,8 +31,8 @@ from benchmark.runner.results import (
     SCHEMA,
     git_revision,
     is_finished,
-    read_result,
     now,
+    read_result,
     versions,
     write_json_atomic,
 )
