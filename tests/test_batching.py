@@ -1,0 +1,102 @@
+"""The training-batch sampler (benchmark/data/batching.py): coverage, determinism, the order committed
+results were trained with, and the padding it saves on real mirrored splits."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from benchmark.data.batching import epoch_batches, epoch_seed, padding_cost, row_lengths
+from benchmark.data.encode import EncodedSplit, batches, encode_split
+from conftest import needs_mirror
+
+
+def _lengths(n: int, seed: int = 0) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(3, 128) for _ in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["grouped", "shuffled"])
+@pytest.mark.parametrize("n,bs", [(0, 4), (1, 4), (7, 32), (1601, 32), (5000, 16)])
+def test_every_row_exactly_once(mode, n, bs):
+    got = epoch_batches(_lengths(n), bs, mode=mode, seed=3)
+    flat = [i for b in got for i in b]
+    assert sorted(flat) == list(range(n))
+    assert all(1 <= len(b) <= bs for b in got)
+    assert len(got) == -(-n // bs) if mode == "shuffled" else len(got) >= -(-n // bs)
+
+
+@pytest.mark.parametrize("mode", ["grouped", "shuffled"])
+def test_deterministic_per_seed_and_different_across_epochs_and_seeds(mode):
+    lens = _lengths(3000)
+    a = epoch_batches(lens, 32, mode=mode, seed=epoch_seed(1, 0))
+    assert a == epoch_batches(lens, 32, mode=mode, seed=epoch_seed(1, 0))
+    assert a != epoch_batches(lens, 32, mode=mode, seed=epoch_seed(1, 1))  # next epoch
+    assert a != epoch_batches(lens, 32, mode=mode, seed=epoch_seed(2, 0))  # another run seed
+    # not merely a permutation of the same batches: rows meet different rows
+    as_sets = lambda bs: {frozenset(b) for b in bs}  # noqa: E731
+    assert as_sets(a) != as_sets(epoch_batches(lens, 32, mode=mode, seed=epoch_seed(1, 1)))
+
+
+def test_shuffled_is_bit_identical_to_encode_batches():
+    """Committed results were trained on encode.batches(shuffle=True) order: labels carry the row index."""
+    n, bs = 203, 16
+    lens = _lengths(n, 5)
+    ex = [{"input_ids": [101] + [7] * (k - 1), "label": i} for i, k in enumerate(lens)]
+    split = EncodedSplit("t", "train", "classification", ex, "test", n)
+    for run_seed, epoch in ((0, 0), (1, 2), (42, 9)):
+        s = epoch_seed(run_seed, epoch)
+        old = [b["labels"].tolist() for b in batches(split, bs, 0, shuffle=True, seed=s)]
+        assert epoch_batches(lens, bs, mode="shuffled", seed=s) == old
+
+
+def test_grouped_batches_hold_similar_lengths_and_are_shuffled():
+    lens = _lengths(3200)
+    got = epoch_batches(lens, 32, mode="grouped", seed=0)
+    real, computed = padding_cost(lens, got)
+    s_real, s_computed = padding_cost(lens, epoch_batches(lens, 32, mode="shuffled", seed=0))
+    assert real == s_real == sum(lens)
+    assert computed / real < 1.1 < s_computed / s_real
+    longest = [max(lens[i] for i in b) for b in got]
+    assert longest != sorted(longest, reverse=True) and longest != sorted(longest)  # batch order shuffled
+    assert torch.tensor(longest).float().std() > 10  # and not one length band per epoch
+
+
+def test_multiple_choice_grouped_by_longest_choice_and_costed_per_choice():
+    # row 0: choices 3 and 9 tokens -> grouped as 9; padding_cost counts rows x K x longest
+    lens = [[3, 9], [9, 9], [2, 2], [1, 2]]
+    got = epoch_batches(lens, 2, mode="grouped", seed=0)
+    assert sorted(map(sorted, got)) == [[0, 1], [2, 3]]
+    assert padding_cost(lens, got) == (3 + 9 + 9 + 9 + 2 + 2 + 1 + 2, 2 * 2 * 9 + 2 * 2 * 2)
+    assert padding_cost(lens, got, pad_to=16) == (37, 4 * 2 * 16)
+    assert padding_cost([5, 7], [[0, 1]]) == (12, 14)
+    ex = [{"input_ids": [[1, 2], [1, 2, 3]]}, {"input_ids": [1, 2, 3, 4]}]
+    assert row_lengths(ex) == [[2, 3], 4]
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="batching mode"):
+        epoch_batches([1, 2], 2, mode="sorted", seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        epoch_batches([1, 2], 0, mode="grouped", seed=0)
+
+
+@needs_mirror
+@pytest.mark.parametrize("task,max_rows", [("rte", None), ("sst2", 8000), ("mrpc", None)])
+def test_grouped_padding_on_mirrored_splits(registry, task, max_rows):
+    """Real lengths (MiniLM tokenizer, cap 128, batch 32): grouped computes <= 1.1x the real tokens."""
+    from benchmark.modeling.backbone import load_tokenizer
+
+    tok = load_tokenizer(registry.backbones["minilm-l6"])
+    split = encode_split(registry.tasks[task], "train", tok, max_rows=max_rows)
+    lens = row_lengths(split.examples)
+    ratio = {}
+    for mode in ("grouped", "shuffled"):
+        real, computed = padding_cost(lens, epoch_batches(lens, 32, mode=mode, seed=epoch_seed(0, 0)))
+        ratio[mode] = computed / real
+    print(f"{task} ({len(lens)} rows): computed/real grouped {ratio['grouped']:.3f}, "
+          f"shuffled {ratio['shuffled']:.3f}")
+    assert ratio["grouped"] <= 1.1
+    assert ratio["shuffled"] > 1.3  # the padding grouping removes is real on these splits
