@@ -72,6 +72,7 @@ def test_multiple_choice_grouped_by_longest_choice_and_costed_per_choice():
     assert padding_cost(lens, got) == (3 + 9 + 9 + 9 + 2 + 2 + 1 + 2, 2 * 2 * 9 + 2 * 2 * 2)
     assert padding_cost(lens, got, pad_to=16) == (37, 4 * 2 * 16)
     assert padding_cost([5, 7], [[0, 1]]) == (12, 14)
+    assert padding_cost([5, 700], [[0, 1]], pad_to=128) == (705, 1400)  # pad to at least 128
     ex = [{"input_ids": [[1, 2], [1, 2, 3]]}, {"input_ids": [1, 2, 3, 4]}]
     assert row_lengths(ex) == [[2, 3], 4]
 

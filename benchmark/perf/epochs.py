@@ -79,7 +79,7 @@ def plan_task(task, tok, args, root) -> dict:
         bs = epoch_batches(lens, args.batch_size, mode=mode, seed=epoch_seed(0, 0))
         fixed = args.length if pad == "pad128" else None
         real, computed = padding_cost(lens, bs, pad_to=fixed)
-        widths = [fixed or max(lens[i] for i in b) for b in bs]
+        widths = [max([lens[i] for i in b] + [fixed or 0]) for b in bs]
         out["paddings"][pad] = {"batches": bs, "timed": spread(bs, widths, args.steps),
                                 "real_tokens": real, "computed_tokens": computed}
     return out
@@ -138,15 +138,16 @@ def time_reference(args, plans: list[dict], pad_id: int, model_dir: str) -> tupl
 
 
 def run_epochs(args) -> int:
-    from benchmark.cli import _data_dir, _registry
+    from benchmark.data.sources import data_dir
     from benchmark.modeling.backbone import load_encoder, load_tokenizer, model_path
+    from benchmark.spec import load_registry
     if (args.device or "cpu") != "cpu":
         raise BenchError("the epoch benchmark runs on the CPU only", field="--device",
                          fix="omit --device (the GPU step table: afbench perf --device cuda)")
-    reg = _registry(args)
+    reg = load_registry([Path(p) for p in (getattr(args, "specs", None) or [])])
     spec = reg.backbones["minilm-l6"]
     tok = load_tokenizer(spec)
-    root = _data_dir(args)
+    root = data_dir(getattr(args, "data_dir", None))
     plans = [plan_task(reg.get("task", t.strip()), tok, args, root) for t in args.tasks.split(",") if t.strip()]
     rounds, ref_version = [], None
     for r in range(args.rounds):
