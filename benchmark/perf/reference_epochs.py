@@ -30,7 +30,8 @@ def main(model_path, cfg):
         head = Head(model.config.hidden_size, blob["num_labels"], pooling="mean")
         model.train()
         head.train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + list(head.parameters()), lr=1e-4)
+        trained = [p for p in model.parameters() if p.requires_grad] + list(head.parameters())
+        opt = torch.optim.AdamW(trained, lr=1e-4)
         batches = blob["batches"]
         it = iter(batches[:1] + batches)  # the first one again as the warm-up
 
@@ -40,6 +41,7 @@ def main(model_path, cfg):
             h = model(**kw).last_hidden_state
             loss = torch.nn.functional.cross_entropy(head(h, b["attention_mask"]), b["labels"])
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)  # the HF Trainer's max_grad_norm default
             opt.step()
             opt.zero_grad(set_to_none=True)
 
