@@ -229,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--device", default=None)
     pe.add_argument("--backbone", choices=["minilm-l6", "bert-base-random"], default="minilm-l6",
                     help="steps: MiniLM-L6, or BERT-base shapes randomly initialised (no Hub)")
+    pe.add_argument("--no-first-token", action="store_true",
+                    help="steps: skip the first-token ([CLS] head) table, on both sides (halves the reference's time)")
     pe.add_argument("--tasks", default="rte,mrpc,sst2,mnli", help="epochs: tasks from the data mirror")
     pe.add_argument("--max-rows", type=int, default=2000, help="epochs: training rows per task (a cap)")
     pe.add_argument("--out", default=None, help="report path (default: reports/perf.md, perf_epochs.md, "

@@ -80,6 +80,10 @@ def test_perf_steps_end_to_end_tiny(tmp_path):
         assert set(r) == {"ours", "ours_first_token", "ours_stock"}
         assert set(r["ours"]) == {"ST-A", "Fusion N=2"} and all(v > 0 for v in r["ours"].values())
     assert str(tmp_path) not in md + json.dumps(raw)
+    assert cli(["perf", "--adapters", "", "--steps", "1", "--rounds", "1", "--batch-size", "2", "--length", "8",
+                "--no-first-token", "--out", str(out)]) == 0
+    assert set(json.loads(out.with_suffix(".json").read_text())["rounds"][0]) == {"ours", "ours_stock"}
+    assert "First-token setup not run" in out.read_text()
 
 
 @needs_mirror

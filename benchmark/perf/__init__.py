@@ -159,8 +159,10 @@ def run_steps(args) -> int:
     cuda = device.startswith("cuda")
     common = dict(batch_size=args.batch_size, length=args.length, warmup=WARMUP, steps=args.steps, device=device)
     # name -> how ours runs; on CUDA the CPU kernels do not apply, bf16 autocast does
-    variants = {"ours": dict(pooling="mean"),
-                "ours_first_token": dict(pooling="cls", compute=Compute("fast", "first_token"))}
+    first_token = not getattr(args, "no_first_token", False)
+    variants = {"ours": dict(pooling="mean")}
+    if first_token:
+        variants["ours_first_token"] = dict(pooling="cls", compute=Compute("fast", "first_token"))
     if cuda:
         variants["ours_bf16"] = dict(pooling="mean", bf16=True)
     else:
@@ -177,8 +179,9 @@ def run_steps(args) -> int:
         def run_ref():
             nonlocal ref_version
             print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0) ...", flush=True)
-            res, ref_version = reference(args, bb, configs, device)
-            got["reference_mean"], got["reference_cls"] = res["mean"], res["cls"]
+            res, ref_version = reference(args, bb, configs, device, ("mean", "cls") if first_token else ("mean",))
+            for pooling, sec in res.items():
+                got[f"reference_{pooling}"] = sec
 
         sides = [run_ours] + ([run_ref] if args.reference_python else [])
         try:
@@ -235,6 +238,8 @@ def steps_report(args, bb: PerfBackbone, configs, device, rounds, ref_version) -
         alt_cell = f"{1 / _median(col(alt), name):.3f}" if col(alt) else "not run"
         lines.append(f"| {name} | {1 / m:.3f} | {args.batch_size / m:.1f} | {alt_cell} | "
                      f"{_ratio_cells(ref_mean, mine, name)} | {m / single:.2f}x |")
+    if not first:
+        return lines + ["", "First-token setup not run (`--no-first-token`)."]
     lines += [
         "",
         "## First-token setup ([CLS] head; not what the committed MiniLM runs use)" if bb.pooling == "mean" else
