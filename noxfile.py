@@ -6,6 +6,7 @@
     nox -s lint                  # ruff
     nox -s parity                # compare our modules with AdapterHub `adapters` 1.3.0
     nox -s perf                  # training-step throughput, ours vs AdapterHub
+    nox -s gpu                   # the CUDA path: smoke grid on cuda, GPU vs CPU logits, perf on BERT-base shapes
 
 Torch: by default every session installs ``torch==2.13.0`` (a CPU build that lies on local disk on
 the project machines) *before* the package, so pip never pulls a multi-GB CUDA build. GPU users set
@@ -89,3 +90,19 @@ def perf(session: nox.Session) -> None:
     _install_project(session)
     ref_py = _reference_env(session)
     session.run("afbench", "perf", "--reference-python", ref_py, *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """On a CUDA machine: the smoke grid on ``--device cuda``, fp32 GPU vs CPU logits (ST-A, Houlsby,
+    Fusion), and ``afbench perf --device cuda`` on BERT-base shapes (reports/perf_gpu.md), the
+    reference on the GPU too. Needs a CUDA torch (``AFBENCH_TORCH``, see above). Without CUDA: one
+    line, success."""
+    _install_project(session)
+    has_cuda = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
+                           silent=True).strip().endswith("1")
+    if not has_cuda:
+        session.log("nox -s gpu: no CUDA device (or a CPU torch build; set AFBENCH_TORCH); nothing checked")
+        return
+    ref_py = _reference_env(session)
+    session.run("python", "-m", "benchmark.perf.gpu_check", "--reference-python", ref_py, *session.posargs)

@@ -314,16 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--reference-python", required=True, help="python of an env with adapters==1.3.0")
     pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "
                     "(default: .cache/parity)")
-    pe = sub.add_parser("perf", help="training steps/s, ours vs AdapterHub")
+    pe = common(sub.add_parser("perf", help="training steps/s and epoch seconds, ours vs AdapterHub"))
+    pe.add_argument("--mode", choices=["steps", "epochs", "malloc"], default="steps",
+                    help="steps: steps/s on random ids (reports/perf.md); epochs: seconds per epoch on mirrored "
+                         "data, three paddings (reports/perf_epochs.md); malloc: with/without glibc malloc "
+                         "tuning, separate processes (reports/perf_malloc.md)")
     pe.add_argument("--reference-python", help="python of an env with adapters==1.3.0 (omit: ours only)")
-    pe.add_argument("--adapters", default="2,4,8,16", help="fused adapter counts to time, comma-separated "
-                    "(default: 2,4,8,16)")
-    pe.add_argument("--steps", type=int, default=4, help="timed steps per setup and round")
+    pe.add_argument("--adapters", default="2,4,8,16", help="fusion sizes N (steps, malloc: the largest)")
+    pe.add_argument("--steps", type=int, default=8, help="timed steps per setup and round (epochs: per task "
+                                                         "and padding, extrapolated to the epoch; 0 = all)")
     pe.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours / the reference")
     pe.add_argument("--batch-size", type=int, default=32, help="examples per step (default: 32)")
-    pe.add_argument("--length", type=int, default=128, help="tokens per example (default: 128)")
+    pe.add_argument("--length", type=int, default=128, help="tokens per row (epochs: the fixed padding)")
     pe.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if visible, else cpu)")
-    pe.add_argument("--out", default="reports/perf.md", help="Markdown file written (default: reports/perf.md)")
+    pe.add_argument("--backbone", choices=["minilm-l6", "bert-base-random"], default="minilm-l6",
+                    help="steps: MiniLM-L6, or BERT-base shapes randomly initialised (no Hub)")
+    pe.add_argument("--no-first-token", action="store_true",
+                    help="steps: skip the first-token ([CLS] head) table, on both sides (halves the reference's time)")
+    pe.add_argument("--tasks", default="rte,mrpc,sst2,mnli", help="epochs: tasks from the data mirror")
+    pe.add_argument("--max-rows", type=int, default=2000, help="epochs: training rows per task (a cap)")
+    pe.add_argument("--out", default=None, help="report path (default: reports/perf.md, perf_epochs.md, "
+                                                "perf_malloc.md by mode; raw timings beside it as .json)")
     return p
 
 

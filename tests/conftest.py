@@ -61,3 +61,15 @@ def tiny_roberta(registry):
 
     tok = load_tokenizer(registry.backbones["tiny-roberta"])
     return tok, lambda: load_encoder(registry.backbones["tiny-roberta"], tok)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` need a CUDA device: skipped with the reason where torch sees none."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -25,7 +25,7 @@ def test_every_row_exactly_once(mode, n, bs):
     flat = [i for b in got for i in b]
     assert sorted(flat) == list(range(n))
     assert all(1 <= len(b) <= bs for b in got)
-    assert len(got) == -(-n // bs) if mode == "shuffled" else len(got) >= -(-n // bs)
+    assert (len(got) == -(-n // bs)) if mode == "shuffled" else (len(got) >= -(-n // bs))
 
 
 @pytest.mark.parametrize("mode", ["grouped", "shuffled"])
@@ -64,7 +64,10 @@ def test_grouped_batches_hold_similar_lengths_and_are_shuffled():
     assert real == s_real == sum(lens)
     assert computed / real < 1.1 < s_computed / s_real
     longest = [max(lens[i] for i in b) for b in got]
-    assert longest != sorted(longest, reverse=True) and longest != sorted(longest)  # batch order shuffled
+    # the batches are shuffled, not left in each mega-batch's descending order (that would make ~98 % of
+    # neighbours non-increasing)
+    non_increasing = sum(a >= b for a, b in zip(longest, longest[1:])) / (len(longest) - 1)
+    assert non_increasing < 0.75
     assert torch.tensor(longest).float().std() > 10  # and not one length band per epoch
 
 
@@ -76,6 +79,7 @@ def test_multiple_choice_grouped_by_longest_choice_and_costed_per_choice():
     assert padding_cost(lens, got) == (3 + 9 + 9 + 9 + 2 + 2 + 1 + 2, 2 * 2 * 9 + 2 * 2 * 2)
     assert padding_cost(lens, got, pad_to=16) == (37, 4 * 2 * 16)
     assert padding_cost([5, 7], [[0, 1]]) == (12, 14)
+    assert padding_cost([5, 700], [[0, 1]], pad_to=128) == (705, 1400)  # pad to at least 128
     ex = [{"input_ids": [[1, 2], [1, 2, 3]]}, {"input_ids": [1, 2, 3, 4]}]
     assert row_lengths(ex) == [[2, 3], 4]
 
@@ -104,3 +108,18 @@ def test_grouped_padding_on_mirrored_splits(registry, task, max_rows):
           f"shuffled {ratio['shuffled']:.3f}")
     assert ratio["grouped"] <= 1.1
     assert ratio["shuffled"] > 1.3  # the padding grouping removes is real on these splits
+
+
+@needs_mirror
+def test_grouped_padding_multiple_choice_mirrored(registry):
+    """Multiple choice ([B, K, L], grouped by the longest choice): reported, not held to 1.1."""
+    from benchmark.modeling.backbone import load_tokenizer
+
+    tok = load_tokenizer(registry.backbones["minilm-l6"])
+    split = encode_split(registry.tasks["socialiqa"], "train", tok, max_rows=4000)
+    lens = row_lengths(split.examples)
+    assert all(isinstance(x, list) and len(x) == 3 for x in lens)
+    ratio = {m: (lambda rc: rc[1] / rc[0])(padding_cost(lens, epoch_batches(lens, 32, mode=m, seed=0)))
+             for m in ("grouped", "shuffled")}
+    print(f"socialiqa (4000 rows): computed/real grouped {ratio['grouped']:.3f}, shuffled {ratio['shuffled']:.3f}")
+    assert ratio["grouped"] < 1.2 < ratio["shuffled"]

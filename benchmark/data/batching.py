@@ -80,16 +80,16 @@ def padding_cost(lengths: Sequence[Length], batches: Sequence[Sequence[int]],
                  pad_to: int | None = None) -> tuple[int, int]:
     """(real tokens, computed tokens) of these batches.
 
-    Computed = rows x longest row of the batch (``pad_to`` instead, when every batch is padded to a
-    fixed length); for multiple choice rows x choices x longest choice of the batch, because
-    ``collate`` pads all choices of all rows to one length ([B, K, L]).
+    Computed = rows x longest row of the batch (with ``pad_to``: rows x max(pad_to, longest), every
+    batch padded to at least a fixed length); for multiple choice rows x choices x longest choice of
+    the batch, because ``collate`` pads all choices of all rows to one length ([B, K, L]).
     """
     real = computed = 0
     for batch in batches:
         if not batch:
             continue
         rows = [lengths[i] for i in batch]
-        width = pad_to if pad_to is not None else max(_longest(x) for x in rows)
+        width = max([_longest(x) for x in rows] + ([pad_to] if pad_to is not None else []))
         for x in rows:
             if isinstance(x, int):
                 real += x

@@ -5,6 +5,8 @@ import time
 
 import torch
 
+POOLINGS = ("mean", "cls")
+
 
 def make_batch(vocab_size: int, batch: int, length: int, num_labels: int = 3, device: str = "cpu"):
     g = torch.Generator().manual_seed(0)
@@ -14,27 +16,38 @@ def make_batch(vocab_size: int, batch: int, length: int, num_labels: int = 3, de
             "labels": torch.randint(0, num_labels, (batch,), generator=g).to(device)}
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def time_steps(step, warmup: int, steps: int, device: str = "cpu") -> float:
     """Seconds per training step (mean over ``steps`` after ``warmup``)."""
     for _ in range(warmup):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     return (time.perf_counter() - t0) / steps
 
 
 class Head(torch.nn.Module):
-    """The same two-layer tanh head on both sides, so only the encoder + adapters differ."""
+    """The same two-layer tanh head on both sides, so only the encoder + adapters differ. ``mean``: the
+    masked mean of the last layer (what the committed MiniLM runs train, ``benchmark/modeling/heads.py``);
+    ``cls``: the first token (BERT/RoBERTa as in the paper)."""
 
-    def __init__(self, hidden: int, num_labels: int = 3):
+    def __init__(self, hidden: int, num_labels: int = 3, pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self.net = torch.nn.Sequential(torch.nn.Dropout(0.1), torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
                                        torch.nn.Dropout(0.1), torch.nn.Linear(hidden, num_labels))
 
-    def forward(self, hidden_states):
-        return self.net(hidden_states[:, 0])
+    def forward(self, hidden_states, attention_mask=None):
+        if self.pooling == "cls" or attention_mask is None:
+            return self.net(hidden_states[:, 0])  # [B, H] -> [B, C]
+        m = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # [B, T, 1]
+        return self.net((hidden_states * m).sum(1) / m.sum(1).clamp(min=1.0))

@@ -1,0 +1,242 @@
+"""``afbench perf --mode epochs``: what a user waits for, an epoch, on real mirrored data.
+
+Per task (default RTE, MRPC, SST-2, MNLI; training rows capped by ``--max-rows``, 2,000 by default,
+drawn as the runner draws capped rows), MiniLM-L6 with the committed runs' head (two layers on the
+masked mean of the last layer), ST-A (Pfeiffer, rf 16) trained with AdamW (clipping at 1.0), fast CPU kernels,
+batch 32, three ways of padding the same rows:
+
+* ``pad128``: shuffled batches padded to ``--length`` (128), what AdapterHub's example scripts do by
+  default (``pad_to_max_length``); the reference (adapters 1.3.0) times this case too;
+* ``batch_max``: shuffled batches padded to their longest row (today's ``afbench run``);
+* ``grouped``: length-grouped batches padded to their longest row (``benchmark/data/batching.py``).
+
+Computed/real tokens are exact for the whole epoch (``padding_cost``). Seconds per epoch are measured
+on ``--steps`` batches per task and padding and extrapolated (mean seconds per timed batch x batches
+in the epoch); the timed batches are spread evenly over the epoch's batches ranked by padded width
+(a stratified sample, so a few timed steps still see short and long batches in their proportions);
+``--steps 0`` times every batch (a real epoch). Rounds alternate the order of the paddings.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.data.batching import epoch_batches, epoch_seed, padding_cost, row_lengths
+from benchmark.data.encode import collate, encode_split
+from benchmark.errors import BenchError
+from benchmark.modeling.compute import DEFAULT
+from benchmark.modeling.model import AdapterModel, Modules
+from benchmark.perf import default_out, machine, write_report
+from benchmark.perf.steps import time_steps
+from benchmark.spec.schema import AdapterParams
+from benchmark.training.loop import inputs_of
+
+PADDINGS = ("pad128", "batch_max", "grouped")
+TARGETS = ("grouped computed/real <= 1.1 on every classification task; an SST-2 or MNLI epoch >= 2.5x "
+           "faster grouped than padded to 128")
+
+
+def pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a collated batch ([B, L] or [B, K, L]) to ``length`` tokens (ids with pad_id, mask 0)."""
+    out = {}
+    for k, v in batch.items():
+        if k == "labels":
+            out[k] = v
+            continue
+        extra = length - v.shape[-1]
+        out[k] = F.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0) if extra > 0 else v
+    return out
+
+
+def spread(batches: list[list[int]], widths: list[int], k: int) -> list[int]:
+    """Indices of ``k`` batches at evenly spaced ranks of padded width (all of them when k = 0 or >= n)."""
+    n = len(batches)
+    if k <= 0 or k >= n:
+        return list(range(n))
+    ranked = sorted(range(n), key=lambda i: widths[i])
+    return [ranked[int((j + 0.5) * n / k)] for j in range(k)]
+
+
+def plan_task(task, tok, args, root) -> dict:
+    """The epoch's batches and padding cost for every padding of one task (seed 0, epoch 0)."""
+    split = encode_split(task, task.splits.train, tok, max_rows=args.max_rows, root=root)
+    if task.type != "classification":
+        raise BenchError(f"task '{task.name}' is {task.type}; the epoch benchmark trains classification heads",
+                         field="--tasks", fix="choose classification tasks (e.g. rte,mrpc,sst2,mnli)")
+    lens = row_lengths(split.examples)
+    out = {"task": task.name, "rows": len(split), "rows_total": split.rows_total, "num_labels": task.num_labels,
+           "split": split, "paddings": {}}
+    for pad in PADDINGS:
+        mode = "grouped" if pad == "grouped" else "shuffled"
+        bs = epoch_batches(lens, args.batch_size, mode=mode, seed=epoch_seed(0, 0))
+        fixed = args.length if pad == "pad128" else None
+        real, computed = padding_cost(lens, bs, pad_to=fixed)
+        widths = [max([lens[i] for i in b] + [fixed or 0]) for b in bs]
+        out["paddings"][pad] = {"batches": bs, "timed": spread(bs, widths, args.steps),
+                                "real_tokens": real, "computed_tokens": computed}
+    return out
+
+
+def _batch(plan: dict, pad: str, i: int, pad_id: int, length: int) -> dict[str, torch.Tensor]:
+    rows = [plan["split"].examples[j] for j in plan["paddings"][pad]["batches"][i]]
+    b = collate(rows, pad_id)
+    return pad_to(b, length, pad_id) if pad == "pad128" else b
+
+
+def time_ours(plan: dict, encoder_factory, pad_id: int, args, order) -> dict[str, float]:
+    """Mean seconds per timed batch of each padding: one model per task and round, 1 warm-up step each."""
+    torch.manual_seed(0)
+    model = AdapterModel(encoder_factory())
+    model.add_adapter("a", AdapterParams(reduction_factor=16))
+    model.add_head("h", "classification", plan["num_labels"], pooling="mean")
+    model.train_only(Modules(adapters=["a"], heads=["h"]))
+    DEFAULT.apply(model)  # fast CPU kernels; the last layer is full anyway (mean pooling)
+    model.set_active("a")
+    model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=1e-4)
+    out = {}
+    for pad in order:
+        batches = [_batch(plan, pad, i, pad_id, args.length) for i in plan["paddings"][pad]["timed"]]
+        it = iter(batches[:1] + batches)  # the first one again as the warm-up
+
+        def step():
+            b = next(it)
+            loss = F.cross_entropy(model(head="h", **inputs_of(b)), b["labels"])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, 1.0)  # as the training loop (grad_clip 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        out[pad] = time_steps(step, 1, len(batches))
+    return out
+
+
+def time_reference(args, plans: list[dict], pad_id: int, model_dir: str) -> tuple[dict[str, float], str]:
+    """The reference's mean seconds per timed ``pad128`` batch of each task, in its own environment."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks = {}
+        for plan in plans:
+            f = Path(tmp) / f"{plan['task']}.pt"
+            torch.save({"num_labels": plan["num_labels"],
+                        "batches": [_batch(plan, "pad128", i, pad_id, args.length)
+                                    for i in plan["paddings"]["pad128"]["timed"]]}, f)
+            tasks[plan["task"]] = str(f)
+        proc = subprocess.run([args.reference_python, str(Path(__file__).with_name("reference_epochs.py")),
+                               model_dir, json.dumps({"tasks": tasks})], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the reference side failed:\n{proc.stdout}{proc.stderr}")
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    return got["results"], got["adapters_version"]
+
+
+def run_epochs(args) -> int:
+    from benchmark.data.sources import data_dir
+    from benchmark.modeling.backbone import load_encoder, load_tokenizer, model_path
+    from benchmark.spec import load_registry
+    if (args.device or "cpu") != "cpu":
+        raise BenchError("the epoch benchmark runs on the CPU only", field="--device",
+                         fix="omit --device (the GPU step table: afbench perf --device cuda)")
+    reg = load_registry([Path(p) for p in (getattr(args, "specs", None) or [])])
+    spec = reg.backbones["minilm-l6"]
+    tok = load_tokenizer(spec)
+    root = data_dir(getattr(args, "data_dir", None))
+    plans = [plan_task(reg.get("task", t.strip()), tok, args, root) for t in args.tasks.split(",") if t.strip()]
+    rounds, ref_version = [], None
+    for r in range(args.rounds):
+        got: dict[str, dict[str, float]] = {}
+        order = PADDINGS if r % 2 == 0 else PADDINGS[::-1]
+        for plan in plans:
+            print(f"round {r + 1}/{args.rounds}: ours, {plan['task']} ...", flush=True)
+            got[plan["task"]] = time_ours(plan, lambda: load_encoder(spec), tok.pad_token_id, args, order)
+        if args.reference_python:
+            print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0), padded to {args.length} ...",
+                  flush=True)
+            try:
+                ref, ref_version = time_reference(args, plans, tok.pad_token_id, model_path(spec))
+            except RuntimeError as e:
+                print(e, file=sys.stderr)
+                return 1
+            for task, sec in ref.items():
+                got[task]["reference_pad128"] = sec
+        rounds.append(got)
+    lines, summary = epochs_report(args, plans, rounds, ref_version)
+    raw = {"mode": "epochs", "backbone": "MiniLM-L6 (all-MiniLM-L6-v2), mean-pooling head, ST-A rf 16",
+           "machine": machine("cpu"), "torch": torch.__version__,
+           "reference": f"adapters {ref_version}" if ref_version else None, "batch_size": args.batch_size,
+           "pad_to": args.length, "timed_batches_per_task_and_padding": args.steps or "all",
+           "unit": "seconds per training step (mean of the timed batches)",
+           "tasks": {p["task"]: {"rows": p["rows"], "rows_total": p["rows_total"],
+                                 **{pad: {"batches": len(v["batches"]), "timed": len(v["timed"]),
+                                          "real_tokens": v["real_tokens"], "computed_tokens": v["computed_tokens"]}
+                                    for pad, v in p["paddings"].items()}} for p in plans},
+           "rounds": rounds, "summary": summary}
+    write_report(Path(args.out or default_out("epochs")), lines, raw)
+    return 0
+
+
+def epochs_report(args, plans, rounds, ref_version) -> tuple[list[str], dict]:
+    def epoch_s(task: str, pad: str, key: str | None = None) -> list[float]:
+        nb = len(next(p for p in plans if p["task"] == task)["paddings"][pad]["batches"])
+        return [r[task][key or pad] * nb for r in rounds]
+
+    med = statistics.median
+    lines = [
+        "# Epoch time on real data: padding to 128, to the batch max, and length-grouped",
+        "",
+        f"MiniLM-L6 (all-MiniLM-L6-v2), the committed runs' mean-pooling head, ST-A (Pfeiffer, rf 16), AdamW, gradient clipping at 1.0, "
+        f"default fast CPU kernels, batch {args.batch_size}, float32 on cpu ({machine('cpu')}). Training rows "
+        f"capped at {args.max_rows} per task (the runner's deterministic subsample, data seed 0), tokens capped at "
+        "128 (the tasks' max_length), batches of seed 0, epoch 0. Computed/real tokens: exact, whole epoch. "
+        + ("Seconds per epoch: every batch timed. " if not args.steps else
+           f"Seconds per epoch: {args.steps} batches per task and padding timed (spread evenly over the epoch's "
+           "batches ranked by width), mean x batches in the epoch. ")
+        + f"{args.rounds} rounds, paddings in alternating order; median round shown, per-round ratios as median "
+        f"(lowest-highest). Reference: adapters {ref_version or 'not run'}, padded to {args.length} "
+        "(the same timed batches). Raw per-round seconds per step: the JSON beside this file.",
+        "",
+        f"Command: `afbench perf --mode epochs --reference-python <reference env python>`. Targets: {TARGETS}.",
+        "",
+        "| task | rows (of) | computed/real: pad 128 | batch max | grouped | epoch s: pad 128 | batch max "
+        "| grouped | grouped vs pad 128 (per round) | batch max vs pad 128 | reference, pad 128, epoch s "
+        "| ours / reference, pad 128 (per round) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    summary = {}
+    for p in plans:
+        t, pads = p["task"], p["paddings"]
+        ratio = {k: v["computed_tokens"] / max(1, v["real_tokens"]) for k, v in pads.items()}
+        sec = {k: epoch_s(t, k) for k in PADDINGS}
+        speed = {k: [a / b for a, b in zip(sec["pad128"], sec[k])] for k in ("grouped", "batch_max")}
+        row = (f"| {t} | {p['rows']} ({p['rows_total']}) | {ratio['pad128']:.2f} | {ratio['batch_max']:.2f} | "
+               f"{ratio['grouped']:.3f} | {med(sec['pad128']):.1f} | {med(sec['batch_max']):.1f} | "
+               f"{med(sec['grouped']):.1f} | {med(sec['pad128']) / med(sec['grouped']):.2f}x "
+               f"({med(speed['grouped']):.2f}x, {min(speed['grouped']):.2f}-{max(speed['grouped']):.2f}x) | "
+               f"{med(sec['pad128']) / med(sec['batch_max']):.2f}x | ")
+        entry = {"computed_over_real": ratio, "epoch_seconds_median": {k: med(v) for k, v in sec.items()},
+                 "grouped_speedup_vs_pad128_per_round": speed["grouped"]}
+        if all("reference_pad128" in r[t] for r in rounds):
+            ref = epoch_s(t, "pad128", "reference_pad128")
+            rr = [a / b for a, b in zip(ref, sec["pad128"])]
+            row += f"{med(ref):.1f} | {med(ref) / med(sec['pad128']):.2f}x ({min(rr):.2f}-{max(rr):.2f}x) |"
+            entry["reference_pad128_epoch_seconds_median"] = med(ref)
+        else:
+            row += "not run | |"
+        lines.append(row)
+        summary[t] = entry
+    ok_ratio = all(s["computed_over_real"]["grouped"] <= 1.1 for s in summary.values())
+    fast = {t: s["epoch_seconds_median"]["pad128"] / s["epoch_seconds_median"]["grouped"]
+            for t, s in summary.items() if t in ("sst2", "mnli")}
+    lines += ["", f"Grouped computed/real <= 1.1 on every task: {'yes' if ok_ratio else 'NO'}. "
+              + (", ".join(f"{t} grouped vs pad 128: {v:.2f}x" for t, v in fast.items())
+                 + f" (target >= 2.5x on one: {'met' if any(v >= 2.5 for v in fast.values()) else 'NOT met'})."
+                 if fast else "SST-2/MNLI not measured.")]
+    return lines, summary

@@ -1,0 +1,152 @@
+"""afbench perf (steps, epochs, malloc modes), malloc tuning and the GPU check (its no-CUDA path here;
+the GPU-vs-CPU logits test runs where CUDA exists)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from benchmark.cli import main as cli
+from benchmark.modeling.malloc import tune_malloc
+from benchmark.perf import per_round_ratios
+from benchmark.perf.epochs import pad_to, spread
+from benchmark.perf.gpu_check import METHODS, TOLERANCE, build_model, logits_gap
+from conftest import ROOT, needs_mirror
+
+_MMAP_PROBE = textwrap.dedent("""
+    import ctypes, sys
+    from benchmark.modeling.malloc import tune_malloc
+    class MI2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = MI2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    tuned = tune_malloc() if sys.argv[1] == "1" else None
+    before = libc.mallinfo2().hblks
+    libc.malloc(24 << 20)
+    print(tuned, libc.mallinfo2().hblks - before)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_tune_malloc_keeps_large_blocks_in_the_heap():
+    """A 24 MiB block is mmapped with glibc's defaults and served from the heap after tune_malloc()."""
+    def probe(flag: str) -> str:
+        return subprocess.run([sys.executable, "-c", _MMAP_PROBE, flag], capture_output=True, text=True,
+                              cwd=ROOT, check=True).stdout.split()
+
+    assert probe("0") == ["None", "1"]
+    assert probe("1") == ["True", "0"]
+    assert tune_malloc() is True
+
+
+def test_per_round_ratios():
+    ref = [{"ST-A": 2.0}, {"ST-A": 3.0}]
+    ours = [{"ST-A": 1.0}, {"ST-A": 2.0}]
+    assert per_round_ratios(ref, ours, "ST-A") == [2.0, 1.5]
+
+
+def test_pad_to_and_spread():
+    b = {"input_ids": torch.tensor([[5, 6], [7, 0]]), "attention_mask": torch.tensor([[1, 1], [1, 0]]),
+         "labels": torch.tensor([1, 0])}
+    p = pad_to(b, 4, pad_id=0)
+    assert p["input_ids"].tolist() == [[5, 6, 0, 0], [7, 0, 0, 0]]
+    assert p["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 0, 0, 0]]
+    assert p["labels"].tolist() == [1, 0]
+    mc = {"input_ids": torch.ones(2, 3, 5, dtype=torch.long), "labels": torch.tensor([0, 1])}
+    assert pad_to(mc, 8, 0)["input_ids"].shape == (2, 3, 8)
+    widths = [10, 90, 30, 70, 50]
+    got = spread([[i] for i in range(5)], widths, 2)
+    assert sorted(widths[i] for i in got) == [30, 70]  # ranks 1 and 3 of 5: a short and a long one
+    assert spread([[0]] * 5, widths, 0) == list(range(5)) == spread([[0]] * 5, widths, 9)
+
+
+def test_perf_steps_end_to_end_tiny(tmp_path):
+    """The step table on a tiny setting: both tables, and the raw per-round timings beside them."""
+    out = tmp_path / "perf.md"
+    assert cli(["perf", "--adapters", "2", "--steps", "1", "--rounds", "2", "--batch-size", "2",
+                "--length", "16", "--out", str(out)]) == 0
+    md, raw = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert "## As the committed runs train (headline)" in md and "## First-token setup" in md
+    assert "| ST-A |" in md and "| Fusion N=2 |" in md
+    assert len(raw["rounds"]) == 2
+    for r in raw["rounds"]:
+        assert set(r) == {"ours", "ours_first_token", "ours_stock"}
+        assert set(r["ours"]) == {"ST-A", "Fusion N=2"} and all(v > 0 for v in r["ours"].values())
+    assert str(tmp_path) not in md + json.dumps(raw)
+    assert cli(["perf", "--adapters", "", "--steps", "1", "--rounds", "1", "--batch-size", "2", "--length", "8",
+                "--no-first-token", "--out", str(out)]) == 0
+    assert set(json.loads(out.with_suffix(".json").read_text())["rounds"][0]) == {"ours", "ours_stock"}
+    assert "First-token setup not run" in out.read_text()
+
+
+@needs_mirror
+def test_perf_epochs_end_to_end_tiny(tmp_path):
+    out = tmp_path / "ep.md"
+    assert cli(["perf", "--mode", "epochs", "--tasks", "rte", "--max-rows", "96", "--steps", "1",
+                "--rounds", "1", "--out", str(out)]) == 0
+    md, raw = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    t = raw["tasks"]["rte"]
+    assert t["rows"] == 96 and t["pad128"]["batches"] == 3 and t["grouped"]["timed"] == 1
+    assert t["pad128"]["real_tokens"] == t["batch_max"]["real_tokens"] == t["grouped"]["real_tokens"]
+    assert t["pad128"]["computed_tokens"] == 96 * 128
+    assert t["grouped"]["computed_tokens"] < t["batch_max"]["computed_tokens"] <= t["pad128"]["computed_tokens"]
+    assert set(raw["rounds"][0]["rte"]) == {"pad128", "batch_max", "grouped"}
+    assert "| rte | 96 (2490) |" in md
+
+
+def test_perf_epochs_rejects_multiple_choice(tmp_path, capsys):
+    assert cli(["perf", "--mode", "epochs", "--tasks", "socialiqa", "--out", str(tmp_path / "x.md")]) == 2
+    assert "classification" in capsys.readouterr().err
+
+
+def test_bert_base_random_shapes():
+    from benchmark.perf.backbones import perf_backbone
+
+    bb = perf_backbone("bert-base-random")
+    cfg = bb.make().config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (12, 768, 12)
+    assert bb.reference == {"bert_config": {k: getattr(cfg, k) for k in bb.reference["bert_config"]}}
+
+
+def test_malloc_mode_child_runs_each_variant_in_its_own_process():
+    from benchmark.perf.malloc_ab import VARIANTS, _child_env, run_child
+
+    assert "GLIBC_TUNABLES" not in _child_env("off") and "GLIBC_TUNABLES" not in _child_env("tune_malloc()")
+    assert _child_env("GLIBC_TUNABLES")["GLIBC_TUNABLES"].startswith("glibc.malloc.mmap_threshold=33554432")
+    got = run_child(VARIANTS[2], {"configs": [["ST-A", 0]], "batch": 2, "length": 8, "warmup": 1, "steps": 1})
+    assert set(got) == {"ST-A"} and got["ST-A"] > 0
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line(monkeypatch, capsys):
+    from benchmark.perf import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "no CUDA device" in out[0]
+
+
+def test_gpu_check_models_exercise_their_method():
+    """The checked models are not trivially the bare encoder: turning the method off changes the logits."""
+    for m in METHODS:
+        model, batch = build_model(m)
+        with torch.no_grad():
+            on = model(head="h", **batch)
+            model.set_active(None)
+            off = model(head="h", **batch)
+        assert (on - off).abs().max() > 0.1, m
+        assert logits_gap(m, "cpu") == (0.0, on.abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("method", METHODS)
+def test_gpu_logits_match_cpu(method):
+    gap, _ = logits_gap(method, "cuda")
+    assert gap <= TOLERANCE
