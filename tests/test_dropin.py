@@ -298,3 +298,8 @@ def test_dropin_tasks_outside_specs_validate_run_and_report(tmp_path, capsys):
     assert all(r["status"] == "finished" for r in found)
     assert main(["report", "dropin", "--specs", str(d), "--results-dir", str(res), "--out-dir", str(rep)]) == 0
     assert (rep / "dropin.md").exists() and (rep / "dropin.html").exists()
+    # the report claims nothing about the paper for tasks the paper never ran
+    md = (rep / "dropin.md").read_text()
+    assert "The paper's findings" not in md and not re.search(r"\bholds\b|does not hold", md)
+    assert "| observations |" in md and "| quiz |" in md  # our own numbers are there
+    assert "/tmp/" not in md and str(tmp_path) not in md  # and no machine path
