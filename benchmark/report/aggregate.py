@@ -25,6 +25,7 @@ class Cell:
     seeds: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # error messages of failed runs
     expected: bool = False  # the plan asked for it
+    last: list[float] = field(default_factory=list)  # dev accuracy of each seed's last trained epoch
 
     @property
     def n(self) -> int:
@@ -61,6 +62,11 @@ class Collected:
     stale: list[str] = field(default_factory=list)  # run ids on disk that the current plan no longer has
     problems: list[str] = field(default_factory=list)  # result files left out (corrupt, other experiment)
     plan_source: str = ""  # where the expected runs came from: the current specs, plan.json or nothing
+    stale_sources: set[str] = field(default_factory=set)  # where the stale results' data came from (mirror, hub)
+
+    def kind_of(self, label: str) -> str | None:
+        """The method kind of the runs labelled ``label`` (a variant such as st_a_shuffled_rf16 -> st_a)."""
+        return next((r.get("method_kind") for r in self.results if r.get("label") == label), None)
 
     def backbones(self) -> list[str]:
         return sorted({b for b, _, _ in self.cells})
@@ -105,6 +111,8 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
     # A spec edited after a run changes the run ids; results of the old spec stay on disk but are not
     # part of this experiment any more (they would count as an extra seed), so they are left out.
     stale = sorted(r["run_id"] for r in results if plan is not None and r["run_id"] not in roles)
+    stale_sources = {(r.get("data") or {}).get("source", "") for r in results
+                     if plan is not None and r["run_id"] not in roles} - {""}
     results = [r for r in results if plan is None or r["run_id"] in roles]
     cells: dict[tuple[str, str, str], Cell] = {}
     attention: dict[tuple[str, str, str], list[dict]] = {}
@@ -134,6 +142,9 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
                 continue
             c.values.append(per_task[t]["best_metric"] if per_task else r["best_metric"])
             c.seeds.append(r["seed"])
+            hist = per_task[t].get("history") if per_task else [h.get("dev_accuracy") for h in r.get("history", [])]
+            if hist and hist[-1] is not None:
+                c.last.append(hist[-1])
             if r.get("fusion_attention") and r["fusion_attention"].get("layers"):
                 attention.setdefault((r["backbone"], t, r["label"]), []).append(r["fusion_attention"])
     no_data = {}
@@ -141,7 +152,7 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
         if s["what"].startswith("task "):
             no_data[s["what"][5:]] = s["why"]
     return Collected(experiment, cells, stage1, no_data, results, (plan or {}).get("description", ""), attention,
-                     stale)
+                     stale, stale_sources=stale_sources)
 
 
 def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collected:

@@ -28,6 +28,7 @@ from benchmark.report.tables import (
     findings,
     layout,
 )
+from benchmark.data.sources import data_dir
 from benchmark.runner.results import git_revision, results_root
 
 # The entailment-style tasks among the paper's 16 (its Figure 4 discussion: RTE and CB attend mostly to
@@ -146,6 +147,10 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         if col.stale:
             extra += (f" ({len(col.stale)} result(s) on disk are from an older version of the spec: their run ids "
                       "are not in the current plan)")
+            if "mirror" in col.stale_sources and data_dir() is None:
+                extra += (". They were trained on the offline data mirror, and run ids include a content hash of "
+                          "the data: with AFBENCH_DATA_DIR unset the plan reads the Hub instead. Set AFBENCH_DATA_DIR "
+                          "(or --data-dir) to the mirror, e.g. AFBENCH_DATA_DIR=../shared/data")
         raise BenchError(f"no results for experiment '{experiment}' under {results_dir / experiment}{extra}",
                          fix=f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})")
     paper, paper_src = paper_numbers(paper_file)

@@ -189,9 +189,25 @@ def group_of(reg, task: str) -> str:
     return (spec.paper.group or "") if spec else ""
 
 
+def variants(col: Collected, backbone: str) -> dict[str, str]:
+    """Columns of method specs that are not a paper column (another spec of a kind, e.g. ST-A with shuffled
+    batches) -> the paper column of their kind, which they are tested against (†)."""
+    known = {c.label for t in methods.TABLES for c in methods.layout(t)}
+    out = {}
+    for label in sorted(col.columns(backbone) - known):
+        kind = methods.KINDS.get(col.kind_of(label) or "")
+        base = kind.columns.get("table1") if kind else None
+        out[label] = base[0].label if base else ""
+    return out
+
+
 def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> TableView | None:
     cols = [c for c in layout(key) if c[0] in col.columns(backbone)]
     pairs = methods.significance_pairs()
+    if key == "table1":  # other specs of a kind are shown too, never silently dropped
+        extra = variants(col, backbone)
+        cols += [(label, label, label) for label in extra]
+        pairs.update({label: base for label, base in extra.items() if base})
     if not cols or (key == "table3" and len(cols) < 2):
         return None
     pb = (reg.backbones[backbone].paper_backbone if backbone in reg.backbones else None)
@@ -229,9 +245,28 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
                      "shown for orientation, not as a target; differences are expected.")
     if ptable:
         notes.append("Paper mean: the mean of the published values over the same tasks as ours.")
-    notes.append("Cells: mean ± sample std (ddof = 1) of the best-epoch dev accuracy over seeds; "
-                 "n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A) "
-                 f"beyond seed noise (Welch's t-test, p < {SIGNIFICANCE}).")
+    protocols = {r.get("selection", "dev") for r in col.results if r.get("backbone") == backbone}
+    kept = {"dev": "the best-epoch dev accuracy (epoch chosen on dev, the paper's protocol: optimistic)",
+            "heldout": "the dev accuracy of the epoch chosen on a held-out slice of train (dev never selects)"}
+    notes.append("Cells: mean ± sample std (ddof = 1) over seeds of " + "; or ".join(kept[p] for p in sorted(protocols))
+                 + "; n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A"
+                 + (", a variant vs its kind's column" if key == "table1" and variants(col, backbone) else "")
+                 + f") beyond seed noise (Welch's t-test, p < {SIGNIFICANCE}).")
+    if "dev" in protocols:  # how much picking the epoch on dev itself adds, per column
+        gaps = []
+        for (label, _, heading) in cols:
+            cells = [col.cells.get((backbone, r.task, label)) for r in rows]
+            d = [b - la for c in cells if c and len(c.last) == len(c.values) for b, la in zip(c.values, c.last)]
+            if d:
+                gaps.append(f"{heading} {sum(d) / len(d):+.2f}")
+        if gaps:
+            notes.append("Selecting the epoch on dev is optimistic: best-epoch minus last-epoch dev accuracy, mean "
+                         "over tasks and seeds: " + ", ".join(gaps) + " points.")
+    for label, base in (variants(col, backbone).items() if key == "table1" else ()):
+        j = [c[0] for c in cols].index(label)
+        ps = ", ".join(f"{r.task} p = {r.cells[j].p_value:.2f}" for r in rows if r.cells[j].p_value is not None)
+        notes.append(f"{label}: another spec of method kind {col.kind_of(label)}"
+                     + (f", compared with {base}: Welch {ps}." if ps else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
                      notes)
 
