@@ -14,6 +14,7 @@ from pathlib import Path
 import jinja2
 from tabulate import tabulate
 
+from benchmark.data.sources import data_dir
 from benchmark.errors import BenchError
 from benchmark.report import figures, published
 from benchmark.report.aggregate import Collected, load
@@ -28,7 +29,6 @@ from benchmark.report.tables import (
     findings,
     layout,
 )
-from benchmark.data.sources import data_dir
 from benchmark.runner.results import git_revision, results_root
 
 # The entailment-style tasks among the paper's 16 (its Figure 4 discussion: RTE and CB attend mostly to
