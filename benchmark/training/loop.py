@@ -140,7 +140,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
     for epoch in range(params.epochs):
         model.train()
         t0, steps = time.perf_counter(), 0
-        loss_sum = torch.zeros((), device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
         bar = tqdm(total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{params.epochs}", leave=False,
                    disable=None, unit="step")
         for head, batch in islice(epoch_batches(epoch), steps_per_epoch):
@@ -157,7 +157,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            loss_sum += loss.detach()
+            loss_sum += loss.detach().double()
             steps += 1
             global_step += 1
             seen += batch["labels"].shape[0]
