@@ -1,4 +1,4 @@
-"""``afbench``: list, validate, data, plan, run, report, parity, perf.
+"""``afbench``: list, validate, data, plan, run, status, report, parity, perf.
 
 Errors in specs, data or weights print as one paragraph (file, field, fix) and exit with status 2.
 """
@@ -143,14 +143,27 @@ def cmd_plan(args) -> int:
 def cmd_run(args) -> int:
     from benchmark.modeling.compute import Compute
     from benchmark.runner.execute import run_plan
+    from benchmark.runner.lock import experiment_lock
     from benchmark.runner.results import results_root
+    from benchmark.runner.slurm import options_from_args
 
     reg = _registry(args)
     plan = _plan(args, reg)
-    summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
-                       device=args.device, jobs=args.jobs, force=args.force,
-                       compute=Compute(args.cpu_kernels, args.last_layer))
+    slurm_options = options_from_args(args) if args.executor == "slurm" else None
+    with experiment_lock(results_root(args.results_dir) / plan.experiment.name, wait=args.wait_lock):
+        summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
+                           device=args.device, jobs=args.jobs, force=args.force,
+                           compute=Compute(args.cpu_kernels, args.last_layer),
+                           executor=args.executor, slurm_options=slurm_options)
     return 1 if summary.failed else 0
+
+
+def cmd_status(args) -> int:
+    from benchmark.runner.results import results_root
+    from benchmark.runner.status import print_status
+
+    reg = _registry(args)
+    return print_status(_plan(args, reg), results_root(args.results_dir))
 
 
 def cmd_report(args) -> int:
@@ -192,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-data", action="store_true", help="skip the checks against the data")
     d = common(sub.add_parser("data", help="split sizes, label distribution and rendered examples"))
     d.add_argument("task")
-    for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment")):
+    for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment"),
+                           ("status", "per run: finished, failed, running (local or Slurm), queued, pending")):
         sp = common(sub.add_parser(name, help=helptext))
         sp.add_argument("experiment")
         sp.add_argument("--results-dir", help="default: $AFBENCH_RESULTS_DIR or ./results")
@@ -206,6 +220,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--last-layer", choices=["first_token", "full"], default="first_token",
                             help="with a first-token ([CLS]) head the last layer computes position 0 only "
                                  "(same logits and gradients; default) or every position; recorded as last_layer")
+            sp.add_argument("--executor", choices=["local", "slurm"], default="local",
+                            help="local processes (default) or one Slurm job per run (see 'On a cluster')")
+            sp.add_argument("--wait-lock", action="store_true",
+                            help="if another driver runs this experiment, wait for it instead of exiting")
+            from benchmark.runner.slurm import add_arguments
+
+            add_arguments(sp)
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), data=False)
     r.add_argument("experiments", nargs="+")
     r.add_argument("--results-dir")
@@ -227,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
+            "status": cmd_status,
             "report": cmd_report, "parity": cmd_parity, "perf": cmd_perf}
 
 

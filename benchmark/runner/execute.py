@@ -32,6 +32,7 @@ from benchmark.runner.results import (
     versions,
     write_json_atomic,
 )
+from benchmark.runner.slurm import job_info
 from benchmark.spec.registry import Registry
 
 
@@ -108,6 +109,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "torch_threads": torch.get_num_threads(),
         **compute.record(device),  # cpu_kernels, last_layer: see benchmark/modeling/compute.py
+        **job_info(),  # slurm_job_id, slurm_node, slurm_gpus when run as a Slurm job
         "host": socket.gethostname(),
         "started_at": started,
         "finished_at": now(),
@@ -158,12 +160,19 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
 
 
 def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | None, device: str | None = None,
-             jobs: int = 1, force: bool = False, compute: Compute = DEFAULT, log=print) -> Summary:
+             jobs: int = 1, force: bool = False, compute: Compute = DEFAULT, log=print,
+             executor: str = "local", slurm_options=None) -> Summary:
+    from benchmark.runner import slurm
+
     exp_dir = results_dir / plan.experiment.name
     exp_dir.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device, plan.experiment.device)
+    # on Slurm each job picks its device (the driver's login node may have no GPU)
+    dev = pick_device(device, plan.experiment.device) if executor == "local" else torch.device("cpu")
     summary, t_start = Summary(), time.perf_counter()
-    for rid in [r.id for r in plan.runs]:
+    in_flight = slurm.live_runs(exp_dir)  # queued/running Slurm jobs of earlier drivers: their temp folders are live
+    if in_flight and executor == "local":
+        raise slurm.busy_error(exp_dir, in_flight)
+    for rid in [r.id for r in plan.runs if r.id not in in_flight]:
         _recover(exp_dir, rid)
     write_json_atomic(exp_dir / "plan.json", plan_record(plan))
     todo = []
@@ -182,7 +191,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         log(f"  {rid} is finished but its weights are missing; a pending run needs them, so it is retrained")
     n = len(todo)
     log(f"{plan.experiment.name}: {len(plan.runs)} runs, {len(summary.skipped)} already finished, {n} to run "
-        f"on {dev}" + (f" with {jobs} jobs" if jobs > 1 else ""))
+        + (f"on {dev}" if executor == "local" else "on Slurm") + (f" with {jobs} jobs" if jobs > 1 else ""))
     for what, why in plan.skipped:
         log(f"  skipped {what}: {why}")
     done_ok = set(summary.skipped)
@@ -214,7 +223,11 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None, compute)
 
     k = 0
-    if jobs <= 1:
+    if executor == "slurm":
+        slurm.run_on_slurm(plan, reg, todo, summary, exp_dir, in_flight=in_flight, device=device, data_dir=data_dir,
+                           compute=compute, options=slurm_options or slurm.SlurmOptions(), log=log,
+                           note_failure=note_failure, progress=progress)
+    elif jobs <= 1:
         for r in todo:
             k += 1
             why = blocked(r)
