@@ -299,6 +299,9 @@ def validate_submission(params: dict, folder: Path, where: str | None) -> None:
         parts = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True).stdout.split()
         fix = f"use one of the partitions {', '.join(sorted(set(parts))) or '(sinfo lists none)'}"
         field_ = "partition"
+    elif "gres" in msg.lower():
+        fix, field_ = ("the partition offers no such GPUs (GRES): choose a GPU partition with --partition, or run on "
+                       "CPUs with --device cpu"), "gpus_per_run"
     elif "unrecognized option" in msg or "invalid option" in msg:
         fix, field_ = "correct or remove that option (--sbatch KEY=VALUE, or 'sbatch:' in the cluster file)", "sbatch"
     else:
@@ -413,6 +416,8 @@ def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failur
                     started.add(rid)
                     log(f"  start {rid} (job {jid} on {st.node})")
                 continue
+            if any(d in left for d in r.deps):
+                continue  # Slurm may cancel a dependent before its failed dependency leaves the queue
             res = read_result(exp_dir / rid) or {}
             own = res.get("slurm_job_id") == jid
             k += 1
