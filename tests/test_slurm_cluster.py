@@ -112,7 +112,10 @@ def test_smoke_on_slurm_matches_local_and_a_scancelled_job_is_redone(local_smoke
         run_of = {j["job_id"]: rid for rid, j in jobs.items()}
         done = results(folder)
         running = [jid for jid, state in squeue("%i", "%T") if state == "RUNNING" and jid in run_of]
-        if len(done) >= 4 and running:
+        # prefer a stage-1 adapter that fusion runs read: its dependents must be blocked, then redone
+        stage1 = [jid for jid in running if "__st_a_rf16__tiny-bert__" in run_of[jid]]
+        running = stage1 or (running if len(done) >= 12 else [])
+        if running:
             subprocess.run(["scancel", running[0]], check=True)
             time.sleep(1.0)
             rid = run_of[running[0]]
@@ -125,6 +128,8 @@ def test_smoke_on_slurm_matches_local_and_a_scancelled_job_is_redone(local_smoke
     assert cancelled, f"no running job could be cancelled mid-grid:\n{out}"
     assert proc.returncode == 1, out  # the cancelled run (and runs reading it) failed
     assert "without a result" in out and "CANCELLED" in out, out
+    if "__st_a_rf16__" in cancelled:
+        assert out.count("dependency failed: ") >= 3, out  # the three tiny-bert fusions read it
     first = results(folder)
     # the killed job left nothing finished-looking: no finished result, no weights in the run folder
     assert first[cancelled]["status"] == "failed"

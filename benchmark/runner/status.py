@@ -15,9 +15,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.runner import slurm
 from benchmark.runner.lock import describe, holder_alive, pid_alive, read_lock
 from benchmark.runner.results import read_result
-from benchmark.runner.slurm import QUEUED, JobState, load_jobs, squeue
+from benchmark.runner.slurm import QUEUED, JobState, load_jobs
 
 _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
 
@@ -62,7 +63,7 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
     """One RunStatus per planned run, in plan order."""
     jobs = load_jobs(exp_dir)
     if jobs and queue is None:
-        queue = squeue()
+        queue = slurm.squeue()
     local = local_running(exp_dir)
     out = []
     for r in plan.runs:
