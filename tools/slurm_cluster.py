@@ -9,7 +9,8 @@ real cluster. Needs root and Debian's ``slurm-wlm`` + ``munge`` (``--install`` a
 
 Everything slurmctld/slurmd write (state, spool, logs, pid files) lives under ``--dir``; the cluster
 is found through ``SLURM_CONF=<dir>/slurm.conf``, so the machine's /etc/slurm is never touched.
-munged runs as the ``munge`` user with the system key (created if missing). One partition, ``debug``,
+munged runs as the ``munge`` user with the system key (created if missing); ``down`` stops it only
+if ``up`` started it. One partition, ``debug``,
 holds this host with all its CPUs and 90% of its memory; there are no GPUs (no GRES).
 """
 
@@ -42,10 +43,10 @@ def install() -> None:
     subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES], check=True, env=env)
 
 
-def start_munge() -> None:
-    """munged as the munge user, with its run/log folders owned by munge; idempotent."""
+def start_munge() -> bool:
+    """munged as the munge user, with its run/log folders owned by munge; False if it was running."""
     if sh("munge", "-n", check=False).returncode == 0:
-        return
+        return False
     for d in (Path("/run/munge"), Path("/var/log/munge"), Path("/var/lib/munge"), Path("/etc/munge")):
         d.mkdir(parents=True, exist_ok=True)
         shutil.chown(d, "munge", "munge")
@@ -60,7 +61,7 @@ def start_munge() -> None:
     sh("runuser", "-u", "munge", "--", "munged")
     for _ in range(50):
         if sh("munge", "-n", check=False).returncode == 0:
-            return
+            return True
         time.sleep(0.1)
     raise SystemExit("munged did not come up (see /var/log/munge/munged.log)")
 
@@ -114,7 +115,8 @@ PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
 def up(d: Path, cpus: int) -> None:
     d = d.resolve()
     d.mkdir(parents=True, exist_ok=True)
-    start_munge()
+    if start_munge():
+        (d / "munged.started").write_text("munged was started by tools/slurm_cluster.py up; down stops it\n")
     conf = write_conf(d, cpus)
     env = {**os.environ, "SLURM_CONF": str(conf)}
     # -c: clear state of an earlier cluster in this folder; both daemonize and write pid files
@@ -151,7 +153,13 @@ def down(d: Path) -> None:
             time.sleep(0.1)
         else:
             os.kill(pid, signal.SIGKILL)
-    print(f"cluster in {d} stopped (munged left running)")
+    munged = Path("/run/munge/munged.pid")
+    if (d / "munged.started").exists() and munged.exists():
+        try:
+            os.kill(int(munged.read_text().split()[0]), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+    print(f"cluster in {d} stopped")
 
 
 def main() -> int:
