@@ -391,7 +391,12 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
     if not options.wait:
         log(f"not waiting (--no-wait); watch with: afbench status {plan.experiment.name}")
         return
-    _follow(plan, todo, summary, exp_dir, job_of, jobs, options.poll_s, log, note_failure, progress)
+    try:
+        _follow(plan, todo, summary, exp_dir, job_of, jobs, options.poll_s, log, note_failure, progress)
+    except KeyboardInterrupt:
+        log(f"stopped waiting: the Slurm jobs keep running; watch them with afbench status {plan.experiment.name}, "
+            "and rerun the same command to wait again (nothing is submitted twice)")
+        raise
 
 
 def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failure, progress) -> None:
