@@ -26,9 +26,13 @@ from conftest import ROOT, needs_mirror
 def _cluster_up() -> str | None:
     if shutil.which("sinfo") is None:
         return "sinfo is not on PATH (no Slurm here; nox -s slurm brings a one-node cluster up)"
-    out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True)
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return "sinfo does not answer within 60 s"
     if out.returncode != 0 or not out.stdout.split():
-        return f"sinfo does not answer ({out.stderr.strip()[:200]})"
+        first = (out.stderr.strip().splitlines() or ["no nodes"])[0]
+        return f"no Slurm controller answers sinfo ({first[:120]}); nox -s slurm brings one up"
     return None
 
 

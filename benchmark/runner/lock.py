@@ -117,7 +117,7 @@ def experiment_lock(exp_dir: Path, *, wait: bool = False, poll_s: float = 2.0,
     """Hold the experiment's lock for the body; released (only if still ours) on any exit."""
     exp_dir.mkdir(parents=True, exist_ok=True)
     f = exp_dir / LOCK
-    me = {"host": _host(), "pid": os.getpid(), "started_at": now(), "command": " ".join(sys.argv[:4])}
+    me = {"host": _host(), "pid": os.getpid(), "started_at": now(), "command": " ".join(["afbench", *sys.argv[1:4]])}
     announced = False
     while not _try_create(f, me):
         holder = read_lock(exp_dir)

@@ -82,7 +82,7 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
                 else res.get("host", "")
             acc = res.get("best_metric")
             out.append(RunStatus(r.id, "finished", (f"dev {acc:.2f}, " if isinstance(acc, int | float) else "")
-                                 + f"{res.get('wall_seconds', 0):.0f}s, {where}"))
+                                 + f"{res.get('wall_seconds', 0):.1f}s, {where}"))
         elif res.get("status") == "failed":
             out.append(RunStatus(r.id, "failed", (res.get("error") or "").splitlines()[0][:160]))
         elif job and queue is not None:
