@@ -285,6 +285,14 @@ def test_cuda_with_zero_gpus_is_refused():
         slurm.resolve_device("cuda", "auto", 0)
 
 
+def test_partition_time_limits_parse_as_slurm_writes_them():
+    from benchmark.runner.slurm import _minutes
+
+    assert _minutes("infinite") is None and _minutes("45") == 45 and _minutes("30:00") == 30
+    assert _minutes("2:00:00") == 120 and _minutes("1-00:00:00") == 1440 and _minutes("1-12") == 2160
+    assert _minutes("2-01:30") == 2 * 1440 + 90
+
+
 def test_job_info_reads_the_slurm_environment(monkeypatch):
     for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
         monkeypatch.delenv(k, raising=False)

@@ -245,6 +245,7 @@ def test_failed_stage1_blocks_only_its_dependents(tiny_specs, tmp_path, capsys):
     (["--sbatch", "no-such-option=1"], ["unrecognized option", "--sbatch"]),
     (["--gpus-per-run", "1"], ["gres", "GPU partition"]),
     (["--mem-gb", "100000"], ["node configuration is not available"]),
+    (["--partition", "short", "--time-min", "60"], ["exceeds the partition's limit of 30 min", "time_min"]),
 ])
 def test_rejected_parameters_submit_nothing(tiny_specs, tmp_path, flags, words):
     before = job_ids_known()

@@ -10,8 +10,9 @@ real cluster. Needs root and Debian's ``slurm-wlm`` + ``munge`` (``--install`` a
 Everything slurmctld/slurmd write (state, spool, logs, pid files) lives under ``--dir``; the cluster
 is found through ``SLURM_CONF=<dir>/slurm.conf``, so the machine's /etc/slurm is never touched.
 munged runs as the ``munge`` user with the system key (created if missing); ``down`` stops it only
-if ``up`` started it. One partition, ``debug``,
-holds this host with all its CPUs and 90% of its memory; there are no GPUs (no GRES).
+if ``up`` started it. Two partitions hold this
+host with all its CPUs and 90% of its memory: ``debug`` (default, no time limit) and ``short`` (30 min,
+to test time-limit checks); there are no GPUs (no GRES).
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ MinJobAge=300
 KillWait=5
 NodeName={host} CPUs={cpus} RealMemory={real_memory_mb()} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=short Nodes={host} MaxTime=30 State=UP
 """)
     return conf
 

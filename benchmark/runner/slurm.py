@@ -140,6 +140,7 @@ class SlurmOptions:
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     wait: bool = True
     poll_s: float = 10.0
+    source: str | None = None  # the --cluster file, named in errors
 
 
 def add_arguments(sp: argparse.ArgumentParser) -> None:
@@ -175,7 +176,7 @@ def options_from_args(args: argparse.Namespace) -> SlurmOptions:
     if extra:
         update["sbatch"] = {**spec.sbatch, **extra}
     spec = ClusterSpec.model_validate({**spec.model_dump(), **update})
-    return SlurmOptions(spec, getattr(args, "wait", True), getattr(args, "poll_s", 10.0))
+    return SlurmOptions(spec, getattr(args, "wait", True), getattr(args, "poll_s", 10.0), getattr(args, "cluster", None))
 
 
 def resolve_device(device: str | None, exp_device: str, gpus: int | None) -> tuple[str, int]:
@@ -273,6 +274,38 @@ def sbatch_parameters(spec: ClusterSpec, gpus: int, job_name: str) -> dict:
     return params
 
 
+def _minutes(limit: str) -> float | None:
+    """A Slurm time limit (``infinite``, ``D-HH:MM:SS``, ``HH:MM:SS``, ``MM:SS``, ``MM``) in minutes."""
+    limit = limit.strip()
+    if limit in ("infinite", "UNLIMITED", "n/a", ""):
+        return None
+    days, _, rest = limit.rpartition("-")
+    parts = [float(x) for x in rest.split(":")]
+    if days:  # D-HH, D-HH:MM, D-HH:MM:SS
+        h, m, sec = parts + [0.0] * (3 - len(parts))
+    else:  # MM, MM:SS, HH:MM:SS
+        h, m, sec = [0.0] * (3 - len(parts)) + parts if len(parts) > 1 else (0.0, parts[0], 0.0)
+    return (float(days) if days else 0.0) * 1440 + h * 60 + m + sec / 60
+
+
+def check_time_limit(spec: ClusterSpec, where: str | None) -> None:
+    """A time limit above the partition's leaves jobs pending forever (PartitionTimeLimit): refuse it."""
+    args = ["sinfo", "-h", "-o", "%l"] + (["-p", spec.partition] if spec.partition else [])
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return
+    try:
+        limits = [_minutes(x) for x in out.stdout.split()] if out.returncode == 0 else []
+    except ValueError:
+        return
+    if limits and all(m is not None for m in limits) and spec.time_min > max(limits):
+        raise BenchError(
+            f"a time limit of {spec.time_min} min per run exceeds the partition's limit of {max(limits):.0f} min, "
+            "so the jobs would wait forever (PartitionTimeLimit)", file=where, field="time_min",
+            fix="lower --time-min (time_min), or choose a partition with a longer limit (sinfo -o '%P %l')")
+
+
 def validate_submission(params: dict, folder: Path, where: str | None) -> None:
     """``sbatch --test-only`` of the exact script submitit will submit: nothing is queued."""
     submitit = _submitit()
@@ -339,7 +372,9 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
     failures are recorded and progress printed the same way; ``summary`` is filled in place.
     """
     spec = options.cluster
-    where = None
+    where = options.source
+    if not todo:
+        return
     submitit = _submitit()
     _require_sbatch()
     device_name, gpus = resolve_device(device, plan.experiment.device, spec.gpus_per_run)
@@ -347,6 +382,7 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
     base = sbatch_parameters(spec, gpus, f"afbench-{plan.experiment.name}")
     groups = submission_groups(todo, set(in_flight), array=spec.array_parallelism is not None)
     if groups:
+        check_time_limit(spec, where)
         validate_submission(base, folder, where)
     jobs = load_jobs(exp_dir)
     job_of = {rid: st.job_id for rid, st in in_flight.items()}

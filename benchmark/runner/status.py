@@ -65,7 +65,8 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
     if jobs and queue is None:
         queue = slurm.squeue()
     local = local_running(exp_dir)
-    out = []
+    out: list[RunStatus] = []
+    states: dict[str, str] = {}  # plan order lists dependencies first
     for r in plan.runs:
         res = read_result(exp_dir / r.id) or {}
         job = jobs.get(r.id, {}).get("job_id")
@@ -86,12 +87,15 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
         elif res.get("status") == "failed":
             out.append(RunStatus(r.id, "failed", (res.get("error") or "").splitlines()[0][:160]))
         elif job and queue is not None:
+            bad = [d for d in r.deps if states.get(d) == "failed"]
             state = st.state if st else "gone from the queue"
-            out.append(RunStatus(r.id, "failed", f"Slurm job {job} ended ({state}) without a result"))
+            out.append(RunStatus(r.id, "failed", f"dependency failed: {', '.join(bad)}" if bad
+                                 else f"Slurm job {job} ended ({state}) without a result"))
         elif job:
             out.append(RunStatus(r.id, "pending", f"Slurm job {job}: squeue unavailable, state unknown"))
         else:
             out.append(RunStatus(r.id, "pending"))
+        states[r.id] = out[-1].state
     return out
 
 
