@@ -308,15 +308,14 @@ def check_time_limit(spec: ClusterSpec, where: str | None) -> None:
 
 def validate_submission(params: dict, folder: Path, where: str | None) -> None:
     """``sbatch --test-only`` of the exact script submitit will submit: nothing is queued."""
-    submitit = _submitit()
-    from submitit.slurm.slurm import _make_sbatch_string
+    _submitit()  # a clear error when it is missing
+    from submitit.slurm.slurm import _make_sbatch_string  # the script submitit itself submits
 
     try:
         script = _make_sbatch_string(command="true", folder=str(folder), **params)
     except (ValueError, TypeError) as e:
         raise BenchError(f"the Slurm parameters are not valid: {e}", file=where,
                          fix="check partition, time, GPUs, CPUs, memory and the sbatch options") from None
-    del submitit
     folder.mkdir(parents=True, exist_ok=True)
     test = folder / f".test-only-{os.getpid()}.sh"
     test.write_text(script)
