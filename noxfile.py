@@ -7,6 +7,7 @@
     nox -s parity                # compare our modules with AdapterHub `adapters` 1.3.0
     nox -s perf                  # training-step throughput, ours vs AdapterHub
     nox -s gpu                   # the CUDA path: smoke grid on cuda, GPU vs CPU logits, perf on BERT-base shapes
+    nox -s slurm                 # --executor slurm on a one-node Slurm cluster brought up here (root)
 
 Torch: by default every session installs ``torch==2.13.0`` (a CPU build that lies on local disk on
 the project machines) *before* the package, so pip never pulls a multi-GB CUDA build. GPU users set
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import tempfile
 
 import nox
 
@@ -106,3 +108,24 @@ def gpu(session: nox.Session) -> None:
         return
     ref_py = _reference_env(session)
     session.run("python", "-m", "benchmark.perf.gpu_check", "--reference-python", ref_py, *session.posargs)
+
+
+@nox.session
+def slurm(session: nox.Session) -> None:
+    """``--executor slurm`` end to end: apt-gets slurm-wlm + munge when missing, brings a one-node cluster
+    up in a temp folder (tools/slurm_cluster.py), runs tests/test_slurm_cluster.py against it (the smoke
+    grid vs a local one, a scancel mid-grid and its rerun, a killed driver, rejected parameters) and
+    tears the cluster down. Needs root; prints the measured wall times."""
+    _install_project(session, "[test,slurm]")
+    state = tempfile.mkdtemp(prefix="afbench-slurm-")
+    timings = os.path.join(state, "timings.txt")
+    session.run("python", "tools/slurm_cluster.py", "up", "--dir", state, "--install")
+    try:
+        session.run("pytest", "tests/test_slurm_cluster.py", "-q", "-s", *session.posargs,
+                    env={"SLURM_CONF": os.path.join(state, "slurm.conf"), "AFBENCH_REQUIRE_SLURM": "1",
+                         "AFBENCH_SLURM_TIMINGS": timings})
+    finally:
+        session.run("python", "tools/slurm_cluster.py", "down", "--dir", state)
+    if os.path.exists(timings):
+        with open(timings) as fh:
+            session.log("measured:\n" + fh.read())

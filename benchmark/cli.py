@@ -1,4 +1,4 @@
-"""``afbench``: list, validate, data, plan, run, report, parity, perf.
+"""``afbench``: list, validate, data, plan, run, status, report, parity, perf.
 
 Errors in specs, data or weights print as one paragraph (file, field, fix) and exit with status 2.
 """
@@ -180,7 +180,9 @@ def cmd_plan(args) -> int:
 
 def cmd_run(args) -> int:
     from benchmark.runner.execute import run_plan
+    from benchmark.runner.lock import experiment_lock
     from benchmark.runner.results import results_root
+    from benchmark.runner.slurm import options_from_args
 
     reg = _registry(args)
     plan = _plan(args, reg)
@@ -197,8 +199,11 @@ def cmd_run(args) -> int:
             raise BenchError(f"--only {' '.join(args.only)} matches no run of '{plan.experiment.name}'",
                              field="--only", fix=f"use glob patterns over the run ids that afbench plan "
                                                  f"{plan.experiment.name} lists, e.g. '*__st_a_rf16__*'")
-    summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
-                       device=args.device, jobs=args.jobs, force=args.force, only=only)
+    slurm_options = options_from_args(args) if args.executor == "slurm" else None
+    with experiment_lock(results_root(args.results_dir) / plan.experiment.name, wait=args.wait_lock):
+        summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
+                           device=args.device, jobs=args.jobs, force=args.force, only=only,
+                           executor=args.executor, slurm_options=slurm_options)
     return 1 if summary.failed else 0
 
 
@@ -211,6 +216,14 @@ def cmd_migrate(args) -> int:
     moved = migrate_experiment(plan, reg, results_root(args.results_dir), _data_dir(args), dry_run=args.dry_run)
     print(f"{len(moved)} result folder(s) {'would be ' if args.dry_run else ''}renamed to run-id scheme 2")
     return 0
+
+
+def cmd_status(args) -> int:
+    from benchmark.runner.results import results_root
+    from benchmark.runner.status import print_status
+
+    reg = _registry(args)
+    return print_status(_plan(args, reg), results_root(args.results_dir))
 
 
 def cmd_report(args) -> int:
@@ -256,6 +269,8 @@ environment:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from benchmark.runner.slurm import add_arguments as add_slurm_arguments
+
     p = argparse.ArgumentParser(prog="afbench", epilog=EPILOG,
                                 description="AdapterFusion-Bench: YAML specs -> plan -> runs -> results -> reports. "
                                             "Errors in specs, data or weights print as one paragraph (file, field, "
@@ -278,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = common(sub.add_parser("data", help="split sizes, label distribution and rendered examples"))
     d.add_argument("task", help="task name (see afbench list)")
     for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment"),
-                           ("migrate", "rename result folders of older run-id schemes to the current ids")):
+                           ("migrate", "rename result folders of older run-id schemes to the current ids"),
+                           ("status", "per run: finished, failed, running (local or Slurm), queued, pending")):
         sp = common(sub.add_parser(name, help=helptext))
         sp.add_argument("experiment", help="experiment name (see afbench list)")
         sp.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
@@ -302,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="run only the runs whose id matches this glob (repeatable), and the runs they "
                                  "depend on, e.g. --only '*__st_a_rf16__*__s42__*'")
             sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
+            sp.add_argument("--executor", choices=["local", "slurm"], default="local",
+                            help="local processes (default) or one Slurm job per run (see 'On a cluster')")
+            sp.add_argument("--wait-lock", action="store_true",
+                            help="if another driver runs this experiment, wait for it instead of exiting")
+            add_slurm_arguments(sp)
         if name == "migrate":
             sp.add_argument("--dry-run", action="store_true", help="only say what would be renamed")
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"))
@@ -340,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
             "migrate": cmd_migrate,
+            "status": cmd_status,
             "report": cmd_report, "parity": cmd_parity, "perf": cmd_perf}
 
 

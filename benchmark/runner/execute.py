@@ -26,6 +26,7 @@ from benchmark.modeling.checkpoint import WEIGHTS, verify_weights
 from benchmark.modeling.compute import Compute
 from benchmark.plan.identity import ID_SCHEME
 from benchmark.plan.run import Plan, Run
+from benchmark.runner import slurm
 from benchmark.runner.results import (
     RESULT,
     SCHEMA,
@@ -36,6 +37,7 @@ from benchmark.runner.results import (
     versions,
     write_json_atomic,
 )
+from benchmark.runner.slurm import job_info
 from benchmark.spec.registry import Registry
 from benchmark.training.recipe import RunContext, execute
 
@@ -119,6 +121,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
         "torch_threads": torch.get_num_threads(),
         **Compute.of(run.compute).record(device),  # cpu_kernels, last_layer: benchmark/modeling/compute.py
+        **job_info(),  # slurm_job_id, slurm_node, slurm_gpus when run as a Slurm job
         "host": socket.gethostname(),
         "started_at": started,
         "finished_at": now(),
@@ -262,23 +265,40 @@ class _Progress:
 
 
 def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | None, device: str | None = None,
-             jobs: int = 1, force: bool = False, only: set[str] | None = None, log=print) -> Summary:
-    """Train what is not finished (``only``: a subset of run ids, ``plan.build.select``)."""
+             jobs: int = 1, force: bool = False, only: set[str] | None = None, log=print,
+             executor: str = "local", slurm_options=None) -> Summary:
+    """Train what is not finished (``only``: a subset of run ids, ``plan.build.select``), locally or as
+    Slurm jobs (``executor``, ``slurm.py``)."""
     exp_dir = results_dir / plan.experiment.name
     exp_dir.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device, plan.experiment.device)
+    # on Slurm each job picks its device (the driver's login node may have no GPU)
+    dev = pick_device(device, plan.experiment.device) if executor == "local" else torch.device("cpu")
     summary, t_start = Summary(), time.perf_counter()
-    for rid in [r.id for r in plan.runs]:
+    in_flight = slurm.live_runs(exp_dir)  # queued/running Slurm jobs of earlier drivers: their temp folders are live
+    if in_flight and executor == "local":
+        raise slurm.busy_error(exp_dir, in_flight)
+    for rid in [r.id for r in plan.runs if r.id not in in_flight]:
         _recover(exp_dir, rid)
     write_json_atomic(exp_dir / "plan.json", plan_record(plan))
     todo, summary.skipped = pending_runs(plan, exp_dir, force, log, only)
     chosen = f" ({len(only)} selected with --only)" if only is not None else ""
     log(f"{plan.experiment.name}: {len(plan.runs)} runs{chosen}, {len(summary.skipped)} already finished, {len(todo)} "
-        f"to run on {dev}" + (f" with {jobs} jobs" if jobs > 1 else ""))
+        + (f"to run on {dev}" if executor == "local" else "to run on Slurm") + (f" with {jobs} jobs" if jobs > 1 else ""))
     for what, why in plan.skipped:
         log(f"  skipped {what}: {why}")
     try:
-        _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log)
+        if executor == "slurm":
+            progress = _Progress(len(todo), 1, log)
+
+            def note_failure(r: Run, why: str) -> None:
+                summary.failed[r.id] = why
+                record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None)
+
+            slurm.run_on_slurm(plan, reg, todo, summary, exp_dir, in_flight=in_flight, device=device,
+                               data_dir=data_dir, options=slurm_options or slurm.SlurmOptions(), log=log,
+                               note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs))
+        else:
+            _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log)
     except OSError as e:  # a write outside the guarded writers (e.g. a rename): the same one paragraph
         raise StorageError.from_os_error(e.filename or exp_dir, e) from None
     summary.seconds = time.perf_counter() - t_start

@@ -95,7 +95,8 @@ def spec_files(paths: list[Path]) -> list[Path]:
         if p.is_file():
             out.append(p)
         elif p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*.yaml") if not q.name.startswith("_")))
+            out.extend(sorted(q for q in p.rglob("*.yaml") if not q.name.startswith("_")
+                              and "clusters" not in q.relative_to(p).parts[:-1]))  # Slurm resources, not specs
         else:
             raise SpecError(f"path {p} does not exist", fix="pass a spec file or a folder of spec files")
     return out

@@ -1,0 +1,147 @@
+"""One driver per experiment: ``results/<experiment>/.lock`` (host, pid, start time, command).
+
+Two drivers on the same results would each retrain the other's pending runs and clear each other's
+temp folders, so ``afbench run`` (local or Slurm) takes this lock around the whole plan. It is taken
+with ``O_CREAT | O_EXCL`` (atomic on local file systems and NFSv3+). A second driver says who holds it
+and exits 2, or waits with ``--wait-lock``. A lock whose pid is dead on this host is stale (the driver
+was killed with -9 or the machine rebooted) and is taken over with a message; a lock of another host
+cannot be checked and is only reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from benchmark.errors import BenchError
+from benchmark.runner.results import now
+
+LOCK = ".lock"
+_UNWRITTEN_GRACE_S = 30.0  # a lock file still empty this long after creation was left by a crash
+
+
+class LockHeld(BenchError):
+    """Another driver is running this experiment."""
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def read_lock(exp_dir: Path) -> dict | None:
+    """The holder recorded in the lock, {} for a lock being written, None when there is no lock."""
+    f = exp_dir / LOCK
+    try:
+        text = f.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        data = json.loads(text)
+        return data if isinstance(data, dict) else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def holder_alive(holder: dict | None, lock_file: Path | None = None) -> bool | None:
+    """True/False when it can be told from here; None for a lock of another host."""
+    if holder is None:
+        return False
+    if not holder:  # being written, or a crash between create and write
+        try:
+            age = time.time() - lock_file.stat().st_mtime if lock_file else 0.0
+        except FileNotFoundError:
+            return False
+        return age < _UNWRITTEN_GRACE_S
+    if holder.get("host") != _host():
+        return None
+    return pid_alive(int(holder.get("pid", -1)))
+
+
+def describe(holder: dict) -> str:
+    if not holder:
+        return "a driver that is still writing the lock"
+    return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started_at')}"
+            f" ({holder.get('command', '?')})")
+
+
+def _try_create(f: Path, me: dict) -> bool:
+    try:
+        fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        json.dump(me, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def _take_over_stale(f: Path, seen: dict) -> None:
+    """Remove a stale lock, unless it changed since we judged it (another driver took it first)."""
+    private = f.with_name(f"{LOCK}.stale-{os.getpid()}")
+    try:
+        os.replace(f, private)
+    except FileNotFoundError:
+        return
+    try:
+        if json.loads(private.read_text() or "{}") != seen:
+            try:  # not the stale lock we judged: give it back (fails only if yet another driver holds it)
+                os.link(private, f)
+            except FileExistsError:
+                pass
+    except (OSError, json.JSONDecodeError):
+        pass
+    finally:
+        private.unlink(missing_ok=True)
+
+
+@contextmanager
+def experiment_lock(exp_dir: Path, *, wait: bool = False, poll_s: float = 2.0,
+                    log: Callable[[str], None] = print) -> Iterator[dict]:
+    """Hold the experiment's lock for the body; released (only if still ours) on any exit."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    f = exp_dir / LOCK
+    me = {"host": _host(), "pid": os.getpid(), "started_at": now(), "command": " ".join(["afbench", *sys.argv[1:4]])}
+    announced = False
+    while not _try_create(f, me):
+        holder = read_lock(exp_dir)
+        alive = holder_alive(holder, f)
+        if holder is not None and alive is False:
+            if holder:
+                log(f"taking over a stale lock of {describe(holder)}: that process is gone")
+            _take_over_stale(f, holder)
+            continue
+        if holder is None:
+            continue  # released between our attempt and the read
+        if not wait:
+            where = "" if alive else " (on another host: it cannot be checked from here)"
+            raise LockHeld(
+                f"experiment '{exp_dir.name}' is being run by another driver: {describe(holder)}{where}",
+                file=str(f),
+                fix="wait for it (afbench status shows its progress), pass --wait-lock to queue behind it, "
+                    "or, if that driver is surely gone, delete the lock file")
+        if not announced:
+            log(f"waiting for the lock of {describe(holder)}")
+            announced = True
+        time.sleep(poll_s)
+    try:
+        yield me
+    finally:
+        if read_lock(exp_dir) == me:
+            f.unlink(missing_ok=True)

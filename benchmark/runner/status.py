@@ -1,0 +1,122 @@
+"""``afbench status EXPERIMENT``: what each run of a plan is doing, for local and Slurm drivers alike.
+
+Read-only: it looks at ``result.json`` files, the experiment lock, the ``.tmp-<run id>-<pid>`` folders
+of runs training locally, and (when ``.slurm/jobs.json`` lists jobs) at ``squeue``. Per run:
+finished / failed (the error's first line) / running (Slurm job, node, elapsed; or local pid) /
+queued (Slurm job and the reason it waits) / pending (nothing yet).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.runner import slurm
+from benchmark.runner.lock import describe, holder_alive, pid_alive, read_lock
+from benchmark.runner.results import read_result
+from benchmark.runner.slurm import QUEUED, JobState, load_jobs
+
+_TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
+
+
+@dataclass
+class RunStatus:
+    run_id: str
+    state: str  # finished | failed | running | queued | pending
+    detail: str = ""
+
+
+def _elapsed(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def local_running(exp_dir: Path) -> dict[str, str]:
+    """run id -> detail for runs training in a live local driver (its lock held, its worker alive)."""
+    lock = exp_dir / ".lock"
+    holder = read_lock(exp_dir)
+    alive = holder_alive(holder, lock)
+    if holder is None or alive is False:
+        return {}
+    here = bool(holder) and holder.get("host") == socket.gethostname()
+    out = {}
+    for d in exp_dir.glob(".tmp-*"):
+        m = _TMP.match(d.name)
+        if not m or not d.is_dir():
+            continue
+        pid = int(m["pid"])
+        if here and not pid_alive(pid):
+            continue  # a dead attempt the next driver clears
+        try:
+            since = time.time() - d.stat().st_mtime
+        except FileNotFoundError:
+            continue
+        out[m["rid"]] = f"local pid {pid} on {holder.get('host', '?')}, elapsed {_elapsed(since)}"
+    return out
+
+
+def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = None) -> list[RunStatus]:
+    """One RunStatus per planned run, in plan order."""
+    jobs = load_jobs(exp_dir)
+    if jobs and queue is None:
+        queue = slurm.squeue()
+    local = local_running(exp_dir)
+    out: list[RunStatus] = []
+    states: dict[str, str] = {}  # plan order lists dependencies first
+    for r in plan.runs:
+        res = read_result(exp_dir / r.id) or {}
+        job = jobs.get(r.id, {}).get("job_id")
+        st = queue.get(job) if (queue is not None and job) else None
+        if st is not None and st.active:
+            if st.state in QUEUED:
+                out.append(RunStatus(r.id, "queued", f"Slurm job {job} ({st.reason or st.state})"))
+            else:
+                out.append(RunStatus(r.id, "running", f"Slurm job {job} on {st.node}, elapsed {st.elapsed}"))
+        elif r.id in local:
+            out.append(RunStatus(r.id, "running", local[r.id]))
+        elif res.get("status") == "finished":
+            where = f"Slurm job {res['slurm_job_id']} on {res.get('slurm_node')}" if res.get("slurm_job_id") \
+                else res.get("host", "")
+            acc = res.get("best_metric")
+            out.append(RunStatus(r.id, "finished", (f"dev {acc:.2f}, " if isinstance(acc, int | float) else "")
+                                 + f"{res.get('wall_seconds', 0):.1f}s, {where}"))
+        elif res.get("status") == "failed":
+            out.append(RunStatus(r.id, "failed", (res.get("error") or "").splitlines()[0][:160]))
+        elif job and queue is not None:
+            bad = [d for d in r.deps if states.get(d) == "failed"]
+            state = st.state if st else "gone from the queue"
+            out.append(RunStatus(r.id, "failed", f"dependency failed: {', '.join(bad)}" if bad
+                                 else f"Slurm job {job} ended ({state}) without a result"))
+        elif job:
+            out.append(RunStatus(r.id, "pending", f"Slurm job {job}: squeue unavailable, state unknown"))
+        else:
+            out.append(RunStatus(r.id, "pending"))
+        states[r.id] = out[-1].state
+    return out
+
+
+def print_status(plan, results_dir: Path, queue: dict[str, JobState] | None = None, out=print) -> int:
+    from tabulate import tabulate
+
+    exp_dir = results_dir / plan.experiment.name
+    rows = experiment_status(plan, exp_dir, queue)
+    by_id = plan.by_id()
+    holder = read_lock(exp_dir)
+    if holder is not None:
+        alive = holder_alive(holder, exp_dir / ".lock")
+        out(f"driver: {describe(holder)}" + (" (stale: that process is gone)" if alive is False else ""))
+    else:
+        out("driver: none holds the lock")
+    table = []
+    for i, s in enumerate(rows, 1):
+        r = by_id[s.run_id]
+        table.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, s.state, s.detail, s.run_id))
+    out(tabulate(table, headers=["#", "task", "method", "backbone", "seed", "status", "detail", "run id"]))
+    c = Counter(s.state for s in rows)
+    out(f"{plan.experiment.name}: {len(rows)} runs: "
+        + ", ".join(f"{c[k]} {k}" for k in ("finished", "running", "queued", "failed", "pending") if c[k]))
+    return 0
