@@ -143,13 +143,19 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _options(args):
+    """The command-line choices that are part of run ids (plan, run, status, migrate and report alike)."""
+    from benchmark.plan.build import Options
+
+    return Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
+                   getattr(args, "last_layer", None))
+
+
 def _plan(args, reg):
-    from benchmark.plan.build import Options, build_plan
+    from benchmark.plan.build import build_plan
 
     exp = reg.get("experiment", args.experiment)
-    options = Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
-                      getattr(args, "last_layer", None))
-    return build_plan(reg, exp, availability(reg, _data_dir(args)), data_root=_data_dir(args), options=options)
+    return build_plan(reg, exp, availability(reg, _data_dir(args)), data_root=_data_dir(args), options=_options(args))
 
 
 def cmd_plan(args) -> int:
@@ -208,12 +214,19 @@ def cmd_run(args) -> int:
 
 
 def cmd_migrate(args) -> int:
+    from benchmark.runner import slurm
+    from benchmark.runner.lock import experiment_lock
     from benchmark.runner.migrate import migrate_experiment
     from benchmark.runner.results import results_root
 
     reg = _registry(args)
     plan = _plan(args, reg)
-    moved = migrate_experiment(plan, reg, results_root(args.results_dir), _data_dir(args), dry_run=args.dry_run)
+    exp_dir = results_root(args.results_dir) / plan.experiment.name
+    with experiment_lock(exp_dir, wait=False):  # no driver may write the folders being renamed
+        live = slurm.live_runs(exp_dir)
+        if live:
+            raise slurm.busy_error(exp_dir, live)
+        moved = migrate_experiment(plan, reg, results_root(args.results_dir), _data_dir(args), dry_run=args.dry_run)
     print(f"{len(moved)} result folder(s) {'would be ' if args.dry_run else ''}renamed to run-id scheme 2")
     return 0
 
@@ -236,7 +249,8 @@ def cmd_report(args) -> int:
     for exp in args.experiments:
         for path in build_reports(reg, exp, results_dir=args.results_dir, out_dir=Path(args.out_dir),
                                   paper_file=args.paper,
-                                  plan_of=lambda spec: build_plan(reg, spec, available, data_root=root)):
+                                  plan_of=lambda spec: build_plan(reg, spec, available, data_root=root,
+                                                                  options=_options(args))):
             print(f"wrote {path}")
     return 0
 
@@ -266,6 +280,22 @@ environment:
   AFBENCH_PAPER_FILE   published numbers YAML for reports (default: the bundled copy)
   HF_HUB_OFFLINE=1     never contact the Hugging Face Hub (use only its local cache)
 """
+
+
+def id_flags(sp) -> None:
+    """Choices that change what a run computes, so they are part of its id: every command that plans
+    an experiment (plan, run, status, migrate, report) takes them, to find the same runs."""
+    sp.add_argument("--batching", choices=["grouped", "shuffled"],
+                    help="training batches grouped by length or shuffled (default: the method's, then the "
+                         "experiment's batching:, then grouped); recorded as batching")
+    sp.add_argument("--cpu-kernels", choices=["fast", "stock"],
+                    help="CPU kernels: fast (dropout masks from 32-bit integers, frozen linear layers "
+                         "on oneDNN; same functions) or stock torch (default: the experiment's compute:, then "
+                         "fast); recorded as cpu_kernels")
+    sp.add_argument("--last-layer", choices=["first_token", "full"],
+                    help="with a first-token ([CLS]) head the last layer computes position 0 only "
+                         "(same logits and gradients) or every position (default: the experiment's compute:, "
+                         "then first_token); recorded as last_layer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,18 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = common(sub.add_parser(name, help=helptext))
         sp.add_argument("experiment", help="experiment name (see afbench list)")
         sp.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
-        # these change what a run computes, so they are part of the run ids (plan and run alike)
-        sp.add_argument("--batching", choices=["grouped", "shuffled"],
-                        help="training batches grouped by length or shuffled (default: the method's, then the "
-                             "experiment's batching:, then grouped); recorded as batching")
-        sp.add_argument("--cpu-kernels", choices=["fast", "stock"],
-                        help="CPU kernels: fast (dropout masks from 32-bit integers, frozen linear layers "
-                             "on oneDNN; same functions) or stock torch (default: the experiment's compute:, then "
-                             "fast); recorded as cpu_kernels")
-        sp.add_argument("--last-layer", choices=["first_token", "full"],
-                        help="with a first-token ([CLS]) head the last layer computes position 0 only "
-                             "(same logits and gradients) or every position (default: the experiment's compute:, "
-                             "then first_token); recorded as last_layer")
+        id_flags(sp)
         if name == "run":
             sp.add_argument("--jobs", type=int, default=1, metavar="N",
                             help="independent runs in parallel processes (default: 1)")
@@ -331,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out-dir", default="reports", metavar="DIR", help="where reports are written (default: reports)")
     r.add_argument("--paper", metavar="FILE",
                    help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
+    id_flags(r)
     pa = sub.add_parser("parity", help="compare logits with AdapterHub adapters 1.3.0")
     pa.add_argument("--reference-python", required=True, help="python of an env with adapters==1.3.0")
     pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "

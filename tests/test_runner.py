@@ -264,3 +264,75 @@ def test_only_runs_the_selection_and_its_dependencies_and_hashes_weights(tmp_pat
     assert "sha256 differs" in weights_problem(tmp_path / "r" / "tiny_only" / st_a)
     assert main(["run", "tiny_only", "--only", "nothing*", *args]) == 2
     assert "matches no run" in capsys.readouterr().err
+
+
+def _tiny_fusion(tmp_path, name="tiny_mig"):
+    specs = tmp_path / "specs" / "experiments"
+    specs.mkdir(parents=True, exist_ok=True)
+    (specs / f"{name}.yaml").write_text(textwrap.dedent("""
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [cb], methods: [fusion_st_a]}]
+        fusion: {sources: [rte, cb]}
+        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
+    """))
+    return ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+
+
+def _to_scheme1(folder: Path, res: dict) -> dict[str, str]:
+    """Turn scheme-2 results back into what an older version wrote: other ids, no id_scheme."""
+    old = {rid: rid.rsplit("__", 1)[0] + "__0ld" + rid[-4:] for rid in res}
+    for rid, r in res.items():
+        r.update(run_id=old[rid], deps=[old[d] for d in r["deps"]])
+        r.pop("id_scheme", None)
+        (folder / rid / "result.json").write_text(json.dumps(r))
+        (folder / rid).rename(folder / old[rid])
+    return old
+
+
+def test_migration_round_trips_and_survives_an_interruption(tmp_path, capsys):
+    args = _tiny_fusion(tmp_path)
+    assert main(["run", "tiny_mig", *args]) == 0
+    folder = tmp_path / "r" / "tiny_mig"
+    res = results(folder)
+    old = _to_scheme1(folder, res)
+    stage1 = next(rid for rid, r in res.items() if r["task"] == "rte")
+    (folder / old[stage1]).rename(folder / stage1)  # a crash after renaming, before rewriting result.json
+    assert main(["migrate", "tiny_mig", *args]) == 0
+    after = results(folder)
+    assert set(after) == set(res)  # every result back under the id the current plan gives it
+    assert all(after[rid]["deps"] == res[rid]["deps"] and after[rid]["migrated_from"] == old[rid] for rid in res)
+    capsys.readouterr()
+    assert main(["run", "tiny_mig", *args]) == 0
+    assert "3 already finished, 0 to run" in capsys.readouterr().out
+
+
+def test_an_error_that_is_not_storage_fails_one_run_not_the_grid(tmp_path, capsys, monkeypatch):
+    from benchmark.training import recipe
+
+    args = _tiny_fusion(tmp_path, "tiny_net")
+    real = recipe.execute
+
+    def flaky(run, ctx, out_dir):
+        if run.task == "rte":
+            raise ConnectionError("the Hub hung up")  # an OSError, but no disk is full
+        return real(run, ctx, out_dir)
+
+    monkeypatch.setattr("benchmark.runner.execute.execute", flaky)
+    assert main(["run", "tiny_net", *args]) == 1  # failures, not a stopped grid (2)
+    res = results(tmp_path / "r" / "tiny_net")
+    by = {(r["method"], r["task"]): r for r in res.values()}
+    assert "ConnectionError: the Hub hung up" in by[("st_a", "rte")]["error"]
+    assert by[("st_a", "cb")]["status"] == "finished"
+    assert "dependency failed" in by[("fusion_st_a", "cb")]["error"]
+
+
+def test_report_finds_runs_trained_with_command_line_switches(tmp_path, capsys):
+    args = _tiny_fusion(tmp_path, "tiny_flags")
+    assert main(["run", "tiny_flags", "--cpu-kernels", "stock", *args]) == 0
+    out = ["--out-dir", str(tmp_path / "rep")]
+    assert main(["report", "tiny_flags", "--cpu-kernels", "stock", *args, *out]) == 0
+    md = (tmp_path / "rep" / "tiny_flags.md").read_text()
+    assert "| cb |" in md and "not run" not in md
+    assert main(["report", "tiny_flags", *args, *out]) == 2  # other switches: other runs, none trained
+    assert "older version of the spec" in capsys.readouterr().err

@@ -60,6 +60,18 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime:
     return h.hexdigest()[:16]
 
 
+def fingerprint(task: TaskSpec, split: str, root: Path | None = None) -> str:
+    """What identifies a split's rows in a run id (``plan/identity.py``): the content hash of its mirrored or
+    local file, or its Hub id, which needs no network; "unavailable" when a file is not there."""
+    root = data_dir(root)
+    if task.data_files is None and root is None:
+        return f"hub:{task.dataset.path}:{task.dataset.name or 'default'}:{split}"
+    try:
+        return locate(task, split, root).fingerprint()
+    except (DataError, OSError):
+        return "unavailable"
+
+
 def locate(task: TaskSpec, split: str, root: Path | None = None, *, task_file: str = "") -> SplitSource:
     root = data_dir(root)
     if task.data_files is not None:

@@ -78,7 +78,13 @@ def load_tokenizer(spec: BackboneSpec):
         return offline_tokenizer(spec.tokenizer)
     from transformers import AutoTokenizer
 
-    return _from_pretrained(AutoTokenizer.from_pretrained, spec)
+    try:
+        return _from_pretrained(AutoTokenizer.from_pretrained, spec)
+    except OSError as e:  # a bad id or a network failure: this run fails, not the whole grid
+        raise BenchError(
+            f"cannot load the tokenizer of backbone '{spec.name}' from {model_path(spec)}: {str(e)[:300]}",
+            field="model_id", fix="check the network (Hub backbones need it) or use an offline backbone (minilm-l6)",
+        ) from None
 
 
 def _from_pretrained(load, spec: BackboneSpec, **kw):

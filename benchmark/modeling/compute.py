@@ -12,12 +12,13 @@ import torch
 
 from benchmark.modeling.cpu_kernels import KERNELS, set_cpu_kernels
 from benchmark.modeling.first_token import LAST_LAYER, set_last_layer
+from benchmark.spec.schema import DEFAULT_COMPUTE
 
 
 @dataclass(frozen=True)
 class Compute:
-    cpu_kernels: str = "fast"  # "fast" | "stock": benchmark/modeling/cpu_kernels.py (CPU only)
-    last_layer: str = "first_token"  # "first_token" | "full": benchmark/modeling/first_token.py
+    cpu_kernels: str = DEFAULT_COMPUTE.cpu_kernels  # "fast" | "stock": benchmark/modeling/cpu_kernels.py (CPU)
+    last_layer: str = DEFAULT_COMPUTE.last_layer  # "first_token" | "full": benchmark/modeling/first_token.py
 
     def __post_init__(self):
         if self.cpu_kernels not in KERNELS:
@@ -39,4 +40,4 @@ class Compute:
         return {"cpu_kernels": self.cpu_kernels if device.type == "cpu" else "stock", "last_layer": self.last_layer}
 
 
-DEFAULT = Compute()  # what `afbench run` uses unless told otherwise
+DEFAULT = Compute.of(DEFAULT_COMPUTE)  # what `afbench run` uses unless told otherwise (spec/schema.py)

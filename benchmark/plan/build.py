@@ -13,14 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmark import methods
-from benchmark.data.sources import locate
-from benchmark.errors import BenchError, SpecError
+from benchmark.data.sources import fingerprint
+from benchmark.errors import SpecError
 from benchmark.plan.identity import run_id
 from benchmark.plan.run import Plan, Run
 from benchmark.spec.registry import Registry
-from benchmark.spec.schema import Caps, ComputeSpec, ExperimentSpec, MethodRef, MethodSpec
-
-DEFAULT_COMPUTE = ComputeSpec(cpu_kernels="fast", last_layer="first_token")
+from benchmark.spec.schema import DEFAULT_COMPUTE, Caps, ComputeSpec, ExperimentSpec, MethodRef, MethodSpec
 
 
 @dataclass(frozen=True)
@@ -103,13 +101,8 @@ class _Planner:
 
     def fingerprints(self, task: str) -> dict[str, str]:
         spec = self.reg.tasks[task]
-        out = {}
-        for split in dict.fromkeys((spec.splits.train, spec.splits.eval)):
-            try:
-                out[split] = locate(spec, split, self.data_root, task_file=self.reg.file_of("task", task)).fingerprint()
-            except (BenchError, OSError):
-                out[split] = "unavailable"
-        return out
+        return {split: fingerprint(spec, split, self.data_root) for split in dict.fromkeys(
+            (spec.splits.train, spec.splits.eval))}
 
     # ------------------------------------------------------------------ runs
     def caps(self, task: str | None, stage1: bool = False) -> Caps:

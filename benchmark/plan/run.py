@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from benchmark.plan.identity import run_identity
 from benchmark.spec.registry import Registry
-from benchmark.spec.schema import Caps, ComputeSpec, ExperimentSpec, MethodSpec, Selection
+from benchmark.spec.schema import DEFAULT_COMPUTE, Caps, ComputeSpec, ExperimentSpec, MethodSpec, Selection
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Run:
     implied: bool = False  # added as a dependency, not listed by the experiment
     task_caps: dict[str, Caps] = field(default_factory=dict)  # per-task caps (override ``caps``)
     selection: Selection = field(default_factory=Selection)
-    compute: ComputeSpec = field(default_factory=lambda: ComputeSpec(cpu_kernels="fast", last_layer="first_token"))
+    compute: ComputeSpec = field(default_factory=lambda: DEFAULT_COMPUTE)
     data: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> split -> data fingerprint
 
     @property

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.plan.build import build_plan
+from benchmark.runner.execute import plan_record  # the plan.json shape, from the current plan
 from benchmark.runner.results import scan_experiment
 
 
@@ -92,20 +93,6 @@ def _read_plan(folder: Path) -> tuple[dict | None, str]:
     return plan, ""
 
 
-def expected_runs(plan) -> dict:
-    """A planner ``Plan`` in the shape of ``plan.json``: the runs the report expects and the tasks left out.
-
-    Only ids are compared with the results on disk; they are never recomputed here.
-    """
-    return {
-        "experiment": plan.experiment.name,
-        "description": plan.experiment.description.strip(),
-        "runs": [{"id": r.id, "task": r.task, "tasks": r.tasks, "label": r.label, "backbone": r.backbone,
-                  "seed": r.seed, "role": "stage1" if r.implied else "grid"} for r in plan.runs],
-        "skipped": [{"what": w, "why": y} for w, y in plan.skipped],
-    }
-
-
 def collect(results: list[dict], plan: dict | None, experiment: str) -> Collected:
     roles = {r["id"]: r["role"] for r in (plan or {}).get("runs", [])}
     # A spec edited after a run changes the run ids; results of the old spec stay on disk but are not
@@ -163,7 +150,7 @@ def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collecte
     spec = reg.experiments.get(experiment) if reg is not None else None
     if spec is not None:
         plan = plan_of(spec) if plan_of else build_plan(reg, spec)
-        plan, source = expected_runs(plan), "current specs"
+        plan, source = plan_record(plan), "current specs"
     else:
         plan, why = _read_plan(results_dir / experiment)
         source = "plan.json (the experiment spec no longer exists)" if plan else "none"

@@ -9,6 +9,7 @@ every run that does not depend on it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -40,6 +41,8 @@ from benchmark.runner.results import (
 from benchmark.runner.slurm import job_info
 from benchmark.spec.registry import Registry
 from benchmark.training.recipe import RunContext, execute
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # writes cannot succeed: stop the grid
 
 
 def pick_device(requested: str | None, exp_device: str = "auto") -> torch.device:
@@ -163,7 +166,7 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
         shutil.rmtree(work, ignore_errors=True)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded, the grid goes on
-        if isinstance(e, StorageError | OSError) and not isinstance(e, FileNotFoundError | IsADirectoryError):
+        if isinstance(e, StorageError) or (isinstance(e, OSError) and e.errno in STORAGE_ERRNOS):
             # the disk is full or read-only: the grid stops (run_plan); record this run as failed if we can
             shutil.rmtree(work, ignore_errors=True)
             err = e if isinstance(e, StorageError) else StorageError.from_os_error(e.filename or work, e)
@@ -300,6 +303,8 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         else:
             _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log)
     except OSError as e:  # a write outside the guarded writers (e.g. a rename): the same one paragraph
+        if e.errno not in STORAGE_ERRNOS:
+            raise
         raise StorageError.from_os_error(e.filename or exp_dir, e) from None
     summary.seconds = time.perf_counter() - t_start
     log(f"done in {_fmt(summary.seconds)}: {len(summary.finished)} trained, {len(summary.skipped)} already "

@@ -11,26 +11,22 @@ matches the plan keeps being reported as stale under its new id.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from benchmark.data.sources import locate
+from benchmark.data.sources import fingerprint
 from benchmark.errors import BenchError
 from benchmark.plan.identity import ID_SCHEME, run_id, run_identity
 from benchmark.plan.run import Plan
 from benchmark.runner.execute import plan_record
-from benchmark.runner.results import RESULT, read_result, write_json_atomic
+from benchmark.runner.results import RESULT, write_json_atomic
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
 
 
 def _fingerprints(task: TaskSpec, data_root) -> dict[str, str]:
-    out = {}
-    for split in dict.fromkeys((task.splits.train, task.splits.eval)):
-        try:
-            out[split] = locate(task, split, data_root).fingerprint()
-        except (BenchError, OSError):
-            out[split] = "unavailable"
-    return out
+    return {split: fingerprint(task, split, data_root) for split in dict.fromkeys((task.splits.train,
+                                                                                  task.splits.eval))}
 
 
 def new_id(result: dict, deps: list[str], data_root) -> str:
@@ -52,18 +48,41 @@ def new_id(result: dict, deps: list[str], data_root) -> str:
     return run_id(result["task"] or "multi", result["label"], result["backbone"], result["seed"], identity)
 
 
+def _raw(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / RESULT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, *, dry_run: bool = False,
                        log=print) -> dict[str, str]:
-    """Rename every scheme-1 result folder of the experiment; returns {old id: new id}."""
+    """Rename every scheme-1 result folder of the experiment; returns {old id: new id}.
+
+    Safe to rerun after an interruption: the folder is renamed first and its result.json rewritten
+    second, and folders already renamed (by ``migrated_from``, or a scheme-1 result whose folder no
+    longer carries its id) give their dependents' hashes the new ids.
+    """
     exp_dir = results_dir / plan.experiment.name
-    stored = {}
+    stored, mapping, interrupted = {}, {}, []  # old id -> result to migrate; old id -> new id
     for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if exp_dir.exists() else []:
-        r = read_result(d)
-        if r is not None and r.get("id_scheme", 1) < ID_SCHEME and r.get("run_id") == d.name:
+        r = _raw(d)
+        if r is None or not isinstance(r.get("run_id"), str):
+            continue
+        if r.get("id_scheme", 1) >= ID_SCHEME:
+            if r.get("migrated_from"):
+                mapping[r["migrated_from"]] = d.name
+        elif r["run_id"] == d.name:
             stored[d.name] = r
-    mapping: dict[str, str] = {}
-    while len(mapping) < len(stored):  # dependencies first: a result's id hashes its deps' new ids
+        else:  # renamed, but interrupted before its result.json was rewritten
+            mapping[r["run_id"]] = d.name
+            interrupted.append((d.name, r))
+    for name, r in interrupted if not dry_run else ():
+        _rewrite(exp_dir / name, r, name, r["run_id"], mapping)
+    done_before = set(mapping)
+    while any(rid not in mapping for rid in stored):  # dependencies first: an id hashes its deps' new ids
         ready = [rid for rid, r in stored.items() if rid not in mapping and all(
             d in mapping or d not in stored for d in r.get("deps", []))]
         if not ready:
@@ -73,23 +92,25 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
             mapping[rid] = new_id(r, [mapping.get(d, d) for d in r.get("deps", [])], data_root)
     planned = {r.id for r in plan.runs}
     for old, new in mapping.items():
+        if old in done_before:
+            continue
         state = "in the current plan" if new in planned else "not in the current plan (stale)"
         log(f"  {old} -> {new} ({state})")
         if dry_run or old == new:
             continue
         if (exp_dir / new).exists():
             raise BenchError(f"cannot rename {old}: {new} exists already", file=str(exp_dir / new),
-                             fix="remove one of the two folders")
-        r = stored[old]
-        r.update(run_id=new, deps=[mapping.get(d, d) for d in r.get("deps", [])], id_scheme=ID_SCHEME,
-                 migrated_from=old)
-        write_json_atomic(exp_dir / old / RESULT, r)
+                             fix="remove one of the two folders, then rerun afbench migrate")
         (exp_dir / old).rename(exp_dir / new)
+        _rewrite(exp_dir / new, stored[old], new, old, mapping)
     if mapping and not dry_run:
         write_json_atomic(exp_dir / "plan.json", plan_record(plan))
     found = sum(new in planned for new in mapping.values())
     log(f"{plan.experiment.name}: {found} of {len(plan.runs)} planned runs found among {len(mapping)} older results")
-    return mapping
+    return {old: new for old, new in mapping.items() if old not in done_before}
 
 
-__all__ = ["migrate_experiment", "new_id"]
+def _rewrite(folder: Path, result: dict, new: str, old: str, mapping: dict[str, str]) -> None:
+    result.update(run_id=new, deps=[mapping.get(d, d) for d in result.get("deps", [])], id_scheme=ID_SCHEME,
+                  migrated_from=old)
+    write_json_atomic(folder / RESULT, result)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import os
 import shutil
 import subprocess
@@ -224,7 +225,7 @@ def submission_groups(todo: list, in_flight: set[str], array: bool) -> list[Grou
     for r in todo:
         if r.id in in_flight:
             continue
-        deps = sorted(d for d in r.deps if d in pending)
+        deps = sorted(d for d in r.deps if d in pending or d in in_flight)  # a --force rerun in flight too
         key = (depth[r.id], tuple(deps), r.label) if array else (depth[r.id], r.id)
         groups.setdefault(key, Group([], deps, depth[r.id])).runs.append(r)
     return sorted(groups.values(), key=lambda g: g.depth)
@@ -353,6 +354,14 @@ def job_main(run, reg, plan, exp_dir: Path, data_dir, device_name: str, threads:
     return rid, err, secs
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _rel(path: Path, base: Path) -> str:
     try:
         return str(path.resolve().relative_to(base.resolve()))
@@ -459,6 +468,10 @@ def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failur
                 continue  # Slurm may cancel a dependent before its failed dependency leaves the queue
             res = read_result(exp_dir / rid) or {}
             own = res.get("slurm_job_id") == jid
+            if not own:  # a failed rerun of a finished run writes last_failure.json beside the kept result
+                failure = _read_json(exp_dir / rid / "last_failure.json")
+                if failure.get("slurm_job_id") == jid:
+                    res, own = failure, True
             k += 1
             del left[rid]
             if own and res.get("status") == "finished":
@@ -474,7 +487,6 @@ def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failur
                        f"Slurm job {jid} ended ({state}) without a result: cancelled, timed out, out of memory "
                        f"or node failure; see {jobs.get(rid, {}).get('log', 'its log')}")
                 note_failure(r, err)
-                summary.failed.pop(rid, None)
             summary.failed[rid] = err
             progress(k, rid, err, float(res.get("wall_seconds") or 0.0) if own else 0.0)
         if left:

@@ -288,6 +288,9 @@ class ComputeSpec(Strict):
     last_layer: Literal["first_token", "full"] | None = None
 
 
+DEFAULT_COMPUTE = ComputeSpec(cpu_kernels="fast", last_layer="first_token")  # what `afbench run` uses unless told
+
+
 class ExperimentSpec(Strict):
     kind: Literal["experiment"] = "experiment"
     name: str
