@@ -283,7 +283,7 @@ def _to_scheme1(folder: Path, res: dict) -> dict[str, str]:
     """Turn scheme-2 results back into what an older version wrote: other ids, no id_scheme."""
     old = {rid: rid.rsplit("__", 1)[0] + "__0ld" + rid[-4:] for rid in res}
     for rid, r in res.items():
-        r.update(run_id=old[rid], deps=[old[d] for d in r["deps"]])
+        r = dict(r, run_id=old[rid], deps=[old[d] for d in r["deps"]])
         r.pop("id_scheme", None)
         (folder / rid / "result.json").write_text(json.dumps(r))
         (folder / rid).rename(folder / old[rid])
