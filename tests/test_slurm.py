@@ -324,7 +324,7 @@ def test_cluster_file_validates_and_flags_override(tmp_path):
                            time_min=None, gpus_per_run=None, cpus_per_run=4, mem_gb=None, array_parallelism=None,
                            slurm_log_dir=None, sbatch=["qos=high", "exclusive"], wait=False, poll_s=1.0)
     opts = slurm.options_from_args(args)
-    assert opts.cluster.partition == "big" and opts.cluster.cpus_per_run == 4 and opts.cluster.time_min == 180
+    assert opts.cluster.partition == "big" and opts.cluster.cpus_per_run == 4 and opts.cluster.time_min == 2880
     assert opts.cluster.sbatch == {"account": "myproject", "qos": "high", "exclusive": True} and not opts.wait
     assert parse_sbatch_options(["--mail_type=END"]) == {"mail-type": "END"}
     assert ClusterSpec().gpus_per_run is None
