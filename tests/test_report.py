@@ -136,7 +136,12 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     assert "data:image/png;base64," in html and "<table>" in html
     tex = (out / "handmade.tex").read_text()
     assert r"\toprule" in tex and r"72.00 $\pm$ 2.00" in tex and r"$\nearrow$" in tex
-    assert (out / "handmade_files").is_dir()
+    # every figure the Markdown links to is a PNG the reporter wrote there (and there is at least one)
+    import re
+
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links and all(link.startswith("handmade_files/") for link in links)
+    assert all((out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for link in links)
     assert "Table 2" in capsys.readouterr().out
 
 
