@@ -175,16 +175,7 @@ def test_parallel_jobs_and_missing_weights_are_retrained(tmp_path, capsys):
 def test_partial_dependency_weights_are_retrained_with_a_reason(tmp_path, capsys):
     from safetensors.torch import save_file
 
-    specs = tmp_path / "specs" / "experiments"
-    specs.mkdir(parents=True)
-    (specs / "tiny_heal.yaml").write_text(textwrap.dedent("""
-        backbones: [tiny-bert]
-        seeds: [1]
-        groups: [{tasks: [cb], methods: [fusion_st_a]}]
-        fusion: {sources: [rte, cb]}
-        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
-    """))
-    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+    args = _tiny_fusion(tmp_path, "tiny_heal")
     assert main(["run", "tiny_heal", *args]) == 0
     folder = tmp_path / "r" / "tiny_heal"
     res = results(folder)

@@ -72,6 +72,11 @@ def fingerprint(task: TaskSpec, split: str, root: Path | None = None) -> str:
         return "unavailable"
 
 
+def task_fingerprints(task: TaskSpec, root: Path | None = None) -> dict[str, str]:
+    """Fingerprints of a task's train and eval splits (what its runs' ids hash of the data)."""
+    return {split: fingerprint(task, split, root) for split in dict.fromkeys((task.splits.train, task.splits.eval))}
+
+
 def locate(task: TaskSpec, split: str, root: Path | None = None, *, task_file: str = "") -> SplitSource:
     root = data_dir(root)
     if task.data_files is not None:

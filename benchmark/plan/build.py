@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmark import methods
-from benchmark.data.sources import fingerprint
+from benchmark.data.sources import task_fingerprints
 from benchmark.errors import SpecError
 from benchmark.plan.identity import run_id
 from benchmark.plan.run import Plan, Run
@@ -89,6 +89,7 @@ class _Planner:
         self.plan = Plan(exp, [])
         self.runs: dict[str, Run] = {}
         self._why: dict[str, str] = {}
+        self._data: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ data
     def usable(self, task: str) -> bool:
@@ -100,9 +101,9 @@ class _Planner:
         return not self._why[task]
 
     def fingerprints(self, task: str) -> dict[str, str]:
-        spec = self.reg.tasks[task]
-        return {split: fingerprint(spec, split, self.data_root) for split in dict.fromkeys(
-            (spec.splits.train, spec.splits.eval))}
+        if task not in self._data:  # once per task, not once per run
+            self._data[task] = task_fingerprints(self.reg.tasks[task], self.data_root)
+        return self._data[task]
 
     # ------------------------------------------------------------------ runs
     def caps(self, task: str | None, stage1: bool = False) -> Caps:

@@ -204,8 +204,8 @@ def variants(col: Collected, backbone: str) -> dict[str, str]:
 def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> TableView | None:
     cols = [c for c in layout(key) if c[0] in col.columns(backbone)]
     pairs = methods.significance_pairs()
-    if key == "table1":  # other specs of a kind are shown too, never silently dropped
-        extra = variants(col, backbone)
+    extra = variants(col, backbone) if key == "table1" else {}  # other specs of a kind: never silently dropped
+    if extra:
         cols += [(label, label, label) for label in extra]
         pairs.update({label: base for label, base in extra.items() if base})
     if not cols or (key == "table3" and len(cols) < 2):
@@ -250,7 +250,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
             "heldout": "the dev accuracy of the epoch chosen on a held-out slice of train (dev never selects)"}
     notes.append("Cells: mean ± sample std (ddof = 1) over seeds of " + "; or ".join(kept[p] for p in sorted(protocols))
                  + "; n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A"
-                 + (", a variant vs its kind's column" if key == "table1" and variants(col, backbone) else "")
+                 + (", a variant vs its kind's column" if extra else "")
                  + f") beyond seed noise (Welch's t-test, p < {SIGNIFICANCE}).")
     if "dev" in protocols:  # how much picking the epoch on dev itself adds, per column
         gaps = []
@@ -262,7 +262,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
         if gaps:
             notes.append("Selecting the epoch on dev is optimistic: best-epoch minus last-epoch dev accuracy, mean "
                          "over tasks and seeds: " + ", ".join(gaps) + " points.")
-    for label, base in (variants(col, backbone).items() if key == "table1" else ()):
+    for label, base in extra.items():
         j = [c[0] for c in cols].index(label)
         ps = ", ".join(f"{r.task} p = {r.cells[j].p_value:.2f}" for r in rows if r.cells[j].p_value is not None)
         notes.append(f"{label}: another spec of method kind {col.kind_of(label)}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmark.data.sources import fingerprint
+from benchmark.data.sources import task_fingerprints
 from benchmark.errors import BenchError
 from benchmark.plan.identity import ID_SCHEME, run_id, run_identity
 from benchmark.plan.run import Plan
@@ -22,11 +22,6 @@ from benchmark.runner.execute import plan_record
 from benchmark.runner.results import RESULT, write_json_atomic
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
-
-
-def _fingerprints(task: TaskSpec, data_root) -> dict[str, str]:
-    return {split: fingerprint(task, split, data_root) for split in dict.fromkeys((task.splits.train,
-                                                                                  task.splits.eval))}
 
 
 def new_id(result: dict, deps: list[str], data_root) -> str:
@@ -41,7 +36,7 @@ def new_id(result: dict, deps: list[str], data_root) -> str:
         "cpu_kernels": result.get("cpu_kernels", "stock"), "last_layer": result.get("last_layer", "full")})
     selection = Selection.model_validate(cfg.get("selection") or {"protocol": result.get("selection", "dev")})
     identity = run_identity(
-        method=method, backbone=backbone, tasks=tasks, data={t: _fingerprints(s, data_root) for t, s in tasks.items()},
+        method=method, backbone=backbone, tasks=tasks, data={t: task_fingerprints(s, data_root) for t, s in tasks.items()},
         seed=cfg["seed"], sources=cfg["sources"], caps=Caps.model_validate(cfg["caps"]),
         task_caps={t: Caps.model_validate(c) for t, c in cfg.get("task_caps", {}).items()}, deps=deps,
         selection=selection, compute=compute)

@@ -50,22 +50,22 @@ SETUPS: dict[str, Callable[[AdapterModel, Run, RunContext], Setup]] = {}
 RECIPES: dict[str, Callable[[Run, RunContext, Path], dict]] = {}
 
 
-def setup(*kinds: str):
-    """Register how single-task runs of these kinds add their modules to the model."""
+def _registrar(table: dict, kinds: tuple[str, ...]):
     def deco(fn):
         for k in kinds:
-            SETUPS[k] = fn
+            table[k] = fn
         return fn
     return deco
+
+
+def setup(*kinds: str):
+    """Register how single-task runs of these kinds add their modules to the model."""
+    return _registrar(SETUPS, kinds)
 
 
 def recipe(*kinds: str):
     """Register a whole recipe for runs of these kinds (instead of ``run_single_task``)."""
-    def deco(fn):
-        for k in kinds:
-            RECIPES[k] = fn
-        return fn
-    return deco
+    return _registrar(RECIPES, kinds)
 
 
 # --------------------------------------------------------------------------------- data
