@@ -376,3 +376,70 @@ def test_only_stale_results_is_a_clear_error(registry, tmp_path, capsys):
     write_json_atomic(tmp_path / "smoke" / old["run_id"] / "result.json", old)
     assert main(["report", "smoke", "--results-dir", str(tmp_path)]) == 2
     assert "1 result(s) on disk are from an older version of the spec" in capsys.readouterr().err
+
+
+def test_seven_column_grid_mt_a_quality_stage1_sources_and_vs_full(registry, tmp_path):
+    """The shape of minilm_table1: MT-A trains more tasks than the targets (its other tasks are MT-A
+    quality rows, not Table 1 rows); the targets' own ST-A seed that fusion read is a stage-1 adapter
+    beside the implied sources; Table 2 compares with Full, with the paper's arrow from its Table 1."""
+    folder = tmp_path / "results" / "seven"
+    results = []
+
+    def add(name, label, kind, seed, value, **extra):
+        r = make_result("rte", "head", seed, value) | {"run_id": f"{name}__{label}__minilm-l6__s{seed}__x",
+                                                        "task": name, "tasks": [name], "label": label,
+                                                        "method": kind, "method_kind": kind,
+                                                        "experiment": "seven"} | extra
+        results.append(r)
+        return r
+
+    stage1 = {t: add(t, "st_a_rf16", "st_a", 1, v, role="stage1") for t, v in (("mnli", 66.0), ("sst2", 84.0))}
+    for seed in (1, 2, 3):
+        for t, base in (("rte", 60.0), ("cb", 70.0)):
+            st = add(t, "st_a_rf16", "st_a", seed, base + seed)
+            add(t, "full", "full", seed, base + 2 + seed)
+            if seed == 1:
+                stage1[t] = st
+        deps = [s["run_id"] for s in stage1.values()]
+        for t, base in (("rte", 65.0), ("cb", 71.0)):
+            add(t, "fusion_st_a_rf16", "fusion_st_a", seed, base + seed, deps=deps)
+        per_task = {t: {"best_metric": v + seed, "history": [v + seed],
+                        "data": {"train_rows": 500, "train_rows_total": 2000}}
+                    for t, v in (("rte", 58.0), ("cb", 69.0), ("mnli", 55.0), ("sst2", 80.0))}
+        mt = add("multi", "mt_a_rf16", "mt_a", seed, 65.0, task=None, tasks=list(per_task), per_task=per_task)
+        for t, base in (("rte", 62.0), ("cb", 75.0)):
+            add(t, "fusion_mt_a", "fusion_mt_a", seed, base + seed, deps=[mt["run_id"]])
+    for r in results:
+        write_json_atomic(folder / r["run_id"] / "result.json", r)
+    write_json_atomic(folder / "plan.json", {
+        "experiment": "seven", "description": "", "skipped": [], "targets": ["cb", "rte"],
+        "runs": [{"id": r["run_id"], "task": r["task"], "tasks": r["tasks"], "label": r["label"],
+                  "backbone": "minilm-l6", "seed": r["seed"], "role": r.get("role", "grid")} for r in results]})
+    data = build_data(registry, "seven", tmp_path / "results", None)
+    t1 = next(t for t in data.tables if t.key == "table1")
+    assert [r.task for r in t1.rows] == ["rte", "cb"]  # mnli and sst2 trained only inside MT-A
+    assert t1.columns == ["Full", "ST-A", "MT-A", "F. w/ ST-A", "F. w/ MT-A"]
+    assert cell(t1, "rte", "MT-A").text == "60.00 ± 1.00"
+    assert [(s["task"], s["seed"]) for s in data.stage1] == [("cb", 1), ("mnli", 1), ("rte", 1), ("sst2", 1)]
+    quality = {m["task"]: m for m in data.multitask}
+    assert set(quality) == {"rte", "cb", "mnli", "sst2"}
+    assert (quality["mnli"]["mean"], quality["mnli"]["n"], quality["mnli"]["st_a"]) == (57.0, 3, 66.0)
+    assert quality["rte"]["st_a"] == 61.0 and quality["rte"]["rows"] == 500
+    t2 = data.table2[0]
+    assert t2.keys == ["fusion_st_a_vs_st_a", "fusion_st_a_vs_mt_a", "fusion_st_a_vs_full",
+                       "fusion_mt_a_vs_st_a", "fusion_mt_a_vs_mt_a", "fusion_mt_a_vs_full"]
+    rte = next(r for r in t2.rows if r.task == "rte")
+    j = t2.keys.index("fusion_st_a_vs_full")
+    assert rte.deltas[j] == pytest.approx(3.0) and rte.ours[j] == "up"
+    paper, _ = paper_numbers(None)
+    # RTE: Fusion w/ ST-A 76.82 vs Full 65.41 in the paper's Table 1 -> up, derived, never "contradicted"
+    assert rte.paper[j] == "up" and rte.derived[j] is None and not rte.paper_differs(j)
+    assert any(n.startswith("F. w/ ST-A vs Full: not a column of the paper's Table 2") for n in t2.notes)
+    claims = {f.claim: f for f in data.findings["minilm-l6"]}
+    vs_full = claims["Fusion w/ ST-A outperforms full fine-tuning on average"]
+    assert "mean gain +1.00 over 2 tasks" in vs_full.ours and vs_full.verdict == "does not hold (no clear difference)" and "Mean 77.33 vs 75.51" in vs_full.paper
+    from benchmark.report.build import build_reports
+
+    build_reports(registry, "seven", results_dir=str(tmp_path / "results"), out_dir=tmp_path / "out")
+    text = (tmp_path / "out" / "seven.md").read_text()
+    assert "## MT-A on every task of its mixture" in text and "| mnli | minilm-l6 | 57.00 ± 1.00 | 3 |" in text

@@ -30,7 +30,7 @@ class Column:
 class Comparison:
     """A Table 2 comparison: the runs labelled ``ours`` against those labelled ``baseline``."""
 
-    key: str  # key in the paper YAML's table2 rows
+    key: str  # key in the paper YAML's table2 rows (vs Full: not printed there, derived from its Table 1)
     ours: str
     baseline: str
     heading: str
@@ -120,12 +120,14 @@ register(MethodKind(
     columns={"table1": (Column("fusion_st_a_rf16", "fusion_st_a", "F. w/ ST-A"),),
              "table4": (Column("fusion_st_a_rf16", "fusion_st_a_rf16", "F. w/ ST-A"),)},
     comparisons=(Comparison("fusion_st_a_vs_st_a", "fusion_st_a_rf16", "st_a_rf16", "F. w/ ST-A vs ST-A", True),
-                 Comparison("fusion_st_a_vs_mt_a", "fusion_st_a_rf16", "mt_a_rf16", "F. w/ ST-A vs MT-A"))))
+                 Comparison("fusion_st_a_vs_mt_a", "fusion_st_a_rf16", "mt_a_rf16", "F. w/ ST-A vs MT-A"),
+                 Comparison("fusion_st_a_vs_full", "fusion_st_a_rf16", "full", "F. w/ ST-A vs Full"))))
 register(MethodKind(
     "fusion_mt_a", frozenset({"head", "fusion"}), needs=("fusion",), depends_on="mt_a",
     columns={"table1": (Column("fusion_mt_a", "fusion_mt_a", "F. w/ MT-A"),)},
     comparisons=(Comparison("fusion_mt_a_vs_st_a", "fusion_mt_a", "st_a_rf16", "F. w/ MT-A vs ST-A"),
-                 Comparison("fusion_mt_a_vs_mt_a", "fusion_mt_a", "mt_a_rf16", "F. w/ MT-A vs MT-A", True))))
+                 Comparison("fusion_mt_a_vs_mt_a", "fusion_mt_a", "mt_a_rf16", "F. w/ MT-A vs MT-A", True),
+                 Comparison("fusion_mt_a_vs_full", "fusion_mt_a", "full", "F. w/ MT-A vs Full"))))
 register(MethodKind(
     "st_a_houlsby", frozenset({"head", "adapter"}), needs=("adapter",), adapter_type="houlsby", label_rf="adapter",
     columns={"table1": (Column("st_a_houlsby_rf16", "st_a_houlsby", "ST-A Houlsby"),),

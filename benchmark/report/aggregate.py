@@ -1,7 +1,9 @@
 """Stored results -> cells: (backbone, task, column) -> best-epoch dev accuracies over seeds.
 
-Only the runs the experiment asked for count (role "grid"); stage-1 adapters that exist only as
-fusion dependencies are listed separately. A cell knows why it is empty: not run, failed, no data.
+Only the runs the experiment asked for count (role "grid"), and only for the tasks of its groups: an
+MT-A run also trains the other tasks of its mixture, which are listed (with every seed) as MT-A quality,
+not as table rows. The adapters fusion read (its dependencies, grid runs or not) are listed as stage-1
+adapters. A cell knows why it is empty: not run, failed, no data.
 
 Which results are current is decided from the experiment spec as it is now (the plan is rebuilt on
 every report), not from the ``plan.json`` of the last run, which may be missing or older than the
@@ -15,6 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark import methods
 from benchmark.plan.build import build_plan
 from benchmark.runner.execute import plan_record  # the plan.json shape, from the current plan
 from benchmark.runner.results import scan_experiment
@@ -55,7 +58,7 @@ class Cell:
 class Collected:
     experiment: str
     cells: dict[tuple[str, str, str], Cell]  # (backbone, task, column label)
-    stage1: list[dict]  # finished stage-1 results
+    stage1: list[dict]  # finished single-task results that a fusion run read (its stage-1 adapters)
     no_data: dict[str, str]  # task -> why it was skipped
     results: list[dict]  # every result read (finished and failed)
     description: str = ""
@@ -64,6 +67,7 @@ class Collected:
     problems: list[str] = field(default_factory=list)  # result files left out (corrupt, other experiment)
     plan_source: str = ""  # where the expected runs came from: the current specs, plan.json or nothing
     stale_sources: set[str] = field(default_factory=set)  # where the stale results' data came from (mirror, hub)
+    multitask: list[dict] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
 
     def kind_of(self, label: str) -> str | None:
         """The method kind of the runs labelled ``label`` (a variant such as st_a_shuffled_rf16 -> st_a)."""
@@ -103,25 +107,37 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
     results = [r for r in results if plan is None or r["run_id"] in roles]
     cells: dict[tuple[str, str, str], Cell] = {}
     attention: dict[tuple[str, str, str], list[dict]] = {}
-    stage1 = []
+    stage1, multitask = [], []
+    targets = set((plan or {}).get("targets") or [])  # empty (an old plan.json): every task is a row
+    read_by_fusion = {d for r in results if r["status"] == "finished" for d in r.get("deps") or []}
+
+    def is_multitask(r) -> bool:
+        kind = methods.KINDS.get(r.get("method_kind") or "")
+        return kind.multitask if kind else bool(r.get("tasks") and not r.get("task"))
+
+    def rows(tasks) -> list[str]:
+        return [t for t in tasks if not targets or t in targets]
 
     def cell(b, t, c) -> Cell:
         return cells.setdefault((b, t, c), Cell())
 
     for run in (plan or {}).get("runs", []):
         if run["role"] == "grid":
-            for t in ([run["task"]] if run["task"] else run["tasks"]):
+            for t in rows([run["task"]] if run["task"] else run["tasks"]):
                 cell(run["backbone"], t, run["label"]).expected = True
     for r in results:
         role = roles.get(r["run_id"], r.get("role", "grid"))
-        if role != "grid":
-            if r["status"] == "finished":
+        if r["status"] == "finished":
+            if is_multitask(r):
+                multitask.append(r)
+            elif role != "grid" or r["run_id"] in read_by_fusion:
                 stage1.append(r)
+        if role != "grid":
             continue
         per_task = r.get("per_task") or {}
         # MT-A: one result for several tasks (per_task when finished; a failed one counts for each of its tasks)
         tasks = list(per_task) if per_task else ([r["task"]] if r.get("task") else list(r.get("tasks") or []))
-        for t in tasks:
+        for t in rows(tasks):
             c = cell(r["backbone"], t, r["label"])
             c.expected = True
             if r["status"] != "finished":
@@ -139,7 +155,7 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
         if s["what"].startswith("task "):
             no_data[s["what"][5:]] = s["why"]
     return Collected(experiment, cells, stage1, no_data, results, (plan or {}).get("description", ""), attention,
-                     stale, stale_sources=stale_sources)
+                     stale, stale_sources=stale_sources, multitask=multitask)
 
 
 def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collected:

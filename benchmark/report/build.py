@@ -17,7 +17,7 @@ from tabulate import tabulate
 from benchmark.data.sources import data_dir
 from benchmark.errors import BenchError
 from benchmark.report import figures, published
-from benchmark.report.aggregate import Collected, load
+from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.prose import markdown_to_html
 from benchmark.report.tables import (
     ARROWS,
@@ -78,6 +78,7 @@ class ReportData:
     figures: list[Figure] = field(default_factory=list)
     attention: list[AttentionSummary] = field(default_factory=list)
     stage1: list[dict] = field(default_factory=list)
+    multitask: list[dict] = field(default_factory=list)  # MT-A quality: one row per task of the mixture
     skipped: dict[str, str] = field(default_factory=dict)
     not_in_experiment: list[str] = field(default_factory=list)  # paper tasks the experiment does not use
     failures: list[dict] = field(default_factory=list)
@@ -138,6 +139,24 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
     return out
 
 
+def multitask_quality(col: Collected) -> list[dict]:
+    """MT-A on every task of its mixture: dev accuracy of the kept epoch over seeds, beside the task's
+    stage-1 ST-A adapter (the same dev rows) where the experiment has one."""
+    st_a = {(r["backbone"], r["task"]): r["best_metric"] for r in sorted(col.stage1, key=lambda r: -r["seed"])}
+    by_task: dict[tuple[str, str], list[dict]] = {}
+    for r in col.multitask:
+        for t, pt in (r.get("per_task") or {}).items():
+            by_task.setdefault((r["backbone"], t), []).append({**pt, "seed": r["seed"], "epoch": r.get("best_epoch")})
+    rows = []
+    for (b, t), runs in sorted(by_task.items()):
+        c = Cell(values=[x["best_metric"] for x in runs], seeds=[x["seed"] for x in runs])
+        d = runs[0].get("data") or {}
+        rows.append({"task": t, "backbone": b, "n": c.n, "mean": c.mean, "std": c.std,
+                     "epochs": sorted({x["epoch"] for x in runs}), "st_a": st_a.get((b, t)),
+                     "rows": d.get("train_rows"), "rows_total": d.get("train_rows_total")})
+    return rows
+
+
 def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, plan_of=None) -> ReportData:
     """``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan`` does (``cli.cmd_report``: tasks
     without data are skipped, run ids use the same data folder); without it, ``build_plan``'s defaults."""
@@ -189,11 +208,13 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
             data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",
                                        png))
         data.attention += attention_summaries(col, b, reg)
-    data.stage1 = sorted(({"task": r.get("task") or "+".join(r.get("tasks") or []), "backbone": r["backbone"], "seed": r["seed"],
+    data.stage1 = sorted(({"task": r.get("task"), "backbone": r["backbone"], "seed": r["seed"],
                            "accuracy": r["best_metric"], "epoch": r.get("best_epoch"),
+                           "heldout": r.get("selection_metric") if r.get("selection") == "heldout" else None,
                            "rows": (r.get("data") or {}).get("train_rows"),
                            "rows_total": (r.get("data") or {}).get("train_rows_total")} for r in col.stage1),
-                         key=lambda d: (d["backbone"], d["task"]))
+                         key=lambda d: (d["backbone"], d["task"], d["seed"]))
+    data.multitask = multitask_quality(col)
     used = {t for r in col.results for t in (r.get("tasks") or [r.get("task")])} | set(col.no_data)
     data.not_in_experiment = sorted((t for t, spec in reg.tasks.items() if spec.paper.order and t not in used),
                                     key=lambda t: reg.tasks[t].paper.order)

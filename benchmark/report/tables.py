@@ -294,8 +294,9 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View 
                 deltas.append(None)
                 ps.append(None)
             shown = with_paper and is_paper_task(reg, t)
-            pap.append(published.printed_arrow(paper, t, key) if shown else None)
-            der.append(published.derived_arrow(paper, t, key) if shown else None)
+            pap.append(published.paper_arrow(paper, t, key) if shown else None)
+            # "(Table 1: ...)" marks a printed arrow that its Table 1 contradicts; a derived one cannot
+            der.append(published.derived_arrow(paper, t, key) if shown and published.is_printed(paper, key) else None)
         rows.append(Table2Row(t, ours, deltas, pap, ps, der))
     improved, improved_p, agree = [], [], []
     for j, _comp in enumerate(comps):
@@ -319,6 +320,11 @@ def table2_notes(view: Table2View, paper: dict, with_paper: bool) -> list[str]:
              "as ours. \"(Table 1: ...)\" = the arrow the paper's own Table 1 numbers give by the same "
              "thresholds, where it differs from the printed one."]
     for key, heading in zip(view.keys, view.columns, strict=True):
+        if not published.is_printed(paper, key):
+            notes.append(f"{heading}: not a column of the paper's Table 2 (the paper compares with Full in its "
+                         f"Figure 3); the paper arrows here are derived from its Table 1 numbers, "
+                         f"{published.derived_improved(paper, key)} improved over its tasks.")
+            continue
         odd = published.disagreements(paper, key)
         n = len(paper.get("table2", {}).get("rows", {}))
         totals = (f"{heading}: the paper's totals over its {n} tasks are {published.printed_improved(paper, key)} "
@@ -426,6 +432,14 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
                                published_means("fusion_st_a", "st_a", gs_all),
                                f"mean gain {mean:+.2f} over {len(gs_all)} tasks",
                                too_few(gs_all) or ("holds" if mean > ARROW_THRESHOLD else "does not hold")))
+    if {"fusion_st_a_rf16", "full"} <= cols:
+        gs = gains("fusion_st_a_rf16", "full", tasks)
+        if gs:
+            mean = sum(g.delta for g in gs) / len(gs)
+            out.append(Finding("Fusion w/ ST-A outperforms full fine-tuning on average",
+                               published_means("fusion_st_a", "full", gs),
+                               f"mean gain {mean:+.2f} over {len(gs)} tasks; {describe(gs)}",
+                               too_few(gs) or verdict(gs)))
     if {"fusion_mt_a", "mt_a_rf16"} <= cols:
         gs = gains("fusion_mt_a", "mt_a_rf16", tasks)
         if gs:

@@ -73,6 +73,8 @@ def plan_record(plan: Plan) -> dict:
         "runs": [{"id": r.id, "task": r.task, "tasks": r.tasks, "label": r.label, "backbone": r.backbone,
                   "seed": r.seed, "role": "stage1" if r.implied else "grid"} for r in plan.runs],
         "skipped": [{"what": w, "why": y} for w, y in plan.skipped],
+        # the tasks of the experiment's groups: the rows of its tables (an MT-A run also trains others)
+        "targets": sorted({t for g in plan.experiment.groups for t in g.tasks}),
     }
 
 
