@@ -136,6 +136,9 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     assert "data:image/png;base64," in html and "<table>" in html
     tex = (out / "handmade.tex").read_text()
     assert r"\toprule" in tex and r"72.00 $\pm$ 2.00" in tex and r"$\nearrow$" in tex
+    # Table 2 in LaTeX carries the paper's arrows beside ours, as the Markdown does
+    assert r"rte & $\nearrow$ / $\nearrow$ \\" in tex and r"mrpc & $\searrow$ / $\nearrow$ \\" in tex
+    assert "Improved & 1/3 / 3/3" in tex
     # every figure the Markdown links to is a PNG the reporter wrote there (and there is at least one)
     import re
 
