@@ -134,6 +134,9 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
     assert by[("st_a", "rte")]["status"] == "failed" and "NonFiniteLoss" in by[("st_a", "rte")]["error"]
     assert by[("fusion_st_a", "cb")]["status"] == "failed"
     assert "dependency failed" in by[("fusion_st_a", "cb")]["error"]
+    # a run that never ran records no device or threads (it did not run on the CPU)
+    assert by[("fusion_st_a", "cb")]["device"] is None and by[("fusion_st_a", "cb")]["torch_threads"] is None
+    assert by[("st_a", "rte")]["device"] == "cpu"
     assert "2 trained" in out and "4 failed" in out and "FAILED" in out
     # a failed run never leaves weights that look finished
     assert not (tmp_path / "r" / "broken_lr" / by[("st_a", "rte")]["run_id"] / "weights.safetensors").exists()

@@ -242,6 +242,8 @@ def test_queued_jobs_of_an_earlier_driver_are_adopted(monkeypatch, tiny_specs, t
     assert main(["run", "tiny", *reg_args, "--executor", "slurm", "--no-wait"]) == 0
     out = capsys.readouterr().out
     assert "already queued as Slurm job 77; not resubmitted" in out and "5 job(s) submitted" in out
+    # --no-wait trains nothing here: the last line says what was queued, not "done ... 0 trained"
+    assert "run(s) queued on Slurm (not waited for)" in out and "done in" not in out
     assert st_a.id not in {rid for _, rid, _, _ in fake.submitted}
     for _, rid, dep, _ in fake.submitted:
         if "fusion" in rid:

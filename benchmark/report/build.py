@@ -110,7 +110,7 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
         "runs_failed": len(col.results) - len(fin),
         "revisions": revs,
         "dirty": dirty,
-        "devices": sorted({r.get("device", "?") for r in col.results}),
+        "devices": sorted({r.get("device") or "?" for r in col.results if r["status"] == "finished"}),
         "data_sources": sorted({(r.get("data") or {}).get("source", "") for r in fin} - {""}),
         "total_train_hours": sum(r.get("wall_seconds", 0.0) for r in col.results) / 3600,
         # the same sentences in the Markdown and HTML reports

@@ -63,6 +63,7 @@ class Summary:
     skipped: list[str] = field(default_factory=list)  # already finished before this invocation
     failed: dict[str, str] = field(default_factory=dict)  # run id -> error
     seconds: float = 0.0
+    submitted: int = 0  # Slurm --no-wait: runs left queued, neither trained nor failed yet
 
 
 def plan_record(plan: Plan) -> dict:
@@ -95,8 +96,10 @@ def _recover(exp_dir: Path, run_id: str) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.device, measured: dict | None,
+def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.device | None, measured: dict | None,
            error: str | None, started: str, seconds: float, work: Path | None) -> None:
+    """Write the run's result (``device`` None: it never ran, e.g. its dependency failed, so no device,
+    threads or compute switches are recorded)."""
     final = exp_dir / run.id
     result = {
         "schema": SCHEMA,
@@ -123,9 +126,11 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         **(measured or {}),
         "error": error,
         "wall_seconds": seconds,
-        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
-        "torch_threads": torch.get_num_threads(),
-        **Compute.of(run.compute).record(device),  # cpu_kernels, last_layer: benchmark/modeling/compute.py
+        "device": None if device is None else str(device) if device.type == "cpu"
+        else f"{device} ({torch.cuda.get_device_name(device)})",
+        "torch_threads": None if device is None else torch.get_num_threads(),
+        # cpu_kernels, last_layer: benchmark/modeling/compute.py
+        **({} if device is None else Compute.of(run.compute).record(device)),
         **job_info(),  # slurm_job_id, slurm_node, slurm_gpus when run as a Slurm job
         "host": socket.gethostname(),
         "started_at": started,
@@ -295,9 +300,9 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         if executor == "slurm":
             progress = _Progress(len(todo), 1, log)
 
-            def note_failure(r: Run, why: str) -> None:
+            def note_failure(r: Run, why: str) -> None:  # a job that never ran its training
                 summary.failed[r.id] = why
-                record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None)
+                record(r, reg, plan, exp_dir, None, None, why, now(), 0.0, None)
 
             slurm.run_on_slurm(plan, reg, todo, summary, exp_dir, in_flight=in_flight, device=device,
                                data_dir=data_dir, options=slurm_options or slurm.SlurmOptions(), log=log,
@@ -309,8 +314,12 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
             raise
         raise StorageError.from_os_error(e.filename or exp_dir, e) from None
     summary.seconds = time.perf_counter() - t_start
-    log(f"done in {_fmt(summary.seconds)}: {len(summary.finished)} trained, {len(summary.skipped)} already "
-        f"finished, {len(summary.failed)} failed")
+    if summary.submitted:  # Slurm --no-wait: nothing trained yet, the jobs run on
+        log(f"submitted in {_fmt(summary.seconds)}: {summary.submitted} run(s) queued on Slurm (not waited for), "
+            f"{len(summary.skipped)} already finished, {len(summary.failed)} failed before submission")
+    else:
+        log(f"done in {_fmt(summary.seconds)}: {len(summary.finished)} trained, {len(summary.skipped)} already "
+            f"finished, {len(summary.failed)} failed")
     for rid, err in summary.failed.items():
         log(f"  FAILED {rid}: {err}")
     return summary
@@ -335,7 +344,7 @@ def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_
                     pending.remove(r)
                     why = f"dependency failed: {', '.join(bad)}"
                     summary.failed[r.id] = why
-                    record(r, reg, plan, exp_dir, dev, None, why, now(), 0.0, None)
+                    record(r, reg, plan, exp_dir, None, None, why, now(), 0.0, None)
                     progress(r.id, why, 0.0)
                 elif all(d in done_ok for d in r.deps):
                     pending.remove(r)

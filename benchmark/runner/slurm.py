@@ -432,6 +432,7 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
         f"{gpus} GPU(s), {spec.cpus_per_run} CPU(s), {spec.time_min} min per run"
         + (f", partition {spec.partition}" if spec.partition else ""))
     if not options.wait:
+        summary.submitted = len([r for r in todo if r.id not in summary.failed])
         log(f"not waiting (--no-wait); watch with: afbench status {plan.experiment.name}")
         return
     try:
