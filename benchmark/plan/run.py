@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from benchmark.paths import shown_path
 from benchmark.plan.identity import run_identity
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import DEFAULT_COMPUTE, Caps, ComputeSpec, ExperimentSpec, MethodSpec, Selection
@@ -68,7 +69,7 @@ class Run:
         return {
             "method": self.method.model_dump(mode="json"),
             "backbone": reg.backbones[self.backbone].model_dump(mode="json"),
-            "tasks": {t: reg.tasks[t].model_dump(mode="json") for t in self.all_tasks},
+            "tasks": {t: _portable(reg.tasks[t].model_dump(mode="json")) for t in self.all_tasks},
             "seed": self.seed,
             "sources": self.sources,
             "caps": self.caps.model_dump(mode="json"),
@@ -88,3 +89,10 @@ class Plan:
 
     def by_id(self) -> dict[str, Run]:
         return {r.id: r for r in self.runs}
+
+
+def _portable(task: dict) -> dict:
+    """A drop-in task's data files as a committed result may show them (their content is in the run id)."""
+    if task.get("data_files"):
+        task["data_files"] = {k: shown_path(v) for k, v in task["data_files"].items()}
+    return task

@@ -16,6 +16,7 @@ from tabulate import tabulate
 
 from benchmark.data.sources import data_dir
 from benchmark.errors import BenchError
+from benchmark.paths import shown_path
 from benchmark.report import figures, published
 from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.prose import markdown_to_html
@@ -92,10 +93,7 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     revs = sorted({(r.get("git") or {}).get("revision") or "unknown" for r in col.results})
     dirty = any((r.get("git") or {}).get("dirty") for r in col.results)
     v = (fin[0].get("versions") or {}) if fin else {}
-    try:
-        spec_file = str(Path(spec_file).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        spec_file = Path(spec_file).name
+    spec_file = shown_path(spec_file)
     versions = {k: v.get(k) for k in ("torch", "transformers", "python") if v.get(k)}
     caps = exp_spec.caps.model_dump(exclude_none=True) if exp_spec else {}
     overrides = exp_spec.overrides if exp_spec else {}
