@@ -330,3 +330,22 @@ def test_report_finds_runs_trained_with_command_line_switches(tmp_path, capsys):
     assert "| cb |" in md and "not run" not in md
     assert main(["report", "tiny_flags", *args, *out]) == 2  # other switches: other runs, none trained
     assert "older version of the spec" in capsys.readouterr().err
+
+
+def test_runs_start_seed_by_seed_so_fusion_follows_its_mt_a(registry):
+    """minilm_table1's shape (three seeds, MT-A and fusion over it): in the start order every run of a seed
+    comes before the next seed's, so Fusion w/ MT-A of seed 42 is not queued behind seeds 43 and 44, and
+    every dependency still comes before its dependents."""
+    from benchmark.plan.build import build_plan
+    from benchmark.runner.execute import start_order
+
+    plan = build_plan(registry, registry.experiments["minilm_table1"], available=lambda _task: None)
+    order = start_order(plan.runs)
+    assert sorted(r.id for r in order) == sorted(r.id for r in plan.runs)
+    seeds = [r.seed for r in order]
+    assert seeds == sorted(seeds)
+    pos = {r.id: i for i, r in enumerate(order)}
+    assert all(pos[d] < pos[r.id] for r in order for d in r.deps)
+    mt_a_42 = next(r for r in order if r.kind.multitask and r.seed == 42)
+    first_43 = min(pos[r.id] for r in order if r.seed == 43)
+    assert all(pos[mt_a_42.id] < pos[r.id] < first_43 for r in order if mt_a_42.id in r.deps and r.seed == 42)

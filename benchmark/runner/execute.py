@@ -325,6 +325,15 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     return summary
 
 
+def start_order(todo: list[Run]) -> list[Run]:
+    """Which run starts first when several could: seed by seed, in plan order within a seed. A fusion run
+    then follows its seed's MT-A run instead of waiting for every other seed's runs, so a grid stopped
+    midway leaves whole seeds done and no MT-A weights (too big to commit) without the fusion runs that
+    read them. Dependencies still finish before their dependents start: the scheduler waits for them."""
+    rank = {r.id: i for i, r in enumerate(todo)}
+    return sorted(todo, key=lambda r: (r.seed, rank[r.id]))
+
+
 def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_dir: Path, data_dir,
               dev: torch.device, jobs: int, log) -> None:
     """Start every run whose dependencies finished (at most ``jobs`` at once); a run whose dependency
@@ -332,7 +341,7 @@ def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_
     progress, done_ok = _Progress(len(todo), jobs, log), set(summary.skipped)
     ngpu = torch.cuda.device_count() if dev.type == "cuda" and jobs > 1 else 0
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    pending, running = list(todo), {}
+    pending, running = start_order(todo), {}
     pool = InlineExecutor() if jobs <= 1 else ProcessPoolExecutor(max_workers=jobs)
     with pool:
         while pending or running:
