@@ -1,8 +1,10 @@
 """``--executor slurm`` against a live Slurm cluster (``nox -s slurm`` brings a one-node one up).
 
-Skipped when no cluster answers (``sinfo`` absent or failing), except under ``AFBENCH_REQUIRE_SLURM=1``
-(set by ``nox -s slurm``), where a missing cluster is a failure. Timings are printed (``-s``) and
-appended to ``$AFBENCH_SLURM_TIMINGS`` when set.
+These tests submit real jobs, so they run only when asked: ``AFBENCH_REQUIRE_SLURM=1`` (set by
+``nox -s slurm`` for the throwaway cluster it brings up; a missing cluster is then a failure) or
+``AFBENCH_LIVE_SLURM=1`` (run them on the cluster ``sinfo`` answers for, e.g. a real login node, knowing
+they queue small CPU jobs there). Otherwise, and when no cluster answers, they are skipped. Timings are
+printed (``-s``) and appended to ``$AFBENCH_SLURM_TIMINGS`` when set.
 """
 
 from __future__ import annotations
@@ -36,8 +38,13 @@ def _cluster_up() -> str | None:
     return None
 
 
-WHY_NOT = _cluster_up()
-if WHY_NOT and os.environ.get("AFBENCH_REQUIRE_SLURM") == "1":
+REQUIRED = os.environ.get("AFBENCH_REQUIRE_SLURM") == "1"
+if REQUIRED or os.environ.get("AFBENCH_LIVE_SLURM") == "1":
+    WHY_NOT = _cluster_up()
+else:  # a developer's login node answers sinfo too: never queue jobs there unasked
+    WHY_NOT = ("live-cluster tests submit real jobs: nox -s slurm runs them on a throwaway one-node "
+               "cluster; set AFBENCH_LIVE_SLURM=1 to run them on the cluster sinfo answers for")
+if WHY_NOT and REQUIRED:
     raise RuntimeError(f"AFBENCH_REQUIRE_SLURM=1 but {WHY_NOT}")
 pytestmark = [needs_mirror, pytest.mark.slow, pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
 POLL = ["--poll-s", "1"]
