@@ -411,7 +411,8 @@ def test_seven_column_grid_mt_a_quality_stage1_sources_and_vs_full(registry, tmp
                     for t, v in (("rte", 58.0), ("cb", 69.0), ("mnli", 55.0), ("sst2", 80.0))}
         mt = add("multi", "mt_a_rf16", "mt_a", seed, 65.0, task=None, tasks=list(per_task), per_task=per_task)
         for t, base in (("rte", 62.0), ("cb", 75.0)):
-            add(t, "fusion_mt_a", "fusion_mt_a", seed, base + seed, deps=[mt["run_id"]])
+            att = {"adapters": ["rte", "cb", "mnli", "sst2"], "layers": [[0.1, 0.1, 0.7, 0.1]], "dev_accuracy": 1.0}
+            add(t, "fusion_mt_a", "fusion_mt_a", seed, base + seed, deps=[mt["run_id"]], fusion_attention=att)
     for r in results:
         write_json_atomic(folder / r["run_id"] / "result.json", r)
     write_json_atomic(folder / "plan.json", {
@@ -428,6 +429,10 @@ def test_seven_column_grid_mt_a_quality_stage1_sources_and_vs_full(registry, tmp
     assert set(quality) == {"rte", "cb", "mnli", "sst2"}
     assert (quality["mnli"]["mean"], quality["mnli"]["n"], quality["mnli"]["st_a"]) == (57.0, 3, 66.0)
     assert quality["rte"]["st_a"] == 61.0 and quality["rte"]["rows"] == 500
+    # where Fusion w/ MT-A attends is summarised as for Fusion w/ ST-A, row by row with its heading
+    mt_att = {a.target: a for a in data.attention if a.fusion == "F. w/ MT-A"}
+    assert set(mt_att) == {"rte", "cb"} and mt_att["rte"].top[0] == ("mnli", pytest.approx(0.7))
+    assert mt_att["rte"].mnli_rank == 1 and mt_att["cb"].own == pytest.approx(0.1)
     t2 = data.table2[0]
     assert t2.keys == ["fusion_st_a_vs_st_a", "fusion_st_a_vs_mt_a", "fusion_st_a_vs_full",
                        "fusion_mt_a_vs_st_a", "fusion_mt_a_vs_mt_a", "fusion_mt_a_vs_full"]

@@ -58,6 +58,7 @@ class Figure:
 @dataclass
 class AttentionSummary:
     backbone: str
+    fusion: str  # the column heading: F. w/ ST-A or F. w/ MT-A
     target: str
     top: list[tuple[str, float]]  # adapters by mean attention over layers
     own: float | None
@@ -120,20 +121,24 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     }
 
 
+FUSIONS = (("fusion_st_a_rf16", "F. w/ ST-A"), ("fusion_mt_a", "F. w/ MT-A"))  # label, heading
+
+
 def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSummary]:
     out = []
-    got = figures.attention_matrix(col, backbone, "fusion_st_a_rf16", reg)
-    if got is None:
-        return out
-    targets, adapters, m = got
-    for i, t in enumerate(targets):
-        mean = m[:, i, :].mean(0)  # over layers
-        order = sorted(range(len(adapters)), key=lambda j: -mean[j])
-        top = [(adapters[j], float(mean[j])) for j in order[:3]]
-        own = float(mean[adapters.index(t)]) if t in adapters else None
-        nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in ENTAILMENT_TASKS and a != t))
-        rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
-        out.append(AttentionSummary(backbone, t, top, own, nli, rank))
+    for label, heading in FUSIONS:
+        got = figures.attention_matrix(col, backbone, label, reg)
+        if got is None:
+            continue
+        targets, adapters, m = got  # m: (layers, targets, adapters)
+        for i, t in enumerate(targets):
+            mean = m[:, i, :].mean(0)  # over layers
+            order = sorted(range(len(adapters)), key=lambda j: -mean[j])
+            top = [(adapters[j], float(mean[j])) for j in order[:3]]
+            own = float(mean[adapters.index(t)]) if t in adapters else None
+            nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in ENTAILMENT_TASKS and a != t))
+            rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
+            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank))
     return out
 
 
@@ -195,7 +200,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         fs = findings(col, b, paper, reg)
         if fs:
             data.findings[b] = fs
-        for label, name in (("fusion_st_a_rf16", "Fusion w/ ST-A"), ("fusion_mt_a", "Fusion w/ MT-A")):
+        for label, heading in FUSIONS:
+            name = heading.replace("F. w/", "Fusion w/")
             png = figures.heatmap(col, b, label, reg)
             if png:
                 data.figures.append(Figure(f"attention-{label}-{b}", f"{name}: mean attention per layer "
