@@ -91,7 +91,11 @@ class ReportData:
 
 def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     fin = [r for r in col.results if r["status"] == "finished"]
-    revs = sorted({(r.get("git") or {}).get("revision") or "unknown" for r in col.results})
+    # in the order they first trained a result; a grid trained across many commits lists short hashes
+    by_time = sorted(col.results, key=lambda r: r.get("finished_at") or "")
+    revs = list(dict.fromkeys((r.get("git") or {}).get("revision") or "unknown" for r in by_time))
+    if len(revs) > 3:
+        revs = [f"{len(revs)} commits in training order: " + ", ".join(r[:10] for r in revs)]
     dirty = any((r.get("git") or {}).get("dirty") for r in col.results)
     v = (fin[0].get("versions") or {}) if fin else {}
     spec_file = shown_path(spec_file)
