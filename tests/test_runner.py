@@ -332,20 +332,24 @@ def test_report_finds_runs_trained_with_command_line_switches(tmp_path, capsys):
     assert "older version of the spec" in capsys.readouterr().err
 
 
-def test_runs_start_seed_by_seed_so_fusion_follows_its_mt_a(registry):
-    """minilm_table1's shape (three seeds, MT-A and fusion over it): in the start order every run of a seed
-    comes before the next seed's, so Fusion w/ MT-A of seed 42 is not queued behind seeds 43 and 44, and
-    every dependency still comes before its dependents."""
+def test_fusion_over_mt_a_starts_right_after_mt_a_then_seed_by_seed(registry):
+    """minilm_table1's shape (three seeds; every Fusion w/ MT-A seed reads the seed-42 MT-A run), started
+    one at a time as the scheduler does (the first ready run in start order): the twelve Fusion w/ MT-A
+    runs right after that MT-A run, and otherwise every run of a seed before the next seed's."""
     from benchmark.plan.build import build_plan
     from benchmark.runner.execute import start_order
 
     plan = build_plan(registry, registry.experiments["minilm_table1"], available=lambda _task: None)
-    order = start_order(plan.runs)
-    assert sorted(r.id for r in order) == sorted(r.id for r in plan.runs)
-    seeds = [r.seed for r in order]
-    assert seeds == sorted(seeds)
-    pos = {r.id: i for i, r in enumerate(order)}
-    assert all(pos[d] < pos[r.id] for r in order for d in r.deps)
-    mt_a_42 = next(r for r in order if r.kind.multitask and r.seed == 42)
-    first_43 = min(pos[r.id] for r in order if r.seed == 43)
-    assert all(pos[mt_a_42.id] < pos[r.id] < first_43 for r in order if mt_a_42.id in r.deps and r.seed == 42)
+    pending, done, started = start_order(plan.runs), set(), []
+    while pending:
+        r = next(x for x in pending if all(d in done for d in x.deps))
+        pending.remove(r)
+        done.add(r.id)
+        started.append(r)
+    assert sorted(r.id for r in started) == sorted(r.id for r in plan.runs)
+    i = next(i for i, r in enumerate(started) if r.kind.multitask and r.seed == 42)
+    readers = started[i + 1:i + 13]
+    assert all(started[i].id in r.deps and r.kind.depends_on == "mt_a" for r in readers)
+    assert sorted(r.seed for r in readers) == [42] * 4 + [43] * 4 + [44] * 4
+    rest = [r for r in started if r.kind.depends_on != "mt_a"]
+    assert [r.seed for r in rest] == sorted(r.seed for r in rest)

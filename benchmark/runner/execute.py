@@ -326,12 +326,14 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
 
 
 def start_order(todo: list[Run]) -> list[Run]:
-    """Which run starts first when several could: seed by seed, in plan order within a seed. A fusion run
-    then follows its seed's MT-A run instead of waiting for every other seed's runs, so a grid stopped
-    midway leaves whole seeds done and no MT-A weights (too big to commit) without the fusion runs that
-    read them. Dependencies still finish before their dependents start: the scheduler waits for them."""
+    """Which run starts first when several could: the runs that read an MT-A run's weights first (they
+    become ready the moment it finishes; every Fusion w/ MT-A seed reads the one MT-A run of
+    ``fusion.adapter_seed``), then seed by seed in plan order. A grid stopped midway thus leaves no MT-A
+    weights (~90 MB, not committed) that a later session on a fresh machine would have to retrain, and
+    otherwise whole seeds done. Dependencies still finish before their dependents start: the scheduler
+    waits for them."""
     rank = {r.id: i for i, r in enumerate(todo)}
-    return sorted(todo, key=lambda r: (r.seed, rank[r.id]))
+    return sorted(todo, key=lambda r: (r.kind.depends_on != "mt_a", r.seed, rank[r.id]))
 
 
 def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_dir: Path, data_dir,
