@@ -17,7 +17,6 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark import methods
 from benchmark.plan.build import build_plan
 from benchmark.runner.execute import plan_record  # the plan.json shape, from the current plan
 from benchmark.runner.results import scan_experiment
@@ -111,10 +110,6 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
     targets = set((plan or {}).get("targets") or [])  # empty (an old plan.json): every task is a row
     read_by_fusion = {d for r in results if r["status"] == "finished" for d in r.get("deps") or []}
 
-    def is_multitask(r) -> bool:
-        kind = methods.KINDS.get(r.get("method_kind") or "")
-        return kind.multitask if kind else bool(r.get("tasks") and not r.get("task"))
-
     def rows(tasks) -> list[str]:
         return [t for t in tasks if not targets or t in targets]
 
@@ -128,7 +123,7 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
     for r in results:
         role = roles.get(r["run_id"], r.get("role", "grid"))
         if r["status"] == "finished":
-            if is_multitask(r):
+            if r.get("per_task"):  # a finished MT-A run: one result for several tasks
                 multitask.append(r)
             elif role != "grid" or r["run_id"] in read_by_fusion:
                 stage1.append(r)

@@ -36,6 +36,11 @@ from benchmark.runner.results import git_revision, results_root
 # the MNLI adapter). "NLI-like" attention in the report is the mass on these adapters other than the
 # target's own. A named list rather than a task-spec field, because the task schema has no family key.
 ENTAILMENT_TASKS = ("mnli", "scitail", "sick", "rte", "cb")
+# run label, short heading (tables), name (figure titles)
+FUSIONS = (("fusion_st_a_rf16", "F. w/ ST-A", "Fusion w/ ST-A"), ("fusion_mt_a", "F. w/ MT-A", "Fusion w/ MT-A"))
+MULTITASK_NOTE = ("MT-A: one run per seed fine-tunes the encoder with all tasks' adapters and heads; the kept epoch "
+                  "is the one with the best mean selection accuracy over tasks, so every task of a seed shares it. "
+                  "Stage-1 ST-A: the same task's fusion-source adapter (one seed), for scale.")
 
 
 def paper_numbers(path: str | None = None) -> tuple[dict, str]:
@@ -87,6 +92,7 @@ class ReportData:
     paper_source: str = ""
     problems: list[str] = field(default_factory=list)  # result files left out, and why
     entailment_tasks: tuple[str, ...] = ENTAILMENT_TASKS
+    multitask_note: str = MULTITASK_NOTE  # the same sentence in the Markdown and HTML reports
 
 
 def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
@@ -113,7 +119,7 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
         "runs_failed": len(col.results) - len(fin),
         "revisions": revs,
         "dirty": dirty,
-        "devices": sorted({r.get("device") or "?" for r in col.results if r["status"] == "finished"}),
+        "devices": sorted({r.get("device") or "?" for r in fin}),
         "data_sources": sorted({(r.get("data") or {}).get("source", "") for r in fin} - {""}),
         "total_train_hours": sum(r.get("wall_seconds", 0.0) for r in col.results) / 3600,
         # the same sentences in the Markdown and HTML reports
@@ -125,12 +131,9 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     }
 
 
-FUSIONS = (("fusion_st_a_rf16", "F. w/ ST-A"), ("fusion_mt_a", "F. w/ MT-A"))  # label, heading
-
-
 def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSummary]:
     out = []
-    for label, heading in FUSIONS:
+    for label, heading, _ in FUSIONS:
         got = figures.attention_matrix(col, backbone, label, reg)
         if got is None:
             continue
@@ -204,8 +207,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         fs = findings(col, b, paper, reg)
         if fs:
             data.findings[b] = fs
-        for label, heading in FUSIONS:
-            name = heading.replace("F. w/", "Fusion w/")
+        for label, _, name in FUSIONS:
             png = figures.heatmap(col, b, label, reg)
             if png:
                 data.figures.append(Figure(f"attention-{label}-{b}", f"{name}: mean attention per layer "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmark import methods
 from benchmark.errors import BenchError
 
 BUNDLED = "benchmark/paper/adapterfusion_eacl2021.yaml"
@@ -21,17 +22,17 @@ BUNDLED = "benchmark/paper/adapterfusion_eacl2021.yaml"
 # -0.3, sideways otherwise (also recorded as `table2.thresholds` in the paper YAML).
 ARROW_THRESHOLD = 0.3
 
-# Table 2 comparison -> (fusion column, baseline column) of the paper's Table 1. The paper prints the
-# first four as Table 2's columns; against Full it draws only Figure 3 (relative to Full), so the
-# paper's arrows for the last two are derived from its Table 1 numbers by the same thresholds.
-COMPARISONS = {
-    "fusion_st_a_vs_st_a": ("fusion_st_a", "st_a"),
-    "fusion_st_a_vs_mt_a": ("fusion_st_a", "mt_a"),
-    "fusion_mt_a_vs_st_a": ("fusion_mt_a", "st_a"),
-    "fusion_mt_a_vs_mt_a": ("fusion_mt_a", "mt_a"),
-    "fusion_st_a_vs_full": ("fusion_st_a", "full"),
-    "fusion_mt_a_vs_full": ("fusion_mt_a", "full"),
-}
+# A Table 2 comparison's two columns of the paper's Table 1 come from the method registry
+# (``methods.comparisons()``: its run labels, and each label's Table 1 ``paper_key``). The paper prints
+# four of them as Table 2's columns (``table2.columns`` in the YAML); against Full it draws only
+# Figure 3, so the arrows there are derived from its Table 1 numbers by the same thresholds.
+def paper_columns(comparison: str) -> tuple[str, str]:
+    """(fusion column, baseline column) of the paper's Table 1 for a Table 2 comparison key."""
+    key = {c.label: c.paper_key for c in methods.layout("table1")}
+    comp = next(c for c in methods.comparisons() if c.key == comparison)
+    return key[comp.ours], key[comp.baseline]
+
+
 MEAN_ROW = "Mean"  # the row of Table 1 that holds the published means over all 16 tasks
 
 
@@ -113,7 +114,7 @@ def printed_arrow(paper: dict, task: str, comparison: str) -> str | None:
 
 def derived_arrow(paper: dict, task: str, comparison: str) -> str | None:
     """The arrow the paper's own Table 1 numbers give, by its Table 2 thresholds."""
-    d = gain(paper, task, *COMPARISONS[comparison])
+    d = gain(paper, task, *paper_columns(comparison))
     return None if d is None else arrow(d)
 
 
@@ -133,5 +134,5 @@ def disagreements(paper: dict, comparison: str) -> list[tuple[str, str, str, flo
     for t in paper.get("table2", {}).get("rows", {}):
         p, d = printed_arrow(paper, t, comparison), derived_arrow(paper, t, comparison)
         if p is not None and d is not None and p != d:
-            out.append((t, p, d, gain(paper, t, *COMPARISONS[comparison])))
+            out.append((t, p, d, gain(paper, t, *paper_columns(comparison))))
     return out

@@ -417,6 +417,18 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
             text += f"; {sum(same) / len(same):+.2f} over our {len(same)} task(s)"
         return text
 
+    paper_key = {c[0]: c[1] for c in layout("table1")}  # run label -> the paper's Table 1 column
+
+    def on_average(claim, ours, base, judge, what="mean gain", per_task=False) -> None:
+        """A claim about the mean difference ``ours - base`` over our paper tasks; ``judge(gains, mean)``."""
+        gs = gains(ours, base, tasks)
+        if not gs:
+            return
+        mean = sum(g.delta for g in gs) / len(gs)
+        out.append(Finding(claim, published_means(paper_key[ours], paper_key[base], gs),
+                           f"{what} {mean:+.2f} over {len(gs)} tasks" + (f"; {describe(gs)}" if per_task else ""),
+                           too_few(gs) or judge(gs, mean)))
+
     if {"fusion_st_a_rf16", "st_a_rf16"} <= cols:
         small = [t for t in tasks if (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
         gs = gains("fusion_st_a_rf16", "st_a_rf16", small)
@@ -425,21 +437,11 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
             out.append(Finding(
                 f"Fusion w/ ST-A improves over ST-A on tasks with < {SMALL_TASK_TRAIN_SIZE:,} training examples",
                 "; ".join(f"{t} {d:+.2f}" for t, d in pg if d is not None), describe(gs), verdict(gs)))
-        gs_all = gains("fusion_st_a_rf16", "st_a_rf16", tasks)
-        if gs_all:
-            mean = sum(g.delta for g in gs_all) / len(gs_all)
-            out.append(Finding("Fusion w/ ST-A improves over ST-A on average",
-                               published_means("fusion_st_a", "st_a", gs_all),
-                               f"mean gain {mean:+.2f} over {len(gs_all)} tasks",
-                               too_few(gs_all) or ("holds" if mean > ARROW_THRESHOLD else "does not hold")))
+        on_average("Fusion w/ ST-A improves over ST-A on average", "fusion_st_a_rf16", "st_a_rf16",
+                   lambda gs, mean: "holds" if mean > ARROW_THRESHOLD else "does not hold")
     if {"fusion_st_a_rf16", "full"} <= cols:
-        gs = gains("fusion_st_a_rf16", "full", tasks)
-        if gs:
-            mean = sum(g.delta for g in gs) / len(gs)
-            out.append(Finding("Fusion w/ ST-A outperforms full fine-tuning on average",
-                               published_means("fusion_st_a", "full", gs),
-                               f"mean gain {mean:+.2f} over {len(gs)} tasks; {describe(gs)}",
-                               too_few(gs) or verdict(gs)))
+        on_average("Fusion w/ ST-A outperforms full fine-tuning on average", "fusion_st_a_rf16", "full",
+                   lambda gs, mean: verdict(gs), per_task=True)
     if {"fusion_mt_a", "mt_a_rf16"} <= cols:
         gs = gains("fusion_mt_a", "mt_a_rf16", tasks)
         if gs:
@@ -453,11 +455,6 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
                                f"{up}/{len(gs)} improved; {describe(gs)}",
                                too_few(gs) or ("holds" if up > len(gs) / 2 else "does not hold")))
     if {"st_a_rf16", "full"} <= cols:
-        gs = gains("st_a_rf16", "full", tasks)
-        if gs:
-            mean = sum(g.delta for g in gs) / len(gs)
-            out.append(Finding("ST-A is on par with full fine-tuning on average",
-                               published_means("st_a", "full", gs),
-                               f"mean difference {mean:+.2f} over {len(gs)} tasks",
-                               too_few(gs) or ("holds" if mean >= ON_PAR_MARGIN else "does not hold")))
+        on_average("ST-A is on par with full fine-tuning on average", "st_a_rf16", "full",
+                   lambda gs, mean: "holds" if mean >= ON_PAR_MARGIN else "does not hold", what="mean difference")
     return out
