@@ -22,6 +22,7 @@ from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.prose import markdown_to_html
 from benchmark.report.tables import (
     ARROWS,
+    FINDINGS_NOTE,
     Finding,
     Table2View,
     TableView,
@@ -93,6 +94,7 @@ class ReportData:
     problems: list[str] = field(default_factory=list)  # result files left out, and why
     entailment_tasks: tuple[str, ...] = ENTAILMENT_TASKS
     multitask_note: str = MULTITASK_NOTE  # the same sentence in the Markdown and HTML reports
+    findings_note: str = FINDINGS_NOTE  # how a verdict is reached, under the findings table
 
 
 def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:

@@ -7,6 +7,7 @@ Filled once from ``aggregate.Collected`` and rendered by every template (Markdow
 from __future__ import annotations
 
 import math
+import statistics
 import warnings
 from dataclasses import dataclass, field
 
@@ -44,6 +45,15 @@ SMALL_TASK_TRAIN_SIZE = 5000
 # "ST-A is on par with full fine-tuning": the paper has ST-A 0.54 points above Full on average
 # (Table 1 means). It gives no tolerance; we call "on par" a mean difference of at least -1.0 point.
 ON_PAR_MARGIN = -1.0
+
+
+FINDINGS_NOTE = (
+    f"Verdicts need ≥ {MIN_SEEDS} seeds per side. A per-task claim holds when the mean gain exceeds "
+    f"{ARROW_THRESHOLD} and most tasks gain more than {ARROW_THRESHOLD}; the tasks whose gain is beyond seed noise "
+    f"(Welch p < {SIGNIFICANCE}) are named. An \"on average\" claim holds when the mean gain over the tasks "
+    f"exceeds {ARROW_THRESHOLD} and is beyond seed noise: Welch's test between the per-seed means over those "
+    f"tasks, p < {SIGNIFICANCE}; \"within seed noise\" otherwise. \"On par\": a mean difference of at least "
+    f"{ON_PAR_MARGIN:+.1f} point.")
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -390,20 +400,18 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
         return (f"not enough seeds ({', '.join(f'{a} vs {b}' for a, b in seeds)}; a verdict needs "
                 f"≥ {MIN_SEEDS} per side)")
 
+    def beyond_noise(gs, sign: int) -> str:  # which tasks moved that way beyond seed noise
+        sig = [g.task for g in gs if g.p is not None and g.p < SIGNIFICANCE and sign * g.delta > ARROW_THRESHOLD]
+        return f"{len(sig)} of {len(gs)} tasks beyond seed noise: {', '.join(sig)}" if sig else "within seed noise"
+
     def verdict(gs):
         if few := too_few(gs):
             return few
         mean = sum(g.delta for g in gs) / len(gs)
-
-        def beyond_noise(sign: int) -> str:  # which tasks moved that way beyond seed noise
-            sig = [g.task for g in gs if g.p is not None and g.p < SIGNIFICANCE and sign * g.delta > ARROW_THRESHOLD]
-            return (f"{len(sig)} of {len(gs)} tasks beyond seed noise: {', '.join(sig)}" if sig
-                    else "within seed noise")
-
         if mean > ARROW_THRESHOLD and sum(g.delta > ARROW_THRESHOLD for g in gs) > len(gs) / 2:
-            return f"holds ({beyond_noise(+1)})"
+            return f"holds ({beyond_noise(gs, +1)})"
         if mean < -ARROW_THRESHOLD:
-            return f"does not hold: Fusion is lower on average ({beyond_noise(-1)})"
+            return f"does not hold: Fusion is lower on average ({beyond_noise(gs, -1)})"
         return "does not hold (no clear difference)"
 
     def published_means(fkey, bkey, gs) -> str:
@@ -419,15 +427,39 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
 
     paper_key = {c[0]: c[1] for c in layout("table1")}  # run label -> the paper's Table 1 column
 
+    def seed_means(key, ts) -> list[float]:
+        """One value per seed: the mean over ``ts`` of that seed's cells (seeds present in every task)."""
+        cells = [col.cells[(backbone, t, key)] for t in ts]
+        common = set.intersection(*(set(c.seeds) for c in cells))
+        return [statistics.fmean(c.values[c.seeds.index(s)] for c in cells) for s in sorted(common)]
+
     def on_average(claim, ours, base, judge, what="mean gain", per_task=False) -> None:
-        """A claim about the mean difference ``ours - base`` over our paper tasks; ``judge(gains, mean)``."""
+        """A claim about the mean difference ``ours - base`` over our paper tasks; ``judge(mean, p)``, where
+        p is Welch's test between the per-seed means over those tasks: the noise of the average itself."""
         gs = gains(ours, base, tasks)
         if not gs:
             return
         mean = sum(g.delta for g in gs) / len(gs)
+        ts = [g.task for g in gs]
+        p = welch_p(seed_means(ours, ts), seed_means(base, ts))
+        p_text = f" (Welch p = {p:.2f} over per-seed means)" if p is not None else ""
         out.append(Finding(claim, published_means(paper_key[ours], paper_key[base], gs),
-                           f"{what} {mean:+.2f} over {len(gs)} tasks" + (f"; {describe(gs)}" if per_task else ""),
-                           too_few(gs) or judge(gs, mean)))
+                           f"{what} {mean:+.2f} over {len(gs)} tasks{p_text}" + (f"; {describe(gs)}" if per_task else ""),
+                           too_few(gs) or judge(mean, p)))
+
+    def improves(mean, p) -> str:  # "X improves over Y on average": the mean gain, beyond seed noise
+        if abs(mean) <= ARROW_THRESHOLD:
+            return "does not hold (no clear difference)"
+        if p is None:
+            return "no verdict (no Welch test: too few seeds common to every task, or no variance)"
+        if p >= SIGNIFICANCE:
+            return f"within seed noise (the mean {'gain' if mean > 0 else 'loss'} has p ≥ {SIGNIFICANCE})"
+        return "holds (beyond seed noise)" if mean > 0 else "does not hold: Fusion is lower on average (beyond seed noise)"
+
+    def on_par(mean, p) -> str:
+        if mean >= ON_PAR_MARGIN:
+            return f"holds (within {-ON_PAR_MARGIN:.1f} point)"
+        return "does not hold" + (" (beyond seed noise)" if p is not None and p < SIGNIFICANCE else " (within seed noise)")
 
     if {"fusion_st_a_rf16", "st_a_rf16"} <= cols:
         small = [t for t in tasks if (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
@@ -437,11 +469,10 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
             out.append(Finding(
                 f"Fusion w/ ST-A improves over ST-A on tasks with < {SMALL_TASK_TRAIN_SIZE:,} training examples",
                 "; ".join(f"{t} {d:+.2f}" for t, d in pg if d is not None), describe(gs), verdict(gs)))
-        on_average("Fusion w/ ST-A improves over ST-A on average", "fusion_st_a_rf16", "st_a_rf16",
-                   lambda gs, mean: "holds" if mean > ARROW_THRESHOLD else "does not hold")
+        on_average("Fusion w/ ST-A improves over ST-A on average", "fusion_st_a_rf16", "st_a_rf16", improves)
     if {"fusion_st_a_rf16", "full"} <= cols:
-        on_average("Fusion w/ ST-A outperforms full fine-tuning on average", "fusion_st_a_rf16", "full",
-                   lambda gs, mean: verdict(gs), per_task=True)
+        on_average("Fusion w/ ST-A outperforms full fine-tuning on average", "fusion_st_a_rf16", "full", improves,
+                   per_task=True)
     if {"fusion_mt_a", "mt_a_rf16"} <= cols:
         gs = gains("fusion_mt_a", "mt_a_rf16", tasks)
         if gs:
@@ -453,8 +484,9 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
                 paper_text += f"; {sum(a == 'up' for a in printed)}/{len(printed)} over our tasks"
             out.append(Finding("Fusion w/ MT-A improves over MT-A on most tasks", paper_text,
                                f"{up}/{len(gs)} improved; {describe(gs)}",
-                               too_few(gs) or ("holds" if up > len(gs) / 2 else "does not hold")))
+                               too_few(gs) or (f"holds ({beyond_noise(gs, +1)})" if up > len(gs) / 2
+                                                else "does not hold")))
     if {"st_a_rf16", "full"} <= cols:
-        on_average("ST-A is on par with full fine-tuning on average", "st_a_rf16", "full",
-                   lambda gs, mean: "holds" if mean >= ON_PAR_MARGIN else "does not hold", what="mean difference")
+        on_average("ST-A is on par with full fine-tuning on average", "st_a_rf16", "full", on_par,
+                   what="mean difference")
     return out
