@@ -276,6 +276,14 @@ def test_on_average_claims_test_the_noise_of_the_mean(registry, handmade):
         assert verdict()[1] == expected
 
 
+def test_a_list_right_under_a_paragraph_line_is_a_list():
+    from benchmark.report.prose import markdown_to_html
+
+    html = str(markdown_to_html("**Heading.**\n- one\n  two\n- three\n\nAfter 2024\n2. not a list\n  - nor this"))
+    assert html.splitlines() == ["<p><strong>Heading.</strong></p>", "<ul><li>one two</li><li>three</li></ul>",
+                                 "<p>After 2024 2. not a list - nor this</p>"]
+
+
 def test_findings_read_the_paper_yaml_not_code(registry, handmade, tmp_path, monkeypatch):
     """Change the published means in a copy of the paper file: the findings' paper column follows."""
     import yaml

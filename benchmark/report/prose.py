@@ -1,7 +1,7 @@
 """Spec prose (descriptions, notes) is written in Markdown; the HTML report renders a small subset.
 
 The text is HTML-escaped first, then only this subset becomes markup: blank-line paragraphs, ``- `` /
-``* `` bullet lists and ``1. `` numbered lists, `` `code` `` spans and ``**bold**``. Nothing a spec
+``* `` bullet lists and ``1. `` numbered lists (either may start right under a paragraph line), `` `code` `` spans and ``**bold**``. Nothing a spec
 author writes can become a tag or an attribute, so a description or a note cannot inject script.
 """
 
@@ -28,6 +28,15 @@ def _inline(text: str) -> str:
     return "".join(out)
 
 
+def _is_item(line: str) -> bool:
+    return bool(_BULLET.match(line) or _NUMBER.match(line))
+
+
+def _starts_list(line: str) -> bool:
+    """An unindented bullet, or a numbered item 1 (CommonMark lets only these interrupt a paragraph)."""
+    return not line[:1].isspace() and bool(_BULLET.match(line) or re.match(r"1[.)]\s", line))
+
+
 def _block(lines: list[str]) -> str:
     for pattern, tag in ((_BULLET, "ul"), (_NUMBER, "ol")):
         if all(pattern.match(ln) or (ln.startswith((" ", "\t")) and i) for i, ln in enumerate(lines)):
@@ -46,6 +55,8 @@ def markdown_to_html(text: str | None) -> Markup:
     """The Markdown subset above as safe HTML (a ``Markup``, so autoescaping leaves it alone)."""
     blocks: list[list[str]] = [[]]
     for line in (text or "").splitlines():
+        if _starts_list(line) and blocks[-1] and not _is_item(blocks[-1][0]):
+            blocks.append([])  # a list right under a paragraph line starts its own block, as in CommonMark
         if line.strip():
             blocks[-1].append(line.rstrip())
         elif blocks[-1]:
