@@ -83,7 +83,7 @@ def cmd_validate(args) -> int:
     reg = load_registry(paths)
     chosen = {p.resolve() for p in spec_files(paths)} if paths else None
     named = {p.resolve() for p in paths if p.is_file()}
-    missing_named, hub_down = [], None
+    missing_named, missing_any, hub_down = [], [], None
     for name, task in sorted(reg.tasks.items()):
         f = reg.files[("task", name)]
         if chosen is not None and f.resolve() not in chosen:
@@ -96,10 +96,14 @@ def cmd_validate(args) -> int:
             if check.hub_down and hub_down else check.status
         hub_down = hub_down or (name if check.hub_down else None)
         print(f"{'ok ' if check.missing is None else '!! '} task {name:<12} {status}")
-        if check.missing is not None and f.resolve() in named:
-            missing_named.append(name)
+        if check.missing is not None:
+            missing_any.append(name)
+            if f.resolve() in named:
+                missing_named.append(name)
     counts = {k: len(reg.table(k)) for k in ("task", "method", "backbone", "experiment")}
-    print("valid: " + ", ".join(f"{v} {k}s" for k, v in counts.items()))
+    print("valid: " + ", ".join(f"{v} {k}s" for k, v in counts.items())
+          + (f"; data MISSING for {len(missing_any)} task(s): {', '.join(missing_any)} (their runs are skipped;"
+             " name a task file to make its missing data an error)" if missing_any and not missing_named else ""))
     if missing_named:
         print(f"Error: the data of {', '.join(missing_named)} is missing (see above); nothing can run on it.",
               file=sys.stderr)
@@ -117,12 +121,13 @@ def cmd_data(args) -> int:
     root = _data_dir(args)
     print(f"task {task.name} ({task.type}, {task.num_labels} {'choices' if task.type == 'multiple_choice' else 'classes'})"
           f" from {f}")
-    first = None
+    first, missing = None, []
     for split in (task.splits.train, task.splits.eval):
         try:
             src = locate(task, split, root, task_file=f)
         except BenchError as e:
             print(f"  {split}: MISSING - {e.message}")
+            missing.append(split)
             continue
         rows = read_rows(task, split, root, task_file=f)
         ids = labels_of(task, rows, split, f)
@@ -140,6 +145,10 @@ def cmd_data(args) -> int:
             for k, v in r.items():
                 if v is not None:
                     print(f"      {k}: {v!r}"[:400])
+    if missing:
+        print(f"Error: task {task.name}: split(s) {', '.join(missing)} missing (see above); no run can use it.",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -162,6 +162,22 @@ def test_readme_adding_a_task_example_validates_as_written(tmp_path, capsys):
     assert "text: 'The sample turned blue after heating.'" in out and "yes: 1, no: 1" in out
 
 
+def test_missing_data_exits_2_for_data_and_is_counted_by_a_folder_validate(tmp_path, capsys):
+    """`afbench data` on a task whose split is missing fails; `validate` of a folder passes but its summary
+    line counts the tasks without data (naming the file makes it an error, as before)."""
+    _, yaml_block = readme_blocks()
+    d = tmp_path / "mine"
+    (d / "my_data").mkdir(parents=True)
+    (d / "my_data" / "train.csv").write_text(readme_blocks()[0])  # dev.csv is not there
+    (d / "mine.yaml").write_text(yaml_block)
+    assert main(["data", "mine", "--specs", str(d)]) == 2
+    captured = capsys.readouterr()
+    assert "validation: MISSING" in captured.out and "split(s) validation missing" in captured.err
+    assert main(["validate", str(d), "--specs", str(d)]) == 0
+    assert "data MISSING for 1 task(s): mine (their runs are skipped" in capsys.readouterr().out
+    assert main(["validate", str(d / "mine.yaml"), "--specs", str(d)]) == 2
+
+
 def test_yaml_booleans_in_names_get_a_quoting_hint(tmp_path, capsys):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "b.yaml").write_text("dataset: {path: a/b}\ntype: classification\n"

@@ -207,6 +207,6 @@ def test_missing_local_file_names_task_split_and_fix(tmp_path, capsys):
         label: {column: y, names: [n, p]}
         notes: Ask the corpus owners for the files.
     """))
-    assert main(["data", "gone", "--specs", str(tmp_path)]) == 0  # data prints MISSING per split
+    assert main(["data", "gone", "--specs", str(tmp_path)]) == 2  # data prints MISSING per split, then fails
     out = capsys.readouterr().out
     assert "train: MISSING" in out and "nowhere/train.csv" in out

@@ -30,6 +30,7 @@ from benchmark.report.tables import (
     build_table2,
     findings,
     layout,
+    p_text,
 )
 from benchmark.runner.results import git_revision, results_root
 
@@ -175,15 +176,17 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     col = load(results_dir, experiment, reg, plan_of)
     if not col.results:
         extra = f" ({'; '.join(col.problems)})" if col.problems else ""
-        if col.stale:
-            extra += (f" ({len(col.stale)} result(s) on disk are from an older version of the spec: their run ids "
-                      "are not in the current plan)")
-            if "mirror" in col.stale_sources and data_dir() is None:
-                extra += (". They were trained on the offline data mirror, and run ids include a content hash of "
-                          "the data: with AFBENCH_DATA_DIR unset the plan reads the Hub instead. Set AFBENCH_DATA_DIR "
-                          "(or --data-dir) to the mirror, e.g. AFBENCH_DATA_DIR=../shared/data")
-        raise BenchError(f"no results for experiment '{experiment}' under {results_dir / experiment}{extra}",
-                         fix=f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})")
+        fix = f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})"
+        if col.stale and "mirror" in col.stale_sources and data_dir() is None:
+            extra += (f" ({len(col.stale)} result(s) on disk were trained on the offline data mirror, and run ids "
+                      "include a content hash of the data: with AFBENCH_DATA_DIR unset the plan reads the Hub "
+                      "instead, so none of their ids is in it)")
+            fix = ("set AFBENCH_DATA_DIR (or --data-dir) to the mirror, e.g. AFBENCH_DATA_DIR=../shared/data, and "
+                   f"report again; afbench run {experiment} without it would train every run anew on Hub data")
+        elif col.stale:
+            extra += (f" ({len(col.stale)} result(s) on disk are from an older version of the spec or other data: "
+                      "their run ids are not in the current plan)")
+        raise BenchError(f"no results for experiment '{experiment}' under {results_dir / experiment}{extra}", fix=fix)
     paper, paper_src = paper_numbers(paper_file)
     exp_spec = reg.experiments.get(experiment)
     data = ReportData(
@@ -210,7 +213,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         if fs:
             data.findings[b] = fs
         for label, _, name in FUSIONS:
-            png = figures.heatmap(col, b, label, reg)
+            png = figures.heatmap(col, b, label, reg, name)
             if png:
                 data.figures.append(Figure(f"attention-{label}-{b}", f"{name}: mean attention per layer "
                                            f"({b}; rows = target task, columns = adapter, % of the softmax mass "
@@ -246,6 +249,7 @@ def _env() -> jinja2.Environment:
     env.filters["f2"] = lambda x: "—" if x is None else f"{x:.2f}"
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.1f}%"
     env.filters["arrow"] = lambda a: ARROWS.get(a, "—")
+    env.filters["p"] = p_text
     env.filters["tex"] = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") \
         .replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("—", "--").replace("#", r"\#")
     env.filters["texarrow"] = lambda a: {"up": r"$\nearrow$", "down": r"$\searrow$", "same": r"$\rightarrow$"}.get(

@@ -47,13 +47,14 @@ def attention_matrix(col: Collected, backbone: str, label: str, reg):
     return targets, adapters, m
 
 
-def heatmap(col: Collected, backbone: str, label: str, reg) -> bytes | None:
-    fig = heatmap_figure(col, backbone, label, reg)
+def heatmap(col: Collected, backbone: str, label: str, reg, name: str | None = None) -> bytes | None:
+    fig = heatmap_figure(col, backbone, label, reg, name)
     return None if fig is None else _png(fig)
 
 
-def heatmap_figure(col: Collected, backbone: str, label: str, reg):
-    """Figure 4/6 style: one panel per layer, rows = target task, columns = adapter, cells in %."""
+def heatmap_figure(col: Collected, backbone: str, label: str, reg, name: str | None = None):
+    """Figure 4/6 style: one panel per layer, rows = target task, columns = adapter, cells in %; the title
+    names the method as ``name`` (e.g. "Fusion w/ ST-A"), else by its run label."""
     got = attention_matrix(col, backbone, label, reg)
     if got is None:
         return None
@@ -81,7 +82,7 @@ def heatmap_figure(col: Collected, backbone: str, label: str, reg):
         ax.set_xticks(range(len(adapters)), adapters, rotation=90, fontsize=7)
         ax.set_yticks(range(len(targets)), targets if k % ncols == 0 else [""] * len(targets), fontsize=8)
     fig.colorbar(im, ax=axes, shrink=0.8, label="mean fusion attention (%)")
-    fig.suptitle(f"{label} attention on {backbone} (% of the softmax mass)", fontsize=9)
+    fig.suptitle(f"{name or label} attention on {backbone} (% of the softmax mass)", fontsize=9)
     return fig
 
 

@@ -48,12 +48,17 @@ ON_PAR_MARGIN = -1.0
 
 
 FINDINGS_NOTE = (
-    f"Verdicts need ≥ {MIN_SEEDS} seeds per side. A per-task claim holds when the mean gain exceeds "
+    f"Verdicts need ≥ {MIN_SEEDS} seeds per side. A per-task claim \"holds in direction\" when the mean gain exceeds "
     f"{ARROW_THRESHOLD} and most tasks gain more than {ARROW_THRESHOLD}; the tasks whose gain is beyond seed noise "
     f"(Welch p < {SIGNIFICANCE}) are named. An \"on average\" claim holds when the mean gain over the tasks "
     f"exceeds {ARROW_THRESHOLD} and is beyond seed noise: Welch's test between the per-seed means over those "
     f"tasks, p < {SIGNIFICANCE}; \"within seed noise\" otherwise. \"On par\": a mean difference of at least "
     f"{ON_PAR_MARGIN:+.1f} point.")
+
+
+def p_text(p: float) -> str:
+    """A p-value as printed: "p<0.01" below 0.01 (never "p=0.00"), else two decimals."""
+    return "p<0.01" if p < 0.01 else f"p={p:.2f}"
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -274,7 +279,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
                          "over tasks and seeds: " + ", ".join(gaps) + " points.")
     for label, base in extra.items():
         j = [c[0] for c in cols].index(label)
-        ps = ", ".join(f"{r.task} p = {r.cells[j].p_value:.2f}" for r in rows if r.cells[j].p_value is not None)
+        ps = ", ".join(f"{r.task} {p_text(r.cells[j].p_value)}" for r in rows if r.cells[j].p_value is not None)
         notes.append(f"{label}: another spec of method kind {col.kind_of(label)}"
                      + (f", compared with {base}: Welch {ps}." if ps else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
@@ -390,7 +395,7 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
         return res
 
     def describe(gs):
-        return "; ".join(f"{g.task} {g.delta:+.2f}" + (f" (p={g.p:.2f})" if g.p is not None else "") for g in gs)
+        return "; ".join(f"{g.task} {g.delta:+.2f}" + (f" ({p_text(g.p)})" if g.p is not None else "") for g in gs)
 
     def too_few(gs) -> str:
         few = [g for g in gs if min(g.seeds) < MIN_SEEDS]
@@ -404,12 +409,16 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
         sig = [g.task for g in gs if g.p is not None and g.p < SIGNIFICANCE and sign * g.delta > ARROW_THRESHOLD]
         return f"{len(sig)} of {len(gs)} tasks beyond seed noise: {', '.join(sig)}" if sig else "within seed noise"
 
+    def holds_in_direction(gs) -> str:  # most tasks moved the claimed way; how many beyond noise
+        up = sum(g.delta > ARROW_THRESHOLD for g in gs)
+        return f"holds in direction: {up} of {len(gs)} tasks gain > {ARROW_THRESHOLD} ({beyond_noise(gs, +1)})"
+
     def verdict(gs):
         if few := too_few(gs):
             return few
         mean = sum(g.delta for g in gs) / len(gs)
         if mean > ARROW_THRESHOLD and sum(g.delta > ARROW_THRESHOLD for g in gs) > len(gs) / 2:
-            return f"holds ({beyond_noise(gs, +1)})"
+            return holds_in_direction(gs)
         if mean < -ARROW_THRESHOLD:
             return f"does not hold: Fusion is lower on average ({beyond_noise(gs, -1)})"
         return "does not hold (no clear difference)"
@@ -442,9 +451,9 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
         mean = sum(g.delta for g in gs) / len(gs)
         ts = [g.task for g in gs]
         p = welch_p(seed_means(ours, ts), seed_means(base, ts))
-        p_text = f" (Welch p = {p:.2f} over per-seed means)" if p is not None else ""
+        shown = f" (Welch {p_text(p)} over per-seed means)" if p is not None else ""
         out.append(Finding(claim, published_means(paper_key[ours], paper_key[base], gs),
-                           f"{what} {mean:+.2f} over {len(gs)} tasks{p_text}" + (f"; {describe(gs)}" if per_task else ""),
+                           f"{what} {mean:+.2f} over {len(gs)} tasks{shown}" + (f"; {describe(gs)}" if per_task else ""),
                            too_few(gs) or judge(mean, p)))
 
     def improves(mean, p) -> str:  # "X improves over Y on average": the mean gain, beyond seed noise
@@ -484,8 +493,7 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
                 paper_text += f"; {sum(a == 'up' for a in printed)}/{len(printed)} over our tasks"
             out.append(Finding("Fusion w/ MT-A improves over MT-A on most tasks", paper_text,
                                f"{up}/{len(gs)} improved; {describe(gs)}",
-                               too_few(gs) or (f"holds ({beyond_noise(gs, +1)})" if up > len(gs) / 2
-                                                else "does not hold")))
+                               too_few(gs) or (holds_in_direction(gs) if up > len(gs) / 2 else "does not hold")))
     if {"st_a_rf16", "full"} <= cols:
         on_average("ST-A is on par with full fine-tuning on average", "st_a_rf16", "full", on_par,
                    what="mean difference")
