@@ -336,7 +336,10 @@ def test_terminal_tables_keep_their_decimals(capsys):
                   [RowView("mrpc", "low", [CellView(70.1, None, 1)])], [CellView(70.1, None, 1)])
     print_summary(ReportData("x", "", "", "", "", {}, tables=[t]))
     out = capsys.readouterr().out
-    assert "70.10" in out and "70.1 " not in out
+    assert "70.10" in out and "70.1 " not in out and "†" not in out
+    t.rows[0].cells[0].marker = "†"  # a marked cell: the terminal says what the mark means
+    print_summary(ReportData("x", "", "", "", "", {}, tables=[t]))
+    assert "† = differs from its baseline beyond seed noise (Welch p < 0.05)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("layers", [2, 6])
