@@ -72,6 +72,7 @@ def test_table1_numbers_and_paper_deltas(registry, handmade):
     data = build_data(registry, "handmade", handmade, None)
     t1 = next(t for t in data.tables if t.key == "table1")
     assert t1.columns == ["Head", "ST-A", "F. w/ ST-A"]
+    assert t1.legend in t1.notes and "† = differs from its baseline" in t1.legend and "p < 0.05" in t1.legend
     assert [r.task for r in t1.rows] == ["boolq", "mrpc", "sick", "rte", "cb"]  # paper order, skipped task shown
     c = cell(t1, "rte", "ST-A")
     assert (c.mean, c.std, c.n) == (72.0, 2.0, 3)
@@ -337,9 +338,10 @@ def test_terminal_tables_keep_their_decimals(capsys):
     print_summary(ReportData("x", "", "", "", "", {}, tables=[t]))
     out = capsys.readouterr().out
     assert "70.10" in out and "70.1 " not in out and "†" not in out
-    t.rows[0].cells[0].marker = "†"  # a marked cell: the terminal says what the mark means
+    t.rows[0].cells[0].marker = "†"  # a marked cell: the terminal prints the table's legend
+    t.legend = "Cells: mean ± sample std. † = differs from its baseline beyond seed noise (Welch's t-test, p < 0.05)."
     print_summary(ReportData("x", "", "", "", "", {}, tables=[t]))
-    assert "† = differs from its baseline beyond seed noise (Welch p < 0.05)" in capsys.readouterr().out
+    assert t.legend in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("layers", [2, 6])

@@ -23,7 +23,6 @@ from benchmark.report.prose import markdown_to_html
 from benchmark.report.tables import (
     ARROWS,
     FINDINGS_NOTE,
-    SIGNIFICANCE,
     Finding,
     Table2View,
     TableView,
@@ -285,7 +284,7 @@ def print_summary(data: ReportData) -> None:
         print(f"\n{t.title} ({t.backbone})")
         print(tabulate(rows, headers=["task", *t.columns], disable_numparse=True))  # keep 70.10 as printed
         if any(c.marker for r in t.rows for c in r.cells):
-            print(f"† = differs from its baseline beyond seed noise (Welch p < {SIGNIFICANCE}); mean ± std over seeds")
+            print(t.legend)
     for t2 in data.table2:
         rows = [[r.task] + [ARROWS.get(a, "—") for a in r.ours] for r in t2.rows]
         rows.append(["Improved"] + t2.improved_ours)

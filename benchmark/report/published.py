@@ -26,11 +26,15 @@ ARROW_THRESHOLD = 0.3
 # (``methods.comparisons()``: its run labels, and each label's Table 1 ``paper_key``). The paper prints
 # four of them as Table 2's columns (``table2.columns`` in the YAML); against Full it draws only
 # Figure 3, so the arrows there are derived from its Table 1 numbers by the same thresholds.
+def paper_key(label: str) -> str:
+    """The paper's Table 1 column of the runs labelled ``label``."""
+    return next(c.paper_key for c in methods.layout("table1") if c.label == label)
+
+
 def paper_columns(comparison: str) -> tuple[str, str]:
     """(fusion column, baseline column) of the paper's Table 1 for a Table 2 comparison key."""
-    key = {c.label: c.paper_key for c in methods.layout("table1")}
     comp = next(c for c in methods.comparisons() if c.key == comparison)
-    return key[comp.ours], key[comp.baseline]
+    return paper_key(comp.ours), paper_key(comp.baseline)
 
 
 MEAN_ROW = "Mean"  # the row of Table 1 that holds the published means over all 16 tasks

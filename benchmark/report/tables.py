@@ -126,6 +126,7 @@ class TableView:
     rows: list[RowView]
     mean_row: list[CellView]
     notes: list[str] = field(default_factory=list)
+    legend: str = ""  # what a cell holds and what † means (also one of the notes)
 
     @property
     def comparable(self) -> bool:
@@ -263,10 +264,11 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
     protocols = {r.get("selection", "dev") for r in col.results if r.get("backbone") == backbone}
     kept = {"dev": "the best-epoch dev accuracy (epoch chosen on dev, the paper's protocol: optimistic)",
             "heldout": "the dev accuracy of the epoch chosen on a held-out slice of train (dev never selects)"}
-    notes.append("Cells: mean ± sample std (ddof = 1) over seeds of " + "; or ".join(kept[p] for p in sorted(protocols))
-                 + "; n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A"
-                 + (", a variant vs its kind's column" if extra else "")
-                 + f") beyond seed noise (Welch's t-test, p < {SIGNIFICANCE}).")
+    legend = ("Cells: mean ± sample std (ddof = 1) over seeds of " + "; or ".join(kept[p] for p in sorted(protocols))
+              + "; n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A"
+              + (", a variant vs its kind's column" if extra else "")
+              + f") beyond seed noise (Welch's t-test, p < {SIGNIFICANCE}).")
+    notes.append(legend)
     if "dev" in protocols:  # how much picking the epoch on dev itself adds, per column
         gaps = []
         for (label, _, heading) in cols:
@@ -283,7 +285,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
         notes.append(f"{label}: another spec of method kind {col.kind_of(label)}"
                      + (f", compared with {base}: Welch {ps}." if ps else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
-                     notes)
+                     notes, legend)
 
 
 def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View | None:
@@ -434,8 +436,6 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
             text += f"; {sum(same) / len(same):+.2f} over our {len(same)} task(s)"
         return text
 
-    paper_key = {c[0]: c[1] for c in layout("table1")}  # run label -> the paper's Table 1 column
-
     def seed_means(key, ts) -> list[float]:
         """One value per seed: the mean over ``ts`` of that seed's cells (seeds present in every task)."""
         cells = [col.cells[(backbone, t, key)] for t in ts]
@@ -452,7 +452,7 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
         ts = [g.task for g in gs]
         p = welch_p(seed_means(ours, ts), seed_means(base, ts))
         shown = f" (Welch {p_text(p)} over per-seed means)" if p is not None else ""
-        out.append(Finding(claim, published_means(paper_key[ours], paper_key[base], gs),
+        out.append(Finding(claim, published_means(published.paper_key(ours), published.paper_key(base), gs),
                            f"{what} {mean:+.2f} over {len(gs)} tasks{shown}" + (f"; {describe(gs)}" if per_task else ""),
                            too_few(gs) or judge(mean, p)))
 
