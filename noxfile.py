@@ -129,3 +129,40 @@ def slurm(session: nox.Session) -> None:
     if os.path.exists(timings):
         with open(timings) as fh:
             session.log("measured:\n" + fh.read())
+
+
+# Versions the committed minilm_table1 results were trained with; kept in the lock until a deliberate bump.
+LOCK_PINS = ["transformers==5.24.0", "tokenizers==0.23.3", "numpy==2.4.6", "datasets==5.2.0", "scikit-learn==1.9.1"]
+
+
+@nox.session(venv_backend="none")
+def lock(session: nox.Session) -> None:
+    """Regenerate ``requirements.lock`` (every dependency but torch, with hashes) with uv. Existing pins
+    are kept; ``nox -s lock -- -P transformers==5.25.0`` moves one package (then retrain, or say why not).
+    torch is resolved as the CPU build (its CUDA wheels would add nvidia-* packages) and left out of the
+    file: it is installed from ``AFBENCH_TORCH`` as before."""
+    with tempfile.TemporaryDirectory() as tmp:
+        where = _torch_sources()
+        override = os.path.join(tmp, "torch.txt")
+        with open(override, "w") as fh:
+            fh.write("torch==2.13.0+cpu\n")
+        session.run("uv", "pip", "compile", "pyproject.toml", "--extra", "test", "--extra", "slurm",
+                    "--generate-hashes", "--no-emit-package", "torch", "--override", override,
+                    "--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28",
+                    "--custom-compile-command", "nox -s lock", "-o", "requirements.lock", *where,
+                    *[a for p in LOCK_PINS for a in ("-P", p)], *session.posargs, external=True)
+
+
+def _torch_sources() -> list[str]:
+    """Where uv finds the CPU torch wheel: pip's configured find-links (uv does not read pip's config),
+    else PyTorch's CPU index."""
+    import subprocess
+    import sys
+    try:
+        out = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"],
+                             capture_output=True, text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        out = []
+    links = [a for link in out if os.path.isdir(link) for a in ("--find-links", link)]
+    return links or ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy",
+                     "unsafe-best-match"]

@@ -28,6 +28,7 @@ from benchmark.modeling.compute import Compute
 from benchmark.plan.identity import ID_SCHEME
 from benchmark.plan.run import Plan, Run
 from benchmark.runner import slurm
+from benchmark.runner.provenance import PeakMemory, cpu_model, environment
 from benchmark.runner.results import (
     RESULT,
     SCHEMA,
@@ -101,6 +102,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
     """Write the run's result (``device`` None: it never ran, e.g. its dependency failed, so no device,
     threads or compute switches are recorded)."""
     final = exp_dir / run.id
+    previous = read_result(final) if error is None else None
     result = {
         "schema": SCHEMA,
         "id_scheme": ID_SCHEME,
@@ -132,12 +134,16 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         # cpu_kernels, last_layer: benchmark/modeling/compute.py
         **({} if device is None else Compute.of(run.compute).record(device)),
         **job_info(),  # slurm_job_id, slurm_node, slurm_gpus when run as a Slurm job
+        "cpu_model": None if device is None else cpu_model(),
         "host": socket.gethostname(),
         "started_at": started,
         "finished_at": now(),
         "versions": versions(),
+        "environment": environment(),
         "git": git_revision(),
     }
+    if previous is not None and previous.get("status") == "finished":
+        result["previous_result"] = previous_summary(previous)
     if error is None:
         if (work / WEIGHTS).exists():
             result["weights_sha256"] = file_sha256(work / WEIGHTS)
@@ -156,6 +162,19 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         write_json_atomic(final / RESULT, result)
 
 
+PREVIOUS_KEYS = ("best_metric", "best_epoch", "selection_metric", "wall_seconds", "finished_at", "git", "versions",
+                 "weights_sha256", "per_task")
+
+
+def previous_summary(previous: dict) -> dict:
+    """What a rerun of the same id keeps of the finished result it replaces (a retrain for missing weights,
+    or ``--force``): enough to say how far the numbers moved (a reproducibility check of its own)."""
+    out = {k: previous[k] for k in PREVIOUS_KEYS if k in previous}
+    out["history"] = [{k: h.get(k) for k in ("epoch", "train_loss", "dev_accuracy", "heldout_accuracy")}
+                      for h in previous.get("history") or [] if isinstance(h, dict)]
+    return out
+
+
 def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Path | None, device_name: str,
                 threads: int | None = None) -> tuple[str, str | None, float]:
     """Train one run and record it. Returns (run id, error or None, seconds)."""
@@ -167,8 +186,11 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
     work.mkdir(parents=True, exist_ok=True)
     started, t0 = now(), time.perf_counter()
     ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: exp_dir / rid)
+    peak = PeakMemory(device)
     try:
-        measured, error = execute(run, ctx, work), None
+        with peak:
+            measured, error = execute(run, ctx, work), None
+        measured = {**measured, "memory": peak.record()}
     except KeyboardInterrupt:
         shutil.rmtree(work, ignore_errors=True)
         raise
