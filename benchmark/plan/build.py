@@ -49,6 +49,12 @@ def resolve_method(reg: Registry, exp: ExperimentSpec, name: str, rf: int | None
     return m
 
 
+def variant_column(label: str, adapter_seed: int | str) -> str:
+    """The report column of fusion runs that read other adapters than the experiment's default, e.g.
+    ``fusion_st_a_rf16@s42`` (every seed over the seed-42 adapters) or ``fusion_mt_a@matched``."""
+    return f"{label}@{'matched' if adapter_seed == 'matched' else f's{adapter_seed}'}"
+
+
 def experiment_tasks(exp: ExperimentSpec) -> list[str]:
     seen: list[str] = []
     for g in exp.groups:
@@ -119,7 +125,10 @@ class _Planner:
         if run.id not in self.runs:
             self.runs[run.id] = run
         elif not run.implied:
-            self.runs[run.id].implied = False
+            kept = self.runs[run.id]
+            kept.columns = [*kept.report_columns, *(c for c in run.report_columns if c not in kept.report_columns)] \
+                if not kept.implied else run.report_columns
+            kept.implied = False
         return self.runs[run.id]
 
     def method(self, name: str, rf: int | None = None, caps: Caps | None = None) -> MethodSpec:
@@ -145,11 +154,15 @@ class _Planner:
                   if self.reg.methods[_method_name(m)].method_kind.multitask]
         return listed[0] if listed else "mt_a"
 
-    def grid_run(self, name: str, task: str, backbone: str, seed: int, rf: int | None) -> None:
+    def grid_run(self, name: str, task: str, backbone: str, seed: int, rf: int | None,
+                 adapter_seed: int | str | None = None) -> None:
         kind = self.reg.methods[name].method_kind
         run = Run("", self.exp.name, self.method(name, rf, self.caps(task)), backbone, seed,
                   caps=self.caps(task), task=task)
-        aseed = seed if self.exp.fusion.adapter_seed == "matched" else self.exp.fusion.adapter_seed
+        chosen = self.exp.fusion.adapter_seed if adapter_seed is None else adapter_seed
+        aseed = seed if chosen == "matched" else chosen
+        if adapter_seed is not None and adapter_seed != self.exp.fusion.adapter_seed:
+            run.columns = [variant_column(run.label, adapter_seed)]
         if kind.depends_on == "stage1":
             run.sources = [s for s in fusion_sources(self.exp, task) if self.usable(s)]
             rf_src = run.method.fusion.source_reduction_factor
@@ -171,10 +184,11 @@ class _Planner:
                         self.mt_a(backbone, seed, implied=False)
                         continue
                     rfs = mref.reduction_factor if isinstance(mref, MethodRef) and mref.reduction_factor else [None]
+                    aseed = mref.adapter_seed if isinstance(mref, MethodRef) else None
                     for task in g.tasks:
                         if self.usable(task):
                             for rf in rfs:
-                                self.grid_run(name, task, backbone, seed, rf)
+                                self.grid_run(name, task, backbone, seed, rf, aseed)
 
 
 def build_plan(reg: Registry, exp: ExperimentSpec, available: Callable[[str], str | None] | None = None, *,

@@ -31,6 +31,9 @@ class Run:
     selection: Selection = field(default_factory=Selection)
     compute: ComputeSpec = field(default_factory=lambda: DEFAULT_COMPUTE)
     data: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> split -> data fingerprint
+    # report columns this run fills (not part of its identity): its label, or a variant's column such as
+    # ``fusion_st_a_rf16@s42`` (fusion over seed-42 adapters); one run may fill several (seed 42 there)
+    columns: list[str] = field(default_factory=list)
 
     @property
     def kind(self):
@@ -47,6 +50,10 @@ class Run:
     @property
     def label(self) -> str:
         return self.kind.label(self.method)
+
+    @property
+    def report_columns(self) -> list[str]:
+        return self.columns or [self.label]
 
     @property
     def batching(self) -> str:

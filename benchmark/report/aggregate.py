@@ -67,10 +67,12 @@ class Collected:
     plan_source: str = ""  # where the expected runs came from: the current specs, plan.json or nothing
     stale_sources: set[str] = field(default_factory=set)  # where the stale results' data came from (mirror, hub)
     multitask: list[dict] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
+    column_kinds: dict[str, str] = field(default_factory=dict)  # report column -> method kind (from the plan)
 
     def kind_of(self, label: str) -> str | None:
-        """The method kind of the runs labelled ``label`` (a variant such as st_a_shuffled_rf16 -> st_a)."""
-        return next((r.get("method_kind") for r in self.results if r.get("label") == label), None)
+        """The method kind of a report column (a variant such as st_a_shuffled_rf16 -> st_a)."""
+        return self.column_kinds.get(label) or next(
+            (r.get("method_kind") for r in self.results if r.get("label") == label), None)
 
     def backbones(self) -> list[str]:
         return sorted({b for b, _, _ in self.cells})
@@ -98,6 +100,9 @@ def _read_plan(folder: Path) -> tuple[dict | None, str]:
 
 def collect(results: list[dict], plan: dict | None, experiment: str) -> Collected:
     roles = {r["id"]: r["role"] for r in (plan or {}).get("runs", [])}
+    # the report columns a run fills (a plan.json older than variant columns: its label)
+    columns = {r["id"]: r.get("columns") or [r["label"]] for r in (plan or {}).get("runs", [])}
+    kinds = {c: r["kind"] for r in (plan or {}).get("runs", []) if r.get("kind") for c in columns[r["id"]]}
     # A spec edited after a run changes the run ids; results of the old spec stay on disk but are not
     # part of this experiment any more (they would count as an extra seed), so they are left out.
     stale = sorted(r["run_id"] for r in results if plan is not None and r["run_id"] not in roles)
@@ -119,7 +124,8 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
     for run in (plan or {}).get("runs", []):
         if run["role"] == "grid":
             for t in rows([run["task"]] if run["task"] else run["tasks"]):
-                cell(run["backbone"], t, run["label"]).expected = True
+                for c in columns[run["id"]]:
+                    cell(run["backbone"], t, c).expected = True
     for r in results:
         role = roles.get(r["run_id"], r.get("role", "grid"))
         if r["status"] == "finished":
@@ -133,24 +139,25 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
         # MT-A: one result for several tasks (per_task when finished; a failed one counts for each of its tasks)
         tasks = list(per_task) if per_task else ([r["task"]] if r.get("task") else list(r.get("tasks") or []))
         for t in rows(tasks):
-            c = cell(r["backbone"], t, r["label"])
-            c.expected = True
-            if r["status"] != "finished":
-                c.failed.append(r.get("error") or "unknown error")
-                continue
-            c.values.append(per_task[t]["best_metric"] if per_task else r["best_metric"])
-            c.seeds.append(r["seed"])
-            hist = per_task[t].get("history") if per_task else [h.get("dev_accuracy") for h in r.get("history", [])]
-            if hist and hist[-1] is not None:
-                c.last.append(hist[-1])
-            if r.get("fusion_attention") and r["fusion_attention"].get("layers"):
-                attention.setdefault((r["backbone"], t, r["label"]), []).append(r["fusion_attention"])
+            for label in columns.get(r["run_id"], [r["label"]]):
+                c = cell(r["backbone"], t, label)
+                c.expected = True
+                if r["status"] != "finished":
+                    c.failed.append(r.get("error") or "unknown error")
+                    continue
+                c.values.append(per_task[t]["best_metric"] if per_task else r["best_metric"])
+                c.seeds.append(r["seed"])
+                hist = per_task[t].get("history") if per_task else [h.get("dev_accuracy") for h in r.get("history", [])]
+                if hist and hist[-1] is not None:
+                    c.last.append(hist[-1])
+                if r.get("fusion_attention") and r["fusion_attention"].get("layers"):
+                    attention.setdefault((r["backbone"], t, label), []).append(r["fusion_attention"])
     no_data = {}
     for s in (plan or {}).get("skipped", []):
         if s["what"].startswith("task "):
             no_data[s["what"][5:]] = s["why"]
     return Collected(experiment, cells, stage1, no_data, results, (plan or {}).get("description", ""), attention,
-                     stale, stale_sources=stale_sources, multitask=multitask)
+                     stale, stale_sources=stale_sources, multitask=multitask, column_kinds=kinds)
 
 
 def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collected:

@@ -217,12 +217,48 @@ def variants(col: Collected, backbone: str) -> dict[str, str]:
     return out
 
 
+def variant_heading(label: str) -> str:
+    """A variant column's heading: ``fusion_st_a_rf16@s42`` -> "F. w/ ST-A (adapters s42)"."""
+    base, _, adapters = label.partition("@")
+    if not adapters:
+        return label
+    heading = next((c.heading for c in methods.layout("table1") if c.label == base), base)
+    return f"{heading} ({'own-seed adapters' if adapters == 'matched' else f'adapters {adapters}'})"
+
+
+def adapter_seed_sensitivity(col: Collected, backbone: str) -> list[str]:
+    """Where a fusion column also exists over other adapters (a ``label@...`` variant): per task, how the
+    seed std and the Welch p against the fusion column's baseline (its † pair) move between the two."""
+    pairs, out = methods.significance_pairs(), []
+    for label in sorted(col.columns(backbone)):
+        base, _, adapters = label.partition("@")
+        if not adapters or base not in col.columns(backbone) or base not in pairs:
+            continue
+        ref = pairs[base]
+        parts = []
+        for t in sorted({t for b, t, c in col.cells if b == backbone and c == label}):
+            own, other, baseline = (col.cells.get((backbone, t, c)) for c in (base, label, ref))
+            if not (own and other and own.values and other.values):
+                continue
+            p_own = welch_p(own.values, baseline.values) if baseline and baseline.values else None
+            p_other = welch_p(other.values, baseline.values) if baseline and baseline.values else None
+            sd = lambda c: fmt(c.std) if c.std is not None else "—"  # noqa: E731
+            pt = lambda p: p_text(p) if p is not None else "p —"  # noqa: E731
+            parts.append(f"{t}: mean {fmt(own.mean)} vs {fmt(other.mean)}, std {sd(own)} vs {sd(other)}, "
+                         f"vs {ref} {pt(p_own)} vs {pt(p_other)}")
+        if parts:
+            out.append(f"Adapter-seed sensitivity, {variant_heading(base + '@x').split(' (')[0]}: the main "
+                       f"column vs {variant_heading(label)} (its seeds share one set of adapters, so its std "
+                       "leaves out adapter noise and its p-values are optimistic): " + "; ".join(parts) + ".")
+    return out
+
+
 def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> TableView | None:
     cols = [c for c in layout(key) if c[0] in col.columns(backbone)]
     pairs = methods.significance_pairs()
     extra = variants(col, backbone) if key == "table1" else {}  # other specs of a kind: never silently dropped
     if extra:
-        cols += [(label, label, label) for label in extra]
+        cols += [(label, label, variant_heading(label)) for label in extra]
         pairs.update({label: base for label, base in extra.items() if base})
     if not cols or (key == "table3" and len(cols) < 2):
         return None
@@ -279,11 +315,14 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
         if gaps:
             notes.append("Selecting the epoch on dev is optimistic: best-epoch minus last-epoch dev accuracy, mean "
                          "over tasks and seeds: " + ", ".join(gaps) + " points.")
+    if key == "table1":
+        notes += adapter_seed_sensitivity(col, backbone)
     for label, base in extra.items():
         j = [c[0] for c in cols].index(label)
         ps = ", ".join(f"{r.task} {p_text(r.cells[j].p_value)}" for r in rows if r.cells[j].p_value is not None)
-        notes.append(f"{label}: another spec of method kind {col.kind_of(label)}"
-                     + (f", compared with {base}: Welch {ps}." if ps else "."))
+        what = (f"{col.kind_of(label)} over other adapters than the main column ({variant_heading(label)})"
+                if "@" in label else f"another spec of method kind {col.kind_of(label)}")
+        notes.append(f"{label}: {what}" + (f", compared with {base}: Welch {ps}." if ps else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
                      notes, legend)
 

@@ -72,8 +72,9 @@ def plan_record(plan: Plan) -> dict:
     return {
         "experiment": plan.experiment.name,
         "description": plan.experiment.description.strip(),
-        "runs": [{"id": r.id, "task": r.task, "tasks": r.tasks, "label": r.label, "backbone": r.backbone,
-                  "seed": r.seed, "role": "stage1" if r.implied else "grid"} for r in plan.runs],
+        "runs": [{"id": r.id, "task": r.task, "tasks": r.tasks, "label": r.label, "kind": r.kind.name,
+                  "columns": r.report_columns, "backbone": r.backbone, "seed": r.seed,
+                  "role": "stage1" if r.implied else "grid"} for r in plan.runs],
         "skipped": [{"what": w, "why": y} for w, y in plan.skipped],
         # the tasks of the experiment's groups: the rows of its tables (an MT-A run also trains others)
         "targets": sorted({t for g in plan.experiment.groups for t in g.tasks}),

@@ -159,6 +159,12 @@ def check_references(reg: Registry) -> None:
                         file=f, field=f"groups[{gi}].methods[{mi}].reduction_factor",
                         fix="remove reduction_factor or use an adapter method (st_a, st_a_houlsby)",
                     )
+                if isinstance(m, MethodRef) and m.adapter_seed is not None and not spec.method_kind.depends_on:
+                    raise SpecError(
+                        f"method '{mname}' reads no other run's adapters, so adapter_seed means nothing",
+                        file=f, field=f"groups[{gi}].methods[{mi}].adapter_seed",
+                        fix="remove adapter_seed, or use it on a fusion method (fusion_st_a, fusion_mt_a)",
+                    )
             for bi, b in enumerate(g.backbones or []):
                 reg.get("backbone", b, referenced_from=f, field_path=f"groups[{gi}].backbones[{bi}]")
         if exp.fusion.sources != "all":

@@ -241,6 +241,10 @@ class MethodSpec(Strict):
 class MethodRef(Strict):
     method: str
     reduction_factor: list[int] | None = Field(None, description="sweep of adapter reduction factors")
+    adapter_seed: int | Literal["matched"] | None = Field(
+        None, description="fusion kinds: whose adapters (stage-1 runs or MT-A run) a fusion seed reads, for this "
+                          "entry only; its runs form their own report column. None = the experiment's "
+                          "fusion.adapter_seed")
 
 
 class RunGroup(Strict):
