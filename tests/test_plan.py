@@ -80,6 +80,40 @@ def test_a_fixed_adapter_seed_shares_stage1_runs_across_seeds(tmp_path):
     assert len(deps) == 1  # both seeds' fusion runs read the same adapters
 
 
+def test_an_adapter_seed_entry_is_its_own_column_and_keeps_the_shared_ids(tmp_path):
+    """{method: fusion_st_a, adapter_seed: 1} beside the matched default: its seed-2 runs are exactly the runs
+    an experiment with adapter_seed: 1 plans (same ids), its seed-1 run is the matched seed-1 run (one run,
+    two columns), and the plan record and the report's cells carry the variant column."""
+    from benchmark.report.aggregate import collect
+    from benchmark.runner.execute import plan_record
+
+    both = GRID.replace("fusion_st_a, fusion_mt_a]", "fusion_st_a, fusion_mt_a, {method: fusion_st_a, adapter_seed: 1}]")
+    plan = _plan(_specs(tmp_path / "a", both))
+    shared = _plan(_specs(tmp_path / "b", GRID.replace("adapter_seed: matched", "adapter_seed: 1")))
+    cols = {r.id: r.report_columns for r in plan.runs if r.kind.name == "fusion_st_a"}
+    want = {r.id for r in shared.runs if r.kind.name == "fusion_st_a"}
+    assert want <= set(cols)
+    assert sorted(map(tuple, (cols[i] for i in want))) == sorted(
+        [("fusion_st_a_rf16", "fusion_st_a_rf16@s1")] * 2 + [("fusion_st_a_rf16@s1",)] * 2)
+    record = plan_record(plan)
+    fake = [{"run_id": r["id"], "status": "finished", "label": r["label"], "backbone": r["backbone"], "seed": r["seed"],
+             "task": r["task"], "best_metric": 50.0 + r["seed"], "experiment": "probe", "method_kind": r["kind"]}
+            for r in record["runs"] if r["kind"] == "fusion_st_a"]
+    col = collect(fake, record, "probe")
+    assert col.cells[("tiny-bert", "rte", "fusion_st_a_rf16@s1")].seeds == [1, 2]
+    assert col.cells[("tiny-bert", "rte", "fusion_st_a_rf16")].seeds == [1, 2]
+    assert col.kind_of("fusion_st_a_rf16@s1") == "fusion_st_a"
+
+
+def test_adapter_seed_on_a_method_without_dependencies_is_an_error(tmp_path):
+    from benchmark.errors import SpecError
+    from benchmark.spec.registry import check_references
+
+    specs = _specs(tmp_path, GRID.replace("methods: [head,", "methods: [{method: head, adapter_seed: 1},"))
+    with pytest.raises(SpecError, match="adapter_seed"):
+        check_references(_registry(specs))
+
+
 def _ids(plan) -> dict[tuple, str]:
     return {(r.label, r.task, r.seed, tuple(r.tasks)): r.id for r in plan.runs}
 
