@@ -173,8 +173,15 @@ def cmd_plan(args) -> int:
     from benchmark.runner.results import read_result_file, results_root, scan_experiment
 
     reg = _registry(args)
-    plan = _plan(args, reg)
     root = results_root(args.results_dir)
+    if getattr(args, "estimate", False) or getattr(args, "calibrate", False):
+        from benchmark.plan.build import build_plan
+
+        # every task is planned: one whose data is not here is costed from its declared sizes
+        plan = build_plan(reg, reg.get("experiment", args.experiment), None, data_root=_data_dir(args),
+                          options=_options(args))
+        return _estimate(args, reg, plan, root)
+    plan = _plan(args, reg)
     exp_dir = root / plan.experiment.name
     rows = []
     for i, r in enumerate(plan.runs, 1):
@@ -190,6 +197,57 @@ def cmd_plan(args) -> int:
         print(f"warning: {line}")
     c = Counter(row[7] for row in rows)
     print(f"{len(rows)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())))
+    return 0
+
+
+def _estimate(args, reg, plan, root) -> int:
+    """``plan --estimate``: predicted seconds per run (benchmark/runner/cost.py); ``--calibrate`` refits the CPU
+    model on this experiment's finished runs of one seed and checks it on the others."""
+    import json
+
+    from benchmark.runner import cost
+    from benchmark.runner.provenance import cpu_model
+    from benchmark.runner.results import scan_experiment, write_json_atomic
+
+    data_root = _data_dir(args)
+    if args.calibrate:
+        results = {r["run_id"]: r for r in scan_experiment(root, plan.experiment.name).results}
+        by_cpu: dict[str, dict] = {}
+        for rid, r in results.items():
+            by_cpu.setdefault(r.get("cpu_model") or cost.UNRECORDED_CPU, {})[rid] = r
+        cal = cost.load_calibration()
+        for cpu, res in sorted(by_cpu.items()):
+            seeds = sorted({r["seed"] for r in res.values()})
+            if len(seeds) < 2:
+                print(f"{cpu}: runs of one seed only; not calibrated (the check needs other seeds)")
+                continue
+            out = cost.calibrate(plan, reg, data_root, res, {seeds[0]})
+            out.update({"experiment": plan.experiment.name, "fit_seeds": [seeds[0]]})
+            cal.setdefault("cpus", {})[cpu] = out
+            cal["epoch_share"] = out["epoch_share"] if cpu == cal.get("default", cpu) else cal.get("epoch_share", {})
+            cal.setdefault("default", cpu)
+            print(f"{cpu}: fitted on {out['fit_runs']} runs of seed {seeds[0]}, checked on {out['check_runs']}: median "
+                  f"|relative error| {out['median_rel_error']:.1%}; worst kind {out['worst_kind']['kind']} "
+                  f"({out['worst_kind']['median_rel_error']:.1%})")
+        write_json_atomic(cost.CALIBRATION_FILE, cal)
+        print(f"wrote {cost.CALIBRATION_FILE.name}")
+        return 0
+    device = args.estimate_device
+    jobs = args.gpus or (os.cpu_count() or 1 if device == "cpu" else 1)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
+    est = cost.estimate(plan, reg, data_root, device=device, devices=jobs, threads=threads, cpu=cpu_model())
+    if args.json:
+        print(json.dumps(est.as_json(), indent=1))
+        return 0
+    from tabulate import tabulate
+    rows = [(r.id, r.kind, f"{r.epochs:.1f}", f"{r.train_gflop / 1e3:.1f}", f"{r.eval_gflop / 1e3:.1f}",
+             f"{r.seconds / 60:.1f}") for r in est.runs]
+    print(tabulate(rows, headers=["run id", "kind", "epochs", "train TFLOP", "eval TFLOP", "minutes"],
+                   disable_numparse=True))
+    if device == "cpu":
+        print(f"(CPU: {jobs} runs at a time, {threads} thread(s) each; --gpus N sets the number of parallel runs)")
+    for line in cost.summary_lines(est):
+        print(line)
     return 0
 
 
@@ -353,6 +411,18 @@ def build_parser() -> argparse.ArgumentParser:
             add_slurm_arguments(sp)
         if name == "migrate":
             sp.add_argument("--dry-run", action="store_true", help="only say what would be renamed")
+        if name == "plan":
+            sp.add_argument("--estimate", action="store_true",
+                            help="predicted train+eval time per run and in total (benchmark/runner/cost.py)")
+            sp.add_argument("--device", dest="estimate_device", choices=["cpu", "a100", "h100", "h200"],
+                            default="cpu", help="with --estimate: this CPU (calibrated) or a GPU (an assumed "
+                                                "share of its datasheet peak)")
+            sp.add_argument("--gpus", type=int, metavar="N", help="with --estimate: devices (GPUs, or parallel "
+                                                                 "CPU runs) for the wall time")
+            sp.add_argument("--json", action="store_true", help="with --estimate: JSON")
+            sp.add_argument("--calibrate", action="store_true",
+                            help="refit the CPU cost model on this experiment's finished runs (writes "
+                                 "benchmark/runner/cost_calibration.json)")
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"))
     r.add_argument("experiments", nargs="+", metavar="experiment", help="one or more experiment names")
     r.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")

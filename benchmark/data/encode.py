@@ -93,7 +93,8 @@ class EncodedSplit:
         return len(self.examples)
 
 
-def _tokenize(tok, rendered: dict, task: TaskSpec, max_length: int) -> dict:
+def tokenize_row(tok, rendered: dict, task: TaskSpec, max_length: int) -> dict:
+    """One rendered row -> ``input_ids`` (and ``token_type_ids``): one sequence, or one per choice."""
     if task.type == "classification":
         enc = tok(rendered["text"], rendered["text_pair"], truncation=True, max_length=max_length)
         out = {"input_ids": enc["input_ids"]}
@@ -155,7 +156,7 @@ def encode_split(
     labels = labels_of(task, rows_sel, split, task_file)
     examples = []
     for i, row, y in zip(idx, rows_sel, labels):
-        ex = _tokenize(tokenizer, render_row_at(task, row, split, i, task_file), task, max_length)
+        ex = tokenize_row(tokenizer, render_row_at(task, row, split, i, task_file), task, max_length)
         ex["label"] = y
         examples.append(ex)
     if not examples:  # guards the loops downstream: no split may train "finished" on nothing

@@ -78,6 +78,8 @@ class Splits(Strict):
 class PaperInfo(Strict):
     order: int | None = Field(None, description="row position in the paper's Table 1 (sorted by size)")
     train_size: int | None = Field(None, description="official training-set size")
+    dev_size: int | None = Field(None, description="official size of the split we evaluate on (the cost model's "
+                                                   "fallback when the data is not available)")
     group: Literal["high", "medium", "low"] | None = Field(None, description="size group of Table 1")
 
 

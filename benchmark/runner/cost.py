@@ -1,0 +1,423 @@
+"""The cost model: how long each planned run takes, on this CPU or on a GPU. The one place that predicts
+run time (``afbench plan --estimate`` and the runner's ETA read it).
+
+Per run it counts the work, then prices it:
+
+1. **Rows and tokens.** Train rows (after the held-out slice and the row caps), eval rows per epoch
+   (dev, plus the held-out slice under ``selection: heldout``) and, from a sample of up to
+   ``SAMPLE_ROWS`` rendered and tokenized rows per split, the length distribution; the computed tokens
+   of an epoch (padding included) come from ``data/batching.py`` itself, simulating the run's batching
+   on lengths resampled to the split's size. Where a task's data is not available (the Hub offline),
+   its declared sizes (``paper.train_size``, ``paper.dev_size``) and ``ASSUMED_LENGTH`` of its max
+   length are used, and the run says so (``basis``).
+2. **Epochs.** The epoch budget times the share of it runs of this method kind actually trained
+   (early stopping) in the calibration set; 1.0 for a kind the calibration has not seen.
+3. **FLOPs per token** from the encoder's shape (layers, width, FFN width; the Hub's BERT-base and
+   RoBERTa-base are listed so ``table1`` can be costed offline): forward = 2 x weights per token plus
+   attention over the sequence; training adds what the backward really computes: nothing through a
+   frozen encoder for Head, input gradients through every layer (adapters sit in each) and weight
+   gradients of the small trained modules for ST-A, Houlsby and Fusion, and input plus weight gradients
+   of every layer for Full and MT-A (x 3 forward).
+4. **Price.** CPU: ``seconds = (a * train GFLOP + b * eval GFLOP) / threads + c``, with ``a, b, c``
+   fitted (non-negative least squares on relative errors) to finished runs of one CPU model and stored
+   in ``cost_calibration.json`` (``afbench plan EXP --estimate --calibrate``); ``threads`` are the run's
+   torch threads (linear scaling assumed). GPU: FLOPs over a stated fraction (``GPU_EFFICIENCY``) of
+   the datasheet bf16 dense peak (``GPUS``), plus a fixed time per step (``GPU_STEP_S``: launches and
+   Python, which dominate small-batch fine-tuning on a large GPU) and ``GPU_OVERHEAD_S`` per run: an
+   estimate, not a measurement, and labelled so wherever it is printed. Epochs on a budget the
+   calibration has not seen (the paper's 30) use the same share, so long budgets are costed high when
+   early stopping would end them sooner.
+5. **Wall time on N devices**: list scheduling along the dependency graph (a run starts when its
+   dependencies have finished and a device is free, in the runner's start order), not total / N.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from benchmark.data.batching import epoch_batches, padding_cost
+from benchmark.data.holdout import heldout_size
+from benchmark.data.sources import read_rows, subsample
+from benchmark.errors import BenchError, DataError, DataUnavailable
+from benchmark.plan.run import Plan, Run
+from benchmark.spec.registry import Registry
+from benchmark.spec.schema import BackboneSpec, TaskSpec
+
+CALIBRATION_FILE = Path(__file__).with_name("cost_calibration.json")
+SAMPLE_ROWS = 400
+SIM_ROWS = 20_000  # lengths resampled to at most this many rows to simulate an epoch's batches
+ASSUMED_LENGTH = 0.5  # share of max_length a row is assumed to fill when its data is not available
+# Datasheet dense bf16 peaks (FLOP/s, SXM parts) and the share of it a fine-tuning run is assumed to reach.
+GPUS = {"a100": 312e12, "h100": 989e12, "h200": 989e12}
+GPU_EFFICIENCY = 0.30
+GPU_OVERHEAD_S = 30.0  # per run: loading the model and the data
+# per step: kernel launches and Python of an eager PyTorch step (a BERT-base training step at batch 32 does
+# not fill a datacenter GPU; this, not the FLOPs, dominates small-batch fine-tuning there)
+GPU_STEP_S = {"train": 0.025, "eval": 0.008}
+# Results written before the runner recorded the CPU model came from the project's earlier machine.
+UNRECORDED_CPU = "AMD EPYC, 2 cores (cpu_model not recorded)"
+# Shapes of Hub backbones, so a grid on them can be costed without downloading their configs.
+KNOWN_SHAPES = {"bert-base-uncased": (12, 768, 3072), "roberta-base": (12, 768, 3072),
+                "FacebookAI/roberta-base": (12, 768, 3072), "google-bert/bert-base-uncased": (12, 768, 3072)}
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    ffn: int
+
+
+@dataclass
+class SplitProfile:
+    rows: int
+    lengths: list  # sampled token counts (int, or a list per multiple-choice row)
+    measured: bool  # from the data (True) or declared sizes and an assumed length (False)
+
+
+@dataclass
+class RunCost:
+    id: str
+    kind: str
+    epochs: float
+    train_tokens: float  # computed tokens over all epochs (padding included)
+    eval_tokens: float
+    train_gflop: float
+    eval_gflop: float
+    threads: int
+    train_steps: float = 0.0
+    eval_steps: float = 0.0
+    seconds: float = 0.0
+    basis: list[str] = field(default_factory=list)  # how the data part was obtained, when not measured
+
+
+# --------------------------------------------------------------------------------------- shapes
+def encoder_shape(spec: BackboneSpec) -> Shape:
+    if spec.source == "random_init":
+        c = spec.config
+        return Shape(int(c.get("num_hidden_layers", 12)), int(c.get("hidden_size", 768)),
+                     int(c.get("intermediate_size", 4 * int(c.get("hidden_size", 768)))))
+    if spec.source == "hub" and spec.model_id in KNOWN_SHAPES:
+        return Shape(*KNOWN_SHAPES[spec.model_id])
+    try:
+        from transformers import AutoConfig
+
+        from benchmark.modeling.backbone import model_path
+        cfg = AutoConfig.from_pretrained(model_path(spec), local_files_only=True)
+        return Shape(cfg.num_hidden_layers, cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size))
+    except (OSError, ValueError, BenchError) as e:
+        raise BenchError(f"the cost model cannot read the shape of backbone '{spec.name}' ({e})",
+                         field="model_id", fix="make its config available offline, or add its shape to "
+                                               "KNOWN_SHAPES in benchmark/runner/cost.py") from None
+
+
+def forward_flops(shape: Shape, seq: float) -> float:
+    """Forward FLOPs per token of the encoder: Q, K, V, O (4 d^2) and the FFN (2 d f) as multiply-adds,
+    plus attention scores and the weighted sum over ``seq`` positions (2 seq d)."""
+    d, f = shape.hidden, shape.ffn
+    return shape.layers * (2 * (4 * d * d + 2 * d * f) + 4 * seq * d)
+
+
+def module_flops(run: Run, shape: Shape) -> float:
+    """Forward FLOPs per token of what the method adds to every layer (adapters, fusion)."""
+    d, m = shape.hidden, run.method
+    if m.adapter is not None and run.kind.name != "mt_a":
+        per = 2 * 2 * d * (d // max(1, m.adapter.reduction_factor))
+        return shape.layers * per * (2 if m.adapter.type == "houlsby" else 1)
+    if m.fusion is not None:
+        n = max(1, len(run.sources))
+        adapters = n * 2 * 2 * d * (d // max(1, m.fusion.source_reduction_factor))
+        return shape.layers * (adapters + 2 * 3 * d * d + 4 * n * d)
+    if run.kind.name == "mt_a" and m.adapter is not None:
+        return shape.layers * 2 * 2 * d * (d // max(1, m.adapter.reduction_factor))
+    return 0.0
+
+
+def train_flops_per_token(run: Run, shape: Shape, seq: float) -> float:
+    fwd, mod = forward_flops(shape, seq), module_flops(run, shape)
+    trains = run.kind.trains
+    if "encoder" in trains:  # Full, MT-A: input and weight gradients of every layer
+        return 3 * (fwd + mod)
+    if trains & {"adapter", "fusion"}:  # frozen encoder: input gradients through it, weight grads of the modules
+        return 2 * fwd + 3 * mod
+    return fwd + mod  # Head: nothing flows back into the encoder
+
+
+# --------------------------------------------------------------------------------------- data
+_profiles: dict[tuple, SplitProfile] = {}
+
+
+def _profile(task: TaskSpec, split: str, max_length: int, tok_key: str, root: str | None, task_file: str,
+             declared_rows: int | None) -> SplitProfile:
+    key = (task.name, split, max_length, tok_key, root)
+    if key not in _profiles:
+        _profiles[key] = _measure(task, split, max_length, tok_key, root, task_file, declared_rows)
+    return _profiles[key]
+
+
+def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: str | None, task_file: str,
+             declared_rows: int | None) -> SplitProfile:
+    from benchmark.data.encode import render_row_at, tokenize_row
+    try:
+        rows = read_rows(task, split, Path(root) if root else None, task_file=task_file)
+    except (DataUnavailable, DataError):
+        n = declared_rows or 0
+        k = task.num_labels if task.type == "multiple_choice" else 0
+        length = max(8, int(ASSUMED_LENGTH * max_length))
+        return SplitProfile(n, [[length] * k if k else length], False)
+    tok = _tokenizers[tok_key]
+    idx = subsample(len(rows), SAMPLE_ROWS, 0)
+    lengths = []
+    for i in idx:
+        try:
+            enc = tokenize_row(tok, render_row_at(task, rows[i], split, i, task_file), task, max_length)
+        except BenchError:
+            continue
+        ids = enc["input_ids"]
+        lengths.append([len(x) for x in ids] if ids and isinstance(ids[0], list) else len(ids))
+    return SplitProfile(len(rows), lengths or [max_length // 2], True)
+
+
+_tokenizers: dict[str, object] = {}
+
+
+def _tokenizer_key(reg: Registry, backbone: str) -> str:
+    """Load the backbone's tokenizer once; a Hub backbone offline uses MiniLM's (BERT's uncased vocab)."""
+    if backbone not in _tokenizers:
+        from benchmark.modeling.backbone import load_tokenizer
+        try:
+            _tokenizers[backbone] = load_tokenizer(reg.backbones[backbone])
+        except Exception:  # noqa: BLE001 - any tokenizer that cannot load offline: the proxy below
+            proxy = next((b for b, s in reg.backbones.items() if s.source == "python_package"), None)
+            if proxy is None or proxy == backbone:
+                raise
+            _tokenizers[backbone] = load_tokenizer(reg.backbones[proxy])
+    return backbone
+
+
+def split_profile(reg: Registry, run: Run, task: str, split: str, data_root: Path | None) -> SplitProfile:
+    spec = reg.tasks[task]
+    caps = run.caps_for(task)
+    max_len = min(caps.max_length or spec.max_length, spec.max_length)
+    train = spec.paper.train_size
+    declared = train if split == spec.splits.train else spec.paper.dev_size or (train // 10 if train else None)
+    return _profile(spec, split, max_len, _tokenizer_key(reg, run.backbone), str(data_root) if data_root else None,
+                    reg.file_of("task", task), declared)
+
+
+def computed_tokens(lengths: list, rows: int, batch_size: int, mode: str, seed: int = 0) -> float:
+    """Computed tokens (padding included) of one pass over ``rows`` rows whose lengths are like ``lengths``."""
+    if rows <= 0:
+        return 0.0
+    n = min(rows, SIM_ROWS)
+    rng = random.Random(seed)
+    sim = [lengths[rng.randrange(len(lengths))] for _ in range(n)]
+    _, computed = padding_cost(sim, epoch_batches(sim, batch_size, mode=mode, seed=seed))
+    return computed * rows / n
+
+
+def mean_sequence(lengths: list) -> float:
+    flat = [x for v in lengths for x in (v if isinstance(v, list) else [v])]
+    return statistics.fmean(flat) if flat else 0.0
+
+
+# --------------------------------------------------------------------------------------- runs
+def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[str, float],
+             threads: int) -> RunCost:
+    """Tokens and FLOPs of one run (no pricing)."""
+    shape = encoder_shape(reg.backbones[run.backbone])
+    tp = run.method.train
+    epochs = max(1.0, tp.epochs * epoch_share.get(run.kind.name, 1.0))
+    train_tok = eval_tok = train_gf = eval_gf = train_steps = eval_steps = 0.0
+    basis: list[str] = []
+    tasks = run.all_tasks
+    for t in tasks:
+        spec, caps = reg.tasks[t], run.caps_for(t)
+        tr = split_profile(reg, run, t, spec.splits.train, data_root)
+        ev = split_profile(reg, run, t, spec.splits.eval, data_root)
+        if not (tr.measured and ev.measured):
+            basis.append(f"{t}: declared sizes, {ASSUMED_LENGTH:.0%} of max length assumed")
+        held = heldout_size(tr.rows, run.selection.heldout_fraction, run.selection.heldout_max_rows) \
+            if run.selection.protocol == "heldout" else 0
+        n_train = tr.rows - held
+        if caps.max_train_rows:
+            n_train = min(n_train, caps.max_train_rows)
+        n_eval = min(ev.rows, caps.max_eval_rows) if caps.max_eval_rows else ev.rows
+        if tp.max_steps_per_epoch and len(tasks) == 1:
+            n_train = min(n_train, tp.max_steps_per_epoch * tp.batch_size)
+        per_epoch = computed_tokens(tr.lengths, n_train, tp.batch_size, run.batching)
+        evals = computed_tokens(ev.lengths, n_eval, tp.eval_batch_size, "shuffled") + \
+            computed_tokens(tr.lengths, held, tp.eval_batch_size, "shuffled")
+        seq = mean_sequence(tr.lengths)
+        train_steps += epochs * -(-n_train // tp.batch_size)
+        eval_steps += epochs * (-(-n_eval // tp.eval_batch_size) + -(-held // tp.eval_batch_size))
+        train_tok += per_epoch * epochs
+        eval_tok += evals * epochs
+        train_gf += per_epoch * epochs * train_flops_per_token(run, shape, seq) / 1e9
+        eval_gf += evals * epochs * (forward_flops(shape, seq) + module_flops(run, shape)) / 1e9
+    return RunCost(run.id, run.kind.name, epochs, train_tok, eval_tok, train_gf, eval_gf, threads, train_steps,
+                   eval_steps, basis=basis)
+
+
+def load_calibration(path: Path = CALIBRATION_FILE) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {"cpus": {}}
+
+
+def cpu_entry(calibration: dict, cpu: str | None) -> tuple[str, dict]:
+    """The calibration of this CPU model, else the default one (the note says which)."""
+    cpus = calibration.get("cpus", {})
+    if cpu in cpus:
+        return cpu, cpus[cpu]
+    default = calibration.get("default")
+    if default in cpus:
+        return default, cpus[default]
+    raise BenchError("no CPU calibration for the cost model", field="benchmark/runner/cost_calibration.json",
+                     fix="run `afbench plan minilm_table1 --estimate --calibrate` after some runs have finished")
+
+
+def price(cost: RunCost, device: str, cpu_fit: dict | None) -> float:
+    if device == "cpu":
+        a, b, c = cpu_fit["a"], cpu_fit["b"], cpu_fit["c"]
+        return (a * cost.train_gflop + b * cost.eval_gflop) / max(1, cost.threads) + c
+    peak = GPUS[device] * GPU_EFFICIENCY
+    steps = cost.train_steps * GPU_STEP_S["train"] + cost.eval_steps * GPU_STEP_S["eval"]
+    return (cost.train_gflop + cost.eval_gflop) * 1e9 / peak + steps + GPU_OVERHEAD_S
+
+
+def makespan(plan: Plan, seconds: dict[str, float], devices: int, order: list[Run]) -> float:
+    """Wall seconds on ``devices`` parallel workers: list scheduling in the runner's start order, each run
+    started when its dependencies (among ``seconds``) have finished and a worker is free."""
+    finish: dict[str, float] = {}
+    free = [0.0] * max(1, devices)
+    pending = [r for r in order if r.id in seconds]
+    while pending:
+        ready = [r for r in pending if all(d in finish or d not in seconds for d in r.deps)]
+        if not ready:
+            break
+        # the worker that frees first takes the first run, in start order, whose dependencies are done by then
+        free.sort()
+        t = free[0]
+        startable = [r for r in ready if max([finish.get(d, 0.0) for d in r.deps] or [0.0]) <= t]
+        r = startable[0] if startable else min(ready, key=lambda r: max(finish.get(d, 0.0) for d in r.deps))
+        start = max(t, max([finish.get(d, 0.0) for d in r.deps] or [0.0]))
+        finish[r.id] = start + seconds[r.id]
+        free[0] = finish[r.id]
+        pending.remove(r)
+    return max(finish.values(), default=0.0)
+
+
+@dataclass
+class Estimate:
+    device: str
+    devices: int
+    runs: list[RunCost]
+    wall_seconds: float
+    calibration: str  # which CPU calibration priced it, or the GPU assumption
+    per_kind: dict[str, float] = field(default_factory=dict)  # kind -> summed hours
+
+    @property
+    def total_hours(self) -> float:
+        return sum(r.seconds for r in self.runs) / 3600
+
+    def as_json(self) -> dict:
+        return {"device": self.device, "devices": self.devices, "calibration": self.calibration,
+                "runs": [{"id": r.id, "seconds": round(r.seconds, 1), "kind": r.kind, "epochs": round(r.epochs, 2),
+                          "train_gflop": round(r.train_gflop, 1), "eval_gflop": round(r.eval_gflop, 1),
+                          **({"basis": r.basis} if r.basis else {})} for r in self.runs],
+                "per_kind_hours": {k: round(v, 3) for k, v in self.per_kind.items()},
+                "total_hours": round(self.total_hours, 3), "wall_hours": round(self.wall_seconds / 3600, 3)}
+
+
+def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str = "cpu", devices: int = 1,
+             threads: int | None = None, runs: list[Run] | None = None, cpu: str | None = None) -> Estimate:
+    """Predicted seconds of ``runs`` (default: every run of the plan) and the wall time on ``devices``."""
+    from benchmark.runner.execute import start_order
+    cal = load_calibration()
+    name, fit = cpu_entry(cal, cpu) if device == "cpu" else (
+        f"{GPU_EFFICIENCY:.0%} of the {device.upper()} datasheet bf16 peak + {GPU_STEP_S['train'] * 1e3:.0f} ms per "
+        "training step: an assumption, not a measurement", None)
+    share = cal.get("epoch_share", {})
+    chosen = runs if runs is not None else plan.runs
+    out = []
+    for r in chosen:
+        c = run_work(reg, r, data_root, share, threads or (1 if device == "cpu" else 1))
+        c.seconds = price(c, device, fit)
+        out.append(c)
+    seconds = {c.id: c.seconds for c in out}
+    per_kind: dict[str, float] = {}
+    for c in out:
+        per_kind[c.kind] = per_kind.get(c.kind, 0.0) + c.seconds / 3600
+    wall = makespan(plan, seconds, devices, start_order(list(chosen)))
+    label = f"CPU calibration of '{name}'" if device == "cpu" else name
+    return Estimate(device, devices, out, wall, label, per_kind)
+
+
+# --------------------------------------------------------------------------------------- calibration
+def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[str, dict],
+              fit_seeds: set[int]) -> dict:
+    """Fit ``a, b, c`` and the per-kind epoch share on finished runs of ``fit_seeds``; check on the rest.
+    ``results``: run id -> result.json of this plan's finished runs (one CPU model)."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    by_id = plan.by_id()
+    done = [(by_id[i], r) for i, r in results.items() if i in by_id and r.get("status") == "finished"]
+    share: dict[str, list[float]] = {}
+    for run, r in done:
+        if run.seed in fit_seeds and r.get("history"):
+            share.setdefault(run.kind.name, []).append(len(r["history"]) / run.method.train.epochs)
+    epoch_share = {k: statistics.fmean(v) for k, v in share.items()}
+    rows, actual, costs = [], [], []
+    for run, r in done:
+        c = run_work(reg, run, data_root, epoch_share, int(r.get("torch_threads") or 1))
+        # fitting on the runs' own epoch counts: the share above predicts them, the fit prices them
+        c_true = run_work(reg, run, data_root, {run.kind.name: len(r.get("history") or [1]) / run.method.train.epochs},
+                          int(r.get("torch_threads") or 1))
+        costs.append((run, r, c, c_true))
+    fit_rows = [(c_true, r["wall_seconds"]) for run, r, _, c_true in costs if run.seed in fit_seeds]
+    for c_true, secs in fit_rows:
+        rows.append([c_true.train_gflop / c_true.threads / secs, c_true.eval_gflop / c_true.threads / secs, 1 / secs])
+        actual.append(1.0)
+    coef, _ = nnls(np.array(rows), np.array(actual))
+    fit = {"a": float(coef[0]), "b": float(coef[1]), "c": float(coef[2])}
+    check = []
+    for run, r, c, _ in costs:
+        if run.seed in fit_seeds:
+            continue
+        pred = price(c, "cpu", fit)
+        check.append({"id": run.id, "kind": run.kind.name, "predicted": round(pred, 1),
+                      "actual": round(r["wall_seconds"], 1), "rel_error": round(pred / r["wall_seconds"] - 1, 3)})
+    errs = [abs(x["rel_error"]) for x in check]
+    by_kind: dict[str, list[float]] = {}
+    for x in check:
+        by_kind.setdefault(x["kind"], []).append(abs(x["rel_error"]))
+    worst = max(by_kind.items(), key=lambda kv: statistics.median(kv[1])) if by_kind else ("", [0.0])
+    return {"fit": fit, "epoch_share": {k: round(v, 4) for k, v in epoch_share.items()},
+            "fit_runs": len(fit_rows), "check_runs": len(check),
+            "median_rel_error": round(statistics.median(errs), 4) if errs else None,
+            "worst_kind": {"kind": worst[0], "median_rel_error": round(statistics.median(worst[1]), 4)},
+            "check": check}
+
+
+def summary_lines(est: Estimate) -> list[str]:
+    lines = [f"estimate on {est.device}" + (f" x {est.devices}" if est.devices > 1 else "") + f" ({est.calibration}):"]
+    for k, h in sorted(est.per_kind.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {k:<14} {h:8.2f} h")
+    unit = "GPU-hours" if est.device != "cpu" else "CPU run-hours"
+    lines.append(f"  total          {est.total_hours:8.2f} {unit}; wall {est.wall_seconds / 3600:.2f} h on "
+                 f"{est.devices} {'device' if est.devices == 1 else 'devices'} along the dependency graph")
+    if any(r.basis for r in est.runs):
+        tasks = sorted({b.split(':')[0] for r in est.runs for b in r.basis})
+        lines.append(f"  no data for {', '.join(tasks)}: declared sizes and {ASSUMED_LENGTH:.0%} of max length assumed")
+    return lines
+
+
+def as_dict(c: RunCost) -> dict:
+    return asdict(c)

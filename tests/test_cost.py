@@ -1,0 +1,75 @@
+"""The cost model (benchmark/runner/cost.py): work counted from the data, a CPU fit that recovers known
+coefficients, GPU pricing, and wall time along the dependency graph."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.plan.build import build_plan
+from benchmark.runner import cost
+from conftest import needs_mirror
+
+
+def _smoke(registry, seeds=(1,)):
+    exp = registry.experiments["smoke"].model_copy(update={"seeds": list(seeds)})
+    return build_plan(registry, exp, None)
+
+
+def test_wall_time_follows_the_dependency_graph(registry):
+    plan = _smoke(registry)
+    from benchmark.runner.execute import start_order
+
+    order = start_order(plan.runs)
+    seconds = {r.id: 1.0 for r in plan.runs}
+    assert cost.makespan(plan, seconds, 1, order) == pytest.approx(len(plan.runs))
+    # unlimited devices: the longest chain (stage-1 or MT-A, then the fusion run that reads it) is 2 runs
+    assert cost.makespan(plan, seconds, len(plan.runs), order) == pytest.approx(2.0)
+    # two devices: never faster than the total over two, never slower than one device
+    two = cost.makespan(plan, seconds, 2, order)
+    assert len(plan.runs) / 2 <= two <= len(plan.runs)
+
+
+def test_flops_grow_with_what_a_method_trains(registry):
+    plan = _smoke(registry)
+    shape = cost.encoder_shape(registry.backbones["tiny-bert"])
+    per = {r.kind.name: cost.train_flops_per_token(r, shape, 32.0) for r in plan.runs if r.backbone == "tiny-bert"}
+    fwd = cost.forward_flops(shape, 32.0)
+    assert per["head"] == pytest.approx(fwd)  # nothing flows back into a frozen encoder
+    assert 2 * fwd < per["st_a"] < per["st_a_houlsby"] < 2.2 * fwd  # input grads + the small modules
+    assert per["full"] == pytest.approx(3 * fwd)
+    assert per["fusion_st_a"] > per["st_a"]
+
+
+@needs_mirror
+def test_the_cpu_fit_recovers_a_known_cost_and_prices_unseen_runs(registry, monkeypatch):
+    from benchmark.data.sources import data_dir
+
+    plan = _smoke(registry, seeds=(1, 2))
+    root = data_dir()
+    truth = {"a": 0.02, "b": 0.004, "c": 3.0}
+    results = {}
+    for r in plan.runs:
+        w = cost.run_work(registry, r, root, {}, 1)
+        results[r.id] = {"status": "finished", "wall_seconds": cost.price(w, "cpu", truth), "torch_threads": 1,
+                         "history": [{}] * r.method.train.epochs}
+    out = cost.calibrate(plan, registry, root, results, {1})
+    assert out["fit_runs"] > 0 and out["check_runs"] > 0
+    assert out["median_rel_error"] < 1e-3
+    assert out["fit"]["a"] == pytest.approx(truth["a"], rel=1e-2)
+    assert all(v == pytest.approx(1.0) for v in out["epoch_share"].values())
+
+
+def test_a_paper_grid_is_costed_offline_in_gpu_hours(capsys, monkeypatch):
+    """No data and no Hub: declared sizes, a GPU priced by its stated assumption, JSON for scripts."""
+    monkeypatch.delenv("AFBENCH_DATA_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["plan", "table3", "--estimate", "--device", "h100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["runs"]) == 16 * 3 * 3 and out["total_hours"] > 0
+    assert all(r["seconds"] > cost.GPU_OVERHEAD_S for r in out["runs"])
+    assert main(["plan", "table3", "--estimate", "--device", "h100", "--gpus", "8"]) == 0
+    text = capsys.readouterr().out
+    assert "GPU-hours" in text and "assumption, not a measurement" in text and "declared sizes" in text
