@@ -73,3 +73,22 @@ def test_a_paper_grid_is_costed_offline_in_gpu_hours(capsys, monkeypatch):
     assert main(["plan", "table3", "--estimate", "--device", "h100", "--gpus", "8"]) == 0
     text = capsys.readouterr().out
     assert "GPU-hours" in text and "assumption, not a measurement" in text and "declared sizes" in text
+
+
+@needs_mirror
+def test_the_committed_grid_is_predicted_within_a_quarter(capsys):
+    """Acceptance: `afbench plan minilm_table1 --estimate --json` against the wall times of the committed runs
+    it was not calibrated on (seeds 43 and 44, trained on the calibrated CPU)."""
+    import statistics
+
+    from conftest import ROOT
+
+    assert main(["plan", "minilm_table1", "--estimate", "--json"]) == 0
+    pred = {r["id"]: r["seconds"] for r in json.loads(capsys.readouterr().out)["runs"]}
+    errors = []
+    for f in (ROOT / "results" / "minilm_table1").glob("*/result.json"):
+        r = json.loads(f.read_text())
+        if r["seed"] != 42 and not r.get("cpu_model") and r["run_id"] in pred and r["status"] == "finished":
+            errors.append(abs(pred[r["run_id"]] / r["wall_seconds"] - 1))
+    assert len(errors) >= 20
+    assert statistics.median(errors) < 0.25

@@ -340,9 +340,10 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str =
     """Predicted seconds of ``runs`` (default: every run of the plan) and the wall time on ``devices``."""
     from benchmark.runner.execute import start_order
     cal = load_calibration()
-    name, fit = cpu_entry(cal, cpu) if device == "cpu" else (
+    name, entry = cpu_entry(cal, cpu) if device == "cpu" else (
         f"{GPU_EFFICIENCY:.0%} of the {device.upper()} datasheet bf16 peak + {GPU_STEP_S['train'] * 1e3:.0f} ms per "
         "training step: an assumption, not a measurement", None)
+    fit = entry["fit"] if entry else None
     share = cal.get("epoch_share", {})
     chosen = runs if runs is not None else plan.runs
     out = []
@@ -355,7 +356,8 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str =
     for c in out:
         per_kind[c.kind] = per_kind.get(c.kind, 0.0) + c.seconds / 3600
     wall = makespan(plan, seconds, devices, start_order(list(chosen)))
-    label = f"CPU calibration of '{name}'" if device == "cpu" else name
+    label = (f"CPU calibration of '{name}'" + ("" if name == cpu else f"; this CPU ({cpu}) has none of its own")) \
+        if device == "cpu" else name
     return Estimate(device, devices, out, wall, label, per_kind)
 
 
