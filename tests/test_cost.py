@@ -92,3 +92,16 @@ def test_the_committed_grid_is_predicted_within_a_quarter(capsys):
             errors.append(abs(pred[r["run_id"]] / r["wall_seconds"] - 1))
     assert len(errors) >= 20
     assert statistics.median(errors) < 0.25
+
+
+def test_the_runner_eta_scales_the_predictions_by_what_finished():
+    from benchmark.runner.execute import _Progress
+
+    lines = []
+    p = _Progress(3, 1, lines.append, {"a": 10.0, "b": 20.0, "c": 30.0})
+    p("a", None, 20.0)  # twice as slow as predicted: the runs left are expected twice as slow too
+    assert p.eta() == pytest.approx((20 + 30) * 2)
+    assert "ETA 1m40s" in lines[-1]
+    q = _Progress(3, 2, lines.append)  # no prediction: the mean of the finished runs
+    q("a", None, 10.0)
+    assert q.eta() == pytest.approx(10.0)

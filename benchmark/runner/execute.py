@@ -282,19 +282,53 @@ def file_sha256(path: Path) -> str:
 
 
 class _Progress:
-    def __init__(self, n: int, jobs: int, log):
+    """One line per finished run; the ETA comes from the cost model's predicted seconds of the runs left
+    (``cost.py``), scaled by how the finished runs compared with their predictions, else (no prediction)
+    from the mean of the finished runs."""
+
+    def __init__(self, n: int, jobs: int, log, predicted: dict[str, float] | None = None):
         self.n, self.jobs, self.log, self.k = n, jobs, log, 0
         self.t0, self.durations = time.perf_counter(), []
+        self.predicted, self.done = dict(predicted or {}), {}
+
+    def eta(self) -> float:
+        left = [s for rid, s in self.predicted.items() if rid not in self.done]
+        seen = [(self.done[rid], self.predicted[rid]) for rid in self.done if rid in self.predicted]
+        if self.predicted and len(left) + len(self.done) >= self.n:
+            ratio = sum(a for a, _ in seen) / sum(p for _, p in seen) if seen and sum(p for _, p in seen) else 1.0
+            return sum(left) * ratio / max(1, self.jobs)
+        return sum(self.durations) / len(self.durations) * (self.n - self.k) / max(1, self.jobs)
 
     def __call__(self, rid: str, err: str | None, secs: float) -> None:
         self.k += 1
         self.durations.append(secs)
-        eta = sum(self.durations) / len(self.durations) * (self.n - self.k) / max(1, self.jobs)
+        self.done[rid] = secs
         state = "ok" if err is None else "FAILED"
         self.log(f"[run {self.k}/{self.n}] {state} {rid} ({secs:.1f}s) | elapsed "
-                 f"{_fmt(time.perf_counter() - self.t0)} | ETA {_fmt(eta)}")
+                 f"{_fmt(time.perf_counter() - self.t0)} | ETA {_fmt(self.eta())}")
         if err:
             self.log(f"    {err}")
+
+
+def predicted_seconds(plan: Plan, reg: Registry, data_dir, todo: list[Run], dev: torch.device, jobs: int,
+                      log) -> dict[str, float]:
+    """The cost model's seconds per pending run on this CPU (an ETA from the first finished run was 5x off);
+    {} on a GPU or when the model cannot price the runs (the ETA then falls back to finished runs)."""
+    if dev.type != "cpu" or not todo:
+        return {}
+    try:
+        from benchmark.runner import cost
+        from benchmark.runner.provenance import cpu_model
+
+        threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
+        est = cost.estimate(plan, reg, data_dir, device="cpu", devices=jobs, threads=threads, runs=todo,
+                            cpu=cpu_model())
+    except Exception as e:  # noqa: BLE001 - the ETA is a convenience; it never stops a grid
+        log(f"  (no cost-model ETA: {type(e).__name__}: {e})")
+        return {}
+    log(f"  cost model ({est.calibration}): {est.total_hours:.2f} run-hours, about {_fmt(est.wall_seconds)} "
+        f"with {jobs} job(s)")
+    return {c.id: c.seconds for c in est.runs}
 
 
 def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | None, device: str | None = None,
@@ -331,7 +365,8 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                                data_dir=data_dir, options=slurm_options or slurm.SlurmOptions(), log=log,
                                note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs))
         else:
-            _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log)
+            predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log)
+            _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log, predicted)
     except OSError as e:  # a write outside the guarded writers (e.g. a rename): the same one paragraph
         if e.errno not in STORAGE_ERRNOS:
             raise
@@ -360,10 +395,10 @@ def start_order(todo: list[Run]) -> list[Run]:
 
 
 def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_dir: Path, data_dir,
-              dev: torch.device, jobs: int, log) -> None:
+              dev: torch.device, jobs: int, log, predicted: dict[str, float] | None = None) -> None:
     """Start every run whose dependencies finished (at most ``jobs`` at once); a run whose dependency
     failed is recorded as failed without training; on CUDA each job gets the least-busy GPU."""
-    progress, done_ok = _Progress(len(todo), jobs, log), set(summary.skipped)
+    progress, done_ok = _Progress(len(todo), jobs, log, predicted), set(summary.skipped)
     ngpu = torch.cuda.device_count() if dev.type == "cuda" and jobs > 1 else 0
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     pending, running = start_order(todo), {}
