@@ -14,6 +14,7 @@ from benchmark.data.batching import epoch_batches, row_lengths
 from benchmark.data.holdout import heldout_indices
 from benchmark.data.sources import digest, locate, read_rows, subsample
 from benchmark.errors import DataError, SpecError
+from benchmark.paths import under
 from benchmark.spec.schema import TaskSpec
 from benchmark.spec.templates import render
 
@@ -140,7 +141,7 @@ def encode_split(
     key = digest({"v": CACHE_VERSION, "task": task.model_dump(mode="json"), "split": split,
                   "src": src.fingerprint(), "tok": tokenizer_fingerprint(tokenizer), "len": max_length,
                   "rows": max_rows, "seed": data_seed, "heldout": heldout, "part": part})[:24]
-    path = cache_root() / "tokenized" / f"{task.name}-{split}-{key}.pt"
+    path = under(cache_root() / "tokenized", f"{task.name}-{split}-{key}.pt")  # a name never leads out
     if use_cache and path.exists():
         blob = read_cache(path)
         if blob is not None:

@@ -17,7 +17,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from benchmark.errors import StorageError
+from benchmark.paths import under, write_atomic
 
 SCHEMA = 1
 RESULT = "result.json"
@@ -31,24 +31,16 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename. An OS failure (disk full) leaves
-    ``path`` as it was, removes the temp file and raises one StorageError naming the file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise StorageError.from_os_error(path, e) from None
+def experiment_dir(root: Path, experiment: str) -> Path:
+    """``root/<experiment>``, refused (``PathOutsideRoot``) unless it lies inside the results root."""
+    return under(root, experiment)
+
+
+def write_json_atomic(path: Path, data: dict, *, root: Path | None = None) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename (``paths.write_atomic``; checked to lie
+    under ``root`` when given). An OS failure (disk full) leaves ``path`` as it was, removes the temp file
+    and raises one StorageError naming the file."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", root=root)
 
 
 STATUSES = ("finished", "failed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,26 @@ def spec_files(paths: list[Path]) -> list[Path]:
     return out
 
 
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def check_name(kind: str, name: object, path: Path) -> None:
+    """A spec's name becomes part of folder and file names (results, caches, reports): a plain identifier
+    (letters, digits, ``_ - .``, not starting with a dot) and the file's own stem, so ``name: ../../x`` or
+    an absolute path can never choose where anything is written."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > 100:
+        raise SpecError(
+            f"the {kind} name {name!r} is not a plain identifier (letters, digits, '_', '-', '.', not starting "
+            "with a dot, at most 100 characters); it names folders and files",
+            file=str(path), field="name", fix=f"use a plain name such as "
+                                              f"'{re.sub(r'[^A-Za-z0-9_.-]', '_', path.stem).lstrip('.')[:100] or kind}'"
+                                              " and name the file after it")
+    if name != path.stem:
+        raise SpecError(
+            f"the {kind} is named '{name}' but its file is {path.name}; a spec's name is its file's name",
+            file=str(path), field="name", fix=f"rename the file to {name}.yaml, or remove the name: key")
+
+
 def load_file(path: Path, roots: list[Path]):
     data = load_with_includes(path)
     kind = _kind_of(path.resolve(), data, [r.resolve() for r in roots])
@@ -113,6 +134,7 @@ def load_file(path: Path, roots: list[Path]):
             fix="put it under tasks/, methods/, backbones/ or experiments/, or add 'kind: task' (method, ...)",
         )
     data.setdefault("name", path.stem)
+    check_name(kind, data["name"], path)
     spec = validate_model(SPEC_MODELS[kind], data, file=str(path))
     if kind == "task":
         templates.check_task_templates(spec.templates, file=str(path))
