@@ -153,3 +153,117 @@ def test_the_tokenized_cache_refuses_a_traversing_task_name(tmp_path, evil, monk
         encode_split(task, "train", tiny_bert[0], root=MIRROR, max_rows=8)
     assert not _files(tmp_path) - _files(tmp_path / "a")
     assert not list(Path("/tmp").glob("afbench-escaped-abs*"))
+
+
+# ----------------------------------------------------------------------------- 2. orphaned workers
+def _group_alive(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(stat[2]) == pgid and stat[0] != b"Z":
+            out.append(int(d.name))
+    return out
+
+
+@needs_mirror
+@pytest.mark.slow
+def test_kill_9_of_a_jobs_2_driver_leaves_no_worker_and_a_rerun_trains_each_run_once(tmp_path):
+    args = _experiment(tmp_path, "orphans", """
+        backbones: [tiny-bert]
+        seeds: [1, 2, 3]
+        groups: [{tasks: [rte, cb], methods: [head, st_a]}]
+        caps: {max_train_rows: 600, max_eval_rows: 16, max_epochs: 2, max_length: 32}
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "benchmark.cli", "run", "orphans", "--jobs", "2", *args]
+    # its own session: the driver and everything it starts share one process group, found after the kill
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    folder = tmp_path / "r" / "orphans"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = list(folder.glob("*/result.json"))
+        if len(done) >= 2 and list(folder.glob(".tmp-*")):  # some finished, some in the workers' hands
+            break
+        time.sleep(0.05)
+    lock = json.loads((folder / ".lock").read_text())
+    assert len(lock["workers"]) == 2, lock  # the lock names the pool's workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(10)
+    assert _group_alive(proc.pid) == [], "a process of the killed driver outlived it"
+    first = {p.parent.name: p.read_bytes() for p in folder.glob("*/result.json")}
+    assert 0 < len(first) < 12, "the kill should land mid-grid"
+    from benchmark.runner.lock import holder_alive
+
+    assert holder_alive(lock) is False  # driver and workers dead: a stale lock, taken over
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "taking over a stale lock" in rerun.stdout
+    after = {p.parent.name: p.read_bytes() for p in folder.glob("*/result.json")}
+    assert len(after) == 12 and all(json.loads(b)["status"] == "finished" for b in after.values())
+    assert {rid: after[rid] for rid in first} == first, "a finished result changed"
+    assert not list(folder.glob("*/last_failure.json")) and not list(folder.glob(".tmp-*"))
+    assert not (folder / ".lock").exists()
+
+
+def test_a_lock_is_live_while_a_recorded_worker_lives(tmp_path):
+    from benchmark.runner.lock import LockHeld, experiment_lock, holder_alive, read_lock, record_workers
+
+    exp = tmp_path / "exp"
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with experiment_lock(exp, log=lambda _: None) as me:
+            record_workers(exp, me, [worker.pid])
+            holder = read_lock(exp)
+            assert holder["workers"] == [worker.pid]
+        dead_driver = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                                     capture_output=True, text=True).stdout.strip()
+        (exp / ".lock").write_text(json.dumps({**holder, "pid": int(dead_driver)}))  # a driver killed with -9
+        assert holder_alive(read_lock(exp)) is True
+        with pytest.raises(LockHeld, match=f"worker\\(s\\) {worker.pid} still alive"):
+            with experiment_lock(exp, log=lambda _: None):
+                pass
+    finally:
+        worker.kill()
+        worker.wait()
+    assert holder_alive(read_lock(exp)) is False  # now stale: taken over
+    with experiment_lock(exp, log=lambda _: None):
+        pass
+
+
+def test_a_pool_worker_kills_itself_when_its_driver_is_gone_without_the_kernels_help(tmp_path):
+    """The watchdog (``die_with_driver``) alone, as on a system without prctl: a grandchild whose driver
+    (its parent) exits must die within a few seconds."""
+    script = textwrap.dedent(f"""
+        import ctypes, os, sys, time
+        from benchmark.runner.execute import die_with_driver
+        def no_libc(*a, **k):
+            raise OSError("no libc here")
+        ctypes.CDLL = no_libc  # no prctl: only the watchdog thread is left
+        driver = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            die_with_driver(driver)
+            open({str(tmp_path / 'child')!r}, 'w').write(str(os.getpid()))
+            time.sleep(60)
+            os._exit(0)
+        while not os.path.exists({str(tmp_path / 'child')!r}):
+            time.sleep(0.05)
+        os._exit(0)  # the driver ends; its worker must follow
+    """)
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                   check=True, timeout=60)
+    from benchmark.runner.lock import pid_alive
+
+    child = int((tmp_path / "child").read_text())
+    deadline = time.time() + 5
+    while pid_alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(child)
