@@ -267,3 +267,62 @@ def test_a_pool_worker_kills_itself_when_its_driver_is_gone_without_the_kernels_
     while pid_alive(child) and time.time() < deadline:
         time.sleep(0.1)
     assert not pid_alive(child)
+
+
+# ----------------------------------------------------------------------------- 3. template budgets
+BOMBS = [  # (template, what the paragraph says); each used to hang, or allocate gigabytes, before a check
+    ("{% set s = premise * 4000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", "steps"),
+    ("{{ '%*s' % (10**9, premise) }}", "width or precision"),
+    ("{{ '%.*f' % (10**9, 1.0) }}", "width or precision"),
+    ("{{ '%*s'|format(10**9, premise) }}", "width or precision"),
+    ("{{ '{:{}}'.format(premise, 10**9) }}", "width or precision"),
+    ("{{ '{:>{w}}'.format(premise, w=10**9) }}", "width or precision"),
+    ("{{ '{:{}}'.format(premise, '1000000000') }}", "width or precision"),
+    ("{% set a = [0] * 90000 %}{% set b = [a] * 90000 %}{{ b|length }}", "repeated string or list"),
+    ("{% set a = [premise * 4000] %}{{ (a * 90000)|length }}", "repeated string or list"),
+    ("{{ ((((2**64)**64)**64)**64)**64 }}", "bits"),
+    ("{% set x = 2**60 %}{{ " + "*".join(["x"] * 70) + " }}", "bits"),
+    ("{{ premise.center(10**9) }}", "center"),
+    ("{{ premise|ljust(10**9) if false else premise.ljust(10**9) }}", "ljust"),
+    ("{{ (5).to_bytes(10**9, 'big') }}", "to_bytes"),
+    ("{% set s = premise * 4000 %}{% set t = s ~ s ~ s ~ s %}{{ (t ~ t ~ t ~ t)|length }}", "joined with '~'"),
+    ("{% set s = premise * 4000 %}{% set b %}{% for i in range(10000) %}{{ s }}{% endfor %}{% endset %}{{ b|length }}",
+     "printed over"),
+    ("{% set b %}{% for i in range(10000) %}" + "x" * 5000 + "{% endfor %}{% endset %}{{ b|length }}", "printed over"),
+    ("{% for i in range(10000) %}{% for c in premise * 20 %}{% endfor %}{% endfor %}", "steps"),
+]
+
+
+@pytest.mark.parametrize("template,fragment", BOMBS)
+def test_template_work_is_bounded_before_it_is_done(template, fragment):
+    from benchmark.spec.templates import render
+
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError) as e:
+        render(template, {"premise": "p" * 20}, file="t.yaml", field="input.text")
+    assert time.perf_counter() - t0 < 1.0
+    assert fragment in str(e.value) and "t.yaml" in str(e.value) and "input.text" in str(e.value), str(e.value)
+
+
+def test_ordinary_templates_still_render():
+    from benchmark.spec.templates import render, template_columns
+
+    row = {"premise": "A b.", "n": 3, "words": ["x", "y"]}
+    assert render("{% for w in words %}{{ w|upper }} {% endfor %}{{ premise ~ '!' }} {{ '%5s' % n }}", row) \
+        == "X Y A b.! 3".replace(" 3", "     3")
+    assert render("[{{ '{:>{w}}'.format(premise, w=6) }}|{{ '%*d' % (3, n) }}]", row) == "[  A b.|  3]"
+    assert render("{% set x %}{{ premise }}{% endset %}[{{ x }}] {{ 2 ** 10 * 3 }}", row) == "[A b.] 3072"
+    assert template_columns("{% for w in words %}{{ w }}{% endfor %} {{ row['a b'] }} lit") == {"words", "a b"}
+
+
+@needs_mirror
+def test_validate_answers_a_template_bomb_with_one_paragraph(tmp_path, capsys):
+    (tmp_path / "tasks").mkdir()
+    bomb = "{% set s = sentence1 * 40 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}{{ sentence1 }}"
+    (tmp_path / "tasks" / "rte_bomb.yaml").write_text(f"include: rte.yaml\ninput: {{text: {json.dumps(bomb)}}}\n")
+    t0 = time.perf_counter()
+    assert main(["validate", str(tmp_path / "tasks" / "rte_bomb.yaml")]) == 2
+    assert time.perf_counter() - t0 < 20
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "rte_bomb.yaml" in text and "steps" in text and "Traceback" not in text
