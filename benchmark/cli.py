@@ -17,7 +17,8 @@ from benchmark.errors import BenchError, DataUnavailable
 def _registry(args):
     from benchmark.spec import load_registry
 
-    return load_registry([Path(p) for p in (getattr(args, "specs", None) or [])])
+    # a broken file in a spec folder blocks only what needs it (afbench validate stays strict)
+    return load_registry([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False)
 
 
 def _data_dir(args) -> Path | None:
@@ -412,7 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.cmd](args)
+        code = COMMANDS[args.cmd](args)
+        sys.stdout.flush()  # a reader that went away (afbench status | head) is seen here, not at exit
+        return code
+    except BrokenPipeError:
+        # quiet, like any Unix tool whose reader closed the pipe; stdout goes nowhere from now on so the
+        # interpreter's own flush at exit does not complain either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BenchError as e:
         print(e.render(), file=sys.stderr)
         return 2

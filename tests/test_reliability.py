@@ -326,3 +326,255 @@ def test_validate_answers_a_template_bomb_with_one_paragraph(tmp_path, capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert "rte_bomb.yaml" in text and "steps" in text and "Traceback" not in text
+
+
+# ----------------------------------------------------------------------------- 4-5. storage and reports
+def _read_only(monkeypatch, folder: Path, code: int = errno.EROFS) -> None:
+    """Make every write under ``folder`` fail as on a read-only (or full) file system. Tests may run as
+    root, where permission bits prove nothing, so the OS calls that write are patched instead."""
+    folder = folder.resolve()
+
+    def guard(real, *path_args):
+        def fake(*args, **kwargs):
+            for a in (args[i] for i in path_args if i < len(args)):
+                if isinstance(a, str | os.PathLike) and Path(os.path.abspath(a)).is_relative_to(folder):
+                    flags = args[1] if real is os_open and len(args) > 1 else os.O_WRONLY
+                    if real is not os_open or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+                        raise OSError(code, os.strerror(code), os.fspath(a))
+            return real(*args, **kwargs)
+        return fake
+
+    os_open = os.open
+    monkeypatch.setattr(os, "open", guard(os.open, 0))
+    monkeypatch.setattr(os, "mkdir", guard(os.mkdir, 0))
+    monkeypatch.setattr(os, "replace", guard(os.replace, 0, 1))
+    monkeypatch.setattr(os, "rename", guard(os.rename, 0, 1))
+    monkeypatch.setattr(os, "unlink", guard(os.unlink, 0))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A tiny experiment with both runs finished."""
+    tmp = tmp_path_factory.mktemp("finished")
+    args = _experiment(tmp, "tiny_ro")
+    assert main(["run", "tiny_ro", *args]) == 0
+    return tmp, args
+
+
+@needs_mirror
+def test_run_with_nothing_to_write_works_on_a_read_only_results_folder(finished, monkeypatch, capsys):
+    tmp, args = finished
+    before = {p: p.read_bytes() for p in (tmp / "r").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    _read_only(monkeypatch, tmp / "r")
+    assert main(["run", "tiny_ro", *args]) == 0
+    out = capsys.readouterr().out
+    assert "note: nothing to write (2 runs already finished)" in out and "read-only" in out
+    monkeypatch.undo()
+    assert {p: p.read_bytes() for p in (tmp / "r").rglob("*") if p.is_file()} == before
+
+
+@needs_mirror
+def test_run_that_must_write_on_a_read_only_folder_is_one_paragraph(tmp_path, monkeypatch, capsys):
+    args = _experiment(tmp_path, "tiny_ro2")
+    (tmp_path / "r" / "tiny_ro2").mkdir(parents=True)
+    _read_only(monkeypatch, tmp_path / "r")
+    assert main(["run", "tiny_ro2", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "read-only" in err and ".lock" in err and "Traceback" not in err
+
+
+@needs_mirror
+@pytest.mark.parametrize("code,words", [(errno.EROFS, "read-only"), (errno.ENOSPC, "disk is full")])
+def test_report_into_a_read_only_or_full_folder_keeps_the_previous_set(finished, tmp_path, monkeypatch, capsys,
+                                                                        code, words):
+    tmp, args = finished
+    out = ["--out-dir", str(tmp_path / "rep")]
+    assert main(["report", "tiny_ro", *args, *out]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()}
+    assert set(before) == {"tiny_ro.md", "tiny_ro.html", "tiny_ro.tex"}
+    capsys.readouterr()
+    _read_only(monkeypatch, tmp_path / "rep", code)
+    assert main(["report", "tiny_ro", *args, *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "rep").iterdir()} == before  # nothing half-written
+
+
+@needs_mirror
+@pytest.mark.parametrize("when", ["writing", "moving"])
+def test_sigterm_mid_report_leaves_one_complete_set(finished, tmp_path, when):
+    """A real process gets SIGTERM while it writes the staged files (the previous set must stay) or while it
+    moves them into place (the signal waits until all are moved: the new set)."""
+    tmp, args = finished
+    out = tmp_path / "rep"
+    assert main(["report", "tiny_ro", *args, "--out-dir", str(out)]) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    # the next report differs: one of the two runs is no longer finished
+    copy = tmp_path / "r"
+    import shutil
+
+    shutil.copytree(tmp / "r", copy)
+    next(copy.glob("tiny_ro/*/result.json")).unlink()
+    hook = {"writing": "build.write_atomic = lambda *a, _w=build.write_atomic, **k: (_w(*a, **k), kill())[0]",
+            # the first move of a staged file into the reports folder
+            "moving": f"os.replace = lambda s, d, _r=os.replace: (os.path.dirname(d) == {str(out)!r} and kill(), "
+                      "_r(s, d))[1]"}[when]
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        from benchmark.report import build
+        from benchmark.cli import main
+        def kill():
+            os.kill(os.getpid(), signal.SIGTERM)
+        {hook}
+        main(["report", "tiny_ro", "--specs", {args[1]!r}, "--results-dir", {str(copy)!r}, "--out-dir", {str(out)!r}])
+        print("NOT KILLED")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGTERM, proc.stdout + proc.stderr
+    now = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    assert set(now) == set(old)
+    if when == "writing":
+        assert now == old, "an interrupted report must leave the previous set"
+    else:
+        assert all(now[k] != old[k] for k in old), "all of the new set, not a mix"
+        assert not list(out.glob(".staging-*"))
+    assert main(["report", "tiny_ro", *args, "--out-dir", str(out)]) == 0  # cleans what a kill left
+    assert not list(out.glob(".staging-*"))
+
+
+# ----------------------------------------------------------------------------- 6. smaller items
+@needs_mirror
+@pytest.mark.parametrize("bad", ["NaN", "Infinity"])
+def test_a_finished_result_with_a_non_finite_metric_is_corrupt_said_by_status_and_retrained(finished, tmp_path,
+                                                                                            capsys, bad):
+    import shutil
+
+    tmp, args = finished
+    root = tmp_path / "r"
+    shutil.copytree(tmp / "r", root)
+    args = [args[0], args[1], "--results-dir", str(root)]
+    f = next(root.glob("tiny_ro/*/result.json"))
+    f.write_text(f.read_text().replace('"best_metric": ', f'"best_metric": {bad}, "was": ', 1))
+    from benchmark.runner.results import read_result_file
+
+    r = read_result_file(f.parent)
+    assert r.state == "corrupt" and bad.lower()[:3] in r.reason.lower() and "finite" in r.reason
+    capsys.readouterr()
+    assert main(["status", "tiny_ro", *args]) == 0
+    out = capsys.readouterr().out
+    assert "corrupt: finished but 'best_metric' is" in out and "1 corrupt" in out
+    assert main(["report", "tiny_ro", *args, "--out-dir", str(tmp_path / "rep")]) == 0  # no crash, named
+    assert "corrupt result" in capsys.readouterr().out
+    assert main(["run", "tiny_ro", *args]) == 0
+    assert "1 already finished, 1 to run" in capsys.readouterr().out
+    assert read_result_file(f.parent).finished
+
+
+def test_the_divergence_rule():
+    import math
+
+    from benchmark.training.loop import diverged
+
+    assert diverged(8e6, 0.7, 2) and not diverged(0.69, 0.7, 2)
+    assert not diverged(0.5, 0.01, 2)  # 50x a tiny first loss, but below ln 2: not an explosion
+    assert diverged(math.log(3) + 1, 0.1, 3) and not diverged(math.log(3) - 0.01, 0.01, 3)
+
+
+@needs_mirror
+def test_a_diverged_run_is_failed_not_retrained_without_force_and_listed_in_the_report(tmp_path, capsys):
+    args = _experiment(tmp_path, "tiny_div", TINY.replace("caps:", "overrides: {head: {lr: 1.0e+6}}\n    caps:"))
+    assert main(["run", "tiny_div", *args]) == 1
+    res = [json.loads(p.read_text()) for p in (tmp_path / "r" / "tiny_div").glob("*/result.json")]
+    assert len(res) == 2 and all(r["status"] == "failed" and r["diverged"] is True for r in res)
+    assert all("diverged" in r["error"] or "NonFiniteLoss" in r["error"] for r in res)
+    capsys.readouterr()
+    assert main(["run", "tiny_div", *args]) == 1
+    out = capsys.readouterr().out
+    assert "diverged before" in out and "pass --force to retry" in out and "0 trained" in out
+    assert main(["report", "tiny_div", *args, "--out-dir", str(tmp_path / "rep")]) in (0, 2)
+    text = capsys.readouterr()
+    assert "diverged" in text.out + text.err
+    assert main(["run", "tiny_div", "--force", *args]) == 1
+    assert "0 already finished, 2 to run" in capsys.readouterr().out
+
+
+def test_100000_nested_brackets_are_one_paragraph(tmp_path, capsys):
+    f = tmp_path / "tasks" / "deep.yaml"
+    f.parent.mkdir()
+    f.write_text("x: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert main(["validate", str(f), "--no-data"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "deep.yaml" in err and "nests" in err and "Traceback" not in err
+
+
+@needs_mirror
+def test_force_works_repeatedly_on_a_symlinked_run_folder(finished, tmp_path, capsys):
+    import shutil
+
+    tmp, args = finished
+    root = tmp_path / "r"
+    shutil.copytree(tmp / "r", root)
+    args = [args[0], args[1], "--results-dir", str(root)]
+    run = next(root.glob("tiny_ro/*/result.json")).parent
+    elsewhere = tmp_path / "other_disk" / run.name
+    elsewhere.parent.mkdir()
+    shutil.move(run, elsewhere)
+    run.symlink_to(elsewhere)
+    for _ in range(3):
+        assert main(["run", "tiny_ro", "--force", *args]) == 0, capsys.readouterr().err
+        assert json.loads((run / "result.json").read_text())["status"] == "finished"
+        assert not list(run.parent.glob(".trash-*")) and not list(run.parent.glob(".tmp-*"))
+
+
+def test_label_map_matches_by_type(registry):
+    from benchmark.data.encode import label_id
+
+    ints = registry.tasks["rte"].model_copy(deep=True)
+    ints.label.map = {0: 0, 1: 1}
+    assert [label_id(ints, v) for v in (0, 1, True, False, 1.0, "1", None)] == [0, 1, None, None, None, None, None]
+    texts = registry.tasks["rte"].model_copy(deep=True)
+    texts.label.map = {"0": 0, "1": 1}
+    assert [label_id(texts, v) for v in ("0", "1", 1, True, 1.0)] == [0, 1, None, None, None]
+
+
+def test_a_closed_pipe_is_a_quiet_exit(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "benchmark.cli", "list"], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `afbench list | head -0`: the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err and err == ""
+
+
+@needs_mirror
+def test_weights_are_written_with_the_same_mode_as_every_other_file(finished):
+    tmp, _ = finished
+    run = next((tmp / "r" / "tiny_ro").glob("*/weights.safetensors")).parent
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}
+    assert len(set(modes.values())) == 1 and modes["weights.safetensors"] & 0o044, modes
+
+
+@needs_mirror
+def test_a_broken_spec_file_blocks_only_what_needs_it(tmp_path, capsys):
+    args = _experiment(tmp_path, "good_exp")
+    specs = tmp_path / "specs"
+    (specs / "tasks").mkdir()
+    (specs / "tasks" / "broken_task.yaml").write_text("input: {text: [\n")  # not YAML
+    (specs / "experiments" / "needs_broken.yaml").write_text(
+        textwrap.dedent(TINY).replace("[rte, cb]", "[rte, broken_task]"))
+    (specs / "experiments" / "broken_exp.yaml").write_text("groups: {{{\n")
+    assert main(["list", "--specs", str(specs)]) == 0
+    cap = capsys.readouterr()
+    assert "good_exp" in cap.out and "needs_broken" not in cap.out
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 2 and "broken_task.yaml" in lines[0] + lines[1] and "broken_exp.yaml" in cap.err
+    assert main(["plan", "good_exp", *args]) == 0
+    assert "2 runs" in capsys.readouterr().out
+    assert main(["plan", "needs_broken", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "broken_task.yaml" in err and "not valid YAML" in err
+    assert main(["validate", str(specs), "--no-data"]) == 2  # validate stays strict

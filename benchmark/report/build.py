@@ -7,10 +7,12 @@ prints the terminal summary.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,8 +300,7 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
             write_atomic(under(staging, name), text, root=staging)
         for name, png in pngs.items():
             write_atomic(under(staging, name), png, root=staging)
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
-        try:
+        with held_signals():
             if folder is not None:  # the figure folder is swapped whole: no old figure beside new ones
                 trash = staging / ".old_files"
                 if folder.exists():
@@ -307,13 +308,29 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
                 os.replace(staging / fig_folder, folder)
             for name in texts:
                 os.replace(staging / name, out_dir / name)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
     except OSError as e:
         raise StorageError.from_os_error(getattr(e, "filename", None) or out_dir, e) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return targets[:len(texts)] + ([folder] if folder is not None else [])
+
+
+@contextlib.contextmanager
+def held_signals():
+    """SIGINT and SIGTERM wait until the body is done, then act as they would have (handlers, not a
+    signal mask: a process-directed signal may land on any thread, and torch's threads do not block it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(got):
+            os.kill(os.getpid(), s)  # now, with the handler the process had
 
 
 def pid_alive_here(pid: str) -> bool:

@@ -45,6 +45,7 @@ from benchmark.runner.results import (
 )
 from benchmark.runner.slurm import job_info
 from benchmark.spec.registry import Registry
+from benchmark.training.loop import Diverged
 from benchmark.training.recipe import RunContext, execute
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # writes cannot succeed: stop the grid
@@ -219,6 +220,8 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
         msg = e.render() if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         tail = "".join(traceback.format_exception(e)[-3:])
         measured, error = {"traceback_tail": tail}, msg
+        if isinstance(e, Diverged):  # not retrained unless --force: the same settings diverge again
+            measured["diverged"] = True
     seconds = time.perf_counter() - t0
     record(run, reg, plan, exp_dir, device, measured, error, started, seconds, work)
     return run.id, error, seconds
@@ -295,6 +298,9 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
             continue
         if not force and is_finished(exp_dir / r.id):
             done.append(r.id)
+        elif not force and (read_result(exp_dir / r.id) or {}).get("diverged"):
+            log(f"  {r.id} diverged before ({(read_result(exp_dir / r.id) or {}).get('error')}); not retrained: "
+                "change its settings, or pass --force to retry")
         else:
             todo.append(r)
     needed = {d for r in todo for d in r.deps}
@@ -362,6 +368,10 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         _recover(exp_dir, rid)
     write_json_atomic(exp_dir / "plan.json", plan_record(plan), root=results_dir)
     todo, summary.skipped = pending_runs(plan, exp_dir, force, log, only)
+    seen = {r.id for r in todo} | set(summary.skipped)
+    for r in plan.runs:  # diverged before and not retried: its dependents are blocked, as on the first run
+        if r.id not in seen and (only is None or r.id in only):
+            summary.failed[r.id] = "diverged (recorded before; --force retrains it)"
     chosen = f" ({len(only)} selected with --only)" if only is not None else ""
     log(f"{plan.experiment.name}: {len(plan.runs)} runs{chosen}, {len(summary.skipped)} already finished, {len(todo)} "
         + (f"to run on {dev}" if executor == "local" else "to run on Slurm") + (f" with {jobs} jobs" if jobs > 1 else ""))

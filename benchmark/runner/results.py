@@ -7,6 +7,7 @@ any point (Ctrl-C, kill -9, power loss) never leaves a result that looks finishe
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -110,12 +111,18 @@ def check_result(data: object, folder_name: str | None = None) -> str:
             if bad:
                 return "'per_task' has no numeric best_metric for " + ", ".join(bad)
         elif not _is_number(data.get("best_metric")):
-            return "finished but 'best_metric' is missing or not a number"
+            return f"finished but 'best_metric' is {_what(data.get('best_metric'))}, not a finite number"
     return ""
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+    """A real, finite number: NaN or inf in a finished result is damage (JSON allows neither; Python
+    writes them), not a measurement."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _what(x: object) -> str:
+    return "missing" if x is None else repr(x) if isinstance(x, float) else type(x).__name__
 
 
 def read_result_file(run_dir: Path) -> ResultFile:
