@@ -17,7 +17,8 @@ from benchmark.errors import BenchError, DataUnavailable
 def _registry(args):
     from benchmark.spec import load_registry
 
-    return load_registry([Path(p) for p in (getattr(args, "specs", None) or [])])
+    # a broken file in a spec folder blocks only what needs it (afbench validate stays strict)
+    return load_registry([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False)
 
 
 def _data_dir(args) -> Path | None:
@@ -170,7 +171,7 @@ def _plan(args, reg):
 def cmd_plan(args) -> int:
     from tabulate import tabulate
 
-    from benchmark.runner.results import read_result_file, results_root, scan_experiment
+    from benchmark.runner.results import experiment_dir, read_result_file, results_root, scan_experiment
 
     reg = _registry(args)
     root = results_root(args.results_dir)
@@ -182,7 +183,7 @@ def cmd_plan(args) -> int:
                           options=_options(args))
         return _estimate(args, reg, plan, root)
     plan = _plan(args, reg)
-    exp_dir = root / plan.experiment.name
+    exp_dir = experiment_dir(root, plan.experiment.name)
     rows = []
     for i, r in enumerate(plan.runs, 1):
         res = read_result_file(exp_dir / r.id)
@@ -252,9 +253,11 @@ def _estimate(args, reg, plan, root) -> int:
 
 
 def cmd_run(args) -> int:
-    from benchmark.runner.execute import run_plan
-    from benchmark.runner.lock import experiment_lock
-    from benchmark.runner.results import results_root
+    from benchmark.errors import StorageError
+    from benchmark.paths import shown_path
+    from benchmark.runner.execute import pending_runs, run_plan
+    from benchmark.runner.lock import experiment_lock, record_workers
+    from benchmark.runner.results import experiment_dir, results_root
     from benchmark.runner.slurm import options_from_args
 
     reg = _registry(args)
@@ -273,10 +276,22 @@ def cmd_run(args) -> int:
                              field="--only", fix=f"use glob patterns over the run ids that afbench plan "
                                                  f"{plan.experiment.name} lists, e.g. '*__st_a_rf16__*'")
     slurm_options = options_from_args(args) if args.executor == "slurm" else None
-    with experiment_lock(results_root(args.results_dir) / plan.experiment.name, wait=args.wait_lock):
-        summary = run_plan(plan, reg, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
-                           device=args.device, jobs=args.jobs, force=args.force, only=only,
-                           executor=args.executor, slurm_options=slurm_options)
+    root = results_root(args.results_dir)
+    exp_dir = experiment_dir(root, plan.experiment.name)
+    try:
+        with experiment_lock(exp_dir, wait=args.wait_lock) as me:
+            summary = run_plan(plan, reg, results_dir=root, data_dir=_data_dir(args),
+                               device=args.device, jobs=args.jobs, force=args.force, only=only,
+                               executor=args.executor, slurm_options=slurm_options,
+                               on_workers=lambda pids: record_workers(exp_dir, me, pids))
+    except StorageError as e:
+        # a read-only (or full) results folder is fine for a run with nothing to write
+        todo, done = pending_runs(plan, exp_dir, args.force, lambda _: None, only)
+        if todo or not done:
+            raise
+        print(f"note: nothing to write ({len(done)} runs already finished), so {shown_path(exp_dir)} was only "
+              f"read: {e.message.split(';')[0]}")
+        return 0
     return 1 if summary.failed else 0
 
 
@@ -284,11 +299,11 @@ def cmd_migrate(args) -> int:
     from benchmark.runner import slurm
     from benchmark.runner.lock import experiment_lock
     from benchmark.runner.migrate import migrate_experiment
-    from benchmark.runner.results import results_root
+    from benchmark.runner.results import experiment_dir, results_root
 
     reg = _registry(args)
     plan = _plan(args, reg)
-    exp_dir = results_root(args.results_dir) / plan.experiment.name
+    exp_dir = experiment_dir(results_root(args.results_dir), plan.experiment.name)
     with experiment_lock(exp_dir, wait=False):  # no driver may write the folders being renamed
         live = slurm.live_runs(exp_dir)
         if live:
@@ -468,7 +483,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.cmd](args)
+        code = COMMANDS[args.cmd](args)
+        sys.stdout.flush()  # a reader that went away (afbench status | head) is seen here, not at exit
+        return code
+    except BrokenPipeError:
+        # quiet, like any Unix tool whose reader closed the pipe; stdout goes nowhere from now on so the
+        # interpreter's own flush at exit does not complain either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except BenchError as e:
         print(e.render(), file=sys.stderr)
         return 2

@@ -82,3 +82,15 @@ class StorageError(BenchError):
             fix=f"free space (or fix permissions) on the file system of {where}, or point --results-dir / "
                 "AFBENCH_RESULTS_DIR elsewhere, then rerun: finished runs are skipped",
         )
+
+
+class PathOutsideRoot(BenchError):
+    """A path the program would write is not inside its root (a spec name such as ``../../x``)."""
+
+    def __init__(self, path, root=None, **kw):
+        if kw:  # rebuilt from its parts (``__reduce__``)
+            super().__init__(path, **kw)
+            return
+        super().__init__(f"refusing to write {path}: it is not inside {root}", file=str(path),
+                         fix="names in specs must be plain identifiers (letters, digits, _ - .) and paths must "
+                             "stay inside their folder; rename the spec or choose another folder")

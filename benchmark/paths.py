@@ -1,10 +1,25 @@
-"""How a path is written into anything that may be committed or shared (results, reports): relative to
-the working directory when it lies inside it, else only its last two parts, never a machine's absolute
-path. Imports nothing from the package: every layer may use it."""
+"""Paths the program shows and paths it writes.
+
+``shown_path``: how a path is written into anything that may be committed or shared (results, reports):
+relative to the working directory when it lies inside it, else only its last two parts, never a
+machine's absolute path.
+
+``under`` and ``write_atomic``: where a write may go and how it is done. A name in a spec (experiment,
+task, method, backbone) becomes part of file names; spec names are plain identifiers
+(``spec/registry.py``) and, independently, every writer resolves its path with ``under`` and refuses one
+that is not inside its root (results, reports, the cache, Slurm logs), so ``../../x`` or ``/etc/x``
+never decides where a file lands. Every write outside a run's own folder (the lock, plan.json, reports,
+figures) goes through ``write_atomic``: temp file beside the target, fsync, rename; an OS failure
+(read-only, full, permission) is one ``StorageError`` paragraph and the old file is left as it was.
+Imports only ``errors`` (layer 0 too): every layer may use it.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+from benchmark.errors import PathOutsideRoot, StorageError
 
 
 def shown_path(path: str | Path) -> str:
@@ -13,3 +28,50 @@ def shown_path(path: str | Path) -> str:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
     except (ValueError, OSError):
         return str(Path(*p.parts[-2:])) if len(p.parts) >= 2 else p.name
+
+
+def under(root: str | Path, *parts: str | Path) -> Path:
+    """``root / parts...``, refused with ``PathOutsideRoot`` before anything is opened when a part is
+    absolute or holds ``..``, or the result (parent resolved) is not inside ``root``."""
+    base = Path(root)
+    for p in parts:
+        s = os.fspath(p)
+        if not s or "\x00" in s or os.path.isabs(s) or ".." in Path(s).parts:
+            raise PathOutsideRoot(os.path.join(os.fspath(base), *[os.fspath(q) for q in parts]), base)
+    return inside(base, base.joinpath(*parts))
+
+
+def inside(root: str | Path, path: str | Path) -> Path:
+    """``path`` if it lies inside ``root`` (its parent resolved, so a run folder may itself be a symlink
+    to another disk), else ``PathOutsideRoot``."""
+    path = Path(path)
+    try:
+        ok = (path.parent.resolve() / path.name).is_relative_to(Path(root).resolve()) and path.name not in ("", "..")
+    except (OSError, RuntimeError, ValueError):
+        ok = False
+    if not ok:
+        raise PathOutsideRoot(path, root)
+    return path
+
+
+def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None = None, mode: int = 0o644) -> Path:
+    """Write ``data`` to ``path`` (checked to lie under ``root`` when given) through a temp file beside it,
+    fsync, rename. An OSError becomes one StorageError naming the file; ``path`` is then as it was."""
+    path = inside(root, path) if root is not None else Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise StorageError.from_os_error(path, e) from None
+    return path

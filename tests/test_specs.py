@@ -119,7 +119,7 @@ def test_include_cycle_is_reported(tmp_path):
 
 def test_duplicate_names_are_reported(tmp_path):
     (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "other.yaml").write_text("name: rte\n" + GOOD_TASK)
+    (tmp_path / "tasks" / "rte.yaml").write_text(GOOD_TASK)  # specs/tasks/rte.yaml exists too
     with pytest.raises(SpecError, match="defined twice"):
         load_registry([tmp_path])
 

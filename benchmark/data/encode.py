@@ -14,6 +14,7 @@ from benchmark.data.batching import epoch_batches, row_lengths
 from benchmark.data.holdout import heldout_indices
 from benchmark.data.sources import digest, locate, read_rows, subsample
 from benchmark.errors import DataError, SpecError
+from benchmark.paths import under
 from benchmark.spec.schema import TaskSpec
 from benchmark.spec.templates import render
 
@@ -25,16 +26,15 @@ def cache_root() -> Path:
 
 
 def label_id(task: TaskSpec, raw) -> int | None:
-    """Class / choice id of a raw label value, or None if the mapping does not cover it."""
+    """Class / choice id of a raw label value, or None if the mapping does not cover it.
+
+    ``label.map`` matches by type: a text value only a text key, an integer only an integer key
+    (``"1"`` never finds ``1``); a boolean or a float never matches (``True == 1 == 1.0`` in Python)."""
     m = task.label.map
     if m is not None:
-        if raw in m:
-            return m[raw]
-        if str(raw) in m:
-            return m[str(raw)]
-        if isinstance(raw, str) and raw.lstrip("-").isdigit() and int(raw) in m:
-            return m[int(raw)]
-        return None
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            return None
+        return m.get(raw)  # a dict lookup: 1 finds the key 1, never "1"
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int) and 0 <= raw < task.num_labels:
@@ -63,8 +63,13 @@ def labels_of(task: TaskSpec, rows: list[dict], split: str, task_file: str = "")
     bad = Counter(repr(rows[i][col]) for i, v in enumerate(ids) if v is None)
     if bad:
         shown = ", ".join(f"{k} ({n} rows)" for k, n in bad.most_common(5))
+        kinds = sorted({type(rows[i][col]).__name__ for i, v in enumerate(ids) if v is None})
+        keys = sorted({type(k).__name__ for k in (task.label.map or {})})
+        typed = (f"; label.map matches by type and its keys are {'/'.join(keys)} while these values are "
+                 f"{'/'.join(kinds)} (quote a key for a text label, '\"1\": 0'; booleans and floats never match)"
+                 if task.label.map and set(kinds) - set(keys) else "")
         raise DataError(
-            f"task '{task.name}', split '{split}': label values outside the declared mapping: {shown}",
+            f"task '{task.name}', split '{split}': label values outside the declared mapping: {shown}{typed}",
             file=task_file, field="label.map",
             fix="add these values to label.map (raw value -> class id), or use a split that has gold labels",
         )
@@ -141,7 +146,7 @@ def encode_split(
     key = digest({"v": CACHE_VERSION, "task": task.model_dump(mode="json"), "split": split,
                   "src": src.fingerprint(), "tok": tokenizer_fingerprint(tokenizer), "len": max_length,
                   "rows": max_rows, "seed": data_seed, "heldout": heldout, "part": part})[:24]
-    path = cache_root() / "tokenized" / f"{task.name}-{split}-{key}.pt"
+    path = under(cache_root() / "tokenized", f"{task.name}-{split}-{key}.pt")  # a name never leads out
     if use_cache and path.exists():
         blob = read_cache(path)
         if blob is not None:

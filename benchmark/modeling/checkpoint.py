@@ -29,6 +29,15 @@ WEIGHTS = "weights.safetensors"
 MODULES = "modules.json"
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0o022
+
+
 def save_modules(model: AdapterModel, folder: Path, *, adapters=(), fusions=(), heads=(), encoder=False,
                  state: dict | None = None) -> None:
     """Write ``weights.safetensors`` + ``modules.json`` (atomically, each via a temp file)."""
@@ -47,6 +56,7 @@ def save_modules(model: AdapterModel, folder: Path, *, adapters=(), fusions=(), 
     tmp = folder / f".{WEIGHTS}.tmp{os.getpid()}"
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; every other file the program writes is 0644
         os.replace(tmp, folder / WEIGHTS)
         tmp = folder / f".{MODULES}.tmp{os.getpid()}"
         tmp.write_text(json.dumps(meta, indent=2))

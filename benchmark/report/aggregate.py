@@ -174,5 +174,7 @@ def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collecte
         source = "plan.json (the experiment spec no longer exists)" if plan else "none"
         problems += [why] if why else []
     col = collect(scan.results, plan, experiment)
+    problems += [f"run {r['run_id']} diverged ({(r.get('error') or '').splitlines()[0] if r.get('error') else '?'}); "
+                 "left out of the means" for r in col.results if r.get("diverged")]
     col.problems, col.plan_source = problems, source
     return col

@@ -7,6 +7,12 @@ prints the terminal summary.
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,8 +21,8 @@ import jinja2
 from tabulate import tabulate
 
 from benchmark.data.sources import data_dir
-from benchmark.errors import BenchError
-from benchmark.paths import shown_path
+from benchmark.errors import BenchError, StorageError
+from benchmark.paths import shown_path, under, write_atomic
 from benchmark.report import figures, published
 from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.prose import markdown_to_html
@@ -260,21 +266,81 @@ def _env() -> jinja2.Environment:
 def build_reports(reg, experiment: str, *, results_dir: str | None = None, out_dir: Path = Path("reports"),
                   paper_file: str | None = None, plan_of=None) -> list[Path]:
     data = build_data(reg, experiment, results_root(results_dir), paper_file, plan_of)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig_dir = out_dir / f"{experiment}_files"
     for f in data.figures:
         f.file = f"{experiment}_files/{f.name}.png"
-        figures.write(out_dir / f.file, f.png)
     env = _env()
-    written = []
-    for ext in ("md", "html", "tex"):
-        path = out_dir / f"{experiment}.{ext}"
-        path.write_text(env.get_template(f"report.{ext}.j2").render(d=data), encoding="utf-8")
-        written.append(path)
-    if data.figures:
-        written.append(fig_dir)
+    texts = {f"{experiment}.{ext}": env.get_template(f"report.{ext}.j2").render(d=data) for ext in ("md", "html", "tex")}
+    written = publish(out_dir, texts, {f.file: f.png for f in data.figures},
+                      f"{experiment}_files" if data.figures else None)
     print_summary(data)
     return written
+
+
+HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_folder: str | None) -> list[Path]:
+    """Write a report's files as one set: each is written (``paths.write_atomic``) into a staging folder
+    beside the reports, and only when all are there are they moved into place, with SIGINT and SIGTERM
+    held during the moves; an interrupted or failed report leaves the previous complete set. Every
+    target is checked to lie under ``out_dir`` before anything is opened. OS errors (read-only, full)
+    are one StorageError paragraph."""
+    targets = [under(out_dir, name) for name in texts] + [under(out_dir, name) for name in pngs]
+    folder = under(out_dir, fig_folder) if fig_folder else None
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in out_dir.glob(".staging-*"):  # left by a report killed with -9
+            if not pid_alive_here(stale.name.split("-")[1]):
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out_dir))
+    except OSError as e:
+        raise StorageError.from_os_error(out_dir, e) from None
+    try:
+        for name, text in texts.items():
+            write_atomic(under(staging, name), text, root=staging)
+        for name, png in pngs.items():
+            write_atomic(under(staging, name), png, root=staging)
+        with held_signals():
+            if folder is not None:  # the figure folder is swapped whole: no old figure beside new ones
+                trash = staging / ".old_files"
+                if folder.exists():
+                    os.replace(folder, trash)
+                os.replace(staging / fig_folder, folder)
+            for name in texts:
+                os.replace(staging / name, out_dir / name)
+    except OSError as e:
+        raise StorageError.from_os_error(getattr(e, "filename", None) or out_dir, e) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return targets[:len(texts)] + ([folder] if folder is not None else [])
+
+
+@contextlib.contextmanager
+def held_signals():
+    """SIGINT and SIGTERM wait until the body is done, then act as they would have (handlers, not a
+    signal mask: a process-directed signal may land on any thread, and torch's threads do not block it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        for s in dict.fromkeys(got):
+            os.kill(os.getpid(), s)  # now, with the handler the process had
+
+
+def pid_alive_here(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def print_summary(data: ReportData) -> None:

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmark.paths import write_atomic  # noqa: E402
 from benchmark.report.aggregate import Collected  # noqa: E402
 from benchmark.report.tables import task_order  # noqa: E402
 
@@ -110,6 +111,7 @@ def relative_to_full(col: Collected, backbone: str, labels: list[tuple[str, str]
     return _png(fig)
 
 
-def write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+def write(path: Path, data: bytes, root: Path | None = None) -> None:
+    """Atomically, checked to lie under ``root`` (``paths.write_atomic``); reports publish their figures
+    through ``build.publish`` as one set."""
+    write_atomic(path, data, root=root)

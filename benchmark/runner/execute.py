@@ -13,7 +13,9 @@ import errno
 import hashlib
 import os
 import shutil
+import signal
 import socket
+import threading
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -25,6 +27,7 @@ import torch
 from benchmark.errors import BenchError, StorageError
 from benchmark.modeling.checkpoint import WEIGHTS, verify_weights
 from benchmark.modeling.compute import Compute
+from benchmark.paths import under
 from benchmark.plan.identity import ID_SCHEME
 from benchmark.plan.run import Plan, Run
 from benchmark.runner import slurm
@@ -32,6 +35,7 @@ from benchmark.runner.provenance import PeakMemory, cpu_model, environment
 from benchmark.runner.results import (
     RESULT,
     SCHEMA,
+    experiment_dir,
     git_revision,
     is_finished,
     now,
@@ -41,6 +45,7 @@ from benchmark.runner.results import (
 )
 from benchmark.runner.slurm import job_info
 from benchmark.spec.registry import Registry
+from benchmark.training.loop import Diverged
 from benchmark.training.recipe import RunContext, execute
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # writes cannot succeed: stop the grid
@@ -87,13 +92,22 @@ def _fmt(seconds: float) -> str:
         else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _remove(path: Path) -> None:
+    """Remove a folder, or only the link when it is a symlink (a run folder linked to another disk: its
+    target is the old result, which the swap replaced; rmtree refuses links and would leave it)."""
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _recover(exp_dir: Path, run_id: str) -> None:
     """Undo a swap that a crash interrupted, and clear temp folders of dead attempts."""
-    final, trash = exp_dir / run_id, exp_dir / f".trash-{run_id}"
-    if trash.exists() and not final.exists():
+    final, trash = under(exp_dir, run_id), under(exp_dir, f".trash-{run_id}")
+    if trash.exists() and not (final.exists() or final.is_symlink()):
         os.replace(trash, final)
-    elif trash.exists():
-        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        _remove(trash)
     for stale in exp_dir.glob(f".tmp-{run_id}-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -102,7 +116,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
            error: str | None, started: str, seconds: float, work: Path | None) -> None:
     """Write the run's result (``device`` None: it never ran, e.g. its dependency failed, so no device,
     threads or compute switches are recorded)."""
-    final = exp_dir / run.id
+    final = under(exp_dir, run.id)
     previous = read_result(final) if error is None else None
     result = {
         "schema": SCHEMA,
@@ -149,11 +163,12 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         if (work / WEIGHTS).exists():
             result["weights_sha256"] = file_sha256(work / WEIGHTS)
         write_json_atomic(work / RESULT, result)
-        trash = exp_dir / f".trash-{run.id}"
-        if final.exists():
+        trash = under(exp_dir, f".trash-{run.id}")
+        _remove(trash)  # left by an earlier swap that could not clear it
+        if final.exists() or final.is_symlink():
             os.replace(final, trash)
         os.replace(work, final)
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove(trash)
         return
     if work is not None:
         shutil.rmtree(work, ignore_errors=True)
@@ -183,7 +198,7 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
         torch.set_num_threads(threads)
     device = torch.device(device_name)
     _recover(exp_dir, run.id)
-    work = exp_dir / f".tmp-{run.id}-{os.getpid()}"
+    work = under(exp_dir, f".tmp-{run.id}-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
     started, t0 = now(), time.perf_counter()
     ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: exp_dir / rid)
@@ -206,6 +221,8 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
         msg = e.render() if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         tail = "".join(traceback.format_exception(e)[-3:])
         measured, error = {"traceback_tail": tail}, msg
+        if isinstance(e, Diverged):  # not retrained unless --force: the same settings diverge again
+            measured["diverged"] = True
     seconds = time.perf_counter() - t0
     record(run, reg, plan, exp_dir, device, measured, error, started, seconds, work)
     return run.id, error, seconds
@@ -230,6 +247,41 @@ class InlineExecutor:
         return fut
 
 
+def die_with_driver(driver_pid: int) -> None:
+    """Pool initializer (``--jobs N``): this worker must not outlive the driver that started it (kill -9,
+    or SIGTERM from a scheduler). On Linux the kernel sends it SIGKILL when its parent dies
+    (``prctl(PR_SET_PDEATHSIG)``); everywhere a watchdog thread checks once a second that the parent is
+    still the driver and the driver still runs, else kills this process. The lock also lists the
+    workers (``lock.record_workers``), so a rerun waits for any that is somehow still alive."""
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if not _driver_alive(driver_pid, parent):  # it died before the prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while _driver_alive(driver_pid, parent):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="afbench-driver-watchdog", daemon=True).start()
+
+
+def _driver_alive(driver_pid: int, parent: int) -> bool:
+    if os.getppid() != parent:  # reparented: the process that started us is gone
+        return False
+    try:
+        os.kill(driver_pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def free_gpu(busy: list[int], ngpu: int) -> int:
     """The GPU with the fewest running jobs, lowest index first: never a shared GPU while another is free."""
     counts = [busy.count(i) for i in range(ngpu)]
@@ -247,6 +299,9 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
             continue
         if not force and is_finished(exp_dir / r.id):
             done.append(r.id)
+        elif not force and (read_result(exp_dir / r.id) or {}).get("diverged"):
+            log(f"  {r.id} diverged before ({(read_result(exp_dir / r.id) or {}).get('error')}); not retrained: "
+                "change its settings, or pass --force to retry")
         else:
             todo.append(r)
     needed = {d for r in todo for d in r.deps}
@@ -333,10 +388,10 @@ def predicted_seconds(plan: Plan, reg: Registry, data_dir, todo: list[Run], dev:
 
 def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | None, device: str | None = None,
              jobs: int = 1, force: bool = False, only: set[str] | None = None, log=print,
-             executor: str = "local", slurm_options=None) -> Summary:
+             executor: str = "local", slurm_options=None, on_workers=None) -> Summary:
     """Train what is not finished (``only``: a subset of run ids, ``plan.build.select``), locally or as
     Slurm jobs (``executor``, ``slurm.py``)."""
-    exp_dir = results_dir / plan.experiment.name
+    exp_dir = experiment_dir(results_dir, plan.experiment.name)
     exp_dir.mkdir(parents=True, exist_ok=True)
     # on Slurm each job picks its device (the driver's login node may have no GPU)
     dev = pick_device(device, plan.experiment.device) if executor == "local" else torch.device("cpu")
@@ -346,8 +401,12 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         raise slurm.busy_error(exp_dir, in_flight)
     for rid in [r.id for r in plan.runs if r.id not in in_flight]:
         _recover(exp_dir, rid)
-    write_json_atomic(exp_dir / "plan.json", plan_record(plan))
+    write_json_atomic(exp_dir / "plan.json", plan_record(plan), root=results_dir)
     todo, summary.skipped = pending_runs(plan, exp_dir, force, log, only)
+    seen = {r.id for r in todo} | set(summary.skipped)
+    for r in plan.runs:  # diverged before and not retried: its dependents are blocked, as on the first run
+        if r.id not in seen and (only is None or r.id in only):
+            summary.failed[r.id] = "diverged (recorded before; --force retrains it)"
     chosen = f" ({len(only)} selected with --only)" if only is not None else ""
     log(f"{plan.experiment.name}: {len(plan.runs)} runs{chosen}, {len(summary.skipped)} already finished, {len(todo)} "
         + (f"to run on {dev}" if executor == "local" else "to run on Slurm") + (f" with {jobs} jobs" if jobs > 1 else ""))
@@ -366,7 +425,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                                note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs))
         else:
             predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log)
-            _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log, predicted)
+            _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log, on_workers, predicted)
     except OSError as e:  # a write outside the guarded writers (e.g. a rename): the same one paragraph
         if e.errno not in STORAGE_ERRNOS:
             raise
@@ -395,14 +454,17 @@ def start_order(todo: list[Run]) -> list[Run]:
 
 
 def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_dir: Path, data_dir,
-              dev: torch.device, jobs: int, log, predicted: dict[str, float] | None = None) -> None:
+              dev: torch.device, jobs: int, log, on_workers=None, predicted: dict[str, float] | None = None) -> None:
     """Start every run whose dependencies finished (at most ``jobs`` at once); a run whose dependency
-    failed is recorded as failed without training; on CUDA each job gets the least-busy GPU."""
+    failed is recorded as failed without training; on CUDA each job gets the least-busy GPU. The pool's
+    workers die with this process (``die_with_driver``); ``on_workers(pids)`` hears of each new one (the
+    lock records them). ``predicted``: the cost model's seconds per run, for the ETA."""
     progress, done_ok = _Progress(len(todo), jobs, log, predicted), set(summary.skipped)
     ngpu = torch.cuda.device_count() if dev.type == "cuda" and jobs > 1 else 0
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     pending, running = start_order(todo), {}
-    pool = InlineExecutor() if jobs <= 1 else ProcessPoolExecutor(max_workers=jobs)
+    pool = InlineExecutor() if jobs <= 1 else ProcessPoolExecutor(max_workers=jobs, initializer=die_with_driver,
+                                                                  initargs=(os.getpid(),))
     with pool:
         while pending or running:
             for r in list(pending):
@@ -421,6 +483,8 @@ def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_
                     name = f"cuda:{gpu}" if gpu is not None else str(dev)
                     log(f"[run {progress.k + len(running) + 1}/{progress.n}] start {r.id}" + (f" on {name}" if ngpu else ""))
                     running[pool.submit(execute_one, r, reg, plan, exp_dir, data_dir, name, threads)] = (r, gpu)
+                    if on_workers is not None and isinstance(pool, ProcessPoolExecutor):
+                        on_workers(sorted(getattr(pool, "_processes", None) or {}))
             if not running:
                 for r in pending:  # dependencies neither finished nor pending: nothing can start them
                     log(f"  not started {r.id}: its dependencies did not run")

@@ -3,9 +3,11 @@
 Two drivers on the same results would each retrain the other's pending runs and clear each other's
 temp folders, so ``afbench run`` (local or Slurm) takes this lock around the whole plan. It is taken
 with ``O_CREAT | O_EXCL`` (atomic on local file systems and NFSv3+). A second driver says who holds it
-and exits 2, or waits with ``--wait-lock``. A lock whose pid is dead on this host is stale (the driver
-was killed with -9 or the machine rebooted) and is taken over with a message; a lock of another host
-cannot be checked and is only reported.
+and exits 2, or waits with ``--wait-lock``. With ``--jobs N`` the driver adds its worker pids
+(``workers``). A lock whose pid and workers are all dead on this host is stale (the driver was killed
+with -9 or the machine rebooted) and is taken over with a message; one whose driver died while a worker
+lives is held (that worker may still train a run); a lock of another host cannot be checked and is only
+reported.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, StorageError
+from benchmark.paths import write_atomic
 from benchmark.runner.results import now
 
 LOCK = ".lock"
@@ -55,7 +58,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # someone else's live process
         return True
-    return True
+    try:  # a zombie (dead, not yet reaped by its new parent) is not alive
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
 
 
 def holder_alive(holder: dict | None, lock_file: Path | None = None) -> bool | None:
@@ -70,14 +77,19 @@ def holder_alive(holder: dict | None, lock_file: Path | None = None) -> bool | N
         return age < _UNWRITTEN_GRACE_S
     if holder.get("host") != _host():
         return None
-    return pid_alive(int(holder.get("pid", -1)))
+    pids = [holder.get("pid", -1), *(holder.get("workers") or [])]
+    return any(pid_alive(int(p)) for p in pids if isinstance(p, int) and not isinstance(p, bool) and p > 0)
 
 
 def describe(holder: dict) -> str:
     if not holder:
         return "a driver that is still writing the lock"
+    workers = holder.get("workers") or []
+    alive = [p for p in workers if isinstance(p, int) and pid_alive(p)] if holder.get("host") == _host() else []
+    tail = f"; worker(s) {', '.join(map(str, alive))} still alive" if alive and not pid_alive(int(holder.get("pid", -1))) \
+        else ""
     return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started_at')}"
-            f" ({holder.get('command', '?')})")
+            f" ({holder.get('command', '?')}){tail}")
 
 
 def _try_create(f: Path, me: dict) -> bool:
@@ -85,11 +97,32 @@ def _try_create(f: Path, me: dict) -> bool:
         fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as fh:
-        json.dump(me, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    except OSError as e:  # read-only, full, no permission: one paragraph (cli: exit 2, or a note if nothing to do)
+        raise StorageError.from_os_error(f, e) from None
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        f.unlink(missing_ok=True)
+        raise StorageError.from_os_error(f, e) from None
     return True
+
+
+def _same_holder(a: dict | None, b: dict) -> bool:
+    return bool(a) and all(a.get(k) == b.get(k) for k in ("host", "pid", "started_at"))
+
+
+def record_workers(exp_dir: Path, me: dict, pids: list[int]) -> None:
+    """Add worker processes (``--jobs N``) to the lock we hold: the lock stays live while any of them is
+    alive on this host, so a rerun never trains a run that a worker of a killed driver still trains.
+    Rewritten atomically (temp file + rename); only if the lock is still ours."""
+    new = sorted(set(me.get("workers", [])) | set(pids))
+    if new == me.get("workers") or not _same_holder(read_lock(exp_dir), me):
+        return
+    me["workers"] = new
+    write_atomic(exp_dir / LOCK, json.dumps(me), root=exp_dir)
 
 
 def _take_over_stale(f: Path, seen: dict) -> None:
@@ -115,7 +148,10 @@ def _take_over_stale(f: Path, seen: dict) -> None:
 def experiment_lock(exp_dir: Path, *, wait: bool = False, poll_s: float = 2.0,
                     log: Callable[[str], None] = print) -> Iterator[dict]:
     """Hold the experiment's lock for the body; released (only if still ours) on any exit."""
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError.from_os_error(exp_dir, e) from None
     f = exp_dir / LOCK
     me = {"host": _host(), "pid": os.getpid(), "started_at": now(), "command": " ".join(["afbench", *sys.argv[1:4]])}
     announced = False
@@ -143,5 +179,8 @@ def experiment_lock(exp_dir: Path, *, wait: bool = False, poll_s: float = 2.0,
     try:
         yield me
     finally:
-        if read_lock(exp_dir) == me:
-            f.unlink(missing_ok=True)
+        if _same_holder(read_lock(exp_dir), me):
+            try:
+                f.unlink(missing_ok=True)
+            except OSError:
+                pass

@@ -59,7 +59,7 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
     second, and folders already renamed (by ``migrated_from``, or a scheme-1 result whose folder no
     longer carries its id) give their dependents' hashes the new ids.
     """
-    exp_dir = results_dir / plan.experiment.name
+    exp_dir = experiment_dir(results_dir, plan.experiment.name)
     stored, mapping, interrupted = {}, {}, []  # old id -> result to migrate; old id -> new id
     for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if exp_dir.exists() else []:
@@ -99,7 +99,7 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
         (exp_dir / old).rename(exp_dir / new)
         _rewrite(exp_dir / new, stored[old], new, old, mapping)
     if mapping and not dry_run:
-        write_json_atomic(exp_dir / "plan.json", plan_record(plan))
+        write_json_atomic(exp_dir / "plan.json", plan_record(plan), root=exp_dir)
     found = sum(new in planned for new in mapping.values())
     log(f"{plan.experiment.name}: {found} of {len(plan.runs)} planned runs found among {len(mapping)} older results")
     return {old: new for old, new in mapping.items() if old not in done_before}

@@ -7,6 +7,7 @@ any point (Ctrl-C, kill -9, power loss) never leaves a result that looks finishe
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -17,7 +18,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from benchmark.errors import StorageError
+from benchmark.paths import under, write_atomic
 
 SCHEMA = 1
 RESULT = "result.json"
@@ -31,24 +32,16 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename. An OS failure (disk full) leaves
-    ``path`` as it was, removes the temp file and raises one StorageError naming the file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise StorageError.from_os_error(path, e) from None
+def experiment_dir(root: Path, experiment: str) -> Path:
+    """``root/<experiment>``, refused (``PathOutsideRoot``) unless it lies inside the results root."""
+    return under(root, experiment)
+
+
+def write_json_atomic(path: Path, data: dict, *, root: Path | None = None) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename (``paths.write_atomic``; checked to lie
+    under ``root`` when given). An OS failure (disk full) leaves ``path`` as it was, removes the temp file
+    and raises one StorageError naming the file."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", root=root)
 
 
 STATUSES = ("finished", "failed")
@@ -118,12 +111,18 @@ def check_result(data: object, folder_name: str | None = None) -> str:
             if bad:
                 return "'per_task' has no numeric best_metric for " + ", ".join(bad)
         elif not _is_number(data.get("best_metric")):
-            return "finished but 'best_metric' is missing or not a number"
+            return f"finished but 'best_metric' is {_what(data.get('best_metric'))}, not a finite number"
     return ""
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+    """A real, finite number: NaN or inf in a finished result is damage (JSON allows neither; Python
+    writes them), not a measurement."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _what(x: object) -> str:
+    return "missing" if x is None else repr(x) if isinstance(x, float) else type(x).__name__
 
 
 def read_result_file(run_dir: Path) -> ResultFile:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.errors import BenchError
+from benchmark.paths import under
 from benchmark.runner.cluster import ClusterSpec, load_cluster, parse_sbatch_options
 from benchmark.runner.results import now, read_result, write_json_atomic
 
@@ -92,7 +93,7 @@ def squeue() -> dict[str, JobState] | None:
 
 
 def jobs_file(exp_dir: Path) -> Path:
-    return exp_dir / SLURM_DIR / JOBS
+    return under(exp_dir, SLURM_DIR, JOBS)
 
 
 def load_jobs(exp_dir: Path) -> dict[str, dict]:
@@ -386,7 +387,7 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
     submitit = _submitit()
     _require_sbatch()
     device_name, gpus = resolve_device(device, plan.experiment.device, spec.gpus_per_run)
-    folder = Path(spec.log_dir) if spec.log_dir else exp_dir / SLURM_DIR
+    folder = Path(spec.log_dir) if spec.log_dir else under(exp_dir, SLURM_DIR)
     base = sbatch_parameters(spec, gpus, f"afbench-{plan.experiment.name}")
     groups = submission_groups(todo, set(in_flight), array=spec.array_parallelism is not None)
     if groups:

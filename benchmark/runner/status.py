@@ -3,7 +3,7 @@
 Read-only: it looks at ``result.json`` files, the experiment lock, the ``.tmp-<run id>-<pid>`` folders
 of runs training locally, and (when ``.slurm/jobs.json`` lists jobs) at ``squeue``. Per run:
 finished / failed (the error's first line) / running (Slurm job, node, elapsed; or local pid) /
-queued (Slurm job and the reason it waits) / pending (nothing yet).
+queued (Slurm job and the reason it waits) / corrupt (a damaged result.json, "corrupt: why"; the next run retrains it) / pending (nothing yet).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmark.runner import slurm
 from benchmark.runner.lock import describe, holder_alive, pid_alive, read_lock
-from benchmark.runner.results import read_result
+from benchmark.runner.results import read_result_file
 from benchmark.runner.slurm import QUEUED, JobState, load_jobs
 
 _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
@@ -26,7 +26,7 @@ _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
 @dataclass
 class RunStatus:
     run_id: str
-    state: str  # finished | failed | running | queued | pending
+    state: str  # finished | failed | running | queued | corrupt | pending
     detail: str = ""
 
 
@@ -68,7 +68,8 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
     out: list[RunStatus] = []
     states: dict[str, str] = {}  # plan order lists dependencies first
     for r in plan.runs:
-        res = read_result(exp_dir / r.id) or {}
+        file = read_result_file(exp_dir / r.id)
+        res = file.data if file.ok else {}
         job = jobs.get(r.id, {}).get("job_id")
         st = queue.get(job) if (queue is not None and job) else None
         if st is not None and st.active:
@@ -93,6 +94,8 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
                                  else f"Slurm job {job} ended ({state}) without a result"))
         elif job:
             out.append(RunStatus(r.id, "pending", f"Slurm job {job}: squeue unavailable, state unknown"))
+        elif file.state == "corrupt":  # a damaged result.json: retrained by the next run, said here
+            out.append(RunStatus(r.id, "corrupt", f"corrupt: {file.reason}; the next run retrains it"[:200]))
         else:
             out.append(RunStatus(r.id, "pending"))
         states[r.id] = out[-1].state
@@ -118,5 +121,6 @@ def print_status(plan, results_dir: Path, queue: dict[str, JobState] | None = No
     out(tabulate(table, headers=["#", "task", "method", "backbone", "seed", "status", "detail", "run id"]))
     c = Counter(s.state for s in rows)
     out(f"{plan.experiment.name}: {len(rows)} runs: "
-        + ", ".join(f"{c[k]} {k}" for k in ("finished", "running", "queued", "failed", "pending") if c[k]))
+        + ", ".join(f"{c[k]} {k}" for k in ("finished", "running", "queued", "failed", "corrupt", "pending")
+                 if c[k]))
     return 0

@@ -1,8 +1,9 @@
 """Read spec YAML files: safe loader, ``include`` of shared defaults, clear validation errors.
 
 The loader is YAML's safe loader with two refusals of its own: a key given twice in one mapping
-(plain YAML lets the last one win silently) and a file over ``MAX_SPEC_BYTES`` (a spec is a page of
-settings; a huge file is a mistake or an attack and would take gigabytes to parse).
+(plain YAML lets the last one win silently), a file over ``MAX_SPEC_BYTES`` (a spec is a page of
+settings; a huge file is a mistake or an attack and would take gigabytes to parse) and nesting over
+``MAX_SPEC_DEPTH`` levels (100,000 ``[`` overflow the parser's stack: one paragraph, not a traceback).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from benchmark.errors import SpecError
 
 MAX_SPEC_BYTES = 1_000_000
+MAX_SPEC_DEPTH = 50  # lists and mappings inside each other; deeper is an attack (100,000 '[' overflow the parser)
 KIND_FOLDERS = {"task": "tasks", "method": "methods", "backbone": "backbones", "experiment": "experiments"}
 
 
@@ -76,6 +78,19 @@ def _key_path(text: str, line: int, column: int) -> str | None:
     return ".".join(found) if found else None
 
 
+def _depth(data) -> int:
+    """How deeply lists and mappings nest (iterative: a deep value must not overflow the stack here)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d > MAX_SPEC_DEPTH:
+                return d
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def read_yaml(path: Path) -> dict:
     try:
         size = path.stat().st_size
@@ -98,6 +113,10 @@ def read_yaml(path: Path) -> dict:
             "silently keep the last one",
             file=str(path), field=_key_path(text, e.line, e.column) or str(e.key), fix="keep one of them",
         ) from None
+    except RecursionError:
+        raise SpecError(
+            "the file nests lists or mappings too deeply to read (thousands of levels)", file=str(path),
+            fix=f"a spec is a few levels of settings: keep nesting under {MAX_SPEC_DEPTH} levels") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -108,6 +127,9 @@ def read_yaml(path: Path) -> dict:
         ) from None
     if data is None:
         data = {}
+    if _depth(data) > MAX_SPEC_DEPTH:
+        raise SpecError(f"the file nests lists or mappings over {MAX_SPEC_DEPTH} levels deep", file=str(path),
+                        fix=f"a spec is a few levels of settings: keep nesting under {MAX_SPEC_DEPTH} levels")
     if not isinstance(data, dict):
         raise SpecError(
             f"the file holds a {type(data).__name__}, not a mapping of keys to values",

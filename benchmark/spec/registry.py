@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +58,8 @@ class Registry:
     backbones: dict[str, BackboneSpec] = field(default_factory=dict)
     experiments: dict[str, ExperimentSpec] = field(default_factory=dict)
     files: dict[tuple[str, str], Path] = field(default_factory=dict)  # (kind, name) -> file
+    # lenient loading (``load_registry(strict=False)``): (kind or None, name) -> why that spec is unusable
+    broken: dict[tuple[str | None, str], SpecError] = field(default_factory=dict)
 
     def table(self, kind: str) -> dict:
         return {"task": self.tasks, "method": self.methods, "backbone": self.backbones,
@@ -68,6 +72,9 @@ class Registry:
         table = self.table(kind)
         if name in table:
             return table[name]
+        why = self.broken.get((kind, name)) or self.broken.get((None, name))
+        if why is not None:  # its file is broken (or it needs one that is): that file's own paragraph
+            raise why
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise SpecError(
@@ -102,6 +109,26 @@ def spec_files(paths: list[Path]) -> list[Path]:
     return out
 
 
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def check_name(kind: str, name: object, path: Path) -> None:
+    """A spec's name becomes part of folder and file names (results, caches, reports): a plain identifier
+    (letters, digits, ``_ - .``, not starting with a dot) and the file's own stem, so ``name: ../../x`` or
+    an absolute path can never choose where anything is written."""
+    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > 100:
+        raise SpecError(
+            f"the {kind} name {name!r} is not a plain identifier (letters, digits, '_', '-', '.', not starting "
+            "with a dot, at most 100 characters); it names folders and files",
+            file=str(path), field="name", fix=f"use a plain name such as "
+                                              f"'{re.sub(r'[^A-Za-z0-9_.-]', '_', path.stem).lstrip('.')[:100] or kind}'"
+                                              " and name the file after it")
+    if name != path.stem:
+        raise SpecError(
+            f"the {kind} is named '{name}' but its file is {path.name}; a spec's name is its file's name",
+            file=str(path), field="name", fix=f"rename the file to {name}.yaml, or remove the name: key")
+
+
 def load_file(path: Path, roots: list[Path]):
     data = load_with_includes(path)
     kind = _kind_of(path.resolve(), data, [r.resolve() for r in roots])
@@ -113,6 +140,7 @@ def load_file(path: Path, roots: list[Path]):
             fix="put it under tasks/, methods/, backbones/ or experiments/, or add 'kind: task' (method, ...)",
         )
     data.setdefault("name", path.stem)
+    check_name(kind, data["name"], path)
     spec = validate_model(SPEC_MODELS[kind], data, file=str(path))
     if kind == "task":
         templates.check_task_templates(spec.templates, file=str(path))
@@ -121,11 +149,25 @@ def load_file(path: Path, roots: list[Path]):
     return kind, spec
 
 
-def load_registry(extra: list[Path] | None = None, *, include_default: bool = True) -> Registry:
+def load_registry(extra: list[Path] | None = None, *, include_default: bool = True, strict: bool = True,
+                  warn=None) -> Registry:
+    """Every spec under ``specs/`` and the ``extra`` folders. ``strict`` (``afbench validate``, the
+    default): the first broken file is an error. Otherwise (the commands that use specs): a broken file
+    blocks only what needs it; ``warn`` gets one line naming it, the specs that need it are left out and
+    using one raises that file's paragraph."""
     roots = ([default_spec_dir()] if include_default else []) + [Path(p) for p in (extra or [])]
     reg = Registry()
+    warn = warn or (lambda line: print(line, file=sys.stderr))
     for path in spec_files(roots):
-        kind, spec = load_file(path, roots)
+        try:
+            kind, spec = load_file(path, roots)
+        except SpecError as e:
+            if strict:
+                raise
+            reg.broken[(_folder_kind(path, roots), path.stem)] = e
+            warn(f"warning: skipped the broken spec {path} ({e.message.rstrip('.')}); only what uses it is "
+                 f"blocked, afbench validate {path} says more")
+            continue
         table = reg.table(kind)
         if spec.name in table and reg.files[(kind, spec.name)].resolve() != path.resolve():
             raise SpecError(
@@ -136,14 +178,35 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
             )
         table[spec.name] = spec
         reg.files[(kind, spec.name)] = path
-    check_references(reg)
+    if strict or not reg.broken:
+        check_references(reg)
+        return reg
+    for name in list(reg.experiments):  # an experiment that needs a broken spec is blocked, not the others
+        try:
+            check_references(reg, only=name)
+        except SpecError as e:
+            del reg.experiments[name]
+            reg.broken[("experiment", name)] = e
     return reg
 
 
-def check_references(reg: Registry) -> None:
+def _folder_kind(path: Path, roots: list[Path]) -> str | None:
+    """The kind a spec's folder says (None outside the kind folders: the kind came from its keys)."""
+    resolved = [r.resolve() for r in roots]
+    for parent in path.resolve().parents:
+        if parent.name in FOLDER_KIND:
+            return FOLDER_KIND[parent.name]
+        if parent in resolved:
+            break
+    return None
+
+
+def check_references(reg: Registry, only: str | None = None) -> None:
     """Experiments may only name tasks, methods and backbones that exist, with valid overrides."""
     train_fields = set(TrainParams.model_fields)
     for name, exp in reg.experiments.items():
+        if only is not None and name != only:
+            continue
         f = reg.file_of("experiment", name)
         for i, b in enumerate(exp.backbones):
             reg.get("backbone", b, referenced_from=f, field_path=f"backbones[{i}]")

@@ -10,9 +10,13 @@ column whose header has spaces or dashes needs no renaming. A column literally c
 
 The sandbox stops code execution but not a template that loops or allocates without end
 (``{% for i in range(100000) %}{% for j in range(100000) %}``, ``{{ premise * 100000000 }}``).
-``_BudgetedSandbox`` bounds one render: ``range`` items in total, the size of strings and lists that
-``*`` / ``+`` / ``%`` and sizing arguments (``center(10**9)``) would make, the output length and the
-wall-clock time. Over any of them the render fails fast with a SpecError.
+``_BudgetedSandbox`` bounds the work of one render, not only its result: every ``{% for %}`` iterates
+through a counter (the template's syntax tree is rewritten at parse time), and loop iterations, calls
+and operators share one budget of steps; ``range`` items are counted; strings, lists and nested lists
+that ``*`` / ``+`` would make are sized (deeply) *before* they are built; format widths and precisions
+(``'%*s' % (10**9, x)``, ``"{:{}}".format(x, 10**9)``, ``center(10**9)``) are refused; integer
+arithmetic is stopped above ``MAX_INT_BITS``; and the output length and the wall-clock time are
+checked on every step. Over any of them the render fails fast with a SpecError.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from functools import lru_cache
 import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.visitor import NodeTransformer
 
 from benchmark.errors import SpecError
 
@@ -36,6 +41,10 @@ MAX_RENDER_CHARS = 100_000  # one rendered input (and any string or list built o
 MAX_RANGE_ITEMS = 10_000  # range() items per render, all loops together
 MAX_RENDER_SECONDS = 2.0  # wall clock per render
 MAX_POWER_EXPONENT = 64  # ``a ** b``: big-integer towers are not text
+MAX_INT_BITS = 4096  # an integer result of ``*`` or ``**`` (a power tower grows without a large exponent)
+MAX_STEPS = 100_000  # loop iterations + calls + operators per render
+MAX_PRINTED_CHARS = 4 * MAX_RENDER_CHARS  # everything printed per render, {% set %} blocks included
+_ITER, _CONCAT, _TEXT = "_afbench_loop", "_afbench_concat", "_afbench_text"  # see ``_BudgetedSandbox._parse``
 
 
 class TemplateBudgetError(Exception):
@@ -47,8 +56,14 @@ class _Budget:
     started: float
     range_items: int = 0
     chars: int = 0
+    steps: int = 0
+    printed: int = 0
 
     def tick(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise TemplateBudgetError(f"the template took over {MAX_STEPS:,} steps (loop iterations, calls and "
+                                      "operators) for one row")
         if time.perf_counter() - self.started > MAX_RENDER_SECONDS:
             raise TemplateBudgetError(f"rendering took over {MAX_RENDER_SECONDS:g} s")
 
@@ -65,7 +80,39 @@ def _budget() -> _Budget:
 
 
 def _sized(value) -> int | None:
-    return len(value) if isinstance(value, str | list | tuple) else None
+    """How many characters or items ``value`` would print as, nested lists counted deeply (a list of
+    90,000 references to one list of 90,000 is 8.1e9 items, though it takes little memory); counting
+    stops just over the limit, so it is cheap."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, list | tuple | dict):
+        return None
+    seen: dict[int, int] = {}
+
+    def weight(v, depth: int) -> int:
+        if isinstance(v, str):
+            return len(v)
+        if not isinstance(v, list | tuple | dict) or depth > 50:
+            return 1
+        if id(v) in seen:
+            return seen[id(v)]
+        total = len(v)
+        for item in (v.values() if isinstance(v, dict) else v):
+            total += weight(item, depth + 1)
+            if total > MAX_RENDER_CHARS:
+                break
+        seen[id(v)] = total
+        return total
+
+    return weight(value, 0)
+
+
+def _iterate(iterable) -> Iterator:
+    """What every ``{% for %}`` loops over: each iteration is a step of the render's budget."""
+    b = _budget()
+    for item in iterable:
+        b.tick()
+        yield item
 
 
 def _check_size(n: int, what: str) -> None:
@@ -86,14 +133,41 @@ def _budgeted_range(*args: int) -> Iterator[int]:
 
 
 _FORMAT_NUMBER = re.compile(r"\d{6,}")  # a width or precision of a million or more in a format string
+_NESTED_FIELD = re.compile(r"\{[^{}]*\{")  # str.format with a width given as an argument: "{:{}}"
 # functions and filters whose integer arguments size their result (a width, a count, a fill)
-_SIZING = frozenset(["center", "ljust", "rjust", "zfill", "expandtabs", "indent", "wordwrap", "batch", "slice"])
+_SIZING = frozenset(["center", "ljust", "rjust", "zfill", "expandtabs", "indent", "wordwrap", "batch", "slice",
+                     "to_bytes"])
 
 
 def _check_args(args, kwargs, what: str) -> None:
     for a in (*args, *kwargs.values()):
         if isinstance(a, int) and not isinstance(a, bool) and abs(a) > MAX_RENDER_CHARS:
             raise TemplateBudgetError(f"{what} got the number {a:,}, over the limit of {MAX_RENDER_CHARS:,}")
+
+
+def _big(a) -> bool:
+    """An argument that could be a width or precision far over the limit (10**9, or "1000000000")."""
+    if isinstance(a, int) and not isinstance(a, bool):
+        return abs(a) > MAX_RENDER_CHARS
+    return isinstance(a, str) and bool(_FORMAT_NUMBER.search(a))
+
+
+def _check_percent(fmt: str, args) -> None:
+    """``'%*s' % (10**9, x)``: a ``*`` takes its width or precision from the arguments."""
+    values = args.values() if isinstance(args, dict) else args if isinstance(args, tuple) else (args,)
+    if "*" in fmt and any(_big(a) for a in values if not isinstance(a, str)):
+        raise TemplateBudgetError("a '%' format takes a width or precision ('*') over the limit from its arguments")
+
+
+def _check_format_args(fmt: str, args, kwargs) -> None:
+    """``"{:{}}".format(x, 10**9)``: a nested field takes its width or precision from the arguments."""
+    if _NESTED_FIELD.search(fmt) and any(_big(a) for a in (*args, *kwargs.values())):
+        raise TemplateBudgetError("a format string takes a width or precision over the limit from its arguments")
+
+
+def _check_int(n, what: str) -> None:
+    if isinstance(n, int) and not isinstance(n, bool) and n > MAX_INT_BITS:
+        raise TemplateBudgetError(f"{what} would have about {n:,} bits, over the limit of {MAX_INT_BITS:,}")
 
 
 def _join_size(items: list, sep: str) -> int:
@@ -117,6 +191,8 @@ def _guard_filter(fn):
             _check_size(_join_size(args[1], str(sep)), "the result of the filter 'join'")
         if fmt and args and isinstance(args[0], str) and _FORMAT_NUMBER.search(args[0]):
             raise TemplateBudgetError("a format string asks for a width or precision of a million or more")
+        if fmt and args and isinstance(args[0], str):
+            _check_percent(args[0], kwargs or tuple(args[1:]))
         out = fn(*args, **kwargs)
         n = _sized(out)
         if n is not None:
@@ -134,13 +210,25 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **kw):
         super().__init__(**kw)
         self.globals["range"] = _budgeted_range
+        self.globals.update({_ITER: _iterate, _CONCAT: _concat, _TEXT: _text})
         for name in ("lipsum", "namespace"):  # lipsum(n=10**9) builds text; namespace lets loops accumulate
             self.globals.pop(name, None)
         self.filters = {k: _guard_filter(v) for k, v in self.filters.items()}
 
+    def _parse(self, source, name, filename):
+        """Parse, then rewrite the tree so that the work of a render is counted where Jinja would not call
+        back into the sandbox: every ``{% for x in it %}`` loops over ``_afbench_loop(it)`` (a step per
+        iteration, so an empty nested loop over a long string is stopped), ``a ~ b`` is sized before it
+        is joined, and constant text is printed through a call so ``_finalize`` counts it too (text
+        gathered by ``{% set x %}...{% endset %}`` never reaches the output check)."""
+        return _Counted().visit(super()._parse(source, name, filename))
+
     def call_binop(self, context, operator_: str, left, right):
         _budget().tick()
-        if operator_ == "*":
+        ints = all(isinstance(x, int) and not isinstance(x, bool) for x in (left, right))
+        if operator_ == "*" and ints:
+            _check_int(left.bit_length() + right.bit_length(), "a product")
+        elif operator_ == "*":
             for seq, times in ((left, right), (right, left)):
                 n = _sized(seq)
                 if n is not None and isinstance(times, int):
@@ -151,8 +239,12 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
                 _check_size(a + b, "a concatenated string or list")
         elif operator_ == "%" and isinstance(left, str) and _FORMAT_NUMBER.search(left):
             raise TemplateBudgetError("a '%' format string asks for a width or precision of a million or more")
+        elif operator_ == "%" and isinstance(left, str):
+            _check_percent(left, right)
         elif operator_ == "**" and isinstance(right, int | float) and abs(right) > MAX_POWER_EXPONENT:
             raise TemplateBudgetError(f"the exponent {right} is over the limit of {MAX_POWER_EXPONENT}")
+        elif operator_ == "**" and ints and right > 0:
+            _check_int(left.bit_length() * right, "a power")
         return {"*": operator.mul, "+": operator.add, "%": operator.mod, "**": operator.pow}[operator_](left, right)
 
     def wrap_str_format(self, value):
@@ -162,7 +254,14 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
             def refuse(*args, **kwargs):
                 raise TemplateBudgetError("a format string asks for a width or precision of a million or more")
             return refuse
-        return super().wrap_str_format(value)
+        wrapped = super().wrap_str_format(value)
+        if wrapped is not None and isinstance(owner, str) and _NESTED_FIELD.search(owner):
+            def checked(*args, **kwargs):
+                mapping = args[0] if getattr(value, "__name__", "") == "format_map" and args else {}
+                _check_format_args(owner, args, {**kwargs, **(mapping if isinstance(mapping, dict) else {})})
+                return wrapped(*args, **kwargs)
+            return checked
+        return wrapped
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's own signature
         _budget().tick()
@@ -184,10 +283,42 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
 
 
 def _finalize(value):
-    """``{{ x }}`` of a missing value is an error, not the text 'None' (a short CSV row, a JSON null)."""
+    """``{{ x }}`` of a missing value is an error, not the text 'None' (a short CSV row, a JSON null).
+    Everything printed, in the output or into a ``{% set %}`` block, counts towards ``MAX_PRINTED_CHARS``."""
     if value is None:
         raise TemplateBudgetError("a value the template prints is missing (None)")
+    b = _budget()
+    n = _sized(value)
+    b.printed += n if n is not None else 1
+    if b.printed > MAX_PRINTED_CHARS:
+        raise TemplateBudgetError(f"the template printed over {MAX_PRINTED_CHARS:,} characters for one row "
+                                  "(output and {% set %} blocks together)")
     return value
+
+
+def _text(data: str) -> str:
+    return data
+
+
+def _concat(*parts) -> str:
+    _check_size(sum(_sized(p) or len(str(p)) for p in parts), "a string joined with '~'")
+    return "".join(str(p) for p in parts)
+
+
+class _Counted(NodeTransformer):
+    """The syntax-tree rewrite of ``_BudgetedSandbox._parse``."""
+
+    def visit_For(self, node):
+        node = self.generic_visit(node)
+        node.iter = nodes.Call(nodes.Name(_ITER, "load"), [node.iter], [], None, None, lineno=node.lineno)
+        return node
+
+    def visit_Concat(self, node):
+        node = self.generic_visit(node)
+        return nodes.Call(nodes.Name(_CONCAT, "load"), list(node.nodes), [], None, None, lineno=node.lineno)
+
+    def visit_TemplateData(self, node):
+        return nodes.Call(nodes.Name(_TEXT, "load"), [nodes.Const(node.data)], [], None, None, lineno=node.lineno)
 
 
 _ENV = _BudgetedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False,

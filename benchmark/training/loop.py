@@ -25,8 +25,19 @@ from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import TrainParams
 
 
-class NonFiniteLoss(RuntimeError):
+class Diverged(RuntimeError):
+    """The training loss exploded (``diverged``): the run is recorded as failed with ``"diverged": true``
+    and is not retrained unless ``--force`` (the same settings would diverge again)."""
+
+
+class NonFiniteLoss(Diverged):
     pass
+
+
+def diverged(epoch_loss: float, first_loss: float, classes: int) -> bool:
+    """The one rule for a finite loss that exploded: an epoch's mean training loss above 10x the loss of the
+    first step (the untrained model) and above ln(number of classes) (what a uniform guess scores)."""
+    return epoch_loss > 10 * first_loss and epoch_loss > math.log(max(2, classes))
 
 
 @dataclass
@@ -110,10 +121,13 @@ def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> No
                f"dev accuracy {h['dev_accuracy']:.2f}{held}, {examples_per_second:.1f} train ex/s, {h['seconds']:.0f}s")
 
 
-def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device) -> torch.Tensor:
+def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device,
+              classes: list[int] | None = None) -> torch.Tensor:
     with autocast(device):
         logits = model(head=head, **inputs_of(batch))
     loss = F.cross_entropy(logits.float(), batch["labels"])
+    if classes is not None:
+        classes.append(logits.shape[-1])  # [B, C] (C classes, or K choices)
     if obj.fusion and obj.reg_weight:
         # the value regulariser enters the loss of the same step (AdapterHub adds it one step late)
         loss = loss + obj.reg_weight * model.fusion_regularization(obj.fusion)
@@ -137,6 +151,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
     trained = [p for p in model.parameters() if p.requires_grad]
     check_every = 1 if device.type == "cpu" else 50  # a finiteness check is a host sync on a GPU
     out, since_best, global_step, seen, train_time = Outcome(), 0, 0, 0, 0.0
+    first_loss, classes = None, []  # the untrained model's loss and the class count: the divergence rule
     for epoch in range(params.epochs):
         model.train()
         t0, steps = time.perf_counter(), 0
@@ -150,7 +165,9 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
             out.padding["real_tokens"] += int(mask.sum())
             out.padding["computed_tokens"] += mask.numel()
             batch = to_device(batch, device)
-            loss = step_loss(model, batch, head, objective, device)
+            loss = step_loss(model, batch, head, objective, device, classes if first_loss is None else None)
+            if first_loss is None:
+                first_loss = float(loss.detach())
             loss.backward()
             if params.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trained, params.grad_clip)
@@ -168,6 +185,10 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         train_loss = loss_sum.item() / max(1, steps)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"the training loss became {train_loss} (epoch {epoch + 1})")
+        if first_loss is not None and diverged(train_loss, first_loss, max(classes, default=2)):
+            raise Diverged(f"the training diverged: mean loss {train_loss:.4g} in epoch {epoch + 1}, over 10x the "
+                           f"first step's {first_loss:.4g} and over ln({max(classes, default=2)}) (a uniform guess); "
+                           "lower the learning rate")
         train_time += time.perf_counter() - t0
         model.set_fusion_temperature(1.0)
         metrics = evaluate_epoch()
