@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.errors import BenchError, PathOutsideRoot, SpecError
+from benchmark.errors import PathOutsideRoot, SpecError
 from benchmark.paths import under, write_atomic
 from conftest import ROOT, needs_mirror
 

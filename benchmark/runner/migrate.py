@@ -19,7 +19,7 @@ from benchmark.errors import BenchError
 from benchmark.plan.identity import ID_SCHEME, run_id, run_identity
 from benchmark.plan.run import Plan
 from benchmark.runner.execute import plan_record
-from benchmark.runner.results import RESULT, write_json_atomic
+from benchmark.runner.results import RESULT, experiment_dir, write_json_atomic
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
 
