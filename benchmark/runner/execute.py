@@ -179,6 +179,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
 
 
 PREVIOUS_KEYS = ("best_metric", "best_epoch", "selection_metric", "wall_seconds", "finished_at", "git", "versions",
+                 "cpu_model", "torch_threads", "host",
                  "weights_sha256", "per_task")
 
 
