@@ -332,7 +332,7 @@ def cmd_report(args) -> int:
         for path in build_reports(reg, exp, results_dir=args.results_dir, out_dir=Path(args.out_dir),
                                   paper_file=args.paper,
                                   plan_of=lambda spec: build_plan(reg, spec, available, data_root=root,
-                                                                  options=_options(args))):
+                                                                  options=_options(args)), data_root=root):
             print(f"wrote {path}")
     return 0
 

@@ -29,6 +29,7 @@ class Cell:
     failed: list[str] = field(default_factory=list)  # error messages of failed runs
     expected: bool = False  # the plan asked for it
     last: list[float] = field(default_factory=list)  # dev accuracy of each seed's last trained epoch
+    run_ids: list[str] = field(default_factory=list)  # the finished runs behind ``values``, in their order
 
     @property
     def n(self) -> int:
@@ -147,6 +148,7 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
                     continue
                 c.values.append(per_task[t]["best_metric"] if per_task else r["best_metric"])
                 c.seeds.append(r["seed"])
+                c.run_ids.append(r["run_id"])
                 hist = per_task[t].get("history") if per_task else [h.get("dev_accuracy") for h in r.get("history", [])]
                 if hist and hist[-1] is not None:
                     c.last.append(hist[-1])

@@ -25,6 +25,7 @@ from benchmark.errors import BenchError, StorageError
 from benchmark.paths import shown_path, under, write_atomic
 from benchmark.report import figures, published
 from benchmark.report.aggregate import Cell, Collected, load
+from benchmark.report.baseline import majority_baselines
 from benchmark.report.prose import markdown_to_html
 from benchmark.report.tables import (
     ARROWS,
@@ -176,9 +177,11 @@ def multitask_quality(col: Collected) -> list[dict]:
     return rows
 
 
-def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, plan_of=None) -> ReportData:
+def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, plan_of=None,
+               data_root: Path | None = None) -> ReportData:
     """``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan`` does (``cli.cmd_report``: tasks
-    without data are skipped, run ids use the same data folder); without it, ``build_plan``'s defaults."""
+    without data are skipped, run ids use the same data folder); without it, ``build_plan``'s defaults.
+    ``data_root``: where the majority baselines read the data (default: $AFBENCH_DATA_DIR)."""
     col = load(results_dir, experiment, reg, plan_of)
     if not col.results:
         extra = f" ({'; '.join(col.problems)})" if col.problems else ""
@@ -206,10 +209,12 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         paper_source=paper_src,
         problems=col.problems,
     )
+    root = data_dir(data_root)
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
+        floor = majority_baselines(reg, col.tasks(b), root)
         for key in (("table4",) if pb == "roberta-base" else ("table1", "table3")):
-            t = build_table(key, col, b, paper, reg)
+            t = build_table(key, col, b, paper, reg, floor)
             if t:
                 data.tables.append(t)
         t2 = build_table2(col, b, paper, reg)
@@ -264,8 +269,8 @@ def _env() -> jinja2.Environment:
 
 
 def build_reports(reg, experiment: str, *, results_dir: str | None = None, out_dir: Path = Path("reports"),
-                  paper_file: str | None = None, plan_of=None) -> list[Path]:
-    data = build_data(reg, experiment, results_root(results_dir), paper_file, plan_of)
+                  paper_file: str | None = None, plan_of=None, data_root: Path | None = None) -> list[Path]:
+    data = build_data(reg, experiment, results_root(results_dir), paper_file, plan_of, data_root)
     for f in data.figures:
         f.file = f"{experiment}_files/{f.name}.png"
     env = _env()
@@ -345,12 +350,16 @@ def pid_alive_here(pid: str) -> bool:
 
 def print_summary(data: ReportData) -> None:
     for t in data.tables:
-        rows = [[r.task] + [c.text for c in r.cells] for r in t.rows]
-        rows.append(["Mean"] + [c.text for c in t.mean_row])
+        floor = t.has_majority  # the majority baseline beside the task: the floor every cell is read against
+        rows = [[r.task] + ([r.majority_text] if floor else []) + [c.text for c in r.cells] for r in t.rows]
+        rows.append(["Mean"] + ([""] if floor else []) + [c.text for c in t.mean_row])
         print(f"\n{t.title} ({t.backbone})")
-        print(tabulate(rows, headers=["task", *t.columns], disable_numparse=True))  # keep 70.10 as printed
+        print(tabulate(rows, headers=["task", *(["majority"] if floor else []), *t.columns],
+                       disable_numparse=True))  # keep 70.10 as printed
         if any(c.marker for r in t.rows for c in r.cells):
             print(t.legend)
+        if t.majority_note:
+            print(t.majority_note)
     for t2 in data.table2:
         rows = [[r.task] + [ARROWS.get(a, "—") for a in r.ours] for r in t2.rows]
         rows.append(["Improved"] + t2.improved_ours)

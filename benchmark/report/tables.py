@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import warnings
 from dataclasses import dataclass, field
 
 from scipy import stats
@@ -16,7 +15,18 @@ from scipy import stats
 from benchmark import methods
 from benchmark.report import published
 from benchmark.report.aggregate import Cell, Collected
+from benchmark.report.baseline import Majority
 from benchmark.report.published import ARROW_THRESHOLD, arrow  # the thresholds live with the paper's numbers
+from benchmark.report.stats import (  # noqa: F401 - p_text, welch_p: the reporter's names for them
+    EQUIVALENCE_MARGIN,
+    SIGNIFICANCE,
+    Family,
+    holm,
+    p_text,
+    p_with_holm,
+    tost,
+    welch_p,
+)
 
 
 # Columns, Table 2 comparisons and † pairs come from the method kinds (benchmark/methods): a new kind's
@@ -34,7 +44,6 @@ def comparisons() -> list[tuple[str, str, str, str]]:
 TITLES = {"table1": "Table 1: all methods", "table3": "Table 3: ST-A reduction factors",
           "table4": "Table 4: RoBERTa-base"}
 ARROWS = {"up": "↗", "down": "↘", "same": "→"}
-SIGNIFICANCE = 0.05
 # The paper's findings are checked only where a verdict can mean something: with fewer seeds than this
 # on either side, seed noise cannot be told from an effect, and the verdict is "not enough seeds".
 MIN_SEEDS = 3
@@ -42,37 +51,23 @@ MIN_SEEDS = 3
 # 5,000 training examples (Table 1: MRPC 3,668, SICK 4,439, RTE 2,490, CB 250) are the ones it singles
 # out. The cut-off is our reading of that finding; the paper prints no number for it.
 SMALL_TASK_TRAIN_SIZE = 5000
-# "ST-A is on par with full fine-tuning": the paper has ST-A 0.54 points above Full on average
-# (Table 1 means). It gives no tolerance; we call "on par" a mean difference of at least -1.0 point.
-ON_PAR_MARGIN = -1.0
 
 
 FINDINGS_NOTE = (
-    f"Verdicts need ≥ {MIN_SEEDS} seeds per side. A per-task claim \"holds in direction\" when the mean gain exceeds "
-    f"{ARROW_THRESHOLD} and most tasks gain more than {ARROW_THRESHOLD}; the tasks whose gain is beyond seed noise "
-    f"(Welch p < {SIGNIFICANCE}) are named. An \"on average\" claim holds when the mean gain over the tasks "
-    f"exceeds {ARROW_THRESHOLD} and is beyond seed noise: Welch's test between the per-seed means over those "
-    f"tasks, p < {SIGNIFICANCE}; \"within seed noise\" otherwise. \"On par\": a mean difference of at least "
-    f"{ON_PAR_MARGIN:+.1f} point.")
-
-
-def p_text(p: float) -> str:
-    """A p-value as printed: "p<0.01" below 0.01 (never "p=0.00"), else two decimals."""
-    return "p<0.01" if p < 0.01 else f"p={p:.2f}"
+    f"Verdicts need ≥ {MIN_SEEDS} seeds per side. Every p-value of this table is one test of a family: Holm's "
+    f"adjustment over all of them (per backbone) is printed beside the raw p, and \"beyond seed noise\" means a "
+    f"Holm-adjusted p < {SIGNIFICANCE} (marked †). A per-task claim \"holds in direction\" when the mean gain "
+    f"exceeds {ARROW_THRESHOLD} and most tasks gain more than {ARROW_THRESHOLD}; the tasks whose gain is beyond "
+    f"seed noise (Welch's t-test over seeds) are named. An \"on average\" claim holds when the mean gain over the "
+    f"tasks exceeds {ARROW_THRESHOLD} and is beyond seed noise: Welch's test between the per-seed means over "
+    f"those tasks; \"within seed noise\" otherwise. \"On par\" is an equivalence claim: two one-sided Welch tests "
+    f"(TOST) at a margin of ±{EQUIVALENCE_MARGIN:.1f} point on the per-seed means, with their 90% interval; it "
+    f"holds when the interval lies inside the margin (Holm-adjusted p < {SIGNIFICANCE}), does not hold when the "
+    f"interval lies outside it, and is \"not shown\" otherwise (no difference detected is not parity).")
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:.{digits}f}"
-
-
-def welch_p(a: list[float], b: list[float]) -> float | None:
-    """Welch's t-test over seeds; None when it cannot be computed (fewer than 2 seeds, no variance)."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    with warnings.catch_warnings():  # near-identical samples: scipy warns and may return nan
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = stats.ttest_ind(a, b, equal_var=False).pvalue
-    return None if p is None or math.isnan(p) else float(p)
 
 
 @dataclass
@@ -83,8 +78,10 @@ class CellView:
     reason: str = ""
     paper: float | None = None
     paper_std: float | None = None
-    marker: str = ""  # "†": differs from its baseline beyond seed noise (Welch p < 0.05)
+    marker: str = ""  # "†": differs from its baseline beyond seed noise (Holm-adjusted Welch p < 0.05)
     p_value: float | None = None
+    p_adjusted: float | None = None  # Holm over the backbone's pairwise tests (``pairwise_tests``)
+    note: str = ""  # a mark after the cell, e.g. "‡" (within one dev row of the majority baseline)
 
     @property
     def delta(self) -> float | None:
@@ -95,7 +92,7 @@ class CellView:
         if self.mean is None:
             return f"— ({self.reason})" if self.reason else "—"
         s = fmt(self.mean) + (f" ± {fmt(self.std)}" if self.std is not None else "")
-        return s + self.marker
+        return s + self.marker + self.note
 
     @property
     def paper_text(self) -> str:
@@ -113,6 +110,11 @@ class RowView:
     task: str
     group: str
     cells: list[CellView]
+    majority: Majority | None = None  # the constant classifier's dev accuracy (``baseline``)
+
+    @property
+    def majority_text(self) -> str:
+        return fmt(self.majority.accuracy) if self.majority and self.majority.accuracy is not None else "—"
 
 
 @dataclass
@@ -127,6 +129,11 @@ class TableView:
     mean_row: list[CellView]
     notes: list[str] = field(default_factory=list)
     legend: str = ""  # what a cell holds and what † means (also one of the notes)
+    majority_note: str = ""  # the majority baseline: what it is, ‡, tasks without one (also one of the notes)
+
+    @property
+    def has_majority(self) -> bool:
+        return any(r.majority and r.majority.accuracy is not None for r in self.rows)
 
     @property
     def comparable(self) -> bool:
@@ -153,6 +160,12 @@ class Table2Row:
     paper: list[str | None]  # the arrow printed in the paper's Table 2 (None: not a paper task/backbone)
     p_values: list[float | None]
     derived: list[str | None] = field(default_factory=list)  # the arrow the paper's Table 1 numbers give
+    p_adjusted: list[float | None] = field(default_factory=list)  # Holm over the backbone's pairwise tests
+
+    def p_shown(self, j: int) -> str:
+        """"p = 0.004, Holm 0.071" (empty without a test)."""
+        p = self.p_values[j]
+        return "" if p is None else p_with_holm(p, self.p_adjusted[j] if self.p_adjusted else None)
 
     def paper_differs(self, j: int) -> bool:
         return self.paper[j] is not None and self.derived[j] is not None and self.paper[j] != self.derived[j]
@@ -169,6 +182,7 @@ class Table2View:
     agreement: list[str]  # per column "k/n"
     rank_correlation: str = ""
     notes: list[str] = field(default_factory=list)
+    family_size: int = 0  # Welch tests in the backbone's pairwise family (Holm's m)
 
 
 @dataclass
@@ -253,7 +267,70 @@ def adapter_seed_sensitivity(col: Collected, backbone: str) -> list[str]:
     return out
 
 
-def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> TableView | None:
+def pairwise_tests(col: Collected, backbone: str) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """One family per backbone: every pairwise Welch test the tables print (each Table 2 comparison on each
+    task, and each Table 1 variant against its kind's column) -> (task, ours, baseline): (raw p, Holm p)."""
+    have = col.columns(backbone)
+    pairs = [(c[1], c[2]) for c in comparisons() if {c[1], c[2]} <= have]
+    pairs += [(label, base) for label, base in variants(col, backbone).items() if base in have]
+    pairs += [(label, base) for label, base in methods.significance_pairs().items() if {label, base} <= have]
+    keys, raw = [], []
+    for t in col.tasks(backbone):
+        for f, b in dict.fromkeys(pairs):
+            cf, cb = col.cells.get((backbone, t, f)), col.cells.get((backbone, t, b))
+            p = welch_p(cf.values, cb.values) if cf and cb and cf.values and cb.values else None
+            if p is not None:
+                keys.append((t, f, b))
+                raw.append(p)
+    return {k: (p, a) for k, p, a in zip(keys, raw, holm(raw), strict=True)}
+
+
+MAJORITY_MARK = "‡"
+
+
+def shared_adapters(col: Collected, backbone: str, labels: list[tuple[str, str]]) -> str:
+    """A legend sentence for fusion columns whose seeds all read one set of adapters: the finished grid runs
+    of a (task, column) with ≥ 2 seeds whose ``deps`` lists are identical (read from result.json)."""
+    parts = []
+    by_id = {r["run_id"]: r for r in col.results}
+    for label, heading in labels:
+        deps: dict[str, list[tuple]] = {}
+        for (b, t, c), cell in col.cells.items():  # the runs that fill this column (a run may fill two)
+            if b == backbone and c == label:
+                ds = [tuple(by_id[i].get("deps") or ()) for i in cell.run_ids if i in by_id]
+                if any(ds):
+                    deps[t] = ds
+        shared = [t for t, ds in sorted(deps.items()) if len(ds) > 1 and len(set(ds)) == 1]
+        separate = [t for t, ds in sorted(deps.items()) if len(ds) > 1 and len(set(ds)) > 1]
+        if shared:
+            parts.append(f"{heading}: the seeds of {', '.join(shared)} fuse one shared set of adapters (identical "
+                         "dependencies in every seed's result.json), so its std is the noise of the fusion layer "
+                         "alone, not of adapter training"
+                         + (f"; {', '.join(separate)}: each seed fuses its own adapters" if separate else ""))
+    return ("Shared adapters: " + ". ".join(parts) + ".") if parts else ""
+
+
+def majority_note(rows: list[RowView]) -> str:
+    """The majority-baseline sentence under a table: what it is, which cells sit on it, which tasks lack it."""
+    have = [r for r in rows if r.majority and r.majority.accuracy is not None]
+    lacking = sorted({r.majority.why for r in rows if r.majority and r.majority.accuracy is None})
+    missing = [r.task for r in rows if r.majority and r.majority.accuracy is None]
+    if not have and not missing:
+        return ""
+    text = ("Majority baseline (column \"majority\"): the dev accuracy of a constant classifier predicting train's "
+            "most frequent class (uniform chance, 100/K, for a K-way multiple-choice task), computed from the data "
+            f"at report time; {MAJORITY_MARK} = a mean within one dev row of it (no better than that constant).")
+    if have:
+        text += " " + "; ".join(f"{r.task} {fmt(r.majority.accuracy)} ({r.majority.how}, {r.majority.dev_rows} dev rows)"
+                                for r in have) + "."
+    if missing:
+        text += f" Not computed for {', '.join(missing)}: {'; '.join(lacking)}."
+    return text
+
+
+def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
+                majority: dict[str, Majority] | None = None) -> TableView | None:
+    """``majority``: task -> its majority baseline (``baseline.majority_baselines``); None: no such column."""
     cols = [c for c in layout(key) if c[0] in col.columns(backbone)]
     pairs = methods.significance_pairs()
     extra = variants(col, backbone) if key == "table1" else {}  # other specs of a kind: never silently dropped
@@ -267,6 +344,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
     tasks = task_order(reg, [t for t in col.tasks(backbone)
                              if any(col.cells.get((backbone, t, c[0]), Cell()).expected for c in cols)
                              or t in col.no_data])
+    tests = pairwise_tests(col, backbone)
     rows = []
     for t in tasks:
         views = []
@@ -275,12 +353,15 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
             pv = ptable.get("rows", {}).get(t, {}).get(pkey, {}) if is_paper_task(reg, t) else {}
             v = CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(t)), pv.get("mean"), pv.get("std"))
             base = pairs.get(label)
-            if base and c.values and (backbone, t, base) in col.cells:
-                v.p_value = welch_p(c.values, col.cells[(backbone, t, base)].values)
-                if v.p_value is not None and v.p_value < SIGNIFICANCE:
+            if base and (t, label, base) in tests:
+                v.p_value, v.p_adjusted = tests[(t, label, base)]
+                if v.p_adjusted < SIGNIFICANCE:
                     v.marker = "†"
+            m = (majority or {}).get(t)
+            if m is not None and m.near(v.mean):
+                v.note = MAJORITY_MARK
             views.append(v)
-        rows.append(RowView(t, group_of(reg, t), views))
+        rows.append(RowView(t, group_of(reg, t), views, (majority or {}).get(t)))
     mean_row = []
     for j in range(len(cols)):
         have = [r.cells[j] for r in rows if r.cells[j].mean is not None]
@@ -303,8 +384,16 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
     legend = ("Cells: mean ± sample std (ddof = 1) over seeds of " + "; or ".join(kept[p] for p in sorted(protocols))
               + "; n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A"
               + (", a variant vs its kind's column" if extra else "")
-              + f") beyond seed noise (Welch's t-test, p < {SIGNIFICANCE}).")
+              + f") beyond seed noise: Welch's t-test over seeds, Holm-adjusted p < {SIGNIFICANCE} over "
+              + (f"the {len(tests)} pairwise tests of this backbone (Table 2's, one family)." if tests else
+                 "this backbone's pairwise tests (none here: no pair has 2 seeds a side)."))
+    shared = shared_adapters(col, backbone, [(c[0], c[2]) for c in cols])
+    if shared:
+        legend += " " + shared
     notes.append(legend)
+    floor = majority_note(rows)
+    if floor:
+        notes.append(floor)
     if "dev" in protocols:  # how much picking the epoch on dev itself adds, per column
         gaps = []
         for (label, _, heading) in cols:
@@ -319,12 +408,13 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg) -> Ta
         notes += adapter_seed_sensitivity(col, backbone)
     for label, base in extra.items():
         j = [c[0] for c in cols].index(label)
-        ps = ", ".join(f"{r.task} {p_text(r.cells[j].p_value)}" for r in rows if r.cells[j].p_value is not None)
+        ps = ", ".join(f"{r.task} {p_with_holm(r.cells[j].p_value, r.cells[j].p_adjusted)}" for r in rows
+                       if r.cells[j].p_value is not None)
         what = (f"{col.kind_of(label)} over other adapters than the main column ({variant_heading(label)})"
                 if "@" in label else f"another spec of method kind {col.kind_of(label)}")
         notes.append(f"{label}: {what}" + (f", compared with {base}: Welch {ps}." if ps else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
-                     notes, legend)
+                     notes, legend, floor)
 
 
 def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View | None:
@@ -335,25 +425,27 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View 
     tasks = task_order(reg, [t for t in col.tasks(backbone) if any(
         col.cells.get((backbone, t, c[1]), Cell()).values and col.cells.get((backbone, t, c[2]), Cell()).values
         for c in comps)])
+    tests = pairwise_tests(col, backbone)
     rows = []
     for t in tasks:
-        ours, deltas, pap, ps, der = [], [], [], [], []
+        ours, deltas, pap, ps, adj, der = [], [], [], [], [], []
         for key, f, b, _ in comps:
             cf, cb = col.cells.get((backbone, t, f), Cell()), col.cells.get((backbone, t, b), Cell())
+            p, a = tests.get((t, f, b), (None, None))
+            ps.append(p)
+            adj.append(a)
             if cf.values and cb.values:
                 d = cf.mean - cb.mean
                 ours.append(arrow(d))
                 deltas.append(d)
-                ps.append(welch_p(cf.values, cb.values))
             else:
                 ours.append(None)
                 deltas.append(None)
-                ps.append(None)
             shown = with_paper and is_paper_task(reg, t)
             pap.append(published.paper_arrow(paper, t, key) if shown else None)
             # "(Table 1: ...)" marks a printed arrow that its Table 1 contradicts; a derived one cannot
             der.append(published.derived_arrow(paper, t, key) if shown and published.is_printed(paper, key) else None)
-        rows.append(Table2Row(t, ours, deltas, pap, ps, der))
+        rows.append(Table2Row(t, ours, deltas, pap, ps, der, adj))
     improved, improved_p, agree = [], [], []
     for j, _comp in enumerate(comps):
         have = [r for r in rows if r.ours[j] is not None]
@@ -363,6 +455,7 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View 
         improved_p.append(f"{sum(r.paper[j] == 'up' for r in both)}/{len(both)}" if both else "—")
         agree.append(f"{sum(r.ours[j] == r.paper[j] for r in both)}/{len(both)}" if both else "—")
     view = Table2View(backbone, [c[3] for c in comps], [c[0] for c in comps], rows, improved, improved_p, agree)
+    view.family_size = len(tests)
     view.rank_correlation = rank_correlation(col, backbone, paper, reg)
     view.notes = table2_notes(view, paper, with_paper)
     return view
@@ -416,27 +509,40 @@ class Gain:
     delta: float  # fusion mean - baseline mean, accuracy points
     p: float | None  # Welch p over seeds
     seeds: tuple[int, int]  # seeds on the fusion side, on the baseline side
+    p_adjusted: float | None = None  # Holm over the findings table's family
 
 
 def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
     """The paper's findings checked on our numbers: only for paper tasks on a backbone that is (or stands
-    in for) the paper's Table 1 backbone, and a verdict only with ``MIN_SEEDS`` seeds per side."""
+    in for) the paper's Table 1 backbone, and a verdict only with ``MIN_SEEDS`` seeds per side. Every
+    p-value the table prints is one family (Holm): a first pass collects them, the second one prints."""
     if not compares_with_table1(reg, backbone, paper):
         return []
+    family = Family(f"findings {backbone}")
+    _findings(col, backbone, paper, reg, family)
+    return _findings(col, backbone, paper, reg, family.close())
+
+
+def _findings(col: Collected, backbone: str, paper: dict, reg, family: Family) -> list[Finding]:
     out = []
     cols = col.columns(backbone)
     tasks = [t for t in col.tasks(backbone) if is_paper_task(reg, t)]
 
-    def gains(f, b, tasks):
+    def gains(f, b, tasks, printed=True):
+        """Per-task gains; ``printed``: their p-values are shown, so they join the family."""
         res = []
         for t in tasks:
             cf, cb = col.cells.get((backbone, t, f)), col.cells.get((backbone, t, b))
             if cf and cb and cf.values and cb.values:
-                res.append(Gain(t, cf.mean - cb.mean, welch_p(cf.values, cb.values), (cf.n, cb.n)))
+                g = Gain(t, cf.mean - cb.mean, welch_p(cf.values, cb.values), (cf.n, cb.n))
+                if printed:
+                    g.p_adjusted = family.add(g.p)
+                res.append(g)
         return res
 
     def describe(gs):
-        return "; ".join(f"{g.task} {g.delta:+.2f}" + (f" ({p_text(g.p)})" if g.p is not None else "") for g in gs)
+        return "; ".join(f"{g.task} {g.delta:+.2f}" + (f" ({p_with_holm(g.p, g.p_adjusted)})" if g.p is not None
+                                                        else "") for g in gs)
 
     def too_few(gs) -> str:
         few = [g for g in gs if min(g.seeds) < MIN_SEEDS]
@@ -446,8 +552,9 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
         return (f"not enough seeds ({', '.join(f'{a} vs {b}' for a, b in seeds)}; a verdict needs "
                 f"≥ {MIN_SEEDS} per side)")
 
-    def beyond_noise(gs, sign: int) -> str:  # which tasks moved that way beyond seed noise
-        sig = [g.task for g in gs if g.p is not None and g.p < SIGNIFICANCE and sign * g.delta > ARROW_THRESHOLD]
+    def beyond_noise(gs, sign: int) -> str:  # which tasks moved that way beyond seed noise (Holm)
+        sig = [g.task for g in gs if g.p_adjusted is not None and g.p_adjusted < SIGNIFICANCE
+               and sign * g.delta > ARROW_THRESHOLD]
         return f"{len(sig)} of {len(gs)} tasks beyond seed noise: {', '.join(sig)}" if sig else "within seed noise"
 
     def holds_in_direction(gs) -> str:  # most tasks moved the claimed way; how many beyond noise
@@ -483,17 +590,19 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
 
     def on_average(claim, ours, base, judge, what="mean gain", per_task=False) -> None:
         """A claim about the mean difference ``ours - base`` over our paper tasks; ``judge(mean, p)``, where
-        p is Welch's test between the per-seed means over those tasks: the noise of the average itself."""
-        gs = gains(ours, base, tasks)
+        p is Welch's test between the per-seed means over those tasks (the noise of the average itself),
+        Holm-adjusted within the findings table."""
+        gs = gains(ours, base, tasks, printed=per_task)
         if not gs:
             return
         mean = sum(g.delta for g in gs) / len(gs)
         ts = [g.task for g in gs]
         p = welch_p(seed_means(ours, ts), seed_means(base, ts))
-        shown = f" (Welch {p_text(p)} over per-seed means)" if p is not None else ""
+        adj = family.add(p)
+        shown = f" (Welch {p_with_holm(p, adj)} over per-seed means)" if p is not None else ""
         out.append(Finding(claim, published_means(published.paper_key(ours), published.paper_key(base), gs),
                            f"{what} {mean:+.2f} over {len(gs)} tasks{shown}" + (f"; {describe(gs)}" if per_task else ""),
-                           too_few(gs) or judge(mean, p)))
+                           too_few(gs) or judge(mean, adj if p is not None else None)))
 
     def improves(mean, p) -> str:  # "X improves over Y on average": the mean gain, beyond seed noise
         if abs(mean) <= ARROW_THRESHOLD:
@@ -501,13 +610,34 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
         if p is None:
             return "no verdict (no Welch test: too few seeds common to every task, or no variance)"
         if p >= SIGNIFICANCE:
-            return f"within seed noise (the mean {'gain' if mean > 0 else 'loss'} has p ≥ {SIGNIFICANCE})"
+            return (f"within seed noise (the mean {'gain' if mean > 0 else 'loss'} has Holm-adjusted "
+                    f"p ≥ {SIGNIFICANCE})")
         return "holds (beyond seed noise)" if mean > 0 else "does not hold: Fusion is lower on average (beyond seed noise)"
 
-    def on_par(mean, p) -> str:
-        if mean >= ON_PAR_MARGIN:
-            return f"holds (within {-ON_PAR_MARGIN:.1f} point)"
-        return "does not hold" + (" (beyond seed noise)" if p is not None and p < SIGNIFICANCE else " (within seed noise)")
+    def on_par(claim, ours, base) -> None:
+        """An equivalence claim: TOST at ±EQUIVALENCE_MARGIN on the per-seed means over our paper tasks."""
+        gs = gains(ours, base, tasks, printed=False)
+        if not gs:
+            return
+        mean = sum(g.delta for g in gs) / len(gs)
+        ts = [g.task for g in gs]
+        eq = tost(seed_means(ours, ts), seed_means(base, ts))
+        adj = family.add(eq.p if eq else None)
+        m = f"±{EQUIVALENCE_MARGIN:.1f}"
+        if eq is None:
+            shown, judged = "", "no verdict (no TOST: too few seeds common to every task, or no variance)"
+        else:
+            shown = (f" (TOST at {m} point over per-seed means: 90% interval {eq.low:+.2f} to {eq.high:+.2f}, "
+                     f"{p_with_holm(eq.p, adj)})")
+            if adj is not None and adj < SIGNIFICANCE:
+                judged = f"holds (equivalent within {m} point)"
+            elif eq.high < -EQUIVALENCE_MARGIN or eq.low > EQUIVALENCE_MARGIN:
+                judged = f"does not hold (the 90% interval lies outside {m} point)"
+            else:
+                judged = (f"not shown (the 90% interval reaches beyond {m} point: no difference detected, "
+                          "which is not parity)")
+        out.append(Finding(claim, published_means(published.paper_key(ours), published.paper_key(base), gs),
+                           f"mean difference {mean:+.2f} over {len(gs)} tasks{shown}", too_few(gs) or judged))
 
     if {"fusion_st_a_rf16", "st_a_rf16"} <= cols:
         small = [t for t in tasks if (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
@@ -534,6 +664,5 @@ def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
                                f"{up}/{len(gs)} improved; {describe(gs)}",
                                too_few(gs) or (holds_in_direction(gs) if up > len(gs) / 2 else "does not hold")))
     if {"st_a_rf16", "full"} <= cols:
-        on_average("ST-A is on par with full fine-tuning on average", "st_a_rf16", "full", on_par,
-                   what="mean difference")
+        on_par("ST-A is on par with full fine-tuning on average", "st_a_rf16", "full")
     return out
