@@ -95,7 +95,8 @@ def set_last_layer(model, mode: str) -> None:
     if not isinstance(last, FirstTokenLastLayer):
         parts = model.layout.first_token
         if parts is None:  # e.g. DeBERTa's relative attention: cannot be recomputed for one query row
-            _say_once(model.layout.family, "its attention cannot be recomputed for position 0 alone")
+            _say_once(model.layout.family, "its layout declares no first-token parts: e.g. relative attention "
+                      "cannot be recomputed for one query row")
             return
         if getattr(last, "chunk_size_feed_forward", 0) or getattr(last, "is_decoder", False) \
                 or getattr(model.encoder.config, "position_embedding_type", "absolute") != "absolute":

@@ -163,7 +163,7 @@ class BackboneSpec(Strict):
                                                 "holds its content hash, never the path")
     model_type: str | None = Field(None, description="random_init: architecture, one of " + ", ".join(MODEL_TYPES)
                                    + " (or a family added to benchmark/modeling/layout.py)")
-    config: dict[str, int | float | str] = Field(default_factory=dict, description="random_init: config")
+    config: dict[str, bool | int | float | str | list[str]] = Field(default_factory=dict, description="random_init: config")
     tokenizer: TokenizerSpec | None = Field(None, description="random_init: offline tokenizer to build")
     paper_backbone: str | None = Field(None, description="the paper backbone this stands in for")
     pooling: Literal["cls", "mean"] = Field(
