@@ -48,6 +48,7 @@ class MethodKind:
     label_rf: str | None = None  # "adapter" | "source": which reduction factor the run label carries
     columns: dict[str, tuple[Column, ...]] = field(default_factory=dict)  # table -> columns
     comparisons: tuple[Comparison, ...] = ()
+    after: str | None = None  # report columns right after those of this kind (default: in registration order)
 
     @property
     def fusion(self) -> bool:
@@ -82,9 +83,20 @@ def get(name: str) -> MethodKind:
     return KINDS[name]
 
 
+def _report_order() -> list[MethodKind]:
+    """Kinds in registration order, each kind with ``after`` moved right behind its anchor (and the anchor's
+    earlier followers)."""
+    out = [k for k in KINDS.values() if k.after not in KINDS]
+    for k in KINDS.values():
+        if k.after in KINDS:
+            at = max(i for i, o in enumerate(out) if k.after in (o.name, o.after))
+            out.insert(at + 1, k)
+    return out
+
+
 def layout(table: str) -> list[Column]:
-    """The columns of a paper table, in the order the kinds were registered."""
-    return [c for k in KINDS.values() for c in k.columns.get(table, ())]
+    """The columns of a paper table, in registration order (a kind's ``after`` moves it behind another)."""
+    return [c for k in _report_order() for c in k.columns.get(table, ())]
 
 
 def comparisons() -> list[Comparison]:
@@ -132,6 +144,13 @@ register(MethodKind(
     "st_a_houlsby", frozenset({"head", "adapter"}), needs=("adapter",), adapter_type="houlsby", label_rf="adapter",
     columns={"table1": (Column("st_a_houlsby_rf16", "st_a_houlsby", "ST-A Houlsby"),),
              "table4": (Column("st_a_houlsby_rf16", "st_a_houlsby_rf16", "ST-A Houlsby"),)}))
+
+# ----------------------------------------------------------------------------------- beyond the paper
+# LoRA (Hu et al. 2022): a Table 1 column beside ST-A; its paper key has no value in the paper YAML, so the
+# report shows it without a paper number or delta.
+register(MethodKind(
+    "lora", frozenset({"head", "adapter"}), needs=("lora",), after="st_a",
+    columns={"table1": (Column("lora", "lora", "LoRA"),)}))
 
 # The stage-1 adapters that fusion over ST-A reads are runs of this kind.
 STAGE1 = "st_a"

@@ -1,8 +1,8 @@
 """Bottleneck adapters (Houlsby et al. 2019; Pfeiffer et al. 2021).
 
 An adapter maps a hidden state h [.., H] to up(act(down(h))) [.., H] with a bottleneck of width
-r = H / reduction_factor. Where it sits and what it adds to is decided by the sub-layer output
-module that hosts it (``layers.AdaptedOutput``):
+r = H / reduction_factor. Where it sits is ``layout.PLACEMENT``; what it adds to is decided by the
+adapter slot that hosts it (``layers.Slot.adapt``):
 
 * Pfeiffer (AdapterHub ``seq_bn``, the paper's ST-A): after the FFN only;
   h = LN(f + x), out = adapter(h) + f, layer output LN(out + x), with the pretrained LN.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from benchmark.modeling.layout import PLACEMENT, Layout
 from benchmark.spec.schema import AdapterParams
 
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -48,3 +49,41 @@ class BottleneckAdapter(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # h: [B, T, H] -> down [B, T, r] -> up [B, T, H]
         return self.up(self.act(self.down(h)))
+
+
+# ------------------------------------------------------------------ the adapter type's side of the model API
+# (``model.adapter_type`` dispatches here for pfeiffer / houlsby; ``lora.py`` has the same five functions)
+def attach(model, name: str, params: AdapterParams) -> None:
+    """One bottleneck per slot the placement rule (``layout.PLACEMENT``) names."""
+    for slot in model.slots():
+        if slot.location in PLACEMENT[params.type]:
+            slot.adapters[name] = BottleneckAdapter(model.hidden_size, params)
+
+
+def activate(model, name: str) -> None:
+    from benchmark.modeling.layers import ActiveSetup
+
+    for slot in model.slots():
+        slot.active = ActiveSetup(adapter=name) if name in slot.adapters else None
+
+
+def modules_of(model, name: str) -> list[nn.Module]:
+    return [slot.adapters[name] for slot in model.slots() if name in slot.adapters]
+
+
+def expected_shapes(layout: Layout, meta: dict, name: str, params: AdapterParams) -> dict[str, tuple[int, ...]]:
+    """Every tensor of adapter ``name`` in a model of ``layout`` with ``meta``'s size (built on the meta device)."""
+    with torch.device("meta"):
+        module = BottleneckAdapter(meta["hidden_size"], params)
+    shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    return {f"{layout.slot_prefix(i, loc)}adapters.{name}.{k}": s
+            for i in range(meta["num_layers"]) for loc in PLACEMENT[params.type] for k, s in shapes.items()}
+
+
+def params_from(d: dict) -> AdapterParams:
+    return AdapterParams(**d)
+
+
+def describe(model, name: str) -> dict:
+    """What modules.json stores for this adapter."""
+    return model.adapter_params[name].model_dump()

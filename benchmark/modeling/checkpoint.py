@@ -22,8 +22,23 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from benchmark.errors import CheckpointError, StorageError
-from benchmark.modeling.model import AdapterModel, Modules
+from benchmark.modeling.layout import FUSION_LOCATION, LOCATIONS, LAYOUTS
+from benchmark.modeling.model import AdapterModel, Modules, adapter_type, params_from
 from benchmark.spec.schema import AdapterParams, FusionParams
+
+
+
+def layout_for_keys(family: str):
+    """The layout that spells a modules.json's keys (files written before layouts name none: "bert")."""
+    if family not in LAYOUTS:
+        raise CheckpointError(f"modules.json names encoder family '{family}', which has no layout here",
+                              fix="add its layout to benchmark/modeling/layout.py")
+    return LAYOUTS[family]
+
+
+def same_keys(a, b) -> bool:
+    """Adapters and fusions saved in a model of layout ``a`` load into one of layout ``b``."""
+    return a.layers == b.layers and all(a.sublayer(loc) == b.sublayer(loc) for loc in LOCATIONS)
 
 WEIGHTS = "weights.safetensors"
 MODULES = "modules.json"
@@ -46,13 +61,14 @@ def save_modules(model: AdapterModel, folder: Path, *, adapters=(), fusions=(), 
     state = state if state is not None else model.state_of(sel)
     meta = {
         "hidden_size": model.hidden_size,
-        "num_layers": len(model.encoder.encoder.layer),
-        "adapters": {a: model.adapter_params[a].model_dump() for a in adapters},
+        "num_layers": model.num_layers,
+        "adapters": {a: adapter_type(model.adapter_params[a]).describe(model, a) for a in adapters},
         "fusions": {f: {"adapters": model.fusion_params[f][0], "params": model.fusion_params[f][1].model_dump()}
                     for f in fusions},
         "heads": {h: list(model.head_specs[h]) for h in heads},
         "encoder": bool(encoder),
     }
+    meta["family"] = model.layout.family  # files written before layouts have none: read as "bert"
     tmp = folder / f".{WEIGHTS}.tmp{os.getpid()}"
     try:
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
@@ -101,11 +117,15 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
             raise CheckpointError(f"missing {f.name}", file=str(folder),
                                   fix="point at a run folder that finished (it holds weights.safetensors and modules.json)")
     meta = read_meta(mfile)
-    if meta["hidden_size"] != model.hidden_size or meta["num_layers"] != len(model.encoder.encoder.layer):
+    if meta["hidden_size"] != model.hidden_size or meta["num_layers"] != model.num_layers:
         raise CheckpointError(
             f"saved for hidden size {meta['hidden_size']} x {meta['num_layers']} layers, but the model has "
-            f"{model.hidden_size} x {len(model.encoder.encoder.layer)}", file=str(mfile),
+            f"{model.hidden_size} x {model.num_layers}", file=str(mfile),
             fix="load it into the backbone it was trained on")
+    family = meta.get("family", "bert")
+    if not same_keys(layout_for_keys(family), model.layout):
+        raise CheckpointError(f"saved from a '{family}' encoder, but the model is '{model.layout.family}'",
+                              file=str(mfile), fix="load it into the backbone it was trained on")
     rename = rename or {}
     adapters = list(meta["adapters"]) if adapters is None else list(adapters)
     fusions = list(meta["fusions"]) if fusions is None else list(fusions)
@@ -116,7 +136,7 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
             raise CheckpointError(f"no adapter '{a}' saved here (have {sorted(meta['adapters'])})", file=str(mfile))
         new = rename.get(a, a)
         if new not in model.adapter_params:
-            model.add_adapter(new, AdapterParams(**meta["adapters"][a]))
+            model.add_adapter(new, params_from(meta["adapters"][a]))
     for f in fusions:
         info = meta["fusions"][f]
         if f not in model.fusion_params:
@@ -162,29 +182,25 @@ def expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
     drift from what ``AdapterModel`` creates; the encoder's own tensors are not listed (their shapes
     depend on the backbone config, which the folder does not hold).
     """
-    from benchmark.modeling.adapters import BottleneckAdapter
     from benchmark.modeling.fusion import AdapterFusion
     from benchmark.modeling.heads import make_head
 
     h, layers = meta["hidden_size"], meta["num_layers"]
+    layout = layout_for_keys(meta.get("family", "bert"))
     out: dict[str, tuple[int, ...]] = {}
 
     def add(prefix: str, module: torch.nn.Module) -> None:
         for k, v in module.state_dict().items():
             out[prefix + k] = tuple(v.shape)
 
+    for name, d in meta["adapters"].items():  # each adapter type knows its keys and shapes
+        params = params_from(d)
+        out.update(adapter_type(params).expected_shapes(layout, meta, name, params))
     with torch.device("meta"):
-        for name, params in meta["adapters"].items():
-            p = AdapterParams(**params)
-            where = ["output"] if p.type == "pfeiffer" else ["attention.output", "output"]
-            module = BottleneckAdapter(h, p)
-            for i in range(layers):
-                for loc in where:
-                    add(f"encoder.encoder.layer.{i}.{loc}.adapters.{name}.", module)
         for name, info in meta["fusions"].items():
             module = AdapterFusion(h, info["adapters"], FusionParams(**info["params"]), 0.0)
             for i in range(layers):
-                add(f"encoder.encoder.layer.{i}.output.fusions.{name}.", module)
+                add(f"{layout.slot_prefix(i, FUSION_LOCATION)}fusions.{name}.", module)
         for name, (task_type, num_labels, *rest) in meta["heads"].items():
             add(f"heads.{name}.", make_head(task_type, h, num_labels, 0.0, *rest))
     return out
@@ -222,8 +238,7 @@ def verify_weights(folder: Path) -> str | None:
     if wrong:
         k = wrong[0]
         return f"partial: '{k}' in {wfile.name} has shape {found[k]}, the declared module needs {expected[k]}"
-    if meta["encoder"] and not any(k.startswith("encoder.") and ".adapters." not in k and ".fusions." not in k
-                                   for k in found):
+    if meta["encoder"] and not any(k.startswith("encoder.") and k not in expected for k in found):
         return f"partial: modules.json declares the encoder but {wfile.name} holds no encoder tensor"
     if size < 8:
         return f"unreadable: {wfile.name} is {size} bytes"
@@ -237,9 +252,18 @@ def _rename_key(key: str, rename: dict[str, str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- AdapterHub
-_HUB_KEY = re.compile(
-    r"(?:^|\.)encoder\.layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.adapter_(down\.0|up)\.(weight|bias)$"
-)
+def _hub_key(layout) -> re.Pattern:
+    """AdapterHub's adapter keys in a family whose slots sit where AdapterHub's do (output-style families)."""
+    if any(layout.sublayer(loc).style != "output" for loc in LOCATIONS):
+        raise CheckpointError(f"reading AdapterHub adapters is supported for BERT-style layouts, not "
+                              f"'{layout.family}'", fix="train the adapter with this benchmark instead")
+    hosts = "|".join(re.escape(layout.sublayer(loc).host) for loc in LOCATIONS)
+    return re.compile(rf"(?:^|\.){re.escape(layout.layers)}\.(\d+)\.({hosts})\.adapters\.([^.]+)\."
+                      r"adapter_(down\.0|up)\.(weight|bias)$")
+
+
+def _location(layout, host: str) -> str:
+    return next(loc for loc in LOCATIONS if layout.sublayer(loc).host == host)
 
 
 def adapterhub_params(config: dict, file: str) -> AdapterParams:
@@ -276,13 +300,15 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
     saved_name = config.get("name")
     name = name or saved_name
     mapped = {}
+    lay = model.layout
+    hub_key = _hub_key(lay)
     for k, v in state.items():
-        m = _HUB_KEY.search(k)
+        m = hub_key.search(k)
         if not m:
             continue
-        layer, loc, _, part, kind = m.groups()
+        layer, host, _, part, kind = m.groups()
         ours = "down" if part == "down.0" else "up"
-        mapped[f"encoder.encoder.layer.{layer}.{loc}.adapters.{name}.{ours}.{kind}"] = v
+        mapped[f"{lay.slot_prefix(int(layer), _location(lay, host))}adapters.{name}.{ours}.{kind}"] = v
     if not mapped:
         raise CheckpointError("no adapter tensors found (expected keys like "
                               "'...encoder.layer.0.output.adapters.NAME.adapter_down.0.weight')", file=str(wfile))
@@ -298,11 +324,17 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
 
 
 def export_adapterhub_state(model: AdapterModel, name: str, prefix: str) -> dict:
-    """Our adapter ``name`` as AdapterHub state-dict keys (``{prefix}.encoder.layer...``)."""
+    """Our adapter ``name`` as AdapterHub state-dict keys (``{prefix}.<layers>.<i>.<host>.adapters...``)."""
+    lay = model.layout
+    _hub_key(lay)  # refuses layouts whose keys AdapterHub spells differently
+    state = model.state_dict()
     out = {}
-    for k, v in model.state_dict().items():
-        m = re.match(r"encoder\.encoder\.layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.(down|up)\.(weight|bias)$", k)
-        if m and m.group(3) == name:
-            part = "adapter_down.0" if m.group(4) == "down" else "adapter_up"
-            out[f"{prefix}.encoder.layer.{m.group(1)}.{m.group(2)}.adapters.{name}.{part}.{m.group(5)}"] = v.clone()
+    for i in range(model.num_layers):
+        for loc in LOCATIONS:
+            ours = f"{lay.slot_prefix(i, loc)}adapters.{name}."
+            for part, hub in (("down", "adapter_down.0"), ("up", "adapter_up")):
+                for kind in ("weight", "bias"):
+                    if ours + f"{part}.{kind}" in state:
+                        out[f"{prefix}.{lay.layers}.{i}.{lay.sublayer(loc).host}.adapters.{name}.{hub}.{kind}"] = \
+                            state[ours + f"{part}.{kind}"].clone()
     return out

@@ -23,25 +23,28 @@ import sys
 import torch
 from torch import nn
 
+from benchmark.modeling.layout import FirstToken, get
+
 LAST_LAYER = ("first_token", "full")
 
 
 class FirstTokenLastLayer(nn.Module):
-    """Wraps a BERT-like layer; keeps its sub-modules under the same names (state-dict keys unchanged)."""
+    """Wraps a BERT-style layer (``layout.FirstToken`` says where its parts are); keeps every sub-module under
+    its name (state-dict keys unchanged)."""
 
-    def __init__(self, layer: nn.Module, ctx):
+    def __init__(self, layer: nn.Module, ctx, parts: FirstToken):
         super().__init__()
-        self.attention = layer.attention
-        self.intermediate = layer.intermediate
-        self.output = layer.output
+        for name, child in layer.named_children():
+            self.add_module(name, child)
         self._ctx = ctx  # ForwardContext: first_token_only says which rows to compute
+        self._parts = parts
         object.__setattr__(self, "original", layer)  # not a sub-module: no second copy of the keys
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs) -> torch.Tensor:
         if not self._ctx.first_token_only:  # the stock layer (an encoder: no cross-attention, no chunking)
-            attended, _ = self.attention(hidden_states, attention_mask, **kwargs)  # [B, T, H]
-            return self.output(self.intermediate(attended), attended)  # [B, T, H]
-        sa = self.attention.self
+            return self.original(hidden_states, attention_mask, *args, **kwargs)  # [B, T, H]
+        p = self._parts
+        sa = get(self, p.self_attention)
         B, T, _ = hidden_states.shape
         d = sa.attention_head_size
         first = hidden_states[:, :1]  # [B, 1, H]
@@ -54,8 +57,18 @@ class FirstTokenLastLayer(nn.Module):
         context, _ = attend(sa, query, key, value, attention_mask,
                             dropout=sa.dropout.p if sa.training else 0.0, scaling=sa.scaling, **kwargs)
         context = context.reshape(B, 1, -1)  # [B, 1, H]
-        attended = self.attention.output(context, first)  # [B, 1, H]
-        return self.output(self.intermediate(attended), attended)  # [B, 1, H]
+        attended = get(self, p.attention_output)(context, first)  # [B, 1, H]
+        return get(self, p.output)(get(self, p.intermediate)(attended), attended)  # [B, 1, H]
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(family: str, why: str) -> None:
+    if family not in _SAID:
+        _SAID.add(family)
+        print(f"last_layer first_token: the '{family}' encoder computes its full last layer ({why}); same "
+              "numbers, no speed-up", flush=True)
 
 
 def _attention_function(self_attention: nn.Module):
@@ -72,7 +85,7 @@ def set_last_layer(model, mode: str) -> None:
     head reads nothing else; ``full``: the stock layer. Same logits and gradients either way."""
     if mode not in LAST_LAYER:
         raise ValueError(f"last_layer must be one of {LAST_LAYER}, got {mode!r}")
-    layers = model.encoder.encoder.layer
+    layers = model.layers()
     last = layers[-1]
     if mode == "full":
         if isinstance(last, FirstTokenLastLayer):
@@ -80,8 +93,14 @@ def set_last_layer(model, mode: str) -> None:
         model._ctx.last_layer_first_token = False
         return
     if not isinstance(last, FirstTokenLastLayer):
+        parts = model.layout.first_token
+        if parts is None:  # e.g. DeBERTa's relative attention: cannot be recomputed for one query row
+            _say_once(model.layout.family, "its layout declares no first-token parts: e.g. relative attention "
+                      "cannot be recomputed for one query row")
+            return
         if getattr(last, "chunk_size_feed_forward", 0) or getattr(last, "is_decoder", False) \
                 or getattr(model.encoder.config, "position_embedding_type", "absolute") != "absolute":
+            _say_once(model.layout.family, "this configuration is not the plain encoder layer it reproduces")
             return  # not the plain encoder layer this module reproduces: keep the stock layer
-        layers[-1] = FirstTokenLastLayer(last, model._ctx)
+        layers[-1] = FirstTokenLastLayer(last, model._ctx, parts)
     model._ctx.last_layer_first_token = True

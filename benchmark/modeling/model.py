@@ -1,6 +1,6 @@
 """A stock transformers encoder with adapter / fusion slots and per-task heads.
 
-    model = AdapterModel(encoder)                  # any BERT-like encoder (BERT, RoBERTa, MiniLM)
+    model = AdapterModel(encoder)                  # any encoder with a layout (layout.py)
     model.add_adapter("rte", AdapterParams())       # Pfeiffer rf 16
     model.add_head("rte", "classification", 2)
     model.set_active("rte")                         # one adapter
@@ -20,11 +20,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.modeling.adapters import BottleneckAdapter
+from benchmark.modeling import adapters, lora
 from benchmark.modeling.fusion import AdapterFusion
 from benchmark.modeling.heads import make_head
-from benchmark.modeling.layers import ActiveSetup, AdaptedOutput, ForwardContext
-from benchmark.spec.schema import AdapterParams, FusionParams
+from benchmark.modeling.layers import ActiveSetup, ForwardContext, install_slots
+from benchmark.modeling.layout import FUSION_LOCATION, layout_of
+from benchmark.spec.schema import AdapterParams, FusionParams, LoRAParams
+
+
+def adapter_type(params: AdapterParams | LoRAParams):
+    """The module that owns an adapter type: where its parameters sit, its forward, its keys and shapes
+    (``attach``, ``activate``, ``modules_of``, ``expected_shapes``, ``describe``, ``params_from``)."""
+    return ADAPTER_TYPES[params.type]
+
+
+def params_from(d: dict) -> AdapterParams | LoRAParams:
+    """Adapter params as modules.json stores them (``describe``), of whichever type."""
+    return ADAPTER_TYPES[d.get("type", "pfeiffer")].params_from(d)
+
+
+ADAPTER_TYPES = {"pfeiffer": adapters, "houlsby": adapters, "lora": lora}  # params.type -> its module
 
 
 @dataclass(frozen=True)
@@ -46,31 +61,17 @@ class Modules:
     encoder: bool = False  # the backbone's own weights (not the adapters and fusions inside it)
 
 
-def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
-    enc = getattr(encoder, "encoder", None)
-    layers = getattr(enc, "layer", None)
-    if layers is None:
-        raise TypeError(f"{type(encoder).__name__} has no encoder.layer list; only BERT-like encoders are supported")
-    for i, layer in enumerate(layers):
-        for mod in (getattr(layer, "output", None), getattr(getattr(layer, "attention", None), "output", None)):
-            if mod is None or not all(hasattr(mod, a) for a in ("dense", "LayerNorm", "dropout")):
-                raise TypeError(f"layer {i} of {type(encoder).__name__} does not have the BERT output structure")
-    return layers
-
-
 class AdapterModel(nn.Module):
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
+        self.layout = layout_of(encoder)  # where the family keeps its layers and sub-layers
         self.heads = nn.ModuleDict()
-        self.adapter_params: dict[str, AdapterParams] = {}
+        self.adapter_params: dict[str, AdapterParams | LoRAParams] = {}  # adapters and LoRAs, by name
         self.fusion_params: dict[str, tuple[list[str], FusionParams]] = {}
         self.head_specs: dict[str, tuple[str, int, str]] = {}
         self._ctx = ForwardContext()
-        for layer in encoder_layers(encoder):
-            if not isinstance(layer.output, AdaptedOutput):
-                layer.output = AdaptedOutput(layer.output, "output", self._ctx)
-                layer.attention.output = AdaptedOutput(layer.attention.output, "attention", self._ctx)
+        self._slots = install_slots(encoder, self.layout, self._ctx)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -81,17 +82,24 @@ class AdapterModel(nn.Module):
     def hidden_size(self) -> int:
         return self.encoder.config.hidden_size
 
-    def slots(self, location: str | None = None):
-        for layer in self.encoder.encoder.layer:
-            for mod in (layer.attention.output, layer.output):
-                if location is None or mod.location == location:
-                    yield mod
+    @property
+    def num_layers(self) -> int:
+        return len(self.layout.layer_list(self.encoder))
 
-    def add_adapter(self, name: str, params: AdapterParams) -> None:
-        where = ("output",) if params.type == "pfeiffer" else ("attention", "output")
-        for mod in self.slots():
-            if mod.location in where:
-                mod.adapters[name] = BottleneckAdapter(self.hidden_size, params)
+    def layers(self) -> nn.ModuleList:
+        return self.layout.layer_list(self.encoder)
+
+    def slots(self, location: str | None = None):
+        """The adapter slots (``layers.Slot``), layer by layer, attention before output."""
+        for mod in self._slots:
+            if location is None or mod.location == location:
+                yield mod
+
+    def add_adapter(self, name: str, params: AdapterParams | LoRAParams) -> None:
+        """Add an adapter of any type; its module (``adapter_type``) decides where its parameters sit."""
+        if name in self.adapter_params:
+            raise KeyError(f"an adapter named '{name}' exists already")
+        adapter_type(params).attach(self, name, params)
         self.adapter_params[name] = params
 
     def add_fusion(self, name: str, adapter_names: list[str], params: FusionParams) -> None:
@@ -101,7 +109,7 @@ class AdapterModel(nn.Module):
             if self.adapter_params[a].type != "pfeiffer":
                 raise ValueError("fusion is defined over Pfeiffer (output-position) adapters")
         drop = getattr(self.config, "attention_probs_dropout_prob", 0.1)
-        for mod in self.slots("output"):
+        for mod in self.slots(FUSION_LOCATION):
             mod.fusions[name] = AdapterFusion(self.hidden_size, adapter_names, params, drop)
         self.fusion_params[name] = (list(adapter_names), params)
 
@@ -112,16 +120,17 @@ class AdapterModel(nn.Module):
 
     def set_active(self, setup: str | Fuse | None) -> None:
         """Turn adapters off (None), on (one adapter name), or activate a fusion over several."""
+        if isinstance(setup, str) and setup not in self.adapter_params:
+            raise KeyError(f"no adapter named '{setup}'")
+        fused = self.fused_adapters(setup) if isinstance(setup, Fuse) else None
         for mod in self.slots():
-            if setup is None:
-                mod.active = None
-            elif isinstance(setup, str):
-                if setup not in self.adapter_params:
-                    raise KeyError(f"no adapter named '{setup}'")
-                mod.active = ActiveSetup(adapter=setup) if setup in mod.adapters else None
-            else:
-                fused = self.fused_adapters(setup)
-                mod.active = ActiveSetup(fusion=setup.name, fused=fused) if setup.name in mod.fusions else None
+            mod.active = None
+        self._ctx.lora = None
+        if isinstance(setup, str):
+            adapter_type(self.adapter_params[setup]).activate(self, setup)
+        elif fused is not None:
+            for mod in self.slots(FUSION_LOCATION):
+                mod.active = ActiveSetup(fusion=setup.name, fused=fused)
 
     def fused_adapters(self, setup: Fuse) -> list[str]:
         if setup.name not in self.fusion_params:
@@ -145,8 +154,9 @@ class AdapterModel(nn.Module):
             if h not in self.heads:
                 raise KeyError(f"no head named '{h}' (have {sorted(self.heads)})")
         out: list[nn.Module] = []
+        for a in sel.adapters:  # each adapter type knows its own modules
+            out += adapter_type(self.adapter_params[a]).modules_of(self, a)
         for slot in self.slots():
-            out += [slot.adapters[a] for a in sel.adapters if a in slot.adapters]
             out += [slot.fusions[f] for f in sel.fusions if f in slot.fusions]
         out += [self.heads[h] for h in sel.heads]
         return out
@@ -154,6 +164,7 @@ class AdapterModel(nn.Module):
     def _added_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of every adapter and fusion module (what is not the backbone's own)."""
         added = {id(m) for slot in self.slots() for d in (slot.adapters, slot.fusions) for m in d.values()}
+        added |= {id(m) for a, p in self.adapter_params.items() for m in adapter_type(p).modules_of(self, a)}
         return tuple(f"{n}." for n, m in self.named_modules() if id(m) in added)
 
     def keys_of(self, sel: Modules) -> list[str]:
@@ -226,7 +237,8 @@ class AdapterModel(nn.Module):
         first-token transform is on (``first_token.set_last_layer``) and fusion attention is not captured."""
         self._ctx.attention_mask = attention_mask
         self._ctx.first_token_only = first_token_only and self._ctx.last_layer_first_token and not self._ctx.capture
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        take = token_type_ids is not None and self.layout.token_type_ids  # DistilBERT takes none
+        kwargs = {"token_type_ids": token_type_ids} if take else {}
         try:
             return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
         finally:

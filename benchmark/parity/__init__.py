@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from benchmark.modeling.layout import LOCATIONS
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams
 
@@ -33,15 +34,23 @@ FUSED = ["a", "b", "c"]
 SETUPS = ["pf", "ho", "fusion"]
 
 
-def _neutral(key: str) -> str | None:
-    parts = key.split(".")
-    if ".adapters." in key:  # encoder.encoder.layer.{i}.{attention.output|output}.adapters.{n}.{down|up}.{w|b}
-        i = parts[3]
-        loc = "attention" if parts[4] == "attention" else "output"
-        return f"layer{i}.{loc}.{parts[-3]}.{parts[-2]}.{parts[-1]}"
-    if ".fusions." in key:
-        return f"layer{parts[3]}.fusion.{parts[-2]}.{parts[-1]}"
-    return None
+def _neutral_names(model: AdapterModel) -> dict[str, str]:
+    """Our adapter / fusion keys -> ``layer{i}.{attention|output}.{name}.{down|up}.{weight|bias}`` and
+    ``layer{i}.fusion.{query|key|value}.{weight|bias}`` (the layout says where each slot's keys start)."""
+    out = {}
+    lay = model.layout
+    for key in model.state_dict():
+        for i in range(model.num_layers):
+            for loc in LOCATIONS:
+                prefix = lay.slot_prefix(i, loc)
+                if not key.startswith(prefix):
+                    continue
+                rest = key[len(prefix):].split(".")  # adapters.{n}.{down|up}.{w|b} | fusions.{f}.{q|k|v}.{w|b}
+                if rest[0] == "adapters":
+                    out[key] = f"layer{i}.{loc}.{rest[1]}.{rest[2]}.{rest[3]}"
+                elif rest[0] == "fusions" and rest[2] in ("query", "key", "value"):
+                    out[key] = f"layer{i}.fusion.{rest[2]}.{rest[3]}"
+    return out
 
 
 def export_case(arch: str, folder: Path) -> None:
@@ -73,7 +82,8 @@ def export_case(arch: str, folder: Path) -> None:
         model.set_active(Fuse("f", FUSED) if setup == "fusion" else setup)  # FUSED: checked against the fusion
         with torch.no_grad():
             outputs[setup] = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.contiguous()
-    modules = {n: v.contiguous() for k, v in model.state_dict().items() if (n := _neutral(k))}
+    names = _neutral_names(model)
+    modules = {names[k]: v.contiguous() for k, v in model.state_dict().items() if k in names}
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in base.items()}, str(folder / "base.safetensors"))
     save_file(modules, str(folder / "modules.safetensors"))

@@ -4,7 +4,9 @@ In: the resolved method (kind, modules, training hyper-parameters, batching), th
 tokenizer, each task's rendering (templates, label mapping, splits, max length) and a fingerprint of its
 data (content hash of a mirrored or local file; the Hub id otherwise), caps, seed, fused sources, the ids of
 the runs it depends on, the selection protocol and the compute switches that change numerics (with a
-[CLS] head only: ``last_layer`` has no effect under mean pooling).
+[CLS] head only: ``last_layer`` has no effect under mean pooling). A ``local`` backbone is identified by a
+content hash of its folder, not by its path. Spec fields added later (a LoRA block, a local path) are
+left out of the dumps while unset, so the ids of existing runs do not move.
 
 Out: names, descriptions, notes, paper metadata, file paths, key order. Editing prose never changes an
 id; editing a learning rate always does. ``ID_SCHEME`` is stored with every result.
@@ -12,7 +14,11 @@ id; editing a learning rate always does. ``ID_SCHEME`` is stored with every resu
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 from benchmark.data.sources import digest
+from benchmark.errors import SpecError
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
 
 ID_SCHEME = 2
@@ -25,7 +31,34 @@ def task_identity(task: TaskSpec) -> dict:
 
 
 def backbone_identity(backbone: BackboneSpec) -> dict:
-    return backbone.model_dump(mode="json", exclude=PROSE | {"paper_backbone"})
+    out = backbone.model_dump(mode="json", exclude=PROSE | {"paper_backbone", "path"})
+    if backbone.source == "local":  # a local checkpoint is its content, wherever the folder lies
+        out["weights"] = folder_fingerprint(backbone.path)
+    return out
+
+
+_FOLDER_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def folder_fingerprint(path: str) -> str:
+    """sha256 over every file of a checkpoint folder (relative names and contents), cached per process by
+    (name, size, mtime) of its files; a folder that is not there is a SpecError naming it."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise SpecError(f"the local backbone folder {path} does not exist", field="path",
+                        fix="point 'path' (relative to the backbone's spec file) at a folder that save_pretrained() wrote")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    key = tuple((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    if key not in _FOLDER_FINGERPRINTS:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(str(p.relative_to(folder).as_posix()).encode() + b"\0")
+            with p.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+        _FOLDER_FINGERPRINTS[key] = h.hexdigest()[:16]
+    return _FOLDER_FINGERPRINTS[key]
 
 
 def method_identity(method: MethodSpec) -> dict:

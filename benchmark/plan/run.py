@@ -75,7 +75,7 @@ class Run:
         """The resolved config stored with the result (provenance: prose included)."""
         return {
             "method": self.method.model_dump(mode="json"),
-            "backbone": reg.backbones[self.backbone].model_dump(mode="json"),
+            "backbone": _portable_backbone(reg.backbones[self.backbone].model_dump(mode="json")),
             "tasks": {t: _portable(reg.tasks[t].model_dump(mode="json")) for t in self.all_tasks},
             "seed": self.seed,
             "sources": self.sources,
@@ -96,6 +96,13 @@ class Plan:
 
     def by_id(self) -> dict[str, Run]:
         return {r.id: r for r in self.runs}
+
+
+def _portable_backbone(backbone: dict) -> dict:
+    """A local backbone's folder as a committed result may show it (its content hash is in the run id)."""
+    if backbone.get("path"):
+        backbone["path"] = shown_path(backbone["path"])
+    return backbone
 
 
 def _portable(task: dict) -> dict:

@@ -146,6 +146,8 @@ def load_file(path: Path, roots: list[Path]):
         templates.check_task_templates(spec.templates, file=str(path))
         if spec.data_files:
             spec.data_files = {k: str((path.parent / v).resolve()) for k, v in spec.data_files.items()}
+    if kind == "backbone" and spec.path:
+        spec.path = str((path.parent / spec.path).resolve())
     return kind, spec
 
 

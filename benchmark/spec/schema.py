@@ -148,15 +148,24 @@ class TokenizerSpec(Strict):
     lowercase: bool = True
 
 
+# transformers ``model_type`` values with an encoder layout (benchmark/modeling/layout.py); DeBERTa-v3
+# checkpoints are model_type deberta-v2.
+MODEL_TYPES = ("bert", "roberta", "distilbert", "electra", "deberta-v2")
+
+
 class BackboneSpec(Strict):
     kind: Literal["backbone"] = "backbone"
     name: str
     description: str = ""
-    source: Literal["hub", "python_package", "random_init"]
+    source: Literal["hub", "python_package", "random_init", "local"]
     model_id: str | None = Field(None, description="hub: the model id")
     package: str | None = Field(None, description="python_package: module with get_model_path()")
-    model_type: Literal["bert", "roberta"] | None = Field(None, description="random_init: architecture")
-    config: dict[str, int | float | str] = Field(default_factory=dict, description="random_init: config")
+    path: str | None = Field(None, description="local: a folder with a transformers checkpoint (config.json, "
+                                                "weights, tokenizer), relative to the spec file; the run id "
+                                                "holds its content hash, never the path")
+    model_type: str | None = Field(None, description="random_init: architecture, one of " + ", ".join(MODEL_TYPES)
+                                   + " (or a family added to benchmark/modeling/layout.py)")
+    config: dict[str, bool | int | float | str | list[str]] = Field(default_factory=dict, description="random_init: config")
     tokenizer: TokenizerSpec | None = Field(None, description="random_init: offline tokenizer to build")
     paper_backbone: str | None = Field(None, description="the paper backbone this stands in for")
     pooling: Literal["cls", "mean"] = Field(
@@ -164,11 +173,20 @@ class BackboneSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> BackboneSpec:
-        need = {"hub": ["model_id"], "python_package": ["package"], "random_init": ["model_type", "tokenizer"]}
+        need = {"hub": ["model_id"], "python_package": ["package"], "random_init": ["model_type", "tokenizer"],
+                "local": ["path"]}
         for f in need[self.source]:
             if getattr(self, f) in (None, ""):
                 raise ValueError(f"source '{self.source}' needs '{f}'")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave ``path`` out while unset, so the configs (and run ids) of existing backbones stay as they were."""
+        out = handler(self)
+        if isinstance(out, dict) and self.path is None:
+            out.pop("path", None)
+        return out
 
 
 # -------------------------------------------------------------------------------------------- method
@@ -192,6 +210,18 @@ class AdapterParams(Strict):
     non_linearity: Literal["relu", "swish", "gelu", "tanh"] | None = None  # None: pfeiffer relu, houlsby swish
 
 
+class LoRAParams(Strict):
+    """LoRA (Hu et al. 2022), as HF PEFT computes it: W x + (alpha / rank) * B A dropout(x), B = 0 at init."""
+
+    type: Literal["lora"] = "lora"
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[Literal["query", "key", "value", "attention_output", "intermediate", "output"]] = Field(
+        default_factory=lambda: ["query", "value"], min_length=1,
+        description="linear layers of every encoder layer to adapt, by the layout's names (layout.lora_targets)")
+
+
 class FusionParams(Strict):
     type: Literal["dynamic", "static"] = "dynamic"
     regularization: float = Field(0.01, ge=0, description="weight of sum_l ||I - V_l||_F^2 (dynamic only)")
@@ -213,8 +243,17 @@ class MethodSpec(Strict):
     adapter: AdapterParams | None = None
     fusion: FusionParams | None = None
     mt_a: MtaParams | None = None
+    lora: LoRAParams | None = None
     train: TrainParams = TrainParams()
     notes: str = ""
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave ``lora`` out while unset, so the configs (and run ids) of existing methods stay as they were."""
+        out = handler(self)
+        if isinstance(out, dict) and self.lora is None:
+            out.pop("lora", None)
+        return out
 
     @field_validator("method")
     @classmethod

@@ -124,6 +124,13 @@ def _single_adapter(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     return Setup(trains=Modules(adapters=[run.task]))
 
 
+@setup("lora")
+def _lora(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    model.add_adapter(run.task, run.method.lora)  # modeling/lora.py: low-rank updates on the layout's targets
+    model.set_active(run.task)
+    return Setup(trains=Modules(adapters=[run.task]))
+
+
 def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
     model.add_fusion(FUSION, run.sources, run.method.fusion)
     model.set_active(Fuse(FUSION))
