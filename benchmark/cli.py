@@ -337,6 +337,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from benchmark.runner.export import export_plan
+    from benchmark.runner.results import results_root
+
+    reg = _registry(args)
+    plan = _plan(args, reg)
+    exp_dir = results_root(args.results_dir) / plan.experiment.name
+    done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args))
+    if not done:
+        raise BenchError(f"no finished run of '{plan.experiment.name}' under {exp_dir}"
+                         + (f" matches --only {' '.join(args.only)}" if args.only else ""),
+                         field="--only" if args.only else "--results-dir",
+                         fix=f"run it first (afbench run {plan.experiment.name}) or check the globs against "
+                             f"afbench plan {plan.experiment.name}")
+    print(f"{len(done)} run(s) exported under {args.out} (AdapterHub adapters 1.3.0 format; see export.json)")
+    return 0
+
+
 def cmd_parity(args) -> int:
     from benchmark.parity import run_parity
 
@@ -438,6 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--calibrate", action="store_true",
                             help="refit the CPU cost model on this experiment's finished runs (writes "
                                  "benchmark/runner/cost_calibration.json)")
+    ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"))
+    ex.add_argument("experiment", help="experiment name (see afbench list)")
+    ex.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    ex.add_argument("--out", required=True, metavar="DIR", help="export root: one folder per run id under it")
+    ex.add_argument("--only", action="append", metavar="GLOB",
+                    help="export only runs whose id matches this glob (repeatable)")
+    id_flags(ex)
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"))
     r.add_argument("experiments", nargs="+", metavar="experiment", help="one or more experiment names")
     r.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
@@ -476,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
             "migrate": cmd_migrate,
             "status": cmd_status,
-            "report": cmd_report, "parity": cmd_parity, "perf": cmd_perf}
+            "report": cmd_report, "export": cmd_export, "parity": cmd_parity, "perf": cmd_perf}
 
 
 def main(argv: list[str] | None = None) -> int:

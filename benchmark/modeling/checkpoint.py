@@ -22,10 +22,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from benchmark.errors import CheckpointError, StorageError
-from benchmark.modeling.layout import FUSION_LOCATION, LOCATIONS, LAYOUTS
+from benchmark.modeling.layout import FUSION_LOCATION, LAYOUTS, LOCATIONS
 from benchmark.modeling.model import AdapterModel, Modules, adapter_type, params_from
 from benchmark.spec.schema import AdapterParams, FusionParams
-
 
 
 def layout_for_keys(family: str):

@@ -5,6 +5,8 @@ a dynamic fusion over three Pfeiffer adapters, randomises every adapter / fusion
 included, so no term is trivially zero), and writes base weights, module weights, inputs and our last
 hidden states. ``reference.py`` runs in the reference environment, loads the same weights into
 AdapterHub's model and reports the max abs difference per setup; the check passes at <= 1e-5.
+Then the export round trip (``roundtrip.py``): tiny ST-A, Houlsby and Fusion runs trained by the runner,
+``afbench export``-ed, loaded with AdapterHub's own API, logits compared on the exported sample rows.
 """
 
 from __future__ import annotations
@@ -112,5 +114,8 @@ def run_parity(reference_python: str, work_dir: Path) -> int:
         print(f"  {r['arch']:<8} {r['setup']:<7} max |ours - adapters| = {r['max_abs_diff']:.2e}   "
               f"(the setup moves the output by up to {r['effect']:.2e}; {r['tensors']} tensors) "
               f"{'ok' if good else 'MISMATCH'}")
+    from benchmark.parity.roundtrip import run_roundtrip
+
+    ok &= run_roundtrip(reference_python, work_dir / "export_roundtrip", TOLERANCE)
     print("parity: " + ("passed" if ok else f"FAILED (tolerance {TOLERANCE})"))
     return 0 if ok else 1

@@ -37,7 +37,7 @@ def neutral_name(key):
 
 def main(work):
     report = {"transformers": transformers.__version__, "adapters": adapters.__version__, "results": []}
-    for arch_dir in sorted(p for p in work.iterdir() if p.is_dir()):
+    for arch_dir in sorted(p for p in work.iterdir() if (p / "meta.json").is_file()):  # not the export round trip
         meta = json.loads((arch_dir / "meta.json").read_text())
         cfg_cls = getattr(transformers, meta["config_class"])
         model_cls = getattr(transformers, meta["model_class"])

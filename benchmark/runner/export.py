@@ -1,0 +1,304 @@
+"""``afbench export``: finished runs -> folders in AdapterHub's save format (``adapters`` 1.3.0).
+
+Per run, ``OUT/<run id>/`` holds what ``AutoAdapterModel.from_pretrained`` / ``load_adapter`` /
+``load_adapter_fusion`` / ``load_head`` read:
+
+    base/                    the encoder (save_pretrained + tokenizer) when it is not a Hub checkpoint:
+                             random or packaged backbones, and encoders the method tuned (Full, MT-A,
+                             Fusion w/ MT-A); otherwise export.json names the Hub id
+    adapters/<name>/         adapter_config.json + pytorch_adapter.bin (for fusion: every fused source)
+    fusion/                  adapter_fusion_config.json + pytorch_model_adapter_fusion.bin
+    heads/<task>/            head_config.json + pytorch_model_head.bin
+    samples/<task>.json      input_ids, attention_mask (token_type_ids), our logits for a few dev rows
+    export.json              base, adapters {name: folder}, fusion, head, sample, active, notes
+
+A head with no AdapterHub equivalent (mean pooling, e.g. MiniLM) is not written: export.json says so
+(``head: null`` and a note) instead of shipping a head that loads and disagrees. Each run folder is
+built in a temp folder under OUT and renamed into place, so an interrupted export never leaves a
+half folder; every path is checked to lie under OUT.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmark.errors import BenchError, DataError, StorageError
+from benchmark.modeling.backbone import load_encoder, load_tokenizer
+from benchmark.modeling.checkpoint import load_modules
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.plan.run import Plan, Run
+from benchmark.runner.results import read_result_file
+from benchmark.spec.registry import Registry
+
+TARGET = "adapters.1.3.0"
+SAMPLE_ROWS = 4
+MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel"}
+
+# AdapterHub's SeqBnConfig ("pfeiffer", the paper's ST-A) as save_adapter writes it; DoubleSeqBnConfig
+# ("houlsby") differs in the three keys of HOULSBY. ``adapterhub_params`` (checkpoint.py) reads these back.
+SEQ_BN = {
+    "adapter_residual_before_ln": False, "cross_adapter": False, "dropout": 0.0, "factorized_phm_W": True,
+    "factorized_phm_rule": False, "hypercomplex_nonlinearity": "glorot-uniform", "init_weights": "bert",
+    "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None, "is_parallel": False,
+    "learn_phm": True, "leave_out": [], "ln_after": False, "ln_before": False, "mh_adapter": False,
+    "non_linearity": "relu", "original_ln_after": True, "original_ln_before": True, "output_adapter": True,
+    "phm_bias": True, "phm_c_init": "normal", "phm_dim": 4, "phm_init_range": 0.0001, "phm_layer": False,
+    "phm_rank": 1, "reduction_factor": 16, "residual_before_ln": True, "scaling": 1.0, "shared_W_phm": False,
+    "shared_phm_rule": True, "stochastic_depth": 0.0, "use_gating": False,
+}
+HOULSBY = {"mh_adapter": True, "original_ln_before": False, "non_linearity": "swish"}
+FUSION_CONFIGS = {  # AdapterHub's "dynamic" and "static" fusion configs
+    "dynamic": {"dropout_prob": None, "key": True, "query": True, "query_before_ln": False, "regularization": True,
+                "residual_before": False, "temperature": False, "value": True, "value_before_softmax": True,
+                "value_initialized": True},
+    "static": {"dropout_prob": None, "key": True, "query": True, "query_before_ln": False, "regularization": False,
+               "residual_before": False, "temperature": False, "value": False, "value_before_softmax": True,
+               "value_initialized": False},
+}
+
+
+@dataclass
+class Exported:
+    run_id: str
+    folder: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def adapter_config(params) -> dict:
+    """Our AdapterParams as AdapterHub's full bottleneck config dict."""
+    from benchmark.modeling.adapters import non_linearity
+
+    cfg = {**SEQ_BN, **(HOULSBY if params.type == "houlsby" else {})}
+    cfg["reduction_factor"] = params.reduction_factor
+    cfg["non_linearity"] = non_linearity(params)
+    return cfg
+
+
+class _Writer:
+    """Files under one temp folder that must stay under ``root``; ``commit`` renames it into place."""
+
+    def __init__(self, root: Path, name: str):
+        self.root = root.resolve()
+        self.final = self.inside(self.root / name)
+        self.tmp = self.inside(self.root / f".{name}.tmp{os.getpid()}")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+
+    def inside(self, path: Path) -> Path:
+        p = path.resolve()
+        if p != self.root and self.root not in p.parents:
+            raise BenchError(f"export path {path} would lie outside the output folder {self.root}",
+                             field="--out", fix="use task and adapter names without path separators or '..'")
+        return p
+
+    def path(self, rel: str) -> Path:
+        p = self.inside(self.tmp / rel)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def json(self, rel: str, data: dict) -> str:
+        self.path(rel).write_text(json.dumps(data, indent=2) + "\n")
+        return rel
+
+    def tensors(self, rel: str, state: dict) -> None:
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, self.path(rel))
+
+    def commit(self) -> Path:
+        old = self.final.with_name(f".{self.final.name}.old{os.getpid()}")
+        if self.final.exists():
+            os.replace(self.final, old)
+        os.replace(self.tmp, self.final)
+        shutil.rmtree(old, ignore_errors=True)
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _meta(name: str, hidden: int, model_class: str, model_type: str, model_name: str) -> dict:
+    return {"hidden_size": hidden, "model_class": model_class, "model_name": model_name, "model_type": model_type,
+            "name": name, "version": TARGET}
+
+
+def _adapter_state(model: AdapterModel, name: str, prefix: str) -> dict:
+    out = {}
+    for k, v in model.state_of(Modules(adapters=[name])).items():
+        # encoder.encoder.layer.{i}.{attention.output|output}.adapters.{name}.{down|up}.{weight|bias}
+        head, _, tail = k.partition(f".adapters.{name}.")
+        part, kind = tail.split(".")
+        hub = "adapter_down.0" if part == "down" else "adapter_up"
+        out[f"{prefix}.{head.removeprefix('encoder.')}.adapters.{name}.{hub}.{kind}"] = v
+    return out
+
+
+def _fusion_state(model: AdapterModel, fusion: str, hub_name: str, prefix: str) -> dict:
+    out = {}
+    for k, v in model.state_of(Modules(fusions=[fusion])).items():
+        head, _, tail = k.partition(f".fusions.{fusion}.")  # ... .output .fusions.{f}.{query|key|value}.{w|b}
+        out[f"{prefix}.{head.removeprefix('encoder.')}.adapter_fusion_layer.{hub_name}.{tail}"] = v
+    return out
+
+
+def _head_state(model: AdapterModel, name: str) -> dict:
+    state = model.state_of(Modules(heads=[name]))
+    # ours: dense / out around dropout-tanh-dropout; AdapterHub: Sequential [Dropout, Linear, Tanh, Dropout, Linear]
+    return {f"heads.{name}.{ {'dense': 1, 'out': 4}[k.split('.')[-2]] }.{k.split('.')[-1]}": v
+            for k, v in state.items()}
+
+
+def _head_config(task, hidden: int) -> dict:
+    if task.type == "classification":
+        return {"activation_function": "tanh", "bias": True, "dropout_prob": None, "head_type": "classification",
+                "label2id": {n: i for i, n in enumerate(task.label.names)}, "layers": 2,
+                "num_labels": task.num_labels, "use_pooler": False}
+    return {"activation_function": "tanh", "dropout_prob": None, "head_type": "multiple_choice",
+            "label2id": {f"LABEL_{i}": i for i in range(task.num_labels)}, "layers": 2,
+            "num_choices": task.num_labels, "use_pooler": False}
+
+
+def build_model(run: Run, reg: Registry, run_dir, tok) -> AdapterModel:
+    """The run's trained model: backbone + everything its folder saved (+ the MT-A encoder it fused on)."""
+    model = AdapterModel(load_encoder(reg.backbones[run.backbone], tok))
+    if run.kind.depends_on == "mt_a":  # Fusion w/ MT-A: the frozen tuned encoder lives in the MT-A run
+        load_modules(model, run_dir(run.deps[0]), adapters=[], fusions=[], heads=[], encoder=True)
+    load_modules(model, run_dir(run.id))
+    model.eval()
+    return model
+
+
+def _sample(run: Run, reg: Registry, model: AdapterModel, tok, task_name: str, data_dir) -> dict:
+    from benchmark.data.encode import collate, encode_split
+
+    task = reg.tasks[task_name]
+    caps = run.caps_for(task_name)
+    dev = encode_split(task, task.splits.eval, tok, max_rows=caps.max_eval_rows, max_length=caps.max_length,
+                       data_seed=caps.data_seed, root=data_dir, task_file=reg.file_of("task", task_name))
+    batch = collate(dev.examples[:SAMPLE_ROWS], tok.pad_token_id)  # [B, L] or [B, K, L]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    with torch.no_grad():
+        logits = model(head=task_name, **inputs)  # [B, C] / [B, K]
+    return {**{k: v.tolist() for k, v in inputs.items()}, "logits": logits.tolist(), "labels": batch["labels"].tolist()}
+
+
+def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None) -> Exported:
+    """Write ``out/<run id>/`` for one finished run (see the module docstring)."""
+    bspec = reg.backbones[run.backbone]
+    tok = load_tokenizer(bspec)
+    model = build_model(run, reg, run_dir, tok)
+    model_type = model.config.model_type
+    if model_type not in MODEL_CLASS:
+        raise BenchError(f"run {run.id}: AdapterHub export supports BERT and RoBERTa encoders, not {model_type!r}",
+                         field="backbone")
+    model_class, prefix = MODEL_CLASS[model_type], type(model.encoder).base_model_prefix
+    hidden = model.hidden_size
+    tuned = any(k.startswith("encoder.") and ".adapters." not in k and ".fusions." not in k
+                for k in _saved_keys(run_dir(run.id))) or run.kind.depends_on == "mt_a"
+    hub_base = bspec.source == "hub" and not tuned
+    model_name = bspec.model_id if bspec.source == "hub" else ""
+    meta = lambda name: _meta(name, hidden, model_class, model_type, model_name)  # noqa: E731
+    w = _Writer(out, run.id)
+    notes: list[str] = []
+    try:
+        doc: dict = {"run_id": run.id, "experiment": run.experiment, "method": run.label, "backbone": run.backbone,
+                     "task": run.task, "tasks": run.all_tasks, "format": TARGET, "model_class": model_class}
+        if hub_base:
+            doc["base"] = bspec.model_id
+        else:
+            doc["base"] = _write_base(w, model, bspec, tok)
+            if tuned:
+                notes.append("the method tuned the encoder: base/ holds the tuned encoder, load it as the base model")
+        doc["adapters"] = {}
+        for name, params in model.adapter_params.items():
+            rel = f"adapters/{name}"
+            w.json(f"{rel}/adapter_config.json", {"config": adapter_config(params), **meta(name)})
+            w.tensors(f"{rel}/pytorch_adapter.bin", _adapter_state(model, name, prefix))
+            doc["adapters"][name] = rel
+        doc["fusion"] = None
+        for fname, (sources, fparams) in model.fusion_params.items():
+            hub_name = ",".join(sources)
+            w.json("fusion/adapter_fusion_config.json", {"adapter_names": sources,
+                                                         "config": FUSION_CONFIGS[fparams.type], **meta(hub_name)})
+            w.tensors("fusion/pytorch_model_adapter_fusion.bin", _fusion_state(model, fname, hub_name, prefix))
+            doc["fusion"], doc["fusion_adapters"] = "fusion", list(sources)
+            if fparams.temperature:
+                notes.append("fusion trained with an annealed softmax temperature; it ends at T = 1, which is "
+                             "AdapterHub's inference (temperature: false)")
+        heads, samples, active = {}, {}, {}
+        for t in run.all_tasks:
+            fusion = next(iter(model.fusion_params), None)
+            setup = Fuse(fusion) if fusion else (t if t in model.adapter_params else None)
+            model.set_active(setup)  # what the run evaluated with: its fusion, its task's adapter, or none
+            active[t] = {"fuse": doc["fusion_adapters"]} if fusion else setup
+            pooling = model.head_specs[t][2]
+            if pooling != "cls":
+                heads[t] = None
+                notes.append(f"head '{t}': {pooling} pooling has no AdapterHub head (AdapterHub heads read the first "
+                             "token); not exported, so nothing loads that would disagree with our logits")
+            else:
+                rel = f"heads/{t}"
+                w.json(f"{rel}/head_config.json", {"config": _head_config(reg.tasks[t], hidden), **meta(t)})
+                w.tensors(f"{rel}/pytorch_model_head.bin", _head_state(model, t))
+                heads[t] = rel
+            try:
+                samples[t] = w.json(f"samples/{t}.json", _sample(run, reg, model, tok, t, data_dir))
+            except DataError as e:
+                samples[t] = None
+                notes.append(f"no sample for '{t}': {e.message}")
+        single = run.task is not None
+        doc["head"] = heads[run.task] if single else heads
+        doc["sample"] = samples[run.task] if single else samples
+        doc["active"] = active[run.task] if single else active
+        doc["notes"] = notes
+        w.json("export.json", doc)
+        return Exported(run.id, w.commit(), notes)
+    except OSError as e:
+        w.abort()
+        raise StorageError.from_os_error(w.final, e) from None
+    except BaseException:
+        w.abort()
+        raise
+
+
+def _saved_keys(folder: Path) -> list[str]:
+    from safetensors import safe_open
+
+    from benchmark.modeling.checkpoint import WEIGHTS
+
+    with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as fh:
+        return list(fh.keys())
+
+
+def _write_base(w: _Writer, model: AdapterModel, bspec, tok) -> str:
+    """The encoder's own weights as a plain transformers model folder (no adapter slots)."""
+    clean = load_encoder(bspec, tok)
+    state = {k.removeprefix("encoder."): v for k, v in model.state_of(Modules(encoder=True)).items()}
+    clean.load_state_dict(state, strict=True)
+    folder = w.path("base/config.json").parent
+    clean.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return "base"
+
+
+def export_plan(plan: Plan, reg: Registry, exp_dir: Path, out: Path, *, only: list[str] | None = None,
+                data_dir=None, echo=print) -> list[Exported]:
+    """Export every finished run of ``plan`` (whose id matches a glob of ``only``) under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    done = []
+    for run in plan.runs:
+        if only and not any(fnmatch.fnmatchcase(run.id, p) for p in only):
+            continue
+        if not read_result_file(exp_dir / run.id).finished:
+            continue
+        e = export_run(run, reg, lambda rid: exp_dir / rid, out, data_dir)
+        echo(f"exported {run.id} -> {e.folder}")
+        for n in e.notes:
+            echo(f"  note: {n}")
+        done.append(e)
+    return done

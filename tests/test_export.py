@@ -1,0 +1,166 @@
+"""``afbench export`` (issue 25): finished runs as AdapterHub folders. The round trip through adapters 1.3.0
+itself runs in ``nox -s parity`` (and here when AFBENCH_REFERENCE_PYTHON names that environment's python);
+these tests read the exported files back with our own AdapterHub reader and check the layout, the names,
+the notes for what AdapterHub cannot represent, and the output root."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from benchmark.cli import main
+from benchmark.errors import BenchError
+from benchmark.modeling.backbone import load_encoder, load_tokenizer
+from benchmark.modeling.checkpoint import load_adapterhub
+from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.parity.roundtrip import EXPERIMENT, train_and_export, write_specs
+from benchmark.runner.export import _Writer
+from benchmark.spec import load_registry
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    work = tmp_path_factory.mktemp("export")
+    return work, {e.run_id: e for e in train_and_export(work, log=lambda *_: None)}
+
+
+def _doc(folder: Path) -> dict:
+    return json.loads((folder / "export.json").read_text())
+
+
+def _reload(folder: Path, doc: dict, reg) -> AdapterModel:
+    """An export folder read back with our own AdapterHub reader: base, adapters, fusion, head."""
+    tok = load_tokenizer(reg.backbones["tiny-bert"])
+    model = AdapterModel(load_encoder(reg.backbones["tiny-bert"], tok))
+    base = load_file(str(folder / doc["base"] / "model.safetensors"))
+    model.encoder.load_state_dict(base, strict=False)
+    for rel in doc["adapters"].values():
+        load_adapterhub(model, folder / rel)
+    task = reg.tasks[doc["task"]]
+    model.add_head(task.name, task.type, task.num_labels)
+    head = torch.load(folder / doc["head"] / "pytorch_model_head.bin", weights_only=True)
+    model.heads[task.name].load_state_dict({f"{ {'1': 'dense', '4': 'out'}[k.split('.')[2]] }.{k.split('.')[3]}": v
+                                            for k, v in head.items()})
+    if doc["fusion"]:
+        fcfg = json.loads((folder / doc["fusion"] / "adapter_fusion_config.json").read_text())
+        from benchmark.spec.schema import FusionParams
+        model.add_fusion("f", fcfg["adapter_names"], FusionParams())
+        fstate = torch.load(folder / doc["fusion"] / "pytorch_model_adapter_fusion.bin", weights_only=True)
+        name = fcfg["name"]
+        model.load_state_dict({k.replace("bert.", "encoder.", 1).replace(f"adapter_fusion_layer.{name}.", "fusions.f."): v
+                               for k, v in fstate.items()}, strict=False)
+        assert len(fstate) == 2 * 5  # 2 layers x (query w, b, key w, b, value w)
+        model.set_active(Fuse("f"))
+    else:
+        model.set_active(doc["active"])
+    return model.eval()
+
+
+def test_export_writes_adapterhub_folders_that_reproduce_our_logits(exported):
+    work, runs = exported
+    reg = load_registry([work / "specs"])
+    assert {r.split("__")[1] for r in runs} == {"st_a_rf16", "st_a_houlsby_rf16", "fusion_st_a_rf16"} and len(runs) == 6
+    for rid, e in runs.items():
+        doc = _doc(e.folder)
+        assert e.folder.name == rid and doc["run_id"] == rid and doc["base"] == "base"  # random backbone: shipped
+        assert (e.folder / "base" / "config.json").is_file() and (e.folder / "base" / "tokenizer.json").is_file()
+        for name, rel in doc["adapters"].items():
+            cfg = json.loads((e.folder / rel / "adapter_config.json").read_text())
+            assert cfg["name"] == name and cfg["model_class"] == "BertAdapterModel"
+            assert cfg["config"]["mh_adapter"] == ("houlsby" in rid) and cfg["config"]["reduction_factor"] == 16
+            keys = torch.load(e.folder / rel / "pytorch_adapter.bin", weights_only=True)
+            assert all(k.startswith("bert.encoder.layer.") and f".adapters.{name}.adapter_" in k for k in keys)
+        if "fusion" in rid:
+            assert set(doc["adapters"]) == {"rt_cls", "rt_mc"} and doc["fusion"] == "fusion"
+            assert doc["active"] == {"fuse": ["rt_cls", "rt_mc"]}
+        else:
+            assert list(doc["adapters"]) == [doc["task"]] and doc["fusion"] is None and doc["active"] == doc["task"]
+        sample = json.loads((e.folder / doc["sample"]).read_text())
+        inputs = {k: torch.tensor(sample[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        if doc["task"] == "rt_mc":
+            assert inputs["input_ids"].dim() == 3 and inputs["input_ids"].shape[1] == 3  # [B, K, L]
+        model = _reload(e.folder, doc, reg)
+        with torch.no_grad():
+            logits = model(head=doc["task"], **inputs)
+            model.set_active(None)
+            plain = model(head=doc["task"], **inputs)
+        ours = torch.tensor(sample["logits"])
+        assert torch.allclose(logits, ours, atol=1e-6, rtol=0), rid
+        assert (plain - ours).abs().max() > 1e-5, f"{rid}: the sample does not depend on the adapters"
+        assert not [p.name for p in e.folder.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_reexport_replaces_the_folder_atomically(exported, capsys):
+    work, runs = exported
+    rid = next(r for r in runs if r.startswith("rt_cls__st_a_rf16"))
+    stale = runs[rid].folder / "stale.txt"
+    stale.write_text("from an older export")
+    assert main(["export", EXPERIMENT, "--specs", str(work / "specs"), "--results-dir", str(work / "results"),
+                 "--out", str(work / "export"), "--only", "rt_cls__st_a_rf16*"]) == 0
+    out = capsys.readouterr().out
+    assert f"exported {rid}" in out and "1 run(s) exported" in out
+    assert not stale.exists() and (runs[rid].folder / "export.json").is_file()
+
+
+def test_export_without_finished_runs_says_so(tmp_path, capsys):
+    specs = write_specs(tmp_path / "specs", rows=8, epochs=1)
+    assert main(["export", EXPERIMENT, "--specs", str(specs), "--results-dir", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no finished run" in err and "afbench run export_roundtrip" in err
+
+
+def test_writer_keeps_every_path_under_the_root(tmp_path):
+    w = _Writer(tmp_path / "out", "run")
+    with pytest.raises(BenchError, match="outside the output folder"):
+        w.path("../../escape.json")
+    with pytest.raises(BenchError, match="outside the output folder"):
+        _Writer(tmp_path / "out", "../sibling")
+    w.json("a/b.json", {"x": 1})
+    assert w.commit() == (tmp_path / "out" / "run").resolve()
+    assert json.loads((tmp_path / "out" / "run" / "a" / "b.json").read_text()) == {"x": 1}
+
+
+def test_tuned_encoders_are_the_base_and_mean_pooling_heads_are_not_exported(tmp_path):
+    """Full and MT-A / Fusion w/ MT-A ship their encoder as base/; a mean-pooling head (MiniLM-style) has no
+    AdapterHub equivalent: export.json says so and writes no head."""
+    specs = tmp_path / "specs"
+    (specs / "backbones").mkdir(parents=True)
+    tiny = (Path(__file__).resolve().parents[1] / "specs" / "backbones" / "tiny-bert.yaml").read_text()
+    (specs / "backbones" / "tiny-bert-mean.yaml").write_text(tiny + "pooling: mean\n")
+    runs = {e.run_id: e for e in train_and_export(tmp_path, log=lambda *_: None, rows=16, epochs=1,
+                                                  backbone="tiny-bert-mean", methods=("full", "fusion_mt_a"))}
+    results = tmp_path / "results" / EXPERIMENT
+    assert {r.split("__")[1] for r in runs} == {"full", "mt_a_rf16", "fusion_mt_a"}
+    for rid, e in runs.items():
+        doc = _doc(e.folder)
+        assert doc["base"] == "base" and any("tuned the encoder" in n for n in doc["notes"])
+        assert any("mean pooling has no AdapterHub head" in n for n in doc["notes"]) and e.notes == doc["notes"]
+        heads = doc["head"] if isinstance(doc["head"], dict) else {doc["task"]: doc["head"]}
+        assert set(heads.values()) == {None} and not (e.folder / "heads").exists()
+        base = load_file(str(e.folder / "base" / "model.safetensors"))
+        enc_run = rid if "fusion" not in rid else next(r for r in runs if "__mt_a_" in r)
+        trained = load_file(str(results / enc_run / "weights.safetensors"))
+        k = "encoder.layer.0.attention.self.query.weight"
+        assert torch.equal(base[k], trained["encoder." + k])  # the tuned encoder, not the random init
+    mt = next(e for r, e in runs.items() if "__mt_a_" in r)
+    assert set(_doc(mt.folder)["adapters"]) == {"rt_cls", "rt_mc"}
+    assert set(_doc(mt.folder)["sample"]) == {"rt_cls", "rt_mc"}
+
+
+@pytest.mark.skipif(not os.environ.get("AFBENCH_REFERENCE_PYTHON"),
+                    reason="set AFBENCH_REFERENCE_PYTHON to a python with adapters==1.3.0 (nox -s parity does)")
+def test_roundtrip_through_adapters_1_3_0(tmp_path, capsys):
+    from benchmark.parity import TOLERANCE
+    from benchmark.parity.roundtrip import run_roundtrip
+
+    assert run_roundtrip(os.environ["AFBENCH_REFERENCE_PYTHON"], tmp_path, TOLERANCE)
+    out = capsys.readouterr().out
+    assert out.count(" ok") == 6 and "MISMATCH" not in out
