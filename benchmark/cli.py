@@ -157,7 +157,7 @@ def _options(args):
     from benchmark.plan.build import Options
 
     return Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
-                   getattr(args, "last_layer", None))
+                   getattr(args, "last_layer", None), getattr(args, "precision", None))
 
 
 def _plan(args, reg):
@@ -305,6 +305,11 @@ def id_flags(sp) -> None:
                     help="with a first-token ([CLS]) head the last layer computes position 0 only "
                          "(same logits and gradients) or every position (default: the experiment's compute:, "
                          "then first_token); recorded as last_layer")
+    sp.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                    help="auto: bf16 autocast on CUDA, float32 on the CPU (today's runs); fp32; bf16: autocast on "
+                         "the CPU and CUDA, float32 master weights, loss and metrics (refused on a device without "
+                         "native bf16). Default: the method's precision:, then the experiment's compute:, then auto; "
+                         "part of the run id when not auto; recorded as precision")
 
 
 def build_parser() -> argparse.ArgumentParser:

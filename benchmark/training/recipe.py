@@ -157,7 +157,9 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     model.add_head(task.name, task.type, task.num_labels, bspec.pooling)
     trains = _combine(added.trains, Modules(heads=[task.name])) if "head" in kind.trains else added.trains
     model.train_only(trains)
-    Compute.of(run.compute).apply(model)
+    compute = Compute.of(run.compute)
+    compute.check(ctx.device)
+    compute.apply(model)
     model.to(ctx.device)
 
     tr, dev, ho = load_data(ctx, run, task, tok)
@@ -167,14 +169,14 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         objective = Objective(FUSION, reg_w, method.fusion.temperature)
     outcome = train(model, task.name, tr, dev, method.train, pad_id=tok.pad_token_id, device=ctx.device,
                     seed=run.seed, snapshot=lambda: model.state_of(trains), objective=objective,
-                    desc=run.label + " " + task.name, heldout=ho)
+                    desc=run.label + " " + task.name, heldout=ho, compute=compute)
 
     model.load_state_dict(outcome.best_state, strict=False)
     result = {**_training_info(outcome), "params": _param_counts(model), "data": _data_info(tr, dev, ho),
               "tokenizer": tokenizer_fingerprint(tok)}
     if kind.fusion:
         model.start_capture()
-        again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device)
+        again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device, compute)
         result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
                                       "dev_accuracy": again}
     saved = _combine(trains, added.keeps)
@@ -202,11 +204,13 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
             heldout[t] = ho
     trains = Modules(adapters=run.tasks, heads=run.tasks, encoder=True)
     model.train_only(trains)
-    Compute.of(run.compute).apply(model)
+    compute = Compute.of(run.compute)
+    compute.check(ctx.device)
+    compute.apply(model)
     model.to(ctx.device)
     outcome, per_task = train_multitask(model, data, method.train, method.mt_a, pad_id=tok.pad_token_id,
                                         device=ctx.device, seed=run.seed, snapshot=lambda: model.state_of(trains),
-                                        heldout=heldout or None)
+                                        heldout=heldout or None, compute=compute)
     best = outcome.best_epoch - 1
     save_modules(model, out_dir, adapters=run.tasks, heads=run.tasks, encoder=True,
                  state={k: v.cpu() for k, v in outcome.best_state.items()})
