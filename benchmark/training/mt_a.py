@@ -15,9 +15,9 @@ import random
 import torch
 
 from benchmark.data.encode import EncodedSplit, batches
+from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import MtaParams, TrainParams
-from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.training.loop import Outcome, evaluate, fit
 
 
