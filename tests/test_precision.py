@@ -9,6 +9,8 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from test_plan import GRID, _ids, _plan, _specs
+from test_training import _toy_split
 
 from benchmark.errors import BenchError
 from benchmark.modeling import compute as compute_mod
@@ -18,8 +20,6 @@ from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams, TrainParams
 from benchmark.training.loop import Objective, train
 from conftest import needs_mirror
-from test_plan import GRID, _ids, _plan, _specs
-from test_training import _toy_split
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(bf16_unsupported(CPU) is not None,
@@ -233,3 +233,13 @@ def test_afbench_run_bf16_records_its_precision(tmp_path):
     assert main(["run", "tiny_bf16", *args]) == 0  # auto: another run id, trained beside it
     got = {json.loads(f.read_text())["precision"] for f in (tmp_path / "r" / "tiny_bf16").glob("*/result.json")}
     assert got == {"bf16", "auto"}
+
+
+@needs_bf16
+@pytest.mark.parametrize("method", ["st_a", "houlsby", "fusion"])
+def test_gpu_checks_bf16_bound_holds_on_the_cpu(method):
+    """``nox -s gpu`` checks bf16 against float32 logits on the GPU; the same function and bound on the CPU."""
+    from benchmark.perf.gpu_check import BF16_TOLERANCE, bf16_gap
+
+    gap, scale = bf16_gap(method, "cpu")
+    assert 0 < gap <= BF16_TOLERANCE * scale
