@@ -1,4 +1,4 @@
-"""``afbench``: list, validate, data, plan, run, status, report, parity, perf.
+"""``afbench``: list, validate, data, plan, run, status, report, parity, perf, prune.
 
 Errors in specs, data or weights print as one paragraph (file, field, fix) and exit with status 2.
 """
@@ -158,7 +158,7 @@ def _options(args):
     from benchmark.plan.build import Options
 
     return Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
-                   getattr(args, "last_layer", None))
+                   getattr(args, "last_layer", None), getattr(args, "precision", None))
 
 
 def _plan(args, reg):
@@ -361,6 +361,19 @@ def cmd_parity(args) -> int:
     return run_parity(args.reference_python, Path(args.work_dir))
 
 
+def cmd_prune(args) -> int:
+    from benchmark.perf.prune import run_prune
+    from benchmark.runner.results import results_root
+
+    reg = _registry(args)
+    plan = _plan(args, reg)
+    ks = tuple(int(k) for k in args.keep.split(",") if k and k != "all")
+    device = args.device or "cpu"
+    run_prune(reg, plan, results_root(args.results_dir), _data_dir(args), only=args.only, device=device,
+              rounds=args.rounds, out_dir=Path(args.out_dir), ks=ks)
+    return 0
+
+
 def cmd_perf(args) -> int:
     from benchmark.perf import run_perf
 
@@ -396,6 +409,11 @@ def id_flags(sp) -> None:
                     help="with a first-token ([CLS]) head the last layer computes position 0 only "
                          "(same logits and gradients) or every position (default: the experiment's compute:, "
                          "then first_token); recorded as last_layer")
+    sp.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                    help="auto: bf16 autocast on CUDA, float32 on the CPU (today's runs); fp32; bf16: autocast on "
+                         "the CPU and CUDA, float32 master weights, loss and metrics (refused on a device without "
+                         "native bf16). Default: the method's precision:, then the experiment's compute:, then auto; "
+                         "part of the run id when not auto; recorded as precision")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -470,15 +488,32 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--paper", metavar="FILE",
                    help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
     id_flags(r)
+    pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"))
+    pr.add_argument("experiment", help="experiment name (see afbench list)")
+    pr.add_argument("--only", action="append", metavar="GLOB",
+                    help="Fusion w/ ST-A runs whose id matches (repeatable; default: all finished ones)")
+    pr.add_argument("--keep", default="1,2,4,8", help="k values below N (N itself, 'all', is always added)")
+    pr.add_argument("--rounds", type=int, default=3, help="timing rounds per k (0: accuracy only)")
+    pr.add_argument("--device", help="cpu or cuda (default: cpu)")
+    pr.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    pr.add_argument("--out-dir", default="reports", metavar="DIR",
+                    help="where prune_<experiment>_<task>.{md,json,png} go (default: reports)")
+    id_flags(pr)
     pa = sub.add_parser("parity", help="compare logits with AdapterHub adapters 1.3.0")
     pa.add_argument("--reference-python", required=True, help="python of an env with adapters==1.3.0")
     pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "
                     "(default: .cache/parity)")
-    pe = common(sub.add_parser("perf", help="training steps/s and epoch seconds, ours vs AdapterHub"))
-    pe.add_argument("--mode", choices=["steps", "epochs", "malloc"], default="steps",
-                    help="steps: steps/s on random ids (reports/perf.md); epochs: seconds per epoch on mirrored "
-                         "data, three paddings (reports/perf_epochs.md); malloc: with/without glibc malloc "
-                         "tuning, separate processes (reports/perf_malloc.md)")
+    pe = common(sub.add_parser("perf", help="training and inference speed, ours vs AdapterHub, and the roofline"))
+    pe.add_argument("--mode", choices=["steps", "epochs", "malloc", "roofline", "inference"], default="steps",
+                    help="steps: steps/s on random ids, fp32 and bf16, peak memory (reports/perf.md); epochs: "
+                         "seconds per epoch on mirrored data, three paddings (reports/perf_epochs.md); malloc: "
+                         "with/without glibc malloc tuning, separate processes (reports/perf_malloc.md); roofline: "
+                         "GEMM peak, analytic FLOPs per step, achieved fraction (reports/perf_roofline.md); "
+                         "inference: latency (batch 1) and throughput (batch 64), fp32 and bf16, peak memory "
+                         "(reports/perf_inference.md)")
+    pe.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="auto (default): fp32, and bf16 too where the device has it natively; fp32: only "
+                         "fp32; bf16: bf16 required (refused without native bf16)")
     pe.add_argument("--reference-python", help="python of an env with adapters==1.3.0 (omit: ours only)")
     pe.add_argument("--adapters", default="2,4,8,16", help="fusion sizes N (steps, malloc: the largest)")
     pe.add_argument("--steps", type=int, default=8, help="timed steps per setup and round (epochs: per task "
@@ -487,21 +522,28 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--batch-size", type=int, default=32, help="examples per step (default: 32)")
     pe.add_argument("--length", type=int, default=128, help="tokens per row (epochs: the fixed padding)")
     pe.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if visible, else cpu)")
-    pe.add_argument("--backbone", choices=["minilm-l6", "bert-base-random"], default="minilm-l6",
-                    help="steps: MiniLM-L6, or BERT-base shapes randomly initialised (no Hub)")
+    pe.add_argument("--backbone", choices=["minilm-l6", "bert-base-random", "bert-tiny-random"], default="minilm-l6",
+                    help="MiniLM-L6, BERT-base shapes randomly initialised (no Hub), or a tiny random BERT "
+                         "(smoke runs)")
+    pe.add_argument("--no-memory", action="store_true",
+                    help="steps, inference: skip the peak-memory pass (one fresh process per side, setup, precision)")
+    pe.add_argument("--gemm-seconds", type=float, default=0.3, help="roofline: seconds per GEMM shape (peak)")
+    pe.add_argument("--reps", type=int, default=20, help="inference: timed calls per setup, batch size and round")
+    pe.add_argument("--infer-batch", type=int, default=64, help="inference: the throughput batch (default: 64)")
     pe.add_argument("--no-first-token", action="store_true",
                     help="steps: skip the first-token ([CLS] head) table, on both sides (halves the reference's time)")
     pe.add_argument("--tasks", default="rte,mrpc,sst2,mnli", help="epochs: tasks from the data mirror")
     pe.add_argument("--max-rows", type=int, default=2000, help="epochs: training rows per task (a cap)")
     pe.add_argument("--out", default=None, help="report path (default: reports/perf.md, perf_epochs.md, "
-                                                "perf_malloc.md by mode; raw timings beside it as .json)")
+                                                "perf_malloc.md, perf_roofline.md, perf_inference.md by mode; raw "
+                                                "timings beside it as .json)")
     return p
 
 
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
             "migrate": cmd_migrate,
             "status": cmd_status,
-            "report": cmd_report, "export": cmd_export, "parity": cmd_parity, "perf": cmd_perf}
+            "report": cmd_report, "export": cmd_export, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,9 @@ import torch
 
 from benchmark.cli import main as cli
 from benchmark.modeling.malloc import tune_malloc
-from benchmark.perf import per_round_ratios
 from benchmark.perf.epochs import pad_to, spread
 from benchmark.perf.gpu_check import METHODS, TOLERANCE, build_model, logits_gap
+from benchmark.perf.training_steps import per_round_ratios
 from conftest import ROOT, needs_mirror
 
 _MMAP_PROBE = textwrap.dedent("""
@@ -71,7 +71,7 @@ def test_perf_steps_end_to_end_tiny(tmp_path):
     """The step table on a tiny setting: both tables, and the raw per-round timings beside them."""
     out = tmp_path / "perf.md"
     assert cli(["perf", "--adapters", "2", "--steps", "1", "--rounds", "2", "--batch-size", "2",
-                "--length", "16", "--out", str(out)]) == 0
+                "--length", "16", "--precision", "fp32", "--no-memory", "--out", str(out)]) == 0
     md, raw = out.read_text(), json.loads(out.with_suffix(".json").read_text())
     assert "## As the committed runs train (headline)" in md and "## First-token setup" in md
     assert "| ST-A |" in md and "| Fusion N=2 |" in md
@@ -81,7 +81,7 @@ def test_perf_steps_end_to_end_tiny(tmp_path):
         assert set(r["ours"]) == {"ST-A", "Fusion N=2"} and all(v > 0 for v in r["ours"].values())
     assert str(tmp_path) not in md + json.dumps(raw)
     assert cli(["perf", "--adapters", "", "--steps", "1", "--rounds", "1", "--batch-size", "2", "--length", "8",
-                "--no-first-token", "--out", str(out)]) == 0
+                "--no-first-token", "--precision", "fp32", "--no-memory", "--out", str(out)]) == 0
     assert set(json.loads(out.with_suffix(".json").read_text())["rounds"][0]) == {"ours", "ours_stock"}
     assert "First-token setup not run" in out.read_text()
 

@@ -22,7 +22,10 @@ of the throughput of oneDNN's GEMM for the encoder's shapes. A linear layer whos
 are frozen (the whole encoder for ST-A, Fusion and Head) computes ``y = x Wᵀ + b`` and, in the
 backward, only ``dx = dy W``, both with oneDNN (``torch.ops.mkldnn._linear_pointwise``). Trained
 weights, other dtypes and other devices use ``F.linear`` unchanged. Results agree with MKL to float32
-rounding (different summation order).
+rounding (different summation order). Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (``precision:
+bf16``, ``compute.py``) a frozen layer runs the same oneDNN kernels in bf16 on a bf16 copy of its weight
+and bias, made on first use and remade only when the weight changes (its version counter), instead of
+casting the frozen weight on every call as autocast's ``F.linear`` would.
 """
 
 from __future__ import annotations
@@ -121,14 +124,39 @@ class _FrozenLinear(torch.autograd.Function):
         return _onednn_linear(grad, weight.t(), None), None, None
 
 
+def cpu_autocast_dtype() -> torch.dtype | None:
+    """bf16 when CPU autocast to bf16 is on, else None."""
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+        return torch.bfloat16
+    return None
+
+
 class CpuLinear(nn.Linear):
-    """``nn.Linear`` (same parameters and keys) computing frozen CPU float32 layers with oneDNN."""
+    """``nn.Linear`` (same parameters and keys) computing frozen CPU float32 layers with oneDNN (in bf16 under
+    bf16 autocast)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
-        if frozen and x.device.type == "cpu" and x.dtype == torch.float32 == self.weight.dtype:
-            return _FrozenLinear.apply(x, self.weight, self.bias)
+        if frozen and x.device.type == "cpu" and self.weight.dtype == torch.float32:
+            low = cpu_autocast_dtype()
+            if low is not None and x.dtype in (torch.float32, low):
+                w, b = self._low_precision_copy(low)
+                return _FrozenLinear.apply(x.to(low), w, b)  # [..., out] in bf16, as autocast's F.linear
+            if low is None and x.dtype == torch.float32:
+                return _FrozenLinear.apply(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
+
+    def _low_precision_copy(self, dtype: torch.dtype):
+        """(weight, bias) in ``dtype``, cached while the float32 weight is unchanged (not in the state dict)."""
+        key = (dtype, self.weight.data_ptr(), self.weight._version,
+               None if self.bias is None else (self.bias.data_ptr(), self.bias._version))
+        cached = self.__dict__.get("_low_copy")
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                w = self.weight.detach().to(dtype)
+                b = None if self.bias is None else self.bias.detach().to(dtype)
+            self.__dict__["_low_copy"] = cached = (key, w, b)
+        return cached[1], cached[2]
 
 
 def _swap(model: nn.Module, old: type, make) -> None:

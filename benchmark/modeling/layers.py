@@ -72,8 +72,8 @@ class Slot(nn.Module):
 
     def _record(self, probs: torch.Tensor) -> None:
         mask = self._ctx.attention_mask
-        weights = torch.ones(probs.shape[:2], device=probs.device) if mask is None else mask.to(probs.dtype)
-        s = (probs * weights.unsqueeze(-1)).sum((0, 1)).float().cpu()  # [N]
+        weights = torch.ones(probs.shape[:2], device=probs.device) if mask is None else mask.float()
+        s = (probs.float() * weights.unsqueeze(-1)).sum((0, 1)).cpu()  # [N], summed in float32 under any precision
         self.capture_sum = s if self.capture_sum is None else self.capture_sum + s
         self.capture_count += int(weights.sum().item())
 

@@ -69,6 +69,7 @@ class AdapterModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.adapter_params: dict[str, AdapterParams | LoRAParams] = {}  # adapters and LoRAs, by name
         self.fusion_params: dict[str, tuple[list[str], FusionParams]] = {}
+        self.fusion_built_on: dict[str, list[str]] = {}  # every adapter a fusion was added over (before pruning)
         self.head_specs: dict[str, tuple[str, int, str]] = {}
         self._ctx = ForwardContext()
         self._slots = install_slots(encoder, self.layout, self._ctx)
@@ -112,6 +113,7 @@ class AdapterModel(nn.Module):
         for mod in self.slots(FUSION_LOCATION):
             mod.fusions[name] = AdapterFusion(self.hidden_size, adapter_names, params, drop)
         self.fusion_params[name] = (list(adapter_names), params)
+        self.fusion_built_on[name] = list(adapter_names)
 
     def add_head(self, name: str, task_type: str, num_labels: int, pooling: str = "cls") -> None:
         drop = getattr(self.config, "hidden_dropout_prob", 0.1)
@@ -140,6 +142,32 @@ class AdapterModel(nn.Module):
             raise ValueError(f"Fuse('{setup.name}', {list(setup.adapters)}) does not match the fusion's adapters "
                              f"{own} (names and order are fixed when the fusion is added)")
         return list(own)
+
+    def prune_fusion(self, name: str, keep: list[str], drop_adapters: bool = False) -> list[str]:
+        """Run fusion ``name`` over the adapters ``keep`` only (in the fusion's own order), its softmax
+        renormalised over them (``prune.py``); returns the kept list. Any subset of the adapters the fusion
+        was added over may be kept, so keeping all of them undoes a pruning. ``drop_adapters`` also removes
+        the others from the model (memory; then they cannot come back) when no other fusion uses them."""
+        params = self.fusion_params[name][1]
+        own = [a for a in self.fusion_built_on[name] if a in self.adapter_params]
+        unknown = [a for a in keep if a not in own]
+        if unknown or not keep:
+            raise KeyError(f"fusion '{name}' fuses {own}; cannot keep {list(keep) if keep else 'nothing'}")
+        kept = [a for a in own if a in keep]
+        for f in self.fusion_layers(name):
+            f.adapter_names = list(kept)
+        self.fusion_params[name] = (kept, params)
+        for mod in self.slots("output"):
+            if mod.active is not None and mod.active.fusion == name:
+                mod.active = ActiveSetup(fusion=name, fused=list(kept))
+        if drop_adapters:
+            used = {a for adapters, _ in self.fusion_params.values() for a in adapters}
+            for a in [a for a in own if a not in kept and a not in used]:
+                for mod in self.slots():
+                    if a in mod.adapters:
+                        del mod.adapters[a]
+                del self.adapter_params[a]
+        return kept
 
     # ------------------------------------------------------------------ selecting modules
     def modules_of(self, sel: Modules) -> list[nn.Module]:

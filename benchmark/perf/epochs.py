@@ -34,7 +34,7 @@ from benchmark.data.encode import collate, encode_split
 from benchmark.errors import BenchError
 from benchmark.modeling.compute import DEFAULT
 from benchmark.modeling.model import AdapterModel, Modules
-from benchmark.perf import default_out, machine, write_report
+from benchmark.perf.meta import default_out, machine, write_report
 from benchmark.perf.steps import time_steps
 from benchmark.spec.schema import AdapterParams
 from benchmark.training.loop import inputs_of

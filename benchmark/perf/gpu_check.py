@@ -8,9 +8,17 @@ With a CUDA device it
    ``tiny-bert`` (eval mode, TF32 off): max |GPU - CPU| <= ``TOLERANCE``. Float32 kernels on the two
    devices sum in different orders; on a 2-layer, 64-wide model with O(1) logits that leaves ~1e-6,
    so 1e-4 catches any real difference (a missed adapter, a wrong mask) with room to spare;
-3. runs ``afbench perf --device cuda`` on BERT-base shapes (random init, 12 layers, 768 wide, length
-   128, batch 32) for ST-A and Fusion N = 2..16, with the reference on the GPU too when a reference
-   python is given, writing ``reports/perf_gpu.md`` (device named) and ``reports/perf_gpu.json``.
+3. the bf16 path: the smoke grid's fusion runs (and their stage-1 adapters) with ``--precision bf16``
+   (result.json must say ``precision: bf16``), and bf16-autocast logits against float32 logits on the GPU
+   for ST-A, Houlsby and Fusion within ``BF16_TOLERANCE`` of the logits' scale (tests/test_precision.py
+   states the same bound on the CPU);
+4. runs ``afbench perf --device cuda`` on BERT-base shapes (random init, 12 layers, 768 wide, length
+   128, batch 32) for ST-A and Fusion N = 2..16 (fp32 and bf16, both sides), with the reference on the GPU
+   too when a reference python is given, writing ``reports/perf_gpu.md`` (device named) and
+   ``reports/perf_gpu.json``;
+5. the roofline on the GPU (``afbench perf --mode roofline --device cuda``, BERT-base shapes): the
+   device's fp32 (TF32 off) and bf16 GEMM peak and each setup's achieved fraction,
+   ``reports/perf_roofline_gpu.md``.
 
 Usage: ``python -m benchmark.perf.gpu_check [--reference-python PY] [--out reports/perf_gpu.md]``.
 """
@@ -29,6 +37,7 @@ from pathlib import Path
 import torch
 
 TOLERANCE = 1e-4  # absolute, on logits
+BF16_TOLERANCE = 0.03  # bf16 vs float32 logits, relative to the largest |logit| (tests/test_precision.py)
 METHODS = ("st_a", "houlsby", "fusion")
 
 
@@ -83,6 +92,35 @@ def logits_gap(method: str, device: str) -> tuple[float, float]:
     return (got - cpu).abs().max().item(), cpu.abs().max().item()
 
 
+@torch.no_grad()
+def bf16_gap(method: str, device: str = "cuda") -> tuple[float, float]:
+    """(max |bf16-autocast logits - float32 logits| on ``device``, max |float32 logits|), same weights."""
+    from benchmark.modeling.compute import Compute
+
+    model, batch = build_model(method)
+    model = model.to(device)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    dev = torch.device(device)
+    with Compute(precision="fp32").autocast(dev):
+        ref = model(head="h", **batch).float()
+    with Compute(precision="bf16").autocast(dev):
+        got = model(head="h", **batch).float()
+    return (got - ref).abs().max().item(), ref.abs().max().item()
+
+
+def bf16_smoke_on_cuda() -> str:
+    """The smoke grid's fusion runs (with their stage-1 adapters) under --precision bf16 on cuda."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if _afbench("run", "smoke", "--device", "cuda", "--precision", "bf16", "--only", "*fusion_st_a*",
+                    "--results-dir", tmp).returncode != 0:
+            raise RuntimeError("afbench run smoke --device cuda --precision bf16 failed (see its output above)")
+        results = [json.loads(p.read_text()) for p in Path(tmp).glob("smoke/*/result.json")]
+    off = [r.get("run_id", "?") for r in results if r.get("status") != "finished" or r.get("precision") != "bf16"]
+    if not results or off:
+        raise RuntimeError(f"bf16 smoke runs not finished in bf16 on cuda: {off or 'none ran'}")
+    return f"bf16 smoke on cuda: {len(results)} runs finished with precision bf16"
+
+
 def _afbench(*args: str) -> subprocess.CompletedProcess:
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -126,13 +164,28 @@ def main(argv: list[str] | None = None) -> int:
               f"{TOLERANCE:g}) {verdict}", flush=True)
         if gap > TOLERANCE:
             failures.append(f"{m} logits differ by {gap:.2e} > {TOLERANCE:g}")
+    if not args.skip_smoke:
+        try:
+            print(bf16_smoke_on_cuda(), flush=True)
+        except RuntimeError as e:
+            failures.append(str(e))
+    for m in METHODS:
+        gap, scale = bf16_gap(m)
+        ok = gap <= BF16_TOLERANCE * scale
+        print(f"{m}: max |bf16 - fp32| logits on the GPU = {gap:.2e} (logits up to {scale:.2f}; tolerance "
+              f"{BF16_TOLERANCE:g} of that) {'ok' if ok else 'FAILED'}", flush=True)
+        if not ok:
+            failures.append(f"{m} bf16 logits differ by {gap:.2e} > {BF16_TOLERANCE:g} x {scale:.2f}")
     if not args.skip_perf:
+        ref = ["--reference-python", args.reference_python] if args.reference_python else []
         perf = ["perf", "--device", "cuda", "--backbone", "bert-base-random", "--adapters", "2,4,8,16",
-                "--out", args.out]
-        if args.reference_python:
-            perf += ["--reference-python", args.reference_python]
+                "--out", args.out, *ref]
         if _afbench(*perf).returncode != 0:
             failures.append("afbench perf --device cuda failed (see its output above)")
+        roof = ["perf", "--mode", "roofline", "--device", "cuda", "--backbone", "bert-base-random",
+                "--adapters", "2,4,8,16", "--out", str(Path(args.out).with_name("perf_roofline_gpu.md")), *ref]
+        if _afbench(*roof).returncode != 0:
+            failures.append("afbench perf --mode roofline --device cuda failed (see its output above)")
     for f in failures:
         print(f"FAILED: {f}", file=sys.stderr)
     return 1 if failures else 0

@@ -44,7 +44,8 @@ def run_child(variant: str, cfg: dict) -> dict[str, float]:
 
 
 def run_malloc(args) -> int:
-    from benchmark.perf import WARMUP, default_out, machine, write_report
+    from benchmark.perf.meta import default_out, machine, write_report
+    from benchmark.perf.training_steps import WARMUP
 
     ns = [int(x) for x in args.adapters.split(",") if x]
     configs = [["ST-A", 0]] + ([[f"Fusion N={max(ns)}", max(ns)]] if ns else [])
@@ -99,8 +100,8 @@ def child(cfg: dict) -> None:
 
         if not tune_malloc():
             raise SystemExit("mallopt is not available (not glibc): nothing to compare")
-    from benchmark.perf import ours
     from benchmark.perf.backbones import perf_backbone
+    from benchmark.perf.training_steps import ours
 
     got = ours(perf_backbone("minilm-l6"), [tuple(c) for c in cfg["configs"]], cfg["batch"], cfg["length"],
                cfg["warmup"], cfg["steps"], pooling="mean")

@@ -2,6 +2,11 @@
 ``benchmark``). Usage: python reference.py BACKBONE_JSON CONFIGS_JSON -> one JSON line of seconds per
 step, per head pooling and setup.
 
+CONFIGS_JSON: configs ([name, n] or [name, n, kind]: kind st_a, houlsby, full or fusion; n = 0 is ST-A),
+batch, length, warmup, steps, device, poolings, and optionally "precision": "bf16" (the forward under
+``torch.autocast(dtype=bfloat16)``, as an AdapterHub user would write it; loss in float32) and "memory":
+true (then each result is {"seconds": s, "peak_mib": m}).
+
 BACKBONE_JSON: {"path": <model folder>} (MiniLM from its package) or {"bert_config": {...}} (a randomly
 initialised BERT, e.g. BERT-base shapes for the GPU table; seeded, so both sides time the same shapes).
 """
@@ -12,11 +17,24 @@ from pathlib import Path
 
 import adapters
 import torch
-from adapters import Fuse, SeqBnConfig
+from adapters import DoubleSeqBnConfig, Fuse, SeqBnConfig
 from transformers import AutoModel, BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from steps import Head, make_batch, time_steps  # noqa: E402
+
+
+def _kind(config) -> str:
+    return config[2] if len(config) > 2 else ("st_a" if config[1] == 0 else "fusion")
+
+
+def _peak_mib(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _encoder(backbone: dict):
@@ -31,18 +49,24 @@ def main(backbone, cfg):
     out = {"adapters_version": adapters.__version__, "results": {}}
     for pooling in cfg.get("poolings", ["cls"]):
         res = out["results"].setdefault(pooling, {})
-        for name, n in cfg["configs"]:
+        for config in cfg["configs"]:
+            name, n, kind = config[0], config[1], _kind(config)
             torch.manual_seed(0)
             model = _encoder(backbone)
             adapters.init(model)
             names = [f"a{i}" for i in range(max(n, 1))]
-            for a in names:
-                model.add_adapter(a, config=SeqBnConfig(reduction_factor=16))
-            if n == 0:
-                model.train_adapter(names[0])
-            else:
+            if kind != "full":
+                for a in names:
+                    model.add_adapter(a, config=(DoubleSeqBnConfig if kind == "houlsby" else SeqBnConfig)(
+                        reduction_factor=16))
+            if kind == "full":
+                for p in model.parameters():
+                    p.requires_grad = True
+            elif kind == "fusion":
                 model.add_adapter_fusion(Fuse(*names), config="dynamic")
                 model.train_adapter_fusion(Fuse(*names))
+            else:
+                model.train_adapter(names[0])
             head = Head(model.config.hidden_size, pooling=pooling)
             model.to(device).train()
             head.to(device).train()
@@ -50,14 +74,25 @@ def main(backbone, cfg):
             opt = torch.optim.AdamW(params, lr=1e-4, fused=device.startswith("cuda"))
             batch = make_batch(model.config.vocab_size, cfg["batch"], cfg["length"], device=device)
 
+            dev = torch.device(device)
+            if cfg.get("precision") == "bf16":
+                ctx = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)  # noqa: E731
+            else:
+                ctx = lambda: torch.autocast(dev.type, enabled=False)  # noqa: E731
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(dev)
+
             def step():
-                h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-                loss = torch.nn.functional.cross_entropy(head(h, batch["attention_mask"]), batch["labels"])
+                with ctx():
+                    h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                    logits = head(h, batch["attention_mask"])
+                loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-            res[name] = time_steps(step, cfg["warmup"], cfg["steps"], device)
+            sec = time_steps(step, cfg["warmup"], cfg["steps"], device)
+            res[name] = {"seconds": sec, "peak_mib": _peak_mib(device)} if cfg.get("memory") else sec
     print(json.dumps(out))
 
 

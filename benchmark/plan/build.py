@@ -28,6 +28,7 @@ class Options:
     batching: str | None = None
     cpu_kernels: str | None = None
     last_layer: str | None = None
+    precision: str | None = None
 
 
 def resolve_method(reg: Registry, exp: ExperimentSpec, name: str, rf: int | None = None,
@@ -91,7 +92,9 @@ class _Planner:
         self.batching = options.batching
         spec = exp.compute
         self.compute = ComputeSpec(cpu_kernels=options.cpu_kernels or spec.cpu_kernels or DEFAULT_COMPUTE.cpu_kernels,
-                                   last_layer=options.last_layer or spec.last_layer or DEFAULT_COMPUTE.last_layer)
+                                   last_layer=options.last_layer or spec.last_layer or DEFAULT_COMPUTE.last_layer,
+                                   precision=options.precision)
+        self.exp_precision = spec.precision
         self.plan = Plan(exp, [])
         self.runs: dict[str, Run] = {}
         self._why: dict[str, str] = {}
@@ -117,7 +120,10 @@ class _Planner:
         return self.exp.task_caps.get(task, base) if task else base
 
     def add(self, run: Run, task_caps: dict[str, Caps] | None = None) -> Run:
-        run.selection, run.compute = self.exp.selection, self.compute
+        # precision: the command line, then the method spec, then the experiment's compute:, then auto
+        precision = (self.compute.precision or run.method.precision or self.exp_precision
+                     or DEFAULT_COMPUTE.precision)
+        run.selection, run.compute = self.exp.selection, self.compute.model_copy(update={"precision": precision})
         task_caps = self.exp.task_caps if task_caps is None else task_caps
         run.task_caps = {t: task_caps[t] for t in run.all_tasks if t in task_caps}
         run.data = {t: self.fingerprints(t) for t in run.all_tasks}

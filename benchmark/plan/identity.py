@@ -73,6 +73,8 @@ def compute_identity(compute: ComputeSpec, backbone: BackboneSpec) -> dict:
     out = {"cpu_kernels": compute.cpu_kernels}
     if backbone.pooling == "cls":  # the first-token last layer exists only for a first-token head
         out["last_layer"] = compute.last_layer
+    if compute.precision not in (None, "auto"):  # auto (today's behaviour) leaves the ids of earlier runs as they were
+        out["precision"] = compute.precision
     return out
 
 

@@ -146,7 +146,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "device": None if device is None else str(device) if device.type == "cpu"
         else f"{device} ({torch.cuda.get_device_name(device)})",
         "torch_threads": None if device is None else torch.get_num_threads(),
-        # cpu_kernels, last_layer: benchmark/modeling/compute.py
+        # cpu_kernels, last_layer, precision, matmul_dtype: benchmark/modeling/compute.py
         **({} if device is None else Compute.of(run.compute).record(device)),
         **job_info(),  # slurm_job_id, slurm_node, slurm_gpus when run as a Slurm job
         "cpu_model": None if device is None else cpu_model(),
@@ -408,6 +408,9 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     for r in plan.runs:  # diverged before and not retried: its dependents are blocked, as on the first run
         if r.id not in seen and (only is None or r.id in only):
             summary.failed[r.id] = "diverged (recorded before; --force retrains it)"
+    if executor == "local":  # bf16 on a device without it: one paragraph before anything trains
+        for r in todo:
+            Compute.of(r.compute).check(dev)
     chosen = f" ({len(only)} selected with --only)" if only is not None else ""
     log(f"{plan.experiment.name}: {len(plan.runs)} runs{chosen}, {len(summary.skipped)} already finished, {len(todo)} "
         + (f"to run on {dev}" if executor == "local" else "to run on Slurm") + (f" with {jobs} jobs" if jobs > 1 else ""))

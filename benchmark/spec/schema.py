@@ -14,6 +14,8 @@ from benchmark import methods
 
 BATCHING = ("grouped", "shuffled")
 Batching = Literal["grouped", "shuffled"]
+PRECISIONS = ("auto", "fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]  # benchmark/modeling/compute.py: auto = bf16 autocast on CUDA, fp32 on CPU
 
 
 class Strict(BaseModel):
@@ -222,12 +224,30 @@ class LoRAParams(Strict):
         description="linear layers of every encoder layer to adapt, by the layout's names (layout.lora_targets)")
 
 
+class PruneParams(Strict):
+    """Pruned fusion (AdapterDrop, Rueckle et al. 2021): after training, the same ``keep`` adapters in every layer,
+    those with the highest mean fusion attention over all layers and held-out rows; the softmax renormalised
+    over them."""
+
+    keep: int = Field(ge=1, description="adapters kept (at most the number fused)")
+
+
 class FusionParams(Strict):
     type: Literal["dynamic", "static"] = "dynamic"
     regularization: float = Field(0.01, ge=0, description="weight of sum_l ||I - V_l||_F^2 (dynamic only)")
     temperature: bool = Field(False, description="anneal the softmax temperature from 50 to 1 over training")
     source_reduction_factor: int = Field(16, ge=1, description="reduction factor of the fused ST-A adapters")
     implementation: Literal["fast", "naive"] = "fast"
+    prune: PruneParams | None = Field(
+        None, description="after training, keep the top-k adapters by mean attention (benchmark/modeling/prune.py)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave ``prune`` out while it is unset, so the configs (and run ids) of unpruned fusion stay as they were."""
+        out = handler(self)
+        if isinstance(out, dict) and self.prune is None:
+            out.pop("prune", None)
+        return out
 
 
 class MtaParams(Strict):
@@ -245,14 +265,20 @@ class MethodSpec(Strict):
     mt_a: MtaParams | None = None
     lora: LoRAParams | None = None
     train: TrainParams = TrainParams()
+    precision: Precision | None = Field(
+        None, description="auto | fp32 | bf16 for this method's runs (default: the experiment's compute.precision)")
     notes: str = ""
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        """Leave ``lora`` out while unset, so the configs (and run ids) of existing methods stay as they were."""
+        """Leave ``lora`` and ``precision`` out while unset, so the configs (and run ids) of existing methods stay
+        as they were."""
         out = handler(self)
-        if isinstance(out, dict) and self.lora is None:
-            out.pop("lora", None)
+        if isinstance(out, dict):
+            if self.lora is None:
+                out.pop("lora", None)
+            if self.precision is None:
+                out.pop("precision", None)
         return out
 
     @field_validator("method")
@@ -331,9 +357,12 @@ class ComputeSpec(Strict):
 
     cpu_kernels: Literal["fast", "stock"] | None = None
     last_layer: Literal["first_token", "full"] | None = None
+    precision: Precision | None = Field(
+        None, description="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (autocast on CPU and CUDA); "
+                          "part of the run id when not auto")
 
 
-DEFAULT_COMPUTE = ComputeSpec(cpu_kernels="fast", last_layer="first_token")  # what `afbench run` uses unless told
+DEFAULT_COMPUTE = ComputeSpec(cpu_kernels="fast", last_layer="first_token", precision="auto")  # what `afbench run` uses unless told
 
 
 class ExperimentSpec(Strict):

@@ -21,6 +21,7 @@ from sklearn.metrics import accuracy_score
 from tqdm import tqdm
 
 from benchmark.data.encode import EncodedSplit, batches
+from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import TrainParams
 
@@ -61,10 +62,9 @@ class Outcome:
     padding: dict = field(default_factory=lambda: {"real_tokens": 0, "computed_tokens": 0})
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+def autocast(device: torch.device, compute: Compute = DEFAULT):
+    """The run's precision (``compute.precision``: auto = bf16 autocast on CUDA, float32 on the CPU)."""
+    return compute.autocast(device)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -101,15 +101,15 @@ def linear_schedule(opt, total_steps: int, warmup_ratio: float):
 
 @torch.no_grad()
 def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
-             device: torch.device) -> float:
+             device: torch.device, compute: Compute = DEFAULT) -> float:
     """Accuracy in percent (batches sorted by length: the metric does not depend on the order)."""
     model.eval()
     preds, gold = [], []
     for batch in batches(split, batch_size, pad_id, mode="by_length"):
         batch = to_device(batch, device)
-        with autocast(device):
+        with autocast(device, compute):
             logits = model(head=head, **inputs_of(batch))
-        preds += logits.argmax(-1).tolist()
+        preds += logits.float().argmax(-1).tolist()
         gold += batch["labels"].tolist()
     return 100.0 * accuracy_score(gold, preds)
 
@@ -122,10 +122,10 @@ def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> No
 
 
 def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device,
-              classes: list[int] | None = None) -> torch.Tensor:
-    with autocast(device):
+              classes: list[int] | None = None, compute: Compute = DEFAULT) -> torch.Tensor:
+    with autocast(device, compute):
         logits = model(head=head, **inputs_of(batch))
-    loss = F.cross_entropy(logits.float(), batch["labels"])
+    loss = F.cross_entropy(logits.float(), batch["labels"])  # the loss in float32 under any precision
     if classes is not None:
         classes.append(logits.shape[-1])  # [B, C] (C classes, or K choices)
     if obj.fusion and obj.reg_weight:
@@ -137,12 +137,13 @@ def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, devic
 def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         epoch_batches: Callable[[int], Iterator[tuple[str, dict]]], evaluate_epoch: Callable[[], dict],
         snapshot: Callable[[], dict], device: torch.device, objective: Objective | None = None,
-        select: str = "dev_accuracy", desc: str = "") -> Outcome:
+        select: str = "dev_accuracy", desc: str = "", compute: Compute = DEFAULT) -> Outcome:
     """Train the parameters of ``model`` that require grad.
 
     ``epoch_batches(epoch)`` yields (head, batch) pairs; ``evaluate_epoch()`` returns the epoch's metrics
     (``dev_accuracy`` and, under held-out selection, ``heldout_accuracy``); ``select`` names the one
     that picks the kept epoch and drives early stopping; ``snapshot()`` returns the trained state.
+    ``compute`` gives the precision of the forward (the trained parameters stay float32 either way).
     """
     objective = objective or Objective()
     opt = make_optimizer(model, params, device)
@@ -165,7 +166,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
             out.padding["real_tokens"] += int(mask.sum())
             out.padding["computed_tokens"] += mask.numel()
             batch = to_device(batch, device)
-            loss = step_loss(model, batch, head, objective, device, classes if first_loss is None else None)
+            loss = step_loss(model, batch, head, objective, device, classes if first_loss is None else None, compute)
             if first_loss is None:
                 first_loss = float(loss.detach())
             loss.backward()
@@ -211,7 +212,8 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
 
 def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: EncodedSplit,
           params: TrainParams, *, pad_id: int, device: torch.device, seed: int, snapshot,
-          objective: Objective | None = None, desc: str = "", heldout: EncodedSplit | None = None) -> Outcome:
+          objective: Objective | None = None, desc: str = "", heldout: EncodedSplit | None = None,
+          compute: Compute = DEFAULT) -> Outcome:
     """Single-task training: one head, batches of ``train_split`` in the method's batching mode."""
     steps_per_epoch = math.ceil(len(train_split) / params.batch_size)
     if params.max_steps_per_epoch:
@@ -223,11 +225,11 @@ def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: 
             yield head, batch
 
     def evaluate_epoch() -> dict:
-        m = {"dev_accuracy": evaluate(model, dev_split, head, pad_id, params.eval_batch_size, device)}
+        m = {"dev_accuracy": evaluate(model, dev_split, head, pad_id, params.eval_batch_size, device, compute)}
         if heldout is not None:
-            m["heldout_accuracy"] = evaluate(model, heldout, head, pad_id, params.eval_batch_size, device)
+            m["heldout_accuracy"] = evaluate(model, heldout, head, pad_id, params.eval_batch_size, device, compute)
         return m
 
     return fit(model, params, steps_per_epoch=steps_per_epoch, epoch_batches=epoch_batches,
                evaluate_epoch=evaluate_epoch, snapshot=snapshot, device=device, objective=objective,
-               select="heldout_accuracy" if heldout is not None else "dev_accuracy", desc=desc)
+               select="heldout_accuracy" if heldout is not None else "dev_accuracy", desc=desc, compute=compute)

@@ -15,6 +15,7 @@ import random
 import torch
 
 from benchmark.data.encode import EncodedSplit, batches
+from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import MtaParams, TrainParams
 from benchmark.training.loop import Outcome, evaluate, fit
@@ -41,7 +42,8 @@ def _endless(split: EncodedSplit, bs: int, pad_id: int, seed: int, mode: str):
 
 def train_multitask(model: AdapterModel, data: dict[str, tuple[EncodedSplit, EncodedSplit]], params: TrainParams,
                     mt: MtaParams, *, pad_id: int, device: torch.device, seed: int, snapshot, desc: str = "MT-A",
-                    heldout: dict[str, EncodedSplit] | None = None) -> tuple[Outcome, dict[str, list[float]]]:
+                    heldout: dict[str, EncodedSplit] | None = None,
+                    compute: Compute = DEFAULT) -> tuple[Outcome, dict[str, list[float]]]:
     """Returns the outcome (kept epoch by the mean selection metric over tasks) and each task's dev
     accuracy per epoch."""
     sizes = {t: len(tr) for t, (tr, _) in data.items()}
@@ -65,10 +67,10 @@ def train_multitask(model: AdapterModel, data: dict[str, tuple[EncodedSplit, Enc
         accs, held = {}, {}
         for t, (_, dev) in data.items():
             model.set_active(t)
-            accs[t] = evaluate(model, dev, t, pad_id, params.eval_batch_size, device)
+            accs[t] = evaluate(model, dev, t, pad_id, params.eval_batch_size, device, compute)
             per_task[t].append(accs[t])
             if heldout:
-                held[t] = evaluate(model, heldout[t], t, pad_id, params.eval_batch_size, device)
+                held[t] = evaluate(model, heldout[t], t, pad_id, params.eval_batch_size, device, compute)
         epoch = len(per_task[next(iter(data))]) - 1
         m = {"dev_accuracy": sum(accs.values()) / len(accs), "dev_accuracy_per_task": accs,
              "alpha": alpha_at(epoch, params.epochs, mt)}
@@ -79,5 +81,5 @@ def train_multitask(model: AdapterModel, data: dict[str, tuple[EncodedSplit, Enc
 
     out = fit(model, params, steps_per_epoch=steps_per_epoch, epoch_batches=epoch_batches,
               evaluate_epoch=evaluate_epoch, snapshot=snapshot, device=device,
-              select="heldout_accuracy" if heldout else "dev_accuracy", desc=desc)
+              select="heldout_accuracy" if heldout else "dev_accuracy", desc=desc, compute=compute)
     return out, per_task

@@ -19,6 +19,7 @@ from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_modules, save_modules
 from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.plan.run import Run
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import ExperimentSpec, TaskSpec
@@ -151,6 +152,23 @@ def _fusion_mt_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     return _fusion_over_loaded_adapters(model, run)
 
 
+def prune_after_training(model: AdapterModel, run: Run, keep: int, *, ranking, ranked_on: str, dev, pad_id: int,
+                         ctx: RunContext, compute: Compute) -> dict:
+    """``fusion.prune: {keep: k}``: rank the fused adapters by mean attention over every layer and the
+    ``ranking`` rows (the held-out slice; train rows under ``selection: dev``, never dev), keep the top k in
+    every layer (``modeling/prune.py``) and evaluate the pruned model on dev."""
+    bs = run.method.train.eval_batch_size
+    model.start_capture()
+    evaluate(model, ranking, run.task, pad_id, bs, ctx.device, compute)
+    layers = model.stop_capture()
+    names = list(model.fusion_params[FUSION][0])
+    kept = model.prune_fusion(FUSION, top_k(names, layers, keep), drop_adapters=True)
+    acc = evaluate(model, dev, run.task, pad_id, bs, ctx.device, compute)
+    return {"keep": keep, "kept": kept, "ranking": rank_adapters(names, layers), "ranked_on": ranked_on,
+            "ranking_rows": len(ranking), "mean_attention": dict(zip(names, mean_attention(layers))),
+            "dev_accuracy": acc}
+
+
 # --------------------------------------------------------------------------------- recipes
 def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     reg, method, kind = ctx.reg, run.method, run.kind
@@ -164,7 +182,9 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     model.add_head(task.name, task.type, task.num_labels, bspec.pooling)
     trains = _combine(added.trains, Modules(heads=[task.name])) if "head" in kind.trains else added.trains
     model.train_only(trains)
-    Compute.of(run.compute).apply(model)
+    compute = Compute.of(run.compute)
+    compute.check(ctx.device)
+    compute.apply(model)
     model.to(ctx.device)
 
     tr, dev, ho = load_data(ctx, run, task, tok)
@@ -174,16 +194,23 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         objective = Objective(FUSION, reg_w, method.fusion.temperature)
     outcome = train(model, task.name, tr, dev, method.train, pad_id=tok.pad_token_id, device=ctx.device,
                     seed=run.seed, snapshot=lambda: model.state_of(trains), objective=objective,
-                    desc=run.label + " " + task.name, heldout=ho)
+                    desc=run.label + " " + task.name, heldout=ho, compute=compute)
 
     model.load_state_dict(outcome.best_state, strict=False)
     result = {**_training_info(outcome), "params": _param_counts(model), "data": _data_info(tr, dev, ho),
               "tokenizer": tokenizer_fingerprint(tok)}
     if kind.fusion:
         model.start_capture()
-        again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device)
+        again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device, compute)
         result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
                                       "dev_accuracy": again}
+        if method.fusion.prune is not None:
+            result["prune"] = prune_after_training(model, run, method.fusion.prune.keep, ranking=ho if ho is not None else tr,
+                                                   ranked_on="heldout" if ho is not None else "train",
+                                                   dev=dev, pad_id=tok.pad_token_id, ctx=ctx, compute=compute)
+            result["prune"]["unpruned_dev_accuracy"] = outcome.best_metric
+            result["best_metric"] = result["prune"]["dev_accuracy"]  # the pruned model is what this run reports
+            added.keeps = Modules(adapters=result["prune"]["kept"])
     saved = _combine(trains, added.keeps)
     state = {**model.state_of(added.keeps), **outcome.best_state}
     save_modules(model, out_dir, adapters=saved.adapters, fusions=saved.fusions, heads=saved.heads,
@@ -209,11 +236,13 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
             heldout[t] = ho
     trains = Modules(adapters=run.tasks, heads=run.tasks, encoder=True)
     model.train_only(trains)
-    Compute.of(run.compute).apply(model)
+    compute = Compute.of(run.compute)
+    compute.check(ctx.device)
+    compute.apply(model)
     model.to(ctx.device)
     outcome, per_task = train_multitask(model, data, method.train, method.mt_a, pad_id=tok.pad_token_id,
                                         device=ctx.device, seed=run.seed, snapshot=lambda: model.state_of(trains),
-                                        heldout=heldout or None)
+                                        heldout=heldout or None, compute=compute)
     best = outcome.best_epoch - 1
     save_modules(model, out_dir, adapters=run.tasks, heads=run.tasks, encoder=True,
                  state={k: v.cpu() for k, v in outcome.best_state.items()})

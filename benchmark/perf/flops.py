@@ -1,0 +1,135 @@
+"""Analytic FLOPs of one training step, from the model's shapes: what ``afbench perf --mode roofline``
+divides by the measured time.
+
+Counted: every matrix product (``mm``/``addmm``/``bmm`` — what ``torch.utils.flop_counter.FlopCounterMode``
+counts, 2 FLOPs per multiply-add), forward and backward. Elementwise work (softmax, LayerNorm, GELU,
+dropout, the optimiser) and matrix-vector products (``mv``: O(H²) per layer and step) are not counted.
+
+The backward computes what autograd really computes for the setup, op by op:
+
+* a weight gradient (``dW = dYᵀ X``, the forward's FLOPs) only for trained weights;
+* an input gradient (``dX = dY W``, the forward's FLOPs) only where the input requires grad: above the
+  lowest trained module. With a frozen encoder (ST-A, Fusion) the gradient of layer 0 stops at its
+  adapter or fusion: no input gradients below it, none through the embeddings;
+* both operands of an attention product (QKᵀ, PV) get a gradient once the hidden states require grad.
+
+Shapes, per layer, M = B·T tokens, H hidden, I intermediate, r = H / rf bottleneck, N fused adapters:
+
+    encoder    Q, K, V, attention-out: 4 · 2MH²; QKᵀ and PV: 2 · 2BT²H; FFN: 2 · 2MHI
+    adapter    down + up: 2 · 2MHr (Pfeiffer after the FFN; Houlsby also after attention)
+    fusion     ours (``fusion.fast_fusion``): N down projections in one 2MHNr; Q·K merged per step
+               (WqᵀWk: 2H³, bq·Wk: 2H²), k = h(WqᵀWk): 2MH², q·b_k: 2MH, k W_up: 2MHNr, k b_upᵀ: 2MHN,
+               mixing through W_up: 2MNrH, s b_up: 2MNH, V: 2MH²
+               reference (AdapterHub ``BertFusion``): N adapters 2 · 2MHNr, Q: 2MH², K and V on every
+               adapter output: 2 · 2MNH², scores and context: 2 · 2MNH
+    head       mean-pooled two-layer head: 2BH² + 2BHC
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SETUPS = ("st_a", "houlsby", "full", "fusion", "head")
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    hidden: int
+    intermediate: int
+    batch: int
+    length: int
+    num_labels: int = 3
+
+    @classmethod
+    def of(cls, config, batch: int, length: int, num_labels: int = 3) -> Shape:
+        return cls(config.num_hidden_layers, config.hidden_size, config.intermediate_size, batch, length, num_labels)
+
+
+@dataclass
+class Count:
+    """FLOPs of one step by part (encoder, adapters, fusion, head) and direction."""
+
+    forward: dict[str, int] = field(default_factory=dict)
+    backward: dict[str, int] = field(default_factory=dict)
+
+    def op(self, part: str, flops: int, grads: int) -> None:
+        """A product of ``flops`` forward FLOPs whose backward computes ``grads`` gradients of that size."""
+        self.forward[part] = self.forward.get(part, 0) + flops
+        self.backward[part] = self.backward.get(part, 0) + flops * grads
+
+    @property
+    def total(self) -> int:
+        return sum(self.forward.values()) + sum(self.backward.values())
+
+    def as_dict(self) -> dict:
+        return {"forward": dict(self.forward), "backward": dict(self.backward),
+                "forward_total": sum(self.forward.values()), "backward_total": sum(self.backward.values()),
+                "total": self.total}
+
+
+def _adapter(c: Count, M: int, H: int, r: int, input_grad: bool, trained: bool, part: str = "adapters") -> None:
+    c.op(part, 2 * M * H * r, int(input_grad) + int(trained))  # down: [M, H] x [H, r]
+    c.op(part, 2 * M * r * H, int(input_grad or trained) + int(trained))  # up: its input requires grad if either
+
+
+def _fusion_ours(c: Count, M: int, H: int, r: int, N: int, input_grad: bool) -> None:
+    """``fusion.fast_fusion`` with a trained fusion over frozen adapters."""
+    c.op("fusion", 2 * M * H * N * r, int(input_grad))  # the N down projections at once (frozen)
+    c.op("fusion", 2 * H * H * H, 2)  # Wqᵀ Wk, once per layer and step
+    c.op("fusion", 2 * H * H, 2)  # bq Wk ([1, H] x [H, H])
+    c.op("fusion", 2 * M * H * H, 1 + int(input_grad))  # k = h (WqᵀWk)ᵀ + bq Wk: dW, dX
+    c.op("fusion", 2 * M * H, 1 + int(input_grad))  # q . b_k = h (Wqᵀ b_k) + bq . bk
+    c.op("fusion", 2 * M * H * N * r, 1)  # k W_up -> [M, N*r]: dk only (W_up frozen)
+    c.op("fusion", 2 * M * H * N, 1)  # k b_upᵀ -> [M, N]
+    c.op("fusion", 2 * M * N * r * H, 1)  # [s_n a_n] W_upᵀ -> [M, H]
+    c.op("fusion", 2 * M * N * H, 1)  # s b_up -> [M, H]
+    c.op("fusion", 2 * M * H * H, 2)  # V: dW, dX
+
+
+def step_flops(shape: Shape, setup: str, *, n: int = 0, rf: int = 16, impl: str = "ours") -> Count:
+    """FLOPs of one training step of ``setup`` (st_a, houlsby, full, fusion over ``n`` adapters, head only)."""
+    if setup not in SETUPS:
+        raise ValueError(f"setup must be one of {SETUPS}, got {setup!r}")
+    B, T, H, inter = shape.batch, shape.length, shape.hidden, shape.intermediate
+    M, r = B * T, shape.hidden // rf
+    enc = setup == "full"
+    c = Count()
+    g = enc  # does the residual stream entering this layer require grad? (trained embeddings: from layer 0)
+    for _ in range(shape.layers):
+        # attention block: Q, K, V, scores, context, output dense
+        for _ in range(3):
+            c.op("encoder", 2 * M * H * H, int(g) + int(enc))
+        c.op("encoder", 2 * B * T * T * H, 2 * int(g))  # Q Kᵀ over all heads
+        c.op("encoder", 2 * B * T * T * H, 2 * int(g))  # P V
+        c.op("encoder", 2 * M * H * H, int(g) + int(enc))
+        if setup == "houlsby":
+            _adapter(c, M, H, r, input_grad=g, trained=True)
+            g = True
+        c.op("encoder", 2 * M * H * inter, int(g) + int(enc))  # FFN in
+        c.op("encoder", 2 * M * inter * H, int(g) + int(enc))  # FFN out
+        if setup in ("st_a", "houlsby"):
+            _adapter(c, M, H, r, input_grad=g, trained=True)
+            g = True
+        elif setup == "fusion":
+            if impl == "ours":
+                _fusion_ours(c, M, H, r, n, input_grad=g)
+            else:
+                _fusion_reference(c, M, H, r, n, input_grad=g)
+            g = True
+    C = shape.num_labels
+    c.op("head", 2 * B * H * H, 1 + int(g))  # dense on the pooled [B, H]
+    c.op("head", 2 * B * H * C, 2)  # out projection
+    return c
+
+
+def _fusion_reference(c: Count, M: int, H: int, r: int, N: int, input_grad: bool) -> None:
+    """As ``_fusion_reference`` with the gradient flags of a layer whose input does or does not require grad:
+    the adapters are frozen, so their outputs z_n require grad only when the layer input does."""
+    for _ in range(N):
+        _adapter(c, M, H, r, input_grad, trained=False, part="fusion")
+    c.op("fusion", 2 * M * H * H, 1 + int(input_grad))  # Q: dW, dh
+    c.op("fusion", 2 * M * N * H * H, 1 + int(input_grad))  # K on every z_n: dW, dz
+    c.op("fusion", 2 * M * N * H * H, 1 + int(input_grad))  # V on every z_n
+    c.op("fusion", 2 * M * N * H, 2)  # scores q . k_n
+    c.op("fusion", 2 * M * N * H, 2)  # context sum_n s_n v_n

@@ -1,0 +1,68 @@
+"""What every perf report carries: revision, date, versions, machine, and each target marked met or missed."""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmark.runner.provenance import cpu_model
+from benchmark.runner.results import git_revision, now, versions
+
+REPORTS = {"steps": "reports/perf.md", "epochs": "reports/perf_epochs.md", "malloc": "reports/perf_malloc.md",
+           "roofline": "reports/perf_roofline.md", "inference": "reports/perf_inference.md"}
+
+
+def default_out(mode: str) -> str:
+    return REPORTS[mode]
+
+
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{cpu_model() or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def provenance(device: str = "cpu") -> dict:
+    """Revision (and whether benchmark/ or specs/ had uncommitted edits), date, package versions, machine."""
+    return {"git": git_revision(), "date": now(), "versions": versions(), "device": device, "machine": machine(device)}
+
+
+def provenance_lines(p: dict) -> list[str]:
+    g, v = p["git"], p["versions"]
+    rev = (g.get("revision") or "unknown")[:12] + (" (uncommitted edits)" if g.get("dirty") else "")
+    return [f"Revision {rev}, {p['date']}; torch {v.get('torch')}, transformers {v.get('transformers')}, "
+            f"Python {v.get('python')}; {p['machine']}."]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One stated target and whether this measurement met it (None: not measured in this run)."""
+
+    text: str
+    met: bool | None
+    measured: str = ""
+
+    def line(self) -> str:
+        mark = "not measured" if self.met is None else "met" if self.met else "MISSED"
+        return f"- {self.text}: **{mark}**" + (f" ({self.measured})" if self.measured else "")
+
+
+def target_lines(targets: list[Target]) -> list[str]:
+    return ["## Targets", "", *[t.line() for t in targets]] if targets else []
+
+
+def write_report(md_path: Path, lines: list[str], raw: dict, quiet: bool = False) -> None:
+    """``<name>.md`` and the raw numbers beside it as ``<name>.json`` (no machine paths in either), each
+    written to a temp name and renamed."""
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    for path, text in ((md_path, "\n".join(lines) + "\n"), (md_path.with_suffix(".json"), json.dumps(raw, indent=1) + "\n")):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    if not quiet:
+        print("\n".join(lines))
+    print(f"wrote {md_path} and {md_path.with_suffix('.json').name}")

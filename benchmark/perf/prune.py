@@ -1,0 +1,214 @@
+"""``afbench prune EXPERIMENT --only GLOB``: pruned fusion after training, no retraining.
+
+For every finished Fusion w/ ST-A run selected (its fusion, head and source adapters are in its run
+folder): capture the fusion attention on the ranking rows (the run's held-out slice under ``selection:
+heldout``; its training rows under ``selection: dev`` — never dev), rank the adapters by the mean over
+all layers and rows, and for k = 1, 2, 4, 8, all keep the top k in every layer with the softmax
+renormalised over them (``benchmark/modeling/prune.py``). Per k: dev accuracy, and inference speed on
+dev (examples/s at the run's eval batch size, batches sorted by length; latency of batch 1 over the
+first rows), the median of ``--rounds`` rounds whose k order alternates. One table + raw json + a figure
+per target task (seeds side by side) in ``reports/prune_<experiment>_<task>.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmark.data.encode import batches
+from benchmark.errors import BenchError, CheckpointError
+from benchmark.modeling.backbone import load_encoder, load_tokenizer
+from benchmark.modeling.checkpoint import load_modules
+from benchmark.modeling.compute import Compute
+from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
+from benchmark.perf.meta import provenance, provenance_lines, write_report
+from benchmark.plan.run import Plan, Run
+from benchmark.runner.results import read_result_file
+from benchmark.spec.registry import Registry
+from benchmark.training.loop import evaluate, inputs_of, to_device
+from benchmark.training.recipe import FUSION, RunContext, load_data
+
+KS = (1, 2, 4, 8)
+LATENCY_ROWS = 32  # batch-1 latency: the median over this many dev rows
+
+
+def ks_for(n: int, wanted: tuple[int, ...] = KS) -> list[int]:
+    """The k values below N, then N itself ('all')."""
+    return sorted({k for k in wanted if k < n} | {n})
+
+
+def fusion_runs(plan: Plan, patterns: list[str] | None) -> list[Run]:
+    return [r for r in plan.runs if r.kind.name == "fusion_st_a"
+            and (not patterns or any(fnmatch.fnmatchcase(r.id, p) for p in patterns))]
+
+
+def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device):
+    """(model with the run's fusion active, tokenizer) from a finished run folder."""
+    res = read_result_file(folder)
+    if not res.finished:
+        raise BenchError(f"run {run.id} is not finished ({res.state})", file=str(folder),
+                         fix=f"train it first: afbench run {run.experiment} --only '{run.id}'")
+    if not (folder / "weights.safetensors").exists():
+        raise CheckpointError(f"run {run.id} finished but its weights are not here (fusion weights are not "
+                              "committed)", file=str(folder),
+                              fix="point --results-dir at the results of the machine that trained it, or move this "
+                                  f"folder away and rerun afbench run {run.experiment} --only '{run.id}' (its "
+                                  "finished stage-1 adapters are kept; --force would retrain them too)")
+    bspec = reg.backbones[run.backbone]
+    tok = load_tokenizer(bspec)
+    model = AdapterModel(load_encoder(bspec, tok))
+    load_modules(model, folder)
+    model.set_active(Fuse(FUSION))
+    compute = Compute.of(run.compute)
+    compute.check(device)
+    compute.apply(model)
+    return model.to(device).eval(), tok, compute
+
+
+@torch.no_grad()
+def speed(model, split, head: str, pad_id: int, batch_size: int, device, compute) -> dict:
+    """Examples/s at ``batch_size`` over the whole split, and median ms of batch 1 over its first rows."""
+    t0 = time.perf_counter()
+    n = 0
+    for batch in batches(split, batch_size, pad_id, mode="by_length"):
+        with compute.autocast(device):
+            model(head=head, **inputs_of(to_device(batch, device)))
+        n += batch["labels"].shape[0]
+    through = n / (time.perf_counter() - t0)
+    one = []
+    sub = type(split)(split.task, split.split, split.type, split.examples[:LATENCY_ROWS], split.source, split.rows_total)
+    for batch in batches(sub, 1, pad_id, mode="by_length"):
+        batch = to_device(batch, device)
+        t = time.perf_counter()
+        with compute.autocast(device):
+            model(head=head, **inputs_of(batch))
+        one.append(1000 * (time.perf_counter() - t))
+    return {"examples_per_second": through, "latency_ms_batch1": statistics.median(one)}
+
+
+def prune_run(reg: Registry, run: Run, folder: Path, data_dir, device: torch.device, rounds: int,
+              wanted: tuple[int, ...] = KS) -> dict:
+    model, tok, compute = load_trained(reg, run, folder, device)
+    ctx = RunContext(reg, reg.experiments.get(run.experiment), data_dir, device, lambda rid: folder.parent / rid)
+    tr, dev, ho = load_data(ctx, run, reg.tasks[run.task], tok)
+    ranking_rows, ranked_on = (ho, "heldout") if ho is not None else (tr, "train")
+    bs, pad = run.method.train.eval_batch_size, tok.pad_token_id
+    model.start_capture()
+    evaluate(model, ranking_rows, run.task, pad, bs, device, compute)
+    layers = model.stop_capture()
+    names = list(model.fusion_built_on[FUSION])
+    ks = ks_for(len(names), wanted)
+    per_k = {k: {"kept": top_k(names, layers, k)} for k in ks}
+    for k in ks:
+        model.prune_fusion(FUSION, per_k[k]["kept"])
+        per_k[k]["dev_accuracy"] = evaluate(model, dev, run.task, pad, bs, device, compute)
+        per_k[k]["rounds"] = []
+    for r in range(rounds):  # alternate the order of k every round: drift hits every k alike
+        for k in ks if r % 2 == 0 else ks[::-1]:
+            model.prune_fusion(FUSION, per_k[k]["kept"])
+            per_k[k]["rounds"].append(speed(model, dev, run.task, pad, bs, device, compute))
+    model.prune_fusion(FUSION, names)
+    for k in ks:
+        rs = per_k[k]["rounds"]
+        per_k[k]["examples_per_second"] = statistics.median(x["examples_per_second"] for x in rs) if rs else None
+        per_k[k]["latency_ms_batch1"] = statistics.median(x["latency_ms_batch1"] for x in rs) if rs else None
+    return {"run_id": run.id, "task": run.task, "seed": run.seed, "adapters": names,
+            "ranking": rank_adapters(names, layers), "mean_attention": dict(zip(names, mean_attention(layers))),
+            "ranked_on": ranked_on, "ranking_rows": len(ranking_rows), "dev_rows": len(dev),
+            "precision": compute.precision, "k": {str(k): v for k, v in per_k.items()}}
+
+
+def target_report(exp: str, task: str, runs: list[dict], prov: dict, rounds: int, out_dir: Path) -> Path:
+    n = len(runs[0]["adapters"])
+    ks = sorted({int(k) for r in runs for k in r["k"]})
+    label = lambda k: "all" if k == n else str(k)  # noqa: E731
+    seeds = [r["seed"] for r in runs]
+    lines = [f"# Pruned fusion: {task} ({exp})", "",
+             f"Fusion w/ ST-A over {n} adapters, pruned after training (no retraining) to the k adapters with the "
+             f"highest mean fusion attention over all layers and the ranking rows ({runs[0]['ranked_on']} slice, "
+             f"{runs[0]['ranking_rows']} rows; never dev), the same k in every layer, the softmax renormalised over "
+             f"them. Dev accuracy on {runs[0]['dev_rows']} rows; speed: examples/s over dev at the eval batch size "
+             f"and median batch-1 latency over {LATENCY_ROWS} rows, the median of {rounds} rounds (k order "
+             "alternating). Command: `afbench prune " + exp + " --only '" + task + "__fusion_st_a*'`.", "",
+             *provenance_lines(prov), "",
+             "| k | " + " | ".join(f"dev acc s{s}" for s in seeds) + " | mean dev acc | ex/s (median over seeds) "
+             "| batch-1 ms | speed vs all |",
+             "|---|" + "---:|" * (len(seeds) + 4)]
+    base = statistics.median(r["k"][str(n)]["examples_per_second"] or 0 for r in runs)
+    table = {}
+    for k in ks:
+        cells = [r["k"].get(str(k)) for r in runs]
+        accs = [c["dev_accuracy"] for c in cells if c]
+        eps = [c["examples_per_second"] for c in cells if c and c["examples_per_second"]]
+        lat = [c["latency_ms_batch1"] for c in cells if c and c["latency_ms_batch1"]]
+        e = statistics.median(eps) if eps else None
+        table[k] = {"mean_dev_accuracy": statistics.mean(accs), "examples_per_second": e,
+                    "latency_ms_batch1": statistics.median(lat) if lat else None}
+        lines.append(f"| {label(k)} | " + " | ".join(f"{c['dev_accuracy']:.2f}" if c else "-" for c in cells)
+                     + f" | {statistics.mean(accs):.2f} | " + (f"{e:.1f}" if e else "not timed") + " | "
+                     + (f"{table[k]['latency_ms_batch1']:.1f}" if lat else "-") + " | "
+                     + (f"{e / base:.2f}x" if e and base else "-") + " |")
+    lines += ["", "Kept adapters per seed (k = 1, 2, ...: the ranking by mean attention): "
+              + "; ".join(f"s{r['seed']}: {', '.join(r['ranking'])}" for r in runs) + "."]
+    stem = out_dir / f"prune_{exp}_{task}"
+    figure(stem.with_suffix(".png"), task, ks, n, table, runs)
+    lines += ["", f"![dev accuracy and speed per k]({stem.name}.png)"]
+    write_report(stem.with_suffix(".md"), lines, {"experiment": exp, "task": task, "rounds": rounds,
+                                                  "provenance": prov, "runs": runs, "table": table}, quiet=True)
+    return stem.with_suffix(".md")
+
+
+def figure(path: Path, task: str, ks: list[int], n: int, table: dict, runs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for r in runs:
+        ax.plot(ks, [r["k"][str(k)]["dev_accuracy"] if str(k) in r["k"] else float("nan") for k in ks],
+                color="0.75", marker=".", lw=1)
+    ax.plot(ks, [table[k]["mean_dev_accuracy"] for k in ks], color="C0", marker="o", label="dev accuracy (mean)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, ["all" if k == n else str(k) for k in ks])
+    ax.set_xlabel("adapters kept (k)")
+    ax.set_ylabel("dev accuracy (%)", color="C0")
+    eps = [table[k]["examples_per_second"] for k in ks]
+    if all(eps):
+        ax2 = ax.twinx()
+        ax2.plot(ks, eps, color="C1", marker="s", label="examples/s")
+        ax2.set_ylabel("inference examples/s", color="C1")
+    ax.set_title(f"Pruned fusion: {task}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: list[str] | None, device: str,
+              rounds: int, out_dir: Path, ks: tuple[int, ...] = KS) -> list[Path]:
+    chosen = fusion_runs(plan, only)
+    if not chosen:
+        raise BenchError(f"no Fusion w/ ST-A run of '{plan.experiment.name}' matches {only or 'anything'}",
+                         field="--only", fix=f"use globs over the ids afbench plan {plan.experiment.name} lists, "
+                                             "e.g. 'sick__fusion_st_a*'")
+    dev = torch.device(device)
+    prov = provenance(device)
+    by_task: dict[str, list[dict]] = {}
+    for run in chosen:
+        print(f"pruning {run.id} ...", flush=True)
+        by_task.setdefault(run.task, []).append(
+            prune_run(reg, run, results_dir / plan.experiment.name / run.id, data_dir, dev, rounds, ks))
+    paths = []
+    for task, runs in by_task.items():
+        paths.append(target_report(plan.experiment.name, task, sorted(runs, key=lambda r: r["seed"]), prov, rounds,
+                                   out_dir))
+        print(f"wrote {paths[-1]}")
+    return paths

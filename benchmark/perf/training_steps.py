@@ -1,0 +1,373 @@
+"""``afbench perf --mode steps`` (the default; ``nox -s perf``): how fast we train, ours vs AdapterHub ``adapters`` 1.3.0.
+
+Three modes (``--mode``):
+
+* ``steps`` (default): training steps per second of ST-A and Fusion (N adapters), batch 32, length
+  128, on identical random token ids; writes ``reports/perf.md`` and the raw per-round timings
+  ``reports/perf.json``. Both sides time the same step: forward, cross-entropy through the same
+  two-layer head, backward and AdamW over the trained parameters only (the adapter for ST-A;
+  fusion + head for Fusion, whose adapters are frozen).
+  The headline table is the configuration the committed MiniLM runs train: the head reads the
+  masked **mean** of the last layer (``specs/backbones/minilm-l6.yaml``), so every position of the
+  last layer is computed, with the default fast CPU kernels (``benchmark/modeling/cpu_kernels.py``);
+  beside it ours with stock kernels. A second, separately labelled table is the first-token setup
+  (a [CLS] head, the last layer computed at position 0 only: ``benchmark/modeling/first_token.py``),
+  which is what BERT/RoBERTa runs as in the paper use and no committed MiniLM run does.
+* ``epochs``: seconds per epoch on real data with three paddings (``benchmark/perf/epochs.py``).
+* ``malloc``: a step with and without glibc malloc tuning, each in its own process
+  (``benchmark/perf/malloc_ab.py``, ``benchmark/modeling/malloc.py``).
+
+Timings on a shared machine drift by 10-20 % over minutes, so the sides run in alternating rounds
+(``--rounds``; the order of ours and the reference flips every round), tables show the median
+round, and each ratio to the reference is given both as the ratio of the medians and per round
+(median, lowest, highest of the per-round ratios).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from benchmark.modeling.compute import DEFAULT, Compute, bf16_unsupported
+from benchmark.modeling.cpu_kernels import set_cpu_kernels
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.perf.backbones import PerfBackbone, perf_backbone
+from benchmark.perf.meta import (
+    Target,
+    default_out,
+    machine,
+    provenance,
+    provenance_lines,
+    target_lines,
+    write_report,
+)
+from benchmark.perf.steps import Head, make_batch, time_steps
+from benchmark.spec.schema import AdapterParams, FusionParams
+
+TARGETS = "Fusion N=16 >= 4x the reference; Fusion N=16 step <= 1.6x a single-adapter step; ST-A >= 1.2x the reference"
+WARMUP = 1
+
+
+KINDS = ("st_a", "houlsby", "full", "fusion")
+
+
+def setup_kind(config) -> str:
+    """(name, n) or (name, n, kind): n = 0 is ST-A, n > 0 fusion over n adapters unless a kind is given."""
+    return config[2] if len(config) > 2 else ("st_a" if config[1] == 0 else "fusion")
+
+
+def build_setup(bb: PerfBackbone, config, compute: Compute = DEFAULT):
+    """(AdapterModel with the setup active and only its trained modules trainable, trained parameters)."""
+    _, n, kind = config[0], config[1], setup_kind(config)
+    torch.manual_seed(0)
+    model = AdapterModel(bb.make())
+    names = [f"a{i}" for i in range(max(n, 1))]
+    if kind == "full":
+        sel = Modules(encoder=True)
+    else:
+        for a in names:
+            model.add_adapter(a, AdapterParams(type="houlsby" if kind == "houlsby" else "pfeiffer", reduction_factor=16))
+        if kind == "fusion":
+            model.add_fusion("f", names, FusionParams())
+            model.set_active(Fuse("f"))
+            sel = Modules(fusions=["f"])
+        else:
+            model.set_active(names[0])
+            sel = Modules(adapters=names[:1])
+    model.train_only(sel)
+    compute.apply(model)
+    return model, [p for p in model.parameters() if p.requires_grad]
+
+
+def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="cpu", bf16=False,
+         compute: Compute = DEFAULT, pooling: str = "mean", precision: str | None = None,
+         memory: dict | None = None) -> dict[str, float]:
+    """Seconds per training step of each (name, N[, kind]) setup; N = 0 is ST-A. ``precision`` (or the older
+    ``bf16=True``) picks the autocast (``compute.py``; default: float32 on every device); ``memory``, when
+    given, receives each setup's peak memory in MiB (CUDA: max allocated; CPU: the process's peak RSS so far)."""
+    out = {}
+    prec = Compute(compute.cpu_kernels, compute.last_layer, precision or ("bf16" if bf16 else "fp32"))
+    dev = torch.device(device)
+    prec.check(dev)
+    for config in configs:
+        name = config[0]
+        model, trained = build_setup(bb, config, compute)
+        head = Head(model.hidden_size, pooling=pooling)
+        set_cpu_kernels(head, compute.cpu_kernels)
+        model.to(device).train()
+        head.to(device).train()
+        opt = torch.optim.AdamW(trained + list(head.parameters()), lr=1e-4, fused=device.startswith("cuda"))
+        batch = make_batch(model.config.vocab_size, batch_size, length, device=device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(dev)
+
+        def step():
+            with prec.autocast(dev):
+                h = model.encode(batch["input_ids"], batch["attention_mask"], first_token_only=pooling == "cls")
+                loss = torch.nn.functional.cross_entropy(head(h, batch["attention_mask"]).float(), batch["labels"])
+            if setup_kind(config) == "fusion":
+                loss = loss + 0.01 * model.fusion_regularization("f")
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        out[name] = time_steps(step, warmup, steps, device)
+        if memory is not None:
+            memory[name] = peak_mib(device)
+    return out
+
+
+def peak_mib(device: str) -> float:
+    """CUDA: max memory allocated since the last reset; CPU: the process's peak resident set (VmHWM)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reference(args, bb: PerfBackbone, configs, device: str, poolings=("mean", "cls"), precision: str | None = None,
+              memory: bool = False, steps: int | None = None) -> tuple[dict, str]:
+    """One round of the AdapterHub side, in its own environment: {pooling: {setup: seconds}} (``memory``:
+    {"seconds", "peak_mib"} per setup). ``precision`` "bf16": its forward under bf16 autocast."""
+    cfg = {"configs": configs, "batch": args.batch_size, "length": args.length, "warmup": WARMUP,
+           "steps": args.steps if steps is None else steps, "device": device, "poolings": list(poolings),
+           "precision": precision, "memory": memory}
+    proc = subprocess.run([args.reference_python, str(Path(__file__).with_name("reference.py")),
+                           json.dumps(bb.reference), json.dumps(cfg)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the reference side failed:\n{proc.stdout}{proc.stderr}")
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    return got["results"], got["adapters_version"]
+
+
+def per_round_ratios(ref: list[dict[str, float]], mine: list[dict[str, float]], name: str) -> list[float]:
+    """Speed-up of ours over the reference in each round (reference seconds / our seconds)."""
+    return [r[name] / m[name] for r, m in zip(ref, mine)]
+
+
+def _median(rounds: list[dict[str, float]], name: str) -> float:
+    return statistics.median(r[name] for r in rounds)
+
+
+def _ratio_cells(ref: list[dict], mine: list[dict], name: str) -> str:
+    """'x.xx | a.aa (lo-hi)': ratio of the medians, then median (range) of the per-round ratios."""
+    if not ref:
+        return "not run | not run | not run"
+    rr = per_round_ratios(ref, mine, name)
+    return (f"{1 / _median(ref, name):.3f} | {_median(ref, name) / _median(mine, name):.2f}x | "
+            f"{statistics.median(rr):.2f}x ({min(rr):.2f}-{max(rr):.2f}x)")
+
+
+def run_steps(args) -> int:
+    bb = perf_backbone(getattr(args, "backbone", "minilm-l6"))
+    ns = [int(x) for x in args.adapters.split(",") if x]
+    configs = [("ST-A", 0)] + [(f"Fusion N={n}", n) for n in ns]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.startswith("cuda")
+    common = dict(batch_size=args.batch_size, length=args.length, warmup=WARMUP, steps=args.steps, device=device)
+    # name -> how ours runs; on CUDA the CPU kernels do not apply, bf16 autocast does
+    first_token = not getattr(args, "no_first_token", False)
+    precision = getattr(args, "precision", None) or "auto"
+    variants = {"ours": dict(pooling="mean")}  # float32
+    if first_token:
+        variants["ours_first_token"] = dict(pooling="cls", compute=Compute("fast", "first_token"))
+    if not cuda:
+        variants["ours_stock"] = dict(pooling="mean", compute=Compute("stock", "full"))
+    why_not_bf16 = bf16_unsupported(torch.device(device))
+    bf16 = precision != "fp32" and why_not_bf16 is None
+    if precision == "bf16" and why_not_bf16:
+        print(f"bf16 asked for, but {why_not_bf16}", file=sys.stderr)
+        return 2
+    if bf16:  # ours and the reference under the same autocast
+        variants["ours_bf16"] = dict(pooling="mean", precision="bf16")
+    rounds, ref_version = [], None
+    for r in range(args.rounds):
+        got: dict[str, dict[str, float]] = {}
+
+        def run_ours():
+            for v, kw in variants.items():
+                print(f"round {r + 1}/{args.rounds}: {v} on {device} ...", flush=True)
+                got[v] = ours(bb, configs, **common, **kw)
+
+        def run_ref():
+            nonlocal ref_version
+            print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0) ...", flush=True)
+            res, ref_version = reference(args, bb, configs, device, ("mean", "cls") if first_token else ("mean",))
+            for pooling, sec in res.items():
+                got[f"reference_{pooling}"] = sec
+            if bf16:
+                print(f"round {r + 1}/{args.rounds}: the reference under bf16 autocast ...", flush=True)
+                got["reference_bf16"] = reference(args, bb, configs, device, ("mean",), precision="bf16")[0]["mean"]
+
+        sides = [run_ours] + ([run_ref] if args.reference_python else [])
+        try:
+            for side in sides if r % 2 == 0 else sides[::-1]:  # alternate who goes first
+                side()
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 1
+        rounds.append(got)
+    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
+    memory = {} if getattr(args, "no_memory", False) else memory_pass(args, bb, configs, device, precisions)
+    lines = steps_report(args, bb, configs, device, rounds, ref_version)
+    lines += bf16_section(args, configs, device, rounds, memory, why_not_bf16 if precision != "fp32" else "not asked for")
+    raw = {"mode": "steps", "backbone": bb.label, "device": device, "machine": machine(device),
+           "torch": torch.__version__, "reference": f"adapters {ref_version}" if ref_version else None,
+           "batch_size": args.batch_size, "length": args.length, "warmup_steps": WARMUP,
+           "timed_steps_per_round": args.steps, "unit": "seconds per training step (mean of the timed steps)",
+           "rounds": rounds, "peak_memory_mib": memory, "provenance": provenance(device)}
+    write_report(Path(args.out or default_out("steps")), lines, raw)
+    return 0
+
+
+def steps_report(args, bb: PerfBackbone, configs, device, rounds, ref_version) -> list[str]:
+    col = lambda key: [r[key] for r in rounds if key in r]  # noqa: E731
+    mine, ref_mean, ref_cls, first = col("ours"), col("reference_mean"), col("reference_cls"), col("ours_first_token")
+    alt = "ours_bf16" if device.startswith("cuda") else "ours_stock"
+    alt_label = "ours, bf16 autocast, steps/s" if alt == "ours_bf16" else "ours, stock kernels, steps/s"
+    lines = [
+        "# Training-step throughput: ours vs AdapterHub",
+        "",
+        f"{bb.label}, batch {args.batch_size}, length {args.length}, float32 on {device} ({machine(device)}), "
+        f"{args.steps} timed steps after {WARMUP} warm-up per setup and round, {args.rounds} alternating rounds "
+        f"(median round shown; the raw per-round seconds per step are in `{Path(args.out or default_out('steps')).with_suffix('.json').name}`). "
+        f"Reference: adapters {ref_version or 'not run'}; both sides train the same two-layer head, Pfeiffer "
+        "adapters rf 16, fusion over N of them.",
+        "",
+        f"Command: `nox -s perf` (= `afbench perf --reference-python <reference env python>`). Targets: {TARGETS}.",
+        "",
+        "## As the committed runs train (headline)" if bb.pooling == "mean" else
+        "## Mean-pooling head (every position of the last layer computed)",
+        "",
+        ("The head reads the masked mean of the last layer, as every committed MiniLM run does "
+         "(`pooling: mean`), so" if bb.pooling == "mean" else
+         "The head reads the masked mean of the last layer (BERT runs as in the paper read [CLS]: second "
+         "table), so") + " the whole last layer is computed; ours uses the defaults of `afbench run` "
+        "(fast CPU kernels: dropout masks from 32-bit random integers, frozen linear layers on oneDNN). "
+        "The reference trains the same mean-pooling head. \"ours / reference\" is the ratio of the median "
+        "rounds; \"per round\" is the median (lowest-highest) of the ratios within each round.",
+        "",
+        f"| setup | ours steps/s | ours seq/s | {alt_label} | reference steps/s | ours / reference "
+        "| per round | ours vs one adapter (time) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    single = _median(mine, "ST-A")
+    for name, _ in configs:
+        m = _median(mine, name)
+        alt_cell = f"{1 / _median(col(alt), name):.3f}" if col(alt) else "not run"
+        lines.append(f"| {name} | {1 / m:.3f} | {args.batch_size / m:.1f} | {alt_cell} | "
+                     f"{_ratio_cells(ref_mean, mine, name)} | {m / single:.2f}x |")
+    if not first:
+        return lines + ["", "First-token setup not run (`--no-first-token`)."]
+    lines += [
+        "",
+        "## First-token setup ([CLS] head; not what the committed MiniLM runs use)" if bb.pooling == "mean" else
+        "## First-token setup ([CLS] head, as BERT runs in the paper)",
+        "",
+        "The head reads position 0 only, as BERT/RoBERTa runs in the paper do; ours then computes the last "
+        "layer at position 0 only (`--last-layer first_token`, the default, `benchmark/modeling/first_token.py`; "
+        "same loss and gradients). The reference computes every position either way and trains the same "
+        "[CLS] head.",
+        "",
+        "| setup | ours, first token, steps/s | reference, [CLS] head, steps/s | ours / reference | per round |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, _ in configs:
+        lines.append(f"| {name} | {1 / _median(first, name):.3f} | {_ratio_cells(ref_cls, first, name)} |")
+    return lines
+
+
+# ------------------------------------------------------------------ bf16 and memory
+def memory_pass(args, bb: PerfBackbone, configs, device: str, precisions: list[str]) -> dict:
+    """Peak memory (MiB) of one warm-up + one step per setup, each side and setup in a fresh process (CUDA:
+    max allocated; CPU: peak resident set, VmHWM, which includes the interpreter and libraries):
+    {"ours_fp32": {setup: MiB}, "reference_fp32": ...}."""
+    out: dict[str, dict[str, float]] = {}
+    for prec in precisions:
+        for config in configs:
+            cfg = {"backbone": bb.name, "config": list(config), "batch": args.batch_size, "length": args.length,
+                   "device": device, "precision": prec}
+            proc = subprocess.run([sys.executable, "-m", "benchmark.perf.training_steps", json.dumps(cfg)],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0:
+                out.setdefault(f"ours_{prec}", {})[config[0]] = json.loads(proc.stdout.strip().splitlines()[-1])
+            if args.reference_python:
+                try:
+                    res, _ = reference(args, bb, [list(config)], device, ("mean",), precision=prec, memory=True,
+                                       steps=1)
+                    out.setdefault(f"reference_{prec}", {})[config[0]] = res["mean"][config[0]]["peak_mib"]
+                except RuntimeError as e:
+                    print(e, file=sys.stderr)
+    return out
+
+
+def bf16_section(args, configs, device, rounds, memory: dict, why_not: str | None) -> list[str]:
+    col = lambda key: [r[key] for r in rounds if key in r]  # noqa: E731
+    mine, m16, ref, ref16 = col("ours"), col("ours_bf16"), col("reference_mean"), col("reference_bf16")
+    lines = ["", "## bf16 (autocast) and peak memory", ""]
+    if not m16:
+        lines += [f"bf16 not measured: {why_not}.", ""]
+    else:
+        lines += ["Both sides under `torch.autocast(dtype=torch.bfloat16)` around the forward (the loss in float32), "
+                  "float32 master weights and AdamW; ours with `--precision bf16` (frozen oneDNN linear layers in "
+                  "bf16 from a cached copy, `benchmark/modeling/cpu_kernels.py`). Ratios of the median rounds.", "",
+                  "| setup | ours fp32 steps/s | ours bf16 steps/s | bf16 / fp32 | reference bf16 steps/s "
+                  "| ours bf16 / reference bf16 | ours bf16 / reference fp32 |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, *_ in configs:
+            a, b = _median(mine, name), _median(m16, name)
+            rb = f"{1 / _median(ref16, name):.3f}" if ref16 else "not run"
+            vs16 = f"{_median(ref16, name) / b:.2f}x" if ref16 else "not run"
+            vs32 = f"{_median(ref, name) / b:.2f}x" if ref else "not run"
+            lines.append(f"| {name} | {1 / a:.3f} | {1 / b:.3f} | {a / b:.2f}x | {rb} | {vs16} | {vs32} |")
+    if memory:
+        keys = sorted(memory)
+        lines += ["", "Peak memory, MiB (one warm-up + one step per setup, each in a fresh process; "
+                  + ("CUDA: max allocated" if device.startswith("cuda") else
+                     "CPU: peak resident set, interpreter and libraries included") + "):", "",
+                  "| setup | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
+                  "|---|" + "---:|" * len(keys)]
+        for name, *_ in configs:
+            lines.append(f"| {name} | " + " | ".join(f"{memory[k][name]:.0f}" if name in memory[k] else "-"
+                                                    for k in keys) + " |")
+    big = [n for n, *_ in configs if n.endswith("N=16")]
+    targets = []
+    if big and m16:
+        n16 = big[0]
+        x_ref32 = _median(ref, n16) / _median(m16, n16) if ref else None
+        x_ref16 = _median(ref16, n16) / _median(m16, n16) if ref16 else None
+        targets = [Target("Fusion N=16 in bf16 >= 8x AdapterHub's fp32", None if x_ref32 is None else x_ref32 >= 8,
+                          f"{x_ref32:.2f}x" if x_ref32 else ""),
+                   Target("Fusion N=16 in bf16 ahead of AdapterHub under the same autocast",
+                          None if x_ref16 is None else x_ref16 > 1, f"{x_ref16:.2f}x" if x_ref16 else "")]
+    if m16:
+        st = _median(mine, "ST-A") / _median(m16, "ST-A")
+        targets.append(Target("ST-A step in bf16 >= 1.5x fp32 (the epoch target is `--mode epochs --precision bf16`)",
+                              st >= 1.5, f"{st:.2f}x"))
+    return lines + ([""] + target_lines(targets) if targets else []) + ["", *provenance_lines(provenance(device))]
+
+
+def _memory_child(cfg: dict) -> None:
+    """One warm-up + one step of one setup in this fresh process; prints its peak memory in MiB."""
+    from benchmark.perf.backbones import perf_backbone
+
+    mem: dict[str, float] = {}
+    ours(perf_backbone(cfg["backbone"]), [tuple(cfg["config"])], cfg["batch"], cfg["length"], 1, 1,
+         device=cfg["device"], precision=cfg["precision"], memory=mem)
+    print(json.dumps(next(iter(mem.values()))))
+
+
+if __name__ == "__main__":
+    _memory_child(json.loads(sys.argv[1]))

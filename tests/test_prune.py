@@ -1,0 +1,164 @@
+"""Pruned fusion (``benchmark/modeling/prune.py``, ``afbench prune``, ``fusion.prune: {keep: k}``): keeping all
+adapters is the unpruned model bit for bit, keeping one is that adapter alone through the fusion path, the
+softmax is renormalised over the kept ones, and both the command and the method option run end to end."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+
+from benchmark.modeling.fusion import AdapterFusion, fast_fusion, naive_fusion
+from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
+from benchmark.perf.prune import ks_for
+from benchmark.spec.schema import AdapterParams, FusionParams
+from conftest import needs_mirror
+
+NAMES = list("abcd")
+
+
+def _model(make, seed=0):
+    torch.manual_seed(seed)
+    model = AdapterModel(make())
+    for n in NAMES:
+        model.add_adapter(n, AdapterParams(reduction_factor=4))
+    model.add_fusion("f", NAMES, FusionParams())
+    model.add_head("t", "classification", 2)
+    with torch.no_grad():  # away from the near-identity init so every adapter matters
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.set_active(Fuse("f"))
+    return model.eval()
+
+
+def _inputs(vocab):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, vocab, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    mask[2, 7:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_ranking_and_top_k():
+    layers = [[0.1, 0.5, 0.3, 0.1], [0.3, 0.3, 0.3, 0.1]]
+    assert mean_attention(layers) == pytest.approx([0.2, 0.4, 0.3, 0.1])
+    assert rank_adapters(NAMES, layers) == ["b", "c", "a", "d"]
+    assert top_k(NAMES, layers, 2) == ["b", "c"] and top_k(NAMES, layers, 3) == ["a", "b", "c"]  # fusion order
+    assert top_k(NAMES, layers, 9) == NAMES
+    assert rank_adapters(["x", "y"], [[0.5, 0.5]]) == ["x", "y"]  # ties: the fusion's order
+    assert ks_for(16) == [1, 2, 4, 8, 16] and ks_for(3) == [1, 2, 3] and ks_for(11) == [1, 2, 4, 8, 11]
+    with pytest.raises(ValueError):
+        top_k(NAMES, layers, 0)
+
+
+@torch.no_grad()
+def test_keeping_all_is_the_unpruned_model_exactly_and_pruning_is_undone(tiny_bert):
+    tok, make = tiny_bert
+    model = _model(make)
+    x = _inputs(model.config.vocab_size)
+    before = model(head="t", **x)
+    assert model.prune_fusion("f", list(reversed(NAMES))) == NAMES  # the fusion's own order
+    assert torch.equal(model(head="t", **x), before)
+    model.prune_fusion("f", ["c"])
+    assert not torch.equal(model(head="t", **x), before)
+    model.prune_fusion("f", NAMES)  # back to all of them
+    assert torch.equal(model(head="t", **x), before)
+    with pytest.raises(KeyError):
+        model.prune_fusion("f", ["zz"])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("impl", ["fast", "naive"])
+def test_keeping_one_is_that_adapter_alone_through_the_fusion_path(tiny_bert, impl):
+    tok, make = tiny_bert
+    model = _model(make)
+    for f in model.fusion_layers("f"):
+        f.params = f.params.model_copy(update={"implementation": impl})
+    x = _inputs(model.config.vocab_size)
+    model.prune_fusion("f", ["b"])
+    model.start_capture()
+    pruned = model(head="t", **x)
+    layers = model.stop_capture()
+    assert all(row == pytest.approx([1.0]) for row in layers)  # one adapter: all the attention
+    # the same layers computed by hand: o = V(z_b(h)) + f, then LN(o + x), with z_b the adapter's output
+    seen = []
+
+    def by_hand(mod, args, out):
+        hidden, residual_in = args
+        f_out = mod.dropout(mod.dense(hidden))
+        h = mod.LayerNorm(f_out + residual_in)
+        fusion = mod.fusions["f"]
+        seen.append(True)
+        return mod.LayerNorm(fusion.value(mod.adapters["b"](h)) + f_out + residual_in)
+
+    hooks = [m.register_forward_hook(by_hand) for m in model.slots("output")]
+    manual = model(head="t", **x)
+    for h in hooks:
+        h.remove()
+    assert seen and torch.allclose(pruned, manual, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_the_softmax_is_renormalised_over_the_kept_adapters(tiny_bert):
+    tok, make = tiny_bert
+    torch.manual_seed(0)
+    from benchmark.modeling.adapters import BottleneckAdapter
+
+    adapters = [BottleneckAdapter(32, AdapterParams(reduction_factor=4)) for _ in NAMES]
+    for a in adapters:
+        for p in a.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    fusion = AdapterFusion(32, NAMES, FusionParams(), 0.1).eval()
+    h, res = torch.randn(2, 5, 32), torch.randn(2, 5, 32)
+    _, full = naive_fusion(fusion, h, adapters, res)
+    keep = [0, 2]
+    o_naive, part = naive_fusion(fusion, h, [adapters[i] for i in keep], res)
+    o_fast, part_fast = fast_fusion(fusion, h, [adapters[i] for i in keep], res)
+    expect = full[..., keep] / full[..., keep].sum(-1, keepdim=True)
+    assert torch.allclose(part, expect, atol=1e-6) and torch.allclose(part_fast, expect, atol=1e-6)
+    assert torch.allclose(o_naive, o_fast, atol=1e-5)
+
+
+@needs_mirror
+@pytest.mark.slow
+def test_afbench_prune_and_the_keep_option_end_to_end(tmp_path):
+    from benchmark.cli import main
+
+    d = tmp_path / "specs" / "experiments"
+    d.mkdir(parents=True)
+    (d / "tiny_prune.yaml").write_text(textwrap.dedent("""
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [rte], methods: [fusion_st_a, fusion_st_a_keep2]}]
+        fusion: {sources: [rte, cb, socialiqa]}
+        caps: {max_train_rows: 24, max_eval_rows: 16, max_epochs: 1, max_length: 32}
+        selection: heldout
+    """))
+    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_prune", *args]) == 0
+    res = {r["label"]: r for r in (json.loads(f.read_text()) for f in (tmp_path / "r" / "tiny_prune").glob("*/result.json"))}
+    kept = res["fusion_st_a_keep2_rf16"]
+    assert len(kept["prune"]["kept"]) == 2 and kept["prune"]["ranked_on"] == "heldout"
+    assert kept["best_metric"] == kept["prune"]["dev_accuracy"]
+    assert set(kept["prune"]["ranking"]) == {"rte", "cb", "socialiqa"}
+    meta = json.loads((tmp_path / "r" / "tiny_prune" / kept["run_id"] / "modules.json").read_text())
+    assert sorted(meta["adapters"]) == sorted(kept["prune"]["kept"]) == sorted(meta["fusions"]["fusion"]["adapters"])
+
+    out = tmp_path / "rep"
+    assert main(["prune", "tiny_prune", "--only", "rte__fusion_st_a_rf16*", "--rounds", "1", "--out-dir", str(out),
+                 *args]) == 0
+    table = json.loads((out / "prune_tiny_prune_rte.json").read_text())
+    (run,) = table["runs"]
+    assert sorted(run["k"], key=int) == ["1", "2", "3"]
+    unpruned = res["fusion_st_a_rf16"]
+    assert run["k"]["3"]["dev_accuracy"] == unpruned["best_metric"]  # k = all: the trained model's number
+    assert [len(run["k"][k]["kept"]) for k in ("1", "2", "3")] == [1, 2, 3]
+    assert run["k"]["1"]["examples_per_second"] > 0
+    md = (out / "prune_tiny_prune_rte.md").read_text()
+    assert "| all |" in md and "Revision" in md and (out / "prune_tiny_prune_rte.png").stat().st_size > 0
+    # a run without weights: one paragraph naming the fix
+    (tmp_path / "r" / "tiny_prune" / unpruned["run_id"] / "weights.safetensors").unlink()
+    assert main(["prune", "tiny_prune", "--only", "rte__fusion_st_a_rf16*", "--out-dir", str(out), *args]) == 2
