@@ -309,8 +309,8 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
         ours = "down" if part == "down.0" else "up"
         mapped[f"{lay.slot_prefix(int(layer), _location(lay, host))}adapters.{name}.{ours}.{kind}"] = v
     if not mapped:
-        raise CheckpointError("no adapter tensors found (expected keys like "
-                              "'...encoder.layer.0.output.adapters.NAME.adapter_down.0.weight')", file=str(wfile))
+        example = f"...{lay.layers}.0.{lay.sublayer('output').host}.adapters.NAME.adapter_down.0.weight"
+        raise CheckpointError(f"no adapter tensors found (expected keys like '{example}')", file=str(wfile))
     if name not in model.adapter_params:
         model.add_adapter(name, params)
     expected = set(model.keys_of(Modules(adapters=[name])))
