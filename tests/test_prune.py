@@ -147,6 +147,10 @@ def test_afbench_prune_and_the_keep_option_end_to_end(tmp_path):
     meta = json.loads((tmp_path / "r" / "tiny_prune" / kept["run_id"] / "modules.json").read_text())
     assert sorted(meta["adapters"]) == sorted(kept["prune"]["kept"]) == sorted(meta["fusions"]["fusion"]["adapters"])
 
+    # the pruned model is a column of its own in the report, beside F. w/ ST-A
+    assert main(["report", "tiny_prune", "--out-dir", str(tmp_path / "reports"), *args]) == 0
+    assert "fusion_st_a_keep2" in (tmp_path / "reports" / "tiny_prune.md").read_text()
+
     out = tmp_path / "rep"
     assert main(["prune", "tiny_prune", "--only", "rte__fusion_st_a_rf16*", "--rounds", "1", "--out-dir", str(out),
                  *args]) == 0

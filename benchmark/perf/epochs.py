@@ -32,9 +32,17 @@ import torch.nn.functional as F
 from benchmark.data.batching import epoch_batches, epoch_seed, padding_cost, row_lengths
 from benchmark.data.encode import collate, encode_split
 from benchmark.errors import BenchError
-from benchmark.modeling.compute import DEFAULT
+from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel, Modules
-from benchmark.perf.meta import default_out, machine, write_report
+from benchmark.perf.meta import (
+    Target,
+    default_out,
+    machine,
+    provenance,
+    provenance_lines,
+    target_lines,
+    write_report,
+)
 from benchmark.perf.steps import time_steps
 from benchmark.spec.schema import AdapterParams
 from benchmark.training.loop import inputs_of
@@ -91,8 +99,9 @@ def _batch(plan: dict, pad: str, i: int, pad_id: int, length: int) -> dict[str, 
     return pad_to(b, length, pad_id) if pad == "pad128" else b
 
 
-def time_ours(plan: dict, encoder_factory, pad_id: int, args, order) -> dict[str, float]:
-    """Mean seconds per timed batch of each padding: one model per task and round, 1 warm-up step each."""
+def time_ours(plan: dict, encoder_factory, pad_id: int, args, order, precision: str = "fp32") -> dict[str, float]:
+    """Mean seconds per timed batch of each padding: one model per task and round, 1 warm-up step each
+    (``precision`` bf16: the forward under bf16 autocast, as ``afbench run --precision bf16`` trains)."""
     torch.manual_seed(0)
     model = AdapterModel(encoder_factory())
     model.add_adapter("a", AdapterParams(reduction_factor=16))
@@ -108,9 +117,13 @@ def time_ours(plan: dict, encoder_factory, pad_id: int, args, order) -> dict[str
         batches = [_batch(plan, pad, i, pad_id, args.length) for i in plan["paddings"][pad]["timed"]]
         it = iter(batches[:1] + batches)  # the first one again as the warm-up
 
+        prec = Compute(precision=precision)
+
         def step():
             b = next(it)
-            loss = F.cross_entropy(model(head="h", **inputs_of(b)), b["labels"])
+            with prec.autocast(torch.device("cpu")):
+                logits = model(head="h", **inputs_of(b))
+            loss = F.cross_entropy(logits.float(), b["labels"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained, 1.0)  # as the training loop (grad_clip 1.0)
             opt.step()
@@ -150,6 +163,9 @@ def run_epochs(args) -> int:
     tok = load_tokenizer(spec)
     root = data_dir(getattr(args, "data_dir", None))
     plans = [plan_task(reg.get("task", t.strip()), tok, args, root) for t in args.tasks.split(",") if t.strip()]
+    bf16 = getattr(args, "precision", "auto") == "bf16"  # the bf16 epoch (grouped) beside fp32, when asked for
+    if bf16:
+        Compute(precision="bf16").check(torch.device("cpu"))
     rounds, ref_version = [], None
     for r in range(args.rounds):
         got: dict[str, dict[str, float]] = {}
@@ -157,6 +173,10 @@ def run_epochs(args) -> int:
         for plan in plans:
             print(f"round {r + 1}/{args.rounds}: ours, {plan['task']} ...", flush=True)
             got[plan["task"]] = time_ours(plan, lambda: load_encoder(spec), tok.pad_token_id, args, order)
+            if bf16:
+                print(f"round {r + 1}/{args.rounds}: ours in bf16, {plan['task']} (grouped) ...", flush=True)
+                got[plan["task"]]["grouped_bf16"] = time_ours(plan, lambda: load_encoder(spec), tok.pad_token_id,
+                                                              args, ("grouped",), precision="bf16")["grouped"]
         if args.reference_python:
             print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0), padded to {args.length} ...",
                   flush=True)
@@ -178,7 +198,8 @@ def run_epochs(args) -> int:
                                  **{pad: {"batches": len(v["batches"]), "timed": len(v["timed"]),
                                           "real_tokens": v["real_tokens"], "computed_tokens": v["computed_tokens"]}
                                     for pad, v in p["paddings"].items()}} for p in plans},
-           "rounds": rounds, "summary": summary}
+           "rounds": rounds, "summary": summary, "provenance": provenance("cpu")}
+    lines += ["", *provenance_lines(raw["provenance"])]
     write_report(Path(args.out or default_out("epochs")), lines, raw)
     return 0
 
@@ -239,4 +260,15 @@ def epochs_report(args, plans, rounds, ref_version) -> tuple[list[str], dict]:
               + (", ".join(f"{t} grouped vs pad 128: {v:.2f}x" for t, v in fast.items())
                  + f" (target >= 2.5x on one: {'met' if any(v >= 2.5 for v in fast.values()) else 'NOT met'})."
                  if fast else "SST-2/MNLI not measured.")]
+    bf = {t: statistics.median(r[t]["grouped"] for r in rounds) / statistics.median(r[t]["grouped_bf16"] for r in rounds)
+          for t in summary if all("grouped_bf16" in r[t] for r in rounds)}
+    for t, v in bf.items():
+        summary[t]["bf16_over_fp32_examples_per_second_grouped"] = v
+    targets = [Target("an SST-2 ST-A epoch (grouped) in bf16 >= 1.5x the examples/s of fp32 (aim 1.8x)",
+                      bf["sst2"] >= 1.5 if "sst2" in bf else None, f"{bf['sst2']:.2f}x" if "sst2" in bf else
+                      "run --mode epochs --precision bf16 --tasks sst2,...")]
+    if bf:
+        lines += ["", "bf16 (autocast, `--precision bf16`) vs fp32, grouped batches, examples/s: "
+                  + ", ".join(f"{t} {v:.2f}x" for t, v in bf.items()) + "."]
+    lines += ["", *target_lines(targets)]
     return lines, summary

@@ -148,10 +148,10 @@ def roofline_report(args, bb, device, configs, peak, flops, rounds, ref_version,
         for name, *_ in configs:
             fo, fr = flops["ours"][name] / 1e9, flops["reference"][name] / 1e9
             so, sr = med(f"ours_{p}", name), med(f"reference_{p}", name)
-            ours_cells = (f"{1 / so:.3f} | {fo / so:.0f} | {100 * fo / so / pk:.0f} %" if so else "- | - | -")
+            ours_cells = (f"{1 / so:.3f} | {fo / so:.3g} | {100 * fo / so / pk:.0f} %" if so else "- | - | -")
             ref_cells = (f"{1 / sr:.3f} | {100 * fr / sr / pk:.0f} %" if sr else "not run | -")
             ratio = f"{sr / so:.2f}x" if so and sr else "-"
-            lines.append(f"| {name} | {fo:.1f} | {ours_cells} | {pk / fo:.2f} | {fr:.1f} | {ref_cells} | {ratio} |")
+            lines.append(f"| {name} | {fo:.3g} | {ours_cells} | {pk / fo:.3g} | {fr:.3g} | {ref_cells} | {ratio} |")
         lines.append("")
     st = med("ours_fp32", "ST-A")
     frac = flops["ours"]["ST-A"] / 1e9 / st / peak["fp32"]["gflops"] if st else None
