@@ -4,7 +4,8 @@ In: the resolved method (kind, modules, training hyper-parameters, batching), th
 tokenizer, each task's rendering (templates, label mapping, splits, max length) and a fingerprint of its
 data (content hash of a mirrored or local file; the Hub id otherwise), caps, seed, fused sources, the ids of
 the runs it depends on, the selection protocol and the compute switches that change numerics (with a
-[CLS] head only: ``last_layer`` has no effect under mean pooling).
+[CLS] head only: ``last_layer`` has no effect under mean pooling), and for fused sources taken from
+published adapters (``fusion.adapterhub``) their content hash, entered only when there is one.
 
 Out: names, descriptions, notes, paper metadata, file paths, key order. Editing prose never changes an
 id; editing a learning rate always does. ``ID_SCHEME`` is stored with every result.
@@ -45,8 +46,9 @@ def compute_identity(compute: ComputeSpec, backbone: BackboneSpec) -> dict:
 
 def run_identity(*, method: MethodSpec, backbone: BackboneSpec, tasks: dict[str, TaskSpec],
                  data: dict[str, dict[str, str]], seed: int, sources: list[str], caps: Caps,
-                 task_caps: dict[str, Caps], deps: list[str], selection: Selection, compute: ComputeSpec) -> dict:
-    return {
+                 task_caps: dict[str, Caps], deps: list[str], selection: Selection, compute: ComputeSpec,
+                 published: dict[str, str] | None = None) -> dict:
+    out = {
         "scheme": ID_SCHEME,
         "method": method_identity(method),
         "backbone": backbone_identity(backbone),
@@ -60,6 +62,9 @@ def run_identity(*, method: MethodSpec, backbone: BackboneSpec, tasks: dict[str,
         "selection": selection_identity(selection),
         "compute": compute_identity(compute, backbone),
     }
+    if published:  # fused sources taken from published adapters: their content hash (only when any, so the
+        out["published"] = dict(sorted(published.items()))  # ids of every run without one stay as they were)
+    return out
 
 
 def run_id(who: str, label: str, backbone: str, seed: int, identity: dict) -> str:
