@@ -25,15 +25,29 @@ import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
+nox.options.default_venv_backend = "uv|virtualenv"  # uv when it is on PATH: set-up in seconds
 
 TORCH = os.environ.get("AFBENCH_TORCH", "torch==2.13.0")
 REFERENCE = ["transformers==4.57.6", "adapters==1.3.0"]
 
 
+LOCK = "requirements.lock"
+
+
+def _uv(session: nox.Session) -> bool:
+    return getattr(session.virtualenv, "venv_backend", "") == "uv"
+
+
 def _install_project(session: nox.Session, extras: str = "") -> None:
+    """torch (AFBENCH_TORCH), then every other dependency from the lock with its hashes, then the package
+    itself without resolving anything (``extras`` are in the lock already: test and slurm)."""
+    where = _pip_sources() if _uv(session) else []  # uv does not read pip's configuration
     if TORCH != "skip":
-        session.install(*shlex.split(TORCH))
-    session.install("-e", f".{extras}")
+        torch_args = shlex.split(TORCH)  # a GPU variant names its own index: add nothing to it
+        own_index = any(a.startswith(("--index-url", "--extra-index-url", "-i")) for a in torch_args)
+        session.install(*torch_args, *([] if own_index else where))
+    session.install("--require-hashes", "--no-deps", "-r", LOCK, *where)  # the lock is the whole closure but torch
+    session.install("--no-deps", "-e", ".")
 
 
 @nox.session
@@ -153,16 +167,31 @@ def lock(session: nox.Session) -> None:
                     *[a for p in LOCK_PINS for a in ("-P", p)], *session.posargs, external=True)
 
 
-def _torch_sources() -> list[str]:
-    """Where uv finds the CPU torch wheel: pip's configured find-links (uv does not read pip's config),
-    else PyTorch's CPU index."""
+def _pip_config(key: str) -> list[str]:
     import subprocess
     import sys
     try:
-        out = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"],
-                             capture_output=True, text=True, timeout=30).stdout.split()
+        return subprocess.run([sys.executable, "-m", "pip", "config", "get", key],
+                              capture_output=True, text=True, timeout=30).stdout.split()
     except (OSError, subprocess.SubprocessError):
-        out = []
-    links = [a for link in out if os.path.isdir(link) for a in ("--find-links", link)]
+        return []
+
+
+def _torch_sources() -> list[str]:
+    """Where uv finds the CPU torch wheel: pip's configured find-links (uv does not read pip's config),
+    else PyTorch's CPU index."""
+    links = [a for link in _pip_config("global.find-links") if os.path.isdir(link) for a in ("--find-links", link)]
     return links or ["--extra-index-url", "https://download.pytorch.org/whl/cpu", "--index-strategy",
                      "unsafe-best-match"]
+
+
+def _pip_sources() -> list[str]:
+    """pip's configured sources as uv arguments (find-links, index, extra indexes), so a nox session under
+    uv installs from the same place as under pip: the local CPU torch wheel, never the multi-GB CUDA
+    build. Without pip configuration: uv's defaults plus PyTorch's CPU index for torch."""
+    args = [a for link in _pip_config("global.find-links") if os.path.isdir(link) for a in ("--find-links", link)]
+    args += [a for url in _pip_config("global.index-url") for a in ("--index-url", url)]
+    args += [a for url in _pip_config("global.extra-index-url") for a in ("--extra-index-url", url)]
+    if not args:
+        return _torch_sources()
+    return [*args, "--index-strategy", "unsafe-best-match"]

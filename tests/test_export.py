@@ -164,3 +164,96 @@ def test_roundtrip_through_adapters_1_3_0(tmp_path, capsys):
     assert run_roundtrip(os.environ["AFBENCH_REFERENCE_PYTHON"], tmp_path, TOLERANCE)
     out = capsys.readouterr().out
     assert out.count(" ok") == 6 and "MISMATCH" not in out
+
+
+# ------------------------------------------------------------------ published adapters as fusion sources
+def _published_experiment(specs: Path, name: str, adapterhub: dict[str, str]) -> None:
+    hub = ", ".join(f"{t}: '{ref}'" for t, ref in adapterhub.items())
+    (specs / "experiments" / f"{name}.yaml").write_text(
+        f"kind: experiment\nname: {name}\nbackbones: [tiny-bert]\nseeds: [1]\n"
+        "groups:\n  - tasks: [rt_cls]\n    methods: [fusion_st_a]\n"
+        "caps: {max_train_rows: 32, max_eval_rows: 32, max_epochs: 2, max_length: 32}\n"
+        f"fusion: {{sources: [rt_cls, rt_mc]{', adapterhub: {' + hub + '}' if hub else ''}}}\ndevice: cpu\n"
+        "overrides: {st_a: {lr: 1.0e-2}, fusion_st_a: {lr: 1.0e-2}}\n")
+
+
+def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, tmp_path):
+    from benchmark.plan.build import build_plan
+    from benchmark.runner.execute import run_plan
+
+    work, runs = exported
+    src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
+    specs = work / "specs"
+    _published_experiment(specs, "pub_fusion", {"rt_mc": f"../../export/{src.parent.parent.name}/adapters/rt_mc"})
+    _published_experiment(specs, "own_fusion", {})
+    reg = load_registry([specs])
+    plan = build_plan(reg, reg.get("experiment", "pub_fusion"))
+    own = build_plan(reg, reg.get("experiment", "own_fusion"))
+    assert [(r.task, r.label) for r in plan.runs] == [("rt_cls", "st_a_rf16"), ("rt_cls", "fusion_st_a_rf16")]
+    assert len(own.runs) == 3  # without it: a stage-1 run for rt_mc too
+    fusion = plan.runs[1]
+    assert fusion.sources == ["rt_cls", "rt_mc"] and fusion.deps == [plan.runs[0].id] == [own.runs[0].id]
+    assert fusion.identity(reg)["published"]["rt_mc"].startswith("sha256:")
+    assert "published" not in own.runs[2].identity(reg) and fusion.id != own.runs[2].id
+
+    summary = run_plan(plan, reg, results_dir=tmp_path, data_dir=None, device="cpu", log=lambda *_: None)
+    assert not summary.failed
+    result = json.loads((tmp_path / "pub_fusion" / fusion.id / "result.json").read_text())
+    assert result["status"] == "finished" and result["config"]["published"]["rt_mc"]["sha256"]
+    assert result["fusion_attention"]["adapters"] == ["rt_cls", "rt_mc"]
+    # what the run cost (issue 25): the weights file's size, the training seconds, the backbone's parameters
+    wfile = tmp_path / "pub_fusion" / fusion.id / "weights.safetensors"
+    assert result["checkpoint_bytes"] == wfile.stat().st_size and 0 < result["train_seconds"] < result["wall_seconds"]
+    assert 0 < result["params"]["trained"] < result["params"]["backbone"] < result["params"]["total"]
+    fused = load_file(str(tmp_path / "pub_fusion" / fusion.id / "weights.safetensors"))
+    hub = torch.load(src / "pytorch_adapter.bin", weights_only=True)
+    k = "bert.encoder.layer.1.output.adapters.rt_mc.adapter_up.weight"
+    assert torch.equal(fused["encoder.encoder.layer.1.output.adapters.rt_mc.up.weight"], hub[k])
+
+
+def test_published_adapters_we_cannot_represent_are_refused(exported, tmp_path, capsys):
+    import shutil
+
+    work, runs = exported
+    src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
+    odd = tmp_path / "odd"
+    shutil.copytree(src, odd)
+    cfg = json.loads((odd / "adapter_config.json").read_text())
+    cfg["config"].update(ln_after=True, non_linearity="gelu_new")
+    (odd / "adapter_config.json").write_text(json.dumps(cfg))
+    houlsby = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_houlsby")).folder / "adapters" / "rt_mc"
+    specs = work / "specs"
+    for ref, needles in ((str(odd), ["ln_after: True (needs False)", "gelu_new is not gelu"]),
+                         (str(houlsby), ["houlsby adapter", "fuses Pfeiffer"]),
+                         (str(tmp_path / "nothing"), ["neither a folder nor a Hub id"])):
+        _published_experiment(specs, "bad_fusion", {"rt_mc": ref})
+        assert main(["plan", "bad_fusion", "--specs", str(specs)]) == 2
+        err = capsys.readouterr().err
+        assert all(n in err for n in needles) and "fusion.adapterhub.rt_mc" in err, err
+    _published_experiment(specs, "bad_fusion", {"rt_misc": str(src)})
+    assert main(["plan", "bad_fusion", "--specs", str(specs)]) == 2
+    assert "not a fused source" in capsys.readouterr().err
+
+
+def test_a_hub_id_fails_fast_offline_and_when_the_hub_is_unreachable(exported, monkeypatch, capsys):
+    import time
+
+    from benchmark.data import hub
+
+    work, _ = exported
+    specs = work / "specs"
+    _published_experiment(specs, "hub_fusion", {"rt_mc": "AdapterHub/bert-base-uncased-pf-rte@main"})
+    t0 = time.monotonic()
+    assert main(["plan", "hub_fusion", "--specs", str(specs)]) == 2  # HF_HUB_OFFLINE=1 (conftest), empty cache
+    err = capsys.readouterr().err
+    assert "not in the Hugging Face cache" in err and "fusion.adapterhub.rt_mc" in err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the probe fails at once
+    hub.reset()
+    try:
+        assert main(["plan", "hub_fusion", "--specs", str(specs)]) == 2
+    finally:
+        hub.reset()
+    err = capsys.readouterr().err
+    assert "unreachable" in err and "AdapterHub/bert-base-uncased-pf-rte@main" in err
+    assert time.monotonic() - t0 < 30

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from benchmark.data import published
 from benchmark.errors import CheckpointError, StorageError
 from benchmark.modeling.layout import FUSION_LOCATION, LAYOUTS, LOCATIONS
 from benchmark.modeling.model import AdapterModel, Modules, adapter_type, params_from
@@ -266,33 +267,26 @@ def _location(layout, host: str) -> str:
 
 
 def adapterhub_params(config: dict, file: str) -> AdapterParams:
-    cfg = config.get("config", config)
-    if cfg.get("architecture", "bottleneck") != "bottleneck":
-        raise CheckpointError(f"architecture {cfg.get('architecture')!r} is not a bottleneck adapter", file=file)
-    rf = cfg.get("reduction_factor", 16)
-    if isinstance(rf, dict):
-        values = set(rf.values())
-        if len(values) != 1:
-            raise CheckpointError("per-layer reduction factors are not supported", file=file,
-                                  field="config.reduction_factor")
-        rf = values.pop()
-    nl = str(cfg.get("non_linearity", "relu")).lower()
-    nl = {"silu": "swish", "gelu_new": "gelu"}.get(nl, nl)
-    kind = "houlsby" if cfg.get("mh_adapter") else "pfeiffer"
-    return AdapterParams(type=kind, reduction_factor=int(rf), non_linearity=nl)
+    """AdapterHub's adapter config as ours; a config we cannot compute exactly is refused with the keys
+    that differ (``data/published.py``)."""
+    return published.adapter_params(config, file)
 
 
 def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) -> str:
     """Load an AdapterHub adapter folder into ``model``; returns the adapter's name in the model."""
     folder = Path(folder)
     cfile, wfile = folder / "adapter_config.json", folder / "pytorch_adapter.bin"
+    if not wfile.exists() and (folder / "adapter.safetensors").exists():
+        wfile = folder / "adapter.safetensors"  # save_adapter(..., use_safetensors=True)
     if not cfile.exists() or not wfile.exists():
-        raise CheckpointError("an AdapterHub adapter folder holds adapter_config.json and pytorch_adapter.bin",
+        raise CheckpointError("an AdapterHub adapter folder holds adapter_config.json and pytorch_adapter.bin "
+                              "(or adapter.safetensors)",
                               file=str(folder), fix="point at the folder that save_adapter() wrote")
     config = json.loads(cfile.read_text())
     params = adapterhub_params(config, str(cfile))
     try:
-        state = torch.load(wfile, map_location="cpu", weights_only=True)
+        state = load_file(str(wfile)) if wfile.suffix == ".safetensors" else \
+            torch.load(wfile, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"cannot read the weights safely ({type(e).__name__}: {str(e)[:200]})", file=str(wfile),
                               fix="only plain tensor state dicts are accepted (weights_only=True)") from None

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmark import methods
+from benchmark.data.published import Published, resolve
 from benchmark.data.sources import task_fingerprints
 from benchmark.errors import SpecError
 from benchmark.plan.identity import run_id
@@ -99,6 +100,7 @@ class _Planner:
         self.runs: dict[str, Run] = {}
         self._why: dict[str, str] = {}
         self._data: dict[str, dict[str, str]] = {}
+        self._published: dict[str, Published] | None = None
 
     # ------------------------------------------------------------------ data
     def usable(self, task: str) -> bool:
@@ -154,6 +156,19 @@ class _Planner:
                   tasks=tasks, implied=implied)
         return self.add(run, task_caps={} if self.exp.mt_a.caps else None)  # mt_a.caps: one cap for every task
 
+    def published(self) -> dict[str, Published]:
+        """fusion.adapterhub resolved once per plan: folders checked and hashed, Hub ids pinned."""
+        if self._published is None:
+            file = self.reg.file_of("experiment", self.exp.name)
+            fused = experiment_tasks(self.exp) if self.exp.fusion.sources == "all" else list(self.exp.fusion.sources)
+            for t in self.exp.fusion.adapterhub:
+                if t not in fused:
+                    raise SpecError(f"fusion.adapterhub names '{t}', which is not a fused source ({', '.join(fused)})",
+                                    file=file, field=f"fusion.adapterhub.{t}",
+                                    fix="add it to fusion.sources, or remove the entry")
+            self._published = {t: resolve(ref, file, t) for t, ref in self.exp.fusion.adapterhub.items()}
+        return self._published
+
     def mt_a_method(self) -> str:
         """The experiment's own multi-task method if it lists one, else the spec named after the kind."""
         listed = [_method_name(m) for g in self.exp.groups for m in g.methods
@@ -170,9 +185,11 @@ class _Planner:
         if adapter_seed is not None and adapter_seed != self.exp.fusion.adapter_seed:
             run.columns = [variant_column(run.label, adapter_seed)]
         if kind.depends_on == "stage1":
-            run.sources = [s for s in fusion_sources(self.exp, task) if self.usable(s)]
+            published = self.published()
+            run.sources = [s for s in fusion_sources(self.exp, task) if s in published or self.usable(s)]
+            run.published = {s: published[s] for s in run.sources if s in published}
             rf_src = run.method.fusion.source_reduction_factor
-            run.deps = [self.stage1(s, backbone, aseed, rf_src).id for s in run.sources]
+            run.deps = [self.stage1(s, backbone, aseed, rf_src).id for s in run.sources if s not in published]
         elif kind.depends_on == "mt_a":
             dep = self.mt_a(backbone, aseed, implied=True)
             if dep is None or task not in dep.tasks:

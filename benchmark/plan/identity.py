@@ -6,7 +6,8 @@ data (content hash of a mirrored or local file; the Hub id otherwise), caps, see
 the runs it depends on, the selection protocol and the compute switches that change numerics (with a
 [CLS] head only: ``last_layer`` has no effect under mean pooling). A ``local`` backbone is identified by a
 content hash of its folder, not by its path. Spec fields added later (a LoRA block, a local path) are
-left out of the dumps while unset, so the ids of existing runs do not move.
+left out of the dumps while unset, so the ids of existing runs do not move. Fused sources taken from
+published adapters (``fusion.adapterhub``) enter by their content hash, only when there is one.
 
 Out: names, descriptions, notes, paper metadata, file paths, key order. Editing prose never changes an
 id; editing a learning rate always does. ``ID_SCHEME`` is stored with every result.
@@ -80,8 +81,9 @@ def compute_identity(compute: ComputeSpec, backbone: BackboneSpec) -> dict:
 
 def run_identity(*, method: MethodSpec, backbone: BackboneSpec, tasks: dict[str, TaskSpec],
                  data: dict[str, dict[str, str]], seed: int, sources: list[str], caps: Caps,
-                 task_caps: dict[str, Caps], deps: list[str], selection: Selection, compute: ComputeSpec) -> dict:
-    return {
+                 task_caps: dict[str, Caps], deps: list[str], selection: Selection, compute: ComputeSpec,
+                 published: dict[str, str] | None = None) -> dict:
+    out = {
         "scheme": ID_SCHEME,
         "method": method_identity(method),
         "backbone": backbone_identity(backbone),
@@ -95,6 +97,9 @@ def run_identity(*, method: MethodSpec, backbone: BackboneSpec, tasks: dict[str,
         "selection": selection_identity(selection),
         "compute": compute_identity(compute, backbone),
     }
+    if published:  # fused sources taken from published adapters: their content hash (only when any, so the
+        out["published"] = dict(sorted(published.items()))  # ids of every run without one stay as they were)
+    return out
 
 
 def run_id(who: str, label: str, backbone: str, seed: int, identity: dict) -> str:

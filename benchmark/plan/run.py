@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from benchmark.data.published import Published
 from benchmark.paths import shown_path
 from benchmark.plan.identity import run_identity
 from benchmark.spec.registry import Registry
@@ -34,6 +35,8 @@ class Run:
     # report columns this run fills (not part of its identity): its label, or a variant's column such as
     # ``fusion_st_a_rf16@s42`` (fusion over seed-42 adapters); one run may fill several (seed 42 there)
     columns: list[str] = field(default_factory=list)
+    # fusion sources taken from published adapters (fusion.adapterhub): source -> Published; no dep for them
+    published: dict[str, Published] = field(default_factory=dict)
 
     @property
     def kind(self):
@@ -69,11 +72,12 @@ class Run:
             method=self.method, backbone=reg.backbones[self.backbone], tasks={t: reg.tasks[t] for t in tasks},
             data=self.data, seed=self.seed, sources=self.sources, caps=self.caps,
             task_caps={t: c for t, c in self.task_caps.items() if t in tasks}, deps=self.deps,
-            selection=self.selection, compute=self.compute)
+            selection=self.selection, compute=self.compute,
+            published={s: p.identity() for s, p in self.published.items()})
 
     def config(self, reg: Registry, exp: ExperimentSpec | None = None) -> dict:
         """The resolved config stored with the result (provenance: prose included)."""
-        return {
+        out = {
             "method": self.method.model_dump(mode="json"),
             "backbone": _portable_backbone(reg.backbones[self.backbone].model_dump(mode="json")),
             "tasks": {t: _portable(reg.tasks[t].model_dump(mode="json")) for t in self.all_tasks},
@@ -86,6 +90,15 @@ class Run:
             "compute": self.compute.model_dump(mode="json"),
             "data": self.data,
         }
+        if self.published:
+            out["published"] = {s: {"ref": p.ref, "sha256": p.sha256, "revision": p.revision}
+                                for s, p in self.published.items()}
+        return out
+
+    def stage1_deps(self) -> list[tuple[str, str]]:
+        """(source, stage-1 run id) for the fused sources that are not published adapters, in order."""
+        trained = [s for s in self.sources if s not in self.published]
+        return list(zip(trained, self.deps))
 
 
 @dataclass

@@ -26,6 +26,7 @@ from benchmark.paths import shown_path, under, write_atomic
 from benchmark.report import figures, published
 from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.baseline import majority_baselines
+from benchmark.report.cost import CostView, cost_table
 from benchmark.report.prose import markdown_to_html
 from benchmark.report.tables import (
     ARROWS,
@@ -103,6 +104,7 @@ class ReportData:
     entailment_tasks: tuple[str, ...] = ENTAILMENT_TASKS
     multitask_note: str = MULTITASK_NOTE  # the same sentence in the Markdown and HTML reports
     findings_note: str = FINDINGS_NOTE  # how a verdict is reached, under the findings table
+    cost: CostView | None = None  # what each run cost, per method (cost.py)
 
 
 def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
@@ -245,6 +247,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     data.not_in_experiment = sorted((t for t, spec in reg.tasks.items() if spec.paper.order and t not in used),
                                     key=lambda t: reg.tasks[t].paper.order)
     data.failures = [{"run": r["run_id"], "error": r.get("error")} for r in col.results if r["status"] != "finished"]
+    data.cost = cost_table(col.results)
     return data
 
 

@@ -334,6 +334,17 @@ class FusionSources(Strict):
     sources: list[str] | Literal["all"] = "all"
     adapter_seed: int | Literal["matched"] = "matched"
     caps: Caps | None = Field(None, description="caps of the stage-1 source adapters (default: the experiment's)")
+    adapterhub: dict[str, str] = Field(
+        default_factory=dict, description="source task -> a published AdapterHub adapter (its folder, relative to "
+                                          "this spec, or a Hub id[@revision]) used instead of a stage-1 run")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Leave ``adapterhub`` out while it is empty, so existing experiments dump as before."""
+        out = handler(self)
+        if isinstance(out, dict) and not self.adapterhub:
+            out.pop("adapterhub", None)
+        return out
 
 
 class MtaSetup(Strict):

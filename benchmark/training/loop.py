@@ -58,6 +58,7 @@ class Outcome:
     best_selection: float = float("-inf")  # its selection metric (= best_metric under selection: dev)
     best_state: dict | None = None
     examples_per_second: float = 0.0
+    train_seconds: float = 0.0  # the training steps alone (no evaluation)
     stopped_early: str | None = None  # why training ended before the last epoch
     padding: dict = field(default_factory=lambda: {"real_tokens": 0, "computed_tokens": 0})
 
@@ -207,6 +208,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
                 tqdm.write(f"    {desc} {out.stopped_early}")
                 break
     out.examples_per_second = seen / max(train_time, 1e-9)
+    out.train_seconds = train_time
     return out
 
 

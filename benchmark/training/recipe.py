@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 
 from benchmark.data.encode import encode_split, tokenizer_fingerprint
+from benchmark.data.published import content_hash
+from benchmark.errors import CheckpointError
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
-from benchmark.modeling.checkpoint import load_modules, save_modules
+from benchmark.modeling.checkpoint import WEIGHTS, load_adapterhub, load_modules, save_modules
 from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
@@ -92,8 +94,14 @@ def _data_info(tr, dev, ho=None) -> dict:
 
 
 def _param_counts(model: AdapterModel) -> dict:
+    own = set(model.keys_of(Modules(encoder=True)))  # the backbone's own weights (not adapters, fusions, heads)
     return {"trained": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "total": sum(p.numel() for p in model.parameters())}
+            "total": sum(p.numel() for p in model.parameters()),
+            "backbone": sum(p.numel() for n, p in model.named_parameters() if n in own)}
+
+
+def _checkpoint_bytes(out_dir: Path) -> int:
+    return (out_dir / WEIGHTS).stat().st_size
 
 
 def _combine(a: Modules, b: Modules) -> Modules:
@@ -104,7 +112,8 @@ def _combine(a: Modules, b: Modules) -> Modules:
 def _training_info(outcome) -> dict:
     return {"history": outcome.history, "best_epoch": outcome.best_epoch, "best_metric": outcome.best_metric,
             "selection_metric": outcome.best_selection, "stopped_early": outcome.stopped_early,
-            "padding": outcome.padding, "train_examples_per_second": outcome.examples_per_second}
+            "padding": outcome.padding, "train_examples_per_second": outcome.examples_per_second,
+            "train_seconds": outcome.train_seconds}
 
 
 # --------------------------------------------------------------------------------- per-kind setups
@@ -140,8 +149,13 @@ def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
 
 @setup("fusion_st_a")
 def _fusion_st_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
-    for src, dep in zip(run.sources, run.deps):  # one stage-1 ST-A run per source
+    for src, dep in run.stage1_deps():  # one stage-1 ST-A run per source ...
         load_modules(model, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
+    for src, pub in run.published.items():  # ... or a published AdapterHub adapter (fusion.adapterhub)
+        if content_hash(Path(pub.folder)) != pub.sha256:
+            raise CheckpointError(f"the published adapter for '{src}' changed since the run was planned",
+                                  file=pub.folder, fix="plan again (afbench run) so the run id holds its new content")
+        load_adapterhub(model, Path(pub.folder), name=src)
     return _fusion_over_loaded_adapters(model, run)
 
 
@@ -215,6 +229,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     state = {**model.state_of(added.keeps), **outcome.best_state}
     save_modules(model, out_dir, adapters=saved.adapters, fusions=saved.fusions, heads=saved.heads,
                  encoder=saved.encoder, state={k: v.cpu() for k, v in state.items()})
+    result["checkpoint_bytes"] = _checkpoint_bytes(out_dir)
     return result
 
 
@@ -251,6 +266,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         "per_task": {t: {"best_metric": per_task[t][best], "history": per_task[t],
                          "data": _data_info(*data[t], heldout.get(t))} for t in run.tasks},
         "params": _param_counts(model), "tokenizer": tokenizer_fingerprint(tok),
+        "checkpoint_bytes": _checkpoint_bytes(out_dir),
     }
 
 

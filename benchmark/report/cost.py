@@ -1,0 +1,109 @@
+"""What each run cost, per backbone and method (mean over its finished runs: tasks and seeds).
+
+Read from result.json only: ``memory`` (peak resident memory of the run alone, CUDA max allocated),
+``params`` (trained; the backbone's own count where recorded, else the smallest total - trained among
+the backbone's runs, i.e. a head or ST-A run's frozen encoder), ``checkpoint_bytes``, ``train_seconds``
+and ``padding.real_tokens`` (tokens/s = real tokens / training seconds). A figure a result does not hold
+(every result trained before these were recorded) is "not recorded", never a guess; a mean over some
+runs only says over how many. Fusion's cost as a function of the number of fused adapters is
+``afbench perf``'s. Also: which results were trained under another lock or a drifted environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NOT_RECORDED = "not recorded"
+MIB = 1024 * 1024
+
+
+@dataclass
+class CostRow:
+    backbone: str
+    label: str
+    runs: int
+    cells: dict[str, str]  # column -> text
+
+
+@dataclass
+class CostView:
+    columns: list[str]
+    rows: list[CostRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+COLUMNS = ["runs", "peak RSS (MiB)", "CUDA max allocated (MiB)", "trainable params", "% of backbone",
+           "checkpoint (MiB)", "train s", "tokens/s"]
+
+
+def _mean(values: list[float], n: int, fmt: str) -> str:
+    if not values:
+        return NOT_RECORDED
+    text = fmt.format(sum(values) / len(values))
+    return text if len(values) == n else f"{text} ({len(values)}/{n} runs)"
+
+
+def _backbone_params(results: list[dict]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in results:
+        p = r.get("params") or {}
+        guess = p.get("backbone") or ((p.get("total") or 0) - (p.get("trained") or 0))
+        if guess > 0 and (r["backbone"] not in out or (p.get("backbone") or guess < out[r["backbone"]])):
+            out[r["backbone"]] = guess
+    return out
+
+
+def cost_table(results: list[dict]) -> CostView | None:
+    fin = [r for r in results if r.get("status") == "finished"]
+    if not fin:
+        return None
+    backbone = _backbone_params(fin)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in fin:
+        groups.setdefault((r["backbone"], r["label"]), []).append(r)
+    view = CostView(COLUMNS)
+    for (b, label), rs in sorted(groups.items()):
+        n = len(rs)
+        mem = [r.get("memory") or {} for r in rs]
+        rss = [m["peak_rss_bytes"] / MIB for m in mem if m.get("peak_rss_bytes")]
+        cuda = [m["cuda_max_allocated_bytes"] / MIB for m in mem if m.get("cuda_max_allocated_bytes") is not None]
+        trained = [r["params"]["trained"] for r in rs if (r.get("params") or {}).get("trained") is not None]
+        share = [100.0 * t / backbone[b] for t in trained] if backbone.get(b) else []
+        ckpt = [r["checkpoint_bytes"] / MIB for r in rs if r.get("checkpoint_bytes")]
+        secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
+        tps = [(r.get("padding") or {}).get("real_tokens", 0) / r["train_seconds"] for r in rs
+               if r.get("train_seconds") and (r.get("padding") or {}).get("real_tokens")]
+        cells = {"runs": str(n), "peak RSS (MiB)": _mean(rss, n, "{:.0f}"),
+                 "CUDA max allocated (MiB)": _mean(cuda, n, "{:.0f}") if cuda or any(r.get("device", "").startswith("cuda")
+                                                                             for r in rs) else "n/a (CPU)",
+                 "trainable params": _mean(trained, n, "{:,.0f}"), "% of backbone": _mean(share, n, "{:.2f}"),
+                 "checkpoint (MiB)": _mean(ckpt, n, "{:.2f}"), "train s": _mean(secs, n, "{:.1f}"),
+                 "tokens/s": _mean(tps, n, "{:.0f}")}
+        view.rows.append(CostRow(b, label, n, cells))
+    if not any(r.get("memory") for r in fin):
+        view.notes.append("These results were trained before per-run memory was recorded: peak RSS is not recorded "
+                          "(a rerun records it; measure on a few reruns in a scratch --results-dir).")
+    view.notes += environment_notes(fin)
+    return view
+
+
+def environment_notes(results: list[dict]) -> list[str]:
+    """Results trained under another lock than the newest one seen, or in an environment that drifted from it."""
+    envs = [(r["run_id"], r.get("environment") or {}) for r in results]
+    hashes = [e.get("lock_sha256") for _, e in envs if e.get("lock_sha256")]
+    notes = []
+    if not hashes:
+        return [f"{len(results)} result(s) record no lock hash (trained before requirements.lock)."]
+    if len(set(hashes)) > 1:
+        counts = {h: hashes.count(h) for h in dict.fromkeys(hashes)}
+        notes.append("results were trained under " + str(len(counts)) + " different locks: "
+                     + ", ".join(f"{h[:12]} ({c} runs)" for h, c in counts.items()))
+    drifted = [(rid, e.get("drift") or []) for rid, e in envs if e.get("matches_lock") is False]
+    if drifted:
+        shown = "; ".join(f"{rid}: {', '.join(d[:3])}" for rid, d in drifted[:3])
+        notes.append(f"{len(drifted)} result(s) were trained in an environment that drifted from its lock ({shown}"
+                     f"{'; ...' if len(drifted) > 3 else ''})")
+    missing = sum(1 for _, e in envs if not e.get("lock_sha256"))
+    if missing:
+        notes.append(f"{missing} result(s) record no lock hash (trained before requirements.lock).")
+    return notes
