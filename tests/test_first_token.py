@@ -118,8 +118,10 @@ def test_wrapped_last_layer_keeps_keys_and_trains_with_dropout(tiny_bert):
 def test_compute_options_are_validated_and_recorded():
     from benchmark.modeling.compute import Compute
 
-    assert Compute().record(torch.device("cpu")) == {"cpu_kernels": "fast", "last_layer": "first_token"}
-    assert Compute("fast", "full").record(torch.device("cuda")) == {"cpu_kernels": "stock", "last_layer": "full"}
+    assert Compute().record(torch.device("cpu")) == {"cpu_kernels": "fast", "last_layer": "first_token",
+                                                     "precision": "auto", "matmul_dtype": "float32"}
+    assert Compute("fast", "full").record(torch.device("cuda")) == {"cpu_kernels": "stock", "last_layer": "full",
+                                                                   "precision": "auto", "matmul_dtype": "bfloat16"}
     with pytest.raises(ValueError, match="last_layer"):
         Compute(last_layer="cls")
     with pytest.raises(ValueError, match="cpu_kernels"):

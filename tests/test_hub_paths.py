@@ -51,10 +51,14 @@ def test_hub_backbone_loads_by_model_id(registry, monkeypatch):
         seen["id"], seen["kwargs"] = model_id, kwargs
         raise OSError("no network")
 
+    config = transformers.BertConfig()
+    monkeypatch.setattr(backbone.hub, "unreachable_reason", lambda: None)  # as online: no cache-only retry
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda model_id, **kw: config)
     monkeypatch.setattr(transformers.AutoModel, "from_pretrained", fake_from_pretrained)
     with pytest.raises(BenchError, match="cannot load backbone 'bert-base-uncased'"):
         backbone.load_encoder(registry.backbones["bert-base-uncased"])
-    assert seen == {"id": "google-bert/bert-base-uncased", "kwargs": {"add_pooling_layer": False}}
+    # the config read first gives the family's layout; BERT's model class takes add_pooling_layer
+    assert seen == {"id": "google-bert/bert-base-uncased", "kwargs": {"config": config, "add_pooling_layer": False}}
 
 
 def test_minilm_backbone_is_offline(registry):
