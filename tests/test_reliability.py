@@ -485,7 +485,8 @@ def test_the_divergence_rule():
 
 @needs_mirror
 def test_a_diverged_run_is_failed_not_retrained_without_force_and_listed_in_the_report(tmp_path, capsys):
-    args = _experiment(tmp_path, "tiny_div", TINY.replace("caps:", "overrides: {head: {lr: 1.0e+6}}\n    caps:"))
+    args = _experiment(tmp_path, "tiny_div", TINY.replace("caps:", "overrides: {head: {lr: 1.0e+6}}\n    caps:")
+                       .replace("max_train_rows: 16", "max_train_rows: 128"))  # several steps per epoch
     assert main(["run", "tiny_div", *args]) == 1
     res = [json.loads(p.read_text()) for p in (tmp_path / "r" / "tiny_div").glob("*/result.json")]
     assert len(res) == 2 and all(r["status"] == "failed" and r["diverged"] is True for r in res)

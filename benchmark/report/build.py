@@ -316,6 +316,7 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
                 os.replace(staging / fig_folder, folder)
             for name in texts:
                 os.replace(staging / name, out_dir / name)
+            shutil.rmtree(staging, ignore_errors=True)  # before a held signal acts
     except OSError as e:
         raise StorageError.from_os_error(getattr(e, "filename", None) or out_dir, e) from None
     finally:

@@ -260,7 +260,7 @@ def die_with_driver(driver_pid: int) -> None:
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    if not _driver_alive(driver_pid, parent):  # it died before the prctl took effect
+    if parent == 1 or not _driver_alive(driver_pid, parent):  # it died before the prctl took effect
         os._exit(1)
 
     def watch() -> None:
@@ -418,6 +418,12 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         log(f"  skipped {what}: {why}")
     try:
         if executor == "slurm":
+            for r in list(todo):  # dependents of a run that diverged before (the local loop does this itself)
+                bad = [d for d in r.deps if d in summary.failed]
+                if bad:
+                    todo.remove(r)
+                    summary.failed[r.id] = f"dependency failed: {', '.join(bad)}"
+                    record(r, reg, plan, exp_dir, None, None, summary.failed[r.id], now(), 0.0, None)
             progress = _Progress(len(todo), 1, log)
 
             def note_failure(r: Run, why: str) -> None:  # a job that never ran its training
