@@ -121,8 +121,53 @@ def default_out(mode: str) -> str:
     return {"steps": "reports/perf.md", "epochs": "reports/perf_epochs.md", "malloc": "reports/perf_malloc.md"}[mode]
 
 
+def targets_met(mine: list[dict], ref: list[dict]) -> list[str]:
+    """Each target of ``TARGETS`` with its measured value and met / NOT met (not measured: say so)."""
+    out = []
+    have = {name for r in mine for name in r}
+
+    def state(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    for setup, goal in (("Fusion N=16", 4.0), ("ST-A", 1.2)):
+        if setup in have and ref:
+            x = _median(ref, setup) / _median(mine, setup)
+            out.append(f"{setup} >= {goal:g}x the reference: {x:.2f}x, {state(x >= goal)}")
+        else:
+            out.append(f"{setup} >= {goal:g}x the reference: not measured")
+    if "Fusion N=16" in have:
+        x = _median(mine, "Fusion N=16") / _median(mine, "ST-A")
+        out.append(f"Fusion N=16 step <= 1.6x a single-adapter step: {x:.2f}x, {state(x <= 1.6)}")
+    else:
+        out.append("Fusion N=16 step <= 1.6x a single-adapter step: not measured")
+    return out
+
+
+def stamp() -> str:
+    """Revision, date and versions of a measurement (a perf report is rewritten only when re-measured)."""
+    import datetime
+    import importlib.metadata as md
+
+    from benchmark.runner.results import git_revision
+
+    g = git_revision()
+    rev = (g.get("revision") or "unknown")[:12] + (" + uncommitted changes" if g.get("dirty") else "")
+
+    def version(pkg: str) -> str:
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"Measured {when} at revision {rev}; python {platform.python_version()}, torch {torch.__version__}, "
+            f"transformers {version('transformers')}.")
+
+
 def write_report(md_path: Path, lines: list[str], raw: dict) -> None:
-    """``<name>.md`` and the raw timings beside it as ``<name>.json`` (no machine paths in either)."""
+    """``<name>.md`` and the raw timings beside it as ``<name>.json`` (no machine paths in either); the
+    Markdown's second paragraph says when, at which revision and with which versions it was measured."""
+    lines = [*lines[:2], stamp(), "", *lines[2:]] if lines and lines[0].startswith("#") else [stamp(), "", *lines]
     md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text("\n".join(lines) + "\n")
     md_path.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
@@ -236,6 +281,7 @@ def steps_report(args, bb: PerfBackbone, configs, device, rounds, ref_version) -
         alt_cell = f"{1 / _median(col(alt), name):.3f}" if col(alt) else "not run"
         lines.append(f"| {name} | {1 / m:.3f} | {args.batch_size / m:.1f} | {alt_cell} | "
                      f"{_ratio_cells(ref_mean, mine, name)} | {m / single:.2f}x |")
+    lines += ["", "Targets (headline table, ratio of the median rounds): " + "; ".join(targets_met(mine, ref_mean)) + "."]
     if not first:
         return lines + ["", "First-token setup not run (`--no-first-token`)."]
     lines += [
