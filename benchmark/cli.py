@@ -15,14 +15,27 @@ from benchmark.errors import BenchError, DataUnavailable
 
 
 def _registry(args):
+    return load_with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])])
+
+
+def load_with_siblings(paths: list[Path]):
+    """The registry of ``paths``; where a named file does not load alone (it names a task that is not
+    there), the specs in its folder too: an experiment finds the task spec that sits beside it. The
+    first error stands when the folder does not help (an unrelated YAML file there changes nothing)."""
+    from benchmark.errors import SpecError
     from benchmark.spec import load_registry
 
-    return load_registry(with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])]))
-
-
-def with_siblings(paths: list[Path]) -> list[Path]:
-    """Spec paths plus the folder of each named file: an experiment finds the task spec that sits beside it."""
-    return list(dict.fromkeys([*paths, *(p.parent for p in paths if p.is_file())]))
+    try:
+        return load_registry(paths)
+    except SpecError:
+        folders = [p.parent for p in paths if p.is_file()]
+        if not folders:
+            raise
+        try:
+            return load_registry(list(dict.fromkeys([*paths, *folders])))
+        except BenchError:
+            pass
+        raise
 
 
 def _data_dir(args) -> Path | None:
@@ -81,11 +94,10 @@ def cmd_validate(args) -> int:
     """Exit 2 on any invalid spec or data; missing data (e.g. the UKP corpus) is listed as MISSING and
     is an error only for a spec file named on the command line (you asked about that task)."""
     from benchmark.data.checks import check_task_data
-    from benchmark.spec import load_registry
     from benchmark.spec.registry import spec_files
 
     paths = [Path(p) for p in args.paths] or []
-    reg = load_registry(with_siblings(paths))
+    reg = load_with_siblings(paths)
     chosen = {p.resolve() for p in spec_files(paths)} if paths else None
     named = {p.resolve() for p in paths if p.is_file()}
     missing_named, missing_any, hub_down = [], [], None
@@ -289,9 +301,7 @@ def cmd_migrate(args) -> int:
 
 def cmd_status(args) -> int:
     from benchmark.runner.results import results_root
-    from benchmark.runner.status import print_status
-
-    from benchmark.runner.status import empty_plan_note, unmatched_note
+    from benchmark.runner.status import empty_plan_note, print_status, unmatched_note
 
     reg = _registry(args)
     plan = _plan(args, reg)

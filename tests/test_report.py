@@ -147,7 +147,8 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links and all(link.startswith("handmade_files/") for link in links)
     assert all((out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for link in links)
-    assert "Table 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Table 2" in printed and "Arrows: ↗ gain > 0.3, ↘ loss < −0.3" in printed
 
 
 def test_report_twice_writes_identical_bytes(registry, handmade, tmp_path):

@@ -396,5 +396,9 @@ def print_summary(data: ReportData) -> None:
         rows.append(["Improved"] + t2.improved_ours)
         print(f"\nTable 2 ({t2.backbone})")
         print(tabulate(rows, headers=["task", *t2.columns], disable_numparse=True))
+        th = published.ARROW_THRESHOLD
+        print(f"Arrows: ↗ gain > {th}, ↘ loss < −{th}, → otherwise (accuracy points, the paper's thresholds)"
+              + (f"; p-values (raw and Holm over {t2.family_size} tests) are in the Markdown report." if t2.family_size
+                 else "."))
     for line in data.problems:
         print(f"warning: {line}")
