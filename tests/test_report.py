@@ -139,7 +139,8 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     tex = (out / "handmade.tex").read_text()
     assert r"\toprule" in tex and r"72.00 $\pm$ 2.00" in tex and r"$\nearrow$" in tex
     # Table 2 in LaTeX carries the paper's arrows beside ours, as the Markdown does
-    assert r"rte & $\nearrow$ / $\nearrow$ \\" in tex and r"mrpc & $\searrow$ / $\nearrow$ \\" in tex
+    assert r"rte & $\nearrow$ +5.00 / $\nearrow$ \\" in tex and r"mrpc & $\searrow$ -1.00 / $\nearrow$ \\" in tex
+    assert r"{\scriptsize p = 0.032, Holm 0.095}" in tex  # raw and Holm-adjusted p under the arrows
     assert "Improved & 1/3 / 3/3" in tex
     # every figure the Markdown links to is a PNG the reporter wrote there (and there is at least one)
     import re
