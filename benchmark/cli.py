@@ -15,10 +15,28 @@ from benchmark.errors import BenchError, DataUnavailable
 
 
 def _registry(args):
+    # a broken file in a spec folder blocks only what needs it (afbench validate stays strict)
+    return load_with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False)
+
+
+def load_with_siblings(paths: list[Path], strict: bool = True):
+    """The registry of ``paths``; where a named file does not load alone (it names a task that is not
+    there), the specs in its folder too: an experiment finds the task spec that sits beside it. The
+    first error stands when the folder does not help (an unrelated YAML file there changes nothing)."""
+    from benchmark.errors import SpecError
     from benchmark.spec import load_registry
 
-    # a broken file in a spec folder blocks only what needs it (afbench validate stays strict)
-    return load_registry([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False)
+    try:
+        return load_registry(paths, strict=strict)
+    except SpecError:
+        folders = [p.parent for p in paths if p.is_file()]
+        if not folders:
+            raise
+        try:
+            return load_registry(list(dict.fromkeys([*paths, *folders])), strict=strict)
+        except BenchError:
+            pass
+        raise
 
 
 def _data_dir(args) -> Path | None:
@@ -77,11 +95,10 @@ def cmd_validate(args) -> int:
     """Exit 2 on any invalid spec or data; missing data (e.g. the UKP corpus) is listed as MISSING and
     is an error only for a spec file named on the command line (you asked about that task)."""
     from benchmark.data.checks import check_task_data
-    from benchmark.spec import load_registry
     from benchmark.spec.registry import spec_files
 
     paths = [Path(p) for p in args.paths] or []
-    reg = load_registry(paths)
+    reg = load_with_siblings(paths)
     chosen = {p.resolve() for p in spec_files(paths)} if paths else None
     named = {p.resolve() for p in paths if p.is_file()}
     missing_named, missing_any, hub_down = [], [], None
@@ -165,7 +182,39 @@ def _plan(args, reg):
     from benchmark.plan.build import build_plan
 
     exp = reg.get("experiment", args.experiment)
-    return build_plan(reg, exp, availability(reg, _data_dir(args)), data_root=_data_dir(args), options=_options(args))
+    plan = build_plan(reg, exp, availability(reg, _data_dir(args)), data_root=_data_dir(args), options=_options(args))
+    for line in fusion_warnings(plan, reg):
+        print(line, file=sys.stderr)
+    return plan
+
+
+def fusion_warnings(plan, reg) -> list[str]:
+    """A fusion over fewer than two adapters only re-weights one adapter: say so once per method and sources."""
+    seen, out = set(), []
+    for r in plan.runs:
+        if r.kind.depends_on in ("stage1", "mt_a") and len(r.sources) < 2 and (r.label, tuple(r.sources)) not in seen:
+            seen.add((r.label, tuple(r.sources)))
+            out.append(f"warning: {r.label} on '{r.task}' fuses {len(r.sources)} adapter(s) ({', '.join(r.sources) or 'none'}):"
+                       " fusion needs at least two sources to mean anything. Fix: list two or more tasks under "
+                       f"'fusion: sources:' in {reg.file_of('experiment', plan.experiment.name)} (or sources: all).")
+    return out
+
+
+def implied_duplicates(plan, reg) -> list[str]:
+    """Implied stage-1 runs that train the same task, method and seed as a grid run, but under another run id:
+    which parts of the identity differ (so the adapter is trained twice, on purpose)."""
+    grid = {(r.task, r.label, r.backbone, r.seed): r for r in plan.runs if not r.implied and r.task}
+    out = []
+    for r in plan.runs:
+        twin = grid.get((r.task, r.label, r.backbone, r.seed)) if r.implied and r.task else None
+        if twin is None:
+            continue
+        a, b = r.identity(reg), twin.identity(reg)
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        out.append(f"note: {r.id} (implied: a fusion source) and grid run {twin.id} train the same task, method and "
+                   f"seed, but differ in {', '.join(diff) or 'their identity'} (e.g. fusion.caps vs the experiment's "
+                   "caps), so the adapter is trained twice; give both the same settings to train it once.")
+    return out
 
 
 def cmd_plan(args) -> int:
@@ -197,7 +246,12 @@ def cmd_plan(args) -> int:
     for line in scan_experiment(root, plan.experiment.name).problems():
         print(f"warning: {line}")
     c = Counter(row[7] for row in rows)
-    print(f"{len(rows)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(c.items())))
+    print(f"{len(rows)} runs: " + (", ".join(f"{v} {k}" for k, v in sorted(c.items())) or "none"))
+    from benchmark.runner.status import empty_plan_note, unmatched_note
+
+    for line in implied_duplicates(plan, reg) + empty_plan_note(plan, _data_dir(args)) + \
+            unmatched_note(plan, root, _data_dir(args)):
+        print(line)
     return 0
 
 
@@ -310,15 +364,25 @@ def cmd_migrate(args) -> int:
             raise slurm.busy_error(exp_dir, live)
         moved = migrate_experiment(plan, reg, results_root(args.results_dir), _data_dir(args), dry_run=args.dry_run)
     print(f"{len(moved)} result folder(s) {'would be ' if args.dry_run else ''}renamed to run-id scheme 2")
+    from benchmark.runner.status import empty_plan_note, unmatched_note
+
+    for line in empty_plan_note(plan, _data_dir(args)) or unmatched_note(plan, results_root(args.results_dir),
+                                                                         _data_dir(args)):
+        print(line)
     return 0
 
 
 def cmd_status(args) -> int:
     from benchmark.runner.results import results_root
-    from benchmark.runner.status import print_status
+    from benchmark.runner.status import empty_plan_note, print_status, unmatched_note
 
     reg = _registry(args)
-    return print_status(_plan(args, reg), results_root(args.results_dir))
+    plan = _plan(args, reg)
+    code = print_status(plan, results_root(args.results_dir))
+    for line in empty_plan_note(plan, _data_dir(args)) + unmatched_note(plan, results_root(args.results_dir),
+                                                                        _data_dir(args)):
+        print(line)
+    return code
 
 
 def cmd_report(args) -> int:

@@ -139,7 +139,8 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     tex = (out / "handmade.tex").read_text()
     assert r"\toprule" in tex and r"72.00 $\pm$ 2.00" in tex and r"$\nearrow$" in tex
     # Table 2 in LaTeX carries the paper's arrows beside ours, as the Markdown does
-    assert r"rte & $\nearrow$ / $\nearrow$ \\" in tex and r"mrpc & $\searrow$ / $\nearrow$ \\" in tex
+    assert r"rte & $\nearrow$ +5.00 / $\nearrow$ \\" in tex and r"mrpc & $\searrow$ -1.00 / $\nearrow$ \\" in tex
+    assert r"{\scriptsize p = 0.032, Holm 0.095}" in tex  # raw and Holm-adjusted p under the arrows
     assert "Improved & 1/3 / 3/3" in tex
     # every figure the Markdown links to is a PNG the reporter wrote there (and there is at least one)
     import re
@@ -147,16 +148,21 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links and all(link.startswith("handmade_files/") for link in links)
     assert all((out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for link in links)
-    assert "Table 2" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Table 2" in printed and "Arrows: ↗ gain > 0.3, ↘ loss < −0.3" in printed
 
 
-def test_report_is_deterministic_apart_from_the_date(registry, handmade, tmp_path):
+def test_report_twice_writes_identical_bytes(registry, handmade, tmp_path):
+    """Regenerating an unchanged report changes no byte: dated by its newest result, not by the clock."""
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):
         main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(d)])
-    strip = lambda p: [ln for ln in p.read_text().splitlines() if "Generated:" not in ln and "generated" not in ln]  # noqa: E731
-    for ext in ("md", "html", "tex"):
-        assert strip(a / f"handmade.{ext}") == strip(b / f"handmade.{ext}")
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert {"handmade.md", "handmade.html", "handmade.tex", "handmade_files/table1-minilm-l6.tex"} <= {
+        str(f) for f in files}
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    assert "Results as of: " in (a / "handmade.md").read_text()  # make_result has no finished_at: says so
 
 
 def test_no_results_is_a_clear_error(tmp_path, capsys):
@@ -539,3 +545,82 @@ def test_shared_adapters_and_the_majority_baseline_are_in_the_legend(registry, h
     printed = capsys.readouterr().out
     assert "majority" in printed and "rte 52.71" in printed and "52.70 ± 0.70‡" in printed
     assert "| task | group | majority |" in (out / "handmade.md").read_text()
+
+
+def _overfull(log: str) -> list[float]:
+    import re
+
+    return [float(x) for x in re.findall(r"Overfull \\[hv]box \(([0-9.]+)pt too", log)]
+
+
+def test_latex_report_is_a_document_that_compiles_and_fits(registry, handmade, tmp_path):
+    """report.tex compiles standalone with pdflatex (no overfull box over 5 pt, captions once, † / ‡ / arrows
+    / n explained); each table is also an \\input-able fragment that compiles inside a user's document."""
+    import shutil
+    import subprocess
+
+    out = tmp_path / "reports"
+    assert main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(out)]) == 0
+    tex = (out / "handmade.tex").read_text()
+    assert tex.startswith("%") and r"\documentclass" in tex and r"\end{document}" in tex
+    assert "Table 1: Table 1" not in tex and r"\caption{Table" not in tex  # LaTeX numbers the captions itself
+    assert r"$^\dagger$: differs from its baseline" in tex and r"$^\ddagger$: within one dev row" in tex
+    assert r"(n): number of seeds" in tex and r"$\nearrow$ gain" in tex
+    frags = sorted(p.name for p in (out / "handmade_files").glob("*.tex"))
+    assert frags == ["findings-minilm-l6.tex", "table1-minilm-l6.tex", "table2-minilm-l6.tex"], frags
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended "
+                    "texlive-latex-extra); the LaTeX was checked for structure only")
+
+    def compile_(folder, name):
+        r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", name], cwd=folder,
+                           capture_output=True, text=True, timeout=300)
+        log = (folder / name.replace(".tex", ".log")).read_text(errors="replace")
+        assert r.returncode == 0, log[-3000:]
+        assert (folder / name.replace(".tex", ".pdf")).exists()
+        assert all(x <= 5.0 for x in _overfull(log)), _overfull(log)
+
+    compile_(out, "handmade.tex")
+    (out / "mine.tex").write_text("\\documentclass{article}\\usepackage{amsmath,amssymb,booktabs,tabularx,array,graphicx}"
+                                  "\\begin{document}\\begin{table}\\resizebox{\\linewidth}{!}{\\input{handmade_files/table1-minilm-l6}}"
+                                  "\\end{table}\\noindent\\input{handmade_files/table2-minilm-l6}\\par\\noindent"
+                                  "\\input{handmade_files/findings-minilm-l6}\\end{document}\n")
+    compile_(out, "mine.tex")
+
+
+def test_latex_escapes_what_a_report_prints():
+    from benchmark.report.latex import escape, markdown
+
+    assert escape("a_b 50% & #1 {x} ~ ^ \\ $") == (r"a\_b 50\% \& \#1 \{x\} \textasciitilde{} \textasciicircum{} "
+                                                 r"\textbackslash{} \$")
+    assert escape("72.00 ± 1.00†‡ ≥ 3 → ↗") == r"72.00 $\pm$ 1.00$^\dagger$$^\ddagger$ $\geq$ 3 $\rightarrow$ $\nearrow$"
+    assert escape("naïve — ok") == "naive -- ok" and escape("a\u00a0b") == "a~b"
+    assert markdown("Intro **bold** `x_y`\n\n- one\n- two") == (
+        "Intro \\textbf{bold} \\texttt{x\\_y}\n\n\\begin{itemize}\n\\item one\n\\item two\n\\end{itemize}")
+
+
+def test_html_table1_fits_a_1200px_viewport(registry, handmade, tmp_path):
+    """Table 1 keeps mean ± std on one line, the paper value and Δ on a second; the page is no wider than a
+    1,200 px window (measured in headless Chromium where installed)."""
+    import re
+    import shutil
+    import subprocess
+
+    out = tmp_path / "reports"
+    assert main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(out)]) == 0
+    html = (out / "handmade.html").read_text()
+    assert '<span class="v">72.00 ± 2.00 <span class="n">n=3</span></span><br><span class="pd">71.04 ± 1.62 (+0.96)' in html
+    assert '<th class="sticky">task</th>' in html and "<th>paper (Δ)</th>" in html
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless browser (apt-get install chromium); the HTML was checked for structure only")
+    probe = ("<script>window.addEventListener('load', () => document.body.setAttribute('data-scroll-width', "
+             "document.documentElement.scrollWidth))</script>")
+    page = out / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900",
+                        "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                       capture_output=True, text=True, timeout=180)
+    got = re.search(r'data-scroll-width="(\d+)"', r.stdout)
+    assert got, r.stderr[-2000:]
+    assert int(got.group(1)) <= 1200, got.group(1)

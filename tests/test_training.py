@@ -82,3 +82,23 @@ def test_temperature_anneals_from_50_to_1_during_training_only(tiny_bert, monkey
     assert seen == pytest.approx([t[0], t[1], t[2], 1.0, t[3], t[4], t[5], 1.0])
     assert len(out.history) == 2 and out.best_state is not None
     assert all(f.temperature == 1.0 for f in model.fusion_layers())
+
+
+def test_step_progress_in_logs_where_the_bar_is_hidden(tiny_bert, monkeypatch, capsys):
+    """Without a terminal (a log file) a line with steps, examples/s and the epoch's ETA comes at least every
+    PROGRESS_SECONDS; here every step (the interval set to 0)."""
+    from benchmark.training import loop
+
+    tok, make = tiny_bert
+    torch.manual_seed(0)
+    model = AdapterModel(make())
+    model.add_head("t", "classification", 2)
+    model.train_only(Modules(heads=["t"]))
+    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+    params = TrainParams(lr=1e-3, epochs=1, batch_size=8, patience=None)
+    train(model, "t", _toy_split(), _toy_split(8, 1), params, pad_id=tok.pad_token_id, device=torch.device("cpu"),
+          seed=0, snapshot=lambda: model.state_of(Modules(heads=["t"])), desc="toy")
+    out = capsys.readouterr()
+    lines = [ln for ln in (out.out + out.err).splitlines() if "step " in ln and "epoch ETA" in ln]
+    assert [ln.split("step ")[1].split(",")[0] for ln in lines] == ["1/3", "2/3", "3/3"], lines
+    assert "train ex/s" in lines[0] and lines[-1].endswith("epoch ETA 0m00s")

@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from tabulate import tabulate
 from benchmark.data.sources import data_dir
 from benchmark.errors import BenchError, StorageError
 from benchmark.paths import shown_path, under, write_atomic
-from benchmark.report import figures, published
+from benchmark.report import figures, latex, published
 from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.baseline import majority_baselines
 from benchmark.report.cost import CostView, cost_table
@@ -40,7 +41,7 @@ from benchmark.report.tables import (
     layout,
     p_text,
 )
-from benchmark.runner.results import git_revision, results_root
+from benchmark.runner.results import results_root
 
 # The entailment-style tasks among the paper's 16 (its Figure 4 discussion: RTE and CB attend mostly to
 # the MNLI adapter). "NLI-like" attention in the report is the mass on these adapters other than the
@@ -107,6 +108,82 @@ class ReportData:
     cost: CostView | None = None  # what each run cost, per method (cost.py)
 
 
+def _counted(values: list[str]) -> str:
+    """"A (80 runs), not recorded (2 runs)"; one value alone without a count."""
+    counts: dict[str, int] = {}
+    for v in values:
+        counts[v] = counts.get(v, 0) + 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in sorted(counts.items()))
+
+
+def _data_hashes(fin: list[dict]) -> str:
+    """The content hash of every split the runs read (config.data: task -> split -> "sha256:..."), short."""
+    seen: dict[tuple[str, str], set[str]] = {}
+    for r in fin:
+        for task, splits in ((r.get("config") or {}).get("data") or {}).items():
+            for split, h in (splits or {}).items():
+                seen.setdefault((task, split), set()).add(str(h).removeprefix("sha256:")[:8])
+    if not seen:
+        return "not recorded"
+    return "; ".join(f"{t} {sp} {'/'.join(sorted(hs))}" for (t, sp), hs in sorted(seen.items()))
+
+
+def _lock(fin: list[dict]) -> str:
+    """Which lock the runs' environment was checked against, and whether it matched (results.environment)."""
+    envs = [r.get("environment") for r in fin]
+    recorded = [e for e in envs if isinstance(e, dict) and e.get("lock_sha256")]
+    parts = []
+    for (lock, sha), group in sorted(_group(recorded, lambda e: (e.get("lock") or "lock", e["lock_sha256"])).items()):
+        drift = [e for e in group if not e.get("matches_lock")]
+        text = f"{lock} sha256 {sha[:12]}: {len(group) - len(drift)} of {len(group)} runs match it"
+        if drift:
+            pkgs = sorted({str(d) for e in drift for d in e.get("drift") or []})
+            text += f", {len(drift)} drift ({', '.join(pkgs[:6])}{' …' if len(pkgs) > 6 else ''})"
+        parts.append(text)
+    if len(recorded) < len(envs):
+        parts.append(f"not recorded ({len(envs) - len(recorded)} older run{'s' if len(envs) - len(recorded) > 1 else ''})")
+    return "; ".join(parts)
+
+
+def _group(items, key) -> dict:
+    out: dict = {}
+    for it in items:
+        out.setdefault(key(it), []).append(it)
+    return out
+
+
+def dated(results: list[dict]) -> str:
+    """A report's date: when its newest result finished (not the clock: an unchanged report regenerates
+    byte for byte)."""
+    stamps = sorted(r.get("finished_at") or "" for r in results)
+    if not stamps or not stamps[-1]:
+        return "unknown (no result records when it finished)"
+    try:
+        return datetime.fromisoformat(stamps[-1]).astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") + " (newest result)"
+    except ValueError:
+        return stamps[-1]
+
+
+def reporter_revision() -> str:
+    """The last commit that changed the reporter's code (benchmark/report), "+ uncommitted changes" when it
+    has some; "" outside a git checkout. Not HEAD: a commit elsewhere must not change a report's bytes."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+
+    try:
+        rev = git("log", "-1", "--format=%H", "--", ".")
+        if rev.returncode != 0 or not rev.stdout.strip():
+            return ""
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".").stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return rev.stdout.strip()[:12] + (" + uncommitted changes" if dirty else "")
+
+
 def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     fin = [r for r in col.results if r["status"] == "finished"]
     # in the order they first trained a result; a grid trained across many commits lists short hashes
@@ -133,6 +210,13 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
         "dirty": dirty,
         "devices": sorted({r.get("device") or "?" for r in fin}),
         "data_sources": sorted({(r.get("data") or {}).get("source", "") for r in fin} - {""}),
+        "cpu": _counted([r.get("cpu_model") or "not recorded" for r in fin]) if fin else "—",
+        "threads": _counted([str(r["torch_threads"]) if r.get("torch_threads") else "not recorded" for r in fin])
+        if fin else "—",
+        "gpu": ", ".join(sorted({d.split("(", 1)[1].rstrip(")") for d in (r.get("device") or "" for r in fin)
+                                 if "(" in d})) or "none used",
+        "data_hashes": _data_hashes(fin),
+        "lock": _lock(fin) if fin else "—",
         "total_train_hours": sum(r.get("wall_seconds", 0.0) for r in col.results) / 3600,
         # the same sentences in the Markdown and HTML reports
         "runs": runs,
@@ -204,8 +288,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         experiment=experiment,
         description=(exp_spec.description.strip() if exp_spec else col.description),
         notes=(exp_spec.notes.strip() if exp_spec else ""),
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        reporter_revision=(git_revision().get("revision") or "unknown"),
+        generated=dated(col.results),
+        reporter_revision=reporter_revision(),
         provenance=_provenance(col, exp_spec, reg.file_of("experiment", experiment)),
         skipped=col.no_data,
         paper_source=paper_src,
@@ -264,10 +348,9 @@ def _env() -> jinja2.Environment:
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.1f}%"
     env.filters["arrow"] = lambda a: ARROWS.get(a, "—")
     env.filters["p"] = p_text
-    env.filters["tex"] = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&") \
-        .replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace("—", "--").replace("#", r"\#")
-    env.filters["texarrow"] = lambda a: {"up": r"$\nearrow$", "down": r"$\searrow$", "same": r"$\rightarrow$"}.get(
-        a, "--")
+    env.filters["tex"] = latex.escape
+    env.filters["texmd"] = latex.markdown
+    env.filters["texarrow"] = latex.arrow
     return env
 
 
@@ -278,8 +361,10 @@ def build_reports(reg, experiment: str, *, results_dir: str | None = None, out_d
         f.file = f"{experiment}_files/{f.name}.png"
     env = _env()
     texts = {f"{experiment}.{ext}": env.get_template(f"report.{ext}.j2").render(d=data) for ext in ("md", "html", "tex")}
-    written = publish(out_dir, texts, {f.file: f.png for f in data.figures},
-                      f"{experiment}_files" if data.figures else None)
+    files = {f.file: f.png for f in data.figures}
+    for name, text in tex_fragments(env, data):  # the tables alone, for \input into a paper
+        files[f"{experiment}_files/{name}"] = text.encode("utf-8")
+    written = publish(out_dir, texts, files, f"{experiment}_files" if files else None)
     print_summary(data)
     return written
 
@@ -352,6 +437,18 @@ def pid_alive_here(pid: str) -> bool:
     return True
 
 
+def tex_fragments(env: jinja2.Environment, data: ReportData) -> list[tuple[str, str]]:
+    """(file name, LaTeX) of every table as an \\input-able fragment (what report.tex typesets inline)."""
+    out = []
+    for t in data.tables:
+        out.append((f"{t.key}-{t.backbone}.tex", env.get_template("tex_table.tex.j2").render(t=t)))
+    for t2 in data.table2:
+        out.append((f"table2-{t2.backbone}.tex", env.get_template("tex_table2.tex.j2").render(t2=t2)))
+    for b, fs in data.findings.items():
+        out.append((f"findings-{b}.tex", env.get_template("tex_findings.tex.j2").render(fs=fs)))
+    return out
+
+
 def print_summary(data: ReportData) -> None:
     for t in data.tables:
         floor = t.has_majority  # the majority baseline beside the task: the floor every cell is read against
@@ -369,5 +466,9 @@ def print_summary(data: ReportData) -> None:
         rows.append(["Improved"] + t2.improved_ours)
         print(f"\nTable 2 ({t2.backbone})")
         print(tabulate(rows, headers=["task", *t2.columns], disable_numparse=True))
+        th = published.ARROW_THRESHOLD
+        print(f"Arrows: ↗ gain > {th}, ↘ loss < −{th}, → otherwise (accuracy points, the paper's thresholds)"
+              + (f"; p-values (raw and Holm over {t2.family_size} tests) are in the Markdown report." if t2.family_size
+                 else "."))
     for line in data.problems:
         print(f"warning: {line}")

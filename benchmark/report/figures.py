@@ -77,7 +77,7 @@ def heatmap_figure(col: Collected, backbone: str, label: str, reg, name: str | N
             continue
         im = ax.imshow(pct[k], vmin=0.0, vmax=vmax, cmap="viridis", aspect="auto")
         for (i, j), v in np.ndenumerate(pct[k]):
-            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,  # legible at a 1,200 px page
                     color="white" if v < 0.6 * vmax else "black")
         ax.set_title(f"layer {k + 1}", fontsize=9)
         ax.set_xticks(range(len(adapters)), adapters, rotation=90, fontsize=7)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmark.runner import slurm
 from benchmark.runner.lock import describe, holder_alive, pid_alive, read_lock
-from benchmark.runner.results import read_result_file
+from benchmark.runner.results import read_result_file, scan_experiment
 from benchmark.runner.slurm import QUEUED, JobState, load_jobs
 
 _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
@@ -124,3 +124,36 @@ def print_status(plan, results_dir: Path, queue: dict[str, JobState] | None = No
         + ", ".join(f"{c[k]} {k}" for k in ("finished", "running", "queued", "failed", "corrupt", "pending")
                  if c[k]))
     return 0
+
+
+def unmatched_note(plan, results_dir: Path, data_root: Path | None) -> list[str]:
+    """Why results on disk are not in this plan (run ids hash the data, the spec and the run options), in the
+    words ``afbench report`` uses; empty when every result on disk is planned."""
+    ids = {r.id for r in plan.runs}
+    scan = scan_experiment(results_dir, plan.experiment.name)
+    stale = [r for r in scan.results if r.get("run_id") not in ids]
+    if not stale:
+        return []
+    folder = results_dir / plan.experiment.name
+    matched = len(scan.results) - len(stale)
+    sources = {(r.get("data") or {}).get("source") for r in stale}
+    if "mirror" in sources and data_root is None:
+        return [f"note: {len(stale)} result(s) under {folder} were trained on the offline data mirror, and run ids "
+                "include a content hash of the data: with AFBENCH_DATA_DIR unset the plan reads the Hub instead, so "
+                f"{'none' if not matched else 'not all'} of their ids is in it. Fix: set AFBENCH_DATA_DIR (or "
+                "--data-dir) to the mirror, e.g. AFBENCH_DATA_DIR=../shared/data; `afbench run` without it would "
+                "train every run anew on Hub data."]
+    return [f"note: {len(stale)} result(s) under {folder} are not in this plan: they come from an older version "
+            "of the spec, other data, or other --batching / --cpu-kernels / --last-layer options (each changes the "
+            "run ids); `afbench report` leaves them out."]
+
+
+def empty_plan_note(plan, data_root: Path | None) -> list[str]:
+    """Why a plan has no run at all (every task skipped), and what to do."""
+    if plan.runs:
+        return []
+    why = (f"every task was skipped ({len(plan.skipped)} listed above)" if plan.skipped
+           else "the experiment lists no runnable group")
+    hint = (" Without AFBENCH_DATA_DIR the data is read from the Hugging Face Hub; set it (or --data-dir) to an "
+            "offline mirror, e.g. AFBENCH_DATA_DIR=../shared/data." if data_root is None else "")
+    return [f"note: this plan has no runs: {why}.{hint}"]

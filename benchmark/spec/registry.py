@@ -81,7 +81,8 @@ class Registry:
             f"unknown {kind} '{name}'; known: {', '.join(sorted(table)) or 'none'}.{hint}",
             file=referenced_from,
             field=field_path,
-            fix=f"use {'an' if kind[0] in 'aeiou' else 'a'} {kind} name that exists, or add specs/{kind}s/{name}.yaml",
+            fix=f"use {'an' if kind[0] in 'aeiou' else 'a'} {kind} name that exists, or add specs/{kind}s/{name}.yaml"
+                f" (a spec kept outside specs/: pass its file or folder with --specs)",
         )
 
 

@@ -115,6 +115,20 @@ def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, b
     return 100.0 * accuracy_score(gold, preds)
 
 
+# Where the step bar is hidden (a log file, nohup, CI), a progress line at least this often: an MRPC
+# fusion epoch on a CPU takes ~10 minutes, and one line per epoch looked like a hung run.
+PROGRESS_SECONDS = 30.0
+
+
+def log_progress(desc: str, epoch: int, epochs: int, steps: int, steps_per_epoch: int, examples: int,
+                 seconds: float) -> None:
+    """"step 120/460, 21.3 ex/s, epoch ETA 8m05s": the epoch's own rate, its remaining steps at that pace."""
+    rate = examples / max(seconds, 1e-9)
+    eta = int(seconds / max(steps, 1) * (steps_per_epoch - steps))
+    tqdm.write(f"    {desc} epoch {epoch}/{epochs}: step {steps}/{steps_per_epoch}, {rate:.1f} train ex/s, "
+               f"epoch ETA {eta // 60}m{eta % 60:02d}s")
+
+
 def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> None:
     """One line per epoch, also where the step bar is hidden (logs, CI, nohup)."""
     held = f", held-out accuracy {h['heldout_accuracy']:.2f}" if "heldout_accuracy" in h else ""
@@ -156,7 +170,8 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
     first_loss, classes = None, []  # the untrained model's loss and the class count: the divergence rule
     for epoch in range(params.epochs):
         model.train()
-        t0, steps = time.perf_counter(), 0
+        t0, steps, epoch_seen = time.perf_counter(), 0, 0
+        last_log = t0
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
         bar = tqdm(total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{params.epochs}", leave=False,
                    disable=None, unit="step")
@@ -180,9 +195,13 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
             steps += 1
             global_step += 1
             seen += batch["labels"].shape[0]
+            epoch_seen += batch["labels"].shape[0]
             if steps % check_every == 0 and not torch.isfinite(loss_sum):
                 raise NonFiniteLoss(f"the training loss became {loss_sum.item()} (epoch {epoch + 1}, step {steps})")
             bar.update()
+            if bar.disable and time.perf_counter() - last_log >= PROGRESS_SECONDS:
+                last_log = time.perf_counter()
+                log_progress(desc, epoch + 1, params.epochs, steps, steps_per_epoch, epoch_seen, last_log - t0)
         bar.close()
         train_loss = loss_sum.item() / max(1, steps)
         if not math.isfinite(train_loss):

@@ -1,0 +1,92 @@
+"""Text for the LaTeX report: escaping of any string a report shows (spec prose, task names, verdicts with
+Unicode marks) so that pdflatex accepts it, and the Markdown subset of spec prose as LaTeX.
+
+Everything here is pure text -> text; ``build.py`` registers these as Jinja filters.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# LaTeX's special characters first (the backslash before anything that introduces one)
+_SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "%": r"\%", "#": r"\#",
+            "_": r"\_", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}", "<": r"\textless{}",
+            ">": r"\textgreater{}"}
+# the Unicode a report prints, as LaTeX (amsmath/amssymb); anything else is transliterated or dropped
+_UNICODE = {"±": r"$\pm$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "—": "--", "–": "--", "−": "$-$",
+            "≥": r"$\geq$", "≤": r"$\leq$", "≈": r"$\approx$", "×": r"$\times$", "·": r"$\cdot$",
+            "…": r"\ldots{}", "↗": r"$\nearrow$", "↘": r"$\searrow$", "→": r"$\rightarrow$", "Δ": r"$\Delta$",
+            "ρ": r"$\rho$", "α": r"$\alpha$", "’": "'", "‘": "`", "“": "``", "”": "''", "°": r"$^\circ$",
+            "✓": r"$\checkmark$", "✗": r"$\times$", "µ": r"$\mu$", "é": r"\'e", "è": r"\`e", "ü": r'\"u',
+            "ö": r'\"o', "ä": r'\"a', "\u00a0": "~"}
+
+
+def escape(text) -> str:
+    """Any text as LaTeX source that pdflatex (T1, utf8) typesets as written."""
+    out = []
+    for ch in str(text):
+        if ch in _SPECIAL:
+            out.append(_SPECIAL[ch])
+        elif ch in _UNICODE:
+            out.append(_UNICODE[ch])
+        elif ord(ch) < 128:
+            out.append(ch)
+        else:  # transliterate (é -> e) or drop what has no ASCII form
+            out.append(unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode())
+    return "".join(out)
+
+
+ARROWS = {"up": r"$\nearrow$", "down": r"$\searrow$", "same": r"$\rightarrow$"}
+
+
+def arrow(a: str | None) -> str:
+    return ARROWS.get(a or "", "--")
+
+
+_BULLET = re.compile(r"^\s*[-*]\s+")
+_NUMBER = re.compile(r"^\s*\d+[.)]\s+")
+
+
+def _inline(text: str) -> str:
+    """Escape, then `code` -> \\texttt and **bold** -> \\textbf."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:
+        parts[-2:] = ["`".join(parts[-2:])]
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(r"\texttt{" + escape(part) + "}")
+        else:
+            bits = part.split("**")
+            out.append("".join(r"\textbf{" + escape(b) + "}" if j % 2 else escape(b) for j, b in enumerate(bits)))
+    return "".join(out)
+
+
+def markdown(text: str | None) -> str:
+    """Spec prose (the Markdown subset of ``prose.py``: paragraphs, - / 1. lists, `code`, **bold**) as LaTeX."""
+    blocks: list[list[str]] = [[]]
+    for line in (text or "").splitlines():
+        if line.strip():
+            if (_BULLET.match(line) or _NUMBER.match(line)) and blocks[-1] and not (
+                    _BULLET.match(blocks[-1][0]) or _NUMBER.match(blocks[-1][0])):
+                blocks.append([])
+            blocks[-1].append(line.rstrip())
+        elif blocks[-1]:
+            blocks.append([])
+    out = []
+    for b in (b for b in blocks if b):
+        for pattern, env in ((_BULLET, "itemize"), (_NUMBER, "enumerate")):
+            if pattern.match(b[0]):
+                items: list[list[str]] = []
+                for ln in b:
+                    if pattern.match(ln):
+                        items.append([pattern.sub("", ln, count=1)])
+                    elif items:
+                        items[-1].append(ln.strip())
+                body = "\n".join(r"\item " + _inline(" ".join(it)) for it in items)
+                out.append(f"\\begin{{{env}}}\n{body}\n\\end{{{env}}}")
+                break
+        else:
+            out.append(_inline(" ".join(ln.strip() for ln in b)))
+    return "\n\n".join(out)
