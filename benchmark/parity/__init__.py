@@ -1,6 +1,7 @@
 """``afbench parity``: our modules against AdapterHub ``adapters`` 1.3.0 (transformers 4.57.6).
 
-Our side builds a tiny BERT and a tiny RoBERTa, adds a Pfeiffer adapter (rf 16), a Houlsby adapter and
+Our side builds a tiny encoder of every family both support (BERT, RoBERTa, DistilBERT, ELECTRA,
+DeBERTa-v2), adds a Pfeiffer adapter (rf 16), a Houlsby adapter and
 a dynamic fusion over three Pfeiffer adapters, randomises every adapter / fusion weight (biases and V
 included, so no term is trivially zero), and writes base weights, module weights, inputs and our last
 hidden states. ``reference.py`` runs in the reference environment, loads the same weights into
@@ -19,18 +20,26 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from benchmark.modeling.layout import LOCATIONS
+from benchmark.modeling.layout import LOCATIONS, layout_for
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 TOLERANCE = 1e-5
-ARCHS = {
-    "bert": ("BertConfig", "BertModel", {"pad_token_id": 0}),
-    "roberta": ("RobertaConfig", "RobertaModel", {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
-                                                  "type_vocab_size": 1}),
-}
 BASE = {"vocab_size": 300, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 128, "max_position_embeddings": 130}
+# Every family with a layout that AdapterHub adapters 1.3.0 also supports: (config class, model class, config).
+ARCHS = {
+    "bert": ("BertConfig", "BertModel", {**BASE, "pad_token_id": 0}),
+    "roberta": ("RobertaConfig", "RobertaModel", {**BASE, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2,
+                                                  "type_vocab_size": 1}),
+    "distilbert": ("DistilBertConfig", "DistilBertModel", {
+        "vocab_size": 300, "dim": 64, "n_layers": 2, "n_heads": 4, "hidden_dim": 128, "max_position_embeddings": 130,
+        "pad_token_id": 0}),
+    "electra": ("ElectraConfig", "ElectraModel", {**BASE, "embedding_size": 32, "pad_token_id": 0}),
+    "deberta-v2": ("DebertaV2Config", "DebertaV2Model", {
+        **BASE, "pad_token_id": 0, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 32,
+        "type_vocab_size": 0}),
+}
 ADAPTERS = {"pf": "pfeiffer", "ho": "houlsby", "a": "pfeiffer", "b": "pfeiffer", "c": "pfeiffer"}
 FUSED = ["a", "b", "c"]
 SETUPS = ["pf", "ho", "fusion"]
@@ -56,13 +65,14 @@ def _neutral_names(model: AdapterModel) -> dict[str, str]:
 
 
 def export_case(arch: str, folder: Path) -> None:
-    from transformers import AutoModel, BertConfig, RobertaConfig
+    import transformers
+    from transformers import AutoModel
 
-    cfg_name, model_name, extra = ARCHS[arch]
-    config_kwargs = {**BASE, **extra}
-    config = (BertConfig if arch == "bert" else RobertaConfig)(**config_kwargs)
+    cfg_name, model_name, config_kwargs = ARCHS[arch]
+    config = getattr(transformers, cfg_name)(**config_kwargs)
+    pooler = layout_for(config.model_type).pooler
     torch.manual_seed(0)
-    encoder = AutoModel.from_config(config, add_pooling_layer=False)
+    encoder = AutoModel.from_config(config, **({"add_pooling_layer": False} if pooler else {}))
     base = {k: v.clone() for k, v in encoder.state_dict().items()}
     model = AdapterModel(encoder)
     for name, kind in ADAPTERS.items():
@@ -74,7 +84,7 @@ def export_case(arch: str, folder: Path) -> None:
             added[name].add_(0.1 * torch.randn_like(added[name]))
     model.eval()
     g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, BASE["vocab_size"], (3, 17), generator=g)
+    ids = torch.randint(3, config.vocab_size, (3, 17), generator=g)
     mask = torch.ones_like(ids)
     mask[1, 12:] = 0
     mask[2, 5:] = 0
@@ -92,12 +102,13 @@ def export_case(arch: str, folder: Path) -> None:
     save_file({"input_ids": ids, "attention_mask": mask}, str(folder / "inputs.safetensors"))
     save_file(outputs, str(folder / "outputs.safetensors"))
     (folder / "meta.json").write_text(json.dumps({
-        "config_class": cfg_name, "model_class": model_name, "config": config_kwargs, "adapters": ADAPTERS,
+        "config_class": cfg_name, "model_class": model_name, "config": config_kwargs, "pooler": pooler,
+        "adapters": ADAPTERS,
         "fusion": FUSED, "reduction_factor": 16, "setups": SETUPS}, indent=2))
 
 
-def run_parity(reference_python: str, work_dir: Path) -> int:
-    for arch in ARCHS:
+def run_parity(reference_python: str, work_dir: Path, archs: list[str] | None = None) -> int:
+    for arch in archs or ARCHS:
         export_case(arch, work_dir / arch)
     script = Path(__file__).with_name("reference.py")
     proc = subprocess.run([reference_python, str(script), str(work_dir)], capture_output=True, text=True)

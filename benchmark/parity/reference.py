@@ -18,8 +18,12 @@ import transformers
 from adapters import DoubleSeqBnConfig, Fuse, SeqBnConfig
 from safetensors.torch import load_file
 
-ADAPTER_KEY = re.compile(r"encoder\.layer\.(\d+)\.(attention\.output|output)\.adapters\.([^.]+)\.adapter_(down\.0|up)\.(weight|bias)$")
-FUSION_KEY = re.compile(r"encoder\.layer\.(\d+)\.output\.adapter_fusion_layer\.([^.]+)\.(query|key|value)\.(weight|bias)$")
+# AdapterHub's own key layout: BERT-style families keep adapters in ``layer.{i}.attention.output`` and
+# ``layer.{i}.output``; DistilBERT in ``layer.{i}.attention_adapters`` and ``layer.{i}.output_adapters``.
+ADAPTER_KEY = re.compile(r"layer\.(\d+)\.(attention\.output|output|attention_adapters|output_adapters)\.adapters\."
+                         r"([^.]+)\.adapter_(down\.0|up)\.(weight|bias)$")
+FUSION_KEY = re.compile(r"layer\.(\d+)\.(?:output|output_adapters)\.adapter_fusion_layer\.([^.]+)\.(query|key|value)\."
+                        r"(weight|bias)$")
 
 
 def neutral_name(key):
@@ -41,7 +45,7 @@ def main(work):
         meta = json.loads((arch_dir / "meta.json").read_text())
         cfg_cls = getattr(transformers, meta["config_class"])
         model_cls = getattr(transformers, meta["model_class"])
-        model = model_cls(cfg_cls(**meta["config"]), add_pooling_layer=False)
+        model = model_cls(cfg_cls(**meta["config"]), **({"add_pooling_layer": False} if meta.get("pooler", True) else {}))
         missing, unexpected = model.load_state_dict(load_file(str(arch_dir / "base.safetensors")), strict=False)
         assert not unexpected, unexpected
         assert all("position_ids" in k or "token_type_ids" in k for k in missing), missing
