@@ -15,11 +15,18 @@ from benchmark.errors import BenchError, DataUnavailable
 
 
 def _registry(args):
-    # a broken file in a spec folder blocks only what needs it (afbench validate stays strict)
-    return load_with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False)
+    # a broken file in a spec folder blocks only what needs it (afbench validate stays strict): one warning
+    # line per broken file, except the one the command asks for, whose own paragraph is the error
+    lines: list[str] = []
+    reg = load_with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False, warn=lines.append)
+    asked = {getattr(args, "experiment", None), getattr(args, "task", None), *(getattr(args, "experiments", None) or [])}
+    for line in lines:
+        if not any(f"/{name}.yaml " in line or f"/{name}.yml " in line for name in asked if name):
+            print(line, file=sys.stderr)
+    return reg
 
 
-def load_with_siblings(paths: list[Path], strict: bool = True):
+def load_with_siblings(paths: list[Path], strict: bool = True, warn=None):
     """The registry of ``paths``; where a named file does not load alone (it names a task that is not
     there), the specs in its folder too: an experiment finds the task spec that sits beside it. The
     first error stands when the folder does not help (an unrelated YAML file there changes nothing)."""
@@ -27,13 +34,13 @@ def load_with_siblings(paths: list[Path], strict: bool = True):
     from benchmark.spec import load_registry
 
     try:
-        return load_registry(paths, strict=strict)
+        return load_registry(paths, strict=strict, warn=warn)
     except SpecError:
         folders = [p.parent for p in paths if p.is_file()]
         if not folders:
             raise
         try:
-            return load_registry(list(dict.fromkeys([*paths, *folders])), strict=strict)
+            return load_registry(list(dict.fromkeys([*paths, *folders])), strict=strict, warn=warn)
         except BenchError:
             pass
         raise

@@ -247,7 +247,8 @@ def test_a_hub_id_fails_fast_offline_and_when_the_hub_is_unreachable(exported, m
     assert main(["plan", "hub_fusion", "--specs", str(specs)]) == 2  # HF_HUB_OFFLINE=1 (conftest), empty cache
     err = capsys.readouterr().err
     assert "not in the Hugging Face cache" in err and "fusion.adapterhub.rt_mc" in err
-    monkeypatch.delenv("HF_HUB_OFFLINE")
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):  # CI sets all three
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: the probe fails at once
     hub.reset()
     try:
