@@ -24,7 +24,7 @@ from tabulate import tabulate
 from benchmark.data.sources import data_dir
 from benchmark.errors import BenchError, StorageError
 from benchmark.paths import shown_path, under, write_atomic
-from benchmark.report import figures, latex, published
+from benchmark.report import figures, latex, published, reruns
 from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.baseline import majority_baselines
 from benchmark.report.cost import CostView, cost_table
@@ -105,6 +105,8 @@ class ReportData:
     entailment_tasks: tuple[str, ...] = ENTAILMENT_TASKS
     multitask_note: str = MULTITASK_NOTE  # the same sentence in the Markdown and HTML reports
     findings_note: str = FINDINGS_NOTE  # how a verdict is reached, under the findings table
+    reruns: list = field(default_factory=list)  # runs trained again under one id (reruns.py)
+    reruns_summary: str = ""
     cost: CostView | None = None  # what each run cost, per method (cost.py)
 
 
@@ -295,6 +297,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         paper_source=paper_src,
         problems=col.problems,
     )
+    data.reruns = reruns.reruns([r for r in col.results if r["status"] == "finished"])
+    data.reruns_summary = reruns.summary(data.reruns)
     root = data_dir(data_root)
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
