@@ -20,9 +20,9 @@ import torch
 from benchmark.modeling.compute import Compute, bf16_unsupported
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
-from benchmark.perf.inference_steps import peak_mib, time_inference
+from benchmark.perf.inference_steps import time_inference
 from benchmark.perf.meta import Target, default_out, provenance, provenance_lines, target_lines, write_report
-from benchmark.perf.steps import Head
+from benchmark.perf.steps import Head, peak_mib
 from benchmark.perf.training_steps import build_setup
 
 

@@ -4,7 +4,6 @@ under ``torch.inference_mode`` and optional bf16 autocast, plus this process's p
 
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -12,19 +11,6 @@ import torch
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def peak_mib(device: str) -> float:
-    """CUDA: max allocated since the last reset; CPU: this process's peak resident set (VmHWM)."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
 
 
 def time_inference(forward, vocab_size: int, length: int, batch: int, reps: int, device: str,

@@ -21,20 +21,11 @@ from adapters import DoubleSeqBnConfig, Fuse, SeqBnConfig
 from transformers import AutoModel, BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from steps import Head, make_batch, time_steps  # noqa: E402
+from steps import Head, make_batch, peak_mib, time_steps  # noqa: E402
 
 
 def _kind(config) -> str:
     return config[2] if len(config) > 2 else ("st_a" if config[1] == 0 else "fusion")
-
-
-def _peak_mib(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _encoder(backbone: dict):
@@ -92,7 +83,7 @@ def main(backbone, cfg):
                 opt.zero_grad(set_to_none=True)
 
             sec = time_steps(step, cfg["warmup"], cfg["steps"], device)
-            res[name] = {"seconds": sec, "peak_mib": _peak_mib(device)} if cfg.get("memory") else sec
+            res[name] = {"seconds": sec, "peak_mib": peak_mib(device)} if cfg.get("memory") else sec
     print(json.dumps(out))
 
 

@@ -12,9 +12,12 @@ import torch
 from adapters import Fuse, SeqBnConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inference_steps import peak_mib, time_inference  # noqa: E402
+from inference_steps import time_inference  # noqa: E402
 from reference import _encoder  # noqa: E402
-from steps import Head  # noqa: E402
+from steps import (
+    Head,  # noqa: E402
+    peak_mib,  # noqa: E402
+)
 
 
 def main(backbone, cfg):

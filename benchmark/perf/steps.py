@@ -2,6 +2,7 @@
 reference environment (transformers 4.57 + adapters 1.3.0) can run it too."""
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -51,3 +52,18 @@ class Head(torch.nn.Module):
             return self.net(hidden_states[:, 0])  # [B, H] -> [B, C]
         m = attention_mask.unsqueeze(-1).to(hidden_states.dtype)  # [B, T, 1]
         return self.net((hidden_states * m).sum(1) / m.sum(1).clamp(min=1.0))
+
+
+def peak_mib(device: str) -> float:
+    """CUDA: max memory allocated since the last reset; CPU: the process's peak resident set (VmHWM)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -46,7 +46,7 @@ from benchmark.perf.meta import (
     target_lines,
     write_report,
 )
-from benchmark.perf.steps import Head, make_batch, time_steps
+from benchmark.perf.steps import Head, make_batch, peak_mib, time_steps
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 TARGETS = "Fusion N=16 >= 4x the reference; Fusion N=16 step <= 1.6x a single-adapter step; ST-A >= 1.2x the reference"
@@ -120,21 +120,6 @@ def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="c
         if memory is not None:
             memory[name] = peak_mib(device)
     return out
-
-
-def peak_mib(device: str) -> float:
-    """CUDA: max memory allocated since the last reset; CPU: the process's peak resident set (VmHWM)."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def reference(args, bb: PerfBackbone, configs, device: str, poolings=("mean", "cls"), precision: str | None = None,
