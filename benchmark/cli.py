@@ -227,7 +227,8 @@ def implied_duplicates(plan, reg) -> list[str]:
 def cmd_plan(args) -> int:
     from tabulate import tabulate
 
-    from benchmark.runner.results import experiment_dir, read_result_file, results_root, scan_experiment
+    from benchmark.records import read_result_file, scan_experiment
+    from benchmark.runner.results import experiment_dir, results_root
 
     reg = _registry(args)
     root = results_root(args.results_dir)
@@ -243,7 +244,7 @@ def cmd_plan(args) -> int:
     rows = []
     for i, r in enumerate(plan.runs, 1):
         res = read_result_file(exp_dir / r.id)
-        state = res.data["status"] if res.ok else "pending" if res.state == "missing" else "corrupt"
+        state = res.record.status if res.ok else "pending" if res.state == "missing" else "corrupt"
         rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, len(r.deps),
                      "implied" if r.implied else "grid", state, r.id))
     print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "role", "status", "run id"],
@@ -267,19 +268,20 @@ def _estimate(args, reg, plan, root) -> int:
     model on this experiment's finished runs of one seed and checks it on the others."""
     import json
 
+    from benchmark.records import scan_experiment
     from benchmark.runner import cost
     from benchmark.runner.provenance import cpu_model
-    from benchmark.runner.results import scan_experiment, write_json_atomic
+    from benchmark.runner.results import write_json_atomic
 
     data_root = _data_dir(args)
     if args.calibrate:
-        results = {r["run_id"]: r for r in scan_experiment(root, plan.experiment.name).results}
+        results = {r.run_id: r for r in scan_experiment(root, plan.experiment.name).results}
         by_cpu: dict[str, dict] = {}
         for rid, r in results.items():
-            by_cpu.setdefault(r.get("cpu_model") or cost.UNRECORDED_CPU, {})[rid] = r
+            by_cpu.setdefault(r.cpu_model or cost.UNRECORDED_CPU, {})[rid] = r
         cal = cost.load_calibration()
         for cpu, res in sorted(by_cpu.items()):
-            seeds = sorted({r["seed"] for r in res.values()})
+            seeds = sorted({r.seed for r in res.values()})
             if len(seeds) < 2:
                 print(f"{cpu}: runs of one seed only; not calibrated (the check needs other seeds)")
                 continue
@@ -395,12 +397,13 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from benchmark.plan.build import build_plan
     from benchmark.report.build import build_reports
+    from benchmark.runner.results import results_root
 
     reg = _registry(args)
     root = _data_dir(args)
     available = availability(reg, root)
     for exp in args.experiments:
-        for path in build_reports(reg, exp, results_dir=args.results_dir, out_dir=Path(args.out_dir),
+        for path in build_reports(reg, exp, results_dir=results_root(args.results_dir), out_dir=Path(args.out_dir),
                                   paper_file=args.paper,
                                   plan_of=lambda spec: build_plan(reg, spec, available, data_root=root,
                                                                   options=_options(args)), data_root=root):

@@ -12,7 +12,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "benchmark"
 # Lowest first. A module may import from its own layer and from every layer listed before it.
 LAYERS = [
-    {"errors", "methods", "paper", "paths"},
+    {"errors", "methods", "paper", "paths", "records"},
     {"spec"},
     {"data"},
     {"plan"},
@@ -74,3 +74,55 @@ def test_every_subpackage_ships():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
     assert found | {"benchmark.bundled_specs"} == listed
+
+
+def test_the_reporter_loads_neither_torch_nor_the_runner_or_the_training_code():
+    """``import benchmark.report.build`` in a fresh interpreter: no torch, no runner, no training, no modeling
+    (the reporter reads records, the planner and the data readers only)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, benchmark.report.build; "
+            "print(sorted(m for m in ('torch', 'transformers', 'benchmark.runner', 'benchmark.training', "
+            "'benchmark.modeling') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", f"importing the reporter loaded {out.stdout.strip()}"
+
+
+def _registered_names() -> set[str]:
+    """Every method kind, run label, paper column key and Table 2 key of the registry, every method and backbone
+    spec name, and the paper's backbones."""
+    import yaml
+
+    from benchmark import methods
+
+    names = set()
+    for k in methods.KINDS.values():
+        names.add(k.name)
+        names |= {x for cols in k.columns.values() for c in cols for x in (c.label, c.paper_key)}
+        names |= {x for c in k.comparisons for x in (c.key, c.ours, c.baseline)}
+    names |= {x for c in methods.CLAIMS for x in (c.ours, c.baseline)}
+    for folder in ("methods", "backbones"):
+        names |= {p.stem for p in (ROOT / "specs" / folder).glob("*.yaml") if not p.stem.startswith("_")}
+    for p in (ROOT / "specs" / "backbones").glob("*.yaml"):
+        pb = (yaml.safe_load(p.read_text()) or {}).get("paper_backbone")
+        names |= {pb} if pb else set()
+    paper = yaml.safe_load((PACKAGE / "paper" / "adapterfusion_eacl2021.yaml").read_text())
+    names |= {t["backbone"] for t in paper.values() if isinstance(t, dict) and "backbone" in t}
+    return names
+
+
+def test_the_reporter_names_no_method_or_backbone_by_string():
+    """Report cells and findings are keyed by what the registry declares (``benchmark/methods``), never by a
+    label, kind or backbone spelled in ``benchmark/report/``: a renamed label cannot make a finding vanish."""
+    names = _registered_names()
+    assert {"full", "head", "st_a", "fusion_st_a_rf16", "roberta-base", "bert-base-uncased"} <= names
+    found = []
+    for module in sorted((PACKAGE / "report").glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
+                found.append(f"{module.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, "method or backbone names spelled in the reporter (read them from benchmark.methods):\n" \
+        + "\n".join(found)

@@ -9,6 +9,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.plan.build import build_plan
+from benchmark.records import RunRecord
 from benchmark.runner import cost
 from conftest import needs_mirror
 
@@ -53,8 +54,9 @@ def test_the_cpu_fit_recovers_a_known_cost_and_prices_unseen_runs(registry, monk
     results = {}
     for r in plan.runs:
         w = cost.run_work(registry, r, root, {}, 1)
-        results[r.id] = {"status": "finished", "wall_seconds": cost.price(w, "cpu", truth), "torch_threads": 1,
-                         "history": [{}] * r.method.train.epochs}
+        results[r.id] = RunRecord(status="finished", run_id=r.id, experiment=r.experiment, task=r.task, tasks=r.tasks,
+                                  label=r.label, backbone=r.backbone, seed=r.seed, torch_threads=1,
+                                  wall_seconds=cost.price(w, "cpu", truth), history=[{}] * r.method.train.epochs)
     out = cost.calibrate(plan, registry, root, results, {1})
     assert out["fit_runs"] > 0 and out["check_runs"] > 0
     assert out["median_rel_error"] < 1e-3

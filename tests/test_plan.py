@@ -84,8 +84,8 @@ def test_an_adapter_seed_entry_is_its_own_column_and_keeps_the_shared_ids(tmp_pa
     """{method: fusion_st_a, adapter_seed: 1} beside the matched default: its seed-2 runs are exactly the runs
     an experiment with adapter_seed: 1 plans (same ids), its seed-1 run is the matched seed-1 run (one run,
     two columns), and the plan record and the report's cells carry the variant column."""
+    from benchmark.records import RunRecord
     from benchmark.report.aggregate import collect
-    from benchmark.runner.execute import plan_record
 
     both = GRID.replace("fusion_st_a, fusion_mt_a]", "fusion_st_a, fusion_mt_a, {method: fusion_st_a, adapter_seed: 1}]")
     plan = _plan(_specs(tmp_path / "a", both))
@@ -95,10 +95,10 @@ def test_an_adapter_seed_entry_is_its_own_column_and_keeps_the_shared_ids(tmp_pa
     assert want <= set(cols)
     assert sorted(map(tuple, (cols[i] for i in want))) == sorted(
         [("fusion_st_a_rf16", "fusion_st_a_rf16@s1")] * 2 + [("fusion_st_a_rf16@s1",)] * 2)
-    record = plan_record(plan)
-    fake = [{"run_id": r["id"], "status": "finished", "label": r["label"], "backbone": r["backbone"], "seed": r["seed"],
-             "task": r["task"], "best_metric": 50.0 + r["seed"], "experiment": "probe", "method_kind": r["kind"]}
-            for r in record["runs"] if r["kind"] == "fusion_st_a"]
+    record = plan.record()
+    fake = [RunRecord(run_id=r.id, status="finished", label=r.label, backbone=r.backbone, seed=r.seed, task=r.task,
+                      best_metric=50.0 + r.seed, experiment="probe", method_kind=r.kind)
+            for r in record.runs if r.kind == "fusion_st_a"]
     col = collect(fake, record, "probe")
     assert col.cells[("tiny-bert", "rte", "fusion_st_a_rf16@s1")].seeds == [1, 2]
     assert col.cells[("tiny-bert", "rte", "fusion_st_a_rf16")].seeds == [1, 2]

@@ -459,7 +459,7 @@ def test_a_finished_result_with_a_non_finite_metric_is_corrupt_said_by_status_an
     args = [args[0], args[1], "--results-dir", str(root)]
     f = next(root.glob("tiny_ro/*/result.json"))
     f.write_text(f.read_text().replace('"best_metric": ', f'"best_metric": {bad}, "was": ', 1))
-    from benchmark.runner.results import read_result_file
+    from benchmark.records import read_result_file
 
     r = read_result_file(f.parent)
     assert r.state == "corrupt" and bad.lower()[:3] in r.reason.lower() and "finite" in r.reason

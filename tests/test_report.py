@@ -490,8 +490,8 @@ def test_seven_column_grid_mt_a_quality_stage1_sources_and_vs_full(registry, tmp
     assert [(s["task"], s["seed"]) for s in data.stage1] == [("cb", 1), ("mnli", 1), ("rte", 1), ("sst2", 1)]
     quality = {m["task"]: m for m in data.multitask}
     assert set(quality) == {"rte", "cb", "mnli", "sst2"}
-    assert (quality["mnli"]["mean"], quality["mnli"]["n"], quality["mnli"]["st_a"]) == (57.0, 3, 66.0)
-    assert quality["rte"]["st_a"] == 61.0 and quality["rte"]["rows"] == 500
+    assert (quality["mnli"]["mean"], quality["mnli"]["n"], quality["mnli"]["stage1"]) == (57.0, 3, 66.0)
+    assert quality["rte"]["stage1"] == 61.0 and quality["rte"]["rows"] == 500
     assert data.provenance["revisions"] == ["abc123"]
     # where Fusion w/ MT-A attends is summarised as for Fusion w/ ST-A, row by row with its heading
     mt_att = {a.target: a for a in data.attention if a.fusion == "F. w/ MT-A"}

@@ -3,15 +3,16 @@ lacks a figure, and the notes on runs trained under another lock or a drifted en
 
 from __future__ import annotations
 
+from benchmark.records import RunRecord
 from benchmark.report.cost import NOT_RECORDED, cost_table
 
 MIB = 1024 * 1024
 
 
 def _result(label, seed, **extra):
-    base = {"status": "finished", "run_id": f"t__{label}__b__s{seed}__x", "backbone": "b", "label": label,
-            "seed": seed, "device": "cpu", "params": {"trained": 100, "total": 1100}}
-    return {**base, **extra}
+    base = {"status": "finished", "run_id": f"t__{label}__b__s{seed}__x", "experiment": "e", "task": "t",
+            "backbone": "b", "label": label, "seed": seed, "device": "cpu", "params": {"trained": 100, "total": 1100}}
+    return RunRecord(**{**base, **extra})
 
 
 def test_cost_is_a_mean_per_method_and_says_what_is_not_recorded():
@@ -25,7 +26,7 @@ def test_cost_is_a_mean_per_method_and_says_what_is_not_recorded():
                 train_seconds=30.0, padding={"real_tokens": 9000},
                 environment={**lock, "matches_lock": False, "drift": ["transformers 5.25.0 (lock: 5.24.0)"]}),
         _result("full", 1, params={"trained": 1050, "total": 1050}),  # committed-style: nothing recorded
-        {**_result("full", 2), "status": "failed"},
+        _result("full", 2, status="failed"),
     ]
     view = cost_table(results)
     rows = {r.label: r.cells for r in view.rows}
@@ -45,4 +46,4 @@ def test_a_partly_recorded_mean_says_over_how_many_runs():
     results = [_result("head", 1, memory={"peak_rss_bytes": 64 * MIB}), _result("head", 2)]
     cells = cost_table(results).rows[0].cells
     assert cells["peak RSS (MiB)"] == "64 (1/2 runs)"
-    assert cost_table([{**results[0], "status": "failed"}]) is None
+    assert cost_table([_result("head", 1, status="failed")]) is None

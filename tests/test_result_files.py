@@ -6,13 +6,8 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.plan.build import build_plan
-from benchmark.runner.results import (
-    is_finished,
-    read_result,
-    read_result_file,
-    scan_experiment,
-    write_json_atomic,
-)
+from benchmark.records import is_finished, read_result, read_result_file, scan_experiment
+from benchmark.runner.results import write_json_atomic
 
 
 def good(run_id: str, experiment: str = "smoke", **extra) -> dict:
@@ -68,7 +63,7 @@ def test_scan_names_corrupt_and_foreign_files(tmp_path):
     (exp / "c" / "result.json").write_text("{}")
     (exp / "d").mkdir()  # a run in progress: no result yet, not a problem
     scan = scan_experiment(tmp_path, "smoke")
-    assert [r["run_id"] for r in scan.results] == ["a"]
+    assert [r.run_id for r in scan.results] == ["a"]
     assert [r.path.parent.name for r in scan.corrupt] == ["c"] and [r.path.parent.name for r in scan.foreign] == ["b"]
     lines = scan.problems()
     assert lines[0].startswith("corrupt result smoke/c/result.json: missing 'status'")

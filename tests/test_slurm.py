@@ -352,7 +352,7 @@ def test_status_table_shows_every_state(smoke_plan, tmp_path, capsys):
 
     by_id = smoke_plan.by_id()
 
-    def result(rid, **fields):  # the keys every reader relies on (results.read_result_file checks them)
+    def result(rid, **fields):  # the keys every reader relies on (records.read_result_file checks them; no schema key: read as schema 1)
         r = by_id[rid]
         return {"run_id": rid, "experiment": "smoke", "label": r.label, "backbone": r.backbone, "seed": r.seed,
                 "task": r.task, "tasks": r.all_tasks, **fields}

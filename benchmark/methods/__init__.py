@@ -24,6 +24,11 @@ class Column:
     label: str  # the run label (see MethodKind.label)
     paper_key: str  # key of the column in the paper YAML's table rows
     heading: str
+    title: str = ""  # the method's name in figure titles and prose (default: ``heading``)
+
+    @property
+    def name(self) -> str:
+        return self.title or self.heading
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,21 @@ class Comparison:
     baseline: str
     heading: str
     significance: bool = False  # mark the ``ours`` cell with † when it differs beyond seed noise
+    rank_correlation: bool = False  # the report correlates these per-task gains with the paper's (Spearman)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's findings that the report checks on our numbers (``report/tables.findings``):
+    ``text`` about the runs labelled ``ours`` against those labelled ``baseline``; ``test`` says how:
+    "small_tasks" (gains on tasks with few training rows, most of them up), "on_average" (mean gain beyond
+    seed noise), "most_tasks" (up on most tasks, with the paper's Table 2 count), "on_par" (TOST equivalence)."""
+
+    text: str  # "{small}" is replaced by the small-task threshold
+    ours: str
+    baseline: str
+    test: str
+    per_task: bool = False  # on_average: also list each task's gain
 
 
 @dataclass(frozen=True)
@@ -129,14 +149,15 @@ register(MethodKind(
     columns={"table1": (Column("mt_a_rf16", "mt_a", "MT-A"),)}))
 register(MethodKind(
     "fusion_st_a", frozenset({"head", "fusion"}), needs=("fusion",), depends_on="stage1", label_rf="source",
-    columns={"table1": (Column("fusion_st_a_rf16", "fusion_st_a", "F. w/ ST-A"),),
-             "table4": (Column("fusion_st_a_rf16", "fusion_st_a_rf16", "F. w/ ST-A"),)},
-    comparisons=(Comparison("fusion_st_a_vs_st_a", "fusion_st_a_rf16", "st_a_rf16", "F. w/ ST-A vs ST-A", True),
+    columns={"table1": (Column("fusion_st_a_rf16", "fusion_st_a", "F. w/ ST-A", "Fusion w/ ST-A"),),
+             "table4": (Column("fusion_st_a_rf16", "fusion_st_a_rf16", "F. w/ ST-A", "Fusion w/ ST-A"),)},
+    comparisons=(Comparison("fusion_st_a_vs_st_a", "fusion_st_a_rf16", "st_a_rf16", "F. w/ ST-A vs ST-A", True,
+                            rank_correlation=True),
                  Comparison("fusion_st_a_vs_mt_a", "fusion_st_a_rf16", "mt_a_rf16", "F. w/ ST-A vs MT-A"),
                  Comparison("fusion_st_a_vs_full", "fusion_st_a_rf16", "full", "F. w/ ST-A vs Full"))))
 register(MethodKind(
     "fusion_mt_a", frozenset({"head", "fusion"}), needs=("fusion",), depends_on="mt_a",
-    columns={"table1": (Column("fusion_mt_a", "fusion_mt_a", "F. w/ MT-A"),)},
+    columns={"table1": (Column("fusion_mt_a", "fusion_mt_a", "F. w/ MT-A", "Fusion w/ MT-A"),)},
     comparisons=(Comparison("fusion_mt_a_vs_st_a", "fusion_mt_a", "st_a_rf16", "F. w/ MT-A vs ST-A"),
                  Comparison("fusion_mt_a_vs_mt_a", "fusion_mt_a", "mt_a_rf16", "F. w/ MT-A vs MT-A", True),
                  Comparison("fusion_mt_a_vs_full", "fusion_mt_a", "full", "F. w/ MT-A vs Full"))))
@@ -154,3 +175,32 @@ register(MethodKind(
 
 # The stage-1 adapters that fusion over ST-A reads are runs of this kind.
 STAGE1 = "st_a"
+# Full fine-tuning: the reference of the paper's Figure 3 (relative difference to Full).
+FULL = "full"
+
+# The paper's findings the report checks, in the order it prints them (labels of the columns above).
+CLAIMS: list[Claim] = [
+    Claim("Fusion w/ ST-A improves over ST-A on tasks with < {small:,} training examples",
+          "fusion_st_a_rf16", "st_a_rf16", "small_tasks"),
+    Claim("Fusion w/ ST-A improves over ST-A on average", "fusion_st_a_rf16", "st_a_rf16", "on_average"),
+    Claim("Fusion w/ ST-A outperforms full fine-tuning on average", "fusion_st_a_rf16", "full", "on_average",
+          per_task=True),
+    Claim("Fusion w/ MT-A improves over MT-A on most tasks", "fusion_mt_a", "mt_a_rf16", "most_tasks"),
+    Claim("ST-A is on par with full fine-tuning on average", "st_a_rf16", "full", "on_par"),
+]
+
+
+def reference_column(kind: str, table: str = "table1") -> Column | None:
+    """The first column of ``kind`` in ``table`` (e.g. ``reference_column(FULL)``), None if it has none."""
+    cols = KINDS[kind].columns.get(table, ()) if kind in KINDS else ()
+    return cols[0] if cols else None
+
+
+def fusion_columns(table: str = "table1") -> list[Column]:
+    """The columns of the kinds that train a fusion layer (attention heatmaps), in registration order."""
+    return [c for k in KINDS.values() if k.fusion for c in k.columns.get(table, ())]
+
+
+def table2_key(ours: str, baseline: str) -> str | None:
+    """The Table 2 comparison of ``ours`` against ``baseline`` (column labels), if the registry has one."""
+    return next((c.key for c in comparisons() if (c.ours, c.baseline) == (ours, baseline)), None)

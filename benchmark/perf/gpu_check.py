@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from benchmark.records import scan_experiment
 
 TOLERANCE = 1e-4  # absolute, on logits
 BF16_TOLERANCE = 0.03  # bf16 vs float32 logits, relative to the largest |logit| (tests/test_precision.py)
@@ -114,8 +115,9 @@ def bf16_smoke_on_cuda() -> str:
         if _afbench("run", "smoke", "--device", "cuda", "--precision", "bf16", "--only", "*fusion_st_a*",
                     "--results-dir", tmp).returncode != 0:
             raise RuntimeError("afbench run smoke --device cuda --precision bf16 failed (see its output above)")
-        results = [json.loads(p.read_text()) for p in Path(tmp).glob("smoke/*/result.json")]
-    off = [r.get("run_id", "?") for r in results if r.get("status") != "finished" or r.get("precision") != "bf16"]
+        scan = scan_experiment(Path(tmp), "smoke")
+    results = scan.results
+    off = [r.run_id for r in results if not r.finished or r.precision != "bf16"] + scan.problems()
     if not results or off:
         raise RuntimeError(f"bf16 smoke runs not finished in bf16 on cuda: {off or 'none ran'}")
     return f"bf16 smoke on cuda: {len(results)} runs finished with precision bf16"
@@ -132,13 +134,14 @@ def smoke_on_cuda() -> str:
     with tempfile.TemporaryDirectory() as tmp:
         if _afbench("run", "smoke", "--device", "cuda", "--results-dir", tmp).returncode != 0:
             raise RuntimeError("afbench run smoke --device cuda failed (see its output above)")
-        results = [json.loads(p.read_text()) for p in Path(tmp).glob("smoke/*/result.json")]
+        scan = scan_experiment(Path(tmp), "smoke")
+    results = scan.results
     if not results:
         raise RuntimeError("the smoke grid ran no run (is the data mirror, AFBENCH_DATA_DIR, available?)")
-    off = [r.get("run_id", "?") for r in results if r.get("status") != "finished" or "cuda" not in str(r.get("device"))]
+    off = [r.run_id for r in results if not r.finished or "cuda" not in str(r.device)] + scan.problems()
     if off:
         raise RuntimeError(f"smoke runs not finished on cuda: {off}")
-    return f"smoke grid on cuda: {len(results)} runs finished (device {results[0]['device']})"
+    return f"smoke grid on cuda: {len(results)} runs finished (device {results[0].device})"
 
 
 def main(argv: list[str] | None = None) -> int:

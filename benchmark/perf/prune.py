@@ -28,7 +28,7 @@ from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.perf.meta import provenance, provenance_lines, write_report
 from benchmark.plan.run import Plan, Run
-from benchmark.runner.results import read_result_file
+from benchmark.records import read_result_file
 from benchmark.spec.registry import Registry
 from benchmark.training.loop import evaluate, inputs_of, to_device
 from benchmark.training.recipe import FUSION, RunContext, load_data

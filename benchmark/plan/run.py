@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from benchmark.data.published import Published
 from benchmark.paths import shown_path
 from benchmark.plan.identity import run_identity
+from benchmark.records import SCHEMA, PlanRecord, PlanRun, Skipped
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import DEFAULT_COMPUTE, Caps, ComputeSpec, ExperimentSpec, MethodSpec, Selection
 
@@ -109,6 +110,16 @@ class Plan:
 
     def by_id(self) -> dict[str, Run]:
         return {r.id: r for r in self.runs}
+
+    def record(self) -> PlanRecord:
+        """What the report needs of the plan (``plan.json``): the expected cells and the tasks left out, with why."""
+        return PlanRecord(
+            schema=SCHEMA, experiment=self.experiment.name, description=self.experiment.description.strip(),
+            runs=[PlanRun(id=r.id, task=r.task, tasks=r.tasks, label=r.label, kind=r.kind.name, columns=r.report_columns,
+                          backbone=r.backbone, seed=r.seed, role="stage1" if r.implied else "grid") for r in self.runs],
+            skipped=[Skipped(what=w, why=y) for w, y in self.skipped],
+            # the tasks of the experiment's groups: the rows of its tables (an MT-A run also trains others)
+            targets=sorted({t for g in self.experiment.groups for t in g.tasks}))
 
 
 def _portable_backbone(backbone: dict) -> dict:

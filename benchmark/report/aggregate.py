@@ -12,14 +12,12 @@ specs; ``plan.json`` is the fallback only when the experiment's spec no longer e
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.plan.build import build_plan
-from benchmark.runner.execute import plan_record  # the plan.json shape, from the current plan
-from benchmark.runner.results import scan_experiment
+from benchmark.records import PLAN, PlanRecord, RecordError, RunRecord, load_plan, scan_experiment
 
 
 @dataclass
@@ -58,22 +56,22 @@ class Cell:
 class Collected:
     experiment: str
     cells: dict[tuple[str, str, str], Cell]  # (backbone, task, column label)
-    stage1: list[dict]  # finished single-task results that a fusion run read (its stage-1 adapters)
+    stage1: list[RunRecord]  # finished single-task results that a fusion run read (its stage-1 adapters)
     no_data: dict[str, str]  # task -> why it was skipped
-    results: list[dict]  # every result read (finished and failed)
+    results: list[RunRecord]  # every result read (finished and failed)
     description: str = ""
     attention: dict[tuple[str, str, str], list[dict]] = field(default_factory=dict)  # fusion_attention per cell
     stale: list[str] = field(default_factory=list)  # run ids on disk that the current plan no longer has
     problems: list[str] = field(default_factory=list)  # result files left out (corrupt, other experiment)
     plan_source: str = ""  # where the expected runs came from: the current specs, plan.json or nothing
     stale_sources: set[str] = field(default_factory=set)  # where the stale results' data came from (mirror, hub)
-    multitask: list[dict] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
+    multitask: list[RunRecord] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
     column_kinds: dict[str, str] = field(default_factory=dict)  # report column -> method kind (from the plan)
 
     def kind_of(self, label: str) -> str | None:
         """The method kind of a report column (a variant such as st_a_shuffled_rf16 -> st_a)."""
         return self.column_kinds.get(label) or next(
-            (r.get("method_kind") for r in self.results if r.get("label") == label), None)
+            (r.method_kind for r in self.results if r.label == label), None)
 
     def backbones(self) -> list[str]:
         return sorted({b for b, _, _ in self.cells})
@@ -85,36 +83,33 @@ class Collected:
         return {c for (b, _, c), cell in self.cells.items() if b == backbone and cell.values}
 
 
-def _read_plan(folder: Path) -> tuple[dict | None, str]:
+def _read_plan(folder: Path) -> tuple[PlanRecord | None, str]:
     """The runner's ``plan.json`` (fallback for an experiment whose spec is gone), or why not."""
-    f = folder / "plan.json"
+    f = folder / PLAN
     if not f.exists():
         return None, ""
     try:
-        plan = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return None, f"{folder.name}/plan.json is not readable JSON ({e}); left out"
-    if not isinstance(plan, dict) or not isinstance(plan.get("runs"), list):
-        return None, f"{folder.name}/plan.json has no 'runs' list; left out"
-    return plan, ""
+        return load_plan(f), ""
+    except RecordError as e:
+        return None, f"{folder.name}/{PLAN} {e.message}; left out"
 
 
-def collect(results: list[dict], plan: dict | None, experiment: str) -> Collected:
-    roles = {r["id"]: r["role"] for r in (plan or {}).get("runs", [])}
-    # the report columns a run fills (a plan.json older than variant columns: its label)
-    columns = {r["id"]: r.get("columns") or [r["label"]] for r in (plan or {}).get("runs", [])}
-    kinds = {c: r["kind"] for r in (plan or {}).get("runs", []) if r.get("kind") for c in columns[r["id"]]}
+def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) -> Collected:
+    planned = plan.runs if plan is not None else []
+    roles = {r.id: r.role for r in planned}
+    # the report columns a run fills (a plan.json older than variant columns reads as its label: records.py)
+    columns = {r.id: r.columns for r in planned}
+    kinds = {c: r.kind for r in planned if r.kind for c in r.columns}
     # A spec edited after a run changes the run ids; results of the old spec stay on disk but are not
     # part of this experiment any more (they would count as an extra seed), so they are left out.
-    stale = sorted(r["run_id"] for r in results if plan is not None and r["run_id"] not in roles)
-    stale_sources = {(r.get("data") or {}).get("source", "") for r in results
-                     if plan is not None and r["run_id"] not in roles} - {""}
-    results = [r for r in results if plan is None or r["run_id"] in roles]
+    stale = sorted(r.run_id for r in results if plan is not None and r.run_id not in roles)
+    stale_sources = {r.data_source for r in results if plan is not None and r.run_id not in roles} - {""}
+    results = [r for r in results if plan is None or r.run_id in roles]
     cells: dict[tuple[str, str, str], Cell] = {}
     attention: dict[tuple[str, str, str], list[dict]] = {}
     stage1, multitask = [], []
-    targets = set((plan or {}).get("targets") or [])  # empty (an old plan.json): every task is a row
-    read_by_fusion = {d for r in results if r["status"] == "finished" for d in r.get("deps") or []}
+    targets = set(plan.targets if plan is not None else [])  # empty (an old plan.json): every task is a row
+    read_by_fusion = {d for r in results if r.finished for d in r.deps}
 
     def rows(tasks) -> list[str]:
         return [t for t in tasks if not targets or t in targets]
@@ -122,44 +117,43 @@ def collect(results: list[dict], plan: dict | None, experiment: str) -> Collecte
     def cell(b, t, c) -> Cell:
         return cells.setdefault((b, t, c), Cell())
 
-    for run in (plan or {}).get("runs", []):
-        if run["role"] == "grid":
-            for t in rows([run["task"]] if run["task"] else run["tasks"]):
-                for c in columns[run["id"]]:
-                    cell(run["backbone"], t, c).expected = True
+    for run in planned:
+        if run.role == "grid":
+            for t in rows(run.rows):
+                for c in run.columns:
+                    cell(run.backbone, t, c).expected = True
     for r in results:
-        role = roles.get(r["run_id"], r.get("role", "grid"))
-        if r["status"] == "finished":
-            if r.get("per_task"):  # a finished MT-A run: one result for several tasks
+        role = roles.get(r.run_id, r.role)
+        if r.finished:
+            if r.per_task:  # a finished MT-A run: one result for several tasks
                 multitask.append(r)
-            elif role != "grid" or r["run_id"] in read_by_fusion:
+            elif role != "grid" or r.run_id in read_by_fusion:
                 stage1.append(r)
         if role != "grid":
             continue
-        per_task = r.get("per_task") or {}
+        per_task = r.per_task or {}
         # MT-A: one result for several tasks (per_task when finished; a failed one counts for each of its tasks)
-        tasks = list(per_task) if per_task else ([r["task"]] if r.get("task") else list(r.get("tasks") or []))
-        for t in rows(tasks):
-            for label in columns.get(r["run_id"], [r["label"]]):
-                c = cell(r["backbone"], t, label)
+        for t in rows(r.trained_tasks):
+            for label in columns.get(r.run_id, [r.label]):
+                c = cell(r.backbone, t, label)
                 c.expected = True
-                if r["status"] != "finished":
-                    c.failed.append(r.get("error") or "unknown error")
+                if not r.finished:
+                    c.failed.append(r.error or "unknown error")
                     continue
-                c.values.append(per_task[t]["best_metric"] if per_task else r["best_metric"])
-                c.seeds.append(r["seed"])
-                c.run_ids.append(r["run_id"])
-                hist = per_task[t].get("history") if per_task else [h.get("dev_accuracy") for h in r.get("history", [])]
+                c.values.append(per_task[t]["best_metric"] if per_task else r.best_metric)
+                c.seeds.append(r.seed)
+                c.run_ids.append(r.run_id)
+                hist = per_task[t].get("history") if per_task else [h.get("dev_accuracy") for h in r.history]
                 if hist and hist[-1] is not None:
                     c.last.append(hist[-1])
-                if r.get("fusion_attention") and r["fusion_attention"].get("layers"):
-                    attention.setdefault((r["backbone"], t, label), []).append(r["fusion_attention"])
+                if r.fusion_attention and r.fusion_attention.get("layers"):
+                    attention.setdefault((r.backbone, t, label), []).append(r.fusion_attention)
     no_data = {}
-    for s in (plan or {}).get("skipped", []):
-        if s["what"].startswith("task "):
-            no_data[s["what"][5:]] = s["why"]
-    return Collected(experiment, cells, stage1, no_data, results, (plan or {}).get("description", ""), attention,
-                     stale, stale_sources=stale_sources, multitask=multitask, column_kinds=kinds)
+    for s in plan.skipped if plan is not None else []:
+        if s.what.startswith("task "):
+            no_data[s.what[5:]] = s.why
+    return Collected(experiment, cells, stage1, no_data, results, plan.description if plan is not None else "",
+                     attention, stale, stale_sources=stale_sources, multitask=multitask, column_kinds=kinds)
 
 
 def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collected:
@@ -169,14 +163,14 @@ def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collecte
     problems = scan.problems()
     spec = reg.experiments.get(experiment) if reg is not None else None
     if spec is not None:
-        plan = plan_of(spec) if plan_of else build_plan(reg, spec)
-        plan, source = plan_record(plan), "current specs"
+        plan = (plan_of(spec) if plan_of else build_plan(reg, spec)).record()
+        source = "current specs"
     else:
         plan, why = _read_plan(results_dir / experiment)
         source = "plan.json (the experiment spec no longer exists)" if plan else "none"
         problems += [why] if why else []
     col = collect(scan.results, plan, experiment)
-    problems += [f"run {r['run_id']} diverged ({(r.get('error') or '').splitlines()[0] if r.get('error') else '?'}); "
-                 "left out of the means" for r in col.results if r.get("diverged")]
+    problems += [f"run {r.run_id} diverged ({r.first_error_line or '?'}); left out of the means"
+                 for r in col.results if r.diverged]
     col.problems, col.plan_source = problems, source
     return col

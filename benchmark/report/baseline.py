@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.data.encode import labels_of
+from benchmark.data.labels import labels_of
 from benchmark.data.sources import locate, read_rows
 from benchmark.errors import BenchError
 

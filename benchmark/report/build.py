@@ -21,9 +21,11 @@ from pathlib import Path
 import jinja2
 from tabulate import tabulate
 
+from benchmark import methods
 from benchmark.data.sources import data_dir
 from benchmark.errors import BenchError, StorageError
 from benchmark.paths import shown_path, under, write_atomic
+from benchmark.records import RunRecord
 from benchmark.report import figures, latex, published, reruns
 from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.baseline import majority_baselines
@@ -41,14 +43,11 @@ from benchmark.report.tables import (
     layout,
     p_text,
 )
-from benchmark.runner.results import results_root
 
 # The entailment-style tasks among the paper's 16 (its Figure 4 discussion: RTE and CB attend mostly to
 # the MNLI adapter). "NLI-like" attention in the report is the mass on these adapters other than the
 # target's own. A named list rather than a task-spec field, because the task schema has no family key.
 ENTAILMENT_TASKS = ("mnli", "scitail", "sick", "rte", "cb")
-# run label, short heading (tables), name (figure titles)
-FUSIONS = (("fusion_st_a_rf16", "F. w/ ST-A", "Fusion w/ ST-A"), ("fusion_mt_a", "F. w/ MT-A", "Fusion w/ MT-A"))
 MULTITASK_NOTE = ("MT-A: one run per seed fine-tunes the encoder with all tasks' adapters and heads; the kept epoch "
                   "is the one with the best mean selection accuracy over tasks, so every task of a seed shares it. "
                   "Stage-1 ST-A: the same task's fusion-source adapter (one seed), for scale.")
@@ -120,11 +119,11 @@ def _counted(values: list[str]) -> str:
     return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in sorted(counts.items()))
 
 
-def _data_hashes(fin: list[dict]) -> str:
+def _data_hashes(fin: list[RunRecord]) -> str:
     """The content hash of every split the runs read (config.data: task -> split -> "sha256:..."), short."""
     seen: dict[tuple[str, str], set[str]] = {}
     for r in fin:
-        for task, splits in ((r.get("config") or {}).get("data") or {}).items():
+        for task, splits in (r.config.get("data") or {}).items():
             for split, h in (splits or {}).items():
                 seen.setdefault((task, split), set()).add(str(h).removeprefix("sha256:")[:8])
     if not seen:
@@ -132,9 +131,9 @@ def _data_hashes(fin: list[dict]) -> str:
     return "; ".join(f"{t} {sp} {'/'.join(sorted(hs))}" for (t, sp), hs in sorted(seen.items()))
 
 
-def _lock(fin: list[dict]) -> str:
+def _lock(fin: list[RunRecord]) -> str:
     """Which lock the runs' environment was checked against, and whether it matched (results.environment)."""
-    envs = [r.get("environment") for r in fin]
+    envs = [r.environment for r in fin]
     recorded = [e for e in envs if isinstance(e, dict) and e.get("lock_sha256")]
     parts = []
     for (lock, sha), group in sorted(_group(recorded, lambda e: (e.get("lock") or "lock", e["lock_sha256"])).items()):
@@ -156,10 +155,10 @@ def _group(items, key) -> dict:
     return out
 
 
-def dated(results: list[dict]) -> str:
+def dated(results: list[RunRecord]) -> str:
     """A report's date: when its newest result finished (not the clock: an unchanged report regenerates
     byte for byte)."""
-    stamps = sorted(r.get("finished_at") or "" for r in results)
+    stamps = sorted(r.finished_at or "" for r in results)
     if not stamps or not stamps[-1]:
         return "unknown (no result records when it finished)"
     try:
@@ -187,14 +186,14 @@ def reporter_revision() -> str:
 
 
 def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
-    fin = [r for r in col.results if r["status"] == "finished"]
+    fin = [r for r in col.results if r.finished]
     # in the order they first trained a result; a grid trained across many commits lists short hashes
-    by_time = sorted(col.results, key=lambda r: r.get("finished_at") or "")
-    revs = list(dict.fromkeys((r.get("git") or {}).get("revision") or "unknown" for r in by_time))
+    by_time = sorted(col.results, key=lambda r: r.finished_at or "")
+    revs = list(dict.fromkeys((r.git or {}).get("revision") or "unknown" for r in by_time))
     if len(revs) > 3:
         revs = [f"{len(revs)} commits in training order: " + ", ".join(r[:10] for r in revs)]
-    dirty = any((r.get("git") or {}).get("dirty") for r in col.results)
-    v = (fin[0].get("versions") or {}) if fin else {}
+    dirty = any((r.git or {}).get("dirty") for r in col.results)
+    v = (fin[0].versions or {}) if fin else {}
     spec_file = shown_path(spec_file)
     versions = {k: v.get(k) for k in ("torch", "transformers", "python") if v.get(k)}
     caps = exp_spec.caps.model_dump(exclude_none=True) if exp_spec else {}
@@ -210,16 +209,16 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
         "runs_failed": len(col.results) - len(fin),
         "revisions": revs,
         "dirty": dirty,
-        "devices": sorted({r.get("device") or "?" for r in fin}),
-        "data_sources": sorted({(r.get("data") or {}).get("source", "") for r in fin} - {""}),
-        "cpu": _counted([r.get("cpu_model") or "not recorded" for r in fin]) if fin else "—",
-        "threads": _counted([str(r["torch_threads"]) if r.get("torch_threads") else "not recorded" for r in fin])
+        "devices": sorted({r.device or "?" for r in fin}),
+        "data_sources": sorted({r.data_source for r in fin} - {""}),
+        "cpu": _counted([r.cpu_model or "not recorded" for r in fin]) if fin else "—",
+        "threads": _counted([str(r.torch_threads) if r.torch_threads else "not recorded" for r in fin])
         if fin else "—",
-        "gpu": ", ".join(sorted({d.split("(", 1)[1].rstrip(")") for d in (r.get("device") or "" for r in fin)
+        "gpu": ", ".join(sorted({d.split("(", 1)[1].rstrip(")") for d in (r.device or "" for r in fin)
                                  if "(" in d})) or "none used",
         "data_hashes": _data_hashes(fin),
         "lock": _lock(fin) if fin else "—",
-        "total_train_hours": sum(r.get("wall_seconds", 0.0) for r in col.results) / 3600,
+        "total_train_hours": sum(r.wall_seconds for r in col.results) / 3600,
         # the same sentences in the Markdown and HTML reports
         "runs": runs,
         "versions": ", ".join(f"{k} {x}" for k, x in versions.items()),
@@ -231,7 +230,8 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
 
 def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSummary]:
     out = []
-    for label, heading, _ in FUSIONS:
+    for c in methods.fusion_columns():  # the registry's fusion kinds: run label, heading (tables)
+        label, heading = c.label, c.heading
         got = figures.attention_matrix(col, backbone, label, reg)
         if got is None:
             continue
@@ -250,17 +250,17 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
 def multitask_quality(col: Collected) -> list[dict]:
     """MT-A on every task of its mixture: dev accuracy of the kept epoch over seeds, beside the task's
     stage-1 ST-A adapter (the same dev rows) where the experiment has one."""
-    st_a = {(r["backbone"], r["task"]): r["best_metric"] for r in sorted(col.stage1, key=lambda r: -r["seed"])}
+    stage1 = {(r.backbone, r.task): r.best_metric for r in sorted(col.stage1, key=lambda r: -r.seed)}
     by_task: dict[tuple[str, str], list[dict]] = {}
     for r in col.multitask:
-        for t, pt in (r.get("per_task") or {}).items():
-            by_task.setdefault((r["backbone"], t), []).append({**pt, "seed": r["seed"], "epoch": r.get("best_epoch")})
+        for t, pt in (r.per_task or {}).items():
+            by_task.setdefault((r.backbone, t), []).append({**pt, "seed": r.seed, "epoch": r.best_epoch})
     rows = []
     for (b, t), runs in sorted(by_task.items()):
         c = Cell(values=[x["best_metric"] for x in runs], seeds=[x["seed"] for x in runs])
         d = runs[0].get("data") or {}
         rows.append({"task": t, "backbone": b, "n": c.n, "mean": c.mean, "std": c.std,
-                     "epochs": sorted({x["epoch"] for x in runs}), "st_a": st_a.get((b, t)),
+                     "epochs": sorted({x["epoch"] for x in runs}), "stage1": stage1.get((b, t)),
                      "rows": d.get("train_rows"), "rows_total": d.get("train_rows_total")})
     return rows
 
@@ -297,13 +297,13 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         paper_source=paper_src,
         problems=col.problems,
     )
-    data.reruns = reruns.reruns([r for r in col.results if r["status"] == "finished"])
+    data.reruns = reruns.reruns([r for r in col.results if r.finished])
     data.reruns_summary = reruns.summary(data.reruns)
     root = data_dir(data_root)
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
         floor = majority_baselines(reg, col.tasks(b), root)
-        for key in (("table4",) if pb == "roberta-base" else ("table1", "table3")):
+        for key in published.tables_for(paper, pb):
             t = build_table(key, col, b, paper, reg, floor)
             if t:
                 data.tables.append(t)
@@ -313,28 +313,31 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
         fs = findings(col, b, paper, reg)
         if fs:
             data.findings[b] = fs
-        for label, _, name in FUSIONS:
+        for c in methods.fusion_columns():
+            label, name = c.label, c.name
             png = figures.heatmap(col, b, label, reg, name)
             if png:
                 data.figures.append(Figure(f"attention-{label}-{b}", f"{name}: mean attention per layer "
                                            f"({b}; rows = target task, columns = adapter, % of the softmax mass "
                                            "over dev tokens, averaged over seeds), Figure 4/6 style", png))
-        png = figures.relative_to_full(col, b, [(c[0], c[2]) for c in layout("table1")], reg)
+        full = methods.reference_column(methods.FULL)
+        png = figures.relative_to_full(col, b, full.label, [(c[0], c[2]) for c in layout("table1")], reg) \
+            if full else None
         if png:
             data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",
                                        png))
         data.attention += attention_summaries(col, b, reg)
-    data.stage1 = sorted(({"task": r.get("task"), "backbone": r["backbone"], "seed": r["seed"],
-                           "accuracy": r["best_metric"], "epoch": r.get("best_epoch"),
-                           "heldout": r.get("selection_metric") if r.get("selection") == "heldout" else None,
-                           "rows": (r.get("data") or {}).get("train_rows"),
-                           "rows_total": (r.get("data") or {}).get("train_rows_total")} for r in col.stage1),
+    data.stage1 = sorted(({"task": r.task, "backbone": r.backbone, "seed": r.seed,
+                           "accuracy": r.best_metric, "epoch": r.best_epoch,
+                           "heldout": r.selection_metric if r.selection == "heldout" else None,
+                           "rows": (r.data or {}).get("train_rows"),
+                           "rows_total": (r.data or {}).get("train_rows_total")} for r in col.stage1),
                          key=lambda d: (d["backbone"], d["task"], d["seed"]))
     data.multitask = multitask_quality(col)
-    used = {t for r in col.results for t in (r.get("tasks") or [r.get("task")])} | set(col.no_data)
+    used = {t for r in col.results for t in (r.tasks or [r.task])} | set(col.no_data)
     data.not_in_experiment = sorted((t for t, spec in reg.tasks.items() if spec.paper.order and t not in used),
                                     key=lambda t: reg.tasks[t].paper.order)
-    data.failures = [{"run": r["run_id"], "error": r.get("error")} for r in col.results if r["status"] != "finished"]
+    data.failures = [{"run": r.run_id, "error": r.error} for r in col.results if not r.finished]
     data.cost = cost_table(col.results)
     return data
 
@@ -358,9 +361,10 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def build_reports(reg, experiment: str, *, results_dir: str | None = None, out_dir: Path = Path("reports"),
+def build_reports(reg, experiment: str, *, results_dir: str | Path = "results", out_dir: Path = Path("reports"),
                   paper_file: str | None = None, plan_of=None, data_root: Path | None = None) -> list[Path]:
-    data = build_data(reg, experiment, results_root(results_dir), paper_file, plan_of, data_root)
+    """``results_dir``: the results root (the CLI resolves --results-dir / $AFBENCH_RESULTS_DIR)."""
+    data = build_data(reg, experiment, Path(results_dir), paper_file, plan_of, data_root)
     for f in data.figures:
         f.file = f"{experiment}_files/{f.name}.png"
     env = _env()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from benchmark.records import RunRecord
+
 NOT_RECORDED = "not recorded"
 MIB = 1024 * 1024
 
@@ -43,53 +45,53 @@ def _mean(values: list[float], n: int, fmt: str) -> str:
     return text if len(values) == n else f"{text} ({len(values)}/{n} runs)"
 
 
-def _backbone_params(results: list[dict]) -> dict[str, int]:
+def _backbone_params(results: list[RunRecord]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in results:
-        p = r.get("params") or {}
+        p = r.params or {}
         guess = p.get("backbone") or ((p.get("total") or 0) - (p.get("trained") or 0))
-        if guess > 0 and (r["backbone"] not in out or (p.get("backbone") or guess < out[r["backbone"]])):
-            out[r["backbone"]] = guess
+        if guess > 0 and (r.backbone not in out or (p.get("backbone") or guess < out[r.backbone])):
+            out[r.backbone] = guess
     return out
 
 
-def cost_table(results: list[dict]) -> CostView | None:
-    fin = [r for r in results if r.get("status") == "finished"]
+def cost_table(results: list[RunRecord]) -> CostView | None:
+    fin = [r for r in results if r.finished]
     if not fin:
         return None
     backbone = _backbone_params(fin)
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in fin:
-        groups.setdefault((r["backbone"], r["label"]), []).append(r)
+        groups.setdefault((r.backbone, r.label), []).append(r)
     view = CostView(COLUMNS)
     for (b, label), rs in sorted(groups.items()):
         n = len(rs)
-        mem = [r.get("memory") or {} for r in rs]
+        mem = [r.memory or {} for r in rs]
         rss = [m["peak_rss_bytes"] / MIB for m in mem if m.get("peak_rss_bytes")]
         cuda = [m["cuda_max_allocated_bytes"] / MIB for m in mem if m.get("cuda_max_allocated_bytes") is not None]
-        trained = [r["params"]["trained"] for r in rs if (r.get("params") or {}).get("trained") is not None]
+        trained = [r.params["trained"] for r in rs if (r.params or {}).get("trained") is not None]
         share = [100.0 * t / backbone[b] for t in trained] if backbone.get(b) else []
-        ckpt = [r["checkpoint_bytes"] / MIB for r in rs if r.get("checkpoint_bytes")]
-        secs = [r["train_seconds"] for r in rs if r.get("train_seconds")]
-        tps = [(r.get("padding") or {}).get("real_tokens", 0) / r["train_seconds"] for r in rs
-               if r.get("train_seconds") and (r.get("padding") or {}).get("real_tokens")]
+        ckpt = [r.checkpoint_bytes / MIB for r in rs if r.checkpoint_bytes]
+        secs = [r.train_seconds for r in rs if r.train_seconds]
+        tps = [(r.padding or {}).get("real_tokens", 0) / r.train_seconds for r in rs
+               if r.train_seconds and (r.padding or {}).get("real_tokens")]
         cells = {"runs": str(n), "peak RSS (MiB)": _mean(rss, n, "{:.0f}"),
-                 "CUDA max allocated (MiB)": _mean(cuda, n, "{:.0f}") if cuda or any(r.get("device", "").startswith("cuda")
+                 "CUDA max allocated (MiB)": _mean(cuda, n, "{:.0f}") if cuda or any((r.device or "").startswith("cuda")
                                                                              for r in rs) else "n/a (CPU)",
                  "trainable params": _mean(trained, n, "{:,.0f}"), "% of backbone": _mean(share, n, "{:.2f}"),
                  "checkpoint (MiB)": _mean(ckpt, n, "{:.2f}"), "train s": _mean(secs, n, "{:.1f}"),
                  "tokens/s": _mean(tps, n, "{:.0f}")}
         view.rows.append(CostRow(b, label, n, cells))
-    if not any(r.get("memory") for r in fin):
+    if not any(r.memory for r in fin):
         view.notes.append("These results were trained before per-run memory was recorded: peak RSS is not recorded "
                           "(a rerun records it; measure on a few reruns in a scratch --results-dir).")
     view.notes += environment_notes(fin)
     return view
 
 
-def environment_notes(results: list[dict]) -> list[str]:
+def environment_notes(results: list[RunRecord]) -> list[str]:
     """Results trained under another lock than the newest one seen, or in an environment that drifted from it."""
-    envs = [(r["run_id"], r.get("environment") or {}) for r in results]
+    envs = [(r.run_id, r.environment or {}) for r in results]
     hashes = [e.get("lock_sha256") for _, e in envs if e.get("lock_sha256")]
     notes = []
     if not hashes:

@@ -87,13 +87,14 @@ def heatmap_figure(col: Collected, backbone: str, label: str, reg, name: str | N
     return fig
 
 
-def relative_to_full(col: Collected, backbone: str, labels: list[tuple[str, str]], reg) -> bytes | None:
-    """Figure 3 style: (method - Full) / Full in % per task."""
-    if "full" not in col.columns(backbone):
+def relative_to_full(col: Collected, backbone: str, full: str, labels: list[tuple[str, str]], reg) -> bytes | None:
+    """Figure 3 style: (method - Full) / Full in % per task; ``full``: the Full column's label (the registry's
+    ``methods.FULL`` kind)."""
+    if full not in col.columns(backbone):
         return None
-    tasks = task_order(reg, [t for t in col.tasks(backbone) if col.cells.get((backbone, t, "full"))
-                             and col.cells[(backbone, t, "full")].values])
-    methods = [(lab, name) for lab, name in labels if lab != "full" and lab in col.columns(backbone)]
+    tasks = task_order(reg, [t for t in col.tasks(backbone) if col.cells.get((backbone, t, full))
+                             and col.cells[(backbone, t, full)].values])
+    methods = [(lab, name) for lab, name in labels if lab != full and lab in col.columns(backbone)]
     if not tasks or not methods:
         return None
     fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(tasks) * len(methods) / 2), 3.2))
@@ -101,7 +102,7 @@ def relative_to_full(col: Collected, backbone: str, labels: list[tuple[str, str]
     for j, (lab, name) in enumerate(methods):
         vals = []
         for t in tasks:
-            c, f = col.cells.get((backbone, t, lab)), col.cells[(backbone, t, "full")]
+            c, f = col.cells.get((backbone, t, lab)), col.cells[(backbone, t, full)]
             vals.append(100.0 * (c.mean - f.mean) / f.mean if c and c.values else np.nan)
         ax.bar(np.arange(len(tasks)) + j * width, vals, width, label=name)
     ax.axhline(0, color="black", linewidth=0.6)

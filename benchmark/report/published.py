@@ -81,6 +81,13 @@ def table1_backbone(paper: dict) -> str | None:
     return paper.get("table1", {}).get("backbone")
 
 
+def tables_for(paper: dict, paper_backbone: str | None) -> list[str]:
+    """The paper tables a backbone's results fill: those the paper ran on its ``paper_backbone``; a backbone
+    without one the paper has a table for fills Table 1's (and every other table on Table 1's backbone)."""
+    own = [k for k in methods.TABLES if paper.get(k, {}).get("backbone") == paper_backbone]
+    return own or [k for k in methods.TABLES if paper.get(k, {}).get("backbone") == table1_backbone(paper)]
+
+
 def table1_rows(paper: dict) -> dict[str, dict]:
     """task -> column -> {mean, std}, without the mean row."""
     return {t: r for t, r in paper.get("table1", {}).get("rows", {}).items() if t != MEAN_ROW}

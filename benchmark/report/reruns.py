@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from benchmark.records import RunRecord
+
 NOT_RECORDED = "not recorded"
 
 
@@ -31,24 +33,20 @@ class Rerun:
         return self.after - self.before
 
 
-def _metric(r: dict) -> float | None:
-    return r.get("best_metric")
-
-
-def reruns(results: list[dict]) -> list[Rerun]:
+def reruns(results: list[RunRecord]) -> list[Rerun]:
     out = []
     for r in results:
-        prev = r.get("previous_result")
-        if r.get("status") != "finished" or not isinstance(prev, dict) or _metric(prev) is None:
+        prev = r.previous_result  # what the runner kept of the replaced result (execute.previous_summary)
+        if not r.finished or not isinstance(prev, dict) or prev.get("best_metric") is None:
             continue
-        new_h, old_h = r.get("history") or [], prev.get("history") or []
+        new_h, old_h = r.history, prev.get("history") or []
         common = list(zip(new_h, old_h))
         devs = [abs((a.get("dev_accuracy") or 0.0) - (b.get("dev_accuracy") or 0.0)) for a, b in common]
         same = all(a.get("train_loss") is not None and b.get("train_loss") is not None
                    and abs(a["train_loss"] - b["train_loss"]) <= 1e-9 for a, b in common)
-        out.append(Rerun(r["run_id"], r["seed"], _metric(prev), r["best_metric"], len(old_h), len(new_h),
-                         max(devs, default=0.0), same, prev.get("wall_seconds"), r.get("wall_seconds"),
-                         prev.get("cpu_model") or NOT_RECORDED, r.get("cpu_model") or NOT_RECORDED))
+        out.append(Rerun(r.run_id, r.seed, prev["best_metric"], r.best_metric, len(old_h), len(new_h),
+                         max(devs, default=0.0), same, prev.get("wall_seconds"), r.wall_seconds,
+                         prev.get("cpu_model") or NOT_RECORDED, r.cpu_model or NOT_RECORDED))
     return sorted(out, key=lambda x: x.run_id)
 
 

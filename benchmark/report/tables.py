@@ -130,6 +130,7 @@ class TableView:
     notes: list[str] = field(default_factory=list)
     legend: str = ""  # what a cell holds and what † means (also one of the notes)
     majority_note: str = ""  # the majority baseline: what it is, ‡, tasks without one (also one of the notes)
+    table_backbone: str | None = None  # the backbone the paper ran this table on (its YAML's ``backbone``)
 
     @property
     def has_majority(self) -> bool:
@@ -137,8 +138,7 @@ class TableView:
 
     @property
     def comparable(self) -> bool:
-        return self.paper_backbone == {"table4": "roberta-base"}.get(self.key, "bert-base-uncased") and \
-            self.backbone == self.paper_backbone
+        return self.paper_backbone == self.table_backbone and self.backbone == self.paper_backbone
 
     @property
     def has_paper(self) -> bool:
@@ -292,12 +292,12 @@ def shared_adapters(col: Collected, backbone: str, labels: list[tuple[str, str]]
     """A legend sentence for fusion columns whose seeds all read one set of adapters: the finished grid runs
     of a (task, column) with ≥ 2 seeds whose ``deps`` lists are identical (read from result.json)."""
     parts = []
-    by_id = {r["run_id"]: r for r in col.results}
+    by_id = {r.run_id: r for r in col.results}
     for label, heading in labels:
         deps: dict[str, list[tuple]] = {}
         for (b, t, c), cell in col.cells.items():  # the runs that fill this column (a run may fill two)
             if b == backbone and c == label:
-                ds = [tuple(by_id[i].get("deps") or ()) for i in cell.run_ids if i in by_id]
+                ds = [tuple(by_id[i].deps) for i in cell.run_ids if i in by_id]
                 if any(ds):
                     deps[t] = ds
         shared = [t for t, ds in sorted(deps.items()) if len(ds) > 1 and len(set(ds)) == 1]
@@ -378,7 +378,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
                      "shown for orientation, not as a target; differences are expected.")
     if ptable:
         notes.append("Paper mean: the mean of the published values over the same tasks as ours.")
-    protocols = {r.get("selection", "dev") for r in col.results if r.get("backbone") == backbone}
+    protocols = {r.selection for r in col.results if r.backbone == backbone}
     kept = {"dev": "the best-epoch dev accuracy (epoch chosen on dev, the paper's protocol: optimistic)",
             "heldout": "the dev accuracy of the epoch chosen on a held-out slice of train (dev never selects)"}
     legend = ("Cells: mean ± sample std (ddof = 1) over seeds of " + "; or ".join(kept[p] for p in sorted(protocols))
@@ -414,7 +414,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
                 if "@" in label else f"another spec of method kind {col.kind_of(label)}")
         notes.append(f"{label}: {what}" + (f", compared with {base}: Welch {ps}." if ps else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
-                     notes, legend, floor)
+                     notes, legend, floor, table_backbone=paper.get(key, {}).get("backbone"))
 
 
 def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View | None:
@@ -489,10 +489,14 @@ def rank_correlation(col: Collected, backbone: str, paper: dict, reg) -> str:
     """Spearman correlation of per-task Fusion w/ ST-A gains over ST-A, ours vs the paper's Table 1."""
     if not compares_with_table1(reg, backbone, paper):
         return f"Rank correlation with the paper: not computed ({backbone} has no counterpart in the paper)."
+    comp = next((c for c in methods.comparisons() if c.rank_correlation), None)
+    if comp is None:
+        return ""
     ours, theirs = [], []
     for t in col.tasks(backbone):
-        f, s = col.cells.get((backbone, t, "fusion_st_a_rf16")), col.cells.get((backbone, t, "st_a_rf16"))
-        pg = published.gain(paper, t, "fusion_st_a", "st_a") if is_paper_task(reg, t) else None
+        f, s = col.cells.get((backbone, t, comp.ours)), col.cells.get((backbone, t, comp.baseline))
+        pg = published.gain(paper, t, published.paper_key(comp.ours), published.paper_key(comp.baseline)) \
+            if is_paper_task(reg, t) else None
         if f and s and f.values and s.values and pg is not None:
             ours.append(f.mean - s.mean)
             theirs.append(pg)
@@ -639,30 +643,34 @@ def _findings(col: Collected, backbone: str, paper: dict, reg, family: Family) -
         out.append(Finding(claim, published_means(published.paper_key(ours), published.paper_key(base), gs),
                            f"mean difference {mean:+.2f} over {len(gs)} tasks{shown}", too_few(gs) or judged))
 
-    if {"fusion_st_a_rf16", "st_a_rf16"} <= cols:
-        small = [t for t in tasks if (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
-        gs = gains("fusion_st_a_rf16", "st_a_rf16", small)
-        if gs:
-            pg = [(g.task, published.gain(paper, g.task, "fusion_st_a", "st_a")) for g in gs]
-            out.append(Finding(
-                f"Fusion w/ ST-A improves over ST-A on tasks with < {SMALL_TASK_TRAIN_SIZE:,} training examples",
-                "; ".join(f"{t} {d:+.2f}" for t, d in pg if d is not None), describe(gs), verdict(gs)))
-        on_average("Fusion w/ ST-A improves over ST-A on average", "fusion_st_a_rf16", "st_a_rf16", improves)
-    if {"fusion_st_a_rf16", "full"} <= cols:
-        on_average("Fusion w/ ST-A outperforms full fine-tuning on average", "fusion_st_a_rf16", "full", improves,
-                   per_task=True)
-    if {"fusion_mt_a", "mt_a_rf16"} <= cols:
-        gs = gains("fusion_mt_a", "mt_a_rf16", tasks)
-        if gs:
-            up = sum(g.delta > ARROW_THRESHOLD for g in gs)
-            key = "fusion_mt_a_vs_mt_a"
-            printed = [a for a in (published.printed_arrow(paper, g.task, key) for g in gs) if a is not None]
-            paper_text = f"{published.printed_improved(paper, key)} improved (Table 2)"
-            if printed:
-                paper_text += f"; {sum(a == 'up' for a in printed)}/{len(printed)} over our tasks"
-            out.append(Finding("Fusion w/ MT-A improves over MT-A on most tasks", paper_text,
-                               f"{up}/{len(gs)} improved; {describe(gs)}",
-                               too_few(gs) or (holds_in_direction(gs) if up > len(gs) / 2 else "does not hold")))
-    if {"st_a_rf16", "full"} <= cols:
-        on_par("ST-A is on par with full fine-tuning on average", "st_a_rf16", "full")
+    for claim in methods.CLAIMS:  # the paper's findings, as the registry declares them
+        ours, base = claim.ours, claim.baseline
+        if not {ours, base} <= cols:
+            continue
+        text = claim.text.format(small=SMALL_TASK_TRAIN_SIZE)
+        if claim.test == "small_tasks":
+            small = [t for t in tasks if (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
+            gs = gains(ours, base, small)
+            if gs:
+                pg = [(g.task, published.gain(paper, g.task, published.paper_key(ours), published.paper_key(base)))
+                      for g in gs]
+                out.append(Finding(text, "; ".join(f"{t} {d:+.2f}" for t, d in pg if d is not None), describe(gs),
+                                   verdict(gs)))
+        elif claim.test == "on_average":
+            on_average(text, ours, base, improves, per_task=claim.per_task)
+        elif claim.test == "most_tasks":
+            gs = gains(ours, base, tasks)
+            key = methods.table2_key(ours, base)
+            if gs and key:
+                up = sum(g.delta > ARROW_THRESHOLD for g in gs)
+                printed = [a for a in (published.printed_arrow(paper, g.task, key) for g in gs) if a is not None]
+                paper_text = f"{published.printed_improved(paper, key)} improved (Table 2)"
+                if printed:
+                    paper_text += f"; {sum(a == 'up' for a in printed)}/{len(printed)} over our tasks"
+                out.append(Finding(text, paper_text, f"{up}/{len(gs)} improved; {describe(gs)}",
+                                   too_few(gs) or (holds_in_direction(gs) if up > len(gs) / 2 else "does not hold")))
+        elif claim.test == "on_par":
+            on_par(text, ours, base)
+        else:
+            raise ValueError(f"claim {claim.text!r}: unknown test {claim.test!r}")
     return out

@@ -44,6 +44,7 @@ from benchmark.data.holdout import heldout_size
 from benchmark.data.sources import read_rows, subsample
 from benchmark.errors import BenchError, DataError, DataUnavailable
 from benchmark.plan.run import Plan, Run
+from benchmark.records import RunRecord
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import BackboneSpec, TaskSpec
 
@@ -362,7 +363,7 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str =
 
 
 # --------------------------------------------------------------------------------------- calibration
-def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[str, dict],
+def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[str, RunRecord],
               fit_seeds: set[int]) -> dict:
     """Fit ``a, b, c`` and the per-kind epoch share on finished runs of ``fit_seeds``; check on the rest.
     ``results``: run id -> result.json of this plan's finished runs (one CPU model)."""
@@ -370,20 +371,20 @@ def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[s
     from scipy.optimize import nnls
 
     by_id = plan.by_id()
-    done = [(by_id[i], r) for i, r in results.items() if i in by_id and r.get("status") == "finished"]
+    done = [(by_id[i], r) for i, r in results.items() if i in by_id and r.finished]
     share: dict[str, list[float]] = {}
     for run, r in done:
-        if run.seed in fit_seeds and r.get("history"):
-            share.setdefault(run.kind.name, []).append(len(r["history"]) / run.method.train.epochs)
+        if run.seed in fit_seeds and r.history:
+            share.setdefault(run.kind.name, []).append(len(r.history) / run.method.train.epochs)
     epoch_share = {k: statistics.fmean(v) for k, v in share.items()}
     rows, actual, costs = [], [], []
     for run, r in done:
-        c = run_work(reg, run, data_root, epoch_share, int(r.get("torch_threads") or 1))
+        c = run_work(reg, run, data_root, epoch_share, int(r.torch_threads or 1))
         # fitting on the runs' own epoch counts: the share above predicts them, the fit prices them
-        c_true = run_work(reg, run, data_root, {run.kind.name: len(r.get("history") or [1]) / run.method.train.epochs},
-                          int(r.get("torch_threads") or 1))
+        c_true = run_work(reg, run, data_root, {run.kind.name: len(r.history or [1]) / run.method.train.epochs},
+                          int(r.torch_threads or 1))
         costs.append((run, r, c, c_true))
-    fit_rows = [(c_true, r["wall_seconds"]) for run, r, _, c_true in costs if run.seed in fit_seeds]
+    fit_rows = [(c_true, r.wall_seconds) for run, r, _, c_true in costs if run.seed in fit_seeds]
     for c_true, secs in fit_rows:
         rows.append([c_true.train_gflop / c_true.threads / secs, c_true.eval_gflop / c_true.threads / secs, 1 / secs])
         actual.append(1.0)
@@ -395,7 +396,7 @@ def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[s
             continue
         pred = price(c, "cpu", fit)
         check.append({"id": run.id, "kind": run.kind.name, "predicted": round(pred, 1),
-                      "actual": round(r["wall_seconds"], 1), "rel_error": round(pred / r["wall_seconds"] - 1, 3)})
+                      "actual": round(r.wall_seconds, 1), "rel_error": round(pred / r.wall_seconds - 1, 3)})
     errs = [abs(x["rel_error"]) for x in check]
     by_kind: dict[str, list[float]] = {}
     for x in check:

@@ -30,19 +30,20 @@ from benchmark.modeling.compute import Compute
 from benchmark.paths import under
 from benchmark.plan.identity import ID_SCHEME
 from benchmark.plan.run import Plan, Run
-from benchmark.runner import slurm
-from benchmark.runner.provenance import PeakMemory, cpu_model, environment
-from benchmark.runner.results import (
+from benchmark.records import (
+    LAST_FAILURE,
+    PLAN,
     RESULT,
     SCHEMA,
-    experiment_dir,
-    git_revision,
+    RunRecord,
     is_finished,
-    now,
     read_result,
-    versions,
-    write_json_atomic,
+    write_plan,
+    write_run,
 )
+from benchmark.runner import slurm
+from benchmark.runner.provenance import PeakMemory, cpu_model, environment
+from benchmark.runner.results import experiment_dir, git_revision, now, versions
 from benchmark.runner.slurm import job_info
 from benchmark.spec.registry import Registry
 from benchmark.training.loop import Diverged
@@ -70,20 +71,6 @@ class Summary:
     failed: dict[str, str] = field(default_factory=dict)  # run id -> error
     seconds: float = 0.0
     submitted: int = 0  # Slurm --no-wait: runs left queued, neither trained nor failed yet
-
-
-def plan_record(plan: Plan) -> dict:
-    """What the report needs of the plan: the expected cells and the tasks left out (with why)."""
-    return {
-        "experiment": plan.experiment.name,
-        "description": plan.experiment.description.strip(),
-        "runs": [{"id": r.id, "task": r.task, "tasks": r.tasks, "label": r.label, "kind": r.kind.name,
-                  "columns": r.report_columns, "backbone": r.backbone, "seed": r.seed,
-                  "role": "stage1" if r.implied else "grid"} for r in plan.runs],
-        "skipped": [{"what": w, "why": y} for w, y in plan.skipped],
-        # the tasks of the experiment's groups: the rows of its tables (an MT-A run also trains others)
-        "targets": sorted({t for g in plan.experiment.groups for t in g.tasks}),
-    }
 
 
 def _fmt(seconds: float) -> str:
@@ -157,12 +144,12 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "environment": environment(),
         "git": git_revision(),
     }
-    if previous is not None and previous.get("status") == "finished":
+    if previous is not None and previous.finished:
         result["previous_result"] = previous_summary(previous)
     if error is None:
         if (work / WEIGHTS).exists():
             result["weights_sha256"] = file_sha256(work / WEIGHTS)
-        write_json_atomic(work / RESULT, result)
+        write_run(work / RESULT, RunRecord.model_validate(result))
         trash = under(exp_dir, f".trash-{run.id}")
         _remove(trash)  # left by an earlier swap that could not clear it
         if final.exists() or final.is_symlink():
@@ -173,9 +160,9 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
     if work is not None:
         shutil.rmtree(work, ignore_errors=True)
     if is_finished(final):  # never replace a finished result with a failed rerun
-        write_json_atomic(final / "last_failure.json", result)
+        write_run(final / LAST_FAILURE, RunRecord.model_validate(result))
     else:
-        write_json_atomic(final / RESULT, result)
+        write_run(final / RESULT, RunRecord.model_validate(result))
 
 
 PREVIOUS_KEYS = ("best_metric", "best_epoch", "selection_metric", "wall_seconds", "finished_at", "git", "versions",
@@ -183,12 +170,13 @@ PREVIOUS_KEYS = ("best_metric", "best_epoch", "selection_metric", "wall_seconds"
                  "weights_sha256", "per_task")
 
 
-def previous_summary(previous: dict) -> dict:
+def previous_summary(previous: RunRecord) -> dict:
     """What a rerun of the same id keeps of the finished result it replaces (a retrain for missing weights,
     or ``--force``): enough to say how far the numbers moved (a reproducibility check of its own)."""
-    out = {k: previous[k] for k in PREVIOUS_KEYS if k in previous}
+    stored = previous.dump()
+    out = {k: stored[k] for k in PREVIOUS_KEYS if k in stored}
     out["history"] = [{k: h.get(k) for k in ("epoch", "train_loss", "dev_accuracy", "heldout_accuracy")}
-                      for h in previous.get("history") or [] if isinstance(h, dict)]
+                      for h in previous.history if isinstance(h, dict)]
     return out
 
 
@@ -300,8 +288,8 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
             continue
         if not force and is_finished(exp_dir / r.id):
             done.append(r.id)
-        elif not force and (read_result(exp_dir / r.id) or {}).get("diverged"):
-            log(f"  {r.id} diverged before ({(read_result(exp_dir / r.id) or {}).get('error')}); not retrained: "
+        elif not force and (prev := read_result(exp_dir / r.id)) is not None and prev.diverged:
+            log(f"  {r.id} diverged before ({prev.error}); not retrained: "
                 "change its settings, or pass --force to retry")
         else:
             todo.append(r)
@@ -323,7 +311,7 @@ def weights_problem(folder: Path) -> str | None:
     why = verify_weights(folder)
     if why:
         return f"its weights are {why}"
-    recorded = (read_result(folder) or {}).get("weights_sha256")
+    recorded = (rec := read_result(folder)) and rec.weights_sha256
     if recorded and file_sha256(folder / WEIGHTS) != recorded:
         return "its weights changed since the run wrote them (sha256 differs from result.json)"
     return None
@@ -402,7 +390,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         raise slurm.busy_error(exp_dir, in_flight)
     for rid in [r.id for r in plan.runs if r.id not in in_flight]:
         _recover(exp_dir, rid)
-    write_json_atomic(exp_dir / "plan.json", plan_record(plan), root=results_dir)
+    write_plan(exp_dir / PLAN, plan.record(), root=results_dir)
     todo, summary.skipped = pending_runs(plan, exp_dir, force, log, only)
     seen = {r.id for r in todo} | set(summary.skipped)
     for r in plan.runs:  # diverged before and not retried: its dependents are blocked, as on the first run

@@ -34,7 +34,7 @@ from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_modules
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.plan.run import Plan, Run
-from benchmark.runner.results import read_result_file
+from benchmark.records import read_result_file
 from benchmark.spec.registry import Registry
 
 TARGET = "adapters.1.3.0"

@@ -18,37 +18,37 @@ from benchmark.data.sources import task_fingerprints
 from benchmark.errors import BenchError
 from benchmark.plan.identity import ID_SCHEME, run_id, run_identity
 from benchmark.plan.run import Plan
-from benchmark.runner.execute import plan_record
-from benchmark.runner.results import RESULT, experiment_dir, write_json_atomic
+from benchmark.records import PLAN, RESULT, RecordError, RunRecord, parse_run, write_plan, write_run
+from benchmark.runner.results import experiment_dir
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
 
 
-def new_id(result: dict, deps: list[str], data_root) -> str:
+def new_id(result: RunRecord, deps: list[str], data_root) -> str:
     """The scheme-2 id of a stored result (``deps``: its dependencies' scheme-2 ids)."""
-    cfg = result["config"]
+    cfg = result.config
     method = MethodSpec.model_validate(cfg["method"])
-    if method.train.batching is None:
-        method.train = method.train.model_copy(update={"batching": result.get("batching", "shuffled")})
+    if method.train.batching is None:  # a schema-1 result without it reads as "shuffled" (records.upgrade)
+        method.train = method.train.model_copy(update={"batching": result.batching})
     backbone = BackboneSpec.model_validate(cfg["backbone"])
     tasks = {t: TaskSpec.model_validate(d) for t, d in cfg["tasks"].items()}
     compute = ComputeSpec.model_validate(cfg.get("compute") or {
-        "cpu_kernels": result.get("cpu_kernels", "stock"), "last_layer": result.get("last_layer", "full")})
-    selection = Selection.model_validate(cfg.get("selection") or {"protocol": result.get("selection", "dev")})
+        "cpu_kernels": result.cpu_kernels or "stock", "last_layer": result.last_layer or "full"})
+    selection = Selection.model_validate(cfg.get("selection") or {"protocol": result.selection})
     identity = run_identity(
         method=method, backbone=backbone, tasks=tasks, data={t: task_fingerprints(s, data_root) for t, s in tasks.items()},
         seed=cfg["seed"], sources=cfg["sources"], caps=Caps.model_validate(cfg["caps"]),
         task_caps={t: Caps.model_validate(c) for t, c in cfg.get("task_caps", {}).items()}, deps=deps,
         selection=selection, compute=compute)
-    return run_id(result["task"] or "multi", result["label"], result["backbone"], result["seed"], identity)
+    return run_id(result.task or "multi", result.label, result.backbone, result.seed, identity)
 
 
-def _raw(folder: Path) -> dict | None:
+def _raw(folder: Path) -> RunRecord | None:
+    """The folder's result as stored (its run id may differ from the folder's name: a rename interrupted)."""
     try:
-        data = json.loads((folder / RESULT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return parse_run(json.loads((folder / RESULT).read_text(encoding="utf-8")), file=folder / RESULT)
+    except (OSError, ValueError, RecordError):
         return None
-    return data if isinstance(data, dict) else None
 
 
 def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, *, dry_run: bool = False,
@@ -64,27 +64,27 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
     for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
             if exp_dir.exists() else []:
         r = _raw(d)
-        if r is None or not isinstance(r.get("run_id"), str):
+        if r is None:
             continue
-        if r.get("id_scheme", 1) >= ID_SCHEME:
-            if r.get("migrated_from"):
-                mapping[r["migrated_from"]] = d.name
-        elif r["run_id"] == d.name:
+        if r.id_scheme >= ID_SCHEME:
+            if r.migrated_from:
+                mapping[r.migrated_from] = d.name
+        elif r.run_id == d.name:
             stored[d.name] = r
         else:  # renamed, but interrupted before its result.json was rewritten
-            mapping[r["run_id"]] = d.name
+            mapping[r.run_id] = d.name
             interrupted.append((d.name, r))
     for name, r in interrupted if not dry_run else ():
-        _rewrite(exp_dir / name, r, name, r["run_id"], mapping)
+        _rewrite(exp_dir / name, r, name, r.run_id, mapping)
     done_before = set(mapping)
     while any(rid not in mapping for rid in stored):  # dependencies first: an id hashes its deps' new ids
         ready = [rid for rid, r in stored.items() if rid not in mapping and all(
-            d in mapping or d not in stored for d in r.get("deps", []))]
+            d in mapping or d not in stored for d in r.deps)]
         if not ready:
             raise BenchError("results depend on each other in a cycle", file=str(exp_dir))
         for rid in ready:
             r = stored[rid]
-            mapping[rid] = new_id(r, [mapping.get(d, d) for d in r.get("deps", [])], data_root)
+            mapping[rid] = new_id(r, [mapping.get(d, d) for d in r.deps], data_root)
     planned = {r.id for r in plan.runs}
     for old, new in mapping.items():
         if old in done_before:
@@ -99,13 +99,16 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
         (exp_dir / old).rename(exp_dir / new)
         _rewrite(exp_dir / new, stored[old], new, old, mapping)
     if mapping and not dry_run:
-        write_json_atomic(exp_dir / "plan.json", plan_record(plan), root=exp_dir)
+        write_plan(exp_dir / PLAN, plan.record(), root=exp_dir)
     found = sum(new in planned for new in mapping.values())
     log(f"{plan.experiment.name}: {found} of {len(plan.runs)} planned runs found among {len(mapping)} older results")
     return {old: new for old, new in mapping.items() if old not in done_before}
 
 
-def _rewrite(folder: Path, result: dict, new: str, old: str, mapping: dict[str, str]) -> None:
-    result.update(run_id=new, deps=[mapping.get(d, d) for d in result.get("deps", [])], id_scheme=ID_SCHEME,
-                  migrated_from=old)
-    write_json_atomic(folder / RESULT, result)
+def _rewrite(folder: Path, result: RunRecord, new: str, old: str, mapping: dict[str, str]) -> None:
+    """Rewrite the renamed folder's result.json (the one command that rewrites a result: as the current
+    schema, the old keys kept)."""
+    result = result.model_copy(deep=True)
+    result.run_id, result.deps, result.id_scheme = new, [mapping.get(d, d) for d in result.deps], ID_SCHEME
+    result.migrated_from = old
+    write_run(folder / RESULT, result)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import shutil
 import subprocess
@@ -32,8 +31,9 @@ from pathlib import Path
 
 from benchmark.errors import BenchError
 from benchmark.paths import under
+from benchmark.records import read_last_failure, read_result
 from benchmark.runner.cluster import ClusterSpec, load_cluster, parse_sbatch_options
-from benchmark.runner.results import now, read_result, write_json_atomic
+from benchmark.runner.results import now, write_json_atomic
 
 JOBS = "jobs.json"
 SLURM_DIR = ".slurm"
@@ -355,14 +355,6 @@ def job_main(run, reg, plan, exp_dir: Path, data_dir, device_name: str, threads:
     return rid, err, secs
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _rel(path: Path, base: Path) -> str:
     try:
         return str(path.resolve().relative_to(base.resolve()))
@@ -468,20 +460,20 @@ def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failur
                 continue
             if any(d in left for d in r.deps):
                 continue  # Slurm may cancel a dependent before its failed dependency leaves the queue
-            res = read_result(exp_dir / rid) or {}
-            own = res.get("slurm_job_id") == jid
+            res = read_result(exp_dir / rid)
+            own = res is not None and res.slurm_job_id == jid
             if not own:  # a failed rerun of a finished run writes last_failure.json beside the kept result
-                failure = _read_json(exp_dir / rid / "last_failure.json")
-                if failure.get("slurm_job_id") == jid:
+                failure = read_last_failure(exp_dir / rid)
+                if failure is not None and failure.slurm_job_id == jid:
                     res, own = failure, True
             k += 1
             del left[rid]
-            if own and res.get("status") == "finished":
+            if own and res.finished:
                 summary.finished.append(rid)
-                progress(k, rid, None, float(res.get("wall_seconds") or 0.0))
+                progress(k, rid, None, float(res.wall_seconds or 0.0))
                 continue
-            if own and res.get("status") == "failed":
-                err = res.get("error") or "failed"
+            if own:
+                err = res.error or "failed"
             else:
                 bad = [d for d in r.deps if d in summary.failed]
                 state = st.state if st else "gone from the queue"
@@ -490,6 +482,6 @@ def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failur
                        f"or node failure; see {jobs.get(rid, {}).get('log', 'its log')}")
                 note_failure(r, err)
             summary.failed[rid] = err
-            progress(k, rid, err, float(res.get("wall_seconds") or 0.0) if own else 0.0)
+            progress(k, rid, err, float(res.wall_seconds or 0.0) if own else 0.0)
         if left:
             time.sleep(poll_s)

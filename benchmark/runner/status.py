@@ -15,9 +15,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.records import read_result_file, scan_experiment
 from benchmark.runner import slurm
 from benchmark.runner.lock import describe, holder_alive, pid_alive, read_lock
-from benchmark.runner.results import read_result_file, scan_experiment
 from benchmark.runner.slurm import QUEUED, JobState, load_jobs
 
 _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
@@ -69,7 +69,7 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
     states: dict[str, str] = {}  # plan order lists dependencies first
     for r in plan.runs:
         file = read_result_file(exp_dir / r.id)
-        res = file.data if file.ok else {}
+        res = file.record  # None: missing or corrupt
         job = jobs.get(r.id, {}).get("job_id")
         st = queue.get(job) if (queue is not None and job) else None
         if st is not None and st.active:
@@ -79,14 +79,13 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
                 out.append(RunStatus(r.id, "running", f"Slurm job {job} on {st.node}, elapsed {st.elapsed}"))
         elif r.id in local:
             out.append(RunStatus(r.id, "running", local[r.id]))
-        elif res.get("status") == "finished":
-            where = f"Slurm job {res['slurm_job_id']} on {res.get('slurm_node')}" if res.get("slurm_job_id") \
-                else res.get("host", "")
-            acc = res.get("best_metric")
-            out.append(RunStatus(r.id, "finished", (f"dev {acc:.2f}, " if isinstance(acc, int | float) else "")
-                                 + f"{res.get('wall_seconds', 0):.1f}s, {where}"))
-        elif res.get("status") == "failed":
-            out.append(RunStatus(r.id, "failed", (res.get("error") or "").splitlines()[0][:160]))
+        elif res is not None and res.finished:
+            where = f"Slurm job {res.slurm_job_id} on {res.slurm_node}" if res.slurm_job_id else res.host or ""
+            acc = res.best_metric
+            out.append(RunStatus(r.id, "finished", (f"dev {acc:.2f}, " if acc is not None else "")
+                                 + f"{res.wall_seconds:.1f}s, {where}"))
+        elif res is not None:
+            out.append(RunStatus(r.id, "failed", res.first_error_line[:160]))
         elif job and queue is not None:
             bad = [d for d in r.deps if states.get(d) == "failed"]
             state = st.state if st else "gone from the queue"
@@ -131,12 +130,12 @@ def unmatched_note(plan, results_dir: Path, data_root: Path | None) -> list[str]
     words ``afbench report`` uses; empty when every result on disk is planned."""
     ids = {r.id for r in plan.runs}
     scan = scan_experiment(results_dir, plan.experiment.name)
-    stale = [r for r in scan.results if r.get("run_id") not in ids]
+    stale = [r for r in scan.results if r.run_id not in ids]
     if not stale:
         return []
     folder = results_dir / plan.experiment.name
     matched = len(scan.results) - len(stale)
-    sources = {(r.get("data") or {}).get("source") for r in stale}
+    sources = {r.data_source for r in stale}
     if "mirror" in sources and data_root is None:
         return [f"note: {len(stale)} result(s) under {folder} were trained on the offline data mirror, and run ids "
                 "include a content hash of the data: with AFBENCH_DATA_DIR unset the plan reads the Hub instead, so "

@@ -1,0 +1,440 @@
+"""The records the runner writes and every other part reads: ``result.json`` (``RunRecord``) and ``plan.json``
+(``PlanRecord``), typed and versioned.
+
+``SCHEMA`` is the version of both files (the ``schema`` key). A file of an older schema is upgraded in memory
+when read (``upgrade``), never rewritten; a file that cannot be a record (not a JSON object, a key readers
+index by missing or of the wrong type, a finished run without a finite metric) is refused with exactly why:
+``read_result_file`` calls it *corrupt* (the runner retrains it; ``plan``, ``status`` and ``report`` name it),
+``load_run`` / ``load_plan`` raise one ``RecordError`` paragraph naming the file, the field and the fix.
+Keys a model does not declare (written by an older or a newer version, or measured by one recipe only) are
+kept as extra fields, so every committed result loads and writes back unchanged.
+
+Schemas:
+  1  the first result.json; plan.json had no ``schema`` key (runs without ``kind`` and ``columns``).
+  2  the typed records of this module. A schema-1 result.json reads as schema 2 with the values its readers
+     always assumed for keys that schema 1 could lack: ``id_scheme`` 1, ``batching`` "shuffled" (results
+     from before grouped batching), ``selection`` "dev" (before held-out selection), ``role`` "grid",
+     ``wall_seconds`` 0; a plan.json without ``schema`` reads with ``columns`` = [its label].
+
+To add a field: declare it on ``RunRecord`` (with a default, so older files still load) and set it where
+the runner builds the record (``benchmark/runner/execute.py``, ``record``; a measured value comes from the
+recipe, ``benchmark/training/recipe.py``); readers use the attribute. Bump ``SCHEMA`` and extend ``upgrade``
+only when older files need a value other than the default.
+
+Layer 0: imports only ``errors`` and ``paths``; no torch, so the reporter and ``afbench status`` load fast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from benchmark.errors import BenchError
+from benchmark.paths import write_atomic
+
+SCHEMA = 2
+RESULT = "result.json"
+PLAN = "plan.json"
+LAST_FAILURE = "last_failure.json"  # a failed rerun of a finished run, written beside the kept result
+STATUSES = ("finished", "failed")
+
+
+class RecordError(BenchError):
+    """A result.json or plan.json that cannot be read as a record."""
+
+
+class _Record(BaseModel):
+    # extra="allow": keys of older or newer files (and per-recipe measurements) are kept and written back
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    def dump(self) -> dict:
+        """The JSON object to write: what was set, in declaration order, extras after (python mode, so a
+        non-finite float stays as json writes it)."""
+        return self.model_dump(exclude_unset=True)
+
+    def extra(self, key: str, default: Any = None) -> Any:
+        """A key this model does not declare (measured by one recipe, or from another version)."""
+        return (self.model_extra or {}).get(key, default)
+
+
+class RunRecord(_Record):
+    """One ``result.json``. Declared: what the runner, ``plan``, ``status``, Slurm, ``migrate`` and the
+    reporter read."""
+
+    schema_: int = Field(SCHEMA, alias="schema")  # the file's "schema" (``schema`` is taken on pydantic models)
+    id_scheme: int = 1
+    status: Literal["finished", "failed"]
+    run_id: str
+    experiment: str
+    task: str | None = None
+    tasks: list[str] = []
+    method: str | None = None
+    method_kind: str | None = None
+    label: str
+    role: Literal["grid", "stage1"] = "grid"  # stage1: only a dependency of fusion runs
+    reduction_factor: int | None = None
+    backbone: str
+    paper_backbone: str | None = None
+    seed: int
+    sources: list[str] = []
+    deps: list[str] = []
+    config: dict = {}
+    batching: str = "shuffled"
+    selection: str = "dev"
+    metric: str | None = None
+    # measured (benchmark/training/recipe.py)
+    history: list[dict] = []
+    best_epoch: int | None = None
+    best_metric: float | None = None
+    selection_metric: float | None = None
+    stopped_early: str | None = None  # why training stopped before its last epoch
+    per_task: dict[str, dict] | None = None  # MT-A: task -> best_metric, history, data
+    params: dict | None = None
+    padding: dict | None = None
+    data: dict | None = None
+    fusion_attention: dict | None = None
+    memory: dict | None = None
+    train_seconds: float | None = None
+    checkpoint_bytes: int | None = None
+    diverged: bool = False
+    traceback_tail: str | None = None
+    weights_sha256: str | None = None
+    # the run
+    error: str | None = None
+    wall_seconds: float = 0.0
+    device: str | None = None
+    torch_threads: int | None = None
+    cpu_kernels: str | None = None
+    last_layer: str | None = None
+    precision: str | None = None
+    slurm_job_id: str | None = None
+    slurm_node: str | None = None
+    cpu_model: str | None = None
+    host: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    versions: dict = {}
+    environment: dict | None = None
+    git: dict = {}
+    previous_result: dict | None = None  # a rerun of the same id: what the result it replaced said
+    migrated_from: str | None = None  # afbench migrate: the id under the older scheme
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True,
+                              protected_namespaces=())
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished"
+
+    @property
+    def trained_tasks(self) -> list[str]:
+        """The tasks this result holds metrics for (MT-A: ``per_task``; a failed MT-A run: its ``tasks``)."""
+        if self.per_task:
+            return list(self.per_task)
+        return [self.task] if self.task else list(self.tasks)
+
+    @property
+    def data_source(self) -> str:
+        return (self.data or {}).get("source", "")
+
+    @property
+    def first_error_line(self) -> str:
+        return (self.error or "").splitlines()[0] if self.error else ""
+
+    def dump(self) -> dict:
+        out = self.model_dump(exclude_unset=True, by_alias=True)
+        return {"schema": out.pop("schema"), **out} if "schema" in out else out
+
+
+
+class PlanRun(_Record):
+    id: str
+    task: str | None = None
+    tasks: list[str] = []
+    label: str
+    kind: str | None = None  # the method kind (absent from plan.json written before variant columns)
+    columns: list[str] = []  # the report columns it fills (upgraded: [label])
+    backbone: str
+    seed: int
+    role: Literal["grid", "stage1"] = "grid"
+
+    @property
+    def rows(self) -> list[str]:
+        return [self.task] if self.task else list(self.tasks)
+
+
+class Skipped(_Record):
+    what: str
+    why: str
+
+
+class PlanRecord(_Record):
+    """``plan.json``: what the report needs of a plan (the expected cells and the tasks left out, with why),
+    and the reporter's view of the current plan (``Plan.record()``)."""
+
+    schema_: int = Field(SCHEMA, alias="schema")
+    experiment: str
+    description: str = ""
+    runs: list[PlanRun] = []
+    skipped: list[Skipped] = []
+    targets: list[str] = []  # the tasks of the experiment's groups: its table rows (empty: every task)
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True)
+
+    def dump(self) -> dict:
+        out = self.model_dump(exclude_unset=True, by_alias=True)
+        return {"schema": out.pop("schema"), **out} if "schema" in out else out
+
+
+
+# ------------------------------------------------------------------------------------------ reading
+# key -> type name: what a readable result must have (readers index results by these)
+REQUIRED = {"status": str, "run_id": str, "experiment": str, "label": str, "backbone": str, "seed": int}
+
+
+def _is_number(x: object) -> bool:
+    """A real, finite number: NaN or inf in a finished result is damage (JSON allows neither; Python writes
+    them), not a measurement."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _what(x: object) -> str:
+    return "missing" if x is None else repr(x) if isinstance(x, float) else type(x).__name__
+
+
+def _problem(data: object, folder_name: str | None) -> tuple[str, str]:
+    """(why ``data`` is not a usable result, the field), ("", "") when it is."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, found {type(data).__name__}", ""
+    missing = [k for k in REQUIRED if k not in data]
+    if missing:
+        return "missing " + ", ".join(f"'{k}'" for k in missing), missing[0]
+    for k, t in REQUIRED.items():
+        if not isinstance(data[k], t) or isinstance(data[k], bool):
+            return f"'{k}' is {type(data[k]).__name__}, expected {t.__name__}", k
+    schema = data.get("schema", 1)
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+        return f"'schema' is {schema!r}, expected a positive integer (the record version)", "schema"
+    if data["status"] not in STATUSES:
+        return f"'status' is {data['status']!r}, expected one of {', '.join(STATUSES)}", "status"
+    if folder_name is not None and data["run_id"] != folder_name:
+        return f"'run_id' {data['run_id']!r} does not match its folder {folder_name!r}", "run_id"
+    if not data.get("task") and not data.get("tasks"):
+        return "neither 'task' nor 'tasks' is set", "task"
+    if data["status"] == "finished":
+        per_task = data.get("per_task")
+        if per_task is not None:
+            bad = [t for t, v in per_task.items() if not _is_number((v or {}).get("best_metric"))] \
+                if isinstance(per_task, dict) else ["(not an object)"]
+            if bad:
+                return "'per_task' has no numeric best_metric for " + ", ".join(bad), "per_task"
+        elif not _is_number(data.get("best_metric")):
+            return f"finished but 'best_metric' is {_what(data.get('best_metric'))}, not a finite number", \
+                "best_metric"
+    return "", ""
+
+
+def check_result(data: object, folder_name: str | None = None) -> str:
+    """Why ``data`` is not a usable result ("" when it is)."""
+    why, _ = _problem(data, folder_name)
+    if why:
+        return why
+    try:
+        RunRecord.model_validate(upgrade(data))
+    except ValidationError as e:
+        return _validation_reason(e)
+    return ""
+
+
+def _validation_reason(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    return f"'{where}': {err['msg']}" + (f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else "")
+
+
+def upgrade(data: dict) -> dict:
+    """A result.json object of any schema as schema ``SCHEMA`` (a copy; the file is not touched). A newer
+    schema is read as it is: the keys this version declares are checked, the others kept."""
+    schema = data.get("schema", 1)
+    out = dict(data)
+    if schema < 2:  # 1 -> 2: the values readers assumed for keys that schema 1 could lack
+        out["schema"] = 2
+        out.setdefault("id_scheme", 1)
+        out.setdefault("batching", "shuffled")
+        out.setdefault("selection", "dev")
+        out.setdefault("role", "grid")
+        out.setdefault("wall_seconds", 0.0)
+    return out
+
+
+def parse_run(data: object, *, file: str | Path | None = None, folder_name: str | None = None) -> RunRecord:
+    """``data`` (a parsed result.json of any schema) as a RunRecord, or one RecordError paragraph."""
+    why, key = _problem(data, folder_name)
+    if not why:
+        try:
+            return RunRecord.model_validate(upgrade(data))
+        except ValidationError as e:
+            why, key = _validation_reason(e), ".".join(str(p) for p in e.errors()[0]["loc"])
+    raise RecordError(f"this is not a run result: {why}", file=str(file) if file else None, field=key or None,
+                      fix="restore the file from git (git checkout -- <file>), or remove its run folder so "
+                          "`afbench run` trains the run again")
+
+
+def load_run(path: Path) -> RunRecord:
+    """Read one result.json (any schema) or raise RecordError."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"not readable JSON ({e})", file=str(path),
+                          fix="restore the file from git, or remove its run folder so the run is trained again") \
+            from None
+    return parse_run(data, file=path, folder_name=path.parent.name)
+
+
+def write_run(path: Path, record: RunRecord | dict, *, root: Path | None = None) -> RunRecord:
+    """Validate and write a result.json atomically (``paths.write_atomic``); returns the record written."""
+    rec = record if isinstance(record, RunRecord) else RunRecord.model_validate(record)
+    write_atomic(path, json.dumps(rec.dump(), indent=2) + "\n", root=root)
+    return rec
+
+
+def parse_plan(data: object, *, file: str | Path | None = None) -> PlanRecord:
+    """A parsed plan.json of any schema as a PlanRecord, or one RecordError paragraph."""
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise RecordError("has no 'runs' list", file=str(file) if file else None, field="runs",
+                          fix="rerun `afbench run` (it writes plan.json), or remove the file")
+    out = dict(data)
+    if out.get("schema", 1) < 2:  # 1 -> 2: a run without report columns fills its label's
+        out["schema"] = 2
+        out["runs"] = [{**r, "columns": r.get("columns") or [r.get("label")]} if isinstance(r, dict) else r
+                       for r in out["runs"]]
+    try:
+        return PlanRecord.model_validate(out)
+    except ValidationError as e:
+        raise RecordError(f"is not a plan record: {_validation_reason(e)}", file=str(file) if file else None,
+                          field=".".join(str(p) for p in e.errors()[0]["loc"]),
+                          fix="rerun `afbench run` (it writes plan.json), or remove the file") from None
+
+
+def load_plan(path: Path) -> PlanRecord:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"is not readable JSON ({e})", file=str(path),
+                          fix="rerun `afbench run` (it writes plan.json), or remove the file") from None
+    return parse_plan(data, file=path)
+
+
+def write_plan(path: Path, record: PlanRecord, *, root: Path | None = None) -> None:
+    write_atomic(path, json.dumps(record.dump(), indent=2) + "\n", root=root)
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """One ``result.json`` as read from disk: ``state`` is "ok", "missing" or "corrupt" (with why).
+
+    A corrupt file (not JSON, or JSON of the wrong shape such as ``{}``) is never a finished run: the runner
+    retrains it and ``plan`` / ``report`` name it, so a damaged results folder is seen instead of being
+    silently shown as pending or crashing the reporter.
+    """
+
+    path: Path
+    state: str
+    record: RunRecord | None = None
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+    @property
+    def finished(self) -> bool:
+        return self.ok and self.record.finished
+
+    def where(self, root: Path) -> str:
+        """The file relative to the results root (reports hold no machine paths)."""
+        try:
+            return str(self.path.relative_to(root))
+        except ValueError:
+            return f"{self.path.parent.name}/{self.path.name}"
+
+
+def read_result_file(run_dir: Path) -> ResultFile:
+    """Read and check ``run_dir/result.json``; never raises for a damaged file."""
+    f = run_dir / RESULT
+    if not f.exists():
+        return ResultFile(f, "missing")
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return ResultFile(f, "corrupt", reason=f"not readable JSON ({e})")
+    try:
+        return ResultFile(f, "ok", parse_run(data, file=f, folder_name=run_dir.name))
+    except RecordError as e:
+        return ResultFile(f, "corrupt", reason=e.message.removeprefix("this is not a run result: "))
+
+
+def read_result(run_dir: Path) -> RunRecord | None:
+    """The result of a run folder if it is there and well-formed, else None."""
+    return read_result_file(run_dir).record
+
+
+def read_last_failure(run_dir: Path) -> RunRecord | None:
+    """The failed rerun recorded beside a finished result (``LAST_FAILURE``), if there and well-formed."""
+    try:
+        return parse_run(json.loads((run_dir / LAST_FAILURE).read_text(encoding="utf-8")), folder_name=run_dir.name)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError):
+        return None
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Well-formed and finished: a corrupt or failed result is retrained by the runner."""
+    return read_result_file(run_dir).finished
+
+
+@dataclass
+class ExperimentScan:
+    """Everything under ``results/<experiment>/``, sorted into what a reader can use and what not.
+
+    ``plan``, ``report`` and ``status`` call ``scan_experiment`` so all of them name the same damaged files
+    and ignore results that belong to another experiment.
+    """
+
+    root: Path
+    experiment: str
+    results: list[RunRecord] = field(default_factory=list)  # well-formed results of this experiment
+    corrupt: list[ResultFile] = field(default_factory=list)
+    foreign: list[ResultFile] = field(default_factory=list)  # well-formed, but another experiment's
+
+    def problems(self) -> list[str]:
+        """One line per file a reader should know about, paths relative to the results root."""
+        out = [f"corrupt result {r.where(self.root)}: {r.reason}; treated as not finished" for r in self.corrupt]
+        out += [f"result {r.where(self.root)} belongs to experiment '{r.record.experiment}', not "
+                f"'{self.experiment}'; left out" for r in self.foreign]
+        return out
+
+
+def scan_experiment(root: Path, experiment: str) -> ExperimentScan:
+    scan = ExperimentScan(root, experiment)
+    folder = root / experiment
+    if not folder.exists():
+        return scan
+    for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        r = read_result_file(d)
+        if r.state == "corrupt":
+            scan.corrupt.append(r)
+        elif r.ok and r.record.experiment != experiment:
+            scan.foreign.append(r)
+        elif r.ok:
+            scan.results.append(r.record)
+    return scan
+
+
+def load_experiment_results(root: Path, experiment: str) -> list[RunRecord]:
+    """The well-formed results of ``experiment`` (see ``scan_experiment`` for what was left out)."""
+    return scan_experiment(root, experiment).results
