@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import BenchError, StorageError
+from benchmark.hashing import file_sha256
 from benchmark.modeling.checkpoint import WEIGHTS, verify_weights
 from benchmark.modeling.compute import Compute
 from benchmark.paths import under
@@ -327,14 +327,6 @@ def weights_problem(folder: Path) -> str | None:
     if recorded and file_sha256(folder / WEIGHTS) != recorded:
         return "its weights changed since the run wrote them (sha256 differs from result.json)"
     return None
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Progress:
