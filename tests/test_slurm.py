@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.cli import main
+from benchmark.cli import main, slurm_options
 from benchmark.errors import SpecError
 from benchmark.plan.build import build_plan
 from benchmark.runner import slurm
@@ -308,6 +308,24 @@ def test_job_info_reads_the_slurm_environment(monkeypatch):
     assert slurm.job_info()["slurm_job_id"] == "4200_7"
 
 
+def test_slurm_module_neither_imports_the_runner_nor_parses_flags():
+    """No import circle: execute.py imports slurm.py, never the other way (the job body, execute.slurm_job,
+    is passed to run_on_slurm and pickled by name); the flags live in cli.py, slurm.py takes SlurmOptions."""
+    import ast
+    import pickle
+
+    from benchmark.runner import execute
+
+    tree = ast.parse(Path(slurm.__file__).read_text(encoding="utf-8"))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "benchmark.runner.execute" not in imported and "argparse" not in imported
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "benchmark.runner" and
+                   any(a.name == "execute" for a in n.names) for n in ast.walk(tree))
+    assert pickle.loads(pickle.dumps(execute.slurm_job)) is execute.slurm_job
+    assert not hasattr(slurm, "add_arguments") and not hasattr(slurm, "options_from_args")
+
+
 # ---------------------------------------------------------------- cluster file
 
 
@@ -325,7 +343,7 @@ def test_cluster_file_validates_and_flags_override(tmp_path):
     args = SimpleNamespace(cluster=str(ROOT / "specs" / "clusters" / "example.yaml"), partition="big",
                            time_min=None, gpus_per_run=None, cpus_per_run=4, mem_gb=None, array_parallelism=None,
                            slurm_log_dir=None, sbatch=["qos=high", "exclusive"], wait=False, poll_s=1.0)
-    opts = slurm.options_from_args(args)
+    opts = slurm_options(args)
     assert opts.cluster.partition == "big" and opts.cluster.cpus_per_run == 4 and opts.cluster.time_min == 2880
     assert opts.cluster.sbatch == {"account": "myproject", "qos": "high", "exclusive": True} and not opts.wait
     assert parse_sbatch_options(["--mail_type=END"]) == {"mail-type": "END"}

@@ -329,6 +329,15 @@ def weights_problem(folder: Path) -> str | None:
     return None
 
 
+def slurm_job(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir, device_name: str, threads: int):
+    """Body of one Slurm job (``slurm.run_on_slurm`` submits it): train and record the run as the local
+    runner does; fail the job if the run failed, so its ``afterok`` dependents are cancelled."""
+    rid, err, secs = execute_one(run, reg, plan, exp_dir, data_dir, device_name, threads)
+    if err is not None:
+        raise RuntimeError(f"run {rid} failed (recorded in its result.json): {err.splitlines()[0]}")
+    return rid, err, secs
+
+
 class _Progress:
     """One line per finished run; the ETA comes from the cost model's predicted seconds of the runs left
     (``cost.py``), scaled by how the finished runs compared with their predictions, else (no prediction)
@@ -424,7 +433,8 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
 
             slurm.run_on_slurm(plan, reg, todo, summary, exp_dir, in_flight=in_flight, device=device,
                                data_dir=data_dir, options=slurm_options or slurm.SlurmOptions(), log=log,
-                               note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs))
+                               note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs),
+                               job=slurm_job)
         else:
             predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log)
             _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log, on_workers, predicted)
