@@ -46,10 +46,24 @@ def load_with_siblings(paths: list[Path], strict: bool = True, warn=None):
         raise
 
 
-def _data_dir(args) -> Path | None:
-    from benchmark.data.sources import data_dir
+# The environment variables a command reads, each the default of the flag beside it. They are read here, once,
+# and passed down as plain arguments: the runner and the reporter take a folder or a file, never the environment
+# (still read below the CLI: AFBENCH_CACHE_DIR in data/encode.py, AFBENCH_SPECS in spec/registry.py, and
+# sources.data_dir's fallback on AFBENCH_DATA_DIR for library callers).
+ENVIRONMENT = {"data_dir": "AFBENCH_DATA_DIR", "results_dir": "AFBENCH_RESULTS_DIR", "paper": "AFBENCH_PAPER_FILE"}
 
-    return data_dir(getattr(args, "data_dir", None))
+
+def read_environment(args: argparse.Namespace, environ=os.environ) -> argparse.Namespace:
+    """Fill each flag of ``ENVIRONMENT`` left unset from its variable (a flag given wins)."""
+    for attr, var in ENVIRONMENT.items():
+        if getattr(args, attr, None) is None and environ.get(var):
+            setattr(args, attr, environ[var])
+    return args
+
+
+def _data_dir(args) -> Path | None:
+    d = getattr(args, "data_dir", None)
+    return Path(d) if d else None
 
 
 def availability(reg, root):
@@ -656,7 +670,7 @@ COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan"
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    args = read_environment(build_parser().parse_args(argv))
     try:
         code = COMMANDS[args.cmd](args)
         sys.stdout.flush()  # a reader that went away (afbench status | head) is seen here, not at exit

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -25,7 +24,8 @@ RESULT = "result.json"
 
 
 def results_root(explicit: str | Path | None = None) -> Path:
-    return Path(explicit or os.environ.get("AFBENCH_RESULTS_DIR", "results"))
+    """The results root: ``explicit`` (the CLI passes --results-dir, else $AFBENCH_RESULTS_DIR), else ./results."""
+    return Path(explicit or "results")
 
 
 def now() -> str:
