@@ -28,15 +28,7 @@ from benchmark.runner.cluster import ClusterSpec, load_cluster, parse_sbatch_opt
 from benchmark.runner.lock import LockHeld, experiment_lock, read_lock
 from benchmark.runner.slurm import JobState, dependency, submission_groups
 from benchmark.runner.status import experiment_status, print_status
-from conftest import ROOT, needs_mirror
-
-TINY = textwrap.dedent("""
-    backbones: [tiny-bert]
-    seeds: [1]
-    groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
-    fusion: {sources: [rte, cb]}
-    caps: {max_train_rows: 32, max_eval_rows: 16, max_epochs: 2, max_length: 32}
-""")
+from conftest import ROOT, needs_mirror, tiny_experiment, write_experiments
 
 
 @pytest.fixture
@@ -52,6 +44,27 @@ def by_kind(plan):
 
 
 # ---------------------------------------------------------------- submission plan
+
+
+def test_the_shared_tiny_experiment_is_what_the_runner_and_slurm_tests_train(tmp_path):
+    """conftest.tiny_experiment is the one tiny grid of test_runner, test_slurm and test_slurm_cluster."""
+    from benchmark.spec import load_registry
+
+    specs = write_experiments(tmp_path / "specs", tiny=tiny_experiment(), cb_only=tiny_experiment(
+        tasks=("cb",), methods=("fusion_st_a",)), flat=tiny_experiment(methods=("head", "st_a"), fusion=False),
+        diverging=tiny_experiment(rows=32, eval_rows=16, epochs=2, diverge=True))
+    reg = load_registry([specs])
+    runs = {n: sorted((r.method.method, r.task) for r in build_plan(reg, reg.experiments[n], lambda t: None).runs)
+            for n in ("tiny", "cb_only", "flat")}
+    assert runs["tiny"] == [("fusion_st_a", "cb"), ("fusion_st_a", "rte"), ("head", "cb"), ("head", "rte"),
+                            ("st_a", "cb"), ("st_a", "rte")]
+    assert runs["cb_only"] == [("fusion_st_a", "cb"), ("st_a", "cb"), ("st_a", "rte")]
+    assert runs["flat"] == [("head", "cb"), ("head", "rte"), ("st_a", "cb"), ("st_a", "rte")]
+    d = reg.experiments["diverging"]
+    assert (d.caps.max_train_rows, d.caps.max_eval_rows, d.caps.max_epochs) == (32, 16, 2) and d.overrides
+    for name in ("test_runner.py", "test_slurm.py", "test_slurm_cluster.py"):
+        assert "backbones: " + "[tiny-bert]" not in (ROOT / "tests" / name).read_text(), name
+
 
 
 def test_groups_put_every_dependency_first_with_exact_deps(smoke_plan):
@@ -170,11 +183,8 @@ def results(folder: Path) -> dict[str, dict]:
 
 @pytest.fixture
 def tiny_specs(tmp_path):
-    d = tmp_path / "specs" / "experiments"
-    d.mkdir(parents=True)
-    (d / "tiny.yaml").write_text(TINY)
-    (d / "tiny_broken.yaml").write_text(TINY + "overrides: {st_a: {lr: 1.0e+30}}\n")
-    return tmp_path / "specs"
+    return write_experiments(tmp_path / "specs", tiny=tiny_experiment(rows=32, eval_rows=16, epochs=2),
+                             tiny_broken=tiny_experiment(rows=32, eval_rows=16, epochs=2, diverge=True))
 
 
 @needs_mirror
