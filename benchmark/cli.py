@@ -17,12 +17,13 @@ from benchmark.errors import BenchError, DataUnavailable
 def _registry(args):
     # a broken file in a spec folder blocks only what needs it (afbench validate stays strict): one warning
     # line per broken file, except the one the command asks for, whose own paragraph is the error
-    lines: list[str] = []
-    reg = load_with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False, warn=lines.append)
-    asked = {getattr(args, "experiment", None), getattr(args, "task", None), *(getattr(args, "experiments", None) or [])}
-    for line in lines:
-        if not any(f"/{name}.yaml " in line or f"/{name}.yml " in line for name in asked if name):
-            print(line, file=sys.stderr)
+    reg = load_with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False,
+                             warn=lambda line: None)  # printed below, from reg.skipped
+    asked = [("experiment", getattr(args, "experiment", None)), ("task", getattr(args, "task", None)),
+             *[("experiment", e) for e in getattr(args, "experiments", None) or []]]
+    for skipped in reg.skipped:
+        if not any(name and skipped.is_(kind, name) for kind, name in asked):
+            print(skipped.warning(), file=sys.stderr)
     return reg
 
 
