@@ -17,12 +17,13 @@ from benchmark.errors import BenchError, DataUnavailable
 def _registry(args):
     # a broken file in a spec folder blocks only what needs it (afbench validate stays strict): one warning
     # line per broken file, except the one the command asks for, whose own paragraph is the error
-    lines: list[str] = []
-    reg = load_with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False, warn=lines.append)
-    asked = {getattr(args, "experiment", None), getattr(args, "task", None), *(getattr(args, "experiments", None) or [])}
-    for line in lines:
-        if not any(f"/{name}.yaml " in line or f"/{name}.yml " in line for name in asked if name):
-            print(line, file=sys.stderr)
+    reg = load_with_siblings([Path(p) for p in (getattr(args, "specs", None) or [])], strict=False,
+                             warn=lambda line: None)  # printed below, from reg.skipped
+    asked = [("experiment", getattr(args, "experiment", None)), ("task", getattr(args, "task", None)),
+             *[("experiment", e) for e in getattr(args, "experiments", None) or []]]
+    for skipped in reg.skipped:
+        if not any(name and skipped.is_(kind, name) for kind, name in asked):
+            print(skipped.warning(), file=sys.stderr)
     return reg
 
 
@@ -46,10 +47,24 @@ def load_with_siblings(paths: list[Path], strict: bool = True, warn=None):
         raise
 
 
-def _data_dir(args) -> Path | None:
-    from benchmark.data.sources import data_dir
+# The environment variables a command reads, each the default of the flag beside it. They are read here, once,
+# and passed down as plain arguments: the runner and the reporter take a folder or a file, never the environment
+# (still read below the CLI: AFBENCH_CACHE_DIR in data/encode.py, AFBENCH_SPECS in spec/registry.py, and
+# sources.data_dir's fallback on AFBENCH_DATA_DIR for library callers).
+ENVIRONMENT = {"data_dir": "AFBENCH_DATA_DIR", "results_dir": "AFBENCH_RESULTS_DIR", "paper": "AFBENCH_PAPER_FILE"}
 
-    return data_dir(getattr(args, "data_dir", None))
+
+def read_environment(args: argparse.Namespace, environ=os.environ) -> argparse.Namespace:
+    """Fill each flag of ``ENVIRONMENT`` left unset from its variable (a flag given wins)."""
+    for attr, var in ENVIRONMENT.items():
+        if getattr(args, attr, None) is None and environ.get(var):
+            setattr(args, attr, environ[var])
+    return args
+
+
+def _data_dir(args) -> Path | None:
+    d = getattr(args, "data_dir", None)
+    return Path(d) if d else None
 
 
 def availability(reg, root):
@@ -321,7 +336,6 @@ def cmd_run(args) -> int:
     from benchmark.runner.execute import pending_runs, run_plan
     from benchmark.runner.lock import experiment_lock, record_workers
     from benchmark.runner.results import experiment_dir, results_root
-    from benchmark.runner.slurm import options_from_args
 
     reg = _registry(args)
     plan = _plan(args, reg)
@@ -338,14 +352,14 @@ def cmd_run(args) -> int:
             raise BenchError(f"--only {' '.join(args.only)} matches no run of '{plan.experiment.name}'",
                              field="--only", fix=f"use glob patterns over the run ids that afbench plan "
                                                  f"{plan.experiment.name} lists, e.g. '*__st_a_rf16__*'")
-    slurm_options = options_from_args(args) if args.executor == "slurm" else None
+    slurm_opts = slurm_options(args) if args.executor == "slurm" else None
     root = results_root(args.results_dir)
     exp_dir = experiment_dir(root, plan.experiment.name)
     try:
         with experiment_lock(exp_dir, wait=args.wait_lock) as me:
             summary = run_plan(plan, reg, results_dir=root, data_dir=_data_dir(args),
                                device=args.device, jobs=args.jobs, force=args.force, only=only,
-                               executor=args.executor, slurm_options=slurm_options,
+                               executor=args.executor, slurm_options=slurm_opts,
                                on_workers=lambda pids: record_workers(exp_dir, me, pids))
     except StorageError as e:
         # a read-only (or full) results folder is fine for a run with nothing to write
@@ -490,9 +504,47 @@ def id_flags(sp) -> None:
                          "part of the run id when not auto; recorded as precision")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from benchmark.runner.slurm import add_arguments as add_slurm_arguments
+def slurm_flags(sp: argparse.ArgumentParser) -> None:
+    """The ``afbench run`` flags of the Slurm executor (they override the --cluster file)."""
+    g = sp.add_argument_group("Slurm (with --executor slurm)")
+    g.add_argument("--cluster", help="YAML of the fields below (e.g. specs/clusters/example.yaml)")
+    g.add_argument("--partition", help="partition (default: the cluster file's, else Slurm's default)")
+    g.add_argument("--time-min", type=int, help="wall-clock limit per run in minutes (default 120)")
+    g.add_argument("--gpus-per-run", type=int, help="default: 1 when the device is cuda, else 0")
+    g.add_argument("--cpus-per-run", type=int, help="CPUs per run, also its torch threads (default 1)")
+    g.add_argument("--mem-gb", type=float, help="memory per run in GB (default: the partition's)")
+    g.add_argument("--array-parallelism", type=int,
+                   help="submit runs that share their dependencies as one job array with at most N running")
+    g.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
+                   help="extra sbatch option, e.g. --sbatch account=myproj --sbatch constraint=a100 (repeatable)")
+    g.add_argument("--slurm-log-dir", help="submitit pickles and job logs (default results/<experiment>/.slurm)")
+    w = g.add_mutually_exclusive_group()
+    w.add_argument("--wait", dest="wait", action="store_true", default=True,
+                   help="stay until every job ended, printing progress (default)")
+    w.add_argument("--no-wait", dest="wait", action="store_false", help="exit once everything is submitted")
+    g.add_argument("--poll-s", type=float, default=float(os.environ.get("AFBENCH_SLURM_POLL_S", 10)),
+                   help=argparse.SUPPRESS)
 
+
+def slurm_options(args: argparse.Namespace):
+    """``slurm.SlurmOptions`` from the --cluster file and the flags over it."""
+    from benchmark.runner.cluster import ClusterSpec, load_cluster, parse_sbatch_options
+    from benchmark.runner.slurm import SlurmOptions
+
+    spec = load_cluster(getattr(args, "cluster", None))
+    update = {k: getattr(args, a) for k, a in (("partition", "partition"), ("time_min", "time_min"),
+                                               ("gpus_per_run", "gpus_per_run"), ("cpus_per_run", "cpus_per_run"),
+                                               ("mem_gb", "mem_gb"), ("array_parallelism", "array_parallelism"),
+                                               ("log_dir", "slurm_log_dir"))
+              if getattr(args, a, None) is not None}
+    extra = parse_sbatch_options(getattr(args, "sbatch", None))
+    if extra:
+        update["sbatch"] = {**spec.sbatch, **extra}
+    spec = ClusterSpec.model_validate({**spec.model_dump(), **update})
+    return SlurmOptions(spec, getattr(args, "wait", True), getattr(args, "poll_s", 10.0), getattr(args, "cluster", None))
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="afbench", epilog=EPILOG,
                                 description="AdapterFusion-Bench: YAML specs -> plan -> runs -> results -> reports. "
                                             "Errors in specs, data or weights print as one paragraph (file, field, "
@@ -533,7 +585,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="local processes (default) or one Slurm job per run (see 'On a cluster')")
             sp.add_argument("--wait-lock", action="store_true",
                             help="if another driver runs this experiment, wait for it instead of exiting")
-            add_slurm_arguments(sp)
+            slurm_flags(sp)
         if name == "migrate":
             sp.add_argument("--dry-run", action="store_true", help="only say what would be renamed")
         if name == "plan":
@@ -622,7 +674,7 @@ COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan"
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    args = read_environment(build_parser().parse_args(argv))
     try:
         code = COMMANDS[args.cmd](args)
         sys.stdout.flush()  # a reader that went away (afbench status | head) is seen here, not at exit

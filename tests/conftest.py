@@ -40,6 +40,31 @@ def _isolated_env(tmp_path_factory):
             os.environ[k] = v
 
 
+def tiny_experiment(*, tasks=("rte", "cb"), methods=("head", "fusion_st_a"), fusion: bool = True, rows: int = 16,
+                    eval_rows: int = 8, epochs: int = 1, diverge: bool = False, description: str | None = None) -> str:
+    """The tiny experiment the runner and Slurm tests train (tiny-bert, seed 1, 32-token rows): by default a
+    head and a Fusion w/ ST-A on RTE and CB, which imply the two stage-1 ST-A adapters (6 runs).
+    ``diverge``: the stage-1 adapters train at lr 1e30 (they fail, their fusions are blocked, heads finish)."""
+    lines = [f"description: {description}"] if description else []
+    lines += ["backbones: [tiny-bert]", "seeds: [1]",
+              f"groups: [{{tasks: [{', '.join(tasks)}], methods: [{', '.join(methods)}]}}]"]
+    if fusion:
+        lines.append("fusion: {sources: [rte, cb]}")
+    lines.append(f"caps: {{max_train_rows: {rows}, max_eval_rows: {eval_rows}, max_epochs: {epochs}, max_length: 32}}")
+    if diverge:
+        lines.append("overrides: {st_a: {lr: 1.0e+30}}")
+    return "\n".join(lines) + "\n"
+
+
+def write_experiments(specs: Path, **experiments: str) -> Path:
+    """``specs/experiments/<name>.yaml`` for each name (``tiny_experiment(...)`` texts); returns ``specs``, the
+    folder to pass as ``--specs``."""
+    (specs / "experiments").mkdir(parents=True, exist_ok=True)
+    for name, text in experiments.items():
+        (specs / "experiments" / f"{name}.yaml").write_text(text)
+    return specs
+
+
 @pytest.fixture(scope="session")
 def registry():
     from benchmark.spec import load_registry

@@ -123,3 +123,24 @@ def test_grouped_padding_multiple_choice_mirrored(registry):
              for m in ("grouped", "shuffled")}
     print(f"socialiqa (4000 rows): computed/real grouped {ratio['grouped']:.3f}, shuffled {ratio['shuffled']:.3f}")
     assert ratio["grouped"] < 1.2 < ratio["shuffled"]
+
+
+def test_epoch_seed_gives_the_numbers_committed_results_trained_with():
+    """The formula was inline (``seed * 100_003 + epoch``) in training/loop.py and training/mt_a.py; the one
+    helper must give exactly those numbers, and both trainers must use it rather than their own copy."""
+    for run_seed, epoch, want in ((0, 0, 0), (42, 0, 4_200_126), (42, 9, 4_200_135), (43, 19, 4_300_148),
+                                  (44, 1, 4_400_133)):
+        assert epoch_seed(run_seed, epoch) == want == run_seed * 100_003 + epoch
+    from benchmark.training import mt_a
+
+    n, bs = 37, 8
+    ex = [{"input_ids": [101] + [7] * (k - 1), "label": i} for i, k in enumerate(_lengths(n, 2))]
+    split = EncodedSplit("t", "train", "classification", ex, "test", n)
+    stream = mt_a._endless(split, bs, 0, 42, "grouped")
+    got = [next(stream)["labels"].tolist() for _ in range(3 * -(-n // bs))]  # three epochs of the stream
+    want = [b["labels"].tolist() for e in range(3) for b in batches(split, bs, 0, mode="grouped", seed=42 * 100_003 + e)]
+    assert got == want
+    from conftest import ROOT
+
+    inline = [p for p in (ROOT / "benchmark").rglob("*.py") if "100_003" in p.read_text(encoding="utf-8")]
+    assert [p.relative_to(ROOT).as_posix() for p in inline] == ["benchmark/data/batching.py"]

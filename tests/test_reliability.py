@@ -580,3 +580,140 @@ def test_a_broken_spec_file_blocks_only_what_needs_it(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "broken_task.yaml" in err and "not valid YAML" in err
     assert main(["validate", str(specs), "--no-data"]) == 2  # validate stays strict
+
+
+# ----------------------------------------------------------------------------- every writer is the one writer
+# Writes that do not go through paths.write_atomic, each for a reason (module, or module:call -> why).
+NOT_THROUGH_WRITE_ATOMIC = {
+    "benchmark/runner/export.py:save_pretrained": "transformers writes the base model folder inside the export's "
+                                                  "temp folder, which is renamed into place whole",
+    "benchmark/paths.py": "it is write_atomic",
+    "benchmark/runner/lock.py": "the lock is created with O_CREAT|O_EXCL: a rename would take a held lock",
+    "benchmark/modeling/checkpoint.py": "a run's own weights, in its temp folder (safetensors writes by path), "
+                                        "renamed and mode-fixed there",
+    "benchmark/runner/slurm.py": "a test-only sbatch script that `sbatch --test-only` reads and that is removed",
+    "benchmark/runner/provenance.py": "/proc/self/clear_refs, a kernel control file",
+    "benchmark/parity/__init__.py": "scratch tensors for the reference process in --work-dir, rebuilt every run",
+    "benchmark/parity/roundtrip.py": "scratch task specs and data in parity's --work-dir, rebuilt every run",
+    "benchmark/perf/epochs.py": "batches for the reference process, in a TemporaryDirectory",
+}
+
+
+def _direct_writes(module: Path) -> list[str]:
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
+        modes = [a.value for a in node.args[1:2] + [k.value for k in node.keywords if k.arg == "mode"]
+                 if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        into = node.args[1] if name == "save" and owner == "torch" and len(node.args) > 1 else \
+            node.args[0] if name == "savefig" and node.args else None
+        if (name in ("write_text", "write_bytes", "save_file", "to_parquet", "save_pretrained")
+                or (name == "dump" and owner == "json")
+                or (name in ("open", "fdopen") and any(set(m) & set("wax") for m in modes))
+                or (name == "save" and owner != "torch" and owner)  # Tokenizer.save(path)
+                or (into is not None and not (isinstance(into, ast.Name) and into.id == "buf"))):
+            out.append(f"{module.relative_to(ROOT).as_posix()}:{node.lineno} {name}")
+    return out
+
+
+def _exemption(write: str) -> str | None:
+    module, call = write.split(":")[0], write.split()[-1]
+    return next((k for k in (f"{module}:{call}", module) if k in NOT_THROUGH_WRITE_ATOMIC), None)
+
+
+def test_every_file_the_program_writes_goes_through_write_atomic():
+    writes = [w for p in sorted((ROOT / "benchmark").rglob("*.py")) for w in _direct_writes(p)]
+    found = [w for w in writes if _exemption(w) is None]
+    assert found == [], "write these through benchmark.paths.write_atomic (or say why not in this test):\n" + \
+        "\n".join(found)
+    assert {_exemption(w) for w in writes} == set(NOT_THROUGH_WRITE_ATOMIC)  # no stale exemption
+
+
+def test_perf_prune_export_cache_and_tokenizer_writers_fail_as_one_paragraph_and_leave_the_old_file(
+        tmp_path, monkeypatch, capsys, registry):
+    """On a read-only folder each writer raises one StorageError (the cache: one line, it only costs the
+    cache); the file that was there is left as it was and no temp file is left behind."""
+    from benchmark.data import encode
+    from benchmark.errors import StorageError
+    from benchmark.modeling import tokenizer_files
+    from benchmark.perf import prune
+    from benchmark.perf.meta import write_report
+    from benchmark.runner.export import _Writer
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "perf.md").write_text("old\n")
+    exporter = _Writer(ro, "run1")  # its temp folder exists before the disk turns read-only
+    _read_only(monkeypatch, ro)
+    with pytest.raises(StorageError, match="read-only"):
+        write_report(ro / "perf.md", ["# new"], {"rounds": []}, quiet=True)
+    with pytest.raises(StorageError, match="read-only"):
+        prune.figure(ro / "prune_x_rte.png", "rte", [1, 2], 2,
+                     {k: {"mean_dev_accuracy": 50.0, "examples_per_second": None} for k in (1, 2)},
+                     [{"k": {"1": {"dev_accuracy": 50.0}, "2": {"dev_accuracy": 50.0}}}])
+    with pytest.raises(StorageError, match="read-only"):
+        exporter.json("export.json", {"a": 1})
+    import torch
+
+    with pytest.raises(StorageError, match="read-only"):
+        exporter.tensors("adapter/pytorch_adapter.bin", {"w": torch.zeros(2)})
+    with pytest.raises(StorageError, match="read-only"):
+        tokenizer_files.train_tokenizer(registry.backbones["tiny-bert"].tokenizer, ro / "tok.json")
+    encode.write_cache(ro / "tokenized" / "x.pt", {"examples": [], "rows_total": 0})
+    assert "could not write the tokenized cache" in capsys.readouterr().out
+    monkeypatch.undo()
+    assert (ro / "perf.md").read_text() == "old\n"
+    assert sorted(p.name for p in ro.rglob("*")) == [f".run1.tmp{os.getpid()}", "perf.md"]
+
+
+def test_the_writers_still_write(tmp_path, registry):
+    from benchmark.data import encode
+    from benchmark.modeling import tokenizer_files
+    from benchmark.perf.meta import write_report
+
+    write_report(tmp_path / "p" / "perf.md", ["# t"], {"rounds": [1]}, quiet=True)
+    assert (tmp_path / "p" / "perf.md").read_text() == "# t\n" and json.loads((tmp_path / "p" / "perf.json").read_text())
+    encode.write_cache(tmp_path / "c" / "x.pt", {"examples": [1], "rows_total": 1})
+    assert encode.read_cache(tmp_path / "c" / "x.pt")["examples"] == [1]
+    tspec = registry.backbones["tiny-bert"].tokenizer
+    out = tokenizer_files.train_tokenizer(tspec, tmp_path / "tok.json")
+    from tokenizers import Tokenizer
+
+    # the bytes Tokenizer.save(path, pretty=True) wrote before (training itself is not bit-reproducible)
+    assert Tokenizer.from_file(str(out)).to_str(pretty=True).encode("utf-8") == out.read_bytes()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["perf.json", "perf.md", "tok.json", "x.pt"]
+
+
+def test_broken_spec_files_are_listed_by_kind_and_name_and_the_cli_does_not_match_strings(tmp_path, capsys):
+    """Registry.skipped names each broken file by kind and name; the CLI leaves out only the warning of the
+    spec a command names (its own paragraph is the error), matched by kind and name, not by text: a broken
+    *task* file that shares the asked experiment's name is still warned about."""
+    from types import SimpleNamespace
+
+    from benchmark.cli import _registry
+    from benchmark.spec import load_registry
+
+    specs = tmp_path / "specs"
+    for folder, name in (("tasks", "same"), ("experiments", "asked"), ("experiments", "other")):
+        (specs / folder).mkdir(parents=True, exist_ok=True)
+        (specs / folder / f"{name}.yaml").write_text("input: {text: [\n")  # not YAML
+    reg = load_registry([specs], strict=False, warn=lambda line: None)
+    assert sorted((s.kind, s.name) for s in reg.skipped) == [("experiment", "asked"), ("experiment", "other"),
+                                                             ("task", "same")]
+    assert all(s.file.is_file() and "not valid YAML" in s.error.render() for s in reg.skipped)
+    capsys.readouterr()
+    _registry(SimpleNamespace(specs=[str(specs)], experiment="asked"))
+    err = capsys.readouterr().err
+    assert "asked.yaml" not in err and "other.yaml" in err and "same.yaml" in err
+    _registry(SimpleNamespace(specs=[str(specs)], experiment="same"))  # an experiment named like the task
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped") == 3
+    _registry(SimpleNamespace(specs=[str(specs)], task="same"))
+    err = capsys.readouterr().err
+    assert "same.yaml" not in err and err.count("warning: skipped") == 2

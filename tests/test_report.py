@@ -323,8 +323,11 @@ def test_findings_read_the_paper_yaml_not_code(registry, handmade, tmp_path, mon
     assert build_data(registry, "handmade", handmade, str(f)).paper_source.startswith("paper.yaml (outside")
     bundled = tmp_path / "copy.yaml"  # an identical copy anywhere is the bundled file
     bundled.write_text(yaml.safe_dump(paper_numbers(None)[0]))
-    monkeypatch.setenv("AFBENCH_PAPER_FILE", str(bundled))
+    assert build_data(registry, "handmade", handmade, str(bundled)).paper_source.startswith("bundled copy")
+    # the reporter reads no environment: $AFBENCH_PAPER_FILE is the CLI's default for --paper
+    monkeypatch.setenv("AFBENCH_PAPER_FILE", str(tmp_path / "missing.yaml"))
     assert build_data(registry, "handmade", handmade, None).paper_source.startswith("bundled copy")
+    assert main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(tmp_path / "o")]) == 2
 
 
 def test_paper_arrows_derived_from_table1():

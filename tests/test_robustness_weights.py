@@ -205,7 +205,9 @@ def test_disk_full_while_writing_a_result_is_one_storage_error(tmp_path, monkeyp
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(results.os, "fsync", full)
+    from benchmark import paths
+
+    monkeypatch.setattr(paths.os, "fsync", full)  # results.write_json_atomic writes through paths.write_atomic
     with pytest.raises(StorageError) as e:
         results.write_json_atomic(target, {"status": "failed"})
     text = e.value.render()

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmark.cli import main
-from conftest import ROOT, needs_mirror
+from conftest import ROOT, needs_mirror, tiny_experiment, write_experiments
 
 pytestmark = [needs_mirror, pytest.mark.slow]
 METHODS = {"head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a"}
@@ -114,17 +113,9 @@ def test_sigkill_midway_then_rerun_finishes_each_run_once(smoke, tmp_path):
 
 
 def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
-    specs = tmp_path / "specs" / "experiments"
-    specs.mkdir(parents=True)
-    (specs / "broken_lr.yaml").write_text(textwrap.dedent("""
-        description: stage-1 adapters diverge (lr 1e30); heads must still train, fusions are blocked
-        backbones: [tiny-bert]
-        seeds: [1]
-        groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
-        fusion: {sources: [rte, cb]}
-        caps: {max_train_rows: 32, max_eval_rows: 16, max_epochs: 2, max_length: 32}
-        overrides: {st_a: {lr: 1.0e+30}}
-    """))
+    write_experiments(tmp_path / "specs", broken_lr=tiny_experiment(
+        rows=32, eval_rows=16, epochs=2, diverge=True,
+        description="stage-1 adapters diverge (lr 1e30); heads must still train, fusions are blocked"))
     code = main(["run", "broken_lr", "--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")])
     out = capsys.readouterr().out
     assert code == 1
@@ -143,15 +134,7 @@ def test_failed_run_is_recorded_and_the_grid_goes_on(tmp_path, capsys):
 
 
 def test_parallel_jobs_and_missing_weights_are_retrained(tmp_path, capsys):
-    specs = tmp_path / "specs" / "experiments"
-    specs.mkdir(parents=True)
-    (specs / "tiny_jobs.yaml").write_text(textwrap.dedent("""
-        backbones: [tiny-bert]
-        seeds: [1]
-        groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
-        fusion: {sources: [rte, cb]}
-        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
-    """))
+    write_experiments(tmp_path / "specs", tiny_jobs=tiny_experiment())
     # compute switches are part of the run ids: a rerun must name them again
     args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r"), "--cpu-kernels", "stock",
             "--last-layer", "full"]
@@ -199,14 +182,7 @@ def test_a_full_disk_stops_the_grid_with_one_paragraph(tmp_path, capsys, monkeyp
 
     from benchmark.modeling import checkpoint
 
-    specs = tmp_path / "specs" / "experiments"
-    specs.mkdir(parents=True)
-    (specs / "tiny_full.yaml").write_text(textwrap.dedent("""
-        backbones: [tiny-bert]
-        seeds: [1]
-        groups: [{tasks: [rte, cb], methods: [head, st_a]}]
-        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
-    """))
+    write_experiments(tmp_path / "specs", tiny_full=tiny_experiment(methods=("head", "st_a"), fusion=False))
     real, calls = checkpoint.save_file, []
 
     def filling(*a, **k):
@@ -229,15 +205,7 @@ def test_a_full_disk_stops_the_grid_with_one_paragraph(tmp_path, capsys, monkeyp
 
 
 def test_only_runs_the_selection_and_its_dependencies_and_hashes_weights(tmp_path, capsys):
-    specs = tmp_path / "specs" / "experiments"
-    specs.mkdir(parents=True)
-    (specs / "tiny_only.yaml").write_text(textwrap.dedent("""
-        backbones: [tiny-bert]
-        seeds: [1]
-        groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
-        fusion: {sources: [rte, cb]}
-        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
-    """))
+    write_experiments(tmp_path / "specs", tiny_only=tiny_experiment())
     args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
     assert main(["run", "tiny_only", "--only", "cb__fusion_st_a*", *args]) == 0
     res = results(tmp_path / "r" / "tiny_only")
@@ -261,15 +229,7 @@ def test_only_runs_the_selection_and_its_dependencies_and_hashes_weights(tmp_pat
 
 
 def _tiny_fusion(tmp_path, name="tiny_mig"):
-    specs = tmp_path / "specs" / "experiments"
-    specs.mkdir(parents=True, exist_ok=True)
-    (specs / f"{name}.yaml").write_text(textwrap.dedent("""
-        backbones: [tiny-bert]
-        seeds: [1]
-        groups: [{tasks: [cb], methods: [fusion_st_a]}]
-        fusion: {sources: [rte, cb]}
-        caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
-    """))
+    write_experiments(tmp_path / "specs", **{name: tiny_experiment(tasks=("cb",), methods=("fusion_st_a",))})
     return ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
 
 

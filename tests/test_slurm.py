@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmark.cli import main
+from benchmark.cli import main, slurm_options
 from benchmark.errors import SpecError
 from benchmark.plan.build import build_plan
 from benchmark.runner import slurm
@@ -28,15 +28,7 @@ from benchmark.runner.cluster import ClusterSpec, load_cluster, parse_sbatch_opt
 from benchmark.runner.lock import LockHeld, experiment_lock, read_lock
 from benchmark.runner.slurm import JobState, dependency, submission_groups
 from benchmark.runner.status import experiment_status, print_status
-from conftest import ROOT, needs_mirror
-
-TINY = textwrap.dedent("""
-    backbones: [tiny-bert]
-    seeds: [1]
-    groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
-    fusion: {sources: [rte, cb]}
-    caps: {max_train_rows: 32, max_eval_rows: 16, max_epochs: 2, max_length: 32}
-""")
+from conftest import ROOT, needs_mirror, tiny_experiment, write_experiments
 
 
 @pytest.fixture
@@ -52,6 +44,27 @@ def by_kind(plan):
 
 
 # ---------------------------------------------------------------- submission plan
+
+
+def test_the_shared_tiny_experiment_is_what_the_runner_and_slurm_tests_train(tmp_path):
+    """conftest.tiny_experiment is the one tiny grid of test_runner, test_slurm and test_slurm_cluster."""
+    from benchmark.spec import load_registry
+
+    specs = write_experiments(tmp_path / "specs", tiny=tiny_experiment(), cb_only=tiny_experiment(
+        tasks=("cb",), methods=("fusion_st_a",)), flat=tiny_experiment(methods=("head", "st_a"), fusion=False),
+        diverging=tiny_experiment(rows=32, eval_rows=16, epochs=2, diverge=True))
+    reg = load_registry([specs])
+    runs = {n: sorted((r.method.method, r.task) for r in build_plan(reg, reg.experiments[n], lambda t: None).runs)
+            for n in ("tiny", "cb_only", "flat")}
+    assert runs["tiny"] == [("fusion_st_a", "cb"), ("fusion_st_a", "rte"), ("head", "cb"), ("head", "rte"),
+                            ("st_a", "cb"), ("st_a", "rte")]
+    assert runs["cb_only"] == [("fusion_st_a", "cb"), ("st_a", "cb"), ("st_a", "rte")]
+    assert runs["flat"] == [("head", "cb"), ("head", "rte"), ("st_a", "cb"), ("st_a", "rte")]
+    d = reg.experiments["diverging"]
+    assert (d.caps.max_train_rows, d.caps.max_eval_rows, d.caps.max_epochs) == (32, 16, 2) and d.overrides
+    for name in ("test_runner.py", "test_slurm.py", "test_slurm_cluster.py"):
+        assert "backbones: " + "[tiny-bert]" not in (ROOT / "tests" / name).read_text(), name
+
 
 
 def test_groups_put_every_dependency_first_with_exact_deps(smoke_plan):
@@ -170,11 +183,8 @@ def results(folder: Path) -> dict[str, dict]:
 
 @pytest.fixture
 def tiny_specs(tmp_path):
-    d = tmp_path / "specs" / "experiments"
-    d.mkdir(parents=True)
-    (d / "tiny.yaml").write_text(TINY)
-    (d / "tiny_broken.yaml").write_text(TINY + "overrides: {st_a: {lr: 1.0e+30}}\n")
-    return tmp_path / "specs"
+    return write_experiments(tmp_path / "specs", tiny=tiny_experiment(rows=32, eval_rows=16, epochs=2),
+                             tiny_broken=tiny_experiment(rows=32, eval_rows=16, epochs=2, diverge=True))
 
 
 @needs_mirror
@@ -308,6 +318,24 @@ def test_job_info_reads_the_slurm_environment(monkeypatch):
     assert slurm.job_info()["slurm_job_id"] == "4200_7"
 
 
+def test_slurm_module_neither_imports_the_runner_nor_parses_flags():
+    """No import circle: execute.py imports slurm.py, never the other way (the job body, execute.slurm_job,
+    is passed to run_on_slurm and pickled by name); the flags live in cli.py, slurm.py takes SlurmOptions."""
+    import ast
+    import pickle
+
+    from benchmark.runner import execute
+
+    tree = ast.parse(Path(slurm.__file__).read_text(encoding="utf-8"))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert "benchmark.runner.execute" not in imported and "argparse" not in imported
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "benchmark.runner" and
+                   any(a.name == "execute" for a in n.names) for n in ast.walk(tree))
+    assert pickle.loads(pickle.dumps(execute.slurm_job)) is execute.slurm_job
+    assert not hasattr(slurm, "add_arguments") and not hasattr(slurm, "options_from_args")
+
+
 # ---------------------------------------------------------------- cluster file
 
 
@@ -325,7 +353,7 @@ def test_cluster_file_validates_and_flags_override(tmp_path):
     args = SimpleNamespace(cluster=str(ROOT / "specs" / "clusters" / "example.yaml"), partition="big",
                            time_min=None, gpus_per_run=None, cpus_per_run=4, mem_gb=None, array_parallelism=None,
                            slurm_log_dir=None, sbatch=["qos=high", "exclusive"], wait=False, poll_s=1.0)
-    opts = slurm.options_from_args(args)
+    opts = slurm_options(args)
     assert opts.cluster.partition == "big" and opts.cluster.cpus_per_run == 4 and opts.cluster.time_min == 2880
     assert opts.cluster.sbatch == {"account": "myproject", "qos": "high", "exclusive": True} and not opts.wait
     assert parse_sbatch_options(["--mail_type=END"]) == {"mail-type": "END"}

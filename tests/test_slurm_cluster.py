@@ -15,14 +15,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from benchmark.cli import main
-from conftest import ROOT, needs_mirror
+from conftest import ROOT, needs_mirror, tiny_experiment, write_experiments
 
 
 def _cluster_up() -> str | None:
@@ -48,13 +47,6 @@ if WHY_NOT and REQUIRED:
     raise RuntimeError(f"AFBENCH_REQUIRE_SLURM=1 but {WHY_NOT}")
 pytestmark = [needs_mirror, pytest.mark.slow, pytest.mark.skipif(WHY_NOT is not None, reason=str(WHY_NOT))]
 POLL = ["--poll-s", "1"]
-TINY = textwrap.dedent("""
-    backbones: [tiny-bert]
-    seeds: [1]
-    groups: [{tasks: [rte, cb], methods: [head, fusion_st_a]}]
-    fusion: {sources: [rte, cb]}
-    caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
-""")
 
 
 def timing(what: str, seconds: float) -> None:
@@ -90,13 +82,9 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def tiny_specs(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("specs")
-    (d / "experiments").mkdir()
-    (d / "experiments" / "tiny_slurm.yaml").write_text(TINY)
-    (d / "experiments" / "broken_slurm.yaml").write_text(  # as in test_runner: stage-1 adapters diverge
-        TINY.replace("max_train_rows: 16, max_eval_rows: 8, max_epochs: 1", "max_train_rows: 32, max_eval_rows: 16, "
-                     "max_epochs: 2") + "overrides: {st_a: {lr: 1.0e+30}}\n")
-    return d
+    return write_experiments(tmp_path_factory.mktemp("specs"), tiny_slurm=tiny_experiment(),
+                             # as in test_runner: stage-1 adapters diverge
+                             broken_slurm=tiny_experiment(rows=32, eval_rows=16, epochs=2, diverge=True))
 
 
 @pytest.fixture(scope="module")

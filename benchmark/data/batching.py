@@ -33,7 +33,9 @@ Length = int | Sequence[int]  # one row: its token count, or (multiple choice) o
 
 
 def epoch_seed(run_seed: int, epoch: int) -> int:
-    """The generator seed of one epoch: the formula ``benchmark/training/loop.py`` has always used."""
+    """The generator seed of one epoch of a run (or, in MT-A, of one task's stream): the one place the
+    formula lives. ``training/loop.py`` and ``training/mt_a.py`` both call it; it must never change,
+    or committed results stop being reproducible (``tests/test_batching.py`` pins its values)."""
     return run_seed * 100_003 + epoch
 
 

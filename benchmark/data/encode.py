@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -13,8 +14,8 @@ from benchmark.data.batching import epoch_batches, row_lengths
 from benchmark.data.holdout import heldout_indices
 from benchmark.data.labels import label_id, labels_of  # noqa: F401 - also read from here
 from benchmark.data.sources import digest, locate, read_rows, subsample
-from benchmark.errors import DataError, SpecError
-from benchmark.paths import under
+from benchmark.errors import DataError, SpecError, StorageError
+from benchmark.paths import under, write_atomic
 from benchmark.spec.schema import TaskSpec
 from benchmark.spec.templates import render
 
@@ -157,18 +158,15 @@ def read_cache(path: Path) -> dict | None:
 
 
 def write_cache(path: Path, blob: dict) -> None:
-    """Write a cache file atomically; a failure (disk full) costs only the cache, with a message."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    """Write a cache file atomically (``paths.write_atomic``); a failure (disk full) costs only the cache,
+    with a message."""
+    buf = io.BytesIO()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(blob, tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        print(f"could not write the tokenized cache {path} ({e.strerror or e}); continuing without it", flush=True)
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        torch.save(blob, buf)
+        write_atomic(path, buf.getvalue())
+    except (OSError, StorageError) as e:
+        why = getattr(e, "strerror", None) or (e.args[0] if isinstance(e, StorageError) and e.args else e)
+        print(f"could not write the tokenized cache {path} ({why}); continuing without it", flush=True)
 
 
 def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from benchmark.data import hub
 from benchmark.errors import BenchError, CheckpointError
+from benchmark.hashing import feed_file
 from benchmark.spec.schema import AdapterParams
 
 CONFIG = "adapter_config.json"
@@ -83,9 +84,7 @@ def content_hash(folder: Path) -> str:
         p = folder / name
         if p.is_file():
             h.update(name.encode() + b"\0")
-            with p.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+            feed_file(h, p)
     return h.hexdigest()
 
 

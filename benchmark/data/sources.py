@@ -23,6 +23,7 @@ from pathlib import Path
 
 from benchmark.data import hub
 from benchmark.errors import DataError, DataUnavailable, HubUnreachable
+from benchmark.hashing import file_sha256
 from benchmark.spec.schema import TaskSpec
 
 
@@ -53,11 +54,7 @@ class SplitSource:
 
 @lru_cache(maxsize=256)
 def _file_digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: re-hash a changed file
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def fingerprint(task: TaskSpec, split: str, root: Path | None = None) -> str:

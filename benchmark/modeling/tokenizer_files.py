@@ -14,12 +14,12 @@ Rebuild the shipped files (after changing the corpus or a shipped tokenizer spec
 
 from __future__ import annotations
 
-import hashlib
-import os
 import sys
 from pathlib import Path
 
 from benchmark.data.sources import digest
+from benchmark.hashing import file_sha256
+from benchmark.paths import write_atomic
 from benchmark.spec.schema import TokenizerSpec
 
 CORPUS = Path(__file__).with_name("tiny_corpus.txt")
@@ -41,7 +41,7 @@ def shipped_file(tspec: TokenizerSpec) -> Path | None:
 
 def fingerprint_file(path: Path) -> str:
     """sha256 (16 hex digits) of a tokenizer file: the same file, the same ids on every machine."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return file_sha256(path)[:16]
 
 
 def train_tokenizer(tspec: TokenizerSpec, out: Path) -> Path:
@@ -70,10 +70,7 @@ def train_tokenizer(tspec: TokenizerSpec, out: Path) -> Path:
         tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
                                                           ("<s>", tok.token_to_id("<s>")))
         tok.decoder = decoders.ByteLevel()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tok.save(str(tmp), pretty=True)
-    os.replace(tmp, out)
+    write_atomic(out, tok.to_str(pretty=True))  # the bytes Tokenizer.save(path, pretty=True) writes
     return out
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark.paths import write_atomic
 from benchmark.runner.provenance import cpu_model
 from benchmark.runner.results import git_revision, now, versions
 
@@ -57,12 +58,9 @@ def target_lines(targets: list[Target]) -> list[str]:
 
 def write_report(md_path: Path, lines: list[str], raw: dict, quiet: bool = False) -> None:
     """``<name>.md`` and the raw numbers beside it as ``<name>.json`` (no machine paths in either), each
-    written to a temp name and renamed."""
-    md_path.parent.mkdir(parents=True, exist_ok=True)
+    through ``paths.write_atomic`` (temp file, fsync, rename; an OS failure is one StorageError)."""
     for path, text in ((md_path, "\n".join(lines) + "\n"), (md_path.with_suffix(".json"), json.dumps(raw, indent=1) + "\n")):
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_atomic(path, text)
     if not quiet:
         print("\n".join(lines))
     print(f"wrote {md_path} and {md_path.with_suffix('.json').name}")

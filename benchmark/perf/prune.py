@@ -13,6 +13,7 @@ per target task (seeds side by side) in ``reports/prune_<experiment>_<task>.{md,
 from __future__ import annotations
 
 import fnmatch
+import io
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from benchmark.modeling.checkpoint import load_modules
 from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
+from benchmark.paths import under, write_atomic
 from benchmark.perf.meta import provenance, provenance_lines, write_report
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result_file
@@ -155,7 +157,7 @@ def target_report(exp: str, task: str, runs: list[dict], prov: dict, rounds: int
                      + (f"{e / base:.2f}x" if e and base else "-") + " |")
     lines += ["", "Kept adapters per seed (k = 1, 2, ...: the ranking by mean attention): "
               + "; ".join(f"s{r['seed']}: {', '.join(r['ranking'])}" for r in runs) + "."]
-    stem = out_dir / f"prune_{exp}_{task}"
+    stem = under(out_dir, f"prune_{exp}_{task}")  # spec names: never a path out of --out-dir
     figure(stem.with_suffix(".png"), task, ks, n, table, runs)
     lines += ["", f"![dev accuracy and speed per k]({stem.name}.png)"]
     write_report(stem.with_suffix(".md"), lines, {"experiment": exp, "task": task, "rounds": rounds,
@@ -185,11 +187,10 @@ def figure(path: Path, task: str, ks: list[int], n: int, table: dict, runs: list
         ax2.set_ylabel("inference examples/s", color="C1")
     ax.set_title(f"Pruned fusion: {task}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, buf.getvalue())
 
 
 def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: list[str] | None, device: str,

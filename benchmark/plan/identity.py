@@ -20,6 +20,7 @@ from pathlib import Path
 
 from benchmark.data.sources import digest
 from benchmark.errors import SpecError
+from benchmark.hashing import feed_file
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
 
 ID_SCHEME = 2
@@ -54,9 +55,7 @@ def folder_fingerprint(path: str) -> str:
         h = hashlib.sha256()
         for p in files:
             h.update(str(p.relative_to(folder).as_posix()).encode() + b"\0")
-            with p.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+            feed_file(h, p)
             h.update(b"\0")
         _FOLDER_FINGERPRINTS[key] = h.hexdigest()[:16]
     return _FOLDER_FINGERPRINTS[key]

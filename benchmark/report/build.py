@@ -22,7 +22,6 @@ import jinja2
 from tabulate import tabulate
 
 from benchmark import methods
-from benchmark.data.sources import data_dir
 from benchmark.errors import BenchError, StorageError
 from benchmark.paths import shown_path, under, write_atomic
 from benchmark.records import RunRecord
@@ -54,7 +53,8 @@ MULTITASK_NOTE = ("MT-A: one run per seed fine-tunes the encoder with all tasks'
 
 
 def paper_numbers(path: str | None = None) -> tuple[dict, str]:
-    """The published tables: --paper, $AFBENCH_PAPER_FILE, or the copy bundled with the package."""
+    """The published tables: ``path`` (the CLI's --paper, else $AFBENCH_PAPER_FILE), or the copy bundled
+    with the package."""
     return published.load(path)
 
 
@@ -269,12 +269,13 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
                data_root: Path | None = None) -> ReportData:
     """``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan`` does (``cli.cmd_report``: tasks
     without data are skipped, run ids use the same data folder); without it, ``build_plan``'s defaults.
-    ``data_root``: where the majority baselines read the data (default: $AFBENCH_DATA_DIR)."""
+    ``data_root``: where the majority baselines read the data (the CLI passes --data-dir, else
+    $AFBENCH_DATA_DIR; None: the Hub's data, no baseline offline)."""
     col = load(results_dir, experiment, reg, plan_of)
     if not col.results:
         extra = f" ({'; '.join(col.problems)})" if col.problems else ""
         fix = f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})"
-        if col.stale and "mirror" in col.stale_sources and data_dir() is None:
+        if col.stale and "mirror" in col.stale_sources and data_root is None:
             extra += (f" ({len(col.stale)} result(s) on disk were trained on the offline data mirror, and run ids "
                       "include a content hash of the data: with AFBENCH_DATA_DIR unset the plan reads the Hub "
                       "instead, so none of their ids is in it)")
@@ -299,7 +300,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     )
     data.reruns = reruns.reruns([r for r in col.results if r.finished])
     data.reruns_summary = reruns.summary(data.reruns)
-    root = data_dir(data_root)
+    root = data_root
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
         floor = majority_baselines(reg, col.tasks(b), root)

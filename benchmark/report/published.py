@@ -7,7 +7,6 @@ Every paper figure a report shows comes from the paper YAML (``benchmark/paper/`
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -48,7 +47,7 @@ def arrow(delta: float) -> str:
 def load(path: str | None = None) -> tuple[dict, str]:
     """(paper numbers, where they came from, as a report may show it: no machine paths)."""
     bundled_text = resources.files("benchmark.paper").joinpath("adapterfusion_eacl2021.yaml").read_text()
-    p = path or os.environ.get("AFBENCH_PAPER_FILE")
+    p = path  # the CLI passes --paper, else $AFBENCH_PAPER_FILE
     if not p:
         return _parse(bundled_text, BUNDLED), f"bundled copy ({BUNDLED})"
     f = Path(p)

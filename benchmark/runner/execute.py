@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import BenchError, StorageError
+from benchmark.hashing import file_sha256
 from benchmark.modeling.checkpoint import WEIGHTS, verify_weights
 from benchmark.modeling.compute import Compute
 from benchmark.paths import under
@@ -317,12 +317,13 @@ def weights_problem(folder: Path) -> str | None:
     return None
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def slurm_job(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir, device_name: str, threads: int):
+    """Body of one Slurm job (``slurm.run_on_slurm`` submits it): train and record the run as the local
+    runner does; fail the job if the run failed, so its ``afterok`` dependents are cancelled."""
+    rid, err, secs = execute_one(run, reg, plan, exp_dir, data_dir, device_name, threads)
+    if err is not None:
+        raise RuntimeError(f"run {rid} failed (recorded in its result.json): {err.splitlines()[0]}")
+    return rid, err, secs
 
 
 class _Progress:
@@ -420,7 +421,8 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
 
             slurm.run_on_slurm(plan, reg, todo, summary, exp_dir, in_flight=in_flight, device=device,
                                data_dir=data_dir, options=slurm_options or slurm.SlurmOptions(), log=log,
-                               note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs))
+                               note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs),
+                               job=slurm_job)
         else:
             predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log)
             _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log, on_workers, predicted)

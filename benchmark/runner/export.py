@@ -21,6 +21,7 @@ half folder; every path is checked to lie under OUT.
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from benchmark.errors import BenchError, DataError, StorageError
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_modules
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.paths import write_atomic
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result_file
 from benchmark.spec.registry import Registry
@@ -104,11 +106,13 @@ class _Writer:
         return p
 
     def json(self, rel: str, data: dict) -> str:
-        self.path(rel).write_text(json.dumps(data, indent=2) + "\n")
+        write_atomic(self.inside(self.tmp / rel), json.dumps(data, indent=2) + "\n")  # it makes the folder
         return rel
 
     def tensors(self, rel: str, state: dict) -> None:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, self.path(rel))
+        buf = io.BytesIO()
+        torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
+        write_atomic(self.inside(self.tmp / rel), buf.getvalue())
 
     def commit(self) -> Path:
         old = self.final.with_name(f".{self.final.name}.old{os.getpid()}")

@@ -9,7 +9,6 @@ any point (Ctrl-C, kill -9, power loss) never leaves a result that looks finishe
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -22,7 +21,8 @@ from benchmark.paths import under, write_atomic
 
 
 def results_root(explicit: str | Path | None = None) -> Path:
-    return Path(explicit or os.environ.get("AFBENCH_RESULTS_DIR", "results"))
+    """The results root: ``explicit`` (the CLI passes --results-dir, else $AFBENCH_RESULTS_DIR), else ./results."""
+    return Path(explicit or "results")
 
 
 def now() -> str:

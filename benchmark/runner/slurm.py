@@ -19,7 +19,6 @@ of its own was cancelled, timed out, ran out of memory or lost its node, and is 
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import os
 import shutil
@@ -32,7 +31,7 @@ from pathlib import Path
 from benchmark.errors import BenchError
 from benchmark.paths import under
 from benchmark.records import read_last_failure, read_result
-from benchmark.runner.cluster import ClusterSpec, load_cluster, parse_sbatch_options
+from benchmark.runner.cluster import ClusterSpec
 from benchmark.runner.results import now, write_json_atomic
 
 JOBS = "jobs.json"
@@ -139,46 +138,12 @@ def busy_error(exp_dir: Path, live: dict[str, JobState]) -> BenchError:
 
 @dataclass
 class SlurmOptions:
+    """What ``afbench run --executor slurm`` asks for (``cli.py`` builds it from its flags and ``--cluster``)."""
+
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     wait: bool = True
     poll_s: float = 10.0
     source: str | None = None  # the --cluster file, named in errors
-
-
-def add_arguments(sp: argparse.ArgumentParser) -> None:
-    """The ``afbench run`` flags of the Slurm executor (they override the --cluster file)."""
-    g = sp.add_argument_group("Slurm (with --executor slurm)")
-    g.add_argument("--cluster", help="YAML of the fields below (e.g. specs/clusters/example.yaml)")
-    g.add_argument("--partition", help="partition (default: the cluster file's, else Slurm's default)")
-    g.add_argument("--time-min", type=int, help="wall-clock limit per run in minutes (default 120)")
-    g.add_argument("--gpus-per-run", type=int, help="default: 1 when the device is cuda, else 0")
-    g.add_argument("--cpus-per-run", type=int, help="CPUs per run, also its torch threads (default 1)")
-    g.add_argument("--mem-gb", type=float, help="memory per run in GB (default: the partition's)")
-    g.add_argument("--array-parallelism", type=int,
-                   help="submit runs that share their dependencies as one job array with at most N running")
-    g.add_argument("--sbatch", action="append", metavar="KEY=VALUE",
-                   help="extra sbatch option, e.g. --sbatch account=myproj --sbatch constraint=a100 (repeatable)")
-    g.add_argument("--slurm-log-dir", help="submitit pickles and job logs (default results/<experiment>/.slurm)")
-    w = g.add_mutually_exclusive_group()
-    w.add_argument("--wait", dest="wait", action="store_true", default=True,
-                   help="stay until every job ended, printing progress (default)")
-    w.add_argument("--no-wait", dest="wait", action="store_false", help="exit once everything is submitted")
-    g.add_argument("--poll-s", type=float, default=float(os.environ.get("AFBENCH_SLURM_POLL_S", 10)),
-                   help=argparse.SUPPRESS)
-
-
-def options_from_args(args: argparse.Namespace) -> SlurmOptions:
-    spec = load_cluster(getattr(args, "cluster", None))
-    update = {k: getattr(args, a) for k, a in (("partition", "partition"), ("time_min", "time_min"),
-                                               ("gpus_per_run", "gpus_per_run"), ("cpus_per_run", "cpus_per_run"),
-                                               ("mem_gb", "mem_gb"), ("array_parallelism", "array_parallelism"),
-                                               ("log_dir", "slurm_log_dir"))
-              if getattr(args, a, None) is not None}
-    extra = parse_sbatch_options(getattr(args, "sbatch", None))
-    if extra:
-        update["sbatch"] = {**spec.sbatch, **extra}
-    spec = ClusterSpec.model_validate({**spec.model_dump(), **update})
-    return SlurmOptions(spec, getattr(args, "wait", True), getattr(args, "poll_s", 10.0), getattr(args, "cluster", None))
 
 
 def resolve_device(device: str | None, exp_device: str, gpus: int | None) -> tuple[str, int]:
@@ -345,14 +310,6 @@ def validate_submission(params: dict, folder: Path, where: str | None) -> None:
     raise BenchError(f"Slurm rejects the jobs before any is submitted: {msg}", file=where, field=field_, fix=fix)
 
 
-def job_main(run, reg, plan, exp_dir: Path, data_dir, device_name: str, threads: int):
-    """Body of one Slurm job: train and record the run; fail the job if the run failed (afterok)."""
-    from benchmark.runner.execute import execute_one
-
-    rid, err, secs = execute_one(run, reg, plan, exp_dir, data_dir, device_name, threads)
-    if err is not None:
-        raise RuntimeError(f"run {rid} failed (recorded in its result.json): {err.splitlines()[0]}")
-    return rid, err, secs
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -366,8 +323,12 @@ def _rel(path: Path, base: Path) -> str:
 
 def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: dict[str, JobState],
                  device: str | None, data_dir, options: SlurmOptions, log: Callable[[str], None],
-                 note_failure: Callable, progress: Callable) -> None:
+                 note_failure: Callable, progress: Callable, job: Callable) -> None:
     """Submit ``todo`` (dependencies first), then with ``options.wait`` follow the jobs to the end.
+
+    ``job(run, reg, plan, exp_dir, data_dir, device_name, threads)`` is what each Slurm job runs (the
+    runner's ``execute.slurm_job``, a module-level function submitit pickles by name): passed in, so this
+    module never imports ``execute`` (which imports it).
 
     ``note_failure(run, why)`` and ``progress(k, run id, error, seconds)`` are the local runner's, so
     failures are recorded and progress printed the same way; ``summary`` is filled in place.
@@ -401,11 +362,11 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
         try:
             if len(g.runs) > 1:
                 with ex.batch():
-                    handles = [ex.submit(job_main, r, reg, plan, exp_dir, data_dir, device_name,
+                    handles = [ex.submit(job, r, reg, plan, exp_dir, data_dir, device_name,
                                          spec.cpus_per_run) for r in g.runs]
             else:
                 r = g.runs[0]
-                handles = [ex.submit(job_main, r, reg, plan, exp_dir, data_dir, device_name, spec.cpus_per_run)]
+                handles = [ex.submit(job, r, reg, plan, exp_dir, data_dir, device_name, spec.cpus_per_run)]
         except Exception as e:  # noqa: BLE001 - sbatch failing mid-way: say what is already queued
             save_jobs(exp_dir, jobs)
             raise BenchError(

@@ -51,6 +51,25 @@ def default_spec_dir() -> Path:
     return Path(list(bundled.submodule_search_locations)[0])
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A spec file that did not load (``load_registry(strict=False)``): the kind its folder says (None
+    outside the kind folders), its name (the file's stem, which a valid spec's name equals) and why."""
+
+    kind: str | None
+    name: str
+    file: Path
+    error: SpecError
+
+    def warning(self) -> str:
+        return (f"warning: skipped the broken spec {self.file} ({self.error.message.rstrip('.')}); only what uses "
+                f"it is blocked, afbench validate {self.file} says more")
+
+    def is_(self, kind: str, name: str) -> bool:
+        """Whether this is the file of the ``kind`` spec ``name`` (by name alone where its folder says no kind)."""
+        return self.name == name and self.kind in (kind, None)
+
+
 @dataclass
 class Registry:
     tasks: dict[str, TaskSpec] = field(default_factory=dict)
@@ -60,6 +79,7 @@ class Registry:
     files: dict[tuple[str, str], Path] = field(default_factory=dict)  # (kind, name) -> file
     # lenient loading (``load_registry(strict=False)``): (kind or None, name) -> why that spec is unusable
     broken: dict[tuple[str | None, str], SpecError] = field(default_factory=dict)
+    skipped: list[Skipped] = field(default_factory=list)  # the broken files themselves, in the order found
 
     def table(self, kind: str) -> dict:
         return {"task": self.tasks, "method": self.methods, "backbone": self.backbones,
@@ -156,7 +176,8 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
                   warn=None) -> Registry:
     """Every spec under ``specs/`` and the ``extra`` folders. ``strict`` (``afbench validate``, the
     default): the first broken file is an error. Otherwise (the commands that use specs): a broken file
-    blocks only what needs it; ``warn`` gets one line naming it, the specs that need it are left out and
+    blocks only what needs it; it is listed in ``Registry.skipped`` (by kind and name) and ``warn`` gets
+    one line naming it (default: stderr), the specs that need it are left out and
     using one raises that file's paragraph."""
     roots = ([default_spec_dir()] if include_default else []) + [Path(p) for p in (extra or [])]
     reg = Registry()
@@ -167,9 +188,10 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
         except SpecError as e:
             if strict:
                 raise
-            reg.broken[(_folder_kind(path, roots), path.stem)] = e
-            warn(f"warning: skipped the broken spec {path} ({e.message.rstrip('.')}); only what uses it is "
-                 f"blocked, afbench validate {path} says more")
+            skipped = Skipped(_folder_kind(path, roots), path.stem, path, e)
+            reg.broken[(skipped.kind, skipped.name)] = e
+            reg.skipped.append(skipped)
+            warn(skipped.warning())
             continue
         table = reg.table(kind)
         if spec.name in table and reg.files[(kind, spec.name)].resolve() != path.resolve():

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score
 from tqdm import tqdm
 
+from benchmark.data.batching import epoch_seed
 from benchmark.data.encode import EncodedSplit, batches
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
@@ -242,7 +243,7 @@ def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: 
 
     def epoch_batches(epoch: int):
         for batch in batches(train_split, params.batch_size, pad_id, mode=params.batching or "grouped",
-                             seed=seed * 100_003 + epoch):
+                             seed=epoch_seed(seed, epoch)):
             yield head, batch
 
     def evaluate_epoch() -> dict:

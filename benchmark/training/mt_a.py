@@ -14,6 +14,7 @@ import random
 
 import torch
 
+from benchmark.data.batching import epoch_seed
 from benchmark.data.encode import EncodedSplit, batches
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
@@ -36,7 +37,7 @@ def sampling_probs(sizes: dict[str, int], alpha: float) -> dict[str, float]:
 def _endless(split: EncodedSplit, bs: int, pad_id: int, seed: int, mode: str):
     epoch = 0
     while True:
-        yield from batches(split, bs, pad_id, mode=mode, seed=seed * 100_003 + epoch)
+        yield from batches(split, bs, pad_id, mode=mode, seed=epoch_seed(seed, epoch))
         epoch += 1
 
 
