@@ -117,6 +117,41 @@ def test_export_without_finished_runs_says_so(tmp_path, capsys):
     assert "no finished run" in err and "afbench run export_roundtrip" in err
 
 
+def test_a_read_only_or_full_out_folder_is_one_paragraph_and_leaves_nothing(exported, tmp_path, monkeypatch, capsys):
+    """--out is a root like the others (issue 23): a read-only file system at the folder's creation and a disk
+    that fills while safetensors writes (its error carries the errno only in its text) each give one
+    paragraph and exit 2, not a traceback; a folder the command created and could not fill is removed."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    work, _ = exported
+    args = ["export", EXPERIMENT, "--specs", str(work / "specs"), "--results-dir", str(work / "results")]
+    ro = tmp_path / "ro"
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *a, **k):
+        if self == ro or ro in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert main([*args, "--out", str(ro / "exp")]) == 2
+    err = capsys.readouterr().err
+    assert "the file system is read-only" in err and "--out" in err and "Traceback" not in err
+    monkeypatch.undo()
+
+    def full(self, rel, tensors):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(_Writer, "tensors", full)
+    out = tmp_path / "full"
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "ENOSPC" in err and "another --out" in err
+    assert not out.exists()  # created by this command, nothing exported: not left behind empty
+
+
 def test_writer_keeps_every_path_under_the_root(tmp_path):
     w = _Writer(tmp_path / "out", "run")
     with pytest.raises(BenchError, match="outside the output folder"):

@@ -398,6 +398,7 @@ def test_report_into_a_read_only_or_full_folder_keeps_the_previous_set(finished,
     assert main(["report", "tiny_ro", *args, *out]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+    assert "the reports there before are intact" in err and "--out-dir" in err and "--results-dir" not in err
     monkeypatch.undo()
     assert {str(p.relative_to(tmp_path / "rep")): p.read_bytes() for p in (tmp_path / "rep").rglob("*") if p.is_file()} == before  # nothing half-written
 

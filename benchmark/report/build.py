@@ -387,6 +387,12 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
     held during the moves; an interrupted or failed report leaves the previous complete set. Every
     target is checked to lie under ``out_dir`` before anything is opened. OS errors (read-only, full)
     are one StorageError paragraph."""
+    def failed(path, e: OSError) -> StorageError:
+        return StorageError.from_os_error(path, e, kept="the reports there before are intact (a report's files are "
+                                                        "written to a staging folder and moved into place together)",
+                                          fix=f"free space (or fix permissions) on the file system of {out_dir}, or "
+                                              "give another --out-dir")
+
     targets = [under(out_dir, name) for name in texts] + [under(out_dir, name) for name in pngs]
     folder = under(out_dir, fig_folder) if fig_folder else None
     try:
@@ -396,7 +402,7 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
                 shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out_dir))
     except OSError as e:
-        raise StorageError.from_os_error(out_dir, e) from None
+        raise failed(out_dir, e) from None
     try:
         for name, text in texts.items():
             write_atomic(under(staging, name), text, root=staging)
@@ -412,7 +418,9 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
                 os.replace(staging / name, out_dir / name)
             shutil.rmtree(staging, ignore_errors=True)  # before a held signal acts
     except OSError as e:
-        raise StorageError.from_os_error(getattr(e, "filename", None) or out_dir, e) from None
+        raise failed(getattr(e, "filename", None) or out_dir, e) from None
+    except StorageError as e:  # from write_atomic, worded for results: say it for the reports
+        raise failed(e.path, e.os_error) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return targets[:len(texts)] + ([folder] if folder is not None else [])

@@ -207,7 +207,10 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None) -> Ex
     hub_base = bspec.source == "hub" and not tuned
     model_name = bspec.model_id if bspec.source == "hub" else ""
     meta = lambda name: _meta(name, hidden, model_class, model_type, model_name)  # noqa: E731
-    w = _Writer(out, run.id)
+    try:
+        w = _Writer(out, run.id)
+    except OSError as e:
+        raise _storage_error(out / run.id, e) from None
     notes: list[str] = []
     try:
         doc: dict = {"run_id": run.id, "experiment": run.experiment, "method": run.label, "backbone": run.backbone,
@@ -262,11 +265,10 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None) -> Ex
         doc["notes"] = notes
         w.json("export.json", doc)
         return Exported(run.id, w.commit(), notes)
-    except OSError as e:
+    except BaseException as e:
         w.abort()
-        raise StorageError.from_os_error(w.final, e) from None
-    except BaseException:
-        w.abort()
+        if _is_storage_failure(e):
+            raise _storage_error(w.final, e) from None
         raise
 
 
@@ -277,6 +279,27 @@ def _saved_keys(folder: Path) -> list[str]:
 
     with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as fh:
         return list(fh.keys())
+
+
+def _storage_error(path: Path, e: Exception) -> StorageError:
+    """One paragraph for a failed write under ``--out``. safetensors reports the OS error only in its text
+    ("... No space left on device (os error 28)"), so its errno is read from there."""
+    import errno
+    import re
+
+    if not isinstance(e, OSError):
+        m = re.search(r"os error (\d+)", str(e))
+        e = OSError(int(m.group(1)) if m else errno.EIO, os.strerror(int(m.group(1))) if m else str(e))
+    where = Path(path).parent
+    return StorageError.from_os_error(path, e, kept="runs exported before are complete (each is written to a temp "
+                                                    "folder and renamed into place) and no partial export is left",
+                                      fix=f"free space (or fix permissions) on the file system of {where}, or give "
+                                          "another --out")
+
+
+def _is_storage_failure(e: BaseException) -> bool:
+    """An OSError, or safetensors' own error for one (it carries "os error N" in its text)."""
+    return isinstance(e, OSError) or (type(e).__name__ == "SafetensorError" and "os error" in str(e))
 
 
 def _write_base(w: _Writer, model: AdapterModel, bspec, tok) -> str:
@@ -293,14 +316,23 @@ def _write_base(w: _Writer, model: AdapterModel, bspec, tok) -> str:
 def export_plan(plan: Plan, reg: Registry, exp_dir: Path, out: Path, *, only: list[str] | None = None,
                 data_dir=None, echo=print) -> list[Exported]:
     """Export every finished run of ``plan`` (whose id matches a glob of ``only``) under ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _storage_error(out, e) from None
     done = []
     for run in plan.runs:
         if only and not any(fnmatch.fnmatchcase(run.id, p) for p in only):
             continue
         if not read_result_file(exp_dir / run.id).finished:
             continue
-        e = export_run(run, reg, lambda rid: exp_dir / rid, out, data_dir)
+        try:
+            e = export_run(run, reg, lambda rid: exp_dir / rid, out, data_dir)
+        except StorageError:
+            if created and not done:
+                shutil.rmtree(out, ignore_errors=True)  # nothing exported: leave no empty --out behind
+            raise
         echo(f"exported {run.id} -> {e.folder}")
         for n in e.notes:
             echo(f"  note: {n}")
