@@ -49,13 +49,16 @@ class RecordError(BenchError):
 
 
 class _Record(BaseModel):
-    # extra="allow": keys of older or newer files (and per-recipe measurements) are kept and written back
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    # extra="allow": keys of older or newer files (and per-recipe measurements) are kept and written back;
+    # populate_by_name: ``schema_`` is filled from the file's "schema" key or by name
+    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True,
+                              protected_namespaces=())
 
     def dump(self) -> dict:
-        """The JSON object to write: what was set, in declaration order, extras after (python mode, so a
-        non-finite float stays as json writes it)."""
-        return self.model_dump(exclude_unset=True)
+        """The JSON object to write: what was set, in declaration order, "schema" first, extras after (python
+        mode, so a non-finite float stays as json writes it)."""
+        out = self.model_dump(exclude_unset=True, by_alias=True)
+        return {"schema": out.pop("schema"), **out} if "schema" in out else out
 
     def extra(self, key: str, default: Any = None) -> Any:
         """A key this model does not declare (measured by one recipe, or from another version)."""
@@ -124,9 +127,6 @@ class RunRecord(_Record):
     previous_result: dict | None = None  # a rerun of the same id: what the result it replaced said
     migrated_from: str | None = None  # afbench migrate: the id under the older scheme
 
-    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True,
-                              protected_namespaces=())
-
     @property
     def finished(self) -> bool:
         return self.status == "finished"
@@ -145,10 +145,6 @@ class RunRecord(_Record):
     @property
     def first_error_line(self) -> str:
         return (self.error or "").splitlines()[0] if self.error else ""
-
-    def dump(self) -> dict:
-        out = self.model_dump(exclude_unset=True, by_alias=True)
-        return {"schema": out.pop("schema"), **out} if "schema" in out else out
 
 
 
@@ -183,12 +179,6 @@ class PlanRecord(_Record):
     runs: list[PlanRun] = []
     skipped: list[Skipped] = []
     targets: list[str] = []  # the tasks of the experiment's groups: its table rows (empty: every task)
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True)
-
-    def dump(self) -> dict:
-        out = self.model_dump(exclude_unset=True, by_alias=True)
-        return {"schema": out.pop("schema"), **out} if "schema" in out else out
 
 
 
@@ -239,18 +229,6 @@ def _problem(data: object, folder_name: str | None) -> tuple[str, str]:
     return "", ""
 
 
-def check_result(data: object, folder_name: str | None = None) -> str:
-    """Why ``data`` is not a usable result ("" when it is)."""
-    why, _ = _problem(data, folder_name)
-    if why:
-        return why
-    try:
-        RunRecord.model_validate(upgrade(data))
-    except ValidationError as e:
-        return _validation_reason(e)
-    return ""
-
-
 def _validation_reason(e: ValidationError) -> str:
     err = e.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -285,14 +263,18 @@ def parse_run(data: object, *, file: str | Path | None = None, folder_name: str 
                           "`afbench run` trains the run again")
 
 
+def _read_json(path: Path, fix: str, lead: str = "") -> object:
+    """The parsed file, or one RecordError "<lead>not readable JSON (why)" (OSError: it could not be read;
+    ``lead``: "is " where the message follows the file's name, as plan.json's do)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordError(f"{lead}not readable JSON ({e})", file=str(path), fix=fix) from None
+
+
 def load_run(path: Path) -> RunRecord:
     """Read one result.json (any schema) or raise RecordError."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"not readable JSON ({e})", file=str(path),
-                          fix="restore the file from git, or remove its run folder so the run is trained again") \
-            from None
+    data = _read_json(path, "restore the file from git, or remove its run folder so the run is trained again")
     return parse_run(data, file=path, folder_name=path.parent.name)
 
 
@@ -322,12 +304,8 @@ def parse_plan(data: object, *, file: str | Path | None = None) -> PlanRecord:
 
 
 def load_plan(path: Path) -> PlanRecord:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"is not readable JSON ({e})", file=str(path),
-                          fix="rerun `afbench run` (it writes plan.json), or remove the file") from None
-    return parse_plan(data, file=path)
+    return parse_plan(_read_json(path, "rerun `afbench run` (it writes plan.json), or remove the file", "is "),
+                      file=path)
 
 
 def write_plan(path: Path, record: PlanRecord, *, root: Path | None = None) -> None:
@@ -370,11 +348,7 @@ def read_result_file(run_dir: Path) -> ResultFile:
     if not f.exists():
         return ResultFile(f, "missing")
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return ResultFile(f, "corrupt", reason=f"not readable JSON ({e})")
-    try:
-        return ResultFile(f, "ok", parse_run(data, file=f, folder_name=run_dir.name))
+        return ResultFile(f, "ok", parse_run(_read_json(f, ""), file=f, folder_name=run_dir.name))
     except RecordError as e:
         return ResultFile(f, "corrupt", reason=e.message.removeprefix("this is not a run result: "))
 
@@ -387,8 +361,8 @@ def read_result(run_dir: Path) -> RunRecord | None:
 def read_last_failure(run_dir: Path) -> RunRecord | None:
     """The failed rerun recorded beside a finished result (``LAST_FAILURE``), if there and well-formed."""
     try:
-        return parse_run(json.loads((run_dir / LAST_FAILURE).read_text(encoding="utf-8")), folder_name=run_dir.name)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecordError):
+        return parse_run(_read_json(run_dir / LAST_FAILURE, ""), folder_name=run_dir.name)
+    except RecordError:
         return None
 
 
@@ -434,7 +408,3 @@ def scan_experiment(root: Path, experiment: str) -> ExperimentScan:
             scan.results.append(r.record)
     return scan
 
-
-def load_experiment_results(root: Path, experiment: str) -> list[RunRecord]:
-    """The well-formed results of ``experiment`` (see ``scan_experiment`` for what was left out)."""
-    return scan_experiment(root, experiment).results

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from benchmark.errors import BenchError, DataError, StorageError
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
@@ -299,7 +300,7 @@ def _storage_error(path: Path, e: Exception) -> StorageError:
 
 def _is_storage_failure(e: BaseException) -> bool:
     """An OSError, or safetensors' own error for one (it carries "os error N" in its text)."""
-    return isinstance(e, OSError) or (type(e).__name__ == "SafetensorError" and "os error" in str(e))
+    return isinstance(e, OSError) or (isinstance(e, SafetensorError) and "os error" in str(e))
 
 
 def _write_base(w: _Writer, model: AdapterModel, bspec, tok) -> str:
