@@ -40,6 +40,12 @@ def test_unknown_experiment_mentions_specs(capsys):
     assert "--specs" in err and "specs/experiments/myexp.yaml" in err
 
 
+def test_reporting_an_unknown_experiment_mentions_specs(tmp_path, capsys):
+    assert main(["report", "myexp", "--results-dir", str(tmp_path / "results"), "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no experiment spec named 'myexp'" in err and "afbench report myexp --specs DIR" in err
+
+
 def test_a_one_adapter_fusion_is_warned_about(tmp_path, capsys):
     d = _mine(tmp_path)
     assert main(["plan", "myexp", "--specs", str(d), "--results-dir", str(tmp_path / "results")]) == 0
@@ -71,3 +77,14 @@ def test_status_plan_and_migrate_explain_results_the_plan_does_not_have(tmp_path
         out = capsys.readouterr().out
         assert "1 result(s) under" in out and "trained on the offline data mirror" in out, (cmd, out)
         assert "AFBENCH_DATA_DIR" in out
+
+
+def test_a_one_adapter_fusion_report_says_its_attention_is_100_by_construction(tmp_path, capsys):
+    d, res, rep = _mine(tmp_path), tmp_path / "results", tmp_path / "reports"
+    common = ["--specs", str(d), "--results-dir", str(res)]
+    assert main(["run", "myexp", *common]) == 0, capsys.readouterr().out
+    assert main(["report", "myexp", *common, "--out-dir", str(rep)]) == 0
+    md = (rep / "myexp.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| tiny-bert | F. w/ ST-A | mytask |"))
+    assert "100.0% (its only adapter: 100% by construction)" in row
+    assert "$^\\ast$ its only adapter: 100\\% by construction" in (rep / "myexp.tex").read_text()

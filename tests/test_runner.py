@@ -256,6 +256,11 @@ def test_migration_round_trips_and_survives_an_interruption(tmp_path, capsys):
     after = results(folder)
     assert set(after) == set(res)  # every result back under the id the current plan gives it
     assert all(after[rid]["deps"] == res[rid]["deps"] and after[rid]["migrated_from"] == old[rid] for rid in res)
+    plan_file = folder / "plan.json"
+    plan_file.write_text(plan_file.read_text() + "\n")  # as a committed plan.json of an older schema would be
+    before = plan_file.read_bytes()
+    assert main(["migrate", "tiny_mig", *args]) == 0  # nothing left to rename: nothing is rewritten
+    assert plan_file.read_bytes() == before
     capsys.readouterr()
     assert main(["run", "tiny_mig", *args]) == 0
     assert "3 already finished, 0 to run" in capsys.readouterr().out

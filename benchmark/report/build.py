@@ -79,6 +79,7 @@ class AttentionSummary:
     own: float | None
     nli_share: float  # attention mass on entailment-style adapters (MNLI-like)
     mnli_rank: int | None
+    alone: bool = False  # the fusion fuses one adapter: its softmax is 100% on it by construction
 
 
 @dataclass
@@ -243,7 +244,7 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
             own = float(mean[adapters.index(t)]) if t in adapters else None
             nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in ENTAILMENT_TASKS and a != t))
             rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
-            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank))
+            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank, alone=len(adapters) == 1))
     return out
 
 
@@ -281,6 +282,10 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
                       "instead, so none of their ids is in it)")
             fix = ("set AFBENCH_DATA_DIR (or --data-dir) to the mirror, e.g. AFBENCH_DATA_DIR=../shared/data, and "
                    f"report again; afbench run {experiment} without it would train every run anew on Hub data")
+        elif reg is not None and experiment not in reg.experiments:  # neither results nor a spec: most likely a spec elsewhere
+            extra += f" and no experiment spec named '{experiment}' among the loaded specs"
+            fix = (f"if its spec lives outside specs/, pass its folder: afbench report {experiment} --specs DIR (and "
+                   f"afbench run {experiment} --specs DIR first); afbench list shows the known experiments")
         elif col.stale:
             extra += (f" ({len(col.stale)} result(s) on disk are from an older version of the spec or other data: "
                       "their run ids are not in the current plan)")

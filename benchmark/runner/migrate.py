@@ -98,7 +98,8 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
                              fix="remove one of the two folders, then rerun afbench migrate")
         (exp_dir / old).rename(exp_dir / new)
         _rewrite(exp_dir / new, stored[old], new, old, mapping)
-    if mapping and not dry_run:
+    changed = interrupted or any(old != new for old, new in mapping.items() if old not in done_before)
+    if changed and not dry_run:  # nothing renamed or repaired: the folder, plan.json included, is left as it was
         write_plan(exp_dir / PLAN, plan.record(), root=exp_dir)
     found = sum(new in planned for new in mapping.values())
     log(f"{plan.experiment.name}: {found} of {len(plan.runs)} planned runs found among {len(mapping)} older results")
