@@ -49,8 +49,10 @@ def load_with_siblings(paths: list[Path], strict: bool = True, warn=None):
 
 # The environment variables a command reads, each the default of the flag beside it. They are read here, once,
 # and passed down as plain arguments: the runner and the reporter take a folder or a file, never the environment
-# (still read below the CLI: AFBENCH_CACHE_DIR in data/encode.py, AFBENCH_SPECS in spec/registry.py, and
-# sources.data_dir's fallback on AFBENCH_DATA_DIR for library callers).
+# Two process-wide locations are read where they are used, as HF_HOME is by transformers: AFBENCH_CACHE_DIR
+# (data/encode.py: tokenized splits, tiny tokenizers trained on the fly, also while planning) and AFBENCH_SPECS
+# (spec/registry.py: the project's spec root, which includes fall back on). Worker processes and Slurm jobs
+# inherit both with the environment.
 ENVIRONMENT = {"data_dir": "AFBENCH_DATA_DIR", "results_dir": "AFBENCH_RESULTS_DIR", "paper": "AFBENCH_PAPER_FILE"}
 
 

@@ -10,7 +10,7 @@ import torch
 
 from benchmark.data.batching import epoch_batches, epoch_seed, padding_cost, row_lengths
 from benchmark.data.encode import EncodedSplit, batches, encode_split
-from conftest import needs_mirror
+from conftest import MIRROR, needs_mirror
 
 
 def _lengths(n: int, seed: int = 0) -> list[int]:
@@ -98,7 +98,7 @@ def test_grouped_padding_on_mirrored_splits(registry, task, max_rows):
     from benchmark.modeling.backbone import load_tokenizer
 
     tok = load_tokenizer(registry.backbones["minilm-l6"])
-    split = encode_split(registry.tasks[task], "train", tok, max_rows=max_rows)
+    split = encode_split(registry.tasks[task], "train", tok, max_rows=max_rows, root=MIRROR)
     lens = row_lengths(split.examples)
     ratio = {}
     for mode in ("grouped", "shuffled"):
@@ -116,7 +116,7 @@ def test_grouped_padding_multiple_choice_mirrored(registry):
     from benchmark.modeling.backbone import load_tokenizer
 
     tok = load_tokenizer(registry.backbones["minilm-l6"])
-    split = encode_split(registry.tasks["socialiqa"], "train", tok, max_rows=4000)
+    split = encode_split(registry.tasks["socialiqa"], "train", tok, max_rows=4000, root=MIRROR)
     lens = row_lengths(split.examples)
     assert all(isinstance(x, list) and len(x) == 3 for x in lens)
     ratio = {m: (lambda rc: rc[1] / rc[0])(padding_cost(lens, epoch_batches(lens, 32, mode=m, seed=0)))

@@ -11,7 +11,7 @@ from benchmark.cli import main
 from benchmark.plan.build import build_plan
 from benchmark.records import RunRecord
 from benchmark.runner import cost
-from conftest import needs_mirror
+from conftest import MIRROR, needs_mirror
 
 
 def _smoke(registry, seeds=(1,)):
@@ -46,10 +46,8 @@ def test_flops_grow_with_what_a_method_trains(registry):
 
 @needs_mirror
 def test_the_cpu_fit_recovers_a_known_cost_and_prices_unseen_runs(registry, monkeypatch):
-    from benchmark.data.sources import data_dir
-
     plan = _smoke(registry, seeds=(1, 2))
-    root = data_dir()
+    root = MIRROR
     truth = {"a": 0.02, "b": 0.004, "c": 3.0}
     results = {}
     for r in plan.runs:

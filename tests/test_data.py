@@ -101,14 +101,14 @@ def test_subsample_is_deterministic_and_sorted():
 @needs_mirror
 def test_encode_classification_and_multiple_choice(registry, tiny_bert):
     tok, _ = tiny_bert
-    rte = encode_split(registry.tasks["rte"], "validation", tok, max_rows=20, max_length=64)
+    rte = encode_split(registry.tasks["rte"], "validation", tok, max_rows=20, max_length=64, root=MIRROR)
     assert len(rte) == 20 and rte.rows_total == 277
     assert all(len(ex["input_ids"]) <= 64 for ex in rte.examples)
     batch = collate(rte.examples[:4], tok.pad_token_id)
     L = max(len(ex["input_ids"]) for ex in rte.examples[:4])
     assert batch["input_ids"].shape == (4, L)  # padded to the batch's longest, not to max_length
     assert batch["attention_mask"].sum().item() == sum(len(ex["input_ids"]) for ex in rte.examples[:4])
-    csqa = encode_split(registry.tasks["csqa"], "validation", tok, max_rows=8, max_length=64)
+    csqa = encode_split(registry.tasks["csqa"], "validation", tok, max_rows=8, max_length=64, root=MIRROR)
     mc = collate(csqa.examples[:3], tok.pad_token_id)
     assert mc["input_ids"].shape[:2] == (3, 5) and mc["labels"].shape == (3,)
 
@@ -117,11 +117,11 @@ def test_encode_classification_and_multiple_choice(registry, tiny_bert):
 def test_tokenized_cache_is_reused(registry, tiny_bert, monkeypatch):
     tok, _ = tiny_bert
     task = registry.tasks["cb"]
-    first = encode_split(task, "train", tok, max_rows=30)
+    first = encode_split(task, "train", tok, max_rows=30, root=MIRROR)
     import benchmark.data.encode as enc
 
     monkeypatch.setattr(enc, "read_rows", lambda *a, **k: pytest.fail("cache was not used"))
-    again = encode_split(task, "train", tok, max_rows=30)
+    again = encode_split(task, "train", tok, max_rows=30, root=MIRROR)
     assert again.examples == first.examples
 
 

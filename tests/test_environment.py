@@ -29,3 +29,15 @@ def test_the_runner_and_the_reporter_read_no_environment(monkeypatch, tmp_path):
         monkeypatch.setenv(var, str(tmp_path / "nowhere"))
     assert results_root(None) == Path("results") and results_root("r") == Path("r")
     assert published.load(None)[1].startswith("bundled copy")
+
+
+def test_the_data_layer_reads_no_environment(monkeypatch, registry, tmp_path):
+    """AFBENCH_DATA_DIR is the CLI's default of --data-dir only: a library call names its mirror or reads
+    the Hub (no file is read here: locating a Hub split and fingerprinting it need no network)."""
+    from benchmark.data import sources
+
+    monkeypatch.setenv("AFBENCH_DATA_DIR", str(tmp_path))
+    rte = registry.tasks["rte"]
+    assert sources.locate(rte, "train").kind == "hub"
+    assert sources.fingerprint(rte, "train") == "hub:nyu-mll/glue:rte:train"
+    assert sources.fingerprint(rte, "train", tmp_path) == "unavailable"  # the folder given, not the Hub

@@ -12,7 +12,7 @@ import pytest
 from benchmark.cli import main
 from benchmark.plan.build import Options, build_plan
 from benchmark.spec import load_registry
-from conftest import ROOT, needs_mirror
+from conftest import MIRROR, ROOT, needs_mirror
 
 
 def _specs(tmp_path: Path, experiment: str) -> Path:
@@ -172,7 +172,6 @@ def test_compute_switches_batching_and_selection_are_part_of_the_id(tmp_path):
 
 @needs_mirror
 def test_data_fingerprints_are_contents_not_paths(tmp_path):
-    from conftest import MIRROR
 
     specs = _specs(tmp_path, GRID)
     copy = tmp_path / "mirror"
@@ -200,7 +199,7 @@ def test_committed_results_are_all_found_by_the_current_plan(capsys):
         assert f"{n} runs: {n} finished" in capsys.readouterr().out, exp
     # minilm_table1 trains across sessions: whatever is committed must be part of its current plan
     reg = load_registry()
-    planned = {r.id for r in build_plan(reg, reg.experiments["minilm_table1"]).runs}
+    planned = {r.id for r in build_plan(reg, reg.experiments["minilm_table1"], data_root=MIRROR).runs}
     on_disk = {p.parent.name for p in (ROOT / "results" / "minilm_table1").glob("*/result.json")}
     assert on_disk <= planned, sorted(on_disk - planned)
 
@@ -217,7 +216,7 @@ def test_migration_renames_old_ids_by_content(tmp_path, capsys, monkeypatch):
         batching: shuffled
         compute: {cpu_kernels: stock, last_layer: full}  # what a scheme-1 result without records trained with
     """)
-    (run,) = _plan(specs).runs
+    (run,) = _plan(specs, data_root=MIRROR).runs
     old_cfg = run.config(_registry(specs))
     for k in ("task_caps", "selection", "compute", "data"):  # what scheme-1 results did not store
         old_cfg.pop(k)

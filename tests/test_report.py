@@ -11,6 +11,7 @@ from benchmark.cli import main
 from benchmark.report.build import build_data, paper_numbers
 from benchmark.report.tables import arrow, welch_p
 from benchmark.runner.results import write_json_atomic
+from conftest import MIRROR
 
 # task -> column label -> per-seed accuracies (seeds 1, 2, 3)
 VALUES = {
@@ -237,7 +238,7 @@ def test_html_escapes_spec_prose_and_data_and_renders_markdown(tmp_path):
         "backbones: [tiny-bert]\nseeds: [1]\ngroups: [{tasks: [cb], methods: [head]}]\n"
         "notes: |-\n  Uses **bold** and `afbench run`.\n\n  - one <img src=x onerror=alert(1)>\n  - two\n")
     reg = load_registry([tmp_path / "specs"])
-    run = build_plan(reg, reg.experiments["evil"]).runs[0]
+    run = build_plan(reg, reg.experiments["evil"], data_root=MIRROR).runs[0]
     write_json_atomic(tmp_path / "results" / "evil" / run.id / "result.json",
                       fake_result(run, "evil", error="ValueError: <img src=x onerror=alert('row')>"))
     out = tmp_path / "reports"

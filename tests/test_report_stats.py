@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 from scipy import stats as sp
 
 from benchmark.report import stats
+from conftest import MIRROR
 
 A = [76.55, 77.53, 75.80, 77.10]
 B = [77.53, 78.2, 76.9]
@@ -73,10 +72,9 @@ def test_p_values_print_two_significant_digits_below_a_tenth():
     assert stats.p_with_holm(0.001, 0.02) == "p = 0.0010, Holm 0.020†"
 
 
-MIRROR = Path(os.environ.get("AFBENCH_DATA_DIR") or "/work/shared/data")
 
 
-@pytest.mark.skipif(not (MIRROR / "nyu-mll__glue" / "mrpc" / "train.parquet").exists(),
+@pytest.mark.skipif(MIRROR is None or not (MIRROR / "nyu-mll__glue" / "mrpc" / "train.parquet").exists(),
                     reason="needs the offline data mirror (AFBENCH_DATA_DIR)")
 def test_majority_baseline_from_the_mirror(registry):
     from benchmark.report.baseline import majority_baselines

@@ -8,6 +8,7 @@ from benchmark.cli import main
 from benchmark.plan.build import build_plan
 from benchmark.records import is_finished, read_result, read_result_file, scan_experiment
 from benchmark.runner.results import write_json_atomic
+from conftest import MIRROR
 
 
 def good(run_id: str, experiment: str = "smoke", **extra) -> dict:
@@ -72,7 +73,7 @@ def test_scan_names_corrupt_and_foreign_files(tmp_path):
 
 
 def test_plan_shows_corrupt_results_by_file_and_not_as_finished(registry, tmp_path, capsys):
-    plan = build_plan(registry, registry.experiments["smoke"])
+    plan = build_plan(registry, registry.experiments["smoke"], data_root=MIRROR)
     first, second = plan.runs[0].id, plan.runs[1].id
     (tmp_path / "smoke" / first).mkdir(parents=True)
     (tmp_path / "smoke" / first / "result.json").write_text('{"status": "finished"}')
@@ -88,7 +89,7 @@ def test_plan_shows_corrupt_results_by_file_and_not_as_finished(registry, tmp_pa
 
 def test_report_survives_wrong_shapes(registry, tmp_path, capsys):
     """`{}`, `{"status": "finished"}` and a truncated file beside a good result: named, left out."""
-    plan = build_plan(registry, registry.experiments["smoke"])
+    plan = build_plan(registry, registry.experiments["smoke"], data_root=MIRROR)
     runs = [r for r in plan.runs if r.task and not r.implied][:4]
     for r, text in zip(runs[1:], ["{}", '{"status": "finished"}', '{"status": "fini'], strict=True):
         (tmp_path / "smoke" / r.id).mkdir(parents=True)

@@ -13,7 +13,7 @@ from benchmark.data.holdout import heldout_indices
 from benchmark.modeling.model import AdapterModel, Modules
 from benchmark.spec.schema import AdapterParams, TrainParams
 from benchmark.training import loop
-from conftest import needs_mirror
+from conftest import MIRROR, needs_mirror
 
 
 def test_heldout_slice_is_stratified_fixed_and_capped():
@@ -33,10 +33,10 @@ def test_heldout_rows_are_disjoint_from_training_rows(registry):
 
     tok = load_tokenizer(registry.backbones["tiny-bert"])
     task = registry.tasks["rte"]
-    kw = dict(data_seed=0, heldout=(0.1, 100), max_length=32)
+    kw = dict(data_seed=0, heldout=(0.1, 100), max_length=32, root=MIRROR)
     train = encode_split(task, "train", tok, max_rows=500, **kw)
     held = encode_split(task, "train", tok, part="heldout", **kw)
-    full = encode_split(task, "train", tok, max_length=32)
+    full = encode_split(task, "train", tok, max_length=32, root=MIRROR)
     assert len(held) == 100 and len(train) == 500 and train.rows_total == len(full) - 100
     key = lambda ex: (tuple(ex["input_ids"]), ex["label"])  # noqa: E731
     assert not {key(e) for e in held.examples} & {key(e) for e in train.examples}

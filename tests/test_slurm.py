@@ -28,7 +28,7 @@ from benchmark.runner.cluster import ClusterSpec, load_cluster, parse_sbatch_opt
 from benchmark.runner.lock import LockHeld, experiment_lock, read_lock
 from benchmark.runner.slurm import JobState, dependency, submission_groups
 from benchmark.runner.status import experiment_status, print_status
-from conftest import ROOT, needs_mirror, tiny_experiment, write_experiments
+from conftest import MIRROR, ROOT, needs_mirror, tiny_experiment, write_experiments
 
 
 @pytest.fixture
@@ -242,7 +242,7 @@ def test_queued_jobs_of_an_earlier_driver_are_adopted(monkeypatch, tiny_specs, t
     from benchmark.spec import load_registry
 
     reg = load_registry([tiny_specs])
-    plan = build_plan(reg, reg.experiments["tiny"], lambda t: None)
+    plan = build_plan(reg, reg.experiments["tiny"], lambda t: None, data_root=MIRROR)
     st_a = next(r for r in plan.runs if r.method.method == "st_a" and r.task == "rte")
     slurm.save_jobs(folder, {st_a.id: {"job_id": "77", "submitted_at": "x", "log": "l"}})
     fake.states["77"] = "PENDING"

@@ -27,9 +27,10 @@ from benchmark.hashing import file_sha256
 from benchmark.spec.schema import TaskSpec
 
 
-def data_dir(explicit: str | Path | None = None) -> Path | None:
-    d = explicit or os.environ.get("AFBENCH_DATA_DIR")
-    return Path(d) if d else None
+def data_dir(given: str | Path | None = None) -> Path | None:
+    """The offline mirror's folder as the caller gave it (the CLI: --data-dir, else $AFBENCH_DATA_DIR; this
+    module reads no environment variable); None: no mirror, the Hub's data."""
+    return Path(given) if given else None
 
 
 def mirror_path(root: Path, task: TaskSpec, split: str) -> Path:

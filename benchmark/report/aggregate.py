@@ -158,7 +158,7 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
 
 def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collected:
     """Read ``results_dir/<experiment>``; ``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan``
-    would (data folder, availability); default: ``build_plan`` with the environment's data folder."""
+    would (data folder, availability); default: ``build_plan`` without a data folder (the Hub's data)."""
     scan = scan_experiment(results_dir, experiment)
     problems = scan.problems()
     spec = reg.experiments.get(experiment) if reg is not None else None

@@ -24,6 +24,7 @@ from tabulate import tabulate
 from benchmark import methods
 from benchmark.errors import BenchError, StorageError
 from benchmark.paths import shown_path, under, write_atomic
+from benchmark.plan.build import build_plan
 from benchmark.records import RunRecord
 from benchmark.report import figures, latex, published, reruns
 from benchmark.report.aggregate import Cell, Collected, load
@@ -269,9 +270,11 @@ def multitask_quality(col: Collected) -> list[dict]:
 def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, plan_of=None,
                data_root: Path | None = None) -> ReportData:
     """``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan`` does (``cli.cmd_report``: tasks
-    without data are skipped, run ids use the same data folder); without it, ``build_plan``'s defaults.
+    without data are skipped, run ids use the same data folder); without it, ``build_plan`` with ``data_root``.
     ``data_root``: where the majority baselines read the data (the CLI passes --data-dir, else
     $AFBENCH_DATA_DIR; None: the Hub's data, no baseline offline)."""
+    if plan_of is None and reg is not None:  # plan as `afbench plan --data-dir data_root` would, minus availability
+        plan_of = lambda spec: build_plan(reg, spec, data_root=data_root)  # noqa: E731
     col = load(results_dir, experiment, reg, plan_of)
     if not col.results:
         extra = f" ({'; '.join(col.problems)})" if col.problems else ""
