@@ -46,6 +46,15 @@ def test_reporting_an_unknown_experiment_mentions_specs(tmp_path, capsys):
     assert "no experiment spec named 'myexp'" in err and "afbench report myexp --specs DIR" in err
 
 
+def test_reporting_a_broken_experiment_spec_gives_its_own_error(tmp_path, capsys):
+    d = _mine(tmp_path)
+    (d / "myexp.yaml").write_text((d / "myexp.yaml").read_text() + "bogus_key: 1\n")
+    assert main(["report", "myexp", "--specs", str(d), "--results-dir", str(tmp_path / "results"),
+                 "--out-dir", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert "bogus_key" in err and "no experiment spec named" not in err
+
+
 def test_a_one_adapter_fusion_is_warned_about(tmp_path, capsys):
     d = _mine(tmp_path)
     assert main(["plan", "myexp", "--specs", str(d), "--results-dir", str(tmp_path / "results")]) == 0
@@ -80,11 +89,16 @@ def test_status_plan_and_migrate_explain_results_the_plan_does_not_have(tmp_path
 
 
 def test_a_one_adapter_fusion_report_says_its_attention_is_100_by_construction(tmp_path, capsys):
+    """mytask fuses only its own adapter; other fuses two (its own and mytask's): only mytask's row is marked."""
     d, res, rep = _mine(tmp_path), tmp_path / "results", tmp_path / "reports"
+    (d / "other.yaml").write_text((d / "mytask.yaml").read_text())
+    exp = d / "myexp.yaml"
+    exp.write_text(exp.read_text().replace("tasks: [mytask]", "tasks: [mytask, other]"))
     common = ["--specs", str(d), "--results-dir", str(res)]
     assert main(["run", "myexp", *common]) == 0, capsys.readouterr().out
     assert main(["report", "myexp", *common, "--out-dir", str(rep)]) == 0
-    md = (rep / "myexp.md").read_text()
-    row = next(line for line in md.splitlines() if line.startswith("| tiny-bert | F. w/ ST-A | mytask |"))
-    assert "100.0% (its only adapter: 100% by construction)" in row
+    rows = {line.split(" | ")[2]: line for line in (rep / "myexp.md").read_text().splitlines()
+            if line.startswith("| tiny-bert | F. w/ ST-A |")}
+    assert "100.0% (its only adapter: 100% by construction)" in rows["mytask"]
+    assert "by construction" not in rows["other"]
     assert "$^\\ast$ its only adapter: 100\\% by construction" in (rep / "myexp.tex").read_text()

@@ -524,20 +524,17 @@ def test_seven_column_grid_mt_a_quality_stage1_sources_and_vs_full(registry, tmp
 def test_shared_adapters_and_the_majority_baseline_are_in_the_legend(registry, handmade, tmp_path, monkeypatch, capsys):
     """Fusion seeds with identical deps are named in the cell legend (from result.json, not prose); a mean
     within one dev row of the majority baseline is marked ‡ (needs the mirror; without it, a note says why)."""
-    from pathlib import Path
-
-    mirror = Path("/work/shared/data")
+    mirror = MIRROR
     for seed, v in enumerate([52.0, 52.71, 53.4], 1):  # mean 52.70: RTE's majority baseline is 52.71 (277 rows)
         r = make_result("rte", "head", seed, v)
         write_json_atomic(handmade / "handmade" / r["run_id"] / "result.json", r)
     for seed, v in enumerate(VALUES["rte"]["fusion_st_a_rf16"], 1):
         r = make_result("rte", "fusion_st_a_rf16", seed, v) | {"deps": ["rte__st_a_rf16__minilm-l6__s42__a"]}
         write_json_atomic(handmade / "handmade" / r["run_id"] / "result.json", r)
-    monkeypatch.delenv("AFBENCH_DATA_DIR", raising=False)
-    t1 = build_data(registry, "handmade", handmade, None).tables[0]
+    t1 = build_data(registry, "handmade", handmade, None).tables[0]  # no data_root: the Hub's data, not read
     assert "Shared adapters: F. w/ ST-A: the seeds of rte fuse one shared set of adapters" in t1.legend
     assert not t1.has_majority and "Not computed for" in t1.majority_note and "AFBENCH_DATA_DIR" in t1.majority_note
-    if not (mirror / "nyu-mll__glue" / "rte" / "train.parquet").exists():
+    if mirror is None or not (mirror / "nyu-mll__glue" / "rte" / "train.parquet").exists():
         pytest.skip("the majority baseline's numbers need the offline data mirror")
     t1 = build_data(registry, "handmade", handmade, None, data_root=mirror).tables[0]
     assert cell(t1, "rte", "Head").text == "52.70 ± 0.70‡" and cell(t1, "cb", "Head").note == ""

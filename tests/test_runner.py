@@ -261,6 +261,11 @@ def test_migration_round_trips_and_survives_an_interruption(tmp_path, capsys):
     before = plan_file.read_bytes()
     assert main(["migrate", "tiny_mig", *args]) == 0  # nothing left to rename: nothing is rewritten
     assert plan_file.read_bytes() == before
+    stale = json.loads(before)  # a crash after the renames, before plan.json was written: it lists old ids
+    stale["runs"] = [{**r, "id": old.get(r["id"], r["id"])} for r in stale["runs"]]
+    plan_file.write_text(json.dumps(stale))
+    assert main(["migrate", "tiny_mig", *args]) == 0
+    assert [r["id"] for r in json.loads(plan_file.read_text())["runs"]] == [r["id"] for r in json.loads(before)["runs"]]
     capsys.readouterr()
     assert main(["run", "tiny_mig", *args]) == 0
     assert "3 already finished, 0 to run" in capsys.readouterr().out

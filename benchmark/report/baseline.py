@@ -59,7 +59,7 @@ def _majority(task, root: Path | None, task_file: str) -> Majority:
 def _compute(task, root: Path | None, task_file: str) -> Majority:
     name = task.name
     if task.data_files is None and root is None:
-        return Majority(name, None, why="no local data (set AFBENCH_DATA_DIR to the mirror to compute it)")
+        return Majority(name, None, why="no local data (--data-dir or AFBENCH_DATA_DIR: the mirror, to compute it)")
     try:
         dev = _labels(task, task.splits.eval, root, task_file)
         if task.type == "multiple_choice":

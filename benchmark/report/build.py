@@ -245,7 +245,8 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
             own = float(mean[adapters.index(t)]) if t in adapters else None
             nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in ENTAILMENT_TASKS and a != t))
             rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
-            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank, alone=len(adapters) == 1))
+            fused = {len(rec["adapters"]) for rec in col.attention.get((backbone, t, label), [])}  # this row's own
+            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank, alone=fused == {1}))
     return out
 
 
@@ -273,6 +274,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     without data are skipped, run ids use the same data folder); without it, ``build_plan`` with ``data_root``.
     ``data_root``: where the majority baselines read the data (the CLI passes --data-dir, else
     $AFBENCH_DATA_DIR; None: the Hub's data, no baseline offline)."""
+    if reg is not None and any(k in reg.broken for k in (("experiment", experiment), (None, experiment))):
+        reg.get("experiment", experiment)  # a spec that does not load: its file's own paragraph, not a stale report
     if plan_of is None and reg is not None:  # plan as `afbench plan --data-dir data_root` would, minus availability
         plan_of = lambda spec: build_plan(reg, spec, data_root=data_root)  # noqa: E731
     col = load(results_dir, experiment, reg, plan_of)
@@ -285,7 +288,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
                       "instead, so none of their ids is in it)")
             fix = ("set AFBENCH_DATA_DIR (or --data-dir) to the mirror, e.g. AFBENCH_DATA_DIR=../shared/data, and "
                    f"report again; afbench run {experiment} without it would train every run anew on Hub data")
-        elif reg is not None and experiment not in reg.experiments:  # neither results nor a spec: most likely a spec elsewhere
+        elif reg is not None and experiment not in reg.experiments and col.plan_source == "none":
+            # neither results, a spec nor a plan.json: most likely a spec kept outside specs/
             extra += f" and no experiment spec named '{experiment}' among the loaded specs"
             fix = (f"if its spec lives outside specs/, pass its folder: afbench report {experiment} --specs DIR (and "
                    f"afbench run {experiment} --specs DIR first); afbench list shows the known experiments")

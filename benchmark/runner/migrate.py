@@ -18,7 +18,16 @@ from benchmark.data.sources import task_fingerprints
 from benchmark.errors import BenchError
 from benchmark.plan.identity import ID_SCHEME, run_id, run_identity
 from benchmark.plan.run import Plan
-from benchmark.records import PLAN, RESULT, RecordError, RunRecord, parse_run, write_plan, write_run
+from benchmark.records import (
+    PLAN,
+    RESULT,
+    RecordError,
+    RunRecord,
+    load_plan,
+    parse_run,
+    write_plan,
+    write_run,
+)
 from benchmark.runner.results import experiment_dir
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
@@ -98,12 +107,22 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
                              fix="remove one of the two folders, then rerun afbench migrate")
         (exp_dir / old).rename(exp_dir / new)
         _rewrite(exp_dir / new, stored[old], new, old, mapping)
-    changed = interrupted or any(old != new for old, new in mapping.items() if old not in done_before)
-    if changed and not dry_run:  # nothing renamed or repaired: the folder, plan.json included, is left as it was
+    renamed = interrupted or any(old != new for old, new in mapping.items() if old not in done_before)
+    # plan.json is rewritten when this call renamed something or it lists other ids (a crash before it was
+    # written); otherwise the folder, an older plan.json included, is left as it was
+    if mapping and not dry_run and (renamed or not _plan_lists(exp_dir / PLAN, plan)):
         write_plan(exp_dir / PLAN, plan.record(), root=exp_dir)
     found = sum(new in planned for new in mapping.values())
     log(f"{plan.experiment.name}: {found} of {len(plan.runs)} planned runs found among {len(mapping)} older results")
     return {old: new for old, new in mapping.items() if old not in done_before}
+
+
+def _plan_lists(path: Path, plan: Plan) -> bool:
+    """Whether the plan.json at ``path`` lists exactly the plan's run ids."""
+    try:
+        return {r.id for r in load_plan(path).runs} == {r.id for r in plan.runs}
+    except (RecordError, OSError):  # missing or unreadable
+        return False
 
 
 def _rewrite(folder: Path, result: RunRecord, new: str, old: str, mapping: dict[str, str]) -> None:
