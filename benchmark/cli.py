@@ -282,7 +282,7 @@ def cmd_plan(args) -> int:
 
 def _estimate(args, reg, plan, root) -> int:
     """``plan --estimate``: predicted seconds per run (benchmark/runner/cost.py); ``--calibrate`` refits the CPU
-    model on this experiment's finished runs of one seed and checks it on the others."""
+    model on this experiment's finished runs of one seed (``cost.fit_seed``) and checks it on the others."""
     import json
 
     from benchmark.records import scan_experiment
@@ -302,12 +302,13 @@ def _estimate(args, reg, plan, root) -> int:
             if len(seeds) < 2:
                 print(f"{cpu}: runs of one seed only; not calibrated (the check needs other seeds)")
                 continue
-            out = cost.calibrate(plan, reg, data_root, res, {seeds[0]})
-            out.update({"experiment": plan.experiment.name, "fit_seeds": [seeds[0]]})
+            seed = cost.fit_seed(plan, res)
+            out = cost.calibrate(plan, reg, data_root, res, {seed})
+            out.update({"experiment": plan.experiment.name, "fit_seeds": [seed]})
             cal.setdefault("cpus", {})[cpu] = out
             cal["epoch_share"] = out["epoch_share"] if cpu == cal.get("default", cpu) else cal.get("epoch_share", {})
             cal.setdefault("default", cpu)
-            print(f"{cpu}: fitted on {out['fit_runs']} runs of seed {seeds[0]}, checked on {out['check_runs']}: median "
+            print(f"{cpu}: fitted on {out['fit_runs']} runs of seed {seed}, checked on {out['check_runs']}: median "
                   f"|relative error| {out['median_rel_error']:.1%}; worst kind {out['worst_kind']['kind']} "
                   f"({out['worst_kind']['median_rel_error']:.1%})")
         write_json_atomic(cost.CALIBRATION_FILE, cal)

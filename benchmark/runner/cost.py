@@ -363,6 +363,20 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str =
 
 
 # --------------------------------------------------------------------------------------- calibration
+def fit_seed(plan: Plan, results: dict[str, RunRecord]) -> int:
+    """The seed to fit on: the one whose finished runs (of this plan) cover the most method kinds, then
+    the most runs, then the lowest. A fit on one kind alone (a CPU that trained only ST-A runs of a seed)
+    cannot tell training, evaluation and per-run overhead apart."""
+    by_id = plan.by_id()
+    kinds: dict[int, set[str]] = {}
+    count: dict[int, int] = {}
+    for rid, r in results.items():
+        if rid in by_id and r.finished:
+            kinds.setdefault(r.seed, set()).add(by_id[rid].kind.name)
+            count[r.seed] = count.get(r.seed, 0) + 1
+    return min(kinds, key=lambda seed: (-len(kinds[seed]), -count[seed], seed))
+
+
 def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[str, RunRecord],
               fit_seeds: set[int]) -> dict:
     """Fit ``a, b, c`` and the per-kind epoch share on finished runs of ``fit_seeds``; check on the rest.
