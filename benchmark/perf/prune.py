@@ -136,7 +136,7 @@ def target_report(exp: str, task: str, runs: list[dict], prov: dict, rounds: int
              f"{runs[0]['ranking_rows']} rows; never dev), the same k in every layer, the softmax renormalised over "
              f"them. Dev accuracy on {runs[0]['dev_rows']} rows; speed: examples/s over dev at the eval batch size "
              f"and median batch-1 latency over {LATENCY_ROWS} rows, the median of {rounds} rounds (k order "
-             "alternating). Command: `afbench prune " + exp + " --only '" + task + "__fusion_st_a*'`.", "",
+             "alternating). Command: `afbench prune " + exp + "".join(f" --only '{r['run_id']}'" for r in runs) + "`.", "",
              *provenance_lines(prov), "",
              "| k | " + " | ".join(f"dev acc s{s}" for s in seeds) + " | mean dev acc | ex/s (median over seeds) "
              "| batch-1 ms | speed vs all |",
