@@ -65,8 +65,7 @@ class StorageError(BenchError):
 
     @classmethod
     def from_os_error(cls, path, e: Exception, *, kept: str | None = None, fix: str | None = None) -> StorageError:
-        """``kept``: what is intact (default: a run's results); ``fix``: the way out (default: --results-dir).
-        The OS error and path stay on the result (``os_error``, ``path``) so a caller can say it in its terms."""
+        """``kept``: what is intact (default: a run's results); ``fix``: the way out (default: --results-dir)."""
         import errno
         import os
 
@@ -76,7 +75,7 @@ class StorageError(BenchError):
                 errno.EROFS: "the file system is read-only", errno.EACCES: "permission is denied",
                 errno.EPERM: "permission is denied"}.get(code, "the operating system refused the write")
         where = os.path.dirname(os.fspath(path)) or "."
-        err = cls(
+        return cls(
             f"writing {os.path.basename(os.fspath(path))} failed: {what} ({name or type(e).__name__}: "
             f"{getattr(e, 'strerror', None) or e}) in {where}; "
             + (kept or "results finished before are intact (each is written to a temp file and renamed into "
@@ -85,8 +84,6 @@ class StorageError(BenchError):
             fix=fix or (f"free space (or fix permissions) on the file system of {where}, or point --results-dir / "
                         "AFBENCH_RESULTS_DIR elsewhere, then rerun: finished runs are skipped"),
         )
-        err.os_error, err.path = e, path
-        return err
 
 
 class PathOutsideRoot(BenchError):

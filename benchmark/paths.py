@@ -54,9 +54,11 @@ def inside(root: str | Path, path: str | Path) -> Path:
     return path
 
 
-def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None = None, mode: int = 0o644) -> Path:
+def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None = None, mode: int = 0o644,
+                 kept: str | None = None, fix: str | None = None) -> Path:
     """Write ``data`` to ``path`` (checked to lie under ``root`` when given) through a temp file beside it,
-    fsync, rename. An OSError becomes one StorageError naming the file; ``path`` is then as it was."""
+    fsync, rename. An OSError becomes one StorageError naming the file (``kept``, ``fix``: the writer's own
+    words for what is intact and the way out, ``StorageError.from_os_error``); ``path`` is then as it was."""
     path = inside(root, path) if root is not None else Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -73,5 +75,5 @@ def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise StorageError.from_os_error(path, e) from None
+        raise StorageError.from_os_error(path, e, kept=kept, fix=fix) from None
     return path

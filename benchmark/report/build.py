@@ -274,8 +274,9 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     without data are skipped, run ids use the same data folder); without it, ``build_plan`` with ``data_root``.
     ``data_root``: where the majority baselines read the data (the CLI passes --data-dir, else
     $AFBENCH_DATA_DIR; None: the Hub's data, no baseline offline)."""
-    if reg is not None and any(k in reg.broken for k in (("experiment", experiment), (None, experiment))):
-        reg.get("experiment", experiment)  # a spec that does not load: its file's own paragraph, not a stale report
+    why = reg.broken_error("experiment", experiment) if reg is not None else None
+    if why is not None:  # a spec that does not load: its file's own paragraph, not a report from a stale plan
+        raise why
     if plan_of is None and reg is not None:  # plan as `afbench plan --data-dir data_root` would, minus availability
         plan_of = lambda spec: build_plan(reg, spec, data_root=data_root)  # noqa: E731
     col = load(results_dir, experiment, reg, plan_of)
@@ -399,11 +400,12 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
     held during the moves; an interrupted or failed report leaves the previous complete set. Every
     target is checked to lie under ``out_dir`` before anything is opened. OS errors (read-only, full)
     are one StorageError paragraph."""
+    words = {"kept": "the reports there before are intact (a report's files are written to a staging folder and "
+                     "moved into place together)",
+             "fix": f"free space (or fix permissions) on the file system of {out_dir}, or give another --out-dir"}
+
     def failed(path, e: OSError) -> StorageError:
-        return StorageError.from_os_error(path, e, kept="the reports there before are intact (a report's files are "
-                                                        "written to a staging folder and moved into place together)",
-                                          fix=f"free space (or fix permissions) on the file system of {out_dir}, or "
-                                              "give another --out-dir")
+        return StorageError.from_os_error(path, e, **words)
 
     targets = [under(out_dir, name) for name in texts] + [under(out_dir, name) for name in pngs]
     folder = under(out_dir, fig_folder) if fig_folder else None
@@ -417,9 +419,9 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
         raise failed(out_dir, e) from None
     try:
         for name, text in texts.items():
-            write_atomic(under(staging, name), text, root=staging)
+            write_atomic(under(staging, name), text, root=staging, **words)
         for name, png in pngs.items():
-            write_atomic(under(staging, name), png, root=staging)
+            write_atomic(under(staging, name), png, root=staging, **words)
         with held_signals():
             if folder is not None:  # the figure folder is swapped whole: no old figure beside new ones
                 trash = staging / ".old_files"
@@ -431,8 +433,6 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
             shutil.rmtree(staging, ignore_errors=True)  # before a held signal acts
     except OSError as e:
         raise failed(getattr(e, "filename", None) or out_dir, e) from None
-    except StorageError as e:  # from write_atomic, worded for results: say it for the reports
-        raise failed(e.path, e.os_error) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return targets[:len(texts)] + ([folder] if folder is not None else [])

@@ -88,12 +88,16 @@ class Registry:
     def file_of(self, kind: str, name: str) -> str:
         return str(self.files.get((kind, name), f"<{kind} {name}>"))
 
+    def broken_error(self, kind: str, name: str) -> SpecError | None:
+        """Why the spec ``name`` of ``kind`` did not load (its file is broken, or it needs one that is), if so."""
+        return self.broken.get((kind, name)) or self.broken.get((None, name))
+
     def get(self, kind: str, name: str, *, referenced_from: str | None = None, field_path: str | None = None):
         table = self.table(kind)
         if name in table:
             return table[name]
-        why = self.broken.get((kind, name)) or self.broken.get((None, name))
-        if why is not None:  # its file is broken (or it needs one that is): that file's own paragraph
+        why = self.broken_error(kind, name)
+        if why is not None:  # that file's own paragraph
             raise why
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
