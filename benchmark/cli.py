@@ -245,6 +245,7 @@ def cmd_plan(args) -> int:
     from tabulate import tabulate
 
     from benchmark.records import read_result_file, scan_experiment
+    from benchmark.runner.borrowed import borrowed
     from benchmark.runner.results import experiment_dir, results_root
 
     reg = _registry(args)
@@ -258,9 +259,10 @@ def cmd_plan(args) -> int:
         return _estimate(args, reg, plan, root)
     plan = _plan(args, reg)
     exp_dir = experiment_dir(root, plan.experiment.name)
+    where = borrowed(plan, root)  # implied runs finished under another experiment (dependencies_from)
     rows = []
     for i, r in enumerate(plan.runs, 1):
-        res = read_result_file(exp_dir / r.id)
+        res = read_result_file(where.get(r.id, exp_dir / r.id))
         state = res.record.status if res.ok else "pending" if res.state == "missing" else "corrupt"
         rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, len(r.deps),
                      "implied" if r.implied else "grid", state, r.id))
@@ -272,6 +274,9 @@ def cmd_plan(args) -> int:
         print(f"warning: {line}")
     c = Counter(row[7] for row in rows)
     print(f"{len(rows)} runs: " + (", ".join(f"{v} {k}" for k, v in sorted(c.items())) or "none"))
+    for other in sorted({p.parent.name for p in where.values()}):
+        print(f"note: {sum(p.parent.name == other for p in where.values())} implied run(s) are finished under "
+              f"{other} and read from there (dependencies_from), not trained here")
     from benchmark.runner.status import empty_plan_note, unmatched_note
 
     for line in implied_duplicates(plan, reg) + empty_plan_note(plan, _data_dir(args)) + \

@@ -42,6 +42,8 @@ from benchmark.records import (
     write_run,
 )
 from benchmark.runner import slurm
+from benchmark.runner.borrowed import borrowed
+from benchmark.runner.lock import LOCK, LockHeld, describe, holder_alive, read_lock
 from benchmark.runner.provenance import PeakMemory, cpu_model, environment
 from benchmark.runner.results import experiment_dir, git_revision, now, versions
 from benchmark.runner.slurm import job_info
@@ -104,7 +106,10 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
     """Write the run's result (``device`` None: it never ran, e.g. its dependency failed, so no device,
     threads or compute switches are recorded)."""
     final = under(exp_dir, run.id)
-    previous = read_result(final) if error is None else None
+    # what this id measured before: here, or under the experiment it was read from (a borrowed dependency
+    # whose weights were unusable is retrained here, and its lender's result is the one it reruns)
+    lender = borrowed(plan, exp_dir.parent).get(run.id) if error is None else None
+    previous = (read_result(final) or (read_result(lender) if lender else None)) if error is None else None
     result = {
         "schema": SCHEMA,
         "id_scheme": ID_SCHEME,
@@ -190,7 +195,9 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
     work = under(exp_dir, f".tmp-{run.id}-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
     started, t0 = now(), time.perf_counter()
-    ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: exp_dir / rid)
+    # stage-1 / MT-A runs read from another experiment (dependencies_from): the folder pending_runs vetted
+    where = borrowed(plan, exp_dir.parent, usable=lambda d: weights_problem(d) is None)
+    ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: where.get(rid, exp_dir / rid))
     peak = PeakMemory(device)
     try:
         with peak:
@@ -281,12 +288,16 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
                  ) -> tuple[list[Run], list[str]]:
     """(runs to train, ids already finished), among ``only`` if given. A finished dependency whose weights
     are missing, partial or changed is retrained only if a pending run needs them (results are committed
-    to git without most weights)."""
+    to git without most weights). An implied run with no result here that is finished under an experiment
+    of ``dependencies_from`` counts as finished (``borrowed.py``; ``--force`` retrains this experiment's
+    runs, not the lenders'), and when a pending run needs it, its weights there are checked the same way:
+    if no lender's are usable it is trained here."""
     todo, done = [], []
+    elsewhere = borrowed(plan, exp_dir.parent)
     for r in plan.runs:
         if only is not None and r.id not in only:
             continue
-        if not force and is_finished(exp_dir / r.id):
+        if r.id in elsewhere or (not force and is_finished(exp_dir / r.id)):
             done.append(r.id)
         elif not force and (prev := read_result(exp_dir / r.id)) is not None and prev.diverged:
             log(f"  {r.id} diverged before ({prev.error}); not retrained: "
@@ -295,12 +306,18 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
             todo.append(r)
     needed = {d for r in todo for d in r.deps}
     by_id = plan.by_id()
+    usable = borrowed(plan, exp_dir.parent, usable=lambda d: weights_problem(d) is None) if elsewhere else {}
     for rid in [rid for rid in done if rid in needed]:
-        why = weights_problem(exp_dir / rid)
+        folder = usable.get(rid) or elsewhere.get(rid) or exp_dir / rid
+        why = weights_problem(folder)
         if why:
             done.remove(rid)
             todo.insert(0, by_id[rid])
-            log(f"  {rid} is finished but {why}; a pending run needs its weights, so it is retrained")
+            there = f" (in {folder.parent.name})" if rid in elsewhere else ""
+            log(f"  {rid}{there} is finished but {why}; a pending run needs its weights, so it is retrained here")
+    if (lent := sorted({elsewhere[rid].parent.name for rid in done if rid in elsewhere})):
+        log(f"  {sum(rid in elsewhere for rid in done)} implied run(s) read in place from the results of "
+            f"{', '.join(lent)} (dependencies_from)")
     return todo, done
 
 
@@ -389,6 +406,12 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     in_flight = slurm.live_runs(exp_dir)  # queued/running Slurm jobs of earlier drivers: their temp folders are live
     if in_flight and executor == "local":
         raise slurm.busy_error(exp_dir, in_flight)
+    for other in plan.experiment.dependencies_from:  # a lender being run now may swap the folders read here
+        holder = read_lock(results_dir / other)
+        if holder is not None and holder_alive(holder, results_dir / other / LOCK) is not False:
+            raise LockHeld(f"experiment '{other}', whose finished stage-1 runs '{plan.experiment.name}' reads "
+                           f"(dependencies_from), is being run now by {describe(holder)}",
+                           fix=f"wait until that run ends (afbench status {other}), then run this one again")
     for rid in [r.id for r in plan.runs if r.id not in in_flight]:
         _recover(exp_dir, rid)
     write_plan(exp_dir / PLAN, plan.record(), root=results_dir)

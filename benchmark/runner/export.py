@@ -38,6 +38,7 @@ from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.paths import write_atomic
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result_file
+from benchmark.runner.borrowed import borrowed
 from benchmark.spec.registry import Registry
 
 TARGET = "adapters.1.3.0"
@@ -322,14 +323,14 @@ def export_plan(plan: Plan, reg: Registry, exp_dir: Path, out: Path, *, only: li
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _storage_error(out, e) from None
-    done = []
+    done, lent = [], borrowed(plan, exp_dir.parent)  # an MT-A run read from another experiment (dependencies_from)
     for run in plan.runs:
         if only and not any(fnmatch.fnmatchcase(run.id, p) for p in only):
             continue
         if not read_result_file(exp_dir / run.id).finished:
             continue
         try:
-            e = export_run(run, reg, lambda rid: exp_dir / rid, out, data_dir)
+            e = export_run(run, reg, lambda rid: lent.get(rid, exp_dir / rid), out, data_dir)
         except StorageError:
             if created and not done:
                 shutil.rmtree(out, ignore_errors=True)  # nothing exported: leave no empty --out behind

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmark.records import read_result_file, scan_experiment
 from benchmark.runner import slurm
+from benchmark.runner.borrowed import borrowed
 from benchmark.runner.lock import describe, holder_alive, pid_alive, read_lock
 from benchmark.runner.slurm import QUEUED, JobState, load_jobs
 
@@ -67,8 +68,9 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
     local = local_running(exp_dir)
     out: list[RunStatus] = []
     states: dict[str, str] = {}  # plan order lists dependencies first
+    lent = borrowed(plan, exp_dir.parent)  # implied runs finished under another experiment (dependencies_from)
     for r in plan.runs:
-        file = read_result_file(exp_dir / r.id)
+        file = read_result_file(lent.get(r.id, exp_dir / r.id))
         res = file.record  # None: missing or corrupt
         job = jobs.get(r.id, {}).get("job_id")
         st = queue.get(job) if (queue is not None and job) else None
@@ -81,6 +83,7 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
             out.append(RunStatus(r.id, "running", local[r.id]))
         elif res is not None and res.finished:
             where = f"Slurm job {res.slurm_job_id} on {res.slurm_node}" if res.slurm_job_id else res.host or ""
+            where += f" (under {lent[r.id].parent.name})" if r.id in lent else ""
             acc = res.best_metric
             out.append(RunStatus(r.id, "finished", (f"dev {acc:.2f}, " if acc is not None else "")
                                  + f"{res.wall_seconds:.1f}s, {where}"))

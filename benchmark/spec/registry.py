@@ -264,6 +264,13 @@ def check_references(reg: Registry, only: str | None = None) -> None:
                 reg.get("task", s, referenced_from=f, field_path=f"fusion.sources[{si}]")
         for si, s in enumerate(exp.mt_a.tasks or []):
             reg.get("task", s, referenced_from=f, field_path=f"mt_a.tasks[{si}]")
+        for di, other in enumerate(exp.dependencies_from):  # whose finished stage-1 runs are read (runner/borrowed.py)
+            if other == name:
+                raise SpecError(f"experiment '{name}' names itself in dependencies_from", file=f,
+                                field=f"dependencies_from[{di}]",
+                                fix="name other experiments whose finished stage-1 runs this one should read, or "
+                                    "drop the field")
+            reg.get("experiment", other, referenced_from=f, field_path=f"dependencies_from[{di}]")
         for mname, params in exp.overrides.items():
             reg.get("method", mname, referenced_from=f, field_path=f"overrides.{mname}")
             for key in params:

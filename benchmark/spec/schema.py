@@ -395,6 +395,9 @@ class ExperimentSpec(Strict):
     selection: Selection = Selection()
     compute: ComputeSpec = ComputeSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    dependencies_from: list[str] = Field(
+        default_factory=list, description="other experiments whose finished stage-1 / MT-A runs this one reads in "
+                                          "place where the run id is the same (runner/borrowed.py); not an id field")
     notes: str = ""
 
     @field_validator("selection", mode="before")
