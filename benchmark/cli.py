@@ -274,9 +274,9 @@ def cmd_plan(args) -> int:
         print(f"warning: {line}")
     c = Counter(row[7] for row in rows)
     print(f"{len(rows)} runs: " + (", ".join(f"{v} {k}" for k, v in sorted(c.items())) or "none"))
-    for other in sorted({p.parent.name for p in where.values()}):
-        print(f"note: {sum(p.parent.name == other for p in where.values())} implied run(s) are finished under "
-              f"{other} and read from there (dependencies_from), not trained here")
+    for other, n in sorted(Counter(p.parent.name for p in where.values()).items()):
+        print(f"note: {n} implied run(s) are finished under {other} and read from there (dependencies_from), "
+              "not trained here")
     from benchmark.runner.status import empty_plan_note, unmatched_note
 
     for line in implied_duplicates(plan, reg) + empty_plan_note(plan, _data_dir(args)) + \

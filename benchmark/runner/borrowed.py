@@ -11,22 +11,28 @@ trained under their own experiment, and lending is not transitive: only the lend
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from benchmark.records import is_finished, read_result_file
 
 
-def borrowed(plan, results_dir: Path, usable: Callable[[Path], bool] | None = None) -> dict[str, Path]:
+def borrowed(plan, results_dir: Path, usable: Callable[[Path], bool] | None = None,
+             ids: Iterable[str] | None = None) -> dict[str, Path]:
     """Implied run id -> the folder of its finished result in the first experiment of
     ``plan.experiment.dependencies_from`` that has one (and whose folder passes ``usable``: the runner
-    checks the weights there), for the implied runs with no result under this experiment."""
+    checks the weights there), for the implied runs with no result under this experiment; ``ids``: only
+    these runs (a run's own dependencies: the weight check hashes files, so only what is read is checked)."""
+    lenders = plan.experiment.dependencies_from
+    if not lenders:
+        return {}
     own = results_dir / plan.experiment.name
+    wanted = None if ids is None else set(ids)
     out: dict[str, Path] = {}
     for r in plan.runs:
-        if not r.implied or not plan.experiment.dependencies_from or read_result_file(own / r.id).state != "missing":
+        if not r.implied or (wanted is not None and r.id not in wanted) or read_result_file(own / r.id).state != "missing":
             continue
-        for other in plan.experiment.dependencies_from:
+        for other in lenders:
             folder = results_dir / other / r.id
             if is_finished(folder) and (usable is None or usable(folder)):
                 out[r.id] = folder

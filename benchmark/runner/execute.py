@@ -108,8 +108,8 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
     final = under(exp_dir, run.id)
     # what this id measured before: here, or under the experiment it was read from (a borrowed dependency
     # whose weights were unusable is retrained here, and its lender's result is the one it reruns)
-    lender = borrowed(plan, exp_dir.parent).get(run.id) if error is None else None
-    previous = (read_result(final) or (read_result(lender) if lender else None)) if error is None else None
+    lender = None if error else borrowed(plan, exp_dir.parent, ids=[run.id]).get(run.id)
+    previous = None if error else read_result(final) or (read_result(lender) if lender else None)
     result = {
         "schema": SCHEMA,
         "id_scheme": ID_SCHEME,
@@ -196,7 +196,7 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
     work.mkdir(parents=True, exist_ok=True)
     started, t0 = now(), time.perf_counter()
     # stage-1 / MT-A runs read from another experiment (dependencies_from): the folder pending_runs vetted
-    where = borrowed(plan, exp_dir.parent, usable=lambda d: weights_problem(d) is None)
+    where = borrowed(plan, exp_dir.parent, usable=_usable, ids=run.deps)
     ctx = RunContext(reg, plan.experiment, data_dir, device, lambda rid: where.get(rid, exp_dir / rid))
     peak = PeakMemory(device)
     try:
@@ -306,9 +306,9 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
             todo.append(r)
     needed = {d for r in todo for d in r.deps}
     by_id = plan.by_id()
-    usable = borrowed(plan, exp_dir.parent, usable=lambda d: weights_problem(d) is None) if elsewhere else {}
-    for rid in [rid for rid in done if rid in needed]:
-        folder = usable.get(rid) or elsewhere.get(rid) or exp_dir / rid
+    vetted = borrowed(plan, exp_dir.parent, usable=_usable, ids=needed & elsewhere.keys()) if elsewhere else {}
+    for rid in [rid for rid in done if rid in needed and rid not in vetted]:  # vetted: a lender's weights are usable
+        folder = elsewhere.get(rid, exp_dir / rid)
         why = weights_problem(folder)
         if why:
             done.remove(rid)
@@ -319,6 +319,10 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
         log(f"  {sum(rid in elsewhere for rid in done)} implied run(s) read in place from the results of "
             f"{', '.join(lent)} (dependencies_from)")
     return todo, done
+
+
+def _usable(folder: Path) -> bool:
+    return weights_problem(folder) is None
 
 
 def weights_problem(folder: Path) -> str | None:
