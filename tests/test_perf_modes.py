@@ -102,6 +102,11 @@ def test_inference_mode_end_to_end_tiny(tmp_path):
     assert set(r) == ({"ours_fp32", "ours_bf16"} if BF16 else {"ours_fp32"})
     assert all(v["latency_ms"] > 0 and v["examples_per_second"] > 0 for k in r for v in r[k].values())
     assert "| Fusion N=2 |" in md and "Revision" in md and "## Targets" not in md  # no N=16: no target row
+    # timed under no_grad; the one-layer check of inference_mode beside it, per precision
+    assert raw["grad_context"] == "torch.no_grad" and "Why `torch.no_grad`" in md
+    ms = raw["linear_context_check"]["ms"]
+    assert set(ms) == {"no_grad", "inference_mode"} and all(set(v) == set(raw["precisions"]) for v in ms.values())
+    assert all(t > 0 for v in ms.values() for t in v.values())
     # the memory pass: one fresh process per side, setup and precision
     assert cli(["perf", "--mode", "inference", *TINY, "--adapters", "", "--reps", "1", "--infer-batch", "2",
                 "--precision", "fp32", "--out", str(out)]) == 0

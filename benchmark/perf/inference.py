@@ -1,6 +1,7 @@
 """``afbench perf --mode inference``: what fusion costs at inference, ours vs AdapterHub.
 
-Per setup (ST-A, Fusion N = 2..16), forward only under ``torch.inference_mode``: latency of batch 1 (median
+Per setup (ST-A, Fusion N = 2..16), forward only under ``torch.no_grad`` (why not ``inference_mode``: see
+``inference_steps``; the report measures it on one layer): latency of batch 1 (median
 of ``--reps`` calls) and throughput at ``--infer-batch`` (default 64) rows of ``--length`` tokens, in float32
 and, where the device has it natively, bf16 autocast (the reference under the same autocast), alternating
 rounds, median round; then peak memory of each side, setup and precision in a fresh process (CUDA: max
@@ -20,7 +21,7 @@ import torch
 from benchmark.modeling.compute import Compute, bf16_unsupported
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
-from benchmark.perf.inference_steps import time_inference
+from benchmark.perf.inference_steps import linear_context_check, time_inference
 from benchmark.perf.meta import Target, default_out, provenance, provenance_lines, target_lines, write_report
 from benchmark.perf.steps import Head, peak_mib
 from benchmark.perf.training_steps import build_setup
@@ -97,13 +98,23 @@ def run_inference(args) -> int:
             return 1
         rounds.append(got)
     memory = {} if getattr(args, "no_memory", False) else memory_pass(args, bb, configs, device, precisions)
+    check = context_check(bb, args, ns, device, precisions)
     prov = provenance(device)
-    lines = inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version, prov)
+    lines = inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version, prov, check)
     raw = {"mode": "inference", "backbone": bb.label, "length": args.length, "throughput_batch": args.infer_batch,
            "reps": args.reps, "precisions": precisions, "reference": f"adapters {ref_version}" if ref_version else None,
-           "rounds": rounds, "peak_memory_mib": memory, "provenance": prov}
+           "grad_context": "torch.no_grad", "rounds": rounds, "peak_memory_mib": memory,
+           "linear_context_check": check, "provenance": prov}
     write_report(Path(args.out or default_out("inference")), lines, raw)
     return 0
+
+
+def context_check(bb: PerfBackbone, args, ns: list[int], device: str, precisions: list[str]) -> dict:
+    """One ``nn.Linear`` on the input shape AdapterHub's fusion projects (rows, tokens, adapters, width; not
+    contiguous), under ``no_grad`` and ``inference_mode``: why the timings use ``no_grad``."""
+    width = bb.make().config.hidden_size
+    shape = (min(args.infer_batch, 8), args.length, max(ns, default=2), width)
+    return {"shape": list(shape), "ms": linear_context_check(shape, precisions, device)}
 
 
 def memory_pass(args, bb: PerfBackbone, configs, device: str, precisions: list[str]) -> dict:
@@ -128,13 +139,15 @@ def memory_pass(args, bb: PerfBackbone, configs, device: str, precisions: list[s
     return out
 
 
-def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version, prov) -> list[str]:
+def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version, prov,
+                     check: dict | None = None) -> list[str]:
     def med(key, name, field):
         vals = [r[key][name][field] for r in rounds if key in r]
         return statistics.median(vals) if vals else None
 
     lines = ["# Inference: latency and throughput of ST-A and Fusion, ours vs AdapterHub", "",
-             f"{bb.label}, {args.length} tokens per row, mean-pooling head, eval mode under `torch.inference_mode`; "
+             f"{bb.label}, {args.length} tokens per row, mean-pooling head, eval mode under `torch.no_grad` "
+             "(what transformers' pipelines and our evaluation use; see the note below); "
              f"latency: median of {args.reps} batch-1 calls; throughput: {args.reps} calls at batch {args.infer_batch}; "
              f"{args.rounds} alternating rounds (median round). Reference: adapters {ref_version or 'not run'}. "
              "Command: `afbench perf --mode inference --reference-python <reference env python>`.", "",
@@ -168,6 +181,17 @@ def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_
             lines.append(f"| {name} | " + " | ".join(f"{memory[k][name]:.0f}" if name in memory[k] else "-"
                                                     for k in keys) + " |")
         lines.append("")
+    if check:
+        ms = check["ms"]
+        lines += ["Why `torch.no_grad` and not `torch.inference_mode`: one `nn.Linear` on a non-contiguous input "
+                  f"of shape {tuple(check['shape'])} (rows, tokens, adapters, width: what AdapterHub's fusion "
+                  "projects), median ms:", "",
+                  "| context | " + " | ".join(precisions) + " |", "|---|" + "---:|" * len(precisions),
+                  *(f"| `torch.{c}` | " + " | ".join(f"{ms[c][p]:.1f}" for p in precisions) + " |" for c in ms), "",
+                  "Under `inference_mode` with bf16 autocast, PyTorch's `matmul` does not fold such an input "
+                  "into one GEMM (the autocast weight does not require grad there) and copies the weight per "
+                  "row instead. AdapterHub's fusion projects inputs laid out like this in every layer. "
+                  "Both sides are timed under `no_grad`, so neither pays it.", ""]
     return lines + target_lines(targets)
 
 

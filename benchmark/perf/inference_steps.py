@@ -1,6 +1,14 @@
 """Timed inference shared by both sides of ``afbench perf --mode inference``. Imports only torch (the
 reference environment runs it too): latency of batch 1 and throughput of a large batch, forward only,
-under ``torch.inference_mode`` and optional bf16 autocast, plus this process's peak memory."""
+under ``torch.no_grad`` and optional bf16 autocast, plus this process's peak memory.
+
+Why ``torch.no_grad`` and not ``torch.inference_mode``: ``no_grad`` is what transformers' pipelines
+(``Pipeline.get_inference_context``) and our own evaluation (``training/loop.py``) run under. And on the
+CPU, PyTorch (2.13) under ``inference_mode`` + bf16 autocast does not fold a non-contiguous 3-D+ input of
+``nn.Linear`` into one GEMM: the autocast's bf16 weight does not require grad there, so ``matmul`` takes
+its ``bmm`` path and copies the weight once per batch row. AdapterHub's fusion (query/key/value over a
+transposed stack of adapter outputs) hits it: its bf16 forward ran several times slower than its fp32
+forward. ``linear_context_check`` measures that effect on one layer; the report prints it."""
 
 import statistics
 import time
@@ -11,6 +19,11 @@ import torch
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _autocast(device_type: str, precision: str | None):
+    return torch.autocast(device_type, dtype=torch.bfloat16) if precision == "bf16" else \
+        torch.autocast(device_type, enabled=False)
 
 
 def time_inference(forward, vocab_size: int, length: int, batch: int, reps: int, device: str,
@@ -25,10 +38,8 @@ def time_inference(forward, vocab_size: int, length: int, batch: int, reps: int,
         x[:, 0] = 101
         return x.to(dev), torch.ones_like(x).to(dev)
 
-    ctx = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == "bf16" else \
-        (lambda: torch.autocast(dev.type, enabled=False))
     one, big = ids(1), ids(batch)
-    with torch.inference_mode(), ctx():
+    with torch.no_grad(), _autocast(dev.type, precision):
         forward(*one)
         forward(*big)
         _sync(device)
@@ -44,3 +55,29 @@ def time_inference(forward, vocab_size: int, length: int, batch: int, reps: int,
         _sync(device)
         through = batch * reps / (time.perf_counter() - t)
     return {"latency_ms": statistics.median(lat), "examples_per_second": through}
+
+
+def linear_context_check(shape: tuple[int, ...], precisions: list[str], device: str = "cpu",
+                         reps: int = 5) -> dict:
+    """Milliseconds of one ``nn.Linear(width, width)`` on ``shape`` = (rows, tokens, adapters, width) laid out
+    as AdapterHub's fusion builds it (a stack over adapters, permuted: not contiguous), per grad context and
+    precision: {"no_grad": {"fp32": ms, ...}, "inference_mode": {...}} (median of ``reps`` after a warm-up)."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    rows, tokens, n, width = shape
+    lin = torch.nn.Linear(width, width).to(dev)
+    x = torch.randn(n, rows, tokens, width, device=dev).permute(1, 2, 0, 3)  # [rows, tokens, n, width]
+    out: dict[str, dict[str, float]] = {}
+    for name, ctx in (("no_grad", torch.no_grad), ("inference_mode", torch.inference_mode)):
+        for p in precisions:
+            with ctx(), _autocast(dev.type, p):
+                lin(x)
+                ts = []
+                for _ in range(reps):
+                    _sync(device)
+                    t = time.perf_counter()
+                    lin(x)
+                    _sync(device)
+                    ts.append(1000 * (time.perf_counter() - t))
+            out.setdefault(name, {})[p] = statistics.median(ts)
+    return out
