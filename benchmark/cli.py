@@ -319,12 +319,19 @@ def _estimate(args, reg, plan, root) -> int:
         write_json_atomic(cost.CALIBRATION_FILE, cal)
         print(f"wrote {cost.CALIBRATION_FILE.name}")
         return 0
+    from benchmark.runner.borrowed import borrowed
+
     device = args.estimate_device
     jobs = args.gpus or (os.cpu_count() or 1 if device == "cpu" else 1)
     threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
-    est = cost.estimate(plan, reg, data_root, device=device, devices=jobs, threads=threads, cpu=cpu_model())
+    # implied runs finished under a lender (dependencies_from) are read there, never trained: not priced
+    where = borrowed(plan, root)
+    lent = Counter(p.parent.name for p in where.values())
+    own = [r for r in plan.runs if r.id not in where] if where else None
+    est = cost.estimate(plan, reg, data_root, device=device, devices=jobs, threads=threads, runs=own,
+                        cpu=cpu_model())
     if args.json:
-        print(json.dumps(est.as_json(), indent=1))
+        print(json.dumps({**est.as_json(), **({"not_priced_read_from": dict(lent)} if lent else {})}, indent=1))
         return 0
     from tabulate import tabulate
     rows = [(r.id, r.kind, f"{r.epochs:.1f}", f"{r.train_gflop / 1e3:.1f}", f"{r.eval_gflop / 1e3:.1f}",
@@ -335,6 +342,9 @@ def _estimate(args, reg, plan, root) -> int:
         print(f"(CPU: {jobs} runs at a time, {threads} thread(s) each; --gpus N sets the number of parallel runs)")
     for line in cost.summary_lines(est):
         print(line)
+    for other, n in sorted(lent.items()):
+        print(f"note: {n} implied run(s) are finished under {other} and read from there (dependencies_from): "
+              "not priced")
     return 0
 
 

@@ -51,6 +51,12 @@ def test_stage1_runs_are_read_in_place_and_the_fusion_run_is_the_same(tmp_path, 
     assert "2 implied run(s) are finished under tiny_lender and read from there" in out
     assert main(["status", "tiny_borrower", *args]) == 0
     assert capsys.readouterr().out.count("(under tiny_lender)") == 2
+    # the estimate prices only what this experiment trains: the lent runs are read, not trained
+    assert main(["plan", "tiny_borrower", *args, "--estimate", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert [r["id"] for r in est["runs"]] == [rid] and est["not_priced_read_from"] == {"tiny_lender": 2}
+    assert main(["plan", "tiny_lender", *args, "--estimate", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["runs"]) == 3  # the lender prices its own three
     # the report shows the borrower's own run and names no other experiment's result as foreign
     assert main(["report", "tiny_borrower", *args, "--out-dir", str(tmp_path / "rep")]) == 0
     assert "belongs to experiment" not in capsys.readouterr().out
