@@ -121,3 +121,15 @@ def test_the_runner_eta_scales_the_predictions_by_what_finished():
     q = _Progress(3, 2, lines.append)  # no prediction: the mean of the finished runs
     q("a", None, 10.0)
     assert q.eta() == pytest.approx(10.0)
+
+
+def test_a_borrowing_experiment_prices_only_its_own_runs_and_flags_bf16(capsys):
+    """minilm_bf16 reads minilm_table1's 30 stage-1 runs in place: not priced; its bf16 arm is flagged as
+    priced by a float32 calibration."""
+    assert main(["plan", "minilm_bf16", "--estimate", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    assert len(est["runs"]) == 12 and est["not_priced_read_from"] == {"minilm_table1": 30}
+    assert main(["plan", "minilm_bf16", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 30 implied run(s) are finished under minilm_table1" in out
+    assert "note: 6 bf16 run(s) are priced as float32" in out
