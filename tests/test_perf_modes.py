@@ -141,3 +141,22 @@ def test_bf16_is_refused_by_perf_where_the_cpu_lacks_it(tmp_path, monkeypatch, c
     monkeypatch.setattr(compute, "cpu_bf16_flags", lambda: [])
     assert cli(["perf", "--mode", "inference", *TINY, "--precision", "bf16", "--out", str(tmp_path / "x.md")]) == 2
     assert "no native bf16" in capsys.readouterr().err
+
+
+def test_reports_show_the_command_as_typed_without_machine_paths(tmp_path, monkeypatch):
+    """The perf reports' provenance carries the command that measured them: flags as typed, the reference
+    interpreter as a placeholder, paths relative to the working directory (a report holds no machine path)."""
+    from benchmark.perf.meta import shown_command
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["perf", "--mode", "epochs", "--precision", "bf16", "--reference-python", "/opt/ref/bin/python",
+            "--out", str(tmp_path / "reports" / "x.md"), "--results-dir=/elsewhere/r"]
+    assert shown_command(argv) == ("afbench perf --mode epochs --precision bf16 --reference-python "
+                                   "'<reference env python>' --out reports/x.md '--results-dir=<path>'")
+    out = tmp_path / "inf.md"
+    assert cli(["perf", "--mode", "inference", *TINY, "--adapters", "", "--reps", "1", "--infer-batch", "2",
+                "--precision", "fp32", "--no-memory", "--out", str(out)]) == 0
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert raw["provenance"]["command"] == ("afbench perf --mode inference " + " ".join(TINY) + " --adapters '' "
+                                            "--reps 1 --infer-batch 2 --precision fp32 --no-memory --out inf.md")
+    assert "Ran as `afbench perf --mode inference" in out.read_text() and str(tmp_path) not in out.read_text()

@@ -198,7 +198,7 @@ def run_epochs(args) -> int:
                                  **{pad: {"batches": len(v["batches"]), "timed": len(v["timed"]),
                                           "real_tokens": v["real_tokens"], "computed_tokens": v["computed_tokens"]}
                                     for pad, v in p["paddings"].items()}} for p in plans},
-           "rounds": rounds, "summary": summary, "provenance": provenance("cpu")}
+           "rounds": rounds, "summary": summary, "provenance": provenance("cpu", getattr(args, "argv", None))}
     lines += ["", *provenance_lines(raw["provenance"])]
     write_report(Path(args.out or default_out("epochs")), lines, raw)
     return 0

@@ -99,7 +99,7 @@ def run_inference(args) -> int:
         rounds.append(got)
     memory = {} if getattr(args, "no_memory", False) else memory_pass(args, bb, configs, device, precisions)
     check = context_check(bb, args, ns, device, precisions)
-    prov = provenance(device)
+    prov = provenance(device, getattr(args, "argv", None))
     lines = inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version, prov, check)
     raw = {"mode": "inference", "backbone": bb.label, "length": args.length, "throughput_batch": args.infer_batch,
            "reps": args.reps, "precisions": precisions, "reference": f"adapters {ref_version}" if ref_version else None,

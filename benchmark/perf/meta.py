@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +29,36 @@ def machine(device: str) -> str:
     return f"{cpu_model() or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def provenance(device: str = "cpu") -> dict:
-    """Revision (and whether benchmark/ or specs/ had uncommitted edits), date, package versions, machine."""
-    return {"git": git_revision(), "date": now(), "versions": versions(), "device": device, "machine": machine(device)}
+def shown_command(argv: list[str]) -> str:
+    """``afbench`` + ``argv`` as a report shows it: the reference interpreter as ``<reference env python>``
+    and any other absolute path relative to the working directory (or ``<path>``): no machine paths."""
+    out, cwd = [], Path.cwd()
+    for i, a in enumerate(argv):
+        flag, eq, val = a.partition("=")
+        if i and argv[i - 1] == "--reference-python":
+            a = "<reference env python>"
+        elif eq and flag == "--reference-python":
+            a = f"{flag}=<reference env python>"
+        elif os.path.isabs(val if eq else a):
+            path = Path(val if eq else a)
+            shown = os.path.relpath(path, cwd) if path.is_relative_to(cwd) else "<path>"
+            a = f"{flag}={shown}" if eq else shown
+        out.append(a)
+    return shlex.join(["afbench", *out])
+
+
+def provenance(device: str = "cpu", argv: list[str] | None = None) -> dict:
+    """Revision (and whether benchmark/ or specs/ had uncommitted edits), date, package versions, machine,
+    and the command that measured it (``argv``: the afbench arguments, when known)."""
+    return {"git": git_revision(), "date": now(), "versions": versions(), "device": device, "machine": machine(device),
+            **({"command": shown_command(argv)} if argv is not None else {})}
 
 
 def provenance_lines(p: dict) -> list[str]:
     g, v = p["git"], p["versions"]
     rev = (g.get("revision") or "unknown")[:12] + (" (uncommitted edits)" if g.get("dirty") else "")
     return [f"Revision {rev}, {p['date']}; torch {v.get('torch')}, transformers {v.get('transformers')}, "
-            f"Python {v.get('python')}; {p['machine']}."]
+            f"Python {v.get('python')}; {p['machine']}." + (f" Ran as `{p['command']}`." if p.get("command") else "")]
 
 
 @dataclass(frozen=True)

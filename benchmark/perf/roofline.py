@@ -114,7 +114,7 @@ def run_roofline(args) -> int:
             print(e, file=sys.stderr)
             return 1
         rounds.append(got)
-    prov = provenance(device)
+    prov = provenance(device, getattr(args, "argv", None))
     lines = roofline_report(args, bb, device, configs, peak, flops, rounds, ref_version, precisions, prov)
     raw = {"mode": "roofline", "backbone": bb.label, "batch_size": args.batch_size, "length": args.length,
            "gemm_peak_gflops": peak, "flops_per_step": flops, "precisions": precisions,

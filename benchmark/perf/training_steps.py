@@ -212,7 +212,7 @@ def run_steps(args) -> int:
            "torch": torch.__version__, "reference": f"adapters {ref_version}" if ref_version else None,
            "batch_size": args.batch_size, "length": args.length, "warmup_steps": WARMUP,
            "timed_steps_per_round": args.steps, "unit": "seconds per training step (mean of the timed steps)",
-           "rounds": rounds, "peak_memory_mib": memory, "provenance": provenance(device)}
+           "rounds": rounds, "peak_memory_mib": memory, "provenance": provenance(device, getattr(args, "argv", None))}
     write_report(Path(args.out or default_out("steps")), lines, raw)
     return 0
 
@@ -351,7 +351,8 @@ def bf16_section(args, configs, device, rounds, memory: dict, why_not: str | Non
         st = _median(mine, "ST-A") / _median(m16, "ST-A")
         targets.append(Target("ST-A step in bf16 >= 1.5x fp32 (the epoch target is `--mode epochs --precision bf16`)",
                               st >= 1.5, f"{st:.2f}x"))
-    return lines + ([""] + target_lines(targets) if targets else []) + ["", *provenance_lines(provenance(device))]
+    prov = provenance(device, getattr(args, "argv", None))
+    return lines + ([""] + target_lines(targets) if targets else []) + ["", *provenance_lines(prov)]
 
 
 def _memory_child(cfg: dict) -> None:
