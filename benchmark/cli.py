@@ -345,7 +345,7 @@ def _estimate(args, reg, plan, root) -> int:
     for other, n in sorted(lent.items()):
         print(f"note: {n} implied run(s) are finished under {other} and read from there (dependencies_from): "
               "not priced")
-    bf16 = sum(r.compute.precision == "bf16" for r in plan.runs if r.id not in where)
+    bf16 = sum(r.compute.precision == "bf16" for r in (plan.runs if own is None else own))
     if bf16 and device == "cpu":
         print(f"note: {bf16} bf16 run(s) are priced as float32: the CPU calibration was fitted on float32 runs "
               "only, so expect them to finish sooner")

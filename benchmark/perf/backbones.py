@@ -28,6 +28,14 @@ class PerfBackbone:
     reference: dict  # how reference.py builds the same encoder
     make: Callable[[], nn.Module]
 
+    def config(self):
+        """The encoder's transformers config (its shapes), read without building the model."""
+        from transformers import AutoConfig, BertConfig
+
+        if "bert_config" in self.reference:
+            return BertConfig(**self.reference["bert_config"])
+        return AutoConfig.from_pretrained(self.reference["path"])
+
 
 def perf_backbone(name: str) -> PerfBackbone:
     if name == "minilm-l6":

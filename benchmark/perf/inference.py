@@ -112,7 +112,7 @@ def run_inference(args) -> int:
 def context_check(bb: PerfBackbone, args, ns: list[int], device: str, precisions: list[str]) -> dict:
     """One ``nn.Linear`` on the input shape AdapterHub's fusion projects (rows, tokens, adapters, width; not
     contiguous), under ``no_grad`` and ``inference_mode``: why the timings use ``no_grad``."""
-    width = bb.make().config.hidden_size
+    width = bb.config().hidden_size
     shape = (min(args.infer_batch, 8), args.length, max(ns, default=2), width)
     return {"shape": list(shape), "ms": linear_context_check(shape, precisions, device)}
 

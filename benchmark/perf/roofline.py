@@ -85,7 +85,7 @@ def run_roofline(args) -> int:
     shapes = CUDA_SHAPES if cuda else CPU_SHAPES
     print("GEMM peak ...", flush=True)
     peak = {p: gemm_peak(torch.float32 if p == "fp32" else torch.bfloat16, device, shapes, seconds) for p in precisions}
-    shape = Shape.of(bb.make().config, args.batch_size, args.length)
+    shape = Shape.of(bb.config(), args.batch_size, args.length)
     flops = {"ours": {c[0]: flops_of(shape, c, "ours") for c in configs},
              "reference": {c[0]: flops_of(shape, c, "reference") for c in configs}}
     common = dict(batch_size=args.batch_size, length=args.length, warmup=WARMUP, steps=args.steps, device=device)

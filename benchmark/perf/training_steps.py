@@ -206,13 +206,15 @@ def run_steps(args) -> int:
         rounds.append(got)
     precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
     memory = {} if getattr(args, "no_memory", False) else memory_pass(args, bb, configs, device, precisions)
+    prov = provenance(device, getattr(args, "argv", None))
     lines = steps_report(args, bb, configs, device, rounds, ref_version)
     lines += bf16_section(args, configs, device, rounds, memory, why_not_bf16 if precision != "fp32" else "not asked for")
+    lines += ["", *provenance_lines(prov)]
     raw = {"mode": "steps", "backbone": bb.label, "device": device, "machine": machine(device),
            "torch": torch.__version__, "reference": f"adapters {ref_version}" if ref_version else None,
            "batch_size": args.batch_size, "length": args.length, "warmup_steps": WARMUP,
            "timed_steps_per_round": args.steps, "unit": "seconds per training step (mean of the timed steps)",
-           "rounds": rounds, "peak_memory_mib": memory, "provenance": provenance(device, getattr(args, "argv", None))}
+           "rounds": rounds, "peak_memory_mib": memory, "provenance": prov}
     write_report(Path(args.out or default_out("steps")), lines, raw)
     return 0
 
@@ -351,8 +353,7 @@ def bf16_section(args, configs, device, rounds, memory: dict, why_not: str | Non
         st = _median(mine, "ST-A") / _median(m16, "ST-A")
         targets.append(Target("ST-A step in bf16 >= 1.5x fp32 (the epoch target is `--mode epochs --precision bf16`)",
                               st >= 1.5, f"{st:.2f}x"))
-    prov = provenance(device, getattr(args, "argv", None))
-    return lines + ([""] + target_lines(targets) if targets else []) + ["", *provenance_lines(prov)]
+    return lines + ([""] + target_lines(targets) if targets else [])
 
 
 def _memory_child(cfg: dict) -> None:
