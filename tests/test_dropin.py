@@ -325,3 +325,23 @@ def test_dropin_tasks_outside_specs_validate_run_and_report(tmp_path, capsys):
     assert "The paper's findings" not in md and not re.search(r"\bholds\b|does not hold", md)
     assert "| observations |" in md and "| quiz |" in md  # our own numbers are there
     assert "/tmp/" not in md and str(tmp_path) not in md  # and no machine path
+
+
+def test_readme_first_experiment_plans_as_written(tmp_path, capsys):
+    """The README's "Training it" experiment, next to its task, plans as written (the commands it names)."""
+    text = README.read_text()
+    csv_block, task_yaml = readme_blocks()
+    section = text[text.index("### Training it"):]
+    experiment_yaml = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    assert re.search(r"afbench run mine`, then `afbench report mine", section)
+    d = tmp_path / "specs"
+    (d / "tasks" / "my_data").mkdir(parents=True)
+    (d / "experiments").mkdir()
+    for split in ("train", "dev"):
+        (d / "tasks" / "my_data" / f"{split}.csv").write_text(csv_block)
+    (d / "tasks" / "mine.yaml").write_text(task_yaml)
+    (d / "experiments" / "mine.yaml").write_text(experiment_yaml)
+    assert main(["plan", "mine", "--specs", str(d), "--results-dir", str(tmp_path / "results")]) == 0, \
+        capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "mine__head__minilm-l6__s42" in out and "mine__st_a" in out
