@@ -454,7 +454,11 @@ def cmd_export(args) -> int:
     reg = _registry(args)
     plan = _plan(args, reg)
     exp_dir = results_root(args.results_dir) / plan.experiment.name
-    done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args))
+    from benchmark.spec.registry import default_spec_dir
+
+    specs = [default_spec_dir(), *(Path(p) if Path(p).is_dir() else Path(p).parent for p in args.specs or [])]
+    clear = [("the spec folder", p) for p in specs] + ([("the data folder", _data_dir(args))] if args.data_dir else [])
+    done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args), keep_clear=clear)
     if not done:
         raise BenchError(f"no finished run of '{plan.experiment.name}' under {exp_dir}"
                          + (f" matches --only {' '.join(args.only)}" if args.only else ""),

@@ -19,7 +19,7 @@ from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_adapterhub
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.parity.roundtrip import EXPERIMENT, train_and_export, write_specs
-from benchmark.runner.export import _Writer
+from benchmark.runner.export import MANIFEST, _Writer
 from benchmark.spec import load_registry
 
 pytestmark = pytest.mark.slow
@@ -94,20 +94,93 @@ def test_export_writes_adapterhub_folders_that_reproduce_our_logits(exported):
         ours = torch.tensor(sample["logits"])
         assert torch.allclose(logits, ours, atol=1e-6, rtol=0), rid
         assert (plain - ours).abs().max() > 1e-5, f"{rid}: the sample does not depend on the adapters"
-        assert not [p.name for p in e.folder.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+        assert [p.name for p in e.folder.parent.iterdir() if p.name.startswith(".")] == [MANIFEST]  # no temp folder
 
 
-def test_reexport_replaces_the_folder_atomically(exported, capsys):
+def test_reexport_replaces_the_folder_atomically_and_keeps_the_users_files(exported, capsys):
+    """Issue 37.4: a re-export replaces only the files the export wrote; a user's file (and folder) in it stays."""
     work, runs = exported
     rid = next(r for r in runs if r.startswith("rt_cls__st_a_rf16"))
-    stale = runs[rid].folder / "stale.txt"
-    stale.write_text("from an older export")
+    (runs[rid].folder / "notes.txt").write_text("mine")
+    (runs[rid].folder / "mine" / "deep").mkdir(parents=True)
+    (runs[rid].folder / "samples" / "extra.json").write_text("{}")
+    (runs[rid].folder / "export.json").write_text("{}")  # ours: rewritten
     assert main(["export", EXPERIMENT, "--specs", str(work / "specs"), "--results-dir", str(work / "results"),
                  "--out", str(work / "export"), "--only", "rt_cls__st_a_rf16*"]) == 0
     out = capsys.readouterr().out
     assert f"exported {rid}" in out and "1 run(s) exported" in out
-    assert not stale.exists() and (runs[rid].folder / "export.json").is_file()
+    assert (runs[rid].folder / "notes.txt").read_text() == "mine" and (runs[rid].folder / "mine" / "deep").is_dir()
+    assert (runs[rid].folder / "samples" / "extra.json").read_text() == "{}"
+    assert _doc(runs[rid].folder)["run_id"] == rid
+    assert not [p.name for p in (work / "export").iterdir() if p.name.startswith(".") and p.name != MANIFEST]
 
+
+def _export(work: Path, out: Path, *extra: str) -> int:
+    return main(["export", EXPERIMENT, "--specs", str(work / "specs"), "--results-dir", str(work / "results"),
+                 "--out", str(out), "--only", "rt_cls__st_a_rf16*", *extra])
+
+
+def test_an_out_folder_overlapping_the_results_or_the_specs_is_refused(exported, capsys):
+    """Issue 37.1: --out inside the results root (it would replace the runs' own folders), containing it, or
+    inside a spec folder: one paragraph, exit 2, every result intact."""
+    work, _ = exported
+    results = work / "results" / EXPERIMENT
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    for out in (results, work / "results", work, work / "specs" / "exports"):
+        assert _export(work, out) == 2
+        err = capsys.readouterr().err
+        assert "overlaps the" in err and "--out" in err and "nothing was written" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before  # result.json, weights
+
+
+def test_export_never_replaces_or_writes_through_what_it_did_not_write(exported, tmp_path, capsys):
+    """Issue 37.4: a run folder in --out that is a link to the user's folder (or to --out itself), or a
+    folder the export did not write, is refused and left as it was."""
+    work, runs = exported
+    rid = next(r for r in runs if r.startswith("rt_cls__st_a_rf16"))
+    out = tmp_path / "ex"
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "data.txt").write_text("keep")
+    for make in (lambda p: p.symlink_to(out / "mine"), lambda p: p.symlink_to("."), lambda p: p.mkdir()):
+        target = out / rid
+        make(target)
+        assert _export(work, out) == 2
+        err = capsys.readouterr().err
+        assert str(target) in err and "--out" in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == sorted([rid, "mine"])  # nothing moved, nothing hidden
+        assert (out / "mine" / "data.txt").read_text() == "keep" and not (out / "mine" / "export.json").exists()
+        target.unlink() if target.is_symlink() else target.rmdir()
+    assert _export(work, out) == 0 and (out / rid / "export.json").is_file()
+    assert json.loads((out / MANIFEST).read_text())["runs"][rid]
+
+
+def test_a_killed_export_leaves_temp_folders_the_next_one_cleans(exported, tmp_path, capsys):
+    """Issue 37.4: what a killed export (a real process, SIGKILL) leaves is cleaned by the next run: its temp
+    folder removed; the previous folder of a cut swap put back, or its user files moved into the new one."""
+    import signal
+    import subprocess
+    import sys
+
+    work, runs = exported
+    rid = next(r for r in runs if r.startswith("rt_cls__st_a_rf16"))
+    out = tmp_path / "ex"
+    assert _export(work, out) == 0
+    (out / rid / "notes.txt").write_text("mine")
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    tmp = out / f".{rid}.afbench-export-tmp{dead.pid}"
+    tmp.mkdir()
+    (tmp / "export.json").write_text("{}")
+    old = out / f".{rid}.afbench-export-old{dead.pid}"
+    os.replace(out / rid, old)  # killed between the two renames of the swap
+    mine = out / ".mine.afbench-export-tmp1"  # not in the manifest, pid 1 alive: not ours to touch
+    mine.mkdir()
+    assert _export(work, out) == 0
+    log = capsys.readouterr().out
+    assert tmp.name in log and old.name in log and "left by an export that was killed" in log
+    assert not tmp.exists() and not old.exists() and mine.is_dir()
+    assert (out / rid / "notes.txt").read_text() == "mine" and _doc(out / rid)["run_id"] == rid
 
 def test_export_without_finished_runs_says_so(tmp_path, capsys):
     specs = write_specs(tmp_path / "specs", rows=8, epochs=1)
@@ -153,6 +226,7 @@ def test_a_read_only_or_full_out_folder_is_one_paragraph_and_leaves_nothing(expo
 
 
 def test_writer_keeps_every_path_under_the_root(tmp_path):
+    (tmp_path / "out").mkdir()
     w = _Writer(tmp_path / "out", "run")
     with pytest.raises(BenchError, match="outside the output folder"):
         w.path("../../escape.json")
@@ -163,9 +237,12 @@ def test_writer_keeps_every_path_under_the_root(tmp_path):
     assert json.loads((tmp_path / "out" / "run" / "a" / "b.json").read_text()) == {"x": 1}
 
 
-def test_tuned_encoders_are_the_base_and_mean_pooling_heads_are_not_exported(tmp_path):
-    """Full and MT-A / Fusion w/ MT-A ship their encoder as base/; a mean-pooling head (MiniLM-style) has no
-    AdapterHub equivalent: export.json says so and writes no head."""
+def test_tuned_encoders_are_the_base_and_mean_pooling_heads_carry_their_loader(tmp_path):
+    """Full and MT-A / Fusion w/ MT-A ship their encoder as base/; a mean-pooling head (MiniLM-style, issue 38.1)
+    is written in AdapterHub's head layout under a head type of its own, with the loader that registers it
+    (export.json and each sample name it); ``nox -s parity`` loads it through the README's snippet."""
+    from benchmark.runner.export import LOADER
+
     specs = tmp_path / "specs"
     (specs / "backbones").mkdir(parents=True)
     tiny = (Path(__file__).resolve().parents[1] / "specs" / "backbones" / "tiny-bert.yaml").read_text()
@@ -174,12 +251,21 @@ def test_tuned_encoders_are_the_base_and_mean_pooling_heads_are_not_exported(tmp
                                                   backbone="tiny-bert-mean", methods=("full", "fusion_mt_a"))}
     results = tmp_path / "results" / EXPERIMENT
     assert {r.split("__")[1] for r in runs} == {"full", "mt_a_rf16", "fusion_mt_a"}
+    loader = (Path(__file__).resolve().parents[1] / "benchmark" / "runner" / "mean_pooling_head.py").read_text()
     for rid, e in runs.items():
         doc = _doc(e.folder)
         assert doc["base"] == "base" and any("tuned the encoder" in n for n in doc["notes"])
-        assert any("mean pooling has no AdapterHub head" in n for n in doc["notes"]) and e.notes == doc["notes"]
+        assert doc["head_loader"] == LOADER and (e.folder / LOADER).read_text() == loader
+        assert any("mean-pooling head" in n for n in doc["notes"]) and e.notes == doc["notes"]
         heads = doc["head"] if isinstance(doc["head"], dict) else {doc["task"]: doc["head"]}
-        assert set(heads.values()) == {None} and not (e.folder / "heads").exists()
+        samples = doc["sample"] if isinstance(doc["sample"], dict) else {doc["task"]: doc["sample"]}
+        for t, rel in heads.items():
+            cfg = json.loads((e.folder / rel / "head_config.json").read_text())["config"]
+            assert cfg["head_type"] == {"rt_cls": "afbench_mean_classification",
+                                        "rt_mc": "afbench_mean_multiple_choice"}[t]
+            assert set(torch.load(e.folder / rel / "pytorch_model_head.bin", weights_only=True)) == {
+                f"heads.{t}.{i}.{k}" for i in (1, 4) for k in ("weight", "bias")}
+            assert json.loads((e.folder / samples[t]).read_text())["head_loader"] == LOADER
         base = load_file(str(e.folder / "base" / "model.safetensors"))
         enc_run = rid if "fusion" not in rid else next(r for r in runs if "__mt_a_" in r)
         trained = load_file(str(results / enc_run / "weights.safetensors"))
