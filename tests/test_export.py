@@ -243,10 +243,6 @@ def test_tuned_encoders_are_the_base_and_mean_pooling_heads_carry_their_loader(t
     (export.json and each sample name it); ``nox -s parity`` loads it through the README's snippet."""
     from benchmark.runner.export import LOADER
 
-    specs = tmp_path / "specs"
-    (specs / "backbones").mkdir(parents=True)
-    tiny = (Path(__file__).resolve().parents[1] / "specs" / "backbones" / "tiny-bert.yaml").read_text()
-    (specs / "backbones" / "tiny-bert-mean.yaml").write_text(tiny + "pooling: mean\n")
     runs = {e.run_id: e for e in train_and_export(tmp_path, log=lambda *_: None, rows=16, epochs=1,
                                                   backbone="tiny-bert-mean", methods=("full", "fusion_mt_a"))}
     results = tmp_path / "results" / EXPERIMENT
@@ -284,14 +280,14 @@ def test_roundtrip_through_adapters_1_3_0(tmp_path, capsys):
 
     assert run_roundtrip(os.environ["AFBENCH_REFERENCE_PYTHON"], tmp_path, TOLERANCE)
     out = capsys.readouterr().out
-    assert out.count(" ok") == 6 and "MISMATCH" not in out
+    assert out.count(" ok") == 10 and "MISMATCH" not in out and out.count("tiny-bert-mean") == 4
 
 
 # ------------------------------------------------------------------ published adapters as fusion sources
-def _published_experiment(specs: Path, name: str, adapterhub: dict[str, str]) -> None:
+def _published_experiment(specs: Path, name: str, adapterhub: dict[str, str], backbone: str = "tiny-bert") -> None:
     hub = ", ".join(f"{t}: '{ref}'" for t, ref in adapterhub.items())
     (specs / "experiments" / f"{name}.yaml").write_text(
-        f"kind: experiment\nname: {name}\nbackbones: [tiny-bert]\nseeds: [1]\n"
+        f"kind: experiment\nname: {name}\nbackbones: [{backbone}]\nseeds: [1]\n"
         "groups:\n  - tasks: [rt_cls]\n    methods: [fusion_st_a]\n"
         "caps: {max_train_rows: 32, max_eval_rows: 32, max_epochs: 2, max_length: 32}\n"
         f"fusion: {{sources: [rt_cls, rt_mc]{', adapterhub: {' + hub + '}' if hub else ''}}}\ndevice: cpu\n"
@@ -354,6 +350,54 @@ def test_published_adapters_we_cannot_represent_are_refused(exported, tmp_path, 
     _published_experiment(specs, "bad_fusion", {"rt_misc": str(src)})
     assert main(["plan", "bad_fusion", "--specs", str(specs)]) == 2
     assert "not a fused source" in capsys.readouterr().err
+
+
+def test_published_adapters_for_another_backbone_are_refused_at_plan_time(exported, tmp_path, capsys):
+    """Issues 38.2 and 37.15: a published adapter is checked against the backbone before anything trains: its
+    config's unknown keys, its model_type, hidden size and layer count, and the base model it names."""
+    import shutil
+
+    work, runs = exported
+    src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
+    specs = work / "specs"
+
+    def variant(name: str, edit) -> str:
+        folder = tmp_path / name
+        shutil.copytree(src, folder)
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        edit(cfg)
+        (folder / "adapter_config.json").write_text(json.dumps(cfg))
+        return str(folder)
+
+    cases = [(variant("key", lambda c: c["config"].update(gate_everything=True)), "tiny-bert",
+              ["gate_everything: True (a key AdapterHub's bottleneck config does not have)"]),
+             (variant("type", lambda c: c.update(model_type="roberta")), "tiny-bert",
+              ["model_type 'roberta' (the backbone is 'bert')", "was not trained for backbone 'tiny-bert'"]),
+             (variant("wide", lambda c: c.update(hidden_size=64)), "tiny-bert", ["hidden_size 64 (the backbone has 32)"]),
+             (str(src), "tiny-bert-deep", ["layers 2 (the backbone has 4)"])]
+    (specs / "backbones").mkdir(exist_ok=True)
+    tiny = (Path(__file__).resolve().parents[1] / "specs" / "backbones" / "tiny-bert.yaml").read_text()
+    (specs / "backbones" / "tiny-bert-deep.yaml").write_text(tiny.replace("num_hidden_layers: 2", "num_hidden_layers: 4"))
+    # the same shape, another checkpoint: a local backbone whose config names it, an adapter naming another
+    base = tmp_path / "ckpt_a"
+    shutil.copytree(src.parent.parent / "base", base)
+    conf = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**conf, "_name_or_path": "org/ckpt-a"}))
+    (specs / "backbones" / "ckpt-a.yaml").write_text(f"kind: backbone\nname: ckpt-a\nsource: local\npath: {base}\n")
+    cases.append((variant("other", lambda c: c.update(model_name="org/ckpt-b")), "ckpt-a",
+                  ["model_name 'org/ckpt-b' (the backbone is 'org/ckpt-a')"]))
+    for ref, backbone, needles in cases:
+        _published_experiment(specs, "other_base", {"rt_mc": ref}, backbone)
+        assert main(["plan", "other_base", "--specs", str(specs)]) == 2
+        err = capsys.readouterr().err
+        assert all(n in err for n in needles) and "fusion.adapterhub.rt_mc" in err and "Traceback" not in err, err
+    _published_experiment(specs, "other_base", {"rt_mc": variant("same", lambda c: c.update(model_name="org/ckpt-a"))},
+                          "ckpt-a")
+    assert main(["plan", "other_base", "--specs", str(specs)]) == 0
+    capsys.readouterr()
+    for f in ("tiny-bert-deep", "ckpt-a"):
+        (specs / "backbones" / f"{f}.yaml").unlink()
+    (specs / "experiments" / "other_base.yaml").unlink()
 
 
 def test_a_hub_id_fails_fast_offline_and_when_the_hub_is_unreachable(exported, monkeypatch, capsys):
