@@ -294,7 +294,7 @@ def _published_experiment(specs: Path, name: str, adapterhub: dict[str, str], ba
         "overrides: {st_a: {lr: 1.0e-2}, fusion_st_a: {lr: 1.0e-2}}\n")
 
 
-def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, tmp_path):
+def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, tmp_path, capsys):
     from benchmark.plan.build import build_plan
     from benchmark.runner.execute import run_plan
 
@@ -312,6 +312,10 @@ def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, t
     assert fusion.sources == ["rt_cls", "rt_mc"] and fusion.deps == [plan.runs[0].id] == [own.runs[0].id]
     assert fusion.identity(reg)["published"]["rt_mc"].startswith("sha256:")
     assert "published" not in own.runs[2].identity(reg) and fusion.id != own.runs[2].id
+    assert main(["plan", "pub_fusion", "--specs", str(specs)]) == 0  # the plan names the published source (38.2)
+    out = capsys.readouterr().out
+    assert "1+1 published" in out and f"published source rt_mc: ../../export/{src.parent.parent.name}" in out
+    assert f"sha256 {fusion.published['rt_mc'].sha256[:16]}" in out
 
     summary = run_plan(plan, reg, results_dir=tmp_path, data_dir=None, device="cpu", log=lambda *_: None)
     assert not summary.failed
