@@ -244,6 +244,7 @@ def implied_duplicates(plan, reg) -> list[str]:
 def cmd_plan(args) -> int:
     from tabulate import tabulate
 
+    from benchmark.paths import shown_path
     from benchmark.records import read_result_file, scan_experiment
     from benchmark.runner.borrowed import borrowed
     from benchmark.runner.results import experiment_dir, results_root
@@ -264,12 +265,16 @@ def cmd_plan(args) -> int:
     for i, r in enumerate(plan.runs, 1):
         res = read_result_file(where.get(r.id, exp_dir / r.id))
         state = res.record.status if res.ok else "pending" if res.state == "missing" else "corrupt"
-        rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, len(r.deps),
+        rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed,
+                     f"{len(r.deps)}+{len(r.published)} published" if r.published else len(r.deps),
                      "implied" if r.implied else "grid", state, r.id))
     print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "role", "status", "run id"],
                    disable_numparse=True))
     for what, why in plan.skipped:
         print(f"skipped {what}: {why}")
+    for src, p in sorted({(s, p) for r in plan.runs for s, p in r.published.items()}, key=lambda x: x[0]):
+        print(f"published source {src}: {p.ref} -> {shown_path(p.folder)}" + (f" (revision {p.revision})" if p.revision else "")
+              + f", sha256 {p.sha256[:16]}, fused instead of a stage-1 run (fusion.adapterhub)")
     for line in scan_experiment(root, plan.experiment.name).problems():
         print(f"warning: {line}")
     c = Counter(row[7] for row in rows)
@@ -454,7 +459,11 @@ def cmd_export(args) -> int:
     reg = _registry(args)
     plan = _plan(args, reg)
     exp_dir = results_root(args.results_dir) / plan.experiment.name
-    done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args))
+    from benchmark.spec.registry import default_spec_dir
+
+    specs = [default_spec_dir(), *(Path(p) if Path(p).is_dir() else Path(p).parent for p in args.specs or [])]
+    clear = [("the spec folder", p) for p in specs] + ([("the data folder", _data_dir(args))] if args.data_dir else [])
+    done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args), keep_clear=clear)
     if not done:
         raise BenchError(f"no finished run of '{plan.experiment.name}' under {exp_dir}"
                          + (f" matches --only {' '.join(args.only)}" if args.only else ""),

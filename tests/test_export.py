@@ -19,7 +19,7 @@ from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_adapterhub
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.parity.roundtrip import EXPERIMENT, train_and_export, write_specs
-from benchmark.runner.export import _Writer
+from benchmark.runner.export import MANIFEST, _Writer
 from benchmark.spec import load_registry
 
 pytestmark = pytest.mark.slow
@@ -94,20 +94,93 @@ def test_export_writes_adapterhub_folders_that_reproduce_our_logits(exported):
         ours = torch.tensor(sample["logits"])
         assert torch.allclose(logits, ours, atol=1e-6, rtol=0), rid
         assert (plain - ours).abs().max() > 1e-5, f"{rid}: the sample does not depend on the adapters"
-        assert not [p.name for p in e.folder.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+        assert [p.name for p in e.folder.parent.iterdir() if p.name.startswith(".")] == [MANIFEST]  # no temp folder
 
 
-def test_reexport_replaces_the_folder_atomically(exported, capsys):
+def test_reexport_replaces_the_folder_atomically_and_keeps_the_users_files(exported, capsys):
+    """Issue 37.4: a re-export replaces only the files the export wrote; a user's file (and folder) in it stays."""
     work, runs = exported
     rid = next(r for r in runs if r.startswith("rt_cls__st_a_rf16"))
-    stale = runs[rid].folder / "stale.txt"
-    stale.write_text("from an older export")
+    (runs[rid].folder / "notes.txt").write_text("mine")
+    (runs[rid].folder / "mine" / "deep").mkdir(parents=True)
+    (runs[rid].folder / "samples" / "extra.json").write_text("{}")
+    (runs[rid].folder / "export.json").write_text("{}")  # ours: rewritten
     assert main(["export", EXPERIMENT, "--specs", str(work / "specs"), "--results-dir", str(work / "results"),
                  "--out", str(work / "export"), "--only", "rt_cls__st_a_rf16*"]) == 0
     out = capsys.readouterr().out
     assert f"exported {rid}" in out and "1 run(s) exported" in out
-    assert not stale.exists() and (runs[rid].folder / "export.json").is_file()
+    assert (runs[rid].folder / "notes.txt").read_text() == "mine" and (runs[rid].folder / "mine" / "deep").is_dir()
+    assert (runs[rid].folder / "samples" / "extra.json").read_text() == "{}"
+    assert _doc(runs[rid].folder)["run_id"] == rid
+    assert not [p.name for p in (work / "export").iterdir() if p.name.startswith(".") and p.name != MANIFEST]
 
+
+def _export(work: Path, out: Path, *extra: str) -> int:
+    return main(["export", EXPERIMENT, "--specs", str(work / "specs"), "--results-dir", str(work / "results"),
+                 "--out", str(out), "--only", "rt_cls__st_a_rf16*", *extra])
+
+
+def test_an_out_folder_overlapping_the_results_or_the_specs_is_refused(exported, capsys):
+    """Issue 37.1: --out inside the results root (it would replace the runs' own folders), containing it, or
+    inside a spec folder: one paragraph, exit 2, every result intact."""
+    work, _ = exported
+    results = work / "results" / EXPERIMENT
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    for out in (results, work / "results", work, work / "specs" / "exports"):
+        assert _export(work, out) == 2
+        err = capsys.readouterr().err
+        assert "overlaps the" in err and "--out" in err and "nothing was written" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in results.rglob("*") if p.is_file()} == before  # result.json, weights
+
+
+def test_export_never_replaces_or_writes_through_what_it_did_not_write(exported, tmp_path, capsys):
+    """Issue 37.4: a run folder in --out that is a link to the user's folder (or to --out itself), or a
+    folder the export did not write, is refused and left as it was."""
+    work, runs = exported
+    rid = next(r for r in runs if r.startswith("rt_cls__st_a_rf16"))
+    out = tmp_path / "ex"
+    (out / "mine").mkdir(parents=True)
+    (out / "mine" / "data.txt").write_text("keep")
+    for make in (lambda p: p.symlink_to(out / "mine"), lambda p: p.symlink_to("."), lambda p: p.mkdir()):
+        target = out / rid
+        make(target)
+        assert _export(work, out) == 2
+        err = capsys.readouterr().err
+        assert str(target) in err and "--out" in err and "Traceback" not in err
+        assert sorted(p.name for p in out.iterdir()) == sorted([rid, "mine"])  # nothing moved, nothing hidden
+        assert (out / "mine" / "data.txt").read_text() == "keep" and not (out / "mine" / "export.json").exists()
+        target.unlink() if target.is_symlink() else target.rmdir()
+    assert _export(work, out) == 0 and (out / rid / "export.json").is_file()
+    assert json.loads((out / MANIFEST).read_text())["runs"][rid]
+
+
+def test_a_killed_export_leaves_temp_folders_the_next_one_cleans(exported, tmp_path, capsys):
+    """Issue 37.4: what a killed export (a real process, SIGKILL) leaves is cleaned by the next run: its temp
+    folder removed; the previous folder of a cut swap put back, or its user files moved into the new one."""
+    import signal
+    import subprocess
+    import sys
+
+    work, runs = exported
+    rid = next(r for r in runs if r.startswith("rt_cls__st_a_rf16"))
+    out = tmp_path / "ex"
+    assert _export(work, out) == 0
+    (out / rid / "notes.txt").write_text("mine")
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    tmp = out / f".{rid}.afbench-export-tmp{dead.pid}"
+    tmp.mkdir()
+    (tmp / "export.json").write_text("{}")
+    old = out / f".{rid}.afbench-export-old{dead.pid}"
+    os.replace(out / rid, old)  # killed between the two renames of the swap
+    mine = out / ".mine.afbench-export-tmp1"  # not in the manifest, pid 1 alive: not ours to touch
+    mine.mkdir()
+    assert _export(work, out) == 0
+    log = capsys.readouterr().out
+    assert tmp.name in log and old.name in log and "left by an export that was killed" in log
+    assert not tmp.exists() and not old.exists() and mine.is_dir()
+    assert (out / rid / "notes.txt").read_text() == "mine" and _doc(out / rid)["run_id"] == rid
 
 def test_export_without_finished_runs_says_so(tmp_path, capsys):
     specs = write_specs(tmp_path / "specs", rows=8, epochs=1)
@@ -153,6 +226,7 @@ def test_a_read_only_or_full_out_folder_is_one_paragraph_and_leaves_nothing(expo
 
 
 def test_writer_keeps_every_path_under_the_root(tmp_path):
+    (tmp_path / "out").mkdir()
     w = _Writer(tmp_path / "out", "run")
     with pytest.raises(BenchError, match="outside the output folder"):
         w.path("../../escape.json")
@@ -163,23 +237,31 @@ def test_writer_keeps_every_path_under_the_root(tmp_path):
     assert json.loads((tmp_path / "out" / "run" / "a" / "b.json").read_text()) == {"x": 1}
 
 
-def test_tuned_encoders_are_the_base_and_mean_pooling_heads_are_not_exported(tmp_path):
-    """Full and MT-A / Fusion w/ MT-A ship their encoder as base/; a mean-pooling head (MiniLM-style) has no
-    AdapterHub equivalent: export.json says so and writes no head."""
-    specs = tmp_path / "specs"
-    (specs / "backbones").mkdir(parents=True)
-    tiny = (Path(__file__).resolve().parents[1] / "specs" / "backbones" / "tiny-bert.yaml").read_text()
-    (specs / "backbones" / "tiny-bert-mean.yaml").write_text(tiny + "pooling: mean\n")
+def test_tuned_encoders_are_the_base_and_mean_pooling_heads_carry_their_loader(tmp_path):
+    """Full and MT-A / Fusion w/ MT-A ship their encoder as base/; a mean-pooling head (MiniLM-style, issue 38.1)
+    is written in AdapterHub's head layout under a head type of its own, with the loader that registers it
+    (export.json and each sample name it); ``nox -s parity`` loads it through the README's snippet."""
+    from benchmark.runner.export import LOADER
+
     runs = {e.run_id: e for e in train_and_export(tmp_path, log=lambda *_: None, rows=16, epochs=1,
                                                   backbone="tiny-bert-mean", methods=("full", "fusion_mt_a"))}
     results = tmp_path / "results" / EXPERIMENT
     assert {r.split("__")[1] for r in runs} == {"full", "mt_a_rf16", "fusion_mt_a"}
+    loader = (Path(__file__).resolve().parents[1] / "benchmark" / "runner" / "mean_pooling_head.py").read_text()
     for rid, e in runs.items():
         doc = _doc(e.folder)
         assert doc["base"] == "base" and any("tuned the encoder" in n for n in doc["notes"])
-        assert any("mean pooling has no AdapterHub head" in n for n in doc["notes"]) and e.notes == doc["notes"]
+        assert doc["head_loader"] == LOADER and (e.folder / LOADER).read_text() == loader
+        assert any("mean-pooling head" in n for n in doc["notes"]) and e.notes == doc["notes"]
         heads = doc["head"] if isinstance(doc["head"], dict) else {doc["task"]: doc["head"]}
-        assert set(heads.values()) == {None} and not (e.folder / "heads").exists()
+        samples = doc["sample"] if isinstance(doc["sample"], dict) else {doc["task"]: doc["sample"]}
+        for t, rel in heads.items():
+            cfg = json.loads((e.folder / rel / "head_config.json").read_text())["config"]
+            assert cfg["head_type"] == {"rt_cls": "afbench_mean_classification",
+                                        "rt_mc": "afbench_mean_multiple_choice"}[t]
+            assert set(torch.load(e.folder / rel / "pytorch_model_head.bin", weights_only=True)) == {
+                f"heads.{t}.{i}.{k}" for i in (1, 4) for k in ("weight", "bias")}
+            assert json.loads((e.folder / samples[t]).read_text())["head_loader"] == LOADER
         base = load_file(str(e.folder / "base" / "model.safetensors"))
         enc_run = rid if "fusion" not in rid else next(r for r in runs if "__mt_a_" in r)
         trained = load_file(str(results / enc_run / "weights.safetensors"))
@@ -198,21 +280,21 @@ def test_roundtrip_through_adapters_1_3_0(tmp_path, capsys):
 
     assert run_roundtrip(os.environ["AFBENCH_REFERENCE_PYTHON"], tmp_path, TOLERANCE)
     out = capsys.readouterr().out
-    assert out.count(" ok") == 6 and "MISMATCH" not in out
+    assert out.count(" ok") == 10 and "MISMATCH" not in out and out.count("tiny-bert-mean") == 4
 
 
 # ------------------------------------------------------------------ published adapters as fusion sources
-def _published_experiment(specs: Path, name: str, adapterhub: dict[str, str]) -> None:
+def _published_experiment(specs: Path, name: str, adapterhub: dict[str, str], backbone: str = "tiny-bert") -> None:
     hub = ", ".join(f"{t}: '{ref}'" for t, ref in adapterhub.items())
     (specs / "experiments" / f"{name}.yaml").write_text(
-        f"kind: experiment\nname: {name}\nbackbones: [tiny-bert]\nseeds: [1]\n"
+        f"kind: experiment\nname: {name}\nbackbones: [{backbone}]\nseeds: [1]\n"
         "groups:\n  - tasks: [rt_cls]\n    methods: [fusion_st_a]\n"
         "caps: {max_train_rows: 32, max_eval_rows: 32, max_epochs: 2, max_length: 32}\n"
         f"fusion: {{sources: [rt_cls, rt_mc]{', adapterhub: {' + hub + '}' if hub else ''}}}\ndevice: cpu\n"
         "overrides: {st_a: {lr: 1.0e-2}, fusion_st_a: {lr: 1.0e-2}}\n")
 
 
-def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, tmp_path):
+def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, tmp_path, capsys):
     from benchmark.plan.build import build_plan
     from benchmark.runner.execute import run_plan
 
@@ -230,6 +312,10 @@ def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, t
     assert fusion.sources == ["rt_cls", "rt_mc"] and fusion.deps == [plan.runs[0].id] == [own.runs[0].id]
     assert fusion.identity(reg)["published"]["rt_mc"].startswith("sha256:")
     assert "published" not in own.runs[2].identity(reg) and fusion.id != own.runs[2].id
+    assert main(["plan", "pub_fusion", "--specs", str(specs)]) == 0  # the plan names the published source (38.2)
+    out = capsys.readouterr().out
+    assert "1+1 published" in out and f"published source rt_mc: ../../export/{src.parent.parent.name}" in out
+    assert f"sha256 {fusion.published['rt_mc'].sha256[:16]}" in out
 
     summary = run_plan(plan, reg, results_dir=tmp_path, data_dir=None, device="cpu", log=lambda *_: None)
     assert not summary.failed
@@ -268,6 +354,54 @@ def test_published_adapters_we_cannot_represent_are_refused(exported, tmp_path, 
     _published_experiment(specs, "bad_fusion", {"rt_misc": str(src)})
     assert main(["plan", "bad_fusion", "--specs", str(specs)]) == 2
     assert "not a fused source" in capsys.readouterr().err
+
+
+def test_published_adapters_for_another_backbone_are_refused_at_plan_time(exported, tmp_path, capsys):
+    """Issues 38.2 and 37.15: a published adapter is checked against the backbone before anything trains: its
+    config's unknown keys, its model_type, hidden size and layer count, and the base model it names."""
+    import shutil
+
+    work, runs = exported
+    src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
+    specs = work / "specs"
+
+    def variant(name: str, edit) -> str:
+        folder = tmp_path / name
+        shutil.copytree(src, folder)
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        edit(cfg)
+        (folder / "adapter_config.json").write_text(json.dumps(cfg))
+        return str(folder)
+
+    cases = [(variant("key", lambda c: c["config"].update(gate_everything=True)), "tiny-bert",
+              ["gate_everything: True (a key AdapterHub's bottleneck config does not have)"]),
+             (variant("type", lambda c: c.update(model_type="roberta")), "tiny-bert",
+              ["model_type 'roberta' (the backbone is 'bert')", "was not trained for backbone 'tiny-bert'"]),
+             (variant("wide", lambda c: c.update(hidden_size=64)), "tiny-bert", ["hidden_size 64 (the backbone has 32)"]),
+             (str(src), "tiny-bert-deep", ["layers 2 (the backbone has 4)"])]
+    (specs / "backbones").mkdir(exist_ok=True)
+    tiny = (Path(__file__).resolve().parents[1] / "specs" / "backbones" / "tiny-bert.yaml").read_text()
+    (specs / "backbones" / "tiny-bert-deep.yaml").write_text(tiny.replace("num_hidden_layers: 2", "num_hidden_layers: 4"))
+    # the same shape, another checkpoint: a local backbone whose config names it, an adapter naming another
+    base = tmp_path / "ckpt_a"
+    shutil.copytree(src.parent.parent / "base", base)
+    conf = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**conf, "_name_or_path": "org/ckpt-a"}))
+    (specs / "backbones" / "ckpt-a.yaml").write_text(f"kind: backbone\nname: ckpt-a\nsource: local\npath: {base}\n")
+    cases.append((variant("other", lambda c: c.update(model_name="org/ckpt-b")), "ckpt-a",
+                  ["model_name 'org/ckpt-b' (the backbone is 'org/ckpt-a')"]))
+    for ref, backbone, needles in cases:
+        _published_experiment(specs, "other_base", {"rt_mc": ref}, backbone)
+        assert main(["plan", "other_base", "--specs", str(specs)]) == 2
+        err = capsys.readouterr().err
+        assert all(n in err for n in needles) and "fusion.adapterhub.rt_mc" in err and "Traceback" not in err, err
+    _published_experiment(specs, "other_base", {"rt_mc": variant("same", lambda c: c.update(model_name="org/ckpt-a"))},
+                          "ckpt-a")
+    assert main(["plan", "other_base", "--specs", str(specs)]) == 0
+    capsys.readouterr()
+    for f in ("tiny-bert-deep", "ckpt-a"):
+        (specs / "backbones" / f"{f}.yaml").unlink()
+    (specs / "experiments" / "other_base.yaml").unlink()
 
 
 def test_a_hub_id_fails_fast_offline_and_when_the_hub_is_unreachable(exported, monkeypatch, capsys):

@@ -670,7 +670,7 @@ def test_perf_prune_export_cache_and_tokenizer_writers_fail_as_one_paragraph_and
     assert "could not write the tokenized cache" in capsys.readouterr().out
     monkeypatch.undo()
     assert (ro / "perf.md").read_text() == "old\n"
-    assert sorted(p.name for p in ro.rglob("*")) == [f".run1.tmp{os.getpid()}", "perf.md"]
+    assert sorted(p.name for p in ro.rglob("*")) == [f".run1.afbench-export-tmp{os.getpid()}", "perf.md"]
 
 
 def test_the_writers_still_write(tmp_path, registry):

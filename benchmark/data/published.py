@@ -40,6 +40,13 @@ _NEEDS = {"pfeiffer": {**_COMMON, "mh_adapter": False, "original_ln_before": Tru
 _NON_LINEARITY = {"relu": "relu", "swish": "swish", "silu": "swish", "gelu": "gelu", "tanh": "tanh"}
 
 
+# Every other key AdapterHub's bottleneck config (BnConfig) writes: initialisation, training, PHM while off.
+_KNOWN = {*_COMMON, "mh_adapter", "original_ln_before", "reduction_factor", "non_linearity", "init_weights",
+          "init_weights_seed", "dropout", "stochastic_depth", "inv_adapter_reduction_factor", "hypercomplex_nonlinearity",
+          "factorized_phm_W", "factorized_phm_rule", "learn_phm", "phm_bias", "phm_c_init", "phm_dim", "phm_init_range",
+          "phm_rank", "shared_W_phm", "shared_phm_rule"}
+
+
 def adapter_params(config: dict, file: str) -> AdapterParams:
     """AdapterHub's config (the ``config`` entry of adapter_config.json, or the file itself) as AdapterParams."""
     cfg = config.get("config", config) if isinstance(config, dict) else None
@@ -47,6 +54,7 @@ def adapter_params(config: dict, file: str) -> AdapterParams:
         raise CheckpointError("adapter_config.json holds no config object", file=file)
     kind = "houlsby" if cfg.get("mh_adapter") else "pfeiffer"
     differ = [f"{k}: {cfg[k]!r} (needs {v!r})" for k, v in _NEEDS[kind].items() if k in cfg and cfg[k] != v]
+    differ += [f"{k}: {cfg[k]!r} (a key AdapterHub's bottleneck config does not have)" for k in sorted(set(cfg) - _KNOWN)]
     rf = cfg.get("reduction_factor", 16)
     if isinstance(rf, dict):  # per-layer factors: representable only when they are all one value
         values = set(rf.values())
@@ -64,6 +72,88 @@ def adapter_params(config: dict, file: str) -> AdapterParams:
             fix="fuse a bottleneck adapter in the Pfeiffer (seq_bn) or Houlsby (double_seq_bn) placement, or train "
                 "that source as a stage-1 run (drop it from fusion.adapterhub)")
     return AdapterParams(type=kind, reduction_factor=int(rf), non_linearity=_NON_LINEARITY[nl])
+
+
+def _shape(config: dict) -> tuple[str | None, int | None, int | None]:
+    """(model_type, hidden size, layers) of a transformers config, whichever names the family uses."""
+    pick = lambda *ks: next((config[k] for k in ks if isinstance(config.get(k), int)), None)  # noqa: E731
+    return config.get("model_type"), pick("hidden_size", "dim", "d_model"), pick("num_hidden_layers", "n_layers")
+
+
+def backbone_shape(spec) -> tuple[str | None, int | None, int | None, list[str]]:
+    """(model_type, hidden size, layers, names) of a backbone spec without loading it: its own config
+    (random_init) or its config.json (a local folder, a package's folder, the Hugging Face cache); None
+    where it is not at hand (the run's own load then checks the weights)."""
+    names = [n for n in (spec.model_id, spec.package) if n]
+    if spec.source == "random_init":
+        return (spec.model_type, *_shape(spec.config)[1:], names)
+    folder = None
+    try:
+        if spec.source == "local":
+            folder = Path(spec.path)
+        elif spec.source == "python_package":
+            import importlib
+            folder = Path(importlib.import_module(spec.package).get_model_path())
+        elif spec.source == "hub":
+            from huggingface_hub import try_to_load_from_cache
+            hit = try_to_load_from_cache(spec.model_id, "config.json")
+            folder = Path(hit).parent if isinstance(hit, str) else None
+        config = json.loads((folder / "config.json").read_text()) if folder else {}
+    except (ImportError, OSError, ValueError, AttributeError):
+        config = {}
+    if isinstance(config.get("_name_or_path"), str) and config["_name_or_path"]:
+        names.append(config["_name_or_path"])
+    return (*_shape(config), names)
+
+
+def _weights_shape(folder: Path) -> tuple[int | None, int | None]:
+    """(hidden size, layers) the adapter's weights were saved for: the down projection's input, the layer indexes."""
+    import torch
+
+    try:
+        if (folder / WEIGHTS[0]).is_file():
+            state = torch.load(folder / WEIGHTS[0], map_location="cpu", weights_only=True)
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+        else:
+            from safetensors import safe_open
+            with safe_open(str(folder / WEIGHTS[1]), framework="pt") as fh:
+                shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception:  # noqa: BLE001 - an unreadable file is the run's own load error, with its paragraph
+        return None, None
+    layers = {int(m.group(1)) for k in shapes if (m := re.search(r"\.layers?\.(\d+)\.", k))}
+    hidden = next((s[1] for k, s in shapes.items() if "adapter_down" in k and k.endswith("weight") and len(s) == 2), None)
+    return hidden, (max(layers) + 1 if layers else None)
+
+
+def check_backbone(pub: Published, spec, where: str, field: str) -> None:
+    """Refuse a published adapter that was not trained for backbone ``spec``: another family (model_type),
+    hidden size or layer count, or another base model named in its adapter_config.json."""
+    if (pub.sha256, repr(spec)) in _CHECKED:
+        return
+    folder = Path(pub.folder)
+    meta = json.loads((folder / CONFIG).read_text())
+    mtype, hidden, layers, names = backbone_shape(spec)
+    w_hidden, w_layers = _weights_shape(folder)
+    a_hidden = meta.get("hidden_size") if isinstance(meta.get("hidden_size"), int) else w_hidden
+    base = meta.get("model_name") or ""
+    short = lambda n: str(n).rstrip("/").rsplit("/", 1)[-1].lower()  # noqa: E731 - google-bert/x == x
+    differ = []
+    if mtype and meta.get("model_type") and meta["model_type"] != mtype:
+        differ.append(f"model_type {meta['model_type']!r} (the backbone is {mtype!r})")
+    for what, a, b in (("hidden_size", a_hidden, hidden), ("layers", w_layers, layers)):
+        if a and b and a != b:
+            differ.append(f"{what} {a} (the backbone has {b})")
+    if base and names and short(base) not in {short(n) for n in names}:
+        differ.append(f"model_name {base!r} (the backbone is {names[0]!r})")
+    if differ:
+        raise BenchError(f"the published adapter {pub.ref!r} ({folder / CONFIG}) was not trained for backbone "
+                         f"'{spec.name}': " + "; ".join(differ), file=where, field=field,
+                         fix=f"fuse an adapter trained on {names[0] if names else spec.name}, or drop this source "
+                             "from fusion.adapterhub to train it as a stage-1 run on this backbone")
+    _CHECKED.add((pub.sha256, repr(spec)))
+
+
+_CHECKED: set[tuple[str, str]] = set()  # (adapter content, backbone) pairs found to fit, once per process
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """The AdapterHub side of the export round trip: runs in the reference environment (transformers 4.57,
-adapters 1.3.0) and must not import ``benchmark``. Usage: python reference_export.py EXPORT_FOLDER...
+adapters 1.3.0) and must not import ``benchmark``. Usage: python reference_export.py SNIPPET EXPORT_FOLDER...
 
-Loads each ``afbench export`` folder only through AdapterHub's public API, as a user would
-(``AutoAdapterModel.from_pretrained``, ``load_adapter``, ``load_adapter_fusion``, ``load_head``),
-activates what export.json says, runs the sample rows and prints, as JSON, the max abs difference
-between its logits and ours (and how far the adapters move them).
+Loads each ``afbench export`` folder by running SNIPPET, the README's loading snippet as printed there
+(``roundtrip.readme_snippet``: AdapterHub's public API only, as a user would), with its folder in place of
+``"exports/<run id>"``; runs the sample rows and prints, as JSON, the max abs difference between its
+logits and ours (and how far the adapters move them).
 """
 
 import json
@@ -12,21 +12,16 @@ import sys
 from pathlib import Path
 
 import torch
-from adapters import AutoAdapterModel, Fuse
+
+PLACEHOLDER = '"exports/<run id>"'
 
 
-def check(folder):
-    doc = json.loads((folder / "export.json").read_text())
-    base = doc["base"]
-    model = AutoAdapterModel.from_pretrained(str(folder / base) if (folder / base).is_dir() else base)
-    for rel in doc["adapters"].values():
-        model.load_adapter(str(folder / rel), with_head=False)
-    if doc["fusion"]:
-        model.load_adapter_fusion(str(folder / doc["fusion"]), with_head=False)
-    model.load_head(str(folder / doc["head"]))
-    active = doc["active"]
-    model.set_active_adapters(Fuse(*active["fuse"]) if isinstance(active, dict) else active)
-    model.active_head = doc["task"]
+def check(folder, snippet):
+    if PLACEHOLDER not in snippet:
+        raise SystemExit(f"the README's export snippet no longer sets d = {PLACEHOLDER}")
+    scope = {}
+    exec(snippet.replace(PLACEHOLDER, repr(str(folder))), scope)  # noqa: S102 - the README's own code
+    model, doc = scope["model"], scope["doc"]
     model.eval()
     sample = json.loads((folder / doc["sample"]).read_text())
     inputs = {k: torch.tensor(sample[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample}
@@ -37,8 +32,10 @@ def check(folder):
     with torch.no_grad():
         plain = model(**inputs).logits
     return {"run_id": doc["run_id"], "method": doc["method"], "task": doc["task"], "max_abs_diff": diff,
+            "backbone": doc["backbone"],
             "effect": (logits - plain).abs().max().item(), "rows": len(sample["logits"])}
 
 
 if __name__ == "__main__":
-    print(json.dumps([check(Path(p)) for p in sys.argv[1:]]))
+    code = Path(sys.argv[1]).read_text()
+    print(json.dumps([check(Path(p), code) for p in sys.argv[2:]]))

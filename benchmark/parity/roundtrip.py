@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,10 @@ from benchmark.plan.build import build_plan
 from benchmark.runner.execute import run_plan
 from benchmark.runner.export import export_plan
 from benchmark.spec import load_registry
+from benchmark.spec.registry import default_spec_dir
 
 EXPERIMENT = "export_roundtrip"
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: README.md, docs/
 WORDS = "red blue green small large old new fast slow warm cold bright dark loud quiet".split()
 
 
@@ -39,10 +42,13 @@ def _rows(kind: str, n: int, rng: random.Random) -> list[dict]:
 
 def write_specs(folder: Path, *, rows: int = 32, epochs: int = 3, backbone: str = "tiny-bert",
                 methods: tuple[str, ...] = ("st_a", "st_a_houlsby", "fusion_st_a")) -> Path:
-    """A spec folder with tasks ``rt_cls`` (classification), ``rt_mc`` (multiple choice) and the experiment."""
+    """A spec folder with tasks ``rt_cls`` (classification), ``rt_mc`` (multiple choice), the experiment and
+    backbone ``tiny-bert-mean`` (tiny-bert with MiniLM's mean-pooling heads)."""
     rng = random.Random(0)
-    for sub in ("tasks/data", "experiments"):
+    for sub in ("tasks/data", "experiments", "backbones"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    tiny = (default_spec_dir() / "backbones" / "tiny-bert.yaml").read_text()
+    (folder / "backbones" / "tiny-bert-mean.yaml").write_text(tiny.rstrip("\n") + "\npooling: mean\n")
     for name, kind in (("rt_cls", "cls"), ("rt_mc", "mc")):
         for split in ("train", "validation"):
             data = _rows(kind, rows, rng)
@@ -77,11 +83,25 @@ def train_and_export(work: Path, log=print, **spec_options) -> list:
     return export_plan(plan, reg, work / "results" / EXPERIMENT, work / "export", echo=log)
 
 
+def readme_snippet(root: Path = ROOT) -> str:
+    """The README's export-loading snippet (the python block that reads export.json), as printed there."""
+    for doc in (root / "README.md", *sorted((root / "docs").glob("**/*.md"))):
+        blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S) if doc.is_file() else []
+        found = [b for b in blocks if "export.json" in b and "AutoAdapterModel" in b]
+        if found:
+            return found[0]
+    raise FileNotFoundError(f"no python block loading export.json in {root / 'README.md'} or docs/")
+
+
 def run_roundtrip(reference_python: str, work: Path, tolerance: float) -> bool:
     shutil.rmtree(work, ignore_errors=True)  # a fresh grid each time: never last time's weights
-    exported = train_and_export(work, log=lambda *_: None)
+    exported = train_and_export(work / "cls", log=lambda *_: None)  # first-token heads (BERT)
+    exported += train_and_export(work / "mean", log=lambda *_: None, backbone="tiny-bert-mean",
+                                 methods=("st_a", "fusion_st_a"))  # mean-pooling heads (MiniLM)
+    snippet = work / "readme_snippet.py"
+    snippet.write_text(readme_snippet())
     script = Path(__file__).with_name("reference_export.py")
-    proc = subprocess.run([reference_python, str(script), *(str(e.folder) for e in exported)],
+    proc = subprocess.run([reference_python, str(script), str(snippet), *(str(e.folder) for e in exported)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout + proc.stderr, file=sys.stderr)
@@ -89,11 +109,12 @@ def run_roundtrip(reference_python: str, work: Path, tolerance: float) -> bool:
         return False
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     ok = len(report) == len(exported) > 0
-    print("export round trip (afbench export -> adapters 1.3.0 load_adapter / load_adapter_fusion / load_head):")
+    print("export round trip (afbench export -> the README's snippet: adapters 1.3.0 load_adapter / "
+          "load_adapter_fusion / load_head):")
     for r in report:
         good = r["max_abs_diff"] <= tolerance < r["effect"]  # equal, and not vacuously so
         ok &= good
-        print(f"  {r['method']:<22} {r['task']:<7} max |ours - adapters| = {r['max_abs_diff']:.2e} on "
-              f"{r['rows']} dev rows (the adapters move the logits by up to {r['effect']:.2e}) "
-              f"{'ok' if good else 'MISMATCH'}")
+        print(f"  {r['backbone']:<14} {r['method']:<22} {r['task']:<7} max |ours - adapters| = "
+              f"{r['max_abs_diff']:.2e} on {r['rows']} dev rows (the adapters move the logits by up to "
+              f"{r['effect']:.2e}) {'ok' if good else 'MISMATCH'}")
     return ok

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from benchmark import methods
-from benchmark.data.published import Published, resolve
+from benchmark.data.published import Published, check_backbone, resolve
 from benchmark.data.sources import task_fingerprints
 from benchmark.errors import SpecError
 from benchmark.plan.identity import run_id
@@ -188,6 +188,9 @@ class _Planner:
             published = self.published()
             run.sources = [s for s in fusion_sources(self.exp, task) if s in published or self.usable(s)]
             run.published = {s: published[s] for s in run.sources if s in published}
+            for s, pub in run.published.items():  # each against this backbone: family, shape, base model
+                check_backbone(pub, self.reg.backbones[backbone], self.reg.file_of("experiment", self.exp.name),
+                               f"fusion.adapterhub.{s}")
             rf_src = run.method.fusion.source_reduction_factor
             run.deps = [self.stage1(s, backbone, aseed, rf_src).id for s in run.sources if s not in published]
         elif kind.depends_on == "mt_a":

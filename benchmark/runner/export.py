@@ -10,12 +10,16 @@ Per run, ``OUT/<run id>/`` holds what ``AutoAdapterModel.from_pretrained`` / ``l
     fusion/                  adapter_fusion_config.json + pytorch_model_adapter_fusion.bin
     heads/<task>/            head_config.json + pytorch_model_head.bin
     samples/<task>.json      input_ids, attention_mask (token_type_ids), our logits for a few dev rows
-    export.json              base, adapters {name: folder}, fusion, head, sample, active, notes
+    export.json              base, adapters {name: folder}, fusion, head, head_loader, sample, active, notes
+    heads/mean_pooling.py    where a head reads the masked mean (MiniLM): AdapterHub heads of our own type
+                             (``mean_pooling_head.py``); export.json's ``head_loader`` and each sample name it
 
-A head with no AdapterHub equivalent (mean pooling, e.g. MiniLM) is not written: export.json says so
-(``head: null`` and a note) instead of shipping a head that loads and disagrees. Each run folder is
+A mean-pooling head is written with ``head_type: afbench_mean_*``, which ``load_head`` refuses until the
+loader registers it, so nothing loads a head that disagrees with the samples' logits. Each run folder is
 built in a temp folder under OUT and renamed into place, so an interrupted export never leaves a
-half folder; every path is checked to lie under OUT.
+half folder; every path is checked to lie under OUT. OUT's manifest (``.afbench-export.json``) names
+the folders and files an export wrote: only those are ever replaced (``_Out``), and --out may not
+overlap the results root or a spec folder.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import fnmatch
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,7 @@ from benchmark.spec.registry import Registry
 TARGET = "adapters.1.3.0"
 SAMPLE_ROWS = 4
 MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel"}
+LOADER = "heads/mean_pooling.py"  # mean_pooling_head.py, copied where a head reads the masked mean (MiniLM)
 
 # AdapterHub's SeqBnConfig ("pfeiffer", the paper's ST-A) as save_adapter writes it; DoubleSeqBnConfig
 # ("houlsby") differs in the three keys of HOULSBY. ``adapterhub_params`` (checkpoint.py) reads these back.
@@ -85,19 +91,117 @@ def adapter_config(params) -> dict:
     return cfg
 
 
+MANIFEST = ".afbench-export.json"  # in --out: the run folders this program wrote there, with their files
+_LEFTOVER = re.compile(r"^\.(?P<rid>.+)\.afbench-export-(?P<kind>tmp|old)(?P<pid>\d+)$")
+
+
+class _Out:
+    """The export root. It owns only the run folders its manifest names, and in them only the files it
+    wrote: a re-export replaces those and moves everything else (a user's notes) into the new folder; a
+    folder it did not write, or a symbolic link, is refused, never replaced or written through."""
+
+    def __init__(self, root: Path):
+        self.root = root.resolve()
+        self.file = self.root / MANIFEST
+        try:
+            doc = json.loads(self.file.read_text()) if self.file.is_file() and not self.file.is_symlink() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            doc = {}
+        runs = doc.get("runs") if isinstance(doc, dict) else None
+        self.runs: dict[str, list[str]] = runs if isinstance(runs, dict) else {}
+
+    def owned(self, rid: str) -> set[str]:
+        files = self.runs.get(rid)
+        return set(files) if isinstance(files, list) else set()
+
+    def check(self, rid: str) -> None:
+        """Refuse ``root/rid`` where it exists and is not a folder this export wrote."""
+        final = self.root / rid
+        if not os.path.lexists(final):
+            return
+        why = ("is a symbolic link (an export never writes through one)" if final.is_symlink() else
+               "is not a folder" if not final.is_dir() else
+               None if rid in self.runs else f"was not written by afbench export (it is not in {MANIFEST})")
+        if why:
+            raise BenchError(f"{final} {why}; an export replaces only the run folders it wrote itself, and "
+                             "nothing in this one has been changed", file=str(final), field="--out",
+                             fix="move or rename it, or export into another --out")
+
+    def record(self, rid: str, files: list[str]) -> None:
+        self.runs[rid] = files
+        write_atomic(self.file, json.dumps({"format": 1, "runs": self.runs}, indent=1, sort_keys=True) + "\n",
+                     root=self.root, kept="the exported folders are complete", fix="free space on --out's disk")
+
+    def clean(self) -> list[str]:
+        """What a killed export left: its temp folders (removed) and the previous folder of a swap cut in
+        the middle (put back, or its files not written by the export moved into the new folder)."""
+        from benchmark.runner.lock import pid_alive
+
+        done = []
+        for p in sorted(self.root.iterdir()):
+            m = _LEFTOVER.match(p.name)
+            if not m or p.is_symlink() or not p.is_dir() or pid_alive(int(m["pid"])) or m["rid"] not in self.runs \
+                    and m["kind"] == "old":
+                continue
+            final = self.root / m["rid"]
+            if m["kind"] == "tmp":
+                shutil.rmtree(p)
+            elif not os.path.lexists(final):
+                os.replace(p, final)  # the swap was cut between its two renames: the previous export back
+            elif final.is_dir() and not final.is_symlink() and not _carry(p, final, self.owned(m["rid"])):
+                shutil.rmtree(p)
+            done.append(p.name)
+        return done
+
+
+def _entries(folder: Path, rel: str = "") -> list[str]:
+    """Every file, link and empty folder under ``folder`` (links are not followed), relative to it."""
+    out = []
+    with os.scandir(folder / rel if rel else folder) as it:
+        for e in it:
+            r = f"{rel}/{e.name}" if rel else e.name
+            sub = _entries(folder, r) if e.is_dir(follow_symlinks=False) else None
+            out += [r] if sub is None or not sub else sub
+    return out
+
+
+def _carry(old: Path, new: Path, owned: set[str]) -> list[str]:
+    """Move what the export did not write from ``old`` to the same place under ``new`` (``NAME.kept``
+    where the new export wrote that name); returns what could not be moved (``old`` is then kept)."""
+    left = []
+    for rel in _entries(old):
+        if rel in owned:
+            continue
+        src, dst = old / rel, new / rel
+        if os.path.lexists(dst):
+            dst = dst.with_name(dst.name + ".kept")
+        try:
+            if os.path.lexists(dst):
+                raise FileExistsError(dst)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        except OSError:
+            left.append(rel)
+    return left
+
+
 class _Writer:
     """Files under one temp folder that must stay under ``root``; ``commit`` renames it into place."""
 
-    def __init__(self, root: Path, name: str):
+    def __init__(self, root: Path, name: str, out: _Out | None = None):
         self.root = root.resolve()
+        self.out = out or _Out(self.root)
+        self.out.check(name)
+        self.kept_old: Path | None = None  # the previous folder, where a file of the user's could not be moved
         self.final = self.inside(self.root / name)
-        self.tmp = self.inside(self.root / f".{name}.tmp{os.getpid()}")
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp = self.inside(self.root / f".{name}.afbench-export-tmp{os.getpid()}")
+        if self.tmp.is_dir() and not self.tmp.is_symlink():
+            shutil.rmtree(self.tmp)
         self.tmp.mkdir(parents=True)
 
     def inside(self, path: Path) -> Path:
-        p = path.resolve()
-        if p != self.root and self.root not in p.parents:
+        p = path.parent.resolve() / path.name  # the last part is not followed: a link there is refused elsewhere
+        if not p.is_relative_to(self.root) or p == self.root or path.name in ("", ".", ".."):
             raise BenchError(f"export path {path} would lie outside the output folder {self.root}",
                              field="--out", fix="use task and adapter names without path separators or '..'")
         return p
@@ -111,17 +215,28 @@ class _Writer:
         write_atomic(self.inside(self.tmp / rel), json.dumps(data, indent=2) + "\n")  # it makes the folder
         return rel
 
+    def text(self, rel: str, text: str) -> str:
+        write_atomic(self.inside(self.tmp / rel), text)
+        return rel
+
     def tensors(self, rel: str, state: dict) -> None:
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buf)
         write_atomic(self.inside(self.tmp / rel), buf.getvalue())
 
     def commit(self) -> Path:
-        old = self.final.with_name(f".{self.final.name}.old{os.getpid()}")
-        if self.final.exists():
+        """Swap the temp folder in; files of the previous folder the export did not write move into the new one."""
+        files = sorted(_entries(self.tmp))
+        old = None
+        if os.path.lexists(self.final):  # a real folder of ours: ``_Out.check`` refused anything else
+            old = self.final.with_name(f".{self.final.name}.afbench-export-old{os.getpid()}")
             os.replace(self.final, old)
         os.replace(self.tmp, self.final)
-        shutil.rmtree(old, ignore_errors=True)
+        left = _carry(old, self.final, self.out.owned(self.final.name)) if old else []
+        self.out.record(self.final.name, files)
+        if old and not left:
+            shutil.rmtree(old)
+        self.kept_old = old if left else None
         return self.final
 
     def abort(self) -> None:
@@ -193,7 +308,7 @@ def _sample(run: Run, reg: Registry, model: AdapterModel, tok, task_name: str, d
     return {**{k: v.tolist() for k, v in inputs.items()}, "logits": logits.tolist(), "labels": batch["labels"].tolist()}
 
 
-def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None) -> Exported:
+def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner: _Out | None = None) -> Exported:
     """Write ``out/<run id>/`` for one finished run (see the module docstring)."""
     bspec = reg.backbones[run.backbone]
     tok = load_tokenizer(bspec)
@@ -210,7 +325,7 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None) -> Ex
     model_name = bspec.model_id if bspec.source == "hub" else ""
     meta = lambda name: _meta(name, hidden, model_class, model_type, model_name)  # noqa: E731
     try:
-        w = _Writer(out, run.id)
+        w = _Writer(out, run.id, owner)
     except OSError as e:
         raise _storage_error(out / run.id, e) from None
     notes: list[str] = []
@@ -239,24 +354,26 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None) -> Ex
             if fparams.temperature:
                 notes.append("fusion trained with an annealed softmax temperature; it ends at T = 1, which is "
                              "AdapterHub's inference (temperature: false)")
-        heads, samples, active = {}, {}, {}
+        heads, samples, active, loader = {}, {}, {}, None
         for t in run.all_tasks:
             fusion = next(iter(model.fusion_params), None)
             setup = Fuse(fusion) if fusion else (t if t in model.adapter_params else None)
             model.set_active(setup)  # what the run evaluated with: its fusion, its task's adapter, or none
             active[t] = {"fuse": doc["fusion_adapters"]} if fusion else setup
             pooling = model.head_specs[t][2]
-            if pooling != "cls":
-                heads[t] = None
-                notes.append(f"head '{t}': {pooling} pooling has no AdapterHub head (AdapterHub heads read the first "
-                             "token); not exported, so nothing loads that would disagree with our logits")
-            else:
-                rel = f"heads/{t}"
-                w.json(f"{rel}/head_config.json", {"config": _head_config(reg.tasks[t], hidden), **meta(t)})
-                w.tensors(f"{rel}/pytorch_model_head.bin", _head_state(model, t))
-                heads[t] = rel
+            config = _head_config(reg.tasks[t], hidden)
+            if pooling != "cls":  # AdapterHub's heads read the first token: a head type of our own, and its loader
+                config["head_type"] = f"afbench_mean_{config['head_type']}"
+                loader = w.text(LOADER, (Path(__file__).parent / "mean_pooling_head.py").read_text())
+            rel = f"heads/{t}"
+            w.json(f"{rel}/head_config.json", {"config": config, **meta(t)})
+            w.tensors(f"{rel}/pytorch_model_head.bin", _head_state(model, t))
+            heads[t] = rel
             try:
-                samples[t] = w.json(f"samples/{t}.json", _sample(run, reg, model, tok, t, data_dir))
+                sample = _sample(run, reg, model, tok, t, data_dir)
+                if pooling != "cls":
+                    sample["head_loader"] = LOADER  # these logits read the masked mean: load_head needs it
+                samples[t] = w.json(f"samples/{t}.json", sample)
             except DataError as e:
                 samples[t] = None
                 notes.append(f"no sample for '{t}': {e.message}")
@@ -264,9 +381,17 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None) -> Ex
         doc["head"] = heads[run.task] if single else heads
         doc["sample"] = samples[run.task] if single else samples
         doc["active"] = active[run.task] if single else active
+        doc["head_loader"] = loader
+        if loader:
+            notes.append(f"mean-pooling head: AdapterHub's heads read the first token, so load_head needs "
+                         f"runpy.run_path(f'{{d}}/{loader}')['register'](model) first (README)")
         doc["notes"] = notes
         w.json("export.json", doc)
-        return Exported(run.id, w.commit(), notes)
+        folder = w.commit()
+        if w.kept_old:
+            notes.append(f"kept {w.kept_old.name}: it holds files afbench did not write that could not be moved "
+                         "into the new folder")
+        return Exported(run.id, folder, notes)
     except BaseException as e:
         w.abort()
         if _is_storage_failure(e):
@@ -315,22 +440,40 @@ def _write_base(w: _Writer, model: AdapterModel, bspec, tok) -> str:
     return "base"
 
 
+def _refuse_overlap(out: Path, keep_clear: list[tuple[str, Path]]) -> None:
+    """--out may neither lie inside nor contain the results root, a spec folder or the data: an export
+    replaces run folders under --out, and the results keep their runs in folders of the same names."""
+    o = out.resolve()
+    for what, p in keep_clear:
+        q = Path(p).resolve()
+        if o == q or o.is_relative_to(q) or q.is_relative_to(o):
+            raise BenchError(f"--out {out} overlaps {what} {p}: an export replaces the run folders under --out, so "
+                             "it must neither lie inside nor contain finished results or specs; nothing was written",
+                             field="--out", fix=f"export into a folder of its own outside {p}, e.g. --out exports")
+
+
 def export_plan(plan: Plan, reg: Registry, exp_dir: Path, out: Path, *, only: list[str] | None = None,
-                data_dir=None, echo=print) -> list[Exported]:
-    """Export every finished run of ``plan`` (whose id matches a glob of ``only``) under ``out``."""
+                data_dir=None, echo=print, keep_clear: list[tuple[str, Path]] = ()) -> list[Exported]:
+    """Export every finished run of ``plan`` (whose id matches a glob of ``only``) under ``out``, which must
+    not overlap the results root (``exp_dir``'s parent) or the folders of ``keep_clear`` ((what, folder) pairs)."""
+    _refuse_overlap(out, [("the results root", exp_dir.parent), *keep_clear])
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
+        owner = _Out(out)
+        for name in owner.clean():
+            echo(f"cleaned {name}, left by an export that was killed")
     except OSError as e:
         raise _storage_error(out, e) from None
-    done, lent = [], borrowed(plan, exp_dir.parent)  # an MT-A run read from another experiment (dependencies_from)
-    for run in plan.runs:
-        if only and not any(fnmatch.fnmatchcase(run.id, p) for p in only):
-            continue
-        if not read_result_file(exp_dir / run.id).finished:
-            continue
+    lent = borrowed(plan, exp_dir.parent)  # an MT-A run read from another experiment (dependencies_from)
+    runs = [r for r in plan.runs if (not only or any(fnmatch.fnmatchcase(r.id, p) for p in only))
+            and read_result_file(exp_dir / r.id).finished]
+    for run in runs:
+        owner.check(run.id)  # every folder in the way is refused before anything is written
+    done = []
+    for run in runs:
         try:
-            e = export_run(run, reg, lambda rid: lent.get(rid, exp_dir / rid), out, data_dir)
+            e = export_run(run, reg, lambda rid: lent.get(rid, exp_dir / rid), out, data_dir, owner)
         except StorageError:
             if created and not done:
                 shutil.rmtree(out, ignore_errors=True)  # nothing exported: leave no empty --out behind
