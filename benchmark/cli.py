@@ -447,6 +447,14 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from benchmark.report.dashboard import write_dashboard
+    from benchmark.runner.results import results_root
+
+    print(f"wrote {write_dashboard(results_root(args.results_dir), Path(args.out_dir), _registry(args).backbones)}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from benchmark.runner.export import export_plan
     from benchmark.runner.results import results_root
@@ -636,6 +644,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--paper", metavar="FILE",
                    help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
     id_flags(r)
+    db = common(sub.add_parser("dashboard", help="reports/dashboard.html: accuracy against cost over every experiment"),
+                data=False)
+    db.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    db.add_argument("--out-dir", default="reports", metavar="DIR", help="where dashboard.html goes (default: reports)")
     pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"))
     pr.add_argument("experiment", help="experiment name (see afbench list)")
     pr.add_argument("--only", action="append", metavar="GLOB",
@@ -691,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
             "migrate": cmd_migrate,
             "status": cmd_status,
-            "report": cmd_report, "export": cmd_export, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}
+            "report": cmd_report, "dashboard": cmd_dashboard, "export": cmd_export, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}
 
 
 def main(argv: list[str] | None = None) -> int:
