@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+
 from browser import chromium_path, open_page
 from conftest import ROOT
 
