@@ -66,6 +66,18 @@ def test_the_cli_writes_one_page_over_every_experiment(tmp_path):
     assert lo < st_a["accuracy"] < hi
 
 
+def test_a_point_is_one_setting_over_distinct_seeds():
+    """Runs of one label that differ in more than the seed (fusion over the seed-42 adapters, a stage-1
+    source, other caps after a spec edit) are points of their own, each seed at most once."""
+    from benchmark.report.dashboard import collect
+
+    data, finished = collect(RESULTS, {})
+    assert all(len(set(p["seeds"])) == len(p["seeds"]) for p in data["points"])
+    assert {rid for p in data["points"] for rid in p["run_ids"]} == {r.run_id for r in finished}
+    names = {p["method_name"] for p in data["points"] if p["experiment"] == "minilm_table1" and p["task"] == "rte"}
+    assert {"Fusion w/ ST-A", "Fusion w/ ST-A (adapters s42)", "ST-A (fusion source)"} <= names
+
+
 def test_the_committed_dashboard_names_no_machine_path():
     html = COMMITTED.read_text()
     assert not re.search(r"(/work/|/home/|/tmp/|/root/|[A-Z]:\\\\)", html)

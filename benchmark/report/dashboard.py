@@ -85,25 +85,56 @@ def experiments(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name[0] not in "._") if root.is_dir() else []
 
 
+def adapters_of(r: RunRecord, seeds: dict[str, int]) -> str:
+    """What sets a run's point apart from others of its label: "" for a grid run without dependencies or over
+    its own seed's; the seeds of the runs it read ("adapters s42", as the report's ``label@s42`` columns: a
+    fusion seed over another seed's adapters is another protocol); "fusion source" for a stage-1 run."""
+    dep_seeds = sorted({seeds[d] for d in r.deps if d in seeds})
+    if r.role == "stage1":  # a fusion source that the experiment's grid did not ask for (caps may differ)
+        return "fusion source"
+    return "" if dep_seeds in ([], [r.seed]) else "adapters " + ", ".join(f"s{s}" for s in dep_seeds)
+
+
+def _caps(r: RunRecord) -> tuple:
+    return tuple(sorted((k, str(v)) for k, v in ((r.config or {}).get("caps") or {}).items()))
+
+
+def _name_caps(groups: dict) -> dict:
+    """Runs of one label under other caps (a spec edited between runs, e.g. more epochs) are points of their
+    own: the caps that set them apart join ``adapters`` (the point's qualifier)."""
+    out = {}
+    for (exp, backbone, task, label, adapters, caps), g in groups.items():
+        others = [c for (e, b, t, lb, a, c) in groups if (e, b, t, lb, a) == (exp, backbone, task, label, adapters)]
+        differ = ", ".join(f"{k}={v}" for k, v in caps if any(dict(o).get(k) != v for o in others))
+        out[(exp, backbone, task, label, "; ".join(x for x in (adapters, differ) if x))] = g
+    return out
+
+
 def collect(root: Path, backbones: dict) -> tuple[dict, list[RunRecord]]:
     """The page's data (points, axes, which runs lack which axis, the result files left out) and the finished
     results it read."""
-    names, groups, problems, metrics, finished = method_names(), {}, [], [], []
-    for exp in experiments(root):
-        scan = scan_experiment(root, exp)
+    names, groups, problems = method_names(), {}, []
+    scans = [scan_experiment(root, exp) for exp in experiments(root)]
+    finished = [r for scan in scans for r in scan.results if r.finished]
+    seeds = {r.run_id: r.seed for r in finished}
+    for scan in scans:
         problems += scan.problems()
-        for r in scan.results:
-            if not r.finished:
-                continue
-            finished.append(r)
-            metrics.append(r.metric or "")
-            for task, value, joint in _scores(r):
-                g = groups.setdefault((exp, r.backbone, task, r.label), {"runs": [], "values": [], "joint": joint})
-                g["runs"].append(r)
-                g["values"].append(value)
+    for r in finished:
+        for task, value, joint in _scores(r):
+            key = (r.experiment, r.backbone, task, r.label, adapters_of(r, seeds), _caps(r))
+            g = groups.setdefault(key, {"runs": [], "values": [], "joint": joint})
+            g["runs"].append(r)
+            g["values"].append(value)
+    groups = _name_caps(groups)
+    for (*rest, adapters), g in groups.items():  # seed k over its own adapters also belongs to "adapters sk"
+        own = groups.get((*rest, ""), {"runs": []})
+        extra = [(r, v) for r, v in zip(own["runs"], own.get("values", []), strict=True)
+                 if adapters == f"adapters s{r.seed}"]
+        g["runs"][:0], g["values"][:0] = [r for r, _ in extra], [v for _, v in extra]
+    metrics = [r.metric or "" for r in finished]
     axes = [a for a in AXES if any(a.get(r) is not None for r in finished)]
     points = []
-    for (exp, backbone, task, label), g in sorted(groups.items()):
+    for (exp, backbone, task, label, adapters), g in sorted(groups.items()):
         runs, kind = g["runs"], g["runs"][0].method_kind
         ci = mean_interval(g["values"])
         x, lacking = {}, {}
@@ -115,7 +146,8 @@ def collect(root: Path, backbones: dict) -> tuple[dict, list[RunRecord]]:
                 lacking[a.key] = missing
         points.append({
             "experiment": exp, "backbone": backbone, "backbone_name": backbone_name(backbone, backbones),
-            "task": task, "method": label, "method_name": method_name(label, kind, names), "kind": kind or "",
+            "task": task, "method": label + (f"@{adapters.split()[1]}" if adapters.startswith("adapters") else ""),
+            "method_name": method_name(label, kind, names) + (f" ({adapters})" if adapters else ""), "kind": kind or "",
             "n": len(runs), "seeds": [r.seed for r in runs], "run_ids": [r.run_id for r in runs],
             "accuracy": statistics.fmean(g["values"]), "ci95": list(ci) if ci else None, "joint": g["joint"],
             "x": x, "lacking": lacking})
