@@ -1,4 +1,4 @@
-"""``afbench``: list, validate, data, plan, run, status, report, parity, perf, prune.
+"""``afbench``: list, validate, data, plan, run, status, report, dashboard, push, export, parity, perf, prune.
 
 Errors in specs, data or weights print as one paragraph (file, field, fix) and exit with status 2.
 """
@@ -452,6 +452,39 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_dashboard(args) -> int:
+    from benchmark.report.dashboard import write_dashboard
+    from benchmark.runner.results import results_root
+
+    print(f"wrote {write_dashboard(results_root(args.results_dir), Path(args.out_dir), _registry(args).backbones)}")
+    return 0
+
+
+def cmd_push(args) -> int:
+    """``afbench push``: the results dataset (benchmark/report/push.py); --dry-run writes it to --out only."""
+    import tempfile
+
+    from benchmark.report import push
+    from benchmark.runner.results import results_root
+
+    reg = _registry(args)
+    exp = reg.get("experiment", args.experiment)
+    if args.dry_run and not args.out:
+        raise BenchError("--dry-run writes the folder that would be uploaded, so it needs a place", field="--out",
+                         fix="add --out DIR")
+    out = Path(args.out or tempfile.mkdtemp(prefix="afbench_push_"))
+    if args.adapters:
+        from benchmark.runner.export import export_plan
+
+        export_plan(_plan(args, reg), reg, results_root(args.results_dir) / exp.name, out / "adapters",
+                    data_dir=_data_dir(args))
+    files = push.stage(exp, reg, results_root(args.results_dir), Path(args.reports_dir), out, args.repo)
+    print(f"{len(files)} files in {out}" + (" (dry run: nothing uploaded)" if args.dry_run else ""))
+    if not args.dry_run:
+        print(f"uploaded to https://huggingface.co/datasets/{args.repo}: {push.upload(out, args.repo, args.private)}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from benchmark.runner.export import export_plan
     from benchmark.runner.results import results_root
@@ -645,6 +678,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--paper", metavar="FILE",
                    help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
     id_flags(r)
+    db = common(sub.add_parser("dashboard", help="reports/dashboard.html: accuracy against cost over every experiment"),
+                data=False)
+    db.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    db.add_argument("--out-dir", default="reports", metavar="DIR", help="where dashboard.html goes (default: reports)")
+    pu = common(sub.add_parser("push", help="results, reports, predictions (and adapters) as a Hub dataset"))
+    pu.add_argument("experiment", help="experiment name (see afbench list)")
+    pu.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub dataset repository")
+    pu.add_argument("--adapters", action="store_true", help="add the AdapterHub exports (afbench export) of its runs")
+    pu.add_argument("--dry-run", action="store_true", help="write the folder to --out and upload nothing")
+    pu.add_argument("--out", metavar="DIR", help="the folder to write (default: a temporary folder)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    pu.add_argument("--reports-dir", default="reports", metavar="DIR", help="where its reports are (default: reports)")
+    id_flags(pu)
     pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"))
     pr.add_argument("experiment", help="experiment name (see afbench list)")
     pr.add_argument("--only", action="append", metavar="GLOB",
@@ -700,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
             "migrate": cmd_migrate,
             "status": cmd_status,
-            "report": cmd_report, "export": cmd_export, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}
+            "report": cmd_report, "dashboard": cmd_dashboard, "push": cmd_push, "export": cmd_export, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,15 @@ class Welch:
         return self.diff - q * self.se, self.diff + q * self.se
 
 
+def mean_interval(values: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """Two-sided ``level`` t interval of the mean over seeds; None with fewer than two values."""
+    if len(values) < 2:
+        return None
+    m, se = statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values))
+    q = float(stats.t.ppf(0.5 + level / 2, len(values) - 1))
+    return m - q * se, m + q * se
+
+
 def welch(a: list[float], b: list[float]) -> Welch | None:
     """Welch's statistics of ``a - b``; None with fewer than 2 values a side or no variance at all."""
     if len(a) < 2 or len(b) < 2:

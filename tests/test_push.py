@@ -1,0 +1,58 @@
+"""``afbench push --dry-run``: the folder that would be uploaded, written by a real CLI process (no network)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+from benchmark.records import scan_experiment
+from conftest import ROOT
+
+
+def _push(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "benchmark.cli", "push", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_dry_run_on_minilm_table1(tmp_path):
+    """One table row per run, the experiment's reports, and a card naming the backbone's deviation."""
+    out = _push("minilm_table1", "--repo", "org/results", "--dry-run", "--out", str(tmp_path / "ds"))
+    assert out.returncode == 0, out.stderr
+    ds = tmp_path / "ds"
+    table = pq.read_table(ds / "data" / "runs.parquet").to_pylist()
+    runs = scan_experiment(ROOT / "results", "minilm_table1").results
+    assert sorted(r["run_id"] for r in table) == sorted(r.run_id for r in runs)
+    got = {r["run_id"]: r for r in table}
+    for r in runs:
+        assert got[r.run_id]["seed"] == r.seed and got[r.run_id]["label"] == r.label
+        if r.best_metric is not None:
+            assert got[r.run_id]["best_metric"] == r.best_metric
+    card = (ds / "README.md").read_text()
+    assert "**minilm-l6** stands in for the paper's **bert-base-uncased**" in card
+    assert "6-layer, 384-wide" in card and "MultiNLI" in card and "[CLS]" in card
+    assert "## Provenance" in card and "136 finished" in card
+    assert (ds / "reports" / "minilm_table1.md").read_bytes() == (ROOT / "reports" / "minilm_table1.md").read_bytes()
+    assert not (ds / "predictions").exists() and "no run of this experiment wrote predictions" in card
+    assert "/tmp/" not in card and str(ROOT) not in card
+
+
+def test_predictions_are_included_and_a_missing_report_is_one_paragraph(tmp_path):
+    res, reports = tmp_path / "results", tmp_path / "reports"
+    shutil.copytree(ROOT / "results" / "minilm_batching", res / "minilm_batching",
+                    ignore=shutil.ignore_patterns("*.safetensors", "modules.json"))
+    reports.mkdir()
+    args = ["minilm_batching", "--repo", "o/n", "--dry-run", "--out", str(tmp_path / "ds"), "--results-dir",
+            str(res), "--reports-dir", str(reports)]
+    out = _push(*args)
+    assert out.returncode == 2 and "afbench report minilm_batching" in out.stderr and "Traceback" not in out.stderr
+    shutil.copy(ROOT / "reports" / "minilm_batching.md", reports)
+    run = sorted(p for p in (res / "minilm_batching").iterdir() if p.is_dir())[0]
+    (run / "predictions.parquet").write_bytes(b"PAR1 stand-in")
+    out = _push(*args)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "ds" / "predictions" / f"{run.name}.parquet").read_bytes() == b"PAR1 stand-in"
+    assert "1 runs' dev predictions" in (tmp_path / "ds" / "README.md").read_text()
+    assert pq.read_table(tmp_path / "ds" / "data" / "runs.parquet").num_rows == 6
