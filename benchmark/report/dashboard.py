@@ -42,6 +42,8 @@ def _scaled(value, unit: float = 1.0) -> float | None:
 AXES = [
     Axis("trainable_params", "trainable parameters", lambda r: _scaled((r.params or {}).get("trained"))),
     Axis("train_seconds", "training time (s)", lambda r: _scaled(r.train_seconds)),
+    # every record has its wall time (training and evaluation, one process): the time axis no run lacks
+    Axis("wall_seconds", "wall time, training + evaluation (s)", lambda r: _scaled(r.wall_seconds)),
     Axis("checkpoint_mib", "checkpoint size (MiB)", lambda r: _scaled(r.checkpoint_bytes, MIB)),
     Axis("peak_rss_mib", "peak memory, resident (MiB)", lambda r: _scaled((r.memory or {}).get("peak_rss_bytes"), MIB)),
     Axis("cuda_max_mib", "peak CUDA memory (MiB)",
