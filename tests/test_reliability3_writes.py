@@ -74,3 +74,47 @@ def test_migrate_still_renames_a_plain_record(tmp_path, capsys):
     (moved,) = [p for p in (tmp_path / "r" / "fx").iterdir() if p.is_dir()]
     assert moved.parent == folder.parent and moved.name != folder.name
     assert json.loads((moved / "result.json").read_text())["migrated_from"] == folder.name
+
+
+# ----------------------------------------------------------------------------- 3. symlinked run folders
+DIVERGE = tiny_experiment(tasks=("rte",), methods=("head",), fusion=False, rows=128).replace(
+    "caps:", "overrides: {head: {lr: 1.0e+6}}\ncaps:")  # fails (diverges) within its first epoch
+
+
+def _run_id(tmp_path: Path, name: str) -> str:
+    from benchmark.plan.build import build_plan
+    from benchmark.spec import load_registry
+
+    reg = load_registry([tmp_path / "specs"])
+    (run,) = build_plan(reg, reg.experiments[name], data_root=MIRROR).runs
+    return run.id
+
+
+@needs_mirror
+@pytest.mark.parametrize("target", ["user_folder", "finished_run"])
+def test_a_failing_run_never_writes_through_a_symlinked_run_folder(tmp_path, capsys, target):
+    """The run folder is a link (inside the root) to a folder of the user's holding a file named result.json,
+    or to another experiment's finished result: the failing run must leave what the link points at as it was
+    (a failure is written into a folder of its own that replaces the link, or not at all over a finished one)."""
+    args = _args(tmp_path, "fx", DIVERGE)
+    rid = _run_id(tmp_path, "fx")
+    pointed = tmp_path / "r" / ("mine" if target == "user_folder" else f"other/{rid}")
+    pointed.mkdir(parents=True)
+    if target == "user_folder":
+        (pointed / "result.json").write_text("my own notes, not a run record\n")
+    else:
+        (pointed / "result.json").write_text(json.dumps({
+            "schema": 2, "status": "finished", "run_id": rid, "experiment": "fx", "task": "rte", "label": "head",
+            "backbone": "tiny-bert", "seed": 1, "best_metric": 61.0}))
+    link = tmp_path / "r" / "fx" / rid
+    link.parent.mkdir(parents=True)
+    link.symlink_to(pointed)
+    before = {p: p.read_bytes() for p in _files(pointed)}
+    assert main(["run", "fx", "--force", *args]) == 1
+    assert "diverged" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in _files(pointed)} == before, "nothing written through the link"
+    if target == "user_folder":  # the link is replaced by a folder holding the failed result
+        assert not link.is_symlink() and json.loads((link / "result.json").read_text())["status"] == "failed"
+    else:  # the finished result it points at is kept, and still read as this run's
+        assert link.is_symlink() and json.loads((link / "result.json").read_text())["best_metric"] == 61.0
+    assert not list(link.parent.glob(".tmp-*")) and not list(link.parent.glob(".trash-*"))

@@ -164,10 +164,14 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         return
     if work is not None:
         shutil.rmtree(work, ignore_errors=True)
+    if final.is_symlink():  # never written through: a link to a finished result is kept as it is (the failure
+        if is_finished(final):  # is in this command's summary), any other link is replaced by a folder of its own
+            return
+        final.unlink()
     if is_finished(final):  # never replace a finished result with a failed rerun
-        write_run(final / LAST_FAILURE, RunRecord.model_validate(result))
+        write_run(final / LAST_FAILURE, RunRecord.model_validate(result), root=exp_dir)
     else:
-        write_run(final / RESULT, RunRecord.model_validate(result))
+        write_run(final / RESULT, RunRecord.model_validate(result), root=exp_dir)
 
 
 PREVIOUS_KEYS = ("best_metric", "best_epoch", "selection_metric", "wall_seconds", "finished_at", "git", "versions",
