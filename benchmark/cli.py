@@ -263,7 +263,7 @@ def cmd_plan(args) -> int:
     rows = []
     for i, r in enumerate(plan.runs, 1):
         res = read_result_file(where.get(r.id, exp_dir / r.id))
-        state = res.record.status if res.ok else "pending" if res.state == "missing" else "corrupt"
+        state = res.record.status if res.ok else "pending" if res.state == "missing" else res.state
         rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, len(r.deps),
                      "implied" if r.implied else "grid", state, r.id))
     print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "role", "status", "run id"],

@@ -118,3 +118,29 @@ def test_a_failing_run_never_writes_through_a_symlinked_run_folder(tmp_path, cap
     else:  # the finished result it points at is kept, and still read as this run's
         assert link.is_symlink() and json.loads((link / "result.json").read_text())["best_metric"] == 61.0
     assert not list(link.parent.glob(".tmp-*")) and not list(link.parent.glob(".trash-*"))
+
+
+# ----------------------------------------------------------------------------- 5. records of a newer schema
+@needs_mirror
+@pytest.mark.parametrize("status", ["archived", "finished"])  # one this version cannot parse, one it could
+def test_a_result_of_a_newer_schema_is_listed_and_never_retrained_over(tmp_path, capsys, status):
+    args = _args(tmp_path, "fx", HEAD)
+    rid = _run_id(tmp_path, "fx")
+    folder = tmp_path / "r" / "fx" / rid
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({
+        "schema": 99, "status": status, "run_id": rid, "experiment": "fx", "task": "rte", "label": "head",
+        "backbone": "tiny-bert", "seed": 1, "best_metric": 70.0, "a_key_of_the_future": {"x": 1}}))
+    before = {p: p.read_bytes() for p in _files(folder)}
+    capsys.readouterr()
+    assert main(["status", "fx", *args]) == 0
+    out = capsys.readouterr().out
+    assert "newer schema: upgrade afbench" in out and "1 newer" in out and "finished" not in out.split("\n", 1)[1]
+    assert main(["plan", "fx", *args]) == 0
+    out = capsys.readouterr().out
+    assert "1 runs: 1 newer" in out and "newer schema: upgrade afbench" in out and "never retrained over" in out
+    for force in ([], ["--force"]):
+        assert main(["run", "fx", *force, *args]) == 1
+        out = capsys.readouterr().out
+        assert f"{rid}: newer schema: upgrade afbench" in out and "not retrained" in out and "0 trained" in out
+        assert {p: p.read_bytes() for p in _files(folder)} == before, "no backup needed: nothing was touched"

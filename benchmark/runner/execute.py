@@ -38,6 +38,7 @@ from benchmark.records import (
     RunRecord,
     is_finished,
     read_result,
+    read_result_file,
     write_plan,
     write_run,
 )
@@ -106,6 +107,10 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
     """Write the run's result (``device`` None: it never ran, e.g. its dependency failed, so no device,
     threads or compute switches are recorded)."""
     final = under(exp_dir, run.id)
+    if read_result_file(final).state == "newer":  # a newer afbench's record is never written over
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     # what this id measured before: here, or under the experiment it was read from (a borrowed dependency
     # whose weights were unusable is retrained here, and its lender's result is the one it reruns)
     lender = None if error else borrowed(plan, exp_dir.parent, ids=[run.id]).get(run.id)
@@ -303,6 +308,8 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
             continue
         if r.id in elsewhere or (not force and is_finished(exp_dir / r.id)):
             done.append(r.id)
+        elif (newer := read_result_file(exp_dir / r.id)).state == "newer":  # never retrained over, even with --force
+            log(f"  {r.id}: {newer.reason}; not retrained")
         elif not force and (prev := read_result(exp_dir / r.id)) is not None and prev.diverged:
             log(f"  {r.id} diverged before ({prev.error}); not retrained: "
                 "change its settings, or pass --force to retry")
@@ -427,7 +434,9 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     seen = {r.id for r in todo} | set(summary.skipped)
     for r in plan.runs:  # diverged before and not retried: its dependents are blocked, as on the first run
         if r.id not in seen and (only is None or r.id in only):
-            summary.failed[r.id] = "diverged (recorded before; --force retrains it)"
+            newer = read_result_file(exp_dir / r.id)
+            summary.failed[r.id] = newer.reason if newer.state == "newer" else \
+                "diverged (recorded before; --force retrains it)"
     if executor == "local":  # bf16 on a device without it: one paragraph before anything trains
         for r in todo:
             Compute.of(r.compute).check(dev)
