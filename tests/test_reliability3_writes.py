@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,63 @@ def test_a_result_of_a_newer_schema_is_listed_and_never_retrained_over(tmp_path,
         out = capsys.readouterr().out
         assert f"{rid}: newer schema: upgrade afbench" in out and "not retrained" in out and "0 trained" in out
         assert {p: p.read_bytes() for p in _files(folder)} == before, "no backup needed: nothing was touched"
+
+
+# ----------------------------------------------------------------------------- 15. locks and reports
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe not utf-8"])
+@pytest.mark.parametrize("mtime_offset", [3600 * 24 * 365, -3600])
+def test_an_unwritten_or_damaged_lock_is_stale_once_old_or_from_the_future(tmp_path, content, mtime_offset):
+    """A lock that holds no holder (empty, or bytes that are not UTF-8) is 'being written' only for a grace
+    period after its mtime: one dated in the future is not held forever."""
+    from benchmark.runner.lock import LOCK, experiment_lock
+
+    exp = tmp_path / "r" / "fx"
+    exp.mkdir(parents=True)
+    (exp / LOCK).write_bytes(content)
+    t = time.time() + mtime_offset
+    os.utime(exp / LOCK, (t, t))
+    with experiment_lock(exp, log=lambda _: None) as me:
+        assert json.loads((exp / LOCK).read_text())["pid"] == me["pid"] == os.getpid()
+    assert not (exp / LOCK).exists()
+
+
+def test_a_fresh_unwritten_lock_is_still_respected(tmp_path):
+    from benchmark.runner.lock import LOCK, LockHeld, experiment_lock
+
+    exp = tmp_path / "fx"
+    exp.mkdir()
+    (exp / LOCK).write_bytes(b"")
+    with pytest.raises(LockHeld, match="still writing the lock"):
+        with experiment_lock(exp, log=lambda _: None):
+            pass
+
+
+def test_pid_alive_is_one_helper_that_knows_the_dead_and_zombies():
+    from benchmark.paths import pid_alive
+    from benchmark.report import build
+    from benchmark.runner import lock, status
+
+    assert lock.pid_alive is pid_alive and status.pid_alive is pid_alive and build.pid_alive is pid_alive
+    assert pid_alive(os.getpid()) and not any(pid_alive(p) for p in (0, -1, True, 2**40))
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.time() + 30
+    while pid_alive(child.pid) and time.time() < deadline:  # exits, stays a zombie until reaped: not alive
+        time.sleep(0.05)
+    assert not pid_alive(child.pid)
+    child.wait()
+
+
+@needs_mirror
+def test_a_lenders_force_waits_for_its_running_borrowers(tmp_path, capsys):
+    from benchmark.runner.lock import experiment_lock
+
+    args = _args(tmp_path, "lend", HEAD)
+    write_experiments(tmp_path / "specs", borrow=HEAD + "dependencies_from: [lend]\n")
+    with experiment_lock(tmp_path / "r" / "borrow", log=lambda _: None):  # a driver of the borrower runs
+        capsys.readouterr()
+        assert main(["run", "lend", "--force", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert "experiment 'borrow', which reads the finished stage-1 runs of 'lend'" in err and "--force" in err
+        assert not list((tmp_path / "r" / "lend").glob("*/result.json"))
+    assert main(["run", "lend", "--force", *args]) == 0  # the borrower is done: the lender may retrain

@@ -23,7 +23,7 @@ from tabulate import tabulate
 
 from benchmark import methods
 from benchmark.errors import BenchError, StorageError
-from benchmark.paths import shown_path, under, write_atomic
+from benchmark.paths import pid_alive, shown_path, under, write_atomic
 from benchmark.plan.build import build_plan
 from benchmark.records import RunRecord
 from benchmark.report import figures, latex, published, reruns
@@ -412,7 +412,8 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for stale in out_dir.glob(".staging-*"):  # left by a report killed with -9
-            if not pid_alive_here(stale.name.split("-")[1]):
+            pid = stale.name.split("-")[1]
+            if not (pid.isdigit() and pid_alive(int(pid))):
                 shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out_dir))
     except OSError as e:
@@ -454,16 +455,6 @@ def held_signals():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         for s in dict.fromkeys(got):
             os.kill(os.getpid(), s)  # now, with the handler the process had
-
-
-def pid_alive_here(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def tex_fragments(env: jinja2.Environment, data: ReportData) -> list[tuple[str, str]]:

@@ -421,11 +421,16 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     in_flight = slurm.live_runs(exp_dir)  # queued/running Slurm jobs of earlier drivers: their temp folders are live
     if in_flight and executor == "local":
         raise slurm.busy_error(exp_dir, in_flight)
-    for other in plan.experiment.dependencies_from:  # a lender being run now may swap the folders read here
+    # a lender being run now may swap the folders read here; a --force of this lender would swap the folders
+    # its borrowers read while they run
+    name, lenders = plan.experiment.name, plan.experiment.dependencies_from
+    borrowers = sorted(n for n, e in reg.experiments.items() if name in e.dependencies_from) if force else []
+    for other in [*lenders, *borrowers]:
         holder = read_lock(results_dir / other)
         if holder is not None and holder_alive(holder, results_dir / other / LOCK) is not False:
-            raise LockHeld(f"experiment '{other}', whose finished stage-1 runs '{plan.experiment.name}' reads "
-                           f"(dependencies_from), is being run now by {describe(holder)}",
+            why = f"whose finished stage-1 runs '{name}' reads (dependencies_from)" if other in lenders else \
+                f"which reads the finished stage-1 runs of '{name}' (dependencies_from) that --force retrains"
+            raise LockHeld(f"experiment '{other}', {why}, is being run now by {describe(holder)}",
                            fix=f"wait until that run ends (afbench status {other}), then run this one again")
     for rid in [r.id for r in plan.runs if r.id not in in_flight]:
         _recover(exp_dir, rid)

@@ -16,10 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.paths import pid_alive
 from benchmark.records import read_result_file, scan_experiment
 from benchmark.runner import slurm
 from benchmark.runner.borrowed import borrowed
-from benchmark.runner.lock import describe, holder_alive, pid_alive, read_lock
+from benchmark.runner.lock import describe, holder_alive, read_lock
 from benchmark.runner.slurm import QUEUED, JobState, load_jobs
 
 _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
