@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from benchmark.cli import main
-from conftest import MIRROR, needs_mirror, tiny_experiment, write_experiments
+from conftest import MIRROR, ROOT, needs_mirror, tiny_experiment, write_experiments
 
 
 def _files(folder: Path) -> set[Path]:
@@ -207,3 +209,58 @@ def test_a_lenders_force_waits_for_its_running_borrowers(tmp_path, capsys):
         assert "experiment 'borrow', which reads the finished stage-1 runs of 'lend'" in err and "--force" in err
         assert not list((tmp_path / "r" / "lend").glob("*/result.json"))
     assert main(["run", "lend", "--force", *args]) == 0  # the borrower is done: the lender may retrain
+
+
+def _publisher(out: Path, body: str) -> str:
+    """A script that publishes report sets into ``out`` (``tag``: what every file of one set says)."""
+    return textwrap.dedent(f"""
+        import os, signal, sys
+        from pathlib import Path
+        from benchmark.report import build
+        out = Path({str(out)!r})
+        def publish(tag, name="x"):
+            build.publish(out, {{f"{{name}}.{{e}}": tag for e in ("md", "html", "tex")}},
+                          {{f"{{name}}_files/{{i}}.png": tag.encode() for i in range(3)}}, f"{{name}}_files")
+    """) + textwrap.dedent(body)
+
+
+def _tags(out: Path, name: str = "x") -> set[str]:
+    files = [out / f"{name}.{e}" for e in ("md", "html", "tex")] + sorted((out / f"{name}_files").iterdir())
+    return {f.read_text() for f in files}
+
+
+def test_concurrent_reports_take_turns_and_leave_one_complete_set(tmp_path):
+    out = tmp_path / "rep"
+    script = _publisher(out, """
+        for i in range(25):
+            publish(f"{sys.argv[1]}-{i}")
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(k)], cwd=ROOT, env=env, stderr=subprocess.PIPE,
+                              text=True) for k in range(4)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errs
+    assert len(_tags(out)) == 1, "md, html, tex and figures of one report, not a mix"
+    assert sorted(p.name for p in out.iterdir()) == ["x.html", "x.md", "x.tex", "x_files"]
+
+
+def test_a_report_killed_9_while_moving_is_completed_by_the_next_report(tmp_path):
+    out = tmp_path / "rep"
+    script = _publisher(out, """
+        publish("old")
+        real = os.replace
+        def replace(src, dst):  # killed after moving its figures and x.md, before x.html
+            if str(dst) == str(out / "x.html"):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(src, dst)
+        os.replace = replace
+        publish("new")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert _tags(out) == {"old", "new"}  # the mixed set the kill left
+    subprocess.run([sys.executable, "-c", _publisher(out, 'publish("other", "y")')], cwd=ROOT, check=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)  # another experiment's report
+    assert _tags(out) == {"new"} and _tags(out, "y") == {"other"}
+    assert not list(out.glob(".staging-*"))
