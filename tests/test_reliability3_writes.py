@@ -232,12 +232,14 @@ def _tags(out: Path, name: str = "x") -> set[str]:
 def test_concurrent_reports_take_turns_and_leave_one_complete_set(tmp_path):
     out = tmp_path / "rep"
     script = _publisher(out, """
-        for i in range(25):
+        import time
+        time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # all start together, once imported
+        for i in range(40):
             publish(f"{sys.argv[1]}-{i}")
     """)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(k)], cwd=ROOT, env=env, stderr=subprocess.PIPE,
-                              text=True) for k in range(4)]
+    env, start = dict(os.environ, PYTHONPATH=str(ROOT)), str(time.time() + 20)
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(k), start], cwd=ROOT, env=env,
+                              stderr=subprocess.PIPE, text=True) for k in range(4)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, errs
     assert len(_tags(out)) == 1, "md, html, tex and figures of one report, not a mix"
