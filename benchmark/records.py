@@ -240,7 +240,8 @@ def _validation_reason(e: ValidationError) -> str:
 
 def upgrade(data: dict) -> dict:
     """A result.json object of any schema as schema ``SCHEMA`` (a copy; the file is not touched). A newer
-    schema is read as it is: the keys this version declares are checked, the others kept."""
+    schema is read as it is (``read_result_file`` never gets that far: it calls it *newer*): the keys this version
+    declares are checked, the others kept."""
     schema = data.get("schema", 1)
     out = dict(data)
     if schema < 2:  # 1 -> 2: the values readers assumed for keys that schema 1 could lack
