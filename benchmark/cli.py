@@ -264,7 +264,7 @@ def cmd_plan(args) -> int:
     rows = []
     for i, r in enumerate(plan.runs, 1):
         res = read_result_file(where.get(r.id, exp_dir / r.id))
-        state = res.record.status if res.ok else "pending" if res.state == "missing" else "corrupt"
+        state = res.record.status if res.ok else "pending" if res.state == "missing" else res.state
         rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed,
                      f"{len(r.deps)}+{len(r.published)} published" if r.published else len(r.deps),
                      "implied" if r.implied else "grid", state, r.id))

@@ -11,6 +11,7 @@ that is not inside its root (results, reports, the cache, Slurm logs), so ``../.
 never decides where a file lands. Every write outside a run's own folder (the lock, plan.json, reports,
 figures) goes through ``write_atomic``: temp file beside the target, fsync, rename; an OS failure
 (read-only, full, permission) is one ``StorageError`` paragraph and the old file is left as it was.
+``pid_alive``: whether a process of this host lives (the experiment lock and the report's staging folders).
 Imports only ``errors`` (layer 0 too): every layer may use it.
 """
 
@@ -77,3 +78,23 @@ def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None
             pass
         raise StorageError.from_os_error(path, e, kept=kept, fix=fix) from None
     return path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is alive: a zombie (dead, not yet reaped) is not; someone else's
+    live process is."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OverflowError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

@@ -5,6 +5,9 @@
 when read (``upgrade``), never rewritten; a file that cannot be a record (not a JSON object, a key readers
 index by missing or of the wrong type, a finished run without a finite metric) is refused with exactly why:
 ``read_result_file`` calls it *corrupt* (the runner retrains it; ``plan``, ``status`` and ``report`` name it),
+and one of a newer schema than ``SCHEMA`` *newer* (written by a newer afbench: never read as a result, never
+retrained or written over; ``status`` says "newer schema: upgrade afbench", ``plan`` / ``run`` / ``report`` skip
+it with a line),
 ``load_run`` / ``load_plan`` raise one ``RecordError`` paragraph naming the file, the field and the fix.
 Keys a model does not declare (written by an older or a newer version, or measured by one recipe only) are
 kept as extra fields, so every committed result loads and writes back unchanged.
@@ -237,7 +240,8 @@ def _validation_reason(e: ValidationError) -> str:
 
 def upgrade(data: dict) -> dict:
     """A result.json object of any schema as schema ``SCHEMA`` (a copy; the file is not touched). A newer
-    schema is read as it is: the keys this version declares are checked, the others kept."""
+    schema is read as it is (``read_result_file`` never gets that far: it calls it *newer*): the keys this version
+    declares are checked, the others kept."""
     schema = data.get("schema", 1)
     out = dict(data)
     if schema < 2:  # 1 -> 2: the values readers assumed for keys that schema 1 could lack
@@ -314,7 +318,7 @@ def write_plan(path: Path, record: PlanRecord, *, root: Path | None = None) -> N
 
 @dataclass(frozen=True)
 class ResultFile:
-    """One ``result.json`` as read from disk: ``state`` is "ok", "missing" or "corrupt" (with why).
+    """One ``result.json`` as read from disk: ``state`` is "ok", "missing", "corrupt" or "newer" (with why).
 
     A corrupt file (not JSON, or JSON of the wrong shape such as ``{}``) is never a finished run: the runner
     retrains it and ``plan`` / ``report`` name it, so a damaged results folder is seen instead of being
@@ -342,13 +346,24 @@ class ResultFile:
             return f"{self.path.parent.name}/{self.path.name}"
 
 
+def newer_schema(data: object) -> str:
+    """Why ``data`` (a parsed record) is of a schema newer than this version reads, or ""."""
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
+        return f"newer schema: upgrade afbench (the record is schema {schema}, this afbench reads up to {SCHEMA})"
+    return ""
+
+
 def read_result_file(run_dir: Path) -> ResultFile:
     """Read and check ``run_dir/result.json``; never raises for a damaged file."""
     f = run_dir / RESULT
     if not f.exists():
         return ResultFile(f, "missing")
     try:
-        return ResultFile(f, "ok", parse_run(_read_json(f, ""), file=f, folder_name=run_dir.name))
+        data = _read_json(f, "")
+        if why := newer_schema(data):
+            return ResultFile(f, "newer", reason=why)
+        return ResultFile(f, "ok", parse_run(data, file=f, folder_name=run_dir.name))
     except RecordError as e:
         return ResultFile(f, "corrupt", reason=e.message.removeprefix("this is not a run result: "))
 
@@ -383,11 +398,13 @@ class ExperimentScan:
     experiment: str
     results: list[RunRecord] = field(default_factory=list)  # well-formed results of this experiment
     corrupt: list[ResultFile] = field(default_factory=list)
+    newer: list[ResultFile] = field(default_factory=list)  # of a newer schema: left alone
     foreign: list[ResultFile] = field(default_factory=list)  # well-formed, but another experiment's
 
     def problems(self) -> list[str]:
         """One line per file a reader should know about, paths relative to the results root."""
         out = [f"corrupt result {r.where(self.root)}: {r.reason}; treated as not finished" for r in self.corrupt]
+        out += [f"result {r.where(self.root)}: {r.reason}; left out, never retrained over" for r in self.newer]
         out += [f"result {r.where(self.root)} belongs to experiment '{r.record.experiment}', not "
                 f"'{self.experiment}'; left out" for r in self.foreign]
         return out
@@ -402,6 +419,8 @@ def scan_experiment(root: Path, experiment: str) -> ExperimentScan:
         r = read_result_file(d)
         if r.state == "corrupt":
             scan.corrupt.append(r)
+        elif r.state == "newer":
+            scan.newer.append(r)
         elif r.ok and r.record.experiment != experiment:
             scan.foreign.append(r)
         elif r.ok:

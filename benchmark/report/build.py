@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -23,7 +25,7 @@ from tabulate import tabulate
 
 from benchmark import methods
 from benchmark.errors import BenchError, StorageError
-from benchmark.paths import shown_path, under, write_atomic
+from benchmark.paths import pid_alive, shown_path, under, write_atomic
 from benchmark.plan.build import build_plan
 from benchmark.records import RunRecord
 from benchmark.report import figures, latex, published, reruns
@@ -392,14 +394,17 @@ def build_reports(reg, experiment: str, *, results_dir: str | Path = "results", 
 
 
 HELD_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+READY = ".ready"  # in a staging folder: every file is written; lists what moves into place
 
 
 def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_folder: str | None) -> list[Path]:
     """Write a report's files as one set: each is written (``paths.write_atomic``) into a staging folder
-    beside the reports, and only when all are there are they moved into place, with SIGINT and SIGTERM
-    held during the moves; an interrupted or failed report leaves the previous complete set. Every
-    target is checked to lie under ``out_dir`` before anything is opened. OS errors (read-only, full)
-    are one StorageError paragraph."""
+    beside the reports, then a ``.ready`` note listing them, and only then are they moved into place, with
+    SIGINT and SIGTERM held during the moves and concurrent reports into the same folder taking turns
+    (``flock`` on the folder). An interrupted or failed report leaves the previous complete set; a report
+    killed with -9 during its moves is completed by the next report into the folder (its staging folder is
+    ready: ``_finish``), one killed before is removed. Every target is checked to lie under ``out_dir``
+    before anything is opened. OS errors (read-only, full) are one StorageError paragraph."""
     words = {"kept": "the reports there before are intact (a report's files are written to a staging folder and "
                      "moved into place together)",
              "fix": f"free space (or fix permissions) on the file system of {out_dir}, or give another --out-dir"}
@@ -411,9 +416,6 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
     folder = under(out_dir, fig_folder) if fig_folder else None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for stale in out_dir.glob(".staging-*"):  # left by a report killed with -9
-            if not pid_alive_here(stale.name.split("-")[1]):
-                shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=out_dir))
     except OSError as e:
         raise failed(out_dir, e) from None
@@ -422,20 +424,54 @@ def publish(out_dir: Path, texts: dict[str, str], pngs: dict[str, bytes], fig_fo
             write_atomic(under(staging, name), text, root=staging, **words)
         for name, png in pngs.items():
             write_atomic(under(staging, name), png, root=staging, **words)
-        with held_signals():
-            if folder is not None:  # the figure folder is swapped whole: no old figure beside new ones
-                trash = staging / ".old_files"
-                if folder.exists():
-                    os.replace(folder, trash)
-                os.replace(staging / fig_folder, folder)
-            for name in texts:
-                os.replace(staging / name, out_dir / name)
+        write_atomic(staging / READY, json.dumps({"texts": list(texts), "folder": fig_folder}), root=staging, **words)
+        with _taking_turns(out_dir), held_signals():
+            for stale in out_dir.glob(".staging-*"):  # left by a report killed with -9
+                pid = stale.name.split("-")[1]
+                if stale != staging and not (pid.isdigit() and pid_alive(int(pid))):
+                    if (stale / READY).exists():  # killed while moving its set into place: finish it
+                        _finish(out_dir, stale)
+                    shutil.rmtree(stale, ignore_errors=True)
+            _finish(out_dir, staging)
             shutil.rmtree(staging, ignore_errors=True)  # before a held signal acts
     except OSError as e:
         raise failed(getattr(e, "filename", None) or out_dir, e) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return targets[:len(texts)] + ([folder] if folder is not None else [])
+
+
+def _finish(out_dir: Path, staging: Path) -> None:
+    """Move a ready staging folder's set into place (what is still there of it: a killed report's set is
+    completed): the figure folder swapped whole (no old figure beside new ones), then the texts."""
+    try:
+        ready = json.loads((staging / READY).read_text(encoding="utf-8"))
+        names, fig_folder = [str(n) for n in ready["texts"]], ready["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a note this version wrote: the staging folder is only removed
+    if fig_folder and under(staging, fig_folder).exists():
+        folder, trash = under(out_dir, fig_folder), staging / ".old_files"
+        shutil.rmtree(trash, ignore_errors=True)
+        if folder.exists() or folder.is_symlink():  # a link is moved, never followed
+            os.replace(folder, trash)
+        os.replace(staging / fig_folder, folder)
+    for name in names:
+        if under(staging, name).exists():
+            os.replace(staging / name, under(out_dir, name))
+
+
+@contextlib.contextmanager
+def _taking_turns(out_dir: Path):
+    """Hold an exclusive ``flock`` on the reports folder (no file is created; released when the process ends,
+    even by kill -9): two reports never interleave their moves. Where the file system has no such locks
+    (some network mounts) the moves go on unlocked."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -454,16 +490,6 @@ def held_signals():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
         for s in dict.fromkeys(got):
             os.kill(os.getpid(), s)  # now, with the handler the process had
-
-
-def pid_alive_here(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def tex_fragments(env: jinja2.Environment, data: ReportData) -> list[tuple[str, str]]:

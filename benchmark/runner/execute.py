@@ -38,6 +38,7 @@ from benchmark.records import (
     RunRecord,
     is_finished,
     read_result,
+    read_result_file,
     write_plan,
     write_run,
 )
@@ -106,6 +107,10 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
     """Write the run's result (``device`` None: it never ran, e.g. its dependency failed, so no device,
     threads or compute switches are recorded)."""
     final = under(exp_dir, run.id)
+    if read_result_file(final).state == "newer":  # a newer afbench's record is never written over
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     # what this id measured before: here, or under the experiment it was read from (a borrowed dependency
     # whose weights were unusable is retrained here, and its lender's result is the one it reruns)
     lender = None if error else borrowed(plan, exp_dir.parent, ids=[run.id]).get(run.id)
@@ -164,10 +169,14 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         return
     if work is not None:
         shutil.rmtree(work, ignore_errors=True)
+    if final.is_symlink():  # never written through: a link to a finished result is kept as it is (the failure
+        if is_finished(final):  # is in this command's summary), any other link is replaced by a folder of its own
+            return
+        final.unlink()
     if is_finished(final):  # never replace a finished result with a failed rerun
-        write_run(final / LAST_FAILURE, RunRecord.model_validate(result))
+        write_run(final / LAST_FAILURE, RunRecord.model_validate(result), root=exp_dir)
     else:
-        write_run(final / RESULT, RunRecord.model_validate(result))
+        write_run(final / RESULT, RunRecord.model_validate(result), root=exp_dir)
 
 
 PREVIOUS_KEYS = ("best_metric", "best_epoch", "selection_metric", "wall_seconds", "finished_at", "git", "versions",
@@ -299,6 +308,8 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
             continue
         if r.id in elsewhere or (not force and is_finished(exp_dir / r.id)):
             done.append(r.id)
+        elif (newer := read_result_file(exp_dir / r.id)).state == "newer":  # never retrained over, even with --force
+            log(f"  {r.id}: {newer.reason}; not retrained")
         elif not force and (prev := read_result(exp_dir / r.id)) is not None and prev.diverged:
             log(f"  {r.id} diverged before ({prev.error}); not retrained: "
                 "change its settings, or pass --force to retry")
@@ -410,11 +421,16 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     in_flight = slurm.live_runs(exp_dir)  # queued/running Slurm jobs of earlier drivers: their temp folders are live
     if in_flight and executor == "local":
         raise slurm.busy_error(exp_dir, in_flight)
-    for other in plan.experiment.dependencies_from:  # a lender being run now may swap the folders read here
+    # a lender being run now may swap the folders read here; a --force of this lender would swap the folders
+    # its borrowers read while they run
+    name, lenders = plan.experiment.name, plan.experiment.dependencies_from
+    borrowers = sorted(n for n, e in reg.experiments.items() if name in e.dependencies_from) if force else []
+    for other in [*lenders, *borrowers]:
         holder = read_lock(results_dir / other)
         if holder is not None and holder_alive(holder, results_dir / other / LOCK) is not False:
-            raise LockHeld(f"experiment '{other}', whose finished stage-1 runs '{plan.experiment.name}' reads "
-                           f"(dependencies_from), is being run now by {describe(holder)}",
+            why = f"whose finished stage-1 runs '{name}' reads (dependencies_from)" if other in lenders else \
+                f"which reads the finished stage-1 runs of '{name}' (dependencies_from) that --force retrains"
+            raise LockHeld(f"experiment '{other}', {why}, is being run now by {describe(holder)}",
                            fix=f"wait until that run ends (afbench status {other}), then run this one again")
     for rid in [r.id for r in plan.runs if r.id not in in_flight]:
         _recover(exp_dir, rid)
@@ -423,7 +439,9 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     seen = {r.id for r in todo} | set(summary.skipped)
     for r in plan.runs:  # diverged before and not retried: its dependents are blocked, as on the first run
         if r.id not in seen and (only is None or r.id in only):
-            summary.failed[r.id] = "diverged (recorded before; --force retrains it)"
+            newer = read_result_file(exp_dir / r.id)
+            summary.failed[r.id] = newer.reason if newer.state == "newer" else \
+                "diverged (recorded before; --force retrains it)"
     if executor == "local":  # bf16 on a device without it: one paragraph before anything trains
         for r in todo:
             Compute.of(r.compute).check(dev)

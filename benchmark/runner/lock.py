@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmark.errors import BenchError, StorageError
-from benchmark.paths import write_atomic
+from benchmark.paths import pid_alive, write_atomic
 from benchmark.runner.results import now
 
 LOCK = ".lock"
@@ -41,28 +41,14 @@ def read_lock(exp_dir: Path) -> dict | None:
     """The holder recorded in the lock, {} for a lock being written, None when there is no lock."""
     f = exp_dir / LOCK
     try:
-        text = f.read_text()
+        raw = f.read_bytes()
     except FileNotFoundError:
         return None
-    try:
-        data = json.loads(text)
+    try:  # bytes: a lock that is not UTF-8 (damaged) reads as one being written, stale after the grace period
+        data = json.loads(raw)
         return data if isinstance(data, dict) else {}
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    try:  # a zombie (dead, not yet reaped by its new parent) is not alive
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 def holder_alive(holder: dict | None, lock_file: Path | None = None) -> bool | None:
@@ -74,7 +60,7 @@ def holder_alive(holder: dict | None, lock_file: Path | None = None) -> bool | N
             age = time.time() - lock_file.stat().st_mtime if lock_file else 0.0
         except FileNotFoundError:
             return False
-        return age < _UNWRITTEN_GRACE_S
+        return abs(age) < _UNWRITTEN_GRACE_S  # a future mtime (a clock set back, a copied file) ages too
     if holder.get("host") != _host():
         return None
     pids = [holder.get("pid", -1), *(holder.get("workers") or [])]
@@ -133,12 +119,12 @@ def _take_over_stale(f: Path, seen: dict) -> None:
     except FileNotFoundError:
         return
     try:
-        if json.loads(private.read_text() or "{}") != seen:
+        if json.loads(private.read_bytes() or b"{}") != seen:
             try:  # not the stale lock we judged: give it back (fails only if yet another driver holds it)
                 os.link(private, f)
             except FileExistsError:
                 pass
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable (not JSON, not UTF-8): the stale lock we judged
         pass
     finally:
         private.unlink(missing_ok=True)

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from benchmark.data.sources import task_fingerprints
 from benchmark.errors import BenchError
+from benchmark.paths import under
 from benchmark.plan.identity import ID_SCHEME, run_id, run_identity
 from benchmark.plan.run import Plan
 from benchmark.records import (
     PLAN,
     RESULT,
+    SCHEMA,
     RecordError,
     RunRecord,
     load_plan,
@@ -29,7 +31,7 @@ from benchmark.records import (
     write_run,
 )
 from benchmark.runner.results import experiment_dir
-from benchmark.spec.registry import Registry
+from benchmark.spec.registry import NAME, Registry
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
 
 
@@ -53,11 +55,25 @@ def new_id(result: RunRecord, deps: list[str], data_root) -> str:
 
 
 def _raw(folder: Path) -> RunRecord | None:
-    """The folder's result as stored (its run id may differ from the folder's name: a rename interrupted)."""
+    """The folder's result as stored (its run id may differ from the folder's name: a rename interrupted);
+    None for one this version cannot use, a record of a newer schema included (never rewritten here)."""
     try:
-        return parse_run(json.loads((folder / RESULT).read_text(encoding="utf-8")), file=folder / RESULT)
+        r = parse_run(json.loads((folder / RESULT).read_text(encoding="utf-8")), file=folder / RESULT)
     except (OSError, ValueError, RecordError):
         return None
+    return r if r.schema_ <= SCHEMA else None
+
+
+def _check_names(folder: Path, r: RunRecord) -> None:
+    """The names a new id is made of come from the record, not a spec: each must be a plain name (as a spec's,
+    ``spec/registry.py``), so a crafted ``"task": "../../x"`` can never choose where a folder is renamed to."""
+    for key in ("task", "label", "backbone"):
+        value = getattr(r, key)
+        if value is not None and not NAME.fullmatch(value):
+            raise BenchError(f"its '{key}' {value!r} is not a plain name (letters, digits, '_', '-', '.'), so no "
+                             "run id can be made from it; nothing was renamed", file=str(folder / RESULT),
+                             field=key, fix="restore the file from git (git checkout -- <file>), or move its run "
+                                            "folder out of the results, then rerun afbench migrate")
 
 
 def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, *, dry_run: bool = False,
@@ -79,6 +95,7 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
             if r.migrated_from:
                 mapping[r.migrated_from] = d.name
         elif r.run_id == d.name:
+            _check_names(d, r)
             stored[d.name] = r
         else:  # renamed, but interrupted before its result.json was rewritten
             mapping[r.run_id] = d.name
@@ -102,11 +119,12 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
         log(f"  {old} -> {new} ({state})")
         if dry_run or old == new:
             continue
-        if (exp_dir / new).exists():
-            raise BenchError(f"cannot rename {old}: {new} exists already", file=str(exp_dir / new),
+        target = under(exp_dir, new)  # checked to stay inside the experiment's folder, as every writer's path
+        if target.exists() or target.is_symlink():
+            raise BenchError(f"cannot rename {old}: {new} exists already", file=str(target),
                              fix="remove one of the two folders, then rerun afbench migrate")
-        (exp_dir / old).rename(exp_dir / new)
-        _rewrite(exp_dir / new, stored[old], new, old, mapping)
+        under(exp_dir, old).rename(target)
+        _rewrite(target, stored[old], new, old, mapping)
     renamed = interrupted or any(old != new for old, new in mapping.items() if old not in done_before)
     # plan.json is rewritten when this call renamed something or it lists other ids (a crash before it was
     # written); otherwise the folder, an older plan.json included, is left as it was

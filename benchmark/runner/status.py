@@ -3,7 +3,8 @@
 Read-only: it looks at ``result.json`` files, the experiment lock, the ``.tmp-<run id>-<pid>`` folders
 of runs training locally, and (when ``.slurm/jobs.json`` lists jobs) at ``squeue``. Per run:
 finished / failed (the error's first line) / running (Slurm job, node, elapsed; or local pid) /
-queued (Slurm job and the reason it waits) / corrupt (a damaged result.json, "corrupt: why"; the next run retrains it) / pending (nothing yet).
+queued (Slurm job and the reason it waits) / corrupt (a damaged result.json, "corrupt: why"; the next run retrains it) /
+newer (a result.json of a newer schema, "newer schema: upgrade afbench"; never retrained over) / pending (nothing yet).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmark.paths import pid_alive
 from benchmark.records import read_result_file, scan_experiment
 from benchmark.runner import slurm
 from benchmark.runner.borrowed import borrowed
-from benchmark.runner.lock import describe, holder_alive, pid_alive, read_lock
+from benchmark.runner.lock import describe, holder_alive, read_lock
 from benchmark.runner.slurm import QUEUED, JobState, load_jobs
 
 _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
@@ -27,7 +29,7 @@ _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
 @dataclass
 class RunStatus:
     run_id: str
-    state: str  # finished | failed | running | queued | corrupt | pending
+    state: str  # finished | failed | running | queued | corrupt | newer | pending
     detail: str = ""
 
 
@@ -98,6 +100,8 @@ def experiment_status(plan, exp_dir: Path, queue: dict[str, JobState] | None = N
             out.append(RunStatus(r.id, "pending", f"Slurm job {job}: squeue unavailable, state unknown"))
         elif file.state == "corrupt":  # a damaged result.json: retrained by the next run, said here
             out.append(RunStatus(r.id, "corrupt", f"corrupt: {file.reason}; the next run retrains it"[:200]))
+        elif file.state == "newer":  # written by a newer afbench: left alone, never retrained over
+            out.append(RunStatus(r.id, "newer", file.reason))
         else:
             out.append(RunStatus(r.id, "pending"))
         states[r.id] = out[-1].state
@@ -123,7 +127,7 @@ def print_status(plan, results_dir: Path, queue: dict[str, JobState] | None = No
     out(tabulate(table, headers=["#", "task", "method", "backbone", "seed", "status", "detail", "run id"]))
     c = Counter(s.state for s in rows)
     out(f"{plan.experiment.name}: {len(rows)} runs: "
-        + ", ".join(f"{c[k]} {k}" for k in ("finished", "running", "queued", "failed", "corrupt", "pending")
+        + ", ".join(f"{c[k]} {k}" for k in ("finished", "running", "queued", "failed", "corrupt", "newer", "pending")
                  if c[k]))
     return 0
 
