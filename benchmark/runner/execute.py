@@ -493,7 +493,7 @@ def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_
                         continue
                     running[r.id] = _Worker(r, gpu, args)
                     if on_workers is not None:
-                        on_workers([running[r.id].proc.pid])
+                        on_workers([w.proc.pid for w in running.values()])
             if not running and not started:
                 for r in pending:  # dependencies neither finished nor pending: nothing can start them
                     display.log(f"  not started {r.id}: its dependencies did not run")
