@@ -362,6 +362,7 @@ def cmd_run(args) -> int:
     from benchmark.paths import shown_path
     from benchmark.runner.execute import pending_runs, run_plan
     from benchmark.runner.lock import experiment_lock, record_workers
+    from benchmark.runner.progress import guard_streams
     from benchmark.runner.results import experiment_dir, results_root
 
     reg = _registry(args)
@@ -382,8 +383,8 @@ def cmd_run(args) -> int:
     slurm_opts = slurm_options(args) if args.executor == "slurm" else None
     root = results_root(args.results_dir)
     exp_dir = experiment_dir(root, plan.experiment.name)
-    try:
-        with experiment_lock(exp_dir, wait=args.wait_lock) as me:
+    try:  # guarded: `afbench run ... | head`, a reader that goes away, never fails a run nor stops the grid
+        with guard_streams(), experiment_lock(exp_dir, wait=args.wait_lock) as me:
             summary = run_plan(plan, reg, results_dir=root, data_dir=_data_dir(args),
                                device=args.device, jobs=args.jobs, force=args.force, only=only,
                                executor=args.executor, slurm_options=slurm_opts,

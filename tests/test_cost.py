@@ -110,19 +110,6 @@ def test_the_committed_grid_is_predicted_within_a_quarter(capsys):
     assert statistics.median(errors) < 0.25
 
 
-def test_the_runner_eta_scales_the_predictions_by_what_finished():
-    from benchmark.runner.execute import _Progress
-
-    lines = []
-    p = _Progress(3, 1, lines.append, {"a": 10.0, "b": 20.0, "c": 30.0})
-    p("a", None, 20.0)  # twice as slow as predicted: the runs left are expected twice as slow too
-    assert p.eta() == pytest.approx((20 + 30) * 2)
-    assert "ETA 1m40s" in lines[-1]
-    q = _Progress(3, 2, lines.append)  # no prediction: the mean of the finished runs
-    q("a", None, 10.0)
-    assert q.eta() == pytest.approx(10.0)
-
-
 def test_a_borrowing_experiment_prices_only_its_own_runs_and_flags_bf16(capsys):
     """minilm_bf16 reads minilm_table1's 30 stage-1 runs in place: not priced; its bf16 arm is flagged as
     priced by a float32 calibration."""

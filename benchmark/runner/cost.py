@@ -283,6 +283,23 @@ def cpu_entry(calibration: dict, cpu: str | None) -> tuple[str, dict]:
                      fix="run `afbench plan minilm_table1 --estimate --calibrate` after some runs have finished")
 
 
+def calibration_note(fitted: str, cpu: str | None) -> str:
+    """Which CPU the calibration was fitted on and whether this one (``cpu``) matches it: the same model name,
+    the same name as far as the fit's runs recorded it (``UNRECORDED_CPU``), or another model."""
+    if fitted == cpu:
+        return f"CPU calibration fitted on this CPU model ({cpu})"
+    if fitted == UNRECORDED_CPU:
+        name = fitted.split(" (")[0]  # "AMD EPYC, 2 cores"
+        known = name.split(",")[0]
+        head = f"CPU calibration fitted on {name} (its runs did not record the exact model name)"
+        if cpu and cpu.startswith(known):
+            return f"{head}; this CPU ({cpu}) matches that name"
+    else:
+        head = f"CPU calibration fitted on {fitted}"
+    return (f"{head}; this CPU ({cpu or 'model unknown'}) does not match: the seconds assume that CPU's speed "
+            "(the runner's ETA corrects them as runs progress; refit with `--estimate --calibrate`)")
+
+
 def price(cost: RunCost, device: str, cpu_fit: dict | None) -> float:
     if device == "cpu":
         a, b, c = cpu_fit["a"], cpu_fit["b"], cpu_fit["c"]
@@ -357,8 +374,7 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str =
     for c in out:
         per_kind[c.kind] = per_kind.get(c.kind, 0.0) + c.seconds / 3600
     wall = makespan(plan, seconds, devices, start_order(list(chosen)))
-    label = (f"CPU calibration of '{name}'" + ("" if name == cpu else f"; this CPU ({cpu}) has none of its own")) \
-        if device == "cpu" else name
+    label = calibration_note(name, cpu) if device == "cpu" else name
     return Estimate(device, devices, out, wall, label, per_kind)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import multiprocessing
 import os
 import shutil
 import signal
@@ -17,8 +18,8 @@ import socket
 import threading
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait as wait_any
 from pathlib import Path
 
 import torch
@@ -45,10 +46,13 @@ from benchmark.records import (
 from benchmark.runner import slurm
 from benchmark.runner.borrowed import borrowed
 from benchmark.runner.lock import LOCK, LockHeld, describe, holder_alive, read_lock
+from benchmark.runner.progress import REDRAW_SECONDS, Display, Progress, guard_streams, reporter
+from benchmark.runner.progress import fmt as _fmt
 from benchmark.runner.provenance import PeakMemory, cpu_model, environment
 from benchmark.runner.results import experiment_dir, git_revision, now, versions
 from benchmark.runner.slurm import job_info
 from benchmark.spec.registry import Registry
+from benchmark.training import loop
 from benchmark.training.loop import Diverged
 from benchmark.training.recipe import RunContext, execute
 
@@ -74,12 +78,6 @@ class Summary:
     failed: dict[str, str] = field(default_factory=dict)  # run id -> error
     seconds: float = 0.0
     submitted: int = 0  # Slurm --no-wait: runs left queued, neither trained nor failed yet
-
-
-def _fmt(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 \
-        else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 def _remove(path: Path) -> None:
@@ -234,24 +232,6 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
 
 
 # ------------------------------------------------------------------------------------ scheduling
-class InlineExecutor:
-    """Runs each submitted call at once, in this process: ``--jobs 1`` shares the pool's scheduling code."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def submit(self, fn, *args) -> Future:
-        fut: Future = Future()
-        try:
-            fut.set_result(fn(*args))
-        except Exception as e:  # noqa: BLE001 - handed to the caller through the future, like a pool
-            fut.set_exception(e)
-        return fut
-
-
 def die_with_driver(driver_pid: int) -> None:
     """Pool initializer (``--jobs N``): this worker must not outlive the driver that started it (kill -9,
     or SIGTERM from a scheduler). On Linux the kernel sends it SIGKILL when its parent dies
@@ -358,35 +338,6 @@ def slurm_job(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir, devi
     return rid, err, secs
 
 
-class _Progress:
-    """One line per finished run; the ETA comes from the cost model's predicted seconds of the runs left
-    (``cost.py``), scaled by how the finished runs compared with their predictions, else (no prediction)
-    from the mean of the finished runs."""
-
-    def __init__(self, n: int, jobs: int, log, predicted: dict[str, float] | None = None):
-        self.n, self.jobs, self.log, self.k = n, jobs, log, 0
-        self.t0, self.durations = time.perf_counter(), []
-        self.predicted, self.done = dict(predicted or {}), {}
-
-    def eta(self) -> float:
-        left = [s for rid, s in self.predicted.items() if rid not in self.done]
-        seen = [(self.done[rid], self.predicted[rid]) for rid in self.done if rid in self.predicted]
-        if self.predicted and len(left) + len(self.done) >= self.n:
-            ratio = sum(a for a, _ in seen) / sum(p for _, p in seen) if seen and sum(p for _, p in seen) else 1.0
-            return sum(left) * ratio / max(1, self.jobs)
-        return sum(self.durations) / len(self.durations) * (self.n - self.k) / max(1, self.jobs)
-
-    def __call__(self, rid: str, err: str | None, secs: float) -> None:
-        self.k += 1
-        self.durations.append(secs)
-        self.done[rid] = secs
-        state = "ok" if err is None else "FAILED"
-        self.log(f"[run {self.k}/{self.n}] {state} {rid} ({secs:.1f}s) | elapsed "
-                 f"{_fmt(time.perf_counter() - self.t0)} | ETA {_fmt(self.eta())}")
-        if err:
-            self.log(f"    {err}")
-
-
 def predicted_seconds(plan: Plan, reg: Registry, data_dir, todo: list[Run], dev: torch.device, jobs: int,
                       log) -> dict[str, float]:
     """The cost model's seconds per pending run on this CPU (an ETA from the first finished run was 5x off);
@@ -458,7 +409,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                     todo.remove(r)
                     summary.failed[r.id] = f"dependency failed: {', '.join(bad)}"
                     record(r, reg, plan, exp_dir, None, None, summary.failed[r.id], now(), 0.0, None)
-            progress = _Progress(len(todo), 1, log)
+            progress = Progress(todo, 1, log)
 
             def note_failure(r: Run, why: str) -> None:  # a job that never ran its training
                 summary.failed[r.id] = why
@@ -501,17 +452,39 @@ def start_order(todo: list[Run]) -> list[Run]:
 def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_dir: Path, data_dir,
               dev: torch.device, jobs: int, log, on_workers=None, predicted: dict[str, float] | None = None) -> None:
     """Start every run whose dependencies finished (at most ``jobs`` at once); a run whose dependency
-    failed is recorded as failed without training; on CUDA each job gets the least-busy GPU. The pool's
-    workers die with this process (``die_with_driver``); ``on_workers(pids)`` hears of each new one (the
-    lock records them). ``predicted``: the cost model's seconds per run, for the ETA."""
-    progress, done_ok = _Progress(len(todo), jobs, log, predicted), set(summary.skipped)
+    failed is recorded as failed without training; on CUDA each job gets the least-busy GPU. With ``--jobs 1``
+    a run trains in this process, with ``--jobs N`` each in a worker process of its own (``_Worker``), which
+    dies with this process (``die_with_driver``); ``on_workers(pids)`` hears of each (the lock records them).
+    A worker lost to a signal (the kernel's out-of-memory killer, ``kill -9``) fails its run alone: the grid
+    goes on. The runs' progress comes here and this process alone prints it (``progress.py``).
+    ``predicted``: the cost model's seconds per run, for the ETA."""
+    display = Display(log)
+    progress, done_ok = Progress(todo, jobs, display.log, predicted), set(summary.skipped)
+    display.eta = progress.eta
     ngpu = torch.cuda.device_count() if dev.type == "cuda" and jobs > 1 else 0
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     pending, running = start_order(todo), {}
-    pool = InlineExecutor() if jobs <= 1 else ProcessPoolExecutor(max_workers=jobs, initializer=die_with_driver,
-                                                                  initargs=(os.getpid(),))
-    with pool:
+
+    def note(rid: str, message: tuple) -> None:  # what a run reports while it trains
+        kind, body = message
+        if kind == "step":
+            progress.step(rid, body)
+            display.step(rid, progress.tag(rid), body)
+        else:
+            display.log(body)
+
+    def finish(rid: str, err: str | None, secs: float) -> None:
+        display.end(rid)
+        if err:
+            summary.failed[rid] = err
+        else:
+            summary.finished.append(rid)
+            done_ok.add(rid)
+        progress(rid, err, secs)
+
+    try:
         while pending or running:
+            started = False  # with one job a run trains (and ends) right here, so look again
             for r in list(pending):
                 if len(running) >= max(1, jobs):
                     break
@@ -524,23 +497,119 @@ def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_
                     progress(r.id, why, 0.0)
                 elif all(d in done_ok for d in r.deps):
                     pending.remove(r)
-                    gpu = free_gpu([g for _, g in running.values()], ngpu) if ngpu else None
+                    gpu = free_gpu([w.gpu for w in running.values()], ngpu) if ngpu else None
                     name = f"cuda:{gpu}" if gpu is not None else str(dev)
-                    log(f"[run {progress.k + len(running) + 1}/{progress.n}] start {r.id}" + (f" on {name}" if ngpu else ""))
-                    running[pool.submit(execute_one, r, reg, plan, exp_dir, data_dir, name, threads)] = (r, gpu)
-                    if on_workers is not None and isinstance(pool, ProcessPoolExecutor):
-                        on_workers(sorted(getattr(pool, "_processes", None) or {}))
-            if not running:
+                    progress.start(r.id, f" on {name}" if ngpu else "")
+                    started = True
+                    args = (r, reg, plan, exp_dir, data_dir, name, threads)
+                    if jobs <= 1:
+                        previous, loop.REPORTER = loop.REPORTER, reporter(lambda m, rid=r.id: note(rid, m))
+                        try:
+                            finish(*execute_one(*args))
+                        finally:
+                            loop.REPORTER = previous
+                        continue
+                    running[r.id] = _Worker(r, gpu, args)
+                    if on_workers is not None:
+                        on_workers([w.proc.pid for w in running.values()])
+            if not running and not started:
                 for r in pending:  # dependencies neither finished nor pending: nothing can start them
-                    log(f"  not started {r.id}: its dependencies did not run")
+                    display.log(f"  not started {r.id}: its dependencies did not run")
                 break
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                running.pop(fut)
-                rid, err, secs = fut.result()
-                if err:
-                    summary.failed[rid] = err
-                else:
-                    summary.finished.append(rid)
-                    done_ok.add(rid)
-                progress(rid, err, secs)
+            if not running:
+                continue
+            wait_any([w.conn for w in running.values()] + [w.proc.sentinel for w in running.values()],
+                     timeout=REDRAW_SECONDS)
+            for rid, w in list(running.items()):
+                outcome = w.poll(lambda m, rid=rid: note(rid, m))
+                if outcome is not None:
+                    del running[rid]
+                    if outcome == "lost":
+                        outcome = w.lost(reg, plan, exp_dir)
+                    finish(*outcome)
+    finally:
+        for w in running.values():  # an error or Ctrl-C in the driver: its runs stop with it
+            w.proc.kill()
+            w.proc.join()
+            _recover(exp_dir, w.run.id)
+
+
+def _work(conn, driver_pid: int, args: tuple) -> None:
+    """A worker process (``--jobs N``): train one run (``execute_one``), its progress and its outcome sent to
+    the driver through ``conn``; an exception the grid must see (a full disk) is sent too, and raised there."""
+    die_with_driver(driver_pid)
+    loop.REPORTER = reporter(conn.send)
+    try:
+        with guard_streams():
+            conn.send(("done", execute_one(*args)))
+    except BaseException as e:  # noqa: BLE001 - handed to the driver, which decides
+        with contextlib.suppress(Exception):
+            conn.send(("raise", e))
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed since boot (``/proc/vmstat``), if it
+    says: a worker killed by SIGKILL while this count rose most likely ran out of memory."""
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class _Worker:
+    """One run in a worker process of its own: the driver reads its messages (``poll``) and, if the process
+    ends without an outcome (killed by a signal), records the run failed with the signal (``lost``)."""
+
+    def __init__(self, run: Run, gpu: int | None, args: tuple):
+        ctx = multiprocessing.get_context()
+        self.run, self.gpu, self.outcome, self.raised = run, gpu, None, None
+        self.conn, theirs = ctx.Pipe(duplex=False)
+        self.oom, self.started, self.t0 = oom_kills(), now(), time.perf_counter()
+        self.proc = ctx.Process(target=_work, args=(theirs, os.getpid(), args), name=f"afbench-{run.id}")
+        self.proc.start()
+        theirs.close()  # the worker holds the only writing end: its death ends the pipe
+
+    def poll(self, note):
+        """The outcome (run id, error, seconds), "lost" if the process died without one, or None while it runs."""
+        while self.outcome is None and self.raised is None and self.conn.poll():
+            try:
+                kind, body = self.conn.recv()
+            except Exception:  # noqa: BLE001 - EOF, or a message cut by the worker's death
+                break
+            if kind == "done":
+                self.outcome = body
+            elif kind == "raise":
+                self.raised = body
+            else:
+                note((kind, body))
+        if self.outcome is None and self.raised is None and self.proc.is_alive():
+            return None
+        self.proc.join()
+        self.conn.close()
+        if self.raised is not None:
+            raise self.raised
+        return self.outcome or "lost"
+
+    def lost(self, reg: Registry, plan: Plan, exp_dir: Path) -> tuple[str, str, float]:
+        """Record the run of a worker that died without an outcome as failed; a rerun retrains it."""
+        code, secs = self.proc.exitcode, time.perf_counter() - self.t0
+        extra: dict = {}
+        if code is not None and code < 0:
+            try:
+                sig = signal.Signals(-code).name
+            except ValueError:
+                sig = f"signal {-code}"
+            oom = sig == "SIGKILL" and None not in (self.oom, after := oom_kills()) and after > self.oom
+            why = (f"the worker process training this run was killed by {sig}"
+                   + ("; out of memory (the kernel's out-of-memory killer killed a process meanwhile, "
+                      "/proc/vmstat oom_kill): run fewer --jobs, or lower batch_size or max_length" if oom else "")
+                   + "; the rest of the grid went on, and a rerun retrains it")
+            extra = {"worker_signal": sig, "out_of_memory": oom}
+        else:
+            why = f"the worker process training this run exited with code {code} before recording it"
+        _recover(exp_dir, self.run.id)  # its temp folder, or a swap it left half done
+        record(self.run, reg, plan, exp_dir, None, extra, why, self.started, secs, None)
+        return self.run.id, why, secs

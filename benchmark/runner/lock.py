@@ -101,10 +101,11 @@ def _same_holder(a: dict | None, b: dict) -> bool:
 
 
 def record_workers(exp_dir: Path, me: dict, pids: list[int]) -> None:
-    """Add worker processes (``--jobs N``) to the lock we hold: the lock stays live while any of them is
-    alive on this host, so a rerun never trains a run that a worker of a killed driver still trains.
+    """Name the running worker processes (``--jobs N``, one per run) in the lock we hold: the lock stays live
+    while any of them is alive on this host, so a rerun never trains a run that a worker of a killed driver
+    still trains. Only the live ones: a finished worker's pid may be reused by another program.
     Rewritten atomically (temp file + rename); only if the lock is still ours."""
-    new = sorted(set(me.get("workers", [])) | set(pids))
+    new = sorted(set(pids))
     if new == me.get("workers") or not _same_holder(read_lock(exp_dir), me):
         return
     me["workers"] = new

@@ -36,10 +36,17 @@ class NonFiniteLoss(Diverged):
     pass
 
 
+# An epoch's mean training loss (over all its steps, so one bad batch does not count) this many times the first
+# step's (the untrained model's), and above ln(classes), means the training diverged. Healthy fine-tuning ends an
+# epoch below its starting loss; 3x (0.69 -> 2.1 for two classes) is a model confidently wrong on most examples.
+DIVERGED_RATIO = 3.0
+
+
 def diverged(epoch_loss: float, first_loss: float, classes: int) -> bool:
-    """The one rule for a finite loss that exploded: an epoch's mean training loss above 10x the loss of the
-    first step (the untrained model) and above ln(number of classes) (what a uniform guess scores)."""
-    return epoch_loss > 10 * first_loss and epoch_loss > math.log(max(2, classes))
+    """The one rule for a finite loss that diverged, whether it exploded in one epoch or rose and stayed: an
+    epoch's mean training loss above ``DIVERGED_RATIO`` x the loss of the first step (the untrained model) and
+    above ln(number of classes) (what a uniform guess scores)."""
+    return epoch_loss > DIVERGED_RATIO * first_loss and epoch_loss > math.log(max(2, classes))
 
 
 @dataclass
@@ -121,20 +128,50 @@ def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, b
 PROGRESS_SECONDS = 30.0
 
 
-def log_progress(desc: str, epoch: int, epochs: int, steps: int, steps_per_epoch: int, examples: int,
-                 seconds: float) -> None:
+def progress_line(desc: str, epoch: int, epochs: int, steps: int, steps_per_epoch: int, examples: int,
+                  seconds: float) -> str:
     """"step 120/460, 21.3 ex/s, epoch ETA 8m05s": the epoch's own rate, its remaining steps at that pace."""
     rate = examples / max(seconds, 1e-9)
     eta = int(seconds / max(steps, 1) * (steps_per_epoch - steps))
-    tqdm.write(f"    {desc} epoch {epoch}/{epochs}: step {steps}/{steps_per_epoch}, {rate:.1f} train ex/s, "
-               f"epoch ETA {eta // 60}m{eta % 60:02d}s")
+    return (f"    {desc} epoch {epoch}/{epochs}: step {steps}/{steps_per_epoch}, {rate:.1f} train ex/s, "
+            f"epoch ETA {eta // 60}m{eta % 60:02d}s")
+
+
+class Console:
+    """Where ``fit`` reports by default (this process's own output): a step bar on a terminal, else a
+    ``progress_line`` at least every ``PROGRESS_SECONDS``; ``line`` for an epoch's numbers. The runner puts
+    its own class in ``REPORTER`` for the runs it starts (``runner/progress.py``): the runs' progress then
+    reaches the driver, which alone writes it, with ``--jobs N`` as with one job."""
+
+    def __init__(self, desc: str, epoch: int, epochs: int, steps_per_epoch: int):
+        self.where = (desc, epoch, epochs)
+        self.bar = tqdm(total=steps_per_epoch, desc=f"{desc} epoch {epoch}/{epochs}", leave=False, disable=None,
+                        unit="step")
+        self.steps_per_epoch, self.last = steps_per_epoch, time.perf_counter()
+
+    def step(self, steps: int, examples: int, seconds: float) -> None:
+        self.bar.update()
+        if self.bar.disable and time.perf_counter() - self.last >= PROGRESS_SECONDS:
+            self.last = time.perf_counter()
+            tqdm.write(progress_line(*self.where, steps, self.steps_per_epoch, examples, seconds))
+
+    def close(self) -> None:
+        self.bar.close()
+
+    @staticmethod
+    def line(text: str) -> None:
+        tqdm.write(text)
+
+
+REPORTER = Console
 
 
 def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> None:
     """One line per epoch, also where the step bar is hidden (logs, CI, nohup)."""
     held = f", held-out accuracy {h['heldout_accuracy']:.2f}" if "heldout_accuracy" in h else ""
-    tqdm.write(f"    {desc} epoch {h['epoch']}/{epochs}: train loss {h['train_loss']:.4f}, "
-               f"dev accuracy {h['dev_accuracy']:.2f}{held}, {examples_per_second:.1f} train ex/s, {h['seconds']:.0f}s")
+    REPORTER.line(f"    {desc} epoch {h['epoch']}/{epochs}: train loss {h['train_loss']:.4f}, "
+                  f"dev accuracy {h['dev_accuracy']:.2f}{held}, {examples_per_second:.1f} train ex/s, "
+                  f"{h['seconds']:.0f}s")
 
 
 def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device,
@@ -172,10 +209,8 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
     for epoch in range(params.epochs):
         model.train()
         t0, steps, epoch_seen = time.perf_counter(), 0, 0
-        last_log = t0
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no host sync per step
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} epoch {epoch + 1}/{params.epochs}", leave=False,
-                   disable=None, unit="step")
+        bar = REPORTER(desc, epoch + 1, params.epochs, steps_per_epoch)
         for head, batch in islice(epoch_batches(epoch), steps_per_epoch):
             if objective.anneal_temperature:  # T from 50 down to 1 over the training steps
                 model.set_fusion_temperature(max(1.0, 50.0 - 49.0 * global_step / max(1, total - 1)))
@@ -199,16 +234,14 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
             epoch_seen += batch["labels"].shape[0]
             if steps % check_every == 0 and not torch.isfinite(loss_sum):
                 raise NonFiniteLoss(f"the training loss became {loss_sum.item()} (epoch {epoch + 1}, step {steps})")
-            bar.update()
-            if bar.disable and time.perf_counter() - last_log >= PROGRESS_SECONDS:
-                last_log = time.perf_counter()
-                log_progress(desc, epoch + 1, params.epochs, steps, steps_per_epoch, epoch_seen, last_log - t0)
+            bar.step(steps, epoch_seen, time.perf_counter() - t0)
         bar.close()
         train_loss = loss_sum.item() / max(1, steps)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"the training loss became {train_loss} (epoch {epoch + 1})")
         if first_loss is not None and diverged(train_loss, first_loss, max(classes, default=2)):
-            raise Diverged(f"the training diverged: mean loss {train_loss:.4g} in epoch {epoch + 1}, over 10x the "
+            raise Diverged(f"the training diverged: mean loss {train_loss:.4g} in epoch {epoch + 1}, over "
+                           f"{DIVERGED_RATIO:g}x the "
                            f"first step's {first_loss:.4g} and over ln({max(classes, default=2)}) (a uniform guess); "
                            "lower the learning rate")
         train_time += time.perf_counter() - t0
@@ -225,7 +258,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
             if params.patience and since_best >= params.patience and epoch + 1 < params.epochs:
                 out.stopped_early = (f"stopped after epoch {epoch + 1}: no gain in {select.replace('_', ' ')} "
                                      f"for {since_best} epochs (kept epoch {out.best_epoch})")
-                tqdm.write(f"    {desc} {out.stopped_early}")
+                REPORTER.line(f"    {desc} {out.stopped_early}")
                 break
     out.examples_per_second = seen / max(train_time, 1e-9)
     out.train_seconds = train_time
