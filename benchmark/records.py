@@ -35,11 +35,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.errors import BenchError
-from benchmark.paths import write_atomic
+from benchmark.paths import read_regular, write_atomic
 
 SCHEMA = 2
 RESULT = "result.json"
 PLAN = "plan.json"
+MAX_RECORD_BYTES = 32 << 20  # a result.json is tens of KB, a plan.json of 10,000 runs a few MB
 LAST_FAILURE = "last_failure.json"  # a failed rerun of a finished run, written beside the kept result
 STATUSES = ("finished", "failed")
 
@@ -264,12 +265,15 @@ def parse_run(data: object, *, file: str | Path | None = None, folder_name: str 
 
 
 def _read_json(path: Path, fix: str, lead: str = "") -> object:
-    """The parsed file, or one RecordError "<lead>not readable JSON (why)" (OSError: it could not be read;
-    ``lead``: "is " where the message follows the file's name, as plan.json's do)."""
+    """The parsed file, or one RecordError "<lead>not readable JSON (why)" (OSError: it could not be read, or
+    is not a regular file of at most ``MAX_RECORD_BYTES``, ``paths.read_regular``; ``lead``: "is " where the
+    message follows the file's name, as plan.json's do)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{lead}not readable JSON ({e})", file=str(path), fix=fix) from None
+        return json.loads(read_regular(path, MAX_RECORD_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "nested too deeply" \
+            if isinstance(e, RecursionError) else e
+        raise RecordError(f"{lead}not readable JSON ({why})", file=str(path), fix=fix) from None
 
 
 def load_run(path: Path) -> RunRecord:

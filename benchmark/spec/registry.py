@@ -154,8 +154,8 @@ def check_name(kind: str, name: object, path: Path) -> None:
             file=str(path), field="name", fix=f"rename the file to {name}.yaml, or remove the name: key")
 
 
-def load_file(path: Path, roots: list[Path]):
-    data = load_with_includes(path)
+def load_file(path: Path, roots: list[Path], memo: dict | None = None):
+    data = load_with_includes(path, memo=memo)
     kind = _kind_of(path.resolve(), data, [r.resolve() for r in roots])
     if kind not in SPEC_MODELS:
         raise SpecError(
@@ -186,9 +186,10 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
     roots = ([default_spec_dir()] if include_default else []) + [Path(p) for p in (extra or [])]
     reg = Registry()
     warn = warn or (lambda line: print(line, file=sys.stderr))
+    memo: dict = {}  # each file (shared defaults above all) is read and merged once
     for path in spec_files(roots):
         try:
-            kind, spec = load_file(path, roots)
+            kind, spec = load_file(path, roots, memo)
         except SpecError as e:
             if strict:
                 raise

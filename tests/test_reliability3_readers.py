@@ -1,0 +1,154 @@
+"""Issue #37 (reliability round 3): bounded readers and complete validation before work.
+
+Readers are bounded (only regular files, a size cap, YAML aliases counted before expansion, includes resolved
+once and at most a few levels deep) and a broken spec blocks only what needs it; override values, seeds and
+names are validated as fully as the YAML blocks they stand for, before any run trains.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from conftest import ROOT
+
+TINY = """
+    backbones: [tiny-bert]
+    seeds: [1]
+    groups: [{tasks: [rte, cb], methods: [head]}]
+    caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}
+"""
+
+
+def _specs(tmp_path: Path, **experiments: str) -> list[str]:
+    folder = tmp_path / "specs" / "experiments"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in {"good": TINY, **experiments}.items():
+        (folder / f"{name}.yaml").write_text(textwrap.dedent(body))
+    return ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+
+
+def _one_paragraph(err: str, *fragments: str) -> None:
+    assert "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, err
+
+
+# ----------------------------------------------------------------------------- 6. specs that hang every command
+def _billion_laughs() -> str:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for prev, c in zip("abcdefgh", "bcdefghi", strict=True):
+        lines.append(f"{c}: &{c} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_before_expansion_and_blocks_only_itself(tmp_path, capsys):
+    args = _specs(tmp_path, bomb=_billion_laughs())
+    assert len((tmp_path / "specs" / "experiments" / "bomb.yaml").read_bytes()) < 800
+    t = time.monotonic()
+    assert main(["plan", "good", *args]) == 0
+    assert time.monotonic() - t < 10
+    cap = capsys.readouterr()
+    assert "2 runs" in cap.out and "bomb.yaml" in cap.err and "aliases" in cap.err
+    assert main(["validate", str(tmp_path / "specs" / "experiments" / "bomb.yaml"), "--no-data"]) == 2
+    _one_paragraph(capsys.readouterr().err, "bomb.yaml", "over 100,000 values through YAML aliases")
+
+
+def test_a_recursive_alias_is_refused(tmp_path, capsys):
+    args = _specs(tmp_path, loop="a: &x [1, *x]\n")
+    assert main(["validate", args[1], "--no-data"]) == 2
+    _one_paragraph(capsys.readouterr().err, "loop.yaml", "aliases")
+
+
+def test_small_aliases_still_work(tmp_path, capsys):
+    body = textwrap.dedent(TINY).replace("caps: {", "caps: &c {") + "task_caps: {rte: *c}\n"
+    args = _specs(tmp_path, aliased=body)
+    assert main(["plan", "aliased", *args]) == 0, capsys.readouterr().err
+
+
+def _include_fan(tasks: Path, depth: int, fan: int = 10) -> None:
+    for i in range(depth):
+        (tasks / f"_d{i}.yaml").write_text("include: [" + ", ".join([f"_d{i + 1}.yaml"] * fan) + f"]\nnotes: d{i}\n")
+    (tasks / f"_d{depth}.yaml").write_text("notes: leaf\n")
+
+
+def test_an_include_fan_out_is_resolved_once_per_file_and_its_depth_is_capped(tmp_path, capsys):
+    from benchmark.spec.loader import MAX_INCLUDE_DEPTH, load_with_includes
+
+    tasks = tmp_path / "specs" / "tasks"
+    tasks.mkdir(parents=True)
+    spec = tasks / "fan.yaml"
+    spec.write_text((ROOT / "specs" / "tasks" / "rte.yaml").read_text().replace(
+        "include: _defaults.yaml", "include: [_defaults.yaml, _d0.yaml]"))
+    _include_fan(tasks, MAX_INCLUDE_DEPTH - 1)  # 10^7 paths through 8 files
+    t = time.monotonic()
+    assert load_with_includes(spec)["notes"] == "d0" and main(["validate", str(spec), "--no-data"]) == 0
+    assert time.monotonic() - t < 10
+    _include_fan(tasks, MAX_INCLUDE_DEPTH)  # one level more
+    assert main(["validate", str(spec), "--no-data"]) == 2
+    _one_paragraph(capsys.readouterr().err, "fan.yaml", "includes nest over 8 levels deep")
+
+
+# ----------------------------------------------------------------------------- 7. only regular files, bounded
+def test_read_regular_refuses_devices_fifos_folders_and_large_files(tmp_path):
+    from benchmark.paths import read_regular
+
+    (tmp_path / "ok").write_bytes(b"x" * 10)
+    assert read_regular(tmp_path / "ok", 10) == b"x" * 10
+    os.mkfifo(tmp_path / "fifo")
+    for path, why in (("/dev/zero", "character device"), (tmp_path / "fifo", "FIFO"), (tmp_path, "folder")):
+        with pytest.raises(OSError, match=why):
+            read_regular(path, 10)
+    with pytest.raises(OSError, match="over the limit of 9"):
+        read_regular(tmp_path / "ok", 9)
+
+
+def test_include_of_a_device_or_fifo_and_a_result_json_linked_to_one_are_one_paragraph(tmp_path):
+    """Real processes with a timeout: a FIFO that blocked the reader would hang the test, not fail it."""
+    args = _specs(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    tasks = tmp_path / "specs" / "tasks"
+    tasks.mkdir()
+    rte = (ROOT / "specs" / "tasks" / "rte.yaml").read_text()
+    for name, target in (("zero", "/dev/zero"), ("fifo", tmp_path / "fifo")):
+        (tasks / f"{name}.yaml").write_text(rte.replace("include: _defaults.yaml",
+                                                        f"include: [_defaults.yaml, {target}]"))
+    runs = tmp_path / "r" / "good"
+    for name, target in (("a_zero", "/dev/zero"), ("b_fifo", tmp_path / "fifo")):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "result.json").symlink_to(target)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = {}
+    for cmd in (["validate", str(tasks), "--no-data"], ["plan", "good", *args], ["status", "good", *args]):
+        t = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "benchmark.cli", *cmd], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert time.monotonic() - t < 60 and "Traceback" not in p.stderr and "MemoryError" not in p.stderr
+        out[cmd[0]] = (p.returncode, p.stdout + p.stderr)
+    rc, text = out["validate"]
+    assert rc == 2 and "not a regular file but a" in text, text
+    rc, text = out["plan"]
+    assert rc == 0 and "a_zero/result.json" in text and "b_fifo/result.json" in text, text
+    assert "not a regular file but a character device" in text and "not a regular file but a FIFO" in text
+    assert out["status"][0] == 0 and "2 pending" in out["status"][1]
+
+
+def test_load_run_and_load_plan_name_a_non_regular_file(tmp_path):
+    from benchmark.records import RecordError, load_plan, load_run
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "result.json").symlink_to("/dev/zero")
+    (tmp_path / "plan.json").symlink_to("/dev/zero")
+    for load, path in ((load_run, tmp_path / "run" / "result.json"), (load_plan, tmp_path / "plan.json")):
+        with pytest.raises(RecordError, match="not a regular file but a character device"):
+            load(path)
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RecordError, match="nested too deeply"):
+        load_plan(tmp_path / "deep.json")
