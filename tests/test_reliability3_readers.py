@@ -7,6 +7,7 @@ names are validated as fully as the YAML blocks they stand for, before any run t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from conftest import ROOT
+from conftest import ROOT, needs_mirror
 
 TINY = """
     backbones: [tiny-bert]
@@ -152,3 +153,35 @@ def test_load_run_and_load_plan_name_a_non_regular_file(tmp_path):
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(RecordError, match="nested too deeply"):
         load_plan(tmp_path / "deep.json")
+
+
+# ----------------------------------------------------------------------------- 9. a lock that is not UTF-8
+def test_the_lock_is_read_as_bytes_with_a_note(tmp_path):
+    import hashlib
+
+    from benchmark.runner.provenance import environment
+
+    lock = tmp_path / "requirements.lock"
+    raw = b"# caf\xe9\npydantic==0.0.1\n"  # Latin-1, not UTF-8
+    lock.write_bytes(raw)
+    env = environment(lock)
+    assert env["lock_sha256"] == hashlib.sha256(raw).hexdigest() and env["matches_lock"] is False
+    assert "not UTF-8 text" in env["lock_note"] and "pydantic" in env["drift"][0]
+    lock.unlink()
+    os.mkfifo(lock)
+    assert "not a regular file but a FIFO" in environment(lock)["lock_note"]
+    assert "lock_note" not in environment(tmp_path / "missing.lock")  # a plain pip install: no lock, no note
+
+
+@needs_mirror
+def test_runs_train_and_are_recorded_under_a_non_utf8_lock(tmp_path, monkeypatch, capsys):
+    from benchmark.runner import provenance
+
+    lock = tmp_path / "requirements.lock"
+    lock.write_bytes(b"torch==0.0\n\xff\xfe\n")
+    monkeypatch.setattr(provenance, "LOCK_FILE", lock)
+    args = _specs(tmp_path)
+    assert main(["run", "good", *args]) == 0, capsys.readouterr().err
+    results = [json.loads(p.read_text()) for p in (tmp_path / "r" / "good").glob("*/result.json")]
+    assert len(results) == 2 and {r["status"] for r in results} == {"finished"}
+    assert all("not UTF-8 text" in r["environment"]["lock_note"] for r in results)
