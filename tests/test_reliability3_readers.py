@@ -59,7 +59,7 @@ def test_a_yaml_alias_bomb_is_refused_before_expansion_and_blocks_only_itself(tm
     cap = capsys.readouterr()
     assert "2 runs" in cap.out and "bomb.yaml" in cap.err and "aliases" in cap.err
     assert main(["validate", str(tmp_path / "specs" / "experiments" / "bomb.yaml"), "--no-data"]) == 2
-    _one_paragraph(capsys.readouterr().err, "bomb.yaml", "over 100,000 values through YAML aliases")
+    _one_paragraph(capsys.readouterr().err, "bomb.yaml", "over 100,000 values (YAML aliases")
 
 
 def test_a_recursive_alias_is_refused(tmp_path, capsys):
@@ -185,3 +185,103 @@ def test_runs_train_and_are_recorded_under_a_non_utf8_lock(tmp_path, monkeypatch
     results = [json.loads(p.read_text()) for p in (tmp_path / "r" / "good").glob("*/result.json")]
     assert len(results) == 2 and {r["status"] for r in results} == {"finished"}
     assert all("not UTF-8 text" in r["environment"]["lock_note"] for r in results)
+
+
+# ----------------------------------------------------------------------------- 11. one experiment's mistake
+@pytest.mark.parametrize("mistake", ["dependencies_from: [no_such_experiment]", "overrides: {head: {lrr: 0.1}}",
+                                     "overrides: {no_such_method: {lr: 0.1}}", "overrides: {head: {lr: -1}}"])
+def test_a_reference_error_in_one_experiment_blocks_only_that_one(tmp_path, capsys, mistake):
+    args = _specs(tmp_path, bad=TINY + f"    {mistake}\n")
+    assert main(["plan", "good", *args]) == 0
+    cap = capsys.readouterr()
+    assert "2 runs" in cap.out and cap.err.count("warning: skipped") == 1 and "bad.yaml" in cap.err, cap.err
+    assert main(["list", "--specs", args[1]]) == 0
+    cap = capsys.readouterr()
+    assert "good" in cap.out and "bad" not in cap.out.split() and "bad.yaml" in cap.err
+    assert main(["plan", "bad", *args]) == 2
+    err = capsys.readouterr().err
+    assert "warning" not in err and err.count("Error in") == 1 and "bad.yaml" in err and "Traceback" not in err
+    assert main(["validate", args[1], "--no-data"]) == 2  # validate stays strict
+
+
+# ----------------------------------------------------------------------------- 12. override values
+@pytest.mark.parametrize("value, field, words", [
+    ("lr: -1", "lr", "greater than 0"), ("batch_size: 0", "batch_size", "greater than or equal to 1"),
+    ("epochs: abc", "epochs", "valid integer"), ("lr: .inf", "lr", "finite number"),
+    ("lr: .nan", "lr", "finite number"), ("warmup_ratio: 1.5", "warmup_ratio", "less than 1")])
+def test_override_values_are_checked_by_the_methods_own_model(tmp_path, capsys, value, field, words):
+    args = _specs(tmp_path, bad=TINY + f"    overrides: {{head: {{{value}}}}}\n")
+    assert main(["validate", str(tmp_path / "specs" / "experiments" / "bad.yaml"), "--no-data"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"field 'overrides.head.{field}'" in err and words in err, err
+    assert main(["plan", "bad", *args]) == 2
+    _one_paragraph(capsys.readouterr().err, "bad.yaml", f"overrides.head.{field}")
+
+
+def test_infinite_values_are_refused_in_every_spec_block(tmp_path, capsys):
+    method = tmp_path / "specs" / "methods" / "inf_head.yaml"
+    method.parent.mkdir(parents=True)
+    method.write_text("method: head\ntrain: {lr: .inf}\n")
+    assert main(["validate", str(method), "--no-data"]) == 2
+    _one_paragraph(capsys.readouterr().err, "inf_head.yaml", "train.lr", "finite number")
+    args = _specs(tmp_path, ok=TINY + "    overrides: {head: {lr: 1.0e-3, epochs: 2, patience: null}}\n")
+    assert main(["plan", "ok", *args]) == 0, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 13. seeds
+@pytest.mark.parametrize("seeds, words", [("[100000000000000000000000]", "less than 4294967296"),
+                                          ("[-1]", "greater than or equal to 0"),
+                                          ("[" + ",".join(["7"] * 150_000) + "]", "over 100,000 values"),
+                                          ("[" + ", ".join(map(str, range(1000))) + "]", "at most 100 items")])
+def test_seeds_are_bounded_in_count_and_size(tmp_path, capsys, seeds, words):
+    args = _specs(tmp_path, bad=TINY.replace("seeds: [1]", f"seeds: {seeds}"))
+    t = time.monotonic()
+    assert main(["plan", "good", *args]) == 0  # the others plan
+    assert main(["plan", "bad", *args]) == 2
+    assert time.monotonic() - t < 60  # 150,000 seeds: 300 KB of YAML, parsed once per command
+    _one_paragraph(capsys.readouterr().err, "bad.yaml", words)
+
+
+def test_adapter_and_data_seeds_are_bounded_too(tmp_path, capsys):
+    args = _specs(tmp_path, bad=TINY + "    fusion: {adapter_seed: 99999999999}\n")
+    assert main(["plan", "bad", *args]) == 2
+    err = capsys.readouterr().err
+    _one_paragraph(err, "field 'fusion.adapter_seed'", "less than 4294967296")
+    args = _specs(tmp_path, bad=TINY.replace("max_length: 32}", "max_length: 32, data_seed: -3}"))
+    assert main(["plan", "bad", *args]) == 2
+    _one_paragraph(capsys.readouterr().err, "field 'caps.data_seed'")
+
+
+# ----------------------------------------------------------------------------- 14. long names
+@needs_mirror
+def test_the_longest_valid_names_train_and_a_longer_one_is_one_paragraph(tmp_path, capsys):
+    from benchmark.spec.registry import MAX_NAME
+
+    specs = tmp_path / "specs"
+    names = {kind: (kind[0] + "_" * MAX_NAME)[:MAX_NAME] for kind in ("task", "method", "backbone", "experiment")}
+    for kind, source in (("task", "rte"), ("method", "st_a"), ("backbone", "tiny-bert")):
+        (specs / f"{kind}s").mkdir(parents=True)
+        (specs / f"{kind}s" / f"{names[kind]}.yaml").write_text((ROOT / "specs" / f"{kind}s" / f"{source}.yaml")
+                                                                .read_text())
+    body = (f"backbones: [{names['backbone']}]\nseeds: [4294967295]\n"
+            f"groups: [{{tasks: [{names['task']}], methods: [{names['method']}]}}]\n"
+            "caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}\n")
+    (specs / "experiments").mkdir()
+    (specs / "experiments" / f"{names['experiment']}.yaml").write_text(body)
+    args = ["--specs", str(specs), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", names["experiment"], *args]) == 0, capsys.readouterr().err
+    (run,) = (tmp_path / "r" / names["experiment"]).glob("*/result.json")
+    assert json.loads(run.read_text())["status"] == "finished" and len(run.parent.name) > 220
+    longer = specs / "tasks" / f"{names['task']}x.yaml"
+    longer.write_text((ROOT / "specs" / "tasks" / "rte.yaml").read_text())
+    assert main(["validate", str(longer), "--no-data"]) == 2
+    _one_paragraph(capsys.readouterr().err, "at most 64 characters")
+
+
+def test_every_committed_spec_and_run_id_fits_the_bounds(registry):
+    from benchmark.spec.registry import MAX_NAME
+
+    assert all(len(n) <= MAX_NAME for kind in ("task", "method", "backbone", "experiment")
+               for n in registry.table(kind))
+    ids = [p.name for p in (ROOT / "results").glob("*/*") if p.is_dir() and not p.name.startswith(".")]
+    assert ids and all(len(f".tmp-{i}-4194304") <= 255 for i in ids)

@@ -140,8 +140,9 @@ def read_yaml(path: Path) -> dict:
         node = loader.get_single_node()
         if node is not None and _expanded_values(node) > MAX_SPEC_VALUES:
             raise SpecError(
-                f"the file expands to over {MAX_SPEC_VALUES:,} values through YAML aliases (*name)", file=str(path),
-                fix="a spec is a page of settings: write values out, or use aliases only for a few small blocks")
+                f"the file holds over {MAX_SPEC_VALUES:,} values (YAML aliases, *name, counted as expanded)",
+                file=str(path), fix="a spec is a page of settings: keep it to a few hundred values and use aliases "
+                                    "only for a few small blocks")
         data = loader.construct_document(node) if node is not None else None
     except DuplicateKeyError as e:
         raise SpecError(
@@ -275,6 +276,8 @@ def _fix_for(err: dict, model_fields: list[str]) -> str:
         return "add this field"
     if t.startswith("literal_error"):
         return f"use one of {err.get('ctx', {}).get('expected', 'the allowed values')}"
+    if t in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "too_long"):
+        return f"give a value within the bounds ({err['msg'].lower()})"
     if t in ("value_error", "assertion_error"):
         return "see the message"
     if t == "string_type" and isinstance(err.get("input"), bool):
@@ -300,6 +303,9 @@ def _known_fields(model: type, loc: tuple) -> list[str]:
     return fields
 
 
+_UNION_TAGS = {"int", "float", "str", "bool", "none", "constrained-int", "constrained-float", "constrained-str"}
+
+
 def validate_model(model: type, data: dict, *, file: str) -> Any:
     try:
         return model.model_validate(data)
@@ -308,6 +314,8 @@ def validate_model(model: type, data: dict, *, file: str) -> Any:
         errs = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
         first = errs[0]
         loc = tuple(first["loc"])
+        while loc and isinstance(loc[-1], str) and (loc[-1] in _UNION_TAGS or loc[-1].startswith("literal[")):
+            loc = loc[:-1]  # which member of a union (int | "matched") failed: not a field the user wrote
         field = ".".join(str(p) for p in loc) or "(top level)"
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
