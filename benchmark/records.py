@@ -194,6 +194,11 @@ def _is_number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _is_accuracy(x: object) -> bool:
+    """A metric every task spec can have (``metric: accuracy``, in percent): 1e308 is damage, not a score."""
+    return _is_number(x) and 0 <= x <= 100
+
+
 def _what(x: object) -> str:
     return "missing" if x is None else repr(x) if isinstance(x, float) else type(x).__name__
 
@@ -220,13 +225,14 @@ def _problem(data: object, folder_name: str | None) -> tuple[str, str]:
     if data["status"] == "finished":
         per_task = data.get("per_task")
         if per_task is not None:
-            bad = [t for t, v in per_task.items() if not _is_number((v or {}).get("best_metric"))] \
+            bad = [t for t, v in per_task.items() if not _is_accuracy((v or {}).get("best_metric"))] \
                 if isinstance(per_task, dict) else ["(not an object)"]
             if bad:
-                return "'per_task' has no numeric best_metric for " + ", ".join(bad), "per_task"
-        elif not _is_number(data.get("best_metric")):
-            return f"finished but 'best_metric' is {_what(data.get('best_metric'))}, not a finite number", \
-                "best_metric"
+                return f"'per_task' has no numeric best_metric for {', '.join(bad)} (an accuracy in percent, " \
+                       "0..100)", "per_task"
+        elif not _is_accuracy(data.get("best_metric")):
+            return f"finished but 'best_metric' is {_what(data.get('best_metric'))}, not a finite accuracy in 0..100 " \
+                   "(percent)", "best_metric"
     return "", ""
 
 

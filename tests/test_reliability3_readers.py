@@ -285,3 +285,58 @@ def test_every_committed_spec_and_run_id_fits_the_bounds(registry):
                for n in registry.table(kind))
     ids = [p.name for p in (ROOT / "results").glob("*/*") if p.is_dir() and not p.name.startswith(".")]
     assert ids and all(len(f".tmp-{i}-4194304") <= 255 for i in ids)
+
+
+# ----------------------------------------------------------------------------- 15. smaller
+def test_a_best_metric_outside_0_100_is_a_corrupt_result(tmp_path):
+    from benchmark.records import read_result_file
+
+    src = next((ROOT / "results" / "minilm_table1").glob("rte__st_a_rf16__*/result.json"))
+    for value, ok in ((1e308, False), (-0.5, False), (100.5, False), (100.0, True), (0.0, True), (71.5, True)):
+        run = tmp_path / str(value) / src.parent.name
+        run.mkdir(parents=True)
+        data = json.loads(src.read_text())
+        data["best_metric"] = value
+        (run / "result.json").write_text(json.dumps(data))
+        r = read_result_file(run)
+        assert r.ok == ok, (value, r.reason)
+        if not ok:
+            assert "not a finite accuracy in 0..100" in r.reason and repr(value) in r.reason
+
+
+def test_a_task_with_one_label_class_validates_with_a_warning(tmp_path, capsys):
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for split in ("train", "validation"):
+        (tasks / f"{split}.csv").write_text("sentence,label\n" + "".join(f"text {i},1\n" for i in range(20)))
+    (tasks / "one_class.yaml").write_text(
+        "data_files: {train: train.csv, validation: validation.csv}\ntype: classification\n"
+        "input: {text: '{{ sentence }}'}\nlabel: {column: label, names: [negative, positive], map: {'0': 0, '1': 1}}\n")
+    assert main(["validate", str(tasks / "one_class.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: split 'train' has one label class ('positive', of 2)" in out, out
+    assert "WARNING: split 'validation' has one label class" in out
+    (tasks / "train.csv").write_text("sentence,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(20)))
+    assert main(["validate", str(tasks / "one_class.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "split 'train' has one" not in out and "split 'validation' has one" in out
+
+
+def test_an_adapterhub_weights_file_that_holds_a_list_is_a_clear_error(tiny_bert, tmp_path):
+    import torch
+
+    from benchmark.errors import CheckpointError
+    from benchmark.modeling.checkpoint import load_adapterhub
+    from benchmark.modeling.model import AdapterModel
+
+    _, make = tiny_bert
+    cfg = {"name": "x", "config": {"architecture": "bottleneck", "reduction_factor": 16, "original_ln_before": True,
+                                   "mh_adapter": False, "output_adapter": True, "non_linearity": "relu"}}
+    (tmp_path / "adapter_config.json").write_text(json.dumps(cfg))
+    for bad, what in (([torch.zeros(2)], "holds a list"), ({"a": [torch.zeros(2)]}, "holds a dict")):
+        torch.save(bad, tmp_path / "pytorch_adapter.bin")
+        with pytest.raises(CheckpointError, match=what):
+            load_adapterhub(AdapterModel(make()), tmp_path)
+    (tmp_path / "adapter_config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot read the adapter config"):
+        load_adapterhub(AdapterModel(make()), tmp_path)
