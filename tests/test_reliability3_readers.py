@@ -134,7 +134,7 @@ def test_include_of_a_device_or_fifo_and_a_result_json_linked_to_one_are_one_par
         assert time.monotonic() - t < 60 and "Traceback" not in p.stderr and "MemoryError" not in p.stderr
         out[cmd[0]] = (p.returncode, p.stdout + p.stderr)
     rc, text = out["validate"]
-    assert rc == 2 and "not a regular file but a" in text, text
+    assert rc == 2 and "is not a regular file" in text and "at field 'include'" in text, text
     rc, text = out["plan"]
     assert rc == 0 and "a_zero/result.json" in text and "b_fifo/result.json" in text, text
     assert "not a regular file but a character device" in text and "not a regular file but a FIFO" in text

@@ -259,6 +259,9 @@ def load_with_includes(path: Path, _stack: tuple[Path, ...] = (), *, memo: dict 
                             "specs/ folders)", file=str(path),
                             field="include", fix="give a path relative to this spec file, or the name of a shared "
                                                  "defaults file of specs/tasks (methods, ...)")
+        if not target.is_file():  # /dev/zero, a FIFO, a folder: never opened (read_regular checks again)
+            raise SpecError(f"included file {name!r} is not a regular file", file=str(path), field="include",
+                            fix="include a YAML file of shared defaults")
         merged = deep_merge(merged, load_with_includes(target, (*_stack, path), memo=memo))
     memo[path] = deep_merge(merged, data)
     return dict(memo[path])
