@@ -12,12 +12,16 @@ never decides where a file lands. Every write outside a run's own folder (the lo
 figures) goes through ``write_atomic``: temp file beside the target, fsync, rename; an OS failure
 (read-only, full, permission) is one ``StorageError`` paragraph and the old file is left as it was.
 ``pid_alive``: whether a process of this host lives (the experiment lock and the report's staging folders).
+``read_regular``: the one bounded reader of files a user or a record names (specs, includes, result.json,
+plan.json): only a regular file, at most a given size, and never blocking on a FIFO.
 Imports only ``errors`` (layer 0 too): every layer may use it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 from benchmark.errors import PathOutsideRoot, StorageError
@@ -98,3 +102,30 @@ def pid_alive(pid: int) -> bool:
             return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes. Anything else raises an
+    OSError whose ``strerror`` says why (EINVAL: a FIFO, a device such as /dev/zero, a socket or a folder;
+    EFBIG: over ``limit``), decided on the opened file itself (``fstat``), so a FIFO never blocks the open
+    and no more than ``limit + 1`` bytes are read even from a file that grows."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        mode = st.st_mode
+        if not stat.S_ISREG(mode):
+            what = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+                    stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "a special file")
+            raise OSError(errno.EINVAL, f"not a regular file but {what}", os.fspath(path))
+        if st.st_size > limit:
+            raise OSError(errno.EFBIG, f"the file is {st.st_size:,} bytes, over the limit of {limit:,}",
+                          os.fspath(path))
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(errno.EFBIG, f"the file is over the limit of {limit:,} bytes", os.fspath(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

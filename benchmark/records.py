@@ -38,11 +38,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.errors import BenchError
-from benchmark.paths import write_atomic
+from benchmark.paths import read_regular, write_atomic
 
 SCHEMA = 2
 RESULT = "result.json"
 PLAN = "plan.json"
+MAX_RECORD_BYTES = 32 << 20  # a result.json is tens of KB, a plan.json of 10,000 runs a few MB
 LAST_FAILURE = "last_failure.json"  # a failed rerun of a finished run, written beside the kept result
 STATUSES = ("finished", "failed")
 
@@ -196,6 +197,11 @@ def _is_number(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def _is_accuracy(x: object) -> bool:
+    """A metric every task spec can have (``metric: accuracy``, in percent): 1e308 is damage, not a score."""
+    return _is_number(x) and 0 <= x <= 100
+
+
 def _what(x: object) -> str:
     return "missing" if x is None else repr(x) if isinstance(x, float) else type(x).__name__
 
@@ -222,13 +228,14 @@ def _problem(data: object, folder_name: str | None) -> tuple[str, str]:
     if data["status"] == "finished":
         per_task = data.get("per_task")
         if per_task is not None:
-            bad = [t for t, v in per_task.items() if not _is_number((v or {}).get("best_metric"))] \
+            bad = [t for t, v in per_task.items() if not _is_accuracy((v or {}).get("best_metric"))] \
                 if isinstance(per_task, dict) else ["(not an object)"]
             if bad:
-                return "'per_task' has no numeric best_metric for " + ", ".join(bad), "per_task"
-        elif not _is_number(data.get("best_metric")):
-            return f"finished but 'best_metric' is {_what(data.get('best_metric'))}, not a finite number", \
-                "best_metric"
+                return f"'per_task' has no numeric best_metric for {', '.join(bad)} (an accuracy in percent, " \
+                       "0..100)", "per_task"
+        elif not _is_accuracy(data.get("best_metric")):
+            return f"finished but 'best_metric' is {_what(data.get('best_metric'))}, not a finite accuracy in 0..100 " \
+                   "(percent)", "best_metric"
     return "", ""
 
 
@@ -268,12 +275,15 @@ def parse_run(data: object, *, file: str | Path | None = None, folder_name: str 
 
 
 def _read_json(path: Path, fix: str, lead: str = "") -> object:
-    """The parsed file, or one RecordError "<lead>not readable JSON (why)" (OSError: it could not be read;
-    ``lead``: "is " where the message follows the file's name, as plan.json's do)."""
+    """The parsed file, or one RecordError "<lead>not readable JSON (why)" (OSError: it could not be read, or
+    is not a regular file of at most ``MAX_RECORD_BYTES``, ``paths.read_regular``; ``lead``: "is " where the
+    message follows the file's name, as plan.json's do)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RecordError(f"{lead}not readable JSON ({e})", file=str(path), fix=fix) from None
+        return json.loads(read_regular(path, MAX_RECORD_BYTES).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "nested too deeply" \
+            if isinstance(e, RecursionError) else e
+        raise RecordError(f"{lead}not readable JSON ({why})", file=str(path), fix=fix) from None
 
 
 def load_run(path: Path) -> RunRecord:

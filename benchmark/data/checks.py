@@ -79,7 +79,7 @@ def _hub_status(task: TaskSpec, root: Path | None) -> str:
 
 def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) -> DataCheck:
     """Raise a SpecError/DataError on a mismatch; return the status (and any missing data) otherwise."""
-    checked, hub_only, rendered = [], False, 0
+    checked, hub_only, rendered, warnings = [], False, 0, []
     for split in (task.splits.train, task.splits.eval):
         try:
             src = locate(task, split, root, task_file=task_file)
@@ -104,12 +104,18 @@ def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) ->
                 f"label column '{task.label.column}' is not in split '{split}' (columns: {cols})",
                 file=task_file, field="label.column", fix="name the column that holds the gold label",
             )
-        labels_of(task, rows, split, task_file)
+        classes = set(labels_of(task, rows, split, task_file))
+        if len(classes) < 2:  # every row the same gold label: a constant prediction scores 100%
+            (only,) = classes
+            name = task.label.names[only] if task.label.names else f"choice {only}"
+            warnings.append(f"WARNING: split '{split}' has one label class ('{name}', of {task.num_labels}): "
+                            "any model scores 100% by always predicting it; check label.column and the split")
         rendered += check_renders(task, rows, split, task_file)
         checked.append(f"{split} ({len(rows)} rows)")
     if hub_only and not checked:
         return DataCheck(_hub_status(task, data_dir(root)))
-    return DataCheck("data ok: " + ", ".join(checked) + f"; templates rendered on {rendered} sampled rows")
+    return DataCheck("; ".join(["data ok: " + ", ".join(checked), f"templates rendered on {rendered} sampled rows",
+                                *warnings]))
 
 
 __all__ = ["check_task_data", "check_renders", "sample_indices", "DataCheck", "DataError"]

@@ -282,7 +282,11 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
         raise CheckpointError("an AdapterHub adapter folder holds adapter_config.json and pytorch_adapter.bin "
                               "(or adapter.safetensors)",
                               file=str(folder), fix="point at the folder that save_adapter() wrote")
-    config = json.loads(cfile.read_text())
+    try:
+        config = json.loads(cfile.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"cannot read the adapter config ({type(e).__name__}: {str(e)[:200]})",
+                              file=str(cfile), fix="point at the folder that save_adapter() wrote") from None
     params = adapterhub_params(config, str(cfile))
     try:
         state = load_file(str(wfile)) if wfile.suffix == ".safetensors" else \
@@ -290,6 +294,11 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"cannot read the weights safely ({type(e).__name__}: {str(e)[:200]})", file=str(wfile),
                               fix="only plain tensor state dicts are accepted (weights_only=True)") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"the weights file holds a {type(state).__name__}, not a state dict of named tensors",
+                              file=str(wfile), fix="point at the pytorch_adapter.bin that save_adapter() wrote "
+                                                   "(torch.save of model.state_dict()-style {name: tensor})")
     saved_name = config.get("name")
     name = name or saved_name
     mapped = {}

@@ -21,7 +21,10 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
+from benchmark.paths import read_regular
+
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
+MAX_LOCK_BYTES = 16 << 20
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
 
 
@@ -45,13 +48,26 @@ def lock_pins(text: str) -> dict[str, str]:
     return {_norm(m.group(1)): m.group(2) for line in text.splitlines() if (m := _PIN.match(line.strip()))}
 
 
-def environment(lock_file: Path = LOCK_FILE) -> dict:
+def environment(lock_file: Path | None = None) -> dict:
     """``{"lock": "requirements.lock", "lock_sha256", "matches_lock", "drift": [...]}``; the lock's
-    fields are None when the program runs without its checkout (a plain ``pip install``)."""
+    fields are None when the program runs without its checkout (a plain ``pip install``). The lock is read
+    as bytes (``paths.read_regular``; the hash is of its bytes): a lock that is not UTF-8 text, or cannot be
+    read, adds ``lock_note`` saying so instead of failing the run being recorded."""
+    lock_file = lock_file or LOCK_FILE
     try:
-        text = lock_file.read_text(encoding="utf-8")
-    except OSError:
-        return {"lock": None, "lock_sha256": None, "matches_lock": None, "drift": []}
+        raw = read_regular(lock_file, MAX_LOCK_BYTES)
+    except OSError as e:
+        missing = isinstance(e, FileNotFoundError)
+        return {"lock": None, "lock_sha256": None, "matches_lock": None, "drift": []} | (
+            {} if missing else {"lock_note": f"{lock_file.name} could not be read ({e.strerror}); the environment "
+                                             "was not compared with it"})
+    note = {}
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = raw.decode("utf-8", errors="replace")
+        note = {"lock_note": f"{lock_file.name} is not UTF-8 text ({e.reason} at byte {e.start}); its sha256 is of "
+                             "its bytes and only its readable name==version lines were compared"}
     drift = []
     for name, want in sorted(lock_pins(text).items()):
         try:
@@ -60,8 +76,8 @@ def environment(lock_file: Path = LOCK_FILE) -> dict:
             have = None
         if have != want:
             drift.append(f"{name} {have or 'not installed'} (lock: {want})")
-    return {"lock": lock_file.name, "lock_sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "matches_lock": not drift, "drift": drift}
+    return {"lock": lock_file.name, "lock_sha256": hashlib.sha256(raw).hexdigest(),
+            "matches_lock": not drift, "drift": drift} | note
 
 
 def _status_kib(field: str) -> int | None:

@@ -1,14 +1,19 @@
 """Read spec YAML files: safe loader, ``include`` of shared defaults, clear validation errors.
 
-The loader is YAML's safe loader with two refusals of its own: a key given twice in one mapping
-(plain YAML lets the last one win silently), a file over ``MAX_SPEC_BYTES`` (a spec is a page of
-settings; a huge file is a mistake or an attack and would take gigabytes to parse) and nesting over
-``MAX_SPEC_DEPTH`` levels (100,000 ``[`` overflow the parser's stack: one paragraph, not a traceback).
+The loader is YAML's safe loader with refusals of its own: a key given twice in one mapping
+(plain YAML lets the last one win silently), a file that is not a regular file or is over ``MAX_SPEC_BYTES``
+(``paths.read_regular``: a spec is a page of settings; a huge file, /dev/zero or a FIFO is a mistake or an
+attack), nesting over ``MAX_SPEC_DEPTH`` levels (100,000 ``[`` overflow the parser's stack: one paragraph,
+not a traceback) and more than ``MAX_SPEC_VALUES`` values once aliases are expanded (a 796-byte "billion
+laughs" file), counted on the parsed node graph before anything is expanded. Includes are resolved once
+per file (``memo``) and at most ``MAX_INCLUDE_DEPTH`` deep, so a fan-out of includes costs its files, not
+the paths through them.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +21,12 @@ import yaml
 from pydantic import ValidationError
 
 from benchmark.errors import SpecError
+from benchmark.paths import read_regular
 
 MAX_SPEC_BYTES = 1_000_000
 MAX_SPEC_DEPTH = 50  # lists and mappings inside each other; deeper is an attack (100,000 '[' overflow the parser)
+MAX_SPEC_VALUES = 100_000  # scalars, lists and mappings once aliases are expanded (a spec holds a few hundred)
+MAX_INCLUDE_DEPTH = 8  # a spec includes defaults that include defaults...; deeper is a mistake
 KIND_FOLDERS = {"task": "tasks", "method": "methods", "backbone": "backbones", "experiment": "experiments"}
 
 
@@ -91,22 +99,51 @@ def _depth(data) -> int:
     return deepest
 
 
+def _expanded_values(root) -> int:
+    """How many values the YAML node graph holds once every alias is expanded, counted without expanding it
+    (each node once, its size memoised); a node that contains itself counts as over ``MAX_SPEC_VALUES``."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        kids = [x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        if done:
+            open_.discard(id(node))
+            sizes[id(node)] = min(1 + sum(sizes[id(k)] for k in kids), MAX_SPEC_VALUES + 1)
+        elif id(node) in open_:
+            return MAX_SPEC_VALUES + 1  # an alias inside its own anchor: a recursive structure
+        elif id(node) not in sizes:
+            open_.add(id(node))
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        size = path.stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(
-                f"the file is {size:,} bytes, over the limit of {MAX_SPEC_BYTES:,} for a spec file",
-                file=str(path), fix="a spec holds settings, not data: put rows in data files (data_files) "
-                                    "and keep the spec small")
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path, MAX_SPEC_BYTES).decode("utf-8")
     except OSError as e:
-        raise SpecError(f"cannot read the file ({e.strerror})", file=str(path), fix="check the path") from None
+        if e.errno == errno.EFBIG:
+            raise SpecError(
+                f"{e.strerror} for a spec file", file=str(path),
+                fix="a spec holds settings, not data: put rows in data files (data_files) and keep the spec small",
+            ) from None
+        raise SpecError(f"cannot read the file ({e.strerror})", file=str(path),
+                        fix="check the path; a spec is a regular file of YAML text") from None
     except UnicodeDecodeError as e:
         raise SpecError(f"the file is not UTF-8 text ({e.reason} at byte {e.start})", file=str(path),
                         fix="save the spec as UTF-8") from None
+    loader = _StrictSafeLoader(text)
     try:
-        data = yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        node = loader.get_single_node()
+        if node is not None and _expanded_values(node) > MAX_SPEC_VALUES:
+            raise SpecError(
+                f"the file holds over {MAX_SPEC_VALUES:,} values (YAML aliases, *name, counted as expanded)",
+                file=str(path), fix="a spec is a page of settings: keep it to a few hundred values and use aliases "
+                                    "only for a few small blocks")
+        data = loader.construct_document(node) if node is not None else None
     except DuplicateKeyError as e:
         raise SpecError(
             f"the key {e.key!r} is given twice in one mapping (lines {e.first_line} and {e.line}); YAML would "
@@ -125,6 +162,8 @@ def read_yaml(path: Path) -> dict:
             file=str(path),
             fix="correct the YAML syntax (indentation, quotes, colons); only plain YAML data is accepted",
         ) from None
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if _depth(data) > MAX_SPEC_DEPTH:
@@ -184,22 +223,28 @@ def _shared_default(name: str, kind: str | None) -> Path | None:
     return hits[0].resolve() if len(hits) == 1 else None
 
 
-def load_with_includes(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
+def load_with_includes(path: Path, _stack: tuple[Path, ...] = (), *, memo: dict | None = None) -> dict:
     """Load ``path``; ``include: FILE`` (or a list) names shared defaults it overrides, recursively.
 
     A bare file name that is not beside the spec falls back to the project's shared defaults of the
     spec's kind (``specs/tasks/_defaults.yaml`` for a task), so a task folder outside ``specs/`` can
-    ``include: _defaults.yaml`` as the shipped tasks do.
+    ``include: _defaults.yaml`` as the shipped tasks do. ``memo`` (resolved path -> merged mapping, shared
+    by every spec a registry loads) resolves each file once; the mappings in it are never changed.
     """
+    memo = {} if memo is None else memo
     path = path.resolve()
     if path in _stack:
         chain = " -> ".join(p.name for p in (*_stack, path))
         raise SpecError(f"include cycle {chain}", file=str(_stack[0]), field="include", fix="remove the cycle")
+    if path in memo:
+        return dict(memo[path])
+    if len(_stack) > MAX_INCLUDE_DEPTH:
+        chain = " -> ".join(p.name for p in (*_stack, path))
+        raise SpecError(f"includes nest over {MAX_INCLUDE_DEPTH} levels deep ({chain})", file=str(_stack[0]),
+                        field="include", fix="include shared defaults directly instead of through a long chain")
     data = read_yaml(path)
     inc = data.pop("include", None)
-    if inc is None:
-        return data
-    incs = [inc] if isinstance(inc, str) else inc
+    incs = [] if inc is None else [inc] if isinstance(inc, str) else inc
     if not isinstance(incs, list) or not all(isinstance(i, str) for i in incs):
         raise SpecError("'include' must be a file name or a list of file names", file=str(path), field="include",
                         fix="write e.g. 'include: _defaults.yaml'")
@@ -214,8 +259,12 @@ def load_with_includes(path: Path, _stack: tuple[Path, ...] = ()) -> dict:
                             "specs/ folders)", file=str(path),
                             field="include", fix="give a path relative to this spec file, or the name of a shared "
                                                  "defaults file of specs/tasks (methods, ...)")
-        merged = deep_merge(merged, load_with_includes(target, (*_stack, path)))
-    return deep_merge(merged, data)
+        if not target.is_file():  # /dev/zero, a FIFO, a folder: never opened (read_regular checks again)
+            raise SpecError(f"included file {name!r} is not a regular file", file=str(path), field="include",
+                            fix="include a YAML file of shared defaults")
+        merged = deep_merge(merged, load_with_includes(target, (*_stack, path), memo=memo))
+    memo[path] = deep_merge(merged, data)
+    return dict(memo[path])
 
 
 def _fix_for(err: dict, model_fields: list[str]) -> str:
@@ -230,6 +279,8 @@ def _fix_for(err: dict, model_fields: list[str]) -> str:
         return "add this field"
     if t.startswith("literal_error"):
         return f"use one of {err.get('ctx', {}).get('expected', 'the allowed values')}"
+    if t in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "too_long"):
+        return f"give a value within the bounds ({err['msg'].lower()})"
     if t in ("value_error", "assertion_error"):
         return "see the message"
     if t == "string_type" and isinstance(err.get("input"), bool):
@@ -255,6 +306,9 @@ def _known_fields(model: type, loc: tuple) -> list[str]:
     return fields
 
 
+_UNION_TAGS = {"int", "float", "str", "bool", "none", "constrained-int", "constrained-float", "constrained-str"}
+
+
 def validate_model(model: type, data: dict, *, file: str) -> Any:
     try:
         return model.model_validate(data)
@@ -263,6 +317,8 @@ def validate_model(model: type, data: dict, *, file: str) -> Any:
         errs = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
         first = errs[0]
         loc = tuple(first["loc"])
+        while loc and isinstance(loc[-1], str) and (loc[-1] in _UNION_TAGS or loc[-1].startswith("literal[")):
+            loc = loc[:-1]  # which member of a union (int | "matched") failed: not a field the user wrote
         field = ".".join(str(p) for p in loc) or "(top level)"
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":

@@ -62,7 +62,8 @@ class Skipped:
     error: SpecError
 
     def warning(self) -> str:
-        return (f"warning: skipped the broken spec {self.file} ({self.error.message.rstrip('.')}); only what uses "
+        why = (f"at {self.error.field}: " if self.error.field else "") + self.error.message.rstrip(".")
+        return (f"warning: skipped the broken spec {self.file} ({why}); only what uses "
                 f"it is blocked, afbench validate {self.file} says more")
 
     def is_(self, kind: str, name: str) -> bool:
@@ -135,18 +136,21 @@ def spec_files(paths: list[Path]) -> list[Path]:
 
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+# a run folder is <task>__<method>_rf<N>__<backbone>__s<seed>__<8 hex> (plan/identity.run_id), written as
+# .tmp-<run id>-<pid>: three names of 64 characters give 243 of the file system's 255 (NAME_MAX)
+MAX_NAME = 64
 
 
 def check_name(kind: str, name: object, path: Path) -> None:
     """A spec's name becomes part of folder and file names (results, caches, reports): a plain identifier
     (letters, digits, ``_ - .``, not starting with a dot) and the file's own stem, so ``name: ../../x`` or
     an absolute path can never choose where anything is written."""
-    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > 100:
+    if not isinstance(name, str) or not NAME.fullmatch(name) or len(name) > MAX_NAME:
         raise SpecError(
             f"the {kind} name {name!r} is not a plain identifier (letters, digits, '_', '-', '.', not starting "
-            "with a dot, at most 100 characters); it names folders and files",
+            f"with a dot, at most {MAX_NAME} characters); it names folders and files",
             file=str(path), field="name", fix=f"use a plain name such as "
-                                              f"'{re.sub(r'[^A-Za-z0-9_.-]', '_', path.stem).lstrip('.')[:100] or kind}'"
+                                              f"'{re.sub(r'[^A-Za-z0-9_.-]', '_', path.stem).lstrip('.')[:MAX_NAME] or kind}'"
                                               " and name the file after it")
     if name != path.stem:
         raise SpecError(
@@ -154,8 +158,8 @@ def check_name(kind: str, name: object, path: Path) -> None:
             file=str(path), field="name", fix=f"rename the file to {name}.yaml, or remove the name: key")
 
 
-def load_file(path: Path, roots: list[Path]):
-    data = load_with_includes(path)
+def load_file(path: Path, roots: list[Path], memo: dict | None = None):
+    data = load_with_includes(path, memo=memo)
     kind = _kind_of(path.resolve(), data, [r.resolve() for r in roots])
     if kind not in SPEC_MODELS:
         raise SpecError(
@@ -186,9 +190,10 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
     roots = ([default_spec_dir()] if include_default else []) + [Path(p) for p in (extra or [])]
     reg = Registry()
     warn = warn or (lambda line: print(line, file=sys.stderr))
+    memo: dict = {}  # each file (shared defaults above all) is read and merged once
     for path in spec_files(roots):
         try:
-            kind, spec = load_file(path, roots)
+            kind, spec = load_file(path, roots, memo)
         except SpecError as e:
             if strict:
                 raise
@@ -207,13 +212,17 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
             )
         table[spec.name] = spec
         reg.files[(kind, spec.name)] = path
-    if strict or not reg.broken:
+    if strict:
         check_references(reg)
         return reg
-    for name in list(reg.experiments):  # an experiment that needs a broken spec is blocked, not the others
-        try:
+    for name in list(reg.experiments):  # an experiment that needs a broken spec, or names one that does not
+        try:                            # exist, is blocked, not the others
             check_references(reg, only=name)
         except SpecError as e:
+            if not any(e is b for b in reg.broken.values()):  # its own mistake (the broken file it needs is warned about)
+                skipped = Skipped("experiment", name, reg.files[("experiment", name)], e)
+                reg.skipped.append(skipped)
+                warn(skipped.warning())
             del reg.experiments[name]
             reg.broken[("experiment", name)] = e
     return reg
@@ -272,7 +281,7 @@ def check_references(reg: Registry, only: str | None = None) -> None:
                                     "drop the field")
             reg.get("experiment", other, referenced_from=f, field_path=f"dependencies_from[{di}]")
         for mname, params in exp.overrides.items():
-            reg.get("method", mname, referenced_from=f, field_path=f"overrides.{mname}")
+            spec = reg.get("method", mname, referenced_from=f, field_path=f"overrides.{mname}")
             for key in params:
                 if key not in train_fields:
                     close = difflib.get_close_matches(key, sorted(train_fields), n=1)
@@ -282,3 +291,7 @@ def check_references(reg: Registry, only: str | None = None) -> None:
                         file=f, field=f"overrides.{mname}.{key}",
                         fix=f"use one of {', '.join(sorted(train_fields))}",
                     )
+            try:  # the values too, through the method's own model: the bounds of its train block
+                validate_model(type(spec.train), {**spec.train.model_dump(), **params}, file=f)
+            except SpecError as e:
+                raise SpecError(e.message, file=f, field=f"overrides.{mname}.{e.field}", fix=e.fix) from None

@@ -16,10 +16,16 @@ BATCHING = ("grouped", "shuffled")
 Batching = Literal["grouped", "shuffled"]
 PRECISIONS = ("auto", "fp32", "bf16")
 Precision = Literal["auto", "fp32", "bf16"]  # benchmark/modeling/compute.py: auto = bf16 autocast on CUDA, fp32 on CPU
+# a seed every random generator takes (numpy's bound; torch's is 2**64); a list of seeds is a few runs per cell
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="a seed, 0 <= seed < 2**32")]
+MAX_SEEDS = 100
+# part of run labels and so of folder names (``st_a_rf16``); at most the width of any encoder
+ReductionFactor = Annotated[int, Field(ge=1, le=100_000)]
+SplitName = Annotated[str, Field(min_length=1, max_length=64)]  # part of the tokenized cache's file names
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # .inf / .nan: a typo or an attack
 
 
 # --------------------------------------------------------------------------------------------- task
@@ -73,8 +79,8 @@ class LabelSpec(Strict):
 
 
 class Splits(Strict):
-    train: str = "train"
-    eval: str = "validation"
+    train: SplitName = "train"
+    eval: SplitName = "validation"
 
 
 class PaperInfo(Strict):
@@ -208,7 +214,7 @@ class TrainParams(Strict):
 
 class AdapterParams(Strict):
     type: Literal["pfeiffer", "houlsby"] = "pfeiffer"
-    reduction_factor: int = Field(16, ge=1)
+    reduction_factor: ReductionFactor = 16
     non_linearity: Literal["relu", "swish", "gelu", "tanh"] | None = None  # None: pfeiffer relu, houlsby swish
 
 
@@ -236,7 +242,7 @@ class FusionParams(Strict):
     type: Literal["dynamic", "static"] = "dynamic"
     regularization: float = Field(0.01, ge=0, description="weight of sum_l ||I - V_l||_F^2 (dynamic only)")
     temperature: bool = Field(False, description="anneal the softmax temperature from 50 to 1 over training")
-    source_reduction_factor: int = Field(16, ge=1, description="reduction factor of the fused ST-A adapters")
+    source_reduction_factor: ReductionFactor = Field(16, description="reduction factor of the fused ST-A adapters")
     implementation: Literal["fast", "naive"] = "fast"
     prune: PruneParams | None = Field(
         None, description="after training, keep the top-k adapters by mean attention (benchmark/modeling/prune.py)")
@@ -307,8 +313,8 @@ class MethodSpec(Strict):
 # ---------------------------------------------------------------------------------------- experiment
 class MethodRef(Strict):
     method: str
-    reduction_factor: list[int] | None = Field(None, description="sweep of adapter reduction factors")
-    adapter_seed: int | Literal["matched"] | None = Field(
+    reduction_factor: list[ReductionFactor] | None = Field(None, description="sweep of adapter reduction factors")
+    adapter_seed: Seed | Literal["matched"] | None = Field(
         None, description="fusion kinds: whose adapters (stage-1 runs or MT-A run) a fusion seed reads, for this "
                           "entry only; its runs form their own report column. None = the experiment's "
                           "fusion.adapter_seed")
@@ -317,7 +323,7 @@ class MethodRef(Strict):
 class RunGroup(Strict):
     tasks: list[str] = Field(min_length=1)
     methods: list[Annotated[str, Field(min_length=1)] | MethodRef] = Field(min_length=1)
-    seeds: list[int] | None = None
+    seeds: list[Seed] | None = Field(None, max_length=MAX_SEEDS)
     backbones: list[str] | None = None
 
 
@@ -327,12 +333,12 @@ class Caps(Strict):
     max_epochs: int | None = Field(None, ge=1)
     max_length: int | None = Field(None, gt=8)
     max_steps_per_epoch: int | None = Field(None, ge=1)
-    data_seed: int = Field(0, description="seed of the row subsample (the same for every run seed)")
+    data_seed: Seed = Field(0, description="seed of the row subsample (the same for every run seed)")
 
 
 class FusionSources(Strict):
     sources: list[str] | Literal["all"] = "all"
-    adapter_seed: int | Literal["matched"] = "matched"
+    adapter_seed: Seed | Literal["matched"] = "matched"
     caps: Caps | None = Field(None, description="caps of the stage-1 source adapters (default: the experiment's)")
     adapterhub: dict[str, str] = Field(
         default_factory=dict, description="source task -> a published AdapterHub adapter (its folder, relative to "
@@ -381,13 +387,14 @@ class ExperimentSpec(Strict):
     name: str
     description: str = ""
     backbones: list[str] = Field(min_length=1)
-    seeds: list[int] = Field(min_length=1)
+    seeds: list[Seed] = Field(min_length=1, max_length=MAX_SEEDS)
     groups: list[RunGroup] = Field(min_length=1)
     caps: Caps = Caps()
     task_caps: dict[str, Caps] = Field(
         default_factory=dict, description="task -> caps for every run on that task (stage-1, grid and MT-A data)")
-    overrides: dict[str, dict[str, float | int | str | None]] = Field(
-        default_factory=dict, description="method name -> train hyper-parameters to override"
+    overrides: dict[str, dict[str, Annotated[float, Field(allow_inf_nan=True)] | int | str | None]] = Field(
+        default_factory=dict, description="method name -> train hyper-parameters to override (their values are "
+                                          "checked by the method's train model, registry.check_references)"
     )
     fusion: FusionSources = FusionSources()
     mt_a: MtaSetup = MtaSetup()
