@@ -16,10 +16,11 @@ from pathlib import Path
 
 from benchmark.data.sources import task_fingerprints
 from benchmark.errors import BenchError
-from benchmark.paths import under
+from benchmark.paths import read_regular, under
 from benchmark.plan.identity import ID_SCHEME, run_id, run_identity
 from benchmark.plan.run import Plan
 from benchmark.records import (
+    MAX_RECORD_BYTES,
     PLAN,
     RESULT,
     SCHEMA,
@@ -58,7 +59,7 @@ def _raw(folder: Path) -> RunRecord | None:
     """The folder's result as stored (its run id may differ from the folder's name: a rename interrupted);
     None for one this version cannot use, a record of a newer schema included (never rewritten here)."""
     try:
-        r = parse_run(json.loads((folder / RESULT).read_text(encoding="utf-8")), file=folder / RESULT)
+        r = parse_run(json.loads(read_regular(folder / RESULT, MAX_RECORD_BYTES)), file=folder / RESULT)
     except (OSError, ValueError, RecordError):
         return None
     return r if r.schema_ <= SCHEMA else None
