@@ -706,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except BenchError as e:
+        sys.stdout.flush()  # what was printed before comes first where both streams go to one file or pipe
         print(e.render(), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
