@@ -81,6 +81,7 @@ class AttentionSummary:
     nli_share: float  # attention mass on entailment-style adapters (MNLI-like)
     mnli_rank: int | None
     alone: bool = False  # the fusion fuses one adapter: its softmax is 100% on it by construction
+    nli: bool = False  # it fuses an entailment-style adapter other than the target's own (nli_share means something)
 
 
 @dataclass
@@ -108,6 +109,15 @@ class ReportData:
     findings_note: str = FINDINGS_NOTE  # how a verdict is reached, under the findings table
     reruns: list = field(default_factory=list)  # runs trained again under one id (reruns.py)
     reruns_summary: str = ""
+
+    # the paper's NLI reading (its Figure 4) only where the fusions fuse its entailment-style adapters
+    @property
+    def nli_attention(self) -> bool:
+        return any(a.nli for a in self.attention)
+
+    @property
+    def mnli_attention(self) -> bool:
+        return any(a.mnli_rank is not None for a in self.attention)
     cost: CostView | None = None  # what each run cost, per method (cost.py)
 
 
@@ -246,7 +256,8 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
             nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in ENTAILMENT_TASKS and a != t))
             rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
             fused = {len(rec["adapters"]) for rec in col.attention.get((backbone, t, label), [])}  # this row's own
-            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank, alone=fused == {1}))
+            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank, alone=fused == {1},
+                                        nli=any(a in ENTAILMENT_TASKS and a != t for a in adapters)))
     return out
 
 
