@@ -31,6 +31,7 @@ from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.baseline import majority_baselines
 from benchmark.report.cost import CostView, cost_table
 from benchmark.report.prose import markdown_to_html
+from benchmark.report.reruns import REPRODUCIBILITY_NOTE
 from benchmark.report.tables import (
     ARROWS,
     FINDINGS_NOTE,
@@ -109,6 +110,7 @@ class ReportData:
     findings_note: str = FINDINGS_NOTE  # how a verdict is reached, under the findings table
     reruns: list = field(default_factory=list)  # runs trained again under one id (reruns.py)
     reruns_summary: str = ""
+    reproducibility: str = REPRODUCIBILITY_NOTE  # what is bit-exact and what is not (+ this report's threads)
 
     # the paper's NLI reading (its Figure 4) only where the fusions fuse its entailment-style adapters
     @property
@@ -324,6 +326,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     )
     data.reruns = reruns.reruns([r for r in col.results if r.finished])
     data.reruns_summary = reruns.summary(data.reruns)
+    data.reproducibility += reruns.thread_note(col.results)
     root = data_root
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
