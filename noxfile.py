@@ -9,23 +9,32 @@
     nox -s gpu                   # the CUDA path: smoke grid on cuda, GPU vs CPU logits, perf on BERT-base shapes
     nox -s slurm                 # --executor slurm on a one-node Slurm cluster brought up here (root)
 
-Torch: by default every session installs ``torch==2.13.0`` (a CPU build that lies on local disk on
+One virtualenv, ``.nox/afbench``, serves every session that runs the package (tests, reproduce, report, parity,
+perf, gpu, slurm): it is built once and installed into again only when ``requirements.lock``,
+``pyproject.toml`` or ``AFBENCH_TORCH`` changed (a stamp holds their hash), so a session on a warm env starts
+in about a second. uv builds it when it is on PATH, ``python -m venv`` + pip otherwise (no warning either way).
+
+Torch: by default the env gets ``torch==2.13.0`` (a CPU build that lies on local disk on
 the project machines) *before* the package, so pip never pulls a multi-GB CUDA build. GPU users set
 ``AFBENCH_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`` (any pip
-arguments), or ``AFBENCH_TORCH=skip`` together with ``nox --no-venv`` to use the current interpreter.
+arguments; it gets an env of its own, ``.nox/afbench-<hash>``), or ``AFBENCH_TORCH=skip`` to install the lock and
+the package into the interpreter that runs nox.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
+import shutil
+import sys
 import tempfile
+import time
 
 import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
-nox.options.default_venv_backend = "uv|virtualenv"  # uv when it is on PATH: set-up in seconds
 
 TORCH = os.environ.get("AFBENCH_TORCH", "torch==2.13.0")
 REFERENCE = ["transformers==4.57.6", "adapters==1.3.0"]
@@ -34,42 +43,73 @@ REFERENCE = ["transformers==4.57.6", "adapters==1.3.0"]
 LOCK = "requirements.lock"
 
 
-def _uv(session: nox.Session) -> bool:
-    return getattr(session.virtualenv, "venv_backend", "") == "uv"
+def _uv() -> str | None:
+    """uv when it is on PATH and runs (a pyenv shim without uv behind it does not)."""
+    uv = shutil.which("uv")
+    try:
+        return uv if uv and os.system(f"{shlex.quote(uv)} --version >/dev/null 2>&1") == 0 else None
+    except OSError:
+        return None
 
 
-def _install_project(session: nox.Session, extras: str = "") -> None:
-    """torch (AFBENCH_TORCH), then every other dependency from the lock with its hashes, then the package
-    itself without resolving anything (``extras`` are in the lock already: test and slurm)."""
-    where = _pip_sources() if _uv(session) else []  # uv does not read pip's configuration
-    if TORCH != "skip":
-        torch_args = shlex.split(TORCH)  # a GPU variant names its own index: add nothing to it
-        own_index = any(a.startswith(("--index-url", "--extra-index-url", "-i")) for a in torch_args)
-        session.install(*torch_args, *([] if own_index else where))
-    session.install("--require-hashes", "--no-deps", "-r", LOCK, *where)  # the lock is the whole closure but torch
-    session.install("--no-deps", "-e", ".")
+def _project_env(session: nox.Session) -> dict:
+    """The shared virtualenv (see the module docstring) with torch (AFBENCH_TORCH), then every other dependency
+    from the lock with its hashes (the test and slurm extras are in it), then the package itself without
+    resolving anything. Returns the environment its commands run with (its bin first on PATH)."""
+    t0 = time.perf_counter()
+    with open(LOCK, "rb") as lock, open("pyproject.toml", "rb") as pyproject:
+        key = hashlib.sha256(lock.read() + pyproject.read() + TORCH.encode()).hexdigest()
+    if TORCH == "skip":  # the interpreter that runs nox
+        env, stamp = os.path.dirname(os.path.dirname(sys.executable)), None
+    else:
+        default = TORCH == "torch==2.13.0"
+        env = os.path.abspath(os.path.join(".nox", "afbench" if default else f"afbench-{key[:8]}"))
+        stamp = os.path.join(env, ".afbench-stamp")
+    py, uv = os.path.join(env, "bin", "python"), _uv()
+    if stamp is None or not os.path.exists(stamp) or open(stamp).read() != key:
+        if stamp is not None and not os.path.exists(py):
+            session.run(*([uv, "venv", "-q", "--python", sys.executable, env] if uv else
+                          [sys.executable, "-m", "venv", env]), external=True)
+        pip = [uv, "pip", "install", "--python", py] if uv else [py, "-m", "pip", "install", "-q"]
+        where = _pip_sources() if uv else []  # uv does not read pip's configuration
+        if TORCH != "skip":
+            torch_args = shlex.split(TORCH)  # a GPU variant names its own index: add nothing to it
+            own_index = any(a.startswith(("--index-url", "--extra-index-url", "-i")) for a in torch_args)
+            session.run(*pip, *torch_args, *([] if own_index else where), external=True)
+        session.run(*pip, "--require-hashes", "--no-deps", "-r", LOCK, *where, external=True)  # all but torch
+        session.run(*pip, "--no-deps", "-e", ".", external=True)
+        if stamp is not None:
+            with open(stamp, "w") as fh:
+                fh.write(key)
+    session.log(f"virtualenv {env}: ready in {time.perf_counter() - t0:.1f} s")
+    return {"VIRTUAL_ENV": env, "PATH": os.path.join(env, "bin") + os.pathsep + os.environ.get("PATH", "")}
 
 
-@nox.session
+def _run(session: nox.Session, env: dict, *args: str, **kwargs) -> str | bool | None:
+    """A command of the shared virtualenv (``args[0]`` found in its bin)."""
+    return session.run(os.path.join(env["VIRTUAL_ENV"], "bin", args[0]), *args[1:], env={**env, **kwargs.pop(
+        "env", {})}, external=True, **kwargs)
+
+
+@nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests (tiny models; real data when AFBENCH_DATA_DIR is set)."""
-    _install_project(session, "[test]")
-    session.run("pytest", *session.posargs)
+    env = _project_env(session)
+    _run(session, env, "pytest", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def reproduce(session: nox.Session) -> None:
     """Run an experiment grid: ``nox -s reproduce -- [EXPERIMENT] [afbench run options]``."""
-    _install_project(session)
-    args = session.posargs or ["quick"]
-    session.run("afbench", "run", *args)
+    env = _project_env(session)
+    _run(session, env, "afbench", "run", *(session.posargs or ["quick"]))
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def report(session: nox.Session) -> None:
     """Render reports for experiments: ``nox -s report -- [EXPERIMENT ...]``."""
-    _install_project(session)
-    session.run("afbench", "report", *(session.posargs or ["quick"]))
+    env = _project_env(session)
+    _run(session, env, "afbench", "report", *(session.posargs or ["quick"]))
 
 
 @nox.session
@@ -80,8 +120,7 @@ def lint(session: nox.Session) -> None:
 
 def _reference_env(session: nox.Session) -> str:
     """A second virtualenv holding the AdapterHub reference (transformers 4.57)."""
-    ref = os.path.join(session.virtualenv.location, "..", "reference")
-    ref = os.path.abspath(ref)
+    ref = os.path.abspath(os.path.join(".nox", "reference"))
     py = os.path.join(ref, "bin", "python")
     if not os.path.exists(py):
         session.run("python", "-m", "venv", ref, external=True)
@@ -92,20 +131,20 @@ def _reference_env(session: nox.Session) -> str:
     return py
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def parity(session: nox.Session) -> None:
     """Logit parity with AdapterHub adapters 1.3.0 (tiny BERT/RoBERTa, weights exported)."""
-    _install_project(session)
+    env = _project_env(session)
     ref_py = _reference_env(session)
-    session.run("afbench", "parity", "--reference-python", ref_py, *session.posargs)
+    _run(session, env, "afbench", "parity", "--reference-python", ref_py, *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def perf(session: nox.Session) -> None:
     """Training steps/s for ST-A and Fusion (N = 2..16) vs the reference; writes reports/perf.md."""
-    _install_project(session)
+    env = _project_env(session)
     ref_py = _reference_env(session)
-    session.run("afbench", "perf", "--reference-python", ref_py, *session.posargs)
+    _run(session, env, "afbench", "perf", "--reference-python", ref_py, *session.posargs)
 
 
 @nox.session
@@ -114,32 +153,32 @@ def gpu(session: nox.Session) -> None:
     Fusion), and ``afbench perf --device cuda`` on BERT-base shapes (reports/perf_gpu.md), the
     reference on the GPU too. Needs a CUDA torch (``AFBENCH_TORCH``, see above). Without CUDA: one
     line, success."""
-    _install_project(session)
-    has_cuda = session.run("python", "-c", "import torch; print(int(torch.cuda.is_available()))",
-                           silent=True).strip().endswith("1")
+    env = _project_env(session)
+    has_cuda = _run(session, env, "python", "-c", "import torch; print(int(torch.cuda.is_available()))",
+                    silent=True).strip().endswith("1")
     if not has_cuda:
         session.log("nox -s gpu: no CUDA device (or a CPU torch build; set AFBENCH_TORCH); nothing checked")
         return
     ref_py = _reference_env(session)
-    session.run("python", "-m", "benchmark.perf.gpu_check", "--reference-python", ref_py, *session.posargs)
+    _run(session, env, "python", "-m", "benchmark.perf.gpu_check", "--reference-python", ref_py, *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def slurm(session: nox.Session) -> None:
     """``--executor slurm`` end to end: apt-gets slurm-wlm + munge when missing, brings a one-node cluster
     up in a temp folder (tools/slurm_cluster.py), runs tests/test_slurm_cluster.py against it (the smoke
     grid vs a local one, a scancel mid-grid and its rerun, a killed driver, rejected parameters) and
     tears the cluster down. Needs root; prints the measured wall times."""
-    _install_project(session, "[test,slurm]")
+    env = _project_env(session)
     state = tempfile.mkdtemp(prefix="afbench-slurm-")
     timings = os.path.join(state, "timings.txt")
-    session.run("python", "tools/slurm_cluster.py", "up", "--dir", state, "--install")
+    _run(session, env, "python", "tools/slurm_cluster.py", "up", "--dir", state, "--install")
     try:
-        session.run("pytest", "tests/test_slurm_cluster.py", "-q", "-s", *session.posargs,
-                    env={"SLURM_CONF": os.path.join(state, "slurm.conf"), "AFBENCH_REQUIRE_SLURM": "1",
-                         "AFBENCH_SLURM_TIMINGS": timings})
+        _run(session, env, "pytest", "tests/test_slurm_cluster.py", "-q", "-s", *session.posargs,
+             env={"SLURM_CONF": os.path.join(state, "slurm.conf"), "AFBENCH_REQUIRE_SLURM": "1",
+                  "AFBENCH_SLURM_TIMINGS": timings})
     finally:
-        session.run("python", "tools/slurm_cluster.py", "down", "--dir", state)
+        _run(session, env, "python", "tools/slurm_cluster.py", "down", "--dir", state)
     if os.path.exists(timings):
         with open(timings) as fh:
             session.log("measured:\n" + fh.read())

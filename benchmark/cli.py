@@ -251,14 +251,9 @@ def cmd_plan(args) -> int:
 
     reg = _registry(args)
     root = results_root(args.results_dir)
+    plan = _plan(args, reg)  # --estimate prices exactly these runs (a Hub task not downloaded: declared sizes)
     if getattr(args, "estimate", False) or getattr(args, "calibrate", False):
-        from benchmark.plan.build import build_plan
-
-        # every task is planned: one whose data is not here is costed from its declared sizes
-        plan = build_plan(reg, reg.get("experiment", args.experiment), None, data_root=_data_dir(args),
-                          options=_options(args))
         return _estimate(args, reg, plan, root)
-    plan = _plan(args, reg)
     exp_dir = experiment_dir(root, plan.experiment.name)
     where = borrowed(plan, root)  # implied runs finished under another experiment (dependencies_from)
     rows = []
@@ -336,7 +331,8 @@ def _estimate(args, reg, plan, root) -> int:
     est = cost.estimate(plan, reg, data_root, device=device, devices=jobs, threads=threads, runs=own,
                         cpu=cpu_model())
     if args.json:
-        print(json.dumps({**est.as_json(), **({"not_priced_read_from": dict(lent)} if lent else {})}, indent=1))
+        print(json.dumps({**est.as_json(), **({"not_priced_read_from": dict(lent)} if lent else {}),
+                          **({"skipped": dict(plan.skipped)} if plan.skipped else {})}, indent=1))
         return 0
     from tabulate import tabulate
     rows = [(r.id, r.kind, f"{r.epochs:.1f}", f"{r.train_gflop / 1e3:.1f}", f"{r.eval_gflop / 1e3:.1f}",
@@ -350,6 +346,8 @@ def _estimate(args, reg, plan, root) -> int:
     for other, n in sorted(lent.items()):
         print(f"note: {n} implied run(s) are finished under {other} and read from there (dependencies_from): "
               "not priced")
+    for what, why in plan.skipped:
+        print(f"skipped {what}, as by `afbench plan`: {why}")
     bf16 = sum(r.compute.precision == "bf16" for r in (plan.runs if own is None else own))
     if bf16 and device == "cpu":
         print(f"note: {bf16} bf16 run(s) are priced as float32: the CPU calibration was fitted on float32 runs "
@@ -765,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except BenchError as e:
+        sys.stdout.flush()  # what was printed before comes first where both streams go to one file or pipe
         print(e.render(), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

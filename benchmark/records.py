@@ -322,8 +322,25 @@ def load_plan(path: Path) -> PlanRecord:
                       file=path)
 
 
-def write_plan(path: Path, record: PlanRecord, *, root: Path | None = None) -> None:
+def write_plan(path: Path, record: PlanRecord, *, root: Path | None = None) -> bool:
+    """Write plan.json, unless the file there already records this plan (read as ``SCHEMA`` in memory, a run's
+    ``kind``, which older files lack, taken from ``record``): a run that trains nothing leaves a committed
+    plan.json as it is. Returns whether it wrote."""
+    if _records_plan(path, record):
+        return False
     write_atomic(path, json.dumps(record.dump(), indent=2) + "\n", root=root)
+    return True
+
+
+def _records_plan(path: Path, record: PlanRecord) -> bool:
+    try:
+        old = load_plan(path).model_dump(by_alias=True)
+    except RecordError:  # missing, unreadable or not a plan: written anew
+        return False
+    kinds = {r.id: r.kind for r in record.runs}
+    for r in old["runs"]:
+        r["kind"] = r["kind"] or kinds.get(r["id"])
+    return old == record.model_dump(by_alias=True)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ def label_id(task: TaskSpec, raw) -> int | None:
     """Class / choice id of a raw label value, or None if the mapping does not cover it.
 
     ``label.map`` matches by type: a text value only a text key, an integer only an integer key
-    (``"1"`` never finds ``1``); a boolean or a float never matches (``True == 1 == 1.0`` in Python)."""
+    (``"1"`` never finds ``1``); a boolean or a float never matches (``True == 1 == 1.0`` in Python).
+    Without a map, an integer 0..K-1 is its own id and a text equal to one of ``label.names`` is that name's."""
     m = task.label.map
     if m is not None:
         if isinstance(raw, bool) or not isinstance(raw, str | int):
@@ -23,7 +24,8 @@ def label_id(task: TaskSpec, raw) -> int | None:
         return None
     if isinstance(raw, int) and 0 <= raw < task.num_labels:
         return raw
-    return None
+    names = task.label.names or []
+    return names.index(raw) if isinstance(raw, str) and raw in names else None
 
 
 def labels_of(task: TaskSpec, rows: list[dict], split: str, task_file: str = "") -> list[int]:
@@ -42,9 +44,15 @@ def labels_of(task: TaskSpec, rows: list[dict], split: str, task_file: str = "")
         typed = (f"; label.map matches by type and its keys are {'/'.join(keys)} while these values are "
                  f"{'/'.join(kinds)} (quote a key for a text label, '\"1\": 0'; booleans and floats never match)"
                  if task.label.map and set(kinds) - set(keys) else "")
+        declared = "the declared mapping" if task.label.map is not None else (
+            f"the class ids 0..{task.num_labels - 1}" + (f" and label.names {task.label.names}" if task.label.names
+                                                         else ""))
         raise DataError(
-            f"task '{task.name}', split '{split}': label values outside the declared mapping: {shown}{typed}",
-            file=task_file, field="label.map",
-            fix="add these values to label.map (raw value -> class id), or use a split that has gold labels",
+            f"task '{task.name}', split '{split}': label values outside {declared}: {shown}{typed}",
+            file=task_file, field="label.map" if task.label.map is not None or not task.label.names else "label.names",
+            fix="add these values to label.map (raw value -> class id)"
+                + ("" if task.label.map is not None or not task.label.names else
+                   " or name the classes as the data spells them in label.names")
+                + ", or use a split that has gold labels",
         )
     return ids

@@ -33,6 +33,7 @@ from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.baseline import majority_baselines
 from benchmark.report.cost import CostView, cost_table
 from benchmark.report.prose import markdown_to_html
+from benchmark.report.reruns import REPRODUCIBILITY_NOTE
 from benchmark.report.tables import (
     ARROWS,
     FINDINGS_NOTE,
@@ -83,6 +84,7 @@ class AttentionSummary:
     nli_share: float  # attention mass on entailment-style adapters (MNLI-like)
     mnli_rank: int | None
     alone: bool = False  # the fusion fuses one adapter: its softmax is 100% on it by construction
+    nli: bool = False  # it fuses an entailment-style adapter other than the target's own (nli_share means something)
 
 
 @dataclass
@@ -110,6 +112,16 @@ class ReportData:
     findings_note: str = FINDINGS_NOTE  # how a verdict is reached, under the findings table
     reruns: list = field(default_factory=list)  # runs trained again under one id (reruns.py)
     reruns_summary: str = ""
+    reproducibility: str = REPRODUCIBILITY_NOTE  # what is bit-exact and what is not (+ this report's threads)
+
+    # the paper's NLI reading (its Figure 4) only where the fusions fuse its entailment-style adapters
+    @property
+    def nli_attention(self) -> bool:
+        return any(a.nli for a in self.attention)
+
+    @property
+    def mnli_attention(self) -> bool:
+        return any(a.mnli_rank is not None for a in self.attention)
     cost: CostView | None = None  # what each run cost, per method (cost.py)
 
 
@@ -248,7 +260,8 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
             nli = float(sum(mean[j] for j, a in enumerate(adapters) if a in ENTAILMENT_TASKS and a != t))
             rank = order.index(adapters.index("mnli")) + 1 if "mnli" in adapters else None
             fused = {len(rec["adapters"]) for rec in col.attention.get((backbone, t, label), [])}  # this row's own
-            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank, alone=fused == {1}))
+            out.append(AttentionSummary(backbone, heading, t, top, own, nli, rank, alone=fused == {1},
+                                        nli=any(a in ENTAILMENT_TASKS and a != t for a in adapters)))
     return out
 
 
@@ -315,6 +328,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     )
     data.reruns = reruns.reruns([r for r in col.results if r.finished])
     data.reruns_summary = reruns.summary(data.reruns)
+    data.reproducibility += reruns.thread_note(col.results)
     root = data_root
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None

@@ -5,7 +5,8 @@ Read from result.json only: ``memory`` (peak resident memory of the run alone, C
 the backbone's runs, i.e. a head or ST-A run's frozen encoder), ``checkpoint_bytes``, ``train_seconds``
 and ``padding.real_tokens`` (tokens/s = real tokens / training seconds). A figure a result does not hold
 (every result trained before these were recorded) is "not recorded", never a guess; a mean over some
-runs only says over how many. Fusion's cost as a function of the number of fused adapters is
+runs only says over how many. A column no run recorded is left out, said once in a note; train s and tokens/s
+then fall back to what older results hold (``wall_seconds``, ``train_examples_per_second``), headed as such. Fusion's cost as a function of the number of fused adapters is
 ``afbench perf``'s. Also: which results were trained under another lock or a drifted environment.
 """
 
@@ -36,6 +37,12 @@ class CostView:
 
 COLUMNS = ["runs", "peak RSS (MiB)", "CUDA max allocated (MiB)", "trainable params", "% of backbone",
            "checkpoint (MiB)", "train s", "tokens/s"]
+
+
+# what a column left empty by every run shows instead (older results hold these): heading, value of a run
+FALLBACK = {"train s": ("wall s (whole run)", lambda r: r.wall_seconds or None),
+            "tokens/s": ("train ex/s", lambda r: r.extra("train_examples_per_second"))}
+CPU_ONLY = "n/a (CPU)"
 
 
 def _mean(values: list[float], n: int, fmt: str) -> str:
@@ -77,16 +84,40 @@ def cost_table(results: list[RunRecord]) -> CostView | None:
                if r.train_seconds and (r.padding or {}).get("real_tokens")]
         cells = {"runs": str(n), "peak RSS (MiB)": _mean(rss, n, "{:.0f}"),
                  "CUDA max allocated (MiB)": _mean(cuda, n, "{:.0f}") if cuda or any((r.device or "").startswith("cuda")
-                                                                             for r in rs) else "n/a (CPU)",
+                                                                             for r in rs) else CPU_ONLY,
                  "trainable params": _mean(trained, n, "{:,.0f}"), "% of backbone": _mean(share, n, "{:.2f}"),
                  "checkpoint (MiB)": _mean(ckpt, n, "{:.2f}"), "train s": _mean(secs, n, "{:.1f}"),
                  "tokens/s": _mean(tps, n, "{:.0f}")}
         view.rows.append(CostRow(b, label, n, cells))
-    if not any(r.memory for r in fin):
-        view.notes.append("These results were trained before per-run memory was recorded: peak RSS is not recorded "
-                          "(a rerun records it; measure on a few reruns in a scratch --results-dir).")
+    _leave_out_empty(view, groups)
     view.notes += environment_notes(fin)
     return view
+
+
+def _leave_out_empty(view: CostView, groups: dict[tuple[str, str], list[RunRecord]]) -> None:
+    """Columns that read "not recorded" (or "n/a (CPU)") on every row go, named once in a note; an empty train s /
+    tokens/s is replaced by its FALLBACK where the runs hold that."""
+    kept, unrecorded, cpu = [], [], False
+    for c in view.columns:
+        if not all(r.cells[c] in (NOT_RECORDED, CPU_ONLY) for r in view.rows):
+            kept.append(c)
+            continue
+        cpu = cpu or any(r.cells[c] == CPU_ONLY for r in view.rows)
+        unrecorded += [c] if any(r.cells[c] == NOT_RECORDED for r in view.rows) else []
+        if c in FALLBACK:
+            heading, value = FALLBACK[c]
+            cells = {(r.backbone, r.label): _mean([v for x in groups[(r.backbone, r.label)] if (v := value(x))],
+                                                   r.runs, "{:.1f}") for r in view.rows}
+            if any(v != NOT_RECORDED for v in cells.values()):
+                kept.append(heading)
+                for r in view.rows:
+                    r.cells[heading] = cells[(r.backbone, r.label)]
+    view.columns = kept
+    if unrecorded:
+        view.notes.append(f"Not recorded by these runs (trained before the field existed; a rerun records it), so left "
+                          f"out: {', '.join(unrecorded)}.")
+    if cpu:
+        view.notes.append("Every run trained on the CPU: no CUDA memory column.")
 
 
 def environment_notes(results: list[RunRecord]) -> list[str]:

@@ -12,6 +12,26 @@ from benchmark.records import RunRecord
 
 NOT_RECORDED = "not recorded"
 
+# What is bit-exact and what is not, with this project's measured reruns (every report states it under its
+# provenance; ``thread_note`` adds the report's own thread counts where they differ).
+REPRODUCIBILITY_NOTE = (
+    "Reproducibility: on the CPU with fixed seeds a run trained again is expected to be bit-exact (every epoch's "
+    "loss and dev accuracy) with the same torch build, the same CPU family and the same number of torch threads "
+    "(afbench run --jobs N gives each run cores / N); another thread count sums floats in another order, so "
+    "results move, and a moved early epoch can change the kept one. Measured: 13 minilm_table1 runs retrained "
+    "with 1 thread on an Intel Xeon reproduced their AMD EPYC results exactly; minilm_rte_cb rerun on an AMD "
+    "EPYC with 1 thread instead of 2 reproduced 3 of 5 dev accuracies exactly (MNLI ST-A 49.00 → 48.80, the RTE "
+    "fusion reading it 51.99 → 51.62); minilm_bf16's SICK fusion, 2 threads on an AMD EPYC → 1 on an Intel "
+    "Xeon, 84.24 → 84.85.")
+
+
+def thread_note(results: list[RunRecord]) -> str:
+    """One sentence where this report's finished runs were trained with different thread counts."""
+    counts = sorted({r.torch_threads for r in results if r.finished and r.torch_threads})
+    return (f" These results were trained with {', '.join(map(str, counts[:-1]))} and {counts[-1]} torch threads "
+            "(provenance: torch threads): runs of different thread counts are not bit-comparable."
+            if len(counts) > 1 else "")
+
 
 @dataclass
 class Rerun:

@@ -1,0 +1,24 @@
+"""`afbench plan --estimate` prices exactly the runs `afbench plan` plans, with the same ids (issue 38): a task
+whose data is not here (table1's `argument`, a local file) is skipped by both, so the MT-A run and the fusions
+that read it carry the same ids in both."""
+
+from __future__ import annotations
+
+import json
+
+from benchmark.cli import main
+
+
+def test_estimate_prices_the_runs_plan_plans_on_table1(tmp_path, capsys):
+    common = ["table1", "--data-dir", "", "--results-dir", str(tmp_path)]  # the Hub, offline: declared sizes
+    assert main(["plan", *common]) == 0
+    out = capsys.readouterr().out
+    planned = {line.split()[-1] for line in out.splitlines() if "__bert-base-uncased__s" in line}
+    assert "skipped task argument" in out
+    assert main(["plan", *common, "--estimate", "--device", "h100", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)
+    priced = [r["id"] for r in est["runs"]]
+    assert len(priced) == len(set(priced)) == len(planned) == 273
+    assert set(priced) == planned
+    assert any("__fusion_mt_a__" in r for r in priced) and not any(r.startswith("argument__") for r in priced)
+    assert "task argument" in est["skipped"]
