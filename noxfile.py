@@ -68,16 +68,16 @@ def _project_env(session: nox.Session) -> dict:
     py, uv = os.path.join(env, "bin", "python"), _uv()
     if stamp is None or not os.path.exists(stamp) or open(stamp).read() != key:
         if stamp is not None and not os.path.exists(py):
-            session.run(*([uv, "venv", "-q", "--python", sys.executable, env] if uv else
+            session.run_install(*([uv, "venv", "-q", "--python", sys.executable, env] if uv else
                           [sys.executable, "-m", "venv", env]), external=True)
         pip = [uv, "pip", "install", "--python", py] if uv else [py, "-m", "pip", "install", "-q"]
         where = _pip_sources() if uv else []  # uv does not read pip's configuration
         if TORCH != "skip":
             torch_args = shlex.split(TORCH)  # a GPU variant names its own index: add nothing to it
             own_index = any(a.startswith(("--index-url", "--extra-index-url", "-i")) for a in torch_args)
-            session.run(*pip, *torch_args, *([] if own_index else where), external=True)
-        session.run(*pip, "--require-hashes", "--no-deps", "-r", LOCK, *where, external=True)  # all but torch
-        session.run(*pip, "--no-deps", "-e", ".", external=True)
+            session.run_install(*pip, *torch_args, *([] if own_index else where), external=True)
+        session.run_install(*pip, "--require-hashes", "--no-deps", "-r", LOCK, *where, external=True)  # all but torch
+        session.run_install(*pip, "--no-deps", "-e", ".", external=True)
         if stamp is not None:
             with open(stamp, "w") as fh:
                 fh.write(key)
