@@ -274,7 +274,9 @@ def cmd_plan(args) -> int:
         print(f"skipped {what}: {why}")
     for src, p in sorted({(s, p) for r in plan.runs for s, p in r.published.items()}, key=lambda x: x[0]):
         print(f"published source {src}: {p.ref} -> {shown_path(p.folder)}" + (f" (revision {p.revision})" if p.revision else "")
-              + f", sha256 {p.sha256[:16]}, fused instead of a stage-1 run (fusion.adapterhub)")
+              + f", sha256 {p.sha256[:16]}, fused instead of a stage-1 run (fusion.adapterhub)"
+              + (f"; names another base model, allowed by fusion.adapterhub_allow_other_base: {p.other_base}"
+                 if p.other_base else ""))
     for line in scan_experiment(root, plan.experiment.name).problems():
         print(f"warning: {line}")
     c = Counter(row[7] for row in rows)

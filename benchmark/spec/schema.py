@@ -337,13 +337,18 @@ class FusionSources(Strict):
     adapterhub: dict[str, str] = Field(
         default_factory=dict, description="source task -> a published AdapterHub adapter (its folder, relative to "
                                           "this spec, or a Hub id[@revision]) used instead of a stage-1 run")
+    adapterhub_allow_other_base: list[str] = Field(
+        default_factory=list, description="source tasks of fusion.adapterhub whose adapter may name another base "
+                                          "model than the backbone (same family and shape); the plan and the "
+                                          "report state it. Not part of any run id")
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        """Leave ``adapterhub`` out while it is empty, so existing experiments dump as before."""
+        """Leave ``adapterhub`` (and its allow list) out while empty, so existing experiments dump as before."""
         out = handler(self)
-        if isinstance(out, dict) and not self.adapterhub:
-            out.pop("adapterhub", None)
+        for key in ("adapterhub", "adapterhub_allow_other_base"):
+            if isinstance(out, dict) and not getattr(self, key):
+                out.pop(key, None)
         return out
 
 
