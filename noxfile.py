@@ -4,6 +4,7 @@
     nox -s reproduce -- quick    # run an experiment grid (default: quick)
     nox -s report -- quick       # render reports/<experiment>.{md,html,tex}
     nox -s lint                  # ruff
+    nox -s tracking              # the tracking tests with TensorBoard, MLflow, W&B and Trackio installed
     nox -s parity                # compare our modules with AdapterHub `adapters` 1.3.0
     nox -s perf                  # training-step throughput, ours vs AdapterHub
     nox -s gpu                   # the CUDA path: smoke grid on cuda, GPU vs CPU logits, perf on BERT-base shapes
@@ -55,6 +56,16 @@ def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests (tiny models; real data when AFBENCH_DATA_DIR is set)."""
     _install_project(session, "[test]")
     session.run("pytest", *session.posargs)
+
+
+@nox.session
+def tracking(session: nox.Session) -> None:
+    """The experiment-tracking tests with every backend installed (the ``track`` extra; ``nox -s tests``
+    skips them where a backend is missing). Its own venv: the backends never enter the lock's."""
+    _install_project(session, "[test]")
+    session.install("tensorboard>=2.16", "mlflow>=3", "wandb>=0.19", "trackio>=0.2",
+                    *(_pip_sources() if _uv(session) else []))
+    session.run("pytest", "tests/test_tracking.py", *session.posargs, env={"WANDB_MODE": "offline"})
 
 
 @nox.session

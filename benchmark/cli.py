@@ -381,6 +381,10 @@ def cmd_run(args) -> int:
             raise BenchError(f"--only {' '.join(args.only)} matches no run of '{plan.experiment.name}'",
                              field="--only", fix=f"use glob patterns over the run ids that afbench plan "
                                                  f"{plan.experiment.name} lists, e.g. '*__st_a_rf16__*'")
+    if args.track:  # tracking never enters a run id: the ids are planned already
+        from benchmark.runner.tracking import with_backends
+
+        plan.experiment = with_backends(plan.experiment, args.track)
     slurm_opts = slurm_options(args) if args.executor == "slurm" else None
     root = results_root(args.results_dir)
     exp_dir = experiment_dir(root, plan.experiment.name)
@@ -616,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
             sp.add_argument("--executor", choices=["local", "slurm"], default="local",
                             help="local processes (default) or one Slurm job per run (see 'On a cluster')")
+            sp.add_argument("--track", metavar="NAME[,NAME]", help="log each run to tensorboard, mlflow, wandb or "
+                                                                 "trackio (also: a tracking: block in the experiment)")
             sp.add_argument("--wait-lock", action="store_true",
                             help="if another driver runs this experiment, wait for it instead of exiting")
             slurm_flags(sp)

@@ -381,6 +381,19 @@ class ComputeSpec(Strict):
 DEFAULT_COMPUTE = ComputeSpec(cpu_kernels="fast", last_layer="first_token", precision="auto")  # what `afbench run` uses unless told
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
+
+
+class Tracking(Strict):
+    """Experiment tracking (``afbench run --track``): never part of a run id, never a reason for a run to fail."""
+
+    backends: list[Literal[TRACKERS]] = Field(default_factory=list, description="where each run is logged: "
+                                              "tensorboard, mlflow, wandb, trackio (each its own extra, track-NAME)")
+    dir: str | None = Field(None, description="local store (relative to the working directory); default: "
+                                              "<results>/<experiment>/.tracking")
+    mlflow_uri: str | None = Field(None, description="an MLflow tracking server; default: sqlite in dir")
+
+
 class ExperimentSpec(Strict):
     kind: Literal["experiment"] = "experiment"
     name: str
@@ -400,6 +413,7 @@ class ExperimentSpec(Strict):
     selection: Selection = Selection()
     compute: ComputeSpec = ComputeSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    tracking: Tracking = Tracking()
     dependencies_from: list[str] = Field(
         default_factory=list, description="other experiments whose finished stage-1 / MT-A runs this one reads in "
                                           "place where the run id is the same (runner/borrowed.py); not an id field")
