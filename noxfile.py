@@ -4,6 +4,7 @@
     nox -s reproduce -- quick    # run an experiment grid (default: quick)
     nox -s report -- quick       # render reports/<experiment>.{md,html,tex}
     nox -s lint                  # ruff
+    nox -s tracking              # the tracking tests with TensorBoard, MLflow, W&B and Trackio installed
     nox -s parity                # compare our modules with AdapterHub `adapters` 1.3.0
     nox -s perf                  # training-step throughput, ours vs AdapterHub
     nox -s gpu                   # the CUDA path: smoke grid on cuda, GPU vs CPU logits, perf on BERT-base shapes
@@ -96,6 +97,20 @@ def tests(session: nox.Session) -> None:
     """Unit and end-to-end tests (tiny models; real data when AFBENCH_DATA_DIR is set)."""
     env = _project_env(session)
     _run(session, env, "pytest", *session.posargs)
+
+
+@nox.session
+def tracking(session: nox.Session) -> None:
+    """The experiment-tracking tests with every backend installed (the ``track`` extra; ``nox -s tests``
+    skips them where a backend is missing). Its own venv, so the backends never enter the shared one: the
+    same torch, lock and package as ``_project_env``, then the backends."""
+    where = _pip_sources() if getattr(session.virtualenv, "venv_backend", "") == "uv" else []
+    if TORCH != "skip":
+        session.install(*shlex.split(TORCH), *where)
+    session.install("--require-hashes", "--no-deps", "-r", LOCK, *where)
+    session.install("--no-deps", "-e", ".")
+    session.install("tensorboard>=2.16", "mlflow>=3", "wandb>=0.19", "trackio>=0.2", *where)
+    session.run("pytest", "tests/test_tracking.py", *session.posargs, env={"WANDB_MODE": "offline"})
 
 
 @nox.session(venv_backend="none")

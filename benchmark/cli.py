@@ -269,7 +269,9 @@ def cmd_plan(args) -> int:
         print(f"skipped {what}: {why}")
     for src, p in sorted({(s, p) for r in plan.runs for s, p in r.published.items()}, key=lambda x: x[0]):
         print(f"published source {src}: {p.ref} -> {shown_path(p.folder)}" + (f" (revision {p.revision})" if p.revision else "")
-              + f", sha256 {p.sha256[:16]}, fused instead of a stage-1 run (fusion.adapterhub)")
+              + f", sha256 {p.sha256[:16]}, fused instead of a stage-1 run (fusion.adapterhub)"
+              + (f"; names another base model, allowed by fusion.adapterhub_allow_other_base: {p.other_base}"
+                 if p.other_base else ""))
     for line in scan_experiment(root, plan.experiment.name).problems():
         print(f"warning: {line}")
     c = Counter(row[7] for row in rows)
@@ -378,6 +380,10 @@ def cmd_run(args) -> int:
             raise BenchError(f"--only {' '.join(args.only)} matches no run of '{plan.experiment.name}'",
                              field="--only", fix=f"use glob patterns over the run ids that afbench plan "
                                                  f"{plan.experiment.name} lists, e.g. '*__st_a_rf16__*'")
+    if args.track:  # tracking never enters a run id: the ids are planned already
+        from benchmark.runner.tracking import with_backends
+
+        plan.experiment = with_backends(plan.experiment, args.track)
     slurm_opts = slurm_options(args) if args.executor == "slurm" else None
     root = results_root(args.results_dir)
     exp_dir = experiment_dir(root, plan.experiment.name)
@@ -646,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
             sp.add_argument("--executor", choices=["local", "slurm"], default="local",
                             help="local processes (default) or one Slurm job per run (see 'On a cluster')")
+            sp.add_argument("--track", metavar="NAME[,NAME]", help="log each run to tensorboard, mlflow, wandb or "
+                                                                 "trackio (also: a tracking: block in the experiment)")
             sp.add_argument("--wait-lock", action="store_true",
                             help="if another driver runs this experiment, wait for it instead of exiting")
             slurm_flags(sp)

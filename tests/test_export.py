@@ -284,13 +284,15 @@ def test_roundtrip_through_adapters_1_3_0(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------ published adapters as fusion sources
-def _published_experiment(specs: Path, name: str, adapterhub: dict[str, str], backbone: str = "tiny-bert") -> None:
+def _published_experiment(specs: Path, name: str, adapterhub: dict[str, str], backbone: str = "tiny-bert",
+                          allow: str = "") -> None:
     hub = ", ".join(f"{t}: '{ref}'" for t, ref in adapterhub.items())
     (specs / "experiments" / f"{name}.yaml").write_text(
         f"kind: experiment\nname: {name}\nbackbones: [{backbone}]\nseeds: [1]\n"
         "groups:\n  - tasks: [rt_cls]\n    methods: [fusion_st_a]\n"
         "caps: {max_train_rows: 32, max_eval_rows: 32, max_epochs: 2, max_length: 32}\n"
-        f"fusion: {{sources: [rt_cls, rt_mc]{', adapterhub: {' + hub + '}' if hub else ''}}}\ndevice: cpu\n"
+        f"fusion: {{sources: [rt_cls, rt_mc]{', adapterhub: {' + hub + '}' if hub else ''}"
+        f"{', adapterhub_allow_other_base: [' + allow + ']' if allow else ''}}}\ndevice: cpu\n"
         "overrides: {st_a: {lr: 1.0e-2}, fusion_st_a: {lr: 1.0e-2}}\n")
 
 
@@ -330,6 +332,16 @@ def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, t
     hub = torch.load(src / "pytorch_adapter.bin", weights_only=True)
     k = "bert.encoder.layer.1.output.adapters.rt_mc.adapter_up.weight"
     assert torch.equal(fused["encoder.encoder.layer.1.output.adapters.rt_mc.up.weight"], hub[k])
+    # the report's stage-1 table names the published source beside the trained one (38.2)
+    args = ["--specs", str(specs), "--results-dir", str(tmp_path), "--out-dir", str(tmp_path / "rep")]
+    assert main(["report", "pub_fusion", *args]) == 0
+    md = (tmp_path / "rep" / "pub_fusion.md").read_text()
+    table = md[md.index("## Stage-1 adapters"):].split("\n\n")[1]
+    assert "| source |" in table and "| rt_cls | tiny-bert | 1 |" in table and "trained here" in table, table
+    assert f"| rt_mc | tiny-bert | — | — | — | — | published: ../../export/{src.parent.parent.name}" in table
+    assert f"sha256 {fusion.published['rt_mc'].sha256[:16]}" in table and "another base model" not in table
+    html = (tmp_path / "rep" / "pub_fusion.html").read_text()
+    assert f"published: ../../export/{src.parent.parent.name}" in html
 
 
 def test_published_adapters_we_cannot_represent_are_refused(exported, tmp_path, capsys):
@@ -358,8 +370,11 @@ def test_published_adapters_we_cannot_represent_are_refused(exported, tmp_path, 
 
 def test_published_adapters_for_another_backbone_are_refused_at_plan_time(exported, tmp_path, capsys):
     """Issues 38.2 and 37.15: a published adapter is checked against the backbone before anything trains: its
-    config's unknown keys, its model_type, hidden size and layer count, and the base model it names."""
+    config's unknown keys, its model_type, hidden size and layer count, and the base model it names (which
+    fusion.adapterhub_allow_other_base, and only it, lets through, stated by the plan and the run's config)."""
     import shutil
+
+    from benchmark.plan.build import build_plan
 
     work, runs = exported
     src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
@@ -395,10 +410,33 @@ def test_published_adapters_for_another_backbone_are_refused_at_plan_time(export
         assert main(["plan", "other_base", "--specs", str(specs)]) == 2
         err = capsys.readouterr().err
         assert all(n in err for n in needles) and "fusion.adapterhub.rt_mc" in err and "Traceback" not in err, err
-    _published_experiment(specs, "other_base", {"rt_mc": variant("same", lambda c: c.update(model_name="org/ckpt-a"))},
-                          "ckpt-a")
+    assert "add rt_mc to fusion.adapterhub_allow_other_base" in err  # the base model alone may be allowed
+    same = variant("same", lambda c: c.update(model_name="org/ckpt-a"))
+    _published_experiment(specs, "other_base", {"rt_mc": same}, "ckpt-a")
     assert main(["plan", "other_base", "--specs", str(specs)]) == 0
-    capsys.readouterr()
+    assert "another base model" not in capsys.readouterr().out
+    reg = load_registry([specs])
+    plain = [r.id for r in build_plan(reg, reg.get("experiment", "other_base")).runs]
+    # the opt-in for another base model (38.2): stated by the plan, in the run's config, never in a run id
+    _published_experiment(specs, "other_base", {"rt_mc": same}, "ckpt-a", allow="rt_mc")
+    reg = load_registry([specs])
+    assert [r.id for r in build_plan(reg, reg.get("experiment", "other_base")).runs] == plain
+    _published_experiment(specs, "other_base", {"rt_mc": ref}, "ckpt-a", allow="rt_mc")  # ref: the other base
+    assert main(["plan", "other_base", "--specs", str(specs)]) == 0
+    out = capsys.readouterr().out
+    assert "allowed by fusion.adapterhub_allow_other_base: model_name 'org/ckpt-b' (the backbone is 'org/ckpt-a')" in out
+    reg = load_registry([specs])
+    fusion = build_plan(reg, reg.get("experiment", "other_base")).runs[-1]
+    assert fusion.config(reg)["published"]["rt_mc"]["other_base"].startswith("model_name 'org/ckpt-b'")
+    assert "allow" not in json.dumps(fusion.identity(reg))
+    for ref, backbone, needles in cases[1:4]:  # a shape or family mismatch stays refused with the flag
+        _published_experiment(specs, "other_base", {"rt_mc": ref}, backbone, allow="rt_mc")
+        assert main(["plan", "other_base", "--specs", str(specs)]) == 2
+        err = capsys.readouterr().err
+        assert all(n in err for n in needles), err
+    _published_experiment(specs, "other_base", {"rt_mc": same}, "ckpt-a", allow="rt_cls")
+    assert main(["plan", "other_base", "--specs", str(specs)]) == 2
+    assert "fusion.adapterhub_allow_other_base names 'rt_cls'" in capsys.readouterr().err
     for f in ("tiny-bert-deep", "ckpt-a"):
         (specs / "backbones" / f"{f}.yaml").unlink()
     (specs / "experiments" / "other_base.yaml").unlink()

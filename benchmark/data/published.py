@@ -125,35 +125,44 @@ def _weights_shape(folder: Path) -> tuple[int | None, int | None]:
     return hidden, (max(layers) + 1 if layers else None)
 
 
-def check_backbone(pub: Published, spec, where: str, field: str) -> None:
+def check_backbone(pub: Published, spec, where: str, field: str, allow_other_base: bool = False) -> str | None:
     """Refuse a published adapter that was not trained for backbone ``spec``: another family (model_type),
-    hidden size or layer count, or another base model named in its adapter_config.json."""
-    if (pub.sha256, repr(spec)) in _CHECKED:
-        return
-    folder = Path(pub.folder)
-    meta = json.loads((folder / CONFIG).read_text())
-    mtype, hidden, layers, names = backbone_shape(spec)
-    w_hidden, w_layers = _weights_shape(folder)
-    a_hidden = meta.get("hidden_size") if isinstance(meta.get("hidden_size"), int) else w_hidden
-    base = meta.get("model_name") or ""
-    short = lambda n: str(n).rstrip("/").rsplit("/", 1)[-1].lower()  # noqa: E731 - google-bert/x == x
-    differ = []
-    if mtype and meta.get("model_type") and meta["model_type"] != mtype:
-        differ.append(f"model_type {meta['model_type']!r} (the backbone is {mtype!r})")
-    for what, a, b in (("hidden_size", a_hidden, hidden), ("layers", w_layers, layers)):
-        if a and b and a != b:
-            differ.append(f"{what} {a} (the backbone has {b})")
-    if base and names and short(base) not in {short(n) for n in names}:
-        differ.append(f"model_name {base!r} (the backbone is {names[0]!r})")
-    if differ:
-        raise BenchError(f"the published adapter {pub.ref!r} ({folder / CONFIG}) was not trained for backbone "
-                         f"'{spec.name}': " + "; ".join(differ), file=where, field=field,
+    hidden size or layer count, or another base model named in its adapter_config.json. The last one alone
+    is allowed with ``allow_other_base`` (fusion.adapterhub_allow_other_base) and returned, for the plan and
+    the report to state; None when the adapter names this backbone (or none)."""
+    key = (pub.sha256, repr(spec))
+    if key not in _CHECKED:
+        folder = Path(pub.folder)
+        meta = json.loads((folder / CONFIG).read_text())
+        mtype, hidden, layers, names = backbone_shape(spec)
+        w_hidden, w_layers = _weights_shape(folder)
+        a_hidden = meta.get("hidden_size") if isinstance(meta.get("hidden_size"), int) else w_hidden
+        base = meta.get("model_name") or ""
+        short = lambda n: str(n).rstrip("/").rsplit("/", 1)[-1].lower()  # noqa: E731 - google-bert/x == x
+        differ = []
+        if mtype and meta.get("model_type") and meta["model_type"] != mtype:
+            differ.append(f"model_type {meta['model_type']!r} (the backbone is {mtype!r})")
+        for what, a, b in (("hidden_size", a_hidden, hidden), ("layers", w_layers, layers)):
+            if a and b and a != b:
+                differ.append(f"{what} {a} (the backbone has {b})")
+        other = f"model_name {base!r} (the backbone is {names[0]!r})" \
+            if base and names and short(base) not in {short(n) for n in names} else None
+        _CHECKED[key] = (differ, other, names)
+    differ, other, names = _CHECKED[key]
+    if differ or (other and not allow_other_base):
+        only_base = not differ
+        raise BenchError(f"the published adapter {pub.ref!r} ({Path(pub.folder) / CONFIG}) was not trained for "
+                         f"backbone '{spec.name}': " + "; ".join(differ + ([other] if other else [])),
+                         file=where, field=field,
                          fix=f"fuse an adapter trained on {names[0] if names else spec.name}, or drop this source "
-                             "from fusion.adapterhub to train it as a stage-1 run on this backbone")
-    _CHECKED.add((pub.sha256, repr(spec)))
+                             "from fusion.adapterhub to train it as a stage-1 run on this backbone"
+                             + (f", or, to fuse it anyway (same family and shape), add {field.rsplit('.', 1)[-1]} to "
+                                "fusion.adapterhub_allow_other_base" if only_base else ""))
+    return other
 
 
-_CHECKED: set[tuple[str, str]] = set()  # (adapter content, backbone) pairs found to fit, once per process
+# (adapter content, backbone) -> (shape differences, another base model named, backbone names), once per process
+_CHECKED: dict[tuple[str, str], tuple[list[str], str | None, list[str]]] = {}
 
 
 @dataclass(frozen=True)
@@ -163,6 +172,7 @@ class Published:
     sha256: str  # content of the config and the weights file
     revision: str | None = None  # the Hub commit a Hub id was pinned to
     adapter_type: str = "pfeiffer"  # our AdapterParams.type of it
+    other_base: str | None = None  # the other base model it names, fused anyway (fusion.adapterhub_allow_other_base)
 
     def identity(self) -> str:
         return f"sha256:{self.sha256}"

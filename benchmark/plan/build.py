@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from benchmark import methods
 from benchmark.data.published import Published, check_backbone, resolve
@@ -166,6 +166,11 @@ class _Planner:
                     raise SpecError(f"fusion.adapterhub names '{t}', which is not a fused source ({', '.join(fused)})",
                                     file=file, field=f"fusion.adapterhub.{t}",
                                     fix="add it to fusion.sources, or remove the entry")
+            for t in self.exp.fusion.adapterhub_allow_other_base:
+                if t not in self.exp.fusion.adapterhub:
+                    raise SpecError(f"fusion.adapterhub_allow_other_base names '{t}', which fusion.adapterhub does "
+                                    "not map to a published adapter", file=file,
+                                    field="fusion.adapterhub_allow_other_base", fix="remove it, or add its adapter")
             self._published = {t: resolve(ref, file, t) for t, ref in self.exp.fusion.adapterhub.items()}
         return self._published
 
@@ -188,9 +193,10 @@ class _Planner:
             published = self.published()
             run.sources = [s for s in fusion_sources(self.exp, task) if s in published or self.usable(s)]
             run.published = {s: published[s] for s in run.sources if s in published}
-            for s, pub in run.published.items():  # each against this backbone: family, shape, base model
-                check_backbone(pub, self.reg.backbones[backbone], self.reg.file_of("experiment", self.exp.name),
-                               f"fusion.adapterhub.{s}")
+            for s, pub in list(run.published.items()):  # each against this backbone: family, shape, base model
+                other = check_backbone(pub, self.reg.backbones[backbone], self.reg.file_of("experiment", self.exp.name),
+                                       f"fusion.adapterhub.{s}", s in self.exp.fusion.adapterhub_allow_other_base)
+                run.published[s] = replace(pub, other_base=other)
             rf_src = run.method.fusion.source_reduction_factor
             run.deps = [self.stage1(s, backbone, aseed, rf_src).id for s in run.sources if s not in published]
         elif kind.depends_on == "mt_a":

@@ -93,6 +93,7 @@ class Run:
         }
         if self.published:
             out["published"] = {s: {"ref": p.ref, "sha256": p.sha256, "revision": p.revision}
+                                | ({"other_base": p.other_base} if p.other_base else {})
                                 for s, p in self.published.items()}
         return out
 

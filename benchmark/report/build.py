@@ -361,8 +361,9 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
                            "accuracy": r.best_metric, "epoch": r.best_epoch,
                            "heldout": r.selection_metric if r.selection == "heldout" else None,
                            "rows": (r.data or {}).get("train_rows"),
-                           "rows_total": (r.data or {}).get("train_rows_total")} for r in col.stage1),
+                           "rows_total": (r.data or {}).get("train_rows_total"), "published": None} for r in col.stage1),
                          key=lambda d: (d["backbone"], d["task"], d["seed"]))
+    data.stage1 = sorted(data.stage1 + published_sources(col), key=lambda d: (d["backbone"], d["task"], bool(d["published"])))
     data.multitask = multitask_quality(col)
     used = {t for r in col.results for t in (r.tasks or [r.task])} | set(col.no_data)
     data.not_in_experiment = sorted((t for t, spec in reg.tasks.items() if spec.paper.order and t not in used),
@@ -370,6 +371,22 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     data.failures = [{"run": r.run_id, "error": r.error} for r in col.results if not r.finished]
     data.cost = cost_table(col.results)
     return data
+
+
+def published_sources(col: Collected) -> list[dict]:
+    """The published adapters (fusion.adapterhub) the finished fusion runs read, one row per backbone, task and
+    content: its reference, pinned revision, content hash and any other base model allowed for it."""
+    seen = {}
+    for r in (r for r in col.results if r.finished):
+        for task, p in ((r.config or {}).get("published") or {}).items():
+            text = f"{p.get('ref')}" + (f" (revision {p['revision']})" if p.get("revision") else "") + \
+                f", sha256 {str(p.get('sha256'))[:16]}" + \
+                (f"; names another base model, allowed by fusion.adapterhub_allow_other_base: {p['other_base']}"
+                 if p.get("other_base") else "")
+            seen[(r.backbone, task, p.get("sha256"))] = {
+                "task": task, "backbone": r.backbone, "seed": "—", "accuracy": None, "epoch": "—", "heldout": None,
+                "published": text}
+    return list(seen.values())
 
 
 def _env() -> jinja2.Environment:

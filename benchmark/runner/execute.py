@@ -51,6 +51,7 @@ from benchmark.runner.progress import fmt as _fmt
 from benchmark.runner.provenance import PeakMemory, cpu_model, environment
 from benchmark.runner.results import experiment_dir, git_revision, now, versions
 from benchmark.runner.slurm import job_info
+from benchmark.runner.tracking import tracked
 from benchmark.spec.registry import Registry
 from benchmark.training import loop
 from benchmark.training.loop import Diverged
@@ -192,6 +193,7 @@ def previous_summary(previous: RunRecord) -> dict:
     return out
 
 
+@tracked  # afbench run --track / an experiment's tracking: block (tracking.py); as it is without
 def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Path | None, device_name: str,
                 threads: int | None = None) -> tuple[str, str | None, float]:
     """Train one run and record it. Returns (run id, error or None, seconds)."""

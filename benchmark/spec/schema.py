@@ -343,13 +343,18 @@ class FusionSources(Strict):
     adapterhub: dict[str, str] = Field(
         default_factory=dict, description="source task -> a published AdapterHub adapter (its folder, relative to "
                                           "this spec, or a Hub id[@revision]) used instead of a stage-1 run")
+    adapterhub_allow_other_base: list[str] = Field(
+        default_factory=list, description="source tasks of fusion.adapterhub whose adapter may name another base "
+                                          "model than the backbone (same family and shape); the plan and the "
+                                          "report state it. Not part of any run id")
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        """Leave ``adapterhub`` out while it is empty, so existing experiments dump as before."""
+        """Leave ``adapterhub`` (and its allow list) out while empty, so existing experiments dump as before."""
         out = handler(self)
-        if isinstance(out, dict) and not self.adapterhub:
-            out.pop("adapterhub", None)
+        for key in ("adapterhub", "adapterhub_allow_other_base"):
+            if isinstance(out, dict) and not getattr(self, key):
+                out.pop(key, None)
         return out
 
 
@@ -382,6 +387,19 @@ class ComputeSpec(Strict):
 DEFAULT_COMPUTE = ComputeSpec(cpu_kernels="fast", last_layer="first_token", precision="auto")  # what `afbench run` uses unless told
 
 
+TRACKERS = ("tensorboard", "mlflow", "wandb", "trackio")
+
+
+class Tracking(Strict):
+    """Experiment tracking (``afbench run --track``): never part of a run id, never a reason for a run to fail."""
+
+    backends: list[Literal[TRACKERS]] = Field(default_factory=list, description="where each run is logged: "
+                                              "tensorboard, mlflow, wandb, trackio (each its own extra, track-NAME)")
+    dir: str | None = Field(None, description="local store (relative to the working directory); default: "
+                                              "<results>/<experiment>/.tracking")
+    mlflow_uri: str | None = Field(None, description="an MLflow tracking server; default: sqlite in dir")
+
+
 class ExperimentSpec(Strict):
     kind: Literal["experiment"] = "experiment"
     name: str
@@ -402,6 +420,7 @@ class ExperimentSpec(Strict):
     selection: Selection = Selection()
     compute: ComputeSpec = ComputeSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    tracking: Tracking = Tracking()
     dependencies_from: list[str] = Field(
         default_factory=list, description="other experiments whose finished stage-1 / MT-A runs this one reads in "
                                           "place where the run id is the same (runner/borrowed.py); not an id field")

@@ -126,6 +126,8 @@ def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, b
 # Where the step bar is hidden (a log file, nohup, CI), a progress line at least this often: an MRPC
 # fusion epoch on a CPU takes ~10 minutes, and one line per epoch looked like a hung run.
 PROGRESS_SECONDS = 30.0
+# afbench run --track: the runner's trackers hear each epoch's history entry (benchmark/runner/tracking.py)
+epoch_listener: Callable[[dict], None] | None = None
 
 
 def progress_line(desc: str, epoch: int, epochs: int, steps: int, steps_per_epoch: int, examples: int,
@@ -250,6 +252,8 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         out.history.append({"epoch": epoch + 1, "train_loss": train_loss, **metrics,
                             "seconds": time.perf_counter() - t0})
         log_epoch(desc, out.history[-1], params.epochs, seen / max(train_time, 1e-9))
+        if epoch_listener is not None:
+            epoch_listener(dict(out.history[-1]))
         if metrics[select] > out.best_selection:
             out.best_selection, out.best_metric = metrics[select], metrics["dev_accuracy"]
             out.best_epoch, out.best_state, since_best = epoch + 1, snapshot(), 0
