@@ -99,7 +99,7 @@ def tests(session: nox.Session) -> None:
     _run(session, env, "pytest", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="uv|virtualenv")
 def tracking(session: nox.Session) -> None:
     """The experiment-tracking tests with every backend installed (the ``track`` extra; ``nox -s tests``
     skips them where a backend is missing). Its own venv, so the backends never enter the shared one: the
