@@ -548,6 +548,18 @@ def test_shared_adapters_and_the_majority_baseline_are_in_the_legend(registry, h
     assert "| task | group | majority |" in (out / "handmade.md").read_text()
 
 
+def test_majority_mark_covers_one_dev_row_above_and_everything_below():
+    """‡ flags a mean within one dev row of the majority baseline on either side, and every mean below it
+    (minilm_table1: Head RTE 49.70 and rf 64 RTE 52.23 sit under RTE's 52.71 and were missed)."""
+    from benchmark.report.baseline import Majority
+
+    rte = Majority("rte", 52.71, 277)  # one row = 0.361 points
+    assert rte.near(52.71 + 0.36) and rte.near(52.71 - 0.36)  # within one row, both sides
+    assert rte.near(52.23) and rte.near(49.70) and rte.near(0.0)  # below it, however far
+    assert not rte.near(52.71 + 0.37) and not rte.near(63.90)  # above it by more than one row
+    assert not Majority("x", None, 0, why="no data").near(10.0) and not rte.near(None)
+
+
 def _overfull(log: str) -> list[float]:
     import re
 

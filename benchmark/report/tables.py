@@ -319,7 +319,8 @@ def majority_note(rows: list[RowView]) -> str:
         return ""
     text = ("Majority baseline (column \"majority\"): the dev accuracy of a constant classifier predicting train's "
             "most frequent class (uniform chance, 100/K, for a K-way multiple-choice task), computed from the data "
-            f"at report time; {MAJORITY_MARK} = a mean within one dev row of it (no better than that constant).")
+            f"at report time; {MAJORITY_MARK} = a mean within one dev row of it or below it (no better than that "
+            "constant).")
     if have:
         text += " " + "; ".join(f"{r.task} {fmt(r.majority.accuracy)} ({r.majority.how}, {r.majority.dev_rows} dev rows)"
                                 for r in have) + "."
