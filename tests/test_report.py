@@ -617,7 +617,7 @@ def test_latex_report_is_a_document_that_compiles_and_fits(registry, handmade, t
         assert all(x <= 5.0 for x in _overfull(log)), _overfull(log)
 
     compile_(out, "handmade.tex")
-    (out / "mine.tex").write_text("\\documentclass{article}\\usepackage{amsmath,amssymb,booktabs,tabularx,array,graphicx}"
+    (out / "mine.tex").write_text("\\documentclass{article}\\usepackage{amsmath,amssymb,booktabs,tabularx,array,graphicx,longtable}"
                                   "\\begin{document}\\begin{table}\\resizebox{\\linewidth}{!}{\\input{handmade_files/table1-minilm-l6}}"
                                   "\\end{table}\\noindent\\input{handmade_files/table2-minilm-l6}\\par\\noindent"
                                   "\\input{handmade_files/findings-minilm-l6}\\end{document}\n")

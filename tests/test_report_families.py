@@ -48,17 +48,28 @@ _TESTED = re.compile(r"(\w+) ([+-]\d+\.\d\d) \(95% CI ([^,]+), P\(A > B\) [\d.]+
 _STAT = re.compile(r"^\| (\w+) \| ([^|]+) \| ([+-]\d+\.\d\d) \| ([^|]+) \| [\d.]+ \| [^|]+ \| ([^ ]+?)†? \((\w+)\) \|$", re.M)
 
 
+@pytest.fixture(scope="module")
+def minilm_table1(tmp_path_factory):
+    """The committed minilm_table1 results, reported once for this module: (ReportData, output folder)."""
+    if MIRROR is None or not (ROOT / "results" / "minilm_table1").is_dir():
+        pytest.skip("needs the offline data mirror and the committed minilm_table1 results")
+    from benchmark.spec import load_registry
+
+    reg, out = load_registry(), tmp_path_factory.mktemp("reports")
+    paper = str(ROOT / "benchmark" / "paper" / "adapterfusion_eacl2021.yaml")
+    data = report_build.build_data(reg, "minilm_table1", ROOT / "results", paper, data_root=MIRROR)
+    report_build.build_reports(reg, "minilm_table1", results_dir=str(ROOT / "results"), out_dir=out,
+                               paper_file=paper, data_root=MIRROR)
+    return data, out
+
+
 @needs_mirror
-def test_minilm_table1_every_test_in_one_family_printed_with_its_name(registry, tmp_path):
+def test_minilm_table1_every_test_in_one_family_printed_with_its_name(minilm_table1):
     """The committed minilm_table1 results: the paper's findings are the confirmatory family (11 tests: 4 + 4
     per-task, 2 averages, 1 TOST), Table 2's other 16 comparisons the exploratory one; the shared-adapter
     columns have CIs, no test and no †. Every adjusted p printed in Table 2 and the findings names its family,
     and each comparison has one adjusted value wherever it appears."""
-    src = ROOT / "results" / "minilm_table1"
-    if not src.is_dir():
-        pytest.skip("the committed minilm_table1 results are not in this checkout")
-    paper = str(ROOT / "benchmark" / "paper" / "adapterfusion_eacl2021.yaml")
-    data = report_build.build_data(registry, "minilm_table1", ROOT / "results", None, data_root=MIRROR)
+    data, out = minilm_table1
     t2 = data.table2[0]
     assert t2.families == "confirmatory: 11 tests, exploratory: 16 tests", t2.families
     stats = {(s.task, s.comparison): s for s in t2.stats}
@@ -74,9 +85,6 @@ def test_minilm_table1_every_test_in_one_family_printed_with_its_name(registry, 
     assert notes and not any("Holm" in n or "p = " in n for n in notes)
     assert any("seed(s) 43, 44 read the adapters of seed(s) 42 (shared adapters)" in n for n in t1.notes)
 
-    out = tmp_path / "out"
-    report_build.build_reports(registry, "minilm_table1", results_dir=str(ROOT / "results"), out_dir=out,
-                               paper_file=paper, data_root=MIRROR)
     md = (out / "minilm_table1.md").read_text()
     generated = md[md.index("## Table 2"):md.index("## Where fusion attends")]  # not the hand-written discussion
     seen: dict[tuple, set] = {}
@@ -95,3 +103,32 @@ def test_minilm_table1_every_test_in_one_family_printed_with_its_name(registry, 
         "in direction only", "within seed noise", "within seed noise", "in direction only",
         "cannot be shown with 3 seeds"]
     assert all(f.power.count("MDE ") >= 1 for f in findings)
+
+
+def test_minilm_table1_pdf_numbers_its_tables_as_the_paper(minilm_table1, tmp_path):
+    """Table 1 all methods, Table 2 Fusion against its baselines, Table 3 reduction factors, in that order in
+    the PDF (the discussion's "Table 3" is the reduction-factor table); the HTML's wide tables scroll with a
+    sticky task column, and Table 2's statistics are there too."""
+    _, out = minilm_table1
+    tex = (out / "minilm_table1.tex").read_text()
+    at = [tex.index(rf"\renewcommand{{\thetable}}{{{n}}}") for n in (1, 2, 3)]
+    assert at == sorted(at) and tex.count(r"\renewcommand{\thetable}") == 3
+    html = (out / "minilm_table1.html").read_text()
+    assert html.count('<div class="wide">') >= 4 and "background-attachment: local" in html
+    assert "<th>paired t p (paper-style)</th><th>Holm p (family)</th>" in html
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex is not installed (apt-get install texlive-latex-base texlive-latex-recommended "
+                    "texlive-latex-extra): the table numbers of the compiled PDF are not checked")
+    import subprocess
+
+    folder = tmp_path / "pdf"
+    shutil.copytree(out, folder)
+    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "minilm_table1.tex"], cwd=folder,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:]
+    log = (folder / "minilm_table1.log").read_text(errors="replace")
+    assert not re.findall(r"Overfull \\[hv]box \((\d{2,}|[6-9])[.\d]*pt too", log)  # nothing over 5 pt
+    aux = (folder / "minilm_table1.aux").read_text()
+    numbered = re.findall(r"\\contentsline \{table\}\{\\numberline \{(\d)\}\{\\ignorespaces ([^.:]+)", aux)
+    assert numbered == [("1", "All methods"), ("2", "Fusion against its baselines (as in the paper's Table 2)"),
+                        ("3", "ST-A reduction factors")], numbered
