@@ -40,6 +40,7 @@ from benchmark.report.tables import (
     Finding,
     Table2View,
     TableView,
+    backbone_tests,
     build_table,
     build_table2,
     findings,
@@ -333,14 +334,15 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, 
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
         floor = majority_baselines(reg, col.tasks(b), root)
+        tests = backbone_tests(col, b, paper, reg)  # every comparison once, each in one family
         for key in published.tables_for(paper, pb):
-            t = build_table(key, col, b, paper, reg, floor)
+            t = build_table(key, col, b, paper, reg, floor, tests)
             if t:
                 data.tables.append(t)
-        t2 = build_table2(col, b, paper, reg)
+        t2 = build_table2(col, b, paper, reg, tests)
         if t2:
             data.table2.append(t2)
-        fs = findings(col, b, paper, reg)
+        fs = findings(col, b, paper, reg, tests)
         if fs:
             data.findings[b] = fs
         for c in methods.fusion_columns():
@@ -554,7 +556,6 @@ def print_summary(data: ReportData) -> None:
         print(tabulate(rows, headers=["task", *t2.columns], disable_numparse=True))
         th = published.ARROW_THRESHOLD
         print(f"Arrows: ↗ gain > {th}, ↘ loss < −{th}, → otherwise (accuracy points, the paper's thresholds)"
-              + (f"; p-values (raw and Holm over {t2.family_size} tests) are in the Markdown report." if t2.family_size
-                 else "."))
+              + f"; Δ, 95% CIs, P(A > B) and the tests ({t2.families}) are in the Markdown report.")
     for line in data.problems:
         print(f"warning: {line}")

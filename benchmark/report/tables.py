@@ -7,7 +7,6 @@ Filled once from ``aggregate.Collected`` and rendered by every template (Markdow
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, field
 
 from scipy import stats
@@ -16,17 +15,26 @@ from benchmark import methods
 from benchmark.report import published
 from benchmark.report.aggregate import Cell, Collected
 from benchmark.report.baseline import Majority
-from benchmark.report.published import ARROW_THRESHOLD, arrow  # the thresholds live with the paper's numbers
-from benchmark.report.stats import (  # noqa: F401 - p_text, welch_p: the reporter's names for them
-    EQUIVALENCE_MARGIN,
-    SIGNIFICANCE,
-    Family,
-    holm,
-    p_text,
-    p_with_holm,
-    tost,
-    welch_p,
+from benchmark.report.inference import (
+    compare,
+    compare_over_tasks,
+    equivalence_reachable,
+    minimal_detectable_effect,
+    per_seed_over_tasks,
+    seeds_needed,
 )
+from benchmark.report.paired import (
+    CONFIRMATORY,
+    EXPLORATORY,
+    FAMILIES_NOTE,
+    SENSITIVITY,
+    Tested,
+    Tests,
+    pair,
+    test_text,
+)
+from benchmark.report.published import ARROW_THRESHOLD, arrow  # the thresholds live with the paper's numbers
+from benchmark.report.stats import EQUIVALENCE_MARGIN, SIGNIFICANCE, p_text, p_value, tost  # noqa: F401 - p_text
 
 
 # Columns, Table 2 comparisons and † pairs come from the method kinds (benchmark/methods): a new kind's
@@ -54,16 +62,18 @@ SMALL_TASK_TRAIN_SIZE = 5000
 
 
 FINDINGS_NOTE = (
-    f"Verdicts need ≥ {MIN_SEEDS} seeds per side. Every p-value of this table is one test of a family: Holm's "
-    f"adjustment over all of them (per backbone) is printed beside the raw p, and \"beyond seed noise\" means a "
-    f"Holm-adjusted p < {SIGNIFICANCE} (marked †). A per-task claim \"holds in direction\" when the mean gain "
-    f"exceeds {ARROW_THRESHOLD} and most tasks gain more than {ARROW_THRESHOLD}; the tasks whose gain is beyond "
-    f"seed noise (Welch's t-test over seeds) are named. An \"on average\" claim holds when the mean gain over the "
-    f"tasks exceeds {ARROW_THRESHOLD} and is beyond seed noise: Welch's test between the per-seed means over "
-    f"those tasks; \"within seed noise\" otherwise. \"On par\" is an equivalence claim: two one-sided Welch tests "
-    f"(TOST) at a margin of ±{EQUIVALENCE_MARGIN:.1f} point on the per-seed means, with their 90% interval; it "
-    f"holds when the interval lies inside the margin (Holm-adjusted p < {SIGNIFICANCE}), does not hold when the "
-    f"interval lies outside it, and is \"not shown\" otherwise (no difference detected is not parity).")
+    f"Verdicts need ≥ {MIN_SEEDS} paired seeds (A and B run with the same seed). Each comparison: Δ, its 95% CI and "
+    f"P(A > B) from the paired bootstrap, then the paired t-test's p and its Holm value within the confirmatory "
+    f"family (the tests this table's claims consist of; a per-task test that is not part of a claim keeps its "
+    f"exploratory value, named beside it). \"Beyond seed noise\" = Holm-adjusted p < {SIGNIFICANCE} in its family "
+    f"(marked †). A per-task claim holds on the tasks whose gain is beyond seed noise; \"in direction only\" = "
+    f"most tasks gain more than {ARROW_THRESHOLD} but none beyond seed noise. An \"on average\" claim is tested "
+    f"on the mean over tasks (bootstrap stratified by task, equal task weights; paired t over the per-seed means "
+    f"over tasks). \"On par\" is an equivalence claim: two one-sided paired t-tests (TOST) at a margin of "
+    f"±{EQUIVALENCE_MARGIN:.1f} point (the paper states no tolerance; one accuracy point is our reading of \"on par\") on the per-seed means, with their 90% interval; the verdict says when "
+    f"the number of seeds cannot show equivalence at that margin at all. Power: the minimal detectable effect "
+    f"(MDE) of the paired design at 80% power, two-sided α = {SIGNIFICANCE} before Holm, given the observed SD of "
+    f"the paired differences, and the seeds the paper's own effect over the same tasks would need. " + FAMILIES_NOTE)
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -78,9 +88,8 @@ class CellView:
     reason: str = ""
     paper: float | None = None
     paper_std: float | None = None
-    marker: str = ""  # "†": differs from its baseline beyond seed noise (Holm-adjusted Welch p < 0.05)
-    p_value: float | None = None
-    p_adjusted: float | None = None  # Holm over the backbone's pairwise tests (``pairwise_tests``)
+    marker: str = ""  # "†": differs from its baseline beyond seed noise (Holm-adjusted paired p < 0.05)
+    test: Tested | None = None  # against its baseline (``backbone_tests``)
     note: str = ""  # a mark after the cell, e.g. "‡" (within one dev row of the majority baseline)
 
     @property
@@ -158,14 +167,12 @@ class Table2Row:
     ours: list[str | None]  # up / down / same or None
     deltas: list[float | None]
     paper: list[str | None]  # the arrow printed in the paper's Table 2 (None: not a paper task/backbone)
-    p_values: list[float | None]
+    tests: list[Tested | None]  # the paired comparison behind each cell (``backbone_tests``)
     derived: list[str | None] = field(default_factory=list)  # the arrow the paper's Table 1 numbers give
-    p_adjusted: list[float | None] = field(default_factory=list)  # Holm over the backbone's pairwise tests
 
-    def p_shown(self, j: int) -> str:
-        """"p = 0.004, Holm 0.071" (empty without a test)."""
-        p = self.p_values[j]
-        return "" if p is None else p_with_holm(p, self.p_adjusted[j] if self.p_adjusted else None)
+    def mark(self, j: int) -> str:
+        """"†" where the cell's test is beyond seed noise in its family."""
+        return "†" if self.tests[j] is not None and self.tests[j].significant else ""
 
     def paper_differs(self, j: int) -> bool:
         return self.paper[j] is not None and self.derived[j] is not None and self.paper[j] != self.derived[j]
@@ -182,7 +189,21 @@ class Table2View:
     agreement: list[str]  # per column "k/n"
     rank_correlation: str = ""
     notes: list[str] = field(default_factory=list)
-    family_size: int = 0  # Welch tests in the backbone's pairwise family (Holm's m)
+    stats: list[StatRow] = field(default_factory=list)  # one per (task, comparison): Δ, CI, P(A > B), tests
+    families: str = ""  # "confirmatory 11 tests, exploratory 16 tests"
+
+
+@dataclass
+class StatRow:
+    """One comparison of Table 2 as printed in its statistics table (strings, every template alike)."""
+
+    task: str
+    comparison: str
+    delta: str
+    ci: str  # 95% CI, "seed-level" where only per-seed accuracies are used
+    p_better: str
+    t_p: str  # paired t-test p (the paper's style of test)
+    holm: str  # Holm-adjusted within its family, the family named
 
 
 @dataclass
@@ -191,6 +212,7 @@ class Finding:
     paper: str
     ours: str
     verdict: str  # holds / does not hold / within seed noise / not enough seeds
+    power: str = ""  # the MDE at 80% power and the seeds the paper's effect would need
 
 
 def is_paper_task(reg, task: str) -> bool:
@@ -240,9 +262,10 @@ def variant_heading(label: str) -> str:
     return f"{heading} ({'own-seed adapters' if adapters == 'matched' else f'adapters {adapters}'})"
 
 
-def adapter_seed_sensitivity(col: Collected, backbone: str) -> list[str]:
+def adapter_seed_sensitivity(col: Collected, backbone: str, tests: Tests) -> list[str]:
     """Where a fusion column also exists over other adapters (a ``label@...`` variant): per task, how the
-    seed std and the Welch p against the fusion column's baseline (its † pair) move between the two."""
+    seed std and the paired comparison with the fusion column's baseline (its † pair) move between the two.
+    Sensitivity, not a test: 95% CIs and P(A > B), no p-value."""
     pairs, out = methods.significance_pairs(), []
     for label in sorted(col.columns(backbone)):
         base, _, adapters = label.partition("@")
@@ -251,38 +274,78 @@ def adapter_seed_sensitivity(col: Collected, backbone: str) -> list[str]:
         ref = pairs[base]
         parts = []
         for t in sorted({t for b, t, c in col.cells if b == backbone and c == label}):
-            own, other, baseline = (col.cells.get((backbone, t, c)) for c in (base, label, ref))
+            own, other = col.cells.get((backbone, t, base)), col.cells.get((backbone, t, label))
             if not (own and other and own.values and other.values):
                 continue
-            p_own = welch_p(own.values, baseline.values) if baseline and baseline.values else None
-            p_other = welch_p(other.values, baseline.values) if baseline and baseline.values else None
             sd = lambda c: fmt(c.std) if c.std is not None else "—"  # noqa: E731
-            pt = lambda p: p_text(p) if p is not None else "p —"  # noqa: E731
+            ci = lambda x: x.text(test=False) if x else "—"  # noqa: E731
             parts.append(f"{t}: mean {fmt(own.mean)} vs {fmt(other.mean)}, std {sd(own)} vs {sd(other)}, "
-                         f"vs {ref} {pt(p_own)} vs {pt(p_other)}")
+                         f"vs {ref} {ci(tests.get((t, base, ref)))} vs {ci(tests.get((t, label, ref)))}")
         if parts:
-            out.append(f"Adapter-seed sensitivity, {variant_heading(base + '@x').split(' (')[0]}: the main "
-                       f"column vs {variant_heading(label)} (its seeds share one set of adapters, so its std "
-                       "leaves out adapter noise and its p-values are optimistic): " + "; ".join(parts) + ".")
+            out.append(f"Adapter-seed sensitivity ({SENSITIVITY}: CIs, no test), "
+                       f"{variant_heading(base + '@x').split(' (')[0]}: the main column vs {variant_heading(label)} "
+                       "(its seeds share one set of adapters, so its std leaves out adapter noise and its CIs are "
+                       "too narrow): " + "; ".join(parts) + ".")
     return out
 
 
-def pairwise_tests(col: Collected, backbone: str) -> dict[tuple[str, str, str], tuple[float, float]]:
-    """One family per backbone: every pairwise Welch test the tables print (each Table 2 comparison on each
-    task, and each Table 1 variant against its kind's column) -> (task, ours, baseline): (raw p, Holm p)."""
-    have = col.columns(backbone)
-    pairs = [(c[1], c[2]) for c in comparisons() if {c[1], c[2]} <= have]
-    pairs += [(label, base) for label, base in variants(col, backbone).items() if base in have]
-    pairs += [(label, base) for label, base in methods.significance_pairs().items() if {label, base} <= have]
-    keys, raw = [], []
-    for t in col.tasks(backbone):
-        for f, b in dict.fromkeys(pairs):
-            cf, cb = col.cells.get((backbone, t, f)), col.cells.get((backbone, t, b))
-            p = welch_p(cf.values, cb.values) if cf and cb and cf.values and cb.values else None
-            if p is not None:
-                keys.append((t, f, b))
-                raw.append(p)
-    return {k: (p, a) for k, p, a in zip(keys, raw, holm(raw), strict=True)}
+def claim_tasks(col: Collected, backbone: str, paper: dict, reg) -> list[tuple[methods.Claim, list[str]]]:
+    """The paper's findings this backbone can check, each with the paper tasks it covers on which both of its
+    columns have a paired seed (none unless the backbone is, or stands in for, the paper's Table 1 backbone)."""
+    if not compares_with_table1(reg, backbone, paper):
+        return []
+    out, cols = [], col.columns(backbone)
+    tasks = [t for t in col.tasks(backbone) if is_paper_task(reg, t)]
+    for claim in methods.CLAIMS:
+        if not {claim.ours, claim.baseline} <= cols:
+            continue
+        ts = [t for t in tasks if claim.test != "small_tasks"
+              or (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
+        ts = [t for t in ts if pair(col, backbone, t, claim.ours, claim.baseline)]
+        if ts:
+            out.append((claim, ts))
+    return out
+
+
+PER_TASK_CLAIMS = ("small_tasks", "most_tasks")
+
+
+def backbone_tests(col: Collected, backbone: str, paper: dict, reg) -> Tests:
+    """Every comparison the backbone's tables print, each in one family: the tests the paper's findings consist
+    of (confirmatory), Table 2's other comparisons (exploratory), variants and shared-adapter columns against
+    their kind's column and their † baseline (sensitivity: CIs only). Paired by seed from the records."""
+    tests, have, tasks = Tests(), col.columns(backbone), col.tasks(backbone)
+
+    def per_task(family: str, a: str, b: str, ts) -> None:
+        for t in ts:
+            if pr := pair(col, backbone, t, a, b):
+                tests.add(family, (t, a, b), compare(pr.design), pr.notes)
+
+    for claim, ts in claim_tasks(col, backbone, paper, reg):
+        a, b = claim.ours, claim.baseline
+        if claim.test in PER_TASK_CLAIMS:
+            per_task(CONFIRMATORY, a, b, ts)
+            continue
+        prs = {t: pair(col, backbone, t, a, b) for t in ts}
+        designs = {t: pr.design for t, pr in prs.items()}
+        notes = tuple(n for pr in prs.values() for n in pr.notes)
+        over = compare_over_tasks(designs)
+        if claim.test == "on_par":
+            eq = tost(per_seed_over_tasks(designs))
+            tests.add(CONFIRMATORY, ("tost", a, b), over, notes, p=eq.p if eq else None)
+        else:
+            tests.add(CONFIRMATORY, ("mean", a, b), over, notes)
+    for _, f, b, _ in comparisons():
+        if {f, b} <= have:
+            per_task(EXPLORATORY, f, b, tasks)
+    pairs = methods.significance_pairs()
+    for label, base in variants(col, backbone).items():
+        if base in have:
+            per_task(SENSITIVITY, label, base, tasks)
+        kind_base = label.partition("@")[0]
+        if "@" in label and pairs.get(kind_base) in have:
+            per_task(SENSITIVITY, label, pairs[kind_base], tasks)
+    return tests
 
 
 MAJORITY_MARK = "‡"
@@ -319,7 +382,8 @@ def majority_note(rows: list[RowView]) -> str:
         return ""
     text = ("Majority baseline (column \"majority\"): the dev accuracy of a constant classifier predicting train's "
             "most frequent class (uniform chance, 100/K, for a K-way multiple-choice task), computed from the data "
-            f"at report time; {MAJORITY_MARK} = a mean within one dev row of it (no better than that constant).")
+            f"at report time; {MAJORITY_MARK} = a mean within one dev row of it or below it (no better than that "
+            "constant).")
     if have:
         text += " " + "; ".join(f"{r.task} {fmt(r.majority.accuracy)} ({r.majority.how}, {r.majority.dev_rows} dev rows)"
                                 for r in have) + "."
@@ -329,8 +393,9 @@ def majority_note(rows: list[RowView]) -> str:
 
 
 def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
-                majority: dict[str, Majority] | None = None) -> TableView | None:
-    """``majority``: task -> its majority baseline (``baseline.majority_baselines``); None: no such column."""
+                majority: dict[str, Majority] | None = None, tests: Tests | None = None) -> TableView | None:
+    """``majority``: task -> its majority baseline (``baseline.majority_baselines``); None: no such column.
+    ``tests``: the backbone's comparisons (``backbone_tests``, built here when not given)."""
     cols = [c for c in layout(key) if c[0] in col.columns(backbone)]
     pairs = methods.significance_pairs()
     extra = variants(col, backbone) if key == "table1" else {}  # other specs of a kind: never silently dropped
@@ -344,7 +409,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
     tasks = task_order(reg, [t for t in col.tasks(backbone)
                              if any(col.cells.get((backbone, t, c[0]), Cell()).expected for c in cols)
                              or t in col.no_data])
-    tests = pairwise_tests(col, backbone)
+    tests = tests or backbone_tests(col, backbone, paper, reg)
     rows = []
     for t in tasks:
         views = []
@@ -353,10 +418,9 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
             pv = ptable.get("rows", {}).get(t, {}).get(pkey, {}) if is_paper_task(reg, t) else {}
             v = CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(t)), pv.get("mean"), pv.get("std"))
             base = pairs.get(label)
-            if base and (t, label, base) in tests:
-                v.p_value, v.p_adjusted = tests[(t, label, base)]
-                if v.p_adjusted < SIGNIFICANCE:
-                    v.marker = "†"
+            v.test = tests.get((t, label, base)) if base else None
+            if v.test is not None and v.test.significant:  # a sensitivity comparison is never marked
+                v.marker = "†"
             m = (majority or {}).get(t)
             if m is not None and m.near(v.mean):
                 v.note = MAJORITY_MARK
@@ -382,11 +446,10 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
     kept = {"dev": "the best-epoch dev accuracy (epoch chosen on dev, the paper's protocol: optimistic)",
             "heldout": "the dev accuracy of the epoch chosen on a held-out slice of train (dev never selects)"}
     legend = ("Cells: mean ± sample std (ddof = 1) over seeds of " + "; or ".join(kept[p] for p in sorted(protocols))
-              + "; n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A"
-              + (", a variant vs its kind's column" if extra else "")
-              + f") beyond seed noise: Welch's t-test over seeds, Holm-adjusted p < {SIGNIFICANCE} over "
-              + (f"the {len(tests)} pairwise tests of this backbone (Table 2's, one family)." if tests else
-                 "this backbone's pairwise tests (none here: no pair has 2 seeds a side)."))
+              + "; n = number of seeds. † = differs from its baseline (F. w/ ST-A vs ST-A, F. w/ MT-A vs MT-A) "
+              + "beyond seed noise: paired t-test over seeds (paired by each run's recorded seed), Holm-adjusted "
+              + f"p < {SIGNIFICANCE} within its family ({families_text(tests)}; Δ, 95% CI and P(A > B) in Table 2's "
+              + "statistics)" + ("; variants are sensitivity comparisons, never marked." if extra else "."))
     shared = shared_adapters(col, backbone, [(c[0], c[2]) for c in cols])
     if shared:
         legend += " " + shared
@@ -405,19 +468,26 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
             notes.append("Selecting the epoch on dev is optimistic: best-epoch minus last-epoch dev accuracy, mean "
                          "over tasks and seeds: " + ", ".join(gaps) + " points.")
     if key == "table1":
-        notes += adapter_seed_sensitivity(col, backbone)
+        notes += adapter_seed_sensitivity(col, backbone, tests)
+        notes += tests.notes()
     for label, base in extra.items():
         j = [c[0] for c in cols].index(label)
-        ps = ", ".join(f"{r.task} {p_with_holm(r.cells[j].p_value, r.cells[j].p_adjusted)}" for r in rows
-                       if r.cells[j].p_value is not None)
+        ps = ", ".join(f"{r.task} {r.cells[j].test.text()}" for r in rows if r.cells[j].test is not None)
         what = (f"{col.kind_of(label)} over other adapters than the main column ({variant_heading(label)})"
                 if "@" in label else f"another spec of method kind {col.kind_of(label)}")
-        notes.append(f"{label}: {what}" + (f", compared with {base}: Welch {ps}." if ps else "."))
+        notes.append(f"{label}: {what}" + (f", compared with {base} ({SENSITIVITY}: CIs, no test): {ps}." if ps
+                                           else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
                      notes, legend, floor, table_backbone=paper.get(key, {}).get("backbone"))
 
 
-def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View | None:
+def families_text(tests: Tests) -> str:
+    """"confirmatory: 11 tests, exploratory: 16 tests" (the families this backbone has)."""
+    sizes = [(f, tests.size(f)) for f in (CONFIRMATORY, EXPLORATORY)]
+    return ", ".join(f"{f}: {n} test{'s' * (n != 1)}" for f, n in sizes if n) or "no tests"
+
+
+def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests | None = None) -> Table2View | None:
     comps = [c for c in comparisons() if {c[1], c[2]} <= col.columns(backbone)]
     if not comps:
         return None
@@ -425,27 +495,27 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View 
     tasks = task_order(reg, [t for t in col.tasks(backbone) if any(
         col.cells.get((backbone, t, c[1]), Cell()).values and col.cells.get((backbone, t, c[2]), Cell()).values
         for c in comps)])
-    tests = pairwise_tests(col, backbone)
-    rows = []
+    tests = tests or backbone_tests(col, backbone, paper, reg)
+    rows, stat_rows = [], []
     for t in tasks:
-        ours, deltas, pap, ps, adj, der = [], [], [], [], [], []
-        for key, f, b, _ in comps:
-            cf, cb = col.cells.get((backbone, t, f), Cell()), col.cells.get((backbone, t, b), Cell())
-            p, a = tests.get((t, f, b), (None, None))
-            ps.append(p)
-            adj.append(a)
-            if cf.values and cb.values:
-                d = cf.mean - cb.mean
-                ours.append(arrow(d))
-                deltas.append(d)
-            else:
-                ours.append(None)
-                deltas.append(None)
+        ours, deltas, pap, tested, der = [], [], [], [], []
+        for key, f, b, heading in comps:
+            x = tests.get((t, f, b))
+            tested.append(x)
+            d = x.comparison.delta if x else None  # the mean over paired seeds (the arrow reads the same Δ)
+            ours.append(None if d is None else arrow(d))
+            deltas.append(d)
+            if x:
+                c = x.comparison
+                stat_rows.append(StatRow(t, heading, f"{c.delta:+.2f}", x.ci, f"{c.p_better:.2f}",
+                                         p_value(x.p) if x.p is not None else "—",
+                                         f"{p_value(x.adjusted)}{'†' if x.significant else ''} ({x.family})"
+                                         if x.adjusted is not None else "—"))
             shown = with_paper and is_paper_task(reg, t)
             pap.append(published.paper_arrow(paper, t, key) if shown else None)
             # "(Table 1: ...)" marks a printed arrow that its Table 1 contradicts; a derived one cannot
             der.append(published.derived_arrow(paper, t, key) if shown and published.is_printed(paper, key) else None)
-        rows.append(Table2Row(t, ours, deltas, pap, ps, der, adj))
+        rows.append(Table2Row(t, ours, deltas, pap, tested, der))
     improved, improved_p, agree = [], [], []
     for j, _comp in enumerate(comps):
         have = [r for r in rows if r.ours[j] is not None]
@@ -455,9 +525,9 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg) -> Table2View 
         improved_p.append(f"{sum(r.paper[j] == 'up' for r in both)}/{len(both)}" if both else "—")
         agree.append(f"{sum(r.ours[j] == r.paper[j] for r in both)}/{len(both)}" if both else "—")
     view = Table2View(backbone, [c[3] for c in comps], [c[0] for c in comps], rows, improved, improved_p, agree)
-    view.family_size = len(tests)
+    view.stats, view.families = stat_rows, families_text(tests)
     view.rank_correlation = rank_correlation(col, backbone, paper, reg)
-    view.notes = table2_notes(view, paper, with_paper)
+    view.notes = table2_notes(view, paper, with_paper) + [FAMILIES_NOTE]
     return view
 
 
@@ -507,170 +577,133 @@ def rank_correlation(col: Collected, backbone: str, paper: dict, reg) -> str:
             f"rho = {rho:+.2f} over {len(ours)} tasks.")
 
 
-@dataclass
-class Gain:
-    task: str
-    delta: float  # fusion mean - baseline mean, accuracy points
-    p: float | None  # Welch p over seeds
-    seeds: tuple[int, int]  # seeds on the fusion side, on the baseline side
-    p_adjusted: float | None = None  # Holm over the findings table's family
+def power_text(x: Tested, paper_effect: float | None) -> str:
+    """"MDE 7.10 at n = 3 (SD of paired differences 2.40); the paper's +5.78 needs 5 seeds"."""
+    c = x.comparison
+    if c.sd_diff is None:
+        return "—"
+    text = f"MDE {minimal_detectable_effect(c.sd_diff, c.n):.2f} at n = {c.n} (SD of paired differences {c.sd_diff:.2f})"
+    if paper_effect is not None:
+        need = seeds_needed(paper_effect, c.sd_diff)
+        text += f"; the paper's {paper_effect:+.2f} needs {need if need else 'over 1,000'} seeds"
+    return text
 
 
-def findings(col: Collected, backbone: str, paper: dict, reg) -> list[Finding]:
-    """The paper's findings checked on our numbers: only for paper tasks on a backbone that is (or stands
-    in for) the paper's Table 1 backbone, and a verdict only with ``MIN_SEEDS`` seeds per side. Every
-    p-value the table prints is one family (Holm): a first pass collects them, the second one prints."""
-    if not compares_with_table1(reg, backbone, paper):
-        return []
-    family = Family(f"findings {backbone}")
-    _findings(col, backbone, paper, reg, family)
-    return _findings(col, backbone, paper, reg, family.close())
+def _published_means(paper: dict, fkey: str, bkey: str, tasks: list[str]) -> tuple[str, float | None]:
+    """The paper's mean over all its tasks and over the same tasks as ours (text), and the latter (its effect)."""
+    pf, pb = published.mean(paper, fkey), published.mean(paper, bkey)
+    n = sum(1 for t in published.table1_rows(paper) if published.gain(paper, t, fkey, bkey) is not None)
+    text = f"Mean {fmt(pf)} vs {fmt(pb)} ({pf - pb:+.2f}) over {n} tasks" if pf is not None and pb is not None \
+        else "no published mean"
+    same = [d for d in (published.gain(paper, t, fkey, bkey) for t in tasks) if d is not None]
+    if same:
+        text += f"; {sum(same) / len(same):+.2f} over our {len(same)} task(s)"
+    return text, (sum(same) / len(same) if same else None)
 
 
-def _findings(col: Collected, backbone: str, paper: dict, reg, family: Family) -> list[Finding]:
-    out = []
-    cols = col.columns(backbone)
-    tasks = [t for t in col.tasks(backbone) if is_paper_task(reg, t)]
+def _too_few(n: int) -> str:
+    return f"not enough seeds ({n} paired; a verdict needs ≥ {MIN_SEEDS})" if n < MIN_SEEDS else ""
 
-    def gains(f, b, tasks, printed=True):
-        """Per-task gains; ``printed``: their p-values are shown, so they join the family."""
-        res = []
-        for t in tasks:
-            cf, cb = col.cells.get((backbone, t, f)), col.cells.get((backbone, t, b))
-            if cf and cb and cf.values and cb.values:
-                g = Gain(t, cf.mean - cb.mean, welch_p(cf.values, cb.values), (cf.n, cb.n))
-                if printed:
-                    g.p_adjusted = family.add(g.p)
-                res.append(g)
-        return res
 
-    def describe(gs):
-        return "; ".join(f"{g.task} {g.delta:+.2f}" + (f" ({p_with_holm(g.p, g.p_adjusted)})" if g.p is not None
-                                                        else "") for g in gs)
+def _per_task_verdict(got: list[tuple[str, Tested]]) -> str:
+    """Which tasks gain beyond seed noise (Holm within the family), beside the direction and the CIs."""
+    n = len(got)
+    up = sum(x.comparison.delta > ARROW_THRESHOLD for _, x in got)
+    sig = [t for t, x in got if x.significant and x.comparison.delta > 0]
+    down = [t for t, x in got if x.significant and x.comparison.delta < 0]
+    above = [t for t, x in got if x.comparison.low > 0]
+    family, most = got[0][1].family, up > n / 2
+    counted = f"{up} of {n} tasks gain > {ARROW_THRESHOLD}"
+    noise = f"beyond seed noise on {', '.join(sig)}" + (" only" if len(sig) < n else "") if sig else \
+        "within seed noise on every task"
+    head = (f"holds in direction ({counted}); {noise}" if most and sig else
+            f"in direction only ({counted}), {noise}" if most else
+            f"does not hold on most tasks ({counted}); {noise}" if sig else f"does not hold ({counted})")
+    return (head + (f"; lower beyond seed noise on {', '.join(down)}" if down else "")
+            + f" (95% CI above 0 on {len(above)} of {n}" + (f": {', '.join(above)}" if above else "")
+            + f"; beyond seed noise = {family} Holm p < {SIGNIFICANCE})")
 
-    def too_few(gs) -> str:
-        few = [g for g in gs if min(g.seeds) < MIN_SEEDS]
-        if not few:
-            return ""
-        seeds = sorted({g.seeds for g in few})
-        return (f"not enough seeds ({', '.join(f'{a} vs {b}' for a, b in seeds)}; a verdict needs "
-                f"≥ {MIN_SEEDS} per side)")
 
-    def beyond_noise(gs, sign: int) -> str:  # which tasks moved that way beyond seed noise (Holm)
-        sig = [g.task for g in gs if g.p_adjusted is not None and g.p_adjusted < SIGNIFICANCE
-               and sign * g.delta > ARROW_THRESHOLD]
-        return f"{len(sig)} of {len(gs)} tasks beyond seed noise: {', '.join(sig)}" if sig else "within seed noise"
-
-    def holds_in_direction(gs) -> str:  # most tasks moved the claimed way; how many beyond noise
-        up = sum(g.delta > ARROW_THRESHOLD for g in gs)
-        return f"holds in direction: {up} of {len(gs)} tasks gain > {ARROW_THRESHOLD} ({beyond_noise(gs, +1)})"
-
-    def verdict(gs):
-        if few := too_few(gs):
-            return few
-        mean = sum(g.delta for g in gs) / len(gs)
-        if mean > ARROW_THRESHOLD and sum(g.delta > ARROW_THRESHOLD for g in gs) > len(gs) / 2:
-            return holds_in_direction(gs)
-        if mean < -ARROW_THRESHOLD:
-            return f"does not hold: Fusion is lower on average ({beyond_noise(gs, -1)})"
+def _average_verdict(x: Tested) -> str:
+    c = x.comparison
+    if abs(c.delta) <= ARROW_THRESHOLD:
         return "does not hold (no clear difference)"
+    if x.p is None:
+        return "no verdict (no paired t-test: fewer than 2 seeds common to every task, or no spread)"
+    if x.significant:
+        return (f"holds (beyond seed noise; 95% CI {x.ci})" if c.delta > 0 else
+                f"does not hold: lower on average beyond seed noise (95% CI {x.ci})")
+    ci = "excludes 0" if c.excludes_zero else "includes 0"
+    return (f"within seed noise (the mean {'gain' if c.delta > 0 else 'loss'}'s 95% CI {x.ci} {ci}; "
+            f"{x.family} Holm p ≥ {SIGNIFICANCE})")
 
-    def published_means(fkey, bkey, gs) -> str:
-        """The paper's mean over all its tasks, and over the same tasks as ours."""
-        pf, pb = published.mean(paper, fkey), published.mean(paper, bkey)
-        n = sum(1 for t in published.table1_rows(paper) if published.gain(paper, t, fkey, bkey) is not None)
-        text = f"Mean {fmt(pf)} vs {fmt(pb)} ({pf - pb:+.2f}) over {n} tasks" if pf is not None and pb is not None \
-            else "no published mean"
-        same = [d for d in (published.gain(paper, g.task, fkey, bkey) for g in gs) if d is not None]
-        if same:
-            text += f"; {sum(same) / len(same):+.2f} over our {len(same)} task(s)"
-        return text
 
-    def seed_means(key, ts) -> list[float]:
-        """One value per seed: the mean over ``ts`` of that seed's cells (seeds present in every task)."""
-        cells = [col.cells[(backbone, t, key)] for t in ts]
-        common = set.intersection(*(set(c.seeds) for c in cells))
-        return [statistics.fmean(c.values[c.seeds.index(s)] for c in cells) for s in sorted(common)]
+def _equivalence_verdict(x: Tested, eq) -> str:
+    c, m = x.comparison, f"±{EQUIVALENCE_MARGIN:.1f}"
+    if eq is None or c.sd_diff is None:
+        return "no verdict (no TOST: fewer than 2 seeds common to every task, or no spread)"
+    if x.significant:
+        return f"holds (equivalent within {m} point)"
+    if eq.high < -EQUIVALENCE_MARGIN or eq.low > EQUIVALENCE_MARGIN:
+        return f"does not hold (the 90% interval lies outside {m} point)"
+    if not equivalence_reachable(c.sd_diff, c.n, EQUIVALENCE_MARGIN):
+        need = next((n for n in range(2, 1001) if equivalence_reachable(c.sd_diff, n, EQUIVALENCE_MARGIN)), None)
+        half = stats.t.ppf(1 - SIGNIFICANCE, c.n - 1) * c.sd_diff / math.sqrt(c.n)
+        return (f"cannot be shown with {c.n} seeds: at the observed SD of paired differences ({c.sd_diff:.2f}) the "
+                f"90% interval is ±{half:.2f} wide, more than the {m} point margin, even at a zero difference; "
+                f"{need or 'over 1,000'} seeds would be needed")
+    return f"not shown (the 90% interval reaches beyond {m} point: no difference detected, which is not parity)"
 
-    def on_average(claim, ours, base, judge, what="mean gain", per_task=False) -> None:
-        """A claim about the mean difference ``ours - base`` over our paper tasks; ``judge(mean, p)``, where
-        p is Welch's test between the per-seed means over those tasks (the noise of the average itself),
-        Holm-adjusted within the findings table."""
-        gs = gains(ours, base, tasks, printed=per_task)
-        if not gs:
-            return
-        mean = sum(g.delta for g in gs) / len(gs)
-        ts = [g.task for g in gs]
-        p = welch_p(seed_means(ours, ts), seed_means(base, ts))
-        adj = family.add(p)
-        shown = f" (Welch {p_with_holm(p, adj)} over per-seed means)" if p is not None else ""
-        out.append(Finding(claim, published_means(published.paper_key(ours), published.paper_key(base), gs),
-                           f"{what} {mean:+.2f} over {len(gs)} tasks{shown}" + (f"; {describe(gs)}" if per_task else ""),
-                           too_few(gs) or judge(mean, adj if p is not None else None)))
 
-    def improves(mean, p) -> str:  # "X improves over Y on average": the mean gain, beyond seed noise
-        if abs(mean) <= ARROW_THRESHOLD:
-            return "does not hold (no clear difference)"
-        if p is None:
-            return "no verdict (no Welch test: too few seeds common to every task, or no variance)"
-        if p >= SIGNIFICANCE:
-            return (f"within seed noise (the mean {'gain' if mean > 0 else 'loss'} has Holm-adjusted "
-                    f"p ≥ {SIGNIFICANCE})")
-        return "holds (beyond seed noise)" if mean > 0 else "does not hold: Fusion is lower on average (beyond seed noise)"
+def findings(col: Collected, backbone: str, paper: dict, reg, tests: Tests | None = None) -> list[Finding]:
+    """The paper's findings checked on our numbers: only for paper tasks on a backbone that is (or stands
+    in for) the paper's Table 1 backbone, and a verdict only with ``MIN_SEEDS`` paired seeds. Each claim's
+    tests are the confirmatory family of ``backbone_tests``; every comparison is printed with its family."""
+    claims = claim_tasks(col, backbone, paper, reg)
+    tests = tests or backbone_tests(col, backbone, paper, reg)
+    out = []
 
-    def on_par(claim, ours, base) -> None:
-        """An equivalence claim: TOST at ±EQUIVALENCE_MARGIN on the per-seed means over our paper tasks."""
-        gs = gains(ours, base, tasks, printed=False)
-        if not gs:
-            return
-        mean = sum(g.delta for g in gs) / len(gs)
-        ts = [g.task for g in gs]
-        eq = tost(seed_means(ours, ts), seed_means(base, ts))
-        adj = family.add(eq.p if eq else None)
-        m = f"±{EQUIVALENCE_MARGIN:.1f}"
-        if eq is None:
-            shown, judged = "", "no verdict (no TOST: too few seeds common to every task, or no variance)"
-        else:
-            shown = (f" (TOST at {m} point over per-seed means: 90% interval {eq.low:+.2f} to {eq.high:+.2f}, "
-                     f"{p_with_holm(eq.p, adj)})")
-            if adj is not None and adj < SIGNIFICANCE:
-                judged = f"holds (equivalent within {m} point)"
-            elif eq.high < -EQUIVALENCE_MARGIN or eq.low > EQUIVALENCE_MARGIN:
-                judged = f"does not hold (the 90% interval lies outside {m} point)"
-            else:
-                judged = (f"not shown (the 90% interval reaches beyond {m} point: no difference detected, "
-                          "which is not parity)")
-        out.append(Finding(claim, published_means(published.paper_key(ours), published.paper_key(base), gs),
-                           f"mean difference {mean:+.2f} over {len(gs)} tasks{shown}", too_few(gs) or judged))
+    def per_task(a, b, ts) -> list[tuple[str, Tested]]:
+        return [(t, x) for t in ts if (x := tests.get((t, a, b)))]
 
-    for claim in methods.CLAIMS:  # the paper's findings, as the registry declares them
-        ours, base = claim.ours, claim.baseline
-        if not {ours, base} <= cols:
-            continue
+    def described(got) -> str:
+        return "; ".join(f"{t} {x.text()}" for t, x in got)
+
+    for claim, ts in claims:  # the paper's findings, as the registry declares them
+        a, b = claim.ours, claim.baseline
+        ka, kb = published.paper_key(a), published.paper_key(b)
         text = claim.text.format(small=SMALL_TASK_TRAIN_SIZE)
-        if claim.test == "small_tasks":
-            small = [t for t in tasks if (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
-            gs = gains(ours, base, small)
-            if gs:
-                pg = [(g.task, published.gain(paper, g.task, published.paper_key(ours), published.paper_key(base)))
-                      for g in gs]
-                out.append(Finding(text, "; ".join(f"{t} {d:+.2f}" for t, d in pg if d is not None), describe(gs),
-                                   verdict(gs)))
-        elif claim.test == "on_average":
-            on_average(text, ours, base, improves, per_task=claim.per_task)
-        elif claim.test == "most_tasks":
-            gs = gains(ours, base, tasks)
-            key = methods.table2_key(ours, base)
-            if gs and key:
-                up = sum(g.delta > ARROW_THRESHOLD for g in gs)
-                printed = [a for a in (published.printed_arrow(paper, g.task, key) for g in gs) if a is not None]
-                paper_text = f"{published.printed_improved(paper, key)} improved (Table 2)"
-                if printed:
-                    paper_text += f"; {sum(a == 'up' for a in printed)}/{len(printed)} over our tasks"
-                out.append(Finding(text, paper_text, f"{up}/{len(gs)} improved; {describe(gs)}",
-                                   too_few(gs) or (holds_in_direction(gs) if up > len(gs) / 2 else "does not hold")))
-        elif claim.test == "on_par":
-            on_par(text, ours, base)
-        else:
-            raise ValueError(f"claim {claim.text!r}: unknown test {claim.test!r}")
+        if claim.test in PER_TASK_CLAIMS:
+            got = per_task(a, b, ts)
+            gains = {t: published.gain(paper, t, ka, kb) for t, _ in got}
+            power = "; ".join(f"{t}: {power_text(x, gains[t])}" for t, x in got)
+            verdict = _too_few(min(x.comparison.n for _, x in got)) or _per_task_verdict(got)
+            if claim.test == "small_tasks":
+                paper_text = "; ".join(f"{t} {d:+.2f}" for t, d in gains.items() if d is not None)
+                out.append(Finding(text, paper_text, described(got), verdict, power))
+                continue
+            key = methods.table2_key(a, b)
+            printed = [p for p in (published.printed_arrow(paper, t, key) for t, _ in got) if p is not None]
+            paper_text = f"{published.printed_improved(paper, key)} improved (Table 2)"
+            if printed:
+                paper_text += f"; {sum(p == 'up' for p in printed)}/{len(printed)} over our tasks"
+            up = sum(x.comparison.delta > ARROW_THRESHOLD for _, x in got)
+            out.append(Finding(text, paper_text, f"{up}/{len(got)} improved; {described(got)}", verdict, power))
+            continue
+        paper_text, effect = _published_means(paper, ka, kb, ts)
+        if claim.test == "on_par":
+            x = tests.get(("tost", a, b))
+            designs = {t: pair(col, backbone, t, a, b).design for t in ts}
+            eq = tost(per_seed_over_tasks(designs))
+            shown = (f"; TOST at ±{EQUIVALENCE_MARGIN:.1f} point over per-seed means: 90% interval {eq.low:+.2f} to "
+                     f"{eq.high:+.2f}, {test_text(x)}" if eq else "")
+            ours = f"mean difference {x.text(test=False)} over {len(ts)} tasks{shown}"
+            out.append(Finding(text, paper_text, ours, _too_few(x.comparison.n) or _equivalence_verdict(x, eq),
+                               power_text(x, effect)))
+            continue
+        x = tests.get(("mean", a, b))
+        ours = f"mean gain {x.text()} over {len(ts)} tasks" + (f"; {described(per_task(a, b, ts))}"
+                                                              if claim.per_task else "")
+        out.append(Finding(text, paper_text, ours, _too_few(x.comparison.n) or _average_verdict(x),
+                           power_text(x, effect)))
     return out

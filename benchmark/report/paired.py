@@ -1,0 +1,128 @@
+"""The report's comparisons as the design has them (``shared/design/inference.md``): A against B on one task,
+paired by seed, the pairing read from the records (each finished run's ``seed``; a fusion run's ``deps``
+say whose adapters it read), and every test in exactly one named family.
+
+``pair`` builds one task's design from a report cell's runs; ``Tests`` holds one backbone's comparisons
+(``inference.compare`` / ``compare_over_tasks``), their family and Holm value (``inference.Families``);
+``text`` / ``test_text`` print them the same way wherever they appear.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmark.report.aggregate import Collected
+from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES, Comparison, Families, Paired
+from benchmark.report.stats import SIGNIFICANCE, p_value
+
+CONFIRMATORY, EXPLORATORY, SENSITIVITY = "confirmatory", "exploratory", "sensitivity"
+FAMILIES_NOTE = (
+    "Each test is in one family, Holm-adjusted within it and printed with that family's value wherever it "
+    f"appears: {CONFIRMATORY} = the tests the paper's findings consist of (a per-task claim: its per-task tests; "
+    f"an \"on average\" claim: the test of the average; an equivalence claim: its TOST); {EXPLORATORY} = Table 2's "
+    f"comparisons not already {CONFIRMATORY}; {SENSITIVITY} = shared-adapter columns and other variants "
+    "(95% CIs only, no test, no significance mark). Δ: mean over paired seeds of A - B (points); 95% CI: "
+    f"percentile interval of the paired bootstrap ({REPLICATES:,} replicates, seed {BOOTSTRAP_SEED}), seed-level "
+    "(runs resampled by seed; per-example predictions, for the row level, are not yet stored; with 3 seeds a "
+    "seed-level interval takes few distinct values and is narrower than the t interval); P(A > B): the "
+    "probability that A beats B on a new seed, ties half; \"paired t\": the paired t-test over seeds, the paper's "
+    "style of test, whose p the families adjust.")
+
+
+@dataclass(frozen=True)
+class Pairing:
+    design: Paired
+    notes: tuple[str, ...] = ()  # e.g. a fusion column whose runs read another seed's adapters
+
+
+def pair(col: Collected, backbone: str, task: str, a: str, b: str) -> Pairing | None:
+    """Column ``a`` against column ``b`` on ``task``, paired by each run's own recorded seed; None without a
+    seed both sides ran. A run whose ``deps`` were trained with another seed than its own (shared adapters)
+    still pairs by its own seed, and the pairing says so."""
+    by_id = {r.run_id: r for r in col.results}
+    sides, notes = [], []
+    for label in (a, b):
+        cell = col.cells.get((backbone, task, label))
+        acc, foreign = {}, {}
+        for rid, value in zip(cell.run_ids, cell.values, strict=True) if cell else ():
+            rec = by_id[rid]
+            acc[rec.seed] = value
+            dep_seeds = sorted({by_id[d].seed for d in rec.deps if d in by_id})
+            if dep_seeds and dep_seeds != [rec.seed]:
+                foreign[rec.seed] = dep_seeds
+        if foreign:
+            read = sorted({s for ds in foreign.values() for s in ds})
+            notes.append(f"{label}: the runs of seed(s) {', '.join(map(str, sorted(foreign)))} read the adapters of "
+                         f"seed(s) {', '.join(map(str, read))} (shared adapters); paired by each run's own seed")
+        sides.append(acc)
+    design = Paired.from_accuracies(*sides)
+    return Pairing(design, tuple(notes)) if design.seeds else None
+
+
+@dataclass(frozen=True)
+class Tested:
+    comparison: Comparison
+    family: str
+    p: float | None  # the raw p the family adjusts (paired t; TOST p for an equivalence test); None: no test
+    adjusted: float | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def significant(self) -> bool:
+        return self.family != SENSITIVITY and self.adjusted is not None and self.adjusted < SIGNIFICANCE
+
+    @property
+    def ci(self) -> str:
+        c = self.comparison
+        return f"{c.low:+.2f} to {c.high:+.2f}" + (" seed-level" if c.level == "seeds" else "")
+
+    def text(self, *, test: bool = True) -> str:
+        """"+10.11 (95% CI +6.20 to +13.90 seed-level, P(A > B) 0.97; paired t p = 0.020, Holm 0.22
+        confirmatory)"; a sensitivity comparison has no test part."""
+        c = self.comparison
+        shown = test_text(self) if test else ""
+        return f"{c.delta:+.2f} (95% CI {self.ci}, P(A > B) {c.p_better:.2f}" + (f"; {shown}" if shown else "") + ")"
+
+
+def test_text(t: Tested | None) -> str:
+    """"paired t p = 0.020, Holm 0.22 confirmatory" († where the adjusted value is below the level); empty for a
+    sensitivity comparison or without a test."""
+    if t is None or t.family == SENSITIVITY or t.p is None:
+        return ""
+    raw = p_value(t.p)
+    raw = f"p {raw}" if raw.startswith("<") else f"p = {raw}"
+    return f"{raw}, Holm {p_value(t.adjusted)} {t.family}" + ("†" if t.significant else "")
+
+
+_PAIRED_T = object()  # Tests.add's default test
+
+
+class Tests:
+    """One backbone's comparisons, each added once with its family; read after every one is added."""
+
+    def __init__(self):
+        self.families = Families()
+        self._added: dict[object, tuple[Comparison, str, float | None, tuple[str, ...]]] = {}
+
+    def add(self, family: str, key: object, comparison: Comparison | None, notes: tuple[str, ...] = (),
+            p: float | None | object = _PAIRED_T) -> None:
+        """``p``: the test's p (an equivalence test's TOST p, None: no test), by default the comparison's
+        paired t p; a sensitivity comparison joins no test. A key is added once (the first family wins)."""
+        if comparison is None or key in self._added:
+            return
+        raw = None if family == SENSITIVITY else (comparison.paired_t_p if p is _PAIRED_T else p)
+        self.families.add(family, key, raw)
+        self._added[key] = (comparison, family, raw, notes)
+
+    def get(self, key: object) -> Tested | None:
+        if key not in self._added:
+            return None
+        comparison, family, raw, notes = self._added[key]
+        return Tested(comparison, family, raw, self.families.adjusted(key)[0], notes)
+
+    def size(self, family: str) -> int:
+        return self.families.size(family)
+
+    def notes(self) -> list[str]:
+        """The pairing notes (shared adapters), once each."""
+        return list(dict.fromkeys(n for _, _, _, ns in self._added.values() for n in ns))

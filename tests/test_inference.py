@@ -1,0 +1,140 @@
+"""The design's inference (benchmark/report/inference.py) against independent computations: an exact
+enumeration of the two-level bootstrap on a design small enough to list, scipy's one-level bootstrap, the
+noncentral t for power, and Holm by hand."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from benchmark.report.inference import (
+    Families,
+    Paired,
+    compare,
+    compare_over_tasks,
+    equivalence_reachable,
+    minimal_detectable_effect,
+    seeds_needed,
+)
+
+
+def _exact(design: Paired):
+    """Every outcome of the two-level bootstrap, with its probability: (mean difference over drawn seeds,
+    probability), and the exact P(A > B) of one drawn seed with its drawn rows (ties half)."""
+    d = design.a - design.b
+    n, m = d.shape
+    per_seed = {}  # seed -> {row-resampled difference: probability}
+    for s in range(n):
+        dist = {}
+        for rows in itertools.product(range(m), repeat=m):
+            v = round(100 * float(np.mean(d[s, list(rows)])), 9)
+            dist[v] = dist.get(v, 0.0) + m ** -m
+        per_seed[s] = dist
+    one = {}
+    for s in range(n):
+        for v, p in per_seed[s].items():
+            one[v] = one.get(v, 0.0) + p / n
+    p_better = sum(p for v, p in one.items() if v > 0) + 0.5 * sum(p for v, p in one.items() if v == 0)
+    means = {}
+    for drawn in itertools.product(range(n), repeat=n):
+        for vals in itertools.product(*(per_seed[s].items() for s in drawn)):
+            v = round(sum(x for x, _ in vals) / n, 9)
+            means[v] = means.get(v, 0.0) + n ** -n * math.prod(p for _, p in vals)
+    return means, p_better
+
+
+def _quantile(dist: dict[float, float], q: float) -> float:
+    acc = 0.0
+    for v in sorted(dist):
+        acc += dist[v]
+        if acc >= q - 1e-12:
+            return v
+    return max(dist)
+
+
+def test_two_level_bootstrap_matches_the_exact_enumeration():
+    a = np.array([[1, 1, 0], [1, 0, 1]], dtype=float)
+    b = np.array([[0, 1, 0], [1, 1, 0]], dtype=float)
+    design = Paired((1, 2), a, b)
+    assert design.level == "rows"
+    means, p_better = _exact(design)
+    assert math.isclose(sum(means.values()), 1.0, rel_tol=1e-9)
+    c = compare(design, reps=40_000, seed=3)
+    assert c.delta == pytest.approx(100 * float((a - b).mean()))
+    assert c.p_better == pytest.approx(p_better, abs=0.01)
+    # the percentile interval lands on the exact distribution's 2.5% / 97.5% atoms (values step by 100/6)
+    assert c.low == pytest.approx(_quantile(means, 0.025), abs=100 / 6 + 1e-9)
+    assert c.high == pytest.approx(_quantile(means, 0.975), abs=100 / 6 + 1e-9)
+    exact_mean = sum(v * p for v, p in means.items())
+    assert exact_mean == pytest.approx(c.delta, abs=1e-9)  # the bootstrap distribution is centred on delta
+
+
+def test_seed_level_bootstrap_agrees_with_scipy_percentile_bootstrap():
+    acc_a = {42: 70.1, 43: 68.4, 44: 71.9, 45: 69.0, 46: 72.3}
+    acc_b = {42: 68.0, 43: 68.9, 44: 69.5, 45: 66.1, 46: 70.0}
+    design = Paired.from_accuracies(acc_a, acc_b)
+    assert design.level == "seeds" and design.seeds == (42, 43, 44, 45, 46)
+    c = compare(design, reps=20_000, seed=1)
+    diffs = np.array([acc_a[s] - acc_b[s] for s in design.seeds])
+    ref = stats.bootstrap((diffs,), np.mean, n_resamples=20_000, method="percentile", random_state=7)
+    assert c.low == pytest.approx(ref.confidence_interval.low, abs=0.1)
+    assert c.high == pytest.approx(ref.confidence_interval.high, abs=0.1)
+    assert c.delta == pytest.approx(diffs.mean())
+    assert c.paired_t_p == pytest.approx(stats.ttest_rel(list(acc_a.values()), list(acc_b.values())).pvalue)
+    assert c.p_better == pytest.approx(float((diffs > 0).mean()), abs=0.01)  # one new seed: 4 of 5 positive
+
+
+def test_known_answers():
+    always = Paired((1, 2, 3), np.ones((3, 50)), np.zeros((3, 50)))
+    c = compare(always, reps=2000)
+    assert (c.delta, c.low, c.high, c.p_better) == (100.0, 100.0, 100.0, 1.0) and c.excludes_zero
+    same = Paired((1, 2), np.eye(2, 10), np.eye(2, 10))
+    c = compare(same, reps=2000)
+    assert (c.delta, c.low, c.high, c.p_better) == (0.0, 0.0, 0.0, 0.5) and not c.excludes_zero
+    assert compare(Paired((), np.zeros((0, 1)), np.zeros((0, 1)))) is None
+    with pytest.raises(ValueError, match="same dev rows"):
+        Paired.from_rows({1: np.ones(4)}, {1: np.ones(5)})
+
+
+def test_stratified_average_over_tasks():
+    up = Paired((1, 2, 3), np.ones((3, 20)), np.zeros((3, 20)))  # +100 on every seed
+    down = Paired((1, 2, 3), np.zeros((3, 20)), np.full((3, 20), 0.5))  # -50 on every seed
+    c = compare_over_tasks({"up": up, "down": down}, reps=2000)
+    assert c.delta == pytest.approx(25.0) and c.low == pytest.approx(25.0) and c.high == pytest.approx(25.0)
+    assert c.p_better == 1.0 and c.n == 3 and c.level == "rows"
+
+
+def test_power_formulas_against_the_noncentral_t():
+    sd, n = 1.2, 5
+    mde = minimal_detectable_effect(sd, n)
+    df, crit = n - 1, stats.t.ppf(0.975, n - 1)
+    nc = mde / (sd / math.sqrt(n))
+    power = stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+    assert 0.75 < power < 0.85  # the textbook approximation; the exact power at the MDE is near 80%
+    k = seeds_needed(mde, sd)
+    assert k == n
+    assert seeds_needed(0.0, sd) is None and minimal_detectable_effect(sd, 1) == math.inf
+    # n = 3 with the spread of the issue cannot show equivalence at one point; 30 seeds can
+    assert not equivalence_reachable(1.2, 3, 1.0) and equivalence_reachable(1.2, 30, 1.0)
+
+
+def test_each_test_is_in_one_family_with_holm_inside_it():
+    fam = Families()
+    for key, p in (("a", 0.01), ("b", 0.04), ("c", 0.03)):
+        fam.add("confirmatory", key, p)
+    fam.add("exploratory", "d", 0.01)
+    fam.add("exploratory", "e", None)
+    fam.add("confirmatory", "a", 0.01)  # the same test again, same family: fine
+    with pytest.raises(ValueError, match="already in family 'confirmatory'"):
+        fam.add("exploratory", "a", 0.01)
+    assert fam.adjusted("a") == (pytest.approx(0.03), "confirmatory")
+    assert fam.adjusted("c") == (pytest.approx(0.06), "confirmatory")  # 2 x 0.03
+    assert fam.adjusted("b") == (pytest.approx(0.06), "confirmatory")  # max(1 x 0.04, 0.06): monotone
+    assert fam.adjusted("d") == (pytest.approx(0.01), "exploratory")
+    assert fam.adjusted("e") == (None, "exploratory") and fam.size("confirmatory") == 3
+    with pytest.raises(RuntimeError):
+        fam.add("confirmatory", "f", 0.2)
