@@ -107,6 +107,7 @@ class RunRecord(_Record):
     diverged: bool = False
     traceback_tail: str | None = None
     weights_sha256: str | None = None
+    predictions: dict | None = None  # predictions.parquet beside it: {file, sha256, rows} (benchmark/predictions.py)
     # the run
     error: str | None = None
     wall_seconds: float = 0.0
