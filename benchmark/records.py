@@ -286,6 +286,18 @@ def write_run(path: Path, record: RunRecord | dict, *, root: Path | None = None)
     return rec
 
 
+def add_to_run(path: Path, fields: dict, *, root: Path | None = None) -> RunRecord:
+    """Add (or replace) top-level keys of a finished run's result.json, the rest as it was, byte for byte (key
+    order, schema, values): ``afbench predict`` records predictions without rewriting the run. The file and
+    the result are both checked as records before the atomic write."""
+    data = _read_json(path, "restore the file from git, or remove its run folder so the run is trained again")
+    parse_run(data, file=path, folder_name=path.parent.name)
+    out = {**data, **fields}
+    rec = parse_run(out, file=path, folder_name=path.parent.name)
+    write_atomic(path, json.dumps(out, indent=2) + "\n", root=root)
+    return rec
+
+
 def parse_plan(data: object, *, file: str | Path | None = None) -> PlanRecord:
     """A parsed plan.json of any schema as a PlanRecord, or one RecordError paragraph."""
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):

@@ -13,7 +13,7 @@ import pytest
 from benchmark import predictions
 from benchmark.cli import main
 from benchmark.hashing import file_sha256
-from benchmark.records import RESULT, load_run
+from benchmark.records import RESULT, add_to_run, load_run
 from conftest import ROOT, needs_mirror, tiny_experiment, write_experiments
 
 
@@ -85,7 +85,7 @@ def test_predict_rewrites_a_deleted_file_exactly(tiny, tmp_path, capsys):
     (f / RESULT).write_text(json.dumps(data, indent=2) + "\n")
     (f / predictions.FILE).unlink()
     assert main(["predict", exp.name, "--only", f.name, *args]) == 0
-    assert json.loads((f / RESULT).read_text()) == {**data, "predictions": entry}
+    assert (f / RESULT).read_text() == json.dumps({**data, "predictions": entry}, indent=2) + "\n"
     assert main(["predict", exp.name, *args]) == 0  # present and valid: skipped
     assert "predictions present and match the record; skipped" in capsys.readouterr().out
 
@@ -110,6 +110,35 @@ def test_predict_refuses_a_run_whose_recomputed_accuracy_differs(tiny, tmp_path,
     assert not (f / predictions.FILE).exists() and (f / RESULT).read_text() == text  # nothing written
 
 
+MT = """backbones: [tiny-bert]
+seeds: [1]
+groups: [{tasks: [rte, socialiqa], methods: [mt_a, fusion_mt_a]}]
+fusion: {sources: [rte, socialiqa]}
+mt_a: {tasks: [rte, socialiqa]}
+caps: {max_train_rows: 16, max_eval_rows: 12, max_epochs: 2, max_length: 32}
+"""
+
+
+@needs_mirror
+def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
+    """MT-A: one file with a task column, each task's accuracy its per_task metric; multiple choice
+    (SocialIQA): the chosen option; Fusion w/ MT-A rebuilt over the MT-A run's encoder by afbench predict."""
+    args = ["--specs", str(write_experiments(tmp_path / "specs", tiny_pred_mt=MT)), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_pred_mt", *args]) == 0
+    runs = sorted(p.parent for p in (tmp_path / "r" / "tiny_pred_mt").glob("*/result.json"))
+    mt = next(f for f in runs if "__mt_a_" in f.name)
+    cols = check(mt)
+    assert sorted(set(cols["task"])) == ["rte", "socialiqa"] and len(cols["row"]) == 24
+    assert set(cols["pred"]) | set(cols["gold"]) <= {0, 1, 2}  # SocialIQA's three options
+    before = {f: (f / predictions.FILE).read_bytes() for f in runs}
+    for f in runs:
+        check(f)
+        (f / predictions.FILE).unlink()
+    assert main(["predict", "tiny_pred_mt", *args]) == 0
+    assert f"{len(runs)} run(s) written, 0 refused" in capsys.readouterr().out
+    assert all((f / predictions.FILE).read_bytes() == before[f] for f in runs)
+
+
 def test_a_record_and_its_predictions_must_agree(tmp_path):
     """The reader refuses a file whose bytes differ from the recorded hash or row count."""
     cols = {"task": ["rte"] * 3, "split": ["validation"] * 3, "row": [0, 1, 2], "source_row": [5, 9, 11],
@@ -124,6 +153,19 @@ def test_a_record_and_its_predictions_must_agree(tmp_path):
         predictions.read(tmp_path, {**entry, "rows": 4})
     with pytest.raises(predictions.PredictionsError, match="records no predictions"):
         predictions.read(tmp_path, None)
+
+
+def test_adding_predictions_keeps_a_committed_result_as_it_was(tmp_path):
+    """A schema-1 committed result gets only the new key: schema, key order and every value unchanged."""
+    src = next((ROOT / "results").glob("*/*/" + RESULT))
+    f = tmp_path / src.parent.name / RESULT
+    f.parent.mkdir()
+    shutil.copy(src, f)
+    entry = {"file": predictions.FILE, "sha256": "0" * 64, "rows": 3}
+    add_to_run(f, {"predictions": entry})
+    assert f.read_text() == json.dumps({**json.loads(src.read_text()), "predictions": entry}, indent=2) + "\n"
+    assert f.read_text().startswith(src.read_text()[:-3])  # the old text, then the new key
+    assert load_run(f).predictions == entry
 
 
 def test_every_committed_predictions_file_reproduces_its_record():

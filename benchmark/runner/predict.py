@@ -20,7 +20,7 @@ from benchmark.modeling.backbone import load_tokenizer
 from benchmark.modeling.checkpoint import WEIGHTS
 from benchmark.modeling.compute import Compute
 from benchmark.plan.run import Plan, Run
-from benchmark.records import RESULT, RunRecord, read_result_file, write_run
+from benchmark.records import RESULT, RunRecord, add_to_run, read_result_file
 from benchmark.runner.borrowed import borrowed
 from benchmark.runner.execute import weights_problem
 from benchmark.runner.export import activate, build_model
@@ -75,8 +75,7 @@ def predict_run(run: Run, reg: Registry, folder: Path, run_dir, data_dir, device
                          f"recomputed with {torch.get_num_threads()}); nothing written")
     root = folder.parent
     entry = predictions.write(folder, merge_columns(preds), root=root)
-    rec.predictions = entry  # an assignment: validated, and dumped with the fields the file had
-    write_run(folder / RESULT, rec, root=root)
+    add_to_run(folder / RESULT, {"predictions": entry}, root=root)  # the rest of the file stays as it was
     return Outcome(run.id, True, f"wrote {run.id}/{predictions.FILE}: {entry['rows']} rows, accuracy "
                    + ", ".join(f"{t} {a:.2f}" for t, a in got.items()) + " = recorded")
 
