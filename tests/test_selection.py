@@ -95,6 +95,8 @@ def test_early_stopping_keeps_the_selected_epoch(tiny_bert, monkeypatch, heldout
         assert (out.best_epoch, out.best_metric, len(out.history)) == (3, 70.0, 5)
         assert all("heldout_accuracy" not in h for h in out.history)
     assert out.best_state is snaps[-1]  # the state snapshotted at the kept epoch
+    assert out.best_predictions["t"].accuracy == out.best_metric  # the kept epoch's dev predictions, not the last
+    assert all("predictions" not in h for h in out.history)
     assert out.stopped_early.startswith(f"stopped after epoch {len(out.history)}: no gain in "
                                         + ("heldout accuracy" if heldout else "dev accuracy"))
     assert 0 < out.padding["real_tokens"] <= out.padding["computed_tokens"]

@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score
 from tqdm import tqdm
 
 from benchmark.data.batching import epoch_seed
-from benchmark.data.encode import EncodedSplit, batch_rows, batches
+from benchmark.data.encode import EncodedSplit, batch_rows, batches, collate
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import TrainParams
@@ -139,9 +139,8 @@ def predict(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, ba
     """Every row's prediction (batches sorted by length: the metric does not depend on the order)."""
     model.eval()
     out = Predictions(split, [], [], [])
-    for idx, batch in zip(batch_rows(split, batch_size, mode="by_length"),
-                          batches(split, batch_size, pad_id, mode="by_length")):
-        batch = to_device(batch, device)
+    for idx in batch_rows(split, batch_size, mode="by_length"):  # the batches ``batches`` yields, by row
+        batch = to_device(collate([split.examples[j] for j in idx], pad_id), device)
         with autocast(device, compute):
             logits = model(head=head, **inputs_of(batch))
         out.rows += idx
