@@ -512,6 +512,19 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from benchmark.runner.predict import predict_plan
+    from benchmark.runner.results import results_root
+
+    reg = _registry(args)
+    plan = _plan(args, reg)
+    out = predict_plan(plan, reg, results_root(args.results_dir) / plan.experiment.name, only=args.only,
+                       data_dir=_data_dir(args), device=args.device or "cpu", force=args.force)
+    refused = [o for o in out if not o.written]
+    print(f"{len(out) - len(refused)} run(s) written, {len(refused)} refused")
+    return 1 if refused else 0
+
+
 def cmd_parity(args) -> int:
     from benchmark.parity import run_parity
 
@@ -678,6 +691,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--only", action="append", metavar="GLOB",
                     help="export only runs whose id matches this glob (repeatable)")
     id_flags(ex)
+    pd = common(sub.add_parser("predict", help="per-example dev predictions of finished runs from their weights "
+                                               "(written only where they reproduce the recorded accuracy)"))
+    pd.add_argument("experiment", help="experiment name (see afbench list)")
+    pd.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    pd.add_argument("--only", action="append", metavar="GLOB", help="only runs whose id matches this glob (repeatable)")
+    pd.add_argument("--device", help="cpu (default), cuda")
+    pd.add_argument("--force", action="store_true", help="recompute runs whose predictions are present")
+    id_flags(pd)
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"))
     r.add_argument("experiments", nargs="+", metavar="experiment", help="one or more experiment names")
     r.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
@@ -754,7 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
             "migrate": cmd_migrate,
             "status": cmd_status,
-            "report": cmd_report, "dashboard": cmd_dashboard, "push": cmd_push, "export": cmd_export, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}
+            "report": cmd_report, "dashboard": cmd_dashboard, "push": cmd_push, "export": cmd_export,
+            "predict": cmd_predict, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}
 
 
 def main(argv: list[str] | None = None) -> int:

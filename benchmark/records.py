@@ -111,6 +111,7 @@ class RunRecord(_Record):
     diverged: bool = False
     traceback_tail: str | None = None
     weights_sha256: str | None = None
+    predictions: dict | None = None  # predictions.parquet beside it: {file, sha256, rows} (benchmark/predictions.py)
     # the run
     error: str | None = None
     wall_seconds: float = 0.0
@@ -296,6 +297,18 @@ def write_run(path: Path, record: RunRecord | dict, *, root: Path | None = None)
     """Validate and write a result.json atomically (``paths.write_atomic``); returns the record written."""
     rec = record if isinstance(record, RunRecord) else RunRecord.model_validate(record)
     write_atomic(path, json.dumps(rec.dump(), indent=2) + "\n", root=root)
+    return rec
+
+
+def add_to_run(path: Path, fields: dict, *, root: Path | None = None) -> RunRecord:
+    """Add (or replace) top-level keys of a finished run's result.json, the rest as it was, byte for byte (key
+    order, schema, values): ``afbench predict`` records predictions without rewriting the run. The file and
+    the result are both checked as records before the atomic write."""
+    data = _read_json(path, "restore the file from git, or remove its run folder so the run is trained again")
+    parse_run(data, file=path, folder_name=path.parent.name)
+    out = {**data, **fields}
+    rec = parse_run(out, file=path, folder_name=path.parent.name)
+    write_atomic(path, json.dumps(out, indent=2) + "\n", root=root)
     return rec
 
 

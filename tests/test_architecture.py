@@ -12,7 +12,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "benchmark"
 # Lowest first. A module may import from its own layer and from every layer listed before it.
 LAYERS = [
-    {"errors", "hashing", "methods", "paper", "paths", "records"},
+    {"errors", "hashing", "methods", "paper", "paths", "predictions", "records"},
     {"spec"},
     {"data"},
     {"plan"},

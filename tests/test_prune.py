@@ -147,6 +147,16 @@ def test_afbench_prune_and_the_keep_option_end_to_end(tmp_path):
     meta = json.loads((tmp_path / "r" / "tiny_prune" / kept["run_id"] / "modules.json").read_text())
     assert sorted(meta["adapters"]) == sorted(kept["prune"]["kept"]) == sorted(meta["fusions"]["fusion"]["adapters"])
 
+    # its predictions are the pruned model's, and afbench predict rebuilds that model from the saved modules
+    from benchmark import predictions
+
+    folder = tmp_path / "r" / "tiny_prune" / kept["run_id"]
+    assert predictions.accuracy(predictions.read(folder, kept["predictions"])) == kept["best_metric"]
+    written = (folder / predictions.FILE).read_bytes()
+    (folder / predictions.FILE).unlink()
+    assert main(["predict", "tiny_prune", "--only", kept["run_id"], *args]) == 0
+    assert (folder / predictions.FILE).read_bytes() == written
+
     # the pruned model is a column of its own in the report, beside F. w/ ST-A
     assert main(["report", "tiny_prune", "--out-dir", str(tmp_path / "reports"), *args]) == 0
     assert "fusion_st_a_keep2" in (tmp_path / "reports" / "tiny_prune.md").read_text()

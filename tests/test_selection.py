@@ -4,6 +4,7 @@ stratified slice of train, disjoint from the training rows, and keeps the held-o
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -73,10 +74,10 @@ def test_early_stopping_keeps_the_selected_epoch(tiny_bert, monkeypatch, heldout
     held_scores = iter([60.0, 80.0, 61.0, 62.0, 99.0, 99.0])  # held-out peaks in epoch 2
     snaps = []
 
-    def fake_eval(model_, split, head, pad_id, bs, device, *compute):
-        return next(held_scores) if split.split == "heldout" else next(dev_scores)
+    def fake_predict(model_, split, head, pad_id, bs, device, *compute):  # evaluate() reads its accuracy
+        return SimpleNamespace(accuracy=next(held_scores) if split.split == "heldout" else next(dev_scores))
 
-    monkeypatch.setattr(loop, "evaluate", fake_eval)
+    monkeypatch.setattr(loop, "predict", fake_predict)
 
     def snapshot():
         state = model.state_of(Modules(adapters=["t"], heads=["t"]))
@@ -94,6 +95,8 @@ def test_early_stopping_keeps_the_selected_epoch(tiny_bert, monkeypatch, heldout
         assert (out.best_epoch, out.best_metric, len(out.history)) == (3, 70.0, 5)
         assert all("heldout_accuracy" not in h for h in out.history)
     assert out.best_state is snaps[-1]  # the state snapshotted at the kept epoch
+    assert out.best_predictions["t"].accuracy == out.best_metric  # the kept epoch's dev predictions, not the last
+    assert all("predictions" not in h for h in out.history)
     assert out.stopped_early.startswith(f"stopped after epoch {len(out.history)}: no gain in "
                                         + ("heldout accuracy" if heldout else "dev accuracy"))
     assert 0 < out.padding["real_tokens"] <= out.padding["computed_tokens"]
@@ -102,7 +105,7 @@ def test_early_stopping_keeps_the_selected_epoch(tiny_bert, monkeypatch, heldout
 def test_early_stopping_stops_after_patience_and_restores_the_best_weights(tiny_bert, monkeypatch):
     tok, model = _toy_model(tiny_bert)
     scores = iter([50.0, 70.0, 60.0, 60.0, 90.0])
-    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: next(scores))
+    monkeypatch.setattr(loop, "predict", lambda *a, **k: SimpleNamespace(accuracy=next(scores)))
     sel = Modules(adapters=["t"], heads=["t"])
     states = []
     params = TrainParams(lr=1e-2, epochs=5, patience=2, batch_size=8)

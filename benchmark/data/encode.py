@@ -16,6 +16,7 @@ from benchmark.data.labels import label_id, labels_of  # noqa: F401 - also read 
 from benchmark.data.sources import digest, locate, read_rows, subsample
 from benchmark.errors import DataError, SpecError, StorageError
 from benchmark.paths import under, write_atomic
+from benchmark.predictions import ID_COLUMNS
 from benchmark.spec.schema import TaskSpec
 from benchmark.spec.templates import render
 
@@ -53,6 +54,8 @@ class EncodedSplit:
     examples: list[dict]  # {'input_ids': [...] or [[...]*K], 'token_type_ids': ... , 'label': int}
     source: str
     rows_total: int
+    rows: list[int] | None = None  # each example's index in the split file as loaded (file order)
+    ids: list[str | None] | None = None  # its dataset id (ID_COLUMNS), where the dataset has one
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -109,8 +112,9 @@ def encode_split(
     path = under(cache_root() / "tokenized", f"{task.name}-{split}-{key}.pt")  # a name never leads out
     if use_cache and path.exists():
         blob = read_cache(path)
-        if blob is not None:
-            return EncodedSplit(task.name, split, task.type, blob["examples"], src.kind, blob["rows_total"])
+        if blob is not None and "rows" in blob:  # a cache from before row identities is rebuilt once
+            return EncodedSplit(task.name, split, task.type, blob["examples"], src.kind, blob["rows_total"],
+                                blob["rows"], blob.get("ids"))
     rows = read_rows(task, split, root, task_file=task_file)  # never empty (a DataError)
     pool = list(range(len(rows)))
     if heldout is not None:
@@ -127,9 +131,11 @@ def encode_split(
     if not examples:  # guards the loops downstream: no split may train "finished" on nothing
         raise DataError(f"task '{task.name}', split '{split}' gave no examples", file=task_file,
                         field=f"splits ({split})", fix="check the split and the row caps")
+    id_col = next((c for c in ID_COLUMNS if c in rows_sel[0]), None)
+    ids = [None if id_col is None or r.get(id_col) is None else str(r[id_col]) for r in rows_sel]
     if use_cache:
-        write_cache(path, {"examples": examples, "rows_total": len(pool)})
-    return EncodedSplit(task.name, split, task.type, examples, src.kind, len(pool))
+        write_cache(path, {"examples": examples, "rows_total": len(pool), "rows": idx, "ids": ids})
+    return EncodedSplit(task.name, split, task.type, examples, src.kind, len(pool), idx, ids)
 
 
 def render_row_at(task: TaskSpec, row: dict, split: str, index: int, task_file: str = "") -> dict:
@@ -202,11 +208,14 @@ def batches(split: EncodedSplit, batch_size: int, pad_id: int, *, mode: str = "s
     """Padded batches of ``split``. Training: ``shuffled`` or ``grouped`` by length (``batching.py``;
     ``seed`` is the epoch's). Evaluation: ``by_length`` sorts rows by length to cut padding (the metric
     does not depend on the order)."""
+    for idx in batch_rows(split, batch_size, mode=mode, seed=seed):
+        yield collate([split.examples[j] for j in idx], pad_id)
+
+
+def batch_rows(split: EncodedSplit, batch_size: int, *, mode: str = "shuffled", seed: int = 0) -> list[list[int]]:
+    """The row indices of each batch ``batches`` yields (what per-row predictions are keyed by)."""
     lengths = row_lengths(split.examples)
     if mode == "by_length":
         order = sorted(range(len(split)), key=lambda i: lengths[i] if isinstance(lengths[i], int) else max(lengths[i]))
-        groups = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    else:
-        groups = epoch_batches(lengths, batch_size, mode=mode, seed=seed)
-    for idx in groups:
-        yield collate([split.examples[j] for j in idx], pad_id)
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    return epoch_batches(lengths, batch_size, mode=mode, seed=seed)

@@ -294,13 +294,19 @@ def build_model(run: Run, reg: Registry, run_dir, tok) -> AdapterModel:
     return model
 
 
-def _sample(run: Run, reg: Registry, model: AdapterModel, tok, task_name: str, data_dir) -> dict:
-    from benchmark.data.encode import collate, encode_split
+def activate(model: AdapterModel, task: str):
+    """Set what the run evaluated ``task`` with: its fusion, the task's adapter, or none; returns it."""
+    fusion = next(iter(model.fusion_params), None)
+    setup = Fuse(fusion) if fusion else (task if task in model.adapter_params else None)
+    model.set_active(setup)
+    return setup
 
-    task = reg.tasks[task_name]
-    caps = run.caps_for(task_name)
-    dev = encode_split(task, task.splits.eval, tok, max_rows=caps.max_eval_rows, max_length=caps.max_length,
-                       data_seed=caps.data_seed, root=data_dir, task_file=reg.file_of("task", task_name))
+
+def _sample(run: Run, reg: Registry, model: AdapterModel, tok, task_name: str, data_dir) -> dict:
+    from benchmark.data.encode import collate
+    from benchmark.training.recipe import dev_split
+
+    dev = dev_split(reg, data_dir, run, reg.tasks[task_name], tok)
     batch = collate(dev.examples[:SAMPLE_ROWS], tok.pad_token_id)  # [B, L] or [B, K, L]
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
     with torch.no_grad():
@@ -356,10 +362,8 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
                              "AdapterHub's inference (temperature: false)")
         heads, samples, active, loader = {}, {}, {}, None
         for t in run.all_tasks:
-            fusion = next(iter(model.fusion_params), None)
-            setup = Fuse(fusion) if fusion else (t if t in model.adapter_params else None)
-            model.set_active(setup)  # what the run evaluated with: its fusion, its task's adapter, or none
-            active[t] = {"fuse": doc["fusion_adapters"]} if fusion else setup
+            setup = activate(model, t)
+            active[t] = {"fuse": doc["fusion_adapters"]} if isinstance(setup, Fuse) else setup
             pooling = model.head_specs[t][2]
             config = _head_config(reg.tasks[t], hidden)
             if pooling != "cls":  # AdapterHub's heads read the first token: a head type of our own, and its loader

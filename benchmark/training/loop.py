@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score
 from tqdm import tqdm
 
 from benchmark.data.batching import epoch_seed
-from benchmark.data.encode import EncodedSplit, batches
+from benchmark.data.encode import EncodedSplit, batch_rows, batches, collate
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import TrainParams
@@ -69,6 +69,7 @@ class Outcome:
     train_seconds: float = 0.0  # the training steps alone (no evaluation)
     stopped_early: str | None = None  # why training ended before the last epoch
     padding: dict = field(default_factory=lambda: {"real_tokens": 0, "computed_tokens": 0})
+    best_predictions: dict | None = None  # the kept epoch's dev predictions per task (``Predictions``)
 
 
 def autocast(device: torch.device, compute: Compute = DEFAULT):
@@ -108,19 +109,57 @@ def linear_schedule(opt, total_steps: int, warmup_ratio: float):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+@dataclass
+class Predictions:
+    """One evaluation's per-row predictions: ``rows`` (indices into the split), ``pred`` and ``gold``
+    (label ids; multiple choice: option indices), in evaluation order."""
+
+    split: EncodedSplit
+    rows: list[int]
+    pred: list[int]
+    gold: list[int]
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy in percent: the run's metric."""
+        return 100.0 * accuracy_score(self.gold, self.pred)
+
+    def columns(self) -> dict[str, list]:
+        """The rows of ``benchmark/predictions.py`` in split order."""
+        s, order = self.split, sorted(range(len(self.rows)), key=self.rows.__getitem__)
+        rows = [self.rows[i] for i in order]
+        return {"task": [s.task] * len(rows), "split": [s.split] * len(rows), "row": rows,
+                "source_row": [s.rows[r] if s.rows else None for r in rows],
+                "id": [s.ids[r] if s.ids else None for r in rows],
+                "pred": [self.pred[i] for i in order], "gold": [self.gold[i] for i in order]}
+
+
+def merge_columns(preds: list[Predictions]) -> dict[str, list]:
+    """Several tasks' predictions (MT-A) as one file's columns."""
+    cols = [p.columns() for p in preds]
+    return {k: [v for c in cols for v in c[k]] for k in cols[0]}
+
+
 @torch.no_grad()
-def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
-             device: torch.device, compute: Compute = DEFAULT) -> float:
-    """Accuracy in percent (batches sorted by length: the metric does not depend on the order)."""
+def predict(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
+            device: torch.device, compute: Compute = DEFAULT) -> Predictions:
+    """Every row's prediction (batches sorted by length: the metric does not depend on the order)."""
     model.eval()
-    preds, gold = [], []
-    for batch in batches(split, batch_size, pad_id, mode="by_length"):
-        batch = to_device(batch, device)
+    out = Predictions(split, [], [], [])
+    for idx in batch_rows(split, batch_size, mode="by_length"):  # the batches ``batches`` yields, by row
+        batch = to_device(collate([split.examples[j] for j in idx], pad_id), device)
         with autocast(device, compute):
             logits = model(head=head, **inputs_of(batch))
-        preds += logits.float().argmax(-1).tolist()
-        gold += batch["labels"].tolist()
-    return 100.0 * accuracy_score(gold, preds)
+        out.rows += idx
+        out.pred += logits.float().argmax(-1).tolist()
+        out.gold += batch["labels"].tolist()
+    return out
+
+
+def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
+             device: torch.device, compute: Compute = DEFAULT) -> float:
+    """Accuracy in percent."""
+    return predict(model, split, head, pad_id, batch_size, device, compute).accuracy
 
 
 # Where the step bar is hidden (a log file, nohup, CI), a progress line at least this often: an MRPC
@@ -249,6 +288,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         train_time += time.perf_counter() - t0
         model.set_fusion_temperature(1.0)
         metrics = evaluate_epoch()
+        predictions = metrics.pop("predictions", None)  # per-row, kept for the kept epoch only
         out.history.append({"epoch": epoch + 1, "train_loss": train_loss, **metrics,
                             "seconds": time.perf_counter() - t0})
         log_epoch(desc, out.history[-1], params.epochs, seen / max(train_time, 1e-9))
@@ -257,6 +297,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         if metrics[select] > out.best_selection:
             out.best_selection, out.best_metric = metrics[select], metrics["dev_accuracy"]
             out.best_epoch, out.best_state, since_best = epoch + 1, snapshot(), 0
+            out.best_predictions = predictions
         else:
             since_best += 1
             if params.patience and since_best >= params.patience and epoch + 1 < params.epochs:
@@ -284,7 +325,8 @@ def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: 
             yield head, batch
 
     def evaluate_epoch() -> dict:
-        m = {"dev_accuracy": evaluate(model, dev_split, head, pad_id, params.eval_batch_size, device, compute)}
+        p = predict(model, dev_split, head, pad_id, params.eval_batch_size, device, compute)
+        m = {"dev_accuracy": p.accuracy, "predictions": {head: p}}
         if heldout is not None:
             m["heldout_accuracy"] = evaluate(model, heldout, head, pad_id, params.eval_batch_size, device, compute)
         return m

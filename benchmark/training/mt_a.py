@@ -19,7 +19,7 @@ from benchmark.data.encode import EncodedSplit, batches
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import MtaParams, TrainParams
-from benchmark.training.loop import Outcome, evaluate, fit
+from benchmark.training.loop import Outcome, evaluate, fit, predict
 
 
 def alpha_at(epoch: int, epochs: int, p: MtaParams) -> float:
@@ -65,16 +65,17 @@ def train_multitask(model: AdapterModel, data: dict[str, tuple[EncodedSplit, Enc
             yield task, next(streams[task])
 
     def evaluate_epoch() -> dict:
-        accs, held = {}, {}
+        accs, held, preds = {}, {}, {}
         for t, (_, dev) in data.items():
             model.set_active(t)
-            accs[t] = evaluate(model, dev, t, pad_id, params.eval_batch_size, device, compute)
+            preds[t] = predict(model, dev, t, pad_id, params.eval_batch_size, device, compute)
+            accs[t] = preds[t].accuracy
             per_task[t].append(accs[t])
             if heldout:
                 held[t] = evaluate(model, heldout[t], t, pad_id, params.eval_batch_size, device, compute)
         epoch = len(per_task[next(iter(data))]) - 1
         m = {"dev_accuracy": sum(accs.values()) / len(accs), "dev_accuracy_per_task": accs,
-             "alpha": alpha_at(epoch, params.epochs, mt)}
+             "alpha": alpha_at(epoch, params.epochs, mt), "predictions": preds}
         if heldout:
             m["heldout_accuracy"] = sum(held.values()) / len(held)
             m["heldout_accuracy_per_task"] = held

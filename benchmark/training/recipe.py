@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from benchmark import predictions
 from benchmark.data.encode import encode_split, tokenizer_fingerprint
 from benchmark.data.published import content_hash
 from benchmark.errors import CheckpointError
@@ -25,7 +26,7 @@ from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.plan.run import Run
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import ExperimentSpec, TaskSpec
-from benchmark.training.loop import Objective, evaluate, train
+from benchmark.training.loop import Objective, Predictions, evaluate, merge_columns, predict, train
 from benchmark.training.mt_a import train_multitask
 
 FUSION = "fusion"
@@ -72,15 +73,26 @@ def recipe(*kinds: str):
 
 
 # --------------------------------------------------------------------------------- data
+def _common(reg: Registry, data_dir: Path | None, run: Run, task: TaskSpec) -> dict:
+    caps = run.caps_for(task.name)
+    return dict(max_length=caps.max_length, data_seed=caps.data_seed, root=data_dir,
+                task_file=reg.file_of("task", task.name))
+
+
+def dev_split(reg: Registry, data_dir: Path | None, run: Run, task: TaskSpec, tok):
+    """The dev rows a run of ``run`` is scored on (its caps): what training and ``afbench predict`` evaluate."""
+    return encode_split(task, task.splits.eval, tok, max_rows=run.caps_for(task.name).max_eval_rows,
+                        **_common(reg, data_dir, run, task))
+
+
 def load_data(ctx: RunContext, run: Run, task: TaskSpec, tok):
     """(train, dev, held-out or None) of one task, under the run's caps and selection protocol."""
     caps = run.caps_for(task.name)
-    common = dict(max_length=caps.max_length, data_seed=caps.data_seed, root=ctx.data_dir,
-                  task_file=ctx.reg.file_of("task", task.name))
+    common = _common(ctx.reg, ctx.data_dir, run, task)
     sel = run.selection
     held = (sel.heldout_fraction, sel.heldout_max_rows) if sel.protocol == "heldout" else None
     tr = encode_split(task, task.splits.train, tok, max_rows=caps.max_train_rows, heldout=held, **common)
-    dev = encode_split(task, task.splits.eval, tok, max_rows=caps.max_eval_rows, **common)
+    dev = dev_split(ctx.reg, ctx.data_dir, run, task, tok)
     ho = encode_split(task, task.splits.train, tok, heldout=held, part="heldout", **common) if held else None
     return tr, dev, ho
 
@@ -167,20 +179,21 @@ def _fusion_mt_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
 
 
 def prune_after_training(model: AdapterModel, run: Run, keep: int, *, ranking, ranked_on: str, dev, pad_id: int,
-                         ctx: RunContext, compute: Compute) -> dict:
+                         ctx: RunContext, compute: Compute) -> tuple[dict, Predictions]:
     """``fusion.prune: {keep: k}``: rank the fused adapters by mean attention over every layer and the
     ``ranking`` rows (the held-out slice; train rows under ``selection: dev``, never dev), keep the top k in
-    every layer (``modeling/prune.py``) and evaluate the pruned model on dev."""
+    every layer (``modeling/prune.py``) and evaluate the pruned model on dev (its predictions too)."""
     bs = run.method.train.eval_batch_size
     model.start_capture()
     evaluate(model, ranking, run.task, pad_id, bs, ctx.device, compute)
     layers = model.stop_capture()
     names = list(model.fusion_params[FUSION][0])
     kept = model.prune_fusion(FUSION, top_k(names, layers, keep), drop_adapters=True)
-    acc = evaluate(model, dev, run.task, pad_id, bs, ctx.device, compute)
+    pred = predict(model, dev, run.task, pad_id, bs, ctx.device, compute)
+    acc = pred.accuracy
     return {"keep": keep, "kept": kept, "ranking": rank_adapters(names, layers), "ranked_on": ranked_on,
             "ranking_rows": len(ranking), "mean_attention": dict(zip(names, mean_attention(layers))),
-            "dev_accuracy": acc}
+            "dev_accuracy": acc}, pred
 
 
 # --------------------------------------------------------------------------------- recipes
@@ -211,6 +224,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
                     desc=run.label + " " + task.name, heldout=ho, compute=compute)
 
     model.load_state_dict(outcome.best_state, strict=False)
+    kept_predictions = outcome.best_predictions[task.name]  # the kept epoch's dev rows
     result = {**_training_info(outcome), "params": _param_counts(model), "data": _data_info(tr, dev, ho),
               "tokenizer": tokenizer_fingerprint(tok)}
     if kind.fusion:
@@ -219,12 +233,14 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
                                       "dev_accuracy": again}
         if method.fusion.prune is not None:
-            result["prune"] = prune_after_training(model, run, method.fusion.prune.keep, ranking=ho if ho is not None else tr,
-                                                   ranked_on="heldout" if ho is not None else "train",
-                                                   dev=dev, pad_id=tok.pad_token_id, ctx=ctx, compute=compute)
+            result["prune"], kept_predictions = prune_after_training(
+                model, run, method.fusion.prune.keep, ranking=ho if ho is not None else tr,
+                ranked_on="heldout" if ho is not None else "train", dev=dev, pad_id=tok.pad_token_id, ctx=ctx,
+                compute=compute)
             result["prune"]["unpruned_dev_accuracy"] = outcome.best_metric
             result["best_metric"] = result["prune"]["dev_accuracy"]  # the pruned model is what this run reports
             added.keeps = Modules(adapters=result["prune"]["kept"])
+    result["predictions"] = predictions.write(out_dir, kept_predictions.columns())
     saved = _combine(trains, added.keeps)
     state = {**model.state_of(added.keeps), **outcome.best_state}
     save_modules(model, out_dir, adapters=saved.adapters, fusions=saved.fusions, heads=saved.heads,
@@ -267,6 +283,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
                          "data": _data_info(*data[t], heldout.get(t))} for t in run.tasks},
         "params": _param_counts(model), "tokenizer": tokenizer_fingerprint(tok),
         "checkpoint_bytes": _checkpoint_bytes(out_dir),
+        "predictions": predictions.write(out_dir, merge_columns([outcome.best_predictions[t] for t in run.tasks])),
     }
 
 

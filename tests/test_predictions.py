@@ -1,0 +1,179 @@
+"""Per-example predictions (issue 33): every trained run writes ``predictions.parquet`` whose accuracy is its
+recorded dev accuracy and whose sha256 its record keeps; ``afbench predict`` recomputes them from stored
+weights only where they reproduce the record; every committed predictions file is checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from benchmark import predictions
+from benchmark.cli import main
+from benchmark.hashing import file_sha256
+from benchmark.records import RESULT, add_to_run, load_run
+from conftest import ROOT, needs_mirror, tiny_experiment, write_experiments
+
+
+def check(folder: Path) -> dict:
+    """The run's predictions, checked against its record: hash, row count, and accuracy per task exactly."""
+    rec = load_run(folder / RESULT)
+    cols = predictions.read(folder, rec.predictions)  # raises on a hash or row-count mismatch
+    assert rec.predictions["sha256"] == file_sha256(folder / predictions.FILE)
+    want = {t: v["best_metric"] for t, v in rec.per_task.items()} if rec.per_task else {rec.task: rec.best_metric}
+    assert set(cols["task"]) == set(want)
+    for t, metric in want.items():
+        assert predictions.accuracy(cols, t) == metric, (folder.name, t)  # exactly, not approximately
+        n = sum(1 for x in cols["task"] if x == t)
+        rows = [r for x, r in zip(cols["task"], cols["row"]) if x == t]
+        assert sorted(rows) == list(range(n))  # every evaluated row once
+    return cols
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny grid (head and Fusion w/ ST-A on RTE and CB, their two stage-1 adapters), 3 epochs so the kept
+    epoch need not be the last."""
+    tmp = tmp_path_factory.mktemp("pred")
+    specs = write_experiments(tmp / "specs", tiny_pred=tiny_experiment(epochs=3, eval_rows=20))
+    args = ["--specs", str(specs), "--results-dir", str(tmp / "r")]
+    assert main(["run", "tiny_pred", *args]) == 0
+    return tmp / "r" / "tiny_pred", args
+
+
+@needs_mirror
+def test_every_trained_run_writes_predictions_that_reproduce_its_record(tiny):
+    exp, _ = tiny
+    folders = [p.parent for p in exp.glob("*/result.json")]
+    assert len(folders) == 6
+    for folder in folders:
+        cols = check(folder)
+        rec = load_run(folder / RESULT)
+        assert rec.predictions["rows"] == rec.data["eval_rows"] == len(cols["row"]) == 20
+        assert all(s is not None for s in cols["source_row"])  # the row in the split file as loaded
+        assert all(i is not None for i in cols["id"])  # RTE and CB carry an idx column
+        assert set(cols["split"]) == {"validation"}
+    # the kept epoch's predictions, not the last epoch's: dev accuracy of the kept epoch is the record's
+    for folder in folders:
+        rec = load_run(folder / RESULT)
+        assert rec.best_metric == rec.history[rec.best_epoch - 1]["dev_accuracy"]
+
+
+@needs_mirror
+def test_predict_rewrites_a_deleted_file_exactly(tiny, tmp_path, capsys):
+    exp, args = tiny
+    copy = tmp_path / "r" / exp.name
+    shutil.copytree(exp, copy)
+    args = [a if a != str(exp.parent) else str(copy.parent) for a in args]
+    runs = sorted(p.parent for p in copy.glob("*/result.json"))
+    before = {f.name: ((f / predictions.FILE).read_bytes(), (f / RESULT).read_text()) for f in runs}
+    for f in runs:
+        (f / predictions.FILE).unlink()
+    assert main(["predict", exp.name, *args]) == 0
+    out = capsys.readouterr().out
+    assert "6 run(s) written, 0 refused" in out
+    for f in runs:  # the same bytes, and result.json unchanged (its entry was already there)
+        assert (f / predictions.FILE).read_bytes() == before[f.name][0]
+        assert (f / RESULT).read_text() == before[f.name][1]
+        check(f)
+    # a run whose record has no predictions entry (trained before them) gets one, nothing else changes
+    f = runs[0]
+    data = json.loads((f / RESULT).read_text())
+    entry = data.pop("predictions")
+    (f / RESULT).write_text(json.dumps(data, indent=2) + "\n")
+    (f / predictions.FILE).unlink()
+    assert main(["predict", exp.name, "--only", f.name, *args]) == 0
+    assert (f / RESULT).read_text() == json.dumps({**data, "predictions": entry}, indent=2) + "\n"
+    assert main(["predict", exp.name, *args]) == 0  # present and valid: skipped
+    assert "predictions present and match the record; skipped" in capsys.readouterr().out
+
+
+@needs_mirror
+def test_predict_refuses_a_run_whose_recomputed_accuracy_differs(tiny, tmp_path, capsys):
+    exp, args = tiny
+    copy = tmp_path / "r" / exp.name
+    shutil.copytree(exp, copy)
+    args = [a if a != str(exp.parent) else str(copy.parent) for a in args]
+    f = next(p.parent for p in copy.glob("*__head__*/result.json"))
+    data = json.loads((f / RESULT).read_text())
+    data["best_metric"] += 5.0  # the record says something the weights do not give
+    data.pop("predictions")
+    (f / RESULT).write_text(json.dumps(data, indent=2) + "\n")
+    (f / predictions.FILE).unlink()
+    text = (f / RESULT).read_text()
+    assert main(["predict", exp.name, "--only", f.name, *args]) == 1
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("refused"))
+    assert f.name in line and f"recorded {data['best_metric']!r}" in line and "recomputed" in line
+    assert not (f / predictions.FILE).exists() and (f / RESULT).read_text() == text  # nothing written
+
+
+MT = """backbones: [tiny-bert]
+seeds: [1]
+groups: [{tasks: [rte, socialiqa], methods: [mt_a, fusion_mt_a]}]
+fusion: {sources: [rte, socialiqa]}
+mt_a: {tasks: [rte, socialiqa]}
+caps: {max_train_rows: 16, max_eval_rows: 12, max_epochs: 2, max_length: 32}
+"""
+
+
+@needs_mirror
+def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
+    """MT-A: one file with a task column, each task's accuracy its per_task metric; multiple choice
+    (SocialIQA): the chosen option; Fusion w/ MT-A rebuilt over the MT-A run's encoder by afbench predict."""
+    args = ["--specs", str(write_experiments(tmp_path / "specs", tiny_pred_mt=MT)), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_pred_mt", *args]) == 0
+    runs = sorted(p.parent for p in (tmp_path / "r" / "tiny_pred_mt").glob("*/result.json"))
+    mt = next(f for f in runs if "__mt_a_" in f.name)
+    cols = check(mt)
+    assert sorted(set(cols["task"])) == ["rte", "socialiqa"] and len(cols["row"]) == 24
+    assert set(cols["pred"]) | set(cols["gold"]) <= {0, 1, 2}  # SocialIQA's three options
+    before = {f: (f / predictions.FILE).read_bytes() for f in runs}
+    for f in runs:
+        check(f)
+        (f / predictions.FILE).unlink()
+    assert main(["predict", "tiny_pred_mt", *args]) == 0
+    assert f"{len(runs)} run(s) written, 0 refused" in capsys.readouterr().out
+    assert all((f / predictions.FILE).read_bytes() == before[f] for f in runs)
+
+
+def test_a_record_and_its_predictions_must_agree(tmp_path):
+    """The reader refuses a file whose bytes differ from the recorded hash or row count."""
+    cols = {"task": ["rte"] * 3, "split": ["validation"] * 3, "row": [0, 1, 2], "source_row": [5, 9, 11],
+            "id": ["5", "9", None], "pred": [1, 0, 1], "gold": [1, 1, 1]}
+    entry = predictions.write(tmp_path, cols)
+    assert entry["rows"] == 3 and predictions.read(tmp_path, entry)["id"] == ["5", "9", None]
+    assert predictions.accuracy(cols, "rte") == 100.0 * (2 / 3)
+    assert predictions.to_bytes(cols) == (tmp_path / predictions.FILE).read_bytes()  # deterministic bytes
+    with pytest.raises(predictions.PredictionsError, match="sha256"):
+        predictions.read(tmp_path, {**entry, "sha256": "0" * 64})
+    with pytest.raises(predictions.PredictionsError, match="rows"):
+        predictions.read(tmp_path, {**entry, "rows": 4})
+    with pytest.raises(predictions.PredictionsError, match="records no predictions"):
+        predictions.read(tmp_path, None)
+
+
+def test_adding_predictions_keeps_a_committed_result_as_it_was(tmp_path):
+    """A schema-1 committed result gets only the new key: schema, key order and every value unchanged."""
+    src = next((ROOT / "results").glob("*/*/" + RESULT))
+    f = tmp_path / src.parent.name / RESULT
+    f.parent.mkdir()
+    shutil.copy(src, f)
+    entry = {"file": predictions.FILE, "sha256": "0" * 64, "rows": 3}
+    add_to_run(f, {"predictions": entry})
+    assert f.read_text() == json.dumps({**json.loads(src.read_text()), "predictions": entry}, indent=2) + "\n"
+    assert f.read_text().startswith(src.read_text()[:-3])  # the old text, then the new key
+    assert load_run(f).predictions == entry
+
+
+def test_every_committed_predictions_file_reproduces_its_record():
+    """Every results/**/predictions.parquet: its record names it with this hash, and its accuracy is the
+    recorded dev accuracy exactly; every record with a predictions entry has the file."""
+    files = sorted((ROOT / "results").glob("*/*/" + predictions.FILE))
+    entries = [p.parent for p in (ROOT / "results").glob("*/*/" + RESULT)
+               if load_run(p).predictions is not None]
+    assert sorted(set(entries)) == sorted(f.parent for f in files), "a predictions file without its record entry, or back"
+    for f in files:  # none yet is a pass: the entries check above already holds
+        check(f.parent)
