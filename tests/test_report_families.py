@@ -132,3 +132,35 @@ def test_minilm_table1_pdf_numbers_its_tables_as_the_paper(minilm_table1, tmp_pa
     numbered = re.findall(r"\\contentsline \{table\}\{\\numberline \{(\d)\}\{\\ignorespaces ([^.:]+)", aux)
     assert numbered == [("1", "All methods"), ("2", "Fusion against its baselines (as in the paper's Table 2)"),
                         ("3", "ST-A reduction factors")], numbered
+
+
+def test_runs_with_predictions_pair_by_row_and_fall_back_to_seeds_without(registry, handmade):  # noqa: F811
+    """Where both runs of every paired seed stored their per-example predictions (reproducing the recorded
+    accuracy), the comparison is the two-level bootstrap over seeds and dev rows (no "seed-level" mark); one
+    run without them, or a file that does not reproduce its record, sends that comparison back to seed level."""
+    from benchmark import predictions
+
+    folder = handmade / "handmade"
+
+    def write(label, seed, correct):  # 100 dev rows of rte, the first `correct` right
+        cols = {"task": ["rte"] * 100, "split": ["validation"] * 100, "row": list(range(100)),
+                "source_row": list(range(100)), "id": [str(i) for i in range(100)],
+                "pred": [1 if i < correct else 0 for i in range(100)], "gold": [1] * 100}
+        run = folder / RUN.format(task="rte", label=label, seed=seed)
+        entry = predictions.write(run, cols, root=folder)
+        r = make_result("rte", label, seed, predictions.accuracy(cols, "rte")) | {"predictions": entry}
+        write_json_atomic(run / "result.json", r)
+
+    for seed, (a, b) in enumerate(zip((76, 77, 78), (70, 72, 74), strict=True), 1):
+        write("fusion_st_a_rf16", seed, a)
+        write("st_a_rf16", seed, b)
+    col = load(handmade, "handmade", registry)
+    pr = pair(col, "minilm-l6", "rte", "fusion_st_a_rf16", "st_a_rf16")
+    assert pr.design.level == "rows" and pr.design.a.shape == (3, 100)
+    stats = {(s.task, s.comparison): s for s in report_build.build_data(registry, "handmade", handmade, None)
+             .table2[0].stats}
+    assert "seed-level" not in stats[("rte", "F. w/ ST-A vs ST-A")].ci
+    assert "seed-level" in stats[("cb", "F. w/ ST-A vs ST-A")].ci  # no predictions there
+    (folder / RUN.format(task="rte", label="st_a_rf16", seed=2) / predictions.FILE).write_bytes(b"damaged")
+    col = load(handmade, "handmade", registry)
+    assert pair(col, "minilm-l6", "rte", "fusion_st_a_rf16", "st_a_rf16").design.level == "seeds"

@@ -64,6 +64,7 @@ class Collected:
     stale: list[str] = field(default_factory=list)  # run ids on disk that the current plan no longer has
     problems: list[str] = field(default_factory=list)  # result files left out (corrupt, other experiment)
     plan_source: str = ""  # where the expected runs came from: the current specs, plan.json or nothing
+    folder: Path | None = None  # results/<experiment>: where each run's own files are (predictions)
     stale_sources: set[str] = field(default_factory=set)  # where the stale results' data came from (mirror, hub)
     multitask: list[RunRecord] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
     column_kinds: dict[str, str] = field(default_factory=dict)  # report column -> method kind (from the plan)
@@ -172,5 +173,5 @@ def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collecte
     col = collect(scan.results, plan, experiment)
     problems += [f"run {r.run_id} diverged ({r.first_error_line or '?'}); left out of the means"
                  for r in col.results if r.diverged]
-    col.problems, col.plan_source = problems, source
+    col.problems, col.plan_source, col.folder = problems, source, results_dir / experiment
     return col

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from benchmark import predictions
+from benchmark.errors import BenchError
 from benchmark.report.aggregate import Collected
 from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES, Comparison, Families, Paired
 from benchmark.report.stats import SIGNIFICANCE, p_value
@@ -23,8 +27,9 @@ FAMILIES_NOTE = (
     f"comparisons not already {CONFIRMATORY}; {SENSITIVITY} = shared-adapter columns and other variants "
     "(95% CIs only, no test, no significance mark). Δ: mean over paired seeds of A - B (points); 95% CI: "
     f"percentile interval of the paired bootstrap ({REPLICATES:,} replicates, seed {BOOTSTRAP_SEED}), seed-level "
-    "(runs resampled by seed; per-example predictions, for the row level, are not yet stored; with 3 seeds a "
-    "seed-level interval takes few distinct values and is narrower than the t interval); P(A > B): the "
+    "two-level (seeds, then dev rows, paired by row) where every paired run stored its per-example predictions, "
+    "else seed-level and marked so (runs resampled by seed; with 3 seeds a seed-level interval takes few "
+    "distinct values and is narrower than the t interval); P(A > B): the "
     "probability that A beats B on a new seed, ties half; \"paired t\": the paired t-test over seeds, the paper's "
     "style of test, whose p the families adjust.")
 
@@ -55,8 +60,34 @@ def pair(col: Collected, backbone: str, task: str, a: str, b: str) -> Pairing | 
             notes.append(f"{label}: the runs of seed(s) {', '.join(map(str, sorted(foreign)))} read the adapters of "
                          f"seed(s) {', '.join(map(str, read))} (shared adapters); paired by each run's own seed")
         sides.append(acc)
-    design = Paired.from_accuracies(*sides)
+    rows = [_rows(col, by_id, backbone, task, label) for label in (a, b)]
+    common = set(sides[0]) & set(sides[1])
+    if common and all(common <= set(r) for r in rows) and len({r[s][0] for r in rows for s in common}) == 1:
+        design = Paired.from_rows({s: rows[0][s][1] for s in common}, {s: rows[1][s][1] for s in common})
+    else:  # a run without predictions, or other dev rows (another cap): the seed level is what pairs
+        design = Paired.from_accuracies(*sides)
     return Pairing(design, tuple(notes)) if design.seeds else None
+
+
+def _rows(col: Collected, by_id: dict, backbone: str, task: str, label: str) -> dict[int, tuple]:
+    """Seed -> (row ids, per-row correctness) of the cell's run on ``task``'s dev rows, in row order, for the runs whose
+    predictions file is present, matches its record and reproduces the recorded accuracy exactly; a run
+    without one is left out (its pair falls back to the seed level)."""
+    cell = col.cells.get((backbone, task, label))
+    out: dict[int, tuple] = {}
+    for rid, value in zip(cell.run_ids, cell.values, strict=True) if cell and col.folder else ():
+        rec = by_id[rid]
+        if not rec.predictions:
+            continue
+        try:
+            cols = predictions.read(col.folder / rid, rec.predictions)
+        except BenchError:
+            continue
+        mine = sorted((r, p == g) for t, r, p, g in zip(cols["task"], cols["row"], cols["pred"], cols["gold"],
+                                                          strict=True) if t == task)
+        if mine and predictions.accuracy(cols, task) == value:
+            out[rec.seed] = (tuple(r for r, _ in mine), np.array([ok for _, ok in mine], dtype=float))
+    return out
 
 
 @dataclass(frozen=True)
