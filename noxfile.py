@@ -106,7 +106,9 @@ def tracking(session: nox.Session) -> None:
     same torch, lock and package as ``_project_env``, then the backends."""
     where = _pip_sources() if getattr(session.virtualenv, "venv_backend", "") == "uv" else []
     if TORCH != "skip":
-        session.install(*shlex.split(TORCH), *where)
+        torch_args = shlex.split(TORCH)  # a GPU variant names its own index: add nothing to it
+        own_index = any(a.startswith(("--index-url", "--extra-index-url", "-i")) for a in torch_args)
+        session.install(*torch_args, *([] if own_index else where))
     session.install("--require-hashes", "--no-deps", "-r", LOCK, *where)
     session.install("--no-deps", "-e", ".")
     session.install("tensorboard>=2.16", "mlflow>=3", "wandb>=0.19", "trackio>=0.2", *where)
@@ -162,7 +164,7 @@ def perf(session: nox.Session) -> None:
     _run(session, env, "afbench", "perf", "--reference-python", ref_py, *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def gpu(session: nox.Session) -> None:
     """On a CUDA machine: the smoke grid on ``--device cuda``, fp32 GPU vs CPU logits (ST-A, Houlsby,
     Fusion), and ``afbench perf --device cuda`` on BERT-base shapes (reports/perf_gpu.md), the

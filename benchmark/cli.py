@@ -467,6 +467,7 @@ def cmd_dashboard(args) -> int:
 
 def cmd_push(args) -> int:
     """``afbench push``: the results dataset (benchmark/report/push.py); --dry-run writes it to --out only."""
+    import shutil
     import tempfile
 
     from benchmark.report import push
@@ -477,17 +478,35 @@ def cmd_push(args) -> int:
     if args.dry_run and not args.out:
         raise BenchError("--dry-run writes the folder that would be uploaded, so it needs a place", field="--out",
                          fix="add --out DIR")
-    out = Path(args.out or tempfile.mkdtemp(prefix="afbench_push_"))
-    if args.adapters:
-        from benchmark.runner.export import export_plan
+    from benchmark.runner.export import export_plan, refuse_overlap
 
-        export_plan(_plan(args, reg), reg, results_root(args.results_dir) / exp.name, out / "adapters",
-                    data_dir=_data_dir(args))
-    files = push.stage(exp, reg, results_root(args.results_dir), Path(args.reports_dir), out, args.repo)
-    print(f"{len(files)} files in {out}" + (" (dry run: nothing uploaded)" if args.dry_run else ""))
-    if not args.dry_run:
-        print(f"uploaded to https://huggingface.co/datasets/{args.repo}: {push.upload(out, args.repo, args.private)}")
+    out = Path(args.out or tempfile.mkdtemp(prefix="afbench_push_"))
+    if args.out:  # exactly what this push stages is uploaded: a folder of its own, empty, outside results and specs
+        refuse_overlap(out, [("the results root", results_root(args.results_dir)), *_keep_clear(args)])
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise BenchError("the push folder is not empty: push uploads exactly the folder it stages, so it starts "
+                             "from an empty one", file=str(out), field="--out", fix="choose a new or empty folder")
+    try:
+        if args.adapters:
+            export_plan(_plan(args, reg), reg, results_root(args.results_dir) / exp.name, out / "adapters",
+                        data_dir=_data_dir(args), keep_clear=_keep_clear(args))
+        files = push.stage(exp, reg, results_root(args.results_dir), Path(args.reports_dir), out, args.repo)
+        print(f"{len(files)} files in {out}" + (" (dry run: nothing uploaded)" if args.dry_run else ""))
+        if not args.dry_run:
+            print(f"uploaded to https://huggingface.co/datasets/{args.repo}: "
+                  f"{push.upload(out, args.repo, args.private)}")
+    finally:
+        if not args.out:  # the temporary staging folder (exports may hold whole base models)
+            shutil.rmtree(out, ignore_errors=True)
     return 0
+
+
+def _keep_clear(args) -> list[tuple[str, Path]]:
+    """The folders an output folder (export, push) may neither lie inside nor contain, beside the results root."""
+    from benchmark.spec.registry import default_spec_dir
+
+    specs = [default_spec_dir(), *(Path(p) if Path(p).is_dir() else Path(p).parent for p in args.specs or [])]
+    return [("the spec folder", p) for p in specs] + ([("the data folder", _data_dir(args))] if args.data_dir else [])
 
 
 def cmd_export(args) -> int:
@@ -497,11 +516,8 @@ def cmd_export(args) -> int:
     reg = _registry(args)
     plan = _plan(args, reg)
     exp_dir = results_root(args.results_dir) / plan.experiment.name
-    from benchmark.spec.registry import default_spec_dir
-
-    specs = [default_spec_dir(), *(Path(p) if Path(p).is_dir() else Path(p).parent for p in args.specs or [])]
-    clear = [("the spec folder", p) for p in specs] + ([("the data folder", _data_dir(args))] if args.data_dir else [])
-    done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args), keep_clear=clear)
+    done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args),
+                       keep_clear=_keep_clear(args))
     if not done:
         raise BenchError(f"no finished run of '{plan.experiment.name}' under {exp_dir}"
                          + (f" matches --only {' '.join(args.only)}" if args.only else ""),
@@ -513,13 +529,20 @@ def cmd_export(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from benchmark.runner import slurm
+    from benchmark.runner.lock import experiment_lock
     from benchmark.runner.predict import predict_plan
-    from benchmark.runner.results import results_root
+    from benchmark.runner.results import experiment_dir, results_root
 
     reg = _registry(args)
     plan = _plan(args, reg)
-    out = predict_plan(plan, reg, results_root(args.results_dir) / plan.experiment.name, only=args.only,
-                       data_dir=_data_dir(args), device=args.device or "cpu", force=args.force)
+    exp_dir = experiment_dir(results_root(args.results_dir), plan.experiment.name)
+    with experiment_lock(exp_dir, wait=False):  # no driver may retrain or rename a run whose record this adds to
+        live = slurm.live_runs(exp_dir)
+        if live:
+            raise slurm.busy_error(exp_dir, live)
+        out = predict_plan(plan, reg, exp_dir, only=args.only, data_dir=_data_dir(args),
+                           device=args.device or "cpu", force=args.force)
     refused = [o for o in out if not o.written]
     print(f"{len(out) - len(refused)} run(s) written, {len(refused)} refused")
     return 1 if refused else 0

@@ -70,8 +70,11 @@ def read(folder: Path, entry: dict | None) -> dict[str, list]:
     if not entry:
         raise PredictionsError("the result records no predictions", file=str(Path(folder) / "result.json"),
                                field="predictions", fix=f"write them: afbench predict <experiment> --only '{Path(folder).name}'")
-    path = Path(folder) / entry.get("file", FILE)
     fix = f"recompute it: delete it and run afbench predict <experiment> --only '{Path(folder).name}'"
+    if entry.get("file", FILE) != FILE:  # a record names no other file: it is read only beside result.json
+        raise PredictionsError(f"the result names the predictions file {entry.get('file')!r}, not {FILE!r}",
+                               file=str(Path(folder) / "result.json"), field="predictions.file", fix=fix)
+    path = Path(folder) / FILE
     if not path.is_file():
         raise PredictionsError("the predictions file the result records is missing", file=str(path), fix=fix)
     if file_sha256(path) != entry.get("sha256"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,18 @@ def test_a_killed_export_leaves_temp_folders_the_next_one_cleans(exported, tmp_p
     assert tmp.name in log and old.name in log and "left by an export that was killed" in log
     assert not tmp.exists() and not old.exists() and mine.is_dir()
     assert (out / rid / "notes.txt").read_text() == "mine" and _doc(out / rid)["run_id"] == rid
+    # the same leftovers under the names of an export from before the manifest (.<id>.tmpPID / .oldPID)
+    legacy_tmp, legacy_old = out / f".{rid}.tmp{dead.pid}", out / f".{rid}.old{dead.pid}"
+    legacy_tmp.mkdir()
+    (legacy_tmp / "export.json").write_text("{}")
+    legacy_old.mkdir()  # the previous export of a swap that finished: said, not deleted
+    assert _export(work, out) == 0
+    log = capsys.readouterr().out
+    assert not legacy_tmp.exists() and legacy_old.is_dir() and f"{legacy_old.name}: the previous export" in log
+    shutil.rmtree(legacy_old)
+    os.replace(out / rid, legacy_old)  # cut between the two renames: put back
+    assert _export(work, out) == 0 and not legacy_old.exists() and _doc(out / rid)["run_id"] == rid
+
 
 def test_export_without_finished_runs_says_so(tmp_path, capsys):
     specs = write_specs(tmp_path / "specs", rows=8, epochs=1)

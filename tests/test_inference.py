@@ -138,3 +138,16 @@ def test_each_test_is_in_one_family_with_holm_inside_it():
     assert fam.adjusted("e") == (None, "exploratory") and fam.size("confirmatory") == 3
     with pytest.raises(RuntimeError):
         fam.add("confirmatory", "f", 0.2)
+
+
+def test_partial_scores_take_the_general_row_draw_and_match_the_enumeration():
+    """Scores other than 0/1 (d outside {-1, 0, 1}) draw the rows themselves; the same exact answer holds."""
+    a = np.array([[1, 0.5, 0], [0.5, 0, 1]], dtype=float)
+    b = np.array([[0, 1, 0], [1, 0.5, 0]], dtype=float)
+    design = Paired((1, 2), a, b)
+    means, p_better = _exact(design)
+    c = compare(design, reps=40_000, seed=5)
+    assert c.p_better == pytest.approx(p_better, abs=0.01)
+    assert c.delta == pytest.approx(sum(v * p for v, p in means.items()), abs=1e-9)
+    assert c.low == pytest.approx(_quantile(means, 0.025), abs=100 / 12 + 1e-9)
+    assert c.high == pytest.approx(_quantile(means, 0.975), abs=100 / 12 + 1e-9)

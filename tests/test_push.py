@@ -35,8 +35,19 @@ def test_dry_run_on_minilm_table1(tmp_path):
     assert "6-layer, 384-wide" in card and "MultiNLI" in card and "[CLS]" in card
     assert "## Provenance" in card and "136 finished" in card
     assert (ds / "reports" / "minilm_table1.md").read_bytes() == (ROOT / "reports" / "minilm_table1.md").read_bytes()
-    assert not (ds / "predictions").exists() and "no run of this experiment wrote predictions" in card
+    with_predictions = [r.run_id for r in runs if r.predictions]  # the 33 ST-A rf 16 runs (afbench predict)
+    assert len(with_predictions) == 33 and f"{len(with_predictions)} runs' dev predictions" in card
+    assert sorted(p.stem for p in (ds / "predictions").iterdir()) == sorted(with_predictions)
+    for rid in with_predictions:
+        assert (ds / "predictions" / f"{rid}.parquet").read_bytes() == \
+            (ROOT / "results" / "minilm_table1" / rid / "predictions.parquet").read_bytes()
     assert "/tmp/" not in card and str(ROOT) not in card
+    # what is uploaded is exactly what this push staged: a folder with anything in it is refused
+    again = _push("minilm_table1", "--repo", "org/results", "--dry-run", "--out", str(ds))
+    assert again.returncode == 2 and "not empty" in again.stderr and "Traceback" not in again.stderr
+    inside = _push("minilm_table1", "--repo", "org/results", "--dry-run", "--out", str(ROOT / "results" / "x"))
+    assert inside.returncode == 2 and "overlaps the results root" in inside.stderr
+    assert not (ROOT / "results" / "x").exists()
 
 
 def test_predictions_are_included_and_a_missing_report_is_one_paragraph(tmp_path):

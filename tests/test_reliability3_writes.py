@@ -55,10 +55,11 @@ def _scheme1_record(tmp_path: Path, name: str, **changes) -> tuple[Path, dict]:
 
 # ----------------------------------------------------------------------------- 2. migrate and crafted records
 @needs_mirror
-@pytest.mark.parametrize("key,evil", [("task", "../../../escaped"), ("task", "/tmp/afbench-escaped-abs"),
+@pytest.mark.parametrize("key,evil", [("task", "../../../escaped"), ("task", "ABS"),  # ABS: an absolute path
                                       ("label", "x/../../y"), ("backbone", "..")])
 def test_migrate_refuses_a_record_whose_names_would_leave_the_root(tmp_path, capsys, key, evil):
     args = _args(tmp_path, "fx", HEAD)
+    evil = str(tmp_path / "escaped-abs") if evil == "ABS" else evil  # outside the results root, inside the snapshot
     folder, _ = _scheme1_record(tmp_path, "fx", **{key: evil})
     before = {p: p.read_bytes() if p.is_file() else None for p in _files(tmp_path)}
     capsys.readouterr()
@@ -68,7 +69,7 @@ def test_migrate_refuses_a_record_whose_names_would_leave_the_root(tmp_path, cap
     assert f"'{key}'" in err and "not a plain name" in err and "result.json" in err and "Fix:" in err
     after = {p: p.read_bytes() if p.is_file() else None for p in _files(tmp_path)}
     assert after == before, "nothing renamed or rewritten, inside the root or out of it"
-    assert not Path("/tmp/afbench-escaped-abs").exists()
+    assert not (tmp_path / "escaped-abs").exists()
 
 
 @needs_mirror

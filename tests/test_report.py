@@ -296,11 +296,12 @@ def test_on_average_claims_test_the_noise_of_the_mean(registry, handmade):
             r = make_result(task, "fusion_st_a_rf16", seed, VALUES[task]["st_a_rf16"][seed - 1] + gain)
             write_json_atomic(handmade / "handmade" / r["run_id"] / "result.json", r)
     assert verdict()[1].startswith("within seed noise (the mean gain's 95% CI "), verdict()[1]
-    for offset, expected in ((+20.0, "holds (beyond seed noise; 95% CI +"),
+    # +10 keeps every accuracy under 100 (a best_metric above 100 is a corrupt record, records.py)
+    for offset, expected in ((+10.0, "holds (beyond seed noise; 95% CI +"),
                              (-20.0, "does not hold: lower on average beyond seed noise (95% CI -")):
         for task in ("rte", "cb", "mrpc"):
             base = VALUES[task]["st_a_rf16"]
-            for seed in (1, 2, 3):  # every seed's fusion mean sits 20 points away, with a 0.5-point spread
+            for seed in (1, 2, 3):  # every seed's fusion mean sits 10-20 points away, with a 0.5-point spread
                 r = make_result(task, "fusion_st_a_rf16", seed, statistics.fmean(base) + offset + 0.5 * seed)
                 write_json_atomic(handmade / "handmade" / r["run_id"] / "result.json", r)
         assert verdict()[1].startswith(expected), verdict()[1]

@@ -53,6 +53,7 @@ def test_p_values_print_two_significant_digits_below_a_tenth():
     assert stats.p_text(0.456) == "p = 0.46" and stats.p_text(0.1) == "p = 0.10"
     # a p just below the level never prints as 0.050 (it sits beside a †); just above it, 0.050 is right
     assert stats.p_value(0.0496) == "0.0496" and stats.p_value(0.0504) == "0.050" and stats.p_value(0.04) == "0.040"
+    assert stats.p_value(0.04996) == "0.04996" and stats.p_value(0.049996) == "0.049996"  # never "0.0500"†
 
 
 

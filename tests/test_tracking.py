@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -74,7 +75,10 @@ def test_a_missing_package_or_an_unreachable_server_is_one_line_and_the_runs_fin
     monkeypatch.undo()
     exp = specs / "experiments" / f"{EXPERIMENT}.yaml"
     plain = exp.read_text()
-    exp.write_text(plain + "tracking: {backends: [mlflow], mlflow_uri: 'http://127.0.0.1:9'}\n")  # nothing listens
+    with socket.socket() as s:  # a port that was just free: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exp.write_text(plain + f"tracking: {{backends: [mlflow], mlflow_uri: 'http://127.0.0.1:{port}'}}\n")
     try:
         t0 = time.monotonic()
         found, out = _run(specs, tmp_path / "b", capsys)

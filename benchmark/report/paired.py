@@ -26,7 +26,7 @@ FAMILIES_NOTE = (
     f"an \"on average\" claim: the test of the average; an equivalence claim: its TOST); {EXPLORATORY} = Table 2's "
     f"comparisons not already {CONFIRMATORY}; {SENSITIVITY} = shared-adapter columns and other variants "
     "(95% CIs only, no test, no significance mark). Δ: mean over paired seeds of A - B (points); 95% CI: "
-    f"percentile interval of the paired bootstrap ({REPLICATES:,} replicates, seed {BOOTSTRAP_SEED}), seed-level "
+    f"percentile interval of the paired bootstrap ({REPLICATES:,} replicates, seed {BOOTSTRAP_SEED}): "
     "two-level (seeds, then dev rows, paired by row) where every paired run stored its per-example predictions, "
     "else seed-level and marked so (runs resampled by seed; with 3 seeds a seed-level interval takes few "
     "distinct values and is narrower than the t interval); P(A > B): the "

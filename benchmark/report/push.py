@@ -87,8 +87,8 @@ def card(exp, reg, rows: list[dict], files: list[str], report: Path, repo: str) 
 
 
 def stage(exp, reg, results: Path, reports: Path, out: Path, repo: str) -> list[str]:
-    """Write the dataset folder under ``out`` (an existing folder is added to, never emptied); returns its
-    files, relative to ``out``."""
+    """Write the dataset folder under ``out`` (empty but for ``afbench export``'s ``adapters/``: the CLI refuses
+    a folder with anything else in it); returns its files, relative to ``out``."""
     report = reports / f"{exp.name}.md"
     if not report.exists():
         raise BenchError(f"experiment '{exp.name}' has no report to publish", file=str(report),

@@ -70,13 +70,17 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
 
 def p_value(p: float) -> str:
     """A p-value as printed: "< 0.001"; two significant digits below 0.1 (0.051 never reads 0.05; 0.0042),
-    three where two would put it on the other side of the significance level (0.0496, not 0.050 beside a †);
+    as many more as it takes not to put it on the other side of the significance level (0.0496, not 0.050 beside
+    a †);
     two decimals above."""
     if p < 0.001:
         return "< 0.001"
     if p < 0.1:
-        s = f"{p:#.2g}"  # 0.051, 0.050, 0.0042 (no exponent above 1e-4)
-        return s if (float(s) < SIGNIFICANCE) == (p < SIGNIFICANCE) else f"{p:#.3g}"
+        for digits in range(2, 17):  # 0.051, 0.050, 0.0042 (no exponent above 1e-4); 0.0496, 0.049996
+            s = f"{p:#.{digits}g}"
+            if (float(s) < SIGNIFICANCE) == (p < SIGNIFICANCE):
+                return s
+        return s
     return f"{p:.2f}"
 
 

@@ -526,6 +526,8 @@ def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_
                 outcome = w.poll(lambda m, rid=rid: note(rid, m))
                 if outcome is not None:
                     del running[rid]
+                    if on_workers is not None:  # the lock names the running workers only (a finished pid may recur)
+                        on_workers([w.proc.pid for w in running.values()])
                     if outcome == "lost":
                         outcome = w.lost(reg, plan, exp_dir)
                     finish(*outcome)

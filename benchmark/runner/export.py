@@ -40,7 +40,7 @@ from benchmark.errors import BenchError, DataError, StorageError
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_modules
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
-from benchmark.paths import write_atomic
+from benchmark.paths import pid_alive, write_atomic
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result_file
 from benchmark.runner.borrowed import borrowed
@@ -93,6 +93,8 @@ def adapter_config(params) -> dict:
 
 MANIFEST = ".afbench-export.json"  # in --out: the run folders this program wrote there, with their files
 _LEFTOVER = re.compile(r"^\.(?P<rid>.+)\.afbench-export-(?P<kind>tmp|old)(?P<pid>\d+)$")
+# the names of the same temporary folders before the manifest (``.<run id>.tmpPID`` / ``.oldPID``)
+_LEGACY = re.compile(r"^\.(?P<rid>[^.]+)\.(?P<kind>tmp|old)(?P<pid>\d+)$")
 
 
 class _Out:
@@ -135,10 +137,21 @@ class _Out:
     def clean(self) -> list[str]:
         """What a killed export left: its temp folders (removed) and the previous folder of a swap cut in
         the middle (put back, or its files not written by the export moved into the new folder)."""
-        from benchmark.runner.lock import pid_alive
-
         done = []
         for p in sorted(self.root.iterdir()):
+            legacy = _LEGACY.match(p.name)
+            if legacy and p.is_dir() and not p.is_symlink() and not pid_alive(int(legacy["pid"])):
+                final = self.root / legacy["rid"]
+                if legacy["kind"] == "tmp":  # an unfinished folder of a killed export: nobody's data
+                    shutil.rmtree(p)
+                elif not os.path.lexists(final):  # a swap cut between its renames: the previous export back
+                    os.replace(p, final)
+                else:  # the previous export of a finished swap, from before the manifest: left, and said
+                    print(f"  {p.name}: the previous export of {legacy['rid']} left by an older afbench "
+                          "(remove it if nothing in it is yours)")
+                    continue
+                done.append(p.name)
+                continue
             m = _LEFTOVER.match(p.name)
             if not m or p.is_symlink() or not p.is_dir() or pid_alive(int(m["pid"])) or m["rid"] not in self.runs \
                     and m["kind"] == "old":
@@ -444,14 +457,15 @@ def _write_base(w: _Writer, model: AdapterModel, bspec, tok) -> str:
     return "base"
 
 
-def _refuse_overlap(out: Path, keep_clear: list[tuple[str, Path]]) -> None:
+def refuse_overlap(out: Path, keep_clear: list[tuple[str, Path]]) -> None:
     """--out may neither lie inside nor contain the results root, a spec folder or the data: an export
-    replaces run folders under --out, and the results keep their runs in folders of the same names."""
+    replaces run folders under --out, and the results keep their runs in folders of the same names (``afbench
+    push`` stages its dataset under the same rule)."""
     o = out.resolve()
     for what, p in keep_clear:
         q = Path(p).resolve()
         if o == q or o.is_relative_to(q) or q.is_relative_to(o):
-            raise BenchError(f"--out {out} overlaps {what} {p}: an export replaces the run folders under --out, so "
+            raise BenchError(f"--out {out} overlaps {what} {p}: an export (or push) writes its folders under --out, so "
                              "it must neither lie inside nor contain finished results or specs; nothing was written",
                              field="--out", fix=f"export into a folder of its own outside {p}, e.g. --out exports")
 
@@ -460,7 +474,7 @@ def export_plan(plan: Plan, reg: Registry, exp_dir: Path, out: Path, *, only: li
                 data_dir=None, echo=print, keep_clear: list[tuple[str, Path]] = ()) -> list[Exported]:
     """Export every finished run of ``plan`` (whose id matches a glob of ``only``) under ``out``, which must
     not overlap the results root (``exp_dir``'s parent) or the folders of ``keep_clear`` ((what, folder) pairs)."""
-    _refuse_overlap(out, [("the results root", exp_dir.parent), *keep_clear])
+    refuse_overlap(out, [("the results root", exp_dir.parent), *keep_clear])
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ def _raw(folder: Path) -> RunRecord | None:
     None for one this version cannot use, a record of a newer schema included (never rewritten here)."""
     try:
         r = parse_run(json.loads(read_regular(folder / RESULT, MAX_RECORD_BYTES)), file=folder / RESULT)
-    except (OSError, ValueError, RecordError):
+    except (OSError, ValueError, RecordError, RecursionError):  # RecursionError: JSON nested too deeply
         return None
     return r if r.schema_ <= SCHEMA else None
 

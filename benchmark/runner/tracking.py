@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from benchmark.errors import BenchError
-from benchmark.records import RESULT
+from benchmark.records import read_result
 from benchmark.spec.schema import TRACKERS
 from benchmark.training import loop
 
@@ -209,8 +209,9 @@ def tracked(execute_one):
         loop.epoch_listener, record = session.epoch, {"status": "interrupted", "run_id": run.id}
         try:
             out = execute_one(run, reg, plan, exp_dir, *args, **kwargs)
+            written = None if out[1] else read_result(exp_dir / run.id)  # bounded; None for a damaged file
             record = {"status": "failed", "run_id": run.id, "error": out[1]} if out[1] else \
-                json.loads((exp_dir / run.id / RESULT).read_text())
+                written.dump() if written is not None else {"status": "finished", "run_id": run.id}
             return out
         finally:
             loop.epoch_listener = None
