@@ -736,10 +736,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "
                     "(default: .cache/parity)")
     pe = common(sub.add_parser("perf", help="training and inference speed, ours vs AdapterHub, and the roofline"))
-    pe.add_argument("--mode", choices=["steps", "epochs", "malloc", "roofline", "inference"], default="steps",
+    pe.add_argument("--mode", choices=["steps", "epochs", "roofline", "inference"], default="steps",
                     help="steps: steps/s on random ids, fp32 and bf16, peak memory (reports/perf.md); epochs: "
-                         "seconds per epoch on mirrored data, three paddings (reports/perf_epochs.md); malloc: "
-                         "with/without glibc malloc tuning, separate processes (reports/perf_malloc.md); roofline: "
+                         "seconds per epoch on mirrored data, three paddings (reports/perf_epochs.md); roofline: "
                          "GEMM peak, analytic FLOPs per step, achieved fraction (reports/perf_roofline.md); "
                          "inference: latency (batch 1) and throughput (batch 64), fp32 and bf16, peak memory "
                          "(reports/perf_inference.md)")
@@ -747,7 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (default): fp32, and bf16 too where the device has it natively; fp32: only "
                          "fp32; bf16: bf16 required (refused without native bf16)")
     pe.add_argument("--reference-python", help="python of an env with adapters==1.3.0 (omit: ours only)")
-    pe.add_argument("--adapters", default="2,4,8,16", help="fusion sizes N (steps, malloc: the largest)")
+    pe.add_argument("--adapters", default="2,4,8,16", help="fusion sizes N (steps)")
     pe.add_argument("--steps", type=int, default=8, help="timed steps per setup and round (epochs: per task "
                                                          "and padding, extrapolated to the epoch; 0 = all)")
     pe.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours / the reference")
@@ -767,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--tasks", default="rte,mrpc,sst2,mnli", help="epochs: tasks from the data mirror")
     pe.add_argument("--max-rows", type=int, default=2000, help="epochs: training rows per task (a cap)")
     pe.add_argument("--out", default=None, help="report path (default: reports/perf.md, perf_epochs.md, "
-                                                "perf_malloc.md, perf_roofline.md, perf_inference.md by mode; raw "
+                                                "perf_roofline.md, perf_inference.md by mode; raw "
                                                 "timings beside it as .json)")
     return p
 
