@@ -288,12 +288,13 @@ def cmd_plan(args) -> int:
 
 
 def _estimate(args, reg, plan, root) -> int:
-    """``plan --estimate``: predicted seconds per run (benchmark/runner/cost.py); ``--calibrate`` refits the CPU
+    """``plan --estimate``: predicted seconds per run (benchmark/plan/cost.py); ``--calibrate`` refits the CPU
     model on this experiment's finished runs of one seed (``cost.fit_seed``) and checks it on the others."""
     import json
 
+    from benchmark.modeling.backbone import READER
+    from benchmark.plan import cost
     from benchmark.records import scan_experiment
-    from benchmark.runner import cost
     from benchmark.runner.provenance import cpu_model
     from benchmark.runner.results import write_json_atomic
 
@@ -310,7 +311,7 @@ def _estimate(args, reg, plan, root) -> int:
                 print(f"{cpu}: runs of one seed only; not calibrated (the check needs other seeds)")
                 continue
             seed = cost.fit_seed(plan, res)
-            out = cost.calibrate(plan, reg, data_root, res, {seed})
+            out = cost.calibrate(plan, reg, data_root, res, {seed}, READER)
             out.update({"experiment": plan.experiment.name, "fit_seeds": [seed]})
             cal.setdefault("cpus", {})[cpu] = out
             cal["epoch_share"] = out["epoch_share"] if cpu == cal.get("default", cpu) else cal.get("epoch_share", {})
@@ -330,7 +331,7 @@ def _estimate(args, reg, plan, root) -> int:
     where = borrowed(plan, root)
     lent = Counter(p.parent.name for p in where.values())
     own = [r for r in plan.runs if r.id not in where] if where else None
-    est = cost.estimate(plan, reg, data_root, device=device, devices=jobs, threads=threads, runs=own,
+    est = cost.estimate(plan, reg, data_root, READER, device=device, devices=jobs, threads=threads, runs=own,
                         cpu=cpu_model())
     if args.json:
         print(json.dumps({**est.as_json(), **({"not_priced_read_from": dict(lent)} if lent else {}),
@@ -674,7 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--dry-run", action="store_true", help="only say what would be renamed")
         if name == "plan":
             sp.add_argument("--estimate", action="store_true",
-                            help="predicted train+eval time per run and in total (benchmark/runner/cost.py)")
+                            help="predicted train+eval time per run and in total (benchmark/plan/cost.py)")
             sp.add_argument("--device", dest="estimate_device", choices=["cpu", "a100", "h100", "h200"],
                             default="cpu", help="with --estimate: this CPU (calibrated) or a GPU (an assumed "
                                                 "share of its datasheet peak)")

@@ -29,6 +29,9 @@ Per run it counts the work, then prices it:
    early stopping would end them sooner.
 5. **Wall time on N devices**: list scheduling along the dependency graph (a run starts when its
    dependencies have finished and a device is free, in the runner's start order), not total / N.
+
+What it reads of a backbone (its tokenizer, its config's shape) comes through a ``Reader`` that the caller
+passes (``modeling.backbone.READER``): the planning layer loads no model code, and no torch.
 """
 
 from __future__ import annotations
@@ -36,13 +39,16 @@ from __future__ import annotations
 import json
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmark.data.batching import epoch_batches, padding_cost
+from benchmark.data.encode import render_row_at, tokenize_row
 from benchmark.data.holdout import heldout_size
 from benchmark.data.sources import read_rows, subsample
 from benchmark.errors import BenchError, DataError, DataUnavailable
+from benchmark.plan.order import start_order
 from benchmark.plan.run import Plan, Run
 from benchmark.records import RunRecord
 from benchmark.spec.registry import Registry
@@ -64,6 +70,14 @@ UNRECORDED_CPU = "AMD EPYC, 2 cores (cpu_model not recorded)"
 # Shapes of Hub backbones, so a grid on them can be costed without downloading their configs.
 KNOWN_SHAPES = {"bert-base-uncased": (12, 768, 3072), "roberta-base": (12, 768, 3072),
                 "FacebookAI/roberta-base": (12, 768, 3072), "google-bert/bert-base-uncased": (12, 768, 3072)}
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What the cost model reads of a backbone: a tokenizer that counts tokens as the run's does, and the
+    config's fields (``config.json`` as a dict)."""
+    tokenizer: Callable[[BackboneSpec], object]
+    config: Callable[[BackboneSpec], dict]
 
 
 @dataclass(frozen=True)
@@ -97,7 +111,7 @@ class RunCost:
 
 
 # --------------------------------------------------------------------------------------- shapes
-def encoder_shape(spec: BackboneSpec) -> Shape:
+def encoder_shape(spec: BackboneSpec, reader: Reader) -> Shape:
     if spec.source == "random_init":
         c = spec.config
         return Shape(int(c.get("num_hidden_layers", 12)), int(c.get("hidden_size", 768)),
@@ -105,15 +119,14 @@ def encoder_shape(spec: BackboneSpec) -> Shape:
     if spec.source == "hub" and spec.model_id in KNOWN_SHAPES:
         return Shape(*KNOWN_SHAPES[spec.model_id])
     try:
-        from transformers import AutoConfig
-
-        from benchmark.modeling.backbone import model_path
-        cfg = AutoConfig.from_pretrained(model_path(spec), local_files_only=True)
-        return Shape(cfg.num_hidden_layers, cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size))
+        c = reader.config(spec)
+        d = int(c.get("hidden_size", c.get("dim", 0)))  # DistilBERT: n_layers, dim, hidden_dim
+        return Shape(int(c.get("num_hidden_layers", c.get("n_layers", 0))), d,
+                     int(c.get("intermediate_size", c.get("hidden_dim", 4 * d))))
     except (OSError, ValueError, BenchError) as e:
         raise BenchError(f"the cost model cannot read the shape of backbone '{spec.name}' ({e})",
                          field="model_id", fix="make its config available offline, or add its shape to "
-                                               "KNOWN_SHAPES in benchmark/runner/cost.py") from None
+                                               "KNOWN_SHAPES in benchmark/plan/cost.py") from None
 
 
 def forward_flops(shape: Shape, seq: float) -> float:
@@ -162,7 +175,6 @@ def _profile(task: TaskSpec, split: str, max_length: int, tok_key: str, root: st
 
 def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: str | None, task_file: str,
              declared_rows: int | None) -> SplitProfile:
-    from benchmark.data.encode import render_row_at, tokenize_row
     try:
         rows = read_rows(task, split, Path(root) if root else None, task_file=task_file)
     except (DataUnavailable, DataError):
@@ -186,10 +198,9 @@ def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: st
 _tokenizers: dict[str, object] = {}
 
 
-def _tokenizer_key(reg: Registry, backbone: str) -> str:
+def _tokenizer_key(reg: Registry, backbone: str, load_tokenizer: Callable) -> str:
     """Load the backbone's tokenizer once; a Hub backbone offline uses MiniLM's (BERT's uncased vocab)."""
     if backbone not in _tokenizers:
-        from benchmark.modeling.backbone import load_tokenizer
         try:
             _tokenizers[backbone] = load_tokenizer(reg.backbones[backbone])
         except Exception:  # noqa: BLE001 - any tokenizer that cannot load offline: the proxy below
@@ -200,13 +211,14 @@ def _tokenizer_key(reg: Registry, backbone: str) -> str:
     return backbone
 
 
-def split_profile(reg: Registry, run: Run, task: str, split: str, data_root: Path | None) -> SplitProfile:
+def split_profile(reg: Registry, run: Run, task: str, split: str, data_root: Path | None,
+                  reader: Reader) -> SplitProfile:
     spec = reg.tasks[task]
     caps = run.caps_for(task)
     max_len = min(caps.max_length or spec.max_length, spec.max_length)
     train = spec.paper.train_size
     declared = train if split == spec.splits.train else spec.paper.dev_size or (train // 10 if train else None)
-    return _profile(spec, split, max_len, _tokenizer_key(reg, run.backbone), str(data_root) if data_root else None,
+    return _profile(spec, split, max_len, _tokenizer_key(reg, run.backbone, reader.tokenizer), str(data_root) if data_root else None,
                     reg.file_of("task", task), declared)
 
 
@@ -217,7 +229,8 @@ def computed_tokens(lengths: list, rows: int, batch_size: int, mode: str, seed: 
     n = min(rows, SIM_ROWS)
     rng = random.Random(seed)
     sim = [lengths[rng.randrange(len(lengths))] for _ in range(n)]
-    _, computed = padding_cost(sim, epoch_batches(sim, batch_size, mode=mode, seed=seed))
+    batches = epoch_batches(sim, batch_size, mode=mode, seed=seed, randperm=lambda k: rng.sample(range(k), k))
+    _, computed = padding_cost(sim, batches)
     return computed * rows / n
 
 
@@ -228,9 +241,9 @@ def mean_sequence(lengths: list) -> float:
 
 # --------------------------------------------------------------------------------------- runs
 def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[str, float],
-             threads: int) -> RunCost:
+             threads: int, reader: Reader) -> RunCost:
     """Tokens and FLOPs of one run (no pricing)."""
-    shape = encoder_shape(reg.backbones[run.backbone])
+    shape = encoder_shape(reg.backbones[run.backbone], reader)
     tp = run.method.train
     epochs = max(1.0, tp.epochs * epoch_share.get(run.kind.name, 1.0))
     train_tok = eval_tok = train_gf = eval_gf = train_steps = eval_steps = 0.0
@@ -238,8 +251,8 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
     tasks = run.all_tasks
     for t in tasks:
         spec, caps = reg.tasks[t], run.caps_for(t)
-        tr = split_profile(reg, run, t, spec.splits.train, data_root)
-        ev = split_profile(reg, run, t, spec.splits.eval, data_root)
+        tr = split_profile(reg, run, t, spec.splits.train, data_root, reader)
+        ev = split_profile(reg, run, t, spec.splits.eval, data_root, reader)
         if not (tr.measured and ev.measured):
             basis.append(f"{t}: declared sizes, {ASSUMED_LENGTH:.0%} of max length assumed")
         held = heldout_size(tr.rows, run.selection.heldout_fraction, run.selection.heldout_max_rows) \
@@ -279,7 +292,7 @@ def cpu_entry(calibration: dict, cpu: str | None) -> tuple[str, dict]:
     default = calibration.get("default")
     if default in cpus:
         return default, cpus[default]
-    raise BenchError("no CPU calibration for the cost model", field="benchmark/runner/cost_calibration.json",
+    raise BenchError("no CPU calibration for the cost model", field="benchmark/plan/cost_calibration.json",
                      fix="run `afbench plan minilm_table1 --estimate --calibrate` after some runs have finished")
 
 
@@ -353,10 +366,10 @@ class Estimate:
                 "total_hours": round(self.total_hours, 3), "wall_hours": round(self.wall_seconds / 3600, 3)}
 
 
-def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str = "cpu", devices: int = 1,
-             threads: int | None = None, runs: list[Run] | None = None, cpu: str | None = None) -> Estimate:
+def estimate(plan: Plan, reg: Registry, data_root: Path | None, reader: Reader, *, device: str = "cpu",
+             devices: int = 1, threads: int | None = None, runs: list[Run] | None = None,
+             cpu: str | None = None) -> Estimate:
     """Predicted seconds of ``runs`` (default: every run of the plan) and the wall time on ``devices``."""
-    from benchmark.runner.execute import start_order
     cal = load_calibration()
     name, entry = cpu_entry(cal, cpu) if device == "cpu" else (
         f"{GPU_EFFICIENCY:.0%} of the {device.upper()} datasheet bf16 peak + {GPU_STEP_S['train'] * 1e3:.0f} ms per "
@@ -366,7 +379,7 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str =
     chosen = runs if runs is not None else plan.runs
     out = []
     for r in chosen:
-        c = run_work(reg, r, data_root, share, threads or (1 if device == "cpu" else 1))
+        c = run_work(reg, r, data_root, share, threads or 1, reader)
         c.seconds = price(c, device, fit)
         out.append(c)
     seconds = {c.id: c.seconds for c in out}
@@ -394,7 +407,7 @@ def fit_seed(plan: Plan, results: dict[str, RunRecord]) -> int:
 
 
 def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[str, RunRecord],
-              fit_seeds: set[int]) -> dict:
+              fit_seeds: set[int], reader: Reader) -> dict:
     """Fit ``a, b, c`` and the per-kind epoch share on finished runs of ``fit_seeds``; check on the rest.
     ``results``: run id -> result.json of this plan's finished runs (one CPU model)."""
     import numpy as np
@@ -409,10 +422,10 @@ def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[s
     epoch_share = {k: statistics.fmean(v) for k, v in share.items()}
     rows, actual, costs = [], [], []
     for run, r in done:
-        c = run_work(reg, run, data_root, epoch_share, int(r.torch_threads or 1))
+        c = run_work(reg, run, data_root, epoch_share, int(r.torch_threads or 1), reader)
         # fitting on the runs' own epoch counts: the share above predicts them, the fit prices them
         c_true = run_work(reg, run, data_root, {run.kind.name: len(r.history or [1]) / run.method.train.epochs},
-                          int(r.torch_threads or 1))
+                          int(r.torch_threads or 1), reader)
         costs.append((run, r, c, c_true))
     fit_rows = [(c_true, r.wall_seconds) for run, r, _, c_true in costs if run.seed in fit_seeds]
     for c_true, secs in fit_rows:
