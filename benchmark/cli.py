@@ -294,33 +294,11 @@ def _estimate(args, reg, plan, root) -> int:
 
     from benchmark.modeling.backbone import READER
     from benchmark.plan import cost
-    from benchmark.records import scan_experiment
     from benchmark.runner.provenance import cpu_model
-    from benchmark.runner.results import write_json_atomic
 
     data_root = _data_dir(args)
     if args.calibrate:
-        results = {r.run_id: r for r in scan_experiment(root, plan.experiment.name).results}
-        by_cpu: dict[str, dict] = {}
-        for rid, r in results.items():
-            by_cpu.setdefault(r.cpu_model or cost.UNRECORDED_CPU, {})[rid] = r
-        cal = cost.load_calibration()
-        for cpu, res in sorted(by_cpu.items()):
-            seeds = sorted({r.seed for r in res.values()})
-            if len(seeds) < 2:
-                print(f"{cpu}: runs of one seed only; not calibrated (the check needs other seeds)")
-                continue
-            seed = cost.fit_seed(plan, res)
-            out = cost.calibrate(plan, reg, data_root, res, {seed}, READER)
-            out.update({"experiment": plan.experiment.name, "fit_seeds": [seed]})
-            cal.setdefault("cpus", {})[cpu] = out
-            cal["epoch_share"] = out["epoch_share"] if cpu == cal.get("default", cpu) else cal.get("epoch_share", {})
-            cal.setdefault("default", cpu)
-            print(f"{cpu}: fitted on {out['fit_runs']} runs of seed {seed}, checked on {out['check_runs']}: median "
-                  f"|relative error| {out['median_rel_error']:.1%}; worst kind {out['worst_kind']['kind']} "
-                  f"({out['worst_kind']['median_rel_error']:.1%})")
-        write_json_atomic(cost.CALIBRATION_FILE, cal)
-        print(f"wrote {cost.CALIBRATION_FILE.name}")
+        print(f"wrote {cost.recalibrate(plan, reg, data_root, root, READER)}")
         return 0
     from benchmark.runner.borrowed import borrowed
 
@@ -332,7 +310,7 @@ def _estimate(args, reg, plan, root) -> int:
     lent = Counter(p.parent.name for p in where.values())
     own = [r for r in plan.runs if r.id not in where] if where else None
     est = cost.estimate(plan, reg, data_root, READER, device=device, devices=jobs, threads=threads, runs=own,
-                        cpu=cpu_model())
+                        cpu=cpu_model(), results_root=root)
     if args.json:
         print(json.dumps({**est.as_json(), **({"not_priced_read_from": dict(lent)} if lent else {}),
                           **({"skipped": dict(plan.skipped)} if plan.skipped else {})}, indent=1))
@@ -684,7 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="with --estimate: JSON")
             sp.add_argument("--calibrate", action="store_true",
                             help="refit the CPU cost model on this experiment's finished runs (writes "
-                                 "benchmark/runner/cost_calibration.json)")
+                                 "<results>/.cost_calibration.json, which then takes precedence over the shipped one)")
     ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"))
     ex.add_argument("experiment", help="experiment name (see afbench list)")
     ex.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")

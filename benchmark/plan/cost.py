@@ -20,7 +20,8 @@ Per run it counts the work, then prices it:
    of every layer for Full and MT-A (x 3 forward).
 4. **Price.** CPU: ``seconds = (a * train GFLOP + b * eval GFLOP) / threads + c``, with ``a, b, c``
    fitted (non-negative least squares on relative errors) to finished runs of one CPU model and stored
-   in ``cost_calibration.json`` (``afbench plan EXP --estimate --calibrate``); ``threads`` are the run's
+   by ``afbench plan EXP --estimate --calibrate`` in ``<results>/.cost_calibration.json`` (``USER_FILE``),
+   which takes precedence over the one shipped in the package (``cost_calibration.json``); ``threads`` are the run's
    torch threads (linear scaling assumed). GPU: FLOPs over a stated fraction (``GPU_EFFICIENCY``) of
    the datasheet bf16 dense peak (``GPUS``), plus a fixed time per step (``GPU_STEP_S``: launches and
    Python, which dominate small-batch fine-tuning on a large GPU) and ``GPU_OVERHEAD_S`` per run: an
@@ -48,13 +49,15 @@ from benchmark.data.encode import render_row_at, tokenize_row
 from benchmark.data.holdout import heldout_size
 from benchmark.data.sources import read_rows, subsample
 from benchmark.errors import BenchError, DataError, DataUnavailable
+from benchmark.paths import write_atomic
 from benchmark.plan.order import start_order
 from benchmark.plan.run import Plan, Run
-from benchmark.records import RunRecord
+from benchmark.records import RunRecord, scan_experiment
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import BackboneSpec, TaskSpec
 
-CALIBRATION_FILE = Path(__file__).with_name("cost_calibration.json")
+CALIBRATION_FILE = Path(__file__).with_name("cost_calibration.json")  # shipped: the default
+USER_FILE = ".cost_calibration.json"  # under the results root: a user's own fit, which takes precedence
 SAMPLE_ROWS = 400
 SIM_ROWS = 20_000  # lengths resampled to at most this many rows to simulate an epoch's batches
 ASSUMED_LENGTH = 0.5  # share of max_length a row is assumed to fill when its data is not available
@@ -277,11 +280,14 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
                    eval_steps, basis=basis)
 
 
-def load_calibration(path: Path = CALIBRATION_FILE) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {"cpus": {}}
+def load_calibration(results_root: Path | None = None) -> dict:
+    """The user's calibration (``<results_root>/.cost_calibration.json``) where there is one, else the shipped one."""
+    for path in ([Path(results_root) / USER_FILE] if results_root else []) + [CALIBRATION_FILE]:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return {"cpus": {}}
 
 
 def cpu_entry(calibration: dict, cpu: str | None) -> tuple[str, dict]:
@@ -292,7 +298,7 @@ def cpu_entry(calibration: dict, cpu: str | None) -> tuple[str, dict]:
     default = calibration.get("default")
     if default in cpus:
         return default, cpus[default]
-    raise BenchError("no CPU calibration for the cost model", field="benchmark/plan/cost_calibration.json",
+    raise BenchError("no CPU calibration for the cost model", field=f"<results>/{USER_FILE}",
                      fix="run `afbench plan minilm_table1 --estimate --calibrate` after some runs have finished")
 
 
@@ -368,9 +374,10 @@ class Estimate:
 
 def estimate(plan: Plan, reg: Registry, data_root: Path | None, reader: Reader, *, device: str = "cpu",
              devices: int = 1, threads: int | None = None, runs: list[Run] | None = None,
-             cpu: str | None = None) -> Estimate:
-    """Predicted seconds of ``runs`` (default: every run of the plan) and the wall time on ``devices``."""
-    cal = load_calibration()
+             cpu: str | None = None, results_root: Path | None = None) -> Estimate:
+    """Predicted seconds of ``runs`` (default: every run of the plan) and the wall time on ``devices``
+    (priced by ``load_calibration(results_root)``)."""
+    cal = load_calibration(results_root)
     name, entry = cpu_entry(cal, cpu) if device == "cpu" else (
         f"{GPU_EFFICIENCY:.0%} of the {device.upper()} datasheet bf16 peak + {GPU_STEP_S['train'] * 1e3:.0f} ms per "
         "training step: an assumption, not a measurement", None)
@@ -450,6 +457,32 @@ def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[s
             "median_rel_error": round(statistics.median(errs), 4) if errs else None,
             "worst_kind": {"kind": worst[0], "median_rel_error": round(statistics.median(worst[1]), 4)},
             "check": check}
+
+
+def recalibrate(plan: Plan, reg: Registry, data_root: Path | None, results_root: Path, reader: Reader,
+                log=print) -> Path:
+    """Refit the CPU model per CPU model on this experiment's finished runs of one seed (``fit_seed``), check it
+    on the other seeds, and write the user calibration (``<results_root>/.cost_calibration.json``)."""
+    by_cpu: dict[str, dict] = {}
+    for r in scan_experiment(results_root, plan.experiment.name).results:
+        by_cpu.setdefault(r.cpu_model or UNRECORDED_CPU, {})[r.run_id] = r
+    cal = load_calibration(results_root)
+    for cpu, res in sorted(by_cpu.items()):
+        if len({r.seed for r in res.values()}) < 2:
+            log(f"{cpu}: runs of one seed only; not calibrated (the check needs other seeds)")
+            continue
+        seed = fit_seed(plan, res)
+        out = calibrate(plan, reg, data_root, res, {seed}, reader)
+        out.update({"experiment": plan.experiment.name, "fit_seeds": [seed]})
+        cal.setdefault("cpus", {})[cpu] = out
+        cal["epoch_share"] = out["epoch_share"] if cpu == cal.get("default", cpu) else cal.get("epoch_share", {})
+        cal.setdefault("default", cpu)
+        log(f"{cpu}: fitted on {out['fit_runs']} runs of seed {seed}, checked on {out['check_runs']}: median "
+            f"|relative error| {out['median_rel_error']:.1%}; worst kind {out['worst_kind']['kind']} "
+            f"({out['worst_kind']['median_rel_error']:.1%})")
+    path = Path(results_root) / USER_FILE
+    write_atomic(path, json.dumps(cal, indent=2) + "\n", root=results_root)
+    return path
 
 
 def summary_lines(est: Estimate) -> list[str]:

@@ -342,7 +342,7 @@ def slurm_job(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir, devi
 
 
 def predicted_seconds(plan: Plan, reg: Registry, data_dir, todo: list[Run], dev: torch.device, jobs: int,
-                      log) -> dict[str, float]:
+                      log, results_dir: Path | None = None) -> dict[str, float]:
     """The cost model's seconds per pending run on this CPU (an ETA from the first finished run was 5x off);
     {} on a GPU or when the model cannot price the runs (the ETA then falls back to finished runs)."""
     if dev.type != "cpu" or not todo:
@@ -353,7 +353,7 @@ def predicted_seconds(plan: Plan, reg: Registry, data_dir, todo: list[Run], dev:
 
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
         est = cost.estimate(plan, reg, data_dir, READER, device="cpu", devices=jobs, threads=threads, runs=todo,
-                            cpu=cpu_model())
+                            cpu=cpu_model(), results_root=results_dir)
     except Exception as e:  # noqa: BLE001 - the ETA is a convenience; it never stops a grid
         log(f"  (no cost-model ETA: {type(e).__name__}: {e})")
         return {}
@@ -423,7 +423,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                                note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs),
                                job=slurm_job)
         else:
-            predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log)
+            predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log, results_dir)
             _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log, on_workers, predicted)
     except OSError as e:  # a write outside the guarded writers (e.g. a rename): the same one paragraph
         if e.errno not in STORAGE_ERRNOS:
