@@ -288,38 +288,17 @@ def cmd_plan(args) -> int:
 
 
 def _estimate(args, reg, plan, root) -> int:
-    """``plan --estimate``: predicted seconds per run (benchmark/runner/cost.py); ``--calibrate`` refits the CPU
+    """``plan --estimate``: predicted seconds per run (benchmark/plan/cost.py); ``--calibrate`` refits the CPU
     model on this experiment's finished runs of one seed (``cost.fit_seed``) and checks it on the others."""
     import json
 
-    from benchmark.records import scan_experiment
-    from benchmark.runner import cost
+    from benchmark.modeling.backbone import READER
+    from benchmark.plan import cost
     from benchmark.runner.provenance import cpu_model
-    from benchmark.runner.results import write_json_atomic
 
     data_root = _data_dir(args)
     if args.calibrate:
-        results = {r.run_id: r for r in scan_experiment(root, plan.experiment.name).results}
-        by_cpu: dict[str, dict] = {}
-        for rid, r in results.items():
-            by_cpu.setdefault(r.cpu_model or cost.UNRECORDED_CPU, {})[rid] = r
-        cal = cost.load_calibration()
-        for cpu, res in sorted(by_cpu.items()):
-            seeds = sorted({r.seed for r in res.values()})
-            if len(seeds) < 2:
-                print(f"{cpu}: runs of one seed only; not calibrated (the check needs other seeds)")
-                continue
-            seed = cost.fit_seed(plan, res)
-            out = cost.calibrate(plan, reg, data_root, res, {seed})
-            out.update({"experiment": plan.experiment.name, "fit_seeds": [seed]})
-            cal.setdefault("cpus", {})[cpu] = out
-            cal["epoch_share"] = out["epoch_share"] if cpu == cal.get("default", cpu) else cal.get("epoch_share", {})
-            cal.setdefault("default", cpu)
-            print(f"{cpu}: fitted on {out['fit_runs']} runs of seed {seed}, checked on {out['check_runs']}: median "
-                  f"|relative error| {out['median_rel_error']:.1%}; worst kind {out['worst_kind']['kind']} "
-                  f"({out['worst_kind']['median_rel_error']:.1%})")
-        write_json_atomic(cost.CALIBRATION_FILE, cal)
-        print(f"wrote {cost.CALIBRATION_FILE.name}")
+        print(f"wrote {cost.recalibrate(plan, reg, data_root, root, READER)}")
         return 0
     from benchmark.runner.borrowed import borrowed
 
@@ -330,8 +309,8 @@ def _estimate(args, reg, plan, root) -> int:
     where = borrowed(plan, root)
     lent = Counter(p.parent.name for p in where.values())
     own = [r for r in plan.runs if r.id not in where] if where else None
-    est = cost.estimate(plan, reg, data_root, device=device, devices=jobs, threads=threads, runs=own,
-                        cpu=cpu_model())
+    est = cost.estimate(plan, reg, data_root, READER, device=device, devices=jobs, threads=threads, runs=own,
+                        cpu=cpu_model(), results_root=root)
     if args.json:
         print(json.dumps({**est.as_json(), **({"not_priced_read_from": dict(lent)} if lent else {}),
                           **({"skipped": dict(plan.skipped)} if plan.skipped else {})}, indent=1))
@@ -697,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--dry-run", action="store_true", help="only say what would be renamed")
         if name == "plan":
             sp.add_argument("--estimate", action="store_true",
-                            help="predicted train+eval time per run and in total (benchmark/runner/cost.py)")
+                            help="predicted train+eval time per run and in total (benchmark/plan/cost.py)")
             sp.add_argument("--device", dest="estimate_device", choices=["cpu", "a100", "h100", "h200"],
                             default="cpu", help="with --estimate: this CPU (calibrated) or a GPU (an assumed "
                                                 "share of its datasheet peak)")
@@ -706,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="with --estimate: JSON")
             sp.add_argument("--calibrate", action="store_true",
                             help="refit the CPU cost model on this experiment's finished runs (writes "
-                                 "benchmark/runner/cost_calibration.json)")
+                                 "<results>/.cost_calibration.json, which then takes precedence over the shipped one)")
     ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"))
     ex.add_argument("experiment", help="experiment name (see afbench list)")
     ex.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
@@ -759,10 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "
                     "(default: .cache/parity)")
     pe = common(sub.add_parser("perf", help="training and inference speed, ours vs AdapterHub, and the roofline"))
-    pe.add_argument("--mode", choices=["steps", "epochs", "malloc", "roofline", "inference"], default="steps",
+    pe.add_argument("--mode", choices=["steps", "epochs", "roofline", "inference"], default="steps",
                     help="steps: steps/s on random ids, fp32 and bf16, peak memory (reports/perf.md); epochs: "
-                         "seconds per epoch on mirrored data, three paddings (reports/perf_epochs.md); malloc: "
-                         "with/without glibc malloc tuning, separate processes (reports/perf_malloc.md); roofline: "
+                         "seconds per epoch on mirrored data, three paddings (reports/perf_epochs.md); roofline: "
                          "GEMM peak, analytic FLOPs per step, achieved fraction (reports/perf_roofline.md); "
                          "inference: latency (batch 1) and throughput (batch 64), fp32 and bf16, peak memory "
                          "(reports/perf_inference.md)")
@@ -770,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (default): fp32, and bf16 too where the device has it natively; fp32: only "
                          "fp32; bf16: bf16 required (refused without native bf16)")
     pe.add_argument("--reference-python", help="python of an env with adapters==1.3.0 (omit: ours only)")
-    pe.add_argument("--adapters", default="2,4,8,16", help="fusion sizes N (steps, malloc: the largest)")
+    pe.add_argument("--adapters", default="2,4,8,16", help="fusion sizes N (steps)")
     pe.add_argument("--steps", type=int, default=8, help="timed steps per setup and round (epochs: per task "
                                                          "and padding, extrapolated to the epoch; 0 = all)")
     pe.add_argument("--rounds", type=int, default=3, help="alternating rounds of ours / the reference")
@@ -790,7 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     pe.add_argument("--tasks", default="rte,mrpc,sst2,mnli", help="epochs: tasks from the data mirror")
     pe.add_argument("--max-rows", type=int, default=2000, help="epochs: training rows per task (a cap)")
     pe.add_argument("--out", default=None, help="report path (default: reports/perf.md, perf_epochs.md, "
-                                                "perf_malloc.md, perf_roofline.md, perf_inference.md by mode; raw "
+                                                "perf_roofline.md, perf_inference.md by mode; raw "
                                                 "timings beside it as .json)")
     return p
 

@@ -1,5 +1,6 @@
 """The package's layering (ARCHITECTURE.md): each layer imports only from the layers before it, anywhere
-in a module (function-level imports included, so no cycle hides in a function body)."""
+in a module (function-level imports included, so no cycle hides in a function body), and no modules import
+each other in a circle."""
 
 from __future__ import annotations
 
@@ -67,6 +68,76 @@ def test_the_rule_catches_an_upward_import_inside_a_function(tmp_path):
     (pkg / "training" / "loop.py").write_text("from benchmark.data import encode\n\n\ndef f():\n"
                                               "    from benchmark.runner.execute import run_plan\n")
     assert violations(pkg) == ["benchmark/training/loop.py:5 imports benchmark.runner"]
+
+
+def _module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (module level and in functions; not under ``TYPE_CHECKING``,
+    which never runs). ``from benchmark.x import y`` names the module ``benchmark.x.y`` where that is one."""
+    modules = {_module_name(p, package): p for p in package.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        hidden = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in
+                  ast.unparse(node.test) for stmt in node.body for n in ast.walk(stmt)}
+        targets = set()
+        for node in ast.walk(tree):
+            if id(node) in hidden:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                            for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def import_circles(package: Path) -> list[list[str]]:
+    """Every set of modules that import each other in a circle (strongly connected, Tarjan's algorithm)."""
+    graph, index, low, stack, circles = import_graph(package), {}, {}, [], []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = stack[stack.index(v):]
+            del stack[stack.index(v):]
+            if len(part) > 1:
+                circles.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return circles
+
+
+def test_no_import_circle_in_the_package():
+    circles = import_circles(PACKAGE)
+    assert not circles, "modules that import each other (move the shared part to a leaf module, or an " \
+        "annotation-only import under TYPE_CHECKING):\n" + "\n".join(" <-> ".join(c) for c in circles)
+
+
+def test_the_circle_check_sees_function_level_imports_and_skips_type_checking(tmp_path):
+    pkg = tmp_path / "benchmark"
+    (pkg / "spec").mkdir(parents=True)
+    (pkg / "spec" / "a.py").write_text("from benchmark.spec import b\n")
+    (pkg / "spec" / "b.py").write_text("def f():\n    from benchmark.spec.c import x\n")
+    (pkg / "spec" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                       "    from benchmark.spec.a import y\n")
+    assert import_circles(pkg) == []
+    (pkg / "spec" / "c.py").write_text("import benchmark.spec.a\n")
+    assert import_circles(pkg) == [["benchmark.spec.a", "benchmark.spec.b", "benchmark.spec.c"]]
 
 
 def test_every_subpackage_ships():

@@ -1,4 +1,4 @@
-"""The cost model (benchmark/runner/cost.py): work counted from the data, a CPU fit that recovers known
+"""The cost model (benchmark/plan/cost.py): work counted from the data, a CPU fit that recovers known
 coefficients, GPU pricing, and wall time along the dependency graph."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import json
 import pytest
 
 from benchmark.cli import main
+from benchmark.modeling.backbone import READER
+from benchmark.plan import cost
 from benchmark.plan.build import build_plan
-from benchmark.records import RunRecord
-from benchmark.runner import cost
+from benchmark.records import RunRecord, write_run
 from conftest import MIRROR, needs_mirror
 
 
@@ -21,7 +22,7 @@ def _smoke(registry, seeds=(1,)):
 
 def test_wall_time_follows_the_dependency_graph(registry):
     plan = _smoke(registry)
-    from benchmark.runner.execute import start_order
+    from benchmark.plan.order import start_order
 
     order = start_order(plan.runs)
     seconds = {r.id: 1.0 for r in plan.runs}
@@ -35,7 +36,7 @@ def test_wall_time_follows_the_dependency_graph(registry):
 
 def test_flops_grow_with_what_a_method_trains(registry):
     plan = _smoke(registry)
-    shape = cost.encoder_shape(registry.backbones["tiny-bert"])
+    shape = cost.encoder_shape(registry.backbones["tiny-bert"], READER)
     per = {r.kind.name: cost.train_flops_per_token(r, shape, 32.0) for r in plan.runs if r.backbone == "tiny-bert"}
     fwd = cost.forward_flops(shape, 32.0)
     assert per["head"] == pytest.approx(fwd)  # nothing flows back into a frozen encoder
@@ -51,15 +52,41 @@ def test_the_cpu_fit_recovers_a_known_cost_and_prices_unseen_runs(registry, monk
     truth = {"a": 0.02, "b": 0.004, "c": 3.0}
     results = {}
     for r in plan.runs:
-        w = cost.run_work(registry, r, root, {}, 1)
+        w = cost.run_work(registry, r, root, {}, 1, READER)
         results[r.id] = RunRecord(status="finished", run_id=r.id, experiment=r.experiment, task=r.task, tasks=r.tasks,
                                   label=r.label, backbone=r.backbone, seed=r.seed, torch_threads=1,
                                   wall_seconds=cost.price(w, "cpu", truth), history=[{}] * r.method.train.epochs)
-    out = cost.calibrate(plan, registry, root, results, {1})
+    out = cost.calibrate(plan, registry, root, results, {1}, READER)
     assert out["fit_runs"] > 0 and out["check_runs"] > 0
     assert out["median_rel_error"] < 1e-3
     assert out["fit"]["a"] == pytest.approx(truth["a"], rel=1e-2)
     assert all(v == pytest.approx(1.0) for v in out["epoch_share"].values())
+
+
+@needs_mirror
+def test_calibrate_writes_a_user_calibration_next_to_the_results_that_takes_precedence(registry, tmp_path):
+    """`plan --calibrate` (``cost.recalibrate``) writes ``<results>/.cost_calibration.json``, never the shipped
+    file; an estimate with that results root prices by it, one without by the shipped calibration."""
+    plan = _smoke(registry, seeds=(1, 2))
+    truth, cpu = {"a": 0.02, "b": 0.004, "c": 3.0}, "Test CPU 9000"
+    shipped = cost.CALIBRATION_FILE.read_bytes()
+    for r in plan.runs:
+        w = cost.run_work(registry, r, MIRROR, {}, 1, READER)
+        write_run(tmp_path / r.experiment / r.id / "result.json", RunRecord(
+            status="finished", run_id=r.id, experiment=r.experiment, task=r.task, tasks=r.tasks, label=r.label,
+            backbone=r.backbone, seed=r.seed, torch_threads=1, cpu_model=cpu, best_metric=0.5,
+            wall_seconds=cost.price(w, "cpu", truth),
+            history=[{}] * r.method.train.epochs), root=tmp_path)
+    lines = []
+    path = cost.recalibrate(plan, registry, MIRROR, tmp_path, READER, log=lines.append)
+    assert path == tmp_path / cost.USER_FILE and cost.CALIBRATION_FILE.read_bytes() == shipped
+    assert len(lines) == 1 and lines[0].startswith(f"{cpu}: fitted on")
+    assert cost.load_calibration(tmp_path)["cpus"][cpu]["fit"]["a"] == pytest.approx(truth["a"], rel=1e-2)
+    mine = cost.estimate(plan, registry, MIRROR, READER, cpu=cpu, results_root=tmp_path)
+    assert mine.calibration == f"CPU calibration fitted on this CPU model ({cpu})"
+    assert cost.estimate(plan, registry, MIRROR, READER, cpu=cpu).calibration != mine.calibration
+    assert sum(c.seconds for c in mine.runs) == pytest.approx(
+        sum(cost.price(c, "cpu", truth) for c in mine.runs), rel=0.05)
 
 
 def test_the_fit_seed_is_the_one_with_the_most_kinds(registry):

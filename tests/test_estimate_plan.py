@@ -5,8 +5,12 @@ that read it carry the same ids in both."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from benchmark.cli import main
+from conftest import MIRROR, ROOT, needs_mirror
 
 
 def test_estimate_prices_the_runs_plan_plans_on_table1(tmp_path, capsys):
@@ -22,3 +26,17 @@ def test_estimate_prices_the_runs_plan_plans_on_table1(tmp_path, capsys):
     assert set(priced) == planned
     assert any("__fusion_mt_a__" in r for r in priced) and not any(r.startswith("argument__") for r in priced)
     assert "task argument" in est["skipped"]
+
+
+@needs_mirror
+def test_estimate_loads_no_torch(tmp_path):
+    """`afbench plan quick --estimate` on the mirror, in a fresh interpreter: the cost model (plan layer) counts
+    tokens and prices runs without torch (it once loaded it through the executor and data/batching.py)."""
+    code = ("import sys; from benchmark.cli import main; "
+            f"rc = main(['plan', 'quick', '--estimate', '--data-dir', {str(MIRROR)!r}, '--results-dir', {str(tmp_path)!r}]); "
+            "print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert "total" in out.stdout and "CPU run-hours" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "0 False", out.stdout[-500:]

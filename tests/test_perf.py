@@ -1,49 +1,18 @@
-"""afbench perf (steps, epochs, malloc modes), malloc tuning and the GPU check (its no-CUDA path here;
+"""afbench perf (steps, epochs modes) and the GPU check (its no-CUDA path here;
 the GPU-vs-CPU logits test runs where CUDA exists)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 from benchmark.cli import main as cli
-from benchmark.modeling.malloc import tune_malloc
 from benchmark.perf.epochs import pad_to, spread
 from benchmark.perf.gpu_check import METHODS, TOLERANCE, build_model, logits_gap
 from benchmark.perf.training_steps import per_round_ratios
-from conftest import ROOT, needs_mirror
-
-_MMAP_PROBE = textwrap.dedent("""
-    import ctypes, sys
-    from benchmark.modeling.malloc import tune_malloc
-    class MI2(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                   "fsmblks", "uordblks", "fordblks", "keepcost")]
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = MI2
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    tuned = tune_malloc() if sys.argv[1] == "1" else None
-    before = libc.mallinfo2().hblks
-    libc.malloc(24 << 20)
-    print(tuned, libc.mallinfo2().hblks - before)
-""")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
-def test_tune_malloc_keeps_large_blocks_in_the_heap():
-    """A 24 MiB block is mmapped with glibc's defaults and served from the heap after tune_malloc()."""
-    def probe(flag: str) -> str:
-        return subprocess.run([sys.executable, "-c", _MMAP_PROBE, flag], capture_output=True, text=True,
-                              cwd=ROOT, check=True).stdout.split()
-
-    assert probe("0") == ["None", "1"]
-    assert probe("1") == ["True", "0"]
-    assert tune_malloc() is True
+from conftest import needs_mirror
 
 
 def test_per_round_ratios():
@@ -113,15 +82,6 @@ def test_bert_base_random_shapes():
     cfg = bb.make().config
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads) == (12, 768, 12)
     assert bb.reference == {"bert_config": {k: getattr(cfg, k) for k in bb.reference["bert_config"]}}
-
-
-def test_malloc_mode_child_runs_each_variant_in_its_own_process():
-    from benchmark.perf.malloc_ab import VARIANTS, _child_env, run_child
-
-    assert "GLIBC_TUNABLES" not in _child_env("off") and "GLIBC_TUNABLES" not in _child_env("tune_malloc()")
-    assert _child_env("GLIBC_TUNABLES")["GLIBC_TUNABLES"].startswith("glibc.malloc.mmap_threshold=33554432")
-    got = run_child(VARIANTS[2], {"configs": [["ST-A", 0]], "batch": 2, "length": 8, "warmup": 1, "steps": 1})
-    assert set(got) == {"ST-A"} and got["ST-A"] > 0
 
 
 def test_gpu_check_without_cuda_says_so_in_one_line(monkeypatch, capsys):

@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from benchmark.errors import CheckpointError, StorageError
-from benchmark.modeling import AdapterModel
 from benchmark.modeling.checkpoint import MODULES, WEIGHTS, load_modules, save_modules, verify_weights
+from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import AdapterParams, FusionParams
 from conftest import ROOT
 
@@ -151,7 +151,7 @@ def test_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, capsys, mon
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(encode.torch, "save", full)
+    monkeypatch.setattr(torch, "save", full)  # encode imports torch where it saves
     encode.write_cache(tmp_path / "x.pt", {"examples": [], "rows_total": 0})
     assert "could not write the tokenized cache" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())

@@ -308,7 +308,7 @@ def test_fusion_over_mt_a_starts_right_after_mt_a_then_seed_by_seed(registry):
     start order): a seed's four Fusion w/ MT-A runs right after its MT-A run, and otherwise every run of
     a seed before the next seed's."""
     from benchmark.plan.build import build_plan
-    from benchmark.runner.execute import start_order
+    from benchmark.plan.order import start_order
 
     plan = build_plan(registry, registry.experiments["minilm_table1"], available=lambda _task: None)
     pending, done, started = start_order(plan.runs), set(), []

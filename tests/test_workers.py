@@ -175,7 +175,7 @@ def test_the_eta_follows_the_dependency_graph_on_n_workers():
 
 # ------------------------------------------------------------------------------ calibration note
 def test_the_calibration_header_names_the_cpu_it_was_fitted_on_and_whether_this_one_matches():
-    from benchmark.runner.cost import UNRECORDED_CPU, calibration_note
+    from benchmark.plan.cost import UNRECORDED_CPU, calibration_note
 
     assert calibration_note("Intel Xeon 8480", "Intel Xeon 8480") == \
         "CPU calibration fitted on this CPU model (Intel Xeon 8480)"

@@ -14,17 +14,16 @@ rows of about one length:
 
 Multiple-choice rows are ``[B, K, L]`` padded to their longest choice, so they are grouped by it.
 
-Everything here is pure (lists and ints in, lists out; a torch generator for the random draws), so
-the training loop, the epoch benchmark and the tests share it. ``shuffled`` is bit-identical to the
+Everything here is pure (lists and ints in, lists out; a torch generator for the random draws, imported
+only when drawn, or any ``randperm`` passed in: the cost model's), so the training loop, the epoch benchmark,
+the cost model and the tests share it. ``shuffled`` is bit-identical to the
 order ``benchmark.data.encode.batches(..., shuffle=True, seed=seed)`` has always drawn, so results
 committed before grouping existed keep their batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
+from collections.abc import Callable, Sequence
 
 MODES = ("grouped", "shuffled")
 MEGA = 50  # batches per mega-batch (the HF Trainer's default mega-batch multiplier)
@@ -53,20 +52,25 @@ def _longest(length: Length) -> int:
     return length if isinstance(length, int) else max(length, default=0)
 
 
-def epoch_batches(lengths: Sequence[Length], batch_size: int, *, mode: str, seed: int,
-                  mega: int = MEGA) -> list[list[int]]:
+def epoch_batches(lengths: Sequence[Length], batch_size: int, *, mode: str, seed: int, mega: int = MEGA,
+                  randperm: Callable[[int], list[int]] | None = None) -> list[list[int]]:
     """Row indices of every training batch of one epoch; each row exactly once.
 
     ``seed`` is the epoch's generator seed (``epoch_seed(run_seed, epoch)``); the same arguments give
     the same batches. The last batch of ``shuffled`` (and one batch of ``grouped``) may be short.
+    ``randperm(n)``: the random permutations (default: torch's, from one generator seeded by ``seed``).
     """
     if mode not in MODES:
         raise ValueError(f"batching mode must be one of {MODES}, got {mode!r}")
     if batch_size < 1 or mega < 1:
         raise ValueError(f"batch_size and mega must be >= 1, got {batch_size} and {mega}")
     n = len(lengths)
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(n, generator=g).tolist()  # step 1; alone, exactly encode.batches(shuffle=True)
+    if randperm is None:
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        randperm = lambda k: torch.randperm(k, generator=g).tolist()  # noqa: E731
+    order = randperm(n)  # step 1; alone, exactly encode.batches(shuffle=True)
     if mode == "shuffled":
         return [order[i: i + batch_size] for i in range(0, n, batch_size)]
     longest = [_longest(x) for x in lengths]
@@ -75,7 +79,7 @@ def epoch_batches(lengths: Sequence[Length], batch_size: int, *, mode: str, seed
     for start in range(0, n, rows):  # steps 2-4
         block = sorted(order[start: start + rows], key=lambda i: -longest[i])
         batches += [block[i: i + batch_size] for i in range(0, len(block), batch_size)]
-    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]  # step 5
+    return [batches[i] for i in randperm(len(batches))]  # step 5
 
 
 def padding_cost(lengths: Sequence[Length], batches: Sequence[Sequence[int]],

@@ -7,8 +7,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from benchmark.data.batching import epoch_batches, row_lengths
 from benchmark.data.holdout import heldout_indices
@@ -19,6 +18,9 @@ from benchmark.paths import under, write_atomic
 from benchmark.predictions import ID_COLUMNS
 from benchmark.spec.schema import TaskSpec
 from benchmark.spec.templates import render
+
+if TYPE_CHECKING:
+    import torch
 
 CACHE_VERSION = 1
 
@@ -148,6 +150,8 @@ def render_row_at(task: TaskSpec, row: dict, split: str, index: int, task_file: 
 
 def read_cache(path: Path) -> dict | None:
     """A tokenized cache file, or None (and a message naming it) when it cannot be read: it is rebuilt."""
+    import torch
+
     try:
         blob = torch.load(path, weights_only=True)
         if not isinstance(blob, dict) or not isinstance(blob.get("examples"), list) or "rows_total" not in blob:
@@ -166,6 +170,8 @@ def read_cache(path: Path) -> dict | None:
 def write_cache(path: Path, blob: dict) -> None:
     """Write a cache file atomically (``paths.write_atomic``); a failure (disk full) costs only the cache,
     with a message."""
+    import torch
+
     buf = io.BytesIO()
     try:
         torch.save(blob, buf)
@@ -180,6 +186,8 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
     Classification -> input_ids [B, L]; multiple choice -> input_ids [B, K, L].
     """
+    import torch
+
     mc = isinstance(examples[0]["input_ids"][0], list)
     seqs = [s for ex in examples for s in (ex["input_ids"] if mc else [ex["input_ids"]])]
     tts = None

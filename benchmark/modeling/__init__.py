@@ -1,5 +1,2 @@
-"""Adapters, AdapterFusion and heads on stock transformers encoders."""
-
-from benchmark.modeling.model import AdapterModel, Fuse
-
-__all__ = ["AdapterModel", "Fuse"]
+"""Adapters, AdapterFusion and heads on stock transformers encoders (``model.AdapterModel``). Importing
+the package loads no torch, so the cost model reads backbones (``backbone.READER``) without it."""

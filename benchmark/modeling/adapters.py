@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from benchmark.modeling.context import ActiveSetup
 from benchmark.modeling.layout import PLACEMENT, Layout
 from benchmark.spec.schema import AdapterParams
 
@@ -61,8 +62,6 @@ def attach(model, name: str, params: AdapterParams) -> None:
 
 
 def activate(model, name: str) -> None:
-    from benchmark.modeling.layers import ActiveSetup
-
     for slot in model.slots():
         slot.active = ActiveSetup(adapter=name) if name in slot.adapters else None
 

@@ -15,15 +15,15 @@ missing network fails in seconds instead of minutes of retries.
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
-
-import torch
 
 from benchmark.data import hub
 from benchmark.data.encode import cache_root
 from benchmark.errors import BenchError
 from benchmark.modeling import tokenizer_files
 from benchmark.modeling.layout import layout_for
+from benchmark.plan.cost import Reader
 from benchmark.spec.schema import BackboneSpec, TokenizerSpec
 
 CORPUS = tokenizer_files.CORPUS
@@ -95,6 +95,29 @@ def load_tokenizer(spec: BackboneSpec):
         ) from None
 
 
+def counting_tokenizer(spec: BackboneSpec):
+    """The tokenizer the cost model counts tokens with: a checkpoint folder's ``tokenizer.json`` read without
+    transformers' auto classes (which load torch), else ``load_tokenizer``'s."""
+    if spec.source in ("python_package", "local") and (Path(model_path(spec)) / "tokenizer.json").is_file():
+        from transformers import PreTrainedTokenizerFast
+
+        return PreTrainedTokenizerFast.from_pretrained(model_path(spec))
+    return load_tokenizer(spec)
+
+
+def plain_config(spec: BackboneSpec) -> dict:
+    """The backbone's ``config.json`` fields (from the folder when it has one; else the cached Hub config)."""
+    path = Path(model_path(spec)) / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_path(spec), local_files_only=True).to_dict()
+
+
+READER = Reader(counting_tokenizer, plain_config)
+
+
 def _from_pretrained(load, spec: BackboneSpec, **kw):
     """``load(model_path, **kw)``; with the Hub unreachable, from the Hugging Face cache only (no retries)."""
     down = hub.unreachable_reason() if spec.source == "hub" else None
@@ -109,6 +132,7 @@ def _from_pretrained(load, spec: BackboneSpec, **kw):
 
 def load_encoder(spec: BackboneSpec, tokenizer=None):
     """The bare encoder (no pooler: the heads read the first token themselves), of any family with a layout."""
+    import torch
     from transformers import AutoConfig, AutoModel
     from transformers.utils import logging as hf_logging
 

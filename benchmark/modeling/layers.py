@@ -13,31 +13,16 @@ original function. Where f is reached is the family's layout (``layout.py``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from benchmark.modeling.fusion import AdapterFusion
+from benchmark.modeling.context import ActiveSetup, ForwardContext
 from benchmark.modeling.layout import SLOT, Layout
 
-
-@dataclass
-class ForwardContext:
-    """Shared by the adapted modules of one model: the current attention mask, capture and last-layer state."""
-
-    attention_mask: torch.Tensor | None = None  # [B, T]
-    capture: bool = False
-    first_token_only: bool = False  # this forward: the last layer computes position 0 only (first_token.py)
-    last_layer_first_token: bool = False  # the first-token transform is on (first_token.set_last_layer)
-    lora: str | None = None  # the active LoRA (lora.py), if any
-
-
-@dataclass
-class ActiveSetup:
-    adapter: str | None = None  # one adapter
-    fusion: str | None = None  # or a fusion layer over several
-    fused: list[str] = field(default_factory=list)
+if TYPE_CHECKING:
+    from benchmark.modeling.fusion import AdapterFusion
 
 
 class Slot(nn.Module):

@@ -27,9 +27,10 @@ reason, rather than inventing a placement.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 LOCATIONS = ("attention", "output")  # the two residual sub-layers of a layer, in forward order
 

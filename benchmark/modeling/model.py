@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from benchmark.modeling import adapters, lora
+from benchmark.modeling.context import ActiveSetup, ForwardContext
 from benchmark.modeling.fusion import AdapterFusion
 from benchmark.modeling.heads import make_head
-from benchmark.modeling.layers import ActiveSetup, ForwardContext, install_slots
+from benchmark.modeling.layers import install_slots
 from benchmark.modeling.layout import FUSION_LOCATION, layout_of
 from benchmark.spec.schema import AdapterParams, FusionParams, LoRAParams
 

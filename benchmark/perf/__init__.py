@@ -5,7 +5,6 @@ how close to the machine's limit. Names only; each mode lives in its own module:
   ``reports/perf.md``); ``steps.py`` is the torch-only step both sides import, ``reference.py`` the
   AdapterHub side in its own environment.
 * ``epochs``: seconds per epoch on real data under three paddings (``epochs.py``).
-* ``malloc``: glibc malloc tuning A/B in separate processes (``malloc_ab.py``).
 * ``roofline``: GEMM peak of this machine, analytic FLOPs per step (``flops.py``), achieved fraction
   (``roofline.py``, ``reports/perf_roofline.md``).
 * ``inference``: latency (batch 1) and throughput (batch 64) of ST-A and Fusion N, fp32 and bf16, and

@@ -9,10 +9,6 @@ def run_perf(args) -> int:
         from benchmark.perf.epochs import run_epochs
 
         return run_epochs(args)
-    if mode == "malloc":
-        from benchmark.perf.malloc_ab import run_malloc
-
-        return run_malloc(args)
     if mode == "roofline":
         from benchmark.perf.roofline import run_roofline
 

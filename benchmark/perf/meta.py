@@ -15,7 +15,7 @@ from benchmark.paths import write_atomic
 from benchmark.runner.provenance import cpu_model
 from benchmark.runner.results import git_revision, now, versions
 
-REPORTS = {"steps": "reports/perf.md", "epochs": "reports/perf_epochs.md", "malloc": "reports/perf_malloc.md",
+REPORTS = {"steps": "reports/perf.md", "epochs": "reports/perf_epochs.md",
            "roofline": "reports/perf_roofline.md", "inference": "reports/perf_inference.md"}
 
 

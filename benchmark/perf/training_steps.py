@@ -1,6 +1,6 @@
 """``afbench perf --mode steps`` (the default; ``nox -s perf``): how fast we train, ours vs AdapterHub ``adapters`` 1.3.0.
 
-Three modes (``--mode``):
+Two of the modes (``--mode``):
 
 * ``steps`` (default): training steps per second of ST-A and Fusion (N adapters), batch 32, length
   128, on identical random token ids; writes ``reports/perf.md`` and the raw per-round timings
@@ -14,8 +14,6 @@ Three modes (``--mode``):
   (a [CLS] head, the last layer computed at position 0 only: ``benchmark/modeling/first_token.py``),
   which is what BERT/RoBERTa runs as in the paper use and no committed MiniLM run does.
 * ``epochs``: seconds per epoch on real data with three paddings (``benchmark/perf/epochs.py``).
-* ``malloc``: a step with and without glibc malloc tuning, each in its own process
-  (``benchmark/perf/malloc_ab.py``, ``benchmark/modeling/malloc.py``).
 
 Timings on a shared machine drift by 10-20 % over minutes, so the sides run in alternating rounds
 (``--rounds``; the order of ours and the reference flips every round), tables show the median

@@ -30,6 +30,7 @@ from benchmark.modeling.checkpoint import WEIGHTS, verify_weights
 from benchmark.modeling.compute import Compute
 from benchmark.paths import under
 from benchmark.plan.identity import ID_SCHEME
+from benchmark.plan.order import start_order
 from benchmark.plan.run import Plan, Run
 from benchmark.records import (
     LAST_FAILURE,
@@ -341,18 +342,18 @@ def slurm_job(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir, devi
 
 
 def predicted_seconds(plan: Plan, reg: Registry, data_dir, todo: list[Run], dev: torch.device, jobs: int,
-                      log) -> dict[str, float]:
+                      log, results_dir: Path | None = None) -> dict[str, float]:
     """The cost model's seconds per pending run on this CPU (an ETA from the first finished run was 5x off);
     {} on a GPU or when the model cannot price the runs (the ETA then falls back to finished runs)."""
     if dev.type != "cpu" or not todo:
         return {}
     try:
-        from benchmark.runner import cost
-        from benchmark.runner.provenance import cpu_model
+        from benchmark.modeling.backbone import READER
+        from benchmark.plan import cost
 
         threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else torch.get_num_threads()
-        est = cost.estimate(plan, reg, data_dir, device="cpu", devices=jobs, threads=threads, runs=todo,
-                            cpu=cpu_model())
+        est = cost.estimate(plan, reg, data_dir, READER, device="cpu", devices=jobs, threads=threads, runs=todo,
+                            cpu=cpu_model(), results_root=results_dir)
     except Exception as e:  # noqa: BLE001 - the ETA is a convenience; it never stops a grid
         log(f"  (no cost-model ETA: {type(e).__name__}: {e})")
         return {}
@@ -422,7 +423,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                                note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs),
                                job=slurm_job)
         else:
-            predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log)
+            predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log, results_dir)
             _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log, on_workers, predicted)
     except OSError as e:  # a write outside the guarded writers (e.g. a rename): the same one paragraph
         if e.errno not in STORAGE_ERRNOS:
@@ -438,17 +439,6 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
     for rid, err in summary.failed.items():
         log(f"  FAILED {rid}: {err}")
     return summary
-
-
-def start_order(todo: list[Run]) -> list[Run]:
-    """Which run starts first when several could: the runs that read an MT-A run's weights first (they
-    become ready the moment it finishes; every Fusion w/ MT-A seed reads the one MT-A run of
-    ``fusion.adapter_seed``), then seed by seed in plan order. A grid stopped midway thus leaves no MT-A
-    weights (~90 MB, not committed) that a later session on a fresh machine would have to retrain, and
-    otherwise whole seeds done. Dependencies still finish before their dependents start: the scheduler
-    waits for them."""
-    rank = {r.id: i for i, r in enumerate(todo)}
-    return sorted(todo, key=lambda r: (r.kind.depends_on != "mt_a", r.seed, rank[r.id]))
 
 
 def _schedule(todo: list[Run], summary: Summary, plan: Plan, reg: Registry, exp_dir: Path, data_dir,

@@ -210,7 +210,7 @@ class Progress:
     def eta(self) -> float:
         left = [r for r in self.runs if r.id not in self.done]
         if self.predicted and all(r.id in self.predicted for r in left):
-            from benchmark.runner.cost import makespan
+            from benchmark.plan.cost import makespan
 
             ratio = self.ratio()
             seconds = {r.id: self.predicted[r.id] * ratio * (1 - self.fraction.get(r.id, 0.0)) for r in left}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import difflib
 import errno
+import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +206,26 @@ def infer_kind(data: dict) -> str | None:
     return None
 
 
+def _is_checkout(folder: Path) -> bool:
+    pyproject = folder / "pyproject.toml"
+    return (folder / "specs" / "tasks").is_dir() and pyproject.is_file() and \
+        'name = "adapterfusion-bench"' in pyproject.read_text(encoding="utf-8", errors="replace")
+
+
+def default_spec_dir() -> Path:
+    """Where the project's own specs are: $AFBENCH_SPECS; else ``specs/`` of the checkout we run from (the
+    current folder, or the one this package was installed from in editable mode); else the copy shipped
+    inside the package (``benchmark.bundled_specs``, from ``pip install .``)."""
+    env = os.environ.get("AFBENCH_SPECS")
+    if env:
+        return Path(env)
+    for folder in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if _is_checkout(folder):
+            return folder / "specs"
+    bundled = importlib.util.find_spec("benchmark.bundled_specs")  # a namespace package: data files only
+    return Path(list(bundled.submodule_search_locations)[0])
+
+
 def _kind_hint(path: Path, data: dict) -> str | None:
     for parent in path.parents:
         for kind, folder in KIND_FOLDERS.items():
@@ -216,8 +238,6 @@ def _shared_default(name: str, kind: str | None) -> Path | None:
     """``specs/<kind folder>/NAME`` of the project, for an include that is not beside the spec."""
     if "/" in name or "\\" in name:
         return None
-    from benchmark.spec.registry import default_spec_dir  # registry imports this module
-
     folders = [KIND_FOLDERS[kind]] if kind in KIND_FOLDERS else list(KIND_FOLDERS.values())
     hits = [default_spec_dir() / f / name for f in folders if (default_spec_dir() / f / name).is_file()]
     return hits[0].resolve() if len(hits) == 1 else None

@@ -8,8 +8,6 @@ are not registered. Adding a task is dropping one YAML file in: no code change, 
 from __future__ import annotations
 
 import difflib
-import importlib.util
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -17,7 +15,7 @@ from pathlib import Path
 
 from benchmark.errors import SpecError
 from benchmark.spec import templates
-from benchmark.spec.loader import infer_kind, load_with_includes, validate_model
+from benchmark.spec.loader import default_spec_dir, infer_kind, load_with_includes, validate_model
 from benchmark.spec.schema import (
     SPEC_MODELS,
     BackboneSpec,
@@ -29,26 +27,6 @@ from benchmark.spec.schema import (
 )
 
 FOLDER_KIND = {"tasks": "task", "methods": "method", "backbones": "backbone", "experiments": "experiment"}
-
-
-def _is_checkout(folder: Path) -> bool:
-    pyproject = folder / "pyproject.toml"
-    return (folder / "specs" / "tasks").is_dir() and pyproject.is_file() and \
-        'name = "adapterfusion-bench"' in pyproject.read_text(encoding="utf-8", errors="replace")
-
-
-def default_spec_dir() -> Path:
-    """Where the project's own specs are: $AFBENCH_SPECS; else ``specs/`` of the checkout we run from (the
-    current folder, or the one this package was installed from in editable mode); else the copy shipped
-    inside the package (``benchmark.bundled_specs``, from ``pip install .``)."""
-    env = os.environ.get("AFBENCH_SPECS")
-    if env:
-        return Path(env)
-    for folder in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if _is_checkout(folder):
-            return folder / "specs"
-    bundled = importlib.util.find_spec("benchmark.bundled_specs")  # a namespace package: data files only
-    return Path(list(bundled.submodule_search_locations)[0])
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ Per run it counts the work, then prices it:
    of every layer for Full and MT-A (x 3 forward).
 4. **Price.** CPU: ``seconds = (a * train GFLOP + b * eval GFLOP) / threads + c``, with ``a, b, c``
    fitted (non-negative least squares on relative errors) to finished runs of one CPU model and stored
-   in ``cost_calibration.json`` (``afbench plan EXP --estimate --calibrate``); ``threads`` are the run's
+   by ``afbench plan EXP --estimate --calibrate`` in ``<results>/.cost_calibration.json`` (``USER_FILE``),
+   which takes precedence over the one shipped in the package (``cost_calibration.json``); ``threads`` are the run's
    torch threads (linear scaling assumed). GPU: FLOPs over a stated fraction (``GPU_EFFICIENCY``) of
    the datasheet bf16 dense peak (``GPUS``), plus a fixed time per step (``GPU_STEP_S``: launches and
    Python, which dominate small-batch fine-tuning on a large GPU) and ``GPU_OVERHEAD_S`` per run: an
@@ -29,6 +30,9 @@ Per run it counts the work, then prices it:
    early stopping would end them sooner.
 5. **Wall time on N devices**: list scheduling along the dependency graph (a run starts when its
    dependencies have finished and a device is free, in the runner's start order), not total / N.
+
+What it reads of a backbone (its tokenizer, its config's shape) comes through a ``Reader`` that the caller
+passes (``modeling.backbone.READER``): the planning layer loads no model code, and no torch.
 """
 
 from __future__ import annotations
@@ -36,19 +40,24 @@ from __future__ import annotations
 import json
 import random
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmark.data.batching import epoch_batches, padding_cost
+from benchmark.data.encode import render_row_at, tokenize_row
 from benchmark.data.holdout import heldout_size
 from benchmark.data.sources import read_rows, subsample
 from benchmark.errors import BenchError, DataError, DataUnavailable
+from benchmark.paths import write_atomic
+from benchmark.plan.order import start_order
 from benchmark.plan.run import Plan, Run
-from benchmark.records import RunRecord
+from benchmark.records import RunRecord, scan_experiment
 from benchmark.spec.registry import Registry
 from benchmark.spec.schema import BackboneSpec, TaskSpec
 
-CALIBRATION_FILE = Path(__file__).with_name("cost_calibration.json")
+CALIBRATION_FILE = Path(__file__).with_name("cost_calibration.json")  # shipped: the default
+USER_FILE = ".cost_calibration.json"  # under the results root: a user's own fit, which takes precedence
 SAMPLE_ROWS = 400
 SIM_ROWS = 20_000  # lengths resampled to at most this many rows to simulate an epoch's batches
 ASSUMED_LENGTH = 0.5  # share of max_length a row is assumed to fill when its data is not available
@@ -64,6 +73,14 @@ UNRECORDED_CPU = "AMD EPYC, 2 cores (cpu_model not recorded)"
 # Shapes of Hub backbones, so a grid on them can be costed without downloading their configs.
 KNOWN_SHAPES = {"bert-base-uncased": (12, 768, 3072), "roberta-base": (12, 768, 3072),
                 "FacebookAI/roberta-base": (12, 768, 3072), "google-bert/bert-base-uncased": (12, 768, 3072)}
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What the cost model reads of a backbone: a tokenizer that counts tokens as the run's does, and the
+    config's fields (``config.json`` as a dict)."""
+    tokenizer: Callable[[BackboneSpec], object]
+    config: Callable[[BackboneSpec], dict]
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,7 @@ class RunCost:
 
 
 # --------------------------------------------------------------------------------------- shapes
-def encoder_shape(spec: BackboneSpec) -> Shape:
+def encoder_shape(spec: BackboneSpec, reader: Reader) -> Shape:
     if spec.source == "random_init":
         c = spec.config
         return Shape(int(c.get("num_hidden_layers", 12)), int(c.get("hidden_size", 768)),
@@ -105,15 +122,14 @@ def encoder_shape(spec: BackboneSpec) -> Shape:
     if spec.source == "hub" and spec.model_id in KNOWN_SHAPES:
         return Shape(*KNOWN_SHAPES[spec.model_id])
     try:
-        from transformers import AutoConfig
-
-        from benchmark.modeling.backbone import model_path
-        cfg = AutoConfig.from_pretrained(model_path(spec), local_files_only=True)
-        return Shape(cfg.num_hidden_layers, cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size))
+        c = reader.config(spec)
+        d = int(c.get("hidden_size", c.get("dim", 0)))  # DistilBERT: n_layers, dim, hidden_dim
+        return Shape(int(c.get("num_hidden_layers", c.get("n_layers", 0))), d,
+                     int(c.get("intermediate_size", c.get("hidden_dim", 4 * d))))
     except (OSError, ValueError, BenchError) as e:
         raise BenchError(f"the cost model cannot read the shape of backbone '{spec.name}' ({e})",
                          field="model_id", fix="make its config available offline, or add its shape to "
-                                               "KNOWN_SHAPES in benchmark/runner/cost.py") from None
+                                               "KNOWN_SHAPES in benchmark/plan/cost.py") from None
 
 
 def forward_flops(shape: Shape, seq: float) -> float:
@@ -162,7 +178,6 @@ def _profile(task: TaskSpec, split: str, max_length: int, tok_key: str, root: st
 
 def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: str | None, task_file: str,
              declared_rows: int | None) -> SplitProfile:
-    from benchmark.data.encode import render_row_at, tokenize_row
     try:
         rows = read_rows(task, split, Path(root) if root else None, task_file=task_file)
     except (DataUnavailable, DataError):
@@ -186,10 +201,9 @@ def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: st
 _tokenizers: dict[str, object] = {}
 
 
-def _tokenizer_key(reg: Registry, backbone: str) -> str:
+def _tokenizer_key(reg: Registry, backbone: str, load_tokenizer: Callable) -> str:
     """Load the backbone's tokenizer once; a Hub backbone offline uses MiniLM's (BERT's uncased vocab)."""
     if backbone not in _tokenizers:
-        from benchmark.modeling.backbone import load_tokenizer
         try:
             _tokenizers[backbone] = load_tokenizer(reg.backbones[backbone])
         except Exception:  # noqa: BLE001 - any tokenizer that cannot load offline: the proxy below
@@ -200,13 +214,14 @@ def _tokenizer_key(reg: Registry, backbone: str) -> str:
     return backbone
 
 
-def split_profile(reg: Registry, run: Run, task: str, split: str, data_root: Path | None) -> SplitProfile:
+def split_profile(reg: Registry, run: Run, task: str, split: str, data_root: Path | None,
+                  reader: Reader) -> SplitProfile:
     spec = reg.tasks[task]
     caps = run.caps_for(task)
     max_len = min(caps.max_length or spec.max_length, spec.max_length)
     train = spec.paper.train_size
     declared = train if split == spec.splits.train else spec.paper.dev_size or (train // 10 if train else None)
-    return _profile(spec, split, max_len, _tokenizer_key(reg, run.backbone), str(data_root) if data_root else None,
+    return _profile(spec, split, max_len, _tokenizer_key(reg, run.backbone, reader.tokenizer), str(data_root) if data_root else None,
                     reg.file_of("task", task), declared)
 
 
@@ -217,7 +232,8 @@ def computed_tokens(lengths: list, rows: int, batch_size: int, mode: str, seed: 
     n = min(rows, SIM_ROWS)
     rng = random.Random(seed)
     sim = [lengths[rng.randrange(len(lengths))] for _ in range(n)]
-    _, computed = padding_cost(sim, epoch_batches(sim, batch_size, mode=mode, seed=seed))
+    batches = epoch_batches(sim, batch_size, mode=mode, seed=seed, randperm=lambda k: rng.sample(range(k), k))
+    _, computed = padding_cost(sim, batches)
     return computed * rows / n
 
 
@@ -228,9 +244,9 @@ def mean_sequence(lengths: list) -> float:
 
 # --------------------------------------------------------------------------------------- runs
 def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[str, float],
-             threads: int) -> RunCost:
+             threads: int, reader: Reader) -> RunCost:
     """Tokens and FLOPs of one run (no pricing)."""
-    shape = encoder_shape(reg.backbones[run.backbone])
+    shape = encoder_shape(reg.backbones[run.backbone], reader)
     tp = run.method.train
     epochs = max(1.0, tp.epochs * epoch_share.get(run.kind.name, 1.0))
     train_tok = eval_tok = train_gf = eval_gf = train_steps = eval_steps = 0.0
@@ -238,8 +254,8 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
     tasks = run.all_tasks
     for t in tasks:
         spec, caps = reg.tasks[t], run.caps_for(t)
-        tr = split_profile(reg, run, t, spec.splits.train, data_root)
-        ev = split_profile(reg, run, t, spec.splits.eval, data_root)
+        tr = split_profile(reg, run, t, spec.splits.train, data_root, reader)
+        ev = split_profile(reg, run, t, spec.splits.eval, data_root, reader)
         if not (tr.measured and ev.measured):
             basis.append(f"{t}: declared sizes, {ASSUMED_LENGTH:.0%} of max length assumed")
         held = heldout_size(tr.rows, run.selection.heldout_fraction, run.selection.heldout_max_rows) \
@@ -264,11 +280,14 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
                    eval_steps, basis=basis)
 
 
-def load_calibration(path: Path = CALIBRATION_FILE) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {"cpus": {}}
+def load_calibration(results_root: Path | None = None) -> dict:
+    """The user's calibration (``<results_root>/.cost_calibration.json``) where there is one, else the shipped one."""
+    for path in ([Path(results_root) / USER_FILE] if results_root else []) + [CALIBRATION_FILE]:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return {"cpus": {}}
 
 
 def cpu_entry(calibration: dict, cpu: str | None) -> tuple[str, dict]:
@@ -279,7 +298,7 @@ def cpu_entry(calibration: dict, cpu: str | None) -> tuple[str, dict]:
     default = calibration.get("default")
     if default in cpus:
         return default, cpus[default]
-    raise BenchError("no CPU calibration for the cost model", field="benchmark/runner/cost_calibration.json",
+    raise BenchError("no CPU calibration for the cost model", field=f"<results>/{USER_FILE}",
                      fix="run `afbench plan minilm_table1 --estimate --calibrate` after some runs have finished")
 
 
@@ -353,11 +372,12 @@ class Estimate:
                 "total_hours": round(self.total_hours, 3), "wall_hours": round(self.wall_seconds / 3600, 3)}
 
 
-def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str = "cpu", devices: int = 1,
-             threads: int | None = None, runs: list[Run] | None = None, cpu: str | None = None) -> Estimate:
-    """Predicted seconds of ``runs`` (default: every run of the plan) and the wall time on ``devices``."""
-    from benchmark.runner.execute import start_order
-    cal = load_calibration()
+def estimate(plan: Plan, reg: Registry, data_root: Path | None, reader: Reader, *, device: str = "cpu",
+             devices: int = 1, threads: int | None = None, runs: list[Run] | None = None,
+             cpu: str | None = None, results_root: Path | None = None) -> Estimate:
+    """Predicted seconds of ``runs`` (default: every run of the plan) and the wall time on ``devices``
+    (priced by ``load_calibration(results_root)``)."""
+    cal = load_calibration(results_root)
     name, entry = cpu_entry(cal, cpu) if device == "cpu" else (
         f"{GPU_EFFICIENCY:.0%} of the {device.upper()} datasheet bf16 peak + {GPU_STEP_S['train'] * 1e3:.0f} ms per "
         "training step: an assumption, not a measurement", None)
@@ -366,7 +386,7 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, *, device: str =
     chosen = runs if runs is not None else plan.runs
     out = []
     for r in chosen:
-        c = run_work(reg, r, data_root, share, threads or (1 if device == "cpu" else 1))
+        c = run_work(reg, r, data_root, share, threads or 1, reader)
         c.seconds = price(c, device, fit)
         out.append(c)
     seconds = {c.id: c.seconds for c in out}
@@ -394,7 +414,7 @@ def fit_seed(plan: Plan, results: dict[str, RunRecord]) -> int:
 
 
 def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[str, RunRecord],
-              fit_seeds: set[int]) -> dict:
+              fit_seeds: set[int], reader: Reader) -> dict:
     """Fit ``a, b, c`` and the per-kind epoch share on finished runs of ``fit_seeds``; check on the rest.
     ``results``: run id -> result.json of this plan's finished runs (one CPU model)."""
     import numpy as np
@@ -409,10 +429,10 @@ def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[s
     epoch_share = {k: statistics.fmean(v) for k, v in share.items()}
     rows, actual, costs = [], [], []
     for run, r in done:
-        c = run_work(reg, run, data_root, epoch_share, int(r.torch_threads or 1))
+        c = run_work(reg, run, data_root, epoch_share, int(r.torch_threads or 1), reader)
         # fitting on the runs' own epoch counts: the share above predicts them, the fit prices them
         c_true = run_work(reg, run, data_root, {run.kind.name: len(r.history or [1]) / run.method.train.epochs},
-                          int(r.torch_threads or 1))
+                          int(r.torch_threads or 1), reader)
         costs.append((run, r, c, c_true))
     fit_rows = [(c_true, r.wall_seconds) for run, r, _, c_true in costs if run.seed in fit_seeds]
     for c_true, secs in fit_rows:
@@ -437,6 +457,32 @@ def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[s
             "median_rel_error": round(statistics.median(errs), 4) if errs else None,
             "worst_kind": {"kind": worst[0], "median_rel_error": round(statistics.median(worst[1]), 4)},
             "check": check}
+
+
+def recalibrate(plan: Plan, reg: Registry, data_root: Path | None, results_root: Path, reader: Reader,
+                log=print) -> Path:
+    """Refit the CPU model per CPU model on this experiment's finished runs of one seed (``fit_seed``), check it
+    on the other seeds, and write the user calibration (``<results_root>/.cost_calibration.json``)."""
+    by_cpu: dict[str, dict] = {}
+    for r in scan_experiment(results_root, plan.experiment.name).results:
+        by_cpu.setdefault(r.cpu_model or UNRECORDED_CPU, {})[r.run_id] = r
+    cal = load_calibration(results_root)
+    for cpu, res in sorted(by_cpu.items()):
+        if len({r.seed for r in res.values()}) < 2:
+            log(f"{cpu}: runs of one seed only; not calibrated (the check needs other seeds)")
+            continue
+        seed = fit_seed(plan, res)
+        out = calibrate(plan, reg, data_root, res, {seed}, reader)
+        out.update({"experiment": plan.experiment.name, "fit_seeds": [seed]})
+        cal.setdefault("cpus", {})[cpu] = out
+        cal["epoch_share"] = out["epoch_share"] if cpu == cal.get("default", cpu) else cal.get("epoch_share", {})
+        cal.setdefault("default", cpu)
+        log(f"{cpu}: fitted on {out['fit_runs']} runs of seed {seed}, checked on {out['check_runs']}: median "
+            f"|relative error| {out['median_rel_error']:.1%}; worst kind {out['worst_kind']['kind']} "
+            f"({out['worst_kind']['median_rel_error']:.1%})")
+    path = Path(results_root) / USER_FILE
+    write_atomic(path, json.dumps(cal, indent=2) + "\n", root=results_root)
+    return path
 
 
 def summary_lines(est: Estimate) -> list[str]:
