@@ -86,9 +86,9 @@ def _project_env(session: nox.Session) -> dict:
     return {"VIRTUAL_ENV": env, "PATH": os.path.join(env, "bin") + os.pathsep + os.environ.get("PATH", "")}
 
 
-def _run(session: nox.Session, env: dict, *args: str, **kwargs) -> str | bool | None:
-    """A command of the shared virtualenv (``args[0]`` found in its bin)."""
-    return session.run(os.path.join(env["VIRTUAL_ENV"], "bin", args[0]), *args[1:], env={**env, **kwargs.pop(
+def _run(session: nox.Session, venv: dict, *args: str, **kwargs) -> str | bool | None:
+    """A command of the shared virtualenv (``args[0]`` found in its bin); ``env=`` adds variables."""
+    return session.run(os.path.join(venv["VIRTUAL_ENV"], "bin", args[0]), *args[1:], env={**venv, **kwargs.pop(
         "env", {})}, external=True, **kwargs)
 
 
