@@ -401,7 +401,7 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
         doc["head_loader"] = loader
         if loader:
             notes.append(f"mean-pooling head: AdapterHub's heads read the first token, so load_head needs "
-                         f"runpy.run_path(f'{{d}}/{loader}')['register'](model) first (README)")
+                         f"runpy.run_path(f'{{d}}/{loader}')['register'](model) first (docs/adapterhub.md)")
         doc["notes"] = notes
         w.json("export.json", doc)
         folder = w.commit()
