@@ -98,9 +98,15 @@ def objective_value(exp_dir: Path, run_ids: list[str]) -> float:
     for rid in run_ids:
         res = read_result_file(exp_dir / rid)
         if not res.ok or res.record.status != "finished" or res.record.selection_metric is None:
-            raise TrialFailed(f"run {rid} did not finish with a held-out metric")
+            raise TrialFailed(f"run {rid} did not finish with a held-out metric"
+                              + (f": {res.record.error}" if res.ok and res.record.error else ""))
         values.append(res.record.selection_metric)
     return sum(values) / len(values)
+
+
+def done(study) -> list:
+    """The study's trials that count: finished or failed, not interrupted by a kill (those are tried again)."""
+    return [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
 
 
 def _import_optuna():
@@ -144,12 +150,13 @@ def sweep(reg: Registry, exp: ExperimentSpec, method: str, space: list[str], tri
                                     direction="maximize")
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             # we hold the lock: a running trial is one whose sweep was killed; try its values again
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             study.enqueue_trial(t.params, skip_if_exists=True)
             log(f"trial {t.number} was interrupted: its values are tried again ({t.params})")
         study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
         study.set_user_attr("space", [str(d) for d in dims])
-        todo = max(0, trials - len([t for t in study.trials if t.state.is_finished()]))
+        todo = max(0, trials - len(done(study)))
         log(f"sweep {exp.name} / {method}: {len(study.trials)} trial(s) stored, {todo} to run; objective: mean "
             f"held-out accuracy of {len(plan_of({})[1])} run(s); dev is not used")
 
@@ -173,7 +180,7 @@ def write_variant(reg: Registry, exp: ExperimentSpec, method: str, study, out: P
     best = study.best_trial
     spec = reg.methods[method].model_dump(mode="json")
     name = f"{method}_swept"
-    finished = [t for t in study.trials if t.state.is_finished()]
+    finished = done(study)
     spec.update(name=name, train={**spec["train"], **exp.overrides.get(method, {}), **best.params},
                 description=f"{method} with the hyper-parameters found by afbench sweep {exp.name}",
                 notes=f"Swept by `afbench sweep {exp.name} --method {method}`: searched "
