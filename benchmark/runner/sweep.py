@@ -119,7 +119,7 @@ def _import_optuna():
 
 
 def sweep(reg: Registry, exp: ExperimentSpec, method: str, space: list[str], trials: int, *, results_dir: Path,
-          data_dir: Path | None, available=None, options: Options = Options(), device: str | None = None,
+          data_dir: Path | None, available=None, options: Options | None = None, device: str | None = None,
           jobs: int = 1, log=print):
     """Run the study until it holds ``trials`` trials (finished or failed); returns the Optuna study."""
     file = reg.file_of("experiment", exp.name)
@@ -137,7 +137,8 @@ def sweep(reg: Registry, exp: ExperimentSpec, method: str, space: list[str], tri
     exp_dir = experiment_dir(root, exp.name)
 
     def plan_of(values: dict):
-        plan = build_plan(reg, with_values(exp, method, values), available, data_root=data_dir, options=options)
+        plan = build_plan(reg, with_values(exp, method, values), available, data_root=data_dir,
+                          options=options or Options())
         ids = [r.id for r in plan.runs if r.method.name == method and not r.implied]
         return plan, ids
 
