@@ -4,7 +4,7 @@
     nox -s reproduce -- quick    # run an experiment grid (default: quick)
     nox -s report -- quick       # render reports/<experiment>.{md,html,tex}
     nox -s lint                  # ruff
-    nox -s tracking              # the tracking tests with TensorBoard, MLflow, W&B and Trackio installed
+    nox -s tracking              # the tracking tests with TensorBoard, MLflow, W&B and Trackio installed, and the sweep tests (Optuna)
     nox -s parity                # compare our modules with AdapterHub `adapters` 1.3.0
     nox -s perf                  # training-step throughput, ours vs AdapterHub
     nox -s gpu                   # the CUDA path: smoke grid on cuda, GPU vs CPU logits, perf on BERT-base shapes
@@ -111,8 +111,8 @@ def tracking(session: nox.Session) -> None:
         session.install(*torch_args, *([] if own_index else where))
     session.install("--require-hashes", "--no-deps", "-r", LOCK, *where)
     session.install("--no-deps", "-e", ".")
-    session.install("tensorboard>=2.16", "mlflow>=3", "wandb>=0.19", "trackio>=0.2", *where)
-    session.run("pytest", "tests/test_tracking.py", *session.posargs, env={"WANDB_MODE": "offline"})
+    session.install("tensorboard>=2.16", "mlflow>=3", "wandb>=0.19", "trackio>=0.2", "optuna>=4", *where)
+    session.run("pytest", "tests/test_tracking.py", "tests/test_sweep.py", *session.posargs, env={"WANDB_MODE": "offline"})
 
 
 @nox.session(venv_backend="none")

@@ -383,6 +383,25 @@ def cmd_run(args) -> int:
     return 1 if summary.failed else 0
 
 
+def cmd_sweep(args) -> int:
+    """``afbench sweep``: benchmark/runner/sweep.py (Optuna on the held-out slice; dev never read)."""
+    from benchmark.runner.results import results_root
+    from benchmark.runner.sweep import sweep, write_variant
+
+    reg = _registry(args)
+    exp = reg.get("experiment", args.experiment)
+    study = sweep(reg, exp, args.method, args.space, args.trials, results_dir=results_root(args.results_dir),
+                  data_dir=_data_dir(args), available=availability(reg, _data_dir(args)), options=_options(args),
+                  device=args.device, jobs=args.jobs)
+    if not any(t.state.name == "COMPLETE" for t in study.trials):
+        print("no trial finished: no best configuration to write", file=sys.stderr)
+        return 1
+    print(f"best: {study.best_trial.params} (held-out {study.best_value:.2f}); wrote "
+          f"{write_variant(reg, exp, args.method, study, Path(args.out))} (adopt it: --specs {args.out} and its name "
+          "in an experiment's groups)")
+    return 0
+
+
 def cmd_migrate(args) -> int:
     from benchmark.runner import slurm
     from benchmark.runner.lock import experiment_lock
@@ -686,6 +705,18 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--calibrate", action="store_true",
                             help="refit the CPU cost model on this experiment's finished runs (writes "
                                  "<results>/.cost_calibration.json, which then takes precedence over the shipped one)")
+    sw = common(sub.add_parser("sweep", help="tune a method's train hyper-parameters with Optuna on the held-out "
+                                             "slice of train (never dev); the best as a new method spec"))
+    sw.add_argument("experiment", help="experiment name (it must use selection: heldout)")
+    sw.add_argument("--method", required=True, help="the method to tune (one the experiment's groups list)")
+    sw.add_argument("--space", action="append", required=True, metavar="KEY=LOW:HIGH[:log]",
+                    help="a train hyper-parameter and its range, e.g. lr=1e-5:1e-3:log (repeatable)")
+    sw.add_argument("--trials", type=int, default=10, help="trials the study should hold (a rerun continues it)")
+    sw.add_argument("--out", required=True, metavar="DIR", help="where <method>_swept.yaml goes (DIR/methods/)")
+    sw.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="a trial's runs in parallel processes")
+    sw.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
+    id_flags(sw)
     ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"))
     ex.add_argument("experiment", help="experiment name (see afbench list)")
     ex.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
@@ -774,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan": cmd_plan, "run": cmd_run,
-            "migrate": cmd_migrate,
+            "sweep": cmd_sweep, "migrate": cmd_migrate,
             "status": cmd_status,
             "report": cmd_report, "dashboard": cmd_dashboard, "push": cmd_push, "export": cmd_export,
             "predict": cmd_predict, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}

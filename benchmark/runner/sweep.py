@@ -1,0 +1,192 @@
+"""``afbench sweep EXPERIMENT --method M --space lr=1e-5:1e-3:log --trials N``: an Optuna search of a method's
+train hyper-parameters on the held-out slice of train only (the experiment must use ``selection: heldout``).
+
+Each trial is the experiment's runs of that method with the trial's values as ``overrides``, planned by the
+ordinary planner (so a trial's run id is the normal id of that configuration) and trained by ``run_plan`` into a
+results root of its own, ``<results>/<experiment>/.sweep/<method>/`` (the experiment's own folder, plan and ids
+are never touched); a finished run is read back, never retrained. The objective is the mean of the runs'
+``selection_metric`` (held-out accuracy of the kept epoch); the dev metric is never read. The study is sqlite
+in that folder, so rerunning continues it (a trial killed mid-way is marked failed and its values tried again).
+The best values are written as a new method spec (``<method>_swept.yaml`` under ``--out``/methods) that the user
+adopts explicitly (``--specs OUT`` and the name in an experiment's groups). Optuna is the ``sweep`` extra,
+imported only here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from benchmark.errors import BenchError
+from benchmark.paths import under, write_atomic
+from benchmark.plan.build import Options, build_plan, select
+from benchmark.records import read_result_file
+from benchmark.runner.execute import run_plan
+from benchmark.runner.lock import experiment_lock
+from benchmark.runner.results import experiment_dir
+from benchmark.spec.registry import Registry
+from benchmark.spec.schema import ExperimentSpec
+
+MISSING = ("afbench sweep needs Optuna, which is an optional extra and not installed in this environment. Install "
+           "it with `pip install 'adapterfusion-bench[sweep]'` (or `pip install 'optuna>=4'`) into the environment "
+           "that runs afbench, then rerun the same command; nothing was trained or written")
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched hyper-parameter: ``KEY=LOW:HIGH[:log]`` (integers when both bounds are)."""
+
+    key: str
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    def suggest(self, trial):
+        if self.integer:
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+    def __str__(self) -> str:
+        return f"{self.key} in [{self.low:g}, {self.high:g}]" + (" (log)" if self.log else "")
+
+
+def parse_space(items: list[str], train_fields) -> list[Dim]:
+    """``--space`` values, checked against the method's ``train:`` fields."""
+    dims = []
+    for item in items:
+        key, _, rng = item.partition("=")
+        parts = rng.split(":")
+        bad = not key or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log")
+        try:
+            low, high = (float(p) for p in parts[:2])
+        except ValueError:
+            bad = True
+        if bad or not (math.isfinite(low) and math.isfinite(high) and low < high) or (len(parts) == 3 and low <= 0):
+            raise BenchError(f"--space '{item}' is not KEY=LOW:HIGH or KEY=LOW:HIGH:log with finite LOW < HIGH "
+                             "(and LOW > 0 for log)", field="--space", fix="e.g. --space lr=1e-5:1e-3:log")
+        if key not in train_fields:
+            raise BenchError(f"--space names '{key}', which is not a train hyper-parameter of the method",
+                             field="--space", fix=f"use one of: {', '.join(sorted(train_fields))}")
+        integer = all(p.lstrip("-").isdigit() for p in parts[:2])
+        dims.append(Dim(key, low, high, len(parts) == 3, integer))
+    if not dims:
+        raise BenchError("nothing to search", field="--space", fix="give at least one --space KEY=LOW:HIGH[:log]")
+    return dims
+
+
+def sweep_root(results_dir: Path, experiment: str, method: str) -> Path:
+    """Where a sweep's trial runs (``<root>/<experiment>/<run id>/``) and its study live."""
+    return under(experiment_dir(results_dir, experiment), ".sweep", method)
+
+
+def with_values(exp: ExperimentSpec, method: str, values: dict) -> ExperimentSpec:
+    """The experiment with ``values`` over its overrides of ``method`` (a copy; the spec is never edited)."""
+    return exp.model_copy(update={"overrides": {**exp.overrides, method: {**exp.overrides.get(method, {}), **values}}})
+
+
+class TrialFailed(Exception):
+    """A trial whose runs did not all finish (diverged, failed): no objective value."""
+
+
+def objective_value(exp_dir: Path, run_ids: list[str]) -> float:
+    """The mean held-out accuracy (``selection_metric``) of the trial's runs: the only number read. Dev is not."""
+    values = []
+    for rid in run_ids:
+        res = read_result_file(exp_dir / rid)
+        if not res.ok or res.record.status != "finished" or res.record.selection_metric is None:
+            raise TrialFailed(f"run {rid} did not finish with a held-out metric"
+                              + (f": {res.record.error}" if res.ok and res.record.error else ""))
+        values.append(res.record.selection_metric)
+    return sum(values) / len(values)
+
+
+def done(study) -> list:
+    """The study's trials that count: finished or failed, not interrupted by a kill (those are tried again)."""
+    return [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
+
+
+def _import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise BenchError(MISSING, field="optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def sweep(reg: Registry, exp: ExperimentSpec, method: str, space: list[str], trials: int, *, results_dir: Path,
+          data_dir: Path | None, available=None, options: Options | None = None, device: str | None = None,
+          jobs: int = 1, log=print):
+    """Run the study until it holds ``trials`` trials (finished or failed); returns the Optuna study."""
+    file = reg.file_of("experiment", exp.name)
+    if exp.selection.protocol != "heldout":
+        raise BenchError(f"experiment '{exp.name}' selects epochs on dev (selection: {exp.selection.protocol}), so a "
+                         "sweep would have to tune on dev, which it never does: its objective is the held-out "
+                         "accuracy of each trial's runs", file=file, field="selection",
+                         fix="sweep an experiment with 'selection: heldout' (copy this one under another name with "
+                             "that line; its run ids are then its own)")
+    if method not in reg.methods:
+        raise BenchError(f"no method named '{method}'", field="--method", fix="see afbench list")
+    dims = parse_space(space, type(reg.methods[method].train).model_fields)
+    optuna = _import_optuna()
+    root = sweep_root(results_dir, exp.name, method)
+    exp_dir = experiment_dir(root, exp.name)
+
+    def plan_of(values: dict):
+        plan = build_plan(reg, with_values(exp, method, values), available, data_root=data_dir,
+                          options=options or Options())
+        ids = [r.id for r in plan.runs if r.method.name == method and not r.implied]
+        return plan, ids
+
+    if not plan_of({})[1]:
+        raise BenchError(f"experiment '{exp.name}' has no run of method '{method}' (with data available)",
+                         file=file, field="groups", fix="name a method its groups list, or add it to a group")
+    with experiment_lock(exp_dir, log=log):
+        storage = f"sqlite:///{root / 'study.db'}"
+        study = optuna.create_study(study_name=f"{exp.name}.{method}", storage=storage, load_if_exists=True,
+                                    direction="maximize")
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            # we hold the lock: a running trial is one whose sweep was killed; try its values again
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            study.enqueue_trial(t.params, skip_if_exists=True)
+            log(f"trial {t.number} was interrupted: its values are tried again ({t.params})")
+        study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
+        study.set_user_attr("space", [str(d) for d in dims])
+        todo = max(0, trials - len(done(study)))
+        log(f"sweep {exp.name} / {method}: {len(study.trials)} trial(s) stored, {todo} to run; objective: mean "
+            f"held-out accuracy of {len(plan_of({})[1])} run(s); dev is not used")
+
+        def objective(trial) -> float:
+            values = {d.key: d.suggest(trial) for d in dims}
+            plan, ids = plan_of(values)
+            trial.set_user_attr("run_ids", ids)
+            run_plan(plan, reg, results_dir=root, data_dir=data_dir, device=device, jobs=jobs,
+                     only=select(plan, ids), log=lambda _: None)
+            value = objective_value(exp_dir, ids)
+            log(f"trial {trial.number}: {values} -> held-out {value:.2f} ({', '.join(ids)})")
+            return value
+
+        study.optimize(objective, n_trials=todo, catch=(TrialFailed,))
+    return study
+
+
+def write_variant(reg: Registry, exp: ExperimentSpec, method: str, study, out: Path) -> Path:
+    """The best trial as ``<out>/methods/<method>_swept.yaml``: the method with the experiment's overrides and
+    the best values in its ``train:``; what was searched is in its notes."""
+    best = study.best_trial
+    spec = reg.methods[method].model_dump(mode="json")
+    name = f"{method}_swept"
+    finished = done(study)
+    spec.update(name=name, train={**spec["train"], **exp.overrides.get(method, {}), **best.params},
+                description=f"{method} with the hyper-parameters found by afbench sweep {exp.name}",
+                notes=f"Swept by `afbench sweep {exp.name} --method {method}`: searched "
+                      f"{'; '.join(study.user_attrs.get('space', []))} over {len(finished)} trial(s) (Optuna TPE); "
+                      f"objective: mean held-out accuracy (a slice of train, selection: heldout), best "
+                      f"{best.value:.2f} at {best.params}. Dev was not used.")
+    text = yaml.safe_dump(spec, sort_keys=False)
+    return write_atomic(under(out, "methods", f"{name}.yaml"), text, root=out)

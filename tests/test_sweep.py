@@ -1,0 +1,114 @@
+"""``afbench sweep`` (issue 39): Optuna on the held-out slice of train, never dev; resumable; the best as a
+method spec the user adopts. Needs the ``sweep`` extra (``nox -s tracking`` installs it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import MIRROR, ROOT, needs_mirror, write_experiments
+
+optuna = pytest.importorskip("optuna", reason="optuna (the 'sweep' extra) is not installed; nox -s tracking has it")
+
+pytestmark = needs_mirror
+SPACE = ["lr=1e-5:1e-2:log"]
+EXPERIMENT = ("backbones: [tiny-bert]\nseeds: [1]\ngroups: [{tasks: [rte], methods: [head]}]\n"
+              "caps: {max_train_rows: 16, max_eval_rows: 8, max_epochs: 1, max_length: 32}\nselection: heldout\n")
+
+
+def _registry(specs: Path):
+    from benchmark.cli import load_with_siblings
+
+    return load_with_siblings([specs])
+
+
+def _sweep(tmp_path: Path, trials: int, experiment: str = "tinysweep"):
+    from benchmark.runner.sweep import sweep
+
+    reg = _registry(write_experiments(tmp_path / "specs", tinysweep=EXPERIMENT,
+                                      devsweep=EXPERIMENT.replace("heldout", "dev")))
+    return reg, sweep(reg, reg.experiments[experiment], "head", SPACE, trials, results_dir=tmp_path / "results",
+                      data_dir=MIRROR, log=lambda _: None)
+
+
+def _trial_dirs(tmp_path: Path) -> dict[str, float]:
+    runs = tmp_path / "results" / "tinysweep" / ".sweep" / "head" / "tinysweep"
+    return {p.name: (p / "result.json").stat().st_mtime for p in runs.iterdir() if (p / "result.json").exists()}
+
+
+def test_sweep_finds_a_learning_rate_and_never_reads_dev(tmp_path, monkeypatch):
+    """Dev accuracy is poisoned (every epoch's dev metric replaced by 13.0): the objective must still be each
+    trial's held-out accuracy, so a sweep that read dev (best_metric, dev_accuracy) fails here."""
+    from benchmark.records import load_run
+    from benchmark.runner.sweep import write_variant
+    from benchmark.training import loop
+
+    fit = loop.fit
+
+    def poisoned(*a, evaluate_epoch, **kw):
+        return fit(*a, evaluate_epoch=lambda: {**evaluate_epoch(), "dev_accuracy": 13.0}, **kw)
+
+    monkeypatch.setattr(loop, "fit", poisoned)
+    reg, study = _sweep(tmp_path, 2)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2
+    runs = tmp_path / "results" / "tinysweep" / ".sweep" / "head" / "tinysweep"
+    for t in done:
+        (rid,) = t.user_attrs["run_ids"]
+        rec = load_run(runs / rid / "result.json")
+        assert rec.selection == "heldout" and rec.best_metric == 13.0  # dev was poisoned ...
+        assert t.value == rec.selection_metric != 13.0  # ... and never reached the objective
+        assert 1e-5 <= t.params["lr"] <= 1e-2 and rec.config["method"]["train"]["lr"] == t.params["lr"]
+    # the experiment's own folder holds no run and no plan: its ids are untouched
+    assert sorted(p.name for p in (tmp_path / "results" / "tinysweep").iterdir()) == [".sweep"]
+    out = write_variant(reg, reg.experiments["tinysweep"], "head", study, tmp_path / "swept")
+    spec = yaml.safe_load(out.read_text())
+    assert out.name == "head_swept.yaml" and spec["train"]["lr"] == study.best_params["lr"]
+    assert "Dev was not used" in spec["notes"] and "2 trial(s)" in spec["notes"]
+    reg2 = _registry(tmp_path / "swept")
+    assert reg2.methods["head_swept"].train.lr == study.best_params["lr"]  # adoptable: a valid method spec
+
+
+def test_sweep_refuses_dev_selection(tmp_path):
+    from benchmark.errors import BenchError
+
+    with pytest.raises(BenchError, match="selection: heldout"):
+        _sweep(tmp_path, 1, experiment="devsweep")
+
+
+def test_sweep_resumes_after_a_kill(tmp_path):
+    """A sweep process killed during its second trial; the rerun marks that trial failed, tries its values again,
+    reads the first trial's run back (not retrained) and completes the study."""
+    write_experiments(tmp_path / "specs", tinysweep=EXPERIMENT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmark.cli", "sweep", "tinysweep", "--specs", str(tmp_path / "specs"),
+           "--method", "head", "--space", SPACE[0], "--out", str(tmp_path / "swept"),
+           "--results-dir", str(tmp_path / "results")]
+    proc = subprocess.Popen([*cmd, "--trials", "3"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(_trial_dirs(tmp_path) if (tmp_path / "results" / "tinysweep" / ".sweep" / "head" / "tinysweep").exists()
+              else {}) < 1 and time.time() < deadline:
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    first = _trial_dirs(tmp_path)
+    assert len(first) == 1
+    out = subprocess.run([*cmd, "--trials", "3"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    study = optuna.load_study(study_name="tinysweep.head",
+                              storage=f"sqlite:///{tmp_path / 'results/tinysweep/.sweep/head/study.db'}")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 3
+    after = _trial_dirs(tmp_path)
+    assert all(after[rid] == mtime for rid, mtime in first.items())  # finished trial read back, not retrained
+    # a rerun with more trials grows the study and retrains nothing that finished
+    more = subprocess.run([*cmd, "--trials", "4"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert more.returncode == 0, more.stderr
+    assert "1 to run" in more.stdout and all(_trial_dirs(tmp_path)[r] == m for r, m in after.items())
+    assert (tmp_path / "swept" / "methods" / "head_swept.yaml").exists()
