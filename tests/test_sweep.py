@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import MIRROR, ROOT, needs_mirror, write_experiments
+from conftest import MIRROR, ROOT, needs_mirror, write_experiments
 
 optuna = pytest.importorskip("optuna", reason="optuna (the 'sweep' extra) is not installed; nox -s tracking has it")
 
