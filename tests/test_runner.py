@@ -23,8 +23,10 @@ METHODS = {"head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusio
 
 
 def results(folder: Path) -> dict[str, dict]:
+    """The recorded results: run folders only (pathlib's ``*`` also matches the hidden ``.tmp-<id>-<pid>`` folder
+    a run writes its result into just before swapping it in, a result that is not finished yet)."""
     out = {}
-    for f in folder.glob("*/result.json"):
+    for f in folder.glob("[!.]*/result.json"):
         r = json.loads(f.read_text())
         out[r["run_id"]] = r
     return out
@@ -94,7 +96,7 @@ def test_sigkill_midway_then_rerun_finishes_each_run_once(smoke, tmp_path):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = tmp_path / "smoke"
     deadline = time.time() + 300
-    while len(list(folder.glob("*/result.json"))) < 6 and time.time() < deadline and proc.poll() is None:
+    while len(list(folder.glob("[!.]*/result.json"))) < 6 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
