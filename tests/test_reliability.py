@@ -187,18 +187,23 @@ def test_kill_9_of_a_jobs_2_driver_leaves_no_worker_and_a_rerun_trains_each_run_
                             start_new_session=True)
     folder = tmp_path / "r" / "orphans"
     deadline = time.time() + 300
+    lock = {}
     while time.time() < deadline and proc.poll() is None:
-        done = list(folder.glob("*/result.json"))
-        if len(done) >= 2 and list(folder.glob(".tmp-*")):  # some finished, some in the workers' hands
+        done = list(folder.glob("[!.]*/result.json"))  # run folders only, not a worker's .tmp- folder
+        try:
+            lock = json.loads((folder / ".lock").read_text())
+        except (OSError, ValueError):  # not written yet, or being replaced
+            lock = {}
+        # some finished, two in the workers' hands: the lock names both (it lists the running workers only)
+        if len(done) >= 2 and list(folder.glob(".tmp-*")) and len(lock.get("workers", [])) == 2:
             break
         time.sleep(0.05)
-    lock = json.loads((folder / ".lock").read_text())
-    assert len(lock["workers"]) == 2, lock  # the lock names the pool's workers
+    assert len(lock.get("workers", [])) == 2, lock  # the lock names the pool's workers
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(10)
     assert _group_alive(proc.pid) == [], "a process of the killed driver outlived it"
-    first = {p.parent.name: p.read_bytes() for p in folder.glob("*/result.json")}
+    first = {p.parent.name: p.read_bytes() for p in folder.glob("[!.]*/result.json")}
     assert 0 < len(first) < 12, "the kill should land mid-grid"
     from benchmark.runner.lock import holder_alive
 
