@@ -184,12 +184,15 @@ def seeds_needed(effect: float, sd_diff: float, *, alpha: float = ALPHA, power: 
     return None
 
 
+def equivalence_half_width(sd_diff: float, n: int, *, alpha: float = ALPHA) -> float:
+    """The half-width of the paired (1 - 2 alpha) interval, t_{1-alpha, n-1} * sd_d / sqrt(n) (inf below 2 seeds)."""
+    return float(stats.t.ppf(1 - alpha, n - 1) * sd_diff / math.sqrt(n)) if n >= 2 else math.inf
+
+
 def equivalence_reachable(sd_diff: float, n: int, margin: float, *, alpha: float = ALPHA) -> bool:
     """Whether TOST at ``margin`` can pass at all with n paired seeds and this spread: the (1 - 2 alpha)
-    interval's half-width t_{1-alpha, n-1} * sd_d / sqrt(n) must fit inside the margin."""
-    if n < 2:
-        return False
-    return float(stats.t.ppf(1 - alpha, n - 1) * sd_diff / math.sqrt(n)) < margin
+    interval's half-width must fit inside the margin."""
+    return equivalence_half_width(sd_diff, n, alpha=alpha) < margin
 
 
 # ------------------------------------------------------------------------------------------ families
