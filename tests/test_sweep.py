@@ -87,10 +87,19 @@ def test_sweep_resumes_after_a_kill(tmp_path):
     reads the first trial's run back (not retrained) and completes the study."""
     write_experiments(tmp_path / "specs", tinysweep=EXPERIMENT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]), "OMP_NUM_THREADS": "1"}
+    # The first process's second trial blocks before training (a sitecustomize wraps loop.fit), so the kill always
+    # lands in trial 2 with trial 1 finished: tiny trials take ~0.15 s and a poll alone could see two finish.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import time\nfrom benchmark.training import loop\n_fit, _calls = loop.fit, []\n\n\n"
+        "def fit(*a, **kw):\n    _calls.append(1)\n    if len(_calls) == 2:\n        time.sleep(3600)\n"
+        "    return _fit(*a, **kw)\n\n\nloop.fit = fit\n")
+    blocked = {**env, "PYTHONPATH": os.pathsep.join([str(hook), env["PYTHONPATH"]])}
     cmd = [sys.executable, "-m", "benchmark.cli", "sweep", "tinysweep", "--specs", str(tmp_path / "specs"),
            "--method", "head", "--space", SPACE[0], "--out", str(tmp_path / "swept"),
            "--results-dir", str(tmp_path / "results")]
-    proc = subprocess.Popen([*cmd, "--trials", "3"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*cmd, "--trials", "3"], env=blocked, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while len(_trial_dirs(tmp_path) if (tmp_path / "results" / "tinysweep" / ".sweep" / "head" / "tinysweep").exists()
               else {}) < 1 and time.time() < deadline:
