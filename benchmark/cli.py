@@ -350,11 +350,17 @@ def cmd_run(args) -> int:
         raise DataUnavailable("no run of this experiment can start: " + "; ".join(f"{w}: {y}" for w, y in plan.skipped),
                               file=reg.file_of("experiment", plan.experiment.name),
                               fix="make the data available (see each reason), then rerun")
-    only = None
+    only, force = None, args.force
     if args.only:
         from benchmark.plan.build import select
 
+        import fnmatch
+
         only = select(plan, args.only)
+        # --force retrains the runs the globs name; the runs they depend on are retrained only if their
+        # weights are unusable (as without --force), so refreshing fusion runs keeps their committed sources
+        force = {r.id for r in plan.runs if r.id in only and any(fnmatch.fnmatchcase(r.id, p) for p in args.only)} \
+            if args.force else False
         if not only:
             raise BenchError(f"--only {' '.join(args.only)} matches no run of '{plan.experiment.name}'",
                              field="--only", fix=f"use glob patterns over the run ids that afbench plan "
@@ -369,12 +375,12 @@ def cmd_run(args) -> int:
     try:  # guarded: `afbench run ... | head`, a reader that goes away, never fails a run nor stops the grid
         with guard_streams(), experiment_lock(exp_dir, wait=args.wait_lock) as me:
             summary = run_plan(plan, reg, results_dir=root, data_dir=_data_dir(args),
-                               device=args.device, jobs=args.jobs, force=args.force, only=only,
+                               device=args.device, jobs=args.jobs, force=force, only=only,
                                executor=args.executor, slurm_options=slurm_opts,
                                on_workers=lambda pids: record_workers(exp_dir, me, pids))
     except StorageError as e:
         # a read-only (or full) results folder is fine for a run with nothing to write
-        todo, done = pending_runs(plan, exp_dir, args.force, lambda _: None, only)
+        todo, done = pending_runs(plan, exp_dir, force, lambda _: None, only)
         if todo or not done:
             raise
         print(f"note: nothing to write ({len(done)} runs already finished), so {shown_path(exp_dir)} was only "
@@ -679,7 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             sp.add_argument("--jobs", type=int, default=1, metavar="N",
                             help="independent runs in parallel processes (default: 1)")
-            sp.add_argument("--force", action="store_true", help="retrain finished runs")
+            sp.add_argument("--force", action="store_true",
+                            help="retrain finished runs (with --only: the runs the globs match, not the finished "
+                                 "runs they depend on)")
             sp.add_argument("--only", action="append", metavar="GLOB",
                             help="run only the runs whose id matches this glob (repeatable), and the runs they "
                                  "depend on, e.g. --only '*__st_a_rf16__*__s42__*'")

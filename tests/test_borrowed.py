@@ -113,3 +113,20 @@ def test_an_unknown_or_own_name_is_one_paragraph(tmp_path, capsys):
     args = _specs(tmp_path, lender="tiny_borrower")
     assert main(["plan", "tiny_borrower", *args]) != 0
     assert "names itself in dependencies_from" in capsys.readouterr().err
+
+
+def test_force_with_only_retrains_the_matched_runs_not_their_finished_sources(tmp_path, capsys):
+    """Refreshing fusion runs (e.g. to give them predictions) keeps the stage-1 adapters they read: --force
+    applies to the runs the --only globs match; a dependency is retrained only if its weights are unusable."""
+    args = _specs(tmp_path)
+    assert main(["run", "tiny_lender", *args]) == 0
+    folder = tmp_path / "r" / "tiny_lender"
+    before = {rid: (folder / rid / "result.json").stat().st_mtime_ns for rid in _results(folder)}
+    capsys.readouterr()
+    assert main(["run", "tiny_lender", "--force", "--only", "*__fusion_st_a*", *args]) == 0
+    assert "1 trained" in capsys.readouterr().out
+    after = {rid: (folder / rid / "result.json").stat().st_mtime_ns for rid in _results(folder)}
+    moved = {rid for rid in before if after[rid] != before[rid]}
+    assert len(moved) == 1 and "__fusion_st_a" in moved.pop()
+    assert main(["run", "tiny_lender", "--force", "--only", "*__st_a_*", *args]) == 0  # named: retrained
+    assert "2 trained" in capsys.readouterr().out

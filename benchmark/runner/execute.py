@@ -276,7 +276,7 @@ def free_gpu(busy: list[int], ngpu: int) -> int:
     return counts.index(min(counts))
 
 
-def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | None = None
+def pending_runs(plan: Plan, exp_dir: Path, force: bool | set[str], log, only: set[str] | None = None
                  ) -> tuple[list[Run], list[str]]:
     """(runs to train, ids already finished), among ``only`` if given. A finished dependency whose weights
     are missing, partial or changed is retrained only if a pending run needs them (results are committed
@@ -289,11 +289,12 @@ def pending_runs(plan: Plan, exp_dir: Path, force: bool, log, only: set[str] | N
     for r in plan.runs:
         if only is not None and r.id not in only:
             continue
-        if r.id in elsewhere or (not force and is_finished(exp_dir / r.id)):
+        forced = r.id in force if isinstance(force, set) else force  # a set: the runs --only names, not their deps
+        if r.id in elsewhere or (not forced and is_finished(exp_dir / r.id)):
             done.append(r.id)
         elif (newer := read_result_file(exp_dir / r.id)).state == "newer":  # never retrained over, even with --force
             log(f"  {r.id}: {newer.reason}; not retrained")
-        elif not force and (prev := read_result(exp_dir / r.id)) is not None and prev.diverged:
+        elif not forced and (prev := read_result(exp_dir / r.id)) is not None and prev.diverged:
             log(f"  {r.id} diverged before ({prev.error}); not retrained: "
                 "change its settings, or pass --force to retry")
         else:
@@ -363,7 +364,7 @@ def predicted_seconds(plan: Plan, reg: Registry, data_dir, todo: list[Run], dev:
 
 
 def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | None, device: str | None = None,
-             jobs: int = 1, force: bool = False, only: set[str] | None = None, log=print,
+             jobs: int = 1, force: bool | set[str] = False, only: set[str] | None = None, log=print,
              executor: str = "local", slurm_options=None, on_workers=None) -> Summary:
     """Train what is not finished (``only``: a subset of run ids, ``plan.build.select``), locally or as
     Slurm jobs (``executor``, ``slurm.py``)."""
