@@ -352,9 +352,9 @@ def cmd_run(args) -> int:
                               fix="make the data available (see each reason), then rerun")
     only, force = None, args.force
     if args.only:
-        from benchmark.plan.build import select
-
         import fnmatch
+
+        from benchmark.plan.build import select
 
         only = select(plan, args.only)
         # --force retrains the runs the globs name; the runs they depend on are retrained only if their
