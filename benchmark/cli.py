@@ -522,14 +522,16 @@ def cmd_export(args) -> int:
     exp_dir = results_root(args.results_dir) / plan.experiment.name
     done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args),
                        keep_clear=_keep_clear(args))
+    refused = [e for e in done if e.refused]
     if not done:
         raise BenchError(f"no finished run of '{plan.experiment.name}' under {exp_dir}"
                          + (f" matches --only {' '.join(args.only)}" if args.only else ""),
                          field="--only" if args.only else "--results-dir",
                          fix=f"run it first (afbench run {plan.experiment.name}) or check the globs against "
                              f"afbench plan {plan.experiment.name}")
-    print(f"{len(done)} run(s) exported under {args.out} (AdapterHub adapters 1.3.0 format; see export.json)")
-    return 0
+    print(f"{len(done) - len(refused)} run(s) exported under {args.out} (AdapterHub adapters 1.3.0 format; see "
+          f"export.json)" + (f", {len(refused)} refused (see above)" if refused else ""))
+    return 1 if refused else 0
 
 
 def cmd_predict(args) -> int:

@@ -16,7 +16,7 @@ LAYERS = [
     {"errors", "hashing", "methods", "paper", "paths", "predictions", "records"},
     {"spec"},
     {"data"},
-    {"plan"},
+    {"plan", "adapterhub"},  # adapterhub: AdapterHub's format, which the planner checks published adapters against
     {"modeling"},
     {"training"},
     {"runner"},

@@ -260,7 +260,7 @@ def test_tuned_encoders_are_the_base_and_mean_pooling_heads_carry_their_loader(t
                                                   backbone="tiny-bert-mean", methods=("full", "fusion_mt_a"))}
     results = tmp_path / "results" / EXPERIMENT
     assert {r.split("__")[1] for r in runs} == {"full", "mt_a_rf16", "fusion_mt_a"}
-    loader = (Path(__file__).resolve().parents[1] / "benchmark" / "runner" / "mean_pooling_head.py").read_text()
+    loader = (Path(__file__).resolve().parents[1] / "benchmark" / "adapterhub" / "mean_pooling_head.py").read_text()
     for rid, e in runs.items():
         doc = _doc(e.folder)
         assert doc["base"] == "base" and any("tuned the encoder" in n for n in doc["notes"])
@@ -293,7 +293,7 @@ def test_roundtrip_through_adapters_1_3_0(tmp_path, capsys):
 
     assert run_roundtrip(os.environ["AFBENCH_REFERENCE_PYTHON"], tmp_path, TOLERANCE)
     out = capsys.readouterr().out
-    assert out.count(" ok") == 10 and "MISMATCH" not in out and out.count("tiny-bert-mean") == 4
+    assert out.count(" ok") == 14 and "MISMATCH" not in out and "refused 2 run(s)" in out and out.count("tiny-bert-mean") == 4
 
 
 # ------------------------------------------------------------------ published adapters as fusion sources

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from benchmark.adapterhub import to_hub
 from benchmark.errors import CheckpointError
 from benchmark.modeling.checkpoint import (
-    export_adapterhub_state,
     load_adapterhub,
     load_modules,
     save_modules,
@@ -266,7 +266,7 @@ def test_load_into_wrong_shape_names_both_shapes(tiny_bert, tmp_path):
 
 def _adapterhub_folder(model, name, folder, prefix, config):
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(export_adapterhub_state(model, name, prefix), folder / "pytorch_adapter.bin")
+    torch.save(to_hub(model.state_of(Modules(adapters=[name])), prefix), folder / "pytorch_adapter.bin")
     (folder / "adapter_config.json").write_text(json.dumps({"name": name, "config": config,
                                                             "hidden_size": model.hidden_size}))
 
@@ -301,7 +301,7 @@ def test_adapterhub_errors_are_clear(tiny_bert, tmp_path):
         load_adapterhub(model, tmp_path)
     big = AdapterModel(make())
     big.add_adapter("x", AdapterParams(reduction_factor=2))
-    torch.save(export_adapterhub_state(big, "x", "bert"), tmp_path / "pytorch_adapter.bin")
+    torch.save(to_hub(big.state_of(Modules(adapters=["x"])), "bert"), tmp_path / "pytorch_adapter.bin")
     with pytest.raises(CheckpointError, match="expects"):
         load_adapterhub(AdapterModel(make()), tmp_path)
 

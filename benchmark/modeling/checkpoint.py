@@ -1,8 +1,7 @@
 """Save and load adapters, fusion layers and heads (safetensors + a small JSON config).
 
-Also reads adapters saved by AdapterHub (``adapter_config.json`` + ``pytorch_adapter.bin``), so the
-paper's published adapters can be fused, and writes that format for the parity check. Pickled
-``.bin`` files are loaded with ``weights_only=True``. Any mismatch is a CheckpointError naming the
+Also reads adapters saved by AdapterHub (``adapter_config.json`` + ``pytorch_adapter.bin``, the format in
+``benchmark/adapterhub``), so the paper's published adapters can be fused. Pickled ``.bin`` files are loaded with ``weights_only=True``. Any mismatch is a CheckpointError naming the
 file, the tensor and the expected and found shapes; loading is strict: every tensor of the selected
 modules must be in the file with its shape (a stage-1 file whose adapter was stripped must not give
 a fusion run over randomly initialised adapters). ``verify_weights`` checks a run folder the same way
@@ -14,18 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from benchmark.data import published
+from benchmark import adapterhub
 from benchmark.errors import CheckpointError, StorageError
 from benchmark.modeling.layout import FUSION_LOCATION, LAYOUTS, LOCATIONS
 from benchmark.modeling.model import AdapterModel, Modules, adapter_type, params_from
-from benchmark.spec.schema import AdapterParams, FusionParams
+from benchmark.spec.schema import FusionParams
 
 
 def layout_for_keys(family: str):
@@ -252,42 +250,23 @@ def _rename_key(key: str, rename: dict[str, str]) -> str:
 
 
 # ---------------------------------------------------------------------------------------- AdapterHub
-def _hub_key(layout) -> re.Pattern:
-    """AdapterHub's adapter keys in a family whose slots sit where AdapterHub's do (output-style families)."""
-    if any(layout.sublayer(loc).style != "output" for loc in LOCATIONS):
-        raise CheckpointError(f"reading AdapterHub adapters is supported for BERT-style layouts, not "
-                              f"'{layout.family}'", fix="train the adapter with this benchmark instead")
-    hosts = "|".join(re.escape(layout.sublayer(loc).host) for loc in LOCATIONS)
-    return re.compile(rf"(?:^|\.){re.escape(layout.layers)}\.(\d+)\.({hosts})\.adapters\.([^.]+)\."
-                      r"adapter_(down\.0|up)\.(weight|bias)$")
-
-
-def _location(layout, host: str) -> str:
-    return next(loc for loc in LOCATIONS if layout.sublayer(loc).host == host)
-
-
-def adapterhub_params(config: dict, file: str) -> AdapterParams:
-    """AdapterHub's adapter config as ours; a config we cannot compute exactly is refused with the keys
-    that differ (``data/published.py``)."""
-    return published.adapter_params(config, file)
-
-
 def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) -> str:
-    """Load an AdapterHub adapter folder into ``model``; returns the adapter's name in the model."""
+    """Load an AdapterHub adapter folder into ``model`` (configs and keys: ``benchmark/adapterhub``); returns the
+    adapter's name in the model."""
     folder = Path(folder)
-    cfile, wfile = folder / "adapter_config.json", folder / "pytorch_adapter.bin"
+    cfile, wfile = folder / adapterhub.CONFIG, folder / "pytorch_adapter.bin"
     if not wfile.exists() and (folder / "adapter.safetensors").exists():
         wfile = folder / "adapter.safetensors"  # save_adapter(..., use_safetensors=True)
     if not cfile.exists() or not wfile.exists():
         raise CheckpointError("an AdapterHub adapter folder holds adapter_config.json and pytorch_adapter.bin "
                               "(or adapter.safetensors)",
                               file=str(folder), fix="point at the folder that save_adapter() wrote")
-    try:
-        config = json.loads(cfile.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(f"cannot read the adapter config ({type(e).__name__}: {str(e)[:200]})",
-                              file=str(cfile), fix="point at the folder that save_adapter() wrote") from None
-    params = adapterhub_params(config, str(cfile))
+    lay = model.layout
+    if any(lay.sublayer(loc).style != "output" for loc in LOCATIONS):  # AdapterHub's keys name the hosts we keep
+        raise CheckpointError(f"reading AdapterHub adapters is supported for BERT-style layouts, not "
+                              f"'{lay.family}'", fix="train the adapter with this benchmark instead")
+    config = adapterhub.read_config(folder)
+    params = adapterhub.adapter_params(config, str(cfile))
     try:
         state = load_file(str(wfile)) if wfile.suffix == ".safetensors" else \
             torch.load(wfile, map_location="cpu", weights_only=True)
@@ -299,44 +278,18 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
         raise CheckpointError(f"the weights file holds a {type(state).__name__}, not a state dict of named tensors",
                               file=str(wfile), fix="point at the pytorch_adapter.bin that save_adapter() wrote "
                                                    "(torch.save of model.state_dict()-style {name: tensor})")
-    saved_name = config.get("name")
-    name = name or saved_name
-    mapped = {}
-    lay = model.layout
-    hub_key = _hub_key(lay)
-    for k, v in state.items():
-        m = hub_key.search(k)
-        if not m:
-            continue
-        layer, host, _, part, kind = m.groups()
-        ours = "down" if part == "down.0" else "up"
-        mapped[f"{lay.slot_prefix(int(layer), _location(lay, host))}adapters.{name}.{ours}.{kind}"] = v
-    if not mapped:
-        example = f"...{lay.layers}.0.{lay.sublayer('output').host}.adapters.NAME.adapter_down.0.weight"
-        raise CheckpointError(f"no adapter tensors found (expected keys like '{example}')", file=str(wfile))
+    name = name or config.get("name")
     if name not in model.adapter_params:
         model.add_adapter(name, params)
-    expected = set(model.keys_of(Modules(adapters=[name])))
-    missing = sorted(expected - set(mapped))
+    own = model.state_dict()
+    expected = {k: tuple(own[k].shape) for k in model.keys_of(Modules(adapters=[name]))}
+    mapped = adapterhub.from_hub(state, expected, {name: config.get("name") or name})
+    if not mapped:
+        example = adapterhub.hub_key(next(iter(expected)), "", {name: config.get("name") or name})
+        raise CheckpointError(f"no adapter tensors found (expected keys like '...{example}')", file=str(wfile))
+    missing = sorted(set(expected) - set(mapped))
     if missing:
         raise CheckpointError(f"{len(missing)} adapter tensors missing, e.g. '{missing[0]}'", file=str(wfile),
                               fix="check that the adapter was trained for a model with this many layers")
     _load_tensors(model, mapped, str(wfile))
     return name
-
-
-def export_adapterhub_state(model: AdapterModel, name: str, prefix: str) -> dict:
-    """Our adapter ``name`` as AdapterHub state-dict keys (``{prefix}.<layers>.<i>.<host>.adapters...``)."""
-    lay = model.layout
-    _hub_key(lay)  # refuses layouts whose keys AdapterHub spells differently
-    state = model.state_dict()
-    out = {}
-    for i in range(model.num_layers):
-        for loc in LOCATIONS:
-            ours = f"{lay.slot_prefix(i, loc)}adapters.{name}."
-            for part, hub in (("down", "adapter_down.0"), ("up", "adapter_up")):
-                for kind in ("weight", "bias"):
-                    if ours + f"{part}.{kind}" in state:
-                        out[f"{prefix}.{lay.layers}.{i}.{lay.sublayer(loc).host}.adapters.{name}.{hub}.{kind}"] = \
-                            state[ours + f"{part}.{kind}"].clone()
-    return out

@@ -1,5 +1,5 @@
-"""The export round trip of ``afbench parity``: train tiny ST-A, Houlsby and Fusion runs, ``afbench
-export`` them, load the folders with AdapterHub's own API in the reference environment
+"""The export round trip of ``afbench parity``: train tiny ST-A, Houlsby, Fusion and LoRA runs, ``afbench
+export`` them (a LoRA on the attention output projection is refused: AdapterHub cannot name it), load the folders with AdapterHub's own API in the reference environment
 (``reference_export.py``) and compare its logits with ours on the exported sample rows.
 
 The runs are a real grid (planner, runner, result files) on two drop-in tasks written here with
@@ -25,6 +25,7 @@ from benchmark.spec.registry import default_spec_dir
 
 EXPERIMENT = "export_roundtrip"
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: README.md, docs/
+LORAS = {"lora_ffn": ["key", "intermediate", "output"], "lora_attention_output": ["attention_output"]}
 WORDS = "red blue green small large old new fast slow warm cold bright dark loud quiet".split()
 
 
@@ -45,8 +46,11 @@ def write_specs(folder: Path, *, rows: int = 32, epochs: int = 3, backbone: str 
     """A spec folder with tasks ``rt_cls`` (classification), ``rt_mc`` (multiple choice), the experiment and
     backbone ``tiny-bert-mean`` (tiny-bert with MiniLM's mean-pooling heads)."""
     rng = random.Random(0)
-    for sub in ("tasks/data", "experiments", "backbones"):
+    for sub in ("tasks/data", "experiments", "backbones", "methods"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
+    for name, targets in LORAS.items():  # LoRA on every target AdapterHub's LoRAConfig names, and one it cannot
+        (folder / "methods" / f"{name}.yaml").write_text(
+            f"include: lora.yaml\nlora: {{rank: 4, alpha: 8, dropout: 0.1, targets: [{', '.join(targets)}]}}\n")
     tiny = (default_spec_dir() / "backbones" / "tiny-bert.yaml").read_text()
     (folder / "backbones" / "tiny-bert-mean.yaml").write_text(tiny.rstrip("\n") + "\npooling: mean\n")
     for name, kind in (("rt_cls", "cls"), ("rt_mc", "mc")):
@@ -61,7 +65,7 @@ def write_specs(folder: Path, *, rows: int = 32, epochs: int = 3, backbone: str 
             body = ("type: multiple_choice\ninput: {text: '{{ question }}', choices: ['{{ a }}', '{{ b }}', "
                     "'{{ c }}']}\nlabel: {column: label}\n")
         (folder / "tasks" / f"{name}.yaml").write_text(f"kind: task\nname: {name}\nmax_length: 32\n{files}{body}")
-    kinds = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a")
+    kinds = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a", "lora", *LORAS)
     lr = "\n".join(f"  {m}: {{lr: 1.0e-2}}" for m in kinds)  # tiny random models move only at a large lr
     (folder / "experiments" / f"{EXPERIMENT}.yaml").write_text(
         f"kind: experiment\nname: {EXPERIMENT}\nbackbones: [{backbone}]\nseeds: [1]\n"
@@ -98,6 +102,11 @@ def run_roundtrip(reference_python: str, work: Path, tolerance: float) -> bool:
     exported = train_and_export(work / "cls", log=lambda *_: None)  # first-token heads (BERT)
     exported += train_and_export(work / "mean", log=lambda *_: None, backbone="tiny-bert-mean",
                                  methods=("st_a", "fusion_st_a"))  # mean-pooling heads (MiniLM)
+    loras = train_and_export(work / "lora", log=lambda *_: None, methods=("lora", *LORAS))
+    refused = [e for e in loras if e.refused]  # LoRA on the attention output: AdapterHub's LoRAConfig has no switch
+    print(f"export refused {len(refused)} run(s) as it should: "
+          + "; ".join(f"{e.run_id}: {e.refused}" for e in refused[:1]))
+    exported += [e for e in loras if not e.refused]
     snippet = work / "readme_snippet.py"
     snippet.write_text(readme_snippet())
     script = Path(__file__).with_name("reference_export.py")
@@ -108,7 +117,7 @@ def run_roundtrip(reference_python: str, work: Path, tolerance: float) -> bool:
         print("parity: the reference side of the export round trip failed (see above)", file=sys.stderr)
         return False
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    ok = len(report) == len(exported) > 0
+    ok = len(report) == len(exported) > 0 and len(refused) == 2 and all("attention_output" in e.run_id for e in refused)
     print("export round trip (afbench export -> the README's snippet: adapters 1.3.0 load_adapter / "
           "load_adapter_fusion / load_head):")
     for r in report:

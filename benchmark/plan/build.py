@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from benchmark import methods
-from benchmark.data.published import Published, check_backbone, resolve
+from benchmark.adapterhub import check_backbone, fusable
+from benchmark.data.published import Published, resolve
 from benchmark.data.sources import task_fingerprints
 from benchmark.errors import SpecError
 from benchmark.plan.identity import run_id
@@ -171,7 +172,8 @@ class _Planner:
                     raise SpecError(f"fusion.adapterhub_allow_other_base names '{t}', which fusion.adapterhub does "
                                     "not map to a published adapter", file=file,
                                     field="fusion.adapterhub_allow_other_base", fix="remove it, or add its adapter")
-            self._published = {t: resolve(ref, file, t) for t, ref in self.exp.fusion.adapterhub.items()}
+            self._published = {t: fusable(resolve(ref, file, t), file or "the experiment spec", f"fusion.adapterhub.{t}")
+                               for t, ref in self.exp.fusion.adapterhub.items()}  # configs we compute exactly
         return self._published
 
     def mt_a_method(self) -> str:

@@ -36,9 +36,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from benchmark import adapterhub
 from benchmark.errors import BenchError, DataError, StorageError
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
-from benchmark.modeling.checkpoint import load_modules
+from benchmark.modeling.checkpoint import MODULES, load_modules, read_meta
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.paths import pid_alive, write_atomic
 from benchmark.plan.run import Plan, Run
@@ -46,49 +47,18 @@ from benchmark.records import read_result_file
 from benchmark.runner.borrowed import borrowed
 from benchmark.spec.registry import Registry
 
-TARGET = "adapters.1.3.0"
+TARGET = adapterhub.VERSION
 SAMPLE_ROWS = 4
-MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel"}
-LOADER = "heads/mean_pooling.py"  # mean_pooling_head.py, copied where a head reads the masked mean (MiniLM)
-
-# AdapterHub's SeqBnConfig ("pfeiffer", the paper's ST-A) as save_adapter writes it; DoubleSeqBnConfig
-# ("houlsby") differs in the three keys of HOULSBY. ``adapterhub_params`` (checkpoint.py) reads these back.
-SEQ_BN = {
-    "adapter_residual_before_ln": False, "cross_adapter": False, "dropout": 0.0, "factorized_phm_W": True,
-    "factorized_phm_rule": False, "hypercomplex_nonlinearity": "glorot-uniform", "init_weights": "bert",
-    "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None, "is_parallel": False,
-    "learn_phm": True, "leave_out": [], "ln_after": False, "ln_before": False, "mh_adapter": False,
-    "non_linearity": "relu", "original_ln_after": True, "original_ln_before": True, "output_adapter": True,
-    "phm_bias": True, "phm_c_init": "normal", "phm_dim": 4, "phm_init_range": 0.0001, "phm_layer": False,
-    "phm_rank": 1, "reduction_factor": 16, "residual_before_ln": True, "scaling": 1.0, "shared_W_phm": False,
-    "shared_phm_rule": True, "stochastic_depth": 0.0, "use_gating": False,
-}
-HOULSBY = {"mh_adapter": True, "original_ln_before": False, "non_linearity": "swish"}
-FUSION_CONFIGS = {  # AdapterHub's "dynamic" and "static" fusion configs
-    "dynamic": {"dropout_prob": None, "key": True, "query": True, "query_before_ln": False, "regularization": True,
-                "residual_before": False, "temperature": False, "value": True, "value_before_softmax": True,
-                "value_initialized": True},
-    "static": {"dropout_prob": None, "key": True, "query": True, "query_before_ln": False, "regularization": False,
-               "residual_before": False, "temperature": False, "value": False, "value_before_softmax": True,
-               "value_initialized": False},
-}
+MODEL_CLASS = adapterhub.MODEL_CLASS
+LOADER = "heads/mean_pooling.py"  # adapterhub/mean_pooling_head.py, copied where a head reads the masked mean (MiniLM)
 
 
 @dataclass
 class Exported:
     run_id: str
-    folder: Path
+    folder: Path | None  # None: refused (``refused`` says why and what to do)
     notes: list[str] = field(default_factory=list)
-
-
-def adapter_config(params) -> dict:
-    """Our AdapterParams as AdapterHub's full bottleneck config dict."""
-    from benchmark.modeling.adapters import non_linearity
-
-    cfg = {**SEQ_BN, **(HOULSBY if params.type == "houlsby" else {})}
-    cfg["reduction_factor"] = params.reduction_factor
-    cfg["non_linearity"] = non_linearity(params)
-    return cfg
+    refused: str | None = None
 
 
 MANIFEST = ".afbench-export.json"  # in --out: the run folders this program wrote there, with their files
@@ -256,47 +226,6 @@ class _Writer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _meta(name: str, hidden: int, model_class: str, model_type: str, model_name: str) -> dict:
-    return {"hidden_size": hidden, "model_class": model_class, "model_name": model_name, "model_type": model_type,
-            "name": name, "version": TARGET}
-
-
-def _adapter_state(model: AdapterModel, name: str, prefix: str) -> dict:
-    out = {}
-    for k, v in model.state_of(Modules(adapters=[name])).items():
-        # encoder.encoder.layer.{i}.{attention.output|output}.adapters.{name}.{down|up}.{weight|bias}
-        head, _, tail = k.partition(f".adapters.{name}.")
-        part, kind = tail.split(".")
-        hub = "adapter_down.0" if part == "down" else "adapter_up"
-        out[f"{prefix}.{head.removeprefix('encoder.')}.adapters.{name}.{hub}.{kind}"] = v
-    return out
-
-
-def _fusion_state(model: AdapterModel, fusion: str, hub_name: str, prefix: str) -> dict:
-    out = {}
-    for k, v in model.state_of(Modules(fusions=[fusion])).items():
-        head, _, tail = k.partition(f".fusions.{fusion}.")  # ... .output .fusions.{f}.{query|key|value}.{w|b}
-        out[f"{prefix}.{head.removeprefix('encoder.')}.adapter_fusion_layer.{hub_name}.{tail}"] = v
-    return out
-
-
-def _head_state(model: AdapterModel, name: str) -> dict:
-    state = model.state_of(Modules(heads=[name]))
-    # ours: dense / out around dropout-tanh-dropout; AdapterHub: Sequential [Dropout, Linear, Tanh, Dropout, Linear]
-    return {f"heads.{name}.{ {'dense': 1, 'out': 4}[k.split('.')[-2]] }.{k.split('.')[-1]}": v
-            for k, v in state.items()}
-
-
-def _head_config(task, hidden: int) -> dict:
-    if task.type == "classification":
-        return {"activation_function": "tanh", "bias": True, "dropout_prob": None, "head_type": "classification",
-                "label2id": {n: i for i, n in enumerate(task.label.names)}, "layers": 2,
-                "num_labels": task.num_labels, "use_pooler": False}
-    return {"activation_function": "tanh", "dropout_prob": None, "head_type": "multiple_choice",
-            "label2id": {f"LABEL_{i}": i for i in range(task.num_labels)}, "layers": 2,
-            "num_choices": task.num_labels, "use_pooler": False}
-
-
 def build_model(run: Run, reg: Registry, run_dir, tok) -> AdapterModel:
     """The run's trained model: backbone + everything its folder saved (+ the MT-A encoder it fused on)."""
     model = AdapterModel(load_encoder(reg.backbones[run.backbone], tok))
@@ -334,15 +263,15 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
     model = build_model(run, reg, run_dir, tok)
     model_type = model.config.model_type
     if model_type not in MODEL_CLASS:
-        raise BenchError(f"run {run.id}: AdapterHub export supports BERT and RoBERTa encoders, not {model_type!r}",
-                         field="backbone")
+        raise adapterhub.Inexpressible(f"AdapterHub export supports BERT and RoBERTa encoders, not {model_type!r}",
+                                       fix="export runs on a BERT or RoBERTa backbone")
     model_class, prefix = MODEL_CLASS[model_type], type(model.encoder).base_model_prefix
     hidden = model.hidden_size
-    tuned = any(k.startswith("encoder.") and ".adapters." not in k and ".fusions." not in k
-                for k in _saved_keys(run_dir(run.id))) or run.kind.depends_on == "mt_a"
+    configs = {name: adapterhub.adapter_config(params) for name, params in model.adapter_params.items()}  # or refused
+    tuned = read_meta(Path(run_dir(run.id)) / MODULES)["encoder"] or run.kind.depends_on == "mt_a"
     hub_base = bspec.source == "hub" and not tuned
     model_name = bspec.model_id if bspec.source == "hub" else ""
-    meta = lambda name: _meta(name, hidden, model_class, model_type, model_name)  # noqa: E731
+    meta = lambda name: adapterhub.meta(name, hidden, model_class, model_type, model_name)  # noqa: E731
     try:
         w = _Writer(out, run.id, owner)
     except OSError as e:
@@ -358,17 +287,20 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
             if tuned:
                 notes.append("the method tuned the encoder: base/ holds the tuned encoder, load it as the base model")
         doc["adapters"] = {}
-        for name, params in model.adapter_params.items():
+        for name, config in configs.items():
             rel = f"adapters/{name}"
-            w.json(f"{rel}/adapter_config.json", {"config": adapter_config(params), **meta(name)})
-            w.tensors(f"{rel}/pytorch_adapter.bin", _adapter_state(model, name, prefix))
+            w.json(f"{rel}/adapter_config.json", {"config": config, **meta(name)})
+            state = model.state_of(Modules(adapters=[name]))
+            w.tensors(f"{rel}/pytorch_adapter.bin", adapterhub.to_hub(state, prefix))
             doc["adapters"][name] = rel
         doc["fusion"] = None
         for fname, (sources, fparams) in model.fusion_params.items():
             hub_name = ",".join(sources)
             w.json("fusion/adapter_fusion_config.json", {"adapter_names": sources,
-                                                         "config": FUSION_CONFIGS[fparams.type], **meta(hub_name)})
-            w.tensors("fusion/pytorch_model_adapter_fusion.bin", _fusion_state(model, fname, hub_name, prefix))
+                                                         "config": adapterhub.FUSION_CONFIGS[fparams.type],
+                                                         **meta(hub_name)})
+            w.tensors("fusion/pytorch_model_adapter_fusion.bin",
+                      adapterhub.to_hub(model.state_of(Modules(fusions=[fname])), prefix, {fname: hub_name}))
             doc["fusion"], doc["fusion_adapters"] = "fusion", list(sources)
             if fparams.temperature:
                 notes.append("fusion trained with an annealed softmax temperature; it ends at T = 1, which is "
@@ -378,13 +310,11 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
             setup = activate(model, t)
             active[t] = {"fuse": doc["fusion_adapters"]} if isinstance(setup, Fuse) else setup
             pooling = model.head_specs[t][2]
-            config = _head_config(reg.tasks[t], hidden)
             if pooling != "cls":  # AdapterHub's heads read the first token: a head type of our own, and its loader
-                config["head_type"] = f"afbench_mean_{config['head_type']}"
-                loader = w.text(LOADER, (Path(__file__).parent / "mean_pooling_head.py").read_text())
+                loader = w.text(LOADER, adapterhub.MEAN_POOLING_HEAD.read_text())
             rel = f"heads/{t}"
-            w.json(f"{rel}/head_config.json", {"config": config, **meta(t)})
-            w.tensors(f"{rel}/pytorch_model_head.bin", _head_state(model, t))
+            w.json(f"{rel}/head_config.json", {"config": adapterhub.head_config(reg.tasks[t], pooling), **meta(t)})
+            w.tensors(f"{rel}/pytorch_model_head.bin", adapterhub.head_state(model.state_of(Modules(heads=[t])), t))
             heads[t] = rel
             try:
                 sample = _sample(run, reg, model, tok, t, data_dir)
@@ -414,15 +344,6 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
         if _is_storage_failure(e):
             raise _storage_error(w.final, e) from None
         raise
-
-
-def _saved_keys(folder: Path) -> list[str]:
-    from safetensors import safe_open
-
-    from benchmark.modeling.checkpoint import WEIGHTS
-
-    with safe_open(str(Path(folder) / WEIGHTS), framework="pt") as fh:
-        return list(fh.keys())
 
 
 def _storage_error(path: Path, e: Exception) -> StorageError:
@@ -473,7 +394,9 @@ def refuse_overlap(out: Path, keep_clear: list[tuple[str, Path]]) -> None:
 def export_plan(plan: Plan, reg: Registry, exp_dir: Path, out: Path, *, only: list[str] | None = None,
                 data_dir=None, echo=print, keep_clear: list[tuple[str, Path]] = ()) -> list[Exported]:
     """Export every finished run of ``plan`` (whose id matches a glob of ``only``) under ``out``, which must
-    not overlap the results root (``exp_dir``'s parent) or the folders of ``keep_clear`` ((what, folder) pairs)."""
+    not overlap the results root (``exp_dir``'s parent) or the folders of ``keep_clear`` ((what, folder) pairs).
+    A run AdapterHub cannot load as we compute it (``adapterhub.Inexpressible``) is refused with one line and
+    returned with ``refused`` set; the others are exported."""
     refuse_overlap(out, [("the results root", exp_dir.parent), *keep_clear])
     created = not out.exists()
     try:
@@ -492,8 +415,12 @@ def export_plan(plan: Plan, reg: Registry, exp_dir: Path, out: Path, *, only: li
     for run in runs:
         try:
             e = export_run(run, reg, lambda rid: lent.get(rid, exp_dir / rid), out, data_dir, owner)
+        except adapterhub.Inexpressible as x:  # one line; the other runs go out
+            echo(f"refused {run.id}: {x.reason}; {x.fix}")
+            done.append(Exported(run.id, None, refused=f"{x.reason}; {x.fix}"))
+            continue
         except StorageError:
-            if created and not done:
+            if created and not any(d.folder for d in done):
                 shutil.rmtree(out, ignore_errors=True)  # nothing exported: leave no empty --out behind
             raise
         echo(f"exported {run.id} -> {e.folder}")

@@ -1,0 +1,356 @@
+"""AdapterHub ``adapters`` 1.3.0's save format, both directions, in one place: configs, state keys, heads.
+
+* **Configs.** ``adapter_config(params)`` writes our module params as AdapterHub's config dict, or raises
+  ``Inexpressible`` (the reason and the fix) for what AdapterHub cannot load; ``adapter_params(config)`` reads
+  one back and refuses, with the keys that differ, any config this package does not compute exactly.
+  ``METHODS`` has one ``Method`` per module type: bottleneck adapters (Pfeiffer ``seq_bn``, Houlsby
+  ``double_seq_bn``), LoRA (``LoRAConfig``, composition ``add``); an (IA)^3 module (``IA3Config``, composition
+  ``scale``, one vector per target as ``lora_B`` [out, 1]) would be one more entry. Fusion: ``FUSION_CONFIGS``.
+* **State keys.** Our key ``encoder.<path>.<child>.<name>.<tail>`` is AdapterHub's ``<prefix>.<path>.<its
+  child>.<its name>.<its tail>`` (``to_hub`` / ``from_hub``; the paths agree in BERT-style families, whose
+  slots and target linears sit where AdapterHub's do); heads: ``dense`` / ``out`` are items 1 / 4 of its
+  ``Sequential``. ``mean_pooling_head.py`` is the head type export ships for a mean-pooling head.
+* **Published adapters** (``fusion.adapterhub``, located by ``data/published.py``): ``check_published``
+  refuses, at plan time, configs we cannot compute and adapters trained for another backbone.
+
+No torch at import (the planner imports this module; the reporter plans).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from benchmark.data.published import CONFIG, WEIGHTS, Published, backbone_shape
+from benchmark.errors import BenchError, CheckpointError
+from benchmark.spec.schema import AdapterParams, LoRAParams
+
+VERSION = "adapters.1.3.0"
+MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel"}  # the families export writes
+
+
+class Inexpressible(ValueError):
+    """Something AdapterHub 1.3.0 cannot load as we compute it: ``reason`` and ``fix``, for one line."""
+
+    def __init__(self, reason: str, fix: str):
+        super().__init__(reason)
+        self.reason, self.fix = reason, fix
+
+
+# ------------------------------------------------------------------------------------- bottleneck
+# AdapterHub's SeqBnConfig ("pfeiffer", the paper's ST-A) as save_adapter writes it; DoubleSeqBnConfig
+# ("houlsby") differs in the three keys of HOULSBY. Its ``architecture`` is None (we also read "bottleneck").
+SEQ_BN = {
+    "adapter_residual_before_ln": False, "architecture": None, "cross_adapter": False, "dropout": 0.0,
+    "factorized_phm_W": True, "factorized_phm_rule": False, "hypercomplex_nonlinearity": "glorot-uniform",
+    "init_weights": "bert", "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
+    "is_parallel": False, "learn_phm": True, "leave_out": [], "ln_after": False, "ln_before": False,
+    "mh_adapter": False, "non_linearity": "relu", "original_ln_after": True, "original_ln_before": True,
+    "output_adapter": True, "phm_bias": True, "phm_c_init": "normal", "phm_dim": 4, "phm_init_range": 0.0001,
+    "phm_layer": False, "phm_rank": 1, "reduction_factor": 16, "residual_before_ln": True, "scaling": 1.0,
+    "shared_W_phm": False, "shared_phm_rule": True, "stochastic_depth": 0.0, "use_gating": False,
+}
+HOULSBY = {"mh_adapter": True, "original_ln_before": False, "non_linearity": "swish"}
+# The keys that change what a bottleneck adapter computes, with the value each placement needs; the others
+# (initialisation, training, PHM while off) are not compared.
+_COMPUTES = ("output_adapter", "original_ln_after", "residual_before_ln", "adapter_residual_before_ln",
+             "ln_before", "ln_after", "is_parallel", "scaling", "use_gating", "phm_layer", "inv_adapter",
+             "cross_adapter", "leave_out", "mh_adapter", "original_ln_before")
+_NEEDS = {"pfeiffer": {k: SEQ_BN[k] for k in _COMPUTES}, "houlsby": {k: {**SEQ_BN, **HOULSBY}[k] for k in _COMPUTES}}
+_NON_LINEARITY = {"relu": "relu", "swish": "swish", "silu": "swish", "gelu": "gelu", "tanh": "tanh"}
+
+
+def _bottleneck_config(params: AdapterParams) -> dict:
+    nl = params.non_linearity or ("relu" if params.type == "pfeiffer" else "swish")
+    return {**SEQ_BN, **(HOULSBY if params.type == "houlsby" else {}), "reduction_factor": params.reduction_factor,
+            "non_linearity": nl}
+
+
+def _bottleneck_params(cfg: dict) -> tuple[AdapterParams, list[str]]:
+    kind = "houlsby" if cfg.get("mh_adapter") else "pfeiffer"
+    differ = [f"{k}: {cfg[k]!r} (needs {v!r})" for k, v in _NEEDS[kind].items() if k in cfg and cfg[k] != v]
+    differ += [f"{k}: {cfg[k]!r} (a key AdapterHub's bottleneck config does not have)" for k in sorted(set(cfg) - set(SEQ_BN))]
+    rf = cfg.get("reduction_factor", 16)
+    if isinstance(rf, dict):  # per-layer factors: representable only when they are all one value
+        values = set(rf.values())
+        rf = values.pop() if len(values) == 1 else None
+        if rf is None:
+            differ.append(f"reduction_factor: {cfg['reduction_factor']!r} (needs one value for every layer)")
+    nl = str(cfg.get("non_linearity", "relu" if kind == "pfeiffer" else "swish")).lower()
+    if nl not in _NON_LINEARITY:
+        differ.append(f"non_linearity: {nl!r} (needs one of {sorted(_NON_LINEARITY)}; gelu_new is not gelu)")
+    if not isinstance(rf, int | float) or isinstance(rf, bool) or rf < 1 or rf != int(rf):
+        differ.append(f"reduction_factor: {rf!r} (needs a positive integer)")
+        rf = 16
+    return AdapterParams(type=kind, reduction_factor=int(rf), non_linearity=_NON_LINEARITY.get(nl)), differ
+
+
+# ------------------------------------------------------------------------------------------- LoRA
+# Our target names -> AdapterHub's LoRAConfig switch (selfattn_lora with attn_matrices q/k/v, intermediate_lora,
+# output_lora: BERT's attention.self.{query,key,value}, intermediate.dense, output.dense). It has none for the
+# attention output projection (attention.output.dense).
+_ATTN = {"query": "q", "key": "k", "value": "v"}
+_FFN = {"intermediate": "intermediate_lora", "output": "output_lora"}
+LORA = {"architecture": "lora", "selfattn_lora": False, "intermediate_lora": False, "output_lora": False,
+        "leave_out": [], "r": 8, "alpha": 8, "dropout": 0.0, "attn_matrices": [], "composition_mode": "add",
+        "init_weights": "lora", "init_weights_seed": None, "use_gating": False, "use_dora": False, "vera_d": None,
+        "vera_b": None, "dtype": None}
+
+
+def _targets_config(targets: list[str], method: str) -> dict:
+    odd = [t for t in targets if t not in _ATTN and t not in _FFN]
+    if odd:
+        raise Inexpressible(f"{method} on {', '.join(odd)}: AdapterHub's LoRAConfig cannot name that linear layer "
+                            f"(it adapts {', '.join([*_ATTN, *_FFN])})",
+                            fix=f"train it with targets among {', '.join([*_ATTN, *_FFN])} to export it")
+    attn = [_ATTN[t] for t in targets if t in _ATTN]
+    return {"selfattn_lora": bool(attn), "attn_matrices": attn, **{v: k in targets for k, v in _FFN.items()}}
+
+
+def _number(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+def _lora_config(params: LoRAParams) -> dict:
+    return {**LORA, **_targets_config(params.targets, "a LoRA"), "r": params.rank, "alpha": _number(params.alpha),
+            "dropout": params.dropout}
+
+
+def _ia3_config(params) -> dict:
+    return {**LORA, **_targets_config(list(params.targets), "an (IA)^3"), "r": 1, "alpha": 1,
+            "composition_mode": "scale", "init_weights": "ia3"}
+
+
+def _lora_params(cfg: dict) -> tuple[LoRAParams, list[str]]:
+    differ = [f"{k}: {cfg[k]!r} (needs {LORA[k]!r})" for k in ("composition_mode", "use_gating", "use_dora",
+                                                                "vera_d", "vera_b", "leave_out")
+              if k in cfg and cfg[k] != LORA[k]]
+    targets = [t for t, m in _ATTN.items() if cfg.get("selfattn_lora", True) and m in cfg.get("attn_matrices", ["q", "v"])]
+    targets += [t for t, k in _FFN.items() if cfg.get(k)]
+    return LoRAParams(rank=cfg.get("r", 8), alpha=cfg.get("alpha", 8), dropout=cfg.get("dropout", 0.0),
+                      targets=targets or ["query", "value"]), differ
+
+
+# --------------------------------------------------------------------------------- per module type
+@dataclass(frozen=True)
+class Method:
+    """How one of our module types is written in AdapterHub's format."""
+
+    child: str  # the module's child name in our state keys (``...<child>.<name>.<tail>``)
+    hub_child: str  # AdapterHub's
+    tails: dict[str, str]  # our key's tail -> AdapterHub's ("*": every tail)
+    config: Callable  # our params -> AdapterHub's config dict (raises Inexpressible)
+    params: Callable | None = None  # AdapterHub's config dict -> (our params, keys that differ)
+    to_hub_shape: Callable | None = None  # our tensor -> AdapterHub's (and back: ``from_hub``'s ``shapes``)
+
+
+_BN = Method("adapters", "adapters", {f"{a}.{w}": f"adapter_{b}.{w}" for a, b in (("down", "down.0"), ("up", "up"))
+                                      for w in ("weight", "bias")}, _bottleneck_config, _bottleneck_params)
+METHODS: dict[str, Method] = {  # by our params' ``type``; a type without an entry is refused by export
+    "pfeiffer": _BN, "houlsby": _BN,
+    "lora": Method("lora", "loras", {"A.weight": "lora_A", "B.weight": "lora_B"}, _lora_config, _lora_params),
+    # (IA)^3: our one vector per target (``<target path>.ia3.<name>.<tail>``, [out]) scales that linear's output,
+    # as AdapterHub's IA3 module does with its lora_B [out, 1] (r = alpha = 1, no dropout)
+    "ia3": Method("ia3", "loras", {"*": "lora_B"}, lambda p: _ia3_config(p), None, lambda v: v.reshape(-1, 1)),
+}
+ARCHITECTURES = {"bottleneck": "pfeiffer", "lora": "lora"}  # AdapterHub's ``architecture`` -> a METHODS entry
+FUSION = Method("fusions", "adapter_fusion_layer", {}, lambda p: FUSION_CONFIGS[p.type])
+FUSION_CONFIGS = {  # AdapterHub's "dynamic" and "static" fusion configs
+    "dynamic": {"dropout_prob": None, "key": True, "query": True, "query_before_ln": False, "regularization": True,
+                "residual_before": False, "temperature": False, "value": True, "value_before_softmax": True,
+                "value_initialized": True},
+    "static": {"dropout_prob": None, "key": True, "query": True, "query_before_ln": False, "regularization": False,
+               "residual_before": False, "temperature": False, "value": False, "value_before_softmax": True,
+               "value_initialized": False},
+}
+
+
+def method_of(params) -> Method:
+    m = METHODS.get(getattr(params, "type", None))
+    if m is None:
+        raise Inexpressible(f"AdapterHub {VERSION} has no equivalent of a '{getattr(params, 'type', params)}' module "
+                            "here", fix="export the runs of a method AdapterHub can load (docs/adapterhub.md)")
+    return m
+
+
+def adapter_config(params) -> dict:
+    """Our module params as AdapterHub's full config dict (raises Inexpressible)."""
+    return method_of(params).config(params)
+
+
+def adapter_params(config: dict, file: str):
+    """AdapterHub's config (the ``config`` entry of adapter_config.json, or the file itself) as our params; a
+    config we do not compute exactly is refused with the keys that differ (CheckpointError naming ``file``)."""
+    cfg = config.get("config", config) if isinstance(config, dict) else None
+    if not isinstance(cfg, dict):
+        raise CheckpointError("adapter_config.json holds no config object", file=file)
+    arch = cfg.get("architecture") or "bottleneck"
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"this adapter's architecture {arch!r} has no module here", file=file,
+                              fix=f"use an adapter of architecture {' or '.join(ARCHITECTURES)}")
+    params, differ = METHODS[ARCHITECTURES[arch]].params(cfg)
+    if differ:
+        what = params.type if arch == "bottleneck" else arch
+        raise CheckpointError(
+            f"this {what} adapter's config cannot be represented exactly here: " + "; ".join(differ), file=file,
+            fix="fuse a bottleneck adapter in the Pfeiffer (seq_bn) or Houlsby (double_seq_bn) placement, or train "
+                "that source as a stage-1 run (drop it from fusion.adapterhub)")
+    return params
+
+
+# --------------------------------------------------------------------------------------- state keys
+_KEY = re.compile(r"^encoder\.(?P<path>.+?)\.(?P<child>adapters|lora|ia3|fusions)\.(?P<name>[^.]+)\.(?P<tail>.+)$")
+_BY_CHILD = {m.child: m for m in [*METHODS.values(), FUSION]}
+
+
+def hub_key(key: str, prefix: str, names: dict[str, str] | None = None) -> str | None:
+    """Our encoder-module key as AdapterHub's (None for a key of no module we export); ``names``: our module
+    names -> AdapterHub's (a fusion's is its sources joined by commas)."""
+    m = _KEY.match(key)
+    method = _BY_CHILD.get(m["child"]) if m else None
+    if method is None:
+        return None
+    tail = method.tails.get(m["tail"], method.tails.get("*", m["tail"])) if method.tails else m["tail"]
+    name = (names or {}).get(m["name"], m["name"])
+    return f"{prefix + '.' if prefix else ''}{m['path']}.{method.hub_child}.{name}.{tail}"
+
+
+def to_hub(state: dict, prefix: str, names: dict[str, str] | None = None, method: Method | None = None) -> dict:
+    """Our state (one module's keys) in AdapterHub's keys and shapes."""
+    out = {}
+    for k, v in state.items():
+        h = hub_key(k, prefix, names)
+        if h is not None:
+            shape = (method or _BY_CHILD[_KEY.match(k)["child"]]).to_hub_shape
+            out[h] = shape(v) if shape else v
+    return out
+
+
+def from_hub(state: dict, ours: dict, names: dict[str, str] | None = None) -> dict:
+    """AdapterHub's tensors (keys with any model prefix, or none) for our keys ``ours`` ({key: shape}), reshaped
+    to ours; keys it does not hold are left out (the caller names what is missing)."""
+    want = {hub_key(k, "", names): k for k in ours}
+    out = {}
+    for k, v in state.items():
+        parts = k.split(".")
+        hit = next((want[s] for s in (".".join(parts[i:]) for i in range(len(parts))) if s in want), None)
+        if hit is not None:
+            out[hit] = v.reshape(ours[hit]) if _BY_CHILD[_KEY.match(hit)["child"]].to_hub_shape else v
+    return out
+
+
+# ------------------------------------------------------------------------------------------- heads
+def head_state(state: dict, name: str) -> dict:
+    """Our head ``heads.<name>.{dense|out}.*`` as AdapterHub's ``Sequential`` [Dropout, Linear, Tanh, Dropout, Linear]."""
+    return {f"heads.{name}.{ {'dense': 1, 'out': 4}[k.split('.')[-2]] }.{k.split('.')[-1]}": v for k, v in state.items()}
+
+
+def head_config(task, pooling: str) -> dict:
+    """AdapterHub's head config for a task spec; a head that reads the masked mean has a type of its own, which
+    ``mean_pooling_head.py`` registers (AdapterHub's heads read the first token)."""
+    if task.type == "classification":
+        cfg = {"activation_function": "tanh", "bias": True, "dropout_prob": None, "head_type": "classification",
+               "label2id": {n: i for i, n in enumerate(task.label.names)}, "layers": 2,
+               "num_labels": task.num_labels, "use_pooler": False}
+    else:
+        cfg = {"activation_function": "tanh", "dropout_prob": None, "head_type": "multiple_choice",
+               "label2id": {f"LABEL_{i}": i for i in range(task.num_labels)}, "layers": 2,
+               "num_choices": task.num_labels, "use_pooler": False}
+    if pooling != "cls":
+        cfg["head_type"] = f"afbench_mean_{cfg['head_type']}"
+    return cfg
+
+
+MEAN_POOLING_HEAD = Path(__file__).with_name("mean_pooling_head.py")
+
+
+def meta(name: str, hidden: int, model_class: str, model_type: str, model_name: str) -> dict:
+    """The keys around ``config`` in every config file AdapterHub writes."""
+    return {"hidden_size": hidden, "model_class": model_class, "model_name": model_name, "model_type": model_type,
+            "name": name, "version": VERSION}
+
+
+# ------------------------------------------------------------------------------ published adapters
+def read_config(folder: Path, field: str | None = None) -> dict:
+    try:
+        return json.loads((Path(folder) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"cannot read the adapter config ({type(e).__name__}: {str(e)[:160]})",
+                              file=str(Path(folder) / CONFIG), field=field,
+                              fix="point at the folder that save_adapter() wrote") from None
+
+
+def fusable(pub: Published, where: str, field: str) -> Published:
+    """A published adapter's config, refused at plan time where we cannot compute it exactly or it is not a
+    Pfeiffer adapter (what AdapterFusion fuses)."""
+    try:
+        params = adapter_params(read_config(pub.folder, field), str(Path(pub.folder) / CONFIG))
+    except CheckpointError as e:
+        raise CheckpointError(e.message, file=e.file, field=field, fix=e.fix) from None
+    if params.type != "pfeiffer":
+        raise BenchError(f"{pub.folder} holds a {params.type} adapter; AdapterFusion fuses Pfeiffer (seq_bn) adapters, "
+                         "which sit after the feed-forward block only", file=where, field=field,
+                         fix="fuse a Pfeiffer adapter for this task, or train it as a stage-1 run")
+    return replace(pub, adapter_type=params.type)
+
+
+def _weights_shape(folder: Path) -> tuple[int | None, int | None]:
+    """(hidden size, layers) the adapter's weights were saved for: the down projection's input, the layer indexes."""
+    import torch
+
+    try:
+        if (folder / WEIGHTS[0]).is_file():
+            state = torch.load(folder / WEIGHTS[0], map_location="cpu", weights_only=True)
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
+        else:
+            from safetensors import safe_open
+            with safe_open(str(folder / WEIGHTS[1]), framework="pt") as fh:
+                shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception:  # noqa: BLE001 - an unreadable file is the run's own load error, with its paragraph
+        return None, None
+    layers = {int(m.group(1)) for k in shapes if (m := re.search(r"\.layers?\.(\d+)\.", k))}
+    hidden = next((s[1] for k, s in shapes.items() if "adapter_down" in k and k.endswith("weight") and len(s) == 2), None)
+    return hidden, (max(layers) + 1 if layers else None)
+
+
+def check_backbone(pub: Published, spec, where: str, field: str, allow_other_base: bool = False) -> str | None:
+    """Refuse a published adapter that was not trained for backbone ``spec``: another family (model_type),
+    hidden size or layer count, or another base model named in its adapter_config.json. The last one alone
+    is allowed with ``allow_other_base`` (fusion.adapterhub_allow_other_base) and returned, for the plan and
+    the report to state; None when the adapter names this backbone (or none)."""
+    key = (pub.sha256, repr(spec))
+    if key not in _CHECKED:
+        folder = Path(pub.folder)
+        config = read_config(folder, field)
+        mtype, hidden, layers, names = backbone_shape(spec)
+        w_hidden, w_layers = _weights_shape(folder)
+        a_hidden = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else w_hidden
+        base = config.get("model_name") or ""
+        short = lambda n: str(n).rstrip("/").rsplit("/", 1)[-1].lower()  # noqa: E731 - google-bert/x == x
+        differ = []
+        if mtype and config.get("model_type") and config["model_type"] != mtype:
+            differ.append(f"model_type {config['model_type']!r} (the backbone is {mtype!r})")
+        for what, a, b in (("hidden_size", a_hidden, hidden), ("layers", w_layers, layers)):
+            if a and b and a != b:
+                differ.append(f"{what} {a} (the backbone has {b})")
+        other = f"model_name {base!r} (the backbone is {names[0]!r})" \
+            if base and names and short(base) not in {short(n) for n in names} else None
+        _CHECKED[key] = (differ, other, names)
+    differ, other, names = _CHECKED[key]
+    if differ or (other and not allow_other_base):
+        only_base = not differ
+        raise BenchError(f"the published adapter {pub.ref!r} ({Path(pub.folder) / CONFIG}) was not trained for "
+                         f"backbone '{spec.name}': " + "; ".join(differ + ([other] if other else [])),
+                         file=where, field=field,
+                         fix=f"fuse an adapter trained on {names[0] if names else spec.name}, or drop this source "
+                             "from fusion.adapterhub to train it as a stage-1 run on this backbone"
+                             + (f", or, to fuse it anyway (same family and shape), add {field.rsplit('.', 1)[-1]} to "
+                                "fusion.adapterhub_allow_other_base" if only_base else ""))
+    return other
+
+
+# (adapter content, backbone) -> (shape differences, another base model named, backbone names), once per process
+_CHECKED: dict[tuple[str, str], tuple[list[str], str | None, list[str]]] = {}
