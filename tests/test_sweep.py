@@ -29,11 +29,12 @@ def _registry(specs: Path):
 
 
 def _sweep(tmp_path: Path, trials: int, experiment: str = "tinysweep"):
-    from benchmark.runner.sweep import sweep
+    from benchmark.runner.sweep import resolve, sweep
 
     reg = _registry(write_experiments(tmp_path / "specs", tinysweep=EXPERIMENT,
                                       devsweep=EXPERIMENT.replace("heldout", "dev")))
-    return reg, sweep(reg, reg.experiments[experiment], "head", SPACE, trials, results_dir=tmp_path / "results",
+    exp = reg.experiments[experiment]
+    return reg, sweep(reg, exp, resolve(reg, exp, "head", SPACE, trials), results_dir=tmp_path / "results",
                       data_dir=MIRROR, log=lambda _: None)
 
 
@@ -82,10 +83,28 @@ def test_sweep_refuses_dev_selection(tmp_path):
         _sweep(tmp_path, 1, experiment="devsweep")
 
 
+def test_sweep_without_flags_or_block_says_what_to_give(tmp_path, capsys):
+    from benchmark.cli import main
+
+    specs = write_experiments(tmp_path / "specs", tinysweep=EXPERIMENT)
+    base = ["sweep", "tinysweep", "--specs", str(specs), "--out", str(tmp_path / "o"), "--results-dir", str(tmp_path)]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "tinysweep.yaml" in err and "no sweep: block" in err and "sweep: {method:" in err
+    assert main([*base, "--method", "head"]) == 2 and "go together" in capsys.readouterr().err
+    assert main([*base, "--method", "head", "--space", "lr=0:1:log"]) == 2
+    assert "--space 'lr=0:1:log'" in capsys.readouterr().err
+    assert main([*base, "--method", "head", "--space", "batching=1:2"]) == 2
+    assert "not a numeric train hyper-parameter" in capsys.readouterr().err
+    assert not (tmp_path / "tinysweep").exists()  # nothing was written
+
+
 def test_sweep_resumes_after_a_kill(tmp_path):
     """A sweep process killed during its second trial; the rerun marks that trial failed, tries its values again,
     reads the first trial's run back (not retrained) and completes the study."""
-    write_experiments(tmp_path / "specs", tinysweep=EXPERIMENT)
+    # the reruns name no --method/--space: the experiment's sweep: block says the same, so they continue the study
+    write_experiments(tmp_path / "specs", tinysweep=EXPERIMENT + f"sweep: {{method: head, space: {{lr: '{SPACE[0][3:]}'}}, "
+                                                                 "trials: 3}\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]), "OMP_NUM_THREADS": "1"}
     # The first process's second trial blocks before training (a sitecustomize wraps loop.fit), so the kill always
     # lands in trial 2 with trial 1 finished: tiny trials take ~0.15 s and a poll alone could see two finish.
@@ -97,9 +116,8 @@ def test_sweep_resumes_after_a_kill(tmp_path):
         "    return _fit(*a, **kw)\n\n\nloop.fit = fit\n")
     blocked = {**env, "PYTHONPATH": os.pathsep.join([str(hook), env["PYTHONPATH"]])}
     cmd = [sys.executable, "-m", "benchmark.cli", "sweep", "tinysweep", "--specs", str(tmp_path / "specs"),
-           "--method", "head", "--space", SPACE[0], "--out", str(tmp_path / "swept"),
-           "--results-dir", str(tmp_path / "results")]
-    proc = subprocess.Popen([*cmd, "--trials", "3"], env=blocked, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+           "--out", str(tmp_path / "swept"), "--results-dir", str(tmp_path / "results")]
+    proc = subprocess.Popen([*cmd, "--method", "head", "--space", SPACE[0], "--trials", "3"], env=blocked, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while len(_trial_dirs(tmp_path) if (tmp_path / "results" / "tinysweep" / ".sweep" / "head" / "tinysweep").exists()
               else {}) < 1 and time.time() < deadline:
@@ -109,7 +127,7 @@ def test_sweep_resumes_after_a_kill(tmp_path):
     proc.wait()
     first = _trial_dirs(tmp_path)
     assert len(first) == 1
-    out = subprocess.run([*cmd, "--trials", "3"], env=env, cwd=tmp_path, capture_output=True, text=True)
+    out = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     study = optuna.load_study(study_name="tinysweep.head",
                               storage=f"sqlite:///{tmp_path / 'results/tinysweep/.sweep/head/study.db'}")
