@@ -139,3 +139,41 @@ def test_sweep_resumes_after_a_kill(tmp_path):
     assert more.returncode == 0, more.stderr
     assert "1 to run" in more.stdout and all(_trial_dirs(tmp_path)[r] == m for r, m in after.items())
     assert (tmp_path / "swept" / "methods" / "head_swept.yaml").exists()
+
+
+def test_sweep_on_slurm_submits_each_batch_of_trials_as_one_array(monkeypatch, tmp_path, capsys):
+    """``--executor slurm --parallel 2 --array-parallelism 2``: each batch of two asked trials is one job array
+    (the fake submitit of test_slurm runs the jobs in-process), the jobs train the trials' own values, their ids go
+    to the sweep's own .slurm/jobs.json, and only this driver writes the study."""
+    import json
+
+    from test_slurm import FakeSlurm
+
+    from benchmark.cli import main
+
+    fake = FakeSlurm(monkeypatch)
+    specs = write_experiments(tmp_path / "specs", tinysweep=EXPERIMENT)
+    args = ["sweep", "tinysweep", "--specs", str(specs), "--method", "head", "--space", SPACE[0], "--trials", "4",
+            "--parallel", "2", "--out", str(tmp_path / "swept"), "--results-dir", str(tmp_path / "r"),
+            "--executor", "slurm", "--array-parallelism", "2", "--time-min", "20", "--poll-s", "0.01"]
+    assert main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    arrays = sorted({jid.partition("_")[0] for jid, *_ in fake.submitted})
+    assert len(fake.submitted) == 4 and len(arrays) == 2  # two batches, each one array of two trials
+    assert all(p["array_parallelism"] == 2 and p["time"] == 20 and "dependency" not in p["additional_parameters"]
+               for *_, p in fake.submitted)
+    root = tmp_path / "r" / "tinysweep" / ".sweep" / "head"
+    study = optuna.load_study(study_name="tinysweep.head", storage=f"sqlite:///{root / 'study.db'}")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 4
+    jobs = json.loads((root / "tinysweep" / ".slurm" / "jobs.json").read_text())["runs"]
+    for t in study.trials:
+        (rid,) = t.user_attrs["run_ids"]
+        rec = json.loads((root / "tinysweep" / rid / "result.json").read_text())
+        assert rec["slurm_job_id"] == jobs[rid]["job_id"] and rec["config"]["method"]["train"]["lr"] == t.params["lr"]
+        assert t.value == rec["selection_metric"]
+    assert "submitted" in out and (tmp_path / "swept" / "methods" / "head_swept.yaml").exists()
+    assert sorted(p.name for p in (tmp_path / "r" / "tinysweep").iterdir()) == [".sweep"]
+    # --no-wait cannot tell Optuna a value: refused before anything is submitted
+    fake.submitted.clear()
+    assert main([*args, "--trials", "6", "--no-wait"]) == 2 and fake.submitted == []
+    assert "--no-wait" in capsys.readouterr().err
