@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from benchmark.cli import load_with_siblings
 from conftest import MIRROR, ROOT, needs_mirror, write_experiments
 
 optuna = pytest.importorskip("optuna", reason="optuna (the 'sweep' extra) is not installed; nox -s tracking has it")
@@ -23,8 +24,6 @@ EXPERIMENT = ("backbones: [tiny-bert]\nseeds: [1]\ngroups: [{tasks: [rte], metho
 
 
 def _registry(specs: Path):
-    from benchmark.cli import load_with_siblings
-
     return load_with_siblings([specs])
 
 
@@ -74,6 +73,26 @@ def test_sweep_finds_a_learning_rate_and_never_reads_dev(tmp_path, monkeypatch):
     assert "Dev was not used" in spec["notes"] and "2 trial(s)" in spec["notes"]
     reg2 = _registry(tmp_path / "swept")
     assert reg2.methods["head_swept"].train.lr == study.best_params["lr"]  # adoptable: a valid method spec
+    # the report's "Swept methods" section, read from the study without Optuna: before and after adoption
+    from benchmark.cli import main
+    from benchmark.report.build import build_reports
+
+    assert main(["run", "tinysweep", "--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "results"),
+                 "--data-dir", str(MIRROR)]) == 0  # the experiment's own run, which the report's tables need
+    lr = float(f"{study.best_params['lr']:.4g}")
+    best = f"best held-out {study.best_value:.2f} at `lr={lr}`"
+    build_reports(reg, "tinysweep", results_dir=tmp_path / "results", out_dir=tmp_path / "reports", data_root=MIRROR)
+    md = (tmp_path / "reports" / "tinysweep.md").read_text()
+    section = md.split("## Swept methods")[1]
+    assert "**`head`**: 2 trial(s) finished" in section and best in section and "dev was never used" in section
+    assert "lr in [1e-05, 0.01] (log)" in section and "Not adopted here" in section
+    exp = tmp_path / "specs" / "experiments" / "tinysweep.yaml"
+    exp.write_text(exp.read_text().replace("methods: [head]", "methods: [head, head_swept]"))
+    reg3 = load_with_siblings([tmp_path / "specs", tmp_path / "swept"])
+    build_reports(reg3, "tinysweep", results_dir=tmp_path / "results", out_dir=tmp_path / "reports", data_root=MIRROR)
+    assert "Adopted as `head_swept`: column `head_swept`" in (tmp_path / "reports" / "tinysweep.md").read_text()
+    html = (tmp_path / "reports" / "tinysweep.html").read_text()
+    assert "<h2>Swept methods</h2>" in html and "<code>head_swept</code>" in html and "dev was never used" in html
 
 
 def test_sweep_refuses_dev_selection(tmp_path):
