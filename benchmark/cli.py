@@ -392,18 +392,26 @@ def cmd_run(args) -> int:
 def cmd_sweep(args) -> int:
     """``afbench sweep``: benchmark/runner/sweep.py (Optuna on the held-out slice; dev never read)."""
     from benchmark.runner.results import results_root
-    from benchmark.runner.sweep import sweep, write_variant
+    from benchmark.runner.sweep import resolve, sweep, write_variant
 
     reg = _registry(args)
     exp = reg.get("experiment", args.experiment)
-    study = sweep(reg, exp, args.method, args.space, args.trials, results_dir=results_root(args.results_dir),
-                  data_dir=_data_dir(args), available=availability(reg, _data_dir(args)), options=_options(args),
-                  device=args.device, jobs=args.jobs)
+    spec = resolve(reg, exp, args.method, args.space, args.trials)
+    if args.parallel < 1 or (args.executor == "slurm" and not args.wait):
+        raise BenchError("a sweep waits for each batch of trials, whose held-out accuracy picks the next values"
+                         if args.parallel >= 1 else f"--parallel {args.parallel} asks for no trial at a time",
+                         field="--parallel" if args.parallel < 1 else "--no-wait",
+                         fix="drop --no-wait (a killed sweep resumes: rerun it and it adopts the queued jobs)"
+                         if args.parallel >= 1 else "give --parallel 1 or more")
+    study = sweep(reg, exp, spec, results_dir=results_root(args.results_dir), data_dir=_data_dir(args),
+                  available=availability(reg, _data_dir(args)), options=_options(args), device=args.device,
+                  jobs=args.jobs, parallel=args.parallel, executor=args.executor,
+                  slurm_options=slurm_options(args) if args.executor == "slurm" else None)
     if not any(t.state.name == "COMPLETE" for t in study.trials):
         print("no trial finished: no best configuration to write", file=sys.stderr)
         return 1
     print(f"best: {study.best_trial.params} (held-out {study.best_value:.2f}); wrote "
-          f"{write_variant(reg, exp, args.method, study, Path(args.out))} (adopt it: --specs {args.out} and its name "
+          f"{write_variant(reg, exp, spec.method, study, Path(args.out))} (adopt it: --specs {args.out} and its name "
           "in an experiment's groups)")
     return 0
 
@@ -718,14 +726,20 @@ def build_parser() -> argparse.ArgumentParser:
     sw = common(sub.add_parser("sweep", help="tune a method's train hyper-parameters with Optuna on the held-out "
                                              "slice of train (never dev); the best as a new method spec"))
     sw.add_argument("experiment", help="experiment name (it must use selection: heldout)")
-    sw.add_argument("--method", required=True, help="the method to tune (one the experiment's groups list)")
-    sw.add_argument("--space", action="append", required=True, metavar="KEY=LOW:HIGH[:log]",
-                    help="a train hyper-parameter and its range, e.g. lr=1e-5:1e-3:log (repeatable)")
-    sw.add_argument("--trials", type=int, default=10, help="trials the study should hold (a rerun continues it)")
+    sw.add_argument("--method", help="the method to tune (one the experiment's groups list); default: its sweep:")
+    sw.add_argument("--space", action="append", metavar="KEY=LOW:HIGH[:log]",
+                    help="a train hyper-parameter and its range, e.g. lr=1e-5:1e-3:log (repeatable; with --method)")
+    sw.add_argument("--trials", type=int, help="trials the study should hold (a rerun continues it; default: the "
+                                               "sweep: block's, else 10)")
     sw.add_argument("--out", required=True, metavar="DIR", help="where <method>_swept.yaml goes (DIR/methods/)")
     sw.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
-    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="a trial's runs in parallel processes")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="runs in parallel processes (local executor)")
+    sw.add_argument("--parallel", type=int, default=1, metavar="K",
+                    help="trials asked at once and trained together (Slurm: one array with --array-parallelism)")
     sw.add_argument("--device", help="cpu, cuda, cuda:1 (default: the experiment's, auto)")
+    sw.add_argument("--executor", choices=["local", "slurm"], default="local",
+                    help="train each trial's runs locally or as Slurm jobs (the study stays with this driver)")
+    slurm_flags(sw)
     id_flags(sw)
     ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"))
     ex.add_argument("experiment", help="experiment name (see afbench list)")

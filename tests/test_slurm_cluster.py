@@ -235,6 +235,30 @@ def test_failed_stage1_blocks_only_its_dependents(tiny_specs, tmp_path, capsys):
     assert "2 finished, 4 failed" in status and "NonFiniteLoss" in status
 
 
+def test_sweep_trials_run_as_slurm_array_jobs(tmp_path):
+    """``afbench sweep --executor slurm`` from an experiment's sweep: block: each batch of --parallel trials is one
+    job array; the driver alone writes the study (sqlite), so a rerun continues it and submits nothing twice."""
+    optuna = pytest.importorskip("optuna", reason="optuna (the 'sweep' extra) is not installed; nox -s tracking has it")
+    specs = write_experiments(tmp_path / "specs", sweep_slurm=tiny_experiment(tasks=("rte",), methods=("head",),
+                                                                              fusion=False) +
+                              "selection: heldout\nsweep: {method: head, space: {lr: '1e-5:1e-2:log'}, trials: 2}\n")
+    base = ["sweep", "sweep_slurm", "--specs", str(specs), "--results-dir", str(tmp_path / "r"), "--out",
+            str(tmp_path / "swept"), "--executor", "slurm", "--parallel", "2", "--array-parallelism", "2", *POLL]
+    t0 = time.perf_counter()
+    r = cli(*base)
+    timing("sweep of 2 trials as one Slurm array", time.perf_counter() - t0)
+    assert r.returncode == 0 and r.stdout.count("submitted") >= 2, r.stdout + r.stderr
+    root = tmp_path / "r" / "sweep_slurm" / ".sweep" / "head"
+    study = optuna.load_study(study_name="sweep_slurm.head", storage=f"sqlite:///{root / 'study.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    found = results(root / "sweep_slurm")
+    assert len(found) == 2 and len({x["slurm_job_id"].partition("_")[0] for x in found.values()}) == 1, found
+    assert {x["config"]["method"]["train"]["lr"] for x in found.values()} == {t.params["lr"] for t in study.trials}
+    assert (tmp_path / "swept" / "methods" / "head_swept.yaml").exists()
+    again = cli(*base)
+    assert again.returncode == 0 and "0 to run" in again.stdout and "submitted" not in again.stdout, again.stdout
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--partition", "nosuchpartition"], ["partition", "debug"]),
     (["--sbatch", "no-such-option=1"], ["unrecognized option", "--sbatch"]),

@@ -86,6 +86,19 @@ BROKEN = [
      ["e5.yaml", "reduction_factor", "has no adapter"]),
     ("experiments", "e6.yaml", "backbones: [tiny-bert]\nseeds: one\ngroups: [{tasks: [rte], methods: [st_a]}]\n",
      ["e6.yaml", "seeds", "valid list"]),
+    *[("experiments", f"s{i}.yaml", "backbones: [tiny-bert]\nseeds: [1]\ngroups: [{tasks: [rte], methods: [st_a]}]\n"
+       f"sweep: {block}\n", [f"s{i}.yaml", *frags]) for i, (block, frags) in enumerate([
+        ("{method: st_a, space: {lr: '1e-5:1e-3:log'}, trails: 5}", ["sweep.trails", "did you mean 'trials'"]),
+        ("{method: st_a, space: {lr: '1e-3:1e-5'}}", ["sweep.space.lr", "low < high"]),
+        ("{method: st_a, space: {lr: '0:1e-3:log'}}", ["sweep.space.lr", "low > 0 (log)"]),
+        ("{method: st_a, space: {lr: '1e-5-1e-3'}}", ["sweep.space.lr", "not LOW:HIGH"]),
+        ("{method: st_a, space: {}}", ["sweep.space", "at least 1"]),
+        ("{method: head, space: {lr: '1e-5:1e-3'}}", ["sweep.method", "not a method of this experiment's groups",
+                                                      "name one of st_a"]),
+        ("{method: st_b, space: {lr: '1e-5:1e-3'}}", ["sweep.method", "unknown method 'st_b'"]),
+        ("{method: st_a, space: {batching: '1:2'}}", ["sweep.space.batching", "not a numeric train", "search one of"]),
+        ("{method: st_a, space: {warmup_ratio: '0:1'}}", ["sweep.space.warmup_ratio", "outside what the method"]),
+    ], start=1)],
     ("methods", "m1.yaml", "method: st_a\n", ["m1.yaml", "needs an 'adapter' section"]),
     ("methods", "m2.yaml", "method: st_a\nadapter: {reduction_factor: 0}\n", ["m2.yaml", "adapter.reduction_factor"]),
     ("methods", "m3.yaml", "include: _missing.yaml\nmethod: head\n", ["m3.yaml", "include", "does not exist"]),
@@ -211,3 +224,22 @@ def test_missing_local_file_names_task_split_and_fix(tmp_path, capsys):
     assert main(["data", "gone", "--specs", str(tmp_path)]) == 2  # data prints MISSING per split, then fails
     out = capsys.readouterr().out
     assert "train: MISSING" in out and "nowhere/train.csv" in out
+
+
+def test_sweep_block_parses_and_never_enters_run_ids(tmp_path):
+    """``sweep:`` (afbench sweep's method, space and trials) is validated with the spec and changes no run id."""
+    from benchmark.plan.build import build_plan
+
+    plain = "backbones: [tiny-bert]\nseeds: [1]\ngroups: [{tasks: [rte], methods: [st_a, head]}]\n"
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "plain.yaml").write_text(plain)
+    (tmp_path / "experiments" / "swept.yaml").write_text(
+        plain + "sweep: {method: st_a, space: {lr: '1e-5:1e-3:log', epochs: {low: 1, high: 4}}, trials: 7, seed: 3}\n")
+    reg = load_registry([tmp_path])
+    sw = reg.experiments["swept"].sweep
+    assert (sw.method, sw.trials, sw.seed) == ("st_a", 7, 3)
+    assert (sw.space["lr"].low, sw.space["lr"].high, sw.space["lr"].log) == (1e-5, 1e-3, True)
+    assert (sw.space["epochs"].low, sw.space["epochs"].high, sw.space["epochs"].log) == (1, 4, False)
+    ids = [[r.id.replace(n, "") for r in build_plan(reg, reg.experiments[n], lambda t: None).runs]
+           for n in ("plain", "swept")]
+    assert ids[0] == ids[1] and len(ids[0]) == 2

@@ -34,6 +34,7 @@ from benchmark.report.baseline import majority_baselines
 from benchmark.report.cost import CostView, cost_table
 from benchmark.report.prose import markdown_to_html
 from benchmark.report.reruns import REPRODUCIBILITY_NOTE
+from benchmark.report.swept import swept_methods
 from benchmark.report.tables import (
     ARROWS,
     FINDINGS_NOTE,
@@ -417,7 +418,9 @@ def build_reports(reg, experiment: str, *, results_dir: str | Path = "results", 
     for f in data.figures:
         f.file = f"{experiment}_files/{f.name}.png"
     env = _env()
-    texts = {f"{experiment}.{ext}": env.get_template(f"report.{ext}.j2").render(d=data) for ext in ("md", "html", "tex")}
+    sweeps = swept_methods(reg, experiment, Path(results_dir))  # report/swept.py: afbench sweep's studies
+    texts = {f"{experiment}.{ext}": env.get_template(f"report.{ext}.j2").render(d=data, sweeps=sweeps)
+             for ext in ("md", "html", "tex")}
     files = {f.file: f.png for f in data.figures}
     for name, text in tex_fragments(env, data):  # the tables alone, for \input into a paper
         files[f"{experiment}_files/{name}"] = text.encode("utf-8")

@@ -15,20 +15,22 @@ imported only here.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, SpecError
 from benchmark.paths import under, write_atomic
 from benchmark.plan.build import Options, build_plan, select
 from benchmark.records import read_result_file
 from benchmark.runner.execute import run_plan
 from benchmark.runner.lock import experiment_lock
 from benchmark.runner.results import experiment_dir
-from benchmark.spec.registry import Registry
-from benchmark.spec.schema import ExperimentSpec
+from benchmark.spec.registry import Registry, check_sweep
+from benchmark.spec.schema import ExperimentSpec, SearchRange, SweepSpec, searchable
 
 MISSING = ("afbench sweep needs Optuna, which is an optional extra and not installed in this environment. Install "
            "it with `pip install 'adapterfusion-bench[sweep]'` (or `pip install 'optuna>=4'`) into the environment "
@@ -37,7 +39,7 @@ MISSING = ("afbench sweep needs Optuna, which is an optional extra and not insta
 
 @dataclass(frozen=True)
 class Dim:
-    """One searched hyper-parameter: ``KEY=LOW:HIGH[:log]`` (integers when both bounds are)."""
+    """One searched hyper-parameter (integers when the method's train field is one)."""
 
     key: str
     low: float
@@ -47,35 +49,53 @@ class Dim:
 
     def suggest(self, trial):
         if self.integer:
-            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log)
+            return trial.suggest_int(self.key, math.ceil(self.low), math.floor(self.high), log=self.log)
         return trial.suggest_float(self.key, self.low, self.high, log=self.log)
 
     def __str__(self) -> str:
         return f"{self.key} in [{self.low:g}, {self.high:g}]" + (" (log)" if self.log else "")
 
 
-def parse_space(items: list[str], train_fields) -> list[Dim]:
-    """``--space`` values, checked against the method's ``train:`` fields."""
-    dims = []
-    for item in items:
-        key, _, rng = item.partition("=")
-        parts = rng.split(":")
-        bad = not key or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log")
+def resolve(reg: Registry, exp: ExperimentSpec, method: str | None, space: list[str] | None,
+            trials: int | None) -> SweepSpec:
+    """What to search: ``--method``/``--space`` when given (checked as a ``sweep:`` block would be), else the
+    experiment's ``sweep:`` block; ``--trials`` over either."""
+    file = reg.file_of("experiment", exp.name)
+    if not method and not space:
+        if exp.sweep is None:
+            raise BenchError(f"experiment '{exp.name}' has no sweep: block and no --method/--space was given, so "
+                             "there is nothing to search", file=file, field="sweep",
+                             fix="give --method M --space KEY=LOW:HIGH[:log], or add to the experiment e.g. "
+                                 "sweep: {method: st_a, space: {lr: '1e-5:1e-3:log'}, trials: 20}")
+        spec = exp.sweep
+    elif not (method and space):
+        raise BenchError("--method and --space go together (or neither, to use the experiment's sweep: block)",
+                         field="--space" if method else "--method", fix="e.g. --method head --space lr=1e-5:1e-3:log")
+    else:
+        ranges = {}
+        for item in space:
+            key, _, rng = item.partition("=")
+            try:
+                ranges[key] = SearchRange.model_validate(rng)
+            except ValidationError as e:
+                raise BenchError(f"--space '{item}': {e.errors()[0]['msg'].removeprefix('Value error, ')}",
+                                 field="--space", fix="KEY=LOW:HIGH or KEY=LOW:HIGH:log with finite LOW < HIGH "
+                                                      "(and LOW > 0 for log), e.g. --space lr=1e-5:1e-3:log") from None
+        spec = SweepSpec(method=method, space=ranges, trials=(exp.sweep.trials if exp.sweep else 10),
+                         seed=exp.sweep.seed if exp.sweep else 0)
+        if method not in reg.methods:
+            raise BenchError(f"no method named '{method}'", field="--method", fix="see afbench list")
         try:
-            low, high = (float(p) for p in parts[:2])
-        except ValueError:
-            bad = True
-        if bad or not (math.isfinite(low) and math.isfinite(high) and low < high) or (len(parts) == 3 and low <= 0):
-            raise BenchError(f"--space '{item}' is not KEY=LOW:HIGH or KEY=LOW:HIGH:log with finite LOW < HIGH "
-                             "(and LOW > 0 for log)", field="--space", fix="e.g. --space lr=1e-5:1e-3:log")
-        if key not in train_fields:
-            raise BenchError(f"--space names '{key}', which is not a train hyper-parameter of the method",
-                             field="--space", fix=f"use one of: {', '.join(sorted(train_fields))}")
-        integer = all(p.lstrip("-").isdigit() for p in parts[:2])
-        dims.append(Dim(key, low, high, len(parts) == 3, integer))
-    if not dims:
-        raise BenchError("nothing to search", field="--space", fix="give at least one --space KEY=LOW:HIGH[:log]")
-    return dims
+            check_sweep(reg, exp.model_copy(update={"sweep": spec}), file)
+        except SpecError as e:  # the same checks as a sweep: block, named by the flag the user typed
+            raise BenchError(e.message, field="--method" if e.field == "sweep.method" else "--space",
+                             fix=e.fix) from None
+    return spec.model_copy(update={"trials": trials}) if trials is not None else spec
+
+
+def dims_of(reg: Registry, spec: SweepSpec) -> list[Dim]:
+    ints = searchable(type(reg.methods[spec.method].train))
+    return [Dim(k, r.low, r.high, r.log, ints[k]) for k, r in spec.space.items()]
 
 
 def sweep_root(results_dir: Path, experiment: str, method: str) -> Path:
@@ -118,20 +138,24 @@ def _import_optuna():
     return optuna
 
 
-def sweep(reg: Registry, exp: ExperimentSpec, method: str, space: list[str], trials: int, *, results_dir: Path,
-          data_dir: Path | None, available=None, options: Options | None = None, device: str | None = None,
-          jobs: int = 1, log=print):
-    """Run the study until it holds ``trials`` trials (finished or failed); returns the Optuna study."""
+def sweep(reg: Registry, exp: ExperimentSpec, spec: SweepSpec, *, results_dir: Path, data_dir: Path | None,
+          available=None, options: Options | None = None, device: str | None = None, jobs: int = 1,
+          parallel: int = 1, executor: str = "local", slurm_options=None, log=print):
+    """Run the study until it holds ``spec.trials`` trials (finished or failed); returns the Optuna study.
+
+    Trials are asked ``parallel`` at a time and their runs trained together by one ``run_plan`` (locally with
+    ``jobs`` processes, or as Slurm jobs: one array with ``--array-parallelism``); only this driver opens the
+    study (sqlite next to the results), so no job ever writes it (sqlite locks are unsafe on network file systems).
+    """
     file = reg.file_of("experiment", exp.name)
+    method = spec.method
     if exp.selection.protocol != "heldout":
         raise BenchError(f"experiment '{exp.name}' selects epochs on dev (selection: {exp.selection.protocol}), so a "
                          "sweep would have to tune on dev, which it never does: its objective is the held-out "
                          "accuracy of each trial's runs", file=file, field="selection",
                          fix="sweep an experiment with 'selection: heldout' (copy this one under another name with "
                              "that line; its run ids are then its own)")
-    if method not in reg.methods:
-        raise BenchError(f"no method named '{method}'", field="--method", fix="see afbench list")
-    dims = parse_space(space, type(reg.methods[method].train).model_fields)
+    dims = dims_of(reg, spec)
     optuna = _import_optuna()
     root = sweep_root(results_dir, exp.name, method)
     exp_dir = experiment_dir(root, exp.name)
@@ -155,23 +179,37 @@ def sweep(reg: Registry, exp: ExperimentSpec, method: str, space: list[str], tri
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             study.enqueue_trial(t.params, skip_if_exists=True)
             log(f"trial {t.number} was interrupted: its values are tried again ({t.params})")
-        study.sampler = optuna.samplers.TPESampler(seed=len(study.trials))
+        with warnings.catch_warnings():  # constant_liar (pending trials count as bad) is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.sampler = optuna.samplers.TPESampler(seed=(spec.seed + len(study.trials)) % 2**32,
+                                                       constant_liar=parallel > 1)
         study.set_user_attr("space", [str(d) for d in dims])
-        todo = max(0, trials - len(done(study)))
+        study.set_user_attr("sampler", f"Optuna TPE, seed {spec.seed}")
+        todo = max(0, spec.trials - len(done(study)))
         log(f"sweep {exp.name} / {method}: {len(study.trials)} trial(s) stored, {todo} to run; objective: mean "
             f"held-out accuracy of {len(plan_of({})[1])} run(s); dev is not used")
-
-        def objective(trial) -> float:
-            values = {d.key: d.suggest(trial) for d in dims}
-            plan, ids = plan_of(values)
-            trial.set_user_attr("run_ids", ids)
+        while (todo := spec.trials - len(done(study))) > 0:
+            batch = [study.ask() for _ in range(min(parallel, todo))]
+            runs, ids = {}, {}
+            for trial in batch:
+                plan, ids[trial.number] = plan_of({d.key: d.suggest(trial) for d in dims})
+                trial.set_user_attr("run_ids", ids[trial.number])
+                runs.update({r.id: r for r in plan.runs if r.id not in runs})  # trials may share runs (same values)
+            plan.runs = list(runs.values())  # each trial's dependencies stay before its runs
             run_plan(plan, reg, results_dir=root, data_dir=data_dir, device=device, jobs=jobs,
-                     only=select(plan, ids), log=lambda _: None)
-            value = objective_value(exp_dir, ids)
-            log(f"trial {trial.number}: {values} -> held-out {value:.2f} ({', '.join(ids)})")
-            return value
-
-        study.optimize(objective, n_trials=todo, catch=(TrialFailed,))
+                     only=select(plan, [i for t in batch for i in ids[t.number]]), executor=executor,
+                     slurm_options=slurm_options, log=log if executor == "slurm" else (lambda _: None))
+            for trial in batch:
+                try:
+                    value = objective_value(exp_dir, ids[trial.number])
+                except TrialFailed as e:
+                    trial.set_user_attr("error", str(e))
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                    log(f"trial {trial.number}: {trial.params} failed: {e}")
+                    continue
+                study.tell(trial, value)
+                log(f"trial {trial.number}: {trial.params} -> held-out {value:.2f} "
+                    f"({', '.join(ids[trial.number])})")
     return study
 
 

@@ -24,6 +24,7 @@ from benchmark.spec.schema import (
     MethodSpec,
     TaskSpec,
     TrainParams,
+    searchable,
 )
 
 FOLDER_KIND = {"tasks": "task", "methods": "method", "backbones": "backbone", "experiments": "experiment"}
@@ -273,3 +274,29 @@ def check_references(reg: Registry, only: str | None = None) -> None:
                 validate_model(type(spec.train), {**spec.train.model_dump(), **params}, file=f)
             except SpecError as e:
                 raise SpecError(e.message, file=f, field=f"overrides.{mname}.{e.field}", fix=e.fix) from None
+        if exp.sweep is not None:
+            check_sweep(reg, exp, f)
+
+
+def check_sweep(reg: Registry, exp, f: str | None) -> None:
+    """An experiment's ``sweep:`` block: a method of its groups, numeric train fields, bounds the method accepts."""
+    sw = exp.sweep
+    spec = reg.get("method", sw.method, referenced_from=f, field_path="sweep.method")
+    listed = {m.method if isinstance(m, MethodRef) else m for g in exp.groups for m in g.methods}
+    if sw.method not in listed:
+        raise SpecError(f"sweep.method '{sw.method}' is not a method of this experiment's groups, so no run of it "
+                        "would be trained", file=f, field="sweep.method",
+                        fix=f"name one of {', '.join(sorted(listed))}, or add it to a group")
+    fields = searchable(type(spec.train))
+    for key, rng in sw.space.items():
+        if key not in fields:
+            raise SpecError(f"'{key}' is not a numeric train hyper-parameter of method '{sw.method}'",
+                            file=f, field=f"sweep.space.{key}", fix=f"search one of {', '.join(sorted(fields))}")
+        for bound in (rng.low, rng.high):
+            value = round(bound) if fields[key] else bound
+            try:
+                validate_model(type(spec.train), {**spec.train.model_dump(), **exp.overrides.get(sw.method, {}),
+                                                  key: value}, file=f)
+            except SpecError as e:
+                raise SpecError(f"{bound:g} is outside what the method accepts: {e.message}", file=f,
+                                field=f"sweep.space.{key}", fix=e.fix) from None

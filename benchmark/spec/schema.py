@@ -6,7 +6,7 @@ Cross-references (an experiment naming a task) are checked by the registry, not 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
@@ -400,6 +400,52 @@ class Tracking(Strict):
     mlflow_uri: str | None = Field(None, description="an MLflow tracking server; default: sqlite in dir")
 
 
+class SearchRange(Strict):
+    """One searched range of ``afbench sweep``: ``{low, high, log}`` or the shorthand ``"LOW:HIGH[:log]"``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v):
+        if isinstance(v, str):
+            parts = v.split(":")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+                raise ValueError(f"'{v}' is not LOW:HIGH or LOW:HIGH:log (e.g. 1e-5:1e-3:log)")
+            return {"low": parts[0], "high": parts[1], "log": len(parts) == 3}
+        return v
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if not self.low < self.high or (self.log and self.low <= 0):
+            raise ValueError(f"the range needs low < high{' and low > 0 (log)' if self.log else ''}, got "
+                             f"{self.low:g}:{self.high:g}")
+        return self
+
+
+class SweepSpec(Strict):
+    """What ``afbench sweep EXPERIMENT`` searches when no --method/--space is given (runner/sweep.py); never part
+    of a run id (each trial's runs are planned with the trial's values as overrides)."""
+
+    method: str = Field(description="the method to tune (one the experiment's groups list)")
+    space: dict[str, SearchRange] = Field(min_length=1, description="train hyper-parameter -> its range, e.g. "
+                                                                    "lr: 1e-5:1e-3:log")
+    trials: int = Field(10, ge=1, le=10_000, description="trials the study should hold (a rerun continues it)")
+    seed: Seed = Field(0, description="the TPE sampler's seed")
+
+
+def searchable(train: type[BaseModel]) -> dict[str, bool]:
+    """The numeric fields of a method's ``train:`` model that a sweep may search -> whether they are integers."""
+    out = {}
+    for key, f in train.model_fields.items():
+        kinds = set(get_args(f.annotation)) or {f.annotation}
+        if kinds & {int, float}:
+            out[key] = float not in kinds
+    return out
+
+
 class ExperimentSpec(Strict):
     kind: Literal["experiment"] = "experiment"
     name: str
@@ -421,6 +467,7 @@ class ExperimentSpec(Strict):
     compute: ComputeSpec = ComputeSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     tracking: Tracking = Tracking()
+    sweep: SweepSpec | None = Field(None, description="afbench sweep's method, space and trials; not an id field")
     dependencies_from: list[str] = Field(
         default_factory=list, description="other experiments whose finished stage-1 / MT-A runs this one reads in "
                                           "place where the run id is the same (runner/borrowed.py); not an id field")
