@@ -15,7 +15,7 @@ from benchmark.modeling.compute import bf16_unsupported
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.perf.flops import Shape, step_flops
-from benchmark.perf.roofline import gemm_peak
+from benchmark.perf.harness import gemm_peak
 from benchmark.perf.steps import Head, make_batch
 from benchmark.spec.schema import AdapterParams, FusionParams
 

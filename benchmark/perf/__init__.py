@@ -11,7 +11,9 @@ how close to the machine's limit. Names only; each mode lives in its own module:
   peak memory (``inference.py``, ``reports/perf_inference.md``).
 * ``afbench prune``: pruned fusion after training (``prune.py``).
 
-``meta.py`` is what every report carries (revision, date, versions, targets met or missed);
+``harness.py`` is what every mode measures with: the reference subprocess, alternating rounds, medians, the
+memory pass, the drift guard (fp32 GEMM peak before and after) and the report's provenance; ``meta.py`` is
+what every report carries (revision, date, CPU, versions, command, targets met or missed);
 ``backbones.py`` builds the encoders, ``gpu_check.py`` is ``nox -s gpu``.
 """
 
