@@ -17,9 +17,19 @@ what every report carries (revision, date, CPU, versions, command, targets met o
 ``backbones.py`` builds the encoders, ``gpu_check.py`` is ``nox -s gpu``.
 """
 
-from benchmark.perf.command import run_perf
-from benchmark.perf.meta import default_out, machine, write_report
-from benchmark.perf.training_steps import TARGETS, WARMUP, ours, per_round_ratios, reference, run_steps
+import importlib
+import sys
 
-__all__ = ["TARGETS", "WARMUP", "default_out", "machine", "ours", "per_round_ratios", "reference", "run_perf",
-           "run_steps", "write_report"]
+MODES = {"steps": "training_steps", "epochs": "epochs", "roofline": "roofline", "inference": "inference"}
+
+
+def run_perf(args) -> int:
+    """``afbench perf --mode ...``: the mode's ``run_<mode>(args)``; a failed reference side is one message."""
+    from benchmark.perf.harness import ReferenceFailed
+
+    mode = getattr(args, "mode", "steps")
+    try:
+        return getattr(importlib.import_module(f"benchmark.perf.{MODES[mode]}"), f"run_{mode}")(args)
+    except ReferenceFailed as e:  # its own output says why
+        print(e, file=sys.stderr)
+        return 1

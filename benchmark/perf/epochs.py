@@ -173,7 +173,7 @@ def run_epochs(args) -> int:
     lines, summary, targets = epochs_report(args, plans, rounds, h.ref_version)
     raw = {"mode": "epochs", "backbone": "MiniLM-L6 (all-MiniLM-L6-v2), mean-pooling head, ST-A rf 16",
            "machine": machine("cpu"), "torch": torch.__version__,
-           "reference": f"adapters {h.ref_version}" if h.ref_version else None, "batch_size": args.batch_size,
+           "batch_size": args.batch_size,
            "pad_to": args.length, "timed_batches_per_task_and_padding": args.steps or "all",
            "unit": "seconds per training step (mean of the timed batches)",
            "tasks": {p["task"]: {"rows": p["rows"], "rows_total": p["rows_total"],

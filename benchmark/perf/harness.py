@@ -24,7 +24,10 @@ from pathlib import Path
 
 import torch
 
+from benchmark.errors import BenchError
+from benchmark.modeling.compute import bf16_unsupported
 from benchmark.perf.meta import Target, default_out, provenance, provenance_lines, target_lines, write_report
+from benchmark.perf.steps import sync
 
 DRIFT_LIMIT = 0.10
 DRIFT_SHAPES = {"cpu": ((1024, 1024, 1024), (4096, 384, 1536)), "cuda": ((4096, 4096, 4096),)}
@@ -34,9 +37,12 @@ class ReferenceFailed(RuntimeError):
     """The reference interpreter exited non-zero (its output is the message)."""
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def precisions(args, device: str) -> list[str]:
+    """``--precision``: fp32, plus bf16 where the device has it natively (auto); bf16 is refused without it."""
+    why_not, want = bf16_unsupported(torch.device(device)), getattr(args, "precision", None) or "auto"
+    if want == "bf16" and why_not:
+        raise BenchError(f"bf16 asked for, but {why_not}", field="--precision", fix="use --precision auto or fp32")
+    return ["fp32"] + (["bf16"] if want != "fp32" and why_not is None else [])
 
 
 def gemm_peak(dtype: torch.dtype, device: str, shapes, min_seconds: float = 0.3) -> dict:
@@ -188,7 +194,7 @@ class Harness:
         if tl and not drift.trustworthy:
             tl[0] += " (measured during a drift: see the top)"
         body = head + lines + (["", *tl] if tl else []) + ["", *provenance_lines(prov), "", drift.line()]
-        raw = {**raw, "provenance": prov, "drift_guard": drift.as_dict(),
+        raw = {**raw, "reference": f"adapters {self.ref_version}" if self.ref_version else None, "provenance": prov, "drift_guard": drift.as_dict(),
                "targets": [{"text": t.text, "met": t.met, "measured": t.measured} for t in targets]}
         path = Path(out or default_out(self.mode))
         write_report(path, body, raw, quiet=quiet)

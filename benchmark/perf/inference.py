@@ -15,8 +15,9 @@ import sys
 
 import torch
 
-from benchmark.modeling.compute import Compute, bf16_unsupported
+from benchmark.modeling.compute import Compute
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
+from benchmark.perf import harness
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
 from benchmark.perf.harness import Harness, median, memory_lines
 from benchmark.perf.inference_steps import linear_context_check, time_inference
@@ -60,12 +61,7 @@ def run_inference(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ns = [int(x) for x in args.adapters.split(",") if x]
     configs = [("ST-A", 0, "st_a")] + [(f"Fusion N={n}", n, "fusion") for n in ns]
-    why_not = bf16_unsupported(torch.device(device))
-    want = getattr(args, "precision", "auto") or "auto"
-    if want == "bf16" and why_not:
-        print(f"bf16 asked for, but {why_not}", file=sys.stderr)
-        return 2
-    precisions = ["fp32"] + (["bf16"] if want != "fp32" and why_not is None else [])
+    precisions = harness.precisions(args, device)
     kw = dict(length=args.length, batch=args.infer_batch, reps=args.reps, device=device)
     h = Harness.of(args, "inference", device)
 
@@ -87,9 +83,7 @@ def run_inference(args) -> int:
     check = context_check(bb, args, ns, device, precisions)
     lines, targets = inference_report(args, bb, device, configs, precisions, rounds, memory, h.ref_version, check)
     raw = {"mode": "inference", "backbone": bb.label, "length": args.length, "throughput_batch": args.infer_batch,
-           "reps": args.reps, "precisions": precisions,
-           "reference": f"adapters {h.ref_version}" if h.ref_version else None,
-           "grad_context": "torch.no_grad", "rounds": rounds, "peak_memory_mib": memory,
+           "reps": args.reps, "precisions": precisions, "grad_context": "torch.no_grad", "rounds": rounds, "peak_memory_mib": memory,
            "linear_context_check": check}
     h.write(lines, raw, targets, args.out)
     return 0

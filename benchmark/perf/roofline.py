@@ -3,7 +3,7 @@
 1. The GEMM peak: the best of ``torch.mm`` over square shapes (n = 1024, 2048) and MiniLM's FFN shapes at
    batch 32 x 128 ([4096, 384] x [384, 1536] and back), in float32 and, where the device has it
    natively, bf16 (on CUDA also 4096 and 8192 squares, TF32 off for float32).
-2. FLOPs per training step of each setup, counted analytically from the shapes (``flops.py``; the count
+2. FLOPs per training step of each setup, counted analytically from the shapes (``benchmark/plan/flops.py``, the FLOP model the cost estimate uses too; the count
    is checked against ``torch.utils.flop_counter.FlopCounterMode`` in the tests): ours (fast fusion)
    and the reference (AdapterHub's fusion applies K and V to every adapter output).
 3. Steps/s of ST-A, Houlsby, Full and Fusion N (ours and, with ``--reference-python``, AdapterHub),
@@ -15,16 +15,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
-from benchmark.modeling.compute import bf16_unsupported
+from benchmark.perf import harness
 from benchmark.perf.backbones import perf_backbone
-from benchmark.perf.flops import Shape, step_flops
 from benchmark.perf.harness import Harness, gemm_peak, median
 from benchmark.perf.meta import Target
 from benchmark.perf.training_steps import WARMUP, ours, reference
+from benchmark.plan.flops import Shape, step_flops
 
 CPU_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 384, 1536), (4096, 1536, 384))
 CUDA_SHAPES = ((2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192))
@@ -47,12 +45,7 @@ def run_roofline(args) -> int:
     cuda = device.startswith("cuda")
     ns = [int(x) for x in args.adapters.split(",") if x]
     configs = configs_of(ns)
-    why_not = bf16_unsupported(torch.device(device))
-    want = getattr(args, "precision", "auto") or "auto"
-    if want == "bf16" and why_not:
-        print(f"bf16 asked for, but {why_not}", file=sys.stderr)
-        return 2
-    precisions = ["fp32"] + (["bf16"] if want != "fp32" and why_not is None else [])
+    precisions = harness.precisions(args, device)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
     seconds = getattr(args, "gemm_seconds", None) or 0.3
@@ -80,7 +73,7 @@ def run_roofline(args) -> int:
     lines, targets = roofline_report(args, bb, configs, peak, flops, rounds, h.ref_version, precisions)
     raw = {"mode": "roofline", "backbone": bb.label, "batch_size": args.batch_size, "length": args.length,
            "gemm_peak_gflops": peak, "flops_per_step": flops, "precisions": precisions,
-           "reference": f"adapters {h.ref_version}" if h.ref_version else None, "warmup_steps": WARMUP,
+           "warmup_steps": WARMUP,
            "timed_steps_per_round": args.steps, "unit": "seconds per training step (mean of the timed steps)",
            "rounds": rounds}
     h.write(lines, raw, targets, args.out)
@@ -95,7 +88,7 @@ def roofline_report(args, bb, configs, peak, flops, rounds, ref_version, precisi
              "--reference-python <reference env python>`.", "",
              "GEMM peak (best `torch.mm` GFLOP/s over " + ", ".join(peak[precisions[0]]["per_shape"]) + "): "
              + "; ".join(f"{p} {peak[p]['gflops']:.0f}" for p in precisions) + ".", "",
-             "FLOPs per step are counted from the shapes (`benchmark/perf/flops.py`: matrix products, forward and the "
+             "FLOPs per step are counted from the shapes (`benchmark/plan/flops.py`: matrix products, forward and the "
              "backward autograd really computes — no weight gradients for frozen weights, no input gradients below "
              "the lowest trained module); achieved = FLOPs / median step time; ceiling = steps/s at 100 % of the "
              "peak of the dtype the matmuls ran in.", ""]

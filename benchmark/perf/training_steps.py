@@ -34,7 +34,7 @@ from benchmark.modeling.compute import DEFAULT, Compute, bf16_unsupported
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
-from benchmark.perf.harness import Harness, median, memory_lines
+from benchmark.perf.harness import Harness, median, memory_lines, precisions
 from benchmark.perf.meta import Target, default_out, machine
 from benchmark.perf.steps import Head, make_batch, peak_mib, time_steps
 from benchmark.spec.schema import AdapterParams, FusionParams
@@ -151,11 +151,8 @@ def run_steps(args) -> int:
         variants["ours_first_token"] = dict(pooling="cls", compute=Compute("fast", "first_token"))
     if not cuda:
         variants["ours_stock"] = dict(pooling="mean", compute=Compute("stock", "full"))
-    why_not_bf16 = bf16_unsupported(torch.device(device))
-    bf16 = precision != "fp32" and why_not_bf16 is None
-    if precision == "bf16" and why_not_bf16:
-        print(f"bf16 asked for, but {why_not_bf16}", file=sys.stderr)
-        return 2
+    precs = precisions(args, device)
+    bf16 = "bf16" in precs
     if bf16:  # ours and the reference under the same autocast
         variants["ours_bf16"] = dict(pooling="mean", precision="bf16")
     h = Harness.of(args, "steps", device)
@@ -174,17 +171,16 @@ def run_steps(args) -> int:
             got["reference_bf16"] = reference(h, args, bb, configs, device, ("mean",), precision="bf16")["mean"]
 
     rounds = h.rounds(args.rounds, run_ours, run_ref)
-    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
     memory = {} if getattr(args, "no_memory", False) else h.memory(
-        "training_steps", precisions, configs, {"backbone": bb.name, "batch": args.batch_size, "length": args.length,
+        "training_steps", precs, configs, {"backbone": bb.name, "batch": args.batch_size, "length": args.length,
                                                 "device": device},
         lambda c, p: reference(h, args, bb, [list(c)], device, ("mean",), precision=p, memory=True,
                                steps=1)["mean"][c[0]]["peak_mib"])
     lines = steps_report(args, bb, configs, device, rounds, h.ref_version)
     more, targets = bf16_section(args, configs, device, rounds, memory,
-                                 why_not_bf16 if precision != "fp32" else "not asked for")
+                                 bf16_unsupported(torch.device(device)) if precision != "fp32" else "not asked for")
     raw = {"mode": "steps", "backbone": bb.label, "device": device, "machine": machine(device),
-           "torch": torch.__version__, "reference": f"adapters {h.ref_version}" if h.ref_version else None,
+           "torch": torch.__version__,
            "batch_size": args.batch_size, "length": args.length, "warmup_steps": WARMUP,
            "timed_steps_per_round": args.steps, "unit": "seconds per training step (mean of the timed steps)",
            "rounds": rounds, "peak_memory_mib": memory}
