@@ -26,7 +26,6 @@ from benchmark.plan.flops import Shape, step_flops
 
 CPU_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 384, 1536), (4096, 1536, 384))
 CUDA_SHAPES = ((2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192))
-KIND_OF = {"ST-A": "st_a", "Houlsby": "houlsby", "Full": "full"}
 
 
 def configs_of(ns: list[int]) -> list[tuple]:

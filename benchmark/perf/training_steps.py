@@ -43,8 +43,6 @@ TARGETS = "Fusion N=16 >= 4x the reference; Fusion N=16 step <= 1.6x a single-ad
 WARMUP = 1
 
 
-KINDS = ("st_a", "houlsby", "full", "fusion")
-
 
 def setup_kind(config) -> str:
     """(name, n) or (name, n, kind): n = 0 is ST-A, n > 0 fusion over n adapters unless a kind is given."""

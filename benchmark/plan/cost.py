@@ -128,20 +128,6 @@ def encoder_shape(spec: BackboneSpec, reader: Reader) -> Shape:
                                                "KNOWN_SHAPES in benchmark/plan/cost.py") from None
 
 
-def forward_flops(shape: Shape, seq: float) -> float:
-    """Forward FLOPs per token of the encoder (``flops.encoder_per_token``)."""
-    return encoder_per_token(shape, seq)
-
-
-def module_flops(run: Run, shape: Shape) -> float:
-    """Forward FLOPs per token of what the run's method adds to every layer, priced by its modules."""
-    return method_per_token(run.method, shape, len(run.sources))
-
-
-def train_flops_per_token(run: Run, shape: Shape, seq: float) -> float:
-    return train_per_token(run.kind.trains, shape, seq, module_flops(run, shape))
-
-
 # --------------------------------------------------------------------------------------- data
 _profiles: dict[tuple, SplitProfile] = {}
 
@@ -225,6 +211,7 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
              threads: int, reader: Reader) -> RunCost:
     """Tokens and FLOPs of one run (no pricing)."""
     shape = encoder_shape(reg.backbones[run.backbone], reader)
+    extra = method_per_token(run.method, shape, len(run.sources))  # what the method's modules add per token
     tp = run.method.train
     epochs = max(1.0, tp.epochs * epoch_share.get(run.kind.name, 1.0))
     train_tok = eval_tok = train_gf = eval_gf = train_steps = eval_steps = 0.0
@@ -252,8 +239,8 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
         eval_steps += epochs * (-(-n_eval // tp.eval_batch_size) + -(-held // tp.eval_batch_size))
         train_tok += per_epoch * epochs
         eval_tok += evals * epochs
-        train_gf += per_epoch * epochs * train_flops_per_token(run, shape, seq) / 1e9
-        eval_gf += evals * epochs * (forward_flops(shape, seq) + module_flops(run, shape)) / 1e9
+        train_gf += per_epoch * epochs * train_per_token(run.kind.trains, shape, seq, extra) / 1e9
+        eval_gf += evals * epochs * (encoder_per_token(shape, seq) + extra) / 1e9
     return RunCost(run.id, run.kind.name, epochs, train_tok, eval_tok, train_gf, eval_gf, threads, train_steps,
                    eval_steps, basis=basis)
 
