@@ -577,7 +577,7 @@ def cmd_prune(args) -> int:
     ks = tuple(int(k) for k in args.keep.split(",") if k and k != "all")
     device = args.device or "cpu"
     run_prune(reg, plan, results_root(args.results_dir), _data_dir(args), only=args.only, device=device,
-              rounds=args.rounds, out_dir=Path(args.out_dir), ks=ks)
+              rounds=args.rounds, out_dir=Path(args.out_dir), ks=ks, argv=getattr(args, "argv", None))
     return 0
 
 
@@ -815,7 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "(smoke runs)")
     pe.add_argument("--no-memory", action="store_true",
                     help="steps, inference: skip the peak-memory pass (one fresh process per side, setup, precision)")
-    pe.add_argument("--gemm-seconds", type=float, default=0.3, help="roofline: seconds per GEMM shape (peak)")
+    pe.add_argument("--gemm-seconds", type=float, default=0.3,
+                    help="seconds per GEMM shape: the roofline's peak and every mode's drift guard (before and after)")
     pe.add_argument("--reps", type=int, default=20, help="inference: timed calls per setup, batch size and round")
     pe.add_argument("--infer-batch", type=int, default=64, help="inference: the throughput batch (default: 64)")
     pe.add_argument("--no-first-token", action="store_true",

@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.modeling.backbone import READER
-from benchmark.plan import cost
+from benchmark.plan import cost, flops
 from benchmark.plan.build import build_plan
 from benchmark.records import RunRecord, write_run
 from conftest import MIRROR, needs_mirror
@@ -37,8 +37,10 @@ def test_wall_time_follows_the_dependency_graph(registry):
 def test_flops_grow_with_what_a_method_trains(registry):
     plan = _smoke(registry)
     shape = cost.encoder_shape(registry.backbones["tiny-bert"], READER)
-    per = {r.kind.name: cost.train_flops_per_token(r, shape, 32.0) for r in plan.runs if r.backbone == "tiny-bert"}
-    fwd = cost.forward_flops(shape, 32.0)
+    per = {r.kind.name: flops.train_per_token(r.kind.trains, shape, 32.0, flops.method_per_token(r.method, shape,
+                                                                                                  len(r.sources)))
+           for r in plan.runs if r.backbone == "tiny-bert"}
+    fwd = flops.encoder_per_token(shape, 32.0)
     assert per["head"] == pytest.approx(fwd)  # nothing flows back into a frozen encoder
     assert 2 * fwd < per["st_a"] < per["st_a_houlsby"] < 2.2 * fwd  # input grads + the small modules
     assert per["full"] == pytest.approx(3 * fwd)
@@ -148,3 +150,23 @@ def test_a_borrowing_experiment_prices_only_its_own_runs_and_flags_bf16(capsys):
     out = capsys.readouterr().out
     assert "note: 30 implied run(s) are finished under minilm_table1" in out
     assert "note: 6 bf16 run(s) are priced as float32" in out
+
+
+def test_one_flop_model_for_the_estimate_and_the_roofline():
+    """The estimate's per-token counts are the roofline's per-step counts over B·T tokens (``plan/flops.py``),
+    and every module a method declares prices itself, LoRA included (it once cost nothing extra)."""
+    from types import SimpleNamespace
+
+    from benchmark.spec.schema import AdapterParams, FusionParams, LoRAParams
+
+    B, T = 4, 16
+    step = flops.Shape(2, 64, 256, B, T)
+    assert flops.encoder_per_token(step, T) * B * T == flops.step_flops(step, "head").forward["encoder"]
+    for kind, typ in (("st_a", "pfeiffer"), ("houlsby", "houlsby")):
+        m = SimpleNamespace(adapter=AdapterParams(type=typ, reduction_factor=16))
+        assert flops.method_per_token(m, step) * B * T == flops.step_flops(step, kind, rf=16).forward["adapters"]
+    lora = SimpleNamespace(lora=LoRAParams(rank=8, targets=["query", "value", "intermediate"]))
+    assert flops.method_per_token(lora, step) == 2 * (2 * (2 * 8 * 128) + 2 * 8 * (64 + 256))  # layers x (A + B)
+    fusion = SimpleNamespace(fusion=FusionParams(source_reduction_factor=16))
+    assert flops.method_per_token(fusion, step, sources=3) == 2 * (3 * 4 * 64 * 4 + 6 * 64 * 64 + 4 * 3 * 64)
+    assert cost.Shape is flops.Shape

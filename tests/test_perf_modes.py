@@ -14,9 +14,9 @@ from benchmark.cli import main as cli
 from benchmark.modeling.compute import bf16_unsupported
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
-from benchmark.perf.flops import Shape, step_flops
-from benchmark.perf.roofline import gemm_peak
+from benchmark.perf.harness import gemm_peak
 from benchmark.perf.steps import Head, make_batch
+from benchmark.plan.flops import Shape, step_flops
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 BF16 = bf16_unsupported(torch.device("cpu")) is None

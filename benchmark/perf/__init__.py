@@ -11,13 +11,25 @@ how close to the machine's limit. Names only; each mode lives in its own module:
   peak memory (``inference.py``, ``reports/perf_inference.md``).
 * ``afbench prune``: pruned fusion after training (``prune.py``).
 
-``meta.py`` is what every report carries (revision, date, versions, targets met or missed);
+``harness.py`` is what every mode measures with: the reference subprocess, alternating rounds, medians, the
+memory pass, the drift guard (fp32 GEMM peak before and after) and the report's provenance; ``meta.py`` is
+what every report carries (revision, date, CPU, versions, command, targets met or missed);
 ``backbones.py`` builds the encoders, ``gpu_check.py`` is ``nox -s gpu``.
 """
 
-from benchmark.perf.command import run_perf
-from benchmark.perf.meta import default_out, machine, write_report
-from benchmark.perf.training_steps import TARGETS, WARMUP, ours, per_round_ratios, reference, run_steps
+import importlib
+import sys
 
-__all__ = ["TARGETS", "WARMUP", "default_out", "machine", "ours", "per_round_ratios", "reference", "run_perf",
-           "run_steps", "write_report"]
+MODES = {"steps": "training_steps", "epochs": "epochs", "roofline": "roofline", "inference": "inference"}
+
+
+def run_perf(args) -> int:
+    """``afbench perf --mode ...``: the mode's ``run_<mode>(args)``; a failed reference side is one message."""
+    from benchmark.perf.harness import ReferenceFailed
+
+    mode = getattr(args, "mode", "steps")
+    try:
+        return getattr(importlib.import_module(f"benchmark.perf.{MODES[mode]}"), f"run_{mode}")(args)
+    except ReferenceFailed as e:  # its own output says why
+        print(e, file=sys.stderr)
+        return 1

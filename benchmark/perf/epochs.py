@@ -19,10 +19,7 @@ in the epoch); the timed batches are spread evenly over the epoch's batches rank
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -34,15 +31,8 @@ from benchmark.data.encode import collate, encode_split
 from benchmark.errors import BenchError
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel, Modules
-from benchmark.perf.meta import (
-    Target,
-    default_out,
-    machine,
-    provenance,
-    provenance_lines,
-    target_lines,
-    write_report,
-)
+from benchmark.perf.harness import Harness
+from benchmark.perf.meta import Target, machine
 from benchmark.perf.steps import time_steps
 from benchmark.spec.schema import AdapterParams
 from benchmark.training.loop import inputs_of
@@ -133,7 +123,7 @@ def time_ours(plan: dict, encoder_factory, pad_id: int, args, order, precision: 
     return out
 
 
-def time_reference(args, plans: list[dict], pad_id: int, model_dir: str) -> tuple[dict[str, float], str]:
+def time_reference(h: Harness, args, plans: list[dict], pad_id: int, model_dir: str) -> dict[str, float]:
     """The reference's mean seconds per timed ``pad128`` batch of each task, in its own environment."""
     with tempfile.TemporaryDirectory() as tmp:
         tasks = {}
@@ -143,12 +133,7 @@ def time_reference(args, plans: list[dict], pad_id: int, model_dir: str) -> tupl
                         "batches": [_batch(plan, "pad128", i, pad_id, args.length)
                                     for i in plan["paddings"]["pad128"]["timed"]]}, f)
             tasks[plan["task"]] = str(f)
-        proc = subprocess.run([args.reference_python, str(Path(__file__).with_name("reference_epochs.py")),
-                               model_dir, json.dumps({"tasks": tasks})], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the reference side failed:\n{proc.stdout}{proc.stderr}")
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    return got["results"], got["adapters_version"]
+        return h.reference("reference_epochs.py", model_dir, {"tasks": tasks})
 
 
 def run_epochs(args) -> int:
@@ -166,45 +151,41 @@ def run_epochs(args) -> int:
     bf16 = getattr(args, "precision", "auto") == "bf16"  # the bf16 epoch (grouped) beside fp32, when asked for
     if bf16:
         Compute(precision="bf16").check(torch.device("cpu"))
-    rounds, ref_version = [], None
-    for r in range(args.rounds):
-        got: dict[str, dict[str, float]] = {}
+    h = Harness.of(args, "epochs")
+
+    def run_ours(r, got):
         order = PADDINGS if r % 2 == 0 else PADDINGS[::-1]
         for plan in plans:
             print(f"round {r + 1}/{args.rounds}: ours, {plan['task']} ...", flush=True)
-            got[plan["task"]] = time_ours(plan, lambda: load_encoder(spec), tok.pad_token_id, args, order)
+            got.setdefault(plan["task"], {}).update(time_ours(plan, lambda: load_encoder(spec), tok.pad_token_id,
+                                                              args, order))
             if bf16:
                 print(f"round {r + 1}/{args.rounds}: ours in bf16, {plan['task']} (grouped) ...", flush=True)
                 got[plan["task"]]["grouped_bf16"] = time_ours(plan, lambda: load_encoder(spec), tok.pad_token_id,
                                                               args, ("grouped",), precision="bf16")["grouped"]
-        if args.reference_python:
-            print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0), padded to {args.length} ...",
-                  flush=True)
-            try:
-                ref, ref_version = time_reference(args, plans, tok.pad_token_id, model_path(spec))
-            except RuntimeError as e:
-                print(e, file=sys.stderr)
-                return 1
-            for task, sec in ref.items():
-                got[task]["reference_pad128"] = sec
-        rounds.append(got)
-    lines, summary = epochs_report(args, plans, rounds, ref_version)
+
+    def run_ref(r, got):
+        print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0), padded to {args.length} ...", flush=True)
+        for task, sec in time_reference(h, args, plans, tok.pad_token_id, model_path(spec)).items():
+            got.setdefault(task, {})["reference_pad128"] = sec
+
+    rounds = h.rounds(args.rounds, run_ours, run_ref)
+    lines, summary, targets = epochs_report(args, plans, rounds, h.ref_version)
     raw = {"mode": "epochs", "backbone": "MiniLM-L6 (all-MiniLM-L6-v2), mean-pooling head, ST-A rf 16",
            "machine": machine("cpu"), "torch": torch.__version__,
-           "reference": f"adapters {ref_version}" if ref_version else None, "batch_size": args.batch_size,
+           "batch_size": args.batch_size,
            "pad_to": args.length, "timed_batches_per_task_and_padding": args.steps or "all",
            "unit": "seconds per training step (mean of the timed batches)",
            "tasks": {p["task"]: {"rows": p["rows"], "rows_total": p["rows_total"],
                                  **{pad: {"batches": len(v["batches"]), "timed": len(v["timed"]),
                                           "real_tokens": v["real_tokens"], "computed_tokens": v["computed_tokens"]}
                                     for pad, v in p["paddings"].items()}} for p in plans},
-           "rounds": rounds, "summary": summary, "provenance": provenance("cpu", getattr(args, "argv", None))}
-    lines += ["", *provenance_lines(raw["provenance"])]
-    write_report(Path(args.out or default_out("epochs")), lines, raw)
+           "rounds": rounds, "summary": summary}
+    h.write(lines, raw, targets, args.out)
     return 0
 
 
-def epochs_report(args, plans, rounds, ref_version) -> tuple[list[str], dict]:
+def epochs_report(args, plans, rounds, ref_version) -> tuple[list[str], dict, list[Target]]:
     def epoch_s(task: str, pad: str, key: str | None = None) -> list[float]:
         nb = len(next(p for p in plans if p["task"] == task)["paddings"][pad]["batches"])
         return [r[task][key or pad] * nb for r in rounds]
@@ -270,5 +251,4 @@ def epochs_report(args, plans, rounds, ref_version) -> tuple[list[str], dict]:
     if bf:
         lines += ["", "bf16 (autocast, `--precision bf16`) vs fp32, grouped batches, examples/s: "
                   + ", ".join(f"{t} {v:.2f}x" for t, v in bf.items()) + "."]
-    lines += ["", *target_lines(targets)]
-    return lines, summary
+    return lines, summary, targets

@@ -11,18 +11,17 @@ allocated; CPU: peak resident set). ``reports/perf_inference.md`` + ``perf_infer
 from __future__ import annotations
 
 import json
-import statistics
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-from benchmark.modeling.compute import Compute, bf16_unsupported
+from benchmark.modeling.compute import Compute
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
+from benchmark.perf import harness
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
+from benchmark.perf.harness import Harness, median, memory_lines
 from benchmark.perf.inference_steps import linear_context_check, time_inference
-from benchmark.perf.meta import Target, default_out, provenance, provenance_lines, target_lines, write_report
+from benchmark.perf.meta import Target
 from benchmark.perf.steps import Head, peak_mib
 from benchmark.perf.training_steps import build_setup
 
@@ -51,15 +50,10 @@ def ours(bb: PerfBackbone, configs, *, length: int, batch: int, reps: int, devic
     return out
 
 
-def reference(args, bb: PerfBackbone, configs, device: str, precision: str, reps: int) -> tuple[dict, str]:
+def reference(h: Harness, args, bb: PerfBackbone, configs, device: str, precision: str, reps: int) -> dict:
     cfg = {"configs": [list(c[:2]) for c in configs], "length": args.length, "batch": args.infer_batch,
            "reps": reps, "device": device, "precision": precision}
-    proc = subprocess.run([args.reference_python, str(Path(__file__).with_name("reference_inference.py")),
-                           json.dumps(bb.reference), json.dumps(cfg)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the reference side failed:\n{proc.stdout}{proc.stderr}")
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    return got["results"], got["adapters_version"]
+    return h.reference("reference_inference.py", bb.reference, cfg)
 
 
 def run_inference(args) -> int:
@@ -67,45 +61,31 @@ def run_inference(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     ns = [int(x) for x in args.adapters.split(",") if x]
     configs = [("ST-A", 0, "st_a")] + [(f"Fusion N={n}", n, "fusion") for n in ns]
-    why_not = bf16_unsupported(torch.device(device))
-    want = getattr(args, "precision", "auto") or "auto"
-    if want == "bf16" and why_not:
-        print(f"bf16 asked for, but {why_not}", file=sys.stderr)
-        return 2
-    precisions = ["fp32"] + (["bf16"] if want != "fp32" and why_not is None else [])
+    precisions = harness.precisions(args, device)
     kw = dict(length=args.length, batch=args.infer_batch, reps=args.reps, device=device)
-    rounds, ref_version = [], None
-    for r in range(args.rounds):
-        got: dict[str, dict] = {}
+    h = Harness.of(args, "inference", device)
 
-        def run_ours():
-            for p in precisions:
-                print(f"round {r + 1}/{args.rounds}: ours {p} ...", flush=True)
-                got[f"ours_{p}"] = ours(bb, configs, precision=p, **kw)
+    def run_ours(r, got):
+        for p in precisions:
+            print(f"round {r + 1}/{args.rounds}: ours {p} ...", flush=True)
+            got[f"ours_{p}"] = ours(bb, configs, precision=p, **kw)
 
-        def run_ref():
-            nonlocal ref_version
-            for p in precisions:
-                print(f"round {r + 1}/{args.rounds}: the reference {p} ...", flush=True)
-                got[f"reference_{p}"], ref_version = reference(args, bb, configs, device, p, args.reps)
+    def run_ref(r, got):
+        for p in precisions:
+            print(f"round {r + 1}/{args.rounds}: the reference {p} ...", flush=True)
+            got[f"reference_{p}"] = reference(h, args, bb, configs, device, p, args.reps)
 
-        sides = [run_ours] + ([run_ref] if args.reference_python else [])
-        try:
-            for side in sides if r % 2 == 0 else sides[::-1]:
-                side()
-        except RuntimeError as e:
-            print(e, file=sys.stderr)
-            return 1
-        rounds.append(got)
-    memory = {} if getattr(args, "no_memory", False) else memory_pass(args, bb, configs, device, precisions)
+    rounds = h.rounds(args.rounds, run_ours, run_ref)
+    memory = {} if getattr(args, "no_memory", False) else h.memory(
+        "inference", precisions, configs, {"backbone": bb.name, "length": args.length, "batch": args.infer_batch,
+                                           "device": device},
+        lambda c, p: reference(h, args, bb, [c], device, p, 1)[c[0]]["peak_mib"])
     check = context_check(bb, args, ns, device, precisions)
-    prov = provenance(device, getattr(args, "argv", None))
-    lines = inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version, prov, check)
+    lines, targets = inference_report(args, bb, device, configs, precisions, rounds, memory, h.ref_version, check)
     raw = {"mode": "inference", "backbone": bb.label, "length": args.length, "throughput_batch": args.infer_batch,
-           "reps": args.reps, "precisions": precisions, "reference": f"adapters {ref_version}" if ref_version else None,
-           "grad_context": "torch.no_grad", "rounds": rounds, "peak_memory_mib": memory,
-           "linear_context_check": check, "provenance": prov}
-    write_report(Path(args.out or default_out("inference")), lines, raw)
+           "reps": args.reps, "precisions": precisions, "grad_context": "torch.no_grad", "rounds": rounds, "peak_memory_mib": memory,
+           "linear_context_check": check}
+    h.write(lines, raw, targets, args.out)
     return 0
 
 
@@ -117,70 +97,36 @@ def context_check(bb: PerfBackbone, args, ns: list[int], device: str, precisions
     return {"shape": list(shape), "ms": linear_context_check(shape, precisions, device)}
 
 
-def memory_pass(args, bb: PerfBackbone, configs, device: str, precisions: list[str]) -> dict:
-    """Peak memory per side, precision and setup, each in a fresh process (one warm-up + 1 call of each batch)."""
-    out: dict[str, dict[str, float]] = {}
-    for p in precisions:
-        for config in configs:
-            cfg = {"backbone": bb.name, "config": list(config), "length": args.length, "batch": args.infer_batch,
-                   "device": device, "precision": p}
-            proc = subprocess.run([sys.executable, "-m", "benchmark.perf.inference", json.dumps(cfg)],
-                                  capture_output=True, text=True)
-            if proc.returncode == 0:
-                out.setdefault(f"ours_{p}", {})[config[0]] = json.loads(proc.stdout.strip().splitlines()[-1])
-            else:
-                print(proc.stderr[-2000:], file=sys.stderr)
-            if args.reference_python:
-                try:
-                    res, _ = reference(args, bb, [config], device, p, 1)
-                    out.setdefault(f"reference_{p}", {})[config[0]] = res[config[0]]["peak_mib"]
-                except RuntimeError as e:
-                    print(e, file=sys.stderr)
-    return out
-
-
-def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version, prov,
-                     check: dict | None = None) -> list[str]:
-    def med(key, name, field):
-        vals = [r[key][name][field] for r in rounds if key in r]
-        return statistics.median(vals) if vals else None
-
+def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version,
+                     check: dict | None = None) -> tuple[list[str], list[Target]]:
     lines = ["# Inference: latency and throughput of ST-A and Fusion, ours vs AdapterHub", "",
              f"{bb.label}, {args.length} tokens per row, mean-pooling head, eval mode under `torch.no_grad` "
              "(what transformers' pipelines and our evaluation use; see the note below); "
              f"latency: median of {args.reps} batch-1 calls; throughput: {args.reps} calls at batch {args.infer_batch}; "
              f"{args.rounds} alternating rounds (median round). Reference: adapters {ref_version or 'not run'}. "
-             "Command: `afbench perf --mode inference --reference-python <reference env python>`.", "",
-             *provenance_lines(prov), ""]
+             "Command: `afbench perf --mode inference --reference-python <reference env python>`.", ""]
     targets = []
     for p in precisions:
         lines += [f"## {p}" + (" (autocast, both sides)" if p == "bf16" else ""), "",
                   "| setup | ours batch-1 ms | reference batch-1 ms | latency ratio | ours ex/s | reference ex/s "
                   "| throughput ratio | ours vs ST-A (ex/s) |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        base = med(f"ours_{p}", "ST-A", "examples_per_second")
+        base = median(rounds, f"ours_{p}", "ST-A", "examples_per_second")
         for name, *_ in configs:
-            ol, rl = med(f"ours_{p}", name, "latency_ms"), med(f"reference_{p}", name, "latency_ms")
-            ot, rt = med(f"ours_{p}", name, "examples_per_second"), med(f"reference_{p}", name, "examples_per_second")
+            ol, rl = median(rounds, f"ours_{p}", name, "latency_ms"), median(rounds, f"reference_{p}", name, "latency_ms")
+            ot, rt = median(rounds, f"ours_{p}", name, "examples_per_second"), median(rounds, f"reference_{p}", name, "examples_per_second")
             lines.append(f"| {name} | {ol:.2f} | " + (f"{rl:.2f} | {rl / ol:.2f}x" if rl else "not run | -")
                          + f" | {ot:.1f} | " + (f"{rt:.1f} | {ot / rt:.2f}x" if rt else "not run | -")
                          + f" | {ot / base:.2f}x |")
         big = [c[0] for c in configs if c[0].endswith("N=16")]
         if big:
-            ot, rt = med(f"ours_{p}", big[0], "examples_per_second"), med(f"reference_{p}", big[0], "examples_per_second")
+            ot, rt = median(rounds, f"ours_{p}", big[0], "examples_per_second"), median(rounds, f"reference_{p}", big[0], "examples_per_second")
             targets.append(Target(f"Fusion N=16 inference throughput ({p}) ahead of AdapterHub's",
                                   None if rt is None else ot > rt, f"{ot / rt:.2f}x" if rt else ""))
         lines.append("")
     if memory:
-        keys = sorted(memory)
-        lines += ["Peak memory, MiB (each side, setup and precision in a fresh process; "
-                  + ("CUDA: max allocated" if device.startswith("cuda") else
-                     "CPU: peak resident set, interpreter and libraries included") + "):", "",
-                  "| setup | " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|---|" + "---:|" * len(keys)]
-        for name, *_ in configs:
-            lines.append(f"| {name} | " + " | ".join(f"{memory[k][name]:.0f}" if name in memory[k] else "-"
-                                                    for k in keys) + " |")
-        lines.append("")
+        lines += [*memory_lines(memory, [c[0] for c in configs], device, "each side, setup and precision in a fresh "
+                                "process")[1:], ""]
     if check:
         ms = check["ms"]
         lines += ["Why `torch.no_grad` and not `torch.inference_mode`: one `nn.Linear` on a non-contiguous input "
@@ -192,7 +138,7 @@ def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_
                   "into one GEMM (the autocast weight does not require grad there) and copies the weight per "
                   "row instead. AdapterHub's fusion projects inputs laid out like this in every layer. "
                   "Both sides are timed under `no_grad`, so neither pays it.", ""]
-    return lines + target_lines(targets)
+    return lines, targets
 
 
 def _memory_child(cfg: dict) -> None:

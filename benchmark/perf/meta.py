@@ -47,10 +47,12 @@ def shown_command(argv: list[str]) -> str:
     return shlex.join(["afbench", *out])
 
 
-def provenance(device: str = "cpu", argv: list[str] | None = None) -> dict:
-    """Revision (and whether benchmark/ or specs/ had uncommitted edits), date, package versions, machine,
-    and the command that measured it (``argv``: the afbench arguments, when known)."""
-    return {"git": git_revision(), "date": now(), "versions": versions(), "device": device, "machine": machine(device),
+def provenance(device: str = "cpu", argv: list[str] | None = None, reference: str | None = None) -> dict:
+    """Revision (and whether benchmark/ or specs/ had uncommitted edits), UTC date, package versions (the
+    reference's adapters version when it ran), CPU model, threads, machine, and the command that measured it
+    (``argv``: the afbench arguments, when known)."""
+    return {"git": git_revision(), "date": now(), "versions": {**versions(), "adapters": reference},
+            "device": device, "cpu": cpu_model(), "threads": torch.get_num_threads(), "machine": machine(device),
             **({"command": shown_command(argv)} if argv is not None else {})}
 
 
@@ -58,7 +60,8 @@ def provenance_lines(p: dict) -> list[str]:
     g, v = p["git"], p["versions"]
     rev = (g.get("revision") or "unknown")[:12] + (" (uncommitted edits)" if g.get("dirty") else "")
     return [f"Revision {rev}, {p['date']}; torch {v.get('torch')}, transformers {v.get('transformers')}, "
-            f"Python {v.get('python')}; {p['machine']}." + (f" Ran as `{p['command']}`." if p.get("command") else "")]
+            f"Python {v.get('python')}"
+            + (f", adapters {v['adapters']} (reference)" if v.get("adapters") else "") + f"; {p['machine']}." + (f" Ran as `{p['command']}`." if p.get("command") else "")]
 
 
 @dataclass(frozen=True)

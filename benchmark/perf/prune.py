@@ -28,7 +28,7 @@ from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.paths import under, write_atomic
-from benchmark.perf.meta import provenance, provenance_lines, write_report
+from benchmark.perf.harness import Harness
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result_file
 from benchmark.spec.registry import Registry
@@ -125,7 +125,7 @@ def prune_run(reg: Registry, run: Run, folder: Path, data_dir, device: torch.dev
             "precision": compute.precision, "k": {str(k): v for k, v in per_k.items()}}
 
 
-def target_report(exp: str, task: str, runs: list[dict], prov: dict, rounds: int, out_dir: Path) -> Path:
+def target_report(exp: str, task: str, runs: list[dict], h: Harness, rounds: int, out_dir: Path) -> Path:
     n = len(runs[0]["adapters"])
     ks = sorted({int(k) for r in runs for k in r["k"]})
     label = lambda k: "all" if k == n else str(k)  # noqa: E731
@@ -137,7 +137,6 @@ def target_report(exp: str, task: str, runs: list[dict], prov: dict, rounds: int
              f"them. Dev accuracy on {runs[0]['dev_rows']} rows; speed: examples/s over dev at the eval batch size "
              f"and median batch-1 latency over {LATENCY_ROWS} rows, the median of {rounds} rounds (k order "
              "alternating). Command: `afbench prune " + exp + "".join(f" --only '{r['run_id']}'" for r in runs) + "`.", "",
-             *provenance_lines(prov), "",
              "| k | " + " | ".join(f"dev acc s{s}" for s in seeds) + " | mean dev acc | ex/s (median over seeds) "
              "| batch-1 ms | speed vs all |",
              "|---|" + "---:|" * (len(seeds) + 4)]
@@ -160,9 +159,8 @@ def target_report(exp: str, task: str, runs: list[dict], prov: dict, rounds: int
     stem = under(out_dir, f"prune_{exp}_{task}")  # spec names: never a path out of --out-dir
     figure(stem.with_suffix(".png"), task, ks, n, table, runs)
     lines += ["", f"![dev accuracy and speed per k]({stem.name}.png)"]
-    write_report(stem.with_suffix(".md"), lines, {"experiment": exp, "task": task, "rounds": rounds,
-                                                  "provenance": prov, "runs": runs, "table": table}, quiet=True)
-    return stem.with_suffix(".md")
+    return h.write(lines, {"experiment": exp, "task": task, "rounds": rounds, "runs": runs, "table": table},
+                   out=stem.with_suffix(".md"), quiet=True)
 
 
 def figure(path: Path, task: str, ks: list[int], n: int, table: dict, runs: list[dict]) -> None:
@@ -194,14 +192,14 @@ def figure(path: Path, task: str, ks: list[int], n: int, table: dict, runs: list
 
 
 def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: list[str] | None, device: str,
-              rounds: int, out_dir: Path, ks: tuple[int, ...] = KS) -> list[Path]:
+              rounds: int, out_dir: Path, ks: tuple[int, ...] = KS, argv: list[str] | None = None) -> list[Path]:
     chosen = fusion_runs(plan, only)
     if not chosen:
         raise BenchError(f"no Fusion w/ ST-A run of '{plan.experiment.name}' matches {only or 'anything'}",
                          field="--only", fix=f"use globs over the ids afbench plan {plan.experiment.name} lists, "
                                              "e.g. 'sick__fusion_st_a*'")
     dev = torch.device(device)
-    prov = provenance(device)
+    h = Harness("prune", device, argv=argv)
     by_task: dict[str, list[dict]] = {}
     for run in chosen:
         print(f"pruning {run.id} ...", flush=True)
@@ -209,7 +207,7 @@ def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: l
             prune_run(reg, run, results_dir / plan.experiment.name / run.id, data_dir, dev, rounds, ks))
     paths = []
     for task, runs in by_task.items():
-        paths.append(target_report(plan.experiment.name, task, sorted(runs, key=lambda r: r["seed"]), prov, rounds,
+        paths.append(target_report(plan.experiment.name, task, sorted(runs, key=lambda r: r["seed"]), h, rounds,
                                    out_dir))
         print(f"wrote {paths[-1]}")
     return paths

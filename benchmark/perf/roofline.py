@@ -3,7 +3,7 @@
 1. The GEMM peak: the best of ``torch.mm`` over square shapes (n = 1024, 2048) and MiniLM's FFN shapes at
    batch 32 x 128 ([4096, 384] x [384, 1536] and back), in float32 and, where the device has it
    natively, bf16 (on CUDA also 4096 and 8192 squares, TF32 off for float32).
-2. FLOPs per training step of each setup, counted analytically from the shapes (``flops.py``; the count
+2. FLOPs per training step of each setup, counted analytically from the shapes (``benchmark/plan/flops.py``, the FLOP model the cost estimate uses too; the count
    is checked against ``torch.utils.flop_counter.FlopCounterMode`` in the tests): ours (fast fusion)
    and the reference (AdapterHub's fusion applies K and V to every adapter output).
 3. Steps/s of ST-A, Houlsby, Full and Fusion N (ours and, with ``--reference-python``, AdapterHub),
@@ -15,46 +15,17 @@
 
 from __future__ import annotations
 
-import statistics
-import sys
-import time
-from pathlib import Path
-
 import torch
 
-from benchmark.modeling.compute import bf16_unsupported
+from benchmark.perf import harness
 from benchmark.perf.backbones import perf_backbone
-from benchmark.perf.flops import Shape, step_flops
-from benchmark.perf.meta import Target, default_out, provenance, provenance_lines, target_lines, write_report
+from benchmark.perf.harness import Harness, gemm_peak, median
+from benchmark.perf.meta import Target
 from benchmark.perf.training_steps import WARMUP, ours, reference
+from benchmark.plan.flops import Shape, step_flops
 
 CPU_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 384, 1536), (4096, 1536, 384))
 CUDA_SHAPES = ((2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192))
-KIND_OF = {"ST-A": "st_a", "Houlsby": "houlsby", "Full": "full"}
-
-
-def gemm_peak(dtype: torch.dtype, device: str, shapes=CPU_SHAPES, min_seconds: float = 0.3) -> dict:
-    """Best GFLOP/s of ``torch.mm`` over ``shapes`` (each timed for at least ``min_seconds`` after a warm-up)."""
-    dev = torch.device(device)
-    per_shape = {}
-    for m, k, n in shapes:
-        a, b = torch.randn(m, k, device=dev).to(dtype), torch.randn(k, n, device=dev).to(dtype)
-        torch.mm(a, b)
-        reps, t = 0, 0.0
-        _sync(device)
-        t0 = time.perf_counter()
-        while t < min_seconds or reps < 2:
-            torch.mm(a, b)
-            reps += 1
-            _sync(device)
-            t = time.perf_counter() - t0
-        per_shape[f"{m}x{k}x{n}"] = 2 * m * k * n * reps / t / 1e9
-    return {"gflops": max(per_shape.values()), "per_shape": per_shape}
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def configs_of(ns: list[int]) -> list[tuple]:
@@ -73,69 +44,50 @@ def run_roofline(args) -> int:
     cuda = device.startswith("cuda")
     ns = [int(x) for x in args.adapters.split(",") if x]
     configs = configs_of(ns)
-    why_not = bf16_unsupported(torch.device(device))
-    want = getattr(args, "precision", "auto") or "auto"
-    if want == "bf16" and why_not:
-        print(f"bf16 asked for, but {why_not}", file=sys.stderr)
-        return 2
-    precisions = ["fp32"] + (["bf16"] if want != "fp32" and why_not is None else [])
+    precisions = harness.precisions(args, device)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
     seconds = getattr(args, "gemm_seconds", None) or 0.3
     shapes = CUDA_SHAPES if cuda else CPU_SHAPES
+    h = Harness.of(args, "roofline", device)
     print("GEMM peak ...", flush=True)
     peak = {p: gemm_peak(torch.float32 if p == "fp32" else torch.bfloat16, device, shapes, seconds) for p in precisions}
     shape = Shape.of(bb.config(), args.batch_size, args.length)
     flops = {"ours": {c[0]: flops_of(shape, c, "ours") for c in configs},
              "reference": {c[0]: flops_of(shape, c, "reference") for c in configs}}
     common = dict(batch_size=args.batch_size, length=args.length, warmup=WARMUP, steps=args.steps, device=device)
-    rounds, ref_version = [], None
-    for r in range(args.rounds):
-        got: dict[str, dict[str, float]] = {}
 
-        def run_ours():
-            for p in precisions:
-                print(f"round {r + 1}/{args.rounds}: ours {p} ...", flush=True)
-                got[f"ours_{p}"] = ours(bb, configs, **common, pooling="mean", precision=p)
+    def run_ours(r, got):
+        for p in precisions:
+            print(f"round {r + 1}/{args.rounds}: ours {p} ...", flush=True)
+            got[f"ours_{p}"] = ours(bb, configs, **common, pooling="mean", precision=p)
 
-        def run_ref():
-            nonlocal ref_version
-            for p in precisions:
-                print(f"round {r + 1}/{args.rounds}: the reference {p} ...", flush=True)
-                res, ref_version = reference(args, bb, [list(c) for c in configs], device, ("mean",),
-                                             precision=p if p == "bf16" else None)
-                got[f"reference_{p}"] = res["mean"]
+    def run_ref(r, got):
+        for p in precisions:
+            print(f"round {r + 1}/{args.rounds}: the reference {p} ...", flush=True)
+            got[f"reference_{p}"] = reference(h, args, bb, [list(c) for c in configs], device, ("mean",),
+                                              precision=p if p == "bf16" else None)["mean"]
 
-        sides = [run_ours] + ([run_ref] if args.reference_python else [])
-        try:
-            for side in sides if r % 2 == 0 else sides[::-1]:
-                side()
-        except RuntimeError as e:
-            print(e, file=sys.stderr)
-            return 1
-        rounds.append(got)
-    prov = provenance(device, getattr(args, "argv", None))
-    lines = roofline_report(args, bb, device, configs, peak, flops, rounds, ref_version, precisions, prov)
+    rounds = h.rounds(args.rounds, run_ours, run_ref)
+    lines, targets = roofline_report(args, bb, configs, peak, flops, rounds, h.ref_version, precisions)
     raw = {"mode": "roofline", "backbone": bb.label, "batch_size": args.batch_size, "length": args.length,
            "gemm_peak_gflops": peak, "flops_per_step": flops, "precisions": precisions,
-           "reference": f"adapters {ref_version}" if ref_version else None, "warmup_steps": WARMUP,
+           "warmup_steps": WARMUP,
            "timed_steps_per_round": args.steps, "unit": "seconds per training step (mean of the timed steps)",
-           "rounds": rounds, "provenance": prov}
-    write_report(Path(args.out or default_out("roofline")), lines, raw)
+           "rounds": rounds}
+    h.write(lines, raw, targets, args.out)
     return 0
 
 
-def roofline_report(args, bb, device, configs, peak, flops, rounds, ref_version, precisions, prov) -> list[str]:
-    med = lambda key, name: statistics.median(r[key][name] for r in rounds) if rounds and key in rounds[0] else None  # noqa: E731
+def roofline_report(args, bb, configs, peak, flops, rounds, ref_version, precisions) -> tuple[list[str], list[Target]]:
     lines = ["# Roofline: training steps against this machine's GEMM peak", "",
              f"{bb.label}, batch {args.batch_size}, length {args.length}, mean-pooling head, default fast CPU kernels; "
              f"{args.steps} timed steps after {WARMUP} warm-up per setup, {args.rounds} alternating rounds (median "
              f"round). Reference: adapters {ref_version or 'not run'}. Command: `afbench perf --mode roofline "
              "--reference-python <reference env python>`.", "",
-             *provenance_lines(prov), "",
              "GEMM peak (best `torch.mm` GFLOP/s over " + ", ".join(peak[precisions[0]]["per_shape"]) + "): "
              + "; ".join(f"{p} {peak[p]['gflops']:.0f}" for p in precisions) + ".", "",
-             "FLOPs per step are counted from the shapes (`benchmark/perf/flops.py`: matrix products, forward and the "
+             "FLOPs per step are counted from the shapes (`benchmark/plan/flops.py`: matrix products, forward and the "
              "backward autograd really computes — no weight gradients for frozen weights, no input gradients below "
              "the lowest trained module); achieved = FLOPs / median step time; ceiling = steps/s at 100 % of the "
              "peak of the dtype the matmuls ran in.", ""]
@@ -147,15 +99,13 @@ def roofline_report(args, bb, device, configs, peak, flops, rounds, ref_version,
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for name, *_ in configs:
             fo, fr = flops["ours"][name] / 1e9, flops["reference"][name] / 1e9
-            so, sr = med(f"ours_{p}", name), med(f"reference_{p}", name)
+            so, sr = median(rounds, f"ours_{p}", name), median(rounds, f"reference_{p}", name)
             ours_cells = (f"{1 / so:.3f} | {fo / so:.3g} | {100 * fo / so / pk:.0f} %" if so else "- | - | -")
             ref_cells = (f"{1 / sr:.3f} | {100 * fr / sr / pk:.0f} %" if sr else "not run | -")
             ratio = f"{sr / so:.2f}x" if so and sr else "-"
             lines.append(f"| {name} | {fo:.3g} | {ours_cells} | {pk / fo:.3g} | {fr:.3g} | {ref_cells} | {ratio} |")
         lines.append("")
-    st = med("ours_fp32", "ST-A")
+    st = median(rounds, "ours_fp32", "ST-A")
     frac = flops["ours"]["ST-A"] / 1e9 / st / peak["fp32"]["gflops"] if st else None
-    lines += target_lines([Target("ST-A in fp32 at >= 70 % of the fp32 GEMM peak (the issue's quiet-machine estimate "
-                                  "was ~72 %; informational)", None if frac is None else frac >= 0.7,
-                                  f"{100 * frac:.0f} %" if frac else "")])
-    return lines
+    return lines, [Target("ST-A in fp32 at >= 70 % of the fp32 GEMM peak (the issue's quiet-machine estimate was "
+                          "~72 %; informational)", None if frac is None else frac >= 0.7, f"{100 * frac:.0f} %" if frac else "")]

@@ -17,7 +17,7 @@ def make_batch(vocab_size: int, batch: int, length: int, num_labels: int = 3, de
             "labels": torch.randint(0, num_labels, (batch,), generator=g).to(device)}
 
 
-def _sync(device: str) -> None:
+def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
@@ -26,11 +26,11 @@ def time_steps(step, warmup: int, steps: int, device: str = "cpu") -> float:
     """Seconds per training step (mean over ``steps`` after ``warmup``)."""
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / steps
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,23 +34,14 @@ from benchmark.modeling.compute import DEFAULT, Compute, bf16_unsupported
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
-from benchmark.perf.meta import (
-    Target,
-    default_out,
-    machine,
-    provenance,
-    provenance_lines,
-    target_lines,
-    write_report,
-)
+from benchmark.perf.harness import Harness, median, memory_lines, precisions
+from benchmark.perf.meta import Target, default_out, machine
 from benchmark.perf.steps import Head, make_batch, peak_mib, time_steps
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 TARGETS = "Fusion N=16 >= 4x the reference; Fusion N=16 step <= 1.6x a single-adapter step; ST-A >= 1.2x the reference"
 WARMUP = 1
 
-
-KINDS = ("st_a", "houlsby", "full", "fusion")
 
 
 def setup_kind(config) -> str:
@@ -120,19 +110,14 @@ def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="c
     return out
 
 
-def reference(args, bb: PerfBackbone, configs, device: str, poolings=("mean", "cls"), precision: str | None = None,
-              memory: bool = False, steps: int | None = None) -> tuple[dict, str]:
-    """One round of the AdapterHub side, in its own environment: {pooling: {setup: seconds}} (``memory``:
+def reference(h: Harness, args, bb: PerfBackbone, configs, device: str, poolings=("mean", "cls"),
+              precision: str | None = None, memory: bool = False, steps: int | None = None) -> dict:
+    """One round of the AdapterHub side (``reference.py``): {pooling: {setup: seconds}} (``memory``:
     {"seconds", "peak_mib"} per setup). ``precision`` "bf16": its forward under bf16 autocast."""
     cfg = {"configs": configs, "batch": args.batch_size, "length": args.length, "warmup": WARMUP,
            "steps": args.steps if steps is None else steps, "device": device, "poolings": list(poolings),
            "precision": precision, "memory": memory}
-    proc = subprocess.run([args.reference_python, str(Path(__file__).with_name("reference.py")),
-                           json.dumps(bb.reference), json.dumps(cfg)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the reference side failed:\n{proc.stdout}{proc.stderr}")
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
-    return got["results"], got["adapters_version"]
+    return h.reference("reference.py", bb.reference, cfg)
 
 
 def per_round_ratios(ref: list[dict[str, float]], mine: list[dict[str, float]], name: str) -> list[float]:
@@ -140,16 +125,12 @@ def per_round_ratios(ref: list[dict[str, float]], mine: list[dict[str, float]], 
     return [r[name] / m[name] for r, m in zip(ref, mine)]
 
 
-def _median(rounds: list[dict[str, float]], name: str) -> float:
-    return statistics.median(r[name] for r in rounds)
-
-
 def _ratio_cells(ref: list[dict], mine: list[dict], name: str) -> str:
     """'x.xx | a.aa (lo-hi)': ratio of the medians, then median (range) of the per-round ratios."""
     if not ref:
         return "not run | not run | not run"
     rr = per_round_ratios(ref, mine, name)
-    return (f"{1 / _median(ref, name):.3f} | {_median(ref, name) / _median(mine, name):.2f}x | "
+    return (f"{1 / median(ref, name):.3f} | {median(ref, name) / median(mine, name):.2f}x | "
             f"{statistics.median(rr):.2f}x ({min(rr):.2f}-{max(rr):.2f}x)")
 
 
@@ -168,52 +149,40 @@ def run_steps(args) -> int:
         variants["ours_first_token"] = dict(pooling="cls", compute=Compute("fast", "first_token"))
     if not cuda:
         variants["ours_stock"] = dict(pooling="mean", compute=Compute("stock", "full"))
-    why_not_bf16 = bf16_unsupported(torch.device(device))
-    bf16 = precision != "fp32" and why_not_bf16 is None
-    if precision == "bf16" and why_not_bf16:
-        print(f"bf16 asked for, but {why_not_bf16}", file=sys.stderr)
-        return 2
+    precs = precisions(args, device)
+    bf16 = "bf16" in precs
     if bf16:  # ours and the reference under the same autocast
         variants["ours_bf16"] = dict(pooling="mean", precision="bf16")
-    rounds, ref_version = [], None
-    for r in range(args.rounds):
-        got: dict[str, dict[str, float]] = {}
+    h = Harness.of(args, "steps", device)
 
-        def run_ours():
-            for v, kw in variants.items():
-                print(f"round {r + 1}/{args.rounds}: {v} on {device} ...", flush=True)
-                got[v] = ours(bb, configs, **common, **kw)
+    def run_ours(r, got):
+        for v, kw in variants.items():
+            print(f"round {r + 1}/{args.rounds}: {v} on {device} ...", flush=True)
+            got[v] = ours(bb, configs, **common, **kw)
 
-        def run_ref():
-            nonlocal ref_version
-            print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0) ...", flush=True)
-            res, ref_version = reference(args, bb, configs, device, ("mean", "cls") if first_token else ("mean",))
-            for pooling, sec in res.items():
-                got[f"reference_{pooling}"] = sec
-            if bf16:
-                print(f"round {r + 1}/{args.rounds}: the reference under bf16 autocast ...", flush=True)
-                got["reference_bf16"] = reference(args, bb, configs, device, ("mean",), precision="bf16")[0]["mean"]
+    def run_ref(r, got):
+        print(f"round {r + 1}/{args.rounds}: the reference (adapters 1.3.0) ...", flush=True)
+        for pooling, sec in reference(h, args, bb, configs, device, ("mean", "cls") if first_token else ("mean",)).items():
+            got[f"reference_{pooling}"] = sec
+        if bf16:
+            print(f"round {r + 1}/{args.rounds}: the reference under bf16 autocast ...", flush=True)
+            got["reference_bf16"] = reference(h, args, bb, configs, device, ("mean",), precision="bf16")["mean"]
 
-        sides = [run_ours] + ([run_ref] if args.reference_python else [])
-        try:
-            for side in sides if r % 2 == 0 else sides[::-1]:  # alternate who goes first
-                side()
-        except RuntimeError as e:
-            print(e, file=sys.stderr)
-            return 1
-        rounds.append(got)
-    precisions = ["fp32", "bf16"] if bf16 else ["fp32"]
-    memory = {} if getattr(args, "no_memory", False) else memory_pass(args, bb, configs, device, precisions)
-    prov = provenance(device, getattr(args, "argv", None))
-    lines = steps_report(args, bb, configs, device, rounds, ref_version)
-    lines += bf16_section(args, configs, device, rounds, memory, why_not_bf16 if precision != "fp32" else "not asked for")
-    lines += ["", *provenance_lines(prov)]
+    rounds = h.rounds(args.rounds, run_ours, run_ref)
+    memory = {} if getattr(args, "no_memory", False) else h.memory(
+        "training_steps", precs, configs, {"backbone": bb.name, "batch": args.batch_size, "length": args.length,
+                                                "device": device},
+        lambda c, p: reference(h, args, bb, [list(c)], device, ("mean",), precision=p, memory=True,
+                               steps=1)["mean"][c[0]]["peak_mib"])
+    lines = steps_report(args, bb, configs, device, rounds, h.ref_version)
+    more, targets = bf16_section(args, configs, device, rounds, memory,
+                                 bf16_unsupported(torch.device(device)) if precision != "fp32" else "not asked for")
     raw = {"mode": "steps", "backbone": bb.label, "device": device, "machine": machine(device),
-           "torch": torch.__version__, "reference": f"adapters {ref_version}" if ref_version else None,
+           "torch": torch.__version__,
            "batch_size": args.batch_size, "length": args.length, "warmup_steps": WARMUP,
            "timed_steps_per_round": args.steps, "unit": "seconds per training step (mean of the timed steps)",
-           "rounds": rounds, "peak_memory_mib": memory, "provenance": prov}
-    write_report(Path(args.out or default_out("steps")), lines, raw)
+           "rounds": rounds, "peak_memory_mib": memory}
+    h.write(lines + more, raw, targets, args.out)
     return 0
 
 
@@ -248,10 +217,10 @@ def steps_report(args, bb: PerfBackbone, configs, device, rounds, ref_version) -
         "| per round | ours vs one adapter (time) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    single = _median(mine, "ST-A")
+    single = median(mine, "ST-A")
     for name, _ in configs:
-        m = _median(mine, name)
-        alt_cell = f"{1 / _median(col(alt), name):.3f}" if col(alt) else "not run"
+        m = median(mine, name)
+        alt_cell = f"{1 / median(col(alt), name):.3f}" if col(alt) else "not run"
         lines.append(f"| {name} | {1 / m:.3f} | {args.batch_size / m:.1f} | {alt_cell} | "
                      f"{_ratio_cells(ref_mean, mine, name)} | {m / single:.2f}x |")
     if not first:
@@ -270,35 +239,12 @@ def steps_report(args, bb: PerfBackbone, configs, device, rounds, ref_version) -
         "|---|---:|---:|---:|---:|",
     ]
     for name, _ in configs:
-        lines.append(f"| {name} | {1 / _median(first, name):.3f} | {_ratio_cells(ref_cls, first, name)} |")
+        lines.append(f"| {name} | {1 / median(first, name):.3f} | {_ratio_cells(ref_cls, first, name)} |")
     return lines
 
 
 # ------------------------------------------------------------------ bf16 and memory
-def memory_pass(args, bb: PerfBackbone, configs, device: str, precisions: list[str]) -> dict:
-    """Peak memory (MiB) of one warm-up + one step per setup, each side and setup in a fresh process (CUDA:
-    max allocated; CPU: peak resident set, VmHWM, which includes the interpreter and libraries):
-    {"ours_fp32": {setup: MiB}, "reference_fp32": ...}."""
-    out: dict[str, dict[str, float]] = {}
-    for prec in precisions:
-        for config in configs:
-            cfg = {"backbone": bb.name, "config": list(config), "batch": args.batch_size, "length": args.length,
-                   "device": device, "precision": prec}
-            proc = subprocess.run([sys.executable, "-m", "benchmark.perf.training_steps", json.dumps(cfg)],
-                                  capture_output=True, text=True)
-            if proc.returncode == 0:
-                out.setdefault(f"ours_{prec}", {})[config[0]] = json.loads(proc.stdout.strip().splitlines()[-1])
-            if args.reference_python:
-                try:
-                    res, _ = reference(args, bb, [list(config)], device, ("mean",), precision=prec, memory=True,
-                                       steps=1)
-                    out.setdefault(f"reference_{prec}", {})[config[0]] = res["mean"][config[0]]["peak_mib"]
-                except RuntimeError as e:
-                    print(e, file=sys.stderr)
-    return out
-
-
-def bf16_section(args, configs, device, rounds, memory: dict, why_not: str | None) -> list[str]:
+def bf16_section(args, configs, device, rounds, memory: dict, why_not: str | None) -> tuple[list[str], list[Target]]:
     col = lambda key: [r[key] for r in rounds if key in r]  # noqa: E731
     mine, m16, ref, ref16 = col("ours"), col("ours_bf16"), col("reference_mean"), col("reference_bf16")
     lines = ["", "## bf16 (autocast) and peak memory", ""]
@@ -312,46 +258,38 @@ def bf16_section(args, configs, device, rounds, memory: dict, why_not: str | Non
                   "| ours bf16 / reference bf16 | ours bf16 / reference fp32 |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for name, *_ in configs:
-            a, b = _median(mine, name), _median(m16, name)
-            rb = f"{1 / _median(ref16, name):.3f}" if ref16 else "not run"
-            vs16 = f"{_median(ref16, name) / b:.2f}x" if ref16 else "not run"
-            vs32 = f"{_median(ref, name) / b:.2f}x" if ref else "not run"
+            a, b = median(mine, name), median(m16, name)
+            rb = f"{1 / median(ref16, name):.3f}" if ref16 else "not run"
+            vs16 = f"{median(ref16, name) / b:.2f}x" if ref16 else "not run"
+            vs32 = f"{median(ref, name) / b:.2f}x" if ref else "not run"
             lines.append(f"| {name} | {1 / a:.3f} | {1 / b:.3f} | {a / b:.2f}x | {rb} | {vs16} | {vs32} |")
-    if memory:
-        keys = sorted(memory)
-        lines += ["", "Peak memory, MiB (one warm-up + one step per setup, each in a fresh process; "
-                  + ("CUDA: max allocated" if device.startswith("cuda") else
-                     "CPU: peak resident set, interpreter and libraries included") + "):", "",
-                  "| setup | " + " | ".join(k.replace("_", " ") for k in keys) + " |",
-                  "|---|" + "---:|" * len(keys)]
-        for name, *_ in configs:
-            lines.append(f"| {name} | " + " | ".join(f"{memory[k][name]:.0f}" if name in memory[k] else "-"
-                                                    for k in keys) + " |")
+    lines += memory_lines(memory, [c[0] for c in configs], device, "one warm-up + one step per setup, each in a "
+                          "fresh process")
     big = [n for n, *_ in configs if n.endswith("N=16")]
     targets = []
     if big:  # the fp32 targets of the headline table (TARGETS)
         n16 = big[0]
-        x = _median(ref, n16) / _median(mine, n16) if ref else None
+        x = median(ref, n16) / median(mine, n16) if ref else None
         targets.append(Target("Fusion N=16 >= 4x the reference (fp32)", None if x is None else x >= 4,
                               f"{x:.2f}x" if x else ""))
-        y = _median(mine, n16) / _median(mine, "ST-A")
+        y = median(mine, n16) / median(mine, "ST-A")
         targets.append(Target("Fusion N=16 step <= 1.6x a single-adapter step (fp32)", y <= 1.6, f"{y:.2f}x"))
     if ref:
-        z = _median(ref, "ST-A") / _median(mine, "ST-A")
+        z = median(ref, "ST-A") / median(mine, "ST-A")
         targets.append(Target("ST-A >= 1.2x the reference (fp32)", z >= 1.2, f"{z:.2f}x"))
     if big and m16:
         n16 = big[0]
-        x_ref32 = _median(ref, n16) / _median(m16, n16) if ref else None
-        x_ref16 = _median(ref16, n16) / _median(m16, n16) if ref16 else None
+        x_ref32 = median(ref, n16) / median(m16, n16) if ref else None
+        x_ref16 = median(ref16, n16) / median(m16, n16) if ref16 else None
         targets += [Target("Fusion N=16 in bf16 >= 8x AdapterHub's fp32", None if x_ref32 is None else x_ref32 >= 8,
                           f"{x_ref32:.2f}x" if x_ref32 else ""),
                    Target("Fusion N=16 in bf16 ahead of AdapterHub under the same autocast",
                           None if x_ref16 is None else x_ref16 > 1, f"{x_ref16:.2f}x" if x_ref16 else "")]
     if m16:
-        st = _median(mine, "ST-A") / _median(m16, "ST-A")
+        st = median(mine, "ST-A") / median(m16, "ST-A")
         targets.append(Target("ST-A step in bf16 >= 1.5x fp32 (the epoch target is `--mode epochs --precision bf16`)",
                               st >= 1.5, f"{st:.2f}x"))
-    return lines + ([""] + target_lines(targets) if targets else [])
+    return lines, targets
 
 
 def _memory_child(cfg: dict) -> None:

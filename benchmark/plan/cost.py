@@ -13,7 +13,9 @@ Per run it counts the work, then prices it:
 2. **Epochs.** The epoch budget times the share of it runs of this method kind actually trained
    (early stopping) in the calibration set; 1.0 for a kind the calibration has not seen.
 3. **FLOPs per token** from the encoder's shape (layers, width, FFN width; the Hub's BERT-base and
-   RoBERTa-base are listed so ``table1`` can be costed offline): forward = 2 x weights per token plus
+   RoBERTa-base are listed so ``table1`` can be costed offline), counted by the one FLOP model
+   (``plan/flops.py``, which the roofline uses too; each module the method declares prices itself there):
+   forward = 2 x weights per token plus
    attention over the sequence; training adds what the backward really computes: nothing through a
    frozen encoder for Head, input gradients through every layer (adapters sit in each) and weight
    gradients of the small trained modules for ST-A, Houlsby and Fusion, and input plus weight gradients
@@ -50,6 +52,7 @@ from benchmark.data.holdout import heldout_size
 from benchmark.data.sources import read_rows, subsample
 from benchmark.errors import BenchError, DataError, DataUnavailable
 from benchmark.paths import write_atomic
+from benchmark.plan.flops import Shape, encoder_per_token, method_per_token, train_per_token
 from benchmark.plan.order import start_order
 from benchmark.plan.run import Plan, Run
 from benchmark.records import RunRecord, scan_experiment
@@ -81,13 +84,6 @@ class Reader:
     config's fields (``config.json`` as a dict)."""
     tokenizer: Callable[[BackboneSpec], object]
     config: Callable[[BackboneSpec], dict]
-
-
-@dataclass(frozen=True)
-class Shape:
-    layers: int
-    hidden: int
-    ffn: int
 
 
 @dataclass
@@ -130,38 +126,6 @@ def encoder_shape(spec: BackboneSpec, reader: Reader) -> Shape:
         raise BenchError(f"the cost model cannot read the shape of backbone '{spec.name}' ({e})",
                          field="model_id", fix="make its config available offline, or add its shape to "
                                                "KNOWN_SHAPES in benchmark/plan/cost.py") from None
-
-
-def forward_flops(shape: Shape, seq: float) -> float:
-    """Forward FLOPs per token of the encoder: Q, K, V, O (4 d^2) and the FFN (2 d f) as multiply-adds,
-    plus attention scores and the weighted sum over ``seq`` positions (2 seq d)."""
-    d, f = shape.hidden, shape.ffn
-    return shape.layers * (2 * (4 * d * d + 2 * d * f) + 4 * seq * d)
-
-
-def module_flops(run: Run, shape: Shape) -> float:
-    """Forward FLOPs per token of what the method adds to every layer (adapters, fusion)."""
-    d, m = shape.hidden, run.method
-    if m.adapter is not None and run.kind.name != "mt_a":
-        per = 2 * 2 * d * (d // max(1, m.adapter.reduction_factor))
-        return shape.layers * per * (2 if m.adapter.type == "houlsby" else 1)
-    if m.fusion is not None:
-        n = max(1, len(run.sources))
-        adapters = n * 2 * 2 * d * (d // max(1, m.fusion.source_reduction_factor))
-        return shape.layers * (adapters + 2 * 3 * d * d + 4 * n * d)
-    if run.kind.name == "mt_a" and m.adapter is not None:
-        return shape.layers * 2 * 2 * d * (d // max(1, m.adapter.reduction_factor))
-    return 0.0
-
-
-def train_flops_per_token(run: Run, shape: Shape, seq: float) -> float:
-    fwd, mod = forward_flops(shape, seq), module_flops(run, shape)
-    trains = run.kind.trains
-    if "encoder" in trains:  # Full, MT-A: input and weight gradients of every layer
-        return 3 * (fwd + mod)
-    if trains & {"adapter", "fusion"}:  # frozen encoder: input gradients through it, weight grads of the modules
-        return 2 * fwd + 3 * mod
-    return fwd + mod  # Head: nothing flows back into the encoder
 
 
 # --------------------------------------------------------------------------------------- data
@@ -247,6 +211,7 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
              threads: int, reader: Reader) -> RunCost:
     """Tokens and FLOPs of one run (no pricing)."""
     shape = encoder_shape(reg.backbones[run.backbone], reader)
+    extra = method_per_token(run.method, shape, len(run.sources))  # what the method's modules add per token
     tp = run.method.train
     epochs = max(1.0, tp.epochs * epoch_share.get(run.kind.name, 1.0))
     train_tok = eval_tok = train_gf = eval_gf = train_steps = eval_steps = 0.0
@@ -274,8 +239,8 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
         eval_steps += epochs * (-(-n_eval // tp.eval_batch_size) + -(-held // tp.eval_batch_size))
         train_tok += per_epoch * epochs
         eval_tok += evals * epochs
-        train_gf += per_epoch * epochs * train_flops_per_token(run, shape, seq) / 1e9
-        eval_gf += evals * epochs * (forward_flops(shape, seq) + module_flops(run, shape)) / 1e9
+        train_gf += per_epoch * epochs * train_per_token(run.kind.trains, shape, seq, extra) / 1e9
+        eval_gf += evals * epochs * (encoder_per_token(shape, seq) + extra) / 1e9
     return RunCost(run.id, run.kind.name, epochs, train_tok, eval_tok, train_gf, eval_gf, threads, train_steps,
                    eval_steps, basis=basis)
 

@@ -1,8 +1,13 @@
-"""Analytic FLOPs of one training step, from the model's shapes: what ``afbench perf --mode roofline``
-divides by the measured time.
+"""The one FLOP model: what ``afbench plan --estimate`` (``cost.py``) prices per token and what ``afbench perf
+--mode roofline`` divides by a measured step time, from the encoder's shape. Pure arithmetic (no torch).
 
-Counted: every matrix product (``mm``/``addmm``/``bmm`` — what ``torch.utils.flop_counter.FlopCounterMode``
-counts, 2 FLOPs per multiply-add), forward and backward. Elementwise work (softmax, LayerNorm, GELU,
+Per token (the estimate): ``encoder_per_token`` is the encoder's forward, ``method_per_token`` what the
+method's modules add to it, priced by the spec sections the method declares (``MODULES``: adapter, fusion,
+LoRA; a new kind of module adds one entry there, a new method built from known modules needs nothing), and
+``train_per_token`` what a training step computes from those by what the method trains.
+
+Per step (the roofline): ``step_flops``, op by op. Counted: every matrix product (``mm``/``addmm``/``bmm``
+— what ``torch.utils.flop_counter.FlopCounterMode`` counts, 2 FLOPs per multiply-add), forward and backward. Elementwise work (softmax, LayerNorm, GELU,
 dropout, the optimiser) and matrix-vector products (``mv``: O(H²) per layer and step) are not counted.
 
 The backward computes what autograd really computes for the setup, op by op:
@@ -37,8 +42,8 @@ class Shape:
     layers: int
     hidden: int
     intermediate: int
-    batch: int
-    length: int
+    batch: int = 1
+    length: int = 1
     num_labels: int = 3
 
     @classmethod
@@ -133,3 +138,49 @@ def _fusion_reference(c: Count, M: int, H: int, r: int, N: int, input_grad: bool
     c.op("fusion", 2 * M * N * H * H, 1 + int(input_grad))  # V on every z_n
     c.op("fusion", 2 * M * N * H, 2)  # scores q . k_n
     c.op("fusion", 2 * M * N * H, 2)  # context sum_n s_n v_n
+
+
+# --------------------------------------------------------------------------------------- per token (the estimate)
+def encoder_per_token(shape: Shape, seq: float) -> float:
+    """Forward FLOPs per token of the encoder (``step_flops``'s forward ``encoder`` over B·T tokens at T = seq):
+    Q, K, V, O (8H²) and the FFN (4HI), plus attention scores and the weighted sum over ``seq`` positions (4 seq H)."""
+    H, inter = shape.hidden, shape.intermediate
+    return shape.layers * (2 * (4 * H * H + 2 * H * inter) + 4 * seq * H)
+
+
+def _adapter_module(p, shape: Shape, sources: int) -> float:  # Houlsby: a second adapter after attention
+    H = shape.hidden
+    return 2 * 2 * H * (H // max(1, p.reduction_factor)) * (2 if p.type == "houlsby" else 1)
+
+
+def _fusion_module(p, shape: Shape, sources: int) -> float:
+    """N source adapters, then Q, K, V once over the hidden state (6H²: the estimate's simplification, which
+    its calibration was fitted on) and the scores and context over N (4NH)."""
+    H, n = shape.hidden, max(1, sources)
+    return n * 2 * 2 * H * (H // max(1, p.source_reduction_factor)) + 2 * 3 * H * H + 4 * n * H
+
+
+def _lora_module(p, shape: Shape, sources: int) -> float:
+    """A: [in, r] and B: [r, out] on each adapted linear layer (the FFN's in/out: H x I)."""
+    H, inter = shape.hidden, shape.intermediate
+    return sum(2 * p.rank * (H + (inter if t in ("intermediate", "output") else H)) for t in p.targets)
+
+
+# spec section of a method -> forward FLOPs per token and layer of that module (params, shape, fused sources)
+MODULES = {"adapter": _adapter_module, "fusion": _fusion_module, "lora": _lora_module}
+
+
+def method_per_token(method, shape: Shape, sources: int = 0) -> float:
+    """Forward FLOPs per token of what ``method`` (a MethodSpec) adds to every layer: each module it declares."""
+    return shape.layers * sum(price(p, shape, sources) for name, price in MODULES.items()
+                              if (p := getattr(method, name, None)) is not None)
+
+
+def train_per_token(trains, shape: Shape, seq: float, extra: float) -> float:
+    """Training FLOPs per token given what the method ``trains`` and its modules' forward ``extra``."""
+    fwd = encoder_per_token(shape, seq)
+    if "encoder" in trains:  # Full, MT-A: input and weight gradients of every layer
+        return 3 * (fwd + extra)
+    if set(trains) & {"adapter", "fusion"}:  # frozen encoder: input gradients through it, weight grads of modules
+        return 2 * fwd + 3 * extra
+    return fwd + extra  # Head: nothing flows back into the encoder
