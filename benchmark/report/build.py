@@ -25,7 +25,7 @@ from tabulate import tabulate
 
 from benchmark import methods
 from benchmark.errors import BenchError, StorageError
-from benchmark.paths import pid_alive, shown_path, under, write_atomic
+from benchmark.paths import pid_alive, remove, shown_path, swap_in, under, write_atomic
 from benchmark.plan.build import build_plan
 from benchmark.records import RunRecord
 from benchmark.report import figures, latex, published, reruns
@@ -483,14 +483,12 @@ def _finish(out_dir: Path, staging: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return  # not a note this version wrote: the staging folder is only removed
     if fig_folder and under(staging, fig_folder).exists():
-        folder, trash = under(out_dir, fig_folder), staging / ".old_files"
-        shutil.rmtree(trash, ignore_errors=True)
-        if folder.exists() or folder.is_symlink():  # a link is moved, never followed
-            os.replace(folder, trash)
-        os.replace(staging / fig_folder, folder)
+        trash = staging / ".old_files"
+        remove(trash)
+        swap_in(staging / fig_folder, under(out_dir, fig_folder), trash)  # a link is moved, never followed
     for name in names:
         if under(staging, name).exists():
-            os.replace(staging / name, under(out_dir, name))
+            swap_in(staging / name, under(out_dir, name))
 
 
 @contextlib.contextmanager
