@@ -5,9 +5,9 @@ training flags (``report/aggregate.recorded_plan``)."""
 from __future__ import annotations
 
 import pytest
-from conftest import MIRROR, ROOT, needs_mirror
 
 from benchmark.report.aggregate import load
+from conftest import MIRROR, ROOT, needs_mirror
 
 
 @needs_mirror
