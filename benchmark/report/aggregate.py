@@ -69,6 +69,7 @@ class Collected:
     folder: Path | None = None  # results/<experiment>: where each run's own files are (predictions)
     multitask: list[RunRecord] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
     column_kinds: dict[str, str] = field(default_factory=dict)  # report column -> method kind (from the plan)
+    stale_sources: set[str] = field(default_factory=set)  # stale results recording no fingerprint: data source
 
     def kind_of(self, label: str) -> str | None:
         """The method kind of a report column (a variant such as st_a_shuffled_rf16 -> st_a)."""
@@ -105,6 +106,8 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
     # A spec edited after a run changes the run ids; results of the old spec stay on disk but are not
     # part of this experiment any more (they would count as an extra seed), so they are left out.
     stale = sorted(r.run_id for r in results if plan is not None and r.run_id not in roles)
+    stale_sources = {r.data_source for r in results if plan is not None and r.run_id not in roles
+                     and not (r.config or {}).get("data")} - {""}  # their ids need the data (schema 1)
     results = [r for r in results if plan is None or r.run_id in roles]
     cells: dict[tuple[str, str, str], Cell] = {}
     attention: dict[tuple[str, str, str], list[dict]] = {}
@@ -154,7 +157,7 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
         if s.what.startswith("task "):
             no_data[s.what[5:]] = s.why
     return Collected(experiment, cells, stage1, no_data, results, plan.description if plan is not None else "",
-                     attention, stale, multitask=multitask, column_kinds=kinds)
+                     attention, stale, stale_sources=stale_sources, multitask=multitask, column_kinds=kinds)
 
 
 def recorded_plan(reg, spec, results: list[RunRecord], stored: PlanRecord | None, data_root=None,

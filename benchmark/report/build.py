@@ -295,7 +295,13 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
     if not col.results:
         extra = f" ({'; '.join(col.problems)})" if col.problems else ""
         fix = f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})"
-        if reg is not None and experiment not in reg.experiments and col.plan_source == "none":
+        if col.stale and "mirror" in col.stale_sources and data_root is None:
+            extra += (f" ({len(col.stale)} result(s) on disk were trained on the offline data mirror and record no "
+                      "fingerprint of it (schema 1), and run ids include a content hash of the data: with "
+                      "AFBENCH_DATA_DIR unset the plan reads the Hub instead, so none of their ids is in it)")
+            fix = ("set AFBENCH_DATA_DIR (or --data-dir) to the mirror, e.g. AFBENCH_DATA_DIR=../shared/data, and "
+                   f"report again; afbench run {experiment} without it would train every run anew on Hub data")
+        elif reg is not None and experiment not in reg.experiments and col.plan_source == "none":
             # neither results, a spec nor a plan.json: most likely a spec kept outside specs/
             extra += f" and no experiment spec named '{experiment}' among the loaded specs"
             fix = (f"if its spec lives outside specs/, pass its folder: afbench report {experiment} --specs DIR (and "
