@@ -142,6 +142,18 @@ def cmd_validate(args) -> int:
             missing_any.append(name)
             if f.resolve() in named:
                 missing_named.append(name)
+    from benchmark.modeling.layout import layout_for, spec_family
+
+    for name, b in sorted(reg.backbones.items()):  # a family without a layout would fail at its first run
+        f, family = reg.files[("backbone", name)], spec_family(b)
+        try:
+            if family is not None and (chosen is None or f.resolve() in chosen):
+                layout_for(family)
+        except TypeError as e:
+            raise BenchError(f"backbone '{name}' cannot be trained here: {e}", file=str(f),
+                             field="model_type" if b.source == "random_init" else "model_id / path (its config.json)",
+                             fix="use an encoder of a supported family, or add its Layout to "
+                                 "benchmark/modeling/layout.py") from None
     counts = {k: len(reg.table(k)) for k in ("task", "method", "backbone", "experiment")}
     print("valid: " + ", ".join(f"{v} {k}s" for k, v in counts.items())
           + (f"; data MISSING for {len(missing_any)} task(s): {', '.join(missing_any)} (their runs are skipped;"

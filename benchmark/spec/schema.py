@@ -168,9 +168,6 @@ class TokenizerSpec(Strict):
     lowercase: bool = True
 
 
-# transformers ``model_type`` values with an encoder layout (benchmark/modeling/layout.py); DeBERTa-v3
-# checkpoints are model_type deberta-v2.
-MODEL_TYPES = ("bert", "roberta", "distilbert", "electra", "deberta-v2")
 
 
 class BackboneSpec(Strict):
@@ -183,8 +180,8 @@ class BackboneSpec(Strict):
     path: str | None = Field(None, description="local: a folder with a transformers checkpoint (config.json, "
                                                 "weights, tokenizer), relative to the spec file; the run id "
                                                 "holds its content hash, never the path")
-    model_type: str | None = Field(None, description="random_init: architecture, one of " + ", ".join(MODEL_TYPES)
-                                   + " (or a family added to benchmark/modeling/layout.py)")
+    model_type: str | None = Field(None, description="random_init: architecture, a transformers model_type with a "
+                                   "layout in benchmark/modeling/layout.py (afbench validate checks it)")
     config: dict[str, bool | int | float | str | list[str]] = Field(default_factory=dict, description="random_init: config")
     tokenizer: TokenizerSpec | None = Field(None, description="random_init: offline tokenizer to build")
     paper_backbone: str | None = Field(None, description="the paper backbone this stands in for")
