@@ -142,6 +142,18 @@ def cmd_validate(args) -> int:
             missing_any.append(name)
             if f.resolve() in named:
                 missing_named.append(name)
+    from benchmark.modeling.layout import layout_for, spec_family
+
+    for name, b in sorted(reg.backbones.items()):  # a family without a layout would fail at its first run
+        f, family = reg.files[("backbone", name)], spec_family(b)
+        try:
+            if family is not None and (chosen is None or f.resolve() in chosen):
+                layout_for(family)
+        except TypeError as e:
+            raise BenchError(f"backbone '{name}' cannot be trained here: {e}", file=str(f),
+                             field="model_type" if b.source == "random_init" else "model_id / path (its config.json)",
+                             fix="use an encoder of a supported family, or add its Layout to "
+                                 "benchmark/modeling/layout.py") from None
     counts = {k: len(reg.table(k)) for k in ("task", "method", "backbone", "experiment")}
     print("valid: " + ", ".join(f"{v} {k}s" for k, v in counts.items())
           + (f"; data MISSING for {len(missing_any)} task(s): {', '.join(missing_any)} (their runs are skipped;"
@@ -453,18 +465,14 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from benchmark.plan.build import build_plan
+    """Reports from what the results recorded: no data (but for the majority baselines), no training flags."""
     from benchmark.report.build import build_reports
     from benchmark.runner.results import results_root
 
     reg = _registry(args)
-    root = _data_dir(args)
-    available = availability(reg, root)
     for exp in args.experiments:
         for path in build_reports(reg, exp, results_dir=results_root(args.results_dir), out_dir=Path(args.out_dir),
-                                  paper_file=args.paper,
-                                  plan_of=lambda spec: build_plan(reg, spec, available, data_root=root,
-                                                                  options=_options(args)), data_root=root):
+                                  paper_file=args.paper, data_root=_data_dir(args)):
             print(f"wrote {path}")
     return 0
 
@@ -762,7 +770,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out-dir", default="reports", metavar="DIR", help="where reports are written (default: reports)")
     r.add_argument("--paper", metavar="FILE",
                    help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
-    id_flags(r)
     db = common(sub.add_parser("dashboard", help="reports/dashboard.html: accuracy against cost over every experiment"),
                 data=False)
     db.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")

@@ -8,9 +8,11 @@ machine's absolute path.
 task, method, backbone) becomes part of file names; spec names are plain identifiers
 (``spec/registry.py``) and, independently, every writer resolves its path with ``under`` and refuses one
 that is not inside its root (results, reports, the cache, Slurm logs), so ``../../x`` or ``/etc/x``
-never decides where a file lands. Every write outside a run's own folder (the lock, plan.json, reports,
-figures) goes through ``write_atomic``: temp file beside the target, fsync, rename; an OS failure
-(read-only, full, permission) is one ``StorageError`` paragraph and the old file is left as it was.
+never decides where a file lands. Every file the program writes (results, weights, the lock, plan.json,
+reports, figures, exports) goes through ``write_atomic``: temp file beside the target, fsync, rename (or a
+hard link for ``exclusive``); an OS failure (read-only, full, permission) is one ``StorageError`` paragraph
+and the old file is left as it was. A finished folder (a run, an export, a report's figures) is put in place
+by ``swap_in`` and an old one cleared by ``remove``; ``tests/test_writers.py`` fails on any other writer.
 ``pid_alive``: whether a process of this host lives (the experiment lock and the report's staging folders).
 ``read_regular``: the one bounded reader of files a user or a record names (specs, includes, result.json,
 plan.json): only a regular file, at most a given size, and never blocking on a FIFO.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -60,10 +63,12 @@ def inside(root: str | Path, path: str | Path) -> Path:
 
 
 def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None = None, mode: int = 0o644,
-                 kept: str | None = None, fix: str | None = None) -> Path:
+                 kept: str | None = None, fix: str | None = None, exclusive: bool = False) -> Path:
     """Write ``data`` to ``path`` (checked to lie under ``root`` when given) through a temp file beside it,
     fsync, rename. An OSError becomes one StorageError naming the file (``kept``, ``fix``: the writer's own
-    words for what is intact and the way out, ``StorageError.from_os_error``); ``path`` is then as it was."""
+    words for what is intact and the way out, ``StorageError.from_os_error``); ``path`` is then as it was.
+    ``exclusive``: the file appears complete or not at all, and only if nothing is at ``path`` (a hard
+    link, not a rename); FileExistsError otherwise (the experiment lock)."""
     path = inside(root, path) if root is not None else Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -74,14 +79,42 @@ def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            os.link(tmp, path)
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
     except OSError as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
+        if exclusive and isinstance(e, FileExistsError):
+            raise
         raise StorageError.from_os_error(path, e, kept=kept, fix=fix) from None
     return path
+
+
+def swap_in(new: str | Path, final: str | Path, old: str | Path | None = None) -> bool:
+    """Move ``new`` (a finished file or folder) to ``final``. A file replaces what is there in one rename; a
+    folder cannot be renamed over another, so with ``old`` given what is at ``final`` (a folder, file or link,
+    never followed) moves there first, and a crash between the two renames leaves it for the caller's
+    recovery. Returns whether something moved to ``old`` (the caller removes or keeps it)."""
+    moved = old is not None and os.path.lexists(final)
+    if moved:
+        os.replace(final, old)
+    os.replace(new, final)
+    return moved
+
+
+def remove(path: str | Path) -> None:
+    """Remove a folder, or only the link when it is a symlink (a run folder linked to another disk: its
+    target is the old result, which a swap replaced; rmtree refuses links and would leave it)."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pid_alive(pid: int) -> bool:

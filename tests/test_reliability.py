@@ -588,57 +588,7 @@ def test_a_broken_spec_file_blocks_only_what_needs_it(tmp_path, capsys):
     assert main(["validate", str(specs), "--no-data"]) == 2  # validate stays strict
 
 
-# ----------------------------------------------------------------------------- every writer is the one writer
-# Writes that do not go through paths.write_atomic, each for a reason (module, or module:call -> why).
-NOT_THROUGH_WRITE_ATOMIC = {
-    "benchmark/runner/export.py:save_pretrained": "transformers writes the base model folder inside the export's "
-                                                  "temp folder, which is renamed into place whole",
-    "benchmark/paths.py": "it is write_atomic",
-    "benchmark/runner/lock.py": "the lock is created with O_CREAT|O_EXCL: a rename would take a held lock",
-    "benchmark/modeling/checkpoint.py": "a run's own weights, in its temp folder (safetensors writes by path), "
-                                        "renamed and mode-fixed there",
-    "benchmark/runner/slurm.py": "a test-only sbatch script that `sbatch --test-only` reads and that is removed",
-    "benchmark/runner/provenance.py": "/proc/self/clear_refs, a kernel control file",
-    "benchmark/parity/__init__.py": "scratch tensors for the reference process in --work-dir, rebuilt every run",
-    "benchmark/parity/roundtrip.py": "scratch task specs and data in parity's --work-dir, rebuilt every run",
-    "benchmark/perf/epochs.py": "batches for the reference process, in a TemporaryDirectory",
-}
-
-
-def _direct_writes(module: Path) -> list[str]:
-    import ast
-
-    out = []
-    for node in ast.walk(ast.parse(module.read_text(encoding="utf-8"))):
-        if not isinstance(node, ast.Call):
-            continue
-        f = node.func
-        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
-        owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
-        modes = [a.value for a in node.args[1:2] + [k.value for k in node.keywords if k.arg == "mode"]
-                 if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-        into = node.args[1] if name == "save" and owner == "torch" and len(node.args) > 1 else \
-            node.args[0] if name == "savefig" and node.args else None
-        if (name in ("write_text", "write_bytes", "save_file", "to_parquet", "save_pretrained")
-                or (name == "dump" and owner == "json")
-                or (name in ("open", "fdopen") and any(set(m) & set("wax") for m in modes))
-                or (name == "save" and owner != "torch" and owner)  # Tokenizer.save(path)
-                or (into is not None and not (isinstance(into, ast.Name) and into.id == "buf"))):
-            out.append(f"{module.relative_to(ROOT).as_posix()}:{node.lineno} {name}")
-    return out
-
-
-def _exemption(write: str) -> str | None:
-    module, call = write.split(":")[0], write.split()[-1]
-    return next((k for k in (f"{module}:{call}", module) if k in NOT_THROUGH_WRITE_ATOMIC), None)
-
-
-def test_every_file_the_program_writes_goes_through_write_atomic():
-    writes = [w for p in sorted((ROOT / "benchmark").rglob("*.py")) for w in _direct_writes(p)]
-    found = [w for w in writes if _exemption(w) is None]
-    assert found == [], "write these through benchmark.paths.write_atomic (or say why not in this test):\n" + \
-        "\n".join(found)
-    assert {_exemption(w) for w in writes} == set(NOT_THROUGH_WRITE_ATOMIC)  # no stale exemption
+# every writer is the one writer: tests/test_writers.py
 
 
 def test_perf_prune_export_cache_and_tokenizer_writers_fail_as_one_paragraph_and_leave_the_old_file(

@@ -219,16 +219,14 @@ def test_disk_full_while_writing_a_result_is_one_storage_error(tmp_path, monkeyp
 
 
 def test_disk_full_while_saving_weights_is_a_storage_error(tiny_bert, tmp_path, monkeypatch):
-    from benchmark.modeling import checkpoint
-
     m = AdapterModel(tiny_bert[1]())
     m.add_head("t", "classification", 2)
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", full)
-    with pytest.raises(StorageError) as e:
+    with monkeypatch.context() as patch, pytest.raises(StorageError) as e:
+        patch.setattr(os, "fsync", full)  # where a full disk shows (the bytes were only buffered until then)
         save_modules(m, tmp_path / "w", heads=["t"])
     assert "weights.safetensors" in str(e.value) and "the disk is full" in str(e.value)
     assert not list((tmp_path / "w").iterdir())

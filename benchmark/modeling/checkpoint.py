@@ -12,17 +12,17 @@ unreadable. Writes that fail in the OS (disk full) raise a StorageError naming t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from benchmark import adapterhub
 from benchmark.errors import CheckpointError, StorageError
 from benchmark.modeling.layout import FUSION_LOCATION, LAYOUTS, LOCATIONS
 from benchmark.modeling.model import AdapterModel, Modules, adapter_type, params_from
+from benchmark.paths import write_atomic
 from benchmark.spec.schema import FusionParams
 
 
@@ -42,15 +42,6 @@ WEIGHTS = "weights.safetensors"
 MODULES = "modules.json"
 
 
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            return next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 0o022
-
-
 def save_modules(model: AdapterModel, folder: Path, *, adapters=(), fusions=(), heads=(), encoder=False,
                  state: dict | None = None) -> None:
     """Write ``weights.safetensors`` + ``modules.json`` (atomically, each via a temp file)."""
@@ -67,17 +58,12 @@ def save_modules(model: AdapterModel, folder: Path, *, adapters=(), fusions=(), 
         "encoder": bool(encoder),
     }
     meta["family"] = model.layout.family  # files written before layouts have none: read as "bert"
-    tmp = folder / f".{WEIGHTS}.tmp{os.getpid()}"
     try:
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates 0600; every other file the program writes is 0644
-        os.replace(tmp, folder / WEIGHTS)
-        tmp = folder / f".{MODULES}.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, folder / MODULES)
-    except (OSError, SafetensorError) as e:
-        tmp.unlink(missing_ok=True)
-        raise StorageError.from_os_error(folder / tmp.name.split(".tmp")[0].lstrip("."), e) from None
+        weights = save({k: v.contiguous() for k, v in state.items()})
+    except SafetensorError as e:
+        raise StorageError.from_os_error(folder / WEIGHTS, e) from None
+    write_atomic(folder / WEIGHTS, weights)
+    write_atomic(folder / MODULES, json.dumps(meta, indent=2))
 
 
 def _load_tensors(model: AdapterModel, tensors: dict, file: str, expected: set[str] | None = None) -> None:

@@ -162,6 +162,26 @@ register(Layout(
             "twin in it; the benchmark refuses it rather than invent a placement the paper never tested"))
 
 
+def spec_family(spec) -> str | None:
+    """A backbone spec's ``config.model_type`` as far as it can be told without torch or the network: its own
+    ``model_type`` (random_init), the local folder's or the Hub cache's config.json; None where it cannot."""
+    import json
+    from pathlib import Path
+
+    if spec.source == "random_init":
+        return spec.model_type
+    config = Path(spec.path) / "config.json" if spec.source == "local" else None
+    if spec.source == "hub":
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec.model_id, "config.json")
+        config = Path(cached) if isinstance(cached, str) else None
+    try:
+        return json.loads(config.read_text()).get("model_type") if config else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def layout_for(family: str) -> Layout:
     """The layout of a ``config.model_type``; a clear error for a family without one or a refused one."""
     lay = LAYOUTS.get(family)

@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from benchmark.modeling.layout import LOCATIONS, layout_for
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.paths import write_atomic
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 TOLERANCE = 1e-5
@@ -97,11 +98,11 @@ def export_case(arch: str, folder: Path) -> None:
     names = _neutral_names(model)
     modules = {names[k]: v.contiguous() for k, v in model.state_dict().items() if k in names}
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in base.items()}, str(folder / "base.safetensors"))
-    save_file(modules, str(folder / "modules.safetensors"))
-    save_file({"input_ids": ids, "attention_mask": mask}, str(folder / "inputs.safetensors"))
-    save_file(outputs, str(folder / "outputs.safetensors"))
-    (folder / "meta.json").write_text(json.dumps({
+    write_atomic(folder / "base.safetensors", save({k: v.contiguous() for k, v in base.items()}))
+    write_atomic(folder / "modules.safetensors", save(modules))
+    write_atomic(folder / "inputs.safetensors", save({"input_ids": ids, "attention_mask": mask}))
+    write_atomic(folder / "outputs.safetensors", save(outputs))
+    write_atomic(folder / "meta.json", json.dumps({
         "config_class": cfg_name, "model_class": model_name, "config": config_kwargs, "pooler": pooler,
         "adapters": ADAPTERS,
         "fusion": FUSED, "reduction_factor": 16, "setups": SETUPS}, indent=2))

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmark.paths import write_atomic
 from benchmark.plan.build import build_plan
 from benchmark.runner.execute import run_plan
 from benchmark.runner.export import export_plan
@@ -49,25 +50,25 @@ def write_specs(folder: Path, *, rows: int = 32, epochs: int = 3, backbone: str 
     for sub in ("tasks/data", "experiments", "backbones", "methods"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for name, targets in LORAS.items():  # LoRA on every target AdapterHub's LoRAConfig names, and one it cannot
-        (folder / "methods" / f"{name}.yaml").write_text(
+        write_atomic(folder / "methods" / f"{name}.yaml",
             f"include: lora.yaml\nlora: {{rank: 4, alpha: 8, dropout: 0.1, targets: [{', '.join(targets)}]}}\n")
     tiny = (default_spec_dir() / "backbones" / "tiny-bert.yaml").read_text()
-    (folder / "backbones" / "tiny-bert-mean.yaml").write_text(tiny.rstrip("\n") + "\npooling: mean\n")
+    write_atomic(folder / "backbones" / "tiny-bert-mean.yaml", tiny.rstrip("\n") + "\npooling: mean\n")
     for name, kind in (("rt_cls", "cls"), ("rt_mc", "mc")):
         for split in ("train", "validation"):
             data = _rows(kind, rows, rng)
-            (folder / "tasks" / "data" / f"{name}_{split}.jsonl").write_text(
-                "".join(json.dumps(r) + "\n" for r in data))
+            write_atomic(folder / "tasks" / "data" / f"{name}_{split}.jsonl",
+                         "".join(json.dumps(r) + "\n" for r in data))
         files = f"data_files: {{train: data/{name}_train.jsonl, validation: data/{name}_validation.jsonl}}\n"
         if kind == "cls":
             body = "type: classification\ninput: {text: '{{ text }}'}\nlabel: {column: label, names: [low, high]}\n"
         else:
             body = ("type: multiple_choice\ninput: {text: '{{ question }}', choices: ['{{ a }}', '{{ b }}', "
                     "'{{ c }}']}\nlabel: {column: label}\n")
-        (folder / "tasks" / f"{name}.yaml").write_text(f"kind: task\nname: {name}\nmax_length: 32\n{files}{body}")
+        write_atomic(folder / "tasks" / f"{name}.yaml", f"kind: task\nname: {name}\nmax_length: 32\n{files}{body}")
     kinds = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a", "lora", *LORAS)
     lr = "\n".join(f"  {m}: {{lr: 1.0e-2}}" for m in kinds)  # tiny random models move only at a large lr
-    (folder / "experiments" / f"{EXPERIMENT}.yaml").write_text(
+    write_atomic(folder / "experiments" / f"{EXPERIMENT}.yaml",
         f"kind: experiment\nname: {EXPERIMENT}\nbackbones: [{backbone}]\nseeds: [1]\n"
         f"groups:\n  - tasks: [rt_cls, rt_mc]\n    methods: [{', '.join(methods)}]\n"
         f"caps: {{max_train_rows: {rows}, max_eval_rows: {rows}, max_epochs: {epochs}, max_length: 32}}\n"
@@ -108,7 +109,7 @@ def run_roundtrip(reference_python: str, work: Path, tolerance: float) -> bool:
           + "; ".join(f"{e.run_id}: {e.refused}" for e in refused[:1]))
     exported += [e for e in loras if not e.refused]
     snippet = work / "readme_snippet.py"
-    snippet.write_text(readme_snippet())
+    write_atomic(snippet, readme_snippet())
     script = Path(__file__).with_name("reference_export.py")
     proc = subprocess.run([reference_python, str(script), str(snippet), *(str(e.folder) for e in exported)],
                           capture_output=True, text=True)

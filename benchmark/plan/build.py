@@ -226,9 +226,11 @@ class _Planner:
 
 
 def build_plan(reg: Registry, exp: ExperimentSpec, available: Callable[[str], str | None] | None = None, *,
-               data_root=None, options: Options = Options()) -> Plan:
-    """``available(task) -> str | None`` says why a task's data is missing (None = usable)."""
+               data_root=None, options: Options = Options(), data: dict[str, dict[str, str]] | None = None) -> Plan:
+    """``available(task) -> str | None`` says why a task's data is missing (None = usable). ``data``: task ->
+    the fingerprints its results recorded (the report plans from them, with no data at hand)."""
     planner = _Planner(reg, exp, available, data_root, options)
+    planner._data.update(data or {})
     for g in exp.groups:
         planner.group(g)
     # dependencies first, then in the order the experiment lists them (sorted() is stable)

@@ -5,9 +5,11 @@ MT-A run also trains the other tasks of its mixture, which are listed (with ever
 not as table rows. The adapters fusion read (its dependencies, grid runs or not) are listed as stage-1
 adapters. A cell knows why it is empty: not run, failed, no data.
 
-Which results are current is decided from the experiment spec as it is now (the plan is rebuilt on
-every report), not from the ``plan.json`` of the last run, which may be missing or older than the
-specs; ``plan.json`` is the fallback only when the experiment's spec no longer exists.
+Which results are current is decided from the experiment spec as it is now and what the results
+recorded (``recorded_plan``: the spec's runs with the data fingerprints and the command-line choices each
+result stored), never from the data or the training flags, so a report needs neither; nor from the
+``plan.json`` of the last run alone, which may be older than the results (``--only``) or the specs. It
+gives the tasks left out for want of data; it is the whole plan only when the experiment's spec is gone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.plan.build import build_plan
+from benchmark.plan.build import Options, build_plan
 from benchmark.records import PLAN, PlanRecord, RecordError, RunRecord, load_plan, scan_experiment
 
 
@@ -65,9 +67,9 @@ class Collected:
     problems: list[str] = field(default_factory=list)  # result files left out (corrupt, other experiment)
     plan_source: str = ""  # where the expected runs came from: the current specs, plan.json or nothing
     folder: Path | None = None  # results/<experiment>: where each run's own files are (predictions)
-    stale_sources: set[str] = field(default_factory=set)  # where the stale results' data came from (mirror, hub)
     multitask: list[RunRecord] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
     column_kinds: dict[str, str] = field(default_factory=dict)  # report column -> method kind (from the plan)
+    stale_sources: set[str] = field(default_factory=set)  # stale results recording no fingerprint: data source
 
     def kind_of(self, label: str) -> str | None:
         """The method kind of a report column (a variant such as st_a_shuffled_rf16 -> st_a)."""
@@ -104,7 +106,8 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
     # A spec edited after a run changes the run ids; results of the old spec stay on disk but are not
     # part of this experiment any more (they would count as an extra seed), so they are left out.
     stale = sorted(r.run_id for r in results if plan is not None and r.run_id not in roles)
-    stale_sources = {r.data_source for r in results if plan is not None and r.run_id not in roles} - {""}
+    stale_sources = {r.data_source for r in results if plan is not None and r.run_id not in roles
+                     and not (r.config or {}).get("data")} - {""}  # their ids need the data (schema 1)
     results = [r for r in results if plan is None or r.run_id in roles]
     cells: dict[tuple[str, str, str], Cell] = {}
     attention: dict[tuple[str, str, str], list[dict]] = {}
@@ -157,18 +160,40 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
                      attention, stale, stale_sources=stale_sources, multitask=multitask, column_kinds=kinds)
 
 
-def load(results_dir: Path, experiment: str, reg=None, plan_of=None) -> Collected:
-    """Read ``results_dir/<experiment>``; ``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan``
-    would (data folder, availability); default: ``build_plan`` without a data folder (the Hub's data)."""
+def recorded_plan(reg, spec, results: list[RunRecord], stored: PlanRecord | None, data_root=None,
+                  lent: list[RunRecord] = ()) -> PlanRecord:
+    """The spec's plan under the data and command-line choices the results recorded: fingerprints of each
+    task as its latest result (or one of ``lent``, the results of ``dependencies_from``) stored them (results
+    older than that record, schema 1 before config.data: from the data in ``data_root``, as at training),
+    one plan per set of choices found (plus the spec's own), their runs together; the tasks left out for
+    want of data as ``plan.json`` (``stored``) says."""
+    data: dict[str, dict[str, str]] = {}
+    for r in sorted([*lent, *results], key=lambda r: r.finished_at or ""):
+        data.update((r.config or {}).get("data") or {})
+    choices = {Options()}
+    for r in results:
+        c, train = (r.config or {}).get("compute") or {}, ((r.config or {}).get("method") or {}).get("train") or {}
+        choices.add(Options(train.get("batching"), c.get("cpu_kernels"), c.get("last_layer"), c.get("precision")))
+    plans = [build_plan(reg, spec, options=o, data=data, data_root=data_root).record()
+             for o in sorted(choices, key=repr)]
+    plan, seen = plans[0], {r.id for r in plans[0].runs}
+    for other in plans[1:]:
+        plan.runs += [r for r in other.runs if r.id not in seen and not seen.add(r.id)]
+    plan.skipped = stored.skipped if stored is not None else []
+    return plan
+
+
+def load(results_dir: Path, experiment: str, reg=None, data_root=None) -> Collected:
+    """Read ``results_dir/<experiment>`` and which of its results are current (``recorded_plan``)."""
     scan = scan_experiment(results_dir, experiment)
     problems = scan.problems()
     spec = reg.experiments.get(experiment) if reg is not None else None
+    stored, why = _read_plan(results_dir / experiment)
     if spec is not None:
-        plan = (plan_of(spec) if plan_of else build_plan(reg, spec)).record()
-        source = "current specs"
+        lent = [r for e in spec.dependencies_from for r in scan_experiment(results_dir, e).results]
+        plan, source = recorded_plan(reg, spec, scan.results, stored, data_root, lent), "current specs"
     else:
-        plan, why = _read_plan(results_dir / experiment)
-        source = "plan.json (the experiment spec no longer exists)" if plan else "none"
+        plan, source = stored, "plan.json (the experiment spec no longer exists)" if stored else "none"
         problems += [why] if why else []
     col = collect(scan.results, plan, experiment)
     problems += [f"run {r.run_id} diverged ({r.first_error_line or '?'}); left out of the means"

@@ -25,8 +25,7 @@ from tabulate import tabulate
 
 from benchmark import methods
 from benchmark.errors import BenchError, StorageError
-from benchmark.paths import pid_alive, shown_path, under, write_atomic
-from benchmark.plan.build import build_plan
+from benchmark.paths import pid_alive, remove, shown_path, swap_in, under, write_atomic
 from benchmark.records import RunRecord
 from benchmark.report import figures, latex, published, reruns
 from benchmark.report.aggregate import Cell, Collected, load
@@ -285,25 +284,22 @@ def multitask_quality(col: Collected) -> list[dict]:
     return rows
 
 
-def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None, plan_of=None,
+def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
                data_root: Path | None = None) -> ReportData:
-    """``plan_of(experiment spec) -> Plan`` plans it as ``afbench plan`` does (``cli.cmd_report``: tasks
-    without data are skipped, run ids use the same data folder); without it, ``build_plan`` with ``data_root``.
+    """The report of what the results recorded (``aggregate.load``: no data, no training flags needed).
     ``data_root``: where the majority baselines read the data (the CLI passes --data-dir, else
     $AFBENCH_DATA_DIR; None: the Hub's data, no baseline offline)."""
     why = reg.broken_error("experiment", experiment) if reg is not None else None
     if why is not None:  # a spec that does not load: its file's own paragraph, not a report from a stale plan
         raise why
-    if plan_of is None and reg is not None:  # plan as `afbench plan --data-dir data_root` would, minus availability
-        plan_of = lambda spec: build_plan(reg, spec, data_root=data_root)  # noqa: E731
-    col = load(results_dir, experiment, reg, plan_of)
+    col = load(results_dir, experiment, reg, data_root)
     if not col.results:
         extra = f" ({'; '.join(col.problems)})" if col.problems else ""
         fix = f"run it first: afbench run {experiment} (or nox -s reproduce -- {experiment})"
         if col.stale and "mirror" in col.stale_sources and data_root is None:
-            extra += (f" ({len(col.stale)} result(s) on disk were trained on the offline data mirror, and run ids "
-                      "include a content hash of the data: with AFBENCH_DATA_DIR unset the plan reads the Hub "
-                      "instead, so none of their ids is in it)")
+            extra += (f" ({len(col.stale)} result(s) on disk were trained on the offline data mirror and record no "
+                      "fingerprint of it (schema 1), and run ids include a content hash of the data: with "
+                      "AFBENCH_DATA_DIR unset the plan reads the Hub instead, so none of their ids is in it)")
             fix = ("set AFBENCH_DATA_DIR (or --data-dir) to the mirror, e.g. AFBENCH_DATA_DIR=../shared/data, and "
                    f"report again; afbench run {experiment} without it would train every run anew on Hub data")
         elif reg is not None and experiment not in reg.experiments and col.plan_source == "none":
@@ -412,9 +408,9 @@ def _env() -> jinja2.Environment:
 
 
 def build_reports(reg, experiment: str, *, results_dir: str | Path = "results", out_dir: Path = Path("reports"),
-                  paper_file: str | None = None, plan_of=None, data_root: Path | None = None) -> list[Path]:
+                  paper_file: str | None = None, data_root: Path | None = None) -> list[Path]:
     """``results_dir``: the results root (the CLI resolves --results-dir / $AFBENCH_RESULTS_DIR)."""
-    data = build_data(reg, experiment, Path(results_dir), paper_file, plan_of, data_root)
+    data = build_data(reg, experiment, Path(results_dir), paper_file, data_root)
     for f in data.figures:
         f.file = f"{experiment}_files/{f.name}.png"
     env = _env()
@@ -486,14 +482,12 @@ def _finish(out_dir: Path, staging: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         return  # not a note this version wrote: the staging folder is only removed
     if fig_folder and under(staging, fig_folder).exists():
-        folder, trash = under(out_dir, fig_folder), staging / ".old_files"
-        shutil.rmtree(trash, ignore_errors=True)
-        if folder.exists() or folder.is_symlink():  # a link is moved, never followed
-            os.replace(folder, trash)
-        os.replace(staging / fig_folder, folder)
+        trash = staging / ".old_files"
+        remove(trash)
+        swap_in(staging / fig_folder, under(out_dir, fig_folder), trash)  # a link is moved, never followed
     for name in names:
         if under(staging, name).exists():
-            os.replace(staging / name, under(out_dir, name))
+            swap_in(staging / name, under(out_dir, name))
 
 
 @contextlib.contextmanager

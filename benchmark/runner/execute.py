@@ -28,7 +28,7 @@ from benchmark.errors import BenchError, StorageError
 from benchmark.hashing import file_sha256
 from benchmark.modeling.checkpoint import WEIGHTS, verify_weights
 from benchmark.modeling.compute import Compute
-from benchmark.paths import under
+from benchmark.paths import remove, swap_in, under
 from benchmark.plan.identity import ID_SCHEME
 from benchmark.plan.order import start_order
 from benchmark.plan.run import Plan, Run
@@ -82,22 +82,13 @@ class Summary:
     submitted: int = 0  # Slurm --no-wait: runs left queued, neither trained nor failed yet
 
 
-def _remove(path: Path) -> None:
-    """Remove a folder, or only the link when it is a symlink (a run folder linked to another disk: its
-    target is the old result, which the swap replaced; rmtree refuses links and would leave it)."""
-    if path.is_symlink():
-        path.unlink(missing_ok=True)
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def _recover(exp_dir: Path, run_id: str) -> None:
     """Undo a swap that a crash interrupted, and clear temp folders of dead attempts."""
     final, trash = under(exp_dir, run_id), under(exp_dir, f".trash-{run_id}")
     if trash.exists() and not (final.exists() or final.is_symlink()):
-        os.replace(trash, final)
+        swap_in(trash, final)
     else:
-        _remove(trash)
+        remove(trash)
     for stale in exp_dir.glob(f".tmp-{run_id}-*"):
         shutil.rmtree(stale, ignore_errors=True)
 
@@ -161,11 +152,9 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
             result["weights_sha256"] = file_sha256(work / WEIGHTS)
         write_run(work / RESULT, RunRecord.model_validate(result))
         trash = under(exp_dir, f".trash-{run.id}")
-        _remove(trash)  # left by an earlier swap that could not clear it
-        if final.exists() or final.is_symlink():
-            os.replace(final, trash)
-        os.replace(work, final)
-        _remove(trash)
+        remove(trash)  # left by an earlier swap that could not clear it
+        swap_in(work, final, trash)
+        remove(trash)
         return
     if work is not None:
         shutil.rmtree(work, ignore_errors=True)

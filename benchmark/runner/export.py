@@ -41,7 +41,7 @@ from benchmark.errors import BenchError, DataError, StorageError
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import MODULES, load_modules, read_meta
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
-from benchmark.paths import pid_alive, write_atomic
+from benchmark.paths import pid_alive, swap_in, write_atomic
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result_file
 from benchmark.runner.borrowed import borrowed
@@ -115,7 +115,7 @@ class _Out:
                 if legacy["kind"] == "tmp":  # an unfinished folder of a killed export: nobody's data
                     shutil.rmtree(p)
                 elif not os.path.lexists(final):  # a swap cut between its renames: the previous export back
-                    os.replace(p, final)
+                    swap_in(p, final)
                 else:  # the previous export of a finished swap, from before the manifest: left, and said
                     print(f"  {p.name}: the previous export of {legacy['rid']} left by an older afbench "
                           "(remove it if nothing in it is yours)")
@@ -130,7 +130,7 @@ class _Out:
             if m["kind"] == "tmp":
                 shutil.rmtree(p)
             elif not os.path.lexists(final):
-                os.replace(p, final)  # the swap was cut between its two renames: the previous export back
+                swap_in(p, final)  # the swap was cut between its two renames: the previous export back
             elif final.is_dir() and not final.is_symlink() and not _carry(p, final, self.owned(m["rid"])):
                 shutil.rmtree(p)
             done.append(p.name)
@@ -162,7 +162,7 @@ def _carry(old: Path, new: Path, owned: set[str]) -> list[str]:
             if os.path.lexists(dst):
                 raise FileExistsError(dst)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dst)
+            swap_in(src, dst)
         except OSError:
             left.append(rel)
     return left
@@ -210,11 +210,9 @@ class _Writer:
     def commit(self) -> Path:
         """Swap the temp folder in; files of the previous folder the export did not write move into the new one."""
         files = sorted(_entries(self.tmp))
-        old = None
-        if os.path.lexists(self.final):  # a real folder of ours: ``_Out.check`` refused anything else
-            old = self.final.with_name(f".{self.final.name}.afbench-export-old{os.getpid()}")
-            os.replace(self.final, old)
-        os.replace(self.tmp, self.final)
+        old = self.final.with_name(f".{self.final.name}.afbench-export-old{os.getpid()}")
+        if not swap_in(self.tmp, self.final, old):  # a real folder of ours moved: ``_Out.check`` refused anything else
+            old = None
         left = _carry(old, self.final, self.out.owned(self.final.name)) if old else []
         self.out.record(self.final.name, files)
         if old and not left:

@@ -1,8 +1,9 @@
 """One driver per experiment: ``results/<experiment>/.lock`` (host, pid, start time, command).
 
 Two drivers on the same results would each retrain the other's pending runs and clear each other's
-temp folders, so ``afbench run`` (local or Slurm) takes this lock around the whole plan. It is taken
-with ``O_CREAT | O_EXCL`` (atomic on local file systems and NFSv3+). A second driver says who holds it
+temp folders, so ``afbench run`` (local or Slurm) takes this lock around the whole plan. It is created
+complete or not at all, and only where there is none (``paths.write_atomic(exclusive=True)``: a hard
+link, atomic on local file systems and NFS). A second driver says who holds it
 and exits 2, or waits with ``--wait-lock``. With ``--jobs N`` the driver adds its worker pids
 (``workers``). A lock whose pid and workers are all dead on this host is stale (the driver was killed
 with -9 or the machine rebooted) and is taken over with a message; one whose driver died while a worker
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from benchmark.errors import BenchError, StorageError
-from benchmark.paths import pid_alive, write_atomic
+from benchmark.paths import pid_alive, swap_in, write_atomic
 from benchmark.runner.results import now
 
 LOCK = ".lock"
@@ -79,20 +80,12 @@ def describe(holder: dict) -> str:
 
 
 def _try_create(f: Path, me: dict) -> bool:
+    """Create the lock only if there is none; it appears complete (read-only, full, no permission: one
+    StorageError paragraph; cli: exit 2, or a note if nothing to do)."""
     try:
-        fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        write_atomic(f, json.dumps(me), exclusive=True)
     except FileExistsError:
         return False
-    except OSError as e:  # read-only, full, no permission: one paragraph (cli: exit 2, or a note if nothing to do)
-        raise StorageError.from_os_error(f, e) from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as e:
-        f.unlink(missing_ok=True)
-        raise StorageError.from_os_error(f, e) from None
     return True
 
 
@@ -116,13 +109,14 @@ def _take_over_stale(f: Path, seen: dict) -> None:
     """Remove a stale lock, unless it changed since we judged it (another driver took it first)."""
     private = f.with_name(f"{LOCK}.stale-{os.getpid()}")
     try:
-        os.replace(f, private)
+        swap_in(f, private)
     except FileNotFoundError:
         return
     try:
-        if json.loads(private.read_bytes() or b"{}") != seen:
+        raw = private.read_bytes()
+        if json.loads(raw or b"{}") != seen:
             try:  # not the stale lock we judged: give it back (fails only if yet another driver holds it)
-                os.link(private, f)
+                write_atomic(f, raw, exclusive=True)
             except FileExistsError:
                 pass
     except (OSError, ValueError):  # unreadable (not JSON, not UTF-8): the stale lock we judged

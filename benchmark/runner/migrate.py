@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmark.data.sources import task_fingerprints
 from benchmark.errors import BenchError
-from benchmark.paths import read_regular, under
+from benchmark.paths import read_regular, swap_in, under
 from benchmark.plan.identity import ID_SCHEME, run_id, run_identity
 from benchmark.plan.run import Plan
 from benchmark.records import (
@@ -124,7 +124,7 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
         if target.exists() or target.is_symlink():
             raise BenchError(f"cannot rename {old}: {new} exists already", file=str(target),
                              fix="remove one of the two folders, then rerun afbench migrate")
-        under(exp_dir, old).rename(target)
+        swap_in(under(exp_dir, old), target)
         _rewrite(target, stored[old], new, old, mapping)
     renamed = interrupted or any(old != new for old, new in mapping.items() if old not in done_before)
     # plan.json is rewritten when this call renamed something or it lists other ids (a crash before it was

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.errors import BenchError
-from benchmark.paths import under
+from benchmark.paths import under, write_atomic
 from benchmark.records import read_last_failure, read_result
 from benchmark.runner.cluster import ClusterSpec
 from benchmark.runner.results import now, write_json_atomic
@@ -285,7 +285,7 @@ def validate_submission(params: dict, folder: Path, where: str | None) -> None:
                          fix="check partition, time, GPUs, CPUs, memory and the sbatch options") from None
     folder.mkdir(parents=True, exist_ok=True)
     test = folder / f".test-only-{os.getpid()}.sh"
-    test.write_text(script)
+    write_atomic(test, script)
     try:
         out = subprocess.run(["sbatch", "--test-only", str(test)], capture_output=True, text=True, timeout=120)
     finally:

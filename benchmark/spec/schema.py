@@ -24,8 +24,28 @@ ReductionFactor = Annotated[int, Field(ge=1, le=100_000)]
 SplitName = Annotated[str, Field(min_length=1, max_length=64)]  # part of the tokenized cache's file names
 
 
+# Spec fields added after the first results, with the value at which a dump leaves them out (their default), so
+# the configs, and so the run ids, of specs that do not set them stay as they were: a new late field is one line.
+LATE_FIELDS: dict[str, dict[str, object]] = {
+    "LabelSpec": {"allow_merge": False},  # it never changes what is trained, only whether the spec is accepted
+    "BackboneSpec": {"path": None},
+    "FusionParams": {"prune": None},
+    "MethodSpec": {"lora": None, "precision": None},
+    "FusionSources": {"adapterhub": {}, "adapterhub_allow_other_base": []},
+}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # .inf / .nan: a typo or an attack
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        out = handler(self)
+        late = next((LATE_FIELDS[c.__name__] for c in type(self).__mro__ if c.__name__ in LATE_FIELDS), {})
+        for key, unset in late.items():
+            if isinstance(out, dict) and getattr(self, key) == unset:
+                out.pop(key, None)
+        return out
 
 
 # --------------------------------------------------------------------------------------------- task
@@ -68,14 +88,6 @@ class LabelSpec(Strict):
                                  "intended, add 'allow_merge: true' under label")
         return self
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        """Leave ``allow_merge`` out while it is off, so the configs (and run ids) of existing tasks stay as
-        they were; it never changes what is trained, only whether the spec is accepted."""
-        out = handler(self)
-        if isinstance(out, dict) and not self.allow_merge:
-            out.pop("allow_merge", None)
-        return out
 
 
 class Splits(Strict):
@@ -156,9 +168,6 @@ class TokenizerSpec(Strict):
     lowercase: bool = True
 
 
-# transformers ``model_type`` values with an encoder layout (benchmark/modeling/layout.py); DeBERTa-v3
-# checkpoints are model_type deberta-v2.
-MODEL_TYPES = ("bert", "roberta", "distilbert", "electra", "deberta-v2")
 
 
 class BackboneSpec(Strict):
@@ -171,8 +180,8 @@ class BackboneSpec(Strict):
     path: str | None = Field(None, description="local: a folder with a transformers checkpoint (config.json, "
                                                 "weights, tokenizer), relative to the spec file; the run id "
                                                 "holds its content hash, never the path")
-    model_type: str | None = Field(None, description="random_init: architecture, one of " + ", ".join(MODEL_TYPES)
-                                   + " (or a family added to benchmark/modeling/layout.py)")
+    model_type: str | None = Field(None, description="random_init: architecture, a transformers model_type with a "
+                                   "layout in benchmark/modeling/layout.py (afbench validate checks it)")
     config: dict[str, bool | int | float | str | list[str]] = Field(default_factory=dict, description="random_init: config")
     tokenizer: TokenizerSpec | None = Field(None, description="random_init: offline tokenizer to build")
     paper_backbone: str | None = Field(None, description="the paper backbone this stands in for")
@@ -188,13 +197,6 @@ class BackboneSpec(Strict):
                 raise ValueError(f"source '{self.source}' needs '{f}'")
         return self
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        """Leave ``path`` out while unset, so the configs (and run ids) of existing backbones stay as they were."""
-        out = handler(self)
-        if isinstance(out, dict) and self.path is None:
-            out.pop("path", None)
-        return out
 
 
 # -------------------------------------------------------------------------------------------- method
@@ -247,13 +249,6 @@ class FusionParams(Strict):
     prune: PruneParams | None = Field(
         None, description="after training, keep the top-k adapters by mean attention (benchmark/modeling/prune.py)")
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        """Leave ``prune`` out while it is unset, so the configs (and run ids) of unpruned fusion stay as they were."""
-        out = handler(self)
-        if isinstance(out, dict) and self.prune is None:
-            out.pop("prune", None)
-        return out
 
 
 class MtaParams(Strict):
@@ -275,17 +270,6 @@ class MethodSpec(Strict):
         None, description="auto | fp32 | bf16 for this method's runs (default: the experiment's compute.precision)")
     notes: str = ""
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        """Leave ``lora`` and ``precision`` out while unset, so the configs (and run ids) of existing methods stay
-        as they were."""
-        out = handler(self)
-        if isinstance(out, dict):
-            if self.lora is None:
-                out.pop("lora", None)
-            if self.precision is None:
-                out.pop("precision", None)
-        return out
 
     @field_validator("method")
     @classmethod
@@ -348,14 +332,6 @@ class FusionSources(Strict):
                                           "model than the backbone (same family and shape); the plan and the "
                                           "report state it. Not part of any run id")
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        """Leave ``adapterhub`` (and its allow list) out while empty, so existing experiments dump as before."""
-        out = handler(self)
-        for key in ("adapterhub", "adapterhub_allow_other_base"):
-            if isinstance(out, dict) and not getattr(self, key):
-                out.pop(key, None)
-        return out
 
 
 class MtaSetup(Strict):
