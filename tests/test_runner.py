@@ -182,18 +182,24 @@ def test_partial_dependency_weights_are_retrained_with_a_reason(tmp_path, capsys
 def test_a_full_disk_stops_the_grid_with_one_paragraph(tmp_path, capsys, monkeypatch):
     import errno
 
+    from benchmark import paths
     from benchmark.modeling import checkpoint
 
     write_experiments(tmp_path / "specs", tiny_full=tiny_experiment(methods=("head", "st_a"), fusion=False))
-    real, calls = checkpoint.save_file, []
+    real, calls = checkpoint.write_atomic, []
 
-    def filling(*a, **k):
-        calls.append(1)
-        if len(calls) > 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*a, **k)
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "save_file", filling)
+    def filling(path, data, **k):  # the third weights file meets a full disk where it shows: at fsync
+        calls.append(path)
+        if sum(p.name == checkpoint.WEIGHTS for p in calls) <= 2 or path.name != checkpoint.WEIGHTS:
+            return real(path, data, **k)
+        with monkeypatch.context() as full:
+            full.setattr(paths.os, "fsync", no_space)
+            return real(path, data, **k)
+
+    monkeypatch.setattr(checkpoint, "write_atomic", filling)
     args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
     assert main(["run", "tiny_full", *args]) == 2
     captured = capsys.readouterr()
