@@ -55,7 +55,7 @@ def _uv() -> str | None:
 
 def _project_env(session: nox.Session) -> dict:
     """The shared virtualenv (see the module docstring) with torch (AFBENCH_TORCH), then every other dependency
-    from the lock with its hashes (the test and slurm extras are in it), then the package itself without
+    from the lock with its hashes (the test, slurm and composition extras are in it), then the package itself without
     resolving anything. Returns the environment its commands run with (its bin first on PATH)."""
     t0 = time.perf_counter()
     with open(LOCK, "rb") as lock, open("pyproject.toml", "rb") as pyproject:
@@ -216,7 +216,7 @@ def lock(session: nox.Session) -> None:
         override = os.path.join(tmp, "torch.txt")
         with open(override, "w") as fh:
             fh.write("torch==2.13.0+cpu\n")
-        session.run("uv", "pip", "compile", "pyproject.toml", "--extra", "test", "--extra", "slurm",
+        session.run("uv", "pip", "compile", "pyproject.toml", "--extra", "test", "--extra", "slurm", "--extra", "composition",
                     "--generate-hashes", "--no-emit-package", "torch", "--override", override,
                     "--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28",
                     "--custom-compile-command", "nox -s lock", "-o", "requirements.lock", *where,
