@@ -27,6 +27,7 @@ from pathlib import Path
 from benchmark.errors import BenchError
 from benchmark.hashing import file_sha256
 from benchmark.paths import write_atomic
+from benchmark.records import PredictionsEntry
 
 FILE = "predictions.parquet"
 ID_COLUMNS = ("idx", "id")  # a dataset's own row id, the first of these it has
@@ -63,29 +64,32 @@ def write(folder: Path, columns: dict[str, list], *, root: Path | None = None) -
     return {"file": FILE, "sha256": hashlib.sha256(data).hexdigest(), "rows": len(columns["row"])}
 
 
-def read(folder: Path, entry: dict | None) -> dict[str, list]:
-    """The columns of ``folder/predictions.parquet``, checked against the record's entry (sha256, rows)."""
+def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]:
+    """The columns of ``folder/predictions.parquet``, checked against the record's entry (sha256, rows; a
+    ``RunRecord.predictions``, or the dict ``write`` returned)."""
     import pyarrow.parquet as pq
 
-    if not entry:
+    if entry is None:
         raise PredictionsError("the result records no predictions", file=str(Path(folder) / "result.json"),
                                field="predictions", fix=f"write them: afbench predict <experiment> --only '{Path(folder).name}'")
+    if isinstance(entry, dict):
+        entry = PredictionsEntry.model_validate(entry)
     fix = f"recompute it: delete it and run afbench predict <experiment> --only '{Path(folder).name}'"
-    if entry.get("file", FILE) != FILE:  # a record names no other file: it is read only beside result.json
-        raise PredictionsError(f"the result names the predictions file {entry.get('file')!r}, not {FILE!r}",
+    if (entry.file or FILE) != FILE:  # a record names no other file: it is read only beside result.json
+        raise PredictionsError(f"the result names the predictions file {entry.file!r}, not {FILE!r}",
                                file=str(Path(folder) / "result.json"), field="predictions.file", fix=fix)
     path = Path(folder) / FILE
     if not path.is_file():
         raise PredictionsError("the predictions file the result records is missing", file=str(path), fix=fix)
-    if file_sha256(path) != entry.get("sha256"):
+    if file_sha256(path) != entry.sha256:
         raise PredictionsError("the predictions file differs from the sha256 its result.json records",
                                file=str(path), field="predictions.sha256", fix=fix)
     try:
         cols = pq.read_table(path).to_pydict()
     except Exception as e:  # noqa: BLE001 - pyarrow's own errors
         raise PredictionsError(f"not a readable parquet file ({e})", file=str(path), fix=fix) from None
-    if len(cols.get("row", [])) != entry.get("rows"):
-        raise PredictionsError(f"{len(cols.get('row', []))} rows, the result records {entry.get('rows')}",
+    if len(cols.get("row", [])) != entry.rows:
+        raise PredictionsError(f"{len(cols.get('row', []))} rows, the result records {entry.rows}",
                                file=str(path), field="predictions.rows", fix=fix)
     return cols
 

@@ -21,7 +21,8 @@ Schemas:
 
 To add a field: declare it on ``RunRecord`` (with a default, so older files still load) and set it where
 the runner builds the record (``benchmark/runner/execute.py``, ``record``; a measured value comes from the
-recipe, ``benchmark/training/recipe.py``); readers use the attribute. Bump ``SCHEMA`` and extend ``upgrade``
+recipe, ``benchmark/training/recipe.py``); readers use the attribute. A key inside a nested payload
+(``params``, ``data``, ``history`` entries, ...) goes on its ``_Payload`` model: ``undeclared`` names any other. Bump ``SCHEMA`` and extend ``upgrade``
 only when older files need a value other than the default.
 
 Layer 0: imports only ``errors`` and ``paths``; no torch, so the reporter and ``afbench status`` load fast.
@@ -69,6 +70,75 @@ class _Record(BaseModel):
         return (self.model_extra or {}).get(key, default)
 
 
+Num = int | float  # a measured number: an int stays an int, so a record reads and writes back unchanged
+
+
+class _Payload(BaseModel):
+    """A nested part of a record: typed, every key optional (a record missing one still reads; readers check
+    for None). Keys it does not declare (a newer writer's) are kept and written back; ``undeclared`` names
+    them, and the tests fail when our own writer puts one there (a misspelt key)."""
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class ParamCounts(_Payload):
+    trained: int | None = None
+    total: int | None = None
+    backbone: int | None = None  # the encoder's own parameters, where a recipe counted them
+
+
+class Padding(_Payload):
+    real_tokens: int = 0  # tokens the batches held
+    computed_tokens: int = 0  # tokens the model computed (padding included)
+
+
+class DataCounts(_Payload):
+    train_rows: int | None = None
+    train_rows_total: int | None = None
+    eval_rows: int | None = None
+    eval_rows_total: int | None = None
+    source: str = ""
+    heldout_rows: int | None = None
+
+
+class Memory(_Payload):
+    peak_rss_bytes: int | None = None
+    rss_at_start_bytes: int | None = None
+    peak_rss_method: str | None = None
+    cuda_max_allocated_bytes: int | None = None
+
+
+class Epoch(_Payload):
+    """One entry of ``history`` (MT-A adds the per-task accuracies and its sampling temperature)."""
+    epoch: int | None = None
+    train_loss: Num | None = None
+    dev_accuracy: Num | None = None
+    dev_accuracy_per_task: dict[str, Num | None] | None = None
+    alpha: Num | None = None
+    heldout_accuracy: Num | None = None
+    heldout_accuracy_per_task: dict[str, Num | None] | None = None
+    seconds: Num | None = None
+
+
+class TaskResult(_Payload):
+    """One task of an MT-A run (``per_task``)."""
+    best_metric: Num | None = None
+    history: list[Num | None] = []  # the task's dev accuracy per epoch
+    data: DataCounts | None = None
+
+
+class PredictionsEntry(_Payload):
+    """``predictions.parquet`` beside the result (benchmark/predictions.py)."""
+    file: str | None = None
+    sha256: str | None = None
+    rows: int | None = None
+
+
+class FusionAttention(_Payload):
+    adapters: list[str] = []
+    layers: list = []  # per layer, per adapter: the mean softmax weight on the dev split
+    dev_accuracy: Num | None = None
+
+
 class RunRecord(_Record):
     """One ``result.json``. Declared: what the runner, ``plan``, ``status``, Slurm, ``migrate`` and the
     reporter read."""
@@ -95,23 +165,23 @@ class RunRecord(_Record):
     selection: str = "dev"
     metric: str | None = None
     # measured (benchmark/training/recipe.py)
-    history: list[dict] = []
+    history: list[Epoch] = []
     best_epoch: int | None = None
     best_metric: float | None = None
     selection_metric: float | None = None
     stopped_early: str | None = None  # why training stopped before its last epoch
-    per_task: dict[str, dict] | None = None  # MT-A: task -> best_metric, history, data
-    params: dict | None = None
-    padding: dict | None = None
-    data: dict | None = None
-    fusion_attention: dict | None = None
-    memory: dict | None = None
+    per_task: dict[str, TaskResult] | None = None  # MT-A
+    params: ParamCounts | None = None
+    padding: Padding | None = None
+    data: DataCounts | None = None
+    fusion_attention: FusionAttention | None = None
+    memory: Memory | None = None
     train_seconds: float | None = None
     checkpoint_bytes: int | None = None
     diverged: bool = False
     traceback_tail: str | None = None
     weights_sha256: str | None = None
-    predictions: dict | None = None  # predictions.parquet beside it: {file, sha256, rows} (benchmark/predictions.py)
+    predictions: PredictionsEntry | None = None
     # the run
     error: str | None = None
     wall_seconds: float = 0.0
@@ -145,12 +215,25 @@ class RunRecord(_Record):
 
     @property
     def data_source(self) -> str:
-        return (self.data or {}).get("source", "")
+        return self.data.source if self.data else ""
 
     @property
     def first_error_line(self) -> str:
         return (self.error or "").splitlines()[0] if self.error else ""
 
+
+
+def undeclared(model: BaseModel, where: str = "") -> list[str]:
+    """The keys inside a record's nested payloads that their model does not declare, as dotted paths
+    (``params.trainde``). Kept when read (a newer writer's), but our own writer must put none there."""
+    out = [f"{where}{k}" for k in (model.model_extra or {})] if isinstance(model, _Payload) else []
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else [("", value)]
+        for key, v in items:
+            if isinstance(v, BaseModel):
+                out += undeclared(v, f"{where}{name}{f'.{key}' if key != '' else ''}.")
+    return out
 
 
 class PlanRun(_Record):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark import predictions
+from benchmark import predictions, records
 from benchmark.cli import main
 from benchmark.hashing import file_sha256
 from benchmark.records import RESULT, add_to_run, load_run
@@ -21,8 +21,8 @@ def check(folder: Path) -> dict:
     """The run's predictions, checked against its record: hash, row count, and accuracy per task exactly."""
     rec = load_run(folder / RESULT)
     cols = predictions.read(folder, rec.predictions)  # raises on a hash or row-count mismatch
-    assert rec.predictions["sha256"] == file_sha256(folder / predictions.FILE)
-    want = {t: v["best_metric"] for t, v in rec.per_task.items()} if rec.per_task else {rec.task: rec.best_metric}
+    assert rec.predictions.sha256 == file_sha256(folder / predictions.FILE)
+    want = {t: v.best_metric for t, v in rec.per_task.items()} if rec.per_task else {rec.task: rec.best_metric}
     assert set(cols["task"]) == set(want)
     for t, metric in want.items():
         assert predictions.accuracy(cols, t) == metric, (folder.name, t)  # exactly, not approximately
@@ -51,14 +51,15 @@ def test_every_trained_run_writes_predictions_that_reproduce_its_record(tiny):
     for folder in folders:
         cols = check(folder)
         rec = load_run(folder / RESULT)
-        assert rec.predictions["rows"] == rec.data["eval_rows"] == len(cols["row"]) == 20
+        assert rec.predictions.rows == rec.data.eval_rows == len(cols["row"]) == 20
+        assert records.undeclared(rec) == []  # what the runner writes, its record models declare
         assert all(s is not None for s in cols["source_row"])  # the row in the split file as loaded
         assert all(i is not None for i in cols["id"])  # RTE and CB carry an idx column
         assert set(cols["split"]) == {"validation"}
     # the kept epoch's predictions, not the last epoch's: dev accuracy of the kept epoch is the record's
     for folder in folders:
         rec = load_run(folder / RESULT)
-        assert rec.best_metric == rec.history[rec.best_epoch - 1]["dev_accuracy"]
+        assert rec.best_metric == rec.history[rec.best_epoch - 1].dev_accuracy
 
 
 @needs_mirror
@@ -165,7 +166,7 @@ def test_adding_predictions_keeps_a_committed_result_as_it_was(tmp_path):
     add_to_run(f, {"predictions": entry})
     assert f.read_text() == json.dumps({**json.loads(src.read_text()), "predictions": entry}, indent=2) + "\n"
     assert f.read_text().startswith(src.read_text()[:-3])  # the old text, then the new key
-    assert load_run(f).predictions == entry
+    assert load_run(f).predictions.model_dump() == entry
 
 
 def test_every_committed_predictions_file_reproduces_its_record():

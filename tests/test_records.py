@@ -77,6 +77,25 @@ def test_unknown_keys_of_older_and_newer_files_are_kept(tmp_path):
     assert list(json.loads(path.read_text()))[0] == "schema"
 
 
+def test_nested_payloads_are_typed_and_keep_a_newer_writers_keys(tmp_path):
+    rec = _record(params={"trained": 10, "total": 100, "trainde": 3}, history=[{"epoch": 1, "dev_accuracy": 50}],
+                  per_task={"cb": {"best_metric": 50.0, "history": [50.0], "data": {"train_rows": 1, "train_rows_total": 2,
+                                                                                  "eval_rows": 3, "eval_rows_total": 4}}})
+    assert rec.params.trained == 10 and rec.per_task["cb"].data.eval_rows_total == 4
+    assert isinstance(rec.history[0].dev_accuracy, int)  # an int stays an int: the file writes back unchanged
+    assert records.undeclared(rec) == ["params.trainde"]  # kept, and named: our own writer must never do this
+    path = tmp_path / rec.run_id / "result.json"
+    write_run(path, rec)
+    assert json.loads(path.read_text())["params"] == {"trained": 10, "total": 100, "trainde": 3}
+    with pytest.raises(ValueError):
+        _record(memory={"peak_rss_bytes": "a lot"})
+
+
+def test_committed_results_use_only_declared_payload_keys():
+    for f in COMMITTED:
+        assert records.undeclared(load_run(f)) == [], f
+
+
 def test_the_runner_writes_the_current_schema_and_refuses_a_wrongly_typed_field(tmp_path):
     path = tmp_path / "r" / "result.json"
     write_run(path, _record().dump())

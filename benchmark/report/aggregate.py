@@ -144,14 +144,14 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
                 if not r.finished:
                     c.failed.append(r.error or "unknown error")
                     continue
-                c.values.append(per_task[t]["best_metric"] if per_task else r.best_metric)
+                c.values.append(per_task[t].best_metric if per_task else r.best_metric)
                 c.seeds.append(r.seed)
                 c.run_ids.append(r.run_id)
-                hist = per_task[t].get("history") if per_task else [h.get("dev_accuracy") for h in r.history]
+                hist = per_task[t].history if per_task else [h.dev_accuracy for h in r.history]
                 if hist and hist[-1] is not None:
                     c.last.append(hist[-1])
-                if r.fusion_attention and r.fusion_attention.get("layers"):
-                    attention.setdefault((r.backbone, t, label), []).append(r.fusion_attention)
+                if r.fusion_attention and r.fusion_attention.layers:
+                    attention.setdefault((r.backbone, t, label), []).append(r.fusion_attention.model_dump())
     no_data = {}
     for s in plan.skipped if plan is not None else []:
         if s.what.startswith("task "):

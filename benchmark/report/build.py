@@ -273,7 +273,7 @@ def multitask_quality(col: Collected) -> list[dict]:
     by_task: dict[tuple[str, str], list[dict]] = {}
     for r in col.multitask:
         for t, pt in (r.per_task or {}).items():
-            by_task.setdefault((r.backbone, t), []).append({**pt, "seed": r.seed, "epoch": r.best_epoch})
+            by_task.setdefault((r.backbone, t), []).append({**pt.model_dump(), "seed": r.seed, "epoch": r.best_epoch})
     rows = []
     for (b, t), runs in sorted(by_task.items()):
         c = Cell(values=[x["best_metric"] for x in runs], seeds=[x["seed"] for x in runs])
@@ -359,8 +359,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
     data.stage1 = sorted(({"task": r.task, "backbone": r.backbone, "seed": r.seed,
                            "accuracy": r.best_metric, "epoch": r.best_epoch,
                            "heldout": r.selection_metric if r.selection == "heldout" else None,
-                           "rows": (r.data or {}).get("train_rows"),
-                           "rows_total": (r.data or {}).get("train_rows_total"), "published": None} for r in col.stage1),
+                           "rows": r.data.train_rows if r.data else None,
+                           "rows_total": r.data.train_rows_total if r.data else None, "published": None} for r in col.stage1),
                          key=lambda d: (d["backbone"], d["task"], d["seed"]))
     data.stage1 = sorted(data.stage1 + published_sources(col), key=lambda d: (d["backbone"], d["task"], bool(d["published"])))
     data.multitask = multitask_quality(col)

@@ -55,9 +55,10 @@ def _mean(values: list[float], n: int, fmt: str) -> str:
 def _backbone_params(results: list[RunRecord]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in results:
-        p = r.params or {}
-        guess = p.get("backbone") or ((p.get("total") or 0) - (p.get("trained") or 0))
-        if guess > 0 and (r.backbone not in out or (p.get("backbone") or guess < out[r.backbone])):
+        if r.params is None:
+            continue
+        guess = r.params.backbone or ((r.params.total or 0) - (r.params.trained or 0))
+        if guess > 0 and (r.backbone not in out or (r.params.backbone or guess < out[r.backbone])):
             out[r.backbone] = guess
     return out
 
@@ -73,15 +74,15 @@ def cost_table(results: list[RunRecord]) -> CostView | None:
     view = CostView(COLUMNS)
     for (b, label), rs in sorted(groups.items()):
         n = len(rs)
-        mem = [r.memory or {} for r in rs]
-        rss = [m["peak_rss_bytes"] / MIB for m in mem if m.get("peak_rss_bytes")]
-        cuda = [m["cuda_max_allocated_bytes"] / MIB for m in mem if m.get("cuda_max_allocated_bytes") is not None]
-        trained = [r.params["trained"] for r in rs if (r.params or {}).get("trained") is not None]
+        mem = [r.memory for r in rs if r.memory]
+        rss = [m.peak_rss_bytes / MIB for m in mem if m.peak_rss_bytes]
+        cuda = [m.cuda_max_allocated_bytes / MIB for m in mem if m.cuda_max_allocated_bytes is not None]
+        trained = [r.params.trained for r in rs if r.params and r.params.trained is not None]
         share = [100.0 * t / backbone[b] for t in trained] if backbone.get(b) else []
         ckpt = [r.checkpoint_bytes / MIB for r in rs if r.checkpoint_bytes]
         secs = [r.train_seconds for r in rs if r.train_seconds]
-        tps = [(r.padding or {}).get("real_tokens", 0) / r.train_seconds for r in rs
-               if r.train_seconds and (r.padding or {}).get("real_tokens")]
+        tps = [r.padding.real_tokens / r.train_seconds for r in rs if r.train_seconds and r.padding
+               and r.padding.real_tokens]
         cells = {"runs": str(n), "peak RSS (MiB)": _mean(rss, n, "{:.0f}"),
                  "CUDA max allocated (MiB)": _mean(cuda, n, "{:.0f}") if cuda or any((r.device or "").startswith("cuda")
                                                                              for r in rs) else CPU_ONLY,

@@ -40,14 +40,14 @@ def _scaled(value, unit: float = 1.0) -> float | None:
 
 
 AXES = [
-    Axis("trainable_params", "trainable parameters", lambda r: _scaled((r.params or {}).get("trained"))),
+    Axis("trainable_params", "trainable parameters", lambda r: _scaled(r.params.trained if r.params else None)),
     Axis("train_seconds", "training time (s)", lambda r: _scaled(r.train_seconds)),
     # every record has its wall time (training and evaluation, one process): the time axis no run lacks
     Axis("wall_seconds", "wall time, training + evaluation (s)", lambda r: _scaled(r.wall_seconds)),
     Axis("checkpoint_mib", "checkpoint size (MiB)", lambda r: _scaled(r.checkpoint_bytes, MIB)),
-    Axis("peak_rss_mib", "peak memory, resident (MiB)", lambda r: _scaled((r.memory or {}).get("peak_rss_bytes"), MIB)),
+    Axis("peak_rss_mib", "peak memory, resident (MiB)", lambda r: _scaled(r.memory.peak_rss_bytes if r.memory else None, MIB)),
     Axis("cuda_max_mib", "peak CUDA memory (MiB)",
-         lambda r: _scaled((r.memory or {}).get("cuda_max_allocated_bytes"), MIB)),
+         lambda r: _scaled(r.memory.cuda_max_allocated_bytes if r.memory else None, MIB)),
     Axis("inference_per_s", "inference speed (examples/s)",
          lambda r: _scaled(r.extra("inference_examples_per_second")), better="higher"),
 ]
@@ -79,7 +79,7 @@ def backbone_name(name: str, backbones: dict) -> str:
 def _scores(r: RunRecord) -> list[tuple[str, float, bool]]:
     """(task, metric, joint) per task the finished run holds a metric for (MT-A: each task of its mixture)."""
     if r.per_task:
-        return [(t, v["best_metric"], True) for t, v in r.per_task.items()]
+        return [(t, v.best_metric, True) for t, v in r.per_task.items()]
     return [(r.task, r.best_metric, False)] if r.task and r.best_metric is not None else []
 
 

@@ -61,9 +61,9 @@ def reruns(results: list[RunRecord]) -> list[Rerun]:
             continue
         new_h, old_h = r.history, prev.get("history") or []
         common = list(zip(new_h, old_h))
-        devs = [abs((a.get("dev_accuracy") or 0.0) - (b.get("dev_accuracy") or 0.0)) for a, b in common]
-        same = all(a.get("train_loss") is not None and b.get("train_loss") is not None
-                   and abs(a["train_loss"] - b["train_loss"]) <= 1e-9 for a, b in common)
+        devs = [abs((a.dev_accuracy or 0.0) - (b.get("dev_accuracy") or 0.0)) for a, b in common]
+        same = all(a.train_loss is not None and b.get("train_loss") is not None
+                   and abs(a.train_loss - b["train_loss"]) <= 1e-9 for a, b in common)
         out.append(Rerun(r.run_id, r.seed, prev["best_metric"], r.best_metric, len(old_h), len(new_h),
                          max(devs, default=0.0), same, prev.get("wall_seconds"), r.wall_seconds,
                          prev.get("cpu_model") or NOT_RECORDED, r.cpu_model or NOT_RECORDED))

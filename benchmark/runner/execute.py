@@ -178,8 +178,8 @@ def previous_summary(previous: RunRecord) -> dict:
     or ``--force``): enough to say how far the numbers moved (a reproducibility check of its own)."""
     stored = previous.dump()
     out = {k: stored[k] for k in PREVIOUS_KEYS if k in stored}
-    out["history"] = [{k: h.get(k) for k in ("epoch", "train_loss", "dev_accuracy", "heldout_accuracy")}
-                      for h in previous.history if isinstance(h, dict)]
+    out["history"] = [{k: getattr(h, k) for k in ("epoch", "train_loss", "dev_accuracy", "heldout_accuracy")}
+                      for h in previous.history]
     return out
 
 

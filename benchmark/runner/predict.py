@@ -39,7 +39,7 @@ class Outcome:
 def recorded_metrics(rec: RunRecord) -> dict[str, float]:
     """Each task's recorded dev accuracy (MT-A: ``per_task``)."""
     if rec.per_task:
-        return {t: v["best_metric"] for t, v in rec.per_task.items()}
+        return {t: v.best_metric for t, v in rec.per_task.items()}
     return {rec.task: rec.best_metric}
 
 
