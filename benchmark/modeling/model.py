@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from benchmark.modeling import adapters, lora
-from benchmark.modeling.context import ActiveSetup, ForwardContext
+from benchmark.modeling.context import ActiveSetup, ForwardContext, Switchable
 from benchmark.modeling.fusion import AdapterFusion
 from benchmark.modeling.heads import make_head
 from benchmark.modeling.layers import install_slots
@@ -126,9 +126,9 @@ class AdapterModel(nn.Module):
         if isinstance(setup, str) and setup not in self.adapter_params:
             raise KeyError(f"no adapter named '{setup}'")
         fused = self.fused_adapters(setup) if isinstance(setup, Fuse) else None
-        for mod in self.slots():
-            mod.active = None
-        self._ctx.lora = None
+        for mod in self.modules():  # every module owns its activation state: switch all off
+            if isinstance(mod, Switchable):
+                mod.switch_off()
         if isinstance(setup, str):
             adapter_type(self.adapter_params[setup]).activate(self, setup)
         elif fused is not None:
