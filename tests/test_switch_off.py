@@ -10,13 +10,13 @@ import torch
 
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.model import ADAPTER_TYPES, AdapterModel, Fuse, Modules
-from benchmark.spec.schema import AdapterParams, FusionParams, LoRAParams
+from benchmark.spec.schema import AdapterParams, FusionParams, IA3Params, LoRAParams
 
 FAMILIES = ["tiny-bert", "tiny-roberta", "tiny-distilbert", "tiny-electra", "tiny-deberta-v2"]
 ALL_LINEARS = ["query", "key", "value", "attention_output", "intermediate", "output"]
 # one params object per module type (model.ADAPTER_TYPES); "fusion": a dynamic fusion over two Pfeiffer adapters
 PARAMS = {"pfeiffer": AdapterParams(), "houlsby": AdapterParams(type="houlsby"),
-          "lora": LoRAParams(rank=2, targets=ALL_LINEARS)}
+          "lora": LoRAParams(rank=2, targets=ALL_LINEARS), "ia3": IA3Params(targets=ALL_LINEARS)}
 METHODS = [*PARAMS, "fusion"]
 
 

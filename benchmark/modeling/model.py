@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.modeling import adapters, lora
+from benchmark.modeling import adapters, ia3, lora
 from benchmark.modeling.context import ActiveSetup, ForwardContext, Switchable
 from benchmark.modeling.fusion import AdapterFusion
 from benchmark.modeling.heads import make_head
@@ -40,7 +40,7 @@ def params_from(d: dict) -> AdapterParams | LoRAParams:
     return ADAPTER_TYPES[d.get("type", "pfeiffer")].params_from(d)
 
 
-ADAPTER_TYPES = {"pfeiffer": adapters, "houlsby": adapters, "lora": lora}  # params.type -> its module
+ADAPTER_TYPES = {"pfeiffer": adapters, "houlsby": adapters, "lora": lora, "ia3": ia3}  # params.type -> its module
 
 
 @dataclass(frozen=True)
