@@ -285,6 +285,31 @@ def test_tuned_encoders_are_the_base_and_mean_pooling_heads_carry_their_loader(t
     assert set(_doc(mt.folder)["sample"]) == {"rt_cls", "rt_mc"}
 
 
+def test_ia3_runs_export_as_ia3config_and_read_back_to_the_same_logits(tmp_path):
+    """(IA)^3 goes out as AdapterHub's IA3Config (a LoRA config in composition "scale", lora_B [out, 1]) and our
+    own AdapterHub reader gives back the sample's logits; a LoRA on a target AdapterHub cannot name is refused."""
+    out = train_and_export(tmp_path, log=lambda *_: None, methods=("ia3", "lora_attention_output"), rows=16, epochs=2)
+    reg = load_registry([tmp_path / "specs"])
+    refused = [e for e in out if e.refused]
+    assert len(refused) == 2 and all("attention_output" in e.run_id and "LoRAConfig" in e.refused for e in refused)
+    done = [e for e in out if not e.refused]
+    assert len(done) == 2 and all("__ia3__" in e.run_id for e in done)
+    for e in done:
+        doc = _doc(e.folder)
+        (rel,) = doc["adapters"].values()
+        cfg = json.loads((e.folder / rel / "adapter_config.json").read_text())["config"]
+        assert cfg["composition_mode"] == "scale" and cfg["attn_matrices"] == ["k", "v"]
+        assert cfg["intermediate_lora"] and not cfg["output_lora"] and cfg["r"] == cfg["alpha"] == 1
+        state = torch.load(e.folder / rel / "pytorch_adapter.bin", weights_only=True)
+        assert state and all(k.endswith(f".loras.{doc['task']}.lora_B") and v.shape[1] == 1 for k, v in state.items())
+        sample = json.loads((e.folder / doc["sample"]).read_text())
+        inputs = {k: torch.tensor(sample[k]) for k in ("input_ids", "attention_mask", "token_type_ids")}
+        model = _reload(e.folder, doc, reg)
+        with torch.no_grad():
+            logits = model(head=doc["task"], **inputs)
+        assert torch.allclose(logits, torch.tensor(sample["logits"]), atol=1e-6, rtol=0), e.run_id
+
+
 @pytest.mark.skipif(not os.environ.get("AFBENCH_REFERENCE_PYTHON"),
                     reason="set AFBENCH_REFERENCE_PYTHON to a python with adapters==1.3.0 (nox -s parity does)")
 def test_roundtrip_through_adapters_1_3_0(tmp_path, capsys):
@@ -293,7 +318,7 @@ def test_roundtrip_through_adapters_1_3_0(tmp_path, capsys):
 
     assert run_roundtrip(os.environ["AFBENCH_REFERENCE_PYTHON"], tmp_path, TOLERANCE)
     out = capsys.readouterr().out
-    assert out.count(" ok") == 14 and "MISMATCH" not in out and "refused 2 run(s)" in out and out.count("tiny-bert-mean") == 4
+    assert out.count(" ok") == 16 and "MISMATCH" not in out and "refused 2 run(s)" in out and out.count("tiny-bert-mean") == 4
 
 
 # ------------------------------------------------------------------ published adapters as fusion sources

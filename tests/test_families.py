@@ -307,7 +307,7 @@ def toy_family_and_method():
         TOY_FAMILY, layers="encoder.layer", embeddings="embeddings",
         attention=layout.SubLayer("attention.output", "attention.output.LayerNorm"),
         output=layout.SubLayer("output", "output.LayerNorm"), first_token=layout.FirstToken(),
-        lora_targets=dict(layout.LAYOUTS["roberta"].lora_targets),
+        linear_targets=dict(layout.LAYOUTS["roberta"].linear_targets),
         random_init={"bos_token_id": "tokenizer.bos_token_id", "eos_token_id": "tokenizer.eos_token_id",
                      "type_vocab_size": 1}))
     # a method: one registry entry and one @setup

@@ -7,7 +7,7 @@ import torch
 
 from benchmark.data.encode import EncodedSplit
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
-from benchmark.spec.schema import AdapterParams, FusionParams, MtaParams, TrainParams
+from benchmark.spec.schema import AdapterParams, FusionParams, LoRAParams, MtaParams, TrainParams
 from benchmark.training.loop import Objective, linear_schedule, make_optimizer, train
 from benchmark.training.mt_a import alpha_at, sampling_probs
 
@@ -25,23 +25,27 @@ def test_linear_schedule_with_warmup():
     assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
 
 
-def test_no_weight_decay_on_biases_layernorm_and_fusion_value(tiny_bert):
+def test_weight_decay_by_role_not_by_name(tiny_bert):
+    """Vectors and fusion's V (declared by AdapterFusion.no_decay) take no decay; every other matrix does,
+    the encoder's value projection and a LoRA on it included (a name rule once spared anything called value)."""
     _, make = tiny_bert
     model = AdapterModel(make())
     for n in "ab":
         model.add_adapter(n, AdapterParams())
     model.add_fusion("f", ["a", "b"], FusionParams())
+    model.add_adapter("l", LoRAParams(targets=["query", "value"]))
     model.add_head("t", "classification", 2)
-    model.train_only(Modules(fusions=["f"], heads=["t"], encoder=True))
+    model.train_only(Modules(adapters=["l"], fusions=["f"], heads=["t"], encoder=True))
     opt = make_optimizer(model, TrainParams(weight_decay=0.1), torch.device("cpu"))
     decay, no_decay = ({id(p) for p in g["params"]} for g in opt.param_groups)
-    named = dict(model.named_parameters())
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    fusion_v = {n for n in named if ".fusions.f.value." in n}
+    assert fusion_v and all(id(named[n]) in no_decay for n in fusion_v)
     for name, p in named.items():
-        if not p.requires_grad:
-            continue
-        expect_no_decay = p.ndim < 2 or "LayerNorm" in name or ".value." in name
-        assert (id(p) in no_decay) == expect_no_decay, name
-    assert any(".value." in n and id(p) in no_decay for n, p in named.items())
+        assert (id(p) in no_decay) == (p.ndim < 2 or name in fusion_v), name
+    assert id(named["encoder.encoder.layer.0.attention.self.value.weight"]) in decay
+    assert id(named["encoder.encoder.layer.0.attention.self.value.lora.l.A.weight"]) in decay
+    assert len(decay) + len(no_decay) == len(named)
 
 
 def test_mt_a_annealed_sampling():

@@ -4,8 +4,8 @@
   ``Inexpressible`` (the reason and the fix) for what AdapterHub cannot load; ``adapter_params(config)`` reads
   one back and refuses, with the keys that differ, any config this package does not compute exactly.
   ``METHODS`` has one ``Method`` per module type: bottleneck adapters (Pfeiffer ``seq_bn``, Houlsby
-  ``double_seq_bn``), LoRA (``LoRAConfig``, composition ``add``); an (IA)^3 module (``IA3Config``, composition
-  ``scale``, one vector per target as ``lora_B`` [out, 1]) would be one more entry. Fusion: ``FUSION_CONFIGS``.
+  ``double_seq_bn``), LoRA (``LoRAConfig``, composition ``add``) and (IA)^3 (``IA3Config``: a LoRA config in
+  composition ``scale``, one vector per target as ``lora_B`` [out, 1]). Fusion: ``FUSION_CONFIGS``.
 * **State keys.** Our key ``encoder.<path>.<child>.<name>.<tail>`` is AdapterHub's ``<prefix>.<path>.<its
   child>.<its name>.<its tail>`` (``to_hub`` / ``from_hub``; the paths agree in BERT-style families, whose
   slots and target linears sit where AdapterHub's do); heads: ``dense`` / ``out`` are items 1 / 4 of its
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from benchmark.data.published import CONFIG, WEIGHTS, Published, backbone_shape
 from benchmark.errors import BenchError, CheckpointError
-from benchmark.spec.schema import AdapterParams, LoRAParams
+from benchmark.spec.schema import AdapterParams, IA3Params, LoRAParams
 
 VERSION = "adapters.1.3.0"
 MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel"}  # the families export writes
@@ -119,9 +119,20 @@ def _lora_config(params: LoRAParams) -> dict:
             "dropout": params.dropout}
 
 
-def _ia3_config(params) -> dict:
+def _ia3_config(params: IA3Params) -> dict:
     return {**LORA, **_targets_config(list(params.targets), "an (IA)^3"), "r": 1, "alpha": 1,
             "composition_mode": "scale", "init_weights": "ia3"}
+
+
+def _ia3_params(cfg: dict) -> tuple[IA3Params, list[str]]:
+    """An IA3Config (a LoRA config in ``scale`` composition) as our params: one vector on each target's output."""
+    differ = [f"{k}: {cfg[k]!r} (needs {v!r})" for k, v in (("r", 1), ("alpha", 1), ("dropout", 0.0))
+              if k in cfg and cfg[k] != v]
+    differ += [f"{k}: {cfg[k]!r} (needs {LORA[k]!r})" for k in ("use_gating", "use_dora", "vera_d", "vera_b",
+                                                                "leave_out") if k in cfg and cfg[k] != LORA[k]]
+    targets = [t for t, m in _ATTN.items() if cfg.get("selfattn_lora", True) and m in cfg.get("attn_matrices", ["k", "v"])]
+    targets += [t for t, k in _FFN.items() if cfg.get(k, k == "intermediate_lora")]
+    return IA3Params(targets=targets or ["key", "value", "intermediate"]), differ
 
 
 def _lora_params(cfg: dict) -> tuple[LoRAParams, list[str]]:
@@ -154,7 +165,7 @@ METHODS: dict[str, Method] = {  # by our params' ``type``; a type without an ent
     "lora": Method("lora", "loras", {"A.weight": "lora_A", "B.weight": "lora_B"}, _lora_config, _lora_params),
     # (IA)^3: our one vector per target (``<target path>.ia3.<name>.<tail>``, [out]) scales that linear's output,
     # as AdapterHub's IA3 module does with its lora_B [out, 1] (r = alpha = 1, no dropout)
-    "ia3": Method("ia3", "loras", {"*": "lora_B"}, lambda p: _ia3_config(p), None, lambda v: v.reshape(-1, 1)),
+    "ia3": Method("ia3", "loras", {"*": "lora_B"}, _ia3_config, _ia3_params, lambda v: v.reshape(-1, 1)),
 }
 ARCHITECTURES = {"bottleneck": "pfeiffer", "lora": "lora"}  # AdapterHub's ``architecture`` -> a METHODS entry
 FUSION = Method("fusions", "adapter_fusion_layer", {}, lambda p: FUSION_CONFIGS[p.type])
@@ -191,7 +202,10 @@ def adapter_params(config: dict, file: str):
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"this adapter's architecture {arch!r} has no module here", file=file,
                               fix=f"use an adapter of architecture {' or '.join(ARCHITECTURES)}")
-    params, differ = METHODS[ARCHITECTURES[arch]].params(cfg)
+    method = ARCHITECTURES[arch]
+    if arch == "lora" and cfg.get("composition_mode") == "scale":  # IA3Config: a LoRA config that scales
+        method = "ia3"
+    params, differ = METHODS[method].params(cfg)
     if differ:
         what = params.type if arch == "bottleneck" else arch
         raise CheckpointError(

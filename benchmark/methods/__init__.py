@@ -173,6 +173,12 @@ register(MethodKind(
     "lora", frozenset({"head", "adapter"}), needs=("lora",), after="st_a",
     columns={"table1": (Column("lora", "lora", "LoRA"),)}))
 
+# (IA)^3 (Liu et al. 2022): learned rescaling vectors on key, value and the FFN intermediate (AdapterHub's
+# IA3Config placement); a Table 1 column beside LoRA, without a paper value.
+register(MethodKind(
+    "ia3", frozenset({"head", "adapter"}), needs=("ia3",), after="lora",
+    columns={"table1": (Column("ia3", "ia3", "(IA)^3"),)}))
+
 # The stage-1 adapters that fusion over ST-A reads are runs of this kind.
 STAGE1 = "st_a"
 # Full fine-tuning: the reference of the paper's Figure 3 (relative difference to Full).

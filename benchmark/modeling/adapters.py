@@ -53,7 +53,7 @@ class BottleneckAdapter(nn.Module):
 
 
 # ------------------------------------------------------------------ the adapter type's side of the model API
-# (``model.adapter_type`` dispatches here for pfeiffer / houlsby; ``lora.py`` has the same five functions)
+# (``model.adapter_type`` dispatches here for pfeiffer / houlsby; the tuners of ``tuners.py`` have the same six functions)
 def attach(model, name: str, params: AdapterParams) -> None:
     """One bottleneck per slot the placement rule (``layout.PLACEMENT``) names."""
     for slot in model.slots():

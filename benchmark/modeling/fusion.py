@@ -44,6 +44,11 @@ class AdapterFusion(nn.Module):
         self.score_dropout = nn.Dropout(score_dropout)
         self.temperature = 1.0
 
+    def no_decay(self) -> list[nn.Parameter]:
+        """This module's parameters whose role takes no weight decay (``training.loop.make_optimizer``): V, which
+        the value regulariser pulls towards the identity (decay would pull it towards 0)."""
+        return [self.value.weight] if self.value is not None else []
+
     def regularization(self) -> torch.Tensor:
         """||I - V||_F^2 of this layer (0 for static fusion)."""
         if self.value is None:

@@ -18,15 +18,19 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from benchmark.modeling.context import ActiveSetup, ForwardContext
+from benchmark.modeling.context import ActiveSetup, ForwardContext, Switchable
 from benchmark.modeling.layout import SLOT, Layout
 
 if TYPE_CHECKING:
     from benchmark.modeling.fusion import AdapterFusion
 
 
-class Slot(nn.Module):
-    """Adapters and fusion layers of one sub-layer, and what they do to its output."""
+class Slot(Switchable, nn.Module):
+    """Adapters and fusion layers of one sub-layer, and what they do to its output; ``active`` is its own
+    activation state (what it runs; None: nothing, f' = f)."""
+
+    def switch_off(self) -> None:
+        self.active = None
 
     def _init_slot(self, location: str, ctx: ForwardContext, norm: nn.Module) -> None:
         self.location = location  # "attention" | "output"

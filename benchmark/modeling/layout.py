@@ -1,7 +1,8 @@
 """Where things are inside each encoder family: one declaration per family, and the only place in the
 package that spells a module path inside a transformers encoder.
 
-Adapters and fusion (``layers.py``, ``model.py``), LoRA (``lora.py``), checkpoints (``checkpoint.py``),
+Adapters and fusion (``layers.py``, ``model.py``), tuners on target linear layers (``tuners.py``: LoRA,
+(IA)^3), checkpoints (``checkpoint.py``),
 module selection, the first-token last layer (``first_token.py``), backbone loading (``backbone.py``)
 and parity read a ``Layout``: attribute *names*, not code (the idea of AdapterHub's
 ``AdapterModelInterface``). Adding a post-LN family is one ``Layout(...)`` in ``LAYOUTS`` plus its
@@ -70,9 +71,15 @@ class Layout:
     token_type_ids: bool = True  # the encoder's forward takes token_type_ids
     pooler: bool = True  # the model class takes ``add_pooling_layer`` (we always drop the pooler)
     first_token: FirstToken | None = None  # None: the last layer always runs in full (said once in the log)
-    lora_targets: dict[str, str] = field(default_factory=dict)  # LoRA target name -> path of an nn.Linear
+    # the linear layers a tuner (``tuners.py``: LoRA, (IA)^3) may target: neutral name -> path of an nn.Linear
+    linear_targets: dict[str, str] = field(default_factory=dict)
     random_init: dict[str, int | str] = field(default_factory=dict)  # random_init config: value or "tokenizer.<attr>"
     refused: str | None = None  # why this family cannot host adapters (pre-LN)
+
+    @property
+    def lora_targets(self) -> dict[str, str]:
+        """The former name of ``linear_targets`` (read by older callers)."""
+        return self.linear_targets
 
     def sublayer(self, location: str) -> SubLayer:
         if location not in LOCATIONS:
@@ -99,8 +106,11 @@ class Layout:
         tail = sub.host if sub.style == "output" else f"{sub.host}.{SLOT}"
         return f"encoder.{self.layers}.{i}.{tail}."
 
-    def lora_prefix(self, i: int, target: str) -> str:
-        return f"encoder.{self.layers}.{i}.{self.lora_targets[target]}."
+    def target_prefix(self, i: int, target: str) -> str:
+        """State-dict prefix of the target linear ``target`` of layer ``i`` inside an AdapterModel."""
+        return f"encoder.{self.layers}.{i}.{self.linear_targets[target]}."
+
+    lora_prefix = target_prefix  # the former name
 
 
 def get(root: nn.Module, path: str) -> nn.Module:
@@ -120,7 +130,7 @@ _BERT_LIKE = dict(
     attention=SubLayer("attention.output", "attention.output.LayerNorm"),
     output=SubLayer("output", "output.LayerNorm"),
 )
-_BERT_LORA = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
+_BERT_LINEARS = {"query": "attention.self.query", "key": "attention.self.key", "value": "attention.self.value",
               "attention_output": "attention.output.dense", "intermediate": "intermediate.dense",
               "output": "output.dense"}
 
@@ -137,21 +147,21 @@ def unregister(family: str) -> None:
     LAYOUTS.pop(family, None)
 
 
-register(Layout("bert", **_BERT_LIKE, first_token=FirstToken(), lora_targets=_BERT_LORA))
-register(Layout("roberta", **_BERT_LIKE, first_token=FirstToken(), lora_targets=_BERT_LORA,
+register(Layout("bert", **_BERT_LIKE, first_token=FirstToken(), linear_targets=_BERT_LINEARS))
+register(Layout("roberta", **_BERT_LIKE, first_token=FirstToken(), linear_targets=_BERT_LINEARS,
                 random_init={"bos_token_id": "tokenizer.bos_token_id", "eos_token_id": "tokenizer.eos_token_id",
                              "type_vocab_size": 1}))
-register(Layout("electra", **_BERT_LIKE, pooler=False, first_token=FirstToken(), lora_targets=_BERT_LORA))
+register(Layout("electra", **_BERT_LIKE, pooler=False, first_token=FirstToken(), linear_targets=_BERT_LINEARS))
 register(Layout(  # v2 and v3 (v3 checkpoints are model_type deberta-v2); relative attention: no first-token row
     "deberta-v2", **_BERT_LIKE, pooler=False,
-    lora_targets={**_BERT_LORA, "query": "attention.self.query_proj", "key": "attention.self.key_proj",
+    linear_targets={**_BERT_LINEARS, "query": "attention.self.query_proj", "key": "attention.self.key_proj",
                   "value": "attention.self.value_proj"}))
 register(Layout(
     "distilbert", layers="transformer.layer", embeddings="embeddings",
     attention=SubLayer("attention", "sa_layer_norm", "hook"),  # f = out_lin(context); x = the layer input
     output=SubLayer("ffn", "output_layer_norm", "hook"),  # f = dropout(lin2(act(lin1(x))))
     token_type_ids=False, pooler=False,
-    lora_targets={"query": "attention.q_lin", "key": "attention.k_lin", "value": "attention.v_lin",
+    linear_targets={"query": "attention.q_lin", "key": "attention.k_lin", "value": "attention.v_lin",
                   "attention_output": "attention.out_lin", "intermediate": "ffn.lin1", "output": "ffn.lin2"}))
 register(Layout(
     "modernbert", layers="layers", embeddings="embeddings",

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.modeling import adapters, lora
-from benchmark.modeling.context import ActiveSetup, ForwardContext
+from benchmark.modeling import adapters, ia3, lora
+from benchmark.modeling.context import ActiveSetup, ForwardContext, Switchable
 from benchmark.modeling.fusion import AdapterFusion
 from benchmark.modeling.heads import make_head
 from benchmark.modeling.layers import install_slots
@@ -40,7 +40,7 @@ def params_from(d: dict) -> AdapterParams | LoRAParams:
     return ADAPTER_TYPES[d.get("type", "pfeiffer")].params_from(d)
 
 
-ADAPTER_TYPES = {"pfeiffer": adapters, "houlsby": adapters, "lora": lora}  # params.type -> its module
+ADAPTER_TYPES = {"pfeiffer": adapters, "houlsby": adapters, "lora": lora, "ia3": ia3}  # params.type -> its module
 
 
 @dataclass(frozen=True)
@@ -126,9 +126,9 @@ class AdapterModel(nn.Module):
         if isinstance(setup, str) and setup not in self.adapter_params:
             raise KeyError(f"no adapter named '{setup}'")
         fused = self.fused_adapters(setup) if isinstance(setup, Fuse) else None
-        for mod in self.slots():
-            mod.active = None
-        self._ctx.lora = None
+        for mod in self.modules():  # every module owns its activation state: switch all off
+            if isinstance(mod, Switchable):
+                mod.switch_off()
         if isinstance(setup, str):
             adapter_type(self.adapter_params[setup]).activate(self, setup)
         elif fused is not None:

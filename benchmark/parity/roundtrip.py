@@ -1,4 +1,4 @@
-"""The export round trip of ``afbench parity``: train tiny ST-A, Houlsby, Fusion and LoRA runs, ``afbench
+"""The export round trip of ``afbench parity``: train tiny ST-A, Houlsby, Fusion, LoRA and (IA)^3 runs, ``afbench
 export`` them (a LoRA on the attention output projection is refused: AdapterHub cannot name it), load the folders with AdapterHub's own API in the reference environment
 (``reference_export.py``) and compare its logits with ours on the exported sample rows.
 
@@ -27,6 +27,7 @@ from benchmark.spec.registry import default_spec_dir
 EXPERIMENT = "export_roundtrip"
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: README.md, docs/
 LORAS = {"lora_ffn": ["key", "intermediate", "output"], "lora_attention_output": ["attention_output"]}
+TUNERS = ("lora", "ia3", *LORAS)  # the tuners on target linear layers the round trip exports (ia3: IA3Config)
 WORDS = "red blue green small large old new fast slow warm cold bright dark loud quiet".split()
 
 
@@ -66,7 +67,7 @@ def write_specs(folder: Path, *, rows: int = 32, epochs: int = 3, backbone: str 
             body = ("type: multiple_choice\ninput: {text: '{{ question }}', choices: ['{{ a }}', '{{ b }}', "
                     "'{{ c }}']}\nlabel: {column: label}\n")
         write_atomic(folder / "tasks" / f"{name}.yaml", f"kind: task\nname: {name}\nmax_length: 32\n{files}{body}")
-    kinds = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a", "lora", *LORAS)
+    kinds = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a", "lora", "ia3", *LORAS)
     lr = "\n".join(f"  {m}: {{lr: 1.0e-2}}" for m in kinds)  # tiny random models move only at a large lr
     write_atomic(folder / "experiments" / f"{EXPERIMENT}.yaml",
         f"kind: experiment\nname: {EXPERIMENT}\nbackbones: [{backbone}]\nseeds: [1]\n"
@@ -103,7 +104,7 @@ def run_roundtrip(reference_python: str, work: Path, tolerance: float) -> bool:
     exported = train_and_export(work / "cls", log=lambda *_: None)  # first-token heads (BERT)
     exported += train_and_export(work / "mean", log=lambda *_: None, backbone="tiny-bert-mean",
                                  methods=("st_a", "fusion_st_a"))  # mean-pooling heads (MiniLM)
-    loras = train_and_export(work / "lora", log=lambda *_: None, methods=("lora", *LORAS))
+    loras = train_and_export(work / "lora", log=lambda *_: None, methods=TUNERS)
     refused = [e for e in loras if e.refused]  # LoRA on the attention output: AdapterHub's LoRAConfig has no switch
     print(f"export refused {len(refused)} run(s) as it should: "
           + "; ".join(f"{e.run_id}: {e.refused}" for e in refused[:1]))

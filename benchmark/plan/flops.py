@@ -166,8 +166,14 @@ def _lora_module(p, shape: Shape, sources: int) -> float:
     return sum(2 * p.rank * (H + (inter if t in ("intermediate", "output") else H)) for t in p.targets)
 
 
+def _ia3_module(p, shape: Shape, sources: int) -> float:
+    """One multiply per output of each rescaled linear layer (elementwise: not a matrix product, priced as 1/out)."""
+    H, inter = shape.hidden, shape.intermediate
+    return sum(inter if t == "intermediate" else H for t in p.targets)
+
+
 # spec section of a method -> forward FLOPs per token and layer of that module (params, shape, fused sources)
-MODULES = {"adapter": _adapter_module, "fusion": _fusion_module, "lora": _lora_module}
+MODULES = {"adapter": _adapter_module, "fusion": _fusion_module, "lora": _lora_module, "ia3": _ia3_module}
 
 
 def method_per_token(method, shape: Shape, sources: int = 0) -> float:

@@ -30,7 +30,7 @@ LATE_FIELDS: dict[str, dict[str, object]] = {
     "LabelSpec": {"allow_merge": False},  # it never changes what is trained, only whether the spec is accepted
     "BackboneSpec": {"path": None},
     "FusionParams": {"prune": None},
-    "MethodSpec": {"lora": None, "precision": None},
+    "MethodSpec": {"lora": None, "ia3": None, "precision": None},
     "FusionSources": {"adapterhub": {}, "adapterhub_allow_other_base": []},
 }
 
@@ -229,7 +229,19 @@ class LoRAParams(Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     targets: list[Literal["query", "key", "value", "attention_output", "intermediate", "output"]] = Field(
         default_factory=lambda: ["query", "value"], min_length=1,
-        description="linear layers of every encoder layer to adapt, by the layout's names (layout.lora_targets)")
+        description="linear layers of every encoder layer to adapt, by the layout's names (layout.linear_targets)")
+
+
+class IA3Params(Strict):
+    """(IA)^3 (Liu et al. 2022): a learned vector l [out] that rescales the output of each target linear layer,
+    y = (W x + b) * l, l = 1 at init. The default targets are AdapterHub 1.3.0's ``IA3Config`` placement: key and
+    value, and the FFN's ``intermediate`` (its output, before the activation; the paper and PEFT's default BERT
+    map scale the input of the FFN's output projection instead, which AdapterHub cannot express)."""
+
+    type: Literal["ia3"] = "ia3"
+    targets: list[Literal["query", "key", "value", "attention_output", "intermediate", "output"]] = Field(
+        default_factory=lambda: ["key", "value", "intermediate"], min_length=1,
+        description="linear layers of every encoder layer whose output is rescaled (layout.linear_targets)")
 
 
 class PruneParams(Strict):
@@ -265,6 +277,7 @@ class MethodSpec(Strict):
     fusion: FusionParams | None = None
     mt_a: MtaParams | None = None
     lora: LoRAParams | None = None
+    ia3: IA3Params | None = None
     train: TrainParams = TrainParams()
     precision: Precision | None = Field(
         None, description="auto | fp32 | bf16 for this method's runs (default: the experiment's compute.precision)")

@@ -87,12 +87,15 @@ def inputs_of(batch: dict) -> dict:
 
 
 def make_optimizer(model: AdapterModel, params: TrainParams, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; biases, LayerNorms and fusion V get no weight decay."""
+    """AdamW over trainable parameters. Weight decay by a parameter's role, never by its name: vectors (biases,
+    LayerNorm gains, scaling vectors) get none, and neither do the parameters a module declares in its
+    ``no_decay()`` (fusion's V, which its regulariser pulls towards the identity); every other matrix decays."""
+    declared = {id(p) for m in model.modules() if callable(getattr(m, "no_decay", None)) for p in m.no_decay()}
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim < 2 or "LayerNorm" in name or ".value." in name
+        skip = p.ndim < 2 or id(p) in declared
         (no_decay if skip else decay).append(p)
     groups = [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=params.lr, fused=device.type == "cuda")

@@ -146,9 +146,10 @@ def _single_adapter(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     return Setup(trains=Modules(adapters=[run.task]))
 
 
-@setup("lora")
-def _lora(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
-    model.add_adapter(run.task, run.method.lora)  # modeling/lora.py: low-rank updates on the layout's targets
+@setup("lora", "ia3")
+def _tuner(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    # a tuner on target linear layers (modeling/tuners.py): its params are the spec section the kind needs
+    model.add_adapter(run.task, getattr(run.method, run.kind.needs[0]))
     model.set_active(run.task)
     return Setup(trains=Modules(adapters=[run.task]))
 

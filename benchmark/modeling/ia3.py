@@ -1,0 +1,53 @@
+"""(IA)^3 (Liu et al. 2022) as a tuner on target linear layers (``tuners.py``): its module and its forward.
+
+For every layer and every target the method spec names (``IA3Params.targets``, by the layout's neutral names),
+the target linear layer W gets a child ``ia3.<name>`` holding one vector l [out] (ones at init, so a fresh
+(IA)^3 leaves the model unchanged) which, while active, rescales the linear's output, bias included:
+
+    y = (W x + b) * l          x [.., in] -> y [.., out]
+
+as PEFT's ``IA3Layer`` computes it for a target that is not a feed-forward module, and as AdapterHub 1.3.0's
+``IA3Config`` does (a LoRA module in ``scale`` composition whose ``lora_B`` [out, 1] is l). The default
+targets are AdapterHub's placement (key, value, the FFN's ``intermediate``); the tensor is
+``<target path>.ia3.<name>.scale``. It is a vector, so it takes no weight decay (``loop.make_optimizer``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from benchmark.modeling.tuners import TargetTuner, TunerModule
+from benchmark.spec.schema import IA3Params
+
+
+class IA3(TunerModule):
+    def __init__(self, in_features: int, out_features: int, params: IA3Params):
+        super().__init__()
+        self.params = params
+        self.scale = nn.Parameter(torch.ones(out_features))  # [out]
+
+    @property
+    def kind(self) -> str:
+        return "ia3"
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y * self.scale
+
+
+class IA3Tuner(TargetTuner):
+    child = "ia3"
+    title = "(IA)^3"
+
+    def make(self, in_features: int, out_features: int, params: IA3Params) -> IA3:
+        return IA3(in_features, out_features, params)
+
+    def params_from(self, d: dict) -> IA3Params:
+        return IA3Params(**{k: v for k, v in d.items() if k != "dims"})
+
+
+TUNER = IA3Tuner()
+CHILD = TUNER.child
+# the adapter type's side of the model API (``model.adapter_type`` dispatches here for ``ia3``)
+attach, activate, modules_of = TUNER.attach, TUNER.activate, TUNER.modules_of
+describe, params_from, expected_shapes = TUNER.describe, TUNER.params_from, TUNER.expected_shapes
