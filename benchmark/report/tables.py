@@ -16,6 +16,9 @@ from benchmark.report import published
 from benchmark.report.aggregate import Cell, Collected
 from benchmark.report.baseline import Majority
 from benchmark.report.inference import (
+    ASO_DT,
+    ASO_REPLICATES,
+    BOOTSTRAP_SEED,
     compare,
     compare_over_tasks,
     equivalence_half_width,
@@ -75,6 +78,14 @@ FINDINGS_NOTE = (
     f"the number of seeds cannot show equivalence at that margin at all. Power: the minimal detectable effect "
     f"(MDE) of the paired design at 80% power, two-sided α = {SIGNIFICANCE} before Holm, given the observed SD of "
     f"the paired differences, and the seeds the paper's own effect over the same tasks would need. " + FAMILIES_NOTE)
+
+
+ASO_NOTE = (
+    "ASO ε_min: Almost Stochastic Order (Dror et al. 2019), a second, seed-level view beside the bootstrap: the "
+    "upper bound, at 95% confidence, of how far A's distribution of per-seed dev accuracies violates being "
+    "stochastically larger than B's (0: A above B on every quantile; 1: below on every quantile); below 0.5 reads "
+    f"\"A is almost stochastically larger\". Computed as deepsig's aso ({ASO_REPLICATES:,} bootstrap draws of each "
+    f"side's seeds, seed {BOOTSTRAP_SEED}, dt = {ASO_DT}); not adjusted for multiple comparisons and in no family.")
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -205,6 +216,7 @@ class StatRow:
     p_better: str
     t_p: str  # paired t-test p (the paper's style of test)
     holm: str  # Holm-adjusted within its family, the family named
+    aso: str = "—"  # Almost Stochastic Order's eps_min of A over B on the per-seed accuracies (seed level)
 
 
 @dataclass
@@ -511,7 +523,8 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests |
                 stat_rows.append(StatRow(t, heading, f"{c.delta:+.2f}", x.ci, f"{c.p_better:.2f}",
                                          p_value(x.p) if x.p is not None else "—",
                                          f"{p_value(x.adjusted)}{'†' if x.significant else ''} ({x.family})"
-                                         if x.adjusted is not None else "—"))
+                                         if x.adjusted is not None else "—",
+                                         f"{c.aso:.2f}" if c.aso is not None else "—"))
             shown = with_paper and is_paper_task(reg, t)
             pap.append(published.paper_arrow(paper, t, key) if shown else None)
             # "(Table 1: ...)" marks a printed arrow that its Table 1 contradicts; a derived one cannot
@@ -528,7 +541,7 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests |
     view = Table2View(backbone, [c[3] for c in comps], [c[0] for c in comps], rows, improved, improved_p, agree)
     view.stats, view.families = stat_rows, families_text(tests)
     view.rank_correlation = rank_correlation(col, backbone, paper, reg)
-    view.notes = table2_notes(view, paper, with_paper) + [FAMILIES_NOTE]
+    view.notes = table2_notes(view, paper, with_paper) + [FAMILIES_NOTE] + ([ASO_NOTE] if stat_rows else [])
     return view
 
 
