@@ -55,6 +55,9 @@ def comparisons() -> list[tuple[str, str, str, str]]:
 
 TITLES = {"table1": "Table 1: all methods", "table3": "Table 3: ST-A reduction factors",
           "table4": "Table 4: RoBERTa-base"}
+# The LaTeX Tables 1/3/4 are set unscaled on landscape pages (no text below 8 pt), at most this many method
+# columns to a tabular: a wider table is split into parts (``TableView.parts``).
+TEX_PART_COLUMNS = 5
 ARROWS = {"up": "↗", "down": "↘", "same": "→"}
 # The paper's findings are checked only where a verdict can mean something: with fewer seeds than this
 # on either side, seed noise cannot be told from an effect, and the verdict is "not enough seeds".
@@ -152,6 +155,16 @@ class TableView:
     legend: str = ""  # what a cell holds and what † means (also one of the notes)
     majority_note: str = ""  # the majority baseline: what it is, ‡, tasks without one (also one of the notes)
     table_backbone: str | None = None  # the backbone the paper ran this table on (its YAML's ``backbone``)
+
+    def parts(self, most: int = TEX_PART_COLUMNS) -> list[list[int]]:
+        """The column indices split into as few parts of at most ``most`` columns as there can be, as even as
+        possible, the first parts the larger (9 columns: 5 + 4): the LaTeX table is set unscaled, one
+        tabular per part."""
+        n = len(self.columns)
+        k = max(1, math.ceil(n / most))
+        sizes = [n // k + (i < n % k) for i in range(k)]
+        starts = [sum(sizes[:i]) for i in range(k)]
+        return [list(range(s, s + z)) for s, z in zip(starts, sizes, strict=True) if z]
 
     @property
     def has_majority(self) -> bool:
