@@ -184,3 +184,35 @@ def test_runs_with_predictions_pair_by_row_and_fall_back_to_seeds_without(regist
     (folder / RUN.format(task="rte", label="st_a_rf16", seed=2) / predictions.FILE).write_bytes(b"damaged")
     col = load(handmade, "handmade", registry)
     assert pair(col, "minilm-l6", "rte", "fusion_st_a_rf16", "st_a_rf16").design.level == "seeds"
+
+
+def test_minilm_table1_says_how_cb_heldout_ties_are_broken(minilm_table1):
+    """Table 1's notes state the tie rule (the first epoch at the maximum held-out accuracy is kept, as the loop's
+    strict '>' does) and count CB's tied runs as the raw result files do; the loop still breaks ties that way."""
+    import json
+
+    data, _ = minilm_table1
+    t1 = next(t for t in data.tables if t.key == "table1")
+    note = next(n for n in t1.notes if n.startswith("Held-out ties:"))
+    assert "the kept epoch is the first that reaches the highest held-out accuracy" in note
+    assert "if metrics[select] > out.best_selection:" in (ROOT / "benchmark" / "training" / "loop.py").read_text()
+    cells = {(t, label) for (b, t, label) in data_cells(t1)}
+    runs = tied = 0
+    for f in sorted((ROOT / "results" / "minilm_table1").glob("cb__*/result.json")):
+        r = json.loads(f.read_text())
+        if r.get("status") != "finished" or r.get("per_task") or ("cb", r["label"]) not in cells:
+            continue
+        hist = [h for h in r["history"] if h.get("heldout_accuracy") is not None]
+        if r.get("selection") != "heldout" or not hist:
+            continue
+        runs += 1
+        top = max(h["heldout_accuracy"] for h in hist)
+        tied += sum(h["heldout_accuracy"] == top for h in hist) > 1
+        assert r["best_epoch"] == next(h["epoch"] for h in hist if h["heldout_accuracy"] == top)  # the first
+    assert f"cb (25-row slice): {tied} of {runs} runs tie" in note, (tied, runs, note)
+
+
+def data_cells(t1):
+    """(backbone, task, column label) of every filled cell of a TableView."""
+    return {(t1.backbone, r.task, label) for r in t1.rows for label, c in zip(t1.labels, r.cells, strict=True)
+            if c.mean is not None}

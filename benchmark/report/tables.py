@@ -493,6 +493,8 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
         if gaps:
             notes.append("Selecting the epoch on dev is optimistic: best-epoch minus last-epoch dev accuracy, mean "
                          "over tasks and seeds: " + ", ".join(gaps) + " points.")
+    if "heldout" in protocols:
+        notes += heldout_ties(col, backbone, rows, cols)
     if key == "table1":
         notes += adapter_seed_sensitivity(col, backbone, tests)
         notes += tests.notes()
@@ -505,6 +507,55 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
                                            else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
                      notes, legend, floor, table_backbone=paper.get(key, {}).get("backbone"))
+
+
+def heldout_ties(col: Collected, backbone: str, rows: list[RowView], cols) -> list[str]:
+    """One note on held-out ties: how the kept epoch is chosen on a tie, per task how many runs tie at their
+    maximum held-out accuracy, and what the records show keeping the last tied epoch instead would do to each cell
+    (every tied epoch's dev accuracy is in the run's history); what a larger slice would do they cannot show."""
+    by_id = {r.run_id: r for r in col.results}
+    parts, smallest = [], []
+    for r in rows:
+        runs, tied, differ, moved, slice_rows, counted = 0, 0, 0, [], set(), set()
+        for label, _, heading in cols:
+            cell = col.cells.get((backbone, r.task, label))
+            if not cell or not cell.run_ids:
+                continue
+            last = []
+            for rid, value in zip(cell.run_ids, cell.values, strict=True):
+                rec = by_id[rid]
+                hist = [h for h in rec.history if h.get("heldout_accuracy") is not None]
+                if rec.selection != "heldout" or not hist or rec.per_task:  # MT-A: one choice over its mixture
+                    last.append(value)
+                    continue
+                slice_rows.add((rec.data or {}).get("heldout_rows"))
+                top = max(h["heldout_accuracy"] for h in hist)
+                at = [h for h in hist if h["heldout_accuracy"] == top]
+                if rid not in counted:  # a run in two columns (a shared-adapter column's seed 42) counts once
+                    counted.add(rid)
+                    runs, tied = runs + 1, tied + (len(at) > 1)
+                    differ += len({h["dev_accuracy"] for h in at}) > 1
+                last.append(at[-1]["dev_accuracy"])
+            if any(abs(a - b) > 1e-9 for a, b in zip(last, cell.values, strict=True)):
+                new = sum(last) / len(last)
+                moved.append(f"{heading} {cell.mean:.2f} → {new:.2f}" if f"{new:.2f}" != f"{cell.mean:.2f}"
+                             else f"{heading} {cell.mean:.2f} (its runs move, the mean does not)")
+        smallest += [(x, r.task) for x in slice_rows if x]
+        if tied:
+            size = "/".join(str(x) for x in sorted(x for x in slice_rows if x))
+            parts.append(f"{r.task} ({size}-row slice): {tied} of {runs} runs tie, {differ} with different dev "
+                         "accuracies among the tied epochs; keeping the last tied epoch would move "
+                         + (", ".join(moved) if moved else "no cell"))
+    if not parts:
+        return []
+    return ["Held-out ties: the kept epoch is the first that reaches the highest held-out accuracy (the training loop "
+            "keeps an epoch only on a strict improvement, so a later epoch that equals it does not replace it). Per "
+            "task, the runs of this table that tie at their maximum, and what the records show another choice among "
+            "the tied epochs would do (MT-A left out: it chooses one epoch for its whole mixture): " + "; ".join(parts)
+            + f". Whether a larger held-out slice (the smallest here: {min(smallest)[1]}'s {min(smallest)[0]} rows) "
+            "would change a cell the records cannot show: the slice is carved from the task's training "
+            "rows, so a larger one trains on fewer rows and needs new runs; the records bound only the choice among "
+            "the tied epochs, as above."]
 
 
 def families_text(tests: Tests) -> str:
