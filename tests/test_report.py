@@ -257,6 +257,10 @@ def test_html_escapes_spec_prose_and_data_and_renders_markdown(tmp_path):
     assert main(["report", "evil", "--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "results"),
                  "--out-dir", str(out)]) == 0
     html = (out / "evil.html").read_text()
+    # the page's one script is the template's own scroll cue (last in the body); nothing from the specs or data runs
+    ours = html[html.rindex("<script>"):html.rindex("</script>") + len("</script>")]
+    assert html.count("<script") == 1 and "function markWide()" in ours and "alert" not in ours
+    html = html.replace(ours, "")
     assert "<script" not in html and "&lt;script&gt;alert(&#39;desc&#39;)&lt;/script&gt;" in html
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(&#39;row&#39;)&gt;" in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html  # from the notes' list
