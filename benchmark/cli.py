@@ -577,9 +577,12 @@ def cmd_parity(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from benchmark.perf.prune import run_prune
+    from benchmark.perf.prune import rerender, run_prune
     from benchmark.runner.results import results_root
 
+    if args.rerender:  # from the stored JSON: no model, no data, no timing
+        rerender(args.experiment, Path(args.out_dir), results_root(args.results_dir))
+        return 0
     reg = _registry(args)
     plan = _plan(args, reg)
     ks = tuple(int(k) for k in args.keep.split(",") if k and k != "all")
@@ -791,6 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--keep", default="1,2,4,8", help="k values below N (N itself, 'all', is always added)")
     pr.add_argument("--rounds", type=int, default=3, help="timing rounds per k (0: accuracy only)")
     pr.add_argument("--device", help="cpu or cuda (default: cpu)")
+    pr.add_argument("--rerender", action="store_true",
+                    help="re-render prune_<experiment>_*.md and .png in --out-dir from their stored .json "
+                         "(nothing is loaded, evaluated or timed; the json stays as it is)")
     pr.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
     pr.add_argument("--out-dir", default="reports", metavar="DIR",
                     help="where prune_<experiment>_<task>.{md,json,png} go (default: reports)")

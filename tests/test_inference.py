@@ -1,6 +1,6 @@
 """The design's inference (benchmark/report/inference.py) against independent computations: an exact
 enumeration of the two-level bootstrap on a design small enough to list, scipy's one-level bootstrap, the
-noncentral t for power, and Holm by hand."""
+noncentral t for power, Holm by hand, and deepsig's Almost Stochastic Order."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from scipy import stats
 from benchmark.report.inference import (
     Families,
     Paired,
+    aso,
+    aso_from_draws,
     compare,
     compare_over_tasks,
     equivalence_reachable,
@@ -151,3 +153,61 @@ def test_partial_scores_take_the_general_row_draw_and_match_the_enumeration():
     assert c.delta == pytest.approx(sum(v * p for v, p in means.items()), abs=1e-9)
     assert c.low == pytest.approx(_quantile(means, 0.025), abs=100 / 12 + 1e-9)
     assert c.high == pytest.approx(_quantile(means, 0.975), abs=100 / 12 + 1e-9)
+
+
+def _deepsig_draws(seed: int, reps: int, na: int, nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """The uniforms deepsig.aso draws with ``seed``: iteration i reseeds numpy's global generator with
+    seed + i + 1 and draws len(a), then len(b) uniforms (deepsig/aso.py, get_bootstrapped_violation_ratios)."""
+    ua, ub = np.empty((reps, na)), np.empty((reps, nb))
+    for i in range(reps):
+        rs = np.random.RandomState(seed + i + 1)
+        ua[i], ub[i] = rs.uniform(0, 1, na), rs.uniform(0, 1, nb)
+    return ua, ub
+
+
+@pytest.mark.parametrize("case", ["shifted", "overlapping", "reversed", "unequal sizes", "ties", "three seeds"])
+def test_aso_matches_deepsig_on_its_own_draws(case):
+    """Our vectorised eps_min equals deepsig.aso's to float precision when given the bootstrap draws deepsig
+    makes with the same seed (synthetic per-seed accuracies of several shapes, 3 to 20 seeds a side)."""
+    deepsig = pytest.importorskip("deepsig", reason="deepsig is not installed (pip install 'deepsig>=1.2.8,<1.3', "
+                                                    "part of the test extra): ASO is not checked against it")
+    rng = np.random.default_rng(7)
+    a, b = {
+        "shifted": (rng.normal(75, 1.5, 10), rng.normal(72, 1.5, 10)),
+        "overlapping": (rng.normal(70, 2, 12), rng.normal(69.5, 2, 12)),
+        "reversed": (rng.normal(60, 1, 8), rng.normal(64, 1, 8)),
+        "unequal sizes": (rng.normal(80, 1, 20), rng.normal(79, 3, 6)),
+        "ties": (np.array([71.43, 71.43, 73.21, 69.64, 71.43]), np.array([71.43, 69.64, 69.64, 73.21, 71.43])),
+        "three seeds": (np.array([66.06, 64.98, 67.15]), np.array([63.9, 65.34, 62.82])),
+    }[case]
+    reps = 300  # deepsig's loop is the slow side; the draws are deepsig's own, so the count does not matter
+    want = deepsig.aso(a, b, num_bootstrap_iterations=reps, seed=11, show_progress=False)
+    got = aso_from_draws(a, b, *_deepsig_draws(11, reps, len(a), len(b)))
+    assert got == pytest.approx(float(want), abs=1e-12), (case, got, want)
+
+
+def test_aso_known_answers_and_our_draws():
+    """A side that lies wholly above the other has eps_min 0 and the reverse almost 1 (deepsig leaves the first
+    grid point out of the violation integral only); equal samples cannot be ordered (eps_min >= 0.5, the ratio
+    of a zero Wasserstein distance being 0.5); with our own generator the value is reproducible and close to deepsig's
+    reading (the bootstrap differs only in its random stream)."""
+    hi, lo = [80.0, 81.0, 82.0], [70.0, 71.0, 72.0]
+    assert aso(hi, lo) == 0.0 and aso(lo, hi) > 0.99
+    same = [70.0, 71.0, 72.0]
+    assert aso(same, same) >= 0.5
+    assert aso([], lo) is None
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(71, 1, 15), rng.normal(70, 1, 15)
+    assert aso(a, b) == aso(a, b)  # seeded
+    assert aso(a, b) == pytest.approx(aso_from_draws(a, b, *_deepsig_draws(5, 1000, 15, 15)), abs=0.05)
+
+
+def test_comparisons_carry_aso_of_the_per_seed_accuracies():
+    """compare() puts ASO of A's per-seed accuracies over B's beside the bootstrap; over tasks, of the per-seed
+    means over tasks."""
+    design = Paired.from_accuracies({1: 75.0, 2: 76.0, 3: 77.0}, {1: 70.0, 2: 71.0, 3: 72.0})
+    c = compare(design, reps=200)
+    assert c.aso == aso([75.0, 76.0, 77.0], [70.0, 71.0, 72.0]) == 0.0
+    other = Paired.from_accuracies({1: 60.0, 2: 61.0, 3: 59.0}, {1: 62.0, 2: 63.0, 3: 61.0})
+    over = compare_over_tasks({"x": design, "y": other}, reps=200)
+    assert over.aso == pytest.approx(aso([67.5, 68.5, 68.0], [66.0, 67.0, 66.5]))

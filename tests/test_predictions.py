@@ -171,10 +171,25 @@ def test_adding_predictions_keeps_a_committed_result_as_it_was(tmp_path):
 
 def test_every_committed_predictions_file_reproduces_its_record():
     """Every results/**/predictions.parquet: its record names it with this hash, and its accuracy is the
-    recorded dev accuracy exactly; every record with a predictions entry has the file."""
+    recorded dev accuracy exactly (through the reader, and again straight from the parquet file with pyarrow),
+    over exactly the dev rows the record counts; every record with a predictions entry has the file."""
+    import pyarrow.parquet as pq
+
     files = sorted((ROOT / "results").glob("*/*/" + predictions.FILE))
     entries = [p.parent for p in (ROOT / "results").glob("*/*/" + RESULT)
                if load_run(p).predictions is not None]
     assert sorted(set(entries)) == sorted(f.parent for f in files), "a predictions file without its record entry, or back"
-    for f in files:  # none yet is a pass: the entries check above already holds
+    if (ROOT / "results" / "minilm_table1").is_dir():
+        assert len(files) >= 33, len(files)  # the 33 ST-A rf 16 runs of minilm_table1 at least: none is no pass
+    for f in files:
         check(f.parent)
+        rec = load_run(f.parent / RESULT)
+        table = pq.read_table(f).to_pydict()
+        want = {t: v["best_metric"] for t, v in rec.per_task.items()} if rec.per_task else {rec.task: rec.best_metric}
+        for t, metric in want.items():
+            mine = [(p, g, sp) for x, p, g, sp in zip(table["task"], table["pred"], table["gold"], table["split"],
+                                                     strict=True) if x == t]
+            assert 100.0 * (sum(p == g for p, g, _ in mine) / len(mine)) == metric, (f.parent.name, t)
+            assert len({sp for _, _, sp in mine}) == 1, (f.parent.name, t)  # one dev split, no test rows mixed in
+            if not rec.per_task and (rec.data or {}).get("eval_rows") is not None:
+                assert len(mine) == rec.data["eval_rows"], (f.parent.name, len(mine), rec.data["eval_rows"])

@@ -176,3 +176,34 @@ def test_afbench_prune_and_the_keep_option_end_to_end(tmp_path):
     # a run without weights: one paragraph naming the fix
     (tmp_path / "r" / "tiny_prune" / unpruned["run_id"] / "weights.safetensors").unlink()
     assert main(["prune", "tiny_prune", "--only", "rte__fusion_st_a_rf16*", "--out-dir", str(out), *args]) == 2
+
+
+def test_prune_reports_rerender_from_their_json_and_say_why_these_seeds(tmp_path):
+    """`afbench prune EXP --rerender` rebuilds every committed prune report from its stored JSON (nothing loaded,
+    nothing timed): the Markdown comes out byte for byte as committed, the JSON is untouched, and each report says
+    from the records why it pruned seeds 43 and 44 (the matched runs whose weights were there) and which finished
+    Fusion w/ ST-A runs it left out."""
+    import shutil
+
+    from benchmark.cli import main
+    from conftest import ROOT
+
+    committed = sorted((ROOT / "reports").glob("prune_minilm_table1_*.json"))
+    if not committed or not (ROOT / "results" / "minilm_table1").is_dir():
+        pytest.skip("needs the committed prune reports and minilm_table1 results")
+    out = tmp_path / "reports"
+    out.mkdir()
+    for js in committed:
+        shutil.copy(js, out / js.name)
+    assert main(["prune", "minilm_table1", "--rerender", "--out-dir", str(out),
+                 "--results-dir", str(ROOT / "results")]) == 0
+    for js in committed:
+        md = js.with_suffix(".md")
+        assert (out / js.name).read_bytes() == js.read_bytes()
+        assert (out / md.name).read_text() == md.read_text(), md.name
+        text = md.read_text()
+        assert "Why these seeds:" in text and "Pruned: seed 43 (its own seed's adapters" in text
+        assert "seed 42 (its own seed's adapters" in text and "the seed-42 adapters" in text
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert main(["prune", "minilm_table1", "--rerender", "--out-dir", str(empty)]) != 0

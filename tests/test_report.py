@@ -257,6 +257,10 @@ def test_html_escapes_spec_prose_and_data_and_renders_markdown(tmp_path):
     assert main(["report", "evil", "--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "results"),
                  "--out-dir", str(out)]) == 0
     html = (out / "evil.html").read_text()
+    # the page's one script is the template's own scroll cue (last in the body); nothing from the specs or data runs
+    ours = html[html.rindex("<script>"):html.rindex("</script>") + len("</script>")]
+    assert html.count("<script") == 1 and "function markWide()" in ours and "alert" not in ours
+    html = html.replace(ours, "")
     assert "<script" not in html and "&lt;script&gt;alert(&#39;desc&#39;)&lt;/script&gt;" in html
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(&#39;row&#39;)&gt;" in html
     assert "&lt;img src=x onerror=alert(1)&gt;" in html  # from the notes' list
@@ -661,3 +665,45 @@ def test_html_table1_fits_a_1200px_viewport(registry, handmade, tmp_path):
     got = re.search(r'data-scroll-width="(\d+)"', r.stdout)
     assert got, r.stderr[-2000:]
     assert int(got.group(1)) <= 1200, got.group(1)
+
+
+def test_html_wide_tables_show_a_scroll_cue(registry, handmade, tmp_path):
+    """In a window narrower than Table 1 (400 px), its box is marked as wider than the page (the cue line and the
+    shadows show), its task column stays (sticky); a box that fits carries no mark. Measured in headless Chromium
+    where installed (the page's own script sets the marks after load)."""
+    import re
+    import shutil
+    import subprocess
+
+    out = tmp_path / "reports"
+    assert main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(out)]) == 0
+    html = (out / "handmade.html").read_text()
+    assert 'box.classList.toggle("overflows", box.scrollWidth > box.clientWidth + 1)' in html
+    assert ".wide.overflows::before" in html and "position: sticky; left: 0" in html
+    browser = next((b for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if browser is None:
+        pytest.skip("no headless browser (apt-get install chromium); the HTML was checked for structure only")
+    probe = ("<script>window.addEventListener('load', () => setTimeout(() => document.querySelectorAll('.wide')"
+             ".forEach(b => { b.dataset.sw = b.scrollWidth; b.dataset.cw = b.clientWidth; "
+             "b.dataset.cue = getComputedStyle(b, '::before').content; "
+             "b.dataset.left = b.querySelector('td.sticky') ? getComputedStyle(b.querySelector('td.sticky')).position : ''; "
+             "}), 0))</script>")
+    page = out / "probe.html"
+    page.write_text(html.replace("</body>", probe + "</body>"))
+
+    def boxes(width: int) -> list[dict]:
+        r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},900",
+                            "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                           capture_output=True, text=True, timeout=180)
+        found = [dict(re.findall(r'(class|data-\w+)="([^"]*)"', m.group(0)))
+                 for m in re.finditer(r'<div [^>]*class="wide[^"]*"[^>]*>', r.stdout)]
+        assert found and all("data-sw" in b for b in found), r.stderr[-2000:]
+        return found
+
+    narrow = boxes(400)
+    wider = [b for b in narrow if int(b["data-sw"]) > int(b["data-cw"]) + 1]
+    assert wider and wider[0] is narrow[0], narrow  # Table 1 (the first box) among them
+    assert all("overflows" in b["class"] and "scroll sideways" in b["data-cue"] and b["data-left"] == "sticky"
+               for b in wider), wider
+    for b in narrow + boxes(1400):  # the mark is there exactly where the box is wider than the page
+        assert ("overflows" in b["class"]) == (int(b["data-sw"]) > int(b["data-cw"]) + 1), b

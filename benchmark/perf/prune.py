@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -27,15 +29,17 @@ from benchmark.modeling.checkpoint import load_modules
 from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
-from benchmark.paths import under, write_atomic
+from benchmark.paths import read_regular, under, write_atomic
 from benchmark.perf.harness import Harness
+from benchmark.perf.meta import provenance_lines
 from benchmark.plan.run import Plan, Run
-from benchmark.records import read_result_file
+from benchmark.records import read_result, read_result_file
 from benchmark.spec.registry import Registry
 from benchmark.training.loop import evaluate, inputs_of, to_device
 from benchmark.training.recipe import FUSION, RunContext, load_data
 
 KS = (1, 2, 4, 8)
+MAX_JSON = 16 * 1024 * 1024  # a stored prune report is a few kB
 LATENCY_ROWS = 32  # batch-1 latency: the median over this many dev rows
 
 
@@ -125,7 +129,9 @@ def prune_run(reg: Registry, run: Run, folder: Path, data_dir, device: torch.dev
             "precision": compute.precision, "k": {str(k): v for k, v in per_k.items()}}
 
 
-def target_report(exp: str, task: str, runs: list[dict], h: Harness, rounds: int, out_dir: Path) -> Path:
+def target_lines(exp: str, task: str, runs: list[dict], rounds: int, stem_name: str,
+                 seeds_note: str = "") -> tuple[list[str], dict, list[int], int]:
+    """The report's lines (without provenance), its table per k, the k values and N, from the per-run results."""
     n = len(runs[0]["adapters"])
     ks = sorted({int(k) for r in runs for k in r["k"]})
     label = lambda k: "all" if k == n else str(k)  # noqa: E731
@@ -136,10 +142,12 @@ def target_report(exp: str, task: str, runs: list[dict], h: Harness, rounds: int
              f"{runs[0]['ranking_rows']} rows; never dev), the same k in every layer, the softmax renormalised over "
              f"them. Dev accuracy on {runs[0]['dev_rows']} rows; speed: examples/s over dev at the eval batch size "
              f"and median batch-1 latency over {LATENCY_ROWS} rows, the median of {rounds} rounds (k order "
-             "alternating). Command: `afbench prune " + exp + "".join(f" --only '{r['run_id']}'" for r in runs) + "`.", "",
-             "| k | " + " | ".join(f"dev acc s{s}" for s in seeds) + " | mean dev acc | ex/s (median over seeds) "
-             "| batch-1 ms | speed vs all |",
-             "|---|" + "---:|" * (len(seeds) + 4)]
+             "alternating). Command: `afbench prune " + exp + "".join(f" --only '{r['run_id']}'" for r in runs) + "`.", ""]
+    if seeds_note:
+        lines += [seeds_note, ""]
+    lines += ["| k | " + " | ".join(f"dev acc s{s}" for s in seeds) + " | mean dev acc | ex/s (median over seeds) "
+              "| batch-1 ms | speed vs all |",
+              "|---|" + "---:|" * (len(seeds) + 4)]
     base = statistics.median(r["k"][str(n)]["examples_per_second"] or 0 for r in runs)
     table = {}
     for k in ks:
@@ -155,12 +163,90 @@ def target_report(exp: str, task: str, runs: list[dict], h: Harness, rounds: int
                      + (f"{table[k]['latency_ms_batch1']:.1f}" if lat else "-") + " | "
                      + (f"{e / base:.2f}x" if e and base else "-") + " |")
     lines += ["", "Kept adapters per seed (k = 1, 2, ...: the ranking by mean attention): "
-              + "; ".join(f"s{r['seed']}: {', '.join(r['ranking'])}" for r in runs) + "."]
+              + "; ".join(f"s{r['seed']}: {', '.join(r['ranking'])}" for r in runs) + ".",
+              "", f"![dev accuracy and speed per k]({stem_name}.png)"]
+    return lines, table, ks, n
+
+
+def _day(stamp: str | None) -> str:
+    return (stamp or "an unrecorded time")[:16].replace("T", " ") + (" UTC" if stamp else "")
+
+
+def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict]) -> str:
+    """Why these seeds, from the records: the pruned runs against the other finished Fusion w/ ST-A runs of the
+    task (each run's own seed, whose adapters it read, when it finished and on which CPU); "" without records."""
+    if results_dir is None or not (results_dir / exp).is_dir():
+        return ""
+    recs = [r for r in (read_result(d) for d in sorted((results_dir / exp).iterdir()) if d.is_dir())
+            if r is not None and r.finished and r.task == task and r.method_kind == "fusion_st_a"]
+    by_id = {r.run_id: r for r in recs}
+    pruned = [by_id[r["run_id"]] for r in runs if r["run_id"] in by_id]
+    if not pruned:
+        return ""
+    dep_seeds = {}
+    for r in recs:
+        seen = {int(m.group(1)) for d in r.deps if (m := re.search(r"__s(\d+)__", d))}
+        dep_seeds[r.run_id] = sorted(seen)
+
+    def reads(r) -> str:
+        ds = dep_seeds[r.run_id]
+        return "its own seed's adapters" if ds == [r.seed] else f"the seed-{', '.join(map(str, ds))} adapters"
+
+    def where(r) -> str:
+        return f"finished {_day(r.finished_at)}, {r.cpu_model or 'CPU not recorded'}"
+
+    done = "; ".join(f"seed {r.seed} ({reads(r)}, {where(r)})" for r in pruned)
+    others = [r for r in recs if r.run_id not in {p.run_id for p in pruned}]
+    text = (f"Why these seeds: pruning reads a run's weights.safetensors, and fusion weights are not committed "
+            f"(only result.json is), so only runs whose weights were in the results folder at the time could be "
+            f"pruned; the command names them. Pruned: {done}.")
+    if others:
+        text += " Not pruned, of the finished Fusion w/ ST-A runs of " + task + " in the records: " + "; ".join(
+            f"seed {r.seed} ({reads(r)}, {where(r)}{'' if dep_seeds[r.run_id] == [r.seed] else '; the shared-adapter column'})"
+            for r in sorted(others, key=lambda r: (r.seed, r.run_id))) + "."
+    return text
+
+
+def target_report(exp: str, task: str, runs: list[dict], h: Harness, rounds: int, out_dir: Path,
+                  results_dir: Path | None = None) -> Path:
     stem = under(out_dir, f"prune_{exp}_{task}")  # spec names: never a path out of --out-dir
+    lines, table, ks, n = target_lines(exp, task, runs, rounds, stem.name, seeds_note(results_dir, exp, task, runs))
     figure(stem.with_suffix(".png"), task, ks, n, table, runs)
-    lines += ["", f"![dev accuracy and speed per k]({stem.name}.png)"]
     return h.write(lines, {"experiment": exp, "task": task, "rounds": rounds, "runs": runs, "table": table},
                    out=stem.with_suffix(".md"), quiet=True)
+
+
+def rerender(exp: str, out_dir: Path, results_dir: Path | None) -> list[Path]:
+    """Every ``prune_<exp>_<task>`` report re-rendered from its stored JSON (no model is loaded, nothing is
+    timed): the Markdown and the figure are written again with this code's wording, the JSON is left as it is
+    (its provenance is the measurement's, printed as stored)."""
+    paths = []
+    for js in sorted(out_dir.glob(f"prune_{exp}_*.json")):
+        raw = json.loads(read_regular(js, MAX_JSON).decode())
+        if raw.get("experiment") != exp or not raw.get("runs"):
+            continue
+        stem = js.with_suffix("")
+        runs = raw["runs"]
+        lines, table, ks, n = target_lines(exp, raw["task"], runs, raw["rounds"], stem.name,
+                                           seeds_note(results_dir, exp, raw["task"], runs))
+        head = []
+        drift = raw.get("drift_guard")
+        if drift and not drift.get("trustworthy", True):
+            head = [f"> **UNTRUSTWORTHY: the machine's fp32 GEMM peak moved {drift['change']:+.1%} during this run** "
+                    f"(see the drift guard line at the end).", ""]
+        body = head + lines + ["", *provenance_lines(raw["provenance"])]
+        if drift:
+            body += ["", f"Drift guard: fp32 GEMM peak {drift['gemm_fp32_gflops_before']:.0f} GFLOP/s before, "
+                         f"{drift['gemm_fp32_gflops_after']:.0f} after ({drift['change']:+.1%}; limit "
+                         f"±{drift['limit']:.0%}): {'trustworthy.' if drift['trustworthy'] else 'UNTRUSTWORTHY.'}"]
+        figure(stem.with_suffix(".png"), raw["task"], ks, n, table, runs)
+        write_atomic(stem.with_suffix(".md"), "\n".join(body) + "\n")
+        paths.append(stem.with_suffix(".md"))
+        print(f"wrote {paths[-1]}")
+    if not paths:
+        raise BenchError(f"no prune report of '{exp}' in {out_dir}", file=str(out_dir),
+                         fix=f"run afbench prune {exp} --only <run ids> first, or point --out-dir at its reports")
+    return paths
 
 
 def figure(path: Path, task: str, ks: list[int], n: int, table: dict, runs: list[dict]) -> None:
@@ -208,6 +294,6 @@ def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: l
     paths = []
     for task, runs in by_task.items():
         paths.append(target_report(plan.experiment.name, task, sorted(runs, key=lambda r: r["seed"]), h, rounds,
-                                   out_dir))
+                                   out_dir, results_dir))
         print(f"wrote {paths[-1]}")
     return paths

@@ -16,6 +16,13 @@ Without per-example predictions a run is one accuracy: m = 1 and d[s, 0] is the 
 accuracies, so the same code is the seed-level bootstrap; ``Comparison.level`` says which one was used.
 Over tasks ("on average"): resampled within each task (stratified), per-task differences averaged with
 equal weights, as the paper's mean column is.
+
+Almost Stochastic Order (Dror et al. 2019; del Barrio et al. 2018) is a second, seed-level view: ``aso`` gives
+eps_min, the upper bound (at 95% confidence) of the share of the two per-seed score distributions' quantile
+functions on which A is below B; eps_min < 0.5 reads "A is almost stochastically larger than B". It is computed
+as the ``deepsig`` package computes it (its quantile functions, dt = 0.005, 1,000 bootstrap draws of each side's
+seeds, sigma from the bootstrapped violation ratios), vectorised over the draws; tests/test_inference.py checks it
+against ``deepsig.aso`` on the same draws.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ BOOTSTRAP_SEED = 20210419  # fixed and printed with the results: the CI of a rep
 POWER = 0.8
 ALPHA = 0.05
 _CHUNK = 500  # replicates drawn at once (bounds memory: chunk x seeds x rows counts)
+ASO_REPLICATES = 1000  # deepsig's default num_bootstrap_iterations
+ASO_DT = 0.005  # deepsig's default differential of the quantile integral
+ASO_CONFIDENCE = 0.95  # deepsig's default confidence_level (no Bonferroni: a view beside the tests, not a test)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,7 @@ class Comparison:
     level: str  # "rows" (two-level) or "seeds" (seed-level only)
     paired_t_p: float | None  # paired t-test over seeds (the paper's style), for comparison only
     sd_diff: float | None  # sample SD of the per-seed differences, points
+    aso: float | None = None  # ASO eps_min of A's per-seed accuracies over B's (< 0.5: A almost stochastically larger)
 
     @property
     def excludes_zero(self) -> bool:
@@ -118,7 +129,8 @@ def compare(design: Paired, *, reps: int = REPLICATES, seed: int = BOOTSTRAP_SEE
     per_seed = 100.0 * (design.a - design.b).mean(axis=1)  # (n,)
     low, high = np.percentile(draws.mean(axis=1), [2.5, 97.5])
     return Comparison(float(per_seed.mean()), float(low), float(high), _p_better(draws), n, design.level,
-                      paired_t(per_seed), float(np.std(per_seed, ddof=1)) if n > 1 else None)
+                      paired_t(per_seed), float(np.std(per_seed, ddof=1)) if n > 1 else None,
+                      aso(100.0 * design.a.mean(axis=1), 100.0 * design.b.mean(axis=1)))
 
 
 def compare_over_tasks(designs: dict[str, Paired], *, reps: int = REPLICATES,
@@ -136,9 +148,11 @@ def compare_over_tasks(designs: dict[str, Paired], *, reps: int = REPLICATES,
     per_task = [100.0 * (d.a - d.b).mean() for _, d in sorted(designs.items())]
     levels = {d.level for d in designs.values()}
     per_seed = per_seed_over_tasks(designs)  # seed-level view of the average
+    a_means, b_means = per_seed_means_over_tasks(designs)
     return Comparison(float(np.mean(per_task)), float(low), float(high), _p_better(one_seed[:, None]),
                       min(len(d.seeds) for d in designs.values()), "rows" if levels == {"rows"} else "seeds",
-                      paired_t(per_seed), float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None)
+                      paired_t(per_seed), float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
+                      aso(a_means, b_means))
 
 
 def per_seed_over_tasks(designs: dict[str, Paired]) -> list[float]:
@@ -146,6 +160,13 @@ def per_seed_over_tasks(designs: dict[str, Paired]) -> list[float]:
     common = sorted(set.intersection(*(set(d.seeds) for d in designs.values()))) if designs else []
     return [float(np.mean([100.0 * (d.a[d.seeds.index(s)] - d.b[d.seeds.index(s)]).mean()
                            for d in designs.values()])) for s in common]
+
+
+def per_seed_means_over_tasks(designs: dict[str, Paired]) -> tuple[list[float], list[float]]:
+    """Per seed that every task has, A's and B's accuracy averaged over tasks (points), in seed order."""
+    common = sorted(set.intersection(*(set(d.seeds) for d in designs.values()))) if designs else []
+    side = lambda s, x: float(np.mean([100.0 * getattr(d, x)[d.seeds.index(s)].mean() for d in designs.values()]))  # noqa: E731
+    return [side(s, "a") for s in common], [side(s, "b") for s in common]
 
 
 def _p_better(draws: np.ndarray) -> float:
@@ -159,6 +180,53 @@ def paired_t(diffs) -> float | None:
     if diffs.size < 2 or np.std(diffs, ddof=1) <= 1e-9 * max(1.0, float(np.abs(diffs).max())):
         return None
     return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+# ----------------------------------------------------------------------------------- almost stochastic order
+def _quantiles(sorted_scores: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """deepsig's empirical quantile function F^-1(t) = sorted[ceil(n t) - 1] (clipped), over the last axis."""
+    n = sorted_scores.shape[-1]
+    idx = np.clip(np.ceil(n * t).astype(int) - 1, 0, n - 1)
+    return sorted_scores[..., idx]
+
+
+def violation_ratios(sorted_a: np.ndarray, sorted_b: np.ndarray, dt: float = ASO_DT) -> np.ndarray:
+    """eps_W2 of sorted score samples (..., n_a) and (..., n_b), as deepsig's ``compute_violation_ratio``: the
+    integral over t in (0, 1) of (G^-1 - F^-1)^2 where F^-1 < G^-1 (its first grid point left out, as deepsig
+    leaves it out), over the whole squared Wasserstein distance; 0.5 where the two distributions are equal."""
+    t = np.arange(dt, 1, dt)
+    f, g = _quantiles(sorted_a, t), _quantiles(sorted_b, t)
+    diff = g - f
+    w2 = np.sum(diff ** 2 * dt, axis=-1)
+    violated = np.where(f >= g, 0.0, diff)
+    part = np.sum(violated[..., 1:] ** 2 * dt, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(w2 == 0, 0.5, part / np.where(w2 == 0, 1.0, w2))
+
+
+def aso_from_draws(a, b, ua: np.ndarray, ub: np.ndarray, *, dt: float = ASO_DT,
+                   confidence: float = ASO_CONFIDENCE) -> float:
+    """eps_min from given uniforms ``ua`` (reps, n_a) and ``ub`` (reps, n_b): each bootstrap draw is a side's
+    quantile function at its uniforms (a resample of its scores with replacement), as in deepsig."""
+    sa, sb = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
+    ratio = float(violation_ratios(sa, sb, dt))
+    draws_a = np.sort(sa[np.clip(np.ceil(len(sa) * ua).astype(int) - 1, 0, len(sa) - 1)], axis=1)
+    draws_b = np.sort(sb[np.clip(np.ceil(len(sb) * ub).astype(int) - 1, 0, len(sb) - 1)], axis=1)
+    samples = violation_ratios(draws_a, draws_b, dt)
+    const = math.sqrt(len(sa) * len(sb) / (len(sa) + len(sb)))
+    sigma = float(np.std(const * (samples - ratio)))
+    return float(np.clip(ratio - sigma / const * stats.norm.ppf(1 - confidence), 0.0, 1.0))
+
+
+def aso(a, b, *, reps: int = ASO_REPLICATES, seed: int = BOOTSTRAP_SEED, dt: float = ASO_DT,
+        confidence: float = ASO_CONFIDENCE) -> float | None:
+    """Almost Stochastic Order's eps_min of scores ``a`` over ``b`` (Dror et al. 2019, as ``deepsig.aso``
+    computes it); None where a side has no score. Seeded: a report's value never moves by chance."""
+    if len(a) == 0 or len(b) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    return aso_from_draws(a, b, rng.uniform(0, 1, (reps, len(a))), rng.uniform(0, 1, (reps, len(b))),
+                          dt=dt, confidence=confidence)
 
 
 # --------------------------------------------------------------------------------------------- power

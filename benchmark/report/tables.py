@@ -16,6 +16,9 @@ from benchmark.report import published
 from benchmark.report.aggregate import Cell, Collected
 from benchmark.report.baseline import Majority
 from benchmark.report.inference import (
+    ASO_DT,
+    ASO_REPLICATES,
+    BOOTSTRAP_SEED,
     compare,
     compare_over_tasks,
     equivalence_half_width,
@@ -52,6 +55,9 @@ def comparisons() -> list[tuple[str, str, str, str]]:
 
 TITLES = {"table1": "Table 1: all methods", "table3": "Table 3: ST-A reduction factors",
           "table4": "Table 4: RoBERTa-base"}
+# The LaTeX Tables 1/3/4 are set unscaled on landscape pages (no text below 8 pt), at most this many method
+# columns to a tabular: a wider table is split into parts (``TableView.parts``).
+TEX_PART_COLUMNS = 5
 ARROWS = {"up": "↗", "down": "↘", "same": "→"}
 # The paper's findings are checked only where a verdict can mean something: with fewer seeds than this
 # on either side, seed noise cannot be told from an effect, and the verdict is "not enough seeds".
@@ -75,6 +81,14 @@ FINDINGS_NOTE = (
     f"the number of seeds cannot show equivalence at that margin at all. Power: the minimal detectable effect "
     f"(MDE) of the paired design at 80% power, two-sided α = {SIGNIFICANCE} before Holm, given the observed SD of "
     f"the paired differences, and the seeds the paper's own effect over the same tasks would need. " + FAMILIES_NOTE)
+
+
+ASO_NOTE = (
+    "ASO ε_min: Almost Stochastic Order (Dror et al. 2019), a second, seed-level view beside the bootstrap: the "
+    "upper bound, at 95% confidence, of how far A's distribution of per-seed dev accuracies violates being "
+    "stochastically larger than B's (0: A above B on every quantile; 1: below on every quantile); below 0.5 reads "
+    f"\"A is almost stochastically larger\". Computed as deepsig's aso ({ASO_REPLICATES:,} bootstrap draws of each "
+    f"side's seeds, seed {BOOTSTRAP_SEED}, dt = {ASO_DT}); not adjusted for multiple comparisons and in no family.")
 
 
 def fmt(x: float | None, digits: int = 2) -> str:
@@ -142,6 +156,16 @@ class TableView:
     majority_note: str = ""  # the majority baseline: what it is, ‡, tasks without one (also one of the notes)
     table_backbone: str | None = None  # the backbone the paper ran this table on (its YAML's ``backbone``)
 
+    def parts(self, most: int = TEX_PART_COLUMNS) -> list[list[int]]:
+        """The column indices split into as few parts of at most ``most`` columns as there can be, as even as
+        possible, the first parts the larger (9 columns: 5 + 4): the LaTeX table is set unscaled, one
+        tabular per part."""
+        n = len(self.columns)
+        k = max(1, math.ceil(n / most))
+        sizes = [n // k + (i < n % k) for i in range(k)]
+        starts = [sum(sizes[:i]) for i in range(k)]
+        return [list(range(s, s + z)) for s, z in zip(starts, sizes, strict=True) if z]
+
     @property
     def has_majority(self) -> bool:
         return any(r.majority and r.majority.accuracy is not None for r in self.rows)
@@ -205,6 +229,7 @@ class StatRow:
     p_better: str
     t_p: str  # paired t-test p (the paper's style of test)
     holm: str  # Holm-adjusted within its family, the family named
+    aso: str = "—"  # Almost Stochastic Order's eps_min of A over B on the per-seed accuracies (seed level)
 
 
 @dataclass
@@ -468,6 +493,8 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
         if gaps:
             notes.append("Selecting the epoch on dev is optimistic: best-epoch minus last-epoch dev accuracy, mean "
                          "over tasks and seeds: " + ", ".join(gaps) + " points.")
+    if "heldout" in protocols:
+        notes += heldout_ties(col, backbone, rows, cols)
     if key == "table1":
         notes += adapter_seed_sensitivity(col, backbone, tests)
         notes += tests.notes()
@@ -480,6 +507,55 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
                                            else "."))
     return TableView(key, TITLES[key], backbone, pb, [c[2] for c in cols], [c[0] for c in cols], rows, mean_row,
                      notes, legend, floor, table_backbone=paper.get(key, {}).get("backbone"))
+
+
+def heldout_ties(col: Collected, backbone: str, rows: list[RowView], cols) -> list[str]:
+    """One note on held-out ties: how the kept epoch is chosen on a tie, per task how many runs tie at their
+    maximum held-out accuracy, and what the records show keeping the last tied epoch instead would do to each cell
+    (every tied epoch's dev accuracy is in the run's history); what a larger slice would do they cannot show."""
+    by_id = {r.run_id: r for r in col.results}
+    parts, smallest = [], []
+    for r in rows:
+        runs, tied, differ, moved, slice_rows, counted = 0, 0, 0, [], set(), set()
+        for label, _, heading in cols:
+            cell = col.cells.get((backbone, r.task, label))
+            if not cell or not cell.run_ids:
+                continue
+            last = []
+            for rid, value in zip(cell.run_ids, cell.values, strict=True):
+                rec = by_id[rid]
+                hist = [h for h in rec.history if h.get("heldout_accuracy") is not None]
+                if rec.selection != "heldout" or not hist or rec.per_task:  # MT-A: one choice over its mixture
+                    last.append(value)
+                    continue
+                slice_rows.add((rec.data or {}).get("heldout_rows"))
+                top = max(h["heldout_accuracy"] for h in hist)
+                at = [h for h in hist if h["heldout_accuracy"] == top]
+                if rid not in counted:  # a run in two columns (a shared-adapter column's seed 42) counts once
+                    counted.add(rid)
+                    runs, tied = runs + 1, tied + (len(at) > 1)
+                    differ += len({h["dev_accuracy"] for h in at}) > 1
+                last.append(at[-1]["dev_accuracy"])
+            if any(abs(a - b) > 1e-9 for a, b in zip(last, cell.values, strict=True)):
+                new = sum(last) / len(last)
+                moved.append(f"{heading} {cell.mean:.2f} → {new:.2f}" if f"{new:.2f}" != f"{cell.mean:.2f}"
+                             else f"{heading} {cell.mean:.2f} (its runs move, the mean does not)")
+        smallest += [(x, r.task) for x in slice_rows if x]
+        if tied:
+            size = "/".join(str(x) for x in sorted(x for x in slice_rows if x))
+            parts.append(f"{r.task} ({size}-row slice): {tied} of {runs} runs tie, {differ} with different dev "
+                         "accuracies among the tied epochs; keeping the last tied epoch would move "
+                         + (", ".join(moved) if moved else "no cell"))
+    if not parts:
+        return []
+    return ["Held-out ties: the kept epoch is the first that reaches the highest held-out accuracy (the training loop "
+            "keeps an epoch only on a strict improvement, so a later epoch that equals it does not replace it). Per "
+            "task, the runs of this table that tie at their maximum, and what the records show another choice among "
+            "the tied epochs would do (MT-A left out: it chooses one epoch for its whole mixture): " + "; ".join(parts)
+            + f". Whether a larger held-out slice (the smallest here: {min(smallest)[1]}'s {min(smallest)[0]} rows) "
+            "would change a cell the records cannot show: the slice is carved from the task's training "
+            "rows, so a larger one trains on fewer rows and needs new runs; the records bound only the choice among "
+            "the tied epochs, as above."]
 
 
 def families_text(tests: Tests) -> str:
@@ -511,7 +587,8 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests |
                 stat_rows.append(StatRow(t, heading, f"{c.delta:+.2f}", x.ci, f"{c.p_better:.2f}",
                                          p_value(x.p) if x.p is not None else "—",
                                          f"{p_value(x.adjusted)}{'†' if x.significant else ''} ({x.family})"
-                                         if x.adjusted is not None else "—"))
+                                         if x.adjusted is not None else "—",
+                                         f"{c.aso:.2f}" if c.aso is not None else "—"))
             shown = with_paper and is_paper_task(reg, t)
             pap.append(published.paper_arrow(paper, t, key) if shown else None)
             # "(Table 1: ...)" marks a printed arrow that its Table 1 contradicts; a derived one cannot
@@ -528,7 +605,7 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests |
     view = Table2View(backbone, [c[3] for c in comps], [c[0] for c in comps], rows, improved, improved_p, agree)
     view.stats, view.families = stat_rows, families_text(tests)
     view.rank_correlation = rank_correlation(col, backbone, paper, reg)
-    view.notes = table2_notes(view, paper, with_paper) + [FAMILIES_NOTE]
+    view.notes = table2_notes(view, paper, with_paper) + [FAMILIES_NOTE] + ([ASO_NOTE] if stat_rows else [])
     return view
 
 
