@@ -455,6 +455,41 @@ def test_published_adapters_for_another_backbone_are_refused_at_plan_time(export
     (specs / "experiments" / "other_base.yaml").unlink()
 
 
+def test_a_published_adapters_weights_are_checked_at_plan_time_too(exported, tmp_path, capsys):
+    """Issues 38.2 and 37.15: the weights file, not only the config, is read before anything trains: one that
+    holds a list (or is no safe state dict), or whose tensors are wider than the backbone while its config says
+    otherwise, is refused by `afbench plan` in the user's terms; the run used to train the stage-1 adapters first
+    and then fail the fusion, naming an inner tensor. A sound folder still plans."""
+    work, runs = exported
+    src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
+    specs = work / "specs"
+    state = torch.load(src / "pytorch_adapter.bin", weights_only=True)
+
+    def variant(name: str, weights) -> str:
+        folder = tmp_path / name
+        shutil.copytree(src, folder)
+        if isinstance(weights, bytes):
+            (folder / "pytorch_adapter.bin").write_bytes(weights)
+        else:
+            torch.save(weights, folder / "pytorch_adapter.bin")
+        return str(folder)
+
+    wide = {k: torch.zeros(v.shape[0], 64) if "adapter_down" in k and k.endswith("weight") else v
+            for k, v in state.items()}  # the config still says hidden_size 32
+    for ref, needles in ((variant("list", [1, 2, 3]), ["holds a list, not a state dict of named tensors"]),
+                         (variant("junk", b"not a pickle"), ["cannot read the weights safely"]),
+                         (variant("wide", wide), ["weights of hidden size 64 (the backbone has 32; the adapter's "
+                                                  "config says 32)"])):
+        _published_experiment(specs, "bad_weights", {"rt_mc": ref})
+        assert main(["plan", "bad_weights", "--specs", str(specs)]) == 2
+        err = capsys.readouterr().err
+        assert all(n in err for n in needles) and "fusion.adapterhub.rt_mc" in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1 and "Fix:" in err
+    _published_experiment(specs, "bad_weights", {"rt_mc": variant("sound", state)})
+    assert main(["plan", "bad_weights", "--specs", str(specs)]) == 0, capsys.readouterr().err
+    (specs / "experiments" / "bad_weights.yaml").unlink()
+
+
 def test_a_hub_id_fails_fast_offline_and_when_the_hub_is_unreachable(exported, monkeypatch, capsys):
     import time
 
