@@ -490,6 +490,31 @@ def test_a_published_adapters_weights_are_checked_at_plan_time_too(exported, tmp
     (specs / "experiments" / "bad_weights.yaml").unlink()
 
 
+def test_an_adapter_naming_a_checkpoint_is_another_base_for_a_random_init_backbone(exported, tmp_path, capsys):
+    """Issue 38.2 on a random_init backbone (tiny-bert): it is no checkpoint, so an adapter whose config names
+    one (trained on those weights) is refused like any other base model, and fused only when
+    fusion.adapterhub_allow_other_base names its task; one naming none (what our own export writes) plans."""
+    work, runs = exported
+    src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
+    specs = work / "specs"
+    assert json.loads((src / "adapter_config.json").read_text())["model_name"] == ""
+    named = tmp_path / "named"
+    shutil.copytree(src, named)
+    cfg = json.loads((named / "adapter_config.json").read_text())
+    (named / "adapter_config.json").write_text(json.dumps({**cfg, "model_name": "google-bert/bert-base-uncased"}))
+    _published_experiment(specs, "named_base", {"rt_mc": str(named)})
+    assert main(["plan", "named_base", "--specs", str(specs)]) == 2
+    err = capsys.readouterr().err
+    assert "model_name 'google-bert/bert-base-uncased' (the backbone 'tiny-bert' is randomly initialised" in err, err
+    assert "add rt_mc to fusion.adapterhub_allow_other_base" in err and len(err.strip().splitlines()) == 1
+    _published_experiment(specs, "named_base", {"rt_mc": str(named)}, allow="rt_mc")
+    assert main(["plan", "named_base", "--specs", str(specs)]) == 0
+    assert "allowed by fusion.adapterhub_allow_other_base" in capsys.readouterr().out
+    _published_experiment(specs, "named_base", {"rt_mc": str(src)})
+    assert main(["plan", "named_base", "--specs", str(specs)]) == 0, capsys.readouterr().err
+    (specs / "experiments" / "named_base.yaml").unlink()
+
+
 def test_a_hub_id_fails_fast_offline_and_when_the_hub_is_unreachable(exported, monkeypatch, capsys):
     import time
 

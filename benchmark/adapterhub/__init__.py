@@ -366,6 +366,8 @@ def check_backbone(pub: Published, spec, where: str, field: str, allow_other_bas
             differ.append(f"layers {w_layers} (the backbone has {layers})")
         other = f"model_name {base!r} (the backbone is {names[0]!r})" \
             if base and names and short(base) not in {short(n) for n in names} else None
+        if base and spec.source == "random_init":  # no checkpoint at all: an adapter naming one was trained on another
+            other = f"model_name {base!r} (the backbone '{spec.name}' is randomly initialised, not that checkpoint)"
         _CHECKED[key] = (differ, other, names)
     differ, other, names = _CHECKED[key]
     if differ or (other and not allow_other_base):
