@@ -480,6 +480,66 @@ def test_published_adapters_for_another_backbone_are_refused_at_plan_time(export
     (specs / "experiments" / "other_base.yaml").unlink()
 
 
+def test_a_published_adapters_weights_are_checked_at_plan_time_too(exported, tmp_path, capsys):
+    """Issues 38.2 and 37.15: the weights file, not only the config, is read before anything trains: one that
+    holds a list (or is no safe state dict), or whose tensors are wider than the backbone while its config says
+    otherwise, is refused by `afbench plan` in the user's terms; the run used to train the stage-1 adapters first
+    and then fail the fusion, naming an inner tensor. A sound folder still plans."""
+    work, runs = exported
+    src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
+    specs = work / "specs"
+    state = torch.load(src / "pytorch_adapter.bin", weights_only=True)
+
+    def variant(name: str, weights) -> str:
+        folder = tmp_path / name
+        shutil.copytree(src, folder)
+        if isinstance(weights, bytes):
+            (folder / "pytorch_adapter.bin").write_bytes(weights)
+        else:
+            torch.save(weights, folder / "pytorch_adapter.bin")
+        return str(folder)
+
+    wide = {k: torch.zeros(v.shape[0], 64) if "adapter_down" in k and k.endswith("weight") else v
+            for k, v in state.items()}  # the config still says hidden_size 32
+    for ref, needles in ((variant("list", [1, 2, 3]), ["holds a list, not a state dict of named tensors"]),
+                         (variant("junk", b"not a pickle"), ["cannot read the weights safely"]),
+                         (variant("wide", wide), ["weights of hidden size 64 (the backbone has 32; the adapter's "
+                                                  "config says 32)"])):
+        _published_experiment(specs, "bad_weights", {"rt_mc": ref})
+        assert main(["plan", "bad_weights", "--specs", str(specs)]) == 2
+        err = capsys.readouterr().err
+        assert all(n in err for n in needles) and "fusion.adapterhub.rt_mc" in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1 and "Fix:" in err
+    _published_experiment(specs, "bad_weights", {"rt_mc": variant("sound", state)})
+    assert main(["plan", "bad_weights", "--specs", str(specs)]) == 0, capsys.readouterr().err
+    (specs / "experiments" / "bad_weights.yaml").unlink()
+
+
+def test_an_adapter_naming_a_checkpoint_is_another_base_for_a_random_init_backbone(exported, tmp_path, capsys):
+    """Issue 38.2 on a random_init backbone (tiny-bert): it is no checkpoint, so an adapter whose config names
+    one (trained on those weights) is refused like any other base model, and fused only when
+    fusion.adapterhub_allow_other_base names its task; one naming none (what our own export writes) plans."""
+    work, runs = exported
+    src = next(e for r, e in runs.items() if r.startswith("rt_mc__st_a_rf16")).folder / "adapters" / "rt_mc"
+    specs = work / "specs"
+    assert json.loads((src / "adapter_config.json").read_text())["model_name"] == ""
+    named = tmp_path / "named"
+    shutil.copytree(src, named)
+    cfg = json.loads((named / "adapter_config.json").read_text())
+    (named / "adapter_config.json").write_text(json.dumps({**cfg, "model_name": "google-bert/bert-base-uncased"}))
+    _published_experiment(specs, "named_base", {"rt_mc": str(named)})
+    assert main(["plan", "named_base", "--specs", str(specs)]) == 2
+    err = capsys.readouterr().err
+    assert "model_name 'google-bert/bert-base-uncased' (the backbone 'tiny-bert' is randomly initialised" in err, err
+    assert "add rt_mc to fusion.adapterhub_allow_other_base" in err and len(err.strip().splitlines()) == 1
+    _published_experiment(specs, "named_base", {"rt_mc": str(named)}, allow="rt_mc")
+    assert main(["plan", "named_base", "--specs", str(specs)]) == 0
+    assert "allowed by fusion.adapterhub_allow_other_base" in capsys.readouterr().out
+    _published_experiment(specs, "named_base", {"rt_mc": str(src)})
+    assert main(["plan", "named_base", "--specs", str(specs)]) == 0, capsys.readouterr().err
+    (specs / "experiments" / "named_base.yaml").unlink()
+
+
 def test_a_hub_id_fails_fast_offline_and_when_the_hub_is_unreachable(exported, monkeypatch, capsys):
     import time
 

@@ -57,9 +57,9 @@ def test_a_yaml_alias_bomb_is_refused_before_expansion_and_blocks_only_itself(tm
     assert main(["plan", "good", *args]) == 0
     assert time.monotonic() - t < 10
     cap = capsys.readouterr()
-    assert "2 runs" in cap.out and "bomb.yaml" in cap.err and "aliases" in cap.err
+    assert "2 runs" in cap.out and "bomb.yaml" in cap.err and "YAML alias" in cap.err
     assert main(["validate", str(tmp_path / "specs" / "experiments" / "bomb.yaml"), "--no-data"]) == 2
-    _one_paragraph(capsys.readouterr().err, "bomb.yaml", "over 100,000 values (YAML aliases")
+    _one_paragraph(capsys.readouterr().err, "bomb.yaml", "over 100,000 values", "YAML alias *name counted")
 
 
 def test_a_recursive_alias_is_refused(tmp_path, capsys):
@@ -231,7 +231,7 @@ def test_infinite_values_are_refused_in_every_spec_block(tmp_path, capsys):
 # ----------------------------------------------------------------------------- 13. seeds
 @pytest.mark.parametrize("seeds, words", [("[100000000000000000000000]", "less than 4294967296"),
                                           ("[-1]", "greater than or equal to 0"),
-                                          ("[" + ",".join(["7"] * 150_000) + "]", "over 100,000 values"),
+                                          ("[" + ",".join(["7"] * 150_000) + "]", "over 100,000 values (scalars, lists and mappings"),
                                           ("[" + ", ".join(map(str, range(1000))) + "]", "at most 100 items")])
 def test_seeds_are_bounded_in_count_and_size(tmp_path, capsys, seeds, words):
     args = _specs(tmp_path, bad=TINY.replace("seeds: [1]", f"seeds: {seeds}"))

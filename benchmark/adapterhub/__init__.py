@@ -311,20 +311,42 @@ def fusable(pub: Published, where: str, field: str) -> Published:
     return replace(pub, adapter_type=params.type)
 
 
-def _weights_shape(folder: Path) -> tuple[int | None, int | None]:
-    """(hidden size, layers) the adapter's weights were saved for: the down projection's input, the layer indexes."""
+def read_weights(folder: Path) -> tuple[Path, dict]:
+    """(file, {name: tensor}) of an AdapterHub adapter folder's weights (pytorch_adapter.bin, else
+    adapter.safetensors), read safely (weights_only); anything else is one CheckpointError naming the file. The
+    planner (``check_backbone``) and the run's load (``modeling/checkpoint.load_adapterhub``) both read through
+    it, so a weights file the run could not load is refused at plan time, before any stage-1 run trains."""
     import torch
 
+    folder = Path(folder)
+    wfile = folder / WEIGHTS[0]
+    if not wfile.exists() and (folder / WEIGHTS[1]).exists():
+        wfile = folder / WEIGHTS[1]  # save_adapter(..., use_safetensors=True)
     try:
-        if (folder / WEIGHTS[0]).is_file():
-            state = torch.load(folder / WEIGHTS[0], map_location="cpu", weights_only=True)
-            shapes = {k: tuple(v.shape) for k, v in state.items()}
+        if wfile.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(wfile))
         else:
-            from safetensors import safe_open
-            with safe_open(str(folder / WEIGHTS[1]), framework="pt") as fh:
-                shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except Exception:  # noqa: BLE001 - an unreadable file is the run's own load error, with its paragraph
-        return None, None
+            state = torch.load(wfile, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling refused, truncated or foreign file: one paragraph
+        raise CheckpointError(f"cannot read the weights safely ({type(e).__name__}: {str(e)[:200]})", file=str(wfile),
+                              fix="only plain tensor state dicts are accepted (weights_only=True)") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"the weights file holds a {type(state).__name__}, not a state dict of named tensors",
+                              file=str(wfile), fix="point at the pytorch_adapter.bin that save_adapter() wrote "
+                                                   "(torch.save of model.state_dict()-style {name: tensor})")
+    return wfile, state
+
+
+def _weights_shape(folder: Path, field: str) -> tuple[int | None, int | None]:
+    """(hidden size, layers) the adapter's weights were saved for: the down projection's input, the layer indexes.
+    An unreadable weights file is refused here (``read_weights``), with ``field`` the spec field naming it."""
+    try:
+        _, state = read_weights(folder)
+    except CheckpointError as e:
+        raise CheckpointError(e.message, file=e.file, field=field, fix=e.fix) from None
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
     layers = {int(m.group(1)) for k in shapes if (m := re.search(r"\.layers?\.(\d+)\.", k))}
     hidden = next((s[1] for k, s in shapes.items() if "adapter_down" in k and k.endswith("weight") and len(s) == 2), None)
     return hidden, (max(layers) + 1 if layers else None)
@@ -340,18 +362,26 @@ def check_backbone(pub: Published, spec, where: str, field: str, allow_other_bas
         folder = Path(pub.folder)
         config = read_config(folder, field)
         mtype, hidden, layers, names = backbone_shape(spec)
-        w_hidden, w_layers = _weights_shape(folder)
-        a_hidden = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else w_hidden
+        w_hidden, w_layers = _weights_shape(folder, field)
+        c_hidden = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None
         base = config.get("model_name") or ""
         short = lambda n: str(n).rstrip("/").rsplit("/", 1)[-1].lower()  # noqa: E731 - google-bert/x == x
         differ = []
         if mtype and config.get("model_type") and config["model_type"] != mtype:
             differ.append(f"model_type {config['model_type']!r} (the backbone is {mtype!r})")
-        for what, a, b in (("hidden_size", a_hidden, hidden), ("layers", w_layers, layers)):
-            if a and b and a != b:
-                differ.append(f"{what} {a} (the backbone has {b})")
+        # the config's hidden_size, else the weights' own width: a config that understates its weights must
+        # not let them reach the run (which would fail after its stage-1 runs, naming an inner tensor)
+        if c_hidden and hidden and c_hidden != hidden:
+            differ.append(f"hidden_size {c_hidden} (the backbone has {hidden})")
+        elif w_hidden and hidden and w_hidden != hidden:
+            differ.append(f"weights of hidden size {w_hidden} (the backbone has {hidden}"
+                          + (f"; the adapter's config says {c_hidden})" if c_hidden else ")"))
+        if w_layers and layers and w_layers != layers:
+            differ.append(f"layers {w_layers} (the backbone has {layers})")
         other = f"model_name {base!r} (the backbone is {names[0]!r})" \
             if base and names and short(base) not in {short(n) for n in names} else None
+        if base and spec.source == "random_init":  # no checkpoint at all: an adapter naming one was trained on another
+            other = f"model_name {base!r} (the backbone '{spec.name}' is randomly initialised, not that checkpoint)"
         _CHECKED[key] = (differ, other, names)
     differ, other, names = _CHECKED[key]
     if differ or (other and not allow_other_base):

@@ -240,10 +240,8 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
     """Load an AdapterHub adapter folder into ``model`` (configs and keys: ``benchmark/adapterhub``); returns the
     adapter's name in the model."""
     folder = Path(folder)
-    cfile, wfile = folder / adapterhub.CONFIG, folder / "pytorch_adapter.bin"
-    if not wfile.exists() and (folder / "adapter.safetensors").exists():
-        wfile = folder / "adapter.safetensors"  # save_adapter(..., use_safetensors=True)
-    if not cfile.exists() or not wfile.exists():
+    cfile = folder / adapterhub.CONFIG
+    if not cfile.exists() or not any((folder / w).exists() for w in adapterhub.WEIGHTS):
         raise CheckpointError("an AdapterHub adapter folder holds adapter_config.json and pytorch_adapter.bin "
                               "(or adapter.safetensors)",
                               file=str(folder), fix="point at the folder that save_adapter() wrote")
@@ -253,17 +251,7 @@ def load_adapterhub(model: AdapterModel, folder: Path, name: str | None = None) 
                               f"'{lay.family}'", fix="train the adapter with this benchmark instead")
     config = adapterhub.read_config(folder)
     params = adapterhub.adapter_params(config, str(cfile))
-    try:
-        state = load_file(str(wfile)) if wfile.suffix == ".safetensors" else \
-            torch.load(wfile, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot read the weights safely ({type(e).__name__}: {str(e)[:200]})", file=str(wfile),
-                              fix="only plain tensor state dicts are accepted (weights_only=True)") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise CheckpointError(f"the weights file holds a {type(state).__name__}, not a state dict of named tensors",
-                              file=str(wfile), fix="point at the pytorch_adapter.bin that save_adapter() wrote "
-                                                   "(torch.save of model.state_dict()-style {name: tensor})")
+    wfile, state = adapterhub.read_weights(folder)  # the planner's reader: the same refusals, the same words
     name = name or config.get("name")
     if name not in model.adapter_params:
         model.add_adapter(name, params)

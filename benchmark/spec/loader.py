@@ -142,9 +142,10 @@ def read_yaml(path: Path) -> dict:
         node = loader.get_single_node()
         if node is not None and _expanded_values(node) > MAX_SPEC_VALUES:
             raise SpecError(
-                f"the file holds over {MAX_SPEC_VALUES:,} values (YAML aliases, *name, counted as expanded)",
-                file=str(path), fix="a spec is a page of settings: keep it to a few hundred values and use aliases "
-                                    "only for a few small blocks")
+                f"the file holds over {MAX_SPEC_VALUES:,} values (scalars, lists and mappings, each YAML alias "
+                "*name counted as what it expands to)", file=str(path),
+                fix="a spec is a page of settings: keep it to a few hundred values (seeds: at most 100) and use "
+                    "aliases only for a few small blocks")
         data = loader.construct_document(node) if node is not None else None
     except DuplicateKeyError as e:
         raise SpecError(
