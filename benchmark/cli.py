@@ -211,7 +211,8 @@ def _options(args):
     from benchmark.plan.build import Options
 
     return Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
-                   getattr(args, "last_layer", None), getattr(args, "precision", None))
+                   getattr(args, "last_layer", None), getattr(args, "precision", None),
+                   getattr(args, "compile", None) or None)
 
 
 def _plan(args, reg):
@@ -629,6 +630,11 @@ def id_flags(sp) -> None:
                          "the CPU and CUDA, float32 master weights, loss and metrics (refused on a device without "
                          "native bf16). Default: the method's precision:, then the experiment's compute:, then auto; "
                          "part of the run id when not auto; recorded as precision")
+    sp.add_argument("--compile", action="store_true", default=None,
+                    help="run the training step and evaluation through torch.compile (inductor; needs a C compiler "
+                         "on the CPU), with the stock CPU kernels and batches padded to power-of-two lengths; "
+                         "default: the experiment's compute.compile, then eager. Part of the run id when on; the "
+                         "number of recompiles is recorded as compile.recompiles (docs/perf.md, Compiled path)")
 
 
 def slurm_flags(sp: argparse.ArgumentParser) -> None:
