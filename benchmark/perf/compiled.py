@@ -9,8 +9,8 @@ And per seed the dev accuracy each path reached (trained eagerly vs trained comp
 so seed-level noise, not float rounding, separates them), with the mean and the largest difference.
 
 The caps are those of the ``quick`` experiment's targets (300 training rows, 3 epochs, length 128, ST-A at
-lr 1e-3), so one seed trains in about a minute per path on two cores; the compiled side adds inductor's first
-compile of each (mode, shape) graph (minutes on a busy 2-core machine; later seeds reuse inductor's cache).
+lr 1e-3). The compiled side adds inductor's first compile of each (mode, shape) graph (about a minute each for
+tiny-bert on a busy 2-core machine, more for MiniLM; later seeds reuse inductor's on-disk cache).
 """
 
 from __future__ import annotations
