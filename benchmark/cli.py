@@ -211,7 +211,8 @@ def _options(args):
     from benchmark.plan.build import Options
 
     return Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
-                   getattr(args, "last_layer", None), getattr(args, "precision", None))
+                   getattr(args, "last_layer", None), getattr(args, "precision", None),
+                   getattr(args, "compile", None) or None)
 
 
 def _plan(args, reg):
@@ -632,6 +633,11 @@ def id_flags(sp) -> None:
                          "the CPU and CUDA, float32 master weights, loss and metrics (refused on a device without "
                          "native bf16). Default: the method's precision:, then the experiment's compute:, then auto; "
                          "part of the run id when not auto; recorded as precision")
+    sp.add_argument("--compile", action="store_true", default=None,
+                    help="run the training step and evaluation through torch.compile (inductor; needs a C compiler "
+                         "on the CPU), with the stock CPU kernels and batches padded to power-of-two lengths; "
+                         "default: the experiment's compute.compile, then eager. Part of the run id when on; the "
+                         "number of recompiles is recorded as compile.recompiles (docs/perf.md, Compiled path)")
 
 
 def slurm_flags(sp: argparse.ArgumentParser) -> None:
@@ -806,12 +812,14 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "
                     "(default: .cache/parity)")
     pe = common(sub.add_parser("perf", help="training and inference speed, ours vs AdapterHub, and the roofline"))
-    pe.add_argument("--mode", choices=["steps", "epochs", "roofline", "inference"], default="steps",
+    pe.add_argument("--mode", choices=["steps", "epochs", "roofline", "inference", "compiled"], default="steps",
                     help="steps: steps/s on random ids, fp32 and bf16, peak memory (reports/perf.md); epochs: "
                          "seconds per epoch on mirrored data, three paddings (reports/perf_epochs.md); roofline: "
                          "GEMM peak, analytic FLOPs per step, achieved fraction (reports/perf_roofline.md); "
                          "inference: latency (batch 1) and throughput (batch 64), fp32 and bf16, peak memory "
-                         "(reports/perf_inference.md)")
+                         "(reports/perf_inference.md); compiled: numerics (no timings) of --compile against eager, "
+                         "max logit difference and dev accuracy of ST-A on the first of --tasks over --seeds seeds "
+                         "(reports/perf_compiled.md)")
     pe.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="auto (default): fp32, and bf16 too where the device has it natively; fp32: only "
                          "fp32; bf16: bf16 required (refused without native bf16)")
@@ -836,8 +844,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="steps: skip the first-token ([CLS] head) table, on both sides (halves the reference's time)")
     pe.add_argument("--tasks", default="rte,mrpc,sst2,mnli", help="epochs: tasks from the data mirror")
     pe.add_argument("--max-rows", type=int, default=2000, help="epochs: training rows per task (a cap)")
+    pe.add_argument("--seeds", type=int, default=3, help="compiled: training seeds (42, 43, ...) per path")
+    pe.add_argument("--epochs", type=int, default=3, help="compiled: epochs per run")
+    pe.add_argument("--train-rows", type=int, default=300, help="compiled: training rows (a cap, as quick's targets)")
+    pe.add_argument("--work-dir", default=None, help="compiled: scratch folder for its specs and runs (default: a "
+                                                     "temporary folder; an existing one resumes)")
     pe.add_argument("--out", default=None, help="report path (default: reports/perf.md, perf_epochs.md, "
-                                                "perf_roofline.md, perf_inference.md by mode; raw "
+                                                "perf_roofline.md, perf_inference.md, perf_compiled.md by mode; raw "
                                                 "timings beside it as .json)")
     return p
 

@@ -190,6 +190,7 @@ class RunRecord(_Record):
     cpu_kernels: str | None = None
     last_layer: str | None = None
     precision: str | None = None
+    compile: dict | None = None  # a compiled run (compute.compile): backend, graphs, recompiles, shapes
     slurm_job_id: str | None = None
     slurm_node: str | None = None
     cpu_model: str | None = None

@@ -3,7 +3,9 @@ and the floating-point precision of the forward and backward.
 
 ``cpu_kernels`` and ``last_layer`` change only float rounding and which random numbers dropout draws;
 ``precision`` changes the rounding of every matmul (bf16 keeps 8 bits of mantissa), so it is part of a
-run's id when it is not ``auto``. A run records all three (result.json) to be repeatable bit for bit.
+run's id when it is not ``auto``; ``compile`` (torch.compile with inductor, ``compiled.py``) changes kernels,
+dropout's random stream and padding, so it is part of the id when on. A run records them (result.json) to be
+repeatable bit for bit.
 
 Precision:
 
@@ -28,6 +30,7 @@ from pathlib import Path
 import torch
 
 from benchmark.errors import BenchError
+from benchmark.modeling.compiled import attach, compiler_missing
 from benchmark.modeling.cpu_kernels import KERNELS, set_cpu_kernels
 from benchmark.modeling.first_token import LAST_LAYER, set_last_layer
 from benchmark.spec.schema import DEFAULT_COMPUTE, PRECISIONS
@@ -73,6 +76,7 @@ class Compute:
     cpu_kernels: str = DEFAULT_COMPUTE.cpu_kernels  # "fast" | "stock": benchmark/modeling/cpu_kernels.py (CPU)
     last_layer: str = DEFAULT_COMPUTE.last_layer  # "first_token" | "full": benchmark/modeling/first_token.py
     precision: str = DEFAULT_COMPUTE.precision  # "auto" | "fp32" | "bf16": see the module docstring
+    compile: bool = DEFAULT_COMPUTE.compile  # torch.compile (inductor): benchmark/modeling/compiled.py
 
     def __post_init__(self):
         if self.cpu_kernels not in KERNELS:
@@ -81,16 +85,22 @@ class Compute:
             raise ValueError(f"last_layer must be one of {LAST_LAYER}, got {self.last_layer!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.compile and self.cpu_kernels == "fast":
+            raise ValueError("compile runs the stock CPU kernels (dynamo cannot trace the fast ones), got cpu_kernels='fast'")
 
     @classmethod
     def of(cls, spec) -> Compute:
         """From a resolved ``spec.schema.ComputeSpec`` (precision None, as older results stored it: auto)."""
-        return cls(spec.cpu_kernels, spec.last_layer, getattr(spec, "precision", None) or "auto")
+        return cls(spec.cpu_kernels, spec.last_layer, getattr(spec, "precision", None) or "auto",
+                   bool(getattr(spec, "compile", False)))
 
-    def apply(self, model) -> None:
-        """Switch a whole AdapterModel (after its modules are added: kernels wrap every linear layer)."""
+    def apply(self, model, pad_id: int | None = None) -> None:
+        """Switch a whole AdapterModel (after its modules are added: kernels wrap every linear layer); with
+        ``compile`` its forward runs compiled from now on, batches padded with ``pad_id`` (compiled.py)."""
         set_last_layer(model, self.last_layer)
         set_cpu_kernels(model, self.cpu_kernels)
+        if self.compile:
+            attach(model, pad_id)
 
     def dtype(self, device: torch.device) -> torch.dtype:
         """The dtype matmuls run in on ``device``."""
@@ -99,7 +109,13 @@ class Compute:
         return torch.float32
 
     def check(self, device: torch.device) -> None:
-        """Refuse bf16 on a device without native bf16 (one paragraph, before anything trains)."""
+        """Refuse bf16 on a device without native bf16, and compile where inductor has no compiler (one
+        paragraph, before anything trains)."""
+        missing = compiler_missing(device) if self.compile else None
+        if missing:
+            raise BenchError(f"compile is on, but torch.compile cannot run on {device}: {missing}", field="compile",
+                             fix="install a C++ compiler (gcc/g++) for the CPU, triton for CUDA, or turn compile "
+                                 "off (drop --compile / compute.compile)")
         if self.precision != "bf16":
             return
         why = bf16_unsupported(device)
@@ -119,6 +135,7 @@ class Compute:
     def record(self, device: torch.device) -> dict[str, str]:
         return {"cpu_kernels": self.cpu_kernels if device.type == "cpu" else "stock", "last_layer": self.last_layer,
                 "precision": self.precision, "matmul_dtype": str(self.dtype(device)).removeprefix("torch.")}
+        # a compiled run also stores ``compile`` (backend, graphs, recompiles, shapes): compiled.Compiled.record
 
 
 DEFAULT = Compute.of(DEFAULT_COMPUTE)  # what `afbench run` uses unless told otherwise (spec/schema.py)

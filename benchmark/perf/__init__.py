@@ -9,6 +9,8 @@ how close to the machine's limit. Names only; each mode lives in its own module:
   (``roofline.py``, ``reports/perf_roofline.md``).
 * ``inference``: latency (batch 1) and throughput (batch 64) of ST-A and Fusion N, fp32 and bf16, and
   peak memory (``inference.py``, ``reports/perf_inference.md``).
+* ``compiled``: numerics of the compiled path (``compute.compile``) against eager on one real task over seeds:
+  max logit difference and dev accuracy, no timings (``compiled.py``, ``reports/perf_compiled.md``).
 * ``afbench prune``: pruned fusion after training (``prune.py``).
 
 ``harness.py`` is what every mode measures with: the reference subprocess, alternating rounds, medians, the
@@ -20,7 +22,8 @@ what every report carries (revision, date, CPU, versions, command, targets met o
 import importlib
 import sys
 
-MODES = {"steps": "training_steps", "epochs": "epochs", "roofline": "roofline", "inference": "inference"}
+MODES = {"steps": "training_steps", "epochs": "epochs", "roofline": "roofline", "inference": "inference",
+         "compiled": "compiled"}
 
 
 def run_perf(args) -> int:

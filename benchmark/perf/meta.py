@@ -16,7 +16,8 @@ from benchmark.runner.provenance import cpu_model
 from benchmark.runner.results import git_revision, now, versions
 
 REPORTS = {"steps": "reports/perf.md", "epochs": "reports/perf_epochs.md",
-           "roofline": "reports/perf_roofline.md", "inference": "reports/perf_inference.md"}
+           "roofline": "reports/perf_roofline.md", "inference": "reports/perf_inference.md",
+           "compiled": "reports/perf_compiled.md"}
 
 
 def default_out(mode: str) -> str:

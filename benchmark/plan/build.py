@@ -31,6 +31,7 @@ class Options:
     cpu_kernels: str | None = None
     last_layer: str | None = None
     precision: str | None = None
+    compile: bool | None = None  # --compile: True; None = the experiment's compute.compile, then eager
 
 
 def resolve_method(reg: Registry, exp: ExperimentSpec, name: str, rf: int | None = None,
@@ -93,9 +94,18 @@ class _Planner:
         self.reg, self.exp, self.available, self.data_root = reg, exp, available, data_root
         self.batching = options.batching
         spec = exp.compute
-        self.compute = ComputeSpec(cpu_kernels=options.cpu_kernels or spec.cpu_kernels or DEFAULT_COMPUTE.cpu_kernels,
+        compiled = bool(options.compile or spec.compile)
+        kernels = options.cpu_kernels or spec.cpu_kernels
+        if compiled and kernels == "fast":
+            raise SpecError(f"experiment {exp.name}: compile is on, but cpu_kernels is fast; the fast CPU kernels "
+                            "(oneDNN frozen linears, integer dropout masks) are eager-mode code that torch.compile "
+                            "cannot trace, and inductor fuses the same work itself", field="compute.cpu_kernels",
+                            fix="drop cpu_kernels (compile runs the stock kernels) or set it to stock, or turn "
+                                "compile off")
+        # the compiled path computes with the stock kernels (benchmark/modeling/compiled.py)
+        self.compute = ComputeSpec(cpu_kernels=kernels or ("stock" if compiled else DEFAULT_COMPUTE.cpu_kernels),
                                    last_layer=options.last_layer or spec.last_layer or DEFAULT_COMPUTE.last_layer,
-                                   precision=options.precision)
+                                   precision=options.precision, compile=compiled)
         self.exp_precision = spec.precision
         self.plan = Plan(exp, [])
         self.runs: dict[str, Run] = {}
@@ -127,6 +137,11 @@ class _Planner:
         precision = (self.compute.precision or run.method.precision or self.exp_precision
                      or DEFAULT_COMPUTE.precision)
         run.selection, run.compute = self.exp.selection, self.compute.model_copy(update={"precision": precision})
+        if run.compute.compile and run.method.fusion is not None and run.method.fusion.temperature:
+            raise SpecError(f"experiment {self.exp.name}: method {run.method.name} anneals the fusion temperature "
+                            "every step, and compile is on: each new temperature would compile a new graph",
+                            field="compute.compile", fix=f"turn compile off for this experiment, or set "
+                            f"fusion.temperature: false in method {run.method.name}")
         task_caps = self.exp.task_caps if task_caps is None else task_caps
         run.task_caps = {t: task_caps[t] for t in run.all_tasks if t in task_caps}
         run.data = {t: self.fingerprints(t) for t in run.all_tasks}

@@ -4,7 +4,7 @@ In: the resolved method (kind, modules, training hyper-parameters, batching), th
 tokenizer, each task's rendering (templates, label mapping, splits, max length) and a fingerprint of its
 data (content hash of a mirrored or local file; the Hub id otherwise), caps, seed, fused sources, the ids of
 the runs it depends on, the selection protocol and the compute switches that change numerics (with a
-[CLS] head only: ``last_layer`` has no effect under mean pooling). A ``local`` backbone is identified by a
+[CLS] head only: ``last_layer`` has no effect under mean pooling; ``compile`` only when on). A ``local`` backbone is identified by a
 content hash of its folder, not by its path. Spec fields added later (a LoRA block, a local path) are
 left out of the dumps while unset, so the ids of existing runs do not move. Fused sources taken from
 published adapters (``fusion.adapterhub``) enter by their content hash, only when there is one.
@@ -75,6 +75,8 @@ def compute_identity(compute: ComputeSpec, backbone: BackboneSpec) -> dict:
         out["last_layer"] = compute.last_layer
     if compute.precision not in (None, "auto"):  # auto (today's behaviour) leaves the ids of earlier runs as they were
         out["precision"] = compute.precision
+    if compute.compile:  # only when on: every eager run keeps its id
+        out["compile"] = True
     return out
 
 

@@ -173,7 +173,8 @@ def recorded_plan(reg, spec, results: list[RunRecord], stored: PlanRecord | None
     choices = {Options()}
     for r in results:
         c, train = (r.config or {}).get("compute") or {}, ((r.config or {}).get("method") or {}).get("train") or {}
-        choices.add(Options(train.get("batching"), c.get("cpu_kernels"), c.get("last_layer"), c.get("precision")))
+        choices.add(Options(train.get("batching"), c.get("cpu_kernels"), c.get("last_layer"), c.get("precision"),
+                            c.get("compile") or None))
     plans = [build_plan(reg, spec, options=o, data=data, data_root=data_root).record()
              for o in sorted(choices, key=repr)]
     plan, seen = plans[0], {r.id for r in plans[0].runs}

@@ -58,7 +58,7 @@ def predict_run(run: Run, reg: Registry, folder: Path, run_dir, data_dir, device
     model = build_model(run, reg, run_dir, tok)
     compute = Compute.of(run.compute)
     compute.check(device)
-    compute.apply(model)
+    compute.apply(model, tok.pad_token_id)
     model.to(device)
     want, got, preds = recorded_metrics(rec), {}, []
     for t in want:

@@ -32,6 +32,7 @@ LATE_FIELDS: dict[str, dict[str, object]] = {
     "FusionParams": {"prune": None},
     "MethodSpec": {"lora": None, "ia3": None, "precision": None},
     "FusionSources": {"adapterhub": {}, "adapterhub_allow_other_base": []},
+    "ComputeSpec": {"compile": False},  # eager, as every committed run trained: its configs read as before
 }
 
 
@@ -371,6 +372,9 @@ class ComputeSpec(Strict):
     precision: Precision | None = Field(
         None, description="auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (autocast on CPU and CUDA); "
                           "part of the run id when not auto")
+    compile: bool = Field(
+        False, description="run the training step and evaluation through torch.compile (inductor), batches padded "
+                           "to power-of-two lengths (benchmark/modeling/compiled.py); part of the run id when true")
 
 
 DEFAULT_COMPUTE = ComputeSpec(cpu_kernels="fast", last_layer="first_token", precision="auto")  # what `afbench run` uses unless told

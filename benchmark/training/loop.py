@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from benchmark.data.batching import epoch_seed
 from benchmark.data.encode import EncodedSplit, batch_rows, batches, collate
+from benchmark.modeling.compiled import compiled_of
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import TrainParams
@@ -84,6 +85,22 @@ def to_device(batch: dict, device: torch.device) -> dict:
 def inputs_of(batch: dict) -> dict:
     """The model's inputs of a batch (everything but the labels)."""
     return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def forward(model: AdapterModel, head: str, batch: dict) -> torch.Tensor:
+    """The logits of ``batch``: through the run's compiled forward where there is one (``compute.compile``;
+    attention capture reads tensors back mid-forward and always runs eager), else the model itself."""
+    runner = compiled_of(model)
+    if runner is None or model._ctx.capture:
+        return model(head=head, **inputs_of(batch))
+    return runner(model, head, inputs_of(batch))
+
+
+def shaped(model: AdapterModel, batch: dict) -> dict:
+    """A collated batch as the model computes it: padded to a power-of-two length under the compiled path
+    (bounded recompiles, ``modeling/compiled.py``), unchanged in eager."""
+    runner = compiled_of(model)
+    return batch if runner is None else runner.pad(batch)
 
 
 def make_optimizer(model: AdapterModel, params: TrainParams, device: torch.device) -> torch.optim.Optimizer:
@@ -150,9 +167,9 @@ def predict(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, ba
     model.eval()
     out = Predictions(split, [], [], [])
     for idx in batch_rows(split, batch_size, mode="by_length"):  # the batches ``batches`` yields, by row
-        batch = to_device(collate([split.examples[j] for j in idx], pad_id), device)
+        batch = to_device(shaped(model, collate([split.examples[j] for j in idx], pad_id)), device)
         with autocast(device, compute):
-            logits = model(head=head, **inputs_of(batch))
+            logits = forward(model, head, batch)
         out.rows += idx
         out.pred += logits.float().argmax(-1).tolist()
         out.gold += batch["labels"].tolist()
@@ -221,7 +238,7 @@ def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> No
 def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device,
               classes: list[int] | None = None, compute: Compute = DEFAULT) -> torch.Tensor:
     with autocast(device, compute):
-        logits = model(head=head, **inputs_of(batch))
+        logits = forward(model, head, batch)
     loss = F.cross_entropy(logits.float(), batch["labels"])  # the loss in float32 under any precision
     if classes is not None:
         classes.append(logits.shape[-1])  # [B, C] (C classes, or K choices)
@@ -258,6 +275,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         for head, batch in islice(epoch_batches(epoch), steps_per_epoch):
             if objective.anneal_temperature:  # T from 50 down to 1 over the training steps
                 model.set_fusion_temperature(max(1.0, 50.0 - 49.0 * global_step / max(1, total - 1)))
+            batch = shaped(model, batch)
             mask = batch["attention_mask"]
             out.padding["real_tokens"] += int(mask.sum())
             out.padding["computed_tokens"] += mask.numel()

@@ -20,6 +20,7 @@ from benchmark.data.published import content_hash
 from benchmark.errors import CheckpointError
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import WEIGHTS, load_adapterhub, load_modules, save_modules
+from benchmark.modeling.compiled import compiled_of
 from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
@@ -197,6 +198,12 @@ def prune_after_training(model: AdapterModel, run: Run, keep: int, *, ranking, r
             "dev_accuracy": acc}, pred
 
 
+def _compile_info(model: AdapterModel) -> dict:
+    """A compiled run's ``compile`` record (graphs, recompiles, shapes: ``modeling/compiled.py``); eager: none."""
+    runner = compiled_of(model)
+    return {} if runner is None else {"compile": runner.record()}
+
+
 # --------------------------------------------------------------------------------- recipes
 def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     reg, method, kind = ctx.reg, run.method, run.kind
@@ -212,7 +219,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     model.train_only(trains)
     compute = Compute.of(run.compute)
     compute.check(ctx.device)
-    compute.apply(model)
+    compute.apply(model, tok.pad_token_id)
     model.to(ctx.device)
 
     tr, dev, ho = load_data(ctx, run, task, tok)
@@ -227,7 +234,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     model.load_state_dict(outcome.best_state, strict=False)
     kept_predictions = outcome.best_predictions[task.name]  # the kept epoch's dev rows
     result = {**_training_info(outcome), "params": _param_counts(model), "data": _data_info(tr, dev, ho),
-              "tokenizer": tokenizer_fingerprint(tok)}
+              "tokenizer": tokenizer_fingerprint(tok), **_compile_info(model)}
     if kind.fusion:
         model.start_capture()
         again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device, compute)
@@ -270,7 +277,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     model.train_only(trains)
     compute = Compute.of(run.compute)
     compute.check(ctx.device)
-    compute.apply(model)
+    compute.apply(model, tok.pad_token_id)
     model.to(ctx.device)
     outcome, per_task = train_multitask(model, data, method.train, method.mt_a, pad_id=tok.pad_token_id,
                                         device=ctx.device, seed=run.seed, snapshot=lambda: model.state_of(trains),
@@ -282,7 +289,7 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         **_training_info(outcome),
         "per_task": {t: {"best_metric": per_task[t][best], "history": per_task[t],
                          "data": _data_info(*data[t], heldout.get(t))} for t in run.tasks},
-        "params": _param_counts(model), "tokenizer": tokenizer_fingerprint(tok),
+        "params": _param_counts(model), "tokenizer": tokenizer_fingerprint(tok), **_compile_info(model),
         "checkpoint_bytes": _checkpoint_bytes(out_dir),
         "predictions": predictions.write(out_dir, merge_columns([outcome.best_predictions[t] for t in run.tasks])),
     }

@@ -1,0 +1,141 @@
+"""The compiled path (``compute.compile: true``, ``afbench run --compile``): a run's forward (training step and
+evaluation) through ``torch.compile`` with the inductor backend, which fuses the elementwise work of a step
+(softmax, LayerNorm, GELU, dropout masks, autocast casts) into generated C++ (CPU) or Triton (CUDA) kernels.
+
+What it changes against eager (docs/perf.md, "Compiled path"):
+
+* **Kernels.** Inductor's generated kernels sum in another order: logits agree with eager to float rounding.
+  The fast CPU kernels (``cpu_kernels.py``: oneDNN frozen linears, integer dropout masks) are eager-mode code
+  dynamo cannot trace, so a compiled run computes with the stock kernels (the planner resolves
+  ``cpu_kernels: stock`` and refuses an explicit ``fast``).
+* **Dropout.** Inductor draws its masks from its own generator (seeded from torch's, so a seeded run is still
+  repeatable): a compiled run trains on other random masks than an eager one, as another seed would.
+* **Padding.** Every batch is padded to a power-of-two length (``bucket_length``: at least ``MIN_BUCKET``, at
+  most the model's position limit), so the graphs are compiled for static shapes and their number stays
+  bounded: per head and mode (train/eval) one per length bucket and distinct batch size (the full and the last
+  short batch). Padded positions are masked: the function is unchanged; the padding record counts them.
+* **Attention capture** (fusion attention, pruning) runs eager: it reads tensors back to Python mid-forward.
+
+Every graph handed to inductor is counted (``Compiled.record``): ``graphs`` in all, ``recompiles`` those
+compiled after the first call (a new bucket, batch size, head or mode), ``shapes`` the (mode, batch shape)
+pairs seen. The runner stores it as ``compile`` in result.json. A run that would pass the recompile limit
+fails (``fail_on_recompile_limit_hit``) instead of silently falling back to eager for the rest.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+from torch.nn import functional as F
+
+BACKEND = "inductor"
+MIN_BUCKET = 8  # shortest padded length: below it the kernels are launch-bound anyway
+RECOMPILE_LIMIT = 512  # graphs per run (dynamo's default of 8 is below heads x buckets x batch sizes x modes)
+
+
+def compiler_missing(device: torch.device) -> str | None:
+    """Why inductor cannot compile on ``device``, or None when it can (the CPU needs a C++ compiler)."""
+    if device.type == "cpu":
+        from torch._inductor import config as inductor_config
+
+        cxx = inductor_config.cpp.cxx
+        names = [c for c in (cxx if isinstance(cxx, tuple) else (cxx,)) if c] or ["g++"]
+        if not any(shutil.which(n) for n in names):
+            return f"no C++ compiler found on PATH (inductor looks for {', '.join(names)})"
+        return None
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "triton is not installed (inductor generates Triton kernels on CUDA)"
+        return None
+    return f"torch.compile is not set up for device type '{device.type}' here"
+
+
+def bucket_length(length: int, limit: int | None = None) -> int:
+    """The padded length of a batch whose longest row has ``length`` tokens: the next power of two (at least
+    ``MIN_BUCKET``), capped at ``limit`` (the model's position limit) but never below ``length``."""
+    width = MIN_BUCKET
+    while width < length:
+        width *= 2
+    if limit is not None:
+        width = min(width, max(limit, length))
+    return width
+
+
+PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0}  # input_ids: the tokenizer's pad id
+
+
+def pad_batch(batch: dict, pad_id: int, limit: int | None = None) -> dict:
+    """``batch`` ([B, L] or, multiple choice, [B, K, L] inputs) padded on its last axis to ``bucket_length(L)``;
+    labels and anything else without a length axis unchanged."""
+    length = batch["input_ids"].shape[-1]
+    extra = bucket_length(length, limit) - length
+    if extra == 0:
+        return batch
+    out = {}
+    for k, v in batch.items():
+        if k == "input_ids":
+            out[k] = F.pad(v, (0, extra), value=pad_id)
+        elif k in PAD_VALUES and v.shape[-1] == length:
+            out[k] = F.pad(v, (0, extra), value=PAD_VALUES[k])
+        else:
+            out[k] = v
+    return out
+
+
+def _forward(model, head: str, inputs: dict) -> torch.Tensor:
+    return model(head=head, **inputs)
+
+
+class Compiled:
+    """One run's compiled forward over ``model`` (attached as ``model.compiled`` by ``attach``)."""
+
+    def __init__(self, model, pad_id: int | None):
+        import torch._dynamo
+
+        torch._dynamo.reset()  # this run's graphs only (inductor's on-disk cache still serves identical ones)
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, RECOMPILE_LIMIT)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, RECOMPILE_LIMIT)
+        cfg.fail_on_recompile_limit_hit = True
+        config = getattr(model, "config", None)
+        self.pad_id = pad_id if pad_id is not None else (getattr(config, "pad_token_id", None) or 0)
+        self.limit = getattr(config, "max_position_embeddings", None)
+        self.graphs, self.recompiles, self.calls = 0, 0, 0
+        self.shapes: set[tuple[str, tuple[int, ...]]] = set()
+        self._fn = torch.compile(_forward, backend=self._backend, dynamic=False)
+
+    def _backend(self, gm, example_inputs):
+        from torch._inductor.compile_fx import compile_fx
+
+        self.graphs += 1
+        if self.calls > 1:
+            self.recompiles += 1
+        return compile_fx(gm, example_inputs)
+
+    def pad(self, batch: dict) -> dict:
+        return pad_batch(batch, self.pad_id, self.limit)
+
+    def __call__(self, model, head: str, inputs: dict) -> torch.Tensor:
+        self.calls += 1
+        self.shapes.add(("train" if model.training else "eval", tuple(inputs["input_ids"].shape)))
+        return self._fn(model, head, inputs)
+
+    def record(self) -> dict:
+        """What result.json stores as ``compile``."""
+        return {"backend": BACKEND, "graphs": self.graphs, "recompiles": self.recompiles,
+                "shapes": [f"{mode} {'x'.join(map(str, s))}" for mode, s in sorted(self.shapes)],
+                "torch": torch.__version__}
+
+
+def attach(model, pad_id: int | None) -> Compiled:
+    """Run ``model``'s forward compiled from now on (``training.loop`` looks for it; ``Compute.check`` has
+    checked for a compiler)."""
+    model.__dict__["compiled"] = compiled = Compiled(model, pad_id)  # not a module: no state-dict entry
+    return compiled
+
+
+def compiled_of(model) -> Compiled | None:
+    return model.__dict__.get("compiled")
