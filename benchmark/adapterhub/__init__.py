@@ -3,9 +3,11 @@
 * **Configs.** ``adapter_config(params)`` writes our module params as AdapterHub's config dict, or raises
   ``Inexpressible`` (the reason and the fix) for what AdapterHub cannot load; ``adapter_params(config)`` reads
   one back and refuses, with the keys that differ, any config this package does not compute exactly.
-  ``METHODS`` has one ``Method`` per module type: bottleneck adapters (Pfeiffer ``seq_bn``, Houlsby
-  ``double_seq_bn``), LoRA (``LoRAConfig``, composition ``add``) and (IA)^3 (``IA3Config``: a LoRA config in
-  composition ``scale``, one vector per target as ``lora_B`` [out, 1]). Fusion: ``FUSION_CONFIGS``.
+  ``methods_table()`` has one ``Method`` per module type: the bottleneck adapters here (Pfeiffer ``seq_bn``,
+  Houlsby ``double_seq_bn``), and each method package's ``adapterhub.py`` (``METHOD``; the LoRAConfig helpers
+  ``LORA`` / ``targets_config`` they share are here): LoRA (``LoRAConfig``, composition ``add``) and (IA)^3
+  (``IA3Config``: a LoRA config in composition ``scale``, one vector per target as ``lora_B`` [out, 1]).
+  Fusion: ``FUSION_CONFIGS``.
 * **State keys.** Our key ``encoder.<path>.<child>.<name>.<tail>`` is AdapterHub's ``<prefix>.<path>.<its
   child>.<its name>.<its tail>`` (``to_hub`` / ``from_hub``; the paths agree in BERT-style families, whose
   slots and target linears sit where AdapterHub's do); heads: ``dense`` / ``out`` are items 1 / 4 of its
@@ -22,11 +24,13 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 from benchmark.data.published import CONFIG, WEIGHTS, Published, backbone_shape
 from benchmark.errors import BenchError, CheckpointError
-from benchmark.spec.schema import AdapterParams, IA3Params, LoRAParams
+from benchmark.methods import registry
+from benchmark.spec.schema import AdapterParams
 
 VERSION = "adapters.1.3.0"
 MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel"}  # the families export writes
@@ -92,57 +96,26 @@ def _bottleneck_params(cfg: dict) -> tuple[AdapterParams, list[str]]:
 # Our target names -> AdapterHub's LoRAConfig switch (selfattn_lora with attn_matrices q/k/v, intermediate_lora,
 # output_lora: BERT's attention.self.{query,key,value}, intermediate.dense, output.dense). It has none for the
 # attention output projection (attention.output.dense).
-_ATTN = {"query": "q", "key": "k", "value": "v"}
-_FFN = {"intermediate": "intermediate_lora", "output": "output_lora"}
+ATTN = {"query": "q", "key": "k", "value": "v"}
+FFN = {"intermediate": "intermediate_lora", "output": "output_lora"}
 LORA = {"architecture": "lora", "selfattn_lora": False, "intermediate_lora": False, "output_lora": False,
         "leave_out": [], "r": 8, "alpha": 8, "dropout": 0.0, "attn_matrices": [], "composition_mode": "add",
         "init_weights": "lora", "init_weights_seed": None, "use_gating": False, "use_dora": False, "vera_d": None,
         "vera_b": None, "dtype": None}
 
 
-def _targets_config(targets: list[str], method: str) -> dict:
-    odd = [t for t in targets if t not in _ATTN and t not in _FFN]
+def targets_config(targets: list[str], method: str) -> dict:
+    odd = [t for t in targets if t not in ATTN and t not in FFN]
     if odd:
         raise Inexpressible(f"{method} on {', '.join(odd)}: AdapterHub's LoRAConfig cannot name that linear layer "
-                            f"(it adapts {', '.join([*_ATTN, *_FFN])})",
-                            fix=f"train it with targets among {', '.join([*_ATTN, *_FFN])} to export it")
-    attn = [_ATTN[t] for t in targets if t in _ATTN]
-    return {"selfattn_lora": bool(attn), "attn_matrices": attn, **{v: k in targets for k, v in _FFN.items()}}
+                            f"(it adapts {', '.join([*ATTN, *FFN])})",
+                            fix=f"train it with targets among {', '.join([*ATTN, *FFN])} to export it")
+    attn = [ATTN[t] for t in targets if t in ATTN]
+    return {"selfattn_lora": bool(attn), "attn_matrices": attn, **{v: k in targets for k, v in FFN.items()}}
 
 
-def _number(x: float) -> int | float:
+def number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
-
-
-def _lora_config(params: LoRAParams) -> dict:
-    return {**LORA, **_targets_config(params.targets, "a LoRA"), "r": params.rank, "alpha": _number(params.alpha),
-            "dropout": params.dropout}
-
-
-def _ia3_config(params: IA3Params) -> dict:
-    return {**LORA, **_targets_config(list(params.targets), "an (IA)^3"), "r": 1, "alpha": 1,
-            "composition_mode": "scale", "init_weights": "ia3"}
-
-
-def _ia3_params(cfg: dict) -> tuple[IA3Params, list[str]]:
-    """An IA3Config (a LoRA config in ``scale`` composition) as our params: one vector on each target's output."""
-    differ = [f"{k}: {cfg[k]!r} (needs {v!r})" for k, v in (("r", 1), ("alpha", 1), ("dropout", 0.0))
-              if k in cfg and cfg[k] != v]
-    differ += [f"{k}: {cfg[k]!r} (needs {LORA[k]!r})" for k in ("use_gating", "use_dora", "vera_d", "vera_b",
-                                                                "leave_out") if k in cfg and cfg[k] != LORA[k]]
-    targets = [t for t, m in _ATTN.items() if cfg.get("selfattn_lora", True) and m in cfg.get("attn_matrices", ["k", "v"])]
-    targets += [t for t, k in _FFN.items() if cfg.get(k, k == "intermediate_lora")]
-    return IA3Params(targets=targets or ["key", "value", "intermediate"]), differ
-
-
-def _lora_params(cfg: dict) -> tuple[LoRAParams, list[str]]:
-    differ = [f"{k}: {cfg[k]!r} (needs {LORA[k]!r})" for k in ("composition_mode", "use_gating", "use_dora",
-                                                                "vera_d", "vera_b", "leave_out")
-              if k in cfg and cfg[k] != LORA[k]]
-    targets = [t for t, m in _ATTN.items() if cfg.get("selfattn_lora", True) and m in cfg.get("attn_matrices", ["q", "v"])]
-    targets += [t for t, k in _FFN.items() if cfg.get(k)]
-    return LoRAParams(rank=cfg.get("r", 8), alpha=cfg.get("alpha", 8), dropout=cfg.get("dropout", 0.0),
-                      targets=targets or ["query", "value"]), differ
 
 
 # --------------------------------------------------------------------------------- per module type
@@ -156,18 +129,32 @@ class Method:
     config: Callable  # our params -> AdapterHub's config dict (raises Inexpressible)
     params: Callable | None = None  # AdapterHub's config dict -> (our params, keys that differ)
     to_hub_shape: Callable | None = None  # our tensor -> AdapterHub's (and back: ``from_hub``'s ``shapes``)
+    architecture: str | None = None  # AdapterHub's ``architecture`` this method reads (None: bottleneck)
+    matches: Callable | None = None  # of the configs of that architecture, those that are this method (IA3Config)
 
 
 _BN = Method("adapters", "adapters", {f"{a}.{w}": f"adapter_{b}.{w}" for a, b in (("down", "down.0"), ("up", "up"))
                                       for w in ("weight", "bias")}, _bottleneck_config, _bottleneck_params)
-METHODS: dict[str, Method] = {  # by our params' ``type``; a type without an entry is refused by export
-    "pfeiffer": _BN, "houlsby": _BN,
-    "lora": Method("lora", "loras", {"A.weight": "lora_A", "B.weight": "lora_B"}, _lora_config, _lora_params),
-    # (IA)^3: our one vector per target (``<target path>.ia3.<name>.<tail>``, [out]) scales that linear's output,
-    # as AdapterHub's IA3 module does with its lora_B [out, 1] (r = alpha = 1, no dropout)
-    "ia3": Method("ia3", "loras", {"*": "lora_B"}, _ia3_config, _ia3_params, lambda v: v.reshape(-1, 1)),
-}
-ARCHITECTURES = {"bottleneck": "pfeiffer", "lora": "lora"}  # AdapterHub's ``architecture`` -> a METHODS entry
+_BASE = {"pfeiffer": _BN, "houlsby": _BN}  # the core's module types; method packages bring their own
+
+
+@cache
+def methods_table() -> dict[str, Method]:
+    """Our params' ``type`` -> its ``Method``: the bottleneck adapters, and every method package's
+    ``adapterhub.py`` (``METHOD``); a type without an entry is refused by export."""
+    out = dict(_BASE)
+    for type_, kind in registry.module_types().items():
+        part = registry.part(kind, "adapterhub")
+        if part is not None:
+            out[type_] = part.METHOD
+    return out
+
+
+def architectures() -> list[str]:
+    """AdapterHub's ``architecture`` values we read (bottleneck, and those of the packages' methods)."""
+    return list(dict.fromkeys(["bottleneck", *(m.architecture for m in methods_table().values() if m.architecture)]))
+
+
 FUSION = Method("fusions", "adapter_fusion_layer", {}, lambda p: FUSION_CONFIGS[p.type])
 FUSION_CONFIGS = {  # AdapterHub's "dynamic" and "static" fusion configs
     "dynamic": {"dropout_prob": None, "key": True, "query": True, "query_before_ln": False, "regularization": True,
@@ -180,7 +167,7 @@ FUSION_CONFIGS = {  # AdapterHub's "dynamic" and "static" fusion configs
 
 
 def method_of(params) -> Method:
-    m = METHODS.get(getattr(params, "type", None))
+    m = methods_table().get(getattr(params, "type", None))
     if m is None:
         raise Inexpressible(f"AdapterHub {VERSION} has no equivalent of a '{getattr(params, 'type', params)}' module "
                             "here", fix="export the runs of a method AdapterHub can load (docs/adapterhub.md)")
@@ -199,13 +186,16 @@ def adapter_params(config: dict, file: str):
     if not isinstance(cfg, dict):
         raise CheckpointError("adapter_config.json holds no config object", file=file)
     arch = cfg.get("architecture") or "bottleneck"
-    if arch not in ARCHITECTURES:
+    if arch not in architectures():
         raise CheckpointError(f"this adapter's architecture {arch!r} has no module here", file=file,
-                              fix=f"use an adapter of architecture {' or '.join(ARCHITECTURES)}")
-    method = ARCHITECTURES[arch]
-    if arch == "lora" and cfg.get("composition_mode") == "scale":  # IA3Config: a LoRA config that scales
-        method = "ia3"
-    params, differ = METHODS[method].params(cfg)
+                              fix=f"use an adapter of architecture {' or '.join(architectures())}")
+    if arch == "bottleneck":
+        method = _BN
+    else:  # of the methods reading this architecture, one whose ``matches`` accepts it, else the plain one
+        mine = [m for m in methods_table().values() if m.architecture == arch]
+        method = next((m for m in mine if m.matches and m.matches(cfg)), None) or \
+            next(m for m in mine if not m.matches)
+    params, differ = method.params(cfg)
     if differ:
         what = params.type if arch == "bottleneck" else arch
         raise CheckpointError(
@@ -216,15 +206,22 @@ def adapter_params(config: dict, file: str):
 
 
 # --------------------------------------------------------------------------------------- state keys
-_KEY = re.compile(r"^encoder\.(?P<path>.+?)\.(?P<child>adapters|lora|ia3|fusions)\.(?P<name>[^.]+)\.(?P<tail>.+)$")
-_BY_CHILD = {m.child: m for m in [*METHODS.values(), FUSION]}
+@cache
+def _by_child() -> dict[str, Method]:
+    return {m.child: m for m in [*methods_table().values(), FUSION]}
+
+
+@cache
+def _key() -> re.Pattern:
+    children = "|".join(map(re.escape, _by_child()))
+    return re.compile(rf"^encoder\.(?P<path>.+?)\.(?P<child>{children})\.(?P<name>[^.]+)\.(?P<tail>.+)$")
 
 
 def hub_key(key: str, prefix: str, names: dict[str, str] | None = None) -> str | None:
     """Our encoder-module key as AdapterHub's (None for a key of no module we export); ``names``: our module
     names -> AdapterHub's (a fusion's is its sources joined by commas)."""
-    m = _KEY.match(key)
-    method = _BY_CHILD.get(m["child"]) if m else None
+    m = _key().match(key)
+    method = _by_child().get(m["child"]) if m else None
     if method is None:
         return None
     tail = method.tails.get(m["tail"], method.tails.get("*", m["tail"])) if method.tails else m["tail"]
@@ -238,7 +235,7 @@ def to_hub(state: dict, prefix: str, names: dict[str, str] | None = None, method
     for k, v in state.items():
         h = hub_key(k, prefix, names)
         if h is not None:
-            shape = (method or _BY_CHILD[_KEY.match(k)["child"]]).to_hub_shape
+            shape = (method or _by_child()[_key().match(k)["child"]]).to_hub_shape
             out[h] = shape(v) if shape else v
     return out
 
@@ -252,7 +249,7 @@ def from_hub(state: dict, ours: dict, names: dict[str, str] | None = None) -> di
         parts = k.split(".")
         hit = next((want[s] for s in (".".join(parts[i:]) for i in range(len(parts))) if s in want), None)
         if hit is not None:
-            out[hit] = v.reshape(ours[hit]) if _BY_CHILD[_KEY.match(hit)["child"]].to_hub_shape else v
+            out[hit] = v.reshape(ours[hit]) if _by_child()[_key().match(hit)["child"]].to_hub_shape else v
     return out
 
 

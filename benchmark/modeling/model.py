@@ -20,27 +20,41 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from benchmark.modeling import adapters, ia3, lora
+from benchmark.methods import registry
+from benchmark.methods.params import Strict
+from benchmark.modeling import adapters
 from benchmark.modeling.context import ActiveSetup, ForwardContext, Switchable
 from benchmark.modeling.fusion import AdapterFusion
 from benchmark.modeling.heads import make_head
 from benchmark.modeling.layers import install_slots
 from benchmark.modeling.layout import FUSION_LOCATION, layout_of
-from benchmark.spec.schema import AdapterParams, FusionParams, LoRAParams
+from benchmark.spec.schema import AdapterParams, FusionParams
+
+ModuleParams = AdapterParams | Strict  # a bottleneck adapter's params, or a method package's (LoRAParams, ...)
 
 
-def adapter_type(params: AdapterParams | LoRAParams):
+def adapter_type(params: ModuleParams):
     """The module that owns an adapter type: where its parameters sit, its forward, its keys and shapes
     (``attach``, ``activate``, ``modules_of``, ``expected_shapes``, ``describe``, ``params_from``)."""
     return ADAPTER_TYPES[params.type]
 
 
-def params_from(d: dict) -> AdapterParams | LoRAParams:
+def params_from(d: dict) -> ModuleParams:
     """Adapter params as modules.json stores them (``describe``), of whichever type."""
     return ADAPTER_TYPES[d.get("type", "pfeiffer")].params_from(d)
 
 
-ADAPTER_TYPES = {"pfeiffer": adapters, "houlsby": adapters, "lora": lora, "ia3": ia3}  # params.type -> its module
+def _adapter_types() -> dict:
+    """params.type -> its module: the bottleneck adapters (``adapters.py``) and each method package's ``layer.py``."""
+    out = {"pfeiffer": adapters, "houlsby": adapters}
+    for type_, kind in registry.module_types().items():
+        layer = registry.part(kind, "layer")
+        if layer is not None:
+            out[type_] = layer
+    return out
+
+
+ADAPTER_TYPES = _adapter_types()
 
 
 @dataclass(frozen=True)
@@ -68,7 +82,7 @@ class AdapterModel(nn.Module):
         self.encoder = encoder
         self.layout = layout_of(encoder)  # where the family keeps its layers and sub-layers
         self.heads = nn.ModuleDict()
-        self.adapter_params: dict[str, AdapterParams | LoRAParams] = {}  # adapters and LoRAs, by name
+        self.adapter_params: dict[str, ModuleParams] = {}  # adapters and tuners (any module type), by name
         self.fusion_params: dict[str, tuple[list[str], FusionParams]] = {}
         self.fusion_built_on: dict[str, list[str]] = {}  # every adapter a fusion was added over (before pruning)
         self.head_specs: dict[str, tuple[str, int, str]] = {}
@@ -97,7 +111,7 @@ class AdapterModel(nn.Module):
             if location is None or mod.location == location:
                 yield mod
 
-    def add_adapter(self, name: str, params: AdapterParams | LoRAParams) -> None:
+    def add_adapter(self, name: str, params: ModuleParams) -> None:
         """Add an adapter of any type; its module (``adapter_type``) decides where its parameters sit."""
         if name in self.adapter_params:
             raise KeyError(f"an adapter named '{name}' exists already")

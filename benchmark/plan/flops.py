@@ -2,8 +2,8 @@
 --mode roofline`` divides by a measured step time, from the encoder's shape. Pure arithmetic (no torch).
 
 Per token (the estimate): ``encoder_per_token`` is the encoder's forward, ``method_per_token`` what the
-method's modules add to it, priced by the spec sections the method declares (``MODULES``: adapter, fusion,
-LoRA; a new kind of module adds one entry there, a new method built from known modules needs nothing), and
+method's modules add to it, priced by the spec sections the method declares (``MODULES``: adapter, fusion; a method package prices its
+own section in its ``config.py``; a new method built from known modules needs nothing), and
 ``train_per_token`` what a training step computes from those by what the method trains.
 
 Per step (the roofline): ``step_flops``, op by op. Counted: every matrix product (``mm``/``addmm``/``bmm``
@@ -33,6 +33,8 @@ Shapes, per layer, M = B·T tokens, H hidden, I intermediate, r = H / rf bottlen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from benchmark.methods import registry
 
 SETUPS = ("st_a", "houlsby", "full", "fusion", "head")
 
@@ -160,25 +162,19 @@ def _fusion_module(p, shape: Shape, sources: int) -> float:
     return n * 2 * 2 * H * (H // max(1, p.source_reduction_factor)) + 2 * 3 * H * H + 4 * n * H
 
 
-def _lora_module(p, shape: Shape, sources: int) -> float:
-    """A: [in, r] and B: [r, out] on each adapted linear layer (the FFN's in/out: H x I)."""
-    H, inter = shape.hidden, shape.intermediate
-    return sum(2 * p.rank * (H + (inter if t in ("intermediate", "output") else H)) for t in p.targets)
+# spec section of a method -> forward FLOPs per token and layer of that module (params, shape, fused sources); the
+# sections of method packages bring their own (``registry.section(..., flops=...)``, e.g. methods/lora/config.py)
+MODULES = {"adapter": _adapter_module, "fusion": _fusion_module}
 
 
-def _ia3_module(p, shape: Shape, sources: int) -> float:
-    """One multiply per output of each rescaled linear layer (elementwise: not a matrix product, priced as 1/out)."""
-    H, inter = shape.hidden, shape.intermediate
-    return sum(inter if t == "intermediate" else H for t in p.targets)
-
-
-# spec section of a method -> forward FLOPs per token and layer of that module (params, shape, fused sources)
-MODULES = {"adapter": _adapter_module, "fusion": _fusion_module, "lora": _lora_module, "ia3": _ia3_module}
+def prices() -> dict:
+    """Every spec section's price: the core's modules, then each method package's section."""
+    return {**MODULES, **{s.name: s.flops for s in registry.sections() if s.flops is not None}}
 
 
 def method_per_token(method, shape: Shape, sources: int = 0) -> float:
     """Forward FLOPs per token of what ``method`` (a MethodSpec) adds to every layer: each module it declares."""
-    return shape.layers * sum(price(p, shape, sources) for name, price in MODULES.items()
+    return shape.layers * sum(price(p, shape, sources) for name, price in prices().items()
                               if (p := getattr(method, name, None)) is not None)
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from benchmark import methods
+from benchmark.methods import registry
+from benchmark.methods.params import LATE_FIELDS, Strict
 
 BATCHING = ("grouped", "shuffled")
 Batching = Literal["grouped", "shuffled"]
@@ -22,31 +24,6 @@ MAX_SEEDS = 100
 # part of run labels and so of folder names (``st_a_rf16``); at most the width of any encoder
 ReductionFactor = Annotated[int, Field(ge=1, le=100_000)]
 SplitName = Annotated[str, Field(min_length=1, max_length=64)]  # part of the tokenized cache's file names
-
-
-# Spec fields added after the first results, with the value at which a dump leaves them out (their default), so
-# the configs, and so the run ids, of specs that do not set them stay as they were: a new late field is one line.
-LATE_FIELDS: dict[str, dict[str, object]] = {
-    "LabelSpec": {"allow_merge": False},  # it never changes what is trained, only whether the spec is accepted
-    "BackboneSpec": {"path": None},
-    "FusionParams": {"prune": None},
-    "MethodSpec": {"lora": None, "ia3": None, "precision": None},
-    "FusionSources": {"adapterhub": {}, "adapterhub_allow_other_base": []},
-    "ComputeSpec": {"compile": False},  # eager, as every committed run trained: its configs read as before
-}
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # .inf / .nan: a typo or an attack
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler):
-        out = handler(self)
-        late = next((LATE_FIELDS[c.__name__] for c in type(self).__mro__ if c.__name__ in LATE_FIELDS), {})
-        for key, unset in late.items():
-            if isinstance(out, dict) and getattr(self, key) == unset:
-                out.pop(key, None)
-        return out
 
 
 # --------------------------------------------------------------------------------------------- task
@@ -221,30 +198,6 @@ class AdapterParams(Strict):
     non_linearity: Literal["relu", "swish", "gelu", "tanh"] | None = None  # None: pfeiffer relu, houlsby swish
 
 
-class LoRAParams(Strict):
-    """LoRA (Hu et al. 2022), as HF PEFT computes it: W x + (alpha / rank) * B A dropout(x), B = 0 at init."""
-
-    type: Literal["lora"] = "lora"
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    targets: list[Literal["query", "key", "value", "attention_output", "intermediate", "output"]] = Field(
-        default_factory=lambda: ["query", "value"], min_length=1,
-        description="linear layers of every encoder layer to adapt, by the layout's names (layout.linear_targets)")
-
-
-class IA3Params(Strict):
-    """(IA)^3 (Liu et al. 2022): a learned vector l [out] that rescales the output of each target linear layer,
-    y = (W x + b) * l, l = 1 at init. The default targets are AdapterHub 1.3.0's ``IA3Config`` placement: key and
-    value, and the FFN's ``intermediate`` (its output, before the activation; the paper and PEFT's default BERT
-    map scale the input of the FFN's output projection instead, which AdapterHub cannot express)."""
-
-    type: Literal["ia3"] = "ia3"
-    targets: list[Literal["query", "key", "value", "attention_output", "intermediate", "output"]] = Field(
-        default_factory=lambda: ["key", "value", "intermediate"], min_length=1,
-        description="linear layers of every encoder layer whose output is rescaled (layout.linear_targets)")
-
-
 class PruneParams(Strict):
     """Pruned fusion (AdapterDrop, Rueckle et al. 2021): after training, the same ``keep`` adapters in every layer,
     those with the highest mean fusion attention over all layers and held-out rows; the softmax renormalised
@@ -269,7 +222,10 @@ class MtaParams(Strict):
     alpha_end: float = 0.2
 
 
-class MethodSpec(Strict):
+class _MethodSpec(Strict):
+    """The method YAML's fields up to the sections of method packages (``MethodSpec`` adds those, then ``train``,
+    ``precision`` and ``notes``: the order every dump had before the packages)."""
+
     kind: Literal["method"] = "method"
     name: str
     description: str = ""
@@ -277,13 +233,6 @@ class MethodSpec(Strict):
     adapter: AdapterParams | None = None
     fusion: FusionParams | None = None
     mt_a: MtaParams | None = None
-    lora: LoRAParams | None = None
-    ia3: IA3Params | None = None
-    train: TrainParams = TrainParams()
-    precision: Precision | None = Field(
-        None, description="auto | fp32 | bf16 for this method's runs (default: the experiment's compute.precision)")
-    notes: str = ""
-
 
     @field_validator("method")
     @classmethod
@@ -293,10 +242,10 @@ class MethodSpec(Strict):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> MethodSpec:
+    def _check(self) -> _MethodSpec:
         kind = methods.get(self.method)
         for section in kind.needs:
-            if getattr(self, section) is None:
+            if getattr(self, section, None) is None:
                 article = "an" if section[0] in "aeiou" else "a"
                 raise ValueError(f"method '{self.method}' needs {article} '{section}' section")
         if kind.adapter_type and self.adapter and self.adapter.type != kind.adapter_type:
@@ -306,6 +255,32 @@ class MethodSpec(Strict):
     @property
     def method_kind(self) -> methods.MethodKind:
         return methods.get(self.method)
+
+
+def _method_spec() -> type[_MethodSpec]:
+    """``MethodSpec``: one optional field per section a method package declares (``registry.section``), each a
+    late field (left out of a dump while unset, so no run id of a spec without it moves)."""
+    for s in registry.sections():
+        LATE_FIELDS["MethodSpec"][s.name] = None
+    return create_model(
+        "MethodSpec", __base__=_MethodSpec, __module__=__name__,
+        **{s.name: (s.params | None, None) for s in registry.sections()},
+        train=(TrainParams, TrainParams()),
+        precision=(Precision | None, Field(None, description="auto | fp32 | bf16 for this method's runs (default: "
+                                                             "the experiment's compute.precision)")),
+        notes=(str, ""))
+
+
+MethodSpec = _method_spec()
+
+
+def __getattr__(name: str):
+    """A method package's params class by its name (``from benchmark.spec.schema import LoRAParams``), where it
+    was declared before the packages."""
+    for s in registry.SECTIONS.values():
+        if s.params.__name__ == name:
+            return s.params
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------- experiment

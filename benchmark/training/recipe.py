@@ -1,7 +1,7 @@
 """Recipes: one planned run -> trained weights on disk + the measured part of its result.
 
 A single-task run reads top to bottom (``run_single_task``): load the backbone, let the method kind add
-its modules (one ``@setup`` function per kind), add the head, train exactly what the kind trains
+its modules (its method package's ``setup.py``, or a ``@setup`` function here for the paper's kinds), add the head, train exactly what the kind trains
 (``benchmark/methods``), load the data, train, keep the selected epoch, capture fusion attention, save.
 A kind with a different shape of run (MT-A: many tasks at once) registers a whole ``@recipe`` instead.
 """
@@ -18,6 +18,7 @@ from benchmark import predictions
 from benchmark.data.encode import encode_split, tokenizer_fingerprint
 from benchmark.data.published import content_hash
 from benchmark.errors import CheckpointError
+from benchmark.methods import registry
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import WEIGHTS, load_adapterhub, load_modules, save_modules
 from benchmark.modeling.compiled import compiled_of
@@ -147,14 +148,6 @@ def _single_adapter(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     return Setup(trains=Modules(adapters=[run.task]))
 
 
-@setup("lora", "ia3")
-def _tuner(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
-    # a tuner on target linear layers (modeling/tuners.py): its params are the spec section the kind needs
-    model.add_adapter(run.task, getattr(run.method, run.kind.needs[0]))
-    model.set_active(run.task)
-    return Setup(trains=Modules(adapters=[run.task]))
-
-
 def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
     model.add_fusion(FUSION, run.sources, run.method.fusion)
     model.set_active(Fuse(FUSION))
@@ -213,7 +206,7 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     model = AdapterModel(load_encoder(bspec, tok))
 
     torch.manual_seed(run.seed)  # module init, dropout and batch order follow the run seed
-    added = SETUPS[kind.name](model, run, ctx)
+    added = setup_of(kind.name)(model, run, ctx)
     model.add_head(task.name, task.type, task.num_labels, bspec.pooling)
     trains = _combine(added.trains, Modules(heads=[task.name])) if "head" in kind.trains else added.trains
     model.train_only(trains)
@@ -295,10 +288,22 @@ def run_mt_a(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     }
 
 
+def setup_of(kind: str) -> Callable[[AdapterModel, Run, RunContext], Setup] | None:
+    """How single-task runs of ``kind`` add their modules: its method package's ``setup.py`` (``setup``), else a
+    ``@setup`` function here; None when it has neither."""
+    if kind not in SETUPS:
+        part = registry.part(kind, "setup")
+        if part is not None:
+            SETUPS[kind] = part.setup
+    return SETUPS.get(kind)
+
+
 def execute(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     fn = RECIPES.get(run.kind.name)
     if fn is not None:
         return fn(run, ctx, out_dir)
-    if run.kind.name not in SETUPS:
-        raise KeyError(f"method kind '{run.kind.name}' has neither a @setup nor a @recipe in benchmark/training/recipe.py")
+    if setup_of(run.kind.name) is None:
+        raise KeyError(f"method kind '{run.kind.name}' has no setup: give its package a setup.py with "
+                       "setup(model, run, ctx) (benchmark/methods/registry.py), or a @setup / @recipe in "
+                       "benchmark/training/recipe.py")
     return run_single_task(run, ctx, out_dir)

@@ -1,4 +1,4 @@
-"""(IA)^3 (Liu et al. 2022) as a tuner on target linear layers (``tuners.py``): its module and its forward.
+"""(IA)^3's modules (Liu et al. 2022): a tuner on target linear layers (``tuners.py``): its module and its forward.
 
 For every layer and every target the method spec names (``IA3Params.targets``, by the layout's neutral names),
 the target linear layer W gets a child ``ia3.<name>`` holding one vector l [out] (ones at init, so a fresh
@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from benchmark.methods.ia3.config import IA3Params
 from benchmark.modeling.tuners import TargetTuner, TunerModule
-from benchmark.spec.schema import IA3Params
 
 
 class IA3(TunerModule):

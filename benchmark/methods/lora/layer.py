@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2022) as a tuner on target linear layers (``tuners.py``): its module and its forward.
+"""LoRA's modules (Hu et al. 2022): a tuner on target linear layers (``tuners.py``): its module and its forward.
 
 For every layer and every target the method spec names (``LoRAParams.targets``: ``query``, ``value``,
 ... mapped to an ``nn.Linear`` by the family's ``layout.linear_targets``), the target linear layer W gets a
@@ -19,8 +19,8 @@ import math
 import torch
 from torch import nn
 
+from benchmark.methods.lora.config import LoRAParams
 from benchmark.modeling.tuners import TargetTuner, TunerModule
-from benchmark.spec.schema import LoRAParams
 
 
 class LoRA(TunerModule):

@@ -1,0 +1,147 @@
+"""The one registry of method packages: the core (spec schema, model wrapper, recipe, checkpoint, FLOP model,
+AdapterHub format, report) finds every method here and names none of them.
+
+A method package is a folder ``<name>/`` (under ``benchmark/methods/``, or under a folder named by the
+environment variable ``AFBENCH_METHODS``: the user's methods) holding
+
+* ``config.py`` (layer 0: no torch, nothing above ``benchmark.methods``): its ``register(MethodKind(...))``
+  (what it trains, its report columns, comparisons, claims) and, when its YAML has a section of its own, one
+  ``section(name, Params, flops=...)``: the parameter model of that section (a ``params.Strict``) and what its
+  modules add per token (``plan/flops.py`` calls it with the params, the encoder ``Shape`` and the number of
+  fused sources);
+* ``layer.py`` (the modeling layer), when it adds modules to the encoder: the module type's side of the model
+  API, as module-level functions ``attach``, ``activate``, ``modules_of``, ``describe``, ``params_from``,
+  ``expected_shapes`` (a tuner on target linear layers gets all six from ``modeling/tuners.TargetTuner``);
+* ``setup.py`` (the training layer): ``setup(model, run, ctx) -> recipe.Setup``: what a single-task run of the
+  kind adds to the model and what it trains;
+* ``adapterhub.py`` (the adapterhub layer), optional: ``METHOD``, its AdapterHub ``Method`` (``afbench export``
+  refuses a module type without one).
+
+The parts above layer 0 are imported only when a core module of their layer asks for them (``part``), so
+importing the registry never loads torch. Each package's files keep their layers
+(``tests/test_architecture.py``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.methods import kinds
+
+ENV = "AFBENCH_METHODS"  # a folder (or several, os.pathsep-separated) of the user's method packages
+USER_PACKAGE = "afbench_methods"  # the Python package the user's method packages are imported under
+PARTS = ("config", "layer", "setup", "adapterhub")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A section of the method YAML that a method package declares (e.g. ``lora:``)."""
+
+    name: str
+    params: type  # its parameter model (a params.Strict); its ``type`` field's default names the module type
+    flops: Callable | None  # (params, shape, sources) -> forward FLOPs per token and layer of its modules
+    package: str  # the Python package that declared it
+
+
+SECTIONS: dict[str, Section] = {}
+PACKAGES: dict[str, str] = {}  # method kind -> the Python package that registered it
+_loading: list[str] = []  # the package whose config.py is being imported
+
+
+def section(name: str, params: type, flops: Callable | None = None) -> None:
+    """Declare a section of the method YAML (called from a package's ``config.py``)."""
+    if name in SECTIONS and SECTIONS[name].params is not params:
+        raise ValueError(f"method section '{name}' is declared twice ({SECTIONS[name].package} and "
+                         f"{params.__module__}); give the new method's section another name")
+    package = _loading[-1] if _loading else params.__module__.rpartition(".")[0]
+    SECTIONS[name] = Section(name, params, flops, package)
+
+
+def _user_folders() -> list[Path]:
+    return [Path(p) for p in os.environ.get(ENV, "").split(os.pathsep) if p]
+
+
+def _packages() -> list[tuple[str, Path]]:
+    """(Python package name, folder) of every method package: the shipped ones, then the user's."""
+    own = Path(__file__).parent
+    out = [(f"{__package__}.{d.name}", d) for d in sorted(own.iterdir()) if (d / "config.py").is_file()]
+    folders = _user_folders()
+    for folder in folders:
+        if not folder.is_dir():
+            raise ValueError(f"{ENV}={os.environ[ENV]}: '{folder}' is not a folder; point it at a folder that holds "
+                             "method packages (<name>/config.py ...), or unset it")
+    if folders:
+        pkg = sys.modules.get(USER_PACKAGE)
+        if pkg is None:  # a package whose path is the user's folders: afbench_methods.<name>.config
+            pkg = types.ModuleType(USER_PACKAGE, "the user's method packages (AFBENCH_METHODS)")
+            pkg.__path__ = []
+            sys.modules[USER_PACKAGE] = pkg
+        pkg.__path__[:] = [str(f) for f in folders]
+        out += [(f"{USER_PACKAGE}.{d.name}", d) for f in folders for d in sorted(f.iterdir())
+                if (d / "config.py").is_file() and d.name.isidentifier()]
+    return out
+
+
+def discover() -> None:
+    """Import every method package's ``config.py`` (its kinds and sections register themselves)."""
+    for name, folder in _packages():
+        if name in PACKAGES.values():
+            continue
+        before = set(kinds.KINDS)
+        _loading.append(name)
+        try:
+            importlib.import_module(f"{name}.config")
+        finally:
+            _loading.pop()
+        new = [k for k in kinds.KINDS if k not in before]
+        clash = [k for k in new if k in PACKAGES]
+        if clash:
+            raise ValueError(f"{folder / 'config.py'} registers the method kind(s) {clash}, which "
+                             f"{PACKAGES[clash[0]]} registers already; give the method another name")
+        PACKAGES.update({k: name for k in new})
+
+
+def package_of(kind: str) -> str | None:
+    return PACKAGES.get(kind)
+
+
+def part(kind: str, name: str):
+    """The module ``name`` (``layer``, ``setup``, ``adapterhub``) of the package of method ``kind``; None when the
+    kind has no package or the package no such file."""
+    if name not in PARTS:
+        raise ValueError(f"a method package has no part '{name}' (parts: {PARTS})")
+    pkg = PACKAGES.get(kind)
+    if pkg is None:
+        return None
+    try:
+        return importlib.import_module(f"{pkg}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"{pkg}.{name}":
+            return None
+        raise
+
+
+def sections() -> list[Section]:
+    """The declared sections, in the report order of the kinds that declared them (LoRA before (IA)^3)."""
+    rank = {k.name: i for i, k in enumerate(kinds.report_order())}
+    first = {}
+    for kind, pkg in PACKAGES.items():
+        first[pkg] = min(first.get(pkg, len(rank)), rank.get(kind, len(rank)))
+    return sorted(SECTIONS.values(), key=lambda s: first.get(s.package, len(rank)))
+
+
+def module_types() -> dict[str, str]:
+    """A module type (the ``type`` of a section's params) -> the method kind whose ``layer.py`` owns it."""
+    out = {}
+    for s in SECTIONS.values():
+        field = s.params.model_fields.get("type")
+        kinds = [k for k, p in PACKAGES.items() if p == s.package]
+        if field is not None and kinds:
+            out[field.default] = kinds[0]
+    return out
