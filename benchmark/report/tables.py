@@ -524,18 +524,18 @@ def heldout_ties(col: Collected, backbone: str, rows: list[RowView], cols) -> li
             last = []
             for rid, value in zip(cell.run_ids, cell.values, strict=True):
                 rec = by_id[rid]
-                hist = [h for h in rec.history if h.get("heldout_accuracy") is not None]
+                hist = [h for h in rec.history if h.heldout_accuracy is not None]
                 if rec.selection != "heldout" or not hist or rec.per_task:  # MT-A: one choice over its mixture
                     last.append(value)
                     continue
-                slice_rows.add((rec.data or {}).get("heldout_rows"))
-                top = max(h["heldout_accuracy"] for h in hist)
-                at = [h for h in hist if h["heldout_accuracy"] == top]
+                slice_rows.add(rec.data.heldout_rows if rec.data else None)
+                top = max(h.heldout_accuracy for h in hist)
+                at = [h for h in hist if h.heldout_accuracy == top]
                 if rid not in counted:  # a run in two columns (a shared-adapter column's seed 42) counts once
                     counted.add(rid)
                     runs, tied = runs + 1, tied + (len(at) > 1)
-                    differ += len({h["dev_accuracy"] for h in at}) > 1
-                last.append(at[-1]["dev_accuracy"])
+                    differ += len({h.dev_accuracy for h in at}) > 1
+                last.append(at[-1].dev_accuracy)
             if any(abs(a - b) > 1e-9 for a, b in zip(last, cell.values, strict=True)):
                 new = sum(last) / len(last)
                 moved.append(f"{heading} {cell.mean:.2f} → {new:.2f}" if f"{new:.2f}" != f"{cell.mean:.2f}"
