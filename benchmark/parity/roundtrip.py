@@ -68,9 +68,9 @@ def write_specs(folder: Path, *, rows: int = 32, epochs: int = 3, backbone: str 
                     "'{{ c }}']}\nlabel: {column: label}\n")
         write_atomic(folder / "tasks" / f"{name}.yaml", f"kind: task\nname: {name}\nmax_length: 32\n{files}{body}")
     kinds = ("head", "full", "st_a", "st_a_houlsby", "mt_a", "fusion_st_a", "fusion_mt_a", "lora", "ia3", *LORAS)
-    # tiny random models move only at a large lr; (IA)^3's vectors start at 1 and need a larger one still, so that
+    # tiny random models move only at a large lr; (IA)^3's vectors start at 1 and need a larger one still (0.3 diverged), so that
     # the round trip's "not vacuously equal" margin is wide (at 1e-2 they moved the logits by ~1e-5 only)
-    lr = "\n".join(f"  {m}: {{lr: {'3.0e-1' if m == 'ia3' else '1.0e-2'}}}" for m in kinds)
+    lr = "\n".join(f"  {m}: {{lr: {'5.0e-2' if m == 'ia3' else '1.0e-2'}}}" for m in kinds)
     write_atomic(folder / "experiments" / f"{EXPERIMENT}.yaml",
         f"kind: experiment\nname: {EXPERIMENT}\nbackbones: [{backbone}]\nseeds: [1]\n"
         f"groups:\n  - tasks: [rt_cls, rt_mc]\n    methods: [{', '.join(methods)}]\n"
