@@ -185,11 +185,11 @@ def test_every_committed_predictions_file_reproduces_its_record():
         check(f.parent)
         rec = load_run(f.parent / RESULT)
         table = pq.read_table(f).to_pydict()
-        want = {t: v["best_metric"] for t, v in rec.per_task.items()} if rec.per_task else {rec.task: rec.best_metric}
+        want = {t: v.best_metric for t, v in rec.per_task.items()} if rec.per_task else {rec.task: rec.best_metric}
         for t, metric in want.items():
             mine = [(p, g, sp) for x, p, g, sp in zip(table["task"], table["pred"], table["gold"], table["split"],
                                                      strict=True) if x == t]
             assert 100.0 * (sum(p == g for p, g, _ in mine) / len(mine)) == metric, (f.parent.name, t)
             assert len({sp for _, _, sp in mine}) == 1, (f.parent.name, t)  # one dev split, no test rows mixed in
-            if not rec.per_task and (rec.data or {}).get("eval_rows") is not None:
-                assert len(mine) == rec.data["eval_rows"], (f.parent.name, len(mine), rec.data["eval_rows"])
+            if not rec.per_task and rec.data is not None and rec.data.eval_rows is not None:
+                assert len(mine) == rec.data.eval_rows, (f.parent.name, len(mine), rec.data.eval_rows)

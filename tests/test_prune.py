@@ -14,6 +14,7 @@ from benchmark.modeling.fusion import AdapterFusion, fast_fusion, naive_fusion
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.perf.prune import ks_for
+from benchmark.records import RESULT, load_run
 from benchmark.spec.schema import AdapterParams, FusionParams
 from conftest import needs_mirror
 
@@ -204,6 +205,13 @@ def test_prune_reports_rerender_from_their_json_and_say_why_these_seeds(tmp_path
         text = md.read_text()
         assert "Why these seeds:" in text and "Pruned: seed 43 (its own seed's adapters" in text
         assert "seed 42 (its own seed's adapters" in text and "the seed-42 adapters" in text
+        # a pruned run retrained after the measurement is described by the training that was pruned
+        raw = json.loads(js.read_text())
+        recs = [load_run(ROOT / "results" / "minilm_table1" / r["run_id"] / RESULT) for r in raw["runs"]]
+        retrained = [r for r in recs if r.finished_at > raw["provenance"]["date"]]
+        assert text.count("retrained since under the same id") == len(retrained)
+        for r in retrained:
+            assert f"finished {r.previous_result['finished_at'][:16].replace('T', ' ')} UTC" in text
     empty = tmp_path / "none"
     empty.mkdir()
     assert main(["prune", "minilm_table1", "--rerender", "--out-dir", str(empty)]) != 0

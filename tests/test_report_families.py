@@ -8,8 +8,10 @@ import re
 import shutil
 
 import pytest
+from scipy.stats import ttest_rel
 from test_report import VALUES, handmade, make_result  # noqa: F401 - handmade: the fixture
 
+from benchmark.records import RESULT, load_run
 from benchmark.report import build as report_build
 from benchmark.report.aggregate import load
 from benchmark.report.paired import CONFIRMATORY, EXPLORATORY, SENSITIVITY, pair
@@ -17,6 +19,17 @@ from benchmark.runner.results import write_json_atomic
 from conftest import MIRROR, ROOT, needs_mirror
 
 RUN = "{task}__{label}__minilm-l6__s{seed}__x"
+
+
+def _own_seed_pairs(task: str, fusion: str, base: str) -> tuple[list[float], list[float]]:
+    """minilm_table1's committed records: (fusion, base) dev accuracies by seed, each fusion run the one whose
+    dependency is its own seed's base run."""
+    runs = [load_run(p) for p in sorted((ROOT / "results" / "minilm_table1").glob(f"{task}__*/{RESULT}"))]
+    bases = {r.run_id: r for r in runs if r.run_id.startswith(f"{task}__{base}__")}
+    pairs = sorted((r.seed, r.best_metric, bases[d].best_metric) for r in runs
+                   if r.run_id.startswith(f"{task}__{fusion}__") for d in r.deps
+                   if d in bases and bases[d].seed == r.seed)
+    return [f for _, f, _ in pairs], [b for _, _, b in pairs]
 
 
 def test_pairing_is_read_from_the_records(registry, handmade):  # noqa: F811 - the fixture
@@ -74,8 +87,13 @@ def test_minilm_table1_every_test_in_one_family_printed_with_its_name(minilm_tab
     assert t2.families == "confirmatory: 11 tests, exploratory: 16 tests", t2.families
     stats = {(s.task, s.comparison): s for s in t2.stats}
     rte = stats[("rte", "F. w/ ST-A vs ST-A")]
-    # the audit: paired by seed, p = 0.020 (Welch's 0.0014 treated the columns as independent)
-    assert (rte.delta, rte.t_p, rte.holm) == ("+10.11", "0.020", f"0.22 ({CONFIRMATORY})")
+    # the audit: paired by seed (Welch's test treated the columns as independent), recomputed here with scipy from
+    # the records: each fusion run over its own seed's adapter against that seed's ST-A run
+    fusion, st_a = _own_seed_pairs("rte", "fusion_st_a_rf16", "st_a_rf16")
+    diffs = [f - b for f, b in zip(fusion, st_a, strict=True)]
+    assert len(diffs) == 3 and rte.delta == f"{sum(diffs) / 3:+.2f}", (rte.delta, diffs)
+    assert rte.t_p == f"{ttest_rel(fusion, st_a).pvalue:.3f}" and rte.holm.endswith(f"({CONFIRMATORY})")
+    assert float(rte.holm.split()[0]) >= float(rte.t_p)  # Holm never lowers a p
     assert stats[("sick", "F. w/ ST-A vs MT-A")].holm.endswith(f"({EXPLORATORY})")
     t1 = next(t for t in data.tables if t.key == "table1")
     for j, label in enumerate(t1.labels):

@@ -34,6 +34,7 @@ from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance_lines
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result, read_result_file
+from benchmark.runner.results import now
 from benchmark.spec.registry import Registry
 from benchmark.training.loop import evaluate, inputs_of, to_device
 from benchmark.training.recipe import FUSION, RunContext, load_data
@@ -172,9 +173,11 @@ def _day(stamp: str | None) -> str:
     return (stamp or "an unrecorded time")[:16].replace("T", " ") + (" UTC" if stamp else "")
 
 
-def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict]) -> str:
+def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict], measured_at: str | None = None) -> str:
     """Why these seeds, from the records: the pruned runs against the other finished Fusion w/ ST-A runs of the
-    task (each run's own seed, whose adapters it read, when it finished and on which CPU); "" without records."""
+    task (each run's own seed, whose adapters it read, when it finished and on which CPU); "" without records.
+    A pruned run whose record finished after ``measured_at`` (the measurement's date) was retrained since: it is
+    described by the result its rerun replaced (``previous_result``), which is the training that was pruned."""
     if results_dir is None or not (results_dir / exp).is_dir():
         return ""
     recs = [r for r in (read_result(d) for d in sorted((results_dir / exp).iterdir()) if d.is_dir())
@@ -195,7 +198,16 @@ def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict]) 
     def where(r) -> str:
         return f"finished {_day(r.finished_at)}, {r.cpu_model or 'CPU not recorded'}"
 
-    done = "; ".join(f"seed {r.seed} ({reads(r)}, {where(r)})" for r in pruned)
+    def pruned_as(r) -> str:
+        if not (measured_at and r.finished_at and r.finished_at > measured_at):
+            return where(r)
+        prev = r.previous_result or {}
+        was = (f"finished {_day(prev.get('finished_at'))}, {prev.get('cpu_model') or 'CPU not recorded'}"
+               if prev.get("finished_at") and prev["finished_at"] <= measured_at else "a training the records no longer hold")
+        return (f"{was}; retrained since under the same id, {where(r)}, so these measurements are of the earlier "
+                f"training and its dev accuracy, not of the one Table 1 now reads")
+
+    done = "; ".join(f"seed {r.seed} ({reads(r)}, {pruned_as(r)})" for r in pruned)
     others = [r for r in recs if r.run_id not in {p.run_id for p in pruned}]
     text = (f"Why these seeds: pruning reads a run's weights.safetensors, and fusion weights are not committed "
             f"(only result.json is), so only runs whose weights were in the results folder at the time could be "
@@ -210,7 +222,7 @@ def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict]) 
 def target_report(exp: str, task: str, runs: list[dict], h: Harness, rounds: int, out_dir: Path,
                   results_dir: Path | None = None) -> Path:
     stem = under(out_dir, f"prune_{exp}_{task}")  # spec names: never a path out of --out-dir
-    lines, table, ks, n = target_lines(exp, task, runs, rounds, stem.name, seeds_note(results_dir, exp, task, runs))
+    lines, table, ks, n = target_lines(exp, task, runs, rounds, stem.name, seeds_note(results_dir, exp, task, runs, now()))
     figure(stem.with_suffix(".png"), task, ks, n, table, runs)
     return h.write(lines, {"experiment": exp, "task": task, "rounds": rounds, "runs": runs, "table": table},
                    out=stem.with_suffix(".md"), quiet=True)
@@ -228,7 +240,8 @@ def rerender(exp: str, out_dir: Path, results_dir: Path | None) -> list[Path]:
         stem = js.with_suffix("")
         runs = raw["runs"]
         lines, table, ks, n = target_lines(exp, raw["task"], runs, raw["rounds"], stem.name,
-                                           seeds_note(results_dir, exp, raw["task"], runs))
+                                           seeds_note(results_dir, exp, raw["task"], runs,
+                                                      raw.get("provenance", {}).get("date")))
         head = []
         drift = raw.get("drift_guard")
         if drift and not drift.get("trustworthy", True):
