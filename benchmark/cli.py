@@ -578,7 +578,7 @@ def cmd_parity(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from benchmark.perf.prune import rerender, run_prune
+    from benchmark.analysis.prune import rerender, run_prune
     from benchmark.runner.results import results_root
 
     if args.rerender:  # from the stored JSON: no model, no data, no timing

@@ -22,6 +22,7 @@ LAYERS = [
     {"runner"},
     {"report"},
     {"perf", "parity"},
+    {"analysis"},  # analyses of trained runs: rebuild a model (runner.export) and time it (perf.harness)
     {"cli"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}

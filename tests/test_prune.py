@@ -10,10 +10,10 @@ import textwrap
 import pytest
 import torch
 
+from benchmark.analysis.prune import ks_for
 from benchmark.modeling.fusion import AdapterFusion, fast_fusion, naive_fusion
 from benchmark.modeling.model import AdapterModel, Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
-from benchmark.perf.prune import ks_for
 from benchmark.records import RESULT, load_run
 from benchmark.spec.schema import AdapterParams, FusionParams
 from conftest import needs_mirror

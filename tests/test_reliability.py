@@ -595,10 +595,10 @@ def test_perf_prune_export_cache_and_tokenizer_writers_fail_as_one_paragraph_and
         tmp_path, monkeypatch, capsys, registry):
     """On a read-only folder each writer raises one StorageError (the cache: one line, it only costs the
     cache); the file that was there is left as it was and no temp file is left behind."""
+    from benchmark.analysis import prune
     from benchmark.data import encode
     from benchmark.errors import StorageError
     from benchmark.modeling import tokenizer_files
-    from benchmark.perf import prune
     from benchmark.perf.meta import write_report
     from benchmark.runner.export import _Writer
 

@@ -11,12 +11,11 @@ how close to the machine's limit. Names only; each mode lives in its own module:
   peak memory (``inference.py``, ``reports/perf_inference.md``).
 * ``compiled``: numerics of the compiled path (``compute.compile``) against eager on one real task over seeds:
   max logit difference and dev accuracy, no timings (``compiled.py``, ``reports/perf_compiled.md``).
-* ``afbench prune``: pruned fusion after training (``prune.py``).
 
-``harness.py`` is what every mode measures with: the reference subprocess, alternating rounds, medians, the
-memory pass, the drift guard (fp32 GEMM peak before and after) and the report's provenance; ``meta.py`` is
-what every report carries (revision, date, CPU, versions, command, targets met or missed);
-``backbones.py`` builds the encoders, ``gpu_check.py`` is ``nox -s gpu``.
+``harness.py`` is what every mode (and ``afbench prune``, ``benchmark/analysis/prune.py``) measures with: the
+reference subprocess, alternating rounds, medians, the memory pass, the drift guard (fp32 GEMM peak before and
+after) and the report's provenance; ``meta.py`` is what every report carries (revision, date, CPU, versions,
+command, targets met or missed); ``backbones.py`` builds the encoders, ``gpu_check.py`` is ``nox -s gpu``.
 """
 
 import importlib

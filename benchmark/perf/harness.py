@@ -1,4 +1,5 @@
-"""The one measurement harness every perf mode uses (steps, epochs, roofline, inference, prune):
+"""The one measurement harness every perf mode (steps, epochs, roofline, inference) and ``afbench prune``
+(``analysis/prune.py``) uses:
 
 * the reference (AdapterHub) side in its own interpreter, read from the JSON of its last stdout line
   (``reference``; a failure is one ``ReferenceFailed``, which ``afbench perf`` prints and exits 1 on);

@@ -24,16 +24,17 @@ import torch
 
 from benchmark.data.encode import batches
 from benchmark.errors import BenchError, CheckpointError
-from benchmark.modeling.backbone import load_encoder, load_tokenizer
-from benchmark.modeling.checkpoint import load_modules
+from benchmark.modeling.backbone import load_tokenizer
+from benchmark.modeling.checkpoint import WEIGHTS
 from benchmark.modeling.compute import Compute
-from benchmark.modeling.model import AdapterModel, Fuse
+from benchmark.modeling.model import Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.paths import read_regular, under, write_atomic
 from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance_lines
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result, read_result_file
+from benchmark.runner.export import build_model
 from benchmark.runner.results import now
 from benchmark.spec.registry import Registry
 from benchmark.training.loop import evaluate, inputs_of, to_device
@@ -55,26 +56,25 @@ def fusion_runs(plan: Plan, patterns: list[str] | None) -> list[Run]:
 
 
 def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device):
-    """(model with the run's fusion active, tokenizer) from a finished run folder."""
+    """(model with the run's fusion active, tokenizer, compute) from a finished run folder, rebuilt by
+    ``export.build_model`` (the rebuild ``afbench export`` and ``afbench predict`` use)."""
     res = read_result_file(folder)
     if not res.finished:
         raise BenchError(f"run {run.id} is not finished ({res.state})", file=str(folder),
                          fix=f"train it first: afbench run {run.experiment} --only '{run.id}'")
-    if not (folder / "weights.safetensors").exists():
+    if not (folder / WEIGHTS).exists():
         raise CheckpointError(f"run {run.id} finished but its weights are not here (fusion weights are not "
                               "committed)", file=str(folder),
                               fix="point --results-dir at the results of the machine that trained it, or move this "
                                   f"folder away and rerun afbench run {run.experiment} --only '{run.id}' (its "
                                   "finished stage-1 adapters are kept; --force would retrain them too)")
-    bspec = reg.backbones[run.backbone]
-    tok = load_tokenizer(bspec)
-    model = AdapterModel(load_encoder(bspec, tok))
-    load_modules(model, folder)
+    tok = load_tokenizer(reg.backbones[run.backbone])
+    model = build_model(run, reg, lambda rid: folder.parent / rid, tok)
     model.set_active(Fuse(FUSION))
     compute = Compute.of(run.compute)
     compute.check(device)
     compute.apply(model)
-    return model.to(device).eval(), tok, compute
+    return model.to(device), tok, compute  # build_model left it in eval mode
 
 
 @torch.no_grad()
