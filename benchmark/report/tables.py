@@ -365,16 +365,20 @@ def _per_task_tests(family: str, a: str, b: str, prs: dict[str, Pairing]) -> lis
     return out
 
 
-def _over_tasks_test(key: tuple, prs: dict[str, Pairing], eq: Equivalence | None = None) -> list[RawTest]:
-    """An "on average" claim's test of the mean over tasks (paired t), or an on-par claim's (its TOST p)."""
-    c = compare_over_tasks({t: pr.design for t, pr in prs.items()})
-    notes = tuple(n for pr in prs.values() for n in pr.notes)
-    p = (eq.p if eq else None) if key[0] == "tost" else (c.paired_t_p if c else None)
-    return [RawTest(CONFIRMATORY, key, c, notes, p)] if c else []
-
-
-def _is_small(reg, task: str) -> bool:
-    return (reg.tasks[task].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE
+def _claim_check(claim: methods.Claim, prs: dict[str, Pairing]) -> ClaimCheck:
+    """A claim's tests: one per task (a per-task claim), or one over the tasks: the mean's paired t ("on average")
+    or the TOST of the per-seed means ("on par")."""
+    a, b = claim.ours, claim.baseline
+    if claim.test in PER_TASK_CLAIMS:
+        return ClaimCheck(claim, list(prs), _per_task_tests(CONFIRMATORY, a, b, prs))
+    designs = {t: pr.design for t, pr in prs.items()}
+    over, notes = compare_over_tasks(designs), tuple(n for pr in prs.values() for n in pr.notes)
+    if claim.test == "on_par":
+        eq = tost(per_seed_over_tasks(designs))
+        key, p = ("tost", a, b), (eq.p if eq else None)
+    else:
+        eq, key, p = None, ("mean", a, b), (over.paired_t_p if over else None)
+    return ClaimCheck(claim, list(prs), [RawTest(CONFIRMATORY, key, over, notes, p)] if over else [], eq)
 
 
 def claim_checks(col: Collected, backbone: str, paper: dict, reg) -> list[ClaimCheck]:
@@ -386,19 +390,12 @@ def claim_checks(col: Collected, backbone: str, paper: dict, reg) -> list[ClaimC
     cols, out = col.columns(backbone), []
     tasks = [t for t in col.tasks(backbone) if is_paper_task(reg, t)]
     for claim in methods.CLAIMS:  # the paper's findings, as the registry declares them
-        a, b = claim.ours, claim.baseline
-        if not {a, b} <= cols:
+        if not {claim.ours, claim.baseline} <= cols:
             continue
-        prs = _pairs(col, backbone, a, b, [t for t in tasks if claim.test != "small_tasks" or _is_small(reg, t)])
-        if not prs:
-            continue
-        if claim.test in PER_TASK_CLAIMS:
-            out.append(ClaimCheck(claim, list(prs), _per_task_tests(CONFIRMATORY, a, b, prs)))
-        elif claim.test == "on_par":
-            eq = tost(per_seed_over_tasks({t: pr.design for t, pr in prs.items()}))
-            out.append(ClaimCheck(claim, list(prs), _over_tasks_test(("tost", a, b), prs, eq), eq))
-        else:
-            out.append(ClaimCheck(claim, list(prs), _over_tasks_test(("mean", a, b), prs)))
+        ts = [t for t in tasks if claim.test != "small_tasks"
+              or (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
+        if prs := _pairs(col, backbone, claim.ours, claim.baseline, ts):
+            out.append(_claim_check(claim, prs))
     return out
 
 
@@ -410,14 +407,16 @@ def backbone_tests(col: Collected, backbone: str, checks: list[ClaimCheck]) -> T
     have, tasks, pairs = col.columns(backbone), col.tasks(backbone), methods.significance_pairs()
     wanted = [(EXPLORATORY, f, b) for _, f, b, _ in comparisons() if {f, b} <= have]
     for label, base in variants(col, backbone).items():
+        if base in have:
+            wanted.append((SENSITIVITY, label, base))
         kind_base = label.partition("@")[0]
-        wanted += [(SENSITIVITY, label, base)] if base in have else []
-        wanted += [(SENSITIVITY, label, pairs[kind_base])] if "@" in label and pairs.get(kind_base) in have else []
+        if "@" in label and pairs.get(kind_base) in have:
+            wanted.append((SENSITIVITY, label, pairs[kind_base]))
     computed = [x for check in checks for x in check.tests]
     for family, a, b in wanted:
         done = {x.key for x in computed}
-        computed += _per_task_tests(family, a, b, _pairs(col, backbone, a, b,
-                                                         [t for t in tasks if (t, a, b) not in done]))
+        todo = [t for t in tasks if (t, a, b) not in done]
+        computed += _per_task_tests(family, a, b, _pairs(col, backbone, a, b, todo))
     return adjust(computed)
 
 
@@ -772,7 +771,7 @@ def _average_verdict(x: Tested) -> str:
             f"{x.family} Holm p ≥ {SIGNIFICANCE})")
 
 
-def _equivalence_verdict(x: Tested, eq) -> str:
+def _equivalence_verdict(x: Tested, eq: Equivalence | None) -> str:
     c, m = x.comparison, f"±{EQUIVALENCE_MARGIN:.1f}"
     if eq is None or c.sd_diff is None:
         return "no verdict (no TOST: fewer than 2 seeds common to every task, or no spread)"
@@ -797,30 +796,15 @@ def findings(checks: list[ClaimCheck], tests: Tests, paper: dict) -> list[Findin
 
 
 def _finding(check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
-    claim = check.claim
-    text = claim.text.format(small=SMALL_TASK_TRAIN_SIZE)
-    if claim.test in PER_TASK_CLAIMS:
+    text, test = check.claim.text.format(small=SMALL_TASK_TRAIN_SIZE), check.claim.test
+    if test in PER_TASK_CLAIMS:
         return _per_task_finding(text, check, tests, paper)
-    paper_text, effect = _published_means(paper, published.paper_key(claim.ours),
-                                          published.paper_key(claim.baseline), check.tasks)
-    if claim.test == "on_par":
-        x, eq = tests.get(("tost", claim.ours, claim.baseline)), check.eq
-        shown = (f"; TOST at ±{EQUIVALENCE_MARGIN:.1f} point over per-seed means: 90% interval {eq.low:+.2f} to "
-                 f"{eq.high:+.2f}, {test_text(x)}" if eq else "")
-        ours = f"mean difference {x.text(test=False)} over {len(check.tasks)} tasks{shown}"
-        return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _equivalence_verdict(x, eq),
-                       power_text(x, effect))
-    x = tests.get(("mean", claim.ours, claim.baseline))
-    ours = f"mean gain {x.text()} over {len(check.tasks)} tasks"
-    if claim.per_task:
-        ours += f"; {_described(_tested_per_task(check, tests))}"
-    return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _average_verdict(x), power_text(x, effect))
+    return (_on_par_finding if test == "on_par" else _average_finding)(text, check, tests, paper)
 
 
 def _per_task_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
     claim, got = check.claim, _tested_per_task(check, tests)
-    ka, kb = published.paper_key(claim.ours), published.paper_key(claim.baseline)
-    gains = {t: published.gain(paper, t, ka, kb) for t, _ in got}
+    gains = {t: published.gain(paper, t, *_paper_keys(claim)) for t, _ in got}
     power = "; ".join(f"{t}: {power_text(x, gains[t])}" for t, x in got)
     verdict = _too_few(min(x.comparison.n for _, x in got)) or _per_task_verdict(got)
     if claim.test == "small_tasks":
@@ -833,6 +817,29 @@ def _per_task_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -
         paper_text += f"; {sum(p == 'up' for p in printed)}/{len(printed)} over our tasks"
     up = sum(x.comparison.delta > ARROW_THRESHOLD for _, x in got)
     return Finding(text, paper_text, f"{up}/{len(got)} improved; {_described(got)}", verdict, power)
+
+
+def _average_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
+    paper_text, effect = _published_means(paper, *_paper_keys(check.claim), check.tasks)
+    x = tests.get(("mean", check.claim.ours, check.claim.baseline))
+    ours = f"mean gain {x.text()} over {len(check.tasks)} tasks"
+    if check.claim.per_task:
+        ours += f"; {_described(_tested_per_task(check, tests))}"
+    return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _average_verdict(x), power_text(x, effect))
+
+
+def _on_par_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
+    paper_text, effect = _published_means(paper, *_paper_keys(check.claim), check.tasks)
+    x, eq = tests.get(("tost", check.claim.ours, check.claim.baseline)), check.eq
+    shown = (f"; TOST at ±{EQUIVALENCE_MARGIN:.1f} point over per-seed means: 90% interval {eq.low:+.2f} to "
+             f"{eq.high:+.2f}, {test_text(x)}" if eq else "")
+    ours = f"mean difference {x.text(test=False)} over {len(check.tasks)} tasks{shown}"
+    return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _equivalence_verdict(x, eq),
+                   power_text(x, effect))
+
+
+def _paper_keys(claim: methods.Claim) -> tuple[str, str]:
+    return published.paper_key(claim.ours), published.paper_key(claim.baseline)
 
 
 def _tested_per_task(check: ClaimCheck, tests: Tests) -> list[tuple[str, Tested]]:
