@@ -43,6 +43,7 @@ from benchmark.report.tables import (
     backbone_tests,
     build_table,
     build_table2,
+    claim_checks,
     findings,
     layout,
     p_text,
@@ -331,7 +332,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
         floor = majority_baselines(reg, col.tasks(b), root)
-        tests = backbone_tests(col, b, paper, reg)  # every comparison once, each in one family
+        checks = claim_checks(col, b, paper, reg)  # the paper's findings and their tests
+        tests = backbone_tests(col, b, checks)  # every comparison once, each in one family, Holm-adjusted
         for key in published.tables_for(paper, pb):
             t = build_table(key, col, b, paper, reg, floor, tests)
             if t:
@@ -339,7 +341,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
         t2 = build_table2(col, b, paper, reg, tests)
         if t2:
             data.table2.append(t2)
-        fs = findings(col, b, paper, reg, tests)
+        fs = findings(checks, tests, paper)
         if fs:
             data.findings[b] = fs
         for c in methods.fusion_columns():

@@ -19,6 +19,7 @@ from benchmark.report.inference import (
     ASO_DT,
     ASO_REPLICATES,
     BOOTSTRAP_SEED,
+    Comparison,
     compare,
     compare_over_tasks,
     equivalence_half_width,
@@ -32,13 +33,21 @@ from benchmark.report.paired import (
     EXPLORATORY,
     FAMILIES_NOTE,
     SENSITIVITY,
+    Pairing,
     Tested,
     Tests,
     pair,
     test_text,
 )
 from benchmark.report.published import ARROW_THRESHOLD, arrow  # the thresholds live with the paper's numbers
-from benchmark.report.stats import EQUIVALENCE_MARGIN, SIGNIFICANCE, p_text, p_value, tost  # noqa: F401 - p_text
+from benchmark.report.stats import (  # noqa: F401 - p_text
+    EQUIVALENCE_MARGIN,
+    SIGNIFICANCE,
+    Equivalence,
+    p_text,
+    p_value,
+    tost,
+)
 
 
 # Columns, Table 2 comparisons and † pairs come from the method kinds (benchmark/methods): a new kind's
@@ -315,62 +324,108 @@ def adapter_seed_sensitivity(col: Collected, backbone: str, tests: Tests) -> lis
     return out
 
 
-def claim_tasks(col: Collected, backbone: str, paper: dict, reg) -> list[tuple[methods.Claim, list[str]]]:
+# The paper's findings, and every other comparison a backbone's tables print, in three steps: compute each test
+# once (``RawTest`` records; a finding's own in its ``ClaimCheck``), adjust (``adjust``: Holm within each family,
+# once over all of them), render (``findings``: a row and a verdict per claim, read from the adjusted ``Tests``).
+PER_TASK_CLAIMS = ("small_tasks", "most_tasks")
+
+
+@dataclass(frozen=True)
+class RawTest:
+    """One comparison before adjustment: its family, key, paired comparison, pairing notes and the raw p its
+    family adjusts (paired t; TOST p for an equivalence test; None: no test)."""
+    family: str
+    key: tuple
+    comparison: Comparison
+    notes: tuple[str, ...]
+    p: float | None
+
+
+@dataclass(frozen=True)
+class ClaimCheck:
+    """One of the paper's findings this backbone can check: the claim, the paper tasks it covers (both of its
+    columns paired on each), the confirmatory tests it consists of and, for an on-par claim, the TOST over the
+    per-seed means (whose interval the finding prints)."""
+    claim: methods.Claim
+    tasks: list[str]
+    tests: list[RawTest]
+    eq: Equivalence | None = None
+
+
+def _pairs(col: Collected, backbone: str, a: str, b: str, tasks: list[str]) -> dict[str, Pairing]:
+    """Column ``a`` against ``b`` on each of ``tasks`` where both have a paired seed."""
+    return {t: pr for t in tasks if (pr := pair(col, backbone, t, a, b))}
+
+
+def _per_task_tests(family: str, a: str, b: str, prs: dict[str, Pairing]) -> list[RawTest]:
+    out = []
+    for t, pr in prs.items():
+        if c := compare(pr.design):
+            out.append(RawTest(family, (t, a, b), c, pr.notes, c.paired_t_p))
+    return out
+
+
+def _claim_check(claim: methods.Claim, prs: dict[str, Pairing]) -> ClaimCheck:
+    """A claim's tests: one per task (a per-task claim), or one over the tasks: the mean's paired t ("on average")
+    or the TOST of the per-seed means ("on par")."""
+    a, b = claim.ours, claim.baseline
+    if claim.test in PER_TASK_CLAIMS:
+        return ClaimCheck(claim, list(prs), _per_task_tests(CONFIRMATORY, a, b, prs))
+    designs = {t: pr.design for t, pr in prs.items()}
+    over, notes = compare_over_tasks(designs), tuple(n for pr in prs.values() for n in pr.notes)
+    if claim.test == "on_par":
+        eq = tost(per_seed_over_tasks(designs))
+        key, p = ("tost", a, b), (eq.p if eq else None)
+    else:
+        eq, key, p = None, ("mean", a, b), (over.paired_t_p if over else None)
+    return ClaimCheck(claim, list(prs), [RawTest(CONFIRMATORY, key, over, notes, p)] if over else [], eq)
+
+
+def claim_checks(col: Collected, backbone: str, paper: dict, reg) -> list[ClaimCheck]:
     """The paper's findings this backbone can check, each with the paper tasks it covers on which both of its
-    columns have a paired seed (none unless the backbone is, or stands in for, the paper's Table 1 backbone)."""
+    columns have a paired seed and the tests it consists of (none unless the backbone is, or stands in for, the
+    paper's Table 1 backbone)."""
     if not compares_with_table1(reg, backbone, paper):
         return []
-    out, cols = [], col.columns(backbone)
+    cols, out = col.columns(backbone), []
     tasks = [t for t in col.tasks(backbone) if is_paper_task(reg, t)]
-    for claim in methods.CLAIMS:
+    for claim in methods.CLAIMS:  # the paper's findings, as the registry declares them
         if not {claim.ours, claim.baseline} <= cols:
             continue
         ts = [t for t in tasks if claim.test != "small_tasks"
               or (reg.tasks[t].paper.train_size or math.inf) < SMALL_TASK_TRAIN_SIZE]
-        ts = [t for t in ts if pair(col, backbone, t, claim.ours, claim.baseline)]
-        if ts:
-            out.append((claim, ts))
+        if prs := _pairs(col, backbone, claim.ours, claim.baseline, ts):
+            out.append(_claim_check(claim, prs))
     return out
 
 
-PER_TASK_CLAIMS = ("small_tasks", "most_tasks")
-
-
-def backbone_tests(col: Collected, backbone: str, paper: dict, reg) -> Tests:
-    """Every comparison the backbone's tables print, each in one family: the tests the paper's findings consist
-    of (confirmatory), Table 2's other comparisons (exploratory), variants and shared-adapter columns against
-    their kind's column and their † baseline (sensitivity: CIs only). Paired by seed from the records."""
-    tests, have, tasks = Tests(), col.columns(backbone), col.tasks(backbone)
-
-    def per_task(family: str, a: str, b: str, ts) -> None:
-        for t in ts:
-            if pr := pair(col, backbone, t, a, b):
-                tests.add(family, (t, a, b), compare(pr.design), pr.notes)
-
-    for claim, ts in claim_tasks(col, backbone, paper, reg):
-        a, b = claim.ours, claim.baseline
-        if claim.test in PER_TASK_CLAIMS:
-            per_task(CONFIRMATORY, a, b, ts)
-            continue
-        prs = {t: pair(col, backbone, t, a, b) for t in ts}
-        designs = {t: pr.design for t, pr in prs.items()}
-        notes = tuple(n for pr in prs.values() for n in pr.notes)
-        over = compare_over_tasks(designs)
-        if claim.test == "on_par":
-            eq = tost(per_seed_over_tasks(designs))
-            tests.add(CONFIRMATORY, ("tost", a, b), over, notes, p=eq.p if eq else None)
-        else:
-            tests.add(CONFIRMATORY, ("mean", a, b), over, notes)
-    for _, f, b, _ in comparisons():
-        if {f, b} <= have:
-            per_task(EXPLORATORY, f, b, tasks)
-    pairs = methods.significance_pairs()
+def backbone_tests(col: Collected, backbone: str, checks: list[ClaimCheck]) -> Tests:
+    """Every comparison the backbone's tables print, each in one family (the first it is computed for): the tests
+    the paper's findings consist of (confirmatory, from ``checks``), Table 2's other comparisons (exploratory),
+    variants and shared-adapter columns against their kind's column and their † baseline (sensitivity: CIs
+    only); then adjusted. Paired by seed from the records."""
+    have, tasks, pairs = col.columns(backbone), col.tasks(backbone), methods.significance_pairs()
+    wanted = [(EXPLORATORY, f, b) for _, f, b, _ in comparisons() if {f, b} <= have]
     for label, base in variants(col, backbone).items():
         if base in have:
-            per_task(SENSITIVITY, label, base, tasks)
+            wanted.append((SENSITIVITY, label, base))
         kind_base = label.partition("@")[0]
         if "@" in label and pairs.get(kind_base) in have:
-            per_task(SENSITIVITY, label, pairs[kind_base], tasks)
+            wanted.append((SENSITIVITY, label, pairs[kind_base]))
+    computed = [x for check in checks for x in check.tests]
+    for family, a, b in wanted:
+        done = {x.key for x in computed}
+        todo = [t for t in tasks if (t, a, b) not in done]
+        computed += _per_task_tests(family, a, b, _pairs(col, backbone, a, b, todo))
+    return adjust(computed)
+
+
+def adjust(computed: list[RawTest]) -> Tests:
+    """Holm within each family, once over all of ``computed`` (``Tests`` adjusts after the last one is added; a key
+    computed twice keeps its first family)."""
+    tests = Tests()
+    for x in computed:
+        tests.add(x.family, x.key, x.comparison, x.notes, p=x.p)
     return tests
 
 
@@ -435,7 +490,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
     tasks = task_order(reg, [t for t in col.tasks(backbone)
                              if any(col.cells.get((backbone, t, c[0]), Cell()).expected for c in cols)
                              or t in col.no_data])
-    tests = tests or backbone_tests(col, backbone, paper, reg)
+    tests = tests or backbone_tests(col, backbone, claim_checks(col, backbone, paper, reg))
     rows = []
     for t in tasks:
         views = []
@@ -572,7 +627,7 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests |
     tasks = task_order(reg, [t for t in col.tasks(backbone) if any(
         col.cells.get((backbone, t, c[1]), Cell()).values and col.cells.get((backbone, t, c[2]), Cell()).values
         for c in comps)])
-    tests = tests or backbone_tests(col, backbone, paper, reg)
+    tests = tests or backbone_tests(col, backbone, claim_checks(col, backbone, paper, reg))
     rows, stat_rows = [], []
     for t in tasks:
         ours, deltas, pap, tested, der = [], [], [], [], []
@@ -716,7 +771,7 @@ def _average_verdict(x: Tested) -> str:
             f"{x.family} Holm p ≥ {SIGNIFICANCE})")
 
 
-def _equivalence_verdict(x: Tested, eq) -> str:
+def _equivalence_verdict(x: Tested, eq: Equivalence | None) -> str:
     c, m = x.comparison, f"±{EQUIVALENCE_MARGIN:.1f}"
     if eq is None or c.sd_diff is None:
         return "no verdict (no TOST: fewer than 2 seeds common to every task, or no spread)"
@@ -733,55 +788,65 @@ def _equivalence_verdict(x: Tested, eq) -> str:
     return f"not shown (the 90% interval reaches beyond {m} point: no difference detected, which is not parity)"
 
 
-def findings(col: Collected, backbone: str, paper: dict, reg, tests: Tests | None = None) -> list[Finding]:
-    """The paper's findings checked on our numbers: only for paper tasks on a backbone that is (or stands
-    in for) the paper's Table 1 backbone, and a verdict only with ``MIN_SEEDS`` paired seeds. Each claim's
-    tests are the confirmatory family of ``backbone_tests``; every comparison is printed with its family."""
-    claims = claim_tasks(col, backbone, paper, reg)
-    tests = tests or backbone_tests(col, backbone, paper, reg)
-    out = []
+def findings(checks: list[ClaimCheck], tests: Tests, paper: dict) -> list[Finding]:
+    """The paper's findings checked on our numbers (``claim_checks``: only for paper tasks on a backbone that is,
+    or stands in for, the paper's Table 1 backbone), each read from the adjusted ``tests`` and printed with its
+    family; a verdict only with ``MIN_SEEDS`` paired seeds."""
+    return [_finding(check, tests, paper) for check in checks]
 
-    def per_task(a, b, ts) -> list[tuple[str, Tested]]:
-        return [(t, x) for t in ts if (x := tests.get((t, a, b)))]
 
-    def described(got) -> str:
-        return "; ".join(f"{t} {x.text()}" for t, x in got)
+def _finding(check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
+    text, test = check.claim.text.format(small=SMALL_TASK_TRAIN_SIZE), check.claim.test
+    if test in PER_TASK_CLAIMS:
+        return _per_task_finding(text, check, tests, paper)
+    return (_on_par_finding if test == "on_par" else _average_finding)(text, check, tests, paper)
 
-    for claim, ts in claims:  # the paper's findings, as the registry declares them
-        a, b = claim.ours, claim.baseline
-        ka, kb = published.paper_key(a), published.paper_key(b)
-        text = claim.text.format(small=SMALL_TASK_TRAIN_SIZE)
-        if claim.test in PER_TASK_CLAIMS:
-            got = per_task(a, b, ts)
-            gains = {t: published.gain(paper, t, ka, kb) for t, _ in got}
-            power = "; ".join(f"{t}: {power_text(x, gains[t])}" for t, x in got)
-            verdict = _too_few(min(x.comparison.n for _, x in got)) or _per_task_verdict(got)
-            if claim.test == "small_tasks":
-                paper_text = "; ".join(f"{t} {d:+.2f}" for t, d in gains.items() if d is not None)
-                out.append(Finding(text, paper_text, described(got), verdict, power))
-                continue
-            key = methods.table2_key(a, b)
-            printed = [p for p in (published.printed_arrow(paper, t, key) for t, _ in got) if p is not None]
-            paper_text = f"{published.printed_improved(paper, key)} improved (Table 2)"
-            if printed:
-                paper_text += f"; {sum(p == 'up' for p in printed)}/{len(printed)} over our tasks"
-            up = sum(x.comparison.delta > ARROW_THRESHOLD for _, x in got)
-            out.append(Finding(text, paper_text, f"{up}/{len(got)} improved; {described(got)}", verdict, power))
-            continue
-        paper_text, effect = _published_means(paper, ka, kb, ts)
-        if claim.test == "on_par":
-            x = tests.get(("tost", a, b))
-            designs = {t: pair(col, backbone, t, a, b).design for t in ts}
-            eq = tost(per_seed_over_tasks(designs))
-            shown = (f"; TOST at ±{EQUIVALENCE_MARGIN:.1f} point over per-seed means: 90% interval {eq.low:+.2f} to "
-                     f"{eq.high:+.2f}, {test_text(x)}" if eq else "")
-            ours = f"mean difference {x.text(test=False)} over {len(ts)} tasks{shown}"
-            out.append(Finding(text, paper_text, ours, _too_few(x.comparison.n) or _equivalence_verdict(x, eq),
-                               power_text(x, effect)))
-            continue
-        x = tests.get(("mean", a, b))
-        ours = f"mean gain {x.text()} over {len(ts)} tasks" + (f"; {described(per_task(a, b, ts))}"
-                                                              if claim.per_task else "")
-        out.append(Finding(text, paper_text, ours, _too_few(x.comparison.n) or _average_verdict(x),
-                           power_text(x, effect)))
-    return out
+
+def _per_task_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
+    claim, got = check.claim, _tested_per_task(check, tests)
+    gains = {t: published.gain(paper, t, *_paper_keys(claim)) for t, _ in got}
+    power = "; ".join(f"{t}: {power_text(x, gains[t])}" for t, x in got)
+    verdict = _too_few(min(x.comparison.n for _, x in got)) or _per_task_verdict(got)
+    if claim.test == "small_tasks":
+        paper_text = "; ".join(f"{t} {d:+.2f}" for t, d in gains.items() if d is not None)
+        return Finding(text, paper_text, _described(got), verdict, power)
+    key = methods.table2_key(claim.ours, claim.baseline)
+    printed = [p for p in (published.printed_arrow(paper, t, key) for t, _ in got) if p is not None]
+    paper_text = f"{published.printed_improved(paper, key)} improved (Table 2)"
+    if printed:
+        paper_text += f"; {sum(p == 'up' for p in printed)}/{len(printed)} over our tasks"
+    up = sum(x.comparison.delta > ARROW_THRESHOLD for _, x in got)
+    return Finding(text, paper_text, f"{up}/{len(got)} improved; {_described(got)}", verdict, power)
+
+
+def _average_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
+    paper_text, effect = _published_means(paper, *_paper_keys(check.claim), check.tasks)
+    x = tests.get(("mean", check.claim.ours, check.claim.baseline))
+    ours = f"mean gain {x.text()} over {len(check.tasks)} tasks"
+    if check.claim.per_task:
+        ours += f"; {_described(_tested_per_task(check, tests))}"
+    return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _average_verdict(x), power_text(x, effect))
+
+
+def _on_par_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
+    paper_text, effect = _published_means(paper, *_paper_keys(check.claim), check.tasks)
+    x, eq = tests.get(("tost", check.claim.ours, check.claim.baseline)), check.eq
+    shown = (f"; TOST at ±{EQUIVALENCE_MARGIN:.1f} point over per-seed means: 90% interval {eq.low:+.2f} to "
+             f"{eq.high:+.2f}, {test_text(x)}" if eq else "")
+    ours = f"mean difference {x.text(test=False)} over {len(check.tasks)} tasks{shown}"
+    return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _equivalence_verdict(x, eq),
+                   power_text(x, effect))
+
+
+def _paper_keys(claim: methods.Claim) -> tuple[str, str]:
+    return published.paper_key(claim.ours), published.paper_key(claim.baseline)
+
+
+def _tested_per_task(check: ClaimCheck, tests: Tests) -> list[tuple[str, Tested]]:
+    """The claim's per-task comparisons as adjusted (a per-task claim's own; beside an average, Table 2's)."""
+    a, b = check.claim.ours, check.claim.baseline
+    return [(t, x) for t in check.tasks if (x := tests.get((t, a, b)))]
+
+
+def _described(got: list[tuple[str, Tested]]) -> str:
+    return "; ".join(f"{t} {x.text()}" for t, x in got)
