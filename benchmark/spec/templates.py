@@ -143,7 +143,6 @@ def _guard(what: str, name: str, owner, args: tuple, kwargs: dict, percent: bool
     if name == "replace" and isinstance(owner, str) and len(args) >= 2 and all(isinstance(a, str) for a in args[:2]):
         hits = owner.count(args[0]) if args[0] else len(owner) + 1
         _check_size(len(owner) + hits * len(args[1]), f"the result of {what}")
-    return args
 
 
 def _check_join(items: list, sep, what: str) -> None:
@@ -207,8 +206,8 @@ class _BudgetedSandbox(ImmutableSandboxedEnvironment):
                 n = _sized(seq)
                 if n is not None and _is_int(times):
                     _check_size(n * max(times, 0), "a repeated string or list")
-        elif operator_ == "+" and _sized(left) is not None and _sized(right) is not None:
-            _check_size(_sized(left) + _sized(right), "a concatenated string or list")
+        elif operator_ == "+" and None not in (sizes := (_sized(left), _sized(right))):
+            _check_size(sum(sizes), "a concatenated string or list")
         elif operator_ == "%" and isinstance(left, str):
             values = right.values() if isinstance(right, dict) else right if isinstance(right, tuple) else (right,)
             _check_format(left, values, percent=True)
