@@ -295,6 +295,8 @@ BOMBS = [  # (template, what the paragraph says); each used to hang, or allocate
      "printed over"),
     ("{% set b %}{% for i in range(10000) %}" + "x" * 5000 + "{% endfor %}{% endset %}{{ b|length }}", "printed over"),
     ("{% for i in range(10000) %}{% for c in premise * 20 %}{% endfor %}{% endfor %}", "steps"),
+    ("{% set s = premise * 400 %}{{ s.replace('', s)|length }}", "result of 'replace'"),  # one C call, no steps
+    ("{% set s = premise * 400 %}{{ s|replace('', s)|length }}", "result of the filter 'replace'"),
 ]
 
 
