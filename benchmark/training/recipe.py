@@ -218,7 +218,8 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     tr, dev, ho = load_data(ctx, run, task, tok)
     objective = Objective()
     if kind.fusion:
-        reg_w = method.fusion.regularization if method.fusion.type == "dynamic" else 0.0
+        has_value = method.fusion.type == "dynamic" and method.fusion.mixing == "attention"  # static mixing: no V
+        reg_w = method.fusion.regularization if has_value else 0.0
         objective = Objective(FUSION, reg_w, method.fusion.temperature)
     outcome = train(model, task.name, tr, dev, method.train, pad_id=tok.pad_token_id, device=ctx.device,
                     seed=run.seed, snapshot=lambda: model.state_of(trains), objective=objective,
