@@ -234,6 +234,8 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device, compute)
         result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
                                       "dev_accuracy": again}
+        if method.fusion.mixing != "attention":  # static mixing: the same weights at every token, recorded alike
+            result["fusion_attention"]["mixing"] = method.fusion.mixing
         if method.fusion.prune is not None:
             result["prune"], kept_predictions = prune_after_training(
                 model, run, method.fusion.prune.keep, ranking=ho if ho is not None else tr,
