@@ -163,7 +163,7 @@ def test_static_mixing_is_priced_without_query_key_value(registry):
 
 @needs_mirror
 @pytest.mark.slow
-def test_static_mixing_trains_end_to_end_as_a_variant_column_of_fusion(tmp_path):
+def test_static_mixing_trains_end_to_end_as_a_variant_column_of_fusion(tmp_path, capsys):
     """The method through the real runner on tiny-bert: the stage-1 ST-A adapters it reads stay frozen, only the
     mixing logits and the head train, the weights result.json records are the softmax of the saved logits (one
     distribution per layer, moved off uniform by training), the saved run reloads to the same predictions, and the
@@ -219,6 +219,11 @@ def test_static_mixing_trains_end_to_end_as_a_variant_column_of_fusion(tmp_path)
     (folder / predictions.FILE).unlink()
     assert main(["predict", "tiny_mix", "--only", mix["run_id"], *args]) == 0
     assert (folder / predictions.FILE).read_bytes() == written
+
+    # AdapterHub has no such layer: export refuses the run with one line instead of writing a fusion it is not
+    assert main(["export", "tiny_mix", "--only", mix["run_id"], "--out", str(tmp_path / "hub"), *args]) == 1
+    assert "no static mixing" in capsys.readouterr().out
+    assert not (tmp_path / "hub" / mix["run_id"] / "fusion").exists()
 
     assert main(["report", "tiny_mix", "--out-dir", str(tmp_path / "reports"), *args]) == 0
     report = (tmp_path / "reports" / "tiny_mix.md").read_text()
