@@ -136,6 +136,7 @@ class PredictionsEntry(_Payload):
 class FusionAttention(_Payload):
     adapters: list[str] = []
     layers: list = []  # per layer, per adapter: the mean softmax weight on the dev split
+    mixing: str | None = None  # "static": static mixing's weights (one softmax per layer, every token alike); else fusion's
     dev_accuracy: Num | None = None
 
 

@@ -51,7 +51,7 @@ def ks_for(n: int, wanted: tuple[int, ...] = KS) -> list[int]:
 
 
 def fusion_runs(plan: Plan, patterns: list[str] | None) -> list[Run]:
-    return [r for r in plan.runs if r.kind.name == "fusion_st_a"
+    return [r for r in plan.runs if r.kind.name == "fusion_st_a" and r.method.fusion.mixing == "attention"
             and (not patterns or any(fnmatch.fnmatchcase(r.id, p) for p in patterns))]
 
 
@@ -173,6 +173,12 @@ def _day(stamp: str | None) -> str:
     return (stamp or "an unrecorded time")[:16].replace("T", " ") + (" UTC" if stamp else "")
 
 
+def _attends(record) -> bool:
+    """A fusion record of AdapterFusion's attention, not of static mixing (``fusion.mixing: static``), which has
+    no per-token attention to prune by."""
+    return ((record.config.get("method") or {}).get("fusion") or {}).get("mixing", "attention") == "attention"
+
+
 def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict], measured_at: str | None = None) -> str:
     """Why these seeds, from the records: the pruned runs against the other finished Fusion w/ ST-A runs of the
     task (each run's own seed, whose adapters it read, when it finished and on which CPU); "" without records.
@@ -181,7 +187,7 @@ def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict], 
     if results_dir is None or not (results_dir / exp).is_dir():
         return ""
     recs = [r for r in (read_result(d) for d in sorted((results_dir / exp).iterdir()) if d.is_dir())
-            if r is not None and r.finished and r.task == task and r.method_kind == "fusion_st_a"]
+            if r is not None and r.finished and r.task == task and r.method_kind == "fusion_st_a" and _attends(r)]
     by_id = {r.run_id: r for r in recs}
     pruned = [by_id[r["run_id"]] for r in runs if r["run_id"] in by_id]
     if not pruned:

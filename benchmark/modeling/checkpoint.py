@@ -166,7 +166,7 @@ def expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
     drift from what ``AdapterModel`` creates; the encoder's own tensors are not listed (their shapes
     depend on the backbone config, which the folder does not hold).
     """
-    from benchmark.modeling.fusion import AdapterFusion
+    from benchmark.modeling.fusion import build_fusion
     from benchmark.modeling.heads import make_head
 
     h, layers = meta["hidden_size"], meta["num_layers"]
@@ -182,7 +182,7 @@ def expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
         out.update(adapter_type(params).expected_shapes(layout, meta, name, params))
     with torch.device("meta"):
         for name, info in meta["fusions"].items():
-            module = AdapterFusion(h, info["adapters"], FusionParams(**info["params"]), 0.0)
+            module = build_fusion(h, info["adapters"], FusionParams(**info["params"]), 0.0)
             for i in range(layers):
                 add(f"{layout.slot_prefix(i, FUSION_LOCATION)}fusions.{name}.", module)
         for name, (task_type, num_labels, *rest) in meta["heads"].items():

@@ -22,7 +22,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.modeling.adapters import ACTIVATIONS, BottleneckAdapter, non_linearity
+from benchmark.modeling.mixing import StaticMixing
 from benchmark.spec.schema import FusionParams
+
+
+def build_fusion(hidden_size: int, adapter_names: list[str], params: FusionParams,
+                 score_dropout: float) -> AdapterFusion | StaticMixing:
+    """The fusion layer ``params`` asks for: AdapterFusion (``mixing: attention``, the default) or static mixing
+    (``mixing: static``, ``mixing.py``: N logits, no Q, K, V; no score dropout). Where a model adds a fusion and
+    where a checkpoint lists its tensors, so both always build the same module."""
+    if params.mixing == "static":
+        return StaticMixing(adapter_names)
+    return AdapterFusion(hidden_size, adapter_names, params, score_dropout)
 
 
 class AdapterFusion(nn.Module):

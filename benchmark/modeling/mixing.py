@@ -10,7 +10,8 @@ It is AdapterFusion with attention scores pinned to w at every token (``tests/te
 against ``fusion.naive_fusion`` so pinned). Same call as ``AdapterFusion.forward``, ``(h, adapters,
 residual) -> (o [B, T, H], probs [B, T, N])``, and the same ``regularization()`` / ``temperature`` /
 ``adapter_names``, so a slot (``layers.Slot.adapt``), attention capture and the fusion objective host it
-unchanged. N parameters per layer. Not yet a method (no spec, no registry entry).
+unchanged. N parameters per layer. The method ``specs/methods/static_mix.yaml``: ``fusion.mixing: static``, which
+``fusion.build_fusion`` turns into this module wherever a fusion layer is built.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from benchmark.methods import registry
 from benchmark.methods.params import Strict
 from benchmark.modeling import adapters
 from benchmark.modeling.context import ActiveSetup, ForwardContext, Switchable
-from benchmark.modeling.fusion import AdapterFusion
+from benchmark.modeling.fusion import build_fusion
 from benchmark.modeling.heads import make_head
 from benchmark.modeling.layers import install_slots
 from benchmark.modeling.layout import FUSION_LOCATION, layout_of
@@ -126,7 +126,7 @@ class AdapterModel(nn.Module):
                 raise ValueError("fusion is defined over Pfeiffer (output-position) adapters")
         drop = getattr(self.config, "attention_probs_dropout_prob", 0.1)
         for mod in self.slots(FUSION_LOCATION):
-            mod.fusions[name] = AdapterFusion(self.hidden_size, adapter_names, params, drop)
+            mod.fusions[name] = build_fusion(self.hidden_size, adapter_names, params, drop)
         self.fusion_params[name] = (list(adapter_names), params)
         self.fusion_built_on[name] = list(adapter_names)
 

@@ -27,6 +27,7 @@ Shapes, per layer, M = B·T tokens, H hidden, I intermediate, r = H / rf bottlen
                mixing through W_up: 2MNrH, s b_up: 2MNH, V: 2MH²
                reference (AdapterHub ``BertFusion``): N adapters 2 · 2MHNr, Q: 2MH², K and V on every
                adapter output: 2 · 2MNH², scores and context: 2 · 2MNH
+    static mixing (``mixing.StaticMixing``, the estimate only): N adapters 2 · 2MHNr, the weighted sum 2MNH
     head       mean-pooled two-layer head: 2BH² + 2BHC
 """
 
@@ -157,9 +158,13 @@ def _adapter_module(p, shape: Shape, sources: int) -> float:  # Houlsby: a secon
 
 def _fusion_module(p, shape: Shape, sources: int) -> float:
     """N source adapters, then Q, K, V once over the hidden state (6H²: the estimate's simplification, which
-    its calibration was fitted on) and the scores and context over N (4NH)."""
+    its calibration was fitted on) and the scores and context over N (4NH). Static mixing (``mixing: static``):
+    the N adapters and the weighted sum of their outputs (2NH); no Q, K, V, no scores."""
     H, n = shape.hidden, max(1, sources)
-    return n * 2 * 2 * H * (H // max(1, p.source_reduction_factor)) + 2 * 3 * H * H + 4 * n * H
+    adapters = n * 2 * 2 * H * (H // max(1, p.source_reduction_factor))
+    if p.mixing == "static":
+        return adapters + 2 * n * H
+    return adapters + 2 * 3 * H * H + 4 * n * H
 
 
 # spec section of a method -> forward FLOPs per token and layer of that module (params, shape, fused sources); the

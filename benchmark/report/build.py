@@ -47,6 +47,8 @@ from benchmark.report.tables import (
     findings,
     layout,
     p_text,
+    variant_heading,
+    variants,
 )
 
 # The entailment-style tasks among the paper's 16 (its Figure 4 discussion: RTE and CB attend mostly to
@@ -246,10 +248,24 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     }
 
 
+def attention_columns(col: Collected, backbone: str) -> list[tuple[str, str, str]]:
+    """(run label, table heading, figure name) of the columns whose fusion weights the report shows: the registry's
+    fusion kinds, then the variant columns of a fusion kind whose records were written by another fusion layer than
+    AdapterFusion's attention (``fusion_attention.mixing``: static mixing, one softmax per layer for every token).
+    Other variants of a fusion kind (other adapters, precision) attend as their kind's column does: not repeated."""
+    out = [(c.label, c.heading, c.name) for c in methods.fusion_columns()]
+    for label in variants(col, backbone):
+        mixing = sorted({str(rec.get("mixing")) for (b, _, c), recs in col.attention.items()
+                         if b == backbone and c == label for rec in recs if rec.get("mixing")})
+        if mixing:
+            named = f"{variant_heading(label)} ({', '.join(mixing)} mixing)"
+            out.append((label, named, named))
+    return out
+
+
 def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSummary]:
     out = []
-    for c in methods.fusion_columns():  # the registry's fusion kinds: run label, heading (tables)
-        label, heading = c.label, c.heading
+    for label, heading, _ in attention_columns(col, backbone):  # run label, heading (tables)
         got = figures.attention_matrix(col, backbone, label, reg)
         if got is None:
             continue
@@ -344,8 +360,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
         fs = findings(checks, tests, paper)
         if fs:
             data.findings[b] = fs
-        for c in methods.fusion_columns():
-            label, name = c.label, c.name
+        for label, _, name in attention_columns(col, b):
             png = figures.heatmap(col, b, label, reg, name)
             if png:
                 data.figures.append(Figure(f"attention-{label}-{b}", f"{name}: mean attention per layer "

@@ -266,6 +266,10 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
     model_class, prefix = MODEL_CLASS[model_type], type(model.encoder).base_model_prefix
     hidden = model.hidden_size
     configs = {name: adapterhub.adapter_config(params) for name, params in model.adapter_params.items()}  # or refused
+    if any(fparams.mixing == "static" for _, fparams in model.fusion_params.values()):
+        raise adapterhub.Inexpressible(f"AdapterHub {adapterhub.VERSION} has no static mixing (fusion.mixing: static, "
+                                       "one softmax per layer and no Query/Key)",
+                                       fix="export the runs of a method AdapterHub can load (docs/adapterhub.md)")
     tuned = read_meta(Path(run_dir(run.id)) / MODULES)["encoder"] or run.kind.depends_on == "mt_a"
     hub_base = bspec.source == "hub" and not tuned
     model_name = bspec.model_id if bspec.source == "hub" else ""

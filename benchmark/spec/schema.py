@@ -207,13 +207,38 @@ class PruneParams(Strict):
 
 
 class FusionParams(Strict):
-    type: Literal["dynamic", "static"] = "dynamic"
+    type: Literal["dynamic", "static"] = Field(
+        "dynamic", description="AdapterFusion with Value (dynamic) or without (static, AdapterHub's name); "
+        "static mixing is 'mixing: static', not this")
     regularization: float = Field(0.01, ge=0, description="weight of sum_l ||I - V_l||_F^2 (dynamic only)")
     temperature: bool = Field(False, description="anneal the softmax temperature from 50 to 1 over training")
     source_reduction_factor: ReductionFactor = Field(16, description="reduction factor of the fused ST-A adapters")
     implementation: Literal["fast", "naive"] = "fast"
     prune: PruneParams | None = Field(
         None, description="after training, keep the top-k adapters by mean attention (benchmark/modeling/prune.py)")
+    mixing: Literal["attention", "static"] = Field(
+        "attention", description="how the N adapter outputs are weighted per layer: 'attention' is AdapterFusion "
+        "(Query/Key per token, benchmark/modeling/fusion.py); 'static' is static mixing, one learned softmax over "
+        "the N adapters per layer, the same for every token (no Query, Key or Value: benchmark/modeling/mixing.py), "
+        "the ablation of fusion's attention. Not the same thing as 'type: static' (AdapterFusion without Value). "
+        "Static mixing has no V, so 'type' and 'regularization' do not apply to it; 'temperature' anneals its softmax")
+
+    @model_validator(mode="after")
+    def _static_mixing(self) -> FusionParams:
+        if self.mixing != "static":
+            return self
+        if self.prune is not None:
+            raise ValueError(
+                "fusion.mixing: static cannot be combined with fusion.prune: pruning ranks adapters by per-token "
+                "attention and reruns the same layer over fewer adapters, while a static mixing layer holds one "
+                "logit per adapter it was built over (its checkpoint could not be reloaded pruned); remove "
+                "'prune' from the method YAML, or use mixing: attention (the default) to prune AdapterFusion")
+        if self.implementation != "fast":
+            raise ValueError(
+                f"fusion.mixing: static has one implementation (benchmark/modeling/mixing.py), so "
+                f"fusion.implementation: {self.implementation} means nothing for it; remove 'implementation' "
+                f"from the method YAML (or set it to fast, the default) or use mixing: attention")
+        return self
 
 
 

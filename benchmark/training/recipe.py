@@ -218,7 +218,8 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     tr, dev, ho = load_data(ctx, run, task, tok)
     objective = Objective()
     if kind.fusion:
-        reg_w = method.fusion.regularization if method.fusion.type == "dynamic" else 0.0
+        has_value = method.fusion.type == "dynamic" and method.fusion.mixing == "attention"  # static mixing: no V
+        reg_w = method.fusion.regularization if has_value else 0.0
         objective = Objective(FUSION, reg_w, method.fusion.temperature)
     outcome = train(model, task.name, tr, dev, method.train, pad_id=tok.pad_token_id, device=ctx.device,
                     seed=run.seed, snapshot=lambda: model.state_of(trains), objective=objective,
@@ -233,6 +234,8 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
         again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device, compute)
         result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
                                       "dev_accuracy": again}
+        if method.fusion.mixing != "attention":  # static mixing: the same weights at every token, recorded alike
+            result["fusion_attention"]["mixing"] = method.fusion.mixing
         if method.fusion.prune is not None:
             result["prune"], kept_predictions = prune_after_training(
                 model, run, method.fusion.prune.keep, ranking=ho if ho is not None else tr,
