@@ -375,6 +375,7 @@ def test_fusion_over_an_exported_adapter_trains_no_stage1_run_for_it(exported, t
     assert main(["report", "pub_fusion", *args]) == 0
     md = (tmp_path / "rep" / "pub_fusion.md").read_text()
     table = md[md.index("## Stage-1 adapters"):].split("\n\n")[1]
+    assert "||" not in table and len(table.splitlines()) >= 4, table  # one row per line
     assert "| source |" in table and "| rt_cls | tiny-bert | 1 |" in table and "trained here" in table, table
     assert f"| rt_mc | tiny-bert | — | — | — | — | published: ../../export/{src.parent.parent.name}" in table
     assert f"sha256 {fusion.published['rt_mc'].sha256[:16]}" in table and "another base model" not in table

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -136,6 +138,24 @@ def test_findings_and_attention(registry, handmade):
     assert data.failures == [{"run": "mrpc__head__minilm-l6__s1__x", "error": "RuntimeError: out of memory"}]
 
 
+def check_markdown_tables(md: str) -> int:
+    """Every Markdown table has one row per line (a row never runs into the next: "|...||...|") and as many cells
+    in each row as in its header; returns the number of tables."""
+    blocks = re.findall(r"(?:^\|.*\|\n)+", md, flags=re.M)
+    for block in blocks:
+        rows = block.splitlines()
+        assert all("||" not in r for r in rows), rows[0][:200]
+        assert len({r.replace("\\|", "").count("|") for r in rows}) == 1, rows[:2]
+    return len(blocks)
+
+
+def test_committed_reports_have_one_table_row_per_line():
+    """The stage-1 table of every committed report once ran its rows into one line (a block tag ending each row
+    ate the newline); every table of every committed Markdown report is checked."""
+    reports = sorted((Path(__file__).parents[1] / "reports").glob("*.md"))
+    assert sum(check_markdown_tables(p.read_text()) for p in reports) >= len(reports)
+
+
 def test_rendered_files(registry, handmade, tmp_path, capsys):
     out = tmp_path / "reports"
     assert main(["report", "handmade", "--results-dir", str(handmade), "--out-dir", str(out)]) == 0
@@ -149,6 +169,7 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     assert "| **Improved** (ours / paper) | 1/3 / 3/3 |" in md
     assert "— (no data)" in md and "— (failed)" in md and "— (not run)" in md
     assert "1 older results not in the current plan (spec edited since) left out" in md
+    check_markdown_tables(md)
     html = (out / "handmade.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
     tex = (out / "handmade.tex").read_text()
@@ -158,8 +179,6 @@ def test_rendered_files(registry, handmade, tmp_path, capsys):
     assert r"rte & F. w/ ST-A vs ST-A & +5.00 & +4.00 to +6.00 seed-level & 1.00 & 0.013 & 0.039$^\dagger$ (confirmatory)" in tex
     assert "Improved & 1/3 / 3/3" in tex
     # every figure the Markdown links to is a PNG the reporter wrote there (and there is at least one)
-    import re
-
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links and all(link.startswith("handmade_files/") for link in links)
     assert all((out / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for link in links)
