@@ -140,6 +140,18 @@ class FusionAttention(_Payload):
     dev_accuracy: Num | None = None
 
 
+class MergeInfo(_Payload):
+    """What a weight-merge run (``fusion.mixing: merge``) merged into its one adapter."""
+
+    how: str | None = None  # average, task_arithmetic, ties, dare, dare_ties
+    density: Num | None = None  # share of each task vector kept (TIES' top-k, DARE's 1 - p); None: not applied
+    weight: Num | None = None  # lambda; None: not applied (average)
+    sources: list[str] = []  # the merged source adapters, in order
+    source_seed: int | None = None  # the seed of the stage-1 runs, whose shared init is the task vectors' base
+    base: str | None = None  # "init" (the stage-1 initialisation re-created) or "none" (average: no task vectors)
+    train_adapter: bool | None = None  # the merged adapter trained with the head (else frozen)
+
+
 class RunRecord(_Record):
     """One ``result.json``. Declared: what the runner, ``plan``, ``status``, Slurm, ``migrate`` and the
     reporter read."""
@@ -176,6 +188,7 @@ class RunRecord(_Record):
     padding: Padding | None = None
     data: DataCounts | None = None
     fusion_attention: FusionAttention | None = None
+    merge: MergeInfo | None = None  # a weight-merge run: what was merged (fusion.mixing: merge)
     memory: Memory | None = None
     train_seconds: float | None = None
     checkpoint_bytes: int | None = None

@@ -46,16 +46,20 @@ from typing import Literal
 import torch
 from torch import nn
 
+# Published defaults, as keyword defaults below; declared with the method's spec (``fusion.merge``), whose
+# defaults they are too (TIES: density 0.2, lambda 1; task arithmetic: lambda 0.4; DARE: p 0.9, lambda 1).
+from benchmark.spec.schema import (
+    DARE_DROP,
+    DARE_LAMBDA,
+    TASK_ARITHMETIC_LAMBDA,
+    TIES_DENSITY,
+    TIES_LAMBDA,
+)
+
 FACTOR_TYPES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # PEFT, A and B separately
 DELTA_TYPES = ("cat", "svd")  # PEFT, on B A
 ADAPTER_MERGES = ("average", "task_arithmetic", "ties", "dare", "dare_ties")
 
-# Published defaults, as keyword defaults below.
-TIES_DENSITY = 0.2  # Yadav et al. 2023: keep the top 20% by magnitude ...
-TIES_LAMBDA = 1.0  # ... and lambda = 1, their setting without a validation set
-TASK_ARITHMETIC_LAMBDA = 0.4  # the value Yadav et al. 2023 use for task arithmetic without validation
-DARE_DROP = 0.9  # Yu et al. 2024: drop rate p = 0.9 (density 0.1), rescale by 1 / (1 - p)
-DARE_LAMBDA = 1.0
 
 
 # ------------------------------------------------------------------------------- tensor steps

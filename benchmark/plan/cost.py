@@ -52,7 +52,7 @@ from benchmark.data.holdout import heldout_size
 from benchmark.data.sources import read_rows, subsample
 from benchmark.errors import BenchError, DataError, DataUnavailable
 from benchmark.paths import write_atomic
-from benchmark.plan.flops import Shape, encoder_per_token, method_per_token, train_per_token
+from benchmark.plan.flops import Shape, encoder_per_token, method_per_token, train_per_token, trains_of
 from benchmark.plan.order import start_order
 from benchmark.plan.run import Plan, Run
 from benchmark.records import RunRecord, scan_experiment
@@ -239,7 +239,7 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
         eval_steps += epochs * (-(-n_eval // tp.eval_batch_size) + -(-held // tp.eval_batch_size))
         train_tok += per_epoch * epochs
         eval_tok += evals * epochs
-        train_gf += per_epoch * epochs * train_per_token(run.kind.trains, shape, seq, extra) / 1e9
+        train_gf += per_epoch * epochs * train_per_token(trains_of(run.method), shape, seq, extra) / 1e9
         eval_gf += evals * epochs * (encoder_per_token(shape, seq) + extra) / 1e9
     return RunCost(run.id, run.kind.name, epochs, train_tok, eval_tok, train_gf, eval_gf, threads, train_steps,
                    eval_steps, basis=basis)

@@ -28,6 +28,8 @@ Shapes, per layer, M = B·T tokens, H hidden, I intermediate, r = H / rf bottlen
                reference (AdapterHub ``BertFusion``): N adapters 2 · 2MHNr, Q: 2MH², K and V on every
                adapter output: 2 · 2MNH², scores and context: 2 · 2MNH
     static mixing (``mixing.StaticMixing``, the estimate only): N adapters 2 · 2MHNr, the weighted sum 2MNH
+    weight merge (``fusion.mixing: merge``, the estimate only): the one merged adapter 2 · 2MHr; trained as a Head
+               run (head only) or an ST-A run (``merge.train_adapter``), not as a fusion (``trains_of``)
     head       mean-pooled two-layer head: 2BH² + 2BHC
 """
 
@@ -161,7 +163,10 @@ def _fusion_module(p, shape: Shape, sources: int) -> float:
     its calibration was fitted on) and the scores and context over N (4NH). Static mixing (``mixing: static``):
     the N adapters and the weighted sum of their outputs (2NH); no Q, K, V, no scores."""
     H, n = shape.hidden, max(1, sources)
-    adapters = n * 2 * 2 * H * (H // max(1, p.source_reduction_factor))
+    one = 2 * 2 * H * (H // max(1, p.source_reduction_factor))
+    if p.mixing == "merge":  # the N sources merged into one adapter before training: one adapter's work
+        return one
+    adapters = n * one
     if p.mixing == "static":
         return adapters + 2 * n * H
     return adapters + 2 * 3 * H * H + 4 * n * H
@@ -181,6 +186,16 @@ def method_per_token(method, shape: Shape, sources: int = 0) -> float:
     """Forward FLOPs per token of what ``method`` (a MethodSpec) adds to every layer: each module it declares."""
     return shape.layers * sum(price(p, shape, sources) for name, price in prices().items()
                               if (p := getattr(method, name, None)) is not None)
+
+
+def trains_of(method) -> frozenset[str]:
+    """What a run of ``method`` (a MethodSpec) trains: its kind's ``trains``, except a weight merge's (``fusion.mixing:
+    merge``), which builds no fusion layer and trains the head (and, with ``merge.train_adapter``, the merged
+    adapter)."""
+    fusion = getattr(method, "fusion", None)
+    if fusion is not None and fusion.mixing == "merge":
+        return frozenset({"head", "adapter"} if fusion.merge.train_adapter else {"head"})
+    return method.method_kind.trains
 
 
 def train_per_token(trains, shape: Shape, seq: float, extra: float) -> float:

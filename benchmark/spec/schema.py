@@ -206,6 +206,49 @@ class PruneParams(Strict):
     keep: int = Field(ge=1, description="adapters kept (at most the number fused)")
 
 
+# Published defaults of the weight merges (issue 36), the defaults of ``fusion.merge`` below and of
+# ``modeling/merging.py``'s functions (which import them from here).
+TIES_DENSITY = 0.2  # Yadav et al. 2023 (TIES): keep the top 20% of each task vector by magnitude ...
+TIES_LAMBDA = 1.0  # ... and lambda = 1, their setting without a validation set
+TASK_ARITHMETIC_LAMBDA = 0.4  # the value Yadav et al. 2023 use for task arithmetic (Ilharco et al. 2023) without validation
+DARE_DROP = 0.9  # Yu et al. 2024 (DARE): drop rate p = 0.9 (density 0.1), rescale by 1 / (1 - p) ...
+DARE_LAMBDA = 1.0  # ... and the merged task vectors added at lambda = 1
+MergeHow = Literal["average", "task_arithmetic", "ties", "dare", "dare_ties"]
+# how -> (lambda, density) when the method YAML leaves them out; None: the merge has no such parameter
+MERGE_DEFAULTS: dict[str, tuple[float | None, float | None]] = {
+    "average": (None, None), "task_arithmetic": (TASK_ARITHMETIC_LAMBDA, None), "ties": (TIES_LAMBDA, TIES_DENSITY),
+    "dare": (DARE_LAMBDA, round(1 - DARE_DROP, 12)), "dare_ties": (DARE_LAMBDA, round(1 - DARE_DROP, 12))}
+
+
+class MergeParams(Strict):
+    """Weight merging of the N source adapters into one (``fusion.mixing: merge``; ``modeling/merging.py``):
+    task vectors taken from the stage-1 init of the sources' seed, merged by ``how``, the merged adapter put where
+    the target's single adapter sits; the head trains over it (frozen, or trained too with ``train_adapter``)."""
+
+    how: MergeHow = Field(description="average (AdapterSoup: the mean of the weights), task_arithmetic (init + "
+                          "lambda sum of task vectors), ties (trim to the top density, elect signs, disjoint mean), "
+                          "dare (random drop to density, rescaled, then task arithmetic) or dare_ties")
+    density: float | None = Field(None, gt=0, le=1, description="share of each task vector kept: TIES' top-k "
+                                  "(default 0.2), DARE's 1 - p (default 0.1); ties, dare and dare_ties only")
+    weight: float | None = Field(None, gt=0, description="lambda, the scale of the merged task vector (default: "
+                                 "0.4 for task_arithmetic, 1 for ties, dare and dare_ties); not for average")
+    train_adapter: bool = Field(False, description="false: only the head trains over the frozen merged adapter; "
+                                "true: the merged adapter trains with the head")
+
+    @model_validator(mode="after")
+    def _published_defaults(self) -> MergeParams:
+        lam, density = MERGE_DEFAULTS[self.how]
+        for field, default in (("density", density), ("weight", lam)):
+            if default is None and getattr(self, field) is not None:
+                raise ValueError(
+                    f"fusion.merge.{field} means nothing for how: {self.how} (average takes the plain mean of the "
+                    f"weights; task_arithmetic keeps every entry of the task vectors); remove '{field}' from the "
+                    f"method YAML, or choose a merge that has it (ties, dare, dare_ties{', task_arithmetic' if field == 'weight' else ''})")
+            if default is not None and getattr(self, field) is None:
+                setattr(self, field, default)  # the published value, written out in every dump and run id
+        return self
+
+
 class FusionParams(Strict):
     type: Literal["dynamic", "static"] = Field(
         "dynamic", description="AdapterFusion with Value (dynamic) or without (static, AdapterHub's name); "
@@ -216,15 +259,25 @@ class FusionParams(Strict):
     implementation: Literal["fast", "naive"] = "fast"
     prune: PruneParams | None = Field(
         None, description="after training, keep the top-k adapters by mean attention (benchmark/modeling/prune.py)")
-    mixing: Literal["attention", "static"] = Field(
+    mixing: Literal["attention", "static", "merge"] = Field(
         "attention", description="how the N adapter outputs are weighted per layer: 'attention' is AdapterFusion "
         "(Query/Key per token, benchmark/modeling/fusion.py); 'static' is static mixing, one learned softmax over "
         "the N adapters per layer, the same for every token (no Query, Key or Value: benchmark/modeling/mixing.py), "
         "the ablation of fusion's attention. Not the same thing as 'type: static' (AdapterFusion without Value). "
-        "Static mixing has no V, so 'type' and 'regularization' do not apply to it; 'temperature' anneals its softmax")
+        "Static mixing has no V, so 'type' and 'regularization' do not apply to it; 'temperature' anneals its softmax. "
+        "'merge' merges the N adapters' weights into one adapter (fusion.merge; benchmark/modeling/merging.py): no "
+        "fusion layer at all, the head trains over the merged adapter")
+    merge: MergeParams | None = Field(
+        None, description="mixing: merge only: how the source adapters' weights are merged (MergeParams)")
 
     @model_validator(mode="after")
     def _static_mixing(self) -> FusionParams:
+        if self.mixing == "merge":
+            return self._merge()
+        if self.merge is not None:
+            raise ValueError(
+                f"fusion.merge is the weight merge of fusion.mixing: merge, but this method has mixing: "
+                f"{self.mixing}; set 'mixing: merge' in the method YAML's fusion section, or remove 'merge'")
         if self.mixing != "static":
             return self
         if self.prune is not None:
@@ -238,6 +291,21 @@ class FusionParams(Strict):
                 f"fusion.mixing: static has one implementation (benchmark/modeling/mixing.py), so "
                 f"fusion.implementation: {self.implementation} means nothing for it; remove 'implementation' "
                 f"from the method YAML (or set it to fast, the default) or use mixing: attention")
+        return self
+
+    def _merge(self) -> FusionParams:
+        if self.merge is None:
+            raise ValueError(
+                "fusion.mixing: merge needs a 'merge' section saying how the adapters are merged; add e.g. "
+                "'merge: {how: ties}' to the method YAML's fusion section (how: average, task_arithmetic, ties, dare, "
+                "dare_ties; density and weight default to the published values)")
+        for field, bad, why in (
+                ("prune", self.prune is not None, "a merge leaves one adapter and no attention to rank adapters by"),
+                ("implementation", self.implementation != "fast", "a merge builds no fusion layer to implement"),
+                ("temperature", self.temperature, "a merge has no softmax to anneal")):
+            if bad:
+                raise ValueError(f"fusion.mixing: merge cannot be combined with fusion.{field}: {why}; remove "
+                                 f"'{field}' from the method YAML (or set it to its default), or use mixing: attention")
         return self
 
 

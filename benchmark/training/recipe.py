@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
-from benchmark import predictions
+from benchmark import predictions, records
 from benchmark.data.encode import encode_split, tokenizer_fingerprint
 from benchmark.data.published import content_hash
-from benchmark.errors import CheckpointError
+from benchmark.errors import CheckpointError, SpecError
 from benchmark.methods import registry
+from benchmark.modeling import merging
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import WEIGHTS, load_adapterhub, load_modules, save_modules
 from benchmark.modeling.compiled import compiled_of
@@ -50,6 +51,7 @@ class Setup:
 
     trains: Modules = field(default_factory=Modules)
     keeps: Modules = field(default_factory=Modules)
+    record: dict = field(default_factory=dict)  # what the setup decided, written into result.json (``merge``)
 
 
 SETUPS: dict[str, Callable[[AdapterModel, Run, RunContext], Setup]] = {}
@@ -156,6 +158,8 @@ def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
 
 @setup("fusion_st_a")
 def _fusion_st_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    if run.method.fusion.mixing == "merge":
+        return _merged_sources(model, run, ctx)
     for src, dep in run.stage1_deps():  # one stage-1 ST-A run per source ...
         load_modules(model, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
     for src, pub in run.published.items():  # ... or a published AdapterHub adapter (fusion.adapterhub)
@@ -164,6 +168,56 @@ def _fusion_st_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
                                   file=pub.folder, fix="plan again (afbench run) so the run id holds its new content")
         load_adapterhub(model, Path(pub.folder), name=src)
     return _fusion_over_loaded_adapters(model, run)
+
+
+def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    """``fusion.mixing: merge``: the same stage-1 ST-A sources Fusion w/ ST-A reads, merged into ONE adapter
+    (``modeling/merging.py``) put where the target's own adapter sits (named after the task, so the run folder
+    is an ST-A run's: one adapter and the head). The task vectors are taken from the init every source started
+    from: the stage-1 runs of one seed share it (their recipe seeds just before adding the adapter), re-created
+    by ``merging.initial_adapter`` for the sources' seed. DARE's drop is seeded from the run seed. The sources
+    are read in a scratch model of the same backbone, and the global generator is left as it was, so the head
+    is initialised as in any run of this seed."""
+    spec, task = run.method.fusion.merge, run.task
+    if run.published:
+        raise SpecError(f"fusion.mixing: merge needs the stage-1 init its sources started from, which published "
+                        f"adapters do not have ({', '.join(run.published)} come from fusion.adapterhub)",
+                        file=run.experiment, field="fusion.adapterhub",
+                        fix="merge stage-1 sources only: leave fusion.adapterhub out of the experiment for this method")
+    seeds = set()
+    for _, dep in run.stage1_deps():
+        rec = records.read_result(Path(ctx.run_dir(dep)))
+        seeds.add(rec.seed if rec is not None else None)
+    if len(seeds) != 1 or None in seeds:
+        raise CheckpointError(f"the merged sources must be stage-1 runs of one seed with a result.json each; "
+                              f"found seeds {sorted(map(str, seeds))}", file=str(ctx.run_dir(run.deps[0])),
+                              fix="rerun the stage-1 dependencies (afbench run) so each has its result")
+    source_seed = seeds.pop()
+    bspec = ctx.reg.backbones[run.backbone]
+    with torch.random.fork_rng(devices=[]):  # building the scratch backbone draws nothing from the run's generator
+        scratch = AdapterModel(load_encoder(bspec, load_tokenizer(bspec)))
+    sources = []
+    for src, dep in run.stage1_deps():
+        load_modules(scratch, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
+        sources.append(merging.read(scratch, src))
+    params = scratch.adapter_params[run.sources[0]]
+    if any(scratch.adapter_params[s] != params for s in run.sources):
+        raise CheckpointError("the merged sources are adapters of different configurations "
+                              f"({sorted({str(scratch.adapter_params[s]) for s in run.sources})})",
+                              file=str(ctx.run_dir(run.deps[0])), fix="merge stage-1 ST-A runs of one configuration")
+    base = None if spec.how == "average" else merging.initial_adapter(scratch, params, source_seed)
+    merged = merging.merge_adapters(sources, spec.how, base=base, lam=spec.weight, density=spec.density,
+                                    generator=torch.Generator().manual_seed(run.seed))
+    del scratch
+    model.add_adapter(task, params)
+    merging.write(model, task, merged)
+    model.set_active(task)
+    mine = Modules(adapters=[task])
+    info = {"how": spec.how, "density": spec.density, "weight": spec.weight, "sources": list(run.sources),
+            "source_seed": source_seed, "base": "none" if base is None else "init", "train_adapter": spec.train_adapter}
+    if spec.train_adapter:
+        return Setup(trains=mine, record={"merge": info})
+    return Setup(keeps=mine, record={"merge": info})
 
 
 @setup("fusion_mt_a")
@@ -217,7 +271,8 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
 
     tr, dev, ho = load_data(ctx, run, task, tok)
     objective = Objective()
-    if kind.fusion:
+    fuses = kind.fusion and method.fusion.mixing != "merge"  # a merge builds one adapter, no fusion layer
+    if fuses:
         has_value = method.fusion.type == "dynamic" and method.fusion.mixing == "attention"  # static mixing: no V
         reg_w = method.fusion.regularization if has_value else 0.0
         objective = Objective(FUSION, reg_w, method.fusion.temperature)
@@ -229,7 +284,8 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
     kept_predictions = outcome.best_predictions[task.name]  # the kept epoch's dev rows
     result = {**_training_info(outcome), "params": _param_counts(model), "data": _data_info(tr, dev, ho),
               "tokenizer": tokenizer_fingerprint(tok), **_compile_info(model)}
-    if kind.fusion:
+    result.update(added.record)
+    if fuses:
         model.start_capture()
         again = evaluate(model, dev, task.name, tok.pad_token_id, method.train.eval_batch_size, ctx.device, compute)
         result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
