@@ -155,6 +155,13 @@ def test_merges_train_end_to_end_as_variant_columns_of_fusion(tmp_path, capsys, 
     torch.manual_seed(1)  # the stage-1 recipe: the run seed, then the adapter is added
     fresh.add_adapter("init", params)
     base = merging.read(fresh, "init")
+    # the head at its init: the recipe seeds, the setup adds the target's adapter (reading the sources in a scratch
+    # model draws nothing from the run's generator), then the head is added
+    untrained = AdapterModel(encoder())
+    torch.manual_seed(1)
+    untrained.add_adapter("rte", params)
+    untrained.add_head("rte", "classification", 2)
+    head_init = {f"heads.{k}": v for k, v in untrained.heads.state_dict().items()}
 
     for name in MERGES:
         rec = res[f"{name}_rf16"]
@@ -185,6 +192,9 @@ def test_merges_train_end_to_end_as_variant_columns_of_fusion(tmp_path, capsys, 
             assert same, (name, moved)  # the merge itself, frozen while the head trained
             assert rec["params"]["trained"] == head
         assert rec["history"] and rec["best_metric"] is not None
+        heads = {k: v for k, v in weights.items() if k.startswith("heads.")}
+        assert heads.keys() == head_init.keys()
+        assert max((heads[k] - head_init[k]).abs().max().item() for k in heads) > 1e-4, name  # the head trained
         # the saved run rebuilds the same model: afbench predict writes the same predictions
         written = (folder / predictions.FILE).read_bytes()
         (folder / predictions.FILE).unlink()
@@ -203,4 +213,4 @@ def test_merges_train_end_to_end_as_variant_columns_of_fusion(tmp_path, capsys, 
         assert f" {name}_rf16 " in cells, name
         assert f"{name}_rf16: another spec of method kind fusion_st_a, compared with fusion_st_a_rf16" in report
     where = report.split("## Where fusion attends")[1].split("\n## ")[0] if "## Where fusion attends" in report else ""
-    assert "merge_" not in where  # no attention to show
+    assert not any(f"{name}_rf16" in where for name in MERGES)  # no fusion layer, no attention to show
