@@ -200,6 +200,11 @@ def test_merges_train_end_to_end_as_variant_columns_of_fusion(tmp_path, capsys, 
         (folder / predictions.FILE).unlink()
         assert main(["predict", "tiny_merge", "--only", rec["run_id"], *args]) == 0
         assert (folder / predictions.FILE).read_bytes() == written
+    # a merged run is one plain Pfeiffer adapter and a head: AdapterHub can load it, so afbench export writes it
+    ties = res["merge_ties_rf16"]["run_id"]
+    assert main(["export", "tiny_merge", "--only", ties, "--out", str(tmp_path / "hub"), *args]) == 0
+    assert (tmp_path / "hub" / ties / "adapters" / "rte").is_dir()
+    assert not (tmp_path / "hub" / ties / "fusion").exists()
     # the merges differ from each other (each its own computation)
     firsts = {n: load_file(str(root / res[f"{n}_rf16"]["run_id"] / "weights.safetensors")) for n in MERGES[:4]}
     key = next(k for k in firsts["merge_ties"] if not k.startswith("heads.") and k.endswith("down.weight"))
