@@ -129,7 +129,8 @@ def test_minilm_table1_pdf_numbers_its_tables_as_the_paper(minilm_table1, tmp_pa
     has; Table 1 is set unscaled in parts of at most five method columns, nothing in it below \footnotesize
     (8 pt in a 10 pt document), and with the compiled PDF nothing is overfull by more than 5 pt. The HTML's wide
     tables scroll with a sticky task column, and Table 2's statistics are there too."""
-    _, out = minilm_table1
+    data, out = minilm_table1
+    n_methods = len(next(t for t in data.tables if t.key == "table1").labels)
     tex = (out / "minilm_table1.tex").read_text()
     body = tex[tex.index(r"\begin{document}"):]
     set_at = [(m.start(), int(m.group(1)) + 1) for m in re.finditer(r"\\setcounter\{table\}\{(\d)\}", body)]
@@ -141,8 +142,8 @@ def test_minilm_table1_pdf_numbers_its_tables_as_the_paper(minilm_table1, tmp_pa
     table1 = body[set_at[0][0]:set_at[1][0]]
     assert r"\fitwidth" not in table1 and r"\scriptsize" not in table1 and r"\tiny" not in table1
     specs = re.findall(r"\\begin\{tabular\}\{l(r*)\}", table1)
-    assert len(specs) == 2 and all(len(cols) - 1 <= 5 for cols in specs), specs  # majority + at most 5 methods
-    assert sum(len(cols) - 1 for cols in specs) == 9  # every method column is in one of the parts
+    assert len(specs) == -(-n_methods // 5) and all(len(cols) - 1 <= 5 for cols in specs), specs  # majority + <= 5
+    assert sum(len(cols) - 1 for cols in specs) == n_methods >= 9  # every method column is in one of the parts
     # every reference to a table of this document names one it has (the paper's own tables are named as such)
     for m in re.finditer(r"(\S+ )?(\S+ )?Table[~ ](\d)", body):
         before = (m.group(1) or "") + (m.group(2) or "")
