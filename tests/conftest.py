@@ -65,6 +65,21 @@ def write_experiments(specs: Path, **experiments: str) -> Path:
     return specs
 
 
+def fusion_spec_error(folder: Path, name: str, fusion: str) -> str:
+    """The SpecError a method spec ``<name>.yaml`` (Fusion w/ ST-A with ``fusion: <fusion>``) gets at load, checked
+    to name the file and the field; returns its text for the fix the caller expects."""
+    from benchmark.errors import SpecError
+    from benchmark.spec import load_registry
+
+    (folder / "methods").mkdir(parents=True, exist_ok=True)
+    (folder / "methods" / f"{name}.yaml").write_text(
+        f"include: _fusion_defaults.yaml\nmethod: fusion_st_a\nfusion: {fusion}\n")
+    with pytest.raises(SpecError) as e:
+        load_registry([folder])
+    assert f"{name}.yaml" in str(e.value) and "fusion" in str(e.value)
+    return str(e.value)
+
+
 @pytest.fixture(scope="session")
 def registry():
     from benchmark.spec import load_registry

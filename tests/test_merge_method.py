@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmark.spec.schema import FusionParams, MergeParams
-from conftest import needs_mirror
+from conftest import fusion_spec_error, needs_mirror
 
 MERGES = ("merge_average", "merge_task_arithmetic", "merge_ties", "merge_dare", "merge_ties_tuned")
 
@@ -64,15 +64,7 @@ def test_merge_defaults_are_the_published_ones_and_leave_every_other_dump_as_it_
     ("{mixing: merge, merge: {how: ties}, implementation: naive}", "remove 'implementation'"),
 ])
 def test_meaningless_merge_combinations_are_refused_with_file_field_and_fix(tmp_path, bad, says):
-    from benchmark.errors import SpecError
-    from benchmark.spec import load_registry
-
-    d = tmp_path / "methods"
-    d.mkdir()
-    (d / "bad_merge.yaml").write_text(f"include: _fusion_defaults.yaml\nmethod: fusion_st_a\nfusion: {bad}\n")
-    with pytest.raises(SpecError) as e:
-        load_registry([tmp_path])
-    assert "bad_merge.yaml" in str(e.value) and "fusion" in str(e.value) and says in str(e.value)
+    assert says in fusion_spec_error(tmp_path, "bad_merge", bad)
 
 
 def test_a_merge_is_priced_as_one_adapter_trained_as_head_or_st_a(registry):

@@ -16,7 +16,7 @@ from benchmark.modeling.fusion import AdapterFusion, naive_fusion
 from benchmark.modeling.mixing import StaticMixing
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.spec.schema import AdapterParams, FusionParams
-from conftest import needs_mirror
+from conftest import fusion_spec_error, needs_mirror
 
 H, N = 16, 3
 
@@ -126,9 +126,6 @@ def test_the_fusion_slot_hosts_static_mixing(tiny_bert):
 def test_the_mixing_option_leaves_every_existing_dump_and_run_id_as_it_was(registry, tmp_path):
     """``fusion.mixing`` is a late field: at its default (attention) it is left out of the dump, so the config, and
     the run id, of every fusion spec that does not set it are what they were before the option existed."""
-    from benchmark.errors import SpecError
-    from benchmark.spec import load_registry
-
     old = {"type": "dynamic", "regularization": 0.01, "temperature": False, "source_reduction_factor": 16,
            "implementation": "fast"}  # FusionParams' dump before the option, key for key
     assert FusionParams().model_dump() == FusionParams(mixing="attention").model_dump() == old
@@ -141,14 +138,9 @@ def test_the_mixing_option_leaves_every_existing_dump_and_run_id_as_it_was(regis
     assert static.model_dump()["fusion"] == {**registry.methods["fusion_st_a"].model_dump()["fusion"], "mixing": "static"}
 
     # combinations that cannot work are refused with a paragraph naming the file, the field and the fix
-    d = tmp_path / "methods"
-    d.mkdir()
     for bad, says in (("{mixing: static, prune: {keep: 2}}", "remove 'prune'"),
                       ("{mixing: static, implementation: naive}", "remove 'implementation'")):
-        (d / "bad_mix.yaml").write_text(f"include: _fusion_defaults.yaml\nmethod: fusion_st_a\nfusion: {bad}\n")
-        with pytest.raises(SpecError) as e:
-            load_registry([tmp_path])
-        assert "bad_mix.yaml" in str(e.value) and "fusion" in str(e.value) and says in str(e.value)
+        assert says in fusion_spec_error(tmp_path, "bad_mix", bad)
 
 
 def test_static_mixing_is_priced_without_query_key_value(registry):
