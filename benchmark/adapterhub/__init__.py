@@ -30,7 +30,6 @@ from pathlib import Path
 from benchmark.data.published import CONFIG, WEIGHTS, Published, backbone_shape
 from benchmark.errors import BenchError, CheckpointError
 from benchmark.methods import registry
-from benchmark.spec.schema import AdapterParams
 
 VERSION = "adapters.1.3.0"
 MODEL_CLASS = {"bert": "BertAdapterModel", "roberta": "RobertaAdapterModel"}  # the families export writes
@@ -42,54 +41,6 @@ class Inexpressible(ValueError):
     def __init__(self, reason: str, fix: str):
         super().__init__(reason)
         self.reason, self.fix = reason, fix
-
-
-# ------------------------------------------------------------------------------------- bottleneck
-# AdapterHub's SeqBnConfig ("pfeiffer", the paper's ST-A) as save_adapter writes it; DoubleSeqBnConfig
-# ("houlsby") differs in the three keys of HOULSBY. Its ``architecture`` is None (we also read "bottleneck").
-SEQ_BN = {
-    "adapter_residual_before_ln": False, "architecture": None, "cross_adapter": False, "dropout": 0.0,
-    "factorized_phm_W": True, "factorized_phm_rule": False, "hypercomplex_nonlinearity": "glorot-uniform",
-    "init_weights": "bert", "init_weights_seed": None, "inv_adapter": None, "inv_adapter_reduction_factor": None,
-    "is_parallel": False, "learn_phm": True, "leave_out": [], "ln_after": False, "ln_before": False,
-    "mh_adapter": False, "non_linearity": "relu", "original_ln_after": True, "original_ln_before": True,
-    "output_adapter": True, "phm_bias": True, "phm_c_init": "normal", "phm_dim": 4, "phm_init_range": 0.0001,
-    "phm_layer": False, "phm_rank": 1, "reduction_factor": 16, "residual_before_ln": True, "scaling": 1.0,
-    "shared_W_phm": False, "shared_phm_rule": True, "stochastic_depth": 0.0, "use_gating": False,
-}
-HOULSBY = {"mh_adapter": True, "original_ln_before": False, "non_linearity": "swish"}
-# The keys that change what a bottleneck adapter computes, with the value each placement needs; the others
-# (initialisation, training, PHM while off) are not compared.
-_COMPUTES = ("output_adapter", "original_ln_after", "residual_before_ln", "adapter_residual_before_ln",
-             "ln_before", "ln_after", "is_parallel", "scaling", "use_gating", "phm_layer", "inv_adapter",
-             "cross_adapter", "leave_out", "mh_adapter", "original_ln_before")
-_NEEDS = {"pfeiffer": {k: SEQ_BN[k] for k in _COMPUTES}, "houlsby": {k: {**SEQ_BN, **HOULSBY}[k] for k in _COMPUTES}}
-_NON_LINEARITY = {"relu": "relu", "swish": "swish", "silu": "swish", "gelu": "gelu", "tanh": "tanh"}
-
-
-def _bottleneck_config(params: AdapterParams) -> dict:
-    nl = params.non_linearity or ("relu" if params.type == "pfeiffer" else "swish")
-    return {**SEQ_BN, **(HOULSBY if params.type == "houlsby" else {}), "reduction_factor": params.reduction_factor,
-            "non_linearity": nl}
-
-
-def _bottleneck_params(cfg: dict) -> tuple[AdapterParams, list[str]]:
-    kind = "houlsby" if cfg.get("mh_adapter") else "pfeiffer"
-    differ = [f"{k}: {cfg[k]!r} (needs {v!r})" for k, v in _NEEDS[kind].items() if k in cfg and cfg[k] != v]
-    differ += [f"{k}: {cfg[k]!r} (a key AdapterHub's bottleneck config does not have)" for k in sorted(set(cfg) - set(SEQ_BN))]
-    rf = cfg.get("reduction_factor", 16)
-    if isinstance(rf, dict):  # per-layer factors: representable only when they are all one value
-        values = set(rf.values())
-        rf = values.pop() if len(values) == 1 else None
-        if rf is None:
-            differ.append(f"reduction_factor: {cfg['reduction_factor']!r} (needs one value for every layer)")
-    nl = str(cfg.get("non_linearity", "relu" if kind == "pfeiffer" else "swish")).lower()
-    if nl not in _NON_LINEARITY:
-        differ.append(f"non_linearity: {nl!r} (needs one of {sorted(_NON_LINEARITY)}; gelu_new is not gelu)")
-    if not isinstance(rf, int | float) or isinstance(rf, bool) or rf < 1 or rf != int(rf):
-        differ.append(f"reduction_factor: {rf!r} (needs a positive integer)")
-        rf = 16
-    return AdapterParams(type=kind, reduction_factor=int(rf), non_linearity=_NON_LINEARITY.get(nl)), differ
 
 
 # ------------------------------------------------------------------------------------------- LoRA
@@ -129,20 +80,16 @@ class Method:
     config: Callable  # our params -> AdapterHub's config dict (raises Inexpressible)
     params: Callable | None = None  # AdapterHub's config dict -> (our params, keys that differ)
     to_hub_shape: Callable | None = None  # our tensor -> AdapterHub's (and back: ``from_hub``'s ``shapes``)
-    architecture: str | None = None  # AdapterHub's ``architecture`` this method reads (None: bottleneck)
+    architecture: str = "bottleneck"  # AdapterHub's ``architecture`` this method reads (a bottleneck's is None)
     matches: Callable | None = None  # of the configs of that architecture, those that are this method (IA3Config)
 
-
-_BN = Method("adapters", "adapters", {f"{a}.{w}": f"adapter_{b}.{w}" for a, b in (("down", "down.0"), ("up", "up"))
-                                      for w in ("weight", "bias")}, _bottleneck_config, _bottleneck_params)
-_BASE = {"pfeiffer": _BN, "houlsby": _BN}  # the core's module types; method packages bring their own
 
 
 @cache
 def methods_table() -> dict[str, Method]:
-    """Our params' ``type`` -> its ``Method``: the bottleneck adapters, and every method package's
-    ``adapterhub.py`` (``METHOD``); a type without an entry is refused by export."""
-    out = dict(_BASE)
+    """Our params' ``type`` -> its ``Method``: every method package's ``adapterhub.py`` (``METHOD``: ST-A's
+    bottleneck adapters, LoRA, (IA)^3); a type without an entry is refused by export."""
+    out = {}
     for type_, kind in registry.module_types().items():
         part = registry.part(kind, "adapterhub")
         if part is not None:
@@ -152,7 +99,7 @@ def methods_table() -> dict[str, Method]:
 
 def architectures() -> list[str]:
     """AdapterHub's ``architecture`` values we read (bottleneck, and those of the packages' methods)."""
-    return list(dict.fromkeys(["bottleneck", *(m.architecture for m in methods_table().values() if m.architecture)]))
+    return list(dict.fromkeys(m.architecture for m in methods_table().values()))
 
 
 FUSION = Method("fusions", "adapter_fusion_layer", {}, lambda p: FUSION_CONFIGS[p.type])
@@ -189,12 +136,9 @@ def adapter_params(config: dict, file: str):
     if arch not in architectures():
         raise CheckpointError(f"this adapter's architecture {arch!r} has no module here", file=file,
                               fix=f"use an adapter of architecture {' or '.join(architectures())}")
-    if arch == "bottleneck":
-        method = _BN
-    else:  # of the methods reading this architecture, one whose ``matches`` accepts it, else the plain one
-        mine = [m for m in methods_table().values() if m.architecture == arch]
-        method = next((m for m in mine if m.matches and m.matches(cfg)), None) or \
-            next(m for m in mine if not m.matches)
+    # of the methods reading this architecture, one whose ``matches`` accepts it, else the plain one
+    mine = [m for m in methods_table().values() if m.architecture == arch]
+    method = next((m for m in mine if m.matches and m.matches(cfg)), None) or next(m for m in mine if not m.matches)
     params, differ = method.params(cfg)
     if differ:
         what = params.type if arch == "bottleneck" else arch

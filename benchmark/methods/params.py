@@ -9,9 +9,9 @@ not set them never move. ``spec/schema.py`` re-exports both; a method package's 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 # Spec fields added after the first results, with the value at which a dump leaves them out (their default), so
 # the configs, and so the run ids, of specs that do not set them stay as they were: a new late field is one line.
@@ -24,6 +24,9 @@ LATE_FIELDS: dict[str, dict[str, object]] = {
     "FusionSources": {"adapterhub": {}, "adapterhub_allow_other_base": []},
     "ComputeSpec": {"compile": False},  # eager, as every committed run trained: its configs read as before
 }
+
+# part of run labels and so of folder names (``st_a_rf16``); at most the width of any encoder
+ReductionFactor = Annotated[int, Field(ge=1, le=100_000)]
 
 # The linear layers of an encoder layer a tuner can target, by the layout's neutral names (layout.linear_targets).
 LinearTarget = Literal["query", "key", "value", "attention_output", "intermediate", "output"]

@@ -28,6 +28,7 @@ import importlib
 import os
 import sys
 import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ class Section:
     params: type  # its parameter model (a params.Strict); its ``type`` field's default names the module type
     flops: Callable | None  # (params, shape, sources) -> forward FLOPs per token and layer of its modules
     package: str  # the Python package that declared it
+    late: bool = True  # left out of a dump while unset (every section after the paper's: their run ids never move)
 
 
 SECTIONS: dict[str, Section] = {}
@@ -54,13 +56,14 @@ PACKAGES: dict[str, str] = {}  # method kind -> the Python package that register
 _loading: list[str] = []  # the package whose config.py is being imported
 
 
-def section(name: str, params: type, flops: Callable | None = None) -> None:
-    """Declare a section of the method YAML (called from a package's ``config.py``)."""
+def section(name: str, params: type, flops: Callable | None = None, *, late: bool = True) -> None:
+    """Declare a section of the method YAML (called from a package's ``config.py``). ``late=False`` only for the
+    paper's sections (``adapter``, ``fusion``, ``mt_a``), which every committed run id has hashed as null while unset."""
     if name in SECTIONS and SECTIONS[name].params is not params:
         raise ValueError(f"method section '{name}' is declared twice ({SECTIONS[name].package} and "
                          f"{params.__module__}); give the new method's section another name")
     package = _loading[-1] if _loading else params.__module__.rpartition(".")[0]
-    SECTIONS[name] = Section(name, params, flops, package)
+    SECTIONS[name] = Section(name, params, flops, package, late)
 
 
 def _user_folders() -> list[Path]:
@@ -88,9 +91,12 @@ def _packages() -> list[tuple[str, Path]]:
     return out
 
 
-def discover() -> None:
-    """Import every method package's ``config.py`` (its kinds and sections register themselves)."""
-    for name, folder in _packages():
+def discover(first: tuple[str, ...] = ()) -> None:
+    """Import every method package's ``config.py`` (its kinds and sections register themselves): the shipped
+    packages named in ``first`` in that order (the paper's, in its column order), then the rest by folder name."""
+    found = _packages()
+    rank = {f"{__package__}.{n}": i for i, n in enumerate(first)}
+    for name, folder in sorted(found, key=lambda nf: rank.get(nf[0], len(rank))):
         if name in PACKAGES.values():
             continue
         before = set(kinds.KINDS)
@@ -128,20 +134,23 @@ def part(kind: str, name: str):
 
 
 def sections() -> list[Section]:
-    """The declared sections, in the report order of the kinds that declared them (LoRA before (IA)^3)."""
+    """The declared sections: the paper's in the order they were declared, then the later ones in the report order
+    of the kinds that declared them (LoRA before (IA)^3)."""
     rank = {k.name: i for i, k in enumerate(kinds.report_order())}
     first = {}
     for kind, pkg in PACKAGES.items():
         first[pkg] = min(first.get(pkg, len(rank)), rank.get(kind, len(rank)))
-    return sorted(SECTIONS.values(), key=lambda s: first.get(s.package, len(rank)))
+    order = list(SECTIONS)
+    return sorted(SECTIONS.values(), key=lambda s: (s.late, first.get(s.package, len(rank)) if s.late else order.index(s.name)))
 
 
 def module_types() -> dict[str, str]:
-    """A module type (the ``type`` of a section's params) -> the method kind whose ``layer.py`` owns it."""
+    """A module type (each value the ``type`` of a section's params can take: ``pfeiffer``, ``houlsby``, ``lora``)
+    -> the first method kind of the package that declared it (its ``layer.py`` owns the type)."""
     out = {}
     for s in SECTIONS.values():
         field = s.params.model_fields.get("type")
         kinds = [k for k, p in PACKAGES.items() if p == s.package]
         if field is not None and kinds:
-            out[field.default] = kinds[0]
+            out.update(dict.fromkeys(typing.get_args(field.annotation) or (field.default,), kinds[0]))
     return out

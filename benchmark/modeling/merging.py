@@ -48,9 +48,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-# Published defaults, as keyword defaults below; declared with the method's spec (``fusion.merge``), whose
-# defaults they are too (TIES: density 0.2, lambda 1; task arithmetic: lambda 0.4; DARE: p 0.9, lambda 1).
-from benchmark.spec.schema import (
+# Published defaults, as keyword defaults below; the defaults of the method's spec (``fusion.merge``) too
+# (TIES: density 0.2, lambda 1; task arithmetic: lambda 0.4; DARE: p 0.9, lambda 1).
+from benchmark.methods.merge_defaults import (
     DARE_DROP,
     DARE_LAMBDA,
     TASK_ARITHMETIC_LAMBDA,

@@ -22,7 +22,6 @@ from torch import nn
 
 from benchmark.methods import registry
 from benchmark.methods.params import Strict
-from benchmark.modeling import adapters
 from benchmark.modeling.context import ActiveSetup, ForwardContext, Switchable
 from benchmark.modeling.fusion import build_fusion
 from benchmark.modeling.heads import make_head
@@ -45,8 +44,8 @@ def params_from(d: dict) -> ModuleParams:
 
 
 def _adapter_types() -> dict:
-    """params.type -> its module: the bottleneck adapters (``adapters.py``) and each method package's ``layer.py``."""
-    out = {"pfeiffer": adapters, "houlsby": adapters}
+    """params.type -> its module: each method package's ``layer.py`` (``pfeiffer`` / ``houlsby``: ST-A's)."""
+    out = {}
     for type_, kind in registry.module_types().items():
         layer = registry.part(kind, "layer")
         if layer is not None:

@@ -2,8 +2,9 @@
 --mode roofline`` divides by a measured step time, from the encoder's shape. Pure arithmetic (no torch).
 
 Per token (the estimate): ``encoder_per_token`` is the encoder's forward, ``method_per_token`` what the
-method's modules add to it, priced by the spec sections the method declares (``MODULES``: adapter, fusion; a method package prices its
-own section in its ``config.py``; a new method built from known modules needs nothing), and
+method's modules add to it, priced by the spec sections the method declares (each method package prices its
+own section in its ``config.py``: ``adapter``, ``fusion``, ``lora`` ...; a new method built from known modules
+needs nothing), and
 ``train_per_token`` what a training step computes from those by what the method trains.
 
 Per step (the roofline): ``step_flops``, op by op. Counted: every matrix product (``mm``/``addmm``/``bmm``
@@ -153,33 +154,9 @@ def encoder_per_token(shape: Shape, seq: float) -> float:
     return shape.layers * (2 * (4 * H * H + 2 * H * inter) + 4 * seq * H)
 
 
-def _adapter_module(p, shape: Shape, sources: int) -> float:  # Houlsby: a second adapter after attention
-    H = shape.hidden
-    return 2 * 2 * H * (H // max(1, p.reduction_factor)) * (2 if p.type == "houlsby" else 1)
-
-
-def _fusion_module(p, shape: Shape, sources: int) -> float:
-    """N source adapters, then Q, K, V once over the hidden state (6H²: the estimate's simplification, which
-    its calibration was fitted on) and the scores and context over N (4NH). Static mixing (``mixing: static``):
-    the N adapters and the weighted sum of their outputs (2NH); no Q, K, V, no scores."""
-    H, n = shape.hidden, max(1, sources)
-    one = 2 * 2 * H * (H // max(1, p.source_reduction_factor))
-    if p.mixing == "merge":  # the N sources merged into one adapter before training: one adapter's work
-        return one
-    adapters = n * one
-    if p.mixing == "static":
-        return adapters + 2 * n * H
-    return adapters + 2 * 3 * H * H + 4 * n * H
-
-
-# spec section of a method -> forward FLOPs per token and layer of that module (params, shape, fused sources); the
-# sections of method packages bring their own (``registry.section(..., flops=...)``, e.g. methods/lora/config.py)
-MODULES = {"adapter": _adapter_module, "fusion": _fusion_module}
-
-
 def prices() -> dict:
-    """Every spec section's price: the core's modules, then each method package's section."""
-    return {**MODULES, **{s.name: s.flops for s in registry.sections() if s.flops is not None}}
+    """Every spec section's price, as its method package declares it (``registry.section(..., flops=...)``)."""
+    return {s.name: s.flops for s in registry.sections() if s.flops is not None}
 
 
 def method_per_token(method, shape: Shape, sources: int = 0) -> float:

@@ -6,13 +6,14 @@ Cross-references (an experiment naming a task) are checked by the registry, not 
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, Field, create_model, field_validator, model_validator
 
 from benchmark import methods
 from benchmark.methods import registry
-from benchmark.methods.params import LATE_FIELDS, Strict
+from benchmark.methods.params import LATE_FIELDS, ReductionFactor, Strict
 
 BATCHING = ("grouped", "shuffled")
 Batching = Literal["grouped", "shuffled"]
@@ -21,8 +22,6 @@ Precision = Literal["auto", "fp32", "bf16"]  # benchmark/modeling/compute.py: au
 # a seed every random generator takes (numpy's bound; torch's is 2**64); a list of seeds is a few runs per cell
 Seed = Annotated[int, Field(ge=0, lt=2**32, description="a seed, 0 <= seed < 2**32")]
 MAX_SEEDS = 100
-# part of run labels and so of folder names (``st_a_rf16``); at most the width of any encoder
-ReductionFactor = Annotated[int, Field(ge=1, le=100_000)]
 SplitName = Annotated[str, Field(min_length=1, max_length=64)]  # part of the tokenized cache's file names
 
 
@@ -192,129 +191,6 @@ class TrainParams(Strict):
         None, description="training batches: grouped by length (default) or shuffled; None = the experiment's")
 
 
-class AdapterParams(Strict):
-    type: Literal["pfeiffer", "houlsby"] = "pfeiffer"
-    reduction_factor: ReductionFactor = 16
-    non_linearity: Literal["relu", "swish", "gelu", "tanh"] | None = None  # None: pfeiffer relu, houlsby swish
-
-
-class PruneParams(Strict):
-    """Pruned fusion (AdapterDrop, Rueckle et al. 2021): after training, the same ``keep`` adapters in every layer,
-    those with the highest mean fusion attention over all layers and held-out rows; the softmax renormalised
-    over them."""
-
-    keep: int = Field(ge=1, description="adapters kept (at most the number fused)")
-
-
-# Published defaults of the weight merges (issue 36), the defaults of ``fusion.merge`` below and of
-# ``modeling/merging.py``'s functions (which import them from here).
-TIES_DENSITY = 0.2  # Yadav et al. 2023 (TIES): keep the top 20% of each task vector by magnitude ...
-TIES_LAMBDA = 1.0  # ... and lambda = 1, their setting without a validation set
-TASK_ARITHMETIC_LAMBDA = 0.4  # the value Yadav et al. 2023 use for task arithmetic (Ilharco et al. 2023) without validation
-DARE_DROP = 0.9  # Yu et al. 2024 (DARE): drop rate p = 0.9 (density 0.1), rescale by 1 / (1 - p) ...
-DARE_LAMBDA = 1.0  # ... and the merged task vectors added at lambda = 1
-MergeHow = Literal["average", "task_arithmetic", "ties", "dare", "dare_ties"]
-# how -> (lambda, density) when the method YAML leaves them out; None: the merge has no such parameter
-MERGE_DEFAULTS: dict[str, tuple[float | None, float | None]] = {
-    "average": (None, None), "task_arithmetic": (TASK_ARITHMETIC_LAMBDA, None), "ties": (TIES_LAMBDA, TIES_DENSITY),
-    "dare": (DARE_LAMBDA, round(1 - DARE_DROP, 12)), "dare_ties": (DARE_LAMBDA, round(1 - DARE_DROP, 12))}
-
-
-class MergeParams(Strict):
-    """Weight merging of the N source adapters into one (``fusion.mixing: merge``; ``modeling/merging.py``):
-    task vectors taken from the stage-1 init of the sources' seed, merged by ``how``, the merged adapter put where
-    the target's single adapter sits; the head trains over it (frozen, or trained too with ``train_adapter``)."""
-
-    how: MergeHow = Field(description="average (AdapterSoup: the mean of the weights), task_arithmetic (init + "
-                          "lambda sum of task vectors), ties (trim to the top density, elect signs, disjoint mean), "
-                          "dare (random drop to density, rescaled, then task arithmetic) or dare_ties")
-    density: float | None = Field(None, gt=0, le=1, description="share of each task vector kept: TIES' top-k "
-                                  "(default 0.2), DARE's 1 - p (default 0.1); ties, dare and dare_ties only")
-    weight: float | None = Field(None, gt=0, description="lambda, the scale of the merged task vector (default: "
-                                 "0.4 for task_arithmetic, 1 for ties, dare and dare_ties); not for average")
-    train_adapter: bool = Field(False, description="false: only the head trains over the frozen merged adapter; "
-                                "true: the merged adapter trains with the head")
-
-    @model_validator(mode="after")
-    def _published_defaults(self) -> MergeParams:
-        lam, density = MERGE_DEFAULTS[self.how]
-        for field, default in (("density", density), ("weight", lam)):
-            if default is None and getattr(self, field) is not None:
-                raise ValueError(
-                    f"fusion.merge.{field} means nothing for how: {self.how} (average takes the plain mean of the "
-                    f"weights; task_arithmetic keeps every entry of the task vectors); remove '{field}' from the "
-                    f"method YAML, or choose a merge that has it (ties, dare, dare_ties{', task_arithmetic' if field == 'weight' else ''})")
-            if default is not None and getattr(self, field) is None:
-                setattr(self, field, default)  # the published value, written out in every dump and run id
-        return self
-
-
-class FusionParams(Strict):
-    type: Literal["dynamic", "static"] = Field(
-        "dynamic", description="AdapterFusion with Value (dynamic) or without (static, AdapterHub's name); "
-        "static mixing is 'mixing: static', not this")
-    regularization: float = Field(0.01, ge=0, description="weight of sum_l ||I - V_l||_F^2 (dynamic only)")
-    temperature: bool = Field(False, description="anneal the softmax temperature from 50 to 1 over training")
-    source_reduction_factor: ReductionFactor = Field(16, description="reduction factor of the fused ST-A adapters")
-    implementation: Literal["fast", "naive"] = "fast"
-    prune: PruneParams | None = Field(
-        None, description="after training, keep the top-k adapters by mean attention (benchmark/modeling/prune.py)")
-    mixing: Literal["attention", "static", "merge"] = Field(
-        "attention", description="how the N adapter outputs are weighted per layer: 'attention' is AdapterFusion "
-        "(Query/Key per token, benchmark/modeling/fusion.py); 'static' is static mixing, one learned softmax over "
-        "the N adapters per layer, the same for every token (no Query, Key or Value: benchmark/modeling/mixing.py), "
-        "the ablation of fusion's attention. Not the same thing as 'type: static' (AdapterFusion without Value). "
-        "Static mixing has no V, so 'type' and 'regularization' do not apply to it; 'temperature' anneals its softmax. "
-        "'merge' merges the N adapters' weights into one adapter (fusion.merge; benchmark/modeling/merging.py): no "
-        "fusion layer at all, the head trains over the merged adapter")
-    merge: MergeParams | None = Field(
-        None, description="mixing: merge only: how the source adapters' weights are merged (MergeParams)")
-
-    @model_validator(mode="after")
-    def _static_mixing(self) -> FusionParams:
-        if self.mixing == "merge":
-            return self._merge()
-        if self.merge is not None:
-            raise ValueError(
-                f"fusion.merge is the weight merge of fusion.mixing: merge, but this method has mixing: "
-                f"{self.mixing}; set 'mixing: merge' in the method YAML's fusion section, or remove 'merge'")
-        if self.mixing != "static":
-            return self
-        if self.prune is not None:
-            raise ValueError(
-                "fusion.mixing: static cannot be combined with fusion.prune: pruning ranks adapters by per-token "
-                "attention and reruns the same layer over fewer adapters, while a static mixing layer holds one "
-                "logit per adapter it was built over (its checkpoint could not be reloaded pruned); remove "
-                "'prune' from the method YAML, or use mixing: attention (the default) to prune AdapterFusion")
-        if self.implementation != "fast":
-            raise ValueError(
-                f"fusion.mixing: static has one implementation (benchmark/modeling/mixing.py), so "
-                f"fusion.implementation: {self.implementation} means nothing for it; remove 'implementation' "
-                f"from the method YAML (or set it to fast, the default) or use mixing: attention")
-        return self
-
-    def _merge(self) -> FusionParams:
-        if self.merge is None:
-            raise ValueError(
-                "fusion.mixing: merge needs a 'merge' section saying how the adapters are merged; add e.g. "
-                "'merge: {how: ties}' to the method YAML's fusion section (how: average, task_arithmetic, ties, dare, "
-                "dare_ties; density and weight default to the published values)")
-        for field, bad, why in (
-                ("prune", self.prune is not None, "a merge leaves one adapter and no attention to rank adapters by"),
-                ("implementation", self.implementation != "fast", "a merge builds no fusion layer to implement"),
-                ("temperature", self.temperature, "a merge has no softmax to anneal")):
-            if bad:
-                raise ValueError(f"fusion.mixing: merge cannot be combined with fusion.{field}: {why}; remove "
-                                 f"'{field}' from the method YAML (or set it to its default), or use mixing: attention")
-        return self
-
-
-
-class MtaParams(Strict):
-    alpha_start: float = 1.0
-    alpha_end: float = 0.2
-
-
 class _MethodSpec(Strict):
     """The method YAML's fields up to the sections of method packages (``MethodSpec`` adds those, then ``train``,
     ``precision`` and ``notes``: the order every dump had before the packages)."""
@@ -323,9 +199,6 @@ class _MethodSpec(Strict):
     name: str
     description: str = ""
     method: str = Field(description="a method kind registered in benchmark/methods (head, st_a, fusion_st_a, ...)")
-    adapter: AdapterParams | None = None
-    fusion: FusionParams | None = None
-    mt_a: MtaParams | None = None
 
     @field_validator("method")
     @classmethod
@@ -341,8 +214,9 @@ class _MethodSpec(Strict):
             if getattr(self, section, None) is None:
                 article = "an" if section[0] in "aeiou" else "a"
                 raise ValueError(f"method '{self.method}' needs {article} '{section}' section")
-        if kind.adapter_type and self.adapter and self.adapter.type != kind.adapter_type:
-            raise ValueError(f"{self.method} needs adapter.type: {kind.adapter_type}")
+        section = getattr(self, kind.needs[0], None) if kind.needs else None
+        if kind.adapter_type and section is not None and section.type != kind.adapter_type:
+            raise ValueError(f"{self.method} needs {kind.needs[0]}.type: {kind.adapter_type}")
         return self
 
     @property
@@ -351,10 +225,12 @@ class _MethodSpec(Strict):
 
 
 def _method_spec() -> type[_MethodSpec]:
-    """``MethodSpec``: one optional field per section a method package declares (``registry.section``), each a
-    late field (left out of a dump while unset, so no run id of a spec without it moves)."""
+    """``MethodSpec``: one optional field per section a method package declares (``registry.section``): the paper's
+    (``adapter``, ``fusion``, ``mt_a``) dump as null while unset, as they always did; every later one is a late field
+    (left out of a dump while unset, so no run id of a spec without it moves)."""
     for s in registry.sections():
-        LATE_FIELDS["MethodSpec"][s.name] = None
+        if s.late:
+            LATE_FIELDS["MethodSpec"][s.name] = None
     return create_model(
         "MethodSpec", __base__=_MethodSpec, __module__=__name__,
         **{s.name: (s.params | None, None) for s in registry.sections()},
@@ -369,10 +245,13 @@ MethodSpec = _method_spec()
 
 def __getattr__(name: str):
     """A method package's params class by its name (``from benchmark.spec.schema import LoRAParams``), where it
-    was declared before the packages."""
+    was declared before the packages, and the classes its module declares beside it (``MergeParams``)."""
     for s in registry.SECTIONS.values():
         if s.params.__name__ == name:
             return s.params
+        found = getattr(sys.modules[s.params.__module__], name, None)
+        if isinstance(found, type) and issubclass(found, Strict):
+            return found
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

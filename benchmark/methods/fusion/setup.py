@@ -1,0 +1,148 @@
+"""What a fusion run adds: the N source adapters (stage-1 ST-A runs or published adapters for Fusion w/ ST-A, the
+MT-A run's adapters and encoder for Fusion w/ MT-A), frozen, and the fusion layer over them, trained with the
+head; after training, its attention on dev (``fusion_attention``) and, with ``fusion.prune``, the pruned model.
+``mixing: static`` swaps the layer for static mixing; ``mixing: merge`` merges the sources into one adapter
+instead (no fusion layer: ``_merged_sources``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from benchmark import records
+from benchmark.data.published import content_hash
+from benchmark.errors import CheckpointError, SpecError
+from benchmark.modeling import merging
+from benchmark.modeling.backbone import load_encoder, load_tokenizer
+from benchmark.modeling.checkpoint import load_adapterhub, load_modules
+from benchmark.modeling.compute import Compute
+from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
+from benchmark.plan.run import Run
+from benchmark.training.loop import Objective, Predictions, evaluate, predict
+from benchmark.training.recipe import FUSION, RunContext, Setup, Trained
+
+
+def setup(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    return (_fusion_mt_a if run.kind.depends_on == "mt_a" else _fusion_st_a)(model, run, ctx)
+
+
+def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
+    """The fusion layer (or static mixing) over the loaded sources; it trains with the paper's V regulariser
+    (dynamic AdapterFusion only: static mixing has no V) and optionally the annealed temperature."""
+    params = run.method.fusion
+    model.add_fusion(FUSION, run.sources, params)
+    model.set_active(Fuse(FUSION))
+    has_value = params.type == "dynamic" and params.mixing == "attention"
+    return Setup(trains=Modules(fusions=[FUSION]), keeps=Modules(adapters=run.sources),
+                 objective=Objective(FUSION, params.regularization if has_value else 0.0, params.temperature),
+                 finish=_attention_and_pruning)
+
+
+def _fusion_st_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    if run.method.fusion.mixing == "merge":
+        return _merged_sources(model, run, ctx)
+    for src, dep in run.stage1_deps():  # one stage-1 ST-A run per source ...
+        load_modules(model, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
+    for src, pub in run.published.items():  # ... or a published AdapterHub adapter (fusion.adapterhub)
+        if content_hash(Path(pub.folder)) != pub.sha256:
+            raise CheckpointError(f"the published adapter for '{src}' changed since the run was planned",
+                                  file=pub.folder, fix="plan again (afbench run) so the run id holds its new content")
+        load_adapterhub(model, Path(pub.folder), name=src)
+    return _fusion_over_loaded_adapters(model, run)
+
+
+def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    """``fusion.mixing: merge``: the same stage-1 ST-A sources Fusion w/ ST-A reads, merged into ONE adapter
+    (``modeling/merging.py``) put where the target's own adapter sits (named after the task, so the run folder
+    is an ST-A run's: one adapter and the head). The task vectors are taken from the init every source started
+    from: the stage-1 runs of one seed share it (their recipe seeds just before adding the adapter), re-created
+    by ``merging.initial_adapter`` for the sources' seed. DARE's drop is seeded from the run seed. The sources
+    are read in a scratch model of the same backbone, and the global generator is left as it was, so the head
+    is initialised as in any run of this seed."""
+    spec, task = run.method.fusion.merge, run.task
+    if run.published:
+        raise SpecError(f"fusion.mixing: merge needs the stage-1 init its sources started from, which published "
+                        f"adapters do not have ({', '.join(run.published)} come from fusion.adapterhub)",
+                        file=run.experiment, field="fusion.adapterhub",
+                        fix="merge stage-1 sources only: leave fusion.adapterhub out of the experiment for this method")
+    seeds = set()
+    for _, dep in run.stage1_deps():
+        rec = records.read_result(Path(ctx.run_dir(dep)))
+        seeds.add(rec.seed if rec is not None else None)
+    if len(seeds) != 1 or None in seeds:
+        raise CheckpointError(f"the merged sources must be stage-1 runs of one seed with a result.json each; "
+                              f"found seeds {sorted(map(str, seeds))}", file=str(ctx.run_dir(run.deps[0])),
+                              fix="rerun the stage-1 dependencies (afbench run) so each has its result")
+    source_seed = seeds.pop()
+    bspec = ctx.reg.backbones[run.backbone]
+    with torch.random.fork_rng(devices=[]):  # building the scratch backbone draws nothing from the run's generator
+        scratch = AdapterModel(load_encoder(bspec, load_tokenizer(bspec)))
+    sources = []
+    for src, dep in run.stage1_deps():
+        load_modules(scratch, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
+        sources.append(merging.read(scratch, src))
+    params = scratch.adapter_params[run.sources[0]]
+    if any(scratch.adapter_params[s] != params for s in run.sources):
+        raise CheckpointError("the merged sources are adapters of different configurations "
+                              f"({sorted({str(scratch.adapter_params[s]) for s in run.sources})})",
+                              file=str(ctx.run_dir(run.deps[0])), fix="merge stage-1 ST-A runs of one configuration")
+    base = None if spec.how == "average" else merging.initial_adapter(scratch, params, source_seed)
+    merged = merging.merge_adapters(sources, spec.how, base=base, lam=spec.weight, density=spec.density,
+                                    generator=torch.Generator().manual_seed(run.seed))
+    del scratch
+    model.add_adapter(task, params)
+    merging.write(model, task, merged)
+    model.set_active(task)
+    mine = Modules(adapters=[task])
+    info = {"how": spec.how, "density": spec.density, "weight": spec.weight, "sources": list(run.sources),
+            "source_seed": source_seed, "base": "none" if base is None else "init", "train_adapter": spec.train_adapter}
+    if spec.train_adapter:
+        return Setup(trains=mine, record={"merge": info})
+    return Setup(keeps=mine, record={"merge": info})
+
+
+def _fusion_mt_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    # the MT-A run's adapters and its fine-tuned encoder, both frozen
+    load_modules(model, ctx.run_dir(run.deps[0]), adapters=run.sources, heads=[], fusions=[], encoder=True)
+    return _fusion_over_loaded_adapters(model, run)
+
+
+def _prune_after_training(model: AdapterModel, run: Run, keep: int, *, ranking, ranked_on: str, dev, pad_id: int,
+                         ctx: RunContext, compute: Compute) -> tuple[dict, Predictions]:
+    """``fusion.prune: {keep: k}``: rank the fused adapters by mean attention over every layer and the
+    ``ranking`` rows (the held-out slice; train rows under ``selection: dev``, never dev), keep the top k in
+    every layer (``modeling/prune.py``) and evaluate the pruned model on dev (its predictions too)."""
+    bs = run.method.train.eval_batch_size
+    model.start_capture()
+    evaluate(model, ranking, run.task, pad_id, bs, ctx.device, compute)
+    layers = model.stop_capture()
+    names = list(model.fusion_params[FUSION][0])
+    kept = model.prune_fusion(FUSION, top_k(names, layers, keep), drop_adapters=True)
+    pred = predict(model, dev, run.task, pad_id, bs, ctx.device, compute)
+    acc = pred.accuracy
+    return {"keep": keep, "kept": kept, "ranking": rank_adapters(names, layers), "ranked_on": ranked_on,
+            "ranking_rows": len(ranking), "mean_attention": dict(zip(names, mean_attention(layers))),
+            "dev_accuracy": acc}, pred
+
+
+def _attention_and_pruning(done: Trained) -> None:
+    """The mean fusion attention (or static mixing weight) per layer and source on dev, and ``fusion.prune``."""
+    model, run, method = done.model, done.run, done.run.method
+    model.start_capture()
+    again = evaluate(model, done.dev, run.task, done.pad_id, method.train.eval_batch_size, done.ctx.device,
+                     done.compute)
+    done.result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
+                                       "dev_accuracy": again}
+    if method.fusion.mixing != "attention":  # static mixing: the same weights at every token, recorded alike
+        done.result["fusion_attention"]["mixing"] = method.fusion.mixing
+    if method.fusion.prune is not None:
+        ho = done.heldout
+        done.result["prune"], done.predictions = _prune_after_training(
+            model, run, method.fusion.prune.keep, ranking=ho if ho is not None else done.train,
+            ranked_on="heldout" if ho is not None else "train", dev=done.dev, pad_id=done.pad_id, ctx=done.ctx,
+            compute=done.compute)
+        done.result["prune"]["unpruned_dev_accuracy"] = done.best_metric
+        done.result["best_metric"] = done.result["prune"]["dev_accuracy"]  # the pruned model is what it reports
+        done.keeps = Modules(adapters=done.result["prune"]["kept"])

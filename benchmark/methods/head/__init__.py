@@ -1,0 +1,1 @@
+"""Head (the paper's baseline): only a task head over the frozen encoder (``benchmark/methods/registry.py``)."""

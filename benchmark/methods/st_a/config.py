@@ -1,0 +1,42 @@
+"""The ``adapter:`` section (bottleneck adapters), the ST-A and ST-A Houlsby kinds and what an adapter costs per
+token (layer 0: no torch). The section is one of the paper's: it dumps as null while unset (``late=False``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from benchmark.methods import Column, MethodKind, register
+from benchmark.methods.params import ReductionFactor, Strict
+from benchmark.methods.registry import section
+
+
+class AdapterParams(Strict):
+    type: Literal["pfeiffer", "houlsby"] = "pfeiffer"
+    reduction_factor: ReductionFactor = 16
+    non_linearity: Literal["relu", "swish", "gelu", "tanh"] | None = None  # None: pfeiffer relu, houlsby swish
+
+
+def flops(p: AdapterParams, shape, sources: int) -> float:
+    """down + up, 2 * 2Hr per token (Pfeiffer after the FFN; Houlsby a second one after attention)."""
+    H = shape.hidden
+    return 2 * 2 * H * (H // max(1, p.reduction_factor)) * (2 if p.type == "houlsby" else 1)
+
+
+section("adapter", AdapterParams, flops, late=False)
+
+
+def _rf_columns(prefix: str, heading: str, key: str, rfs=(2, 16, 64)) -> tuple[Column, ...]:
+    return tuple(Column(f"{prefix}_rf{rf}", f"{key}_rf{rf}", f"{heading} rf {rf}") for rf in rfs)
+
+
+register(MethodKind(
+    "st_a", frozenset({"head", "adapter"}), needs=("adapter",), label_rf="adapter",
+    columns={"table1": (Column("st_a_rf16", "st_a", "ST-A"),),
+             "table3": _rf_columns("st_a", "ST-A", "st_a"),
+             "table4": _rf_columns("st_a", "ST-A", "st_a")}))
+# The paper's last Table 1 column, after both fusions (the packages load in the paper's column order).
+register(MethodKind(
+    "st_a_houlsby", frozenset({"head", "adapter"}), needs=("adapter",), adapter_type="houlsby", label_rf="adapter",
+    after="fusion_mt_a",
+    columns={"table1": (Column("st_a_houlsby_rf16", "st_a_houlsby", "ST-A Houlsby"),),
+             "table4": (Column("st_a_houlsby_rf16", "st_a_houlsby_rf16", "ST-A Houlsby"),)}))
