@@ -24,9 +24,7 @@ import torch
 
 from benchmark.data.encode import batches
 from benchmark.errors import BenchError, CheckpointError
-from benchmark.modeling.backbone import load_tokenizer
 from benchmark.modeling.checkpoint import WEIGHTS
-from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.paths import read_regular, under, write_atomic
@@ -34,7 +32,7 @@ from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance_lines
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result, read_result_file
-from benchmark.runner.export import build_model
+from benchmark.runner.export import load_for_eval
 from benchmark.runner.results import now
 from benchmark.spec.registry import Registry
 from benchmark.training.loop import evaluate, inputs_of, to_device
@@ -57,7 +55,7 @@ def fusion_runs(plan: Plan, patterns: list[str] | None) -> list[Run]:
 
 def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device):
     """(model with the run's fusion active, tokenizer, compute) from a finished run folder, rebuilt by
-    ``export.build_model`` (the rebuild ``afbench export`` and ``afbench predict`` use)."""
+    ``export.load_for_eval`` (``export.build_model``, the rebuild ``afbench export`` and ``afbench predict`` use)."""
     res = read_result_file(folder)
     if not res.finished:
         raise BenchError(f"run {run.id} is not finished ({res.state})", file=str(folder),
@@ -68,13 +66,9 @@ def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device):
                               fix="point --results-dir at the results of the machine that trained it, or move this "
                                   f"folder away and rerun afbench run {run.experiment} --only '{run.id}' (its "
                                   "finished stage-1 adapters are kept; --force would retrain them too)")
-    tok = load_tokenizer(reg.backbones[run.backbone])
-    model = build_model(run, reg, lambda rid: folder.parent / rid, tok)
+    model, tok, compute = load_for_eval(run, reg, lambda rid: folder.parent / rid, device)
     model.set_active(Fuse(FUSION))
-    compute = Compute.of(run.compute)
-    compute.check(device)
-    compute.apply(model)
-    return model.to(device), tok, compute  # build_model left it in eval mode
+    return model, tok, compute
 
 
 @torch.no_grad()

@@ -21,11 +21,7 @@ from adapters import DoubleSeqBnConfig, Fuse, SeqBnConfig
 from transformers import AutoModel, BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from steps import Head, make_batch, peak_mib, time_steps  # noqa: E402
-
-
-def _kind(config) -> str:
-    return config[2] if len(config) > 2 else ("st_a" if config[1] == 0 else "fusion")
+from steps import Head, make_batch, peak_mib, setup_kind, time_steps  # noqa: E402
 
 
 def _encoder(backbone: dict):
@@ -41,7 +37,7 @@ def main(backbone, cfg):
     for pooling in cfg.get("poolings", ["cls"]):
         res = out["results"].setdefault(pooling, {})
         for config in cfg["configs"]:
-            name, n, kind = config[0], config[1], _kind(config)
+            name, n, kind = config[0], config[1], setup_kind(config)
             torch.manual_seed(0)
             model = _encoder(backbone)
             adapters.init(model)

@@ -9,6 +9,11 @@ import torch
 POOLINGS = ("mean", "cls")
 
 
+def setup_kind(config) -> str:
+    """(name, n) or (name, n, kind): n = 0 is ST-A, n > 0 fusion over n adapters unless a kind is given."""
+    return config[2] if len(config) > 2 else ("st_a" if config[1] == 0 else "fusion")
+
+
 def make_batch(vocab_size: int, batch: int, length: int, num_labels: int = 3, device: str = "cpu"):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, vocab_size, (batch, length), generator=g)

@@ -36,17 +36,11 @@ from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
 from benchmark.perf.harness import Harness, median, memory_lines, precisions
 from benchmark.perf.meta import Target, default_out, machine
-from benchmark.perf.steps import Head, make_batch, peak_mib, time_steps
+from benchmark.perf.steps import Head, make_batch, peak_mib, setup_kind, time_steps
 from benchmark.spec.schema import AdapterParams, FusionParams
 
 TARGETS = "Fusion N=16 >= 4x the reference; Fusion N=16 step <= 1.6x a single-adapter step; ST-A >= 1.2x the reference"
 WARMUP = 1
-
-
-
-def setup_kind(config) -> str:
-    """(name, n) or (name, n, kind): n = 0 is ST-A, n > 0 fusion over n adapters unless a kind is given."""
-    return config[2] if len(config) > 2 else ("st_a" if config[1] == 0 else "fusion")
 
 
 def build_setup(bb: PerfBackbone, config, compute: Compute = DEFAULT):

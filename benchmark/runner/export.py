@@ -40,6 +40,7 @@ from benchmark import adapterhub
 from benchmark.errors import BenchError, DataError, StorageError
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import MODULES, load_modules, read_meta
+from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.paths import pid_alive, swap_in, write_atomic
 from benchmark.plan.run import Plan, Run
@@ -232,6 +233,17 @@ def build_model(run: Run, reg: Registry, run_dir, tok) -> AdapterModel:
     load_modules(model, run_dir(run.id))
     model.eval()
     return model
+
+
+def load_for_eval(run: Run, reg: Registry, run_dir, device: torch.device) -> tuple[AdapterModel, object, Compute]:
+    """(model in eval mode on ``device``, tokenizer, compute): ``build_model`` with the run's compute checked and
+    applied (compiled batches padded with the tokenizer's pad id), nothing active yet; ``predict`` and ``prune`` use it."""
+    tok = load_tokenizer(reg.backbones[run.backbone])
+    model = build_model(run, reg, run_dir, tok)
+    compute = Compute.of(run.compute)
+    compute.check(device)
+    compute.apply(model, tok.pad_token_id)
+    return model.to(device), tok, compute
 
 
 def activate(model: AdapterModel, task: str):

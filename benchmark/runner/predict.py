@@ -16,14 +16,12 @@ from pathlib import Path
 import torch
 
 from benchmark import predictions
-from benchmark.modeling.backbone import load_tokenizer
 from benchmark.modeling.checkpoint import WEIGHTS
-from benchmark.modeling.compute import Compute
 from benchmark.plan.run import Plan, Run
 from benchmark.records import RESULT, RunRecord, add_to_run, read_result_file
 from benchmark.runner.borrowed import borrowed
 from benchmark.runner.execute import weights_problem
-from benchmark.runner.export import activate, build_model
+from benchmark.runner.export import activate, load_for_eval
 from benchmark.spec.registry import Registry
 from benchmark.training.loop import merge_columns, predict
 from benchmark.training.recipe import dev_split
@@ -54,12 +52,7 @@ def has_predictions(folder: Path, rec: RunRecord) -> bool:
 def predict_run(run: Run, reg: Registry, folder: Path, run_dir, data_dir, device: torch.device) -> Outcome:
     """Recompute one finished run's predictions; write them only when they reproduce its record."""
     rec = read_result_file(folder).record
-    tok = load_tokenizer(reg.backbones[run.backbone])
-    model = build_model(run, reg, run_dir, tok)
-    compute = Compute.of(run.compute)
-    compute.check(device)
-    compute.apply(model, tok.pad_token_id)
-    model.to(device)
+    model, tok, compute = load_for_eval(run, reg, run_dir, device)
     want, got, preds = recorded_metrics(rec), {}, []
     for t in want:
         activate(model, t)
