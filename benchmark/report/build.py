@@ -30,6 +30,7 @@ from benchmark.records import RunRecord
 from benchmark.report import figures, latex, published, reruns
 from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.baseline import majority_baselines
+from benchmark.report.composition import CompositionView, composition_tables
 from benchmark.report.cost import CostView, cost_table
 from benchmark.report.prose import markdown_to_html
 from benchmark.report.reruns import REPRODUCIBILITY_NOTE
@@ -102,6 +103,7 @@ class ReportData:
     tables: list[TableView] = field(default_factory=list)
     table2: list[Table2View] = field(default_factory=list)
     findings: dict[str, list[Finding]] = field(default_factory=dict)
+    composition: list[CompositionView] = field(default_factory=list)  # the composition table (composition.py)
     figures: list[Figure] = field(default_factory=list)
     attention: list[AttentionSummary] = field(default_factory=list)
     stage1: list[dict] = field(default_factory=list)
@@ -360,6 +362,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
         fs = findings(checks, tests, paper)
         if fs:
             data.findings[b] = fs
+        data.composition += composition_tables(col, b, reg, tests, floor)
         for label, _, name in attention_columns(col, b):
             png = figures.heatmap(col, b, label, reg, name)
             if png:
@@ -548,6 +551,8 @@ def tex_fragments(env: jinja2.Environment, data: ReportData) -> list[tuple[str, 
         out.append((f"table2-{t2.backbone}.tex", env.get_template("tex_table2.tex.j2").render(t2=t2)))
     for b, fs in data.findings.items():
         out.append((f"findings-{b}.tex", env.get_template("tex_findings.tex.j2").render(fs=fs)))
+    for c in data.composition:
+        out.append((f"composition-{c.backbone}.tex", env.get_template("tex_composition.tex.j2").render(c=c)))
     return out
 
 

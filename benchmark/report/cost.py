@@ -45,7 +45,7 @@ FALLBACK = {"train s": ("wall s (whole run)", lambda r: r.wall_seconds or None),
 CPU_ONLY = "n/a (CPU)"
 
 
-def _mean(values: list[float], n: int, fmt: str) -> str:
+def mean_text(values: list[float], n: int, fmt: str) -> str:
     if not values:
         return NOT_RECORDED
     text = fmt.format(sum(values) / len(values))
@@ -83,12 +83,12 @@ def cost_table(results: list[RunRecord]) -> CostView | None:
         secs = [r.train_seconds for r in rs if r.train_seconds]
         tps = [r.padding.real_tokens / r.train_seconds for r in rs if r.train_seconds and r.padding
                and r.padding.real_tokens]
-        cells = {"runs": str(n), "peak RSS (MiB)": _mean(rss, n, "{:.0f}"),
-                 "CUDA max allocated (MiB)": _mean(cuda, n, "{:.0f}") if cuda or any((r.device or "").startswith("cuda")
+        cells = {"runs": str(n), "peak RSS (MiB)": mean_text(rss, n, "{:.0f}"),
+                 "CUDA max allocated (MiB)": mean_text(cuda, n, "{:.0f}") if cuda or any((r.device or "").startswith("cuda")
                                                                              for r in rs) else CPU_ONLY,
-                 "trainable params": _mean(trained, n, "{:,.0f}"), "% of backbone": _mean(share, n, "{:.2f}"),
-                 "checkpoint (MiB)": _mean(ckpt, n, "{:.2f}"), "train s": _mean(secs, n, "{:.1f}"),
-                 "tokens/s": _mean(tps, n, "{:.0f}")}
+                 "trainable params": mean_text(trained, n, "{:,.0f}"), "% of backbone": mean_text(share, n, "{:.2f}"),
+                 "checkpoint (MiB)": mean_text(ckpt, n, "{:.2f}"), "train s": mean_text(secs, n, "{:.1f}"),
+                 "tokens/s": mean_text(tps, n, "{:.0f}")}
         view.rows.append(CostRow(b, label, n, cells))
     _leave_out_empty(view, groups)
     view.notes += environment_notes(fin)
@@ -107,7 +107,7 @@ def _leave_out_empty(view: CostView, groups: dict[tuple[str, str], list[RunRecor
         unrecorded += [c] if any(r.cells[c] == NOT_RECORDED for r in view.rows) else []
         if c in FALLBACK:
             heading, value = FALLBACK[c]
-            cells = {(r.backbone, r.label): _mean([v for x in groups[(r.backbone, r.label)] if (v := value(x))],
+            cells = {(r.backbone, r.label): mean_text([v for x in groups[(r.backbone, r.label)] if (v := value(x))],
                                                    r.runs, "{:.1f}") for r in view.rows}
             if any(v != NOT_RECORDED for v in cells.values()):
                 kept.append(heading)

@@ -1,0 +1,193 @@
+"""The composition table (issue 36): a fusion column beside the other ways of composing the same stage-1 sources
+that the experiment ran, one row per method, after the paper's tables.
+
+A variant column of a kind (``tables.variants``: another spec of the kind, compared with the kind's column) is a
+composition of that column's sources when every finished run of it recorded another composition than fusion's
+attention: a ``merge`` entry (``fusion.mixing: merge``: one adapter merged from the sources, no fusion layer), or a
+``fusion_attention.mixing`` / ``config.method.fusion.mixing`` other than the default. The rows come from the
+records; nothing here names a method. Per task: dev accuracy over seeds, and the difference from the fusion column
+as ``tables.backbone_tests`` computed it for Table 1 (a variant against its kind's column: the sensitivity family,
+CIs only). Cost: the records' ``params.trained``, ``train_seconds`` and ``memory.peak_rss_bytes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from benchmark import methods
+from benchmark.records import RunRecord
+from benchmark.report.aggregate import Cell, Collected
+from benchmark.report.baseline import Majority
+from benchmark.report.cost import MIB, mean_text
+from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES
+from benchmark.report.paired import SENSITIVITY, Tested, Tests
+from benchmark.report.tables import MAJORITY_MARK, CellView, task_order, variants
+from benchmark.spec.schema import FusionParams
+
+ATTENTION = FusionParams.model_fields["mixing"].default  # fusion's own attention over the sources
+MERGE = "merge"  # fusion.mixing of a weight merge (its records carry ``merge``)
+# fusion.merge.how as a row names it (another value: its words, capitalised)
+MERGE_NAMES = {"average": "Uniform average", "task_arithmetic": "Task arithmetic", "ties": "TIES", "dare": "DARE",
+               "dare_ties": "DARE-TIES"}
+
+
+@dataclass
+class CompositionRow:
+    name: str  # "Static mixing", "TIES merge (head only)"
+    label: str  # the report column (run label) the row's runs fill, as in Table 1
+    cells: list[CellView]  # per task: dev accuracy, mean ± sd over seeds, n
+    mean: CellView  # the mean of the task means
+    deltas: list[Tested | None]  # per task, against the reference row (None: the reference itself, or no paired seed)
+    params: str  # mean params.trained over the row's runs
+    train_seconds: str  # mean train_seconds per run
+    peak_rss: str  # mean memory.peak_rss_bytes, MiB
+    runs: list[RunRecord] = field(default_factory=list)
+
+
+@dataclass
+class CompositionView:
+    backbone: str
+    reference: str  # the first row's name
+    fusion: str  # the kind column's name, as figure titles have it ("Fusion w/ ST-A")
+    tasks: list[str]
+    rows: list[CompositionRow]
+    notes: list[str] = field(default_factory=list)
+
+
+def mixing_of(rec: RunRecord) -> str | None:
+    """How a run composed its sources, as its record says: the method config's ``fusion.mixing`` (fusion's attention
+    where a fusion section leaves it out: results older than the field), else ``fusion_attention.mixing``, else
+    ``merge`` where the record has a merge entry; None: no fusion section, not a composition of sources."""
+    fusion = ((rec.config or {}).get("method") or {}).get("fusion")
+    if isinstance(fusion, dict) and fusion.get("mixing"):
+        return str(fusion["mixing"])
+    if rec.fusion_attention is not None and rec.fusion_attention.mixing:
+        return rec.fusion_attention.mixing
+    if rec.merge is not None:
+        return MERGE
+    return ATTENTION if isinstance(fusion, dict) else None
+
+
+def _runs(col: Collected, backbone: str, label: str) -> list[RunRecord]:
+    """The finished runs behind a column's cells (every task), each once, in cell order."""
+    by_id = {r.run_id: r for r in col.results}
+    ids = [i for (b, _, c), cell in sorted(col.cells.items()) if b == backbone and c == label for i in cell.run_ids]
+    return [by_id[i] for i in dict.fromkeys(ids) if i in by_id]
+
+
+def composition_columns(col: Collected, backbone: str) -> dict[str, list[str]]:
+    """A kind's column -> its variant columns whose every run composed the sources another way than its attention
+    (other mixings first, then merges; by label within each)."""
+    out: dict[str, list[str]] = {}
+    have = col.columns(backbone)
+    for label, base in variants(col, backbone).items():
+        mix = {mixing_of(r) for r in _runs(col, backbone, label)}
+        if base in have and mix and not mix & {None, ATTENTION}:
+            out.setdefault(base, []).append(label)
+    return {base: sorted(labels, key=lambda lb: (MERGE in {mixing_of(r) for r in _runs(col, backbone, lb)}, lb))
+            for base, labels in out.items()}
+
+
+def method_name(runs: list[RunRecord]) -> str:
+    """A row's name from its records: "TIES merge (head only)", "Static mixing"."""
+    merges = sorted({(r.merge.how or "?", bool(r.merge.train_adapter)) for r in runs if r.merge is not None})
+    if merges:
+        return "; ".join(f"{MERGE_NAMES.get(how, how.replace('_', ' ').capitalize())} merge "
+                         f"({'merged adapter and head trained' if trained else 'head only'})" for how, trained in merges)
+    return "; ".join(f"{m.capitalize()} mixing" for m in sorted({mixing_of(r) or "?" for r in runs}))
+
+
+def counted(values: list[str]) -> str:
+    """"A (8 runs), B (4 runs)"; a value alone without its count."""
+    counts = {v: values.count(v) for v in sorted(set(values))}
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
+
+
+def _row(col: Collected, backbone: str, label: str, base: str, name: str, tasks: list[str],
+         tests: Tests, majority: dict[str, Majority]) -> CompositionRow:
+    cells = []
+    for t in tasks:
+        c = col.cells.get((backbone, t, label), Cell())
+        cells.append(CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(t))))
+        if t in majority and majority[t].near(c.mean):
+            cells[-1].note = MAJORITY_MARK
+    have = [c for c in cells if c.mean is not None]
+    reason = "" if len(have) == len(cells) else (f"over {len(have)}/{len(cells)} tasks" if have else "no data")
+    mean = CellView(sum(c.mean for c in have) / len(have) if have else None, None, len(have), reason)
+    deltas = [None if label == base else tests.get((t, label, base)) for t in tasks]
+    runs = _runs(col, backbone, label)
+    n = len(runs)
+    return CompositionRow(
+        name, label, cells, mean, deltas,
+        mean_text([r.params.trained for r in runs if r.params and r.params.trained is not None], n, "{:,.0f}"),
+        mean_text([r.train_seconds for r in runs if r.train_seconds], n, "{:.1f}"),
+        mean_text([r.memory.peak_rss_bytes / MIB for r in runs if r.memory and r.memory.peak_rss_bytes], n, "{:.0f}"),
+        runs)
+
+
+def composition_tables(col: Collected, backbone: str, reg, tests: Tests,
+                       majority: dict[str, Majority] | None = None) -> list[CompositionView]:
+    """One table per kind column that has composition variants (none: no table). ``tests``: the backbone's
+    comparisons (``tables.backbone_tests``), which hold every variant against its kind's column; ``majority``: task ->
+    its majority baseline (‡ as in Table 1)."""
+    majority = majority or {}
+    views = []
+    for base, labels in composition_columns(col, backbone).items():
+        heading = next((c.name for c in methods.layout("table1") if c.label == base), base)
+        reference = f"{heading} ({ATTENTION})"
+        tasks = task_order(reg, [t for t in col.tasks(backbone) if t in col.no_data or any(
+            col.cells.get((backbone, t, lb), Cell()).expected for lb in (base, *labels))])
+        rows = [_row(col, backbone, base, base, reference, tasks, tests, majority)]
+        rows += [_row(col, backbone, lb, base, method_name(_runs(col, backbone, lb)), tasks, tests, majority)
+                 for lb in labels]
+        view = CompositionView(backbone, reference, heading, tasks, rows)
+        view.notes = _notes(col, view)
+        views.append(view)
+    return views
+
+
+def _notes(col: Collected, view: CompositionView) -> list[str]:
+    ref, rows = view.reference, view.rows
+    counts = sorted({len(x.sources) for r in rows for x in r.runs if x.sources})
+    sources = f"the N = {' or '.join(map(str, counts))} sources" if counts else "its sources"
+    seeds = "; ".join(f"{r.name} {', '.join(map(str, sorted({x.seed for x in r.runs})))}" for r in rows)
+    tested = [x for r in rows for x in r.deltas if x is not None]
+    levels = {x.comparison.level for x in tested}
+    level = ("every Δ here is two-level" if levels == {"rows"} else "every Δ here is seed-level" if levels == {"seeds"}
+             else "the Δ cells marked seed-level are seed-level, the others two-level") if levels else "no Δ here"
+    notes = [
+        f"Rows: {ref}, the column of its kind in Table 1, and the variant columns of that kind whose runs composed the "
+        "same stage-1 sources another way, as their records say (fusion.mixing in the method config, "
+        "fusion_attention.mixing, a merge entry); column = the run label, as Table 1 heads the variant. "
+        "Accuracy cells: dev accuracy of the kept epoch, mean ± sample std (ddof = 1) over seeds, n = seeds; "
+        "mean = the mean of the task means. Seeds per row: " + seeds + ".",
+        f"Δ vs {ref}: on each task, the mean over paired seeds (each run paired with the {ref} run of its own "
+        f"recorded seed; n = paired seeds) of the row's dev accuracy minus {ref}'s, in points, with the 95% CI and "
+        "P(A > B) of Table 1's comparison of this variant with its kind's column (the same numbers; "
+        f"{SENSITIVITY} family: CIs only, no test, no significance mark, no multiplicity correction). The CI is the "
+        f"percentile interval of the paired bootstrap ({REPLICATES:,} replicates, seed {BOOTSTRAP_SEED}): two-level "
+        "(the paired seeds resampled with replacement, then within each drawn seed the dev rows, the same rows for "
+        "both sides) where every paired run stored per-example predictions that reproduce its accuracy, else "
+        "seed-level and marked so; " + level + ". P(A > B): the share of (replicate, drawn seed) draws with the "
+        "row's method ahead, ties half.",
+        "Cost, means over each row's runs (tasks and seeds): trainable parameters = params.trained (the task "
+        "head's size differs with the task's classes); train s = train_seconds, the training steps alone (no "
+        "evaluation, not the set-up before them: loading and merging the sources is not in it); peak RSS = "
+        "memory.peak_rss_bytes, the run's own peak resident memory. Runs of different CPUs or thread counts do not "
+        "time alike; they ran on: " + "; ".join(
+            f"{r.name}: {counted([x.cpu_model or 'CPU not recorded' for x in r.runs])}, torch threads "
+            f"{counted([str(x.torch_threads) if x.torch_threads else 'not recorded' for x in r.runs])}" for r in rows)
+        + ".",
+        f"Inference speed (examples/s over {sources}) is not measured yet: no result records it, so the "
+        "table has no such column.",
+    ]
+    if any(c.note for r in rows for c in r.cells):
+        notes.append(f"{MAJORITY_MARK} = a mean within one dev row of the task's majority baseline or below it, as in "
+                     "Table 1 (its majority column).")
+    weights = [r.name for r in rows[1:] if any(c == r.label for (b, _, c) in col.attention if b == view.backbone)]
+    if weights:
+        notes.append(f"The learned mixing weights of {', '.join(weights)} are shown beside {view.fusion}'s attention "
+                     "under \"Where fusion attends\".")
+    return notes
