@@ -21,7 +21,7 @@ KIND = "st_a_frozen_head"
 def eighth_kind():
     # 1. the registry: what it trains, how it is labelled, which report column it feeds
     methods.register(methods.MethodKind(
-        KIND, frozenset({"adapter"}), needs=("adapter",), label_rf="adapter",
+        KIND, frozenset({"adapter"}), needs=("adapter",), label_rf="adapter.reduction_factor",
         columns={"table1": (methods.Column(f"{KIND}_rf16", KIND, "ST-A, frozen head"),)}))
 
     # 2. one recipe function: the modules it adds (the head is added, and here left frozen, by the recipe)

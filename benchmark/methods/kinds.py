@@ -59,7 +59,7 @@ class MethodKind:
     adapter_type: str | None = None  # the adapter type the method requires, if any
     multitask: bool = False  # one run over many tasks (MT-A), not one run per task
     depends_on: str | None = None  # "stage1": one ST-A run per fused source; "mt_a": the joint MT-A run
-    label_rf: str | None = None  # "adapter" | "source": which reduction factor the run label carries
+    label_rf: str | None = None  # "<section>.<field>": the reduction factor the run label carries (``_rf16``)
     columns: dict[str, tuple[Column, ...]] = field(default_factory=dict)  # table -> columns
     comparisons: tuple[Comparison, ...] = ()
     after: str | None = None  # report columns right after those of this kind (default: in registration order)
@@ -70,10 +70,10 @@ class MethodKind:
 
     def label(self, method) -> str:
         """The run label, e.g. ``st_a_rf16``; ``method`` is a resolved MethodSpec."""
-        if self.label_rf == "adapter" and method.adapter is not None:
-            return f"{method.name}_rf{method.adapter.reduction_factor}"
-        if self.label_rf == "source" and method.fusion is not None:
-            return f"{method.name}_rf{method.fusion.source_reduction_factor}"
+        if self.label_rf is not None:
+            section, name = self.label_rf.split(".")
+            if getattr(method, section, None) is not None:
+                return f"{method.name}_rf{getattr(getattr(method, section), name)}"
         return method.name
 
 

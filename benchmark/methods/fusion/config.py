@@ -130,7 +130,8 @@ def flops(p: FusionParams, shape, sources: int) -> float:
 section("fusion", FusionParams, flops, late=False)
 
 register(MethodKind(
-    "fusion_st_a", frozenset({"head", "fusion"}), needs=("fusion",), depends_on="stage1", label_rf="source",
+    "fusion_st_a", frozenset({"head", "fusion"}), needs=("fusion",), depends_on="stage1",
+    label_rf="fusion.source_reduction_factor",
     columns={"table1": (Column("fusion_st_a_rf16", "fusion_st_a", "F. w/ ST-A", "Fusion w/ ST-A"),),
              "table4": (Column("fusion_st_a_rf16", "fusion_st_a_rf16", "F. w/ ST-A", "Fusion w/ ST-A"),)},
     comparisons=(Comparison("fusion_st_a_vs_st_a", "fusion_st_a_rf16", "st_a_rf16", "F. w/ ST-A vs ST-A", True,

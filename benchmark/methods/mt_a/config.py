@@ -16,5 +16,6 @@ class MtaParams(Strict):
 section("mt_a", MtaParams, late=False)  # its adapters are priced by its ``adapter`` section
 
 register(MethodKind(
-    "mt_a", frozenset({"head", "adapter", "encoder"}), needs=("adapter",), multitask=True, label_rf="adapter",
+    "mt_a", frozenset({"head", "adapter", "encoder"}), needs=("adapter",), multitask=True,
+    label_rf="adapter.reduction_factor",
     columns={"table1": (Column("mt_a_rf16", "mt_a", "MT-A"),)}))

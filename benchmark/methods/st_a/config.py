@@ -30,13 +30,13 @@ def _rf_columns(prefix: str, heading: str, key: str, rfs=(2, 16, 64)) -> tuple[C
 
 
 register(MethodKind(
-    "st_a", frozenset({"head", "adapter"}), needs=("adapter",), label_rf="adapter",
+    "st_a", frozenset({"head", "adapter"}), needs=("adapter",), label_rf="adapter.reduction_factor",
     columns={"table1": (Column("st_a_rf16", "st_a", "ST-A"),),
              "table3": _rf_columns("st_a", "ST-A", "st_a"),
              "table4": _rf_columns("st_a", "ST-A", "st_a")}))
 # The paper's last Table 1 column, after both fusions (the packages load in the paper's column order).
 register(MethodKind(
-    "st_a_houlsby", frozenset({"head", "adapter"}), needs=("adapter",), adapter_type="houlsby", label_rf="adapter",
-    after="fusion_mt_a",
+    "st_a_houlsby", frozenset({"head", "adapter"}), needs=("adapter",), adapter_type="houlsby",
+    label_rf="adapter.reduction_factor", after="fusion_mt_a",
     columns={"table1": (Column("st_a_houlsby_rf16", "st_a_houlsby", "ST-A Houlsby"),),
              "table4": (Column("st_a_houlsby_rf16", "st_a_houlsby_rf16", "ST-A Houlsby"),)}))
