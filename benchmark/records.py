@@ -150,6 +150,8 @@ class MergeInfo(_Payload):
     source_seed: int | None = None  # the seed of the stage-1 runs, whose shared init is the task vectors' base
     base: str | None = None  # "init" (the stage-1 initialisation re-created) or "none" (average: no task vectors)
     train_adapter: bool | None = None  # the merged adapter trained with the head (else frozen)
+    combination: str | None = None  # LoRA sources: PEFT's add_weighted_adapter type the merge is (ties, svd, ...)
+    rank: int | None = None  # LoRA sources: the merged LoRA's rank (alpha = rank, as PEFT's)
 
 
 class RunRecord(_Record):

@@ -72,8 +72,9 @@ class MethodKind:
         """The run label, e.g. ``st_a_rf16``; ``method`` is a resolved MethodSpec."""
         if self.label_rf is not None:
             section, name = self.label_rf.split(".")
-            if getattr(method, section, None) is not None:
-                return f"{method.name}_rf{getattr(getattr(method, section), name)}"
+            rf = getattr(getattr(method, section, None), name, None)
+            if rf is not None:
+                return f"{method.name}_rf{rf}"
         return method.name
 
 

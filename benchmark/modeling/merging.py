@@ -61,6 +61,9 @@ from benchmark.methods.merge_defaults import (
 FACTOR_TYPES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # PEFT, A and B separately
 DELTA_TYPES = ("cat", "svd")  # PEFT, on B A
 ADAPTER_MERGES = ("average", "task_arithmetic", "ties", "dare", "dare_ties")
+# The method's merge names (``fusion.merge.how``) over LoRA sources -> PEFT's combination type
+LORA_MERGES = {"average": "linear", "task_arithmetic": "linear", "ties": "ties", "dare": "dare_linear",
+               "dare_ties": "dare_ties", "svd": "svd"}
 
 
 
@@ -225,3 +228,18 @@ def merge_lora(sources: list[list[dict[str, torch.Tensor]]], weights: list[float
             new_b = combine(b, w_b, how, density=density, generator=generator, sign=sign)  # [out, r]
         merged.append({"A.weight": new_a.contiguous(), "B.weight": new_b.contiguous()})
     return merged, rank
+
+
+def merge_loras(sources: list[list[dict[str, torch.Tensor]]], how: str, *, scalings: list[float],
+                lam: float | None = None, density: float | None = None,
+                generator: torch.Generator | None = None) -> tuple[list[dict[str, torch.Tensor]], int]:
+    """The method's merges (``fusion.merge.how``) over N LoRA sources, as PEFT's ``add_weighted_adapter`` computes
+    them (``LORA_MERGES``: ``merge_lora``): every source weighted by lambda, or by 1 / N for ``average`` and ``svd``
+    (the mean of the deltas s_i B_i A_i, truncated to the sources' rank). No task vector is subtracted: as in PEFT,
+    a LoRA's B starts at 0, so B A is its change of the weights."""
+    if how not in LORA_MERGES:
+        raise ValueError(f"unknown merge '{how}' for LoRA sources (have {', '.join(LORA_MERGES)})")
+    n = len(sources)
+    weights = [1.0 / n] * n if lam is None else [lam] * n
+    return merge_lora(sources, weights, scalings, LORA_MERGES[how], density=1.0 if density is None else density,
+                      generator=generator)

@@ -158,10 +158,11 @@ class _Planner:
     def method(self, name: str, rf: int | None = None, caps: Caps | None = None) -> MethodSpec:
         return resolve_method(self.reg, self.exp, name, rf, caps, self.batching)
 
-    def stage1(self, task: str, backbone: str, seed: int, rf: int) -> Run:
+    def stage1(self, task: str, backbone: str, seed: int, rf: int, method: str | None = None) -> Run:
+        """The source run a fusion reads for ``task``: ST-A at ``rf`` (or the fusion's ``source_method``)."""
         caps = self.caps(task, stage1=True)
-        return self.add(Run("", self.exp.name, self.method(methods.STAGE1, rf, caps), backbone, seed, caps=caps,
-                            task=task, implied=True))
+        return self.add(Run("", self.exp.name, self.method(method or methods.STAGE1, rf, caps), backbone, seed,
+                            caps=caps, task=task, implied=True))
 
     def mt_a(self, backbone: str, seed: int, implied: bool) -> Run | None:
         tasks = [t for t in mt_a_tasks(self.reg, self.exp) if self.usable(t)]
@@ -214,8 +215,9 @@ class _Planner:
                 other = check_backbone(pub, self.reg.backbones[backbone], self.reg.file_of("experiment", self.exp.name),
                                        f"fusion.adapterhub.{s}", s in self.exp.fusion.adapterhub_allow_other_base)
                 run.published[s] = replace(pub, other_base=other)
-            rf_src = run.method.fusion.source_reduction_factor
-            run.deps = [self.stage1(s, backbone, aseed, rf_src).id for s in run.sources if s not in published]
+            fusion = run.method.fusion
+            run.deps = [self.stage1(s, backbone, aseed, fusion.source_reduction_factor, fusion.source_method).id
+                        for s in run.sources if s not in published]
         elif kind.depends_on == "mt_a":
             dep = self.mt_a(backbone, aseed, implied=True)
             if dep is None or task not in dep.tasks:

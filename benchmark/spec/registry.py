@@ -239,6 +239,7 @@ def check_references(reg: Registry, only: str | None = None) -> None:
                         file=f, field=f"groups[{gi}].methods[{mi}].reduction_factor",
                         fix="remove reduction_factor or use an adapter method (st_a, st_a_houlsby)",
                     )
+                check_sources(reg, mname, spec, exp, f)
                 if isinstance(m, MethodRef) and m.adapter_seed is not None and not spec.method_kind.depends_on:
                     raise SpecError(
                         f"method '{mname}' reads no other run's adapters, so adapter_seed means nothing",
@@ -276,6 +277,49 @@ def check_references(reg: Registry, only: str | None = None) -> None:
                 raise SpecError(e.message, file=f, field=f"overrides.{mname}.{e.field}", fix=e.fix) from None
         if exp.sweep is not None:
             check_sweep(reg, exp, f)
+
+
+def _module_type(spec) -> str | None:
+    """The module type a method's runs add (its first section's ``type``: pfeiffer, houlsby, lora ...), if any."""
+    needs = spec.method_kind.needs
+    return getattr(getattr(spec, needs[0], None), "type", None) if needs else None
+
+
+def check_sources(reg: Registry, name: str, spec, exp, f: str | None) -> None:
+    """A fusion method's ``source_method``: a single-task method that trains one module per task, of a type the
+    method can compose (AdapterFusion and static mixing: Pfeiffer adapters; merges: bottleneck adapters or LoRA)."""
+    fusion = getattr(spec, "fusion", None)
+    if fusion is None:
+        return
+    mf, field, mtype = reg.file_of("method", name), "fusion.source_method", "pfeiffer"  # default: ST-A sources
+    if fusion.source_method is not None:
+        if spec.method_kind.depends_on != "stage1":
+            raise SpecError(f"fusion.source_method names the runs a {spec.method} method would train as its sources, "
+                            f"and {spec.method} reads another run's modules", file=mf, field=field,
+                            fix="remove source_method (it applies to fusion_st_a and its variants)")
+        src = reg.get("method", fusion.source_method, referenced_from=mf, field_path=field)
+        kind = src.method_kind
+        if kind.multitask or kind.depends_on or "adapter" not in kind.trains or "encoder" in kind.trains:
+            raise SpecError(f"fusion.source_method '{fusion.source_method}' is a {kind.name} method, not one that "
+                            "trains one module per task over the frozen encoder, so it gives no sources to compose",
+                            file=mf, field=field, fix="name an adapter or LoRA method (st_a, lora)")
+        mtype = _module_type(src)
+        if exp.fusion.adapterhub:
+            raise SpecError(f"method '{name}' reads its sources from '{fusion.source_method}' runs, and "
+                            "fusion.adapterhub puts published bottleneck adapters among them", file=f,
+                            field="fusion.adapterhub", fix=f"drop fusion.adapterhub, or '{name}' from this experiment")
+    lora = mtype == "lora"
+    if fusion.mixing != "merge" and mtype != "pfeiffer":
+        raise SpecError(f"fusion.mixing: {fusion.mixing} fuses Pfeiffer adapters, and the sources of "
+                        f"'{fusion.source_method}' are {mtype} modules", file=mf, field="fusion.mixing",
+                        fix="set 'mixing: merge' to merge those sources, or take Pfeiffer sources (drop source_method)")
+    if fusion.mixing == "merge" and mtype not in ("pfeiffer", "houlsby", "lora"):
+        raise SpecError(f"fusion.mixing: merge merges bottleneck adapters or LoRA, and the sources of "
+                        f"'{fusion.source_method}' are {mtype} modules", file=mf, field=field,
+                        fix="name an adapter or LoRA method as source_method")
+    if fusion.mixing == "merge" and fusion.merge.how == "svd" and not lora:
+        raise SpecError("fusion.merge.how: svd truncates the LoRA deltas B A; bottleneck adapters have none",
+                        file=mf, field="fusion.merge.how", fix="use another merge, or LoRA sources (source_method: lora)")
 
 
 def check_sweep(reg: Registry, exp, f: str | None) -> None:

@@ -30,7 +30,10 @@ class MergeParams(Strict):
 
     how: MergeHow = Field(description="average (AdapterSoup: the mean of the weights), task_arithmetic (init + "
                           "lambda sum of task vectors), ties (trim to the top density, elect signs, disjoint mean), "
-                          "dare (random drop to density, rescaled, then task arithmetic) or dare_ties")
+                          "dare (random drop to density, rescaled, then task arithmetic) or dare_ties; over LoRA "
+                          "sources (fusion.source_method) these are PEFT's add_weighted_adapter types on the A and B "
+                          "factors (linear, ties, dare_linear, dare_ties), and svd, PEFT's delta-wise type (the mean "
+                          "of the B A deltas, truncated to the sources' rank), is LoRA's only")
     density: float | None = Field(None, gt=0, le=1, description="share of each task vector kept: TIES' top-k "
                                   "(default 0.2), DARE's 1 - p (default 0.1); ties, dare and dare_ties only")
     weight: float | None = Field(None, gt=0, description="lambda, the scale of the merged task vector (default: "
@@ -59,6 +62,10 @@ class FusionParams(Strict):
     regularization: float = Field(0.01, ge=0, description="weight of sum_l ||I - V_l||_F^2 (dynamic only)")
     temperature: bool = Field(False, description="anneal the softmax temperature from 50 to 1 over training")
     source_reduction_factor: ReductionFactor = Field(16, description="reduction factor of the fused ST-A adapters")
+    source_method: str | None = Field(
+        None, description="the method spec the stage-1 sources are runs of: None is ST-A (st_a at "
+        "source_reduction_factor); a LoRA spec (e.g. lora) gives LoRA sources, which only mixing: merge composes "
+        "(AdapterFusion and static mixing fuse bottleneck adapters)")
     implementation: Literal["fast", "naive"] = "fast"
     prune: PruneParams | None = Field(
         None, description="after training, keep the top-k adapters by mean attention (benchmark/modeling/prune.py)")
@@ -72,6 +79,11 @@ class FusionParams(Strict):
         "fusion layer at all, the head trains over the merged adapter")
     merge: MergeParams | None = Field(
         None, description="mixing: merge only: how the source adapters' weights are merged (MergeParams)")
+
+    @property
+    def source_rf(self) -> int | None:
+        """The reduction factor a run label carries (``_rf16``): the ST-A sources', none for other sources."""
+        return self.source_reduction_factor if self.source_method is None else None
 
     @model_validator(mode="after")
     def _static_mixing(self) -> FusionParams:
@@ -131,7 +143,7 @@ section("fusion", FusionParams, flops, late=False)
 
 register(MethodKind(
     "fusion_st_a", frozenset({"head", "fusion"}), needs=("fusion",), depends_on="stage1",
-    label_rf="fusion.source_reduction_factor",
+    label_rf="fusion.source_rf",
     columns={"table1": (Column("fusion_st_a_rf16", "fusion_st_a", "F. w/ ST-A", "Fusion w/ ST-A"),),
              "table4": (Column("fusion_st_a_rf16", "fusion_st_a_rf16", "F. w/ ST-A", "Fusion w/ ST-A"),)},
     comparisons=(Comparison("fusion_st_a_vs_st_a", "fusion_st_a_rf16", "st_a_rf16", "F. w/ ST-A vs ST-A", True,

@@ -58,7 +58,8 @@ def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     (``modeling/merging.py``) put where the target's own adapter sits (named after the task, so the run folder
     is an ST-A run's: one adapter and the head). The task vectors are taken from the init every source started
     from: the stage-1 runs of one seed share it (their recipe seeds just before adding the adapter), re-created
-    by ``merging.initial_adapter`` for the sources' seed. DARE's drop is seeded from the run seed. The sources
+    by ``merging.initial_adapter`` for the sources' seed. LoRA sources (``fusion.source_method``) are merged as
+    PEFT merges them, on the factors (``merging.merge_loras``). DARE's drop is seeded from the run seed. The sources
     are read in a scratch model of the same backbone, and the global generator is left as it was, so the head
     is initialised as in any run of this seed."""
     spec, task = run.method.fusion.merge, run.task
@@ -87,17 +88,27 @@ def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     if any(scratch.adapter_params[s] != params for s in run.sources):
         raise CheckpointError("the merged sources are adapters of different configurations "
                               f"({sorted({str(scratch.adapter_params[s]) for s in run.sources})})",
-                              file=str(ctx.run_dir(run.deps[0])), fix="merge stage-1 ST-A runs of one configuration")
-    base = None if spec.how == "average" else merging.initial_adapter(scratch, params, source_seed)
-    merged = merging.merge_adapters(sources, spec.how, base=base, lam=spec.weight, density=spec.density,
-                                    generator=torch.Generator().manual_seed(run.seed))
+                              file=str(ctx.run_dir(run.deps[0])), fix="merge stage-1 runs of one method spec")
+    drops = torch.Generator().manual_seed(run.seed)
+    extra = {}
+    if params.type == "lora":  # PEFT's add_weighted_adapter: the factors themselves, no init subtracted
+        base = None
+        merged, rank = merging.merge_loras(sources, spec.how, scalings=[params.alpha / params.rank] * len(sources),
+                                           lam=spec.weight, density=spec.density, generator=drops)
+        params = params.model_copy(update={"rank": rank, "alpha": float(rank)})  # PEFT's merged LoRA: alpha = r
+        extra = {"combination": merging.LORA_MERGES[spec.how], "rank": rank}
+    else:
+        base = None if spec.how == "average" else merging.initial_adapter(scratch, params, source_seed)
+        merged = merging.merge_adapters(sources, spec.how, base=base, lam=spec.weight, density=spec.density,
+                                        generator=drops)
     del scratch
     model.add_adapter(task, params)
     merging.write(model, task, merged)
     model.set_active(task)
     mine = Modules(adapters=[task])
     info = {"how": spec.how, "density": spec.density, "weight": spec.weight, "sources": list(run.sources),
-            "source_seed": source_seed, "base": "none" if base is None else "init", "train_adapter": spec.train_adapter}
+            "source_seed": source_seed, "base": "none" if base is None else "init", "train_adapter": spec.train_adapter,
+            **extra}
     if spec.train_adapter:
         return Setup(trains=mine, record={"merge": info})
     return Setup(keeps=mine, record={"merge": info})
