@@ -154,6 +154,17 @@ class MergeInfo(_Payload):
     rank: int | None = None  # LoRA sources: the merged LoRA's rank (alpha = rank, as PEFT's)
 
 
+class LoraHubInfo(_Payload):
+    """What a LoraHub run (``fusion.mixing: lorahub``) found: one weight per LoRA source, on few target rows."""
+
+    weights: dict[str, Num] = {}  # source -> its weight w_i in A = sum w_i A_i, B = sum w_i B_i
+    objective: Num | None = None  # few-shot cross-entropy of the search head + l1 * mean |w| at the weights
+    shots: int | None = None  # target train rows searched on
+    evaluations: int | None = None  # loss evaluations the search made
+    budget: int | None = None
+    source_seed: int | None = None  # the seed of the stage-1 LoRA runs
+
+
 class RunRecord(_Record):
     """One ``result.json``. Declared: what the runner, ``plan``, ``status``, Slurm, ``migrate`` and the
     reporter read."""
@@ -191,6 +202,7 @@ class RunRecord(_Record):
     data: DataCounts | None = None
     fusion_attention: FusionAttention | None = None
     merge: MergeInfo | None = None  # a weight-merge run: what was merged (fusion.mixing: merge)
+    lorahub: LoraHubInfo | None = None  # a LoraHub run: the weights its search found (fusion.mixing: lorahub)
     memory: Memory | None = None
     train_seconds: float | None = None
     checkpoint_bytes: int | None = None

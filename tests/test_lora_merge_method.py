@@ -45,6 +45,11 @@ def _method(folder, name: str, body: str) -> None:
     ("{source_method: ia3, mixing: merge, merge: {how: ties}}", "name an adapter or LoRA method", "source_method"),
     ("{mixing: merge, merge: {how: svd}}", "LoRA sources", "fusion.merge.how"),  # ST-A sources have no B A
     ("{source_method: no_such_method, mixing: merge, merge: {how: ties}}", "no_such_method", "source_method"),
+    ("{mixing: lorahub}", "source_method: lora", "fusion.source_method"),  # LoraHub over ST-A sources
+    ("{source_method: lora, mixing: merge, merge: {how: ties}, lorahub: {shots: 8}}", "set 'mixing: lorahub'",
+     "fusion"),
+    ("{source_method: lora, mixing: lorahub, prune: {keep: 2}}", "remove 'prune'", "fusion"),
+    ("{source_method: lora, mixing: lorahub, lorahub: {shots: 1}}", "shots", "fusion"),
 ])
 def test_sources_a_merge_cannot_compose_are_refused_with_file_field_and_fix(tmp_path, fusion, says, field):
     from benchmark.errors import SpecError
@@ -74,7 +79,7 @@ def test_lora_sources_are_stage1_lora_runs_and_leave_every_other_id_alone(regist
     plan = build_plan(registry, exp)
     by_id = {r.id: r for r in plan.runs}
     fusion = {(r.task, r.seed): r for r in plan.runs if "fusion_st_a_rf16" in r.report_columns and r.seed < 45}
-    for name in LORA_MERGES:
+    for name in (*LORA_MERGES, "lorahub"):
         spec = registry.methods[name]
         assert spec.method_kind.label(spec) == name  # no _rf: the sources are no bottleneck adapters
         runs = [r for r in plan.runs if r.method.name == name]
@@ -160,3 +165,61 @@ def test_lora_merges_train_end_to_end_as_variant_columns_of_fusion(tmp_path, tin
     assert main(["export", "tiny_lora_merge", "--only", run_id, "--out", str(tmp_path / "hub"), *args]) == 0
     cfg = json.loads((tmp_path / "hub" / run_id / "adapters" / "rte" / "adapter_config.json").read_text())
     assert cfg["config"]["architecture"] == "lora" and cfg["config"]["r"] == cfg["config"]["alpha"] == 8
+
+
+@needs_mirror
+@pytest.mark.slow
+def test_lorahub_searches_weights_on_few_rows_and_trains_the_head_over_the_composed_lora(tmp_path, tiny_bert):
+    """Stage-1 LoRA sources, then the lorahub spec through the real runner: result.json holds one weight per source
+    and the search's count of evaluations; the LoRA the run saves under the target's name is LoraHub's composition
+    of the sources' saved LoRAs at those weights (the sources' rank and alpha), frozen while the head trained; the
+    same spec and seed find the same weights again; predict rebuilds the predictions."""
+    pytest.importorskip("nevergrad", reason="LoraHub needs the composition extra")
+    from benchmark import predictions
+    from benchmark.cli import main
+    from benchmark.modeling import lorahub, merging
+    from benchmark.modeling.checkpoint import load_modules
+    from benchmark.modeling.model import AdapterModel
+
+    _, encoder = tiny_bert
+
+    def states(folder, name):
+        model = AdapterModel(encoder())
+        load_modules(model, folder, adapters=[name], heads=[], fusions=[], encoder=False)
+        return merging.read(model, name), model.adapter_params[name]
+
+    d = tmp_path / "specs" / "experiments"
+    d.mkdir(parents=True)
+    (d / "tiny_lorahub.yaml").write_text(textwrap.dedent("""
+        backbones: [tiny-bert]
+        seeds: [1]
+        groups: [{tasks: [rte], methods: [lorahub]}]
+        fusion: {sources: [rte, cb, mrpc]}
+        caps: {max_train_rows: 48, max_eval_rows: 16, max_epochs: 2, max_length: 32}
+        overrides: {lora: {lr: 0.01}}
+    """))
+    args = ["--specs", str(tmp_path / "specs"), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_lorahub", *args]) == 0
+    root = tmp_path / "r" / "tiny_lorahub"
+    rec = next(r for r in (json.loads(f.read_text()) for f in root.glob("*/result.json")) if r["label"] == "lorahub")
+    hub = rec["lorahub"]
+    assert list(hub["weights"]) == ["rte", "cb", "mrpc"] and all(-1.5 <= w <= 1.5 for w in hub["weights"].values())
+    assert hub["shots"] == 32 and hub["budget"] == 40 and 1 <= hub["evaluations"] <= 40 and hub["source_seed"] == 1
+    sources = [states(root / dep, src) for src, dep in zip(rec["sources"], rec["deps"])]
+    expected = lorahub.compose([s for s, _ in sources], list(hub["weights"].values()))
+    folder = root / rec["run_id"]
+    saved, params = states(folder, "rte")
+    assert params == sources[0][1]  # the sources' rank, alpha and targets
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for a, b in zip(saved, expected) for k in a)
+    weights = load_file(str(folder / "weights.safetensors"))
+    assert not any("_lorahub_search" in k for k in weights)  # the search head is never saved
+    head = sum(v.numel() for k, v in weights.items() if k.startswith("heads."))
+    assert rec["params"]["trained"] == head
+    written = (folder / predictions.FILE).read_bytes()
+    (folder / predictions.FILE).unlink()
+    assert main(["predict", "tiny_lorahub", "--only", rec["run_id"], *args]) == 0
+    assert (folder / predictions.FILE).read_bytes() == written
+    # the search is repeatable: the same run trained again finds the same weights
+    assert main(["run", "tiny_lorahub", "--force", "--only", rec["run_id"], *args]) == 0
+    again = json.loads((folder / "result.json").read_text())
+    assert again["lorahub"]["weights"] == hub["weights"] and again["best_metric"] == rec["best_metric"]

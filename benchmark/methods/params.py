@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 LATE_FIELDS: dict[str, dict[str, object]] = {
     "LabelSpec": {"allow_merge": False},  # it never changes what is trained, only whether the spec is accepted
     "BackboneSpec": {"path": None},
-    "FusionParams": {"prune": None, "mixing": "attention", "merge": None, "source_method": None},
+    "FusionParams": {"prune": None, "mixing": "attention", "merge": None, "source_method": None, "lorahub": None},
     "MethodSpec": {"precision": None},
     "FusionSources": {"adapterhub": {}, "adapterhub_allow_other_base": []},
     "ComputeSpec": {"compile": False},  # eager, as every committed run trained: its configs read as before

@@ -172,6 +172,8 @@ def trains_of(method) -> frozenset[str]:
     fusion = getattr(method, "fusion", None)
     if fusion is not None and fusion.mixing == "merge":
         return frozenset({"head", "adapter"} if fusion.merge.train_adapter else {"head"})
+    if fusion is not None and fusion.mixing == "lorahub":  # the search's forwards are a few rows: not priced
+        return frozenset({"head"})
     return method.method_kind.trains
 
 

@@ -28,7 +28,7 @@ ATTENTION = FusionParams.model_fields["mixing"].default  # fusion's own attentio
 MERGE = "merge"  # fusion.mixing of a weight merge (its records carry ``merge``)
 # fusion.merge.how as a row names it (another value: its words, capitalised)
 MERGE_NAMES = {"average": "Uniform average", "task_arithmetic": "Task arithmetic", "ties": "TIES", "dare": "DARE",
-               "dare_ties": "DARE-TIES"}
+               "dare_ties": "DARE-TIES", "svd": "SVD"}
 
 
 @dataclass
@@ -90,10 +90,15 @@ def composition_columns(col: Collected, backbone: str) -> dict[str, list[str]]:
 
 def method_name(runs: list[RunRecord]) -> str:
     """A row's name from its records: "TIES merge (head only)", "Static mixing"."""
-    merges = sorted({(r.merge.how or "?", bool(r.merge.train_adapter)) for r in runs if r.merge is not None})
-    if merges:
-        return "; ".join(f"{MERGE_NAMES.get(how, how.replace('_', ' ').capitalize())} merge "
-                         f"({'merged adapter and head trained' if trained else 'head only'})" for how, trained in merges)
+    merges = sorted({(r.merge.how or "?", bool(r.merge.train_adapter), r.merge.combination is not None)
+                     for r in runs if r.merge is not None})
+    if merges:  # a merge of LoRA sources records PEFT's combination type
+        return "; ".join(f"{MERGE_NAMES.get(how, how.replace('_', ' ').capitalize())} merge"
+                         f"{' of LoRA sources' if lora else ''} "
+                         f"({'merged adapter and head trained' if trained else 'head only'})"
+                         for how, trained, lora in merges)
+    if any(r.lorahub is not None for r in runs):
+        return "LoraHub weights over LoRA sources (head only)"
     return "; ".join(f"{m.capitalize()} mixing" for m in sorted({mixing_of(r) or "?" for r in runs}))
 
 

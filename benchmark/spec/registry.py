@@ -309,7 +309,11 @@ def check_sources(reg: Registry, name: str, spec, exp, f: str | None) -> None:
                             "fusion.adapterhub puts published bottleneck adapters among them", file=f,
                             field="fusion.adapterhub", fix=f"drop fusion.adapterhub, or '{name}' from this experiment")
     lora = mtype == "lora"
-    if fusion.mixing != "merge" and mtype != "pfeiffer":
+    if fusion.mixing == "lorahub" and not lora:
+        raise SpecError(f"fusion.mixing: lorahub composes LoRA modules, and the sources of this method are {mtype} "
+                        "modules", file=mf, field="fusion.source_method",
+                        fix="set 'source_method: lora' (a LoRA method spec) in the method YAML's fusion section")
+    if fusion.mixing in ("attention", "static") and mtype != "pfeiffer":
         raise SpecError(f"fusion.mixing: {fusion.mixing} fuses Pfeiffer adapters, and the sources of "
                         f"'{fusion.source_method}' are {mtype} modules", file=mf, field="fusion.mixing",
                         fix="set 'mixing: merge' to merge those sources, or take Pfeiffer sources (drop source_method)")

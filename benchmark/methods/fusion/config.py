@@ -55,6 +55,22 @@ class MergeParams(Strict):
         return self
 
 
+class LoraHubParams(Strict):
+    """LoraHub-style search (Huang et al. 2023; ``fusion.mixing: lorahub``, ``modeling/lorahub.py``): one weight per
+    LoRA source, A = sum w_i A_i and B = sum w_i B_i, found by nevergrad's NGOpt in [-1.5, 1.5]^K from w = 0
+    minimising the few-shot loss + 0.05 mean |w| (LoraHub's defaults). A classifier needs a head to score a
+    weighting: a search head is fitted first on the few-shot rows over the encoder as it is (w = 0, ``head_steps``
+    full-batch Adam steps at the method's lr), used for the search, then dropped; the run then trains its own head
+    over the frozen composed LoRA on the whole train split, as the merges do."""
+
+    shots: int = Field(32, ge=2, le=10_000, description="rows of the target's train split the weights are searched "
+                       "on (drawn with the run seed); LoraHub uses 5 with a language model's own head, a new "
+                       "classification head needs more")
+    budget: int = Field(40, ge=1, le=400, description="loss evaluations of the search (LoraHub's 40)")
+    l1: float = Field(0.05, ge=0, description="weight of mean |w| added to the loss (LoraHub's 0.05)")
+    head_steps: int = Field(100, ge=1, le=10_000, description="full-batch Adam steps of the search head at w = 0")
+
+
 class FusionParams(Strict):
     type: Literal["dynamic", "static"] = Field(
         "dynamic", description="AdapterFusion with Value (dynamic) or without (static, AdapterHub's name); "
@@ -69,16 +85,19 @@ class FusionParams(Strict):
     implementation: Literal["fast", "naive"] = "fast"
     prune: PruneParams | None = Field(
         None, description="after training, keep the top-k adapters by mean attention (benchmark/modeling/prune.py)")
-    mixing: Literal["attention", "static", "merge"] = Field(
+    mixing: Literal["attention", "static", "merge", "lorahub"] = Field(
         "attention", description="how the N adapter outputs are weighted per layer: 'attention' is AdapterFusion "
         "(Query/Key per token, benchmark/modeling/fusion.py); 'static' is static mixing, one learned softmax over "
         "the N adapters per layer, the same for every token (no Query, Key or Value: benchmark/modeling/mixing.py), "
         "the ablation of fusion's attention. Not the same thing as 'type: static' (AdapterFusion without Value). "
         "Static mixing has no V, so 'type' and 'regularization' do not apply to it; 'temperature' anneals its softmax. "
         "'merge' merges the N adapters' weights into one adapter (fusion.merge; benchmark/modeling/merging.py): no "
-        "fusion layer at all, the head trains over the merged adapter")
+        "fusion layer at all, the head trains over the merged adapter; 'lorahub' (LoRA sources only) composes the "
+        "sources' LoRAs with weights searched without gradients on a few target rows (fusion.lorahub)")
     merge: MergeParams | None = Field(
         None, description="mixing: merge only: how the source adapters' weights are merged (MergeParams)")
+    lorahub: LoraHubParams | None = Field(
+        None, description="mixing: lorahub only (LoRA sources): the few-shot search of the mixing weights")
 
     @property
     def source_rf(self) -> int | None:
@@ -87,6 +106,14 @@ class FusionParams(Strict):
 
     @model_validator(mode="after")
     def _static_mixing(self) -> FusionParams:
+        if self.lorahub is not None and self.mixing != "lorahub":
+            raise ValueError(f"fusion.lorahub is the search of fusion.mixing: lorahub, but this method has mixing: "
+                             f"{self.mixing}; set 'mixing: lorahub' in the method YAML's fusion section, or remove "
+                             "'lorahub'")
+        if self.mixing == "lorahub":
+            if self.lorahub is None:
+                self.lorahub = LoraHubParams()  # LoraHub's defaults, written out in every dump and run id
+            return self._no_fusion_layer("lorahub", "LoraHub composes one LoRA")
         if self.mixing == "merge":
             return self._merge()
         if self.merge is not None:
@@ -114,12 +141,15 @@ class FusionParams(Strict):
                 "fusion.mixing: merge needs a 'merge' section saying how the adapters are merged; add e.g. "
                 "'merge: {how: ties}' to the method YAML's fusion section (how: average, task_arithmetic, ties, dare, "
                 "dare_ties; density and weight default to the published values)")
+        return self._no_fusion_layer("merge", "a merge leaves one adapter")
+
+    def _no_fusion_layer(self, mixing: str, what: str) -> FusionParams:
         for field, bad, why in (
-                ("prune", self.prune is not None, "a merge leaves one adapter and no attention to rank adapters by"),
-                ("implementation", self.implementation != "fast", "a merge builds no fusion layer to implement"),
-                ("temperature", self.temperature, "a merge has no softmax to anneal")):
+                ("prune", self.prune is not None, f"{what} and no attention to rank adapters by"),
+                ("implementation", self.implementation != "fast", f"{what}: no fusion layer to implement"),
+                ("temperature", self.temperature, f"{what}: no softmax to anneal")):
             if bad:
-                raise ValueError(f"fusion.mixing: merge cannot be combined with fusion.{field}: {why}; remove "
+                raise ValueError(f"fusion.mixing: {mixing} cannot be combined with fusion.{field}: {why}; remove "
                                  f"'{field}' from the method YAML (or set it to its default), or use mixing: attention")
         return self
 
@@ -131,7 +161,7 @@ def flops(p: FusionParams, shape, sources: int) -> float:
     the N adapters and the weighted sum of their outputs (2NH); no Q, K, V, no scores."""
     H, n = shape.hidden, max(1, sources)
     one = 2 * 2 * H * (H // max(1, p.source_reduction_factor))
-    if p.mixing == "merge":  # the N sources merged into one adapter before training: one adapter's work
+    if p.mixing in ("merge", "lorahub"):  # the N sources made one module before training: one module's work
         return one
     adapters = n * one
     if p.mixing == "static":

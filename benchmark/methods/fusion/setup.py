@@ -9,19 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from benchmark import records
+from benchmark.data.encode import collate
 from benchmark.data.published import content_hash
 from benchmark.errors import CheckpointError, SpecError
-from benchmark.modeling import merging
+from benchmark.modeling import lorahub, merging
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_adapterhub, load_modules
 from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.plan.run import Run
-from benchmark.training.loop import Objective, Predictions, evaluate, predict
-from benchmark.training.recipe import FUSION, RunContext, Setup, Trained
+from benchmark.training.loop import Objective, Predictions, evaluate, forward, inputs_of, predict
+from benchmark.training.recipe import FUSION, RunContext, Setup, Trained, load_data
 
 
 def setup(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
@@ -43,6 +45,8 @@ def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
 def _fusion_st_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     if run.method.fusion.mixing == "merge":
         return _merged_sources(model, run, ctx)
+    if run.method.fusion.mixing == "lorahub":
+        return _lorahub(model, run, ctx)
     for src, dep in run.stage1_deps():  # one stage-1 ST-A run per source ...
         load_modules(model, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
     for src, pub in run.published.items():  # ... or a published AdapterHub adapter (fusion.adapterhub)
@@ -53,19 +57,13 @@ def _fusion_st_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     return _fusion_over_loaded_adapters(model, run)
 
 
-def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
-    """``fusion.mixing: merge``: the same stage-1 ST-A sources Fusion w/ ST-A reads, merged into ONE adapter
-    (``modeling/merging.py``) put where the target's own adapter sits (named after the task, so the run folder
-    is an ST-A run's: one adapter and the head). The task vectors are taken from the init every source started
-    from: the stage-1 runs of one seed share it (their recipe seeds just before adding the adapter), re-created
-    by ``merging.initial_adapter`` for the sources' seed. LoRA sources (``fusion.source_method``) are merged as
-    PEFT merges them, on the factors (``merging.merge_loras``). DARE's drop is seeded from the run seed. The sources
-    are read in a scratch model of the same backbone, and the global generator is left as it was, so the head
-    is initialised as in any run of this seed."""
-    spec, task = run.method.fusion.merge, run.task
+def _read_sources(run: Run, ctx: RunContext):
+    """The stage-1 sources of a merge or LoraHub run, read into a scratch model of the same backbone (built without
+    drawing from the run's generator): (per-module states of each source, their one params, the sources' seed,
+    the scratch model)."""
     if run.published:
-        raise SpecError(f"fusion.mixing: merge needs the stage-1 init its sources started from, which published "
-                        f"adapters do not have ({', '.join(run.published)} come from fusion.adapterhub)",
+        raise SpecError(f"fusion.mixing: {run.method.fusion.mixing} reads stage-1 sources (and the init they started "
+                        f"from), which published adapters do not have ({', '.join(run.published)} come from fusion.adapterhub)",
                         file=run.experiment, field="fusion.adapterhub",
                         fix="merge stage-1 sources only: leave fusion.adapterhub out of the experiment for this method")
     seeds = set()
@@ -89,6 +87,20 @@ def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
         raise CheckpointError("the merged sources are adapters of different configurations "
                               f"({sorted({str(scratch.adapter_params[s]) for s in run.sources})})",
                               file=str(ctx.run_dir(run.deps[0])), fix="merge stage-1 runs of one method spec")
+    return sources, params, source_seed, scratch
+
+
+def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    """``fusion.mixing: merge``: the same stage-1 ST-A sources Fusion w/ ST-A reads, merged into ONE adapter
+    (``modeling/merging.py``) put where the target's own adapter sits (named after the task, so the run folder
+    is an ST-A run's: one adapter and the head). The task vectors are taken from the init every source started
+    from: the stage-1 runs of one seed share it (their recipe seeds just before adding the adapter), re-created
+    by ``merging.initial_adapter`` for the sources' seed. LoRA sources (``fusion.source_method``) are merged as
+    PEFT merges them, on the factors (``merging.merge_loras``). DARE's drop is seeded from the run seed. The sources
+    are read in a scratch model of the same backbone, and the global generator is left as it was, so the head
+    is initialised as in any run of this seed."""
+    spec, task = run.method.fusion.merge, run.task
+    sources, params, source_seed, scratch = _read_sources(run, ctx)
     drops = torch.Generator().manual_seed(run.seed)
     extra = {}
     if params.type == "lora":  # PEFT's add_weighted_adapter: the factors themselves, no init subtracted
@@ -112,6 +124,64 @@ def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     if spec.train_adapter:
         return Setup(trains=mine, record={"merge": info})
     return Setup(keeps=mine, record={"merge": info})
+
+
+def _lorahub(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    """``fusion.mixing: lorahub`` (LoRA sources): one weight per source LoRA found without gradients on ``shots``
+    rows of the target's train split (drawn with the run seed; ``modeling/lorahub.py``), the composed LoRA
+    (A = sum w_i A_i, B = sum w_i B_i, the sources' rank and alpha) frozen under the run's head. The search scores
+    a weighting by the cross-entropy of a search head on those rows, fitted first over the encoder as it is (w = 0:
+    the composed LoRA is zero) and dropped after the search. Everything the search draws is under a forked
+    generator, so the run's head is initialised as in any run of this seed; the model is in eval mode (no dropout)
+    while searching."""
+    hub, task = run.method.fusion.lorahub, run.task
+    sources, params, source_seed, scratch = _read_sources(run, ctx)
+    del scratch
+    model.add_adapter(task, params)  # the composed LoRA's slot, drawn as a merge's is
+    model.set_active(task)
+    spec, bspec = ctx.reg.tasks[task], ctx.reg.backbones[run.backbone]
+    tok = load_tokenizer(bspec)
+    train = load_data(ctx, run, spec, tok)[0]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.seed)
+        rows = torch.randperm(len(train.examples))[:hub.shots].tolist()
+        batch = collate([train.examples[i] for i in rows], tok.pad_token_id)  # the few-shot rows, one batch
+        model.add_head(SEARCH_HEAD, spec.type, spec.num_labels, bspec.pooling)
+        model.eval()
+        merging.write(model, task, lorahub.compose(sources, [0.0] * len(sources)))
+        _fit_search_head(model, batch, hub.head_steps, run.method.train.lr)
+
+        def loss(states) -> float:
+            merging.write(model, task, states)
+            with torch.no_grad():
+                return F.cross_entropy(forward(model, SEARCH_HEAD, batch), batch["labels"]).item()
+
+        found = lorahub.search(sources, loss, budget=hub.budget, l1=hub.l1, seed=run.seed)
+    merging.write(model, task, lorahub.compose(sources, found.weights))
+    del model.heads[SEARCH_HEAD], model.head_specs[SEARCH_HEAD]
+    model.train()
+    info = {"weights": dict(zip(run.sources, found.weights)), "objective": found.objective, "shots": len(rows),
+            "evaluations": len(found.history), "budget": hub.budget, "source_seed": source_seed}
+    return Setup(keeps=Modules(adapters=[task]), record={"lorahub": info})
+
+
+SEARCH_HEAD = "_lorahub_search"  # the head LoraHub's search scores weightings with; never saved
+
+
+def _fit_search_head(model: AdapterModel, batch: dict, steps: int, lr: float) -> None:
+    """Full-batch Adam on the search head alone, over the encoder's hidden states (computed once: nothing
+    below the head changes while it is fitted)."""
+    head = model.heads[SEARCH_HEAD]
+    inputs = inputs_of(batch)
+    num_choices = inputs["input_ids"].shape[1] if inputs["input_ids"].dim() == 3 else None
+    flat = {k: v.flatten(0, 1) if num_choices else v for k, v in inputs.items()}
+    with torch.no_grad():
+        hidden = model.encode(flat["input_ids"], flat["attention_mask"], flat.get("token_type_ids"))
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head(hidden, flat["attention_mask"], num_choices), batch["labels"]).backward()
+        opt.step()
 
 
 def _fusion_mt_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
