@@ -193,7 +193,7 @@ def test_lorahub_searches_weights_on_few_rows_and_trains_the_head_over_the_compo
     (d / "tiny_lorahub.yaml").write_text(textwrap.dedent("""
         backbones: [tiny-bert]
         seeds: [1]
-        groups: [{tasks: [rte], methods: [lorahub]}]
+        groups: [{tasks: [rte], methods: [fusion_st_a, lorahub]}]  # fusion: the composition table's first row
         fusion: {sources: [rte, cb, mrpc]}
         caps: {max_train_rows: 48, max_eval_rows: 16, max_epochs: 2, max_length: 32}
         overrides: {lora: {lr: 0.01}}
@@ -219,6 +219,12 @@ def test_lorahub_searches_weights_on_few_rows_and_trains_the_head_over_the_compo
     (folder / predictions.FILE).unlink()
     assert main(["predict", "tiny_lorahub", "--only", rec["run_id"], *args]) == 0
     assert (folder / predictions.FILE).read_bytes() == written
+    # the report's composition table names the row and prints the weights found
+    assert main(["report", "tiny_lorahub", "--out-dir", str(tmp_path / "rep"), *args]) == 0
+    md = (tmp_path / "rep" / "tiny_lorahub.md").read_text()
+    assert "LoraHub weights over LoRA sources (head only)" in md
+    top = sorted(hub["weights"], key=lambda s: -abs(hub["weights"][s]))[:3]
+    assert "rte (1 seed): " + ", ".join(f"{s} {hub['weights'][s]:+.2f}" for s in top) in md
     # the search is repeatable: the same run trained again finds the same weights
     assert main(["run", "tiny_lorahub", "--force", "--only", rec["run_id"], *args]) == 0
     again = json.loads((folder / "result.json").read_text())

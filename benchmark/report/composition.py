@@ -191,8 +191,28 @@ def _notes(col: Collected, view: CompositionView) -> list[str]:
     if any(c.note for r in rows for c in r.cells):
         notes.append(f"{MAJORITY_MARK} = a mean within one dev row of the task's majority baseline or below it, as in "
                      "Table 1 (its majority column).")
+    notes += [_searched_weights(r, view.tasks) for r in rows if any(x.lorahub for x in r.runs)]
     weights = [r.name for r in rows[1:] if any(c == r.label for (b, _, c) in col.attention if b == view.backbone)]
     if weights:
         notes.append(f"The learned mixing weights of {', '.join(weights)} are shown beside {view.fusion}'s attention "
                      "under \"Where fusion attends\".")
     return notes
+
+
+def _searched_weights(row: CompositionRow, tasks: list[str]) -> str:
+    """A LoraHub row's weights (``lorahub.weights`` of its records), per target: the mean over seeds of each
+    source's signed weight, the three largest in magnitude and the target's own."""
+    parts = []
+    for t in tasks:
+        runs = [x for x in row.runs if x.task == t and x.lorahub and x.lorahub.weights]
+        if not runs:
+            continue
+        sources = list(runs[0].lorahub.weights)
+        mean = {s: sum(x.lorahub.weights.get(s, 0.0) for x in runs) / len(runs) for s in sources}
+        top = sorted(sources, key=lambda s: -abs(mean[s]))[:3]
+        own = f"; own {mean[t]:+.2f}" if t in mean and t not in top else ""
+        parts.append(f"{t} ({len(runs)} seed{'s' if len(runs) > 1 else ''}): "
+                     + ", ".join(f"{s} {mean[s]:+.2f}" for s in top) + own)
+    return (f"{row.name}: the weights its few-shot search found (result.json lorahub.weights: one signed weight per "
+            "source on both LoRA factors, A = sum w_i A_i, B = sum w_i B_i, in [-1.5, 1.5]), mean over seeds, the "
+            "three largest in magnitude per target: " + "; ".join(parts) + ".")
