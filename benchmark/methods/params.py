@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_serializer
 # The sections of method packages are added to "MethodSpec" when the schema is built (spec/schema.py).
 LATE_FIELDS: dict[str, dict[str, object]] = {
     "LabelSpec": {"allow_merge": False},  # it never changes what is trained, only whether the spec is accepted
-    "BackboneSpec": {"path": None},
+    "BackboneSpec": {"path": None, "aliases": []},
     "FusionParams": {"prune": None, "mixing": "attention", "merge": None, "source_method": None, "lorahub": None},
     "MethodSpec": {"precision": None},
     "FusionSources": {"adapterhub": {}, "adapterhub_allow_other_base": []},

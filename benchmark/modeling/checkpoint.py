@@ -98,8 +98,13 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
     wfile, mfile = folder / WEIGHTS, folder / MODULES
     for f in (wfile, mfile):
         if not f.exists():
-            raise CheckpointError(f"missing {f.name}", file=str(folder),
-                                  fix="point at a run folder that finished (it holds weights.safetensors and modules.json)")
+            finished = (folder / "result.json").is_file()  # a finished run whose weights were not kept (git)
+            raise CheckpointError(
+                f"missing {f.name}" + (": the run finished, but its weights are not in this checkout (the "
+                                       "repository keeps only the stage-1 ST-A weights its fusion runs read)"
+                                       if finished else ""), file=str(folder),
+                fix=f"retrain it for its weights (afbench run EXPERIMENT --force --only {folder.name})" if finished
+                else "point at a run folder that finished (it holds weights.safetensors and modules.json)")
     meta = read_meta(mfile)
     if meta["hidden_size"] != model.hidden_size or meta["num_layers"] != model.num_layers:
         raise CheckpointError(

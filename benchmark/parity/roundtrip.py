@@ -108,8 +108,8 @@ def run_roundtrip(reference_python: str, work: Path, tolerance: float) -> bool:
                                  methods=("st_a", "fusion_st_a"))  # mean-pooling heads (MiniLM)
     loras = train_and_export(work / "lora", log=lambda *_: None, methods=TUNERS)
     refused = [e for e in loras if e.refused]  # LoRA on the attention output: AdapterHub's LoRAConfig has no switch
-    print(f"export refused {len(refused)} run(s) as it should: "
-          + "; ".join(f"{e.run_id}: {e.refused}" for e in refused[:1]))
+    print(f"export refused {len(refused)} run(s) as it should ({', '.join(e.run_id for e in refused)}): "
+          + "; ".join(dict.fromkeys(e.refused for e in refused)))  # each reason once
     exported += [e for e in loras if not e.refused]
     snippet = work / "readme_snippet.py"
     write_atomic(snippet, readme_snippet())

@@ -33,7 +33,7 @@ def task_identity(task: TaskSpec) -> dict:
 
 
 def backbone_identity(backbone: BackboneSpec) -> dict:
-    out = backbone.model_dump(mode="json", exclude=PROSE | {"paper_backbone", "path"})
+    out = backbone.model_dump(mode="json", exclude=PROSE | {"paper_backbone", "path", "aliases"})
     if backbone.source == "local":  # a local checkpoint is its content, wherever the folder lies
         out["weights"] = folder_fingerprint(backbone.path)
     return out

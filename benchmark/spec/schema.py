@@ -154,6 +154,9 @@ class BackboneSpec(Strict):
     source: Literal["hub", "python_package", "random_init", "local"]
     model_id: str | None = Field(None, description="hub: the model id")
     package: str | None = Field(None, description="python_package: module with get_model_path()")
+    aliases: list[str] = Field(default_factory=list, description="other names of this checkpoint that an adapter's "
+                               "adapter_config.json may give as model_name (e.g. the Hub id of a python_package "
+                               "source's model); checked by fusion.adapterhub, not part of the run id")
     path: str | None = Field(None, description="local: a folder with a transformers checkpoint (config.json, "
                                                 "weights, tokenizer), relative to the spec file; the run id "
                                                 "holds its content hash, never the path")
