@@ -158,11 +158,13 @@ class LoraHubInfo(_Payload):
     """What a LoraHub run (``fusion.mixing: lorahub``) found: one weight per LoRA source, on few target rows."""
 
     weights: dict[str, Num] = {}  # source -> its weight w_i in A = sum w_i A_i, B = sum w_i B_i
-    objective: Num | None = None  # few-shot cross-entropy of the search head + l1 * mean |w| at the weights
+    objective: Num | None = None  # the search's objective at the weights: cross-validated few-shot CE + l1 * mean |w|
+    objective_at_zero: Num | None = None  # the cross-validated few-shot CE at w = 0 (the encoder as it is)
     shots: int | None = None  # target train rows searched on
     evaluations: int | None = None  # loss evaluations the search made
     budget: int | None = None
     source_seed: int | None = None  # the seed of the stage-1 LoRA runs
+    search_seconds: Num | None = None  # the search, before training (not in train_seconds)
 
 
 class RunRecord(_Record):

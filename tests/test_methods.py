@@ -83,3 +83,9 @@ def test_the_schema_reads_the_registry(eighth_kind):
 
 def test_every_registered_kind_has_a_recipe():
     assert all(recipe.setup_of(k) is not None or recipe.recipe_of(k) is not None for k in methods.KINDS)
+
+
+def test_a_label_rf_that_names_no_section_field_is_refused_when_registered():
+    with pytest.raises(ValueError, match="section.field"):
+        methods.register(methods.MethodKind("bad_label", frozenset({"adapter"}), label_rf="adapter"))
+    assert "bad_label" not in methods.KINDS

@@ -58,7 +58,7 @@ class MethodKind:
     needs: tuple[str, ...] = ()  # spec sections the method YAML must have: "adapter", "fusion", "mt_a"
     adapter_type: str | None = None  # the adapter type the method requires, if any
     multitask: bool = False  # one run over many tasks (MT-A), not one run per task
-    depends_on: str | None = None  # "stage1": one ST-A run per fused source; "mt_a": the joint MT-A run
+    depends_on: str | None = None  # "stage1": one stage-1 run per fused source (ST-A, or fusion.source_method's); "mt_a": the joint MT-A run
     label_rf: str | None = None  # "<section>.<field>": the reduction factor the run label carries (``_rf16``)
     columns: dict[str, tuple[Column, ...]] = field(default_factory=dict)  # table -> columns
     comparisons: tuple[Comparison, ...] = ()
@@ -82,6 +82,9 @@ KINDS: dict[str, MethodKind] = {}
 
 
 def register(kind: MethodKind) -> MethodKind:
+    if kind.label_rf is not None and kind.label_rf.count(".") != 1:
+        raise ValueError(f"method kind {kind.name!r}: label_rf {kind.label_rf!r} must name a section field as "
+                         "'section.field' (e.g. 'adapter.reduction_factor'), the reduction factor its run label carries")
     unknown = set(kind.trains) - set(MODULES)
     if unknown:
         raise ValueError(f"method kind {kind.name!r} trains unknown modules {sorted(unknown)}; known: {MODULES}")

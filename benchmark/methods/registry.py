@@ -25,6 +25,7 @@ importing the registry never loads torch. Each package's files keep their layers
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import types
@@ -146,11 +147,12 @@ def sections() -> list[Section]:
 
 def module_types() -> dict[str, str]:
     """A module type (each value the ``type`` of a section's params can take: ``pfeiffer``, ``houlsby``, ``lora``)
-    -> the first method kind of the package that declared it (its ``layer.py`` owns the type)."""
+    -> the first method kind of the package that declared it, for packages with a ``layer.py`` (it owns the type;
+    fusion's ``type`` names no module)."""
     out = {}
     for s in SECTIONS.values():
         field = s.params.model_fields.get("type")
         kinds = [k for k, p in PACKAGES.items() if p == s.package]
-        if field is not None and kinds:
+        if field is not None and kinds and importlib.util.find_spec(f"{s.package}.layer") is not None:
             out.update(dict.fromkeys(typing.get_args(field.annotation) or (field.default,), kinds[0]))
     return out

@@ -14,7 +14,8 @@ parametrisation's random state, so a search is repeatable and leaves numpy's glo
 The caller owns the model: ``loss`` receives the composed per-module states (``merging.read`` layout: one
 dict ``{A.weight, B.weight}`` per module) and returns a float, typically after ``merging.write`` into a
 LoRA of the sources' rank and alpha and a forward over the few-shot rows under ``torch.no_grad``. nevergrad
-is the optional extra ``composition``, imported only here, when a search runs. Not yet a method.
+is the optional extra ``composition``, imported only here, when a search runs. The method is
+``fusion.mixing: lorahub`` (``methods/fusion/setup.py``: ``_lorahub``, its head protocol and scoring).
 
 Known limit: nevergrad 1.0.12's metamodel optimisers call ``float()`` on a 1-element array, an error under
 numpy >= 2.4; NGOpt picks one only for small K with large budgets (K = 3, budget 400), never for the box

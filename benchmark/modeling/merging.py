@@ -1,8 +1,8 @@
 """Weight-space merging of trained modules (issue 36): N sources -> one module, pure torch.
 
-The bottleneck-adapter merges are a method (``fusion.mixing: merge``, ``specs/methods/merge_*.yaml``: the
-``fusion_st_a`` setup in ``training/recipe.py`` calls ``merge_adapters`` with ``initial_adapter`` as the base);
-the LoRA merges are building blocks, not yet a method. Every function takes the sources as
+The merges are methods (``fusion.mixing: merge``, ``specs/methods/merge_*.yaml``: the fusion package's setup,
+``methods/fusion/setup.py``, calls ``merge_adapters`` with ``initial_adapter`` as the base for bottleneck sources and
+``merge_loras`` for LoRA sources, ``fusion.source_method``). Every function takes the sources as
 lists of tensors or of **per-module state dicts** (``read``: one dict per module of an adapter, in the
 model's module order, keys local to the module: ``down.weight`` ... or ``A.weight`` / ``B.weight``),
 so sources saved under different adapter names line up by module position, never by key strings.

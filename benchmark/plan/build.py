@@ -3,7 +3,7 @@
 Each run has a stable id hashed from what changes its result (``identity.py``), so finished work is
 found again after any prose edit. Runs that read other runs' weights get them as dependencies, added
 when the experiment does not list them ("implied" runs): fusion over ST-A reads one stage-1 ST-A run
-per fused source; kinds that depend on MT-A read the one joint MT-A run per backbone and seed.
+per fused source (or one run of its ``fusion.source_method``, e.g. LoRA); kinds that depend on MT-A read the one joint MT-A run per backbone and seed.
 """
 
 from __future__ import annotations

@@ -285,10 +285,16 @@ def attention_summaries(col: Collected, backbone: str, reg) -> list[AttentionSum
     return out
 
 
+def st_a_sources(col: Collected) -> list:
+    """The finished stage-1 runs that are ST-A adapters (the paper's sources; records older than ``method_kind`` all
+    are): the LoRA sources of ``fusion.source_method`` are not, and show as the LoRA column on the targets."""
+    return [r for r in col.stage1 if (r.method_kind or methods.STAGE1) == methods.STAGE1]
+
+
 def multitask_quality(col: Collected) -> list[dict]:
     """MT-A on every task of its mixture: dev accuracy of the kept epoch over seeds, beside the task's
     stage-1 ST-A adapter (the same dev rows) where the experiment has one."""
-    stage1 = {(r.backbone, r.task): r.best_metric for r in sorted(col.stage1, key=lambda r: -r.seed)}
+    stage1 = {(r.backbone, r.task): r.best_metric for r in sorted(st_a_sources(col), key=lambda r: -r.seed)}
     by_task: dict[tuple[str, str], list[dict]] = {}
     for r in col.multitask:
         for t, pt in (r.per_task or {}).items():
@@ -380,7 +386,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
                            "accuracy": r.best_metric, "epoch": r.best_epoch,
                            "heldout": r.selection_metric if r.selection == "heldout" else None,
                            "rows": r.data.train_rows if r.data else None,
-                           "rows_total": r.data.train_rows_total if r.data else None, "published": None} for r in col.stage1),
+                           "rows_total": r.data.train_rows_total if r.data else None, "published": None}
+                          for r in st_a_sources(col)),
                          key=lambda d: (d["backbone"], d["task"], d["seed"]))
     data.stage1 = sorted(data.stage1 + published_sources(col), key=lambda d: (d["backbone"], d["task"], bool(d["published"])))
     data.multitask = multitask_quality(col)

@@ -1,11 +1,12 @@
-"""The composition table (issue 36): a fusion column beside the other ways of composing the same stage-1 sources
-that the experiment ran, one row per method, after the paper's tables.
+"""The composition table (issue 36): a fusion column beside the other ways of composing the fused tasks' stage-1
+modules that the experiment ran (its ST-A adapters, or stage-1 LoRA runs of the same tasks and seeds), one row per
+method, after the paper's tables.
 
 A variant column of a kind (``tables.variants``: another spec of the kind, compared with the kind's column) is a
 composition of that column's sources when every finished run of it recorded another composition than fusion's
 attention: a ``merge`` entry (``fusion.mixing: merge``: one adapter merged from the sources, no fusion layer), or a
-``fusion_attention.mixing`` / ``config.method.fusion.mixing`` other than the default. The rows come from the
-records; nothing here names a method. Per task: dev accuracy over seeds, and the difference from the fusion column
+``fusion_attention.mixing`` / ``config.method.fusion.mixing`` other than the default. The rows and their names
+come from the records (a ``merge`` entry's how and PEFT combination, a ``lorahub`` entry), never from labels. Per task: dev accuracy over seeds, and the difference from the fusion column
 as ``tables.backbone_tests`` computed it for Table 1 (a variant against its kind's column: the sensitivity family,
 CIs only). Cost: the records' ``params.trained``, ``train_seconds`` and ``memory.peak_rss_bytes``.
 """
@@ -164,8 +165,11 @@ def _notes(col: Collected, view: CompositionView) -> list[str]:
              else "the Δ cells marked seed-level are seed-level, the others two-level") if levels else "no Δ here"
     notes = [
         f"Rows: {ref}, the column of its kind in Table 1, and the variant columns of that kind whose runs composed the "
-        "same stage-1 sources another way, as their records say (fusion.mixing in the method config, "
-        "fusion_attention.mixing, a merge entry); column = the run label, as Table 1 heads the variant. "
+        "fused tasks' stage-1 modules another way, as their records say (fusion.mixing in the method config, "
+        "fusion_attention.mixing, a merge entry); column = the run label, as Table 1 heads the variant. Rows that say "
+        "LoRA sources compose stage-1 LoRA runs of the same tasks and seeds, not the adapters: their Δ holds the "
+        "change from adapters to LoRA as well as the composition (the LoRA column of Table 1 is those runs on the "
+        "targets). "
         "Accuracy cells: dev accuracy of the kept epoch, mean ± sample std (ddof = 1) over seeds, n = seeds; "
         "mean = the mean of the task means. Seeds per row: " + seeds + ".",
         f"Δ vs {ref}: on each task, the mean over paired seeds (each run paired with the {ref} run of its own "

@@ -304,6 +304,11 @@ def check_sources(reg: Registry, name: str, spec, exp, f: str | None) -> None:
                             "trains one module per task over the frozen encoder, so it gives no sources to compose",
                             file=mf, field=field, fix="name an adapter or LoRA method (st_a, lora)")
         mtype = _module_type(src)
+        if mtype in ("pfeiffer", "houlsby"):
+            raise SpecError(f"fusion.source_method '{fusion.source_method}' names adapter sources, which are the default "
+                            "(ST-A at fusion.source_reduction_factor) and would lose the reduction factor from the run "
+                            "label", file=mf, field=field, fix="remove source_method (set source_reduction_factor "
+                            "for other adapter sources)")
         if exp.fusion.adapterhub:
             raise SpecError(f"method '{name}' reads its sources from '{fusion.source_method}' runs, and "
                             "fusion.adapterhub puts published bottleneck adapters among them", file=f,
@@ -321,6 +326,12 @@ def check_sources(reg: Registry, name: str, spec, exp, f: str | None) -> None:
         raise SpecError(f"fusion.mixing: merge merges bottleneck adapters or LoRA, and the sources of "
                         f"'{fusion.source_method}' are {mtype} modules", file=mf, field=field,
                         fix="name an adapter or LoRA method as source_method")
+    if fusion.mixing == "merge" and lora and fusion.merge.how in ("average", "task_arithmetic", "dare"):
+        raise SpecError(f"fusion.merge.how: {fusion.merge.how} over LoRA sources is PEFT's factor-wise linear sum: the "
+                        "stage-1 LoRAs of a seed share their A init, so (sum w B_i)(sum w A_i) is about N times the "
+                        "mean of the deltas its name suggests", file=mf, field="fusion.merge.how",
+                        fix="use svd (the mean of the deltas B A, truncated to the sources' rank), ties or dare_ties "
+                            "(disjoint means) over LoRA sources")
     if fusion.mixing == "merge" and fusion.merge.how == "svd" and not lora:
         raise SpecError("fusion.merge.how: svd truncates the LoRA deltas B A; bottleneck adapters have none",
                         file=mf, field="fusion.merge.how", fix="use another merge, or LoRA sources (source_method: lora)")

@@ -9,6 +9,7 @@ once) gives its ``setup.py`` a whole ``recipe(run, ctx, out_dir)`` instead. Noth
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,8 @@ def setup_of(kind: str) -> Callable[[AdapterModel, Run, RunContext], Setup] | No
 
 def recipe_of(kind: str) -> Callable[[Run, RunContext, Path], dict] | None:
     """A kind's whole recipe (its package's ``setup.py`` gives ``recipe`` instead of ``setup``: MT-A), else None."""
-    return getattr(registry.part(kind, "setup"), "recipe", None)
+    fn = getattr(registry.part(kind, "setup"), "recipe", None)
+    return fn if callable(fn) and not isinstance(fn, types.ModuleType) else None  # not ``from ... import recipe``
 
 
 def execute(run: Run, ctx: RunContext, out_dir: Path) -> dict:

@@ -48,7 +48,8 @@ class MergeParams(Strict):
             if default is None and getattr(self, field) is not None:
                 raise ValueError(
                     f"fusion.merge.{field} means nothing for how: {self.how} (average takes the plain mean of the "
-                    f"weights; task_arithmetic keeps every entry of the task vectors); remove '{field}' from the "
+                    f"weights, svd the mean of the LoRA deltas; task_arithmetic keeps every entry of the task "
+                    f"vectors); remove '{field}' from the "
                     f"method YAML, or choose a merge that has it (ties, dare, dare_ties{', task_arithmetic' if field == 'weight' else ''})")
             if default is not None and getattr(self, field) is None:
                 setattr(self, field, default)  # the published value, written out in every dump and run id
@@ -58,17 +59,20 @@ class MergeParams(Strict):
 class LoraHubParams(Strict):
     """LoraHub-style search (Huang et al. 2023; ``fusion.mixing: lorahub``, ``modeling/lorahub.py``): one weight per
     LoRA source, A = sum w_i A_i and B = sum w_i B_i, found by nevergrad's NGOpt in [-1.5, 1.5]^K from w = 0
-    minimising the few-shot loss + 0.05 mean |w| (LoraHub's defaults). A classifier needs a head to score a
-    weighting: a search head is fitted first on the few-shot rows over the encoder as it is (w = 0, ``head_steps``
-    full-batch Adam steps at the method's lr), used for the search, then dropped; the run then trains its own head
+    minimising the few-shot loss + 0.05 mean |w| (LoraHub's optimiser, box, start, budget and l1 coefficient; its
+    loss is the batch loss divided by the number of examples, ours the mean, so l1 weighs relatively less here). A
+    classifier needs a head to score a weighting: a search head, fitted and scored two-fold on the shots (fitted on
+    one half, scored on the other, both ways round), is dropped after the search; the run then trains its own head
     over the frozen composed LoRA on the whole train split, as the merges do."""
 
     shots: int = Field(32, ge=2, le=10_000, description="rows of the target's train split the weights are searched "
                        "on (drawn with the run seed); LoraHub uses 5 with a language model's own head, a new "
-                       "classification head needs more")
-    budget: int = Field(40, ge=1, le=400, description="loss evaluations of the search (LoraHub's 40)")
+                       "classification head scored two-fold needs more")
+    budget: int = Field(40, ge=1, le=100, description="loss evaluations of the search (LoraHub's 40; at most 100: "
+                        "nevergrad 1.0.12 under numpy >= 2.4 can hang with larger budgets, modeling/lorahub.py)")
     l1: float = Field(0.05, ge=0, description="weight of mean |w| added to the loss (LoraHub's 0.05)")
-    head_steps: int = Field(100, ge=1, le=10_000, description="full-batch Adam steps of the search head at w = 0")
+    head_steps: int = Field(100, ge=1, le=10_000, description="full-batch Adam steps (at the method's lr) of the "
+                            "search head on each half of the shots, for every weighting scored")
 
 
 class FusionParams(Strict):

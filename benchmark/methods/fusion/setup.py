@@ -6,6 +6,7 @@ instead (no fusion layer: ``_merged_sources``)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.plan.run import Run
-from benchmark.training.loop import Objective, Predictions, evaluate, forward, inputs_of, predict
+from benchmark.training.loop import Objective, Predictions, evaluate, inputs_of, predict
 from benchmark.training.recipe import FUSION, RunContext, Setup, Trained, load_data
 
 
@@ -64,7 +65,7 @@ def _read_sources(run: Run, ctx: RunContext):
     if run.published:
         raise SpecError(f"fusion.mixing: {run.method.fusion.mixing} reads stage-1 sources (and the init they started "
                         f"from), which published adapters do not have ({', '.join(run.published)} come from fusion.adapterhub)",
-                        file=run.experiment, field="fusion.adapterhub",
+                        file=ctx.reg.file_of("experiment", run.experiment) or run.experiment, field="fusion.adapterhub",
                         fix="merge stage-1 sources only: leave fusion.adapterhub out of the experiment for this method")
     seeds = set()
     for _, dep in run.stage1_deps():
@@ -129,14 +130,15 @@ def _merged_sources(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
 def _lorahub(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     """``fusion.mixing: lorahub`` (LoRA sources): one weight per source LoRA found without gradients on ``shots``
     rows of the target's train split (drawn with the run seed; ``modeling/lorahub.py``), the composed LoRA
-    (A = sum w_i A_i, B = sum w_i B_i, the sources' rank and alpha) frozen under the run's head. The search scores
-    a weighting by the cross-entropy of a search head on those rows, fitted first over the encoder as it is (w = 0:
-    the composed LoRA is zero) and dropped after the search. Everything the search draws is under a forked
-    generator, so the run's head is initialised as in any run of this seed; the model is in eval mode (no dropout)
-    while searching."""
+    (A = sum w_i A_i, B = sum w_i B_i, the sources' rank and alpha) frozen under the run's head. A weighting is
+    scored by the two-fold cross-validated cross-entropy of a search head over the encoder it gives
+    (``_probe_loss``), so a head that memorises the shots gains nothing; the search head is dropped afterwards.
+    Everything the search draws is under a forked generator; the model is in eval mode (no dropout) while
+    searching, on the CPU in float32, before the run's device and precision are applied."""
     hub, task = run.method.fusion.lorahub, run.task
     sources, params, source_seed, scratch = _read_sources(run, ctx)
     del scratch
+    t0 = time.perf_counter()
     model.add_adapter(task, params)  # the composed LoRA's slot, drawn as a merge's is
     model.set_active(task)
     spec, bspec = ctx.reg.tasks[task], ctx.reg.backbones[run.backbone]
@@ -147,41 +149,59 @@ def _lorahub(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
         rows = torch.randperm(len(train.examples))[:hub.shots].tolist()
         batch = collate([train.examples[i] for i in rows], tok.pad_token_id)  # the few-shot rows, one batch
         model.add_head(SEARCH_HEAD, spec.type, spec.num_labels, bspec.pooling)
+        start = {k: v.clone() for k, v in model.heads[SEARCH_HEAD].state_dict().items()}
         model.eval()
-        merging.write(model, task, lorahub.compose(sources, [0.0] * len(sources)))
-        _fit_search_head(model, batch, hub.head_steps, run.method.train.lr)
 
         def loss(states) -> float:
             merging.write(model, task, states)
-            with torch.no_grad():
-                return F.cross_entropy(forward(model, SEARCH_HEAD, batch), batch["labels"]).item()
+            return _probe_loss(model, batch, start, hub.head_steps, run.method.train.lr)
 
+        at_zero = loss(lorahub.compose(sources, [0.0] * len(sources)))  # the encoder as it is: w = 0
         found = lorahub.search(sources, loss, budget=hub.budget, l1=hub.l1, seed=run.seed)
     merging.write(model, task, lorahub.compose(sources, found.weights))
     del model.heads[SEARCH_HEAD], model.head_specs[SEARCH_HEAD]
     model.train()
-    info = {"weights": dict(zip(run.sources, found.weights)), "objective": found.objective, "shots": len(rows),
-            "evaluations": len(found.history), "budget": hub.budget, "source_seed": source_seed}
+    info = {"weights": dict(zip(run.sources, found.weights)), "objective": found.objective,
+            "objective_at_zero": at_zero, "shots": len(rows), "evaluations": len(found.history),
+            "budget": hub.budget, "source_seed": source_seed, "search_seconds": time.perf_counter() - t0}
     return Setup(keeps=Modules(adapters=[task]), record={"lorahub": info})
 
 
 SEARCH_HEAD = "_lorahub_search"  # the head LoraHub's search scores weightings with; never saved
 
 
-def _fit_search_head(model: AdapterModel, batch: dict, steps: int, lr: float) -> None:
-    """Full-batch Adam on the search head alone, over the encoder's hidden states (computed once: nothing
-    below the head changes while it is fitted)."""
+def _probe_loss(model: AdapterModel, batch: dict, start: dict, steps: int, lr: float) -> float:
+    """Two-fold cross-validated cross-entropy of the search head over what the encoder now computes: the few-shot
+    rows split in two halves (even and odd positions of the drawn order), the head reset to ``start``, fitted by
+    ``steps`` full-batch Adam steps on one half and scored on the other, both ways round; the mean of the two.
+    The hidden states are computed once per weighting (nothing below the head changes while it is fitted)."""
     head = model.heads[SEARCH_HEAD]
     inputs = inputs_of(batch)
-    num_choices = inputs["input_ids"].shape[1] if inputs["input_ids"].dim() == 3 else None
-    flat = {k: v.flatten(0, 1) if num_choices else v for k, v in inputs.items()}
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]  # [B, L] or [B, K, L]
+    k = ids.shape[1] if ids.dim() == 3 else None
     with torch.no_grad():
-        hidden = model.encode(flat["input_ids"], flat["attention_mask"], flat.get("token_type_ids"))
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(head(hidden, flat["attention_mask"], num_choices), batch["labels"]).backward()
-        opt.step()
+        types = inputs.get("token_type_ids")
+        hidden = model.encode(ids.flatten(0, 1) if k else ids, mask.flatten(0, 1) if k else mask,
+                              (types.flatten(0, 1) if k else types) if types is not None else None)
+    hidden = hidden.unflatten(0, (ids.shape[0], k)) if k else hidden  # [B, (K,) L, H]
+    labels, n = batch["labels"], ids.shape[0]
+
+    def logits(rows):  # the head on these examples: [len(rows), C] (multiple choice: [len(rows), K])
+        h, m = hidden[rows], mask[rows]
+        return head(h.flatten(0, 1) if k else h, m.flatten(0, 1) if k else m, k)
+
+    halves = [torch.arange(0, n, 2), torch.arange(1, n, 2)]
+    scores = []
+    for fit, held in (halves, halves[::-1]):
+        head.load_state_dict(start)
+        opt = torch.optim.Adam(head.parameters(), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            F.cross_entropy(logits(fit), labels[fit]).backward()
+            opt.step()
+        with torch.no_grad():
+            scores.append(F.cross_entropy(logits(held), labels[held]).item())
+    return sum(scores) / 2
 
 
 def _fusion_mt_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
