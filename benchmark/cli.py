@@ -215,6 +215,16 @@ def _options(args):
                    getattr(args, "compile", None) or None)
 
 
+def _planned(args):
+    """(registry, plan, results root, experiment folder) of the experiment a command names."""
+    from benchmark.runner.results import experiment_dir, results_root
+
+    reg = _registry(args)
+    plan = _plan(args, reg)
+    root = results_root(args.results_dir)
+    return reg, plan, root, experiment_dir(root, plan.experiment.name)
+
+
 def _plan(args, reg):
     from benchmark.plan.build import build_plan
 
@@ -260,14 +270,10 @@ def cmd_plan(args) -> int:
     from benchmark.paths import shown_path
     from benchmark.records import read_result_file, scan_experiment
     from benchmark.runner.borrowed import borrowed
-    from benchmark.runner.results import experiment_dir, results_root
 
-    reg = _registry(args)
-    root = results_root(args.results_dir)
-    plan = _plan(args, reg)  # --estimate prices exactly these runs (a Hub task not downloaded: declared sizes)
+    reg, plan, root, exp_dir = _planned(args)  # --estimate prices exactly these runs (a Hub task not downloaded: declared sizes)
     if getattr(args, "estimate", False) or getattr(args, "calibrate", False):
         return _estimate(args, reg, plan, root)
-    exp_dir = experiment_dir(root, plan.experiment.name)
     where = borrowed(plan, root)  # implied runs finished under another experiment (dependencies_from)
     rows = []
     for i, r in enumerate(plan.runs, 1):
@@ -355,10 +361,8 @@ def cmd_run(args) -> int:
     from benchmark.runner.execute import pending_runs, run_plan
     from benchmark.runner.lock import experiment_lock, record_workers
     from benchmark.runner.progress import guard_streams
-    from benchmark.runner.results import experiment_dir, results_root
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
+    reg, plan, root, exp_dir = _planned(args)
     if not plan.runs and plan.skipped:
         raise DataUnavailable("no run of this experiment can start: " + "; ".join(f"{w}: {y}" for w, y in plan.skipped),
                               file=reg.file_of("experiment", plan.experiment.name),
@@ -383,8 +387,6 @@ def cmd_run(args) -> int:
 
         plan.experiment = with_backends(plan.experiment, args.track)
     slurm_opts = slurm_options(args) if args.executor == "slurm" else None
-    root = results_root(args.results_dir)
-    exp_dir = experiment_dir(root, plan.experiment.name)
     try:  # guarded: `afbench run ... | head`, a reader that goes away, never fails a run nor stops the grid
         with guard_streams(), experiment_lock(exp_dir, wait=args.wait_lock) as me:
             summary = run_plan(plan, reg, results_dir=root, data_dir=_data_dir(args),
@@ -433,34 +435,27 @@ def cmd_migrate(args) -> int:
     from benchmark.runner import slurm
     from benchmark.runner.lock import experiment_lock
     from benchmark.runner.migrate import migrate_experiment
-    from benchmark.runner.results import experiment_dir, results_root
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
-    exp_dir = experiment_dir(results_root(args.results_dir), plan.experiment.name)
+    reg, plan, root, exp_dir = _planned(args)
     with experiment_lock(exp_dir, wait=False):  # no driver may write the folders being renamed
         live = slurm.live_runs(exp_dir)
         if live:
             raise slurm.busy_error(exp_dir, live)
-        moved = migrate_experiment(plan, reg, results_root(args.results_dir), _data_dir(args), dry_run=args.dry_run)
+        moved = migrate_experiment(plan, reg, root, _data_dir(args), dry_run=args.dry_run)
     print(f"{len(moved)} result folder(s) {'would be ' if args.dry_run else ''}renamed to run-id scheme 2")
     from benchmark.runner.status import empty_plan_note, unmatched_note
 
-    for line in empty_plan_note(plan, _data_dir(args)) or unmatched_note(plan, results_root(args.results_dir),
-                                                                         _data_dir(args)):
+    for line in empty_plan_note(plan, _data_dir(args)) or unmatched_note(plan, root, _data_dir(args)):
         print(line)
     return 0
 
 
 def cmd_status(args) -> int:
-    from benchmark.runner.results import results_root
     from benchmark.runner.status import empty_plan_note, print_status, unmatched_note
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
-    code = print_status(plan, results_root(args.results_dir))
-    for line in empty_plan_note(plan, _data_dir(args)) + unmatched_note(plan, results_root(args.results_dir),
-                                                                        _data_dir(args)):
+    _, plan, root, _ = _planned(args)
+    code = print_status(plan, root)
+    for line in empty_plan_note(plan, _data_dir(args)) + unmatched_note(plan, root, _data_dir(args)):
         print(line)
     return code
 
@@ -532,11 +527,8 @@ def _keep_clear(args) -> list[tuple[str, Path]]:
 
 def cmd_export(args) -> int:
     from benchmark.runner.export import export_plan
-    from benchmark.runner.results import results_root
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
-    exp_dir = results_root(args.results_dir) / plan.experiment.name
+    reg, plan, _, exp_dir = _planned(args)
     done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args),
                        keep_clear=_keep_clear(args))
     refused = [e for e in done if e.refused]
@@ -555,11 +547,8 @@ def cmd_predict(args) -> int:
     from benchmark.runner import slurm
     from benchmark.runner.lock import experiment_lock
     from benchmark.runner.predict import predict_plan
-    from benchmark.runner.results import experiment_dir, results_root
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
-    exp_dir = experiment_dir(results_root(args.results_dir), plan.experiment.name)
+    reg, plan, _, exp_dir = _planned(args)
     with experiment_lock(exp_dir, wait=False):  # no driver may retrain or rename a run whose record this adds to
         live = slurm.live_runs(exp_dir)
         if live:
@@ -584,11 +573,10 @@ def cmd_prune(args) -> int:
     if args.rerender:  # from the stored JSON: no model, no data, no timing
         rerender(args.experiment, Path(args.out_dir), results_root(args.results_dir))
         return 0
-    reg = _registry(args)
-    plan = _plan(args, reg)
+    reg, plan, root, _ = _planned(args)
     ks = tuple(int(k) for k in args.keep.split(",") if k and k != "all")
     device = args.device or "cpu"
-    run_prune(reg, plan, results_root(args.results_dir), _data_dir(args), only=args.only, device=device,
+    run_prune(reg, plan, root, _data_dir(args), only=args.only, device=device,
               rounds=args.rounds, out_dir=Path(args.out_dir), ks=ks, argv=getattr(args, "argv", None))
     return 0
 
