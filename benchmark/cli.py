@@ -587,6 +587,7 @@ def cmd_perf(args) -> int:
     return run_perf(args)
 
 
+RESULTS_HELP = "results root (default: $AFBENCH_RESULTS_DIR or ./results)"
 EPILOG = """examples:
   afbench validate specs/                   check every spec (and each task against its data)
   AFBENCH_DATA_DIR=../shared/data afbench run quick --jobs 2
@@ -676,12 +677,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="one of:")
 
-    def common(sp, data=True):
+    def common(sp, data=True, experiment=False, results=False):
         sp.add_argument("--specs", action="append", metavar="DIR",
                         help="extra folder of spec files, added to specs/ (repeatable)")
         if data:
             sp.add_argument("--data-dir", metavar="DIR",
                             help="offline mirror root (default: $AFBENCH_DATA_DIR; unset = Hub)")
+        if experiment:
+            sp.add_argument("experiment", help="experiment name (see afbench list)")
+        if results:
+            sp.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
         return sp
 
     common(sub.add_parser("list", help="tasks, methods, backbones, experiments found"), data=False)
@@ -693,9 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment"),
                            ("migrate", "rename result folders of older run-id schemes to the current ids"),
                            ("status", "per run: finished, failed, running (local or Slurm), queued, pending")):
-        sp = common(sub.add_parser(name, help=helptext))
-        sp.add_argument("experiment", help="experiment name (see afbench list)")
-        sp.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+        sp = common(sub.add_parser(name, help=helptext), experiment=True, results=True)
         id_flags(sp)
         if name == "run":
             sp.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -737,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--trials", type=int, help="trials the study should hold (a rerun continues it; default: the "
                                                "sweep: block's, else 10)")
     sw.add_argument("--out", required=True, metavar="DIR", help="where <method>_swept.yaml goes (DIR/methods/)")
-    sw.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    sw.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     sw.add_argument("--jobs", type=int, default=1, metavar="N", help="runs in parallel processes (local executor)")
     sw.add_argument("--parallel", type=int, default=1, metavar="K",
                     help="trials asked at once and trained together (Slurm: one array with --array-parallelism)")
@@ -746,43 +749,39 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train each trial's runs locally or as Slurm jobs (the study stays with this driver)")
     slurm_flags(sw)
     id_flags(sw)
-    ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"))
-    ex.add_argument("experiment", help="experiment name (see afbench list)")
-    ex.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"),
+                experiment=True, results=True)
     ex.add_argument("--out", required=True, metavar="DIR", help="export root: one folder per run id under it")
     ex.add_argument("--only", action="append", metavar="GLOB",
                     help="export only runs whose id matches this glob (repeatable)")
     id_flags(ex)
     pd = common(sub.add_parser("predict", help="per-example dev predictions of finished runs from their weights "
-                                               "(written only where they reproduce the recorded accuracy)"))
-    pd.add_argument("experiment", help="experiment name (see afbench list)")
-    pd.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+                                               "(written only where they reproduce the recorded accuracy)"),
+                experiment=True, results=True)
     pd.add_argument("--only", action="append", metavar="GLOB", help="only runs whose id matches this glob (repeatable)")
     pd.add_argument("--device", help="cpu (default), cuda")
     pd.add_argument("--force", action="store_true", help="recompute runs whose predictions are present")
     id_flags(pd)
-    r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"))
+    r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), results=True)
     r.add_argument("experiments", nargs="+", metavar="experiment", help="one or more experiment names")
-    r.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
     r.add_argument("--out-dir", default="reports", metavar="DIR", help="where reports are written (default: reports)")
     r.add_argument("--paper", metavar="FILE",
                    help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
     db = common(sub.add_parser("dashboard", help="reports/dashboard.html: accuracy against cost over every experiment"),
-                data=False)
-    db.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+                data=False, results=True)
     db.add_argument("--out-dir", default="reports", metavar="DIR", help="where dashboard.html goes (default: reports)")
-    pu = common(sub.add_parser("push", help="results, reports, predictions (and adapters) as a Hub dataset"))
-    pu.add_argument("experiment", help="experiment name (see afbench list)")
+    pu = common(sub.add_parser("push", help="results, reports, predictions (and adapters) as a Hub dataset"),
+                experiment=True)
     pu.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub dataset repository")
     pu.add_argument("--adapters", action="store_true", help="add the AdapterHub exports (afbench export) of its runs")
     pu.add_argument("--dry-run", action="store_true", help="write the folder to --out and upload nothing")
     pu.add_argument("--out", metavar="DIR", help="the folder to write (default: a temporary folder)")
     pu.add_argument("--private", action="store_true", help="create the repository private")
-    pu.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    pu.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     pu.add_argument("--reports-dir", default="reports", metavar="DIR", help="where its reports are (default: reports)")
     id_flags(pu)
-    pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"))
-    pr.add_argument("experiment", help="experiment name (see afbench list)")
+    pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"),
+                experiment=True)
     pr.add_argument("--only", action="append", metavar="GLOB",
                     help="Fusion w/ ST-A runs whose id matches (repeatable; default: all finished ones)")
     pr.add_argument("--keep", default="1,2,4,8", help="k values below N (N itself, 'all', is always added)")
@@ -791,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--rerender", action="store_true",
                     help="re-render prune_<experiment>_*.md and .png in --out-dir from their stored .json "
                          "(nothing is loaded, evaluated or timed; the json stays as it is)")
-    pr.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    pr.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     pr.add_argument("--out-dir", default="reports", metavar="DIR",
                     help="where prune_<experiment>_<task>.{md,json,png} go (default: reports)")
     id_flags(pr)
