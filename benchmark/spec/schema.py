@@ -66,7 +66,6 @@ class LabelSpec(Strict):
         return self
 
 
-
 class Splits(Strict):
     train: SplitName = "train"
     eval: SplitName = "validation"
@@ -145,8 +144,6 @@ class TokenizerSpec(Strict):
     lowercase: bool = True
 
 
-
-
 class BackboneSpec(Strict):
     kind: Literal["backbone"] = "backbone"
     name: str
@@ -173,7 +170,6 @@ class BackboneSpec(Strict):
             if getattr(self, f) in (None, ""):
                 raise ValueError(f"source '{self.source}' needs '{f}'")
         return self
-
 
 
 # -------------------------------------------------------------------------------------------- method
@@ -292,7 +288,6 @@ class FusionSources(Strict):
         default_factory=list, description="source tasks of fusion.adapterhub whose adapter may name another base "
                                           "model than the backbone (same family and shape); the plan and the "
                                           "report state it. Not part of any run id")
-
 
 
 class MtaSetup(Strict):
