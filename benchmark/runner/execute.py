@@ -532,12 +532,10 @@ def _work(conn, driver_pid: int, args: tuple) -> None:
 def oom_kills() -> int | None:
     """How many processes the kernel's out-of-memory killer has killed since boot (``/proc/vmstat``), if it
     says: a worker killed by SIGKILL while this count rose most likely ran out of memory."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/vmstat").read_text().splitlines():
             if line.startswith("oom_kill "):
                 return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
     return None
 
 
