@@ -15,7 +15,6 @@ from benchmark import methods
 from benchmark.methods import registry
 from benchmark.methods.params import LATE_FIELDS, ReductionFactor, Strict
 
-BATCHING = ("grouped", "shuffled")
 Batching = Literal["grouped", "shuffled"]
 PRECISIONS = ("auto", "fp32", "bf16")
 Precision = Literal["auto", "fp32", "bf16"]  # benchmark/modeling/compute.py: auto = bf16 autocast on CUDA, fp32 on CPU
