@@ -215,6 +215,16 @@ def _options(args):
                    getattr(args, "compile", None) or None)
 
 
+def _planned(args):
+    """(registry, plan, results root, experiment folder) of the experiment a command names."""
+    from benchmark.runner.results import experiment_dir, results_root
+
+    reg = _registry(args)
+    plan = _plan(args, reg)
+    root = results_root(args.results_dir)
+    return reg, plan, root, experiment_dir(root, plan.experiment.name)
+
+
 def _plan(args, reg):
     from benchmark.plan.build import build_plan
 
@@ -260,14 +270,10 @@ def cmd_plan(args) -> int:
     from benchmark.paths import shown_path
     from benchmark.records import read_result_file, scan_experiment
     from benchmark.runner.borrowed import borrowed
-    from benchmark.runner.results import experiment_dir, results_root
 
-    reg = _registry(args)
-    root = results_root(args.results_dir)
-    plan = _plan(args, reg)  # --estimate prices exactly these runs (a Hub task not downloaded: declared sizes)
+    reg, plan, root, exp_dir = _planned(args)  # --estimate prices exactly these runs (a Hub task not downloaded: declared sizes)
     if getattr(args, "estimate", False) or getattr(args, "calibrate", False):
         return _estimate(args, reg, plan, root)
-    exp_dir = experiment_dir(root, plan.experiment.name)
     where = borrowed(plan, root)  # implied runs finished under another experiment (dependencies_from)
     rows = []
     for i, r in enumerate(plan.runs, 1):
@@ -355,10 +361,8 @@ def cmd_run(args) -> int:
     from benchmark.runner.execute import pending_runs, run_plan
     from benchmark.runner.lock import experiment_lock, record_workers
     from benchmark.runner.progress import guard_streams
-    from benchmark.runner.results import experiment_dir, results_root
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
+    reg, plan, root, exp_dir = _planned(args)
     if not plan.runs and plan.skipped:
         raise DataUnavailable("no run of this experiment can start: " + "; ".join(f"{w}: {y}" for w, y in plan.skipped),
                               file=reg.file_of("experiment", plan.experiment.name),
@@ -383,8 +387,6 @@ def cmd_run(args) -> int:
 
         plan.experiment = with_backends(plan.experiment, args.track)
     slurm_opts = slurm_options(args) if args.executor == "slurm" else None
-    root = results_root(args.results_dir)
-    exp_dir = experiment_dir(root, plan.experiment.name)
     try:  # guarded: `afbench run ... | head`, a reader that goes away, never fails a run nor stops the grid
         with guard_streams(), experiment_lock(exp_dir, wait=args.wait_lock) as me:
             summary = run_plan(plan, reg, results_dir=root, data_dir=_data_dir(args),
@@ -433,34 +435,27 @@ def cmd_migrate(args) -> int:
     from benchmark.runner import slurm
     from benchmark.runner.lock import experiment_lock
     from benchmark.runner.migrate import migrate_experiment
-    from benchmark.runner.results import experiment_dir, results_root
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
-    exp_dir = experiment_dir(results_root(args.results_dir), plan.experiment.name)
+    reg, plan, root, exp_dir = _planned(args)
     with experiment_lock(exp_dir, wait=False):  # no driver may write the folders being renamed
         live = slurm.live_runs(exp_dir)
         if live:
             raise slurm.busy_error(exp_dir, live)
-        moved = migrate_experiment(plan, reg, results_root(args.results_dir), _data_dir(args), dry_run=args.dry_run)
+        moved = migrate_experiment(plan, reg, root, _data_dir(args), dry_run=args.dry_run)
     print(f"{len(moved)} result folder(s) {'would be ' if args.dry_run else ''}renamed to run-id scheme 2")
     from benchmark.runner.status import empty_plan_note, unmatched_note
 
-    for line in empty_plan_note(plan, _data_dir(args)) or unmatched_note(plan, results_root(args.results_dir),
-                                                                         _data_dir(args)):
+    for line in empty_plan_note(plan, _data_dir(args)) or unmatched_note(plan, root, _data_dir(args)):
         print(line)
     return 0
 
 
 def cmd_status(args) -> int:
-    from benchmark.runner.results import results_root
     from benchmark.runner.status import empty_plan_note, print_status, unmatched_note
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
-    code = print_status(plan, results_root(args.results_dir))
-    for line in empty_plan_note(plan, _data_dir(args)) + unmatched_note(plan, results_root(args.results_dir),
-                                                                        _data_dir(args)):
+    _, plan, root, _ = _planned(args)
+    code = print_status(plan, root)
+    for line in empty_plan_note(plan, _data_dir(args)) + unmatched_note(plan, root, _data_dir(args)):
         print(line)
     return code
 
@@ -532,11 +527,8 @@ def _keep_clear(args) -> list[tuple[str, Path]]:
 
 def cmd_export(args) -> int:
     from benchmark.runner.export import export_plan
-    from benchmark.runner.results import results_root
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
-    exp_dir = results_root(args.results_dir) / plan.experiment.name
+    reg, plan, _, exp_dir = _planned(args)
     done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args),
                        keep_clear=_keep_clear(args))
     refused = [e for e in done if e.refused]
@@ -555,11 +547,8 @@ def cmd_predict(args) -> int:
     from benchmark.runner import slurm
     from benchmark.runner.lock import experiment_lock
     from benchmark.runner.predict import predict_plan
-    from benchmark.runner.results import experiment_dir, results_root
 
-    reg = _registry(args)
-    plan = _plan(args, reg)
-    exp_dir = experiment_dir(results_root(args.results_dir), plan.experiment.name)
+    reg, plan, _, exp_dir = _planned(args)
     with experiment_lock(exp_dir, wait=False):  # no driver may retrain or rename a run whose record this adds to
         live = slurm.live_runs(exp_dir)
         if live:
@@ -584,11 +573,10 @@ def cmd_prune(args) -> int:
     if args.rerender:  # from the stored JSON: no model, no data, no timing
         rerender(args.experiment, Path(args.out_dir), results_root(args.results_dir))
         return 0
-    reg = _registry(args)
-    plan = _plan(args, reg)
+    reg, plan, root, _ = _planned(args)
     ks = tuple(int(k) for k in args.keep.split(",") if k and k != "all")
     device = args.device or "cpu"
-    run_prune(reg, plan, results_root(args.results_dir), _data_dir(args), only=args.only, device=device,
+    run_prune(reg, plan, root, _data_dir(args), only=args.only, device=device,
               rounds=args.rounds, out_dir=Path(args.out_dir), ks=ks, argv=getattr(args, "argv", None))
     return 0
 
@@ -599,6 +587,7 @@ def cmd_perf(args) -> int:
     return run_perf(args)
 
 
+RESULTS_HELP = "results root (default: $AFBENCH_RESULTS_DIR or ./results)"
 EPILOG = """examples:
   afbench validate specs/                   check every spec (and each task against its data)
   AFBENCH_DATA_DIR=../shared/data afbench run quick --jobs 2
@@ -688,12 +677,16 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="one of:")
 
-    def common(sp, data=True):
+    def common(sp, data=True, experiment=False, results=False):
         sp.add_argument("--specs", action="append", metavar="DIR",
                         help="extra folder of spec files, added to specs/ (repeatable)")
         if data:
             sp.add_argument("--data-dir", metavar="DIR",
                             help="offline mirror root (default: $AFBENCH_DATA_DIR; unset = Hub)")
+        if experiment:
+            sp.add_argument("experiment", help="experiment name (see afbench list)")
+        if results:
+            sp.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
         return sp
 
     common(sub.add_parser("list", help="tasks, methods, backbones, experiments found"), data=False)
@@ -705,9 +698,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment"),
                            ("migrate", "rename result folders of older run-id schemes to the current ids"),
                            ("status", "per run: finished, failed, running (local or Slurm), queued, pending")):
-        sp = common(sub.add_parser(name, help=helptext))
-        sp.add_argument("experiment", help="experiment name (see afbench list)")
-        sp.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+        sp = common(sub.add_parser(name, help=helptext), experiment=True, results=True)
         id_flags(sp)
         if name == "run":
             sp.add_argument("--jobs", type=int, default=1, metavar="N",
@@ -749,7 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--trials", type=int, help="trials the study should hold (a rerun continues it; default: the "
                                                "sweep: block's, else 10)")
     sw.add_argument("--out", required=True, metavar="DIR", help="where <method>_swept.yaml goes (DIR/methods/)")
-    sw.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    sw.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     sw.add_argument("--jobs", type=int, default=1, metavar="N", help="runs in parallel processes (local executor)")
     sw.add_argument("--parallel", type=int, default=1, metavar="K",
                     help="trials asked at once and trained together (Slurm: one array with --array-parallelism)")
@@ -758,43 +749,39 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train each trial's runs locally or as Slurm jobs (the study stays with this driver)")
     slurm_flags(sw)
     id_flags(sw)
-    ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"))
-    ex.add_argument("experiment", help="experiment name (see afbench list)")
-    ex.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    ex = common(sub.add_parser("export", help="finished runs as AdapterHub folders (adapters, fusion, head, base)"),
+                experiment=True, results=True)
     ex.add_argument("--out", required=True, metavar="DIR", help="export root: one folder per run id under it")
     ex.add_argument("--only", action="append", metavar="GLOB",
                     help="export only runs whose id matches this glob (repeatable)")
     id_flags(ex)
     pd = common(sub.add_parser("predict", help="per-example dev predictions of finished runs from their weights "
-                                               "(written only where they reproduce the recorded accuracy)"))
-    pd.add_argument("experiment", help="experiment name (see afbench list)")
-    pd.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+                                               "(written only where they reproduce the recorded accuracy)"),
+                experiment=True, results=True)
     pd.add_argument("--only", action="append", metavar="GLOB", help="only runs whose id matches this glob (repeatable)")
     pd.add_argument("--device", help="cpu (default), cuda")
     pd.add_argument("--force", action="store_true", help="recompute runs whose predictions are present")
     id_flags(pd)
-    r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"))
+    r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), results=True)
     r.add_argument("experiments", nargs="+", metavar="experiment", help="one or more experiment names")
-    r.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
     r.add_argument("--out-dir", default="reports", metavar="DIR", help="where reports are written (default: reports)")
     r.add_argument("--paper", metavar="FILE",
                    help="paper numbers YAML (default: $AFBENCH_PAPER_FILE or the bundled copy)")
     db = common(sub.add_parser("dashboard", help="reports/dashboard.html: accuracy against cost over every experiment"),
-                data=False)
-    db.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+                data=False, results=True)
     db.add_argument("--out-dir", default="reports", metavar="DIR", help="where dashboard.html goes (default: reports)")
-    pu = common(sub.add_parser("push", help="results, reports, predictions (and adapters) as a Hub dataset"))
-    pu.add_argument("experiment", help="experiment name (see afbench list)")
+    pu = common(sub.add_parser("push", help="results, reports, predictions (and adapters) as a Hub dataset"),
+                experiment=True)
     pu.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub dataset repository")
     pu.add_argument("--adapters", action="store_true", help="add the AdapterHub exports (afbench export) of its runs")
     pu.add_argument("--dry-run", action="store_true", help="write the folder to --out and upload nothing")
     pu.add_argument("--out", metavar="DIR", help="the folder to write (default: a temporary folder)")
     pu.add_argument("--private", action="store_true", help="create the repository private")
-    pu.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    pu.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     pu.add_argument("--reports-dir", default="reports", metavar="DIR", help="where its reports are (default: reports)")
     id_flags(pu)
-    pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"))
-    pr.add_argument("experiment", help="experiment name (see afbench list)")
+    pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"),
+                experiment=True)
     pr.add_argument("--only", action="append", metavar="GLOB",
                     help="Fusion w/ ST-A runs whose id matches (repeatable; default: all finished ones)")
     pr.add_argument("--keep", default="1,2,4,8", help="k values below N (N itself, 'all', is always added)")
@@ -803,7 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--rerender", action="store_true",
                     help="re-render prune_<experiment>_*.md and .png in --out-dir from their stored .json "
                          "(nothing is loaded, evaluated or timed; the json stays as it is)")
-    pr.add_argument("--results-dir", metavar="DIR", help="results root (default: $AFBENCH_RESULTS_DIR or ./results)")
+    pr.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     pr.add_argument("--out-dir", default="reports", metavar="DIR",
                     help="where prune_<experiment>_<task>.{md,json,png} go (default: reports)")
     id_flags(pr)

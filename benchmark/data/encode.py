@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from dataclasses import dataclass
@@ -160,10 +161,8 @@ def read_cache(path: Path) -> dict | None:
     except Exception as e:  # noqa: BLE001 - truncated, poisoned (refused by weights_only), foreign: rebuild
         why = type(e).__name__ + (f": {str(e).splitlines()[0][:80]}" if str(e).strip() else "")
         print(f"tokenized cache {path} cannot be read ({why}); rebuilding it", flush=True)
-        try:
+        with contextlib.suppress(OSError):
             path.unlink()
-        except OSError:
-            pass
         return None
 
 

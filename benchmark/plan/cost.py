@@ -43,7 +43,7 @@ import json
 import random
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.data.batching import epoch_batches, padding_cost
@@ -461,7 +461,3 @@ def summary_lines(est: Estimate) -> list[str]:
         tasks = sorted({b.split(':')[0] for r in est.runs for b in r.basis})
         lines.append(f"  no data for {', '.join(tasks)}: declared sizes and {ASSUMED_LENGTH:.0%} of max length assumed")
     return lines
-
-
-def as_dict(c: RunCost) -> dict:
-    return asdict(c)

@@ -396,18 +396,16 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
         log(f"  skipped {what}: {why}")
     try:
         if executor == "slurm":
-            for r in list(todo):  # dependents of a run that diverged before (the local loop does this itself)
-                bad = [d for d in r.deps if d in summary.failed]
-                if bad:
-                    todo.remove(r)
-                    summary.failed[r.id] = f"dependency failed: {', '.join(bad)}"
-                    record(r, reg, plan, exp_dir, None, None, summary.failed[r.id], now(), 0.0, None)
-            progress = Progress(todo, 1, log)
-
             def note_failure(r: Run, why: str) -> None:  # a job that never ran its training
                 summary.failed[r.id] = why
                 record(r, reg, plan, exp_dir, None, None, why, now(), 0.0, None)
 
+            for r in list(todo):  # dependents of a run that diverged before (the local loop does this itself)
+                bad = [d for d in r.deps if d in summary.failed]
+                if bad:
+                    todo.remove(r)
+                    note_failure(r, f"dependency failed: {', '.join(bad)}")
+            progress = Progress(todo, 1, log)
             slurm.run_on_slurm(plan, reg, todo, summary, exp_dir, in_flight=in_flight, device=device,
                                data_dir=data_dir, options=slurm_options or slurm.SlurmOptions(), log=log,
                                note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs),
@@ -534,12 +532,10 @@ def _work(conn, driver_pid: int, args: tuple) -> None:
 def oom_kills() -> int | None:
     """How many processes the kernel's out-of-memory killer has killed since boot (``/proc/vmstat``), if it
     says: a worker killed by SIGKILL while this count rose most likely ran out of memory."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/vmstat").read_text().splitlines():
             if line.startswith("oom_kill "):
                 return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
     return None
 
 

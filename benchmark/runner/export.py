@@ -196,11 +196,10 @@ class _Writer:
         return p
 
     def json(self, rel: str, data: dict) -> str:
-        write_atomic(self.inside(self.tmp / rel), json.dumps(data, indent=2) + "\n")  # it makes the folder
-        return rel
+        return self.text(rel, json.dumps(data, indent=2) + "\n")
 
     def text(self, rel: str, text: str) -> str:
-        write_atomic(self.inside(self.tmp / rel), text)
+        write_atomic(self.inside(self.tmp / rel), text)  # it makes the folder
         return rel
 
     def tensors(self, rel: str, state: dict) -> None:
@@ -364,7 +363,6 @@ def _storage_error(path: Path, e: Exception) -> StorageError:
     """One paragraph for a failed write under ``--out``. safetensors reports the OS error only in its text
     ("... No space left on device (os error 28)"), so its errno is read from there."""
     import errno
-    import re
 
     if not isinstance(e, OSError):
         m = re.search(r"os error (\d+)", str(e))

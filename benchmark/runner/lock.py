@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from benchmark.errors import BenchError, StorageError
@@ -115,10 +115,9 @@ def _take_over_stale(f: Path, seen: dict) -> None:
     try:
         raw = private.read_bytes()
         if json.loads(raw or b"{}") != seen:
-            try:  # not the stale lock we judged: give it back (fails only if yet another driver holds it)
+            # not the stale lock we judged: give it back (fails only if yet another driver holds it)
+            with suppress(FileExistsError):
                 write_atomic(f, raw, exclusive=True)
-            except FileExistsError:
-                pass
     except (OSError, ValueError):  # unreadable (not JSON, not UTF-8): the stale lock we judged
         pass
     finally:
@@ -161,7 +160,5 @@ def experiment_lock(exp_dir: Path, *, wait: bool = False, poll_s: float = 2.0,
         yield me
     finally:
         if _same_holder(read_lock(exp_dir), me):
-            try:
+            with suppress(OSError):
                 f.unlink(missing_ok=True)
-            except OSError:
-                pass

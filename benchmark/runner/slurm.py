@@ -19,6 +19,7 @@ of its own was cancelled, timed out, ran out of memory or lost its node, and is 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -310,8 +311,6 @@ def validate_submission(params: dict, folder: Path, where: str | None) -> None:
     raise BenchError(f"Slurm rejects the jobs before any is submitted: {msg}", file=where, field=field_, fix=fix)
 
 
-
-
 def _rel(path: Path, base: Path) -> str:
     try:
         return str(path.resolve().relative_to(base.resolve()))
@@ -359,14 +358,10 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
         if dep:
             params["additional_parameters"] = {**params["additional_parameters"], "dependency": dep}
         ex.update_parameters(**params)
-        try:
-            if len(g.runs) > 1:
-                with ex.batch():
-                    handles = [ex.submit(job, r, reg, plan, exp_dir, data_dir, device_name,
-                                         spec.cpus_per_run) for r in g.runs]
-            else:
-                r = g.runs[0]
-                handles = [ex.submit(job, r, reg, plan, exp_dir, data_dir, device_name, spec.cpus_per_run)]
+        try:  # several runs: one job array
+            with ex.batch() if len(g.runs) > 1 else contextlib.nullcontext():
+                handles = [ex.submit(job, r, reg, plan, exp_dir, data_dir, device_name, spec.cpus_per_run)
+                           for r in g.runs]
         except Exception as e:  # noqa: BLE001 - sbatch failing mid-way: say what is already queued
             save_jobs(exp_dir, jobs)
             raise BenchError(

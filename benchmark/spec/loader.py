@@ -59,8 +59,6 @@ class _StrictSafeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-
-
 def _key_path(text: str, line: int, column: int) -> str | None:
     """Dotted path of the mapping key that starts at ``line`` (1-based), ``column``, e.g. 'label.map.x'."""
     try:

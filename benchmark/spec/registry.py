@@ -93,12 +93,7 @@ class Registry:
 def _kind_of(path: Path, data: dict, roots: list[Path]) -> str | None:
     if isinstance(data.get("kind"), str):
         return data["kind"]
-    for parent in path.parents:
-        if parent.name in FOLDER_KIND:
-            return FOLDER_KIND[parent.name]
-        if parent in roots:
-            break
-    return infer_kind(data)  # outside the kind folders: from its keys (input+label: a task, ...)
+    return _folder_kind(path, roots) or infer_kind(data)  # outside the kind folders: from its keys (input+label: a task, ...)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:
@@ -139,7 +134,7 @@ def check_name(kind: str, name: object, path: Path) -> None:
 
 def load_file(path: Path, roots: list[Path], memo: dict | None = None):
     data = load_with_includes(path, memo=memo)
-    kind = _kind_of(path.resolve(), data, [r.resolve() for r in roots])
+    kind = _kind_of(path, data, roots)
     if kind not in SPEC_MODELS:
         raise SpecError(
             f"cannot tell what kind of spec this is (kind: {data.get('kind')!r})",

@@ -15,7 +15,6 @@ from benchmark import methods
 from benchmark.methods import registry
 from benchmark.methods.params import LATE_FIELDS, ReductionFactor, Strict
 
-BATCHING = ("grouped", "shuffled")
 Batching = Literal["grouped", "shuffled"]
 PRECISIONS = ("auto", "fp32", "bf16")
 Precision = Literal["auto", "fp32", "bf16"]  # benchmark/modeling/compute.py: auto = bf16 autocast on CUDA, fp32 on CPU
@@ -64,7 +63,6 @@ class LabelSpec(Strict):
                 raise ValueError(f"label.map sends several raw values to one id ({shown}); if that is "
                                  "intended, add 'allow_merge: true' under label")
         return self
-
 
 
 class Splits(Strict):
@@ -145,8 +143,6 @@ class TokenizerSpec(Strict):
     lowercase: bool = True
 
 
-
-
 class BackboneSpec(Strict):
     kind: Literal["backbone"] = "backbone"
     name: str
@@ -176,7 +172,6 @@ class BackboneSpec(Strict):
             if getattr(self, f) in (None, ""):
                 raise ValueError(f"source '{self.source}' needs '{f}'")
         return self
-
 
 
 # -------------------------------------------------------------------------------------------- method
@@ -295,7 +290,6 @@ class FusionSources(Strict):
         default_factory=list, description="source tasks of fusion.adapterhub whose adapter may name another base "
                                           "model than the backbone (same family and shape); the plan and the "
                                           "report state it. Not part of any run id")
-
 
 
 class MtaSetup(Strict):
