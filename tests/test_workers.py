@@ -165,6 +165,24 @@ def test_the_eta_scales_the_predictions_by_what_this_process_measured():
     assert q.eta() == pytest.approx(10.0)
 
 
+def test_the_eta_is_never_below_what_a_running_run_needs_at_its_own_pace():
+    """Issue 38.3 again: a short grid whose cost model promised 20 s printed a grid ETA below the epoch's own."""
+    from benchmark.runner.progress import Progress
+
+    p = Progress(_runs("a"), 1, lambda _: None, {"a": 20.0})
+    p.start("a")
+    p.started["a"] -= 30.0  # 30 s in, a quarter done: 90 s to go at its own pace
+    p.step("a", {"epoch": 1, "epochs": 1, "steps": 1, "steps_per_epoch": 4})
+    assert p.eta() == pytest.approx(90.0, rel=1e-3)
+
+
+def test_a_terminal_that_reports_no_width_gets_a_readable_status_line(monkeypatch):
+    from benchmark.runner import progress
+
+    monkeypatch.setattr(progress.os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    assert progress._columns() == 100
+
+
 def test_the_eta_follows_the_dependency_graph_on_n_workers():
     from benchmark.runner.progress import Progress
 

@@ -128,9 +128,10 @@ class Display:
 
 def _columns() -> int:
     try:
-        return os.get_terminal_size(sys.stdout.fileno()).columns
+        columns = os.get_terminal_size(sys.stdout.fileno()).columns
     except (OSError, ValueError, AttributeError):
-        return 100
+        columns = 0
+    return columns or 100  # a pty that reports 0 columns (``script``) has no width to fit: assume 100
 
 
 def reporter(send):
@@ -208,16 +209,21 @@ class Progress:
         return spent / predicted
 
     def eta(self) -> float:
+        """Never less than what a running run still needs at its own measured pace (a short grid's prior would
+        otherwise promise less than the epoch in progress)."""
         left = [r for r in self.runs if r.id not in self.done]
+        now = time.perf_counter()
+        own = max([(now - t) * (1 - f) / f for rid, t in self.started.items() if (f := self.fraction.get(rid))],
+                  default=0.0)
         if self.predicted and all(r.id in self.predicted for r in left):
             from benchmark.plan.cost import makespan
 
             ratio = self.ratio()
             seconds = {r.id: self.predicted[r.id] * ratio * (1 - self.fraction.get(r.id, 0.0)) for r in left}
             order = sorted(left, key=lambda r: r.id not in self.started)  # running first, then in start order
-            return makespan(None, seconds, self.jobs, order)
+            return max(own, makespan(None, seconds, self.jobs, order))
         ran = [s for rid, s in self.done.items() if s]
-        return sum(ran) / len(ran) * len(left) / max(1, self.jobs) if ran else 0.0
+        return max(own, sum(ran) / len(ran) * len(left) / max(1, self.jobs) if ran else 0.0)
 
     def __call__(self, rid: str, err: str | None, secs: float) -> None:
         tag = self.tag(rid)
