@@ -17,7 +17,7 @@ from benchmark import predictions
 from benchmark.errors import BenchError
 from benchmark.report.aggregate import Collected
 from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES, Comparison, Families, Paired
-from benchmark.report.stats import SIGNIFICANCE, p_value
+from benchmark.report.stats import SIGNIFICANCE, p_text, p_value
 
 CONFIRMATORY, EXPLORATORY, SENSITIVITY = "confirmatory", "exploratory", "sensitivity"
 FAMILIES_NOTE = (
@@ -120,9 +120,7 @@ def test_text(t: Tested | None) -> str:
     sensitivity comparison or without a test."""
     if t is None or t.family == SENSITIVITY or t.p is None:
         return ""
-    raw = p_value(t.p)
-    raw = f"p {raw}" if raw.startswith("<") else f"p = {raw}"
-    return f"{raw}, Holm {p_value(t.adjusted)} {t.family}" + ("†" if t.significant else "")
+    return f"{p_text(t.p)}, Holm {p_value(t.adjusted)} {t.family}" + ("†" if t.significant else "")
 
 
 _PAIRED_T = object()  # Tests.add's default test
