@@ -31,7 +31,7 @@ from benchmark.report import figures, latex, published, reruns
 from benchmark.report.aggregate import Cell, Collected, load
 from benchmark.report.baseline import majority_baselines
 from benchmark.report.composition import CompositionView, composition_tables
-from benchmark.report.cost import CostView, cost_table
+from benchmark.report.cost import CostView, cost_table, counted
 from benchmark.report.prose import markdown_to_html
 from benchmark.report.reruns import REPRODUCIBILITY_NOTE
 from benchmark.report.swept import swept_methods
@@ -131,16 +131,6 @@ class ReportData:
     cost: CostView | None = None  # what each run cost, per method (cost.py)
 
 
-def _counted(values: list[str]) -> str:
-    """"A (80 runs), not recorded (2 runs)"; one value alone without a count."""
-    counts: dict[str, int] = {}
-    for v in values:
-        counts[v] = counts.get(v, 0) + 1
-    if len(counts) == 1:
-        return next(iter(counts))
-    return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in sorted(counts.items()))
-
-
 def _data_hashes(fin: list[RunRecord]) -> str:
     """The content hash of every split the runs read (config.data: task -> split -> "sha256:..."), short."""
     seen: dict[tuple[str, str], set[str]] = {}
@@ -233,8 +223,8 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
         "dirty": dirty,
         "devices": sorted({r.device or "?" for r in fin}),
         "data_sources": sorted({r.data_source for r in fin} - {""}),
-        "cpu": _counted([r.cpu_model or "not recorded" for r in fin]) if fin else "—",
-        "threads": _counted([str(r.torch_threads) if r.torch_threads else "not recorded" for r in fin])
+        "cpu": counted([r.cpu_model or "not recorded" for r in fin]) if fin else "—",
+        "threads": counted([str(r.torch_threads) if r.torch_threads else "not recorded" for r in fin])
         if fin else "—",
         "gpu": ", ".join(sorted({d.split("(", 1)[1].rstrip(")") for d in (r.device or "" for r in fin)
                                  if "(" in d})) or "none used",

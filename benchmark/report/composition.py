@@ -19,7 +19,7 @@ from benchmark import methods
 from benchmark.records import RunRecord
 from benchmark.report.aggregate import Cell, Collected
 from benchmark.report.baseline import Majority
-from benchmark.report.cost import MIB, mean_text
+from benchmark.report.cost import MIB, counted, mean_text
 from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES
 from benchmark.report.paired import SENSITIVITY, Tested, Tests
 from benchmark.report.tables import MAJORITY_MARK, CellView, task_order, variants
@@ -101,14 +101,6 @@ def method_name(runs: list[RunRecord]) -> str:
     if any(r.lorahub is not None for r in runs):
         return "LoraHub weights over LoRA sources (head only)"
     return "; ".join(f"{m.capitalize()} mixing" for m in sorted({mixing_of(r) or "?" for r in runs}))
-
-
-def counted(values: list[str]) -> str:
-    """"A (8 runs), B (4 runs)"; a value alone without its count."""
-    counts = {v: values.count(v) for v in sorted(set(values))}
-    if len(counts) == 1:
-        return next(iter(counts))
-    return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
 
 
 def _row(col: Collected, backbone: str, label: str, base: str, name: str, tasks: list[str],

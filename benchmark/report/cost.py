@@ -12,6 +12,7 @@ then fall back to what older results hold (``wall_seconds``, ``train_examples_pe
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from benchmark.records import RunRecord
@@ -50,6 +51,14 @@ def mean_text(values: list[float], n: int, fmt: str) -> str:
         return NOT_RECORDED
     text = fmt.format(sum(values) / len(values))
     return text if len(values) == n else f"{text} ({len(values)}/{n} runs)"
+
+
+def counted(values: list[str]) -> str:
+    """"A (80 runs), not recorded (2 runs)"; one value alone without a count."""
+    counts = Counter(values)
+    if len(counts) == 1:
+        return values[0]
+    return ", ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in sorted(counts.items()))
 
 
 def _backbone_params(results: list[RunRecord]) -> dict[str, int]:
