@@ -22,7 +22,7 @@ from benchmark.report.baseline import Majority
 from benchmark.report.cost import MIB, counted, mean_text
 from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES
 from benchmark.report.paired import SENSITIVITY, Tested, Tests
-from benchmark.report.tables import MAJORITY_MARK, CellView, task_order, variants
+from benchmark.report.tables import MAJORITY_MARK, CellView, cell_view, mean_cell, task_order, variants
 from benchmark.spec.schema import FusionParams
 
 ATTENTION = FusionParams.model_fields["mixing"].default  # fusion's own attention over the sources
@@ -105,20 +105,12 @@ def method_name(runs: list[RunRecord]) -> str:
 
 def _row(col: Collected, backbone: str, label: str, base: str, name: str, tasks: list[str],
          tests: Tests, majority: dict[str, Majority]) -> CompositionRow:
-    cells = []
-    for t in tasks:
-        c = col.cells.get((backbone, t, label), Cell())
-        cells.append(CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(t))))
-        if t in majority and majority[t].near(c.mean):
-            cells[-1].note = MAJORITY_MARK
-    have = [c for c in cells if c.mean is not None]
-    reason = "" if len(have) == len(cells) else (f"over {len(have)}/{len(cells)} tasks" if have else "no data")
-    mean = CellView(sum(c.mean for c in have) / len(have) if have else None, None, len(have), reason)
+    cells = [cell_view(col, backbone, t, label, majority) for t in tasks]
     deltas = [None if label == base else tests.get((t, label, base)) for t in tasks]
     runs = _runs(col, backbone, label)
     n = len(runs)
     return CompositionRow(
-        name, label, cells, mean, deltas,
+        name, label, cells, mean_cell(cells), deltas,
         mean_text([r.params.trained for r in runs if r.params and r.params.trained is not None], n, "{:,.0f}"),
         mean_text([r.train_seconds for r in runs if r.train_seconds], n, "{:.1f}"),
         mean_text([r.memory.peak_rss_bytes / MIB for r in runs if r.memory and r.memory.peak_rss_bytes], n, "{:.0f}"),

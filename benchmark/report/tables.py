@@ -432,6 +432,24 @@ def adjust(computed: list[RawTest]) -> Tests:
 MAJORITY_MARK = "‡"
 
 
+def cell_view(col: Collected, backbone: str, task: str, label: str, majority: dict[str, Majority] | None,
+              paper: dict | None = None) -> CellView:
+    """A column's cell on ``task`` beside ``paper``'s published mean and std; ‡ at the task's majority baseline."""
+    c, paper = col.cells.get((backbone, task, label), Cell()), paper or {}
+    m = (majority or {}).get(task)
+    return CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(task)), paper.get("mean"), paper.get("std"),
+                    note=MAJORITY_MARK if m is not None and m.near(c.mean) else "")
+
+
+def mean_cell(cells: list[CellView]) -> CellView:
+    """A Mean row's cell: the mean of the task means there are, and the paper's over the same tasks if it has each."""
+    have = [c for c in cells if c.mean is not None]
+    pvals = [c.paper for c in have if c.paper is not None]
+    reason = "" if len(have) == len(cells) else (f"over {len(have)}/{len(cells)} tasks" if have else "no data")
+    return CellView(sum(c.mean for c in have) / len(have) if have else None, None, len(have), reason,
+                    sum(pvals) / len(pvals) if pvals and len(pvals) == len(have) else None)
+
+
 def shared_adapters(col: Collected, backbone: str, labels: list[tuple[str, str]]) -> str:
     """A legend sentence for fusion columns whose seeds all read one set of adapters: the finished grid runs
     of a (task, column) with ≥ 2 seeds whose ``deps`` lists are identical (read from result.json)."""
@@ -495,26 +513,15 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
     for t in tasks:
         views = []
         for label, pkey, _ in cols:
-            c = col.cells.get((backbone, t, label), Cell())
             pv = ptable.get("rows", {}).get(t, {}).get(pkey, {}) if is_paper_task(reg, t) else {}
-            v = CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(t)), pv.get("mean"), pv.get("std"))
+            v = cell_view(col, backbone, t, label, majority, pv)
             base = pairs.get(label)
             v.test = tests.get((t, label, base)) if base else None
             if v.test is not None and v.test.significant:  # a sensitivity comparison is never marked
                 v.marker = "†"
-            m = (majority or {}).get(t)
-            if m is not None and m.near(v.mean):
-                v.note = MAJORITY_MARK
             views.append(v)
         rows.append(RowView(t, group_of(reg, t), views, (majority or {}).get(t)))
-    mean_row = []
-    for j in range(len(cols)):
-        have = [r.cells[j] for r in rows if r.cells[j].mean is not None]
-        m = sum(c.mean for c in have) / len(have) if have else None
-        pvals = [r.cells[j].paper for r in rows if r.cells[j].mean is not None and r.cells[j].paper is not None]
-        pm = sum(pvals) / len(pvals) if pvals and len(pvals) == len(have) else None
-        reason = "" if len(have) == len(rows) else (f"over {len(have)}/{len(rows)} tasks" if have else "no data")
-        mean_row.append(CellView(m, None, len(have), reason, pm))
+    mean_row = [mean_cell([r.cells[j] for r in rows]) for j in range(len(cols))]
     notes = []
     if pb is None:
         notes.append(f"Backbone {backbone} has no counterpart in the paper, so no paper numbers are shown.")
