@@ -46,6 +46,7 @@ from benchmark.report.tables import (
     build_table2,
     claim_checks,
     findings,
+    fmt,
     layout,
     p_text,
     variant_heading,
@@ -414,7 +415,7 @@ def _env() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined)
     env.filters["markdown"] = markdown_to_html
     env.globals["arrow_threshold"] = published.ARROW_THRESHOLD
-    env.filters["f2"] = lambda x: "—" if x is None else f"{x:.2f}"
+    env.filters["f2"] = fmt
     env.filters["pct"] = lambda x: "—" if x is None else f"{100 * x:.1f}%"
     env.filters["arrow"] = lambda a: ARROWS.get(a, "—")
     env.filters["p"] = p_text

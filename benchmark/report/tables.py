@@ -312,9 +312,8 @@ def adapter_seed_sensitivity(col: Collected, backbone: str, tests: Tests) -> lis
             own, other = col.cells.get((backbone, t, base)), col.cells.get((backbone, t, label))
             if not (own and other and own.values and other.values):
                 continue
-            sd = lambda c: fmt(c.std) if c.std is not None else "—"  # noqa: E731
             ci = lambda x: x.text(test=False) if x else "—"  # noqa: E731
-            parts.append(f"{t}: mean {fmt(own.mean)} vs {fmt(other.mean)}, std {sd(own)} vs {sd(other)}, "
+            parts.append(f"{t}: mean {fmt(own.mean)} vs {fmt(other.mean)}, std {fmt(own.std)} vs {fmt(other.std)}, "
                          f"vs {ref} {ci(tests.get((t, base, ref)))} vs {ci(tests.get((t, label, ref)))}")
         if parts:
             out.append(f"Adapter-seed sensitivity ({SENSITIVITY}: CIs, no test), "
