@@ -6,8 +6,9 @@ Everything here is pure text -> text; ``build.py`` registers these as Jinja filt
 
 from __future__ import annotations
 
-import re
 import unicodedata
+
+from benchmark.report.prose import BULLET, NUMBER, code_spans, is_item, list_items
 
 # LaTeX's special characters first (the backslash before anything that introduces one)
 _SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "%": r"\%", "#": r"\#",
@@ -44,17 +45,10 @@ def arrow(a: str | None) -> str:
     return ARROWS.get(a or "", "--")
 
 
-_BULLET = re.compile(r"^\s*[-*]\s+")
-_NUMBER = re.compile(r"^\s*\d+[.)]\s+")
-
-
 def _inline(text: str) -> str:
     """Escape, then `code` -> \\texttt and **bold** -> \\textbf."""
-    parts = text.split("`")
-    if len(parts) % 2 == 0:
-        parts[-2:] = ["`".join(parts[-2:])]
     out = []
-    for i, part in enumerate(parts):
+    for i, part in enumerate(code_spans(text)):
         if i % 2:
             out.append(r"\texttt{" + escape(part) + "}")
         else:
@@ -68,23 +62,16 @@ def markdown(text: str | None) -> str:
     blocks: list[list[str]] = [[]]
     for line in (text or "").splitlines():
         if line.strip():
-            if (_BULLET.match(line) or _NUMBER.match(line)) and blocks[-1] and not (
-                    _BULLET.match(blocks[-1][0]) or _NUMBER.match(blocks[-1][0])):
+            if is_item(line) and blocks[-1] and not is_item(blocks[-1][0]):
                 blocks.append([])
             blocks[-1].append(line.rstrip())
         elif blocks[-1]:
             blocks.append([])
     out = []
     for b in (b for b in blocks if b):
-        for pattern, env in ((_BULLET, "itemize"), (_NUMBER, "enumerate")):
+        for pattern, env in ((BULLET, "itemize"), (NUMBER, "enumerate")):
             if pattern.match(b[0]):
-                items: list[list[str]] = []
-                for ln in b:
-                    if pattern.match(ln):
-                        items.append([pattern.sub("", ln, count=1)])
-                    elif items:
-                        items[-1].append(ln.strip())
-                body = "\n".join(r"\item " + _inline(" ".join(it)) for it in items)
+                body = "\n".join(r"\item " + _inline(it) for it in list_items(pattern, b))
                 out.append(f"\\begin{{{env}}}\n{body}\n\\end{{{env}}}")
                 break
         else:

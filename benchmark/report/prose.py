@@ -11,42 +11,52 @@ import re
 
 from markupsafe import Markup, escape
 
-_BULLET = re.compile(r"^\s*[-*]\s+")
-_NUMBER = re.compile(r"^\s*\d+[.)]\s+")
+BULLET = re.compile(r"^\s*[-*]\s+")
+NUMBER = re.compile(r"^\s*\d+[.)]\s+")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
+
+
+def code_spans(text: str) -> list[str]:
+    """``text`` split at its backticks: the odd parts are `code` spans (an unmatched backtick stays a literal one)."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:
+        parts[-2:] = ["`".join(parts[-2:])]
+    return parts
+
+
+def list_items(pattern: re.Pattern, lines: list[str]) -> list[str]:
+    """A list block's items (``pattern``: their marker), each with the indented lines under it joined on."""
+    items: list[list[str]] = []
+    for ln in lines:
+        if pattern.match(ln):
+            items.append([pattern.sub("", ln, count=1)])
+        else:  # an indented continuation of the item above
+            items[-1].append(ln.strip())
+    return [" ".join(it) for it in items]
 
 
 def _inline(text: str) -> str:
     """Escape, then `code` and **bold** (never bold inside code)."""
-    parts = text.split("`")
-    if len(parts) % 2 == 0:  # an unmatched backtick stays a literal backtick
-        parts[-2:] = ["`".join(parts[-2:])]
     out = []
-    for i, part in enumerate(parts):
+    for i, part in enumerate(code_spans(text)):
         safe = str(escape(part))
         out.append(f"<code>{safe}</code>" if i % 2 else _BOLD.sub(r"<strong>\1</strong>", safe))
     return "".join(out)
 
 
-def _is_item(line: str) -> bool:
-    return bool(_BULLET.match(line) or _NUMBER.match(line))
+def is_item(line: str) -> bool:
+    return bool(BULLET.match(line) or NUMBER.match(line))
 
 
 def _starts_list(line: str) -> bool:
     """An unindented bullet, or a numbered item 1 (CommonMark lets only these interrupt a paragraph)."""
-    return not line[:1].isspace() and bool(_BULLET.match(line) or re.match(r"1[.)]\s", line))
+    return not line[:1].isspace() and bool(BULLET.match(line) or re.match(r"1[.)]\s", line))
 
 
 def _block(lines: list[str]) -> str:
-    for pattern, tag in ((_BULLET, "ul"), (_NUMBER, "ol")):
+    for pattern, tag in ((BULLET, "ul"), (NUMBER, "ol")):
         if all(pattern.match(ln) or (ln.startswith((" ", "\t")) and i) for i, ln in enumerate(lines)):
-            items: list[list[str]] = []
-            for ln in lines:
-                if pattern.match(ln):
-                    items.append([pattern.sub("", ln, count=1)])
-                else:  # an indented continuation of the item above
-                    items[-1].append(ln.strip())
-            body = "".join(f"<li>{_inline(' '.join(it))}</li>" for it in items)
+            body = "".join(f"<li>{_inline(it)}</li>" for it in list_items(pattern, lines))
             return f"<{tag}>{body}</{tag}>"
     return f"<p>{_inline(' '.join(ln.strip() for ln in lines))}</p>"
 
@@ -55,7 +65,7 @@ def markdown_to_html(text: str | None) -> Markup:
     """The Markdown subset above as safe HTML (a ``Markup``, so autoescaping leaves it alone)."""
     blocks: list[list[str]] = [[]]
     for line in (text or "").splitlines():
-        if _starts_list(line) and blocks[-1] and not _is_item(blocks[-1][0]):
+        if _starts_list(line) and blocks[-1] and not is_item(blocks[-1][0]):
             blocks.append([])  # a list right under a paragraph line starts its own block, as in CommonMark
         if line.strip():
             blocks[-1].append(line.rstrip())
