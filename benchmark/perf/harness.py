@@ -27,6 +27,7 @@ import torch
 
 from benchmark.errors import BenchError
 from benchmark.modeling.compute import bf16_unsupported
+from benchmark.perf.backbones import PerfBackbone, perf_backbone
 from benchmark.perf.meta import Target, default_out, provenance, provenance_lines, target_lines, write_report
 from benchmark.perf.steps import sync
 
@@ -44,6 +45,13 @@ def precisions(args, device: str) -> list[str]:
     if want == "bf16" and why_not:
         raise BenchError(f"bf16 asked for, but {why_not}", field="--precision", fix="use --precision auto or fp32")
     return ["fp32"] + (["bf16"] if want != "fp32" and why_not is None else [])
+
+
+def command_line(args) -> tuple[PerfBackbone, str, list[int]]:
+    """What the steps, roofline and inference modes read alike: the backbone, the device (``--device``, else CUDA
+    where there is one) and the fusion sizes of ``--adapters``."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return perf_backbone(getattr(args, "backbone", "minilm-l6")), device, [int(x) for x in args.adapters.split(",") if x]
 
 
 def gemm_peak(dtype: torch.dtype, device: str, shapes, min_seconds: float = 0.3) -> dict:
@@ -157,6 +165,18 @@ class Harness:
                 side(r, got)
             out.append(got)
         return out
+
+    def rounds_per_precision(self, n: int, precisions: list[str], ours: Callable[[str], dict],
+                             reference: Callable[[str], dict]) -> list[dict]:
+        """``rounds`` where each side runs once per precision p and fills "ours_<p>" / "reference_<p>"."""
+        def side(who: str, key: str, run: Callable[[str], dict]) -> Callable[[int, dict], None]:
+            def one_round(r, got):
+                for p in precisions:
+                    print(f"round {r + 1}/{n}: {who} {p} ...", flush=True)
+                    got[f"{key}_{p}"] = run(p)
+            return one_round
+
+        return self.rounds(n, side("ours", "ours", ours), side("the reference", "reference", reference))
 
     def memory(self, module: str, precisions: list[str], configs, cfg: dict,
                reference: Callable[[tuple, str], float] | None = None) -> dict:

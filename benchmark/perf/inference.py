@@ -57,25 +57,13 @@ def reference(h: Harness, args, bb: PerfBackbone, configs, device: str, precisio
 
 
 def run_inference(args) -> int:
-    bb = perf_backbone(getattr(args, "backbone", "minilm-l6"))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ns = [int(x) for x in args.adapters.split(",") if x]
+    bb, device, ns = harness.command_line(args)
     configs = [("ST-A", 0, "st_a")] + [(f"Fusion N={n}", n, "fusion") for n in ns]
     precisions = harness.precisions(args, device)
     kw = dict(length=args.length, batch=args.infer_batch, reps=args.reps, device=device)
     h = Harness.of(args, "inference", device)
-
-    def run_ours(r, got):
-        for p in precisions:
-            print(f"round {r + 1}/{args.rounds}: ours {p} ...", flush=True)
-            got[f"ours_{p}"] = ours(bb, configs, precision=p, **kw)
-
-    def run_ref(r, got):
-        for p in precisions:
-            print(f"round {r + 1}/{args.rounds}: the reference {p} ...", flush=True)
-            got[f"reference_{p}"] = reference(h, args, bb, configs, device, p, args.reps)
-
-    rounds = h.rounds(args.rounds, run_ours, run_ref)
+    rounds = h.rounds_per_precision(args.rounds, precisions, lambda p: ours(bb, configs, precision=p, **kw),
+                                    lambda p: reference(h, args, bb, configs, device, p, args.reps))
     memory = {} if getattr(args, "no_memory", False) else h.memory(
         "inference", precisions, configs, {"backbone": bb.name, "length": args.length, "batch": args.infer_batch,
                                            "device": device},

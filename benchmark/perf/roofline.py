@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch
 
 from benchmark.perf import harness
-from benchmark.perf.backbones import perf_backbone
 from benchmark.perf.harness import Harness, gemm_peak, median
 from benchmark.perf.meta import Target
 from benchmark.perf.training_steps import WARMUP, ours, reference
@@ -39,10 +38,8 @@ def flops_of(shape: Shape, config, impl: str) -> int:
 
 
 def run_roofline(args) -> int:
-    bb = perf_backbone(getattr(args, "backbone", "minilm-l6"))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bb, device, ns = harness.command_line(args)
     cuda = device.startswith("cuda")
-    ns = [int(x) for x in args.adapters.split(",") if x]
     configs = configs_of(ns)
     precisions = harness.precisions(args, device)
     if cuda:
@@ -56,19 +53,10 @@ def run_roofline(args) -> int:
     flops = {"ours": {c[0]: flops_of(shape, c, "ours") for c in configs},
              "reference": {c[0]: flops_of(shape, c, "reference") for c in configs}}
     common = dict(batch_size=args.batch_size, length=args.length, warmup=WARMUP, steps=args.steps, device=device)
-
-    def run_ours(r, got):
-        for p in precisions:
-            print(f"round {r + 1}/{args.rounds}: ours {p} ...", flush=True)
-            got[f"ours_{p}"] = ours(bb, configs, **common, pooling="mean", precision=p)
-
-    def run_ref(r, got):
-        for p in precisions:
-            print(f"round {r + 1}/{args.rounds}: the reference {p} ...", flush=True)
-            got[f"reference_{p}"] = reference(h, args, bb, [list(c) for c in configs], device, ("mean",),
-                                              precision=p if p == "bf16" else None)["mean"]
-
-    rounds = h.rounds(args.rounds, run_ours, run_ref)
+    rounds = h.rounds_per_precision(
+        args.rounds, precisions, lambda p: ours(bb, configs, **common, pooling="mean", precision=p),
+        lambda p: reference(h, args, bb, [list(c) for c in configs], device, ("mean",),
+                            precision=p if p == "bf16" else None)["mean"])
     lines, targets = roofline_report(args, bb, configs, peak, flops, rounds, h.ref_version, precisions)
     raw = {"mode": "roofline", "backbone": bb.label, "batch_size": args.batch_size, "length": args.length,
            "gemm_peak_gflops": peak, "flops_per_step": flops, "precisions": precisions,

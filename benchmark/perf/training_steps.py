@@ -33,8 +33,8 @@ import torch
 from benchmark.modeling.compute import DEFAULT, Compute, bf16_unsupported
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
-from benchmark.perf.backbones import PerfBackbone, perf_backbone
-from benchmark.perf.harness import Harness, median, memory_lines, precisions
+from benchmark.perf.backbones import PerfBackbone
+from benchmark.perf.harness import Harness, command_line, median, memory_lines, precisions
 from benchmark.perf.meta import Target, default_out, machine
 from benchmark.perf.steps import Head, make_batch, peak_mib, setup_kind, time_steps
 from benchmark.spec.schema import AdapterParams, FusionParams
@@ -129,10 +129,8 @@ def _ratio_cells(ref: list[dict], mine: list[dict], name: str) -> str:
 
 
 def run_steps(args) -> int:
-    bb = perf_backbone(getattr(args, "backbone", "minilm-l6"))
-    ns = [int(x) for x in args.adapters.split(",") if x]
+    bb, device, ns = command_line(args)
     configs = [("ST-A", 0)] + [(f"Fusion N={n}", n) for n in ns]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
     common = dict(batch_size=args.batch_size, length=args.length, warmup=WARMUP, steps=args.steps, device=device)
     # name -> how ours runs; on CUDA the CPU kernels do not apply, bf16 autocast does
