@@ -114,10 +114,6 @@ def discover(first: tuple[str, ...] = ()) -> None:
         PACKAGES.update({k: name for k in new})
 
 
-def package_of(kind: str) -> str | None:
-    return PACKAGES.get(kind)
-
-
 def part(kind: str, name: str):
     """The module ``name`` (``layer``, ``setup``, ``adapterhub``) of the package of method ``kind``; None when the
     kind has no package or the package no such file."""
