@@ -101,7 +101,7 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
             finished = (folder / "result.json").is_file()  # a finished run whose weights were not kept (git)
             raise CheckpointError(
                 f"missing {f.name}" + (": the run finished, but its weights are not in this checkout (the "
-                                       "repository keeps only the stage-1 ST-A weights its fusion runs read)"
+                                       "repository keeps only the stage-1 weights its fusion and merge runs read)"
                                        if finished else ""), file=str(folder),
                 fix=f"retrain it for its weights (afbench run EXPERIMENT --force --only {folder.name})" if finished
                 else "point at a run folder that finished (it holds weights.safetensors and modules.json)")
