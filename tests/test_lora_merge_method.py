@@ -100,14 +100,8 @@ def test_lora_sources_are_stage1_lora_runs_and_leave_every_other_id_alone(regist
     assert lora_col and all(stage1[k] == v for k, v in lora_col.items() if k in stage1)
 
 
-@needs_mirror
-@pytest.mark.slow
-def test_lora_merges_train_end_to_end_as_variant_columns_of_fusion(tmp_path, tiny_bert):
-    """Stage-1 LoRA sources, then each LoRA merge spec through the real runner: the LoRA each run saves under the
-    target's name is ``merging.merge_loras`` of the sources' saved LoRAs (rank 8, alpha 8), frozen while the head
-    trained; result.json says what was merged; predict rebuilds the predictions; export writes a LoRAConfig."""
-    from benchmark import predictions
-    from benchmark.cli import main
+def _saved_states(tiny_bert):
+    """(folder, adapter name) -> (its per-module states, its params), read from a saved run into a fresh model."""
     from benchmark.modeling import merging
     from benchmark.modeling.checkpoint import load_modules
     from benchmark.modeling.model import AdapterModel
@@ -118,6 +112,21 @@ def test_lora_merges_train_end_to_end_as_variant_columns_of_fusion(tmp_path, tin
         model = AdapterModel(encoder())
         load_modules(model, folder, adapters=[name], heads=[], fusions=[], encoder=False)
         return merging.read(model, name), model.adapter_params[name]
+
+    return states
+
+
+@needs_mirror
+@pytest.mark.slow
+def test_lora_merges_train_end_to_end_as_variant_columns_of_fusion(tmp_path, tiny_bert):
+    """Stage-1 LoRA sources, then each LoRA merge spec through the real runner: the LoRA each run saves under the
+    target's name is ``merging.merge_loras`` of the sources' saved LoRAs (rank 8, alpha 8), frozen while the head
+    trained; result.json says what was merged; predict rebuilds the predictions; export writes a LoRAConfig."""
+    from benchmark import predictions
+    from benchmark.cli import main
+    from benchmark.modeling import merging
+
+    states = _saved_states(tiny_bert)
 
     d = tmp_path / "specs" / "experiments"
     d.mkdir(parents=True)
@@ -180,16 +189,9 @@ def test_lorahub_searches_weights_on_few_rows_and_trains_the_head_over_the_compo
     pytest.importorskip("nevergrad", reason="LoraHub needs the composition extra")
     from benchmark import predictions
     from benchmark.cli import main
-    from benchmark.modeling import lorahub, merging
-    from benchmark.modeling.checkpoint import load_modules
-    from benchmark.modeling.model import AdapterModel
+    from benchmark.modeling import lorahub
 
-    _, encoder = tiny_bert
-
-    def states(folder, name):
-        model = AdapterModel(encoder())
-        load_modules(model, folder, adapters=[name], heads=[], fusions=[], encoder=False)
-        return merging.read(model, name), model.adapter_params[name]
+    states = _saved_states(tiny_bert)
 
     d = tmp_path / "specs" / "experiments"
     d.mkdir(parents=True)
