@@ -14,8 +14,6 @@ Rebuild the shipped files (after changing the corpus or a shipped tokenizer spec
 
 from __future__ import annotations
 
-import random
-import string
 import sys
 from pathlib import Path
 
@@ -24,36 +22,7 @@ from benchmark.hashing import file_sha256
 from benchmark.paths import write_atomic
 from benchmark.spec.schema import TokenizerSpec
 
-# The tiny tokenizers' training text, generated here rather than shipped as a file: sentences drawn from these word
-# lists with a fixed seed (no dataset's text, so nothing of a benchmark's data is in the package). Their digest names
-# the shipped tokenizer files; changing a list (or the seed) retrains them (``python -m
-# benchmark.modeling.tokenizer_files``).
-_SUBJECTS = ["the model", "a student", "my neighbour", "the old engineer", "every reader", "the small team",
-             "our teacher", "a tired driver", "the new manager", "her brother", "the young painter", "two friends"]
-_VERBS = ["wrote", "reads", "will check", "did not finish", "quickly repaired", "never forgot", "has measured",
-          "carefully opened", "could not find", "recommends", "is building", "wanted to sell"]
-_OBJECTS = ["a long letter", "the blue bicycle", "three short reports", "an empty bottle", "the kitchen window",
-            "a strange question", "the weekly plan", "some fresh bread", "the broken clock", "eleven paper cups",
-            "a quiet garden", "the final answer"]
-_TAILS = ["before noon.", "after the storm.", "in 1998.", "on Tuesday, as usual.", "without any help!",
-          "because it was late.", "near the river.", "again?", "for about 40 minutes.", "(or so they said).",
-          "while it rained.", "with great care; nobody knew why.", "- the quick brown fox jumps over the lazy dog.",
-          "as jovial zebras quickly vexed a sphinx."]
-CORPUS_LINES, CORPUS_SEED = 400, 0
-
-
-def corpus() -> str:
-    """The training text of the tiny tokenizers (one sentence per line, the same on every machine)."""
-    rng = random.Random(CORPUS_SEED)
-    lines = []
-    for _ in range(CORPUS_LINES):
-        words = [rng.choice(_SUBJECTS), rng.choice(_VERBS), rng.choice(_OBJECTS), rng.choice(_TAILS)]
-        lines.append(" ".join(words)[0].upper() + " ".join(words)[1:])
-    chars = string.ascii_letters + string.digits  # every character after a word's first: WordPiece's ## pieces
-    lines.append(" ".join(f"x{c}y" for c in chars))
-    return "\n".join(lines) + "\n"
-
-
+CORPUS = Path(__file__).with_name("tiny_corpus.txt")
 SHIPPED = Path(__file__).with_name("tokenizers")
 SPECIAL = {"wordpiece": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
            "bytelevel_bpe": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]}
@@ -61,7 +30,7 @@ SPECIAL = {"wordpiece": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
 
 def file_name(tspec: TokenizerSpec) -> str:
     """``<kind>-<digest of the spec and the corpus>.json``: a changed corpus or spec never matches."""
-    key = digest([tspec.model_dump(), corpus()])[:16]
+    key = digest([tspec.model_dump(), CORPUS.read_text(encoding="utf-8")])[:16]
     return f"{tspec.kind}-{key}.json"
 
 
@@ -76,10 +45,10 @@ def fingerprint_file(path: Path) -> str:
 
 
 def train_tokenizer(tspec: TokenizerSpec, out: Path) -> Path:
-    """Train a tokenizer of ``tspec`` on the generated corpus (``corpus``) and save it to ``out`` (atomically)."""
+    """Train a tokenizer of ``tspec`` on the bundled corpus and save it to ``out`` (atomically)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    lines = corpus().splitlines()
+    lines = [ln for ln in CORPUS.read_text(encoding="utf-8").splitlines() if ln.strip()]
     special = SPECIAL[tspec.kind]
     if tspec.kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
