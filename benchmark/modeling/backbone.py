@@ -26,8 +26,6 @@ from benchmark.modeling.layout import layout_for
 from benchmark.plan.cost import Reader
 from benchmark.spec.schema import BackboneSpec, TokenizerSpec
 
-CORPUS = tokenizer_files.CORPUS
-
 
 def model_path(spec: BackboneSpec) -> str:
     if spec.source == "hub":
