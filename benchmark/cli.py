@@ -1,4 +1,4 @@
-"""``afbench``: list, validate, data, plan, run, status, report, dashboard, push, export, parity, perf, prune.
+"""``afbench``: list, validate, data, plan, run, status, report, dashboard, push, export, parity, perf, prune, speed.
 
 Errors in specs, data or weights print as one paragraph (file, field, fix) and exit with status 2.
 """
@@ -581,6 +581,14 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_speed(args) -> int:
+    from benchmark.analysis.speed import run_speed
+
+    reg, plan, _, exp_dir = _planned(args)
+    print(f"wrote {run_speed(reg, plan, exp_dir, _data_dir(args), only=args.only, device=args.device or 'cpu', rounds=args.rounds, argv=getattr(args, 'argv', None))}")
+    return 0
+
+
 def cmd_perf(args) -> int:
     from benchmark.perf import run_perf
 
@@ -794,6 +802,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out-dir", default="reports", metavar="DIR",
                     help="where prune_<experiment>_<task>.{md,json,png} go (default: reports)")
     id_flags(pr)
+    sp = common(sub.add_parser("speed", help="inference speed of finished runs on their dev split (the composition "
+                                             "table's examples/s)"), experiment=True, results=True)
+    sp.add_argument("--only", action="append", required=True, metavar="GLOB",
+                    help="runs whose id matches (repeatable), e.g. 'rte__*__s42__*'")
+    sp.add_argument("--rounds", type=int, default=3, help="timing rounds, the run order alternating (default: 3)")
+    sp.add_argument("--device", help="cpu or cuda (default: cpu)")
+    id_flags(sp)
     pa = sub.add_parser("parity", help="compare logits with AdapterHub adapters 1.3.0")
     pa.add_argument("--reference-python", required=True, help="python of an env with adapters==1.3.0")
     pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "
@@ -846,7 +861,8 @@ COMMANDS = {"list": cmd_list, "validate": cmd_validate, "data": cmd_data, "plan"
             "sweep": cmd_sweep, "migrate": cmd_migrate,
             "status": cmd_status,
             "report": cmd_report, "dashboard": cmd_dashboard, "push": cmd_push, "export": cmd_export,
-            "predict": cmd_predict, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune}
+            "predict": cmd_predict, "parity": cmd_parity, "perf": cmd_perf, "prune": cmd_prune,
+            "speed": cmd_speed}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ SCHEMA = 2
 RESULT = "result.json"
 PLAN = "plan.json"
 MAX_RECORD_BYTES = 32 << 20  # a result.json is tens of KB, a plan.json of 10,000 runs a few MB
+SPEED = "inference_speed.json"  # afbench speed's measurement of an experiment's finished runs (analysis/speed.py)
 LAST_FAILURE = "last_failure.json"  # a failed rerun of a finished run, written beside the kept result
 STATUSES = ("finished", "failed")
 
@@ -525,6 +526,16 @@ def read_result_file(run_dir: Path) -> ResultFile:
 def read_result(run_dir: Path) -> RunRecord | None:
     """The result of a run folder if it is there and well-formed, else None."""
     return read_result_file(run_dir).record
+
+
+def read_speed(exp_dir: Path) -> dict | None:
+    """``afbench speed``'s measurement in an experiment folder (run id -> examples/s and more, its provenance and
+    drift guard), if there and well-formed, else None."""
+    try:
+        got = _read_json(exp_dir / SPEED, "")
+    except RecordError:
+        return None
+    return got if isinstance(got, dict) and isinstance(got.get("runs"), dict) else None
 
 
 def read_last_failure(run_dir: Path) -> RunRecord | None:

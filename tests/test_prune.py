@@ -174,8 +174,18 @@ def test_afbench_prune_and_the_keep_option_end_to_end(tmp_path):
     assert run["k"]["1"]["examples_per_second"] > 0
     md = (out / "prune_tiny_prune_rte.md").read_text()
     assert "| all |" in md and "Revision" in md and (out / "prune_tiny_prune_rte.png").stat().st_size > 0
+    # afbench speed times finished runs of any kind as they serve (here rte's stage-1 adapter, fusion and pruned
+    # fusion) into the experiment folder, where the composition table reads it
+    assert main(["speed", "tiny_prune", "--only", "rte__*", "--rounds", "2", *args]) == 0
+    timed = json.loads((tmp_path / "r" / "tiny_prune" / "inference_speed.json").read_text())
+    assert set(timed["runs"]) == {r["run_id"] for r in res.values() if r["task"] == "rte"}
+    assert all(len(x["rounds"]) == 2 and x["examples_per_second"] > 0 and x["dev_rows"] == 16
+               for x in timed["runs"].values())
+    assert timed["drift_guard"]["verdict"] in ("trustworthy", "untrustworthy") and "afbench speed" in \
+        timed["provenance"]["command"]
     # a run without weights: one paragraph naming the fix
     (tmp_path / "r" / "tiny_prune" / unpruned["run_id"] / "weights.safetensors").unlink()
+    assert main(["speed", "tiny_prune", "--only", unpruned["run_id"], *args]) == 2
     assert main(["prune", "tiny_prune", "--only", "rte__fusion_st_a_rf16*", "--out-dir", str(out), *args]) == 2
 
 

@@ -199,3 +199,19 @@ def test_composition_rows_come_from_the_records_not_from_labels(registry, handma
     assert view.rows[0].params == "not recorded"  # the handmade fusion runs record no cost
     assert "every Δ here is seed-level" in " ".join(view.notes)
     assert "Static mixing are shown beside Fusion w/ ST-A's attention" in " ".join(view.notes)
+
+    # afbench speed's measurement (records.SPEED) fills the inference column: each row's median over its runs timed
+    # on the tasks timed for the first row (rte here), so no row is read on other dev rows than fusion's
+    assert [r.inference for r in view.rows] == ["—"] * 3
+    assert any(n.startswith("Inference examples/s: not measured") for n in view.notes)
+    timed = {x.run_id: {"task": x.task, "seed": x.seed, "examples_per_second": (999.0 if x.task != "rte" else
+                                                                                  base + x.seed)}
+             for row, base in zip(view.rows, (10.0, 40.0, 30.0)) for x in row.runs
+             if x.task == "rte" or row is not view.rows[0]}
+    write_json_atomic(folder / "inference_speed.json", {
+        "rounds": 3, "runs": timed, "provenance": {"machine": "CPU X, 2 threads", "date": "D", "git": {}},
+        "drift_guard": {"verdict": "trustworthy", "change": 0.02}})
+    view = report_build.build_data(registry, "handmade", handmade, None).composition[0]
+    assert [r.inference for r in view.rows] == ["12.0", "42.0", "32.0"]
+    note = next(n for n in view.notes if n.startswith("Inference ex/s"))
+    assert "on the rte dev split" in note and "CPU X, 2 threads" in note and "trustworthy (fp32 GEMM peak +2.0%)" in note

@@ -25,14 +25,13 @@ import torch
 from benchmark.data.encode import batches
 from benchmark.errors import BenchError, CheckpointError
 from benchmark.modeling.checkpoint import WEIGHTS
-from benchmark.modeling.model import Fuse
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.paths import read_regular, under, write_atomic
 from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance_lines
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result, read_result_file
-from benchmark.runner.export import load_for_eval
+from benchmark.runner.export import activate, load_for_eval
 from benchmark.runner.results import now
 from benchmark.spec.registry import Registry
 from benchmark.training.loop import evaluate, inputs_of, to_device
@@ -54,20 +53,21 @@ def fusion_runs(plan: Plan, patterns: list[str] | None) -> list[Run]:
 
 
 def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device):
-    """(model with the run's fusion active, tokenizer, compute) from a finished run folder, rebuilt by
-    ``export.load_for_eval`` (``export.build_model``, the rebuild ``afbench export`` and ``afbench predict`` use)."""
+    """(model with what the run evaluated active: its fusion, adapter or none, tokenizer, compute) from a finished
+    run folder, rebuilt by ``export.load_for_eval`` (``export.build_model``, the rebuild ``afbench export`` and
+    ``afbench predict`` use); ``afbench speed`` loads its runs here too."""
     res = read_result_file(folder)
     if not res.finished:
         raise BenchError(f"run {run.id} is not finished ({res.state})", file=str(folder),
                          fix=f"train it first: afbench run {run.experiment} --only '{run.id}'")
     if not (folder / WEIGHTS).exists():
-        raise CheckpointError(f"run {run.id} finished but its weights are not here (fusion weights are not "
-                              "committed)", file=str(folder),
+        raise CheckpointError(f"run {run.id} finished but its weights are not here (git keeps only the stage-1 "
+                              "sources' weights)", file=str(folder),
                               fix="point --results-dir at the results of the machine that trained it, or move this "
                                   f"folder away and rerun afbench run {run.experiment} --only '{run.id}' (its "
                                   "finished stage-1 adapters are kept; --force would retrain them too)")
     model, tok, compute = load_for_eval(run, reg, lambda rid: folder.parent / rid, device)
-    model.set_active(Fuse(FUSION))
+    activate(model, run.task)
     return model, tok, compute
 
 

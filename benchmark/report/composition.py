@@ -8,15 +8,17 @@ attention: a ``merge`` entry (``fusion.mixing: merge``: one adapter merged from 
 ``fusion_attention.mixing`` / ``config.method.fusion.mixing`` other than the default. The rows and their names
 come from the records (a ``merge`` entry's how and PEFT combination, a ``lorahub`` entry), never from labels. Per task: dev accuracy over seeds, and the difference from the fusion column
 as ``tables.backbone_tests`` computed it for Table 1 (a variant against its kind's column: the sensitivity family,
-CIs only). Cost: the records' ``params.trained``, ``train_seconds`` and ``memory.peak_rss_bytes``.
+CIs only). Cost: the records' ``params.trained``, ``train_seconds`` and ``memory.peak_rss_bytes``, and inference
+examples/s from ``afbench speed``'s measurement in the experiment folder (``records.SPEED``), where there is one.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 from benchmark import methods
-from benchmark.records import RunRecord
+from benchmark.records import RunRecord, read_speed
 from benchmark.report.aggregate import Cell, Collected
 from benchmark.report.baseline import Majority
 from benchmark.report.cost import MIB, counted, mean_text
@@ -43,6 +45,7 @@ class CompositionRow:
     train_seconds: str  # mean train_seconds per run
     peak_rss: str  # mean memory.peak_rss_bytes, MiB
     runs: list[RunRecord] = field(default_factory=list)
+    inference: str = "—"  # median examples/s of its runs that afbench speed measured (on the tasks the note names)
 
 
 @dataclass
@@ -133,15 +136,38 @@ def composition_tables(col: Collected, backbone: str, reg, tests: Tests,
         rows += [_row(col, backbone, lb, base, method_name(_runs(col, backbone, lb)), tasks, tests, majority)
                  for lb in labels]
         view = CompositionView(backbone, reference, heading, tasks, rows)
-        view.notes = _notes(col, view)
+        view.notes = _notes(col, view, _inference(col, rows))
         views.append(view)
     return views
 
 
-def _notes(col: Collected, view: CompositionView) -> list[str]:
+def _inference(col: Collected, rows: list[CompositionRow]) -> str:
+    """Fill each row's ``inference`` from ``afbench speed``'s measurement (the median examples/s of its measured
+    runs on the tasks measured for the first row, so every row is timed on the same dev rows); the note on it."""
+    speed = read_speed(col.folder) if col.folder else None
+    measured = (speed or {}).get("runs", {})
+    tasks = sorted({measured[x.run_id]["task"] for x in rows[0].runs if x.run_id in measured})
+    if not tasks:
+        return ("Inference examples/s: not measured (afbench speed EXPERIMENT --only GLOB times finished runs whose "
+                "weights are on disk and writes the measurement this column reads).")
+    for r in rows:
+        eps = [measured[x.run_id]["examples_per_second"] for x in r.runs if measured.get(x.run_id, {}).get("task")
+               in tasks]
+        r.inference = f"{statistics.median(eps):.1f}" if eps else "—"
+    prov, drift = speed.get("provenance", {}), speed.get("drift_guard") or {}
+    seeds = sorted({measured[x.run_id]["seed"] for r in rows for x in r.runs if x.run_id in measured})
+    return (f"Inference ex/s: examples per second on the {', '.join(tasks)} dev split at each run's eval batch "
+            f"size (batches sorted by length), forward only under no_grad, as afbench speed measured the trained "
+            f"runs (seed {', '.join(map(str, seeds))}; the median of {speed.get('rounds')} rounds whose run order "
+            f"alternates, then the median over a row's runs); on {prov.get('machine', 'a machine not recorded')}, "
+            f"{prov.get('date', 'date not recorded')}, revision {str(prov.get('git', {}).get('revision'))[:12]}; "
+            f"drift guard {drift.get('verdict', 'not recorded')} (fp32 GEMM peak {drift.get('change', 0):+.1%}). "
+            "A merged adapter or LoRA serves as one module; fusion and static mixing run all N = "
+            + " or ".join(map(str, sorted({len(x.sources) for r in rows for x in r.runs if x.sources}))) + " sources.")
+
+
+def _notes(col: Collected, view: CompositionView, inference: str) -> list[str]:
     ref, rows = view.reference, view.rows
-    counts = sorted({len(x.sources) for r in rows for x in r.runs if x.sources})
-    sources = f"the N = {' or '.join(map(str, counts))} sources" if counts else "its sources"
     seeds = "; ".join(f"{r.name} {', '.join(map(str, sorted({x.seed for x in r.runs})))}" for r in rows)
     tested = [x for r in rows for x in r.deltas if x is not None]
     levels = {x.comparison.level for x in tested}
@@ -173,8 +199,7 @@ def _notes(col: Collected, view: CompositionView) -> list[str]:
             f"{r.name}: {counted([x.cpu_model or 'CPU not recorded' for x in r.runs])}, torch threads "
             f"{counted([str(x.torch_threads) if x.torch_threads else 'not recorded' for x in r.runs])}" for r in rows)
         + ".",
-        f"Inference speed (examples/s over {sources}) is not measured yet: no result records it, so the "
-        "table has no such column.",
+        inference,
     ]
     if any(c.note for r in rows for c in r.cells):
         notes.append(f"{MAJORITY_MARK} = a mean within one dev row of the task's majority baseline or below it, as in "

@@ -1,0 +1,66 @@
+"""``afbench speed EXPERIMENT --only GLOB``: inference speed of finished runs as they serve, no retraining.
+
+Every selected run (any kind whose weights are in its folder) is rebuilt with what it evaluated active
+(``prune.load_trained``: its fusion, static mixing, merged adapter or LoRA) and timed on its own dev
+split as ``afbench prune`` times a pruned fusion (``prune.speed``): examples/s at the run's eval batch size, batches
+sorted by length, and the median ms of batch 1 over the first dev rows; the median of ``--rounds`` rounds whose run
+order alternates, so a machine that drifts slows every run alike. The measurement, with the harness's provenance
+and drift guard, goes to ``results/<experiment>/inference_speed.json`` (``records.SPEED``); the composition
+table (``report/composition.py``) prints it per row.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from benchmark.analysis.prune import load_trained, speed
+from benchmark.errors import BenchError
+from benchmark.paths import write_atomic
+from benchmark.perf.harness import Harness
+from benchmark.perf.meta import provenance
+from benchmark.plan.run import Plan
+from benchmark.records import SPEED, is_finished
+from benchmark.spec.registry import Registry
+from benchmark.training.recipe import RunContext, load_data
+
+
+def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[str], device: str, rounds: int,
+              argv: list[str] | None = None) -> Path:
+    chosen = [r for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only)
+              and is_finished(exp_dir / r.id)]
+    if not chosen:
+        raise BenchError(f"no finished run of '{plan.experiment.name}' matches {only}", field="--only",
+                         fix=f"use globs over the finished ids afbench status {plan.experiment.name} lists, e.g. "
+                             "'rte__*__s42__*'")
+    dev_device = torch.device(device)
+    h = Harness("speed", device, argv=argv)
+    loaded = []
+    for run in chosen:  # every model first, then the rounds: loading is not timed
+        print(f"loading {run.id} ...", flush=True)
+        model, tok, compute = load_trained(reg, run, exp_dir / run.id, dev_device)
+        ctx = RunContext(reg, reg.experiments.get(run.experiment), data_dir, dev_device, lambda rid: exp_dir / rid)
+        dev = load_data(ctx, run, reg.tasks[run.task], tok)[1]
+        loaded.append((run, model, dev, tok.pad_token_id, compute))
+    timed: dict[str, list[dict]] = {run.id: [] for run, *_ in loaded}
+    for r in range(rounds):  # the run order flips every round
+        for run, model, dev, pad, compute in loaded if r % 2 == 0 else loaded[::-1]:
+            print(f"round {r + 1}/{rounds}: {run.id} ...", flush=True)
+            timed[run.id].append(speed(model, dev, run.task, pad, run.method.train.eval_batch_size, dev_device,
+                                       compute))
+    runs = {run.id: {"task": run.task, "label": run.label, "seed": run.seed, "dev_rows": len(dev),
+                     "eval_batch_size": run.method.train.eval_batch_size, "precision": compute.precision,
+                     "examples_per_second": statistics.median(x["examples_per_second"] for x in timed[run.id]),
+                     "latency_ms_batch1": statistics.median(x["latency_ms_batch1"] for x in timed[run.id]),
+                     "rounds": timed[run.id]}
+            for run, _, dev, _, compute in loaded}
+    raw = {"experiment": plan.experiment.name, "rounds": rounds, "runs": runs,
+           "provenance": provenance(device, argv), "drift_guard": h.finish().as_dict()}
+    path = exp_dir / SPEED
+    write_atomic(path, json.dumps(raw, indent=1, sort_keys=True) + "\n")
+    print(h.finish().line())
+    return path
