@@ -1,6 +1,6 @@
 """``afbench speed EXPERIMENT --only GLOB``: inference speed of finished runs as they serve, no retraining.
 
-Every selected run (any kind whose weights are in its folder) is rebuilt with what it evaluated active
+Every selected finished run whose weights are in its folder (any kind; the others are named and skipped) is rebuilt with what it evaluated active
 (``prune.load_trained``: its fusion, static mixing, merged adapter or LoRA) and timed on its own dev
 split as ``afbench prune`` times a pruned fusion (``prune.speed``): examples/s at the run's eval batch size, batches
 sorted by length, and the median ms of batch 1 over the first dev rows; the median of ``--rounds`` rounds whose run
@@ -20,6 +20,7 @@ import torch
 
 from benchmark.analysis.prune import load_trained, speed
 from benchmark.errors import BenchError
+from benchmark.modeling.checkpoint import WEIGHTS
 from benchmark.paths import write_atomic
 from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance
@@ -31,12 +32,16 @@ from benchmark.training.recipe import RunContext, load_data
 
 def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[str], device: str, rounds: int,
               argv: list[str] | None = None) -> Path:
-    chosen = [r for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only)
-              and is_finished(exp_dir / r.id)]
+    matched = [r for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only) and is_finished(exp_dir / r.id)]
+    chosen = [r for r in matched if (exp_dir / r.id / WEIGHTS).is_file() and r.task in reg.tasks]  # not MT-A's
     if not chosen:
-        raise BenchError(f"no finished run of '{plan.experiment.name}' matches {only}", field="--only",
+        raise BenchError(f"no finished run of '{plan.experiment.name}' whose weights are on disk matches {only} "
+                         f"({len(matched)} finished without weights)", field="--only",
                          fix=f"use globs over the finished ids afbench status {plan.experiment.name} lists, e.g. "
-                             "'rte__*__s42__*'")
+                             "'rte__*__s42__*', of runs trained on this machine (git keeps only stage-1 weights)")
+    skipped = [r.id for r in matched if r not in chosen]
+    if skipped:
+        print(f"not timed (no weights on disk, or a multi-task run): {', '.join(skipped)}", flush=True)
     dev_device = torch.device(device)
     h = Harness("speed", device, argv=argv)
     loaded = []
