@@ -144,12 +144,14 @@ def composition_tables(col: Collected, backbone: str, reg, tests: Tests,
 def _inference(col: Collected, rows: list[CompositionRow]) -> str:
     """Fill each row's ``inference`` from ``afbench speed``'s measurement (the median examples/s of its measured
     runs on the tasks measured for the first row, so every row is timed on the same dev rows); the note on it."""
+    counts = sorted({len(x.sources) for r in rows for x in r.runs if x.sources})
+    n = f"the N = {' or '.join(map(str, counts))} sources" if counts else "the sources"
     speed = read_speed(col.folder) if col.folder else None
     measured = (speed or {}).get("runs", {})
     tasks = sorted({measured[x.run_id]["task"] for x in rows[0].runs if x.run_id in measured})
     if not tasks:
-        return ("Inference examples/s: not measured (afbench speed EXPERIMENT --only GLOB times finished runs whose "
-                "weights are on disk and writes the measurement this column reads).")
+        return (f"Inference ex/s (over {n}): not measured (afbench speed EXPERIMENT --only GLOB "
+                "times finished runs whose weights are on disk and writes the measurement this column reads).")
     for r in rows:
         eps = [measured[x.run_id]["examples_per_second"] for x in r.runs if measured.get(x.run_id, {}).get("task")
                in tasks]
@@ -162,8 +164,7 @@ def _inference(col: Collected, rows: list[CompositionRow]) -> str:
             f"alternates, then the median over a row's runs); on {prov.get('machine', 'a machine not recorded')}, "
             f"{prov.get('date', 'date not recorded')}, revision {str(prov.get('git', {}).get('revision'))[:12]}; "
             f"drift guard {drift.get('verdict', 'not recorded')} (fp32 GEMM peak {drift.get('change', 0):+.1%}). "
-            "A merged adapter or LoRA serves as one module; fusion and static mixing run all N = "
-            + " or ".join(map(str, sorted({len(x.sources) for r in rows for x in r.runs if x.sources}))) + " sources.")
+            f"A merged adapter or LoRA serves as one module; fusion and static mixing run all {n}.")
 
 
 def _notes(col: Collected, view: CompositionView, inference: str) -> list[str]:
