@@ -186,6 +186,7 @@ def test_afbench_prune_and_the_keep_option_end_to_end(tmp_path):
     # a run without weights: one paragraph naming the fix
     (tmp_path / "r" / "tiny_prune" / unpruned["run_id"] / "weights.safetensors").unlink()
     assert main(["speed", "tiny_prune", "--only", unpruned["run_id"], *args]) == 2  # nothing left to time
+    assert main(["speed", "tiny_prune", "--only", "rte__*", "--rounds", "0", *args]) == 2
     assert main(["speed", "tiny_prune", "--only", "rte__*", "--rounds", "1", *args]) == 0  # the others are
     assert unpruned["run_id"] not in json.loads((tmp_path / "r" / "tiny_prune" / "inference_speed.json").read_text())["runs"]
     assert main(["prune", "tiny_prune", "--only", "rte__fusion_st_a_rf16*", "--out-dir", str(out), *args]) == 2

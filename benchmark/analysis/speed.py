@@ -32,6 +32,8 @@ from benchmark.training.recipe import RunContext, load_data
 
 def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[str], device: str, rounds: int,
               argv: list[str] | None = None) -> Path:
+    if rounds < 1:
+        raise BenchError(f"--rounds {rounds} times nothing", field="--rounds", fix="give --rounds 1 or more (default 3)")
     matched = [r for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only) and is_finished(exp_dir / r.id)]
     chosen = [r for r in matched if (exp_dir / r.id / WEIGHTS).is_file() and r.task in reg.tasks]  # not MT-A's
     if not chosen:
