@@ -235,3 +235,20 @@ def data_cells(t1):
     """(backbone, task, column label) of every filled cell of a TableView."""
     return {(t1.backbone, r.task, label) for r in t1.rows for label, c in zip(t1.labels, r.cells, strict=True)
             if c.mean is not None}
+
+
+@needs_mirror
+def test_minilm_table1_prints_its_deviations_under_the_tables_they_affect():
+    """The experiment's ``table_notes`` (issue 33: the disclosures on the tables they affect, the MT-A budget on
+    Table 2) end up under their own table and no other, once."""
+    from benchmark.spec import load_registry
+
+    reg = load_registry()
+    own = reg.experiments["minilm_table1"].table_notes
+    assert {"table1", "table2", "table3"} <= set(own) and "AllNLI" in own["table1"] and "budget" in own["table2"]
+    data = report_build.build_data(reg, "minilm_table1", ROOT / "results", None, data_root=MIRROR)
+    views = [(t.key, t.notes) for t in data.tables] + [("table2", t.notes) for t in data.table2] + \
+        [("composition", c.notes) for c in data.composition]
+    for key, notes in views:
+        for other, text in own.items():
+            assert notes.count(text.strip()) == (other == key), (key, other)

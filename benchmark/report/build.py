@@ -360,6 +360,11 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
         if fs:
             data.findings[b] = fs
         data.composition += composition_tables(col, b, reg, tests, floor)
+        own = exp_spec.table_notes if exp_spec else {}  # the experiment's notes for its tables (deviations)
+        for view, key in [(t, t.key) for t in data.tables] + [(t, "table2") for t in data.table2] + \
+                [(c, "composition") for c in data.composition]:
+            if own.get(key) and own[key].strip() not in view.notes:
+                view.notes.append(own[key].strip())
         for label, _, name in attention_columns(col, b):
             png = figures.heatmap(col, b, label, reg, name)
             if png:

@@ -409,6 +409,9 @@ class ExperimentSpec(Strict):
         default_factory=list, description="other experiments whose finished stage-1 / MT-A runs this one reads in "
                                           "place where the run id is the same (runner/borrowed.py); not an id field")
     notes: str = ""
+    table_notes: dict[Literal["table1", "table2", "table3", "composition"], str] = Field(
+        default_factory=dict, description="a note printed under that table of the report, after its own notes: the "
+                                          "deviations that change how it reads; prose, not an id field")
 
     @field_validator("selection", mode="before")
     @classmethod
