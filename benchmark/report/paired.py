@@ -23,7 +23,7 @@ CONFIRMATORY, EXPLORATORY, SENSITIVITY = "confirmatory", "exploratory", "sensiti
 FAMILIES_NOTE = (
     "Each test is in one family, Holm-adjusted within it and printed with that family's value wherever it "
     f"appears: {CONFIRMATORY} = the tests the paper's findings consist of (a per-task claim: its per-task tests; "
-    f"an \"on average\" claim: the test of the average; an equivalence claim: its TOST); {EXPLORATORY} = Table 2's "
+    f"an \"on average\" claim: the test of the average; an equivalence claim: its TOST, where the seeds can show equivalence at all); {EXPLORATORY} = Table 2's "
     f"comparisons not already {CONFIRMATORY}; {SENSITIVITY} = shared-adapter columns and other variants "
     "(95% CIs only, no test, no significance mark). Δ: mean over paired seeds of A - B (points); 95% CI: "
     f"percentile interval of the paired bootstrap ({REPLICATES:,} replicates, seed {BOOTSTRAP_SEED}): "
