@@ -585,7 +585,9 @@ def cmd_speed(args) -> int:
     from benchmark.analysis.speed import run_speed
 
     reg, plan, _, exp_dir = _planned(args)
-    print(f"wrote {run_speed(reg, plan, exp_dir, _data_dir(args), only=args.only, device=args.device or 'cpu', rounds=args.rounds, argv=getattr(args, 'argv', None))}")
+    path = run_speed(reg, plan, exp_dir, _data_dir(args), only=args.only, device=args.device or "cpu",
+                     rounds=args.rounds, threads=args.threads, argv=getattr(args, "argv", None))
+    print(f"wrote {path}")
     return 0
 
 
@@ -808,6 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="runs whose id matches (repeatable), e.g. 'rte__*__s42__*'")
     sp.add_argument("--rounds", type=int, default=3, help="timing rounds, the run order alternating (default: 3)")
     sp.add_argument("--device", help="cpu or cuda (default: cpu)")
+    sp.add_argument("--threads", type=int, metavar="N", help="torch threads while timing (default: torch's, "
+                                                             "recorded in the measurement's provenance)")
     id_flags(sp)
     pa = sub.add_parser("parity", help="compare logits with AdapterHub adapters 1.3.0")
     pa.add_argument("--reference-python", required=True, help="python of an env with adapters==1.3.0")

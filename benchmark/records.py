@@ -528,14 +528,35 @@ def read_result(run_dir: Path) -> RunRecord | None:
     return read_result_file(run_dir).record
 
 
-def read_speed(exp_dir: Path) -> dict | None:
-    """``afbench speed``'s measurement in an experiment folder (run id -> examples/s and more, its provenance and
-    drift guard), if there and well-formed, else None."""
-    try:
-        got = _read_json(exp_dir / SPEED, "")
-    except RecordError:
+class SpeedRun(_Payload):
+    """One run as ``afbench speed`` timed it (``analysis/speed.py``)."""
+    task: str
+    seed: int
+    examples_per_second: float = Field(gt=0)
+    latency_ms_batch1: float | None = None
+
+
+class Speed(_Payload):
+    """``afbench speed``'s measurement of an experiment's finished runs (``SPEED`` in its folder)."""
+    runs: dict[str, SpeedRun]
+    rounds: int | None = None
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    drift_guard: dict[str, Any] = Field(default_factory=dict)
+
+
+def read_speed(exp_dir: Path) -> Speed | None:
+    """``afbench speed``'s measurement in an experiment folder; None where there is none; a RecordError naming
+    the file and the field where it is there but not one (not JSON, a run without its examples/s ...)."""
+    if not (exp_dir / SPEED).exists():
         return None
-    return got if isinstance(got, dict) and isinstance(got.get("runs"), dict) else None
+    fix = "measure again (afbench speed EXPERIMENT --only GLOB), or remove the file"
+    data = _read_json(exp_dir / SPEED, fix)
+    try:
+        return Speed.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise RecordError(f"not afbench speed's measurement ({err['msg']})", file=str(exp_dir / SPEED),
+                          field=".".join(map(str, err["loc"])) or None, fix=fix) from None
 
 
 def read_last_failure(run_dir: Path) -> RunRecord | None:

@@ -176,11 +176,15 @@ def test_afbench_prune_and_the_keep_option_end_to_end(tmp_path):
     assert "| all |" in md and "Revision" in md and (out / "prune_tiny_prune_rte.png").stat().st_size > 0
     # afbench speed times finished runs of any kind as they serve (here rte's stage-1 adapter, fusion and pruned
     # fusion) into the experiment folder, where the composition table reads it
-    assert main(["speed", "tiny_prune", "--only", "rte__*", "--rounds", "2", *args]) == 0
+    assert main(["speed", "tiny_prune", "--only", "rte__*", "--rounds", "2", "--threads", "1", *args]) == 0
     timed = json.loads((tmp_path / "r" / "tiny_prune" / "inference_speed.json").read_text())
     assert set(timed["runs"]) == {r["run_id"] for r in res.values() if r["task"] == "rte"}
     assert all(len(x["rounds"]) == 2 and x["examples_per_second"] > 0 and x["dev_rows"] == 16
                for x in timed["runs"].values())
+    # each timed as it evaluated: the fusion runs with their fusion active, the stage-1 run with its adapter
+    assert {x["label"]: x["active"] for x in timed["runs"].values()} == {
+        "fusion_st_a_rf16": "fusion", "fusion_st_a_keep2_rf16": "fusion", "st_a_rf16": "rte"}
+    assert timed["provenance"]["threads"] == 1
     assert timed["drift_guard"]["verdict"] in ("trustworthy", "untrustworthy") and "afbench speed" in \
         timed["provenance"]["command"]
     # a run without weights: one paragraph naming the fix

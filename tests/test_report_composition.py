@@ -108,13 +108,15 @@ def test_minilm_table1_composition_rows_recomputed_from_the_records(tmp_path):
     if timed is None:
         assert "Inference ex/s (over the N = 11 sources): not measured" in notes
         assert all(r.inference == "—" for r in view.rows)
-    else:  # each row: the median over its runs timed on the tasks timed for the fusion row
-        tasks = {timed["runs"][r["run_id"]]["task"] for r in main if r["run_id"] in timed["runs"]}
+    else:  # each row: per task timed for the fusion row the median over its runs, then the mean over the tasks
+        runs = timed.runs
+        tasks = sorted({runs[r["run_id"]].task for r in main if r["run_id"] in runs})
         for row in view.rows:
-            eps = [timed["runs"][r["run_id"]]["examples_per_second"] for r in by_label[row.label]
-                   if r["run_id"] in timed["runs"] and timed["runs"][r["run_id"]]["task"] in tasks]
-            assert row.inference == (f"{statistics.median(eps):.1f}" if eps else "—")
-        assert f"on the {', '.join(sorted(tasks))} dev split" in notes and timed["drift_guard"]["verdict"] in notes
+            eps = {t: [runs[r["run_id"]].examples_per_second for r in by_label[row.label]
+                       if r["run_id"] in runs and runs[r["run_id"]].task == t] for t in tasks}
+            want = f"{statistics.fmean(statistics.median(v) for v in eps.values()):.1f}" if all(eps.values()) else "—"
+            assert row.inference.split(" (")[0] == want, (row.label, row.inference, want)
+        assert f"on the {', '.join(tasks)} dev split" in notes and timed.drift_guard["verdict"] in notes
     cpus = {r["cpu_model"] for rs in by_label.values() for r in rs}
     assert all(c in notes for c in cpus)
     n_sources = {len(r["sources"]) for r in composed}
@@ -225,3 +227,22 @@ def test_composition_rows_come_from_the_records_not_from_labels(registry, handma
     assert [r.inference for r in view.rows] == ["12.0", "42.0", "32.0"]
     note = next(n for n in view.notes if n.startswith("Inference ex/s"))
     assert "on the rte dev split" in note and "CPU X, 2 threads" in note and "trustworthy (fp32 GEMM peak +2.0%)" in note
+    # fusion timed on rte and cb: per task the median, then the mean over the tasks; a row timed on cb only has none
+    # (cb's shorter dev rows would make it look faster than a row timed on both)
+    for x in view.rows[0].runs:
+        if x.task == "cb":
+            timed[x.run_id] = {"task": x.task, "seed": x.seed, "examples_per_second": 100.0}
+    timed = {k: v for k, v in timed.items() if not (k in {x.run_id for x in view.rows[1].runs} and v["task"] == "rte")}
+    write_json_atomic(folder / "inference_speed.json", {"rounds": 3, "runs": timed,
+                                                         "drift_guard": {"trustworthy": False, "change": 0.3}})
+    view = report_build.build_data(registry, "handmade", handmade, None).composition[0]
+    assert [r.inference for r in view.rows] == ["56.0 (untrustworthy)", "—", "515.5 (untrustworthy)"]
+    assert any(n.startswith("UNTRUSTWORTHY timings") and "on the cb, rte dev split" in n
+               for n in view.notes)
+    # a file that is not afbench speed's measurement: the report says so in the note, the rest renders
+    for bad in ({"runs": {"x": {"task": "rte", "seed": 1}}}, {"runs": [1]}, "not json"):
+        (folder / "inference_speed.json").write_text(bad if isinstance(bad, str) else json.dumps(bad))
+        view = report_build.build_data(registry, "handmade", handmade, None).composition[0]
+        assert [r.inference for r in view.rows] == ["—"] * 3
+        assert any(n.startswith("Inference ex/s: not shown, inference_speed.json is not readable") and "Fix:" in n
+                   for n in view.notes), view.notes

@@ -29,6 +29,7 @@ from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.paths import read_regular, under, write_atomic
 from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance_lines
+from benchmark.perf.steps import sync
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result, read_result_file
 from benchmark.runner.export import activate, load_for_eval
@@ -52,10 +53,11 @@ def fusion_runs(plan: Plan, patterns: list[str] | None) -> list[Run]:
             and (not patterns or any(fnmatch.fnmatchcase(r.id, p) for p in patterns))]
 
 
-def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device):
+def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device, run_dir=None):
     """(model with what the run evaluated active: its fusion, adapter or none, tokenizer, compute) from a finished
     run folder, rebuilt by ``export.load_for_eval`` (``export.build_model``, the rebuild ``afbench export`` and
-    ``afbench predict`` use); ``afbench speed`` loads its runs here too."""
+    ``afbench predict`` use); ``afbench speed`` loads its runs here too. ``run_dir``: run id -> its folder (default:
+    beside ``folder``), for dependencies read from another experiment (``dependencies_from``)."""
     res = read_result_file(folder)
     if not res.finished:
         raise BenchError(f"run {run.id} is not finished ({res.state})", file=str(folder),
@@ -66,7 +68,7 @@ def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device):
                               fix="point --results-dir at the results of the machine that trained it, or move this "
                                   f"folder away and rerun afbench run {run.experiment} --only '{run.id}' (its "
                                   "finished stage-1 adapters are kept; --force would retrain them too)")
-    model, tok, compute = load_for_eval(run, reg, lambda rid: folder.parent / rid, device)
+    model, tok, compute = load_for_eval(run, reg, run_dir or (lambda rid: folder.parent / rid), device)
     activate(model, run.task)
     return model, tok, compute
 
@@ -74,20 +76,24 @@ def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device):
 @torch.no_grad()
 def speed(model, split, head: str, pad_id: int, batch_size: int, device, compute) -> dict:
     """Examples/s at ``batch_size`` over the whole split, and median ms of batch 1 over its first rows."""
+    sync(str(device))
     t0 = time.perf_counter()
     n = 0
     for batch in batches(split, batch_size, pad_id, mode="by_length"):
         with compute.autocast(device):
             model(head=head, **inputs_of(to_device(batch, device)))
         n += batch["labels"].shape[0]
+    sync(str(device))  # CUDA: the work, not the launches
     through = n / (time.perf_counter() - t0)
     one = []
     sub = type(split)(split.task, split.split, split.type, split.examples[:LATENCY_ROWS], split.source, split.rows_total)
     for batch in batches(sub, 1, pad_id, mode="by_length"):
         batch = to_device(batch, device)
+        sync(str(device))
         t = time.perf_counter()
         with compute.autocast(device):
             model(head=head, **inputs_of(batch))
+        sync(str(device))
         one.append(1000 * (time.perf_counter() - t))
     return {"examples_per_second": through, "latency_ms_batch1": statistics.median(one)}
 

@@ -19,19 +19,22 @@ from pathlib import Path
 import torch
 
 from benchmark.analysis.prune import load_trained, speed
-from benchmark.errors import BenchError
+from benchmark.errors import BenchError, CheckpointError
 from benchmark.modeling.checkpoint import WEIGHTS
+from benchmark.modeling.model import Fuse
 from benchmark.paths import write_atomic
 from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance
 from benchmark.plan.run import Plan
 from benchmark.records import SPEED, is_finished
+from benchmark.runner.borrowed import borrowed
+from benchmark.runner.export import activate
 from benchmark.spec.registry import Registry
-from benchmark.training.recipe import RunContext, load_data
+from benchmark.training.recipe import dev_split
 
 
 def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[str], device: str, rounds: int,
-              argv: list[str] | None = None) -> Path:
+              threads: int | None = None, argv: list[str] | None = None) -> Path:
     if rounds < 1:
         raise BenchError(f"--rounds {rounds} times nothing", field="--rounds", fix="give --rounds 1 or more (default 3)")
     matched = [r for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only) and is_finished(exp_dir / r.id)]
@@ -41,21 +44,33 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
                          f"({len(matched)} finished without weights)", field="--only",
                          fix=f"use globs over the finished ids afbench status {plan.experiment.name} lists, e.g. "
                              "'rte__*__s42__*', of runs trained on this machine (git keeps only stage-1 weights)")
-    skipped = [r.id for r in matched if r not in chosen]
+    skipped = [r.id for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only) and r not in chosen]
     if skipped:
-        print(f"not timed (no weights on disk, or a multi-task run): {', '.join(skipped)}", flush=True)
+        print(f"not timed (unfinished, no weights on disk, or a multi-task run): {', '.join(skipped)}", flush=True)
     dev_device = torch.device(device)
+    if threads:
+        torch.set_num_threads(threads)
     h = Harness("speed", device, argv=argv)
+    where = borrowed(plan, exp_dir.parent)  # dependencies finished under a lender (dependencies_from)
     loaded = []
-    for run in chosen:  # every model first, then the rounds: loading is not timed
+    for run in chosen:  # every model first (and one untimed pass each), then the rounds: loading is not timed
         print(f"loading {run.id} ...", flush=True)
-        model, tok, compute = load_trained(reg, run, exp_dir / run.id, dev_device)
-        ctx = RunContext(reg, reg.experiments.get(run.experiment), data_dir, dev_device, lambda rid: exp_dir / rid)
-        dev = load_data(ctx, run, reg.tasks[run.task], tok)[1]
-        loaded.append((run, model, dev, tok.pad_token_id, compute))
+        try:
+            model, tok, compute = load_trained(reg, run, exp_dir / run.id, dev_device,
+                                               lambda rid: where.get(rid, exp_dir / rid))
+        except CheckpointError as e:  # a dependency's weights (MT-A's encoder) or its modules.json missing
+            print(f"not timed: {run.id}: {e.message}", flush=True)
+            continue
+        setup = activate(model, run.task)  # what load_trained made active, named in the measurement
+        dev = dev_split(reg, data_dir, run, reg.tasks[run.task], tok)
+        speed(model, dev, run.task, tok.pad_token_id, run.method.train.eval_batch_size, dev_device, compute)
+        loaded.append((run, model, dev, tok.pad_token_id, compute, setup))
+    if not loaded:
+        raise BenchError(f"none of the {len(chosen)} run(s) matched could be loaded (see the lines above)",
+                         field="--only", fix="train the missing dependencies on this machine, or time other runs")
     timed: dict[str, list[dict]] = {run.id: [] for run, *_ in loaded}
     for r in range(rounds):  # the run order flips every round
-        for run, model, dev, pad, compute in loaded if r % 2 == 0 else loaded[::-1]:
+        for run, model, dev, pad, compute, _ in loaded if r % 2 == 0 else loaded[::-1]:
             print(f"round {r + 1}/{rounds}: {run.id} ...", flush=True)
             timed[run.id].append(speed(model, dev, run.task, pad, run.method.train.eval_batch_size, dev_device,
                                        compute))
@@ -63,8 +78,9 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
                      "eval_batch_size": run.method.train.eval_batch_size, "precision": compute.precision,
                      "examples_per_second": statistics.median(x["examples_per_second"] for x in timed[run.id]),
                      "latency_ms_batch1": statistics.median(x["latency_ms_batch1"] for x in timed[run.id]),
-                     "rounds": timed[run.id]}
-            for run, _, dev, _, compute in loaded}
+                     "rounds": timed[run.id],
+                     "active": "fusion" if isinstance(setup, Fuse) else setup or "no adapter"}
+            for run, _, dev, _, compute, setup in loaded}
     raw = {"experiment": plan.experiment.name, "rounds": rounds, "runs": runs,
            "provenance": provenance(device, argv), "drift_guard": h.finish().as_dict()}
     path = exp_dir / SPEED

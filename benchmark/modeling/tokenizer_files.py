@@ -14,6 +14,7 @@ Rebuild the shipped files (after changing the corpus or a shipped tokenizer spec
 
 from __future__ import annotations
 
+import functools
 import random
 import string
 import sys
@@ -49,6 +50,7 @@ _CODAS = ["", "", "", "n", "r", "s", "t", "l", "m", "nd", "st", "ng", "ck", "rt"
 CORPUS_SEED, WORDS, LINES = 0, 4000, 1500
 
 
+@functools.cache
 def corpus() -> str:
     """The tiny tokenizers' training text: the same string on every machine (one sentence per line)."""
     rng = random.Random(CORPUS_SEED)

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from benchmark import methods
-from benchmark.records import RunRecord, read_speed
+from benchmark.records import SPEED, RecordError, RunRecord, read_speed
 from benchmark.report.aggregate import Cell, Collected
 from benchmark.report.baseline import Majority
 from benchmark.report.cost import MIB, counted, mean_text
@@ -142,29 +142,46 @@ def composition_tables(col: Collected, backbone: str, reg, tests: Tests,
 
 
 def _inference(col: Collected, rows: list[CompositionRow]) -> str:
-    """Fill each row's ``inference`` from ``afbench speed``'s measurement (the median examples/s of its measured
-    runs on the tasks measured for the first row, so every row is timed on the same dev rows); the note on it."""
+    """Fill each row's ``inference`` from ``afbench speed``'s measurement and return the note on it. A row's value is
+    the mean over the tasks timed for the first row of the median examples/s of its runs timed on each; a row not
+    timed on every one of those tasks gets none (dev splits differ in length, so rows timed on other tasks would
+    not compare)."""
     counts = sorted({len(x.sources) for r in rows for x in r.runs if x.sources})
     n = f"the N = {' or '.join(map(str, counts))} sources" if counts else "the sources"
-    speed = read_speed(col.folder) if col.folder else None
-    measured = (speed or {}).get("runs", {})
-    tasks = sorted({measured[x.run_id]["task"] for x in rows[0].runs if x.run_id in measured})
+    try:
+        speed = read_speed(col.folder) if col.folder else None
+    except RecordError as e:
+        return (f"Inference ex/s: not shown, {SPEED} is not readable ({e.message}"
+                + (f"; field {e.field}" if e.field else "") + f"). Fix: {e.fix}.")
+    timed = speed.runs if speed else {}
+    tasks = sorted({timed[x.run_id].task for x in rows[0].runs if x.run_id in timed})
     if not tasks:
-        return (f"Inference ex/s (over {n}): not measured (afbench speed EXPERIMENT --only GLOB "
-                "times finished runs whose weights are on disk and writes the measurement this column reads).")
+        return (f"Inference ex/s (over {n}): not measured (afbench speed EXPERIMENT --only GLOB times finished runs "
+                "whose weights are on disk and writes the measurement this column reads).")
+    drift = speed.drift_guard
+    trusted = drift.get("trustworthy", True) is not False
+    seeds = set()
     for r in rows:
-        eps = [measured[x.run_id]["examples_per_second"] for x in r.runs if measured.get(x.run_id, {}).get("task")
-               in tasks]
-        r.inference = f"{statistics.median(eps):.1f}" if eps else "—"
-    prov, drift = speed.get("provenance", {}), speed.get("drift_guard") or {}
-    seeds = sorted({measured[x.run_id]["seed"] for r in rows for x in r.runs if x.run_id in measured})
-    return (f"Inference ex/s: examples per second on the {', '.join(tasks)} dev split at each run's eval batch "
-            f"size (batches sorted by length), forward only under no_grad, as afbench speed measured the trained "
-            f"runs (seed {', '.join(map(str, seeds))}; the median of {speed.get('rounds')} rounds whose run order "
-            f"alternates, then the median over a row's runs); on {prov.get('machine', 'a machine not recorded')}, "
-            f"{prov.get('date', 'date not recorded')}, revision {str(prov.get('git', {}).get('revision'))[:12]}; "
-            f"drift guard {drift.get('verdict', 'not recorded')} (fp32 GEMM peak {drift.get('change', 0):+.1%}). "
-            f"A merged adapter or LoRA serves as one module; fusion and static mixing run all {n}.")
+        per_task = {t: [timed[x.run_id].examples_per_second for x in r.runs
+                        if x.run_id in timed and timed[x.run_id].task == t] for t in tasks}
+        if all(per_task.values()):
+            seeds |= {timed[x.run_id].seed for x in r.runs if x.run_id in timed and timed[x.run_id].task in tasks}
+            value = statistics.fmean(statistics.median(v) for v in per_task.values())
+            r.inference = f"{value:.1f}" + ("" if trusted else " (untrustworthy)")
+    prov = speed.provenance
+    change = drift.get("change")
+    return ("" if trusted else "UNTRUSTWORTHY timings: the machine's fp32 GEMM peak moved beyond the drift guard's "
+            "limit while they were taken. ") + (
+        f"Inference ex/s: examples per second on the {', '.join(tasks)} dev split at each run's eval batch size "
+        f"(batches sorted by length), forward only under no_grad, as afbench speed timed the trained runs (seeds "
+        f"{', '.join(map(str, sorted(seeds)))}): per run the median of {speed.rounds or '?'} rounds whose run order "
+        f"alternates, per task the median over a row's runs, then the mean over the tasks; a row not timed on every "
+        f"one of them shows —. On {prov.get('machine') or 'a machine not recorded'}, "
+        f"{prov.get('date') or 'date not recorded'}, revision "
+        f"{str((prov.get('git') or {}).get('revision') or 'not recorded')[:12]}; drift guard "
+        f"{drift.get('verdict') or 'not recorded'}"
+        + (f" (fp32 GEMM peak {change:+.1%})" if isinstance(change, (int, float)) else "")
+        + f". A merged adapter or LoRA serves as one module; fusion and static mixing run all {n}.")
 
 
 def _notes(col: Collected, view: CompositionView, inference: str) -> list[str]:
