@@ -328,6 +328,10 @@ def _estimate(args, reg, plan, root) -> int:
     where = borrowed(plan, root)
     lent = Counter(p.parent.name for p in where.values())
     own = [r for r in plan.runs if r.id not in where] if where else None
+    if args.pending:  # what is left to train: the finished runs are not priced either
+        from benchmark.records import is_finished
+
+        own = [r for r in own or plan.runs if not is_finished(root / plan.experiment.name / r.id)]
     est = cost.estimate(plan, reg, data_root, READER, device=device, devices=jobs, threads=threads, runs=own,
                         cpu=cpu_model(), results_root=root)
     if args.json:
@@ -738,6 +742,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--gpus", type=int, metavar="N", help="with --estimate: devices (GPUs, or parallel "
                                                                  "CPU runs) for the wall time")
             sp.add_argument("--json", action="store_true", help="with --estimate: JSON")
+            sp.add_argument("--pending", action="store_true", help="with --estimate: price only the runs not "
+                                                                   "finished yet (what is left to train)")
             sp.add_argument("--calibrate", action="store_true",
                             help="refit the CPU cost model on this experiment's finished runs (writes "
                                  "<results>/.cost_calibration.json, which then takes precedence over the shipped one)")

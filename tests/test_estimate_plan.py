@@ -40,3 +40,19 @@ def test_estimate_loads_no_torch(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "total" in out.stdout and "CPU run-hours" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "0 False", out.stdout[-500:]
+
+
+@needs_mirror
+def test_estimate_pending_prices_only_what_is_left(capsys):
+    """`--pending` leaves the finished runs out of the estimate: on the committed minilm_table1 results the priced
+    runs are exactly those with no finished result.json."""
+    from benchmark.records import is_finished
+
+    common = ["minilm_table1", "--data-dir", str(MIRROR), "--results-dir", str(ROOT / "results"), "--estimate",
+              "--json"]
+    assert main(["plan", *common]) == 0
+    every = [r["id"] for r in json.loads(capsys.readouterr().out)["runs"]]
+    assert main(["plan", *common, "--pending"]) == 0
+    left = [r["id"] for r in json.loads(capsys.readouterr().out)["runs"]]
+    want = [i for i in every if not is_finished(ROOT / "results" / "minilm_table1" / i)]
+    assert left == want and len(left) < len(every)
