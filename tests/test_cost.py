@@ -121,7 +121,9 @@ def test_a_paper_grid_is_costed_offline_in_gpu_hours(capsys, monkeypatch):
 @needs_mirror
 def test_the_committed_grid_is_predicted_within_a_quarter(capsys):
     """Acceptance: `afbench plan minilm_table1 --estimate --json` against the wall times of the committed runs
-    it was not calibrated on (the other seeds, trained on the CPU whose fit prices this machine)."""
+    the fit was checked on (the other seeds, trained on the CPU whose fit prices this machine), as each was first
+    trained: a run trained again under its id (for its predictions, two at a time beside other work) keeps that
+    first result in ``previous_result``, and the calibration's check list holds the same seconds."""
     import statistics
 
     from benchmark.runner.provenance import cpu_model
@@ -131,11 +133,12 @@ def test_the_committed_grid_is_predicted_within_a_quarter(capsys):
     assert main(["plan", "minilm_table1", "--estimate", "--json"]) == 0
     pred = {r["id"]: r["seconds"] for r in json.loads(capsys.readouterr().out)["runs"]}
     errors = []
-    for f in (ROOT / "results" / "minilm_table1").glob("*/result.json"):
-        r = json.loads(f.read_text())
-        if r["seed"] not in entry["fit_seeds"] and (r.get("cpu_model") or cost.UNRECORDED_CPU) == cpu \
-                and r["run_id"] in pred and r["status"] == "finished":
-            errors.append(abs(pred[r["run_id"]] / r["wall_seconds"] - 1))
+    for c in entry["check"]:
+        r = json.loads((ROOT / "results" / "minilm_table1" / c["id"] / "result.json").read_text())
+        first = r.get("previous_result") or r
+        assert r["seed"] not in entry["fit_seeds"] and r["status"] == "finished"
+        assert first["wall_seconds"] == pytest.approx(c["actual"], abs=0.06), c["id"]
+        errors.append(abs(pred[c["id"]] / first["wall_seconds"] - 1))
     assert len(errors) >= 20
     assert statistics.median(errors) < 0.25
 
