@@ -37,14 +37,15 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
               threads: int | None = None, argv: list[str] | None = None) -> Path:
     if rounds < 1:
         raise BenchError(f"--rounds {rounds} times nothing", field="--rounds", fix="give --rounds 1 or more (default 3)")
-    matched = [r for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only) and is_finished(exp_dir / r.id)]
+    named = [r for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only)]
+    matched = [r for r in named if is_finished(exp_dir / r.id)]
     chosen = [r for r in matched if (exp_dir / r.id / WEIGHTS).is_file() and r.task in reg.tasks]  # not MT-A's
     if not chosen:
         raise BenchError(f"no finished run of '{plan.experiment.name}' whose weights are on disk matches {only} "
                          f"({len(matched)} finished without weights)", field="--only",
                          fix=f"use globs over the finished ids afbench status {plan.experiment.name} lists, e.g. "
                              "'rte__*__s42__*', of runs trained on this machine (git keeps only stage-1 weights)")
-    skipped = [r.id for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only) and r not in chosen]
+    skipped = [r.id for r in named if r not in chosen]
     if skipped:
         print(f"not timed (unfinished, no weights on disk, or a multi-task run): {', '.join(skipped)}", flush=True)
     dev_device = torch.device(device)
