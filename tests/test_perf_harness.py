@@ -100,6 +100,8 @@ def test_the_reference_side_alternates_and_its_version_is_recorded(tmp_path):
     assert raw["provenance"]["versions"]["adapters"] == "1.3.0" and raw["reference"] == "adapters 1.3.0"
     assert [list(r) for r in raw["rounds"]] == [["ours_fp32", "reference_fp32"], ["reference_fp32", "ours_fp32"]]
     assert "adapters 1.3.0 (reference)" in out.read_text()
+    # ST-A's four targets (batch 1 and the throughput batch, per precision) are marked whenever the reference ran
+    assert sum("ST-A inference" in t["text"] for t in raw["targets"]) == 2 * len(raw["precisions"])
 
 
 def test_a_failing_reference_side_is_one_message_and_exit_1(tmp_path, capsys):

@@ -107,6 +107,10 @@ def test_inference_mode_end_to_end_tiny(tmp_path):
     ms = raw["linear_context_check"]["ms"]
     assert set(ms) == {"no_grad", "inference_mode"} and all(set(v) == set(raw["precisions"]) for v in ms.values())
     assert all(t > 0 for v in ms.values() for t in v.values())
+    # what bounds the ST-A ratio: ours' forward split into attention, linear layers and the rest, per precision
+    prof = raw["st_a_profile_ms"]
+    assert set(prof) == set(raw["precisions"]) and all(set(v) == {"attention", "linear", "other"} for v in prof.values())
+    assert all(v["attention"] > 0 and v["linear"] > 0 for v in prof.values()) and "Where ours ST-A forward" in md
     # the memory pass: one fresh process per side, setup and precision
     assert cli(["perf", "--mode", "inference", *TINY, "--adapters", "", "--reps", "1", "--infer-batch", "2",
                 "--precision", "fp32", "--out", str(out)]) == 0

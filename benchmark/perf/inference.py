@@ -20,10 +20,23 @@ from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.perf import harness
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
 from benchmark.perf.harness import Harness, median, memory_lines
-from benchmark.perf.inference_steps import linear_context_check, time_inference
+from benchmark.perf.inference_steps import linear_context_check, profile_forward, time_inference
 from benchmark.perf.meta import Target
 from benchmark.perf.steps import Head, peak_mib
 from benchmark.perf.training_steps import build_setup
+
+
+def served(bb: PerfBackbone, config):
+    """(forward(ids, mask) -> logits, model, head): our model with one setup active as it serves: eval mode,
+    every weight frozen (the oneDNN path of the fast CPU kernels), mean-pooling head."""
+    model, _ = build_setup(bb, tuple(config))
+    head = Head(model.hidden_size, pooling="mean")
+    set_cpu_kernels(head, "fast")
+    model.eval()
+    head.eval()
+    for p in list(model.parameters()) + list(head.parameters()):
+        p.requires_grad_(False)  # inference: every linear layer is frozen (the oneDNN path on the CPU)
+    return (lambda ids, mask: head(model.encode(ids, mask), mask)), model, head
 
 
 def ours(bb: PerfBackbone, configs, *, length: int, batch: int, reps: int, device: str, precision: str) -> dict:
@@ -32,22 +45,24 @@ def ours(bb: PerfBackbone, configs, *, length: int, batch: int, reps: int, devic
     dev = torch.device(device)
     Compute(precision=precision).check(dev)
     for config in configs:
-        model, _ = build_setup(bb, tuple(config))
-        head = Head(model.hidden_size, pooling="mean")
-        set_cpu_kernels(head, "fast")
-        model.to(device).eval()
-        head.to(device).eval()
-        for p in list(model.parameters()) + list(head.parameters()):
-            p.requires_grad_(False)  # inference: every linear layer is frozen (the oneDNN path on the CPU)
+        forward, model, head = served(bb, config)
+        model.to(device)
+        head.to(device)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(dev)
-
-        def forward(ids, mask):
-            return head(model.encode(ids, mask), mask)
-
         res = time_inference(forward, model.config.vocab_size, length, batch, reps, device, precision)
         out[config[0]] = {**res, "peak_mib": peak_mib(device)}
     return out
+
+
+def st_a_profile(bb: PerfBackbone, args, device: str, precisions: list[str]) -> dict:
+    """ms per forward of ours ST-A at the throughput batch in attention, linear layers and the rest, per
+    precision (CPU only: what bounds the ST-A ratio, since both sides call the same attention kernel)."""
+    if device != "cpu":
+        return {}
+    forward, model, _ = served(bb, ("ST-A", 0, "st_a"))
+    return {p: profile_forward(forward, model.config.vocab_size, args.length, args.infer_batch, device, p)
+            for p in precisions}
 
 
 def reference(h: Harness, args, bb: PerfBackbone, configs, device: str, precision: str, reps: int) -> dict:
@@ -69,8 +84,10 @@ def run_inference(args) -> int:
                                            "device": device},
         lambda c, p: reference(h, args, bb, [c], device, p, 1)[c[0]]["peak_mib"])
     check = context_check(bb, args, ns, device, precisions)
-    lines, targets = inference_report(args, bb, device, configs, precisions, rounds, memory, h.ref_version, check)
-    raw = {"mode": "inference", "backbone": bb.label, "length": args.length, "throughput_batch": args.infer_batch,
+    profile = st_a_profile(bb, args, device, precisions)
+    lines, targets = inference_report(args, bb, device, configs, precisions, rounds, memory, h.ref_version, check,
+                                      profile)
+    raw = {"st_a_profile_ms": profile, "mode": "inference", "backbone": bb.label, "length": args.length, "throughput_batch": args.infer_batch,
            "reps": args.reps, "precisions": precisions, "grad_context": "torch.no_grad", "rounds": rounds, "peak_memory_mib": memory,
            "linear_context_check": check}
     h.write(lines, raw, targets, args.out)
@@ -85,8 +102,11 @@ def context_check(bb: PerfBackbone, args, ns: list[int], device: str, precisions
     return {"shape": list(shape), "ms": linear_context_check(shape, precisions, device)}
 
 
+ST_A_TARGET = 1.2  # ST-A inference, ours / AdapterHub, at batch 1 (latency) and the throughput batch
+
+
 def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version,
-                     check: dict | None = None) -> tuple[list[str], list[Target]]:
+                     check: dict | None = None, profile: dict | None = None) -> tuple[list[str], list[Target]]:
     lines = ["# Inference: latency and throughput of ST-A and Fusion, ours vs AdapterHub", "",
              f"{bb.label}, {args.length} tokens per row, mean-pooling head, eval mode under `torch.no_grad` "
              "(what transformers' pipelines and our evaluation use; see the note below); "
@@ -106,12 +126,26 @@ def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_
             lines.append(f"| {name} | {ol:.2f} | " + (f"{rl:.2f} | {rl / ol:.2f}x" if rl else "not run | -")
                          + f" | {ot:.1f} | " + (f"{rt:.1f} | {ot / rt:.2f}x" if rt else "not run | -")
                          + f" | {ot / base:.2f}x |")
+        ol, rl = median(rounds, f"ours_{p}", "ST-A", "latency_ms"), median(rounds, f"reference_{p}", "ST-A", "latency_ms")
+        rt = median(rounds, f"reference_{p}", "ST-A", "examples_per_second")
+        if rl and rt:
+            for what, ratio in (("batch-1 latency", rl / ol), (f"throughput at batch {args.infer_batch}", base / rt)):
+                targets.append(Target(f"ST-A inference {what} ({p}) >= {ST_A_TARGET}x AdapterHub's",
+                                      ratio >= ST_A_TARGET, f"{ratio:.2f}x"))
         big = [c[0] for c in configs if c[0].endswith("N=16")]
         if big:
             ot, rt = median(rounds, f"ours_{p}", big[0], "examples_per_second"), median(rounds, f"reference_{p}", big[0], "examples_per_second")
             targets.append(Target(f"Fusion N=16 inference throughput ({p}) ahead of AdapterHub's",
                                   None if rt is None else ot > rt, f"{ot / rt:.2f}x" if rt else ""))
         lines.append("")
+    if profile:
+        lines += [f"Where ours ST-A forward spends its time at batch {args.infer_batch} (torch.profiler, self CPU time "
+                  "per operator, ms per forward): attention is PyTorch's SDPA kernel, the one AdapterHub's BERT "
+                  "calls too, so only the linear layers and the rest can widen the ST-A ratio.", "",
+                  "| precision | attention | linear layers | other (LayerNorm, GELU, adds, casts) |", "|---|---:|---:|---:|",
+                  *(f"| {p} | " + " | ".join(f"{v[k]:.1f} ({100 * v[k] / sum(v.values()):.0f}%)"
+                                             for k in ("attention", "linear", "other")) + " |"
+                    for p, v in profile.items()), ""]
     if memory:
         lines += [*memory_lines(memory, [c[0] for c in configs], device, "each side, setup and precision in a fresh "
                                 "process")[1:], ""]

@@ -81,3 +81,32 @@ def linear_context_check(shape: tuple[int, ...], precisions: list[str], device: 
                     ts.append(1000 * (time.perf_counter() - t))
             out.setdefault(name, {})[p] = statistics.median(ts)
     return out
+
+
+def _op_kind(name: str) -> str:
+    """The share an operator's self time counts towards: attention, linear (GEMMs) or other."""
+    name = name.lower()
+    if "scaled_dot_product" in name or "attention" in name:
+        return "attention"
+    if "linear" in name or name in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"):
+        return "linear"
+    return "other"
+
+
+def profile_forward(forward, vocab_size: int, length: int, batch: int, device: str, precision: str | None,
+                    reps: int = 3) -> dict:
+    """Where one forward at ``batch`` spends its time (CPU only): torch.profiler's self CPU time per operator,
+    summed into attention (SDPA), linear (GEMMs) and other (LayerNorm, GELU, adds, casts, Python-side
+    bookkeeping ops), in ms per forward, over ``reps`` forwards after a warm-up."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, vocab_size, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    with torch.no_grad(), _autocast("cpu", precision):
+        forward(ids, mask)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(reps):
+                forward(ids, mask)
+    out = {"attention": 0.0, "linear": 0.0, "other": 0.0}
+    for ev in prof.key_averages():
+        out[_op_kind(ev.key)] += ev.self_cpu_time_total / 1000 / reps
+    return out
