@@ -438,7 +438,7 @@ def cmd_sweep(args) -> int:
 def cmd_migrate(args) -> int:
     from benchmark.runner import slurm
     from benchmark.runner.lock import experiment_lock
-    from benchmark.runner.migrate import migrate_experiment
+    from benchmark.runner.migrate import migrate_experiment, upgrade_predictions
 
     reg, plan, root, exp_dir = _planned(args)
     with experiment_lock(exp_dir, wait=False):  # no driver may write the folders being renamed
@@ -446,7 +446,10 @@ def cmd_migrate(args) -> int:
         if live:
             raise slurm.busy_error(exp_dir, live)
         moved = migrate_experiment(plan, reg, root, _data_dir(args), dry_run=args.dry_run)
-    print(f"{len(moved)} result folder(s) {'would be ' if args.dry_run else ''}renamed to run-id scheme 2")
+        upgraded = upgrade_predictions(exp_dir, dry_run=args.dry_run)
+    would = "would be " if args.dry_run else ""
+    print(f"{len(moved)} result folder(s) {would}renamed to run-id scheme 2")
+    print(f"{len(upgraded)} predictions file(s) {would}rewritten with 'correct' in place of the gold labels")
     from benchmark.runner.status import empty_plan_note, unmatched_note
 
     for line in empty_plan_note(plan, _data_dir(args)) or unmatched_note(plan, root, _data_dir(args)):
@@ -710,7 +713,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = common(sub.add_parser("data", help="split sizes, label distribution and rendered examples"))
     d.add_argument("task", help="task name (see afbench list)")
     for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment"),
-                           ("migrate", "rename result folders of older run-id schemes to the current ids"),
+                           ("migrate", "rename result folders of older run-id schemes to the current ids; rewrite "
+                                       "older predictions files (gold labels) as today's (correct)"),
                            ("status", "per run: finished, failed, running (local or Slurm), queued, pending")):
         sp = common(sub.add_parser(name, help=helptext), experiment=True, results=True)
         id_flags(sp)

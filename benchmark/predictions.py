@@ -9,7 +9,12 @@ file per run (MT-A: every task's rows, told apart by ``task``). Columns:
               the run's EncodedSplit holds them)
   source_row  its index in the split file as loaded (file order; differs from ``row`` under a row cap)
   id          the dataset's own id column (``idx`` or ``id``) as text, or null where it has none
-  pred, gold  the predicted and the gold label id (multiple choice: the chosen and the right option)
+  pred        the predicted label id (multiple choice: the chosen option)
+  correct     whether it is the gold label (the option that is right)
+
+No gold label is stored: the file holds what the model did, not a copy of the dataset's labels, and
+``correct`` is all a paired test needs. A file written before 2026-12-07 held ``gold`` instead; ``read``
+derives ``correct`` from it, and ``afbench migrate`` rewrites such a file (``upgrade``) and its record's hash.
 
 The record keeps ``predictions: {file, sha256, rows}``; ``read`` checks the hash, and ``accuracy``
 recomputes a task's metric exactly as the training loop computes it (100 x correct / rows, one division),
@@ -27,11 +32,12 @@ from pathlib import Path
 from benchmark.errors import BenchError
 from benchmark.hashing import file_sha256
 from benchmark.paths import write_atomic
-from benchmark.records import PredictionsEntry
+from benchmark.records import RESULT, PredictionsEntry, add_to_run
 
 FILE = "predictions.parquet"
 ID_COLUMNS = ("idx", "id")  # a dataset's own row id, the first of these it has
-COLUMNS = ("task", "split", "row", "source_row", "id", "pred", "gold")
+COLUMNS = ("task", "split", "row", "source_row", "id", "pred", "correct")
+LEGACY = "gold"  # the column files written before 2026-12-07 held instead of ``correct``
 
 
 class PredictionsError(BenchError):
@@ -42,7 +48,7 @@ def _schema():
     import pyarrow as pa
 
     return pa.schema([("task", pa.string()), ("split", pa.string()), ("row", pa.int32()),
-                      ("source_row", pa.int64()), ("id", pa.string()), ("pred", pa.int32()), ("gold", pa.int32())])
+                      ("source_row", pa.int64()), ("id", pa.string()), ("pred", pa.int32()), ("correct", pa.bool_())])
 
 
 def to_bytes(columns: dict[str, list]) -> bytes:
@@ -81,7 +87,9 @@ def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]
     path = Path(folder) / FILE
     if not path.is_file():
         raise PredictionsError("the predictions file the result records is missing", file=str(path), fix=fix)
-    if file_sha256(path) != entry.sha256:
+    same = file_sha256(path) == entry.sha256
+    legacy = not same and is_legacy(folder)  # maybe a legacy file whose record holds its upgrade's hash already
+    if not same and not legacy:
         raise PredictionsError("the predictions file differs from the sha256 its result.json records",
                                file=str(path), field="predictions.sha256", fix=fix)
     try:
@@ -91,12 +99,40 @@ def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]
     if len(cols.get("row", [])) != entry.rows:
         raise PredictionsError(f"{len(cols.get('row', []))} rows, the result records {entry.rows}",
                                file=str(path), field="predictions.rows", fix=fix)
+    if "correct" not in cols and LEGACY in cols:
+        cols["correct"] = [p == g for p, g in zip(cols["pred"], cols.pop(LEGACY), strict=True)]
+    if legacy and hashlib.sha256(to_bytes(cols)).hexdigest() != entry.sha256:
+        raise PredictionsError("the predictions file differs from the sha256 its result.json records",
+                               file=str(path), field="predictions.sha256", fix=fix)
     return cols
+
+
+def is_legacy(folder: Path) -> bool:
+    """Whether ``folder``'s file was written before 2026-12-07 (``gold`` labels in place of ``correct``); an
+    unreadable file is not (``read`` names what is wrong with it)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return LEGACY in pq.read_schema(Path(folder) / FILE).names
+    except Exception:  # noqa: BLE001 - pyarrow's own errors, a missing file
+        return False
+
+
+def upgrade(folder: Path, entry: PredictionsEntry | dict | None, *, root: Path | None = None) -> dict:
+    """Rewrite a legacy file (``is_legacy``) in today's columns, checked against its record ``entry`` first, and
+    the record's hash; returns the new ``predictions`` entry. The record is written first: a stop between the two
+    writes leaves a legacy file that ``read`` checks against its upgrade's hash, and a rerun finishes it."""
+    cols = read(folder, entry)
+    data = to_bytes(cols)
+    new = {"file": FILE, "sha256": hashlib.sha256(data).hexdigest(), "rows": len(cols["row"])}
+    add_to_run(Path(folder) / RESULT, {"predictions": new}, root=root)
+    write_atomic(Path(folder) / FILE, data, root=root)
+    return new
 
 
 def accuracy(columns: dict[str, list], task: str | None = None) -> float:
     """Accuracy in percent over the rows of ``task`` (None: all rows), as the training loop computes it."""
-    pairs = [(p, g) for t, p, g in zip(columns["task"], columns["pred"], columns["gold"]) if task is None or t == task]
-    if not pairs:
+    hits = [ok for t, ok in zip(columns["task"], columns["correct"], strict=True) if task is None or t == task]
+    if not hits:
         raise PredictionsError(f"no predictions for task '{task}'", field="task")
-    return 100.0 * (sum(p == g for p, g in pairs) / len(pairs))
+    return 100.0 * (sum(hits) / len(hits))

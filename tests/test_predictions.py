@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from benchmark import predictions, records
@@ -130,7 +131,8 @@ def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
     mt = next(f for f in runs if "__mt_a_" in f.name)
     cols = check(mt)
     assert sorted(set(cols["task"])) == ["rte", "socialiqa"] and len(cols["row"]) == 24
-    assert set(cols["pred"]) | set(cols["gold"]) <= {0, 1, 2}  # SocialIQA's three options
+    assert set(cols["pred"]) <= {0, 1, 2} and set(cols["correct"]) <= {True, False}  # SocialIQA's three options
+    assert "gold" not in pq.read_schema(mt / predictions.FILE).names  # what the model did, not the dataset's labels
     before = {f: (f / predictions.FILE).read_bytes() for f in runs}
     for f in runs:
         check(f)
@@ -143,7 +145,7 @@ def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
 def test_a_record_and_its_predictions_must_agree(tmp_path):
     """The reader refuses a file whose bytes differ from the recorded hash or row count."""
     cols = {"task": ["rte"] * 3, "split": ["validation"] * 3, "row": [0, 1, 2], "source_row": [5, 9, 11],
-            "id": ["5", "9", None], "pred": [1, 0, 1], "gold": [1, 1, 1]}
+            "id": ["5", "9", None], "pred": [1, 0, 1], "correct": [True, False, True]}
     entry = predictions.write(tmp_path, cols)
     assert entry["rows"] == 3 and predictions.read(tmp_path, entry)["id"] == ["5", "9", None]
     assert predictions.accuracy(cols, "rte") == 100.0 * (2 / 3)
@@ -154,6 +156,43 @@ def test_a_record_and_its_predictions_must_agree(tmp_path):
         predictions.read(tmp_path, {**entry, "rows": 4})
     with pytest.raises(predictions.PredictionsError, match="records no predictions"):
         predictions.read(tmp_path, None)
+
+
+def test_a_file_with_gold_labels_reads_and_migrates_to_correct(tmp_path):
+    """A file written before 2026-12-07 (``gold`` in place of ``correct``) reads with ``correct`` derived;
+    ``afbench migrate``'s pass rewrites it and its record's hash, and a stop between the record and the file
+    leaves a state that still reads and that a rerun finishes."""
+    import pyarrow as pa
+
+    from benchmark.runner.migrate import upgrade_predictions
+
+    src = next((ROOT / "results").glob("*/*/" + RESULT))
+    run = tmp_path / "exp" / src.parent.name
+    run.mkdir(parents=True)
+    shutil.copy(src, run / RESULT)
+    old = {"task": ["rte"] * 3, "split": ["validation"] * 3, "row": [0, 1, 2], "source_row": [5, 9, 11],
+           "id": ["5", "9", None], "pred": [1, 0, 1], "gold": [1, 1, 1]}
+    pq.write_table(pa.Table.from_pydict(old), run / predictions.FILE)
+    legacy = {"file": predictions.FILE, "sha256": file_sha256(run / predictions.FILE), "rows": 3}
+    add_to_run(run / RESULT, {"predictions": legacy})
+    assert predictions.is_legacy(run) and predictions.read(run, legacy)["correct"] == [True, False, True]
+    assert predictions.accuracy(predictions.read(run, legacy), "rte") == 100.0 * (2 / 3)
+    # a stop after the record was rewritten, before the file: the legacy file reads against its upgrade's hash
+    new = {"file": predictions.FILE, "sha256": __import__("hashlib").sha256(predictions.to_bytes(
+        {**{k: v for k, v in old.items() if k != "gold"}, "correct": [True, False, True]})).hexdigest(), "rows": 3}
+    add_to_run(run / RESULT, {"predictions": new})
+    assert predictions.read(run, new)["correct"] == [True, False, True]
+    assert upgrade_predictions(tmp_path / "exp", dry_run=True) == [run.name] and predictions.is_legacy(run)
+    assert upgrade_predictions(tmp_path / "exp") == [run.name] and not predictions.is_legacy(run)
+    rec = load_run(run / RESULT)
+    assert rec.predictions.model_dump() == new and file_sha256(run / predictions.FILE) == new["sha256"]
+    assert upgrade_predictions(tmp_path / "exp") == []  # nothing left to do
+    # a legacy file that matches neither hash is refused, not rewritten
+    pq.write_table(pa.Table.from_pydict({**old, "pred": [0, 0, 0]}), run / predictions.FILE)
+    with pytest.raises(predictions.PredictionsError, match="sha256"):
+        predictions.read(run, new)
+    lines = []
+    assert upgrade_predictions(tmp_path / "exp", log=lines.append) == [] and "left as they are" in lines[0]
 
 
 def test_adding_predictions_keeps_a_committed_result_as_it_was(tmp_path):
@@ -173,8 +212,6 @@ def test_every_committed_predictions_file_reproduces_its_record():
     """Every results/**/predictions.parquet: its record names it with this hash, and its accuracy is the
     recorded dev accuracy exactly (through the reader, and again straight from the parquet file with pyarrow),
     over exactly the dev rows the record counts; every record with a predictions entry has the file."""
-    import pyarrow.parquet as pq
-
     files = sorted((ROOT / "results").glob("*/*/" + predictions.FILE))
     entries = [p.parent for p in (ROOT / "results").glob("*/*/" + RESULT)
                if load_run(p).predictions is not None]
@@ -187,9 +224,9 @@ def test_every_committed_predictions_file_reproduces_its_record():
         table = pq.read_table(f).to_pydict()
         want = {t: v.best_metric for t, v in rec.per_task.items()} if rec.per_task else {rec.task: rec.best_metric}
         for t, metric in want.items():
-            mine = [(p, g, sp) for x, p, g, sp in zip(table["task"], table["pred"], table["gold"], table["split"],
-                                                     strict=True) if x == t]
-            assert 100.0 * (sum(p == g for p, g, _ in mine) / len(mine)) == metric, (f.parent.name, t)
-            assert len({sp for _, _, sp in mine}) == 1, (f.parent.name, t)  # one dev split, no test rows mixed in
+            assert "gold" not in table, f  # committed files hold no copy of the dev labels (afbench migrate)
+            mine = [(ok, sp) for x, ok, sp in zip(table["task"], table["correct"], table["split"], strict=True) if x == t]
+            assert 100.0 * (sum(ok for ok, _ in mine) / len(mine)) == metric, (f.parent.name, t)
+            assert len({sp for _, sp in mine}) == 1, (f.parent.name, t)  # one dev split, no test rows mixed in
             if not rec.per_task and rec.data is not None and rec.data.eval_rows is not None:
                 assert len(mine) == rec.data.eval_rows, (f.parent.name, len(mine), rec.data.eval_rows)

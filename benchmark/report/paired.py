@@ -83,8 +83,7 @@ def _rows(col: Collected, by_id: dict, backbone: str, task: str, label: str) -> 
             cols = predictions.read(col.folder / rid, rec.predictions)
         except BenchError:
             continue
-        mine = sorted((r, p == g) for t, r, p, g in zip(cols["task"], cols["row"], cols["pred"], cols["gold"],
-                                                          strict=True) if t == task)
+        mine = sorted((r, ok) for t, r, ok in zip(cols["task"], cols["row"], cols["correct"], strict=True) if t == task)
         if mine and predictions.accuracy(cols, task) == value:
             out[rec.seed] = (tuple(r for r, _ in mine), np.array([ok for _, ok in mine], dtype=float))
     return out

@@ -1,4 +1,5 @@
-"""``afbench migrate EXPERIMENT``: rename result folders made under an older run-id scheme.
+"""``afbench migrate EXPERIMENT``: rename result folders made under an older run-id scheme, and rewrite
+predictions files of an older format (``upgrade_predictions``).
 
 Scheme 1 hashed the whole task, method and backbone specs, prose included, so editing a description
 changed the ids. Scheme 2 (``benchmark/plan/identity.py``) hashes only what changes a result. A result's
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmark import predictions
 from benchmark.data.sources import task_fingerprints
 from benchmark.errors import BenchError
 from benchmark.paths import read_regular, swap_in, under
@@ -151,3 +153,23 @@ def _rewrite(folder: Path, result: RunRecord, new: str, old: str, mapping: dict[
     result.run_id, result.deps, result.id_scheme = new, [mapping.get(d, d) for d in result.deps], ID_SCHEME
     result.migrated_from = old
     write_run(folder / RESULT, result)
+
+
+def upgrade_predictions(exp_dir: Path, *, dry_run: bool = False, log=print) -> list[str]:
+    """Rewrite every predictions file of the experiment written before 2026-12-07 (``gold`` labels in place of
+    ``correct``: ``predictions.upgrade``) with its record's hash; returns the run ids. A file that fails its
+    record's check is left as it is (``afbench predict --force`` remakes it)."""
+    done = []
+    for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if exp_dir.exists() else []:
+        r = _raw(d)
+        if r is None or r.predictions is None or not predictions.is_legacy(d):
+            continue
+        try:
+            if not dry_run:
+                predictions.upgrade(d, r.predictions, root=exp_dir)
+        except predictions.PredictionsError as e:
+            log(f"  {d.name}: predictions left as they are ({e.message})")
+            continue
+        done.append(d.name)
+    return done
