@@ -16,7 +16,8 @@ No gold label is stored: the file holds what the model did, not a copy of the da
 ``correct`` is all a paired test needs. A file written before 2026-12-07 held ``gold`` instead; ``read``
 derives ``correct`` from it, and ``afbench migrate`` rewrites such a file (``upgrade``) and its record's hash.
 
-The record keeps ``predictions: {file, sha256, rows}``; ``read`` checks the hash, and ``accuracy``
+The record keeps ``predictions: {file, sha256, rows}``; ``read`` checks the hash (a legacy file's, or its
+upgrade's), and ``accuracy``
 recomputes a task's metric exactly as the training loop computes it (100 x correct / rows, one division),
 so it equals the recorded ``best_metric`` bit for bit.
 
@@ -38,6 +39,7 @@ FILE = "predictions.parquet"
 ID_COLUMNS = ("idx", "id")  # a dataset's own row id, the first of these it has
 COLUMNS = ("task", "split", "row", "source_row", "id", "pred", "correct")
 LEGACY = "gold"  # the column files written before 2026-12-07 held instead of ``correct``
+LEGACY_COLUMNS = COLUMNS[:-1] + (LEGACY,)
 
 
 class PredictionsError(BenchError):
@@ -63,16 +65,23 @@ def to_bytes(columns: dict[str, list]) -> bytes:
     return buf.getvalue()
 
 
+def _entry(data: bytes, rows: int) -> dict:
+    """The record's ``predictions`` entry of a file holding ``data``."""
+    return {"file": FILE, "sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
+
+
 def write(folder: Path, columns: dict[str, list], *, root: Path | None = None) -> dict:
     """Write ``folder/predictions.parquet`` atomically; returns the record's ``predictions`` entry."""
     data = to_bytes(columns)
     write_atomic(Path(folder) / FILE, data, root=root)
-    return {"file": FILE, "sha256": hashlib.sha256(data).hexdigest(), "rows": len(columns["row"])}
+    return _entry(data, len(columns["row"]))
 
 
 def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]:
     """The columns of ``folder/predictions.parquet``, checked against the record's entry (sha256, rows; a
-    ``RunRecord.predictions``, or the dict ``write`` returned)."""
+    ``RunRecord.predictions``, or the dict ``write`` returned). A legacy file (``is_legacy``) reads with
+    ``correct`` derived from its gold labels, and passes the hash check also when the record holds the hash of
+    its upgrade (an ``afbench migrate`` stopped between its two writes, see ``upgrade``)."""
     import pyarrow.parquet as pq
 
     if entry is None:
@@ -87,33 +96,33 @@ def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]
     path = Path(folder) / FILE
     if not path.is_file():
         raise PredictionsError("the predictions file the result records is missing", file=str(path), fix=fix)
-    same = file_sha256(path) == entry.sha256
-    legacy = not same and is_legacy(folder)  # maybe a legacy file whose record holds its upgrade's hash already
-    if not same and not legacy:
-        raise PredictionsError("the predictions file differs from the sha256 its result.json records",
+    altered = PredictionsError("the predictions file differs from the sha256 its result.json records",
                                file=str(path), field="predictions.sha256", fix=fix)
+    same, legacy = file_sha256(path) == entry.sha256, is_legacy(folder)
+    if not same and not legacy:
+        raise altered
     try:
         cols = pq.read_table(path).to_pydict()
-    except Exception as e:  # noqa: BLE001 - pyarrow's own errors
-        raise PredictionsError(f"not a readable parquet file ({e})", file=str(path), fix=fix) from None
+        if legacy:
+            cols["correct"] = [p == g for p, g in zip(cols["pred"], cols.pop(LEGACY), strict=True)]
+            upgraded = None if same else _entry(to_bytes(cols), len(cols["row"]))["sha256"]
+    except Exception as e:  # noqa: BLE001 - pyarrow's own errors, a legacy file's wrong types
+        raise PredictionsError(f"not a readable predictions file ({e})", file=str(path), fix=fix) from None
+    if legacy and not same and upgraded != entry.sha256:
+        raise altered
     if len(cols.get("row", [])) != entry.rows:
         raise PredictionsError(f"{len(cols.get('row', []))} rows, the result records {entry.rows}",
                                file=str(path), field="predictions.rows", fix=fix)
-    if "correct" not in cols and LEGACY in cols:
-        cols["correct"] = [p == g for p, g in zip(cols["pred"], cols.pop(LEGACY), strict=True)]
-    if legacy and hashlib.sha256(to_bytes(cols)).hexdigest() != entry.sha256:
-        raise PredictionsError("the predictions file differs from the sha256 its result.json records",
-                               file=str(path), field="predictions.sha256", fix=fix)
     return cols
 
 
 def is_legacy(folder: Path) -> bool:
-    """Whether ``folder``'s file was written before 2026-12-07 (``gold`` labels in place of ``correct``); an
-    unreadable file is not (``read`` names what is wrong with it)."""
+    """Whether ``folder``'s file has exactly the columns of a file written before 2026-12-07 (``gold`` labels in
+    place of ``correct``); an unreadable file is not (``read`` names what is wrong with it)."""
     import pyarrow.parquet as pq
 
     try:
-        return LEGACY in pq.read_schema(Path(folder) / FILE).names
+        return tuple(pq.read_schema(Path(folder) / FILE).names) == LEGACY_COLUMNS
     except Exception:  # noqa: BLE001 - pyarrow's own errors, a missing file
         return False
 
@@ -124,7 +133,7 @@ def upgrade(folder: Path, entry: PredictionsEntry | dict | None, *, root: Path |
     writes leaves a legacy file that ``read`` checks against its upgrade's hash, and a rerun finishes it."""
     cols = read(folder, entry)
     data = to_bytes(cols)
-    new = {"file": FILE, "sha256": hashlib.sha256(data).hexdigest(), "rows": len(cols["row"])}
+    new = _entry(data, len(cols["row"]))
     add_to_run(Path(folder) / RESULT, {"predictions": new}, root=root)
     write_atomic(Path(folder) / FILE, data, root=root)
     return new

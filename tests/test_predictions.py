@@ -192,7 +192,15 @@ def test_a_file_with_gold_labels_reads_and_migrates_to_correct(tmp_path):
     with pytest.raises(predictions.PredictionsError, match="sha256"):
         predictions.read(run, new)
     lines = []
+    assert upgrade_predictions(tmp_path / "exp", dry_run=True, log=lines.append) == []  # not counted in a dry run
     assert upgrade_predictions(tmp_path / "exp", log=lines.append) == [] and "left as they are" in lines[0]
+    # other columns beside gold, or the old columns with other types: refused as one PredictionsError
+    pq.write_table(pa.Table.from_pydict({**old, "secret": ["x"] * 3}), run / predictions.FILE)
+    with pytest.raises(predictions.PredictionsError, match="sha256"):
+        predictions.read(run, new)
+    pq.write_table(pa.Table.from_pydict({**old, "pred": ["a", "b", "c"]}), run / predictions.FILE)
+    with pytest.raises(predictions.PredictionsError, match="not a readable predictions file"):
+        predictions.read(run, new)
 
 
 def test_adding_predictions_keeps_a_committed_result_as_it_was(tmp_path):

@@ -6,9 +6,12 @@ import shutil
 import subprocess
 import sys
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmark.records import scan_experiment
+from benchmark import predictions
+from benchmark.hashing import file_sha256
+from benchmark.records import add_to_run, scan_experiment
 from conftest import ROOT
 
 
@@ -62,9 +65,18 @@ def test_predictions_are_included_and_a_missing_report_is_one_paragraph(tmp_path
     assert out.returncode == 2 and "afbench report minilm_batching" in out.stderr and "Traceback" not in out.stderr
     shutil.copy(ROOT / "reports" / "minilm_batching.md", reports)
     run = sorted(p for p in (res / "minilm_batching").iterdir() if p.is_dir())[0]
-    (run / "predictions.parquet").write_bytes(b"PAR1 stand-in")
+    cols = {"task": ["rte"] * 2, "split": ["validation"] * 2, "row": [0, 1], "source_row": [0, 1], "id": ["0", "1"],
+            "pred": [1, 0]}
+    legacy = predictions.LEGACY_COLUMNS
+    pq.write_table(pa.Table.from_pydict({**cols, "gold": [1, 1]}), run / predictions.FILE)  # before 2026-12-07
+    assert tuple(pq.read_schema(run / predictions.FILE).names) == legacy
+    add_to_run(run / "result.json", {"predictions": {"file": predictions.FILE, "rows": 2,
+                                                     "sha256": file_sha256(run / predictions.FILE)}})
+    out = _push(*args)  # gold labels are never published: migrate first
+    assert out.returncode == 2 and "afbench migrate minilm_batching" in out.stderr and "Traceback" not in out.stderr
+    add_to_run(run / "result.json", {"predictions": predictions.write(run, {**cols, "correct": [True, False]})})
     out = _push(*args)
     assert out.returncode == 0, out.stderr
-    assert (tmp_path / "ds" / "predictions" / f"{run.name}.parquet").read_bytes() == b"PAR1 stand-in"
+    assert (tmp_path / "ds" / "predictions" / f"{run.name}.parquet").read_bytes() == (run / predictions.FILE).read_bytes()
     assert "1 runs' dev predictions" in (tmp_path / "ds" / "README.md").read_text()
     assert pq.read_table(tmp_path / "ds" / "data" / "runs.parquet").num_rows == 6

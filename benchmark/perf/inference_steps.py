@@ -26,19 +26,20 @@ def _autocast(device_type: str, precision: str | None):
         torch.autocast(device_type, enabled=False)
 
 
+def random_ids(g: torch.Generator, vocab_size: int, batch: int, length: int, device: torch.device):
+    """(input_ids [batch, length] drawn from ids >= 1000 with [CLS] (101) first, attention mask of ones)."""
+    x = torch.randint(1000, vocab_size, (batch, length), generator=g)
+    x[:, 0] = 101
+    return x.to(device), torch.ones_like(x).to(device)
+
+
 def time_inference(forward, vocab_size: int, length: int, batch: int, reps: int, device: str,
                    precision: str | None) -> dict:
     """forward(input_ids, attention_mask) -> logits. Returns latency_ms (median of ``reps`` batch-1 calls)
     and examples_per_second (``reps`` calls at ``batch``), after one warm-up call of each."""
     dev = torch.device(device)
     g = torch.Generator().manual_seed(0)
-
-    def ids(b):
-        x = torch.randint(1000, vocab_size, (b, length), generator=g)
-        x[:, 0] = 101
-        return x.to(dev), torch.ones_like(x).to(dev)
-
-    one, big = ids(1), ids(batch)
+    one, big = random_ids(g, vocab_size, 1, length, dev), random_ids(g, vocab_size, batch, length, dev)
     with torch.no_grad(), _autocast(dev.type, precision):
         forward(*one)
         forward(*big)
@@ -96,11 +97,9 @@ def _op_kind(name: str) -> str:
 def profile_forward(forward, vocab_size: int, length: int, batch: int, device: str, precision: str | None,
                     reps: int = 3) -> dict:
     """Where one forward at ``batch`` spends its time (CPU only): torch.profiler's self CPU time per operator,
-    summed into attention (SDPA), linear (GEMMs) and other (LayerNorm, GELU, adds, casts, Python-side
-    bookkeeping ops), in ms per forward, over ``reps`` forwards after a warm-up."""
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(1000, vocab_size, (batch, length), generator=g)
-    mask = torch.ones_like(ids)
+    summed into attention (SDPA), linear (the GEMMs, with their autograd wrapper's small self time) and other
+    (LayerNorm, GELU, adds, casts), in ms per forward, over ``reps`` forwards after a warm-up."""
+    ids, mask = random_ids(torch.Generator().manual_seed(1), vocab_size, batch, length, torch.device("cpu"))
     with torch.no_grad(), _autocast("cpu", precision):
         forward(ids, mask)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

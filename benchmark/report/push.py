@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmark import predictions
 from benchmark.errors import BenchError
 from benchmark.paths import under, write_atomic
 from benchmark.records import scan_experiment
@@ -71,7 +72,8 @@ def card(exp, reg, rows: list[dict], files: list[str], report: Path, repo: str) 
               f"- `reports/`: {sum(f.startswith('reports/') for f in files)} files: the experiment's report (Markdown, "
               "HTML, LaTeX, figures) and its prune reports, as committed."]
     preds = [f for f in files if f.startswith("predictions/")]
-    lines.append(f"- `predictions/`: {len(preds)} runs' dev predictions" if preds
+    lines.append(f"- `predictions/`: {len(preds)} runs' dev predictions (per dev row: task, split, row, source_row, "
+                 "the dataset's id, pred and correct; no gold label)" if preds
                  else "- no run of this experiment wrote predictions")
     adapters = sorted({f.split("/")[1] for f in files if f.startswith("adapters/")})
     if adapters:
@@ -105,9 +107,15 @@ def stage(exp, reg, results: Path, reports: Path, out: Path, repo: str) -> list[
                 if g.is_file():
                     files[f"reports/{g.relative_to(reports)}"] = g.read_bytes()
     for r in scan.results:
-        pred = results / exp.name / r.run_id / "predictions.parquet"
-        if pred.exists():
-            files[f"predictions/{r.run_id}.parquet"] = pred.read_bytes()
+        folder = results / exp.name / r.run_id
+        if r.predictions is None or not (folder / predictions.FILE).exists():
+            continue
+        if predictions.is_legacy(folder):  # it holds the dev split's gold labels: not published
+            raise BenchError(f"run {r.run_id} has a predictions file of before 2026-12-07, with the dev split's gold "
+                             "labels", file=str(folder / predictions.FILE),
+                             fix=f"rewrite it without them first: afbench migrate {exp.name}")
+        predictions.read(folder, r.predictions)  # the bytes its record (in runs.parquet) names, or one error
+        files[f"predictions/{r.run_id}.parquet"] = (folder / predictions.FILE).read_bytes()
     names = sorted(set(files) | {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()})
     files["README.md"] = card(exp, reg, rows, names, report, repo).encode("utf-8")
     for rel, data in files.items():

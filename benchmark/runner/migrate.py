@@ -57,6 +57,11 @@ def new_id(result: RunRecord, deps: list[str], data_root) -> str:
     return run_id(result.task or "multi", result.label, result.backbone, result.seed, identity)
 
 
+def _folders(exp_dir: Path) -> list[Path]:
+    """The experiment's run folders (not its dot-folders: locks, Slurm, tracking), sorted."""
+    return sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) if exp_dir.exists() else []
+
+
 def _raw(folder: Path) -> RunRecord | None:
     """The folder's result as stored (its run id may differ from the folder's name: a rename interrupted);
     None for one this version cannot use, a record of a newer schema included (never rewritten here)."""
@@ -89,8 +94,7 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
     """
     exp_dir = experiment_dir(results_dir, plan.experiment.name)
     stored, mapping, interrupted = {}, {}, []  # old id -> result to migrate; old id -> new id
-    for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if exp_dir.exists() else []:
+    for d in _folders(exp_dir):
         r = _raw(d)
         if r is None:
             continue
@@ -160,12 +164,12 @@ def upgrade_predictions(exp_dir: Path, *, dry_run: bool = False, log=print) -> l
     ``correct``: ``predictions.upgrade``) with its record's hash; returns the run ids. A file that fails its
     record's check is left as it is (``afbench predict --force`` remakes it)."""
     done = []
-    for d in sorted(p for p in exp_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-            if exp_dir.exists() else []:
+    for d in _folders(exp_dir):
         r = _raw(d)
         if r is None or r.predictions is None or not predictions.is_legacy(d):
             continue
         try:
+            predictions.read(d, r.predictions)  # checked in a dry run too: a file that fails is never counted
             if not dry_run:
                 predictions.upgrade(d, r.predictions, root=exp_dir)
         except predictions.PredictionsError as e:
