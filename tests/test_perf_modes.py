@@ -14,6 +14,7 @@ from benchmark.cli import main as cli
 from benchmark.modeling.compute import bf16_unsupported
 from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.perf import harness
 from benchmark.perf.harness import gemm_peak
 from benchmark.perf.steps import Head, make_batch
 from benchmark.plan.flops import Shape, step_flops
@@ -78,6 +79,12 @@ def test_a_frozen_encoder_backward_stops_at_the_lowest_adapter():
 def test_gemm_peak_measures_each_shape():
     got = gemm_peak(torch.float32, "cpu", ((64, 64, 64), (128, 32, 64)), min_seconds=0.01)
     assert set(got["per_shape"]) == {"64x64x64", "128x32x64"} and got["gflops"] == max(got["per_shape"].values()) > 0
+    # the best of torch.mm and, on the CPU, oneDNN's linear (the GEMM the fast kernels run), named per shape
+    assert set(got["library"]) == set(got["per_shape"]) and set(got["library"].values()) <= {"torch.mm", "oneDNN"}
+    libs = harness.gemm_libraries("cpu")
+    a, b = torch.randn(8, 4), torch.randn(4, 3)
+    for name, mm in libs.items():  # both compute a @ b (oneDNN from the weight layout [n, k])
+        torch.testing.assert_close(mm(a, b if name == "torch.mm" else b.t().contiguous()), a @ b)
 
 
 def test_roofline_mode_end_to_end_tiny(tmp_path):
@@ -91,6 +98,13 @@ def test_roofline_mode_end_to_end_tiny(tmp_path):
     assert raw["flops_per_step"]["ours"]["Fusion N=2"] < raw["flops_per_step"]["reference"]["Fusion N=2"]
     assert "## Targets" in md and "Revision" in md and raw["provenance"]["versions"]["torch"]
     assert str(tmp_path) not in md + json.dumps(raw)
+    # the compiled ST-A step beside eager (one per round), or why there is none; its target either way
+    if raw["compiled_missing"] is None:
+        assert len(raw["compiled_st_a_fp32_seconds"]) == len(raw["rounds"]) and "| ST-A, compiled |" in md
+    else:
+        assert raw["compiled_st_a_fp32_seconds"] == [] and f"No compiled row: {raw['compiled_missing']}" in md
+    assert any(t["text"].startswith("compiled ST-A step in fp32") for t in raw["targets"])
+    assert set(raw["gemm_peak_gflops"]["fp32"]["library"].values()) <= {"torch.mm", "oneDNN"}
 
 
 def test_inference_mode_end_to_end_tiny(tmp_path):

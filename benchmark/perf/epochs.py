@@ -245,8 +245,8 @@ def epochs_report(args, plans, rounds, ref_version) -> tuple[list[str], dict, li
           for t in summary if all("grouped_bf16" in r[t] for r in rounds)}
     for t, v in bf.items():
         summary[t]["bf16_over_fp32_examples_per_second_grouped"] = v
-    targets = [Target("an SST-2 ST-A epoch (grouped) in bf16 >= 1.5x the examples/s of fp32 (aim 1.8x)",
-                      bf["sst2"] >= 1.5 if "sst2" in bf else None, f"{bf['sst2']:.2f}x" if "sst2" in bf else
+    targets = [Target("an SST-2 ST-A epoch (grouped) in bf16 >= 1.8x the examples/s of fp32",
+                      bf["sst2"] >= 1.8 if "sst2" in bf else None, f"{bf['sst2']:.2f}x" if "sst2" in bf else
                       "run --mode epochs --precision bf16 --tasks sst2,...")]
     if bf:
         lines += ["", "bf16 (autocast, `--precision bf16`) vs fp32, grouped batches, examples/s: "

@@ -39,7 +39,7 @@ from benchmark.perf.meta import Target, default_out, machine
 from benchmark.perf.steps import Head, make_batch, peak_mib, setup_kind, time_steps
 from benchmark.spec.schema import AdapterParams, FusionParams
 
-TARGETS = "Fusion N=16 >= 4x the reference; Fusion N=16 step <= 1.6x a single-adapter step; ST-A >= 1.2x the reference"
+TARGETS = "Fusion N=16 >= 5x the reference; Fusion N=16 step <= 1.6x a single-adapter step; ST-A >= 1.5x the reference"
 WARMUP = 1
 
 
@@ -68,11 +68,15 @@ def build_setup(bb: PerfBackbone, config, compute: Compute = DEFAULT):
 
 def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="cpu", bf16=False,
          compute: Compute = DEFAULT, pooling: str = "mean", precision: str | None = None,
-         memory: dict | None = None) -> dict[str, float]:
+         memory: dict | None = None, compiled: bool = False) -> dict[str, float]:
     """Seconds per training step of each (name, N[, kind]) setup; N = 0 is ST-A. ``precision`` (or the older
     ``bf16=True``) picks the autocast (``compute.py``; default: float32 on every device); ``memory``, when
-    given, receives each setup's peak memory in MiB (CUDA: max allocated; CPU: the process's peak RSS so far)."""
+    given, receives each setup's peak memory in MiB (CUDA: max allocated; CPU: the process's peak RSS so far).
+    ``compiled``: the forward and loss through ``torch.compile`` (inductor, static shapes) on the stock kernels,
+    as ``compute.compile`` runs them (``modeling/compiled.py``); the warm-up steps include the compilation."""
     out = {}
+    if compiled:
+        compute = Compute("stock", compute.last_layer)
     prec = Compute(compute.cpu_kernels, compute.last_layer, precision or ("bf16" if bf16 else "fp32"))
     dev = torch.device(device)
     prec.check(dev)
@@ -88,10 +92,15 @@ def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="c
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats(dev)
 
+        def task_loss(model=model, head=head, batch=batch):
+            h = model.encode(batch["input_ids"], batch["attention_mask"], first_token_only=pooling == "cls")
+            return torch.nn.functional.cross_entropy(head(h, batch["attention_mask"]).float(), batch["labels"])
+
+        forward = torch.compile(task_loss, dynamic=False) if compiled else task_loss
+
         def step():
             with prec.autocast(dev):
-                h = model.encode(batch["input_ids"], batch["attention_mask"], first_token_only=pooling == "cls")
-                loss = torch.nn.functional.cross_entropy(head(h, batch["attention_mask"]).float(), batch["labels"])
+                loss = forward()
             if setup_kind(config) == "fusion":
                 loss = loss + 0.01 * model.fusion_regularization("f")
             loss.backward()
@@ -262,13 +271,13 @@ def bf16_section(args, configs, device, rounds, memory: dict, why_not: str | Non
     if big:  # the fp32 targets of the headline table (TARGETS)
         n16 = big[0]
         x = median(ref, n16) / median(mine, n16) if ref else None
-        targets.append(Target("Fusion N=16 >= 4x the reference (fp32)", None if x is None else x >= 4,
+        targets.append(Target("Fusion N=16 >= 5x the reference (fp32)", None if x is None else x >= 5,
                               f"{x:.2f}x" if x else ""))
         y = median(mine, n16) / median(mine, "ST-A")
         targets.append(Target("Fusion N=16 step <= 1.6x a single-adapter step (fp32)", y <= 1.6, f"{y:.2f}x"))
     if ref:
         z = median(ref, "ST-A") / median(mine, "ST-A")
-        targets.append(Target("ST-A >= 1.2x the reference (fp32)", z >= 1.2, f"{z:.2f}x"))
+        targets.append(Target("ST-A >= 1.5x the reference (fp32)", z >= 1.5, f"{z:.2f}x"))
     if big and m16:
         n16 = big[0]
         x_ref32 = median(ref, n16) / median(m16, n16) if ref else None
