@@ -13,9 +13,10 @@ import pytest
 
 from benchmark import predictions, records
 from benchmark.cli import main
+from benchmark.errors import BenchError
 from benchmark.hashing import file_sha256
 from benchmark.records import RESULT, add_to_run, load_run
-from conftest import ROOT, needs_mirror, tiny_experiment, write_experiments
+from conftest import MIRROR, ROOT, needs_mirror, tiny_experiment, write_experiments
 
 
 def check(folder: Path) -> dict:
@@ -61,6 +62,35 @@ def test_every_trained_run_writes_predictions_that_reproduce_its_record(tiny):
     for folder in folders:
         rec = load_run(folder / RESULT)
         assert rec.best_metric == rec.history[rec.best_epoch - 1].dev_accuracy
+
+
+@needs_mirror
+def test_a_served_run_labels_its_dev_rows_as_its_predictions_file_does(tiny):
+    """``serve.load(folder)`` (issue 40's library call) reads only the run folder: fed the raw dev rows, each run
+    (Head, ST-A, Fusion w/ ST-A) predicts what its predictions.parquet holds, as label names."""
+    from benchmark.data.sources import read_rows
+    from benchmark.runner.serve import load
+
+    exp, _ = tiny
+    for folder in sorted(p.parent for p in exp.glob("*/result.json")):
+        cols = check(folder)
+        model = load(folder)
+        raw = read_rows(model.task, model.task.splits.eval, MIRROR)
+        rows = [raw[i] for i in cols["source_row"]]
+        names = model.predict(rows)
+        assert names == [model.task.label.names[i] for i in cols["pred"]], folder.name
+        assert model.logits(rows[:3]).shape == (3, len(model.task.label.names))
+    # the tiny runs predict one class each; a committed MiniLM ST-A run (weights in git) predicts both of CB's
+    folder = next((ROOT / "results" / "minilm_table1").glob("cb__st_a_rf16__minilm-l6__s42__*"))
+    cols = check(folder)
+    model = load(folder)
+    raw = read_rows(model.task, model.task.splits.eval, MIRROR)
+    assert model.predict([raw[i] for i in cols["source_row"]]) == [model.task.label.names[i] for i in cols["pred"]]
+    assert len(set(cols["pred"])) > 1
+    with pytest.raises(BenchError, match="no rows"):
+        model.predict([])
+    with pytest.raises(BenchError, match="not finished"):
+        load(exp / "no_such_run")
 
 
 @needs_mirror
@@ -133,6 +163,19 @@ def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
     assert sorted(set(cols["task"])) == ["rte", "socialiqa"] and len(cols["row"]) == 24
     assert set(cols["pred"]) <= {0, 1, 2} and set(cols["correct"]) <= {True, False}  # SocialIQA's three options
     assert "gold" not in pq.read_schema(mt / predictions.FILE).names  # what the model did, not the dataset's labels
+    # served (serve.load): MT-A per task, Fusion w/ MT-A over its MT-A run's encoder, SocialIQA's options
+    from benchmark.data.sources import read_rows
+    from benchmark.runner.serve import load
+
+    for f in runs:
+        c = check(f)
+        for t in sorted(set(c["task"])):
+            model = load(f, task=t)
+            raw = read_rows(model.task, model.task.splits.eval, MIRROR)
+            mine = [(i, y) for x, i, y in zip(c["task"], c["source_row"], c["pred"], strict=True) if x == t]
+            assert model.logits([raw[i] for i, _ in mine]).argmax(-1).tolist() == [y for _, y in mine], (f.name, t)
+    with pytest.raises(BenchError, match="say which task"):
+        load(mt)
     before = {f: (f / predictions.FILE).read_bytes() for f in runs}
     for f in runs:
         check(f)

@@ -159,6 +159,15 @@ class CpuLinear(nn.Linear):
         return cached[1], cached[2]
 
 
+def serving(*modules: nn.Module) -> None:
+    """Eval mode, every parameter frozen: how a model serves (``runner/serve.py``, ``afbench perf --mode
+    inference``), so with the fast kernels every linear layer takes the frozen oneDNN path above."""
+    for m in modules:
+        m.eval()
+        for p in m.parameters():
+            p.requires_grad_(False)
+
+
 def _swap(model: nn.Module, old: type, make) -> None:
     """Replace every child of exactly type ``old`` (not its subclasses) by ``make(child)``."""
     for mod in model.modules():

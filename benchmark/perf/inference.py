@@ -16,7 +16,7 @@ import sys
 import torch
 
 from benchmark.modeling.compute import Compute
-from benchmark.modeling.cpu_kernels import set_cpu_kernels
+from benchmark.modeling.cpu_kernels import serving, set_cpu_kernels
 from benchmark.perf import harness
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
 from benchmark.perf.harness import Harness, median, memory_lines
@@ -32,10 +32,7 @@ def served(bb: PerfBackbone, config):
     model, _ = build_setup(bb, tuple(config))
     head = Head(model.hidden_size, pooling="mean")
     set_cpu_kernels(head, "fast")
-    model.eval()
-    head.eval()
-    for p in list(model.parameters()) + list(head.parameters()):
-        p.requires_grad_(False)  # inference: every linear layer is frozen (the oneDNN path on the CPU)
+    serving(model, head)  # as runner/serve.py serves a finished run: eval, frozen, oneDNN linear layers
     return (lambda ids, mask: head(model.encode(ids, mask), mask)), model, head
 
 

@@ -224,14 +224,21 @@ class _Writer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def build_model(run: Run, reg: Registry, run_dir, tok) -> AdapterModel:
-    """The run's trained model: backbone + everything its folder saved (+ the MT-A encoder it fused on)."""
-    model = AdapterModel(load_encoder(reg.backbones[run.backbone], tok))
-    if run.kind.depends_on == "mt_a":  # Fusion w/ MT-A: the frozen tuned encoder lives in the MT-A run
-        load_modules(model, run_dir(run.deps[0]), adapters=[], fusions=[], heads=[], encoder=True)
-    load_modules(model, run_dir(run.id))
+def rebuild(bspec, folder: Path, tok, encoder_from: Path | None = None) -> AdapterModel:
+    """A finished run's trained model, in eval mode: the backbone ``bspec`` + everything ``folder`` saved (+ the
+    tuned encoder of the MT-A run in ``encoder_from``, which a Fusion w/ MT-A run fused on and did not save)."""
+    model = AdapterModel(load_encoder(bspec, tok))
+    if encoder_from is not None:
+        load_modules(model, encoder_from, adapters=[], fusions=[], heads=[], encoder=True)
+    load_modules(model, folder)
     model.eval()
     return model
+
+
+def build_model(run: Run, reg: Registry, run_dir, tok) -> AdapterModel:
+    """The run's trained model (``rebuild``; the MT-A encoder from its dependency's folder for Fusion w/ MT-A)."""
+    return rebuild(reg.backbones[run.backbone], run_dir(run.id), tok,
+                   run_dir(run.deps[0]) if run.kind.depends_on == "mt_a" else None)
 
 
 def load_for_eval(run: Run, reg: Registry, run_dir, device: torch.device) -> tuple[AdapterModel, object, Compute]:

@@ -1,0 +1,109 @@
+"""Serving a finished run (issue 40): ``load(run_folder)`` returns a ``Predictor`` that labels new rows.
+
+    from benchmark.runner.serve import load
+    model = load("results/minilm_table1/rte__fusion_st_a_rf16__minilm-l6__s42__7a6b8c2e")
+    model.predict([{"sentence1": "A man plays a guitar.", "sentence2": "Nobody plays."}])  # ['not_entailment']
+
+It reads only the run's folder (for Fusion w/ MT-A also its MT-A run's, beside it or ``mt_a_folder``): result.json
+names the backbone, the task (templates, label names, max length), the compute and the precision the run ran
+with; ``modules.json`` + ``weights.safetensors`` hold what it trained. No specs, plan or data mirror. The model is
+rebuilt as ``afbench predict`` and ``afbench export`` rebuild it (``export.rebuild``) with what the run evaluated
+active; rows are rendered with the task's templates (Jinja's sandbox) and tokenized as its training rows were;
+the logits come from the run's own evaluation path (``training.loop.forward``: eval mode, ``torch.no_grad``, the
+run's autocast and CPU kernels), in batches of the run's eval batch size sorted by length. One difference: every
+weight is frozen, so with the fast CPU kernels every linear layer runs oneDNN (``cpu_kernels.py``), where the run's
+evaluation ran the modules it was training through ``F.linear``; the logits agree to float rounding, and a dev
+row gets the label the run's ``predictions.parquet`` holds for it (tested on a committed MiniLM run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmark.data.encode import EncodedSplit, batch_rows, collate, render_row, tokenize_row
+from benchmark.errors import BenchError
+from benchmark.methods import kinds, registry
+from benchmark.modeling.backbone import load_tokenizer
+from benchmark.modeling.compute import Compute
+from benchmark.modeling.cpu_kernels import serving
+from benchmark.records import read_result_file
+from benchmark.runner.export import activate, rebuild
+from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, TaskSpec
+from benchmark.training.loop import autocast, forward, shaped, to_device
+
+
+@dataclass
+class Predictor:
+    """A finished run's model for one task, ready to label rows of that task's columns."""
+
+    run_id: str
+    task: TaskSpec
+    model: object  # AdapterModel, eval mode, on ``device``
+    tokenizer: object
+    compute: Compute
+    device: torch.device
+    batch_size: int  # the run's eval batch size
+    max_length: int  # tokens per sequence, as the run's caps cut its rows (encode.encode_split)
+
+    @torch.no_grad()
+    def logits(self, rows: list[dict]) -> torch.Tensor:
+        """[n, C] (classification) or [n, K] (multiple choice) float32 logits, in the order of ``rows``."""
+        if not rows:
+            raise BenchError("no rows to predict", field="rows", fix="pass a list of dicts with the task's columns")
+        examples = [{**tokenize_row(self.tokenizer, render_row(self.task, row), self.task, self.max_length),
+                     "label": 0} for row in rows]
+        split = EncodedSplit(self.task.name, "served", self.task.type, examples, "rows", len(examples))
+        out: list[torch.Tensor | None] = [None] * len(rows)
+        for idx in batch_rows(split, self.batch_size, mode="by_length"):  # as the run's evaluation batches
+            batch = to_device(shaped(self.model, collate([examples[i] for i in idx], self.tokenizer.pad_token_id)),
+                              self.device)
+            with autocast(self.device, self.compute):
+                got = forward(self.model, self.task.name, batch).float()
+            for i, row_logits in zip(idx, got, strict=True):
+                out[i] = row_logits.cpu()
+        return torch.stack(out)
+
+    def predict(self, rows: list[dict]) -> list:
+        """Each row's label: its name where the task names its labels (``label.names``), else the class id
+        (multiple choice: the chosen option's index)."""
+        ids = self.logits(rows).argmax(-1).tolist()
+        names = self.task.label.names if self.task.type == "classification" else None
+        return [names[i] for i in ids] if names else ids
+
+
+def load(folder, *, task: str | None = None, device: str = "cpu", mt_a_folder=None) -> Predictor:
+    """The ``Predictor`` of a finished run's folder (``task``: which of a multi-task run's tasks; ``mt_a_folder``:
+    where the MT-A run a Fusion w/ MT-A run fused on lies, when not beside it)."""
+    folder = Path(folder)
+    res = read_result_file(folder)
+    if not res.finished:
+        raise BenchError(f"this run is not finished ({res.state})", file=str(folder / "result.json"),
+                         fix="serve a finished run (afbench status EXPERIMENT lists them)")
+    rec = res.record
+    cfg = rec.config
+    name = task or rec.task
+    if name is None or name not in cfg.get("tasks", {}):
+        raise BenchError(f"say which task to serve: this run trained {sorted(cfg.get('tasks', {}))}", field="task",
+                         file=str(folder / "result.json"), fix="load(folder, task=<one of them>)")
+    registry.discover()  # the method kinds, to know whether the run fused on an MT-A run's tuned encoder
+    encoder_from = None
+    if rec.method_kind in kinds.KINDS and kinds.get(rec.method_kind).depends_on == "mt_a":
+        encoder_from = Path(mt_a_folder) if mt_a_folder else folder.parent / rec.deps[0]
+    bspec = BackboneSpec.model_validate(cfg["backbone"])
+    tok = load_tokenizer(bspec)
+    model = rebuild(bspec, folder, tok, encoder_from)
+    serving(model)  # trains nothing: every linear layer takes the frozen (oneDNN) path
+    compute = Compute.of(ComputeSpec.model_validate(cfg.get("compute") or {  # results from before the record
+        "cpu_kernels": rec.cpu_kernels or "stock", "last_layer": rec.last_layer or "full"}))
+    dev = torch.device(device)
+    compute.check(dev)
+    compute.apply(model, tok.pad_token_id)
+    activate(model, name)
+    spec = TaskSpec.model_validate(cfg["tasks"][name])
+    caps = Caps.model_validate(cfg.get("task_caps", {}).get(name) or cfg.get("caps") or {})
+    return Predictor(rec.run_id, spec, model.to(dev), tok, compute, dev,
+                     int(cfg["method"]["train"].get("eval_batch_size") or 64),
+                     min(caps.max_length, spec.max_length) if caps.max_length else spec.max_length)
