@@ -540,6 +540,7 @@ class Speed(_Payload):
     """``afbench speed``'s measurement of an experiment's finished runs (``SPEED`` in its folder)."""
     runs: dict[str, SpeedRun]
     rounds: int | None = None
+    weights: str | None = None  # "frozen" (cpu_kernels.serving) since 2026-12-07; None: as loaded (F.linear)
     provenance: dict[str, Any] = Field(default_factory=dict)
     drift_guard: dict[str, Any] = Field(default_factory=dict)
 

@@ -184,7 +184,7 @@ def test_afbench_prune_and_the_keep_option_end_to_end(tmp_path):
     # each timed as it evaluated: the fusion runs with their fusion active, the stage-1 run with its adapter
     assert {x["label"]: x["active"] for x in timed["runs"].values()} == {
         "fusion_st_a_rf16": "fusion", "fusion_st_a_keep2_rf16": "fusion", "st_a_rf16": "rte"}
-    assert timed["provenance"]["threads"] == 1
+    assert timed["provenance"]["threads"] == 1 and timed["weights"] == "frozen"  # as runner/serve.py serves
     assert timed["drift_guard"]["verdict"] in ("trustworthy", "untrustworthy") and "afbench speed" in \
         timed["provenance"]["command"]
     # a run without weights: one paragraph naming the fix

@@ -1,7 +1,9 @@
 """``afbench speed EXPERIMENT --only GLOB``: inference speed of finished runs as they serve, no retraining.
 
 Every selected finished run whose weights are in its folder (any kind; the others are named and skipped) is rebuilt with what it evaluated active
-(``prune.load_trained``: its fusion, static mixing, merged adapter or LoRA) and timed on its own dev
+(``prune.load_trained``: its fusion, static mixing, merged adapter or LoRA), every weight frozen as
+``runner/serve.py`` serves it (``cpu_kernels.serving``; files written before 2026-12-07 lack ``"weights":
+"frozen"``: their runs computed every linear layer with ``F.linear``), and timed on its own dev
 split as ``afbench prune`` times a pruned fusion (``prune.speed``): examples/s at the run's eval batch size, batches
 sorted by length, and the median ms of batch 1 over the first dev rows; the median of ``--rounds`` rounds whose run
 order alternates, so a machine that drifts slows every run alike. The measurement, with the harness's provenance
@@ -21,6 +23,7 @@ import torch
 from benchmark.analysis.prune import load_trained, speed
 from benchmark.errors import BenchError, CheckpointError
 from benchmark.modeling.checkpoint import WEIGHTS
+from benchmark.modeling.cpu_kernels import serving
 from benchmark.modeling.model import Fuse
 from benchmark.paths import write_atomic
 from benchmark.perf.harness import Harness
@@ -63,6 +66,7 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
             print(f"not timed: {run.id}: {e.message}", flush=True)
             continue
         setup = activate(model, run.task)  # what load_trained made active, named in the measurement
+        serving(model)  # as runner/serve.py serves it: eval, every weight frozen (oneDNN linear layers)
         dev = dev_split(reg, data_dir, run, reg.tasks[run.task], tok)
         speed(model, dev, run.task, tok.pad_token_id, run.method.train.eval_batch_size, dev_device, compute)
         loaded.append((run, model, dev, tok.pad_token_id, compute, setup))
@@ -82,7 +86,7 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
                      "rounds": timed[run.id],
                      "active": "fusion" if isinstance(setup, Fuse) else setup or "no adapter"}
             for run, _, dev, _, compute, setup in loaded}
-    raw = {"experiment": plan.experiment.name, "rounds": rounds, "runs": runs,
+    raw = {"experiment": plan.experiment.name, "rounds": rounds, "runs": runs, "weights": "frozen",
            "provenance": provenance(device, argv), "drift_guard": h.finish().as_dict()}
     path = exp_dir / SPEED
     write_atomic(path, json.dumps(raw, indent=1, sort_keys=True) + "\n")

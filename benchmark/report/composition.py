@@ -173,7 +173,10 @@ def _inference(col: Collected, rows: list[CompositionRow]) -> str:
     return ("" if trusted else "UNTRUSTWORTHY timings: the machine's fp32 GEMM peak moved beyond the drift guard's "
             "limit while they were taken. ") + (
         f"Inference ex/s: examples per second on the {', '.join(tasks)} dev split at each run's eval batch size "
-        f"(batches sorted by length), forward only under no_grad, as afbench speed timed the trained runs (seeds "
+        f"(batches sorted by length), forward only under no_grad"
+        + (", every weight frozen as a served run's (oneDNN linear layers)" if speed.weights == "frozen" else
+           ", with the weights as loaded (every linear layer through F.linear; measured before afbench speed froze them)")
+        + f", as afbench speed timed the trained runs (seeds "
         f"{', '.join(map(str, sorted(seeds)))}): per run the median of {speed.rounds or '?'} rounds whose run order "
         f"alternates, per task the median over a row's runs, then the mean over the tasks; a row not timed on every "
         f"one of them shows —. On {prov.get('machine') or 'a machine not recorded'}, "
@@ -181,7 +184,9 @@ def _inference(col: Collected, rows: list[CompositionRow]) -> str:
         f"{str((prov.get('git') or {}).get('revision') or 'not recorded')[:12]}; drift guard "
         f"{drift.get('verdict') or 'not recorded'}"
         + (f" (fp32 GEMM peak {change:+.1%})" if isinstance(change, (int, float)) else "")
-        + f". A merged adapter or LoRA serves as one module; fusion and static mixing run all {n}.")
+        + f". A merged adapter or LoRA serves as one module; fusion and static mixing run all {n}: static mixing "
+        "computes each adapter's output in turn, while fusion's fast path runs the N down projections as one matmul "
+        "and never forms the N outputs (modeling/fusion.py), which is why static mixing can serve slower.")
 
 
 def _notes(col: Collected, view: CompositionView, inference: str) -> list[str]:
