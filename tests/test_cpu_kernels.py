@@ -14,6 +14,7 @@ from benchmark.modeling.cpu_kernels import (
     attention_math,
     fast_dropout,
     keep_mask,
+    serving,
     set_cpu_kernels,
 )
 from benchmark.modeling.model import AdapterModel, Fuse
@@ -148,3 +149,38 @@ def test_frozen_linear_computes_f_linear_and_its_input_gradient():
     assert torch.allclose(fast(xt), F.linear(xt, lin.weight, lin.bias), atol=1e-5)
     with torch.no_grad():
         assert torch.allclose(fast(x), F.linear(x, lin.weight, lin.bias), atol=1e-5)
+
+
+def test_a_serving_model_prepacks_its_frozen_weights_with_the_same_outputs(tiny_bert):
+    """``serving``: eval, every weight frozen, each linear layer's weight reordered once for oneDNN (per dtype);
+    outputs equal the unpacked fast path's (inputs of 7 rows or more), in float32 and under bf16 autocast, and
+    the packed copy is made again after the weight changes. With gradients recorded it stays unpacked."""
+    torch.manual_seed(0)
+    model = AdapterModel(tiny_bert[1]())
+    model.add_adapter("a", AdapterParams(reduction_factor=16))
+    model.set_active("a")
+    set_cpu_kernels(model, "fast")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    ids = torch.randint(5, 100, (3, 11))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        plain = model.encode(ids, mask)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain_bf16 = model.encode(ids, mask)
+    serving(model)
+    lins = [m for m in model.modules() if isinstance(m, CpuLinear)]
+    assert lins and all(m.__dict__["serving"] for m in lins)
+    with torch.no_grad():
+        assert torch.equal(model.encode(ids, mask), plain)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(model.encode(ids, mask), plain_bf16)
+    assert all(set(m.__dict__["_packed_copies"]) == {torch.float32, torch.bfloat16} for m in lins)
+    first = lins[0]
+    with torch.no_grad():
+        first.weight.mul_(2.0)  # a changed weight is packed again
+        assert not torch.equal(model.encode(ids, mask), plain)
+    assert first.__dict__["_packed_copies"][torch.float32][0][1] == first.weight._version
+    out = model.encode(ids, mask)  # gradients recorded (no parameter needs one): the unpacked path
+    assert out.shape == plain.shape

