@@ -105,6 +105,20 @@ def test_roofline_mode_end_to_end_tiny(tmp_path):
         assert raw["compiled_st_a_fp32_seconds"] == [] and f"No compiled row: {raw['compiled_missing']}" in md
     assert any(t["text"].startswith("compiled ST-A step in fp32") for t in raw["targets"])
     assert set(raw["gemm_peak_gflops"]["fp32"]["library"].values()) <= {"torch.mm", "oneDNN"}
+    # where ours' ST-A step spends its time: the fast kernels' dropout masks are their own kind
+    prof = raw["st_a_step_profile_ms"]["ST-A"]
+    assert prof["linear"] > 0 and prof["attention"] > 0 and prof["dropout masks"] > 0 and "Where ours' eager" in md
+
+
+def test_profile_kinds_by_operator_name():
+    from benchmark.perf.inference_steps import op_kind
+
+    assert [op_kind(n) for n in ("mkldnn::_linear_pointwise", "aten::addmm", "_FrozenLinearBackward", "aten::bmm",
+                                 "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_softmax_backward_data",
+                                 "aten::random_", "aten::where", "aten::ge", "aten::gelu", "aten::gelu_backward",
+                                 "aten::native_layer_norm")] == \
+        ["linear", "linear", "linear", "attention", "attention", "attention", "dropout masks", "dropout masks",
+         "dropout masks", "other", "other", "other"]
 
 
 def test_inference_mode_end_to_end_tiny(tmp_path):
@@ -125,7 +139,9 @@ def test_inference_mode_end_to_end_tiny(tmp_path):
     assert all(t > 0 for v in ms.values() for t in v.values())
     # what bounds the ST-A ratio: ours' forward split into attention, linear layers and the rest, per precision
     prof = raw["st_a_profile_ms"]
-    assert set(prof) == set(raw["precisions"]) and all(set(v) == {"attention", "linear", "other"} for v in prof.values())
+    assert set(prof) == set(raw["precisions"]) and all(set(v) == {"attention", "linear", "dropout masks", "other"}
+                                                       for v in prof.values())
+    assert all(v["dropout masks"] == 0 for v in prof.values())  # eval: no dropout
     assert all(v["attention"] > 0 and v["linear"] > 0 for v in prof.values()) and "Where ours ST-A forward" in md
     # the memory pass: one fresh process per side, setup and precision
     assert cli(["perf", "--mode", "inference", *TINY, "--adapters", "", "--reps", "1", "--infer-batch", "2",

@@ -20,7 +20,12 @@ from benchmark.modeling.cpu_kernels import serving, set_cpu_kernels
 from benchmark.perf import harness
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
 from benchmark.perf.harness import Harness, median, memory_lines
-from benchmark.perf.inference_steps import linear_context_check, profile_forward, time_inference
+from benchmark.perf.inference_steps import (
+    linear_context_check,
+    profile_forward,
+    profile_table,
+    time_inference,
+)
 from benchmark.perf.meta import Target
 from benchmark.perf.steps import Head, peak_mib
 from benchmark.perf.training_steps import build_setup
@@ -138,10 +143,7 @@ def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_
         lines += [f"Where ours ST-A forward spends its time at batch {args.infer_batch} (torch.profiler, self CPU time "
                   "per operator, ms per forward): attention is PyTorch's SDPA kernel, the one AdapterHub's BERT "
                   "calls too, so only the linear layers and the rest can widen the ST-A ratio.", "",
-                  "| precision | attention | linear layers | other (LayerNorm, GELU, adds, casts) |", "|---|---:|---:|---:|",
-                  *(f"| {p} | " + " | ".join(f"{v[k]:.1f} ({100 * v[k] / sum(v.values()):.0f}%)"
-                                             for k in ("attention", "linear", "other")) + " |"
-                    for p, v in profile.items()), ""]
+                  *profile_table(profile, "precision"), ""]
     if memory:
         lines += [*memory_lines(memory, [c[0] for c in configs], device, "each side, setup and precision in a fresh "
                                 "process")[1:], ""]

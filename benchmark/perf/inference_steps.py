@@ -10,6 +10,7 @@ its ``bmm`` path and copies the weight once per batch row. AdapterHub's fusion (
 transposed stack of adapter outputs) hits it: its bf16 forward ran several times slower than its fp32
 forward. ``linear_context_check`` measures that effect on one layer; the report prints it."""
 
+import re
 import statistics
 import time
 
@@ -84,28 +85,44 @@ def linear_context_check(shape: tuple[int, ...], precisions: list[str], device: 
     return out
 
 
-def _op_kind(name: str) -> str:
-    """The share an operator's self time counts towards: attention, linear (GEMMs) or other."""
-    name = name.lower()
-    if "scaled_dot_product" in name or "attention" in name:
-        return "attention"
-    if "linear" in name or name in ("aten::addmm", "aten::mm", "aten::bmm", "aten::matmul"):
-        return "linear"
-    return "other"
+OP_KINDS = {  # what an operator's self time counts towards in a profile: a regex searched in its lower-cased name
+    "attention": r"scaled_dot_product|attention|^aten::bmm$|softmax",
+    "linear": r"linear|^aten::(addmm|mm|matmul)$",
+    "dropout masks": r"^aten::(random_|where|ge|bernoulli_?)$",
+}
+
+
+def op_kind(name: str) -> str:
+    """The kind of ``OP_KINDS`` an operator (profiler event name) counts towards, else ``other``."""
+    return next((k for k, rx in OP_KINDS.items() if re.search(rx, name.lower())), "other")
+
+
+def profile_ms(fn, reps: int = 3) -> dict:
+    """Where ``fn()`` spends its time (CPU): torch.profiler's self CPU time per operator summed by ``op_kind``
+    (attention: SDPA or the batched matmuls and softmax of the math path; linear: the GEMMs, with their autograd
+    wrappers' small self time; dropout masks; other: LayerNorm, GELU, adds, casts, the optimizer), in ms per call
+    over ``reps`` calls after a warm-up call."""
+    fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            fn()
+    out = dict.fromkeys([*OP_KINDS, "other"], 0.0)
+    for ev in prof.key_averages():
+        out[op_kind(ev.key)] += ev.self_cpu_time_total / 1000 / reps
+    return out
+
+
+def profile_table(profiles: dict[str, dict], label: str) -> list[str]:
+    """Markdown rows of ``{row name: profile_ms(...)}``: ms and share per kind (kinds at zero everywhere left out)."""
+    kinds = [k for k in [*OP_KINDS, "other"] if any(v[k] for v in profiles.values())]
+    return [f"| {label} | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds),
+            *(f"| {name} | " + " | ".join(f"{v[k]:.1f} ({100 * v[k] / sum(v.values()):.0f}%)" for k in kinds) + " |"
+              for name, v in profiles.items())]
 
 
 def profile_forward(forward, vocab_size: int, length: int, batch: int, device: str, precision: str | None,
                     reps: int = 3) -> dict:
-    """Where one forward at ``batch`` spends its time (CPU only): torch.profiler's self CPU time per operator,
-    summed into attention (SDPA), linear (the GEMMs, with their autograd wrapper's small self time) and other
-    (LayerNorm, GELU, adds, casts), in ms per forward, over ``reps`` forwards after a warm-up."""
+    """``profile_ms`` of one forward at ``batch`` under ``torch.no_grad`` and the precision's autocast (CPU)."""
     ids, mask = random_ids(torch.Generator().manual_seed(1), vocab_size, batch, length, torch.device("cpu"))
     with torch.no_grad(), _autocast("cpu", precision):
-        forward(ids, mask)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for _ in range(reps):
-                forward(ids, mask)
-    out = {"attention": 0.0, "linear": 0.0, "other": 0.0}
-    for ev in prof.key_averages():
-        out[_op_kind(ev.key)] += ev.self_cpu_time_total / 1000 / reps
-    return out
+        return profile_ms(lambda: forward(ids, mask), reps)

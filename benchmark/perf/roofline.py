@@ -24,6 +24,7 @@ import torch
 from benchmark.modeling.compiled import compiler_missing
 from benchmark.perf import harness
 from benchmark.perf.harness import Harness, gemm_peak, median
+from benchmark.perf.inference_steps import profile_table
 from benchmark.perf.meta import Target
 from benchmark.perf.training_steps import WARMUP, ours, reference
 from benchmark.plan.flops import Shape, step_flops
@@ -67,13 +68,17 @@ def run_roofline(args) -> int:
     for r in range(args.rounds if why_not is None else 0):
         print(f"compiled ST-A, round {r + 1}/{args.rounds} ...", flush=True)
         compiled.append(ours(bb, configs[:1], **common, pooling="mean", precision="fp32", compiled=True)["ST-A"])
+    profile: dict = {}  # where ours' eager ST-A step spends its time (what bounds its fraction of the peak)
+    if device == "cpu":
+        ours(bb, configs[:1], **common, pooling="mean", precision="fp32", profile=profile)
     lines, targets = roofline_report(args, bb, configs, peak, flops, rounds, h.ref_version, precisions,
-                                     compiled, why_not)
+                                     compiled, why_not, profile)
     raw = {"mode": "roofline", "backbone": bb.label, "batch_size": args.batch_size, "length": args.length,
            "gemm_peak_gflops": peak, "flops_per_step": flops, "precisions": precisions,
            "warmup_steps": WARMUP,
            "timed_steps_per_round": args.steps, "unit": "seconds per training step (mean of the timed steps)",
-           "rounds": rounds, "compiled_st_a_fp32_seconds": compiled, "compiled_missing": why_not}
+           "rounds": rounds, "compiled_st_a_fp32_seconds": compiled, "compiled_missing": why_not,
+           "st_a_step_profile_ms": profile}
     h.write(lines, raw, targets, args.out)
     return 0
 
@@ -85,7 +90,7 @@ def _best_library(peak: dict) -> str:
 
 
 def roofline_report(args, bb, configs, peak, flops, rounds, ref_version, precisions, compiled=(),
-                    why_not: str | None = None) -> tuple[list[str], list[Target]]:
+                    why_not: str | None = None, profile: dict | None = None) -> tuple[list[str], list[Target]]:
     lines = ["# Roofline: training steps against this machine's GEMM peak", "",
              f"{bb.label}, batch {args.batch_size}, length {args.length}, mean-pooling head, default fast CPU kernels; "
              f"{args.steps} timed steps after {WARMUP} warm-up per setup, {args.rounds} alternating rounds (median "
@@ -121,6 +126,11 @@ def roofline_report(args, bb, configs, peak, flops, rounds, ref_version, precisi
                   "shapes, the stock CPU kernels, as `compute.compile` trains), one compilation per round in the warm-up; "
                   f"median of {len(compiled)} rounds after the alternating ones; the last column is its speed-up over "
                   "ours eager." if compiled else f"No compiled row: {why_not}.", ""]
+    if profile:
+        lines += ["Where ours' eager ST-A step (fp32) spends its time: torch.profiler's self CPU time per operator, ms "
+                  "per step over two steps (attention: the batched matmuls and softmax of the dropout math path; "
+                  "dropout masks: the fast kernels' random integers and their comparison).", "",
+                  *profile_table(profile, "setup"), ""]
     st = median(rounds, "ours_fp32", "ST-A")
     frac = flops["ours"]["ST-A"] / 1e9 / st / peak["fp32"]["gflops"] if st else None
     cfrac = flops["ours"]["ST-A"] / 1e9 / statistics.median(compiled) / peak["fp32"]["gflops"] if compiled else None

@@ -35,6 +35,7 @@ from benchmark.modeling.cpu_kernels import set_cpu_kernels
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.perf.backbones import PerfBackbone
 from benchmark.perf.harness import Harness, command_line, median, memory_lines, precisions
+from benchmark.perf.inference_steps import profile_ms
 from benchmark.perf.meta import Target, default_out, machine
 from benchmark.perf.steps import Head, make_batch, peak_mib, setup_kind, time_steps
 from benchmark.spec.schema import AdapterParams, FusionParams
@@ -68,12 +69,13 @@ def build_setup(bb: PerfBackbone, config, compute: Compute = DEFAULT):
 
 def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="cpu", bf16=False,
          compute: Compute = DEFAULT, pooling: str = "mean", precision: str | None = None,
-         memory: dict | None = None, compiled: bool = False) -> dict[str, float]:
+         memory: dict | None = None, compiled: bool = False, profile: dict | None = None) -> dict[str, float]:
     """Seconds per training step of each (name, N[, kind]) setup; N = 0 is ST-A. ``precision`` (or the older
     ``bf16=True``) picks the autocast (``compute.py``; default: float32 on every device); ``memory``, when
     given, receives each setup's peak memory in MiB (CUDA: max allocated; CPU: the process's peak RSS so far).
     ``compiled``: the forward and loss through ``torch.compile`` (inductor, static shapes) on the stock kernels,
-    as ``compute.compile`` runs them (``modeling/compiled.py``); the warm-up steps include the compilation."""
+    as ``compute.compile`` runs them (``modeling/compiled.py``); the warm-up steps include the compilation.
+    ``profile``, when given, receives each setup's ``inference_steps.profile_ms`` of two more steps."""
     out = {}
     if compiled:
         compute = Compute("stock", compute.last_layer)
@@ -108,6 +110,8 @@ def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="c
             opt.zero_grad(set_to_none=True)
 
         out[name] = time_steps(step, warmup, steps, device)
+        if profile is not None:
+            profile[name] = profile_ms(step, reps=2)
         if memory is not None:
             memory[name] = peak_mib(device)
     return out
