@@ -726,3 +726,21 @@ def test_html_wide_tables_show_a_scroll_cue(registry, handmade, tmp_path):
                for b in wider), wider
     for b in narrow + boxes(1400):  # the mark is there exactly where the box is wider than the page
         assert ("overflows" in b["class"]) == (int(b["data-sw"]) > int(b["data-cw"]) + 1), b
+
+
+def test_report_seeds_keep_the_tables_on_complete_seeds(handmade):
+    """``report_seeds`` (an experiment field, not an id field): grid results of other seeds fill no cell, are
+    listed as held back, and the report's header counts them."""
+    from benchmark.records import load_plan, scan_experiment
+    from benchmark.report.aggregate import collect
+    from benchmark.report.build import _provenance
+
+    scan = scan_experiment(handmade, "handmade")
+    plan = load_plan(handmade / "handmade" / "plan.json")
+    every = collect(scan.results, plan, "handmade")
+    kept = collect(scan.results, plan, "handmade", seeds=[1, 2])
+    later = sorted(r.run_id for r in scan.results if r.seed not in (1, 2) and r.run_id in {x.id for x in plan.runs})
+    assert later and kept.held_back == later and every.held_back == []
+    assert all(set(c.seeds) <= {1, 2} for c in kept.cells.values())
+    assert any(3 in c.seeds for c in every.cells.values())
+    assert "held back from the tables (report_seeds: 1, 2)" in _provenance(kept, None, "x.yaml")["runs"]

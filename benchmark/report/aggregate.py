@@ -70,6 +70,8 @@ class Collected:
     multitask: list[RunRecord] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
     column_kinds: dict[str, str] = field(default_factory=dict)  # report column -> method kind (from the plan)
     stale_sources: set[str] = field(default_factory=set)  # stale results recording no fingerprint: data source
+    held_back: list[str] = field(default_factory=list)  # grid results of seeds outside report_seeds
+    report_seeds: list[int] | None = None  # the experiment's report_seeds (None: every seed)
 
     def kind_of(self, label: str) -> str | None:
         """The method kind of a report column (a variant such as st_a_shuffled_rf16 -> st_a)."""
@@ -97,7 +99,10 @@ def _read_plan(folder: Path) -> tuple[PlanRecord | None, str]:
         return None, f"{folder.name}/{PLAN} {e.message}; left out"
 
 
-def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) -> Collected:
+def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str,
+            seeds: list[int] | None = None) -> Collected:
+    """``seeds`` (the experiment's ``report_seeds``): only grid results of these seeds fill cells; the others are
+    listed in ``held_back``."""
     planned = plan.runs if plan is not None else []
     roles = {r.id: r.role for r in planned}
     # the report columns a run fills (a plan.json older than variant columns reads as its label: records.py)
@@ -111,7 +116,7 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
     results = [r for r in results if plan is None or r.run_id in roles]
     cells: dict[tuple[str, str, str], Cell] = {}
     attention: dict[tuple[str, str, str], list[dict]] = {}
-    stage1, multitask = [], []
+    stage1, multitask, held_back = [], [], []
     targets = set(plan.targets if plan is not None else [])  # empty (an old plan.json): every task is a row
     read_by_fusion = {d for r in results if r.finished for d in r.deps}
 
@@ -135,6 +140,9 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
                 stage1.append(r)
         if role != "grid":
             continue
+        if seeds is not None and r.seed not in seeds:
+            held_back.append(r.run_id)
+            continue
         per_task = r.per_task or {}
         # MT-A: one result for several tasks (per_task when finished; a failed one counts for each of its tasks)
         for t in rows(r.trained_tasks):
@@ -157,7 +165,8 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str) 
         if s.what.startswith("task "):
             no_data[s.what[5:]] = s.why
     return Collected(experiment, cells, stage1, no_data, results, plan.description if plan is not None else "",
-                     attention, stale, stale_sources=stale_sources, multitask=multitask, column_kinds=kinds)
+                     attention, stale, stale_sources=stale_sources, multitask=multitask, column_kinds=kinds,
+                     held_back=held_back, report_seeds=seeds)
 
 
 def recorded_plan(reg, spec, results: list[RunRecord], stored: PlanRecord | None, data_root=None,
@@ -196,7 +205,7 @@ def load(results_dir: Path, experiment: str, reg=None, data_root=None) -> Collec
     else:
         plan, source = stored, "plan.json (the experiment spec no longer exists)" if stored else "none"
         problems += [why] if why else []
-    col = collect(scan.results, plan, experiment)
+    col = collect(scan.results, plan, experiment, spec.report_seeds if spec is not None else None)
     problems += [f"run {r.run_id} diverged ({r.first_error_line or '?'}); left out of the means"
                  for r in col.results if r.diverged]
     col.problems, col.plan_source, col.folder = problems, source, results_dir / experiment

@@ -214,6 +214,10 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     runs = f"{len(fin)} finished, {len(col.results) - len(fin)} failed"
     if col.stale:
         runs += f"; {len(col.stale)} older results not in the current plan (spec edited since) left out"
+    if col.held_back:
+        held = sorted({r.seed for r in col.results if r.run_id in col.held_back})
+        runs += (f"; {len(col.held_back)} results of seed(s) {', '.join(map(str, held))} held back from the tables "
+                 f"(report_seeds: {', '.join(map(str, col.report_seeds or []))}) until those seeds are complete")
     if col.problems:
         runs += f"; {len(col.problems)} result file(s) left out (listed below)"
     return {

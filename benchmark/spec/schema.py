@@ -409,6 +409,10 @@ class ExperimentSpec(Strict):
         default_factory=list, description="other experiments whose finished stage-1 / MT-A runs this one reads in "
                                           "place where the run id is the same (runner/borrowed.py); not an id field")
     notes: str = ""
+    report_seeds: list[int] | None = Field(
+        None, description="the seeds the report's tables and tests use (default: every seed with a result): a grid "
+                          "growing seed by seed keeps its tables on complete seeds while the new ones train; the "
+                          "other seeds' results are kept and counted in the report's header; not an id field")
     table_notes: dict[Literal["table1", "table2", "table3", "composition"], str] = Field(
         default_factory=dict, description="a note printed under that table of the report, after its own notes: the "
                                           "deviations that change how it reads; prose, not an id field")
