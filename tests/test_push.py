@@ -38,8 +38,8 @@ def test_dry_run_on_minilm_table1(tmp_path):
     assert "6-layer, 384-wide" in card and "MultiNLI" in card and "[CLS]" in card
     assert "## Provenance" in card and f"{sum(r.finished for r in runs)} finished" in card
     assert (ds / "reports" / "minilm_table1.md").read_bytes() == (ROOT / "reports" / "minilm_table1.md").read_bytes()
-    with_predictions = [r.run_id for r in runs if r.predictions]  # the 33 ST-A rf 16 runs (afbench predict), retrained runs
-    assert sum("__st_a_rf16__" in rid for rid in with_predictions) == 33
+    with_predictions = [r.run_id for r in runs if r.predictions]  # every ST-A rf 16 run (33 of seeds 42-44, more since)
+    assert sum("__st_a_rf16__" in rid for rid in with_predictions) == sum("__st_a_rf16__" in r.run_id for r in runs) >= 33
     assert f"{len(with_predictions)} runs' dev predictions" in card
     assert sorted(p.stem for p in (ds / "predictions").iterdir()) == sorted(with_predictions)
     for rid in with_predictions:

@@ -23,7 +23,7 @@ import torch
 
 from benchmark.modeling.compiled import compiler_missing
 from benchmark.perf import harness
-from benchmark.perf.harness import Harness, gemm_peak, median
+from benchmark.perf.harness import Harness, median
 from benchmark.perf.inference_steps import profile_table
 from benchmark.perf.meta import Target
 from benchmark.perf.training_steps import WARMUP, ours, reference
@@ -54,7 +54,7 @@ def run_roofline(args) -> int:
     shapes = CUDA_SHAPES if cuda else CPU_SHAPES
     h = Harness.of(args, "roofline", device)
     print("GEMM peak ...", flush=True)
-    peak = {p: gemm_peak(torch.float32 if p == "fp32" else torch.bfloat16, device, shapes, seconds) for p in precisions}
+    peak = {p: harness.gemm_peak(torch.float32 if p == "fp32" else torch.bfloat16, device, shapes, seconds) for p in precisions}
     shape = Shape.of(bb.config(), args.batch_size, args.length)
     flops = {"ours": {c[0]: flops_of(shape, c, "ours") for c in configs},
              "reference": {c[0]: flops_of(shape, c, "reference") for c in configs}}
