@@ -484,7 +484,9 @@ def cmd_dashboard(args) -> int:
     from benchmark.report.dashboard import write_dashboard
     from benchmark.runner.results import results_root
 
-    print(f"wrote {write_dashboard(results_root(args.results_dir), Path(args.out_dir), _registry(args).backbones)}")
+    reg = _registry(args)
+    seeds = {name: e.report_seeds for name, e in reg.experiments.items() if e.report_seeds is not None}
+    print(f"wrote {write_dashboard(results_root(args.results_dir), Path(args.out_dir), reg.backbones, seeds)}")
     return 0
 
 

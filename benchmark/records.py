@@ -253,6 +253,13 @@ class RunRecord(_Record):
     def first_error_line(self) -> str:
         return (self.error or "").splitlines()[0] if self.error else ""
 
+    @property
+    def compute_config(self) -> dict:
+        """The resolved ``compute`` section the run ran with; a result from before it was recorded: the kernels
+        and last layer it recorded (absent there: stock kernels and the full last layer, as they then ran)."""
+        return (self.config or {}).get("compute") or {"cpu_kernels": self.cpu_kernels or "stock",
+                                                     "last_layer": self.last_layer or "full"}
+
 
 
 def undeclared(model: BaseModel, where: str = "") -> list[str]:

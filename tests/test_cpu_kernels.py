@@ -184,3 +184,11 @@ def test_a_serving_model_prepacks_its_frozen_weights_with_the_same_outputs(tiny_
     assert first.__dict__["_packed_copies"][torch.float32][0][1] == first.weight._version
     out = model.encode(ids, mask)  # gradients recorded (no parameter needs one): the unpacked path
     assert out.shape == plain.shape
+    # a replaced weight (not changed in place) is never served from the old one's packed copy
+    for _ in range(20):
+        first.weight = torch.nn.Parameter(torch.randn_like(first.weight), requires_grad=False)
+        x = torch.randn(9, first.in_features)
+        with torch.no_grad():
+            assert torch.equal(first(x), torch.ops.mkldnn._linear_pointwise(x, first.weight, first.bias, "none", [], ""))
+    set_cpu_kernels(model, "stock")  # a swap drops the serving state
+    assert not any("serving" in m.__dict__ for m in model.modules())

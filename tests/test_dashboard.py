@@ -146,3 +146,14 @@ def test_the_committed_dashboard_in_headless_chromium(tmp_path):
         assert got and got[0].read_text() == text
         assert page.errors() == []
         assert {u.split(":", 1)[0] for u in page.requests()} <= {"file", "blob"}
+
+
+def test_the_dashboard_uses_each_experiments_report_seeds():
+    """An experiment's ``report_seeds`` keep its other seeds off the dashboard, as they are off its report's tables."""
+    from benchmark.report.dashboard import collect
+
+    every, _ = collect(RESULTS, {})
+    kept, finished = collect(RESULTS, {}, {"minilm_table1": [42, 43]})
+    assert all(r.seed in (42, 43) for r in finished if r.experiment == "minilm_table1")
+    assert any(44 in p["seeds"] for p in every["points"] if p["experiment"] == "minilm_table1")
+    assert not any(44 in p["seeds"] for p in kept["points"] if p["experiment"] == "minilm_table1")

@@ -116,9 +116,9 @@ def test_profile_kinds_by_operator_name():
     assert [op_kind(n) for n in ("mkldnn::_linear_pointwise", "aten::addmm", "_FrozenLinearBackward", "aten::bmm",
                                  "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::_softmax_backward_data",
                                  "aten::random_", "aten::where", "aten::ge", "aten::gelu", "aten::gelu_backward",
-                                 "aten::native_layer_norm")] == \
+                                 "aten::native_layer_norm", "aten::_log_softmax", "aten::_softmax")] == \
         ["linear", "linear", "linear", "attention", "attention", "attention", "dropout masks", "dropout masks",
-         "dropout masks", "other", "other", "other"]
+         "dropout masks", "other", "other", "other", "other", "attention"]
 
 
 def test_inference_mode_end_to_end_tiny(tmp_path):

@@ -93,6 +93,26 @@ def test_a_served_run_labels_its_dev_rows_as_its_predictions_file_does(tiny):
         load(exp / "no_such_run")
 
 
+def test_a_served_run_refuses_weights_that_are_not_its_own(tmp_path):
+    """``serve.load`` checks the weights against the record's hash (as ``afbench predict`` does) and that an
+    ``mt_a_folder`` holds the MT-A run the fusion read, each refusal one paragraph naming the folder."""
+    from benchmark.errors import CheckpointError
+    from benchmark.runner.serve import load
+
+    src = next((ROOT / "results" / "minilm_table1").glob("cb__st_a_rf16__minilm-l6__s42__*"))
+    folder = tmp_path / src.name
+    shutil.copytree(src, folder)
+    data = bytearray((folder / "weights.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of one tensor
+    (folder / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 differs") as e:
+        load(folder)
+    assert e.value.file == str(folder)
+    fusion = next((ROOT / "results" / "minilm_table1").glob("cb__fusion_mt_a__minilm-l6__s42__*"))
+    with pytest.raises(CheckpointError, match="weights are missing"):  # git keeps no Fusion w/ MT-A weights
+        load(fusion)
+
+
 @needs_mirror
 def test_predict_rewrites_a_deleted_file_exactly(tiny, tmp_path, capsys):
     exp, args = tiny
@@ -176,6 +196,9 @@ def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
             assert model.logits([raw[i] for i, _ in mine]).argmax(-1).tolist() == [y for _, y in mine], (f.name, t)
     with pytest.raises(BenchError, match="say which task"):
         load(mt)
+    fusion = next(f for f in runs if "__fusion_mt_a__" in f.name)
+    with pytest.raises(BenchError, match="not multi__mt_a"):  # mt_a_folder must hold the MT-A run it fused on
+        load(fusion, mt_a_folder=fusion)
     before = {f: (f / predictions.FILE).read_bytes() for f in runs}
     for f in runs:
         check(f)

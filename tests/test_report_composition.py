@@ -21,11 +21,16 @@ PAPER = str(ROOT / "benchmark" / "paper" / "adapterfusion_eacl2021.yaml")
 
 
 def _records(experiment: str) -> dict[str, dict]:
-    """Every result.json of a committed experiment, read as plain JSON (not through the reporter's reader)."""
+    """Every result.json of a committed experiment of the seeds its report uses (``report_seeds``), read as plain
+    JSON (not through the reporter's reader)."""
+    from benchmark.spec import load_registry
+
+    seeds = load_registry().experiments[experiment].report_seeds
     out = {}
     for p in sorted((ROOT / "results" / experiment).glob("*/result.json")):
         r = json.loads(p.read_text())
-        out[r["run_id"]] = r
+        if seeds is None or r["seed"] in seeds:
+            out[r["run_id"]] = r
     return out
 
 

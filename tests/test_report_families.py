@@ -24,7 +24,11 @@ RUN = "{task}__{label}__minilm-l6__s{seed}__x"
 def _own_seed_pairs(task: str, fusion: str, base: str) -> tuple[list[float], list[float]]:
     """minilm_table1's committed records: (fusion, base) dev accuracies by seed, each fusion run the one whose
     dependency is its own seed's base run."""
-    runs = [load_run(p) for p in sorted((ROOT / "results" / "minilm_table1").glob(f"{task}__*/{RESULT}"))]
+    from benchmark.spec import load_registry
+
+    seeds = load_registry().experiments["minilm_table1"].report_seeds  # the seeds the report's tables use
+    runs = [r for r in (load_run(p) for p in sorted((ROOT / "results" / "minilm_table1").glob(f"{task}__*/{RESULT}")))
+            if seeds is None or r.seed in seeds]
     bases = {r.run_id: r for r in runs if r.run_id.startswith(f"{task}__{base}__")}
     pairs = sorted((r.seed, r.best_metric, bases[d].best_metric) for r in runs
                    if r.run_id.startswith(f"{task}__{fusion}__") for d in r.deps

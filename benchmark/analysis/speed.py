@@ -66,7 +66,7 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
             print(f"not timed: {run.id}: {e.message}", flush=True)
             continue
         setup = activate(model, run.task)  # what load_trained made active, named in the measurement
-        serving(model)  # as runner/serve.py serves it: eval, every weight frozen (oneDNN linear layers)
+        serving(model)  # as runner/serve.py serves it: eval, every weight frozen (prepacked oneDNN layers)
         dev = dev_split(reg, data_dir, run, reg.tasks[run.task], tok)
         speed(model, dev, run.task, tok.pad_token_id, run.method.train.eval_batch_size, dev_device, compute)
         loaded.append((run, model, dev, tok.pad_token_id, compute, setup))

@@ -30,6 +30,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("AFBENCH_CACHE_DIR", Path.home() / ".cache" / "afbench"))
 
 
+def capped_length(task: TaskSpec, cap: int | None) -> int:
+    """Tokens per sequence of ``task`` under a run's ``max_length`` cap (a cap only shortens)."""
+    return min(cap, task.max_length) if cap else task.max_length
+
+
 def render_row(task: TaskSpec, row: dict, task_file: str = "") -> dict:
     """Model inputs of one row as strings: {'text', 'text_pair'} or {'text', 'choices'}."""
     r = lambda fld, src: render(src, row, file=task_file, field=fld)  # noqa: E731
@@ -107,7 +112,7 @@ def encode_split(
     seeded by ``data_seed``): ``part="heldout"`` returns that slice, ``part="rest"`` the other rows, to
     which ``max_rows`` then applies.
     """
-    max_length = min(max_length, task.max_length) if max_length else task.max_length  # a cap only shortens
+    max_length = capped_length(task, max_length)
     src = locate(task, split, root, task_file=task_file)
     key = digest({"v": CACHE_VERSION, "task": task.model_dump(mode="json"), "split": split,
                   "src": src.fingerprint(), "tok": tokenizer_fingerprint(tokenizer), "len": max_length,

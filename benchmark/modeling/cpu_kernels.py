@@ -161,8 +161,8 @@ class CpuLinear(nn.Linear):
         tokens on the AMD EPYC, 5-18 % at batch 64."""
         key = (w.data_ptr(), w._version)
         cache = self.__dict__.setdefault("_packed_copies", {})
-        if cache.get(w.dtype, (None,))[0] != key:
-            cache[w.dtype] = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()))
+        if cache.get(w.dtype, (None,))[0] != key:  # the entry holds w: its address is never reused while cached
+            cache[w.dtype] = (key, torch.ops.mkldnn._reorder_linear_weight(w.detach()), w.detach())
         return cache[w.dtype][1]
 
     def _low_precision_copy(self, dtype: torch.dtype):
@@ -174,7 +174,10 @@ class CpuLinear(nn.Linear):
             with torch.no_grad():
                 w = self.weight.detach().to(dtype)
                 b = None if self.bias is None else self.bias.detach().to(dtype)
-            self.__dict__["_low_copy"] = cached = (key, w, b)
+            # the entry holds the float32 tensors it was made from, so a replaced weight never finds its address
+            # (and the same version) reused by a new one while the copy is cached
+            self.__dict__["_low_copy"] = cached = (key, w, b, self.weight.detach(),
+                                                   None if self.bias is None else self.bias.detach())
         return cached[1], cached[2]
 
 
@@ -204,6 +207,8 @@ def _swap(model: nn.Module, old: type, make) -> None:
 def _relinear(cls: type, lin: nn.Linear) -> nn.Linear:
     new = cls.__new__(cls)
     new.__dict__ = lin.__dict__.copy()  # the same Parameter objects: optimiser and state dict unchanged
+    for key in ("serving", "_packed_copies", "_low_copy"):  # CpuLinear's state: a swap starts without it
+        new.__dict__.pop(key, None)
     return new
 
 

@@ -55,8 +55,8 @@ def command_line(args) -> tuple[PerfBackbone, str, list[int]]:
 
 
 def gemm_libraries(device: str) -> dict:
-    """The GEMMs the peak is the best of, {name: mm(a [m, k], b [k, n])}: ``torch.mm`` everywhere and, on the
-    CPU, oneDNN's linear (what the fast CPU kernels compute frozen layers with, ``cpu_kernels.py``). On this
+    """The GEMMs the peak is the best of, {name: mm(a [m, k], b) -> [m, n]}: ``torch.mm`` everywhere (b [k, n]) and,
+    on the CPU, oneDNN's linear (b [n, k], the weight layout; what the fast CPU kernels compute frozen layers with). On this
     project's AMD EPYC torch's float32 ``mm`` (MKL) reaches about half of oneDNN's GFLOP/s, so a peak of
     ``torch.mm`` alone would understate the machine and put a step's achieved fraction above 100 %."""
     libs = {"torch.mm": torch.mm}

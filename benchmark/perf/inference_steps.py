@@ -86,7 +86,7 @@ def linear_context_check(shape: tuple[int, ...], precisions: list[str], device: 
 
 
 OP_KINDS = {  # what an operator's self time counts towards in a profile: a regex searched in its lower-cased name
-    "attention": r"scaled_dot_product|attention|^aten::bmm$|softmax",
+    "attention": r"scaled_dot_product|attention|^aten::bmm$|^aten::_?softmax(_backward_data)?$",
     "linear": r"linear|^aten::(addmm|mm|matmul)$",
     "dropout masks": r"^aten::(random_|where|ge|bernoulli_?)$",
 }

@@ -70,7 +70,7 @@ class Collected:
     multitask: list[RunRecord] = field(default_factory=list)  # finished MT-A results (grid or implied), every task
     column_kinds: dict[str, str] = field(default_factory=dict)  # report column -> method kind (from the plan)
     stale_sources: set[str] = field(default_factory=set)  # stale results recording no fingerprint: data source
-    held_back: list[str] = field(default_factory=list)  # grid results of seeds outside report_seeds
+    held_back: list[str] = field(default_factory=list)  # results of seeds outside report_seeds
     report_seeds: list[int] | None = None  # the experiment's report_seeds (None: every seed)
 
     def kind_of(self, label: str) -> str | None:
@@ -101,8 +101,8 @@ def _read_plan(folder: Path) -> tuple[PlanRecord | None, str]:
 
 def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str,
             seeds: list[int] | None = None) -> Collected:
-    """``seeds`` (the experiment's ``report_seeds``): only grid results of these seeds fill cells; the others are
-    listed in ``held_back``."""
+    """``seeds`` (the experiment's ``report_seeds``): only results of these seeds fill cells and the stage-1 and
+    MT-A lists; the others are listed in ``held_back``."""
     planned = plan.runs if plan is not None else []
     roles = {r.id: r.role for r in planned}
     # the report columns a run fills (a plan.json older than variant columns reads as its label: records.py)
@@ -118,7 +118,7 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str,
     attention: dict[tuple[str, str, str], list[dict]] = {}
     stage1, multitask, held_back = [], [], []
     targets = set(plan.targets if plan is not None else [])  # empty (an old plan.json): every task is a row
-    read_by_fusion = {d for r in results if r.finished for d in r.deps}
+    read_by_fusion = {d for r in results if r.finished and (seeds is None or r.seed in seeds) for d in r.deps}
 
     def rows(tasks) -> list[str]:
         return [t for t in tasks if not targets or t in targets]
@@ -133,15 +133,15 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str,
                     cell(run.backbone, t, c).expected = True
     for r in results:
         role = roles.get(r.run_id, r.role)
+        if seeds is not None and r.seed not in seeds:  # every table and test: the report's seeds only
+            held_back.append(r.run_id)
+            continue
         if r.finished:
             if r.per_task:  # a finished MT-A run: one result for several tasks
                 multitask.append(r)
             elif role != "grid" or r.run_id in read_by_fusion:
                 stage1.append(r)
         if role != "grid":
-            continue
-        if seeds is not None and r.seed not in seeds:
-            held_back.append(r.run_id)
             continue
         per_task = r.per_task or {}
         # MT-A: one result for several tasks (per_task when finished; a failed one counts for each of its tasks)

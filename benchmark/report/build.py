@@ -395,7 +395,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
     data.not_in_experiment = sorted((t for t, spec in reg.tasks.items() if spec.paper.order and t not in used),
                                     key=lambda t: reg.tasks[t].paper.order)
     data.failures = [{"run": r.run_id, "error": r.error} for r in col.results if not r.finished]
-    data.cost = cost_table(col.results)
+    data.cost = cost_table([r for r in col.results if r.run_id not in col.held_back])
     return data
 
 

@@ -174,7 +174,7 @@ def _inference(col: Collected, rows: list[CompositionRow]) -> str:
             "limit while they were taken. ") + (
         f"Inference ex/s: examples per second on the {', '.join(tasks)} dev split at each run's eval batch size "
         f"(batches sorted by length), forward only under no_grad"
-        + (", every weight frozen as a served run's (oneDNN linear layers)" if speed.weights == "frozen" else
+        + (", every weight frozen as a served run's (runner/serve.py: prepacked oneDNN linear layers)" if speed.weights == "frozen" else
            ", with the weights as loaded (every linear layer through F.linear; measured before afbench speed froze them)")
         + f", as afbench speed timed the trained runs (seeds "
         f"{', '.join(map(str, sorted(seeds)))}): per run the median of {speed.rounds or '?'} rounds whose run order "

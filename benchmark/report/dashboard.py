@@ -112,12 +112,15 @@ def _name_caps(groups: dict) -> dict:
     return out
 
 
-def collect(root: Path, backbones: dict) -> tuple[dict, list[RunRecord]]:
+def collect(root: Path, backbones: dict, report_seeds: dict[str, list[int]] | None = None) -> tuple[dict, list[RunRecord]]:
     """The page's data (points, axes, which runs lack which axis, the result files left out) and the finished
-    results it read."""
+    results it read (``report_seeds``: experiment -> the seeds its report uses; its other seeds are left out, as
+    its report's tables leave them)."""
     names, groups, problems = method_names(), {}, []
     scans = [scan_experiment(root, exp) for exp in experiments(root)]
-    finished = [r for scan in scans for r in scan.results if r.finished]
+    seeds_of = report_seeds or {}
+    finished = [r for scan in scans for r in scan.results
+                if r.finished and r.seed in seeds_of.get(r.experiment, [r.seed])]
     seeds = {r.run_id: r.seed for r in finished}
     for scan in scans:
         problems += scan.problems()
@@ -168,10 +171,10 @@ def render(data: dict, dated: str, revision: str) -> str:
     return _env().get_template("dashboard.html.j2").render(data=data, blob=blob, dated=dated, revision=revision)
 
 
-def write_dashboard(root: Path, out_dir: Path, backbones: dict) -> Path:
+def write_dashboard(root: Path, out_dir: Path, backbones: dict, report_seeds: dict[str, list[int]] | None = None) -> Path:
     """Write ``out_dir/dashboard.html`` over every experiment under ``root``; returns the file written."""
     from benchmark.report.build import dated, reporter_revision
 
-    data, finished = collect(root, backbones)
+    data, finished = collect(root, backbones, report_seeds)
     html = render(data, dated(finished), reporter_revision())
     return write_atomic(out_dir / NAME, html, root=out_dir)

@@ -241,15 +241,24 @@ def build_model(run: Run, reg: Registry, run_dir, tok) -> AdapterModel:
                    run_dir(run.deps[0]) if run.kind.depends_on == "mt_a" else None)
 
 
-def load_for_eval(run: Run, reg: Registry, run_dir, device: torch.device) -> tuple[AdapterModel, object, Compute]:
-    """(model in eval mode on ``device``, tokenizer, compute): ``build_model`` with the run's compute checked and
-    applied (compiled batches padded with the tokenizer's pad id), nothing active yet; ``predict`` and ``prune`` use it."""
-    tok = load_tokenizer(reg.backbones[run.backbone])
-    model = build_model(run, reg, run_dir, tok)
-    compute = Compute.of(run.compute)
+def ready(bspec, folder: Path, compute: Compute, device: torch.device,
+          encoder_from: Path | None = None) -> tuple[AdapterModel, object]:
+    """(model in eval mode on ``device``, tokenizer): ``rebuild`` with ``compute`` checked and applied (compiled
+    batches padded with the tokenizer's pad id), nothing active yet."""
+    tok = load_tokenizer(bspec)
+    model = rebuild(bspec, folder, tok, encoder_from)
     compute.check(device)
     compute.apply(model, tok.pad_token_id)
-    return model.to(device), tok, compute
+    return model.to(device), tok
+
+
+def load_for_eval(run: Run, reg: Registry, run_dir, device: torch.device) -> tuple[AdapterModel, object, Compute]:
+    """(model, tokenizer, compute) of a planned run (``ready``; the MT-A encoder from its dependency's folder for
+    Fusion w/ MT-A); ``predict``, ``prune`` and ``speed`` use it."""
+    compute = Compute.of(run.compute)
+    model, tok = ready(reg.backbones[run.backbone], run_dir(run.id), compute, device,
+                       run_dir(run.deps[0]) if run.kind.depends_on == "mt_a" else None)
+    return model, tok, compute
 
 
 def activate(model: AdapterModel, task: str):

@@ -46,8 +46,7 @@ def new_id(result: RunRecord, deps: list[str], data_root) -> str:
         method.train = method.train.model_copy(update={"batching": result.batching})
     backbone = BackboneSpec.model_validate(cfg["backbone"])
     tasks = {t: TaskSpec.model_validate(d) for t, d in cfg["tasks"].items()}
-    compute = ComputeSpec.model_validate(cfg.get("compute") or {
-        "cpu_kernels": result.cpu_kernels or "stock", "last_layer": result.last_layer or "full"})
+    compute = ComputeSpec.model_validate(result.compute_config)
     selection = Selection.model_validate(cfg.get("selection") or {"protocol": result.selection})
     identity = run_identity(
         method=method, backbone=backbone, tasks=tasks, data={t: task_fingerprints(s, data_root) for t, s in tasks.items()},

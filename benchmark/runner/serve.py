@@ -5,15 +5,18 @@
     model.predict([{"sentence1": "A man plays a guitar.", "sentence2": "Nobody plays."}])  # ['not_entailment']
 
 It reads only the run's folder (for Fusion w/ MT-A also its MT-A run's, beside it or ``mt_a_folder``): result.json
-names the backbone, the task (templates, label names, max length), the compute and the precision the run ran
-with; ``modules.json`` + ``weights.safetensors`` hold what it trained. No specs, plan or data mirror. The model is
+names the backbone, the task (templates, label names, max length), the compute and the precision setting the run
+ran with (``auto``: bf16 autocast on CUDA, float32 on the CPU, wherever it is served); ``modules.json`` +
+``weights.safetensors`` hold what it trained, checked against the record's hash. No specs, plan or data mirror. The model is
 rebuilt as ``afbench predict`` and ``afbench export`` rebuild it (``export.rebuild``) with what the run evaluated
 active; rows are rendered with the task's templates (Jinja's sandbox) and tokenized as its training rows were;
 the logits come from the run's own evaluation path (``training.loop.forward``: eval mode, ``torch.no_grad``, the
 run's autocast and CPU kernels), in batches of the run's eval batch size sorted by length. One difference: every
-weight is frozen, so with the fast CPU kernels every linear layer runs oneDNN (``cpu_kernels.py``), where the run's
-evaluation ran the modules it was training through ``F.linear``; the logits agree to float rounding, and a dev
-row gets the label the run's ``predictions.parquet`` holds for it (tested on a committed MiniLM run).
+weight is frozen (``cpu_kernels.serving``), so with the fast CPU kernels every ``nn.Linear`` module runs oneDNN
+on a prepacked weight, where the run's evaluation ran the modules it was training through ``F.linear`` (the
+fusion's fast path multiplies concatenated adapter weights with ``F.linear`` either way); the logits agree to
+float rounding, and a dev row gets the label the run's ``predictions.parquet`` holds for it (tested on a
+committed MiniLM run).
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from benchmark.data.encode import EncodedSplit, batch_rows, collate, render_row, tokenize_row
-from benchmark.errors import BenchError
+from benchmark.data.encode import EncodedSplit, batch_rows, capped_length, collate, render_row, tokenize_row
+from benchmark.errors import BenchError, CheckpointError
 from benchmark.methods import kinds, registry
-from benchmark.modeling.backbone import load_tokenizer
 from benchmark.modeling.compute import Compute
 from benchmark.modeling.cpu_kernels import serving
 from benchmark.records import read_result_file
-from benchmark.runner.export import activate, rebuild
-from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, TaskSpec
+from benchmark.runner.execute import weights_problem
+from benchmark.runner.export import activate, ready
+from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, TaskSpec
 from benchmark.training.loop import autocast, forward, shaped, to_device
 
 
@@ -76,7 +79,8 @@ class Predictor:
 
 def load(folder, *, task: str | None = None, device: str = "cpu", mt_a_folder=None) -> Predictor:
     """The ``Predictor`` of a finished run's folder (``task``: which of a multi-task run's tasks; ``mt_a_folder``:
-    where the MT-A run a Fusion w/ MT-A run fused on lies, when not beside it)."""
+    where the MT-A run a Fusion w/ MT-A run fused on lies, when not beside it). Its weights (and the MT-A run's)
+    are checked against their records first, as ``afbench predict`` checks them."""
     folder = Path(folder)
     res = read_result_file(folder)
     if not res.finished:
@@ -92,18 +96,22 @@ def load(folder, *, task: str | None = None, device: str = "cpu", mt_a_folder=No
     encoder_from = None
     if rec.method_kind in kinds.KINDS and kinds.get(rec.method_kind).depends_on == "mt_a":
         encoder_from = Path(mt_a_folder) if mt_a_folder else folder.parent / rec.deps[0]
-    bspec = BackboneSpec.model_validate(cfg["backbone"])
-    tok = load_tokenizer(bspec)
-    model = rebuild(bspec, folder, tok, encoder_from)
-    compute = Compute.of(ComputeSpec.model_validate(cfg.get("compute") or {  # results from before the record
-        "cpu_kernels": rec.cpu_kernels or "stock", "last_layer": rec.last_layer or "full"}))
-    dev = torch.device(device)
-    compute.check(dev)
-    compute.apply(model, tok.pad_token_id)
-    serving(model)  # trains nothing: every linear layer takes the frozen oneDNN path, its weight prepacked
+    for f, want in ((folder, rec.run_id), (encoder_from, rec.deps[0] if rec.deps else None)):
+        if f is None:
+            continue
+        dep = read_result_file(f).record
+        why = weights_problem(f) if dep is not None and dep.run_id == want else \
+            f"it holds run {dep.run_id if dep else 'none'}, not {want}"
+        if why:
+            raise CheckpointError(f"cannot serve {rec.run_id}: {why}", file=str(f),
+                                  fix="point at the run's own folder (and mt_a_folder at its MT-A run) with the "
+                                      "weights it trained: afbench run EXPERIMENT --only <id> trains them")
+    compute = Compute.of(ComputeSpec.model_validate(rec.compute_config))  # precision auto: fp32 on the CPU
+    model, tok = ready(BackboneSpec.model_validate(cfg["backbone"]), folder, compute, torch.device(device),
+                       encoder_from)
+    serving(model)  # trains nothing: frozen layers, their weights prepacked (the fast CPU kernels)
     activate(model, name)
     spec = TaskSpec.model_validate(cfg["tasks"][name])
     caps = Caps.model_validate(cfg.get("task_caps", {}).get(name) or cfg.get("caps") or {})
-    return Predictor(rec.run_id, spec, model.to(dev), tok, compute, dev,
-                     int(cfg["method"]["train"].get("eval_batch_size") or 64),
-                     min(caps.max_length, spec.max_length) if caps.max_length else spec.max_length)
+    return Predictor(rec.run_id, spec, model, tok, compute, torch.device(device),
+                     MethodSpec.model_validate(cfg["method"]).train.eval_batch_size, capped_length(spec, caps.max_length))
