@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.data.encode import EncodedSplit, batch_rows, capped_length, collate, render_row, tokenize_row
+from benchmark.data.encode import EncodedSplit, capped_length, render_row, tokenize_row
 from benchmark.errors import BenchError, CheckpointError
 from benchmark.methods import kinds, registry
 from benchmark.modeling.compute import Compute
@@ -35,7 +35,7 @@ from benchmark.records import read_result_file
 from benchmark.runner.execute import weights_problem
 from benchmark.runner.export import activate, ready
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, TaskSpec
-from benchmark.training.loop import autocast, forward, shaped, to_device
+from benchmark.training.loop import scored_batches
 
 
 @dataclass
@@ -51,7 +51,6 @@ class Predictor:
     batch_size: int  # the run's eval batch size
     max_length: int  # tokens per sequence, as the run's caps cut its rows (encode.encode_split)
 
-    @torch.no_grad()
     def logits(self, rows: list[dict]) -> torch.Tensor:
         """[n, C] (classification) or [n, K] (multiple choice) float32 logits, in the order of ``rows``."""
         if not rows:
@@ -60,11 +59,8 @@ class Predictor:
                      "label": 0} for row in rows]
         split = EncodedSplit(self.task.name, "served", self.task.type, examples, "rows", len(examples))
         out: list[torch.Tensor | None] = [None] * len(rows)
-        for idx in batch_rows(split, self.batch_size, mode="by_length"):  # as the run's evaluation batches
-            batch = to_device(shaped(self.model, collate([examples[i] for i in idx], self.tokenizer.pad_token_id)),
-                              self.device)
-            with autocast(self.device, self.compute):
-                got = forward(self.model, self.task.name, batch).float()
+        for idx, got, _ in scored_batches(self.model, split, self.task.name, self.tokenizer.pad_token_id,
+                                          self.batch_size, self.device, self.compute):  # as the run evaluated
             for i, row_logits in zip(idx, got, strict=True):
                 out[i] = row_logits.cpu()
         return torch.stack(out)

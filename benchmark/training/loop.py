@@ -161,18 +161,26 @@ def merge_columns(preds: list[Predictions]) -> dict[str, list]:
 
 
 @torch.no_grad()
-def predict(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
-            device: torch.device, compute: Compute = DEFAULT) -> Predictions:
-    """Every row's prediction (batches sorted by length: the metric does not depend on the order)."""
+def scored_batches(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
+                   device: torch.device, compute: Compute = DEFAULT):
+    """Per evaluation batch (sorted by length, as ``batches`` yields them): (row indices, float32 logits [B, C] or
+    [B, K], labels [B]), in eval mode; ``predict`` and the serving path (``runner/serve.py``) read it."""
     model.eval()
-    out = Predictions(split, [], [], [])
-    for idx in batch_rows(split, batch_size, mode="by_length"):  # the batches ``batches`` yields, by row
+    for idx in batch_rows(split, batch_size, mode="by_length"):
         batch = to_device(shaped(model, collate([split.examples[j] for j in idx], pad_id)), device)
         with autocast(device, compute):
             logits = forward(model, head, batch)
+        yield idx, logits.float(), batch["labels"]
+
+
+def predict(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
+            device: torch.device, compute: Compute = DEFAULT) -> Predictions:
+    """Every row's prediction (batches sorted by length: the metric does not depend on the order)."""
+    out = Predictions(split, [], [], [])
+    for idx, logits, labels in scored_batches(model, split, head, pad_id, batch_size, device, compute):
         out.rows += idx
-        out.pred += logits.float().argmax(-1).tolist()
-        out.gold += batch["labels"].tolist()
+        out.pred += logits.argmax(-1).tolist()
+        out.gold += labels.tolist()
     return out
 
 
