@@ -20,7 +20,9 @@ REPRODUCIBILITY_NOTE = (
     "(afbench run --jobs N gives each run cores / N); another thread count sums floats in another order, so "
     "results move, and a moved early epoch can change the kept one. Measured: 13 minilm_table1 runs retrained "
     "with 1 thread on an Intel Xeon reproduced the results they replaced exactly (those record no CPU model, so "
-    "this does not show agreement across CPU families); minilm_rte_cb rerun on an AMD "
+    "this does not show agreement across CPU families); minilm_table1's MT-A seed 43, trained with 1 thread on "
+    "an AMD EPYC and retrained so on another AMD EPYC machine (a fresh checkout, 2026-12-07), reproduced it "
+    "exactly; minilm_rte_cb rerun on an AMD "
     "EPYC with 1 thread instead of 2 reproduced 3 of 5 dev accuracies exactly (MNLI ST-A 49.00 → 48.80, the RTE "
     "fusion reading it 51.99 → 51.62); minilm_bf16's SICK fusion, 2 threads on an AMD EPYC → 1 on an Intel "
     "Xeon, 84.24 → 84.85.")
