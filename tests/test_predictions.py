@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from benchmark import predictions, records
 from benchmark.cli import main
@@ -87,6 +88,13 @@ def test_a_served_run_labels_its_dev_rows_as_its_predictions_file_does(tiny):
     raw = read_rows(model.task, model.task.splits.eval, MIRROR)
     assert model.predict([raw[i] for i in cols["source_row"]]) == [model.task.label.names[i] for i in cols["pred"]]
     assert len(set(cols["pred"])) > 1
+    from benchmark.modeling.compute import bf16_unsupported
+
+    if bf16_unsupported(torch.device("cpu")) is None:  # bf16 autocast on request: the same function, rounded
+        low = load(folder, precision="bf16")
+        rows = [raw[i] for i in cols["source_row"][:8]]
+        assert low.compute.precision == "bf16"
+        torch.testing.assert_close(low.logits(rows), model.logits(rows), atol=0.1, rtol=0.05)
     with pytest.raises(BenchError, match="no rows"):
         model.predict([])
     with pytest.raises(BenchError, match="not finished"):

@@ -21,6 +21,7 @@ committed MiniLM run).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +74,13 @@ class Predictor:
         return [names[i] for i in ids] if names else ids
 
 
-def load(folder, *, task: str | None = None, device: str = "cpu", mt_a_folder=None) -> Predictor:
+def load(folder, *, task: str | None = None, device: str = "cpu", mt_a_folder=None,
+         precision: str | None = None) -> Predictor:
     """The ``Predictor`` of a finished run's folder (``task``: which of a multi-task run's tasks; ``mt_a_folder``:
-    where the MT-A run a Fusion w/ MT-A run fused on lies, when not beside it). Its weights (and the MT-A run's)
-    are checked against their records first, as ``afbench predict`` checks them."""
+    where the MT-A run a Fusion w/ MT-A run fused on lies, when not beside it; ``precision``: ``fp32`` or ``bf16``
+    in place of the run's own, e.g. bf16 autocast for a run trained in float32, refused on a device without native
+    bf16). Its weights (and the MT-A run's) are checked against their records first, as ``afbench predict``
+    checks them."""
     folder = Path(folder)
     res = read_result_file(folder)
     if not res.finished:
@@ -103,6 +107,8 @@ def load(folder, *, task: str | None = None, device: str = "cpu", mt_a_folder=No
                                   fix="point at the run's own folder (and mt_a_folder at its MT-A run) with the "
                                       "weights it trained: afbench run EXPERIMENT --only <id> trains them")
     compute = Compute.of(ComputeSpec.model_validate(rec.compute_config))  # precision auto: fp32 on the CPU
+    if precision is not None:
+        compute = dataclasses.replace(compute, precision=precision)
     model, tok = ready(BackboneSpec.model_validate(cfg["backbone"]), folder, compute, torch.device(device),
                        encoder_from)
     serving(model)  # trains nothing: frozen layers, their weights prepacked (the fast CPU kernels)
