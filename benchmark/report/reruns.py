@@ -22,7 +22,9 @@ REPRODUCIBILITY_NOTE = (
     "with 1 thread on an Intel Xeon reproduced the results they replaced exactly (those record no CPU model, so "
     "this does not show agreement across CPU families); minilm_table1's MT-A seed 43, trained with 1 thread on "
     "an AMD EPYC and retrained so on another AMD EPYC machine (a fresh checkout, 2026-12-07), reproduced it "
-    "exactly; minilm_rte_cb rerun on an AMD "
+    "exactly; its seed-43 MRPC, RTE and SICK Fusion w/ MT-A runs, trained with 1 thread on an Intel Xeon and "
+    "retrained so on an AMD EPYC, kept their dev accuracy at every epoch while their train losses moved by up to "
+    "4.4e-7 (another CPU family: not bit-exact); minilm_rte_cb rerun on an AMD "
     "EPYC with 1 thread instead of 2 reproduced 3 of 5 dev accuracies exactly (MNLI ST-A 49.00 → 48.80, the RTE "
     "fusion reading it 51.99 → 51.62); minilm_bf16's SICK fusion, 2 threads on an AMD EPYC → 1 on an Intel "
     "Xeon, 84.24 → 84.85.")
