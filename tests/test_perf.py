@@ -70,6 +70,37 @@ def test_perf_epochs_end_to_end_tiny(tmp_path):
     assert "| rte | 96 (2490) |" in md
 
 
+@needs_mirror
+def test_perf_epochs_bf16_profiles_the_grouped_step(tmp_path):
+    from benchmark.modeling.compute import Compute
+    try:
+        Compute(precision="bf16").check(torch.device("cpu"))
+    except Exception as e:  # noqa: BLE001 - the device's own refusal says why
+        pytest.skip(f"no native bf16 on this CPU: {e}")
+    out = tmp_path / "ep.md"
+    assert cli(["perf", "--mode", "epochs", "--precision", "bf16", "--tasks", "rte", "--max-rows", "64",
+                "--steps", "1", "--rounds", "1", "--out", str(out)]) == 0
+    md, raw = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    prof = raw["grouped_step_profile_ms"]["rte"]
+    assert set(prof) == {"fp32", "bf16"}
+    for p in prof.values():  # every kind measured, and the operators' time within the unprofiled wall time
+        assert p["linear"] > 0 and p["width"] > 0 and sum(p[k] for k in ("attention", "linear", "other")) > 0
+    assert "Where a grouped rte step spends its time" in md and "| bf16 |" in md
+    assert "grouped_bf16" in raw["rounds"][0]["rte"]
+
+
+def test_epoch_profile_lines_say_what_bf16_cannot_shorten():
+    from benchmark.perf.epochs import profile_lines
+    kinds = {"attention": 1.0, "linear": 6.0, "dropout masks": 1.0, "other": 2.0}
+    prof = {"fp32": {**kinds, "wall": 20.0, "width": 24.0},
+            "bf16": {**kinds, "linear": 3.0, "wall": 17.5, "width": 24.0}}
+    text = "\n".join(profile_lines("sst2", prof))
+    assert "mean padded width 24.0 tokens" in text
+    assert "from 6.0 to 3.0 ms per step (2.00x)" in text and "30 % of an fp32 step (20.0 ms wall)" in text
+    assert "10.0 / 10.5 ms per step (fp32 / bf16) pass outside any operator" in text
+    assert "| fp32 | 1.0 (10%) | 6.0 (60%) | 1.0 (10%) | 2.0 (20%) |" in text
+
+
 def test_perf_epochs_rejects_multiple_choice(tmp_path, capsys):
     assert cli(["perf", "--mode", "epochs", "--tasks", "socialiqa", "--out", str(tmp_path / "x.md")]) == 2
     assert "classification" in capsys.readouterr().err

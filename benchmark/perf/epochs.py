@@ -19,6 +19,7 @@ in the epoch); the timed batches are spread evenly over the epoch's batches rank
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from benchmark.errors import BenchError
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel, Modules
 from benchmark.perf.harness import Harness
+from benchmark.perf.inference_steps import OP_KINDS, profile_ms, profile_table
 from benchmark.perf.meta import Target, machine
 from benchmark.perf.steps import time_steps
 from benchmark.spec.schema import AdapterParams
@@ -89,9 +91,9 @@ def _batch(plan: dict, pad: str, i: int, pad_id: int, length: int) -> dict[str, 
     return pad_to(b, length, pad_id) if pad == "pad128" else b
 
 
-def time_ours(plan: dict, encoder_factory, pad_id: int, args, order, precision: str = "fp32") -> dict[str, float]:
-    """Mean seconds per timed batch of each padding: one model per task and round, 1 warm-up step each
-    (``precision`` bf16: the forward under bf16 autocast, as ``afbench run --precision bf16`` trains)."""
+def trainer(plan: dict, encoder_factory, precision: str = "fp32"):
+    """step(batch): one training step of a fresh ST-A model (fast CPU kernels, AdamW, clipping at 1.0; ``precision``
+    bf16: the forward under bf16 autocast, as ``afbench run --precision bf16`` trains)."""
     torch.manual_seed(0)
     model = AdapterModel(encoder_factory())
     model.add_adapter("a", AdapterParams(reduction_factor=16))
@@ -102,24 +104,42 @@ def time_ours(plan: dict, encoder_factory, pad_id: int, args, order, precision: 
     model.train()
     trained = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trained, lr=1e-4)
+    prec = Compute(precision=precision)
+
+    def step(b):
+        with prec.autocast(torch.device("cpu")):
+            logits = model(head="h", **inputs_of(b))
+        loss = F.cross_entropy(logits.float(), b["labels"])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)  # as the training loop (grad_clip 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def time_ours(plan: dict, encoder_factory, pad_id: int, args, order, precision: str = "fp32") -> dict[str, float]:
+    """Mean seconds per timed batch of each padding: one model per task and round, 1 warm-up step each."""
+    step = trainer(plan, encoder_factory, precision)
     out = {}
     for pad in order:
         batches = [_batch(plan, pad, i, pad_id, args.length) for i in plan["paddings"][pad]["timed"]]
         it = iter(batches[:1] + batches)  # the first one again as the warm-up
+        out[pad] = time_steps(lambda: step(next(it)), 1, len(batches))
+    return out
 
-        prec = Compute(precision=precision)
 
-        def step():
-            b = next(it)
-            with prec.autocast(torch.device("cpu")):
-                logits = model(head="h", **inputs_of(b))
-            loss = F.cross_entropy(logits.float(), b["labels"])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained, 1.0)  # as the training loop (grad_clip 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        out[pad] = time_steps(step, 1, len(batches))
+def grouped_profile(plan: dict, encoder_factory, pad_id: int, args) -> dict:
+    """Where a grouped step spends its time, fp32 and bf16: ``profile_ms`` over the timed grouped batches (each
+    once, after a warm-up), ms per step by operator kind, plus ``wall`` (ms per step, the same steps unprofiled)
+    and ``width`` (their mean padded width): what bounds the bf16 epoch's speed-up."""
+    batches = [_batch(plan, "grouped", i, pad_id, args.length) for i in plan["paddings"]["grouped"]["timed"]]
+    out = {}
+    for precision in ("fp32", "bf16"):
+        step = trainer(plan, encoder_factory, precision)
+        it = itertools.cycle(batches)
+        wall = 1000 * time_steps(lambda: step(next(it)), 1, len(batches))
+        out[precision] = {**profile_ms(lambda: step(next(it)), reps=len(batches)), "wall": wall,
+                          "width": statistics.mean(b["input_ids"].shape[-1] for b in batches)}
     return out
 
 
@@ -170,7 +190,9 @@ def run_epochs(args) -> int:
             got.setdefault(task, {})["reference_pad128"] = sec
 
     rounds = h.rounds(args.rounds, run_ours, run_ref)
-    lines, summary, targets = epochs_report(args, plans, rounds, h.ref_version)
+    first = next((p for p in plans if p["task"] == "sst2"), plans[0])
+    profile = {first["task"]: grouped_profile(first, lambda: load_encoder(spec), tok.pad_token_id, args)} if bf16 else {}
+    lines, summary, targets = epochs_report(args, plans, rounds, h.ref_version, profile)
     raw = {"mode": "epochs", "backbone": "MiniLM-L6 (all-MiniLM-L6-v2), mean-pooling head, ST-A rf 16",
            "machine": machine("cpu"), "torch": torch.__version__,
            "batch_size": args.batch_size,
@@ -180,12 +202,12 @@ def run_epochs(args) -> int:
                                  **{pad: {"batches": len(v["batches"]), "timed": len(v["timed"]),
                                           "real_tokens": v["real_tokens"], "computed_tokens": v["computed_tokens"]}
                                     for pad, v in p["paddings"].items()}} for p in plans},
-           "rounds": rounds, "summary": summary}
+           "rounds": rounds, "summary": summary, "grouped_step_profile_ms": profile}
     h.write(lines, raw, targets, args.out)
     return 0
 
 
-def epochs_report(args, plans, rounds, ref_version) -> tuple[list[str], dict, list[Target]]:
+def epochs_report(args, plans, rounds, ref_version, profile: dict | None = None) -> tuple[list[str], dict, list[Target]]:
     def epoch_s(task: str, pad: str, key: str | None = None) -> list[float]:
         nb = len(next(p for p in plans if p["task"] == task)["paddings"][pad]["batches"])
         return [r[task][key or pad] * nb for r in rounds]
@@ -251,4 +273,22 @@ def epochs_report(args, plans, rounds, ref_version) -> tuple[list[str], dict, li
     if bf:
         lines += ["", "bf16 (autocast, `--precision bf16`) vs fp32, grouped batches, examples/s: "
                   + ", ".join(f"{t} {v:.2f}x" for t, v in bf.items()) + "."]
+    for task, prof in (profile or {}).items():
+        lines += ["", *profile_lines(task, prof)]
     return lines, summary, targets
+
+
+def profile_lines(task: str, prof: dict) -> list[str]:
+    """What bounds the bf16 epoch: ``grouped_profile``'s kinds per precision, and the time outside the operators."""
+    kinds = {p: {k: v[k] for k in [*OP_KINDS, "other"]} for p, v in prof.items()}
+    outside = {p: prof[p]["wall"] - sum(kinds[p].values()) for p in prof}
+    f32, b16 = kinds["fp32"], kinds["bf16"]
+    return [f"Where a grouped {task} step spends its time (the timed grouped batches, mean padded width "
+            f"{prof['fp32']['width']:.1f} tokens; torch.profiler's self CPU time per operator, ms per step):", "",
+            *profile_table(kinds, "precision"), "",
+            f"bf16 takes the linear layers from {f32['linear']:.1f} to {b16['linear']:.1f} ms per step "
+            f"({f32['linear'] / max(b16['linear'], 1e-9):.2f}x), but at this width they are "
+            f"{100 * f32['linear'] / prof['fp32']['wall']:.0f} % of an fp32 step ({prof['fp32']['wall']:.1f} ms wall); "
+            f"the other operators go from {f32['other']:.1f} to {b16['other']:.1f} ms, and "
+            f"{outside['fp32']:.1f} / {outside['bf16']:.1f} ms per step (fp32 / bf16) pass outside any operator "
+            "(Python, dispatch, autograd bookkeeping), which bf16 cannot shorten."]
