@@ -288,8 +288,8 @@ def profile_lines(task: str, prof: dict) -> list[str]:
     return [f"Where a grouped {task} step spends its time (the timed grouped batches, mean padded width "
             f"{prof['fp32']['width']:.1f} tokens; torch.profiler's self CPU time per operator, ms per step):", "",
             *profile_table(kinds, "precision"), "",
-            f"bf16 speeds up the linear layers {s:.2f}x ({f32['linear']:.1f} -> {b16['linear']:.1f} ms), the only "
-            f"kind it shortens, and at this width they are {100 * f:.0f} % of an fp32 step: by Amdahl's law the step "
-            f"can then be at most {1 / ((1 - f) + f / s):.2f}x faster, and for {BF16_TARGET}x with the rest as in "
-            f"fp32 the linear layers would have to be {need} (this CPU's bf16 GEMM peak over its fp32 peak: "
+            f"bf16 speeds up the linear layers {s:.2f}x ({f32['linear']:.1f} -> {b16['linear']:.1f} ms). At this "
+            f"width they are {100 * f:.0f} % of an fp32 step, so with every other operator as in fp32 the step would "
+            f"be {1 / ((1 - f) + f / s):.2f}x faster (Amdahl's law). For {BF16_TARGET}x the linear layers would have "
+            f"to be {need}, or the other {100 * (1 - f):.0f} % shrink as well (this CPU's bf16 GEMM peak over its fp32 peak: "
             "`reports/perf_roofline.md`)."]
