@@ -131,14 +131,14 @@ def time_ours(plan: dict, encoder_factory, pad_id: int, args, order, precision: 
 
 def grouped_profile(plan: dict, encoder_factory, pad_id: int, args) -> dict:
     """Where a grouped step spends its time, fp32 and bf16: ``profile_ms`` over the timed grouped batches (each
-    once, after a warm-up), ms per step by operator kind, and ``width``, their mean padded width: what bounds the
+    once, after a warm-up), ms per step by operator kind, and ``width_tokens``, their mean padded width: what bounds the
     bf16 epoch's speed-up."""
     batches = [_batch(plan, "grouped", i, pad_id, args.length) for i in plan["paddings"]["grouped"]["timed"]]
     out = {}
     for precision in ("fp32", "bf16"):
         step, it = trainer(plan, encoder_factory, precision), itertools.cycle(batches)
         out[precision] = {**profile_ms(lambda: step(next(it)), reps=len(batches)),
-                          "width": statistics.mean(b["input_ids"].shape[-1] for b in batches)}
+                          "width_tokens": statistics.mean(b["input_ids"].shape[-1] for b in batches)}
     return out
 
 
@@ -264,6 +264,7 @@ def epochs_report(args, plans, rounds, ref_version, profile: dict | None = None)
                  if fast else "SST-2/MNLI not measured.")]
     bf = {t: statistics.median(r[t]["grouped"] for r in rounds) / statistics.median(r[t]["grouped_bf16"] for r in rounds)
           for t in summary if all("grouped_bf16" in r[t] for r in rounds)}
+    bf_rounds = {t: [r[t]["grouped"] / r[t]["grouped_bf16"] for r in rounds] for t in bf}
     for t, v in bf.items():
         summary[t]["bf16_over_fp32_examples_per_second_grouped"] = v
     targets = [Target(f"an SST-2 ST-A epoch (grouped) in bf16 >= {BF16_TARGET}x the examples/s of fp32",
@@ -271,7 +272,8 @@ def epochs_report(args, plans, rounds, ref_version, profile: dict | None = None)
                       "run --mode epochs --precision bf16 --tasks sst2,...")]
     if bf:
         lines += ["", "bf16 (autocast, `--precision bf16`) vs fp32, grouped batches, examples/s: "
-                  + ", ".join(f"{t} {v:.2f}x" for t, v in bf.items()) + "."]
+                  + ", ".join(f"{t} {v:.2f}x (per round {min(bf_rounds[t]):.2f}-{max(bf_rounds[t]):.2f}x)"
+                              for t, v in bf.items()) + "."]
     for task, prof in (profile or {}).items():
         lines += ["", *profile_lines(task, prof)]
     return lines, summary, targets
@@ -281,15 +283,18 @@ def profile_lines(task: str, prof: dict) -> list[str]:
     """What bounds the bf16 epoch: ``grouped_profile``'s kinds per precision, and Amdahl's law over them."""
     kinds = {p: {k: v[k] for k in [*OP_KINDS, "other"]} for p, v in prof.items()}
     f32, b16 = kinds["fp32"], kinds["bf16"]
-    f = f32["linear"] / sum(f32.values())  # the linear layers' share of an fp32 step's operator time
+    f = f32["linear"] / sum(f32.values())  # the linear layers' share of an fp32 step's profiled operator time
     s = f32["linear"] / max(b16["linear"], 1e-9)  # what bf16 gives them
     rest = 1 / BF16_TARGET - (1 - f)  # the time the linear layers may keep for the target, the rest as in fp32
-    need = f"{f / rest:.2f}x faster in bf16" if rest > 0 else "to take no time at all, and still not reach it"
+    need = (f" For {BF16_TARGET}x with the rest as in fp32 the linear layers would have to be {f / rest:.2f}x faster "
+            "in bf16 (this CPU's fp32 and bf16 GEMM peaks: `reports/perf_roofline.md`)." if rest > 0 else
+            f" The linear layers alone cannot give {BF16_TARGET}x: taking no time at all, with the rest as in fp32, "
+            f"the step would be {1 / (1 - f):.2f}x faster, so the rest has to shrink too.")
     return [f"Where a grouped {task} step spends its time (the timed grouped batches, mean padded width "
-            f"{prof['fp32']['width']:.1f} tokens; torch.profiler's self CPU time per operator, ms per step):", "",
+            f"{prof['fp32']['width_tokens']:.1f} tokens; torch.profiler's self CPU time per operator, ms per step):", "",
             *profile_table(kinds, "precision"), "",
-            f"bf16 speeds up the linear layers {s:.2f}x ({f32['linear']:.1f} -> {b16['linear']:.1f} ms). At this "
-            f"width they are {100 * f:.0f} % of an fp32 step, so with every other operator as in fp32 the step would "
-            f"be {1 / ((1 - f) + f / s):.2f}x faster (Amdahl's law). For {BF16_TARGET}x the linear layers would have "
-            f"to be {need}, or the other {100 * (1 - f):.0f} % shrink as well (this CPU's bf16 GEMM peak over its fp32 peak: "
-            "`reports/perf_roofline.md`)."]
+            f"bf16 speeds up the linear layers {s:.2f}x ({f32['linear']:.1f} -> {b16['linear']:.1f} ms); they are "
+            f"{100 * f:.0f} % of the fp32 step's profiled operator time. With every other operator as in fp32 the "
+            f"step would be {1 / ((1 - f) + f / s):.2f}x faster (Amdahl's law, an estimate: the profiler's overhead "
+            f"weighs on small operators); all operators together went {sum(f32.values()) / sum(b16.values()):.2f}x "
+            "faster." + need]
