@@ -68,9 +68,13 @@ def run_roofline(args) -> int:
     for r in range(args.rounds if why_not is None else 0):
         print(f"compiled ST-A, round {r + 1}/{args.rounds} ...", flush=True)
         compiled.append(ours(bb, configs[:1], **common, pooling="mean", precision="fp32", compiled=True)["ST-A"])
-    profile: dict = {}  # where ours' eager ST-A step spends its time (what bounds its fraction of the peak)
+    profile: dict = {}  # where ours' ST-A step spends its time, eager and compiled (what bounds its fraction of the peak)
     if device == "cpu":
         ours(bb, configs[:1], **common, pooling="mean", precision="fp32", profile=profile)
+        if compiled:
+            got: dict = {}
+            ours(bb, configs[:1], **common, pooling="mean", precision="fp32", compiled=True, profile=got)
+            profile["ST-A, compiled"] = got["ST-A"]
     lines, targets = roofline_report(args, bb, configs, peak, flops, rounds, h.ref_version, precisions,
                                      compiled, why_not, profile)
     raw = {"mode": "roofline", "backbone": bb.label, "batch_size": args.batch_size, "length": args.length,
@@ -127,9 +131,11 @@ def roofline_report(args, bb, configs, peak, flops, rounds, ref_version, precisi
                   f"median of {len(compiled)} rounds after the alternating ones; the last column is its speed-up over "
                   "ours eager." if compiled else f"No compiled row: {why_not}.", ""]
     if profile:
-        lines += ["Where ours' eager ST-A step (fp32) spends its time: torch.profiler's self CPU time per operator, ms "
-                  "per step over two steps (attention: the batched matmuls and softmax of the dropout math path; "
-                  "dropout masks: the fast kernels' random integers and their comparison).", "",
+        lines += ["Where ours' ST-A step (fp32) spends its time, eager and, where it ran, compiled: torch.profiler's self "
+                  "CPU time per operator, ms per step over two steps (attention: the batched matmuls and softmax of the "
+                  "dropout math path, or SDPA; linear: the GEMMs, which the compiled step calls as extern kernels; "
+                  "dropout masks: the fast kernels' random integers and their comparison, or the stock `bernoulli_`; "
+                  "other: everything else, the compiled step's fused kernels included).", "",
                   *profile_table(profile, "setup"), ""]
     st = median(rounds, "ours_fp32", "ST-A")
     frac = flops["ours"]["ST-A"] / 1e9 / st / peak["fp32"]["gflops"] if st else None
