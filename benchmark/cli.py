@@ -225,6 +225,22 @@ def _planned(args):
     return reg, plan, root, experiment_dir(root, plan.experiment.name)
 
 
+def _finished(args):
+    """``_planned`` for the commands on finished runs (export, predict, push, prune, speed): the experiment as its
+    results were planned (``plan.build.recorded``: every set of training choices they recorded), so none of these
+    commands takes the training flags."""
+    from benchmark.plan.build import recorded
+    from benchmark.records import scan_experiment
+    from benchmark.runner.results import experiment_dir, results_root
+
+    reg, root = _registry(args), results_root(args.results_dir)
+    exp = reg.get("experiment", args.experiment)
+    lent = [r for e in exp.dependencies_from for r in scan_experiment(root, e).results]
+    plan = recorded(reg, exp, scan_experiment(root, exp.name).results, availability(reg, _data_dir(args)),
+                    data_root=_data_dir(args), lent=lent)
+    return reg, plan, root, experiment_dir(root, exp.name)
+
+
 def _plan(args, reg):
     from benchmark.plan.build import build_plan
 
@@ -513,7 +529,7 @@ def cmd_push(args) -> int:
                              "from an empty one", file=str(out), field="--out", fix="choose a new or empty folder")
     try:
         if args.adapters:
-            export_plan(_plan(args, reg), reg, results_root(args.results_dir) / exp.name, out / "adapters",
+            export_plan(_finished(args)[1], reg, results_root(args.results_dir) / exp.name, out / "adapters",
                         data_dir=_data_dir(args), keep_clear=_keep_clear(args))
         files = push.stage(exp, reg, results_root(args.results_dir), Path(args.reports_dir), out, args.repo)
         print(f"{len(files)} files in {out}" + (" (dry run: nothing uploaded)" if args.dry_run else ""))
@@ -537,7 +553,7 @@ def _keep_clear(args) -> list[tuple[str, Path]]:
 def cmd_export(args) -> int:
     from benchmark.runner.export import export_plan
 
-    reg, plan, _, exp_dir = _planned(args)
+    reg, plan, _, exp_dir = _finished(args)
     done = export_plan(plan, reg, exp_dir, Path(args.out), only=args.only, data_dir=_data_dir(args),
                        keep_clear=_keep_clear(args))
     refused = [e for e in done if e.refused]
@@ -557,7 +573,7 @@ def cmd_predict(args) -> int:
     from benchmark.runner.lock import experiment_lock
     from benchmark.runner.predict import predict_plan
 
-    reg, plan, _, exp_dir = _planned(args)
+    reg, plan, _, exp_dir = _finished(args)
     with experiment_lock(exp_dir, wait=False):  # no driver may retrain or rename a run whose record this adds to
         live = slurm.live_runs(exp_dir)
         if live:
@@ -582,7 +598,7 @@ def cmd_prune(args) -> int:
     if args.rerender:  # from the stored JSON: no model, no data, no timing
         rerender(args.experiment, Path(args.out_dir), results_root(args.results_dir))
         return 0
-    reg, plan, root, _ = _planned(args)
+    reg, plan, root, _ = _finished(args)
     ks = tuple(int(k) for k in args.keep.split(",") if k and k != "all")
     device = args.device or "cpu"
     run_prune(reg, plan, root, _data_dir(args), only=args.only, device=device,
@@ -593,7 +609,7 @@ def cmd_prune(args) -> int:
 def cmd_speed(args) -> int:
     from benchmark.analysis.speed import run_speed
 
-    reg, plan, _, exp_dir = _planned(args)
+    reg, plan, _, exp_dir = _finished(args)
     path = run_speed(reg, plan, exp_dir, _data_dir(args), only=args.only, device=args.device or "cpu",
                      rounds=args.rounds, threads=args.threads, argv=getattr(args, "argv", None))
     print(f"wrote {path}")
@@ -623,8 +639,8 @@ environment:
 
 
 def id_flags(sp) -> None:
-    """Choices that change what a run computes, so they are part of its id: every command that plans
-    an experiment (plan, run, status, migrate, report) takes them, to find the same runs."""
+    """Choices that change what a run computes, so they are part of its id: the commands that plan runs to train
+    (plan, run, status, migrate, sweep) take them; the commands on finished runs read them from the records."""
     sp.add_argument("--batching", choices=["grouped", "shuffled"],
                     help="training batches grouped by length or shuffled (default: the method's, then the "
                          "experiment's batching:, then grouped); recorded as batching")
@@ -776,14 +792,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, metavar="DIR", help="export root: one folder per run id under it")
     ex.add_argument("--only", action="append", metavar="GLOB",
                     help="export only runs whose id matches this glob (repeatable)")
-    id_flags(ex)
     pd = common(sub.add_parser("predict", help="per-example dev predictions of finished runs from their weights "
                                                "(written only where they reproduce the recorded accuracy)"),
                 experiment=True, results=True)
     pd.add_argument("--only", action="append", metavar="GLOB", help="only runs whose id matches this glob (repeatable)")
     pd.add_argument("--device", help="cpu (default), cuda")
     pd.add_argument("--force", action="store_true", help="recompute runs whose predictions are present")
-    id_flags(pd)
     r = common(sub.add_parser("report", help="render reports/<experiment>.{md,html,tex}"), results=True)
     r.add_argument("experiments", nargs="+", metavar="experiment", help="one or more experiment names")
     r.add_argument("--out-dir", default="reports", metavar="DIR", help="where reports are written (default: reports)")
@@ -801,7 +815,6 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--private", action="store_true", help="create the repository private")
     pu.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     pu.add_argument("--reports-dir", default="reports", metavar="DIR", help="where its reports are (default: reports)")
-    id_flags(pu)
     pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"),
                 experiment=True)
     pr.add_argument("--only", action="append", metavar="GLOB",
@@ -815,7 +828,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     pr.add_argument("--out-dir", default="reports", metavar="DIR",
                     help="where prune_<experiment>_<task>.{md,json,png} go (default: reports)")
-    id_flags(pr)
     sp = common(sub.add_parser("speed", help="inference speed of finished runs on their dev split (the composition "
                                              "table's examples/s)"), experiment=True, results=True)
     sp.add_argument("--only", action="append", required=True, metavar="GLOB",
@@ -824,7 +836,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", help="cpu or cuda (default: cpu)")
     sp.add_argument("--threads", type=int, metavar="N", help="torch threads while timing (default: torch's, "
                                                              "recorded in the measurement's provenance)")
-    id_flags(sp)
     pa = sub.add_parser("parity", help="compare logits with AdapterHub adapters 1.3.0")
     pa.add_argument("--reference-python", required=True, help="python of an env with adapters==1.3.0")
     pa.add_argument("--work-dir", default=".cache/parity", help="scratch folder for weights and logits "

@@ -151,6 +151,28 @@ def test_predict_rewrites_a_deleted_file_exactly(tiny, tmp_path, capsys):
 
 
 @needs_mirror
+def test_commands_on_finished_runs_find_runs_trained_under_other_choices(tmp_path, capsys):
+    """A run trained with a training flag (here ``--batching shuffled``, part of its id) is found by predict and
+    export with no flag: they plan the experiment as its results recorded it (``plan.build.recorded``), and no
+    longer take the training flags."""
+    specs = write_experiments(tmp_path / "specs", tiny_flag=tiny_experiment(tasks=("rte",), methods=("head",), fusion=False,
+                                                                               eval_rows=20))
+    args = ["--specs", str(specs), "--results-dir", str(tmp_path / "r")]
+    assert main(["run", "tiny_flag", *args, "--batching", "shuffled"]) == 0
+    folder = next((tmp_path / "r" / "tiny_flag").glob("rte__head__*/result.json")).parent
+    assert load_run(folder / RESULT).config["method"]["train"]["batching"] == "shuffled"
+    (folder / predictions.FILE).unlink()
+    capsys.readouterr()
+    assert main(["predict", "tiny_flag", *args]) == 0
+    assert "1 run(s) written, 0 refused" in capsys.readouterr().out
+    check(folder)
+    assert main(["export", "tiny_flag", *args, "--out", str(tmp_path / "x")]) == 0
+    assert (tmp_path / "x" / folder.name).is_dir()
+    with pytest.raises(SystemExit):  # the flag is gone from the commands on finished runs
+        main(["predict", "tiny_flag", *args, "--batching", "shuffled"])
+
+
+@needs_mirror
 def test_predict_refuses_a_run_whose_recomputed_accuracy_differs(tiny, tmp_path, capsys):
     exp, args = tiny
     copy = tmp_path / "r" / exp.name

@@ -255,6 +255,30 @@ def build_plan(reg: Registry, exp: ExperimentSpec, available: Callable[[str], st
     return planner.plan
 
 
+def recorded(reg: Registry, exp: ExperimentSpec, results, available: Callable[[str], str | None] | None = None, *,
+             data_root=None, lent=()) -> Plan:
+    """The experiment as its results were planned: ``build_plan`` under the data fingerprints each task's latest
+    result (or one of ``lent``, the results of ``dependencies_from``) recorded (results from before ``config.data``:
+    the data in ``data_root``, as at training) and under every set of command-line choices (batching, CPU kernels,
+    last layer, precision, compile) a result recorded, plus the spec's own; their runs together, the spec's own
+    plan first. What the report and the commands on finished runs (export, predict, push, prune, speed) read, so
+    none of them takes the training flags."""
+    data: dict[str, dict[str, str]] = {}
+    for r in sorted([*lent, *results], key=lambda r: r.finished_at or ""):
+        data.update((r.config or {}).get("data") or {})
+    choices = {Options()}
+    for r in results:
+        c, train = (r.config or {}).get("compute") or {}, ((r.config or {}).get("method") or {}).get("train") or {}
+        choices.add(Options(train.get("batching"), c.get("cpu_kernels"), c.get("last_layer"), c.get("precision"),
+                            c.get("compile") or None))
+    plans = [build_plan(reg, exp, available, options=o, data=data, data_root=data_root)
+             for o in sorted(choices, key=repr)]
+    plan, seen = plans[0], {r.id for r in plans[0].runs}
+    for other in plans[1:]:
+        plan.runs += [r for r in other.runs if r.id not in seen and not seen.add(r.id)]
+    return plan
+
+
 def select(plan: Plan, patterns: list[str]) -> set[str]:
     """Ids of the runs whose id matches any glob pattern (``afbench run --only``), with everything they
     depend on, so that a selection can always run."""

@@ -18,7 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.plan.build import Options, build_plan
+from benchmark.plan.build import recorded
 from benchmark.records import PLAN, PlanRecord, RecordError, RunRecord, load_plan, scan_experiment
 
 
@@ -171,24 +171,9 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str,
 
 def recorded_plan(reg, spec, results: list[RunRecord], stored: PlanRecord | None, data_root=None,
                   lent: list[RunRecord] = ()) -> PlanRecord:
-    """The spec's plan under the data and command-line choices the results recorded: fingerprints of each
-    task as its latest result (or one of ``lent``, the results of ``dependencies_from``) stored them (results
-    older than that record, schema 1 before config.data: from the data in ``data_root``, as at training),
-    one plan per set of choices found (plus the spec's own), their runs together; the tasks left out for
-    want of data as ``plan.json`` (``stored``) says."""
-    data: dict[str, dict[str, str]] = {}
-    for r in sorted([*lent, *results], key=lambda r: r.finished_at or ""):
-        data.update((r.config or {}).get("data") or {})
-    choices = {Options()}
-    for r in results:
-        c, train = (r.config or {}).get("compute") or {}, ((r.config or {}).get("method") or {}).get("train") or {}
-        choices.add(Options(train.get("batching"), c.get("cpu_kernels"), c.get("last_layer"), c.get("precision"),
-                            c.get("compile") or None))
-    plans = [build_plan(reg, spec, options=o, data=data, data_root=data_root).record()
-             for o in sorted(choices, key=repr)]
-    plan, seen = plans[0], {r.id for r in plans[0].runs}
-    for other in plans[1:]:
-        plan.runs += [r for r in other.runs if r.id not in seen and not seen.add(r.id)]
+    """``plan.build.recorded`` as a record, with the tasks left out for want of data as ``plan.json`` (``stored``)
+    says."""
+    plan = recorded(reg, spec, results, data_root=data_root, lent=lent).record()
     plan.skipped = stored.skipped if stored is not None else []
     return plan
 
