@@ -1,16 +1,8 @@
 """The records the runner writes and every other part reads: ``result.json`` (``RunRecord``) and ``plan.json``
-(``PlanRecord``), typed and versioned.
+(``PlanRecord``), typed and versioned (ARCHITECTURE.md, "records" and "A new field in result.json").
 
-``SCHEMA`` is the version of both files (the ``schema`` key). A file of an older schema is upgraded in memory
-when read (``upgrade``), never rewritten; a file that cannot be a record (not a JSON object, a key readers
-index by missing or of the wrong type, a finished run without a finite metric) is refused with exactly why:
-``read_result_file`` calls it *corrupt* (the runner retrains it; ``plan``, ``status`` and ``report`` name it),
-and one of a newer schema than ``SCHEMA`` *newer* (written by a newer afbench: never read as a result, never
-retrained or written over; ``status`` says "newer schema: upgrade afbench", ``plan`` / ``run`` / ``report`` skip
-it with a line),
-``load_run`` / ``load_plan`` raise one ``RecordError`` paragraph naming the file, the field and the fix.
-Keys a model does not declare (written by an older or a newer version, or measured by one recipe only) are
-kept as extra fields, so every committed result loads and writes back unchanged.
+``SCHEMA`` is the version of both files. An older file is upgraded in memory (``upgrade``), never rewritten;
+keys a model does not declare are kept as extras, so every committed result loads and writes back unchanged.
 
 Schemas:
   1  the first result.json; plan.json had no ``schema`` key (runs without ``kind`` and ``columns``).
@@ -18,12 +10,6 @@ Schemas:
      always assumed for keys that schema 1 could lack: ``id_scheme`` 1, ``batching`` "shuffled" (results
      from before grouped batching), ``selection`` "dev" (before held-out selection), ``role`` "grid",
      ``wall_seconds`` 0; a plan.json without ``schema`` reads with ``columns`` = [its label].
-
-To add a field: declare it on ``RunRecord`` (with a default, so older files still load) and set it where
-the runner builds the record (``benchmark/runner/execute.py``, ``record``; a measured value comes from the
-recipe, ``benchmark/training/recipe.py``); readers use the attribute. A key inside a nested payload
-(``params``, ``data``, ``history`` entries, ...) goes on its ``_Payload`` model: ``undeclared`` names any other. Bump ``SCHEMA`` and extend ``upgrade``
-only when older files need a value other than the default.
 
 Layer 0: imports only ``errors`` and ``paths``; no torch, so the reporter and ``afbench status`` load fast.
 """
@@ -261,7 +247,6 @@ class RunRecord(_Record):
                                                      "last_layer": self.last_layer or "full"}
 
 
-
 def undeclared(model: BaseModel, where: str = "") -> list[str]:
     """The keys inside a record's nested payloads that their model does not declare, as dotted paths
     (``params.trainde``). Kept when read (a newer writer's), but our own writer must put none there."""
@@ -306,7 +291,6 @@ class PlanRecord(_Record):
     runs: list[PlanRun] = []
     skipped: list[Skipped] = []
     targets: list[str] = []  # the tasks of the experiment's groups: its table rows (empty: every task)
-
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -480,12 +464,8 @@ def _records_plan(path: Path, record: PlanRecord) -> bool:
 
 @dataclass(frozen=True)
 class ResultFile:
-    """One ``result.json`` as read from disk: ``state`` is "ok", "missing", "corrupt" or "newer" (with why).
-
-    A corrupt file (not JSON, or JSON of the wrong shape such as ``{}``) is never a finished run: the runner
-    retrains it and ``plan`` / ``report`` name it, so a damaged results folder is seen instead of being
-    silently shown as pending or crashing the reporter.
-    """
+    """One ``result.json`` as read from disk: ``state`` is "ok", "missing", "corrupt" (never a finished run: the
+    runner retrains it, ``plan`` / ``report`` name it) or "newer" (with why)."""
 
     path: Path
     state: str
@@ -582,11 +562,8 @@ def is_finished(run_dir: Path) -> bool:
 
 @dataclass
 class ExperimentScan:
-    """Everything under ``results/<experiment>/``, sorted into what a reader can use and what not.
-
-    ``plan``, ``report`` and ``status`` call ``scan_experiment`` so all of them name the same damaged files
-    and ignore results that belong to another experiment.
-    """
+    """Everything under ``results/<experiment>/``, sorted into what a reader can use and what not (``plan``,
+    ``report`` and ``status`` all scan, so they name the same damaged files)."""
 
     root: Path
     experiment: str
