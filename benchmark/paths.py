@@ -1,22 +1,11 @@
-"""Paths the program shows and paths it writes.
+"""Paths the program shows and paths it writes (ARCHITECTURE.md, "spec").
 
 ``shown_path``: how a path is written into anything that may be committed or shared (results, reports):
 relative to the working directory when it lies inside it, else only its last two parts, never a
-machine's absolute path.
-
-``under`` and ``write_atomic``: where a write may go and how it is done. A name in a spec (experiment,
-task, method, backbone) becomes part of file names; spec names are plain identifiers
-(``spec/registry.py``) and, independently, every writer resolves its path with ``under`` and refuses one
-that is not inside its root (results, reports, the cache, Slurm logs), so ``../../x`` or ``/etc/x``
-never decides where a file lands. Every file the program writes (results, weights, the lock, plan.json,
-reports, figures, exports) goes through ``write_atomic``: temp file beside the target, fsync, rename (or a
-hard link for ``exclusive``); an OS failure (read-only, full, permission) is one ``StorageError`` paragraph
-and the old file is left as it was. A finished folder (a run, an export, a report's figures) is put in place
-by ``swap_in`` and an old one cleared by ``remove``; ``tests/test_writers.py`` fails on any other writer.
-``pid_alive``: whether a process of this host lives (the experiment lock and the report's staging folders).
-``read_regular``: the one bounded reader of files a user or a record names (specs, includes, result.json,
-plan.json): only a regular file, at most a given size, and never blocking on a FIFO.
-Imports only ``errors`` (layer 0 too): every layer may use it.
+machine's absolute path. ``under`` / ``write_atomic`` / ``swap_in`` / ``remove`` are the one way every writer
+puts files and folders under its root, so a spec name like ``../../x`` never decides where a file lands
+(``tests/test_writers.py`` fails on any other writer); ``read_regular`` is the one bounded reader of files a
+user or a record names. Imports only ``errors`` (layer 0 too): every layer may use it.
 """
 
 from __future__ import annotations

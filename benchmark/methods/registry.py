@@ -1,25 +1,10 @@
 """The one registry of method packages: the core (spec schema, model wrapper, recipe, checkpoint, FLOP model,
 AdapterHub format, report) finds every method here and names none of them.
 
-A method package is a folder ``<name>/`` (under ``benchmark/methods/``, or under a folder named by the
-environment variable ``AFBENCH_METHODS``: the user's methods) holding
-
-* ``config.py`` (layer 0: no torch, nothing above ``benchmark.methods``): its ``register(MethodKind(...))``
-  (what it trains, its report columns, comparisons, claims) and, when its YAML has a section of its own, one
-  ``section(name, Params, flops=...)``: the parameter model of that section (a ``params.Strict``) and what its
-  modules add per token (``plan/flops.py`` calls it with the params, the encoder ``Shape`` and the number of
-  fused sources);
-* ``layer.py`` (the modeling layer), when it adds modules to the encoder: the module type's side of the model
-  API, as module-level functions ``attach``, ``activate``, ``modules_of``, ``describe``, ``params_from``,
-  ``expected_shapes`` (a tuner on target linear layers gets all six from ``modeling/tuners.TargetTuner``);
-* ``setup.py`` (the training layer): ``setup(model, run, ctx) -> recipe.Setup``: what a single-task run of the
-  kind adds to the model and what it trains;
-* ``adapterhub.py`` (the adapterhub layer), optional: ``METHOD``, its AdapterHub ``Method`` (``afbench export``
-  refuses a module type without one).
-
-The parts above layer 0 are imported only when a core module of their layer asks for them (``part``), so
-importing the registry never loads torch. Each package's files keep their layers
-(``tests/test_architecture.py``).
+A method package (``benchmark/methods/<name>/`` or under a folder of ``AFBENCH_METHODS``) holds ``config.py``,
+``layer.py``, ``setup.py`` and ``adapterhub.py``, each at its own layer: ARCHITECTURE.md, "A new method", is the
+one list of what each holds. The parts above layer 0 are imported only when a core module of their layer asks
+for them (``part``), so importing the registry never loads torch.
 """
 
 from __future__ import annotations

@@ -4,19 +4,12 @@
     model = load("results/minilm_table1/rte__fusion_st_a_rf16__minilm-l6__s42__7a6b8c2e")
     model.predict([{"sentence1": "A man plays a guitar.", "sentence2": "Nobody plays."}])  # ['not_entailment']
 
-It reads only the run's folder (for Fusion w/ MT-A also its MT-A run's, beside it or ``mt_a_folder``): result.json
-names the backbone, the task (templates, label names, max length), the compute and the precision setting the run
-ran with (``auto``: bf16 autocast on CUDA, float32 on the CPU, wherever it is served); ``modules.json`` +
-``weights.safetensors`` hold what it trained, checked against the record's hash. No specs, plan or data mirror. The model is
-rebuilt as ``afbench predict`` and ``afbench export`` rebuild it (``export.rebuild``) with what the run evaluated
-active; rows are rendered with the task's templates (Jinja's sandbox) and tokenized as its training rows were;
-the logits come from the run's own evaluation path (``training.loop.forward``: eval mode, ``torch.no_grad``, the
-run's autocast and CPU kernels), in batches of the run's eval batch size sorted by length. One difference: every
-weight is frozen (``cpu_kernels.serving``), so with the fast CPU kernels every ``nn.Linear`` module runs oneDNN
-on a prepacked weight, where the run's evaluation ran the modules it was training through ``F.linear`` (the
-fusion's fast path multiplies concatenated adapter weights with ``F.linear`` either way); the logits agree to
-float rounding, and a dev row gets the label the run's ``predictions.parquet`` holds for it (tested on a
-committed MiniLM run).
+It reads only the run's folder (ARCHITECTURE.md, "records"; for Fusion w/ MT-A also its MT-A run's): no specs,
+plan or data mirror. One difference from the run's own evaluation: every weight is frozen
+(``cpu_kernels.serving``), so with the fast CPU kernels every ``nn.Linear`` runs oneDNN on a prepacked weight
+where the run's evaluation ran the modules it was training through ``F.linear``; the logits agree to float
+rounding, and a dev row gets the label the run's ``predictions.parquet`` holds for it (tested on a committed
+MiniLM run).
 """
 
 from __future__ import annotations
