@@ -1,25 +1,14 @@
 """The compiled path (``compute.compile: true``, ``afbench run --compile``): a run's forward (training step and
-evaluation) through ``torch.compile`` with the inductor backend, which fuses the elementwise work of a step
-(softmax, LayerNorm, GELU, dropout masks, autocast casts) into generated C++ (CPU) or Triton (CUDA) kernels.
+evaluation) through ``torch.compile`` with the inductor backend. docs/perf.md, "Compiled path", says what it
+changes against eager (kernels, the stock CPU kernels, dropout's masks, the refused temperature annealing).
 
-What it changes against eager (docs/perf.md, "Compiled path"):
-
-* **Kernels.** Inductor's generated kernels sum in another order: logits agree with eager to float rounding.
-  The fast CPU kernels (``cpu_kernels.py``: oneDNN frozen linears, integer dropout masks) are eager-mode code
-  dynamo cannot trace, so a compiled run computes with the stock kernels (the planner resolves
-  ``cpu_kernels: stock`` and refuses an explicit ``fast``).
-* **Dropout.** Inductor draws its masks from its own generator (seeded from torch's, so a seeded run is still
-  repeatable): a compiled run trains on other random masks than an eager one, as another seed would.
-* **Padding.** Every batch is padded to a power-of-two length (``bucket_length``: at least ``MIN_BUCKET``, at
-  most the model's position limit), so the graphs are compiled for static shapes and their number stays
-  bounded: per head and mode (train/eval) one per length bucket and distinct batch size (the full and the last
-  short batch). Padded positions are masked: the function is unchanged; the padding record counts them.
-* **Attention capture** (fusion attention, pruning) runs eager: it reads tensors back to Python mid-forward.
-
-Every graph handed to inductor is counted (``Compiled.record``): ``graphs`` in all, ``recompiles`` those
-compiled after the first call (a new bucket, batch size, head or mode), ``shapes`` the (mode, batch shape)
-pairs seen. The runner stores it as ``compile`` in result.json. A run that would pass the recompile limit
-fails (``fail_on_recompile_limit_hit``) instead of silently falling back to eager for the rest.
+Every batch is padded to a power-of-two length (``bucket_length``: at least ``MIN_BUCKET``, at most the model's
+position limit), so the graphs are compiled for static shapes and their number stays bounded: per head and mode
+(train/eval) one per length bucket and distinct batch size. Every graph handed to inductor is counted
+(``Compiled.record``): ``graphs`` in all, ``recompiles`` those compiled after the first call, ``shapes`` the
+(mode, batch shape) pairs seen, stored as ``compile`` in result.json. A run that would pass the recompile limit
+fails (``fail_on_recompile_limit_hit``) instead of silently falling back to eager for the rest. Attention
+capture (fusion attention, pruning) runs eager: it reads tensors back to Python mid-forward.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Profiling a MiniLM training step on the CPU (``afbench perf``) shows two costs that are not the
 model's math. Neither changes the function computed; ``set_cpu_kernels(model, "fast" | "stock")``
-switches a whole model (encoder, adapters, fusion, heads) either way, and the runner records which
-one trained a result (``afbench run --cpu-kernels``, field ``cpu_kernels`` in result.json).
+switches a whole model either way (recorded as ``cpu_kernels`` in result.json).
 
 **Dropout.** About a fifth of the step is ``aten::bernoulli_``, and attention dropout pushes SDPA
 off its fused kernel onto a slower math path. Here the keep-mask comes from 32-bit random integers

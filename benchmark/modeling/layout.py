@@ -1,12 +1,7 @@
 """Where things are inside each encoder family: one declaration per family, and the only place in the
-package that spells a module path inside a transformers encoder.
-
-Adapters and fusion (``layers.py``, ``model.py``), tuners on target linear layers (``tuners.py``: LoRA,
-(IA)^3), checkpoints (``checkpoint.py``),
-module selection, the first-token last layer (``first_token.py``), backbone loading (``backbone.py``)
-and parity read a ``Layout``: attribute *names*, not code (the idea of AdapterHub's
-``AdapterModelInterface``). Adding a post-LN family is one ``Layout(...)`` in ``LAYOUTS`` plus its
-backbone YAML.
+package that spells a module path inside a transformers encoder. The rest of ``modeling/`` reads a ``Layout``:
+attribute *names*, not code (the idea of AdapterHub's ``AdapterModelInterface``; ARCHITECTURE.md, "A new
+encoder family").
 
 Every post-LN encoder layer has two residual sub-layers (``attention``, then the feed-forward
 ``output``), each ending in ``LN(f + x)``: f the sub-layer's output projection (after its dropout), x

@@ -15,11 +15,8 @@ Per run, ``OUT/<run id>/`` holds what ``AutoAdapterModel.from_pretrained`` / ``l
                              (``mean_pooling_head.py``); export.json's ``head_loader`` and each sample name it
 
 A mean-pooling head is written with ``head_type: afbench_mean_*``, which ``load_head`` refuses until the
-loader registers it, so nothing loads a head that disagrees with the samples' logits. Each run folder is
-built in a temp folder under OUT and renamed into place, so an interrupted export never leaves a
-half folder; every path is checked to lie under OUT. OUT's manifest (``.afbench-export.json``) names
-the folders and files an export wrote: only those are ever replaced (``_Out``), and --out may not
-overlap the results root or a spec folder.
+loader registers it, so nothing loads a head that disagrees with the samples' logits. OUT's manifest
+(``.afbench-export.json``) names what an export wrote: only that is ever replaced (``_Out``; docs/adapterhub.md).
 """
 
 from __future__ import annotations

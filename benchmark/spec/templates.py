@@ -1,25 +1,17 @@
-"""Render a row's model inputs from Jinja2 templates in Jinja's immutable sandbox, under per-render limits.
+"""Render a row's model inputs from Jinja2 templates in Jinja's immutable sandbox, under per-render limits
+(ARCHITECTURE.md, "spec", lists them; over any of them the render fails with a SpecError).
 
 A spec is data, never code: templates run in ``ImmutableSandboxedEnvironment``, so a template received from
-someone else cannot reach Python internals (``{{ ''.__class__.__mro__ }}`` raises SecurityError).
-
-A template sees every column whose name is a Python identifier by that name (``{{ premise }}``) and
-the whole row as ``row`` (``{{ row['Observation Text'] }}``, ``{{ row['ctx']['hint'] }}``), so a
-column whose header has spaces or dashes needs no renaming. A column literally called ``row`` is
-``row['row']``.
+someone else cannot reach Python internals (``{{ ''.__class__.__mro__ }}`` raises SecurityError). A template
+sees every column whose name is a Python identifier by that name (``{{ premise }}``) and the whole row as
+``row`` (``{{ row['Observation Text'] }}``; a column literally called ``row`` is ``row['row']``).
 
 The sandbox stops code execution but not a template that loops or allocates without end
-(``{% for i in range(100000) %}{% for j in range(100000) %}``, ``{{ premise * 100000000 }}``), so each
-render has limits, checked before the work they bound: a budget of steps (loop iterations, calls and
-operators) and of wall-clock time, ``range`` items, the size of strings and lists that ``*``, ``+``,
-``~`` and ``join`` / ``replace`` would build, numbers passed to functions and filters (``center(10**9)``),
-format widths (``'%*s' % (10**9, x)``), exponents and integer bit sizes, the characters printed (``{% set %}``
-blocks included) and the rendered text. Over any of them the render fails with a SpecError.
-
-Jinja calls back into the sandbox for calls and operators but not for ``{% for %}`` iterations, ``~``
-or constant text, so the parsed tree is rewritten (``_Counted``) to route those three through functions
-of this module: an empty loop nested in a loop over a long string, or a ``{% set %}`` block filled with
-constant text in a loop, would otherwise run unseen.
+(``{% for i in range(100000) %}{% for j in range(100000) %}``, ``{{ premise * 100000000 }}``), so each render
+has limits, checked before the work they bound. Jinja calls back into the sandbox for calls and operators but
+not for ``{% for %}`` iterations, ``~`` or constant text, so the parsed tree is rewritten (``_Counted``) to route
+those three through functions of this module: an empty loop nested in a loop over a long string, or a
+``{% set %}`` block filled with constant text in a loop, would otherwise run unseen.
 """
 
 from __future__ import annotations
