@@ -47,12 +47,8 @@ def load_with_siblings(paths: list[Path], strict: bool = True, warn=None):
         raise
 
 
-# The environment variables a command reads, each the default of the flag beside it. They are read here, once,
-# and passed down as plain arguments: the runner and the reporter take a folder or a file, never the environment
-# Two process-wide locations are read where they are used, as HF_HOME is by transformers: AFBENCH_CACHE_DIR
-# (data/encode.py: tokenized splits, tiny tokenizers trained on the fly, also while planning) and AFBENCH_SPECS
-# (spec/registry.py: the project's spec root, which includes fall back on). Worker processes and Slurm jobs
-# inherit both with the environment.
+# The environment variables a command reads, each the default of the flag beside it, read here once and passed
+# down as plain arguments (ARCHITECTURE.md: AFBENCH_CACHE_DIR and AFBENCH_SPECS are read where they are used).
 ENVIRONMENT = {"data_dir": "AFBENCH_DATA_DIR", "results_dir": "AFBENCH_RESULTS_DIR", "paper": "AFBENCH_PAPER_FILE"}
 
 
@@ -458,8 +454,7 @@ def cmd_migrate(args) -> int:
 
     reg, plan, root, exp_dir = _planned(args)
     with experiment_lock(exp_dir, wait=False):  # no driver may write the folders being renamed
-        live = slurm.live_runs(exp_dir)
-        if live:
+        if live := slurm.live_runs(exp_dir):
             raise slurm.busy_error(exp_dir, live)
         moved = migrate_experiment(plan, reg, root, _data_dir(args), dry_run=args.dry_run)
         upgraded = upgrade_predictions(exp_dir, dry_run=args.dry_run)
@@ -575,8 +570,7 @@ def cmd_predict(args) -> int:
 
     reg, plan, _, exp_dir = _finished(args)
     with experiment_lock(exp_dir, wait=False):  # no driver may retrain or rename a run whose record this adds to
-        live = slurm.live_runs(exp_dir)
-        if live:
+        if live := slurm.live_runs(exp_dir):
             raise slurm.busy_error(exp_dir, live)
         out = predict_plan(plan, reg, exp_dir, only=args.only, data_dir=_data_dir(args),
                            device=args.device or "cpu", force=args.force)

@@ -16,10 +16,8 @@ No gold label is stored: the file holds what the model did, not a copy of the da
 ``correct`` is all a paired test needs. A file written before 2026-12-07 held ``gold`` instead; ``read``
 derives ``correct`` from it, and ``afbench migrate`` rewrites such a file (``upgrade``) and its record's hash.
 
-The record keeps ``predictions: {file, sha256, rows}``; ``read`` checks the hash (a legacy file's, or its
-upgrade's), and ``accuracy``
-recomputes a task's metric exactly as the training loop computes it (100 x correct / rows, one division),
-so it equals the recorded ``best_metric`` bit for bit.
+``accuracy`` recomputes a task's metric exactly as the training loop computes it (100 x correct / rows, one
+division), so it equals the recorded ``best_metric`` bit for bit.
 
 Layer 0 (beside ``records``): pyarrow, no torch.
 """

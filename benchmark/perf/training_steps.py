@@ -1,19 +1,15 @@
 """``afbench perf --mode steps`` (the default; ``nox -s perf``): how fast we train, ours vs AdapterHub ``adapters`` 1.3.0.
 
-Two of the modes (``--mode``):
-
-* ``steps`` (default): training steps per second of ST-A and Fusion (N adapters), batch 32, length
-  128, on identical random token ids; writes ``reports/perf.md`` and the raw per-round timings
-  ``reports/perf.json``. Both sides time the same step: forward, cross-entropy through the same
-  two-layer head, backward and AdamW over the trained parameters only (the adapter for ST-A;
-  fusion + head for Fusion, whose adapters are frozen).
-  The headline table is the configuration the committed MiniLM runs train: the head reads the
-  masked **mean** of the last layer (``specs/backbones/minilm-l6.yaml``), so every position of the
-  last layer is computed, with the default fast CPU kernels (``benchmark/modeling/cpu_kernels.py``);
-  beside it ours with stock kernels. A second, separately labelled table is the first-token setup
-  (a [CLS] head, the last layer computed at position 0 only: ``benchmark/modeling/first_token.py``),
-  which is what BERT/RoBERTa runs as in the paper use and no committed MiniLM run does.
-* ``epochs``: seconds per epoch on real data with three paddings (``benchmark/perf/epochs.py``).
+Training steps per second of ST-A and Fusion (N adapters), batch 32, length 128, on identical random token
+ids; writes ``reports/perf.md`` and the raw per-round timings ``reports/perf.json``. Both sides time the same
+step: forward, cross-entropy through the same two-layer head, backward and AdamW over the trained parameters
+only (the adapter for ST-A; fusion + head for Fusion, whose adapters are frozen). The headline table is the
+configuration the committed MiniLM runs train: the head reads the masked **mean** of the last layer
+(``specs/backbones/minilm-l6.yaml``), so every position of the last layer is computed, with the default fast
+CPU kernels (``benchmark/modeling/cpu_kernels.py``); beside it ours with stock kernels. A second, separately
+labelled table is the first-token setup (a [CLS] head, the last layer computed at position 0 only:
+``benchmark/modeling/first_token.py``), which is what BERT/RoBERTa runs as in the paper use and no committed
+MiniLM run does.
 
 Timings on a shared machine drift by 10-20 % over minutes, so the sides run in alternating rounds
 (``--rounds``; the order of ours and the reference flips every round), tables show the median

@@ -14,12 +14,7 @@ Per run it counts the work, then prices it:
    (early stopping) in the calibration set; 1.0 for a kind the calibration has not seen.
 3. **FLOPs per token** from the encoder's shape (layers, width, FFN width; the Hub's BERT-base and
    RoBERTa-base are listed so ``table1`` can be costed offline), counted by the one FLOP model
-   (``plan/flops.py``, which the roofline uses too; each module the method declares prices itself there):
-   forward = 2 x weights per token plus
-   attention over the sequence; training adds what the backward really computes: nothing through a
-   frozen encoder for Head, input gradients through every layer (adapters sit in each) and weight
-   gradients of the small trained modules for ST-A, Houlsby and Fusion, and input plus weight gradients
-   of every layer for Full and MT-A (x 3 forward).
+   (``plan/flops.py``: the forward, and what the backward really computes for what the method trains).
 4. **Price.** CPU: ``seconds = (a * train GFLOP + b * eval GFLOP) / threads + c``, with ``a, b, c``
    fitted (non-negative least squares on relative errors) to finished runs of one CPU model and stored
    by ``afbench plan EXP --estimate --calibrate`` in ``<results>/.cost_calibration.json`` (``USER_FILE``),
