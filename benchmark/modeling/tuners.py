@@ -11,10 +11,8 @@ lets each of that tuner's *active* modules rewrite the linear's output:
 
 The pretrained keys of W do not change; a tuner's tensors are ``<target path>.<child>.<name>.<tail>``.
 Each module owns its activation state (``context.Switchable``): ``activate`` switches on the modules of one
-name, ``switch_off`` returns a module to the stock function. A method module (``lora.py``, ``ia3.py``)
-subclasses ``TunerModule`` (its parameters and ``update``) and ``TargetTuner`` (its child name, params class
-and module), and exposes the tuner's side of the model API (``attach``, ``activate``, ``modules_of``,
-``describe`` / ``params_from``, ``expected_shapes``) as module functions, like ``adapters.py`` does.
+name, ``switch_off`` returns a module to the stock function. A method's ``layer.py`` subclasses ``TunerModule``
+and ``TargetTuner`` (ARCHITECTURE.md, "A new method").
 """
 
 from __future__ import annotations
