@@ -203,7 +203,7 @@ def cmd_data(args) -> int:
 
 
 def _options(args):
-    """The command-line choices that are part of run ids (plan, run, status, migrate and report alike)."""
+    """The command-line choices that are part of run ids (plan, run, status, migrate and sweep alike)."""
     from benchmark.plan.build import Options
 
     return Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
@@ -224,7 +224,8 @@ def _planned(args):
 def _finished(args):
     """``_planned`` for the commands on finished runs (export, predict, push, prune, speed): the experiment as its
     results were planned (``plan.build.recorded``: every set of training choices they recorded), so none of these
-    commands takes the training flags."""
+    commands takes the training flags; only runs with a folder here or under a lender (``dependencies_from``), since a
+    choice recorded by some runs plans the whole grid under it."""
     from benchmark.plan.build import recorded
     from benchmark.records import scan_experiment
     from benchmark.runner.results import experiment_dir, results_root
@@ -234,7 +235,9 @@ def _finished(args):
     lent = [r for e in exp.dependencies_from for r in scan_experiment(root, e).results]
     plan = recorded(reg, exp, scan_experiment(root, exp.name).results, availability(reg, _data_dir(args)),
                     data_root=_data_dir(args), lent=lent)
-    return reg, plan, root, experiment_dir(root, exp.name)
+    homes = [experiment_dir(root, e) for e in (exp.name, *exp.dependencies_from)]
+    plan.runs = [r for r in plan.runs if any((h / r.id).is_dir() for h in homes)]
+    return reg, plan, root, homes[0]
 
 
 def _plan(args, reg):

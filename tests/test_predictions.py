@@ -170,6 +170,12 @@ def test_commands_on_finished_runs_find_runs_trained_under_other_choices(tmp_pat
     assert (tmp_path / "x" / folder.name).is_dir()
     with pytest.raises(SystemExit):  # the flag is gone from the commands on finished runs
         main(["predict", "tiny_flag", *args, "--batching", "shuffled"])
+    # the recorded choice plans the whole grid under it, and the spec's own choice too: only runs on disk are
+    # named, so the never-trained grouped twin of this run is neither timed nor listed as unfinished
+    capsys.readouterr()
+    assert main(["speed", "tiny_flag", *args, "--only", "rte__head__*", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"loading {folder.name}" in out and "not timed" not in out
 
 
 @needs_mirror

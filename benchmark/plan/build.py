@@ -260,9 +260,9 @@ def recorded(reg: Registry, exp: ExperimentSpec, results, available: Callable[[s
     """The experiment as its results were planned: ``build_plan`` under the data fingerprints each task's latest
     result (or one of ``lent``, the results of ``dependencies_from``) recorded (results from before ``config.data``:
     the data in ``data_root``, as at training) and under every set of command-line choices (batching, CPU kernels,
-    last layer, precision, compile) a result recorded, plus the spec's own; their runs together, the spec's own
-    plan first. What the report and the commands on finished runs (export, predict, push, prune, speed) read, so
-    none of them takes the training flags."""
+    last layer, precision, compile) a result recorded, plus the spec's own; their runs together (plans in the
+    order of their choices, each run once). What the report and the commands on finished runs (export, predict,
+    push, prune, speed) read, so none of them takes the training flags."""
     data: dict[str, dict[str, str]] = {}
     for r in sorted([*lent, *results], key=lambda r: r.finished_at or ""):
         data.update((r.config or {}).get("data") or {})
