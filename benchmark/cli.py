@@ -221,7 +221,7 @@ def _planned(args):
     return reg, plan, root, experiment_dir(root, plan.experiment.name)
 
 
-def _finished(args):
+def _finished(args, reg=None):
     """``_planned`` for the commands on finished runs (export, predict, push, prune, speed): the experiment as its
     results were planned (``plan.build.recorded``: every set of training choices they recorded), so none of these
     commands takes the training flags; only runs with a folder here or under a lender (``dependencies_from``), since a
@@ -230,7 +230,7 @@ def _finished(args):
     from benchmark.records import scan_experiment
     from benchmark.runner.results import experiment_dir, results_root
 
-    reg, root = _registry(args), results_root(args.results_dir)
+    reg, root = reg or _registry(args), results_root(args.results_dir)
     exp = reg.get("experiment", args.experiment)
     lent = [r for e in exp.dependencies_from for r in scan_experiment(root, e).results]
     plan = recorded(reg, exp, scan_experiment(root, exp.name).results, availability(reg, _data_dir(args)),
@@ -527,7 +527,7 @@ def cmd_push(args) -> int:
                              "from an empty one", file=str(out), field="--out", fix="choose a new or empty folder")
     try:
         if args.adapters:
-            export_plan(_finished(args)[1], reg, results_root(args.results_dir) / exp.name, out / "adapters",
+            export_plan(_finished(args, reg)[1], reg, results_root(args.results_dir) / exp.name, out / "adapters",
                         data_dir=_data_dir(args), keep_clear=_keep_clear(args))
         files = push.stage(exp, reg, results_root(args.results_dir), Path(args.reports_dir), out, args.repo)
         print(f"{len(files)} files in {out}" + (" (dry run: nothing uploaded)" if args.dry_run else ""))

@@ -134,11 +134,11 @@ def grouped_profile(plan: dict, encoder_factory, pad_id: int, args) -> dict:
     once, after a warm-up), ms per step by operator kind, and ``width_tokens``, their mean padded width: what bounds the
     bf16 epoch's speed-up."""
     batches = [_batch(plan, "grouped", i, pad_id, args.length) for i in plan["paddings"]["grouped"]["timed"]]
+    width = statistics.mean(b["input_ids"].shape[-1] for b in batches)
     out = {}
     for precision in ("fp32", "bf16"):
         step, it = trainer(plan, encoder_factory, precision), itertools.cycle(batches)
-        out[precision] = {**profile_ms(lambda: step(next(it)), reps=len(batches)),
-                          "width_tokens": statistics.mean(b["input_ids"].shape[-1] for b in batches)}
+        out[precision] = {**profile_ms(lambda: step(next(it)), reps=len(batches)), "width_tokens": width}
     return out
 
 
