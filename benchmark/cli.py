@@ -463,7 +463,7 @@ def cmd_migrate(args) -> int:
         upgraded = upgrade_predictions(exp_dir, dry_run=args.dry_run)
     would = "would be " if args.dry_run else ""
     print(f"{len(moved)} result folder(s) {would}renamed to run-id scheme 2")
-    print(f"{len(upgraded)} predictions file(s) {would}rewritten with 'correct' in place of the gold labels")
+    print(f"{len(upgraded)} predictions file(s) {would}rewritten without the labels (gold, pred) they held")
     from benchmark.runner.status import empty_plan_note, unmatched_note
 
     for line in empty_plan_note(plan, _data_dir(args)) or unmatched_note(plan, root, _data_dir(args)):
@@ -729,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("task", help="task name (see afbench list)")
     for name, helptext in (("plan", "show the runs of an experiment and what is done"), ("run", "run an experiment"),
                            ("migrate", "rename result folders of older run-id schemes to the current ids; rewrite "
-                                       "older predictions files (gold labels) as today's (correct)"),
+                                       "older predictions files (gold, pred labels) as today's (correct)"),
                            ("status", "per run: finished, failed, running (local or Slurm), queued, pending")):
         sp = common(sub.add_parser(name, help=helptext), experiment=True, results=True)
         id_flags(sp)

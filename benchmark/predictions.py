@@ -9,12 +9,14 @@ file per run (MT-A: every task's rows, told apart by ``task``). Columns:
               the run's EncodedSplit holds them)
   source_row  its index in the split file as loaded (file order; differs from ``row`` under a row cap)
   id          the dataset's own id column (``idx`` or ``id``) as text, or null where it has none
-  pred        the predicted label id (multiple choice: the chosen option)
-  correct     whether it is the gold label (the option that is right)
+  correct     whether the model's label (multiple choice: its chosen option) is the gold one
 
-No gold label is stored: the file holds what the model did, not a copy of the dataset's labels, and
-``correct`` is all a paired test needs. A file written before 2026-12-07 held ``gold`` instead; ``read``
-derives ``correct`` from it, and ``afbench migrate`` rewrites such a file (``upgrade``) and its record's hash.
+Neither the gold label nor the predicted one is stored: together with ``correct`` either gives back the dev
+split's labels (for a binary task, gold = pred if correct, else the other class), and the dataset stays in
+the mirror, not in the repository. ``correct`` is all a paired test needs; the labels a run gives are what
+``runner/serve.py`` computes from its weights. Files written before 2026-12-07 held ``pred`` and ``gold``, and
+files of 2026-12-07 ``pred`` and ``correct`` (``LEGACY``); ``read`` reads both as today's columns, and
+``afbench migrate`` rewrites such a file (``upgrade``) and its record's hash.
 
 ``accuracy`` recomputes a task's metric exactly as the training loop computes it (100 x correct / rows, one
 division), so it equals the recorded ``best_metric`` bit for bit.
@@ -35,20 +37,21 @@ from benchmark.records import RESULT, PredictionsEntry, add_to_run
 
 FILE = "predictions.parquet"
 ID_COLUMNS = ("idx", "id")  # a dataset's own row id, the first of these it has
-COLUMNS = ("task", "split", "row", "source_row", "id", "pred", "correct")
-LEGACY = "gold"  # the column files written before 2026-12-07 held instead of ``correct``
-LEGACY_COLUMNS = COLUMNS[:-1] + (LEGACY,)
+COLUMNS = ("task", "split", "row", "source_row", "id", "correct")
+LEGACY = (COLUMNS[:-1] + ("pred", "gold"), COLUMNS[:-1] + ("pred", "correct"))  # before / on 2026-12-07
 
 
 class PredictionsError(BenchError):
     """A predictions file that is missing, altered or unreadable."""
 
 
-def _schema():
+def _schema(names=COLUMNS):
+    """The arrow schema of a file with columns ``names`` (today's, or a ``LEGACY`` file's)."""
     import pyarrow as pa
 
-    return pa.schema([("task", pa.string()), ("split", pa.string()), ("row", pa.int32()),
-                      ("source_row", pa.int64()), ("id", pa.string()), ("pred", pa.int32()), ("correct", pa.bool_())])
+    types = {"task": pa.string(), "split": pa.string(), "row": pa.int32(), "source_row": pa.int64(),
+             "id": pa.string(), "pred": pa.int32(), "gold": pa.int32(), "correct": pa.bool_()}
+    return pa.schema([(n, types[n]) for n in names])
 
 
 def to_bytes(columns: dict[str, list]) -> bytes:
@@ -77,8 +80,8 @@ def write(folder: Path, columns: dict[str, list], *, root: Path | None = None) -
 
 def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]:
     """The columns of ``folder/predictions.parquet``, checked against the record's entry (sha256, rows; a
-    ``RunRecord.predictions``, or the dict ``write`` returned). A legacy file (``is_legacy``) reads with
-    ``correct`` derived from its gold labels, and passes the hash check also when the record holds the hash of
+    ``RunRecord.predictions``, or the dict ``write`` returned). A legacy file (``is_legacy``) reads as
+    today's columns (``correct`` derived from its gold labels where it held them), and passes the hash check also when the record holds the hash of
     its upgrade (an ``afbench migrate`` stopped between its two writes, see ``upgrade``)."""
     import pyarrow.parquet as pq
 
@@ -100,9 +103,11 @@ def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]
     if not same and not legacy:
         raise altered
     try:
-        cols = pq.read_table(path).to_pydict()
+        table = pq.read_table(path)
+        cols = table.cast(_schema(table.schema.names)).to_pydict()  # a legacy file's wrong types fail here
         if legacy:
-            cols["correct"] = [p == g for p, g in zip(cols["pred"], cols.pop(LEGACY), strict=True)]
+            pred, gold = cols.pop("pred"), cols.pop("gold", None)
+            cols["correct"] = cols["correct"] if gold is None else [p == g for p, g in zip(pred, gold, strict=True)]
             upgraded = None if same else _entry(to_bytes(cols), len(cols["row"]))["sha256"]
     except Exception as e:  # noqa: BLE001 - pyarrow's own errors, a legacy file's wrong types
         raise PredictionsError(f"not a readable predictions file ({e})", file=str(path), fix=fix) from None
@@ -115,12 +120,13 @@ def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]
 
 
 def is_legacy(folder: Path) -> bool:
-    """Whether ``folder``'s file has exactly the columns of a file written before 2026-12-07 (``gold`` labels in
-    place of ``correct``); an unreadable file is not (``read`` names what is wrong with it)."""
+    """Whether ``folder``'s file has exactly the columns of a file written before 2026-12-08 (``LEGACY``: with
+    ``pred``, and ``gold`` in place of ``correct`` before 2026-12-07); an unreadable file is not (``read`` names
+    what is wrong with it)."""
     import pyarrow.parquet as pq
 
     try:
-        return tuple(pq.read_schema(Path(folder) / FILE).names) == LEGACY_COLUMNS
+        return tuple(pq.read_schema(Path(folder) / FILE).names) in LEGACY
     except Exception:  # noqa: BLE001 - pyarrow's own errors, a missing file
         return False
 

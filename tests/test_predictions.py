@@ -35,6 +35,16 @@ def check(folder: Path) -> dict:
     return cols
 
 
+def right(model, rows: list[dict], chosen: list[int]) -> list[bool]:
+    """Per row, whether the label (class or option id) ``chosen`` for it is the row's gold one: what a served
+    model's answers must give for ``correct`` (the file holds no label, gold or predicted)."""
+    from benchmark.data.labels import label_id
+
+    gold = [label_id(model.task, r[model.task.label.column]) for r in rows]
+    assert None not in gold
+    return [c == g for c, g in zip(chosen, gold, strict=True)]
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny grid (head and Fusion w/ ST-A on RTE and CB, their two stage-1 adapters), 3 epochs so the kept
@@ -68,7 +78,7 @@ def test_every_trained_run_writes_predictions_that_reproduce_its_record(tiny):
 @needs_mirror
 def test_a_served_run_labels_its_dev_rows_as_its_predictions_file_does(tiny):
     """``serve.load(folder)`` (issue 40's library call) reads only the run folder: fed the raw dev rows, each run
-    (Head, ST-A, Fusion w/ ST-A) predicts what its predictions.parquet holds, as label names."""
+    (Head, ST-A, Fusion w/ ST-A) labels right exactly the rows its predictions.parquet marks correct."""
     from benchmark.data.sources import read_rows
     from benchmark.runner.serve import load
 
@@ -79,15 +89,17 @@ def test_a_served_run_labels_its_dev_rows_as_its_predictions_file_does(tiny):
         raw = read_rows(model.task, model.task.splits.eval, MIRROR)
         rows = [raw[i] for i in cols["source_row"]]
         names = model.predict(rows)
-        assert names == [model.task.label.names[i] for i in cols["pred"]], folder.name
+        assert right(model, rows, [model.task.label.names.index(n) for n in names]) == cols["correct"], folder.name
         assert model.logits(rows[:3]).shape == (3, len(model.task.label.names))
     # the tiny runs predict one class each; a committed MiniLM ST-A run (weights in git) predicts both of CB's
     folder = next((ROOT / "results" / "minilm_table1").glob("cb__st_a_rf16__minilm-l6__s42__*"))
     cols = check(folder)
     model = load(folder)
     raw = read_rows(model.task, model.task.splits.eval, MIRROR)
-    assert model.predict([raw[i] for i in cols["source_row"]]) == [model.task.label.names[i] for i in cols["pred"]]
-    assert len(set(cols["pred"])) > 1
+    rows = [raw[i] for i in cols["source_row"]]
+    names = model.predict(rows)
+    assert right(model, rows, [model.task.label.names.index(n) for n in names]) == cols["correct"]
+    assert len(set(names)) > 1 and 0 < sum(cols["correct"]) < len(rows)
     from benchmark.modeling.compute import bf16_unsupported
 
     if bf16_unsupported(torch.device("cpu")) is None:  # bf16 autocast on request: the same function, rounded
@@ -217,8 +229,8 @@ def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
     mt = next(f for f in runs if "__mt_a_" in f.name)
     cols = check(mt)
     assert sorted(set(cols["task"])) == ["rte", "socialiqa"] and len(cols["row"]) == 24
-    assert set(cols["pred"]) <= {0, 1, 2} and set(cols["correct"]) <= {True, False}  # SocialIQA's three options
-    assert "gold" not in pq.read_schema(mt / predictions.FILE).names  # what the model did, not the dataset's labels
+    assert set(cols["correct"]) == {True, False}
+    assert pq.read_schema(mt / predictions.FILE).names == list(predictions.COLUMNS)  # no label, gold or predicted
     # served (serve.load): MT-A per task, Fusion w/ MT-A over its MT-A run's encoder, SocialIQA's options
     from benchmark.data.sources import read_rows
     from benchmark.runner.serve import load
@@ -228,8 +240,9 @@ def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
         for t in sorted(set(c["task"])):
             model = load(f, task=t)
             raw = read_rows(model.task, model.task.splits.eval, MIRROR)
-            mine = [(i, y) for x, i, y in zip(c["task"], c["source_row"], c["pred"], strict=True) if x == t]
-            assert model.logits([raw[i] for i, _ in mine]).argmax(-1).tolist() == [y for _, y in mine], (f.name, t)
+            mine = [(i, y) for x, i, y in zip(c["task"], c["source_row"], c["correct"], strict=True) if x == t]
+            rows = [raw[i] for i, _ in mine]  # SocialIQA: the chosen option of three
+            assert right(model, rows, model.logits(rows).argmax(-1).tolist()) == [y for _, y in mine], (f.name, t)
     with pytest.raises(BenchError, match="say which task"):
         load(mt)
     fusion = next(f for f in runs if "__fusion_mt_a__" in f.name)
@@ -247,7 +260,7 @@ def test_mt_a_and_multiple_choice_predictions_reproduce(tmp_path, capsys):
 def test_a_record_and_its_predictions_must_agree(tmp_path):
     """The reader refuses a file whose bytes differ from the recorded hash or row count."""
     cols = {"task": ["rte"] * 3, "split": ["validation"] * 3, "row": [0, 1, 2], "source_row": [5, 9, 11],
-            "id": ["5", "9", None], "pred": [1, 0, 1], "correct": [True, False, True]}
+            "id": ["5", "9", None], "correct": [True, False, True]}
     entry = predictions.write(tmp_path, cols)
     assert entry["rows"] == 3 and predictions.read(tmp_path, entry)["id"] == ["5", "9", None]
     assert predictions.accuracy(cols, "rte") == 100.0 * (2 / 3)
@@ -260,10 +273,11 @@ def test_a_record_and_its_predictions_must_agree(tmp_path):
         predictions.read(tmp_path, None)
 
 
-def test_a_file_with_gold_labels_reads_and_migrates_to_correct(tmp_path):
-    """A file written before 2026-12-07 (``gold`` in place of ``correct``) reads with ``correct`` derived;
-    ``afbench migrate``'s pass rewrites it and its record's hash, and a stop between the record and the file
-    leaves a state that still reads and that a rerun finishes."""
+def test_a_file_with_labels_reads_and_migrates_to_correct(tmp_path):
+    """A file written before 2026-12-07 (``pred``, and ``gold`` in place of ``correct``) reads with ``correct``
+    derived; ``afbench migrate``'s pass rewrites it and its record's hash, and a stop between the record and the
+    file leaves a state that still reads and that a rerun finishes. A file of 2026-12-07 (``pred`` beside
+    ``correct``: a binary task's labels follow from the two) migrates the same way."""
     import pyarrow as pa
 
     from benchmark.runner.migrate import upgrade_predictions
@@ -303,6 +317,12 @@ def test_a_file_with_gold_labels_reads_and_migrates_to_correct(tmp_path):
     pq.write_table(pa.Table.from_pydict({**old, "pred": ["a", "b", "c"]}), run / predictions.FILE)
     with pytest.raises(predictions.PredictionsError, match="not a readable predictions file"):
         predictions.read(run, new)
+    mid = {**{k: v for k, v in old.items() if k != "gold"}, "correct": [True, False, True]}  # 2026-12-07's columns
+    pq.write_table(pa.Table.from_pydict(mid), run / predictions.FILE)
+    add_to_run(run / RESULT, {"predictions": {**new, "sha256": file_sha256(run / predictions.FILE)}})
+    assert predictions.is_legacy(run) and upgrade_predictions(tmp_path / "exp") == [run.name]
+    assert pq.read_schema(run / predictions.FILE).names == list(predictions.COLUMNS)
+    assert load_run(run / RESULT).predictions.model_dump() == new
 
 
 def test_adding_predictions_keeps_a_committed_result_as_it_was(tmp_path):

@@ -190,7 +190,7 @@ def test_runs_with_predictions_pair_by_row_and_fall_back_to_seeds_without(regist
     def write(label, seed, correct):  # 100 dev rows of rte, the first `correct` right
         cols = {"task": ["rte"] * 100, "split": ["validation"] * 100, "row": list(range(100)),
                 "source_row": list(range(100)), "id": [str(i) for i in range(100)],
-                "pred": [1 if i < correct else 0 for i in range(100)], "correct": [i < correct for i in range(100)]}
+                "correct": [i < correct for i in range(100)]}
         run = folder / RUN.format(task="rte", label=label, seed=seed)
         entry = predictions.write(run, cols, root=folder)
         r = make_result("rte", label, seed, predictions.accuracy(cols, "rte")) | {"predictions": entry}

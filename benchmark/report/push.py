@@ -73,7 +73,7 @@ def card(exp, reg, rows: list[dict], files: list[str], report: Path, repo: str) 
               "HTML, LaTeX, figures) and its prune reports, as committed."]
     preds = [f for f in files if f.startswith("predictions/")]
     lines.append(f"- `predictions/`: {len(preds)} runs' dev predictions (per dev row: task, split, row, source_row, "
-                 "the dataset's id, pred and correct; no gold label)" if preds
+                 "the dataset's id and correct; no gold or predicted label)" if preds
                  else "- no run of this experiment wrote predictions")
     adapters = sorted({f.split("/")[1] for f in files if f.startswith("adapters/")})
     if adapters:
@@ -110,9 +110,9 @@ def stage(exp, reg, results: Path, reports: Path, out: Path, repo: str) -> list[
         folder = results / exp.name / r.run_id
         if r.predictions is None or not (folder / predictions.FILE).exists():
             continue
-        if predictions.is_legacy(folder):  # it holds the dev split's gold labels: not published
-            raise BenchError(f"run {r.run_id} has a predictions file of before 2026-12-07, with the dev split's gold "
-                             "labels", file=str(folder / predictions.FILE),
+        if predictions.is_legacy(folder):  # the dev split's labels can be read back from it: not published
+            raise BenchError(f"run {r.run_id} has a predictions file of before 2026-12-08, from which the dev "
+                             "split's labels can be read back", file=str(folder / predictions.FILE),
                              fix=f"rewrite it without them first: afbench migrate {exp.name}")
         predictions.read(folder, r.predictions)  # the bytes its record (in runs.parquet) names, or one error
         files[f"predictions/{r.run_id}.parquet"] = (folder / predictions.FILE).read_bytes()

@@ -159,8 +159,8 @@ def _rewrite(folder: Path, result: RunRecord, new: str, old: str, mapping: dict[
 
 
 def upgrade_predictions(exp_dir: Path, *, dry_run: bool = False, log=print) -> list[str]:
-    """Rewrite every predictions file of the experiment written before 2026-12-07 (``gold`` labels in place of
-    ``correct``: ``predictions.upgrade``) with its record's hash; returns the run ids. A file that fails its
+    """Rewrite every predictions file of the experiment written before 2026-12-08 (with ``pred``, and ``gold`` in
+    place of ``correct`` before 2026-12-07: ``predictions.upgrade``) with its record's hash; returns the run ids. A file that fails its
     record's check is left as it is (``afbench predict --force`` remakes it)."""
     done = []
     for d in _folders(exp_dir):

@@ -8,8 +8,8 @@ It reads only the run's folder (ARCHITECTURE.md, "records"; for Fusion w/ MT-A a
 plan or data mirror. One difference from the run's own evaluation: every weight is frozen
 (``cpu_kernels.serving``), so with the fast CPU kernels every ``nn.Linear`` runs oneDNN on a prepacked weight
 where the run's evaluation ran the modules it was training through ``F.linear``; the logits agree to float
-rounding, and a dev row gets the label the run's ``predictions.parquet`` holds for it (tested on a committed
-MiniLM run).
+rounding, and it labels right exactly the dev rows the run's ``predictions.parquet`` marks ``correct`` (tested
+on a committed MiniLM run).
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ class Predictions:
         return {"task": [s.task] * len(rows), "split": [s.split] * len(rows), "row": rows,
                 "source_row": [s.rows[r] if s.rows else None for r in rows],
                 "id": [s.ids[r] if s.ids else None for r in rows],
-                "pred": [self.pred[i] for i in order], "correct": [self.pred[i] == self.gold[i] for i in order]}
+                "correct": [self.pred[i] == self.gold[i] for i in order]}
 
 
 def merge_columns(preds: list[Predictions]) -> dict[str, list]:
