@@ -186,8 +186,24 @@ def test_commands_on_finished_runs_find_runs_trained_under_other_choices(tmp_pat
     # named, so the never-trained grouped twin of this run is neither timed nor listed as unfinished
     capsys.readouterr()
     assert main(["speed", "tiny_flag", *args, "--only", "rte__head__*", "--rounds", "1"]) == 0
-    out = capsys.readouterr().out
-    assert f"loading {folder.name}" in out and "not timed" not in out
+    out, err = capsys.readouterr()
+    assert f"loading {folder.name}" in out and "not timed" not in out and "warning" not in err
+    # they plan from the recorded data: where the data here differs (one dev row changed), speed says so
+    import pyarrow as pa
+
+    data, glue = tmp_path / "data", tmp_path / "data" / "nyu-mll__glue"
+    glue.mkdir(parents=True)
+    for d in [*MIRROR.iterdir(), *(MIRROR / "nyu-mll__glue").iterdir()]:
+        if d.parent == MIRROR and d.name != glue.name or d.parent.name == glue.name and d.name != "rte":
+            (data / d.relative_to(MIRROR)).symlink_to(d)
+    shutil.copytree(MIRROR / "nyu-mll__glue" / "rte", glue / "rte")
+    dev = pq.read_table(data / "nyu-mll__glue" / "rte" / "validation.parquet").to_pydict()
+    dev["sentence1"][0] += " Changed."
+    pq.write_table(pa.Table.from_pydict(dev), data / "nyu-mll__glue" / "rte" / "validation.parquet")
+    assert main(["speed", "tiny_flag", *args, "--only", "rte__head__*", "--rounds", "1", "--data-dir", str(data)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: task 'rte', split 'validation': its runs trained on sha256:" in err and "--data-dir" in err
+    assert "'train'" not in err  # the train split is the same file
 
 
 @needs_mirror

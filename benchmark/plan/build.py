@@ -279,6 +279,22 @@ def recorded(reg: Registry, exp: ExperimentSpec, results, available: Callable[[s
     return plan
 
 
+def data_drift(reg: Registry, runs, data_root=None) -> list[str]:
+    """One line per task split whose data under ``data_root`` differs from what ``runs`` recorded. ``recorded``
+    plans from the recorded fingerprints, so a command that evaluates finished runs (prune, speed) would otherwise
+    read other rows without saying so; a split missing here is left to the command that needs it."""
+    recorded_data: dict[str, dict[str, str]] = {}
+    for r in runs:
+        for task, splits in r.data.items():
+            recorded_data.setdefault(task, {}).update(splits)
+    out = []
+    for task, splits in sorted(recorded_data.items()):
+        here = task_fingerprints(reg.tasks[task], data_root) if task in reg.tasks else {}
+        out += [f"task '{task}', split '{s}': its runs trained on {fp}, the data here is {here[s]}"
+                for s, fp in sorted(splits.items()) if here.get(s, "unavailable") not in ("unavailable", fp)]
+    return out
+
+
 def select(plan: Plan, patterns: list[str]) -> set[str]:
     """Ids of the runs whose id matches any glob pattern (``afbench run --only``), with everything they
     depend on, so that a selection can always run."""
