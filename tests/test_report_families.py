@@ -127,6 +127,7 @@ def test_minilm_table1_every_test_in_one_family_printed_with_its_name(minilm_tab
         "cannot be shown with 3 seeds"]
     assert all(f.power.count("MDE ") >= 1 for f in findings)
     assert "TOST at ±1.0 point" in findings[-1].ours and "Holm" not in findings[-1].ours  # shown, not tested
+    assert findings[-1].ours.endswith(", not run (the verdict says why)")
 
 
 def test_minilm_table1_pdf_numbers_its_tables_as_the_paper(minilm_table1, tmp_path):

@@ -841,8 +841,9 @@ def _average_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) ->
 def _on_par_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
     paper_text, effect = _published_means(paper, *_paper_keys(check.claim), check.tasks)
     x, eq = tests.get(("tost", check.claim.ours, check.claim.baseline)), check.eq
+    run = test_text(x) or "not run (the verdict says why)"
     shown = (f"; TOST at ±{EQUIVALENCE_MARGIN:.1f} point over per-seed means: 90% interval {eq.low:+.2f} to "
-             f"{eq.high:+.2f}, {test_text(x)}" if eq else "")
+             f"{eq.high:+.2f}, {run}" if eq else "")
     ours = f"mean difference {x.text(test=False)} over {len(check.tasks)} tasks{shown}"
     return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _equivalence_verdict(x, eq),
                    power_text(x, effect))
