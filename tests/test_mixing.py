@@ -57,6 +57,28 @@ def test_static_mixing_is_fusion_with_constant_attention():
     assert torch.allclose(out, expected, atol=1e-6)
     assert torch.allclose(probs, expected_probs, atol=1e-7)
     assert probs.shape == (2, 5, N) and torch.allclose(probs[1, 3], torch.softmax(mixing.logits, -1))
+    # served (cpu_kernels.serving): the adapters stacked as in fusion's fast path, the same sum to float rounding;
+    # trained and evaluated, adapter by adapter as its runs were (``fuses_when_serving`` only under serving)
+    from benchmark.modeling import adapters as adapter_module
+    from benchmark.modeling.cpu_kernels import serving
+
+    calls = []
+    stacked = adapter_module.stacked_down
+    with torch.no_grad():
+        unfused, _ = mixing(h, adapters, residual)
+    assert torch.equal(unfused, out)
+    serving(mixing, *adapters)
+    import benchmark.modeling.mixing as mixing_module
+
+    mixing_module.stacked_down = lambda *a: calls.append(1) or stacked(*a)
+    try:
+        with torch.no_grad():
+            served, served_probs = mixing(h, adapters, residual)
+    finally:
+        mixing_module.stacked_down = stacked
+    assert calls == [1]  # the stacked path (another order of sums: equal to float rounding)
+    torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-6)
+    assert torch.equal(served_probs, probs.detach())
 
 
 def test_static_mixing_trains_its_logits_only_towards_the_best_mixture():

@@ -13,6 +13,7 @@ adapter slot that hosts it (``layers.Slot.adapt``):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmark.modeling.context import ActiveSetup
@@ -50,6 +51,33 @@ class BottleneckAdapter(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # h: [B, T, H] -> down [B, T, r] -> up [B, T, H]
         return self.up(self.act(self.down(h)))
+
+
+# ------------------------------------------------------------------ N adapters at once (fusion.fast_fusion, mixing)
+def stackable(adapters: list) -> bool:
+    """Whether N adapters can run as one (``stacked_down``): bottlenecks of one width and one non-linearity."""
+    first = adapters[0]
+    return all(isinstance(a, BottleneckAdapter) and a.bottleneck == first.bottleneck
+               and non_linearity(a.params) == non_linearity(first.params) for a in adapters)
+
+
+def stacked_down(h: torch.Tensor, adapters: list[BottleneckAdapter]):
+    """The N down projections and their non-linearity as one matmul, and the up projections side by side:
+    (a [B, T, N, r], w_up [H, N*r], b_up [N, H]), so that z_n = a_n W_up,nᵀ + b_up,n."""
+    B, T, _ = h.shape
+    N, r = len(adapters), adapters[0].bottleneck
+    w_down = torch.cat([a.down.weight for a in adapters], 0)  # [N*r, H]
+    b_down = torch.cat([a.down.bias for a in adapters], 0)  # [N*r]
+    act = ACTIVATIONS[non_linearity(adapters[0].params)]()
+    a = act(F.linear(h, w_down, b_down)).view(B, T, N, r)
+    return a, torch.cat([a.up.weight for a in adapters], 1), torch.stack([a.up.bias for a in adapters], 0)
+
+
+def mixed_up(a: torch.Tensor, w_up: torch.Tensor, b_up: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """sum_n s_n z_n [B, T, H] with no z_n formed: [s_n a_n]_n W_upᵀ + sum_n s_n b_up,n, for mixing weights
+    s [B, T, N] (fusion's attention) or [N] (static mixing); a, w_up, b_up from ``stacked_down``."""
+    B, T, N, r = a.shape
+    return (s.unsqueeze(-1) * a).reshape(B, T, N * r) @ w_up.T + s @ b_up
 
 
 # ------------------------------------------------------------------ the adapter type's side of the model API

@@ -188,9 +188,9 @@ def serving(*modules: nn.Module) -> None:
         m.eval()
         for p in m.parameters():
             p.requires_grad_(False)
-        for lin in m.modules():
-            if isinstance(lin, CpuLinear):
-                lin.__dict__["serving"] = True
+        for mod in m.modules():  # a frozen linear layer, or a layer that computes otherwise when serving
+            if isinstance(mod, CpuLinear) or getattr(mod, "fuses_when_serving", False):
+                mod.__dict__["serving"] = True
 
 
 def _swap(model: nn.Module, old: type, make) -> None:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.modeling.adapters import ACTIVATIONS, BottleneckAdapter, non_linearity
+from benchmark.modeling.adapters import mixed_up, stackable, stacked_down
 from benchmark.modeling.mixing import StaticMixing
 from benchmark.spec.schema import FusionParams
 
@@ -68,15 +68,9 @@ class AdapterFusion(nn.Module):
         return ((eye - self.value.weight) ** 2).sum()
 
     def forward(self, h, adapters, residual):
-        if self.params.implementation == "fast" and _stackable(adapters):
+        if self.params.implementation == "fast" and stackable(adapters):
             return fast_fusion(self, h, adapters, residual)
         return naive_fusion(self, h, adapters, residual)
-
-
-def _stackable(adapters: list[BottleneckAdapter]) -> bool:
-    first = adapters[0]
-    return all(a.bottleneck == first.bottleneck and non_linearity(a.params) == non_linearity(first.params)
-               for a in adapters)
 
 
 def naive_fusion(fusion: AdapterFusion, h, adapters, residual):
@@ -95,22 +89,15 @@ def fast_fusion(fusion: AdapterFusion, h, adapters, residual):
     """Same function as ``naive_fusion`` without per-adapter K and V. Returns (o, probs)."""
     B, T, H = h.shape
     N, r = len(adapters), adapters[0].bottleneck
-    w_down = torch.cat([a.down.weight for a in adapters], 0)  # [N*r, H]
-    b_down = torch.cat([a.down.bias for a in adapters], 0)  # [N*r]
-    w_up = torch.cat([a.up.weight for a in adapters], 1)  # [H, N*r]
-    b_up = torch.stack([a.up.bias for a in adapters], 0)  # [N, H]
-    act = ACTIVATIONS[non_linearity(adapters[0].params)]()
-
-    a = act(F.linear(h, w_down, b_down))  # [B, T, N*r]: all down projections in one matmul
+    a4, w_up, b_up = stacked_down(h, adapters)  # [B, T, N, r], [H, N*r], [N, H]: all down projections in one matmul
     # q . (z W_kᵀ + b_k) with q = h W_qᵀ + b_q: merge Q and K into one [H, H] matrix per step, so
     # k = q W_k = h (W_qᵀ W_k) + b_q W_k costs one H x H matmul per token instead of two.
     wq, bq, wk, bk = fusion.query.weight, fusion.query.bias, fusion.key.weight, fusion.key.bias
     k = F.linear(h, (wq.T @ wk).T, bq @ wk)  # [B, T, H]
     q_bk = F.linear(h, (wq.T @ bk).unsqueeze(0), (bq @ bk).unsqueeze(0))  # [B, T, 1] = q . b_k
     ku = (k @ w_up).view(B, T, N, r)  # [B, T, N, r]
-    a4 = a.view(B, T, N, r)
     scores = (ku * a4).sum(-1) + k @ b_up.T + q_bk  # [B, T, N]
     probs = torch.softmax(fusion.score_dropout(scores) / fusion.temperature, dim=-1)
-    mixed = (probs.unsqueeze(-1) * a4).reshape(B, T, N * r) @ w_up.T + probs @ b_up  # [B, T, H] = sum_n s_n z_n
+    mixed = mixed_up(a4, w_up, b_up, probs)  # [B, T, H] = sum_n s_n z_n
     o = fusion.value(mixed) if fusion.value is not None else mixed
     return o + residual, probs

@@ -10,7 +10,9 @@ It is AdapterFusion with attention scores pinned to w at every token (``tests/te
 against ``fusion.naive_fusion`` so pinned). Same call as ``AdapterFusion.forward``, ``(h, adapters,
 residual) -> (o [B, T, H], probs [B, T, N])``, and the same ``regularization()`` / ``temperature`` /
 ``adapter_names``, so a slot (``layers.Slot.adapt``), attention capture and the fusion objective host it
-unchanged. N parameters per layer. The method ``specs/methods/static_mix.yaml``: ``fusion.mixing: static``, which
+unchanged. N parameters per layer. Served (``cpu_kernels.serving`` marks it), it computes the same sum as
+fusion's fast path does, the N down projections as one matmul and no z_n (``adapters.mixed_up``); trained and
+evaluated, as its runs were, adapter by adapter, so their results reproduce bit for bit. The method ``specs/methods/static_mix.yaml``: ``fusion.mixing: static``, which
 ``fusion.build_fusion`` turns into this module wherever a fusion layer is built.
 """
 
@@ -19,8 +21,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from benchmark.modeling.adapters import mixed_up, stackable, stacked_down
+
 
 class StaticMixing(nn.Module):
+    fuses_when_serving = True  # ``cpu_kernels.serving`` sets ``serving``: ``forward`` then stacks the adapters
+
     def __init__(self, adapter_names: list[str]):
         super().__init__()
         self.adapter_names = list(adapter_names)
@@ -39,7 +45,12 @@ class StaticMixing(nn.Module):
         """h [B, T, H] (the adapters' input), residual [B, T, H] -> (o [B, T, H], probs [B, T, N])."""
         if len(adapters) != len(self.adapter_names):
             raise ValueError(f"static mixing over {len(self.adapter_names)} adapters got {len(adapters)}")
-        z = torch.stack([a(h) for a in adapters], dim=2)  # [B, T, N, H]
-        s = self.weights().to(z.dtype)  # [N]
-        o = torch.einsum("btnh,n->bth", z, s)  # [B, T, H] = sum_n s_n z_n
+        if self.__dict__.get("serving") and stackable(adapters):
+            a, w_up, b_up = stacked_down(h, adapters)  # [B, T, N, r], [H, N*r], [N, H]
+            s = self.weights().to(a.dtype)  # [N]
+            o = mixed_up(a, w_up, b_up, s)  # [B, T, H] = sum_n s_n z_n
+        else:
+            z = torch.stack([a(h) for a in adapters], dim=2)  # [B, T, N, H]
+            s = self.weights().to(z.dtype)  # [N]
+            o = torch.einsum("btnh,n->bth", z, s)  # [B, T, H] = sum_n s_n z_n
         return o + residual, s.expand(*h.shape[:2], -1)  # probs [B, T, N]: one row repeated (a view)
