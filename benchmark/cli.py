@@ -240,16 +240,6 @@ def _finished(args, reg=None):
     return reg, plan, root, homes[0]
 
 
-def _warn_data_drift(args, reg, plan) -> None:
-    """Before prune or speed evaluate finished runs: say which of their data differs here (``data_drift``)."""
-    from benchmark.plan.build import data_drift, select
-
-    ids = select(plan, args.only) if args.only else {r.id for r in plan.runs}
-    for line in data_drift(reg, [r for r in plan.runs if r.id in ids], _data_dir(args)):
-        print(f"warning: {line}; accuracies measured here are of other rows than the results'. Fix: point "
-              "--data-dir (or AFBENCH_DATA_DIR) at the data the runs trained on, or train them again.", file=sys.stderr)
-
-
 def _plan(args, reg):
     from benchmark.plan.build import build_plan
 
@@ -606,7 +596,6 @@ def cmd_prune(args) -> int:
         rerender(args.experiment, Path(args.out_dir), results_root(args.results_dir))
         return 0
     reg, plan, root, _ = _finished(args)
-    _warn_data_drift(args, reg, plan)
     ks = tuple(int(k) for k in args.keep.split(",") if k and k != "all")
     device = args.device or "cpu"
     run_prune(reg, plan, root, _data_dir(args), only=args.only, device=device,
@@ -618,7 +607,6 @@ def cmd_speed(args) -> int:
     from benchmark.analysis.speed import run_speed
 
     reg, plan, _, exp_dir = _finished(args)
-    _warn_data_drift(args, reg, plan)
     path = run_speed(reg, plan, exp_dir, _data_dir(args), only=args.only, device=args.device or "cpu",
                      rounds=args.rounds, threads=args.threads, argv=getattr(args, "argv", None))
     print(f"wrote {path}")

@@ -54,13 +54,13 @@ def _schema(names=COLUMNS):
     return pa.schema([(n, types[n]) for n in names])
 
 
-def to_bytes(columns: dict[str, list]) -> bytes:
-    """The parquet file of ``columns`` (every name of COLUMNS, equal lengths): deterministic bytes (no
+def to_bytes(columns: dict[str, list], names=COLUMNS) -> bytes:
+    """The parquet file of ``columns`` (every one of ``names``, equal lengths): deterministic bytes (no
     timestamps in parquet metadata), so the same predictions always have the same sha256."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pydict({c: columns[c] for c in COLUMNS}, schema=_schema())
+    table = pa.Table.from_pydict({c: columns[c] for c in names}, schema=_schema(names))
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()
@@ -108,10 +108,11 @@ def read(folder: Path, entry: PredictionsEntry | dict | None) -> dict[str, list]
         if legacy:
             pred, gold = cols.pop("pred"), cols.pop("gold", None)
             cols["correct"] = cols["correct"] if gold is None else [p == g for p, g in zip(pred, gold, strict=True)]
-            upgraded = None if same else _entry(to_bytes(cols), len(cols["row"]))["sha256"]
+            forms = [] if same else [to_bytes(cols)] + ([to_bytes({**cols, "pred": pred}, LEGACY[1])] if gold else [])
+            upgraded = {hashlib.sha256(b).hexdigest() for b in forms}  # 2nd: an upgrade of before 2026-12-08 stopped
     except Exception as e:  # noqa: BLE001 - pyarrow's own errors, a legacy file's wrong types
         raise PredictionsError(f"not a readable predictions file ({e})", file=str(path), fix=fix) from None
-    if legacy and not same and upgraded != entry.sha256:
+    if legacy and not same and entry.sha256 not in upgraded:
         raise altered
     if len(cols.get("row", [])) != entry.rows:
         raise PredictionsError(f"{len(cols.get('row', []))} rows, the result records {entry.rows}",

@@ -528,6 +528,7 @@ class Speed(_Payload):
     runs: dict[str, SpeedRun]
     rounds: int | None = None
     weights: str | None = None  # "frozen" (cpu_kernels.serving) since 2026-12-07; None: as loaded (F.linear)
+    static_mixing: str | None = None  # "stacked" (served as fusion's fast path) since 2026-12-07; None: one by one
     provenance: dict[str, Any] = Field(default_factory=dict)
     drift_guard: dict[str, Any] = Field(default_factory=dict)
 

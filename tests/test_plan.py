@@ -245,3 +245,23 @@ def test_a_job_never_shares_a_gpu_while_another_is_free(busy, ngpu, want):
     from benchmark.runner.execute import free_gpu
 
     assert free_gpu(busy, ngpu) == want
+
+
+@needs_mirror
+def test_data_drift_names_each_evaluated_dev_split_that_differs_here_once(registry):
+    """``plan.build.data_drift`` (prune and speed): only a run's own dev split counts; equal fingerprints say nothing,
+    another file says "other rows", a Hub id against a file says they cannot be compared."""
+    from types import SimpleNamespace
+
+    from benchmark.data.sources import task_fingerprints
+    from benchmark.plan.build import data_drift
+
+    here = task_fingerprints(registry.tasks["rte"], MIRROR)
+    run = lambda dev, train="sha256:0": SimpleNamespace(task="rte", data={"rte": {"validation": dev, "train": train},  # noqa: E731
+                                                                         "mnli": {"validation_matched": "sha256:0"}})
+    assert data_drift(registry, [run(here["validation"])], MIRROR) == []  # train and a source's data are not read
+    [line] = data_drift(registry, [run("sha256:0"), run("sha256:1")], MIRROR)  # once per task
+    assert "task 'rte', split 'validation'" in line and ", other rows;" in line and "--data-dir" in line
+    [line] = data_drift(registry, [run("hub:nyu-mll/glue:rte:validation")], MIRROR)
+    assert "cannot be compared" in line and "other rows" not in line
+    assert data_drift(registry, [SimpleNamespace(task="gone", data={})], MIRROR) == []

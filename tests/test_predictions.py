@@ -202,8 +202,8 @@ def test_commands_on_finished_runs_find_runs_trained_under_other_choices(tmp_pat
     pq.write_table(pa.Table.from_pydict(dev), data / "nyu-mll__glue" / "rte" / "validation.parquet")
     assert main(["speed", "tiny_flag", *args, "--only", "rte__head__*", "--rounds", "1", "--data-dir", str(data)]) == 0
     err = capsys.readouterr().err
-    assert "warning: task 'rte', split 'validation': its runs trained on sha256:" in err and "--data-dir" in err
-    assert "'train'" not in err  # the train split is the same file
+    assert "warning: task 'rte', split 'validation': its runs evaluated sha256:" in err and "other rows" in err
+    assert "--data-dir" in err and err.count("warning") == 1
 
 
 @needs_mirror
@@ -334,6 +334,12 @@ def test_a_file_with_labels_reads_and_migrates_to_correct(tmp_path):
     with pytest.raises(predictions.PredictionsError, match="not a readable predictions file"):
         predictions.read(run, new)
     mid = {**{k: v for k, v in old.items() if k != "gold"}, "correct": [True, False, True]}  # 2026-12-07's columns
+    # a migrate of 2026-12-07 stopped between its writes: a pred + gold file, the record holding its upgrade then
+    pq.write_table(pa.Table.from_pydict(old), run / predictions.FILE)
+    then = __import__("hashlib").sha256(predictions.to_bytes(mid, predictions.LEGACY[1])).hexdigest()
+    add_to_run(run / RESULT, {"predictions": {**new, "sha256": then}})
+    assert predictions.read(run, {**new, "sha256": then})["correct"] == [True, False, True]
+    assert upgrade_predictions(tmp_path / "exp") == [run.name] and load_run(run / RESULT).predictions.model_dump() == new
     pq.write_table(pa.Table.from_pydict(mid), run / predictions.FILE)
     add_to_run(run / RESULT, {"predictions": {**new, "sha256": file_sha256(run / predictions.FILE)}})
     assert predictions.is_legacy(run) and upgrade_predictions(tmp_path / "exp") == [run.name]

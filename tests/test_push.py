@@ -66,12 +66,13 @@ def test_predictions_are_included_and_a_missing_report_is_one_paragraph(tmp_path
     shutil.copy(ROOT / "reports" / "minilm_batching.md", reports)
     run = sorted(p for p in (res / "minilm_batching").iterdir() if p.is_dir())[0]
     cols = {"task": ["rte"] * 2, "split": ["validation"] * 2, "row": [0, 1], "source_row": [0, 1], "id": ["0", "1"]}
-    pq.write_table(pa.Table.from_pydict({**cols, "pred": [1, 0], "correct": [True, False]}), run / predictions.FILE)
-    assert tuple(pq.read_schema(run / predictions.FILE).names) in predictions.LEGACY  # before 2026-12-08
-    add_to_run(run / "result.json", {"predictions": {"file": predictions.FILE, "rows": 2,
-                                                     "sha256": file_sha256(run / predictions.FILE)}})
-    out = _push(*args)  # labels (gold, or pred with correct) are never published: migrate first
-    assert out.returncode == 2 and "afbench migrate minilm_batching" in out.stderr and "Traceback" not in out.stderr
+    for last in ({"gold": [1, 1]}, {"correct": [True, False]}):  # before 2026-12-07, and before 2026-12-08
+        pq.write_table(pa.Table.from_pydict({**cols, "pred": [1, 0], **last}), run / predictions.FILE)
+        assert tuple(pq.read_schema(run / predictions.FILE).names) in predictions.LEGACY
+        add_to_run(run / "result.json", {"predictions": {"file": predictions.FILE, "rows": 2,
+                                                         "sha256": file_sha256(run / predictions.FILE)}})
+        out = _push(*args)  # labels (gold, or pred with correct) are never published: migrate first
+        assert out.returncode == 2 and "afbench migrate minilm_batching" in out.stderr and "Traceback" not in out.stderr
     add_to_run(run / "result.json", {"predictions": predictions.write(run, {**cols, "correct": [True, False]})})
     out = _push(*args)
     assert out.returncode == 0, out.stderr

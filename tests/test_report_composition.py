@@ -232,6 +232,13 @@ def test_composition_rows_come_from_the_records_not_from_labels(registry, handma
     assert [r.inference for r in view.rows] == ["12.0", "42.0", "32.0"]
     note = next(n for n in view.notes if n.startswith("Inference ex/s"))
     assert "on the rte dev split" in note and "CPU X, 2 threads" in note and "trustworthy (fp32 GEMM peak +2.0%)" in note
+    assert "static mixing computed each adapter's output in turn" in note  # timed before it served stacked
+    write_json_atomic(folder / "inference_speed.json", {
+        "rounds": 3, "runs": timed, "weights": "frozen", "static_mixing": "stacked", "provenance": {},
+        "drift_guard": {"verdict": "trustworthy"}})
+    note = next(n for n in report_build.build_data(registry, "handmade", handmade, None).composition[0].notes
+                if n.startswith("Inference ex/s"))
+    assert "every weight frozen" in note and "both run the N down projections as one matmul" in note
     # fusion timed on rte and cb: per task the median, then the mean over the tasks; a row timed on cb only has none
     # (cb's shorter dev rows would make it look faster than a row timed on both)
     for x in view.rows[0].runs:

@@ -17,6 +17,7 @@ import io
 import json
 import re
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from benchmark.paths import read_regular, under, write_atomic
 from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance_lines
 from benchmark.perf.steps import sync
+from benchmark.plan.build import data_drift
 from benchmark.plan.run import Plan, Run
 from benchmark.records import read_result, read_result_file
 from benchmark.runner.export import activate, load_for_eval
@@ -303,6 +305,8 @@ def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: l
         raise BenchError(f"no Fusion w/ ST-A run of '{plan.experiment.name}' matches {only or 'anything'}",
                          field="--only", fix=f"use globs over the ids afbench plan {plan.experiment.name} lists, "
                                              "e.g. 'sick__fusion_st_a*'")
+    for line in data_drift(reg, chosen, data_dir):
+        print(line, file=sys.stderr)
     dev = torch.device(device)
     h = Harness("prune", device, argv=argv)
     by_task: dict[str, list[dict]] = {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from benchmark.modeling.model import Fuse
 from benchmark.paths import write_atomic
 from benchmark.perf.harness import Harness
 from benchmark.perf.meta import provenance
+from benchmark.plan.build import data_drift
 from benchmark.plan.run import Plan
 from benchmark.records import SPEED, is_finished
 from benchmark.runner.borrowed import borrowed
@@ -48,6 +50,8 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
                          f"({len(matched)} finished without weights)", field="--only",
                          fix=f"use globs over the finished ids afbench status {plan.experiment.name} lists, e.g. "
                              "'rte__*__s42__*', of runs trained on this machine (git keeps only stage-1 weights)")
+    for line in data_drift(reg, chosen, data_dir):
+        print(line, file=sys.stderr)
     skipped = [r.id for r in named if r not in chosen]
     if skipped:
         print(f"not timed (unfinished, no weights on disk, or a multi-task run): {', '.join(skipped)}", flush=True)
@@ -87,6 +91,7 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
                      "active": "fusion" if isinstance(setup, Fuse) else setup or "no adapter"}
             for run, _, dev, _, compute, setup in loaded}
     raw = {"experiment": plan.experiment.name, "rounds": rounds, "runs": runs, "weights": "frozen",
+           "static_mixing": "stacked",
            "provenance": provenance(device, argv), "drift_guard": h.finish().as_dict()}
     path = exp_dir / SPEED
     write_atomic(path, json.dumps(raw, indent=1, sort_keys=True) + "\n")

@@ -280,18 +280,25 @@ def recorded(reg: Registry, exp: ExperimentSpec, results, available: Callable[[s
 
 
 def data_drift(reg: Registry, runs, data_root=None) -> list[str]:
-    """One line per task split whose data under ``data_root`` differs from what ``runs`` recorded. ``recorded``
-    plans from the recorded fingerprints, so a command that evaluates finished runs (prune, speed) would otherwise
-    read other rows without saying so; a split missing here is left to the command that needs it."""
-    recorded_data: dict[str, dict[str, str]] = {}
+    """A warning per task whose dev split here differs from what the finished ``runs`` recorded for it: ``recorded``
+    plans from the recorded fingerprints, so a command that evaluates finished runs on their own dev split (prune,
+    speed) would otherwise read other rows without saying so. A split missing here is left to the command."""
+    out, seen = [], set()
     for r in runs:
-        for task, splits in r.data.items():
-            recorded_data.setdefault(task, {}).update(splits)
-    out = []
-    for task, splits in sorted(recorded_data.items()):
-        here = task_fingerprints(reg.tasks[task], data_root) if task in reg.tasks else {}
-        out += [f"task '{task}', split '{s}': its runs trained on {fp}, the data here is {here[s]}"
-                for s, fp in sorted(splits.items()) if here.get(s, "unavailable") not in ("unavailable", fp)]
+        task = reg.tasks.get(r.task)
+        split = task.splits.eval if task else None
+        was = (r.data.get(r.task) or {}).get(split)
+        if task is None or was is None or (r.task, split) in seen:
+            continue
+        seen.add((r.task, split))
+        here = task_fingerprints(task, data_root).get(split, "unavailable")
+        if here in ("unavailable", was):
+            continue
+        same_kind = here.split(":")[0] == was.split(":")[0]
+        out.append(f"warning: task '{r.task}', split '{split}': its runs evaluated {was}, the data here is {here}"
+                   + (", other rows" if same_kind else " (a file and a Hub id cannot be compared: the rows may differ)")
+                   + "; this command reads the data here. Fix: point --data-dir (or AFBENCH_DATA_DIR) at the data "
+                   "the runs were trained on, or train them again.")
     return out
 
 

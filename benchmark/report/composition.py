@@ -184,9 +184,12 @@ def _inference(col: Collected, rows: list[CompositionRow]) -> str:
         f"{str((prov.get('git') or {}).get('revision') or 'not recorded')[:12]}; drift guard "
         f"{drift.get('verdict') or 'not recorded'}"
         + (f" (fp32 GEMM peak {change:+.1%})" if isinstance(change, (int, float)) else "")
-        + f". A merged adapter or LoRA serves as one module; fusion and static mixing run all {n}: static mixing "
-        "computes each adapter's output in turn, while fusion's fast path runs the N down projections as one matmul "
-        "and never forms the N outputs (modeling/fusion.py), which is why static mixing can serve slower.")
+        + f". A merged adapter or LoRA serves as one module; fusion and static mixing run all {n}"
+        + (": both run the N down projections as one matmul and never form the N outputs (modeling/adapters.py, "
+           "stacked_down), and fusion adds its Query, Key and Value." if speed.static_mixing == "stacked" else
+           ": static mixing computed each adapter's output in turn (it was timed before afbench speed served it "
+           "stacked), while fusion's fast path runs the N down projections as one matmul and never forms the N "
+           "outputs (modeling/fusion.py), which is why static mixing could serve slower."))
 
 
 def _notes(col: Collected, view: CompositionView, inference: str) -> list[str]:
