@@ -87,7 +87,8 @@ def test_minilm_table1_composition_rows_recomputed_from_the_records(tmp_path):
             assert c.std == pytest.approx(statistics.stdev(acc.values()))
             means.append(statistics.fmean(acc.values()))
             j = table1.labels.index(row.label)
-            assert next(r for r in table1.rows if r.task == t).cells[j].text == c.text  # ‡ too, as Table 1 marks it
+            # ‡ too, as Table 1 marks it; not Table 1's † (beyond seed noise against ST-A: not this table's comparison)
+            assert next(r for r in table1.rows if r.task == t).cells[j].text.replace("†", "") == c.text
             assert c.text.removesuffix("‡") == _stats(list(acc.values()))
         assert row.mean.mean == pytest.approx(statistics.fmean(means)) and row.mean.n == len(view.tasks)
         for t, x in zip(view.tasks, row.deltas, strict=True):
