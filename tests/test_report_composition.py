@@ -110,6 +110,12 @@ def test_minilm_table1_composition_rows_recomputed_from_the_records(tmp_path):
         assert row.train_seconds == f"{statistics.fmean(secs):.1f}"
         assert row.peak_rss == f"{statistics.fmean(rss):.0f}"
     notes = " ".join(view.notes)
+    for row in view.rows:  # each merge row's settings, as its records hold them
+        merge = next((r["merge"] for r in by_label[row.label] if r.get("merge")), None)
+        if merge:
+            said = ", ".join(f"{name} {merge[key]:g}" for name, key in (("density", "density"), ("lambda", "weight"))
+                             if merge[key] is not None) or "the plain mean"
+            assert f"{row.name} {said}" in notes, row.name
     timed = records.read_speed(ROOT / "results" / "minilm_table1")  # afbench speed's measurement, if committed
     if timed is None:
         assert "Inference ex/s (over the N = 11 sources): not measured" in notes

@@ -227,6 +227,11 @@ def _notes(col: Collected, view: CompositionView, inference: str) -> list[str]:
         + ".",
         inference,
     ]
+    merged = [f"{r.name} {_merge_settings(r)}" for r in rows if any(x.merge for x in r.runs)]
+    if merged:
+        notes.append("Merge settings, as the records' merge entries hold them (density: the share of each task vector "
+                     "kept, TIES' top-k or DARE's 1 - p; lambda: the scale of the merged task vectors): "
+                     + "; ".join(merged) + ".")
     if any(c.note for r in rows for c in r.cells):
         notes.append(f"{MAJORITY_MARK} = a mean within one dev row of the task's majority baseline or below it, as in "
                      "Table 1 (its majority column).")
@@ -236,6 +241,14 @@ def _notes(col: Collected, view: CompositionView, inference: str) -> list[str]:
         notes.append(f"The learned mixing weights of {', '.join(weights)} are shown beside {view.fusion}'s attention "
                      "under \"Where fusion attends\".")
     return notes
+
+
+def _merge_settings(row: CompositionRow) -> str:
+    """"density 0.2, lambda 1" of a merge row's records; "the plain mean" for a merge that has neither."""
+    got = sorted({(x.merge.density, x.merge.weight) for x in row.runs if x.merge}, key=str)
+    return " or ".join(", ".join(p for p in (f"density {d:g}" if d is not None else "",
+                                              f"lambda {w:g}" if w is not None else "") if p) or "the plain mean"
+                       for d, w in got)
 
 
 def _searched_weights(row: CompositionRow, tasks: list[str]) -> str:
