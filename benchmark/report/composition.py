@@ -18,6 +18,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from benchmark import methods
+from benchmark.methods.merge_defaults import MERGE_DEFAULTS
 from benchmark.records import SPEED, RecordError, RunRecord, read_speed
 from benchmark.report.aggregate import Cell, Collected
 from benchmark.report.baseline import Majority
@@ -93,14 +94,16 @@ def composition_columns(col: Collected, backbone: str) -> dict[str, list[str]]:
 
 
 def method_name(runs: list[RunRecord]) -> str:
-    """A row's name from its records: "TIES merge (head only)", "Static mixing"."""
-    merges = sorted({(r.merge.how or "?", bool(r.merge.train_adapter), r.merge.combination is not None)
-                     for r in runs if r.merge is not None})
+    """A row's name from its records: "TIES merge (head only)", "DARE merge at lambda 0.4 (head only)" (a lambda
+    other than the merge's published default), "Static mixing"."""
+    merges = sorted({(r.merge.how or "?", bool(r.merge.train_adapter), r.merge.combination is not None,
+                      r.merge.weight if r.merge.weight != MERGE_DEFAULTS.get(r.merge.how, (None,))[0] else None)
+                     for r in runs if r.merge is not None}, key=str)
     if merges:  # a merge of LoRA sources records PEFT's combination type
         return "; ".join(f"{MERGE_NAMES.get(how, how.replace('_', ' ').capitalize())} merge"
-                         f"{' of LoRA sources' if lora else ''} "
+                         f"{' of LoRA sources' if lora else ''}{f' at lambda {lam:g}' if lam is not None else ''} "
                          f"({'merged adapter and head trained' if trained else 'head only'})"
-                         for how, trained, lora in merges)
+                         for how, trained, lora, lam in merges)
     if any(r.lorahub is not None for r in runs):
         return "LoraHub weights over LoRA sources (head only)"
     return "; ".join(f"{m.capitalize()} mixing" for m in sorted({mixing_of(r) or "?" for r in runs}))
