@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.report.build import build_data, paper_numbers
+from benchmark.report.build import build_data, paper_numbers, source_modules
 from benchmark.report.tables import arrow
 from benchmark.runner.results import write_json_atomic
 from conftest import MIRROR
@@ -744,3 +744,20 @@ def test_report_seeds_keep_the_tables_on_complete_seeds(handmade):
     assert all(set(c.seeds) <= {1, 2} for c in kept.cells.values())
     assert any(3 in c.seeds for c in every.cells.values())
     assert "held back from the tables (report_seeds: 1, 2)" in _provenance(kept, None, "x.yaml")["runs"]
+
+
+def test_stage1_sources_by_module_type_compare_the_seeds_both_have():
+    """LoRA sources beside the ST-A adapters: per task, mean ± std over the seeds every type has there (ST-A's
+    seed 3 on mnli has no LoRA twin, so it is left out); one module type only gives no table."""
+    from types import SimpleNamespace as Run
+
+    def run(task, kind, seed, acc):
+        return Run(backbone="minilm-l6", task=task, method_kind=kind, seed=seed, best_metric=acc)
+
+    st_a = [run("mnli", "st_a", s, 60.0 + s) for s in (1, 2, 3)] + [run("rte", None, 1, 50.0)]  # None: an old record
+    lora = [run("mnli", "lora", 1, 70.0), run("mnli", "lora", 2, 72.0), run("rte", "lora", 2, 55.0)]
+    kinds, rows = source_modules(Run(stage1=st_a + lora))
+    assert kinds == ["ST-A", "LoRA"]
+    assert rows == [{"task": "mnli", "backbone": "minilm-l6", "seeds": "1, 2", "cells": ["61.50 ± 0.71", "71.00 ± 1.41"]},
+                    {"task": "rte", "backbone": "minilm-l6", "seeds": "—", "cells": ["—", "—"]}]
+    assert source_modules(Run(stage1=st_a)) == ([], [])

@@ -57,6 +57,7 @@ from benchmark.report.tables import (
 # the MNLI adapter). "NLI-like" attention in the report is the mass on these adapters other than the
 # target's own. A named list rather than a task-spec field, because the task schema has no family key.
 ENTAILMENT_TASKS = ("mnli", "scitail", "sick", "rte", "cb")
+SOURCE_MODULES_NOTE = ("Per source task, dev accuracy of the kept epoch, mean ± std over the seeds listed: those every module type has on that task. The composition rows that say LoRA sources read the LoRA runs, as Fusion w/ ST-A and the other rows read the ST-A adapters (matched by seed).")
 MULTITASK_NOTE = ("MT-A: one run per seed fine-tunes the encoder with all tasks' adapters and heads; the kept epoch "
                   "is the one with the best mean selection accuracy over tasks, so every task of a seed shares it. "
                   "Stage-1 ST-A: the same task's fusion-source adapter (one seed), for scale.")
@@ -109,6 +110,9 @@ class ReportData:
     attention: list[AttentionSummary] = field(default_factory=list)
     stage1: list[dict] = field(default_factory=list)
     multitask: list[dict] = field(default_factory=list)  # MT-A quality: one row per task of the mixture
+    source_kinds: list[str] = field(default_factory=list)  # stage-1 module types (source_modules)
+    source_modules: list[dict] = field(default_factory=list)
+    source_modules_note: str = SOURCE_MODULES_NOTE
     skipped: dict[str, str] = field(default_factory=dict)
     not_in_experiment: list[str] = field(default_factory=list)  # paper tasks the experiment does not use
     failures: list[dict] = field(default_factory=list)
@@ -304,6 +308,26 @@ def multitask_quality(col: Collected) -> list[dict]:
     return rows
 
 
+def source_modules(col: Collected) -> tuple[list[str], list[dict]]:
+    """Stage-1 sources by module type (ST-A adapters; the LoRA runs that ``fusion.source_method`` composes): per
+    task, dev accuracy of the kept epoch, mean ± std over the seeds every type has on that task; nothing where
+    the experiment composes one type only. Returns the types' headings and one row per task."""
+    by: dict[tuple[str, str], dict[str, dict[int, float]]] = {}
+    for r in col.stage1:
+        by.setdefault((r.backbone, r.task), {}).setdefault(r.method_kind or methods.STAGE1, {})[r.seed] = r.best_metric
+    kinds = sorted({k for per in by.values() for k in per}, key=lambda k: (k != methods.STAGE1, k))
+    if len(kinds) < 2:
+        return [], []
+    rows = []
+    for (b, t), per in sorted(by.items()):
+        seeds = sorted(set.intersection(*(set(per.get(k, ())) for k in kinds)))
+        cells = [Cell(values=[per[k][s] for s in seeds], seeds=seeds) for k in kinds]
+        rows.append({"task": t, "backbone": b, "seeds": ", ".join(map(str, seeds)) or "—",
+                     "cells": [fmt(c.mean) + (f" ± {fmt(c.std)}" if c.std is not None else "") for c in cells]})
+    cols = [methods.KINDS[k].columns.get("table1", ()) if k in methods.KINDS else () for k in kinds]
+    return [c[0].heading if c else k for c, k in zip(cols, kinds, strict=True)], rows
+
+
 def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
                data_root: Path | None = None) -> ReportData:
     """The report of what the results recorded (``aggregate.load``: no data, no training flags needed).
@@ -391,6 +415,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
                          key=lambda d: (d["backbone"], d["task"], d["seed"]))
     data.stage1 = sorted(data.stage1 + published_sources(col), key=lambda d: (d["backbone"], d["task"], bool(d["published"])))
     data.multitask = multitask_quality(col)
+    data.source_kinds, data.source_modules = source_modules(col)
     used = {t for r in col.results for t in (r.tasks or [r.task])} | set(col.no_data)
     data.not_in_experiment = sorted((t for t, spec in reg.tasks.items() if spec.paper.order and t not in used),
                                     key=lambda t: reg.tasks[t].paper.order)
