@@ -187,7 +187,9 @@ def _inference(col: Collected, rows: list[CompositionRow]) -> str:
         f"{str((prov.get('git') or {}).get('revision') or 'not recorded')[:12]}; drift guard "
         f"{drift.get('verdict') or 'not recorded'}"
         + (f" (fp32 GEMM peak {change:+.1%})" if isinstance(change, (int, float)) else "")
-        + f". A merged adapter or LoRA serves as one module; fusion and static mixing run all {n}"
+        + f". A merged adapter serves as one adapter and a merged LoRA as one LoRA, B A x added beside the frozen "
+        f"linear layer (not folded into its weight, as PEFT's merge_and_unload would); fusion and static mixing "
+        f"run all {n}"
         + (": both run the N down projections as one matmul and never form the N outputs (modeling/adapters.py, "
            "stacked_down), and fusion adds its Query, Key and Value." if speed.static_mixing == "stacked" else
            ": static mixing computed each adapter's output in turn (it was timed before afbench speed served it "
