@@ -74,10 +74,14 @@ def test_minilm_table1_composition_rows_recomputed_from_the_records(tmp_path):
         runs = by_label[row.label]
         assert len(row.runs) == len(runs) and {r.run_id for r in row.runs} == {r["run_id"] for r in runs}
         first = runs[0]
+        fusion = first["config"]["method"]["fusion"]
+        assert ("LoRA sources" in row.name) == (fusion.get("source_method") == "lora")  # its Δ holds adapter -> LoRA
         if first.get("merge"):
             how = first["merge"]["how"]
             assert "merge" in row.name and how.split("_")[0].lower() in row.name.lower()
             assert row.name.endswith("(head only)") != bool(first["merge"]["train_adapter"])
+        elif first.get("lorahub"):  # its searched weights are a record entry, as a merge's settings are
+            assert row.name == "LoraHub weights over LoRA sources (head only)"
         elif row.label != base:
             assert row.name == f"{_mixing(first).capitalize()} mixing"
         means = []
