@@ -38,6 +38,7 @@ from benchmark.report.swept import swept_methods
 from benchmark.report.tables import (
     ARROWS,
     FINDINGS_NOTE,
+    CellView,
     Finding,
     Table2View,
     TableView,
@@ -321,11 +322,10 @@ def source_modules(col: Collected) -> tuple[list[str], list[dict]]:
     rows = []
     for (b, t), per in sorted(by.items()):
         seeds = sorted(set.intersection(*(set(per.get(k, ())) for k in kinds)))
-        cells = [Cell(values=[per[k][s] for s in seeds], seeds=seeds) for k in kinds]
+        cells = [Cell(values=[per[k][s] for s in seeds]) for k in kinds]
         rows.append({"task": t, "backbone": b, "seeds": ", ".join(map(str, seeds)) or "—",
-                     "cells": [fmt(c.mean) + (f" ± {fmt(c.std)}" if c.std is not None else "") for c in cells]})
-    cols = [methods.KINDS[k].columns.get("table1", ()) if k in methods.KINDS else () for k in kinds]
-    return [c[0].heading if c else k for c, k in zip(cols, kinds, strict=True)], rows
+                     "cells": [CellView(c.mean, c.std, c.n).text for c in cells]})
+    return [c.heading if (c := methods.reference_column(k)) else k for k in kinds], rows
 
 
 def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
