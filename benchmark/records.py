@@ -298,15 +298,10 @@ class PlanRecord(_Record):
 REQUIRED = {"status": str, "run_id": str, "experiment": str, "label": str, "backbone": str, "seed": int}
 
 
-def _is_number(x: object) -> bool:
-    """A real, finite number: NaN or inf in a finished result is damage (JSON allows neither; Python writes
-    them), not a measurement."""
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _is_accuracy(x: object) -> bool:
-    """A metric every task spec can have (``metric: accuracy``, in percent): 1e308 is damage, not a score."""
-    return _is_number(x) and 0 <= x <= 100
+    """A real, finite number in 0..100, a metric every task spec can have (``metric: accuracy``, in percent): NaN
+    or inf in a finished result is damage (JSON allows neither; Python writes them), and 1e308 is not a score."""
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x <= 100
 
 
 def _what(x: object) -> str:
@@ -346,26 +341,22 @@ def _problem(data: object, folder_name: str | None) -> tuple[str, str]:
     return "", ""
 
 
-def _validation_reason(e: ValidationError) -> str:
+def _validation_reason(e: ValidationError) -> tuple[str, str]:
+    """(why, the field) of pydantic's first error."""
     err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    return f"'{where}': {err['msg']}" + (f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else "")
+    where = ".".join(str(p) for p in err["loc"])
+    return f"'{where or '(top level)'}': {err['msg']}" + (f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1
+                                                           else ""), where
 
 
 def upgrade(data: dict) -> dict:
     """A result.json object of any schema as schema ``SCHEMA`` (a copy; the file is not touched). A newer
     schema is read as it is (``read_result_file`` never gets that far: it calls it *newer*): the keys this version
     declares are checked, the others kept."""
-    schema = data.get("schema", 1)
-    out = dict(data)
-    if schema < 2:  # 1 -> 2: the values readers assumed for keys that schema 1 could lack
-        out["schema"] = 2
-        out.setdefault("id_scheme", 1)
-        out.setdefault("batching", "shuffled")
-        out.setdefault("selection", "dev")
-        out.setdefault("role", "grid")
-        out.setdefault("wall_seconds", 0.0)
-    return out
+    if data.get("schema", 1) < 2:  # 1 -> 2: the values readers assumed for keys that schema 1 could lack
+        return {"id_scheme": 1, "batching": "shuffled", "selection": "dev", "role": "grid", "wall_seconds": 0.0,
+                **data, "schema": 2}
+    return dict(data)
 
 
 def parse_run(data: object, *, file: str | Path | None = None, folder_name: str | None = None) -> RunRecord:
@@ -375,7 +366,7 @@ def parse_run(data: object, *, file: str | Path | None = None, folder_name: str 
         try:
             return RunRecord.model_validate(upgrade(data))
         except ValidationError as e:
-            why, key = _validation_reason(e), ".".join(str(p) for p in e.errors()[0]["loc"])
+            why, key = _validation_reason(e)
     raise RecordError(f"this is not a run result: {why}", file=str(file) if file else None, field=key or None,
                       fix="restore the file from git (git checkout -- <file>), or remove its run folder so "
                           "`afbench run` trains the run again")
@@ -393,9 +384,13 @@ def _read_json(path: Path, fix: str, lead: str = "") -> object:
         raise RecordError(f"{lead}not readable JSON ({why})", file=str(path), fix=fix) from None
 
 
+RUN_FIX = "restore the file from git, or remove its run folder so the run is trained again"
+PLAN_FIX = "rerun `afbench run` (it writes plan.json), or remove the file"
+
+
 def load_run(path: Path) -> RunRecord:
     """Read one result.json (any schema) or raise RecordError."""
-    data = _read_json(path, "restore the file from git, or remove its run folder so the run is trained again")
+    data = _read_json(path, RUN_FIX)
     return parse_run(data, file=path, folder_name=path.parent.name)
 
 
@@ -410,7 +405,7 @@ def add_to_run(path: Path, fields: dict, *, root: Path | None = None) -> RunReco
     """Add (or replace) top-level keys of a finished run's result.json, the rest as it was, byte for byte (key
     order, schema, values): ``afbench predict`` records predictions without rewriting the run. The file and
     the result are both checked as records before the atomic write."""
-    data = _read_json(path, "restore the file from git, or remove its run folder so the run is trained again")
+    data = _read_json(path, RUN_FIX)
     parse_run(data, file=path, folder_name=path.parent.name)
     out = {**data, **fields}
     rec = parse_run(out, file=path, folder_name=path.parent.name)
@@ -418,11 +413,11 @@ def add_to_run(path: Path, fields: dict, *, root: Path | None = None) -> RunReco
     return rec
 
 
-def parse_plan(data: object, *, file: str | Path | None = None) -> PlanRecord:
-    """A parsed plan.json of any schema as a PlanRecord, or one RecordError paragraph."""
+def load_plan(path: Path) -> PlanRecord:
+    """A plan.json of any schema as a PlanRecord, or one RecordError paragraph."""
+    data = _read_json(path, PLAN_FIX, "is ")
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise RecordError("has no 'runs' list", file=str(file) if file else None, field="runs",
-                          fix="rerun `afbench run` (it writes plan.json), or remove the file")
+        raise RecordError("has no 'runs' list", file=str(path), field="runs", fix=PLAN_FIX)
     out = dict(data)
     if out.get("schema", 1) < 2:  # 1 -> 2: a run without report columns fills its label's
         out["schema"] = 2
@@ -431,35 +426,25 @@ def parse_plan(data: object, *, file: str | Path | None = None) -> PlanRecord:
     try:
         return PlanRecord.model_validate(out)
     except ValidationError as e:
-        raise RecordError(f"is not a plan record: {_validation_reason(e)}", file=str(file) if file else None,
-                          field=".".join(str(p) for p in e.errors()[0]["loc"]),
-                          fix="rerun `afbench run` (it writes plan.json), or remove the file") from None
-
-
-def load_plan(path: Path) -> PlanRecord:
-    return parse_plan(_read_json(path, "rerun `afbench run` (it writes plan.json), or remove the file", "is "),
-                      file=path)
+        why, key = _validation_reason(e)
+        raise RecordError(f"is not a plan record: {why}", file=str(path), field=key, fix=PLAN_FIX) from None
 
 
 def write_plan(path: Path, record: PlanRecord, *, root: Path | None = None) -> bool:
     """Write plan.json, unless the file there already records this plan (read as ``SCHEMA`` in memory, a run's
     ``kind``, which older files lack, taken from ``record``): a run that trains nothing leaves a committed
     plan.json as it is. Returns whether it wrote."""
-    if _records_plan(path, record):
-        return False
-    write_atomic(path, json.dumps(record.dump(), indent=2) + "\n", root=root)
-    return True
-
-
-def _records_plan(path: Path, record: PlanRecord) -> bool:
     try:
         old = load_plan(path).model_dump(by_alias=True)
+        kinds = {r.id: r.kind for r in record.runs}
+        for r in old["runs"]:
+            r["kind"] = r["kind"] or kinds.get(r["id"])
+        if old == record.model_dump(by_alias=True):
+            return False
     except RecordError:  # missing, unreadable or not a plan: written anew
-        return False
-    kinds = {r.id: r.kind for r in record.runs}
-    for r in old["runs"]:
-        r["kind"] = r["kind"] or kinds.get(r["id"])
-    return old == record.model_dump(by_alias=True)
+        pass
+    write_atomic(path, json.dumps(record.dump(), indent=2) + "\n", root=root)
+    return True
 
 
 @dataclass(frozen=True)
