@@ -113,28 +113,25 @@ FUSION_CONFIGS = {  # AdapterHub's "dynamic" and "static" fusion configs
 }
 
 
-def method_of(params) -> Method:
+def adapter_config(params) -> dict:
+    """Our module params as AdapterHub's full config dict (raises Inexpressible)."""
     m = methods_table().get(getattr(params, "type", None))
     if m is None:
         raise Inexpressible(f"AdapterHub {VERSION} has no equivalent of a '{getattr(params, 'type', params)}' module "
                             "here", fix="export the runs of a method AdapterHub can load (docs/adapterhub.md)")
-    return m
+    return m.config(params)
 
 
-def adapter_config(params) -> dict:
-    """Our module params as AdapterHub's full config dict (raises Inexpressible)."""
-    return method_of(params).config(params)
-
-
-def adapter_params(config: dict, file: str):
+def adapter_params(config: dict, file: str, field: str | None = None):
     """AdapterHub's config (the ``config`` entry of adapter_config.json, or the file itself) as our params; a
-    config we do not compute exactly is refused with the keys that differ (CheckpointError naming ``file``)."""
+    config we do not compute exactly is refused with the keys that differ (CheckpointError naming ``file`` and
+    the spec ``field`` that named it)."""
     cfg = config.get("config", config) if isinstance(config, dict) else None
     if not isinstance(cfg, dict):
-        raise CheckpointError("adapter_config.json holds no config object", file=file)
+        raise CheckpointError("adapter_config.json holds no config object", file=file, field=field)
     arch = cfg.get("architecture") or "bottleneck"
     if arch not in architectures():
-        raise CheckpointError(f"this adapter's architecture {arch!r} has no module here", file=file,
+        raise CheckpointError(f"this adapter's architecture {arch!r} has no module here", file=file, field=field,
                               fix=f"use an adapter of architecture {' or '.join(architectures())}")
     # of the methods reading this architecture, one whose ``matches`` accepts it, else the plain one
     mine = [m for m in methods_table().values() if m.architecture == arch]
@@ -144,7 +141,7 @@ def adapter_params(config: dict, file: str):
         what = params.type if arch == "bottleneck" else arch
         raise CheckpointError(
             f"this {what} adapter's config cannot be represented exactly here: " + "; ".join(differ), file=file,
-            fix="fuse a bottleneck adapter in the Pfeiffer (seq_bn) or Houlsby (double_seq_bn) placement, or train "
+            field=field, fix="fuse a bottleneck adapter in the Pfeiffer (seq_bn) or Houlsby (double_seq_bn) placement, or train "
                 "that source as a stage-1 run (drop it from fusion.adapterhub)")
     return params
 
@@ -241,10 +238,7 @@ def read_config(folder: Path, field: str | None = None) -> dict:
 def fusable(pub: Published, where: str, field: str) -> Published:
     """A published adapter's config, refused at plan time where we cannot compute it exactly or it is not a
     Pfeiffer adapter (what AdapterFusion fuses)."""
-    try:
-        params = adapter_params(read_config(pub.folder, field), str(Path(pub.folder) / CONFIG))
-    except CheckpointError as e:
-        raise CheckpointError(e.message, file=e.file, field=field, fix=e.fix) from None
+    params = adapter_params(read_config(pub.folder, field), str(Path(pub.folder) / CONFIG), field)
     if params.type != "pfeiffer":
         raise BenchError(f"{pub.folder} holds a {params.type} adapter; AdapterFusion fuses Pfeiffer (seq_bn) adapters, "
                          "which sit after the feed-forward block only", file=where, field=field,
@@ -252,9 +246,10 @@ def fusable(pub: Published, where: str, field: str) -> Published:
     return replace(pub, adapter_type=params.type)
 
 
-def read_weights(folder: Path) -> tuple[Path, dict]:
+def read_weights(folder: Path, field: str | None = None) -> tuple[Path, dict]:
     """(file, {name: tensor}) of an AdapterHub adapter folder's weights (pytorch_adapter.bin, else
-    adapter.safetensors), read safely (weights_only); anything else is one CheckpointError naming the file. The
+    adapter.safetensors), read safely (weights_only); anything else is one CheckpointError naming the file (and
+    the spec ``field`` that named the folder). The
     planner (``check_backbone``) and the run's load (``modeling/checkpoint.load_adapterhub``) both read through
     it, so a weights file the run could not load is refused at plan time, before any stage-1 run trains."""
     import torch
@@ -271,11 +266,11 @@ def read_weights(folder: Path) -> tuple[Path, dict]:
             state = torch.load(wfile, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - unpickling refused, truncated or foreign file: one paragraph
         raise CheckpointError(f"cannot read the weights safely ({type(e).__name__}: {str(e)[:200]})", file=str(wfile),
-                              fix="only plain tensor state dicts are accepted (weights_only=True)") from None
+                              field=field, fix="only plain tensor state dicts are accepted (weights_only=True)") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                               for k, v in state.items()):
         raise CheckpointError(f"the weights file holds a {type(state).__name__}, not a state dict of named tensors",
-                              file=str(wfile), fix="point at the pytorch_adapter.bin that save_adapter() wrote "
+                              file=str(wfile), field=field, fix="point at the pytorch_adapter.bin that save_adapter() wrote "
                                                    "(torch.save of model.state_dict()-style {name: tensor})")
     return wfile, state
 
@@ -283,10 +278,7 @@ def read_weights(folder: Path) -> tuple[Path, dict]:
 def _weights_shape(folder: Path, field: str) -> tuple[int | None, int | None]:
     """(hidden size, layers) the adapter's weights were saved for: the down projection's input, the layer indexes.
     An unreadable weights file is refused here (``read_weights``), with ``field`` the spec field naming it."""
-    try:
-        _, state = read_weights(folder)
-    except CheckpointError as e:
-        raise CheckpointError(e.message, file=e.file, field=field, fix=e.fix) from None
+    _, state = read_weights(folder, field)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     layers = {int(m.group(1)) for k in shapes if (m := re.search(r"\.layers?\.(\d+)\.", k))}
     hidden = next((s[1] for k, s in shapes.items() if "adapter_down" in k and k.endswith("weight") and len(s) == 2), None)
@@ -306,7 +298,6 @@ def check_backbone(pub: Published, spec, where: str, field: str, allow_other_bas
         w_hidden, w_layers = _weights_shape(folder, field)
         c_hidden = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None
         base = config.get("model_name") or ""
-        short = lambda n: str(n).rstrip("/").rsplit("/", 1)[-1].lower()  # noqa: E731 - google-bert/x == x
         differ = []
         if mtype and config.get("model_type") and config["model_type"] != mtype:
             differ.append(f"model_type {config['model_type']!r} (the backbone is {mtype!r})")
@@ -320,7 +311,7 @@ def check_backbone(pub: Published, spec, where: str, field: str, allow_other_bas
         if w_layers and layers and w_layers != layers:
             differ.append(f"layers {w_layers} (the backbone has {layers})")
         other = f"model_name {base!r} (the backbone is {names[0]!r})" \
-            if base and names and not any(_same_model(base, n, short) for n in names) else None
+            if base and names and not any(_same_model(base, n) for n in names) else None
         if base and spec.source == "random_init":  # no checkpoint at all: an adapter naming one was trained on another
             other = f"model_name {base!r} (the backbone '{spec.name}' is randomly initialised, not that checkpoint)"
         _CHECKED[key] = (differ, other, names)
@@ -337,12 +328,13 @@ def check_backbone(pub: Published, spec, where: str, field: str, allow_other_bas
     return other
 
 
-def _same_model(base: str, name: str, short) -> bool:
+def _same_model(base: str, name: str) -> bool:
     """Whether an adapter's model_name names the backbone known as ``name``: a folder by its resolved path (a
     folder's last part, e.g. "model", says nothing), a Hub id or package by its last part (google-bert/x == x)."""
     if Path(name).is_absolute() or Path(base).is_absolute():
         return Path(name).is_absolute() and Path(base).is_absolute() and Path(base).resolve() == Path(name).resolve()
-    return short(base) == short(name)
+    short = [str(n).rstrip("/").rsplit("/", 1)[-1].lower() for n in (base, name)]  # google-bert/x == x
+    return short[0] == short[1]
 
 
 # (adapter content, backbone) -> (shape differences, another base model named, backbone names), once per process
