@@ -6,12 +6,13 @@ Errors in specs, data or weights print as one paragraph (file, field, fix) and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-from benchmark.errors import BenchError, DataUnavailable
+from benchmark.errors import BenchError, DataUnavailable, HubUnreachable, SpecError, StorageError
 
 
 def _registry(args):
@@ -31,7 +32,6 @@ def load_with_siblings(paths: list[Path], strict: bool = True, warn=None):
     """The registry of ``paths``; where a named file does not load alone (it names a task that is not
     there), the specs in its folder too: an experiment finds the task spec that sits beside it. The
     first error stands when the folder does not help (an unrelated YAML file there changes nothing)."""
-    from benchmark.errors import SpecError
     from benchmark.spec import load_registry
 
     try:
@@ -40,10 +40,8 @@ def load_with_siblings(paths: list[Path], strict: bool = True, warn=None):
         folders = [p.parent for p in paths if p.is_file()]
         if not folders:
             raise
-        try:
+        with contextlib.suppress(BenchError):
             return load_registry(list(dict.fromkeys([*paths, *folders])), strict=strict, warn=warn)
-        except BenchError:
-            pass
         raise
 
 
@@ -74,7 +72,6 @@ def availability(reg, root):
     said in full once; the other Hub tasks refer to it.
     """
     from benchmark.data.sources import locate
-    from benchmark.errors import DataUnavailable, HubUnreachable
 
     hub_down: list[str] = []  # the first task that found the Hub unreachable
 
@@ -117,7 +114,7 @@ def cmd_validate(args) -> int:
     from benchmark.data.checks import check_task_data
     from benchmark.spec.registry import spec_files
 
-    paths = [Path(p) for p in args.paths] or []
+    paths = [Path(p) for p in args.paths]
     reg = load_with_siblings(paths)
     chosen = {p.resolve() for p in spec_files(paths)} if paths else None
     named = {p.resolve() for p in paths if p.is_file()}
@@ -213,10 +210,14 @@ def _options(args):
 
 def _planned(args):
     """(registry, plan, results root, experiment folder) of the experiment a command names."""
+    from benchmark.plan.build import build_plan
     from benchmark.runner.results import experiment_dir, results_root
 
     reg = _registry(args)
-    plan = _plan(args, reg)
+    exp = reg.get("experiment", args.experiment)
+    plan = build_plan(reg, exp, availability(reg, _data_dir(args)), data_root=_data_dir(args), options=_options(args))
+    for line in fusion_warnings(plan, reg):
+        print(line, file=sys.stderr)
     root = results_root(args.results_dir)
     return reg, plan, root, experiment_dir(root, plan.experiment.name)
 
@@ -238,16 +239,6 @@ def _finished(args, reg=None):
     homes = [experiment_dir(root, e) for e in (exp.name, *exp.dependencies_from)]
     plan.runs = [r for r in plan.runs if any((h / r.id).is_dir() for h in homes)]
     return reg, plan, root, homes[0]
-
-
-def _plan(args, reg):
-    from benchmark.plan.build import build_plan
-
-    exp = reg.get("experiment", args.experiment)
-    plan = build_plan(reg, exp, availability(reg, _data_dir(args)), data_root=_data_dir(args), options=_options(args))
-    for line in fusion_warnings(plan, reg):
-        print(line, file=sys.stderr)
-    return plan
 
 
 def fusion_warnings(plan, reg) -> list[str]:
@@ -287,7 +278,7 @@ def cmd_plan(args) -> int:
     from benchmark.runner.borrowed import borrowed
 
     reg, plan, root, exp_dir = _planned(args)  # --estimate prices exactly these runs (a Hub task not downloaded: declared sizes)
-    if getattr(args, "estimate", False) or getattr(args, "calibrate", False):
+    if args.estimate or args.calibrate:
         return _estimate(args, reg, plan, root)
     where = borrowed(plan, root)  # implied runs finished under another experiment (dependencies_from)
     rows = []
@@ -375,7 +366,6 @@ def _estimate(args, reg, plan, root) -> int:
 
 
 def cmd_run(args) -> int:
-    from benchmark.errors import StorageError
     from benchmark.paths import shown_path
     from benchmark.runner.execute import pending_runs, run_plan
     from benchmark.runner.lock import experiment_lock, record_workers
@@ -689,11 +679,9 @@ def slurm_options(args: argparse.Namespace):
     from benchmark.runner.slurm import SlurmOptions
 
     spec = load_cluster(getattr(args, "cluster", None))
-    update = {k: getattr(args, a) for k, a in (("partition", "partition"), ("time_min", "time_min"),
-                                               ("gpus_per_run", "gpus_per_run"), ("cpus_per_run", "cpus_per_run"),
-                                               ("mem_gb", "mem_gb"), ("array_parallelism", "array_parallelism"),
-                                               ("log_dir", "slurm_log_dir"))
-              if getattr(args, a, None) is not None}
+    flags = {k: getattr(args, k, None) for k in ("partition", "time_min", "gpus_per_run", "cpus_per_run", "mem_gb",
+                                                  "array_parallelism")}
+    update = {k: v for k, v in {**flags, "log_dir": getattr(args, "slurm_log_dir", None)}.items() if v is not None}
     extra = parse_sbatch_options(getattr(args, "sbatch", None))
     if extra:
         update["sbatch"] = {**spec.sbatch, **extra}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 
 class BenchError(Exception):
     """An error the CLI prints as a clear paragraph and exits non-zero on."""
@@ -14,7 +16,7 @@ class BenchError(Exception):
         super().__init__(self.render())
 
     def __reduce__(self):  # survive a process pool (``--jobs``): rebuild from the parts, not the text
-        return (_rebuild, (type(self), self.message, self.file, self.field, self.fix))
+        return (partial(type(self), file=self.file, field=self.field, fix=self.fix), (self.message,))
 
     def render(self) -> str:
         where = []
@@ -26,10 +28,6 @@ class BenchError(Exception):
         if self.fix:
             text += f" Fix: {self.fix.rstrip('.')}."
         return text
-
-
-def _rebuild(cls, message, file, field, fix):
-    return cls(message, file=file, field=field, fix=fix)
 
 
 class SpecError(BenchError):

@@ -10,6 +10,7 @@ user or a record names. Imports only ``errors`` (layer 0 too): every layer may u
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -74,10 +75,8 @@ def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None
         else:
             os.replace(tmp, path)
     except OSError as e:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         if exclusive and isinstance(e, FileExistsError):
             raise
         raise StorageError.from_os_error(path, e, kept=kept, fix=fix) from None
@@ -113,12 +112,10 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:  # someone else's live process
         return True
-    except OverflowError:
-        return False
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             return fh.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
