@@ -28,7 +28,7 @@ from benchmark.errors import BenchError, CheckpointError
 from benchmark.modeling.checkpoint import WEIGHTS
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.paths import read_regular, under, write_atomic
-from benchmark.perf.harness import Harness
+from benchmark.perf.harness import Harness, median
 from benchmark.perf.meta import provenance_lines
 from benchmark.perf.steps import sync
 from benchmark.plan.build import data_drift
@@ -48,11 +48,6 @@ LATENCY_ROWS = 32  # batch-1 latency: the median over this many dev rows
 def ks_for(n: int, wanted: tuple[int, ...] = KS) -> list[int]:
     """The k values below N, then N itself ('all')."""
     return sorted({k for k in wanted if k < n} | {n})
-
-
-def fusion_runs(plan: Plan, patterns: list[str] | None) -> list[Run]:
-    return [r for r in plan.runs if r.kind.name == "fusion_st_a" and r.method.fusion.mixing == "attention"
-            and (not patterns or any(fnmatch.fnmatchcase(r.id, p) for p in patterns))]
 
 
 def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device, run_dir=None):
@@ -122,10 +117,8 @@ def prune_run(reg: Registry, run: Run, folder: Path, data_dir, device: torch.dev
             model.prune_fusion(FUSION, per_k[k]["kept"])
             per_k[k]["rounds"].append(speed(model, dev, run.task, pad, bs, device, compute))
     model.prune_fusion(FUSION, names)
-    for k in ks:
-        rs = per_k[k]["rounds"]
-        per_k[k]["examples_per_second"] = statistics.median(x["examples_per_second"] for x in rs) if rs else None
-        per_k[k]["latency_ms_batch1"] = statistics.median(x["latency_ms_batch1"] for x in rs) if rs else None
+    for k in ks:  # None where nothing was timed (--rounds 0)
+        per_k[k].update({m: median(per_k[k]["rounds"], m) for m in ("examples_per_second", "latency_ms_batch1")})
     return {"run_id": run.id, "task": run.task, "seed": run.seed, "adapters": names,
             "ranking": rank_adapters(names, layers), "mean_attention": dict(zip(names, mean_attention(layers))),
             "ranked_on": ranked_on, "ranking_rows": len(ranking_rows), "dev_rows": len(dev),
@@ -194,10 +187,8 @@ def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict], 
     pruned = [by_id[r["run_id"]] for r in runs if r["run_id"] in by_id]
     if not pruned:
         return ""
-    dep_seeds = {}
-    for r in recs:
-        seen = {int(m.group(1)) for d in r.deps if (m := re.search(r"__s(\d+)__", d))}
-        dep_seeds[r.run_id] = sorted(seen)
+    dep_seeds = {r.run_id: sorted({int(m.group(1)) for d in r.deps if (m := re.search(r"__s(\d+)__", d))})
+                 for r in recs}
 
     def reads(r) -> str:
         ds = dep_seeds[r.run_id]
@@ -225,15 +216,6 @@ def seeds_note(results_dir: Path | None, exp: str, task: str, runs: list[dict], 
             f"seed {r.seed} ({reads(r)}, {where(r)}{'' if dep_seeds[r.run_id] == [r.seed] else '; the shared-adapter column'})"
             for r in sorted(others, key=lambda r: (r.seed, r.run_id))) + "."
     return text
-
-
-def target_report(exp: str, task: str, runs: list[dict], h: Harness, rounds: int, out_dir: Path,
-                  results_dir: Path | None = None) -> Path:
-    stem = under(out_dir, f"prune_{exp}_{task}")  # spec names: never a path out of --out-dir
-    lines, table, ks, n = target_lines(exp, task, runs, rounds, stem.name, seeds_note(results_dir, exp, task, runs, now()))
-    figure(stem.with_suffix(".png"), task, ks, n, table, runs)
-    return h.write(lines, {"experiment": exp, "task": task, "rounds": rounds, "runs": runs, "table": table},
-                   out=stem.with_suffix(".md"), quiet=True)
 
 
 def rerender(exp: str, out_dir: Path, results_dir: Path | None) -> list[Path]:
@@ -300,7 +282,8 @@ def figure(path: Path, task: str, ks: list[int], n: int, table: dict, runs: list
 
 def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: list[str] | None, device: str,
               rounds: int, out_dir: Path, ks: tuple[int, ...] = KS, argv: list[str] | None = None) -> list[Path]:
-    chosen = fusion_runs(plan, only)
+    chosen = [r for r in plan.runs if r.kind.name == "fusion_st_a" and r.method.fusion.mixing == "attention"
+              and (not only or any(fnmatch.fnmatchcase(r.id, p) for p in only))]
     if not chosen:
         raise BenchError(f"no Fusion w/ ST-A run of '{plan.experiment.name}' matches {only or 'anything'}",
                          field="--only", fix=f"use globs over the ids afbench plan {plan.experiment.name} lists, "
@@ -314,9 +297,14 @@ def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: l
         print(f"pruning {run.id} ...", flush=True)
         by_task.setdefault(run.task, []).append(
             prune_run(reg, run, results_dir / plan.experiment.name / run.id, data_dir, dev, rounds, ks))
-    paths = []
+    paths, exp = [], plan.experiment.name
     for task, runs in by_task.items():
-        paths.append(target_report(plan.experiment.name, task, sorted(runs, key=lambda r: r["seed"]), h, rounds,
-                                   out_dir, results_dir))
+        runs = sorted(runs, key=lambda r: r["seed"])
+        stem = under(out_dir, f"prune_{exp}_{task}")  # spec names: never a path out of --out-dir
+        lines, table, ks, n = target_lines(exp, task, runs, rounds, stem.name,
+                                           seeds_note(results_dir, exp, task, runs, now()))
+        figure(stem.with_suffix(".png"), task, ks, n, table, runs)
+        paths.append(h.write(lines, {"experiment": exp, "task": task, "rounds": rounds, "runs": runs, "table": table},
+                             out=stem.with_suffix(".md"), quiet=True))
         print(f"wrote {paths[-1]}")
     return paths

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from benchmark.modeling.checkpoint import WEIGHTS
 from benchmark.modeling.cpu_kernels import serving
 from benchmark.modeling.model import Fuse
 from benchmark.paths import write_atomic
-from benchmark.perf.harness import Harness
+from benchmark.perf.harness import Harness, median
 from benchmark.perf.meta import provenance
 from benchmark.plan.build import data_drift
 from benchmark.plan.run import Plan
@@ -85,8 +84,7 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
                                        compute))
     runs = {run.id: {"task": run.task, "label": run.label, "seed": run.seed, "dev_rows": len(dev),
                      "eval_batch_size": run.method.train.eval_batch_size, "precision": compute.precision,
-                     "examples_per_second": statistics.median(x["examples_per_second"] for x in timed[run.id]),
-                     "latency_ms_batch1": statistics.median(x["latency_ms_batch1"] for x in timed[run.id]),
+                     **{m: median(timed[run.id], m) for m in ("examples_per_second", "latency_ms_batch1")},
                      "rounds": timed[run.id],
                      "active": "fusion" if isinstance(setup, Fuse) else setup or "no adapter"}
             for run, _, dev, _, compute, setup in loaded}
