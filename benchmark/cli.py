@@ -203,9 +203,7 @@ def _options(args):
     """The command-line choices that are part of run ids (plan, run, status, migrate and sweep alike)."""
     from benchmark.plan.build import Options
 
-    return Options(getattr(args, "batching", None), getattr(args, "cpu_kernels", None),
-                   getattr(args, "last_layer", None), getattr(args, "precision", None),
-                   getattr(args, "compile", None) or None)
+    return Options(args.batching, args.cpu_kernels, args.last_layer, args.precision, args.compile or None)
 
 
 def _planned(args):
@@ -587,9 +585,8 @@ def cmd_prune(args) -> int:
         return 0
     reg, plan, root, _ = _finished(args)
     ks = tuple(int(k) for k in args.keep.split(",") if k and k != "all")
-    device = args.device or "cpu"
-    run_prune(reg, plan, root, _data_dir(args), only=args.only, device=device,
-              rounds=args.rounds, out_dir=Path(args.out_dir), ks=ks, argv=getattr(args, "argv", None))
+    run_prune(reg, plan, root, _data_dir(args), only=args.only, device=args.device or "cpu",
+              rounds=args.rounds, out_dir=Path(args.out_dir), ks=ks, argv=args.argv)
     return 0
 
 
@@ -598,7 +595,7 @@ def cmd_speed(args) -> int:
 
     reg, plan, _, exp_dir = _finished(args)
     path = run_speed(reg, plan, exp_dir, _data_dir(args), only=args.only, device=args.device or "cpu",
-                     rounds=args.rounds, threads=args.threads, argv=getattr(args, "argv", None))
+                     rounds=args.rounds, threads=args.threads, argv=args.argv)
     print(f"wrote {path}")
     return 0
 

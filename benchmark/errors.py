@@ -19,12 +19,8 @@ class BenchError(Exception):
         return (partial(type(self), file=self.file, field=self.field, fix=self.fix), (self.message,))
 
     def render(self) -> str:
-        where = []
-        if self.file:
-            where.append(f"in {self.file}")
-        if self.field:
-            where.append(f"at field '{self.field}'")
-        text = ("Error " + ", ".join(where) + ": " if where else "Error: ") + self.message.rstrip(".") + "."
+        where = ", ".join(w for w in (self.file and f"in {self.file}", self.field and f"at field '{self.field}'") if w)
+        text = (f"Error {where}: " if where else "Error: ") + self.message.rstrip(".") + "."
         if self.fix:
             text += f" Fix: {self.fix.rstrip('.')}."
         return text

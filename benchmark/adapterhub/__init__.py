@@ -165,7 +165,7 @@ def hub_key(key: str, prefix: str, names: dict[str, str] | None = None) -> str |
     method = _by_child().get(m["child"]) if m else None
     if method is None:
         return None
-    tail = method.tails.get(m["tail"], method.tails.get("*", m["tail"])) if method.tails else m["tail"]
+    tail = method.tails.get(m["tail"], method.tails.get("*", m["tail"]))
     name = (names or {}).get(m["name"], m["name"])
     return f"{prefix + '.' if prefix else ''}{m['path']}.{method.hub_child}.{name}.{tail}"
 

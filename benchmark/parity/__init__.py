@@ -97,7 +97,6 @@ def export_case(arch: str, folder: Path) -> None:
             outputs[setup] = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.contiguous()
     names = _neutral_names(model)
     modules = {names[k]: v.contiguous() for k, v in model.state_dict().items() if k in names}
-    folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "base.safetensors", save({k: v.contiguous() for k, v in base.items()}))
     write_atomic(folder / "modules.safetensors", save(modules))
     write_atomic(folder / "inputs.safetensors", save({"input_ids": ids, "attention_mask": mask}))

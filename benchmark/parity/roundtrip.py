@@ -47,9 +47,7 @@ def write_specs(folder: Path, *, rows: int = 32, epochs: int = 3, backbone: str 
                 methods: tuple[str, ...] = ("st_a", "st_a_houlsby", "fusion_st_a")) -> Path:
     """A spec folder with tasks ``rt_cls`` (classification), ``rt_mc`` (multiple choice), the experiment and
     backbone ``tiny-bert-mean`` (tiny-bert with MiniLM's mean-pooling heads)."""
-    rng = random.Random(0)
-    for sub in ("tasks/data", "experiments", "backbones", "methods"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)  # write_atomic makes the folders
     for name, targets in LORAS.items():  # LoRA on every target AdapterHub's LoRAConfig names, and one it cannot
         write_atomic(folder / "methods" / f"{name}.yaml",
             f"include: lora.yaml\nlora: {{rank: 4, alpha: 8, dropout: 0.1, targets: [{', '.join(targets)}]}}\n")
