@@ -473,14 +473,6 @@ class ResultFile:
             return f"{self.path.parent.name}/{self.path.name}"
 
 
-def newer_schema(data: object) -> str:
-    """Why ``data`` (a parsed record) is of a schema newer than this version reads, or ""."""
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
-        return f"newer schema: upgrade afbench (the record is schema {schema}, this afbench reads up to {SCHEMA})"
-    return ""
-
-
 def read_result_file(run_dir: Path) -> ResultFile:
     """Read and check ``run_dir/result.json``; never raises for a damaged file."""
     f = run_dir / RESULT
@@ -488,8 +480,10 @@ def read_result_file(run_dir: Path) -> ResultFile:
         return ResultFile(f, "missing")
     try:
         data = _read_json(f, "")
-        if why := newer_schema(data):
-            return ResultFile(f, "newer", reason=why)
+        schema = data.get("schema") if isinstance(data, dict) else None
+        if isinstance(schema, int) and not isinstance(schema, bool) and schema > SCHEMA:
+            return ResultFile(f, "newer", reason=f"newer schema: upgrade afbench (the record is schema {schema}, "
+                                                 f"this afbench reads up to {SCHEMA})")
         return ResultFile(f, "ok", parse_run(data, file=f, folder_name=run_dir.name))
     except RecordError as e:
         return ResultFile(f, "corrupt", reason=e.message.removeprefix("this is not a run result: "))

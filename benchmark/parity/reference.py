@@ -39,6 +39,7 @@ def neutral_name(key):
     return None
 
 
+@torch.no_grad()
 def main(work):
     report = {"transformers": transformers.__version__, "adapters": adapters.__version__, "results": []}
     for arch_dir in sorted(p for p in work.iterdir() if (p / "meta.json").is_file()):  # not the export round trip
@@ -66,13 +67,11 @@ def main(work):
         model.eval()
         inputs = load_file(str(arch_dir / "inputs.safetensors"))
         outputs = load_file(str(arch_dir / "outputs.safetensors"))
-        model.set_active_adapters(None)
-        with torch.no_grad():  # no adapter: shows that each setup really changes the output
-            plain = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        model.set_active_adapters(None)  # no adapter: shows that each setup really changes the output
+        plain = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
         for setup in meta["setups"]:
             model.set_active_adapters(Fuse(*meta["fusion"]) if setup == "fusion" else setup)
-            with torch.no_grad():
-                h = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+            h = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
             diff = (h - outputs[setup]).abs().max().item()
             report["results"].append({"arch": arch_dir.name, "setup": setup, "max_abs_diff": diff,
                                       "effect": (h - plain).abs().max().item(), "tensors": len(used)})

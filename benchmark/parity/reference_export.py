@@ -16,6 +16,7 @@ import torch
 PLACEHOLDER = '"exports/<run id>"'
 
 
+@torch.no_grad()
 def check(folder, snippet):
     if PLACEHOLDER not in snippet:
         raise SystemExit(f"the README's export snippet no longer sets d = {PLACEHOLDER}")
@@ -25,12 +26,10 @@ def check(folder, snippet):
     model.eval()
     sample = json.loads((folder / doc["sample"]).read_text())
     inputs = {k: torch.tensor(sample[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample}
-    with torch.no_grad():
-        logits = model(**inputs).logits
+    logits = model(**inputs).logits
     diff = (logits - torch.tensor(sample["logits"])).abs().max().item()
     model.set_active_adapters(None)  # the head on the bare base: shows the adapters / fusion really act
-    with torch.no_grad():
-        plain = model(**inputs).logits
+    plain = model(**inputs).logits
     return {"run_id": doc["run_id"], "method": doc["method"], "task": doc["task"], "max_abs_diff": diff,
             "backbone": doc["backbone"],
             "effect": (logits - plain).abs().max().item(), "rows": len(sample["logits"])}
