@@ -73,11 +73,6 @@ class Outcome:
     best_predictions: dict | None = None  # the kept epoch's dev predictions per task (``Predictions``)
 
 
-def autocast(device: torch.device, compute: Compute = DEFAULT):
-    """The run's precision (``compute.precision``: auto = bf16 autocast on CUDA, float32 on the CPU)."""
-    return compute.autocast(device)
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -168,7 +163,7 @@ def scored_batches(model: AdapterModel, split: EncodedSplit, head: str, pad_id: 
     model.eval()
     for idx in batch_rows(split, batch_size, mode="by_length"):
         batch = to_device(shaped(model, collate([split.examples[j] for j in idx], pad_id)), device)
-        with autocast(device, compute):
+        with compute.autocast(device):
             logits = forward(model, head, batch)
         yield idx, logits.float(), batch["labels"]
 
@@ -245,7 +240,7 @@ def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> No
 
 def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device,
               classes: list[int] | None = None, compute: Compute = DEFAULT) -> torch.Tensor:
-    with autocast(device, compute):
+    with compute.autocast(device):
         logits = forward(model, head, batch)
     loss = F.cross_entropy(logits.float(), batch["labels"])  # the loss in float32 under any precision
     if classes is not None:
@@ -267,6 +262,8 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
     that picks the kept epoch and drives early stopping; ``snapshot()`` returns the trained state.
     ``compute`` gives the precision of the forward (the trained parameters stay float32 either way).
     """
+    if params.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
     objective = objective or Objective()
     opt = make_optimizer(model, params, device)
     total = steps_per_epoch * params.epochs
@@ -345,8 +342,6 @@ def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: 
           compute: Compute = DEFAULT) -> Outcome:
     """Single-task training: one head, batches of ``train_split`` in the method's batching mode."""
     steps_per_epoch = math.ceil(len(train_split) / params.batch_size)
-    if params.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
 
     def epoch_batches(epoch: int):
         for batch in batches(train_split, params.batch_size, pad_id, mode=params.batching or "grouped",

@@ -49,8 +49,6 @@ def train_multitask(model: AdapterModel, data: dict[str, tuple[EncodedSplit, Enc
     accuracy per epoch."""
     sizes = {t: len(tr) for t, (tr, _) in data.items()}
     steps_per_epoch = sum(math.ceil(n / params.batch_size) for n in sizes.values())
-    if params.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
     mode = params.batching or "grouped"
     streams = {t: _endless(tr, params.batch_size, pad_id, seed + i, mode) for i, (t, (tr, _)) in enumerate(data.items())}
     rng = random.Random(seed)
