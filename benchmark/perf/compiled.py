@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from benchmark.data.encode import batch_rows, collate
 from benchmark.errors import BenchError
 from benchmark.modeling.backbone import load_tokenizer
 from benchmark.modeling.compiled import compiler_missing
@@ -35,7 +34,7 @@ from benchmark.perf.meta import Target
 from benchmark.plan.build import Options, build_plan
 from benchmark.runner.export import activate, build_model
 from benchmark.spec import load_registry
-from benchmark.training.loop import forward, shaped, to_device
+from benchmark.training.loop import scored_batches
 from benchmark.training.recipe import dev_split
 
 EXPERIMENT = "compiled_numerics"
@@ -67,14 +66,11 @@ def _train(specs: Path, results: Path, data_dir: Path | None, flags: list[str]) 
                          fix="see the run's output above; afbench run with the same flags reproduces it")
 
 
-@torch.no_grad()
 def dev_logits(model, split, head: str, pad_id: int, batch_size: int) -> tuple[list[int], torch.Tensor]:
     """(rows, logits [rows, classes]) in ``loop.predict``'s batches, eager or compiled as ``model`` is."""
-    model.eval()
     rows, out = [], []
-    for idx in batch_rows(split, batch_size, mode="by_length"):
-        batch = to_device(shaped(model, collate([split.examples[j] for j in idx], pad_id)), torch.device("cpu"))
-        out.append(forward(model, head, batch).float())
+    for idx, logits, _ in scored_batches(model, split, head, pad_id, batch_size, torch.device("cpu")):
+        out.append(logits)
         rows += idx
     return rows, torch.cat(out)
 
