@@ -28,7 +28,7 @@ import torch
 from benchmark.errors import BenchError
 from benchmark.modeling.compute import bf16_unsupported
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
-from benchmark.perf.meta import Target, default_out, provenance, provenance_lines, target_lines, write_report
+from benchmark.perf.meta import REPORTS, Target, provenance, provenance_lines, target_lines, write_report
 from benchmark.perf.steps import sync
 
 DRIFT_LIMIT = 0.10
@@ -233,7 +233,7 @@ class Harness:
         body = head + lines + (["", *tl] if tl else []) + ["", *provenance_lines(prov), "", drift.line()]
         raw = {**raw, "reference": f"adapters {self.ref_version}" if self.ref_version else None, "provenance": prov, "drift_guard": drift.as_dict(),
                "targets": [{"text": t.text, "met": t.met, "measured": t.measured} for t in targets]}
-        path = Path(out or default_out(self.mode))
+        path = Path(out or REPORTS[self.mode])
         write_report(path, body, raw, quiet=quiet)
         return path
 

@@ -20,10 +20,6 @@ REPORTS = {"steps": "reports/perf.md", "epochs": "reports/perf_epochs.md",
            "compiled": "reports/perf_compiled.md"}
 
 
-def default_out(mode: str) -> str:
-    return REPORTS[mode]
-
-
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))

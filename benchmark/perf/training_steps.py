@@ -32,7 +32,7 @@ from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.perf.backbones import PerfBackbone
 from benchmark.perf.harness import Harness, command_line, median, memory_lines, precisions
 from benchmark.perf.inference_steps import profile_ms
-from benchmark.perf.meta import Target, default_out, machine
+from benchmark.perf.meta import REPORTS, Target, machine
 from benchmark.perf.steps import Head, make_batch, peak_mib, setup_kind, time_steps
 from benchmark.spec.schema import AdapterParams, FusionParams
 
@@ -63,19 +63,19 @@ def build_setup(bb: PerfBackbone, config, compute: Compute = DEFAULT):
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
-def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="cpu", bf16=False,
-         compute: Compute = DEFAULT, pooling: str = "mean", precision: str | None = None,
-         memory: dict | None = None, compiled: bool = False, profile: dict | None = None) -> dict[str, float]:
-    """Seconds per training step of each (name, N[, kind]) setup; N = 0 is ST-A. ``precision`` (or the older
-    ``bf16=True``) picks the autocast (``compute.py``; default: float32 on every device); ``memory``, when
-    given, receives each setup's peak memory in MiB (CUDA: max allocated; CPU: the process's peak RSS so far).
+def ours(bb: PerfBackbone, configs, batch_size, length, warmup, steps, device="cpu", compute: Compute = DEFAULT,
+         pooling: str = "mean", precision: str | None = None, memory: dict | None = None, compiled: bool = False,
+         profile: dict | None = None) -> dict[str, float]:
+    """Seconds per training step of each (name, N[, kind]) setup; N = 0 is ST-A. ``precision`` picks the
+    autocast (``compute.py``; default: float32 on every device); ``memory``, when given, receives each setup's
+    peak memory in MiB (CUDA: max allocated; CPU: the process's peak RSS so far).
     ``compiled``: the forward and loss through ``torch.compile`` (inductor, static shapes) on the stock kernels,
     as ``compute.compile`` runs them (``modeling/compiled.py``); the warm-up steps include the compilation.
     ``profile``, when given, receives each setup's ``inference_steps.profile_ms`` of two more steps."""
     out = {}
     if compiled:
         compute = Compute("stock", compute.last_layer)
-    prec = Compute(compute.cpu_kernels, compute.last_layer, precision or ("bf16" if bf16 else "fp32"))
+    prec = Compute(compute.cpu_kernels, compute.last_layer, precision or "fp32")
     dev = torch.device(device)
     prec.check(dev)
     for config in configs:
@@ -197,7 +197,7 @@ def steps_report(args, bb: PerfBackbone, configs, device, rounds, ref_version) -
         "",
         f"{bb.label}, batch {args.batch_size}, length {args.length}, float32 on {device} ({machine(device)}), "
         f"{args.steps} timed steps after {WARMUP} warm-up per setup and round, {args.rounds} alternating rounds "
-        f"(median round shown; the raw per-round seconds per step are in `{Path(args.out or default_out('steps')).with_suffix('.json').name}`). "
+        f"(median round shown; the raw per-round seconds per step are in `{Path(args.out or REPORTS['steps']).with_suffix('.json').name}`). "
         f"Reference: adapters {ref_version or 'not run'}; both sides train the same two-layer head, Pfeiffer "
         "adapters rf 16, fusion over N of them.",
         "",
