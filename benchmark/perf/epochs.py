@@ -46,15 +46,13 @@ TARGETS = ("grouped computed/real <= 1.1 on every classification task; an SST-2 
 
 
 def pad_to(batch: dict[str, torch.Tensor], length: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad a collated batch ([B, L] or [B, K, L]) to ``length`` tokens (ids with pad_id, mask 0)."""
-    out = {}
-    for k, v in batch.items():
-        if k == "labels":
-            out[k] = v
-            continue
-        extra = length - v.shape[-1]
-        out[k] = F.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0) if extra > 0 else v
-    return out
+    """Right-pad a collated batch ([B, L] or [B, K, L]: every tensor but the labels ends in the same L) to
+    ``length`` tokens (ids with pad_id, mask 0)."""
+    extra = length - batch["input_ids"].shape[-1]
+    if extra <= 0:
+        return batch
+    return {k: v if k == "labels" else F.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0)
+            for k, v in batch.items()}
 
 
 def spread(batches: list[list[int]], widths: list[int], k: int) -> list[int]:
