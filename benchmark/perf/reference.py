@@ -21,6 +21,7 @@ from adapters import DoubleSeqBnConfig, Fuse, SeqBnConfig
 from transformers import AutoModel, BertConfig, BertModel
 
 sys.path.insert(0, str(Path(__file__).parent))
+from inference_steps import _autocast  # noqa: E402
 from steps import Head, make_batch, peak_mib, setup_kind, time_steps  # noqa: E402
 
 
@@ -62,15 +63,11 @@ def main(backbone, cfg):
             batch = make_batch(model.config.vocab_size, cfg["batch"], cfg["length"], device=device)
 
             dev = torch.device(device)
-            if cfg.get("precision") == "bf16":
-                ctx = lambda: torch.autocast(dev.type, dtype=torch.bfloat16)  # noqa: E731
-            else:
-                ctx = lambda: torch.autocast(dev.type, enabled=False)  # noqa: E731
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats(dev)
 
             def step():
-                with ctx():
+                with _autocast(dev.type, cfg.get("precision")):
                     h = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
                     logits = head(h, batch["attention_mask"])
                 loss = torch.nn.functional.cross_entropy(logits.float(), batch["labels"])
