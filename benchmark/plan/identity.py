@@ -61,14 +61,6 @@ def folder_fingerprint(path: str) -> str:
     return _FOLDER_FINGERPRINTS[key]
 
 
-def method_identity(method: MethodSpec) -> dict:
-    return method.model_dump(mode="json", exclude=PROSE)
-
-
-def selection_identity(selection: Selection) -> dict:
-    return {"protocol": "dev"} if selection.protocol == "dev" else selection.model_dump(mode="json")
-
-
 def compute_identity(compute: ComputeSpec, backbone: BackboneSpec) -> dict:
     out = {"cpu_kernels": compute.cpu_kernels}
     if backbone.pooling == "cls":  # the first-token last layer exists only for a first-token head
@@ -86,7 +78,7 @@ def run_identity(*, method: MethodSpec, backbone: BackboneSpec, tasks: dict[str,
                  published: dict[str, str] | None = None) -> dict:
     out = {
         "scheme": ID_SCHEME,
-        "method": method_identity(method),
+        "method": method.model_dump(mode="json", exclude=PROSE),
         "backbone": backbone_identity(backbone),
         "tasks": {t: task_identity(s) for t, s in tasks.items()},
         "data": {t: data.get(t, {}) for t in tasks},
@@ -95,7 +87,7 @@ def run_identity(*, method: MethodSpec, backbone: BackboneSpec, tasks: dict[str,
         "caps": caps.model_dump(mode="json"),
         "task_caps": {t: c.model_dump(mode="json") for t, c in sorted(task_caps.items())},
         "deps": list(deps),
-        "selection": selection_identity(selection),
+        "selection": {"protocol": "dev"} if selection.protocol == "dev" else selection.model_dump(mode="json"),
         "compute": compute_identity(compute, backbone),
     }
     if published:  # fused sources taken from published adapters: their content hash (only when any, so the
