@@ -124,15 +124,7 @@ def encoder_shape(spec: BackboneSpec, reader: Reader) -> Shape:
 
 
 # --------------------------------------------------------------------------------------- data
-_profiles: dict[tuple, SplitProfile] = {}
-
-
-def _profile(task: TaskSpec, split: str, max_length: int, tok_key: str, root: str | None, task_file: str,
-             declared_rows: int | None) -> SplitProfile:
-    key = (task.name, split, max_length, tok_key, root)
-    if key not in _profiles:
-        _profiles[key] = _measure(task, split, max_length, tok_key, root, task_file, declared_rows)
-    return _profiles[key]
+_profiles: dict[tuple, SplitProfile] = {}  # split_profile's, per (task, split, max length, tokenizer, data root)
 
 
 def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: str | None, task_file: str,
@@ -180,8 +172,11 @@ def split_profile(reg: Registry, run: Run, task: str, split: str, data_root: Pat
     max_len = min(caps.max_length or spec.max_length, spec.max_length)
     train = spec.paper.train_size
     declared = train if split == spec.splits.train else spec.paper.dev_size or (train // 10 if train else None)
-    return _profile(spec, split, max_len, _tokenizer_key(reg, run.backbone, reader.tokenizer), str(data_root) if data_root else None,
-                    reg.file_of("task", task), declared)
+    tok_key, root = _tokenizer_key(reg, run.backbone, reader.tokenizer), str(data_root) if data_root else None
+    key = (spec.name, split, max_len, tok_key, root)
+    if key not in _profiles:
+        _profiles[key] = _measure(spec, split, max_len, tok_key, root, reg.file_of("task", task), declared)
+    return _profiles[key]
 
 
 def computed_tokens(lengths: list, rows: int, batch_size: int, mode: str, seed: int = 0) -> float:
@@ -387,7 +382,7 @@ def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[s
         if run.seed in fit_seeds and r.history:
             share.setdefault(run.kind.name, []).append(len(r.history) / run.method.train.epochs)
     epoch_share = {k: statistics.fmean(v) for k, v in share.items()}
-    rows, actual, costs = [], [], []
+    costs = []
     for run, r in done:
         c = run_work(reg, run, data_root, epoch_share, int(r.torch_threads or 1), reader)
         # fitting on the runs' own epoch counts: the share above predicts them, the fit prices them
@@ -395,10 +390,8 @@ def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[s
                           int(r.torch_threads or 1), reader)
         costs.append((run, r, c, c_true))
     fit_rows = [(c_true, r.wall_seconds) for run, r, _, c_true in costs if run.seed in fit_seeds]
-    for c_true, secs in fit_rows:
-        rows.append([c_true.train_gflop / c_true.threads / secs, c_true.eval_gflop / c_true.threads / secs, 1 / secs])
-        actual.append(1.0)
-    coef, _ = nnls(np.array(rows), np.array(actual))
+    rows = [[c.train_gflop / c.threads / secs, c.eval_gflop / c.threads / secs, 1 / secs] for c, secs in fit_rows]
+    coef, _ = nnls(np.array(rows), np.ones(len(rows)))  # relative errors: every run's predicted / actual time is 1
     fit = {"a": float(coef[0]), "b": float(coef[1]), "c": float(coef[2])}
     check = []
     for run, r, c, _ in costs:
