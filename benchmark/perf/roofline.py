@@ -33,20 +33,11 @@ CPU_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (4096, 384, 1536), (4096, 
 CUDA_SHAPES = ((2048, 2048, 2048), (4096, 4096, 4096), (8192, 8192, 8192))
 
 
-def configs_of(ns: list[int]) -> list[tuple]:
-    return [("ST-A", 0, "st_a"), ("Houlsby", 0, "houlsby"), ("Full", 0, "full")] + \
-           [(f"Fusion N={n}", n, "fusion") for n in ns]
-
-
-def flops_of(shape: Shape, config, impl: str) -> int:
-    name, n, kind = config
-    return step_flops(shape, kind, n=n, rf=16, impl=impl).total
-
-
 def run_roofline(args) -> int:
     bb, device, ns = harness.command_line(args)
     cuda = device.startswith("cuda")
-    configs = configs_of(ns)
+    configs = [("ST-A", 0, "st_a"), ("Houlsby", 0, "houlsby"), ("Full", 0, "full")] + \
+              [(f"Fusion N={n}", n, "fusion") for n in ns]
     precisions = harness.precisions(args, device)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -56,8 +47,8 @@ def run_roofline(args) -> int:
     print("GEMM peak ...", flush=True)
     peak = {p: harness.gemm_peak(torch.float32 if p == "fp32" else torch.bfloat16, device, shapes, seconds) for p in precisions}
     shape = Shape.of(bb.config(), args.batch_size, args.length)
-    flops = {"ours": {c[0]: flops_of(shape, c, "ours") for c in configs},
-             "reference": {c[0]: flops_of(shape, c, "reference") for c in configs}}
+    flops = {impl: {name: step_flops(shape, kind, n=n, rf=16, impl=impl).total for name, n, kind in configs}
+             for impl in ("ours", "reference")}
     common = dict(batch_size=args.batch_size, length=args.length, warmup=WARMUP, steps=args.steps, device=device)
     rounds = h.rounds_per_precision(
         args.rounds, precisions, lambda p: ours(bb, configs, **common, pooling="mean", precision=p),
