@@ -9,6 +9,7 @@ or held-out accuracy under ``selection: heldout``). The epoch loop itself is ``l
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -35,10 +36,8 @@ def sampling_probs(sizes: dict[str, int], alpha: float) -> dict[str, float]:
 
 
 def _endless(split: EncodedSplit, bs: int, pad_id: int, seed: int, mode: str):
-    epoch = 0
-    while True:
+    for epoch in itertools.count():
         yield from batches(split, bs, pad_id, mode=mode, seed=epoch_seed(seed, epoch))
-        epoch += 1
 
 
 def train_multitask(model: AdapterModel, data: dict[str, tuple[EncodedSplit, EncodedSplit]], params: TrainParams,
