@@ -93,8 +93,6 @@ class RunCost:
     id: str
     kind: str
     epochs: float
-    train_tokens: float  # computed tokens over all epochs (padding included)
-    eval_tokens: float
     train_gflop: float
     eval_gflop: float
     threads: int
@@ -204,7 +202,7 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
     extra = method_per_token(run.method, shape, len(run.sources))  # what the method's modules add per token
     tp = run.method.train
     epochs = max(1.0, tp.epochs * epoch_share.get(run.kind.name, 1.0))
-    train_tok = eval_tok = train_gf = eval_gf = train_steps = eval_steps = 0.0
+    train_gf = eval_gf = train_steps = eval_steps = 0.0
     basis: list[str] = []
     tasks = run.all_tasks
     for t in tasks:
@@ -227,12 +225,9 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
         seq = mean_sequence(tr.lengths)
         train_steps += epochs * -(-n_train // tp.batch_size)
         eval_steps += epochs * (-(-n_eval // tp.eval_batch_size) + -(-held // tp.eval_batch_size))
-        train_tok += per_epoch * epochs
-        eval_tok += evals * epochs
         train_gf += per_epoch * epochs * train_per_token(trains_of(run.method), shape, seq, extra) / 1e9
         eval_gf += evals * epochs * (encoder_per_token(shape, seq) + extra) / 1e9
-    return RunCost(run.id, run.kind.name, epochs, train_tok, eval_tok, train_gf, eval_gf, threads, train_steps,
-                   eval_steps, basis=basis)
+    return RunCost(run.id, run.kind.name, epochs, train_gf, eval_gf, threads, train_steps, eval_steps, basis=basis)
 
 
 def load_calibration(results_root: Path | None = None) -> dict:

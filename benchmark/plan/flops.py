@@ -73,11 +73,6 @@ class Count:
     def total(self) -> int:
         return sum(self.forward.values()) + sum(self.backward.values())
 
-    def as_dict(self) -> dict:
-        return {"forward": dict(self.forward), "backward": dict(self.backward),
-                "forward_total": sum(self.forward.values()), "backward_total": sum(self.backward.values()),
-                "total": self.total}
-
 
 def _adapter(c: Count, M: int, H: int, r: int, input_grad: bool, trained: bool, part: str = "adapters") -> None:
     c.op(part, 2 * M * H * r, int(input_grad) + int(trained))  # down: [M, H] x [H, r]
