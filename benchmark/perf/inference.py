@@ -63,7 +63,7 @@ def st_a_profile(bb: PerfBackbone, args, device: str, precisions: list[str], con
     if device != "cpu":
         return {}
     forward, model, _ = served(bb, config)
-    return {p: profile_forward(forward, model.config.vocab_size, args.length, args.infer_batch, device, p)
+    return {p: profile_forward(forward, model.config.vocab_size, args.length, args.infer_batch, p)
             for p in precisions}
 
 

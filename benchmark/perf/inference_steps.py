@@ -120,8 +120,7 @@ def profile_table(profiles: dict[str, dict], label: str) -> list[str]:
               for name, v in profiles.items())]
 
 
-def profile_forward(forward, vocab_size: int, length: int, batch: int, device: str, precision: str | None,
-                    reps: int = 3) -> dict:
+def profile_forward(forward, vocab_size: int, length: int, batch: int, precision: str | None, reps: int = 3) -> dict:
     """``profile_ms`` of one forward at ``batch`` under ``torch.no_grad`` and the precision's autocast (CPU)."""
     ids, mask = random_ids(torch.Generator().manual_seed(1), vocab_size, batch, length, torch.device("cpu"))
     with torch.no_grad(), _autocast("cpu", precision):

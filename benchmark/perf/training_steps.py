@@ -176,7 +176,7 @@ def run_steps(args) -> int:
         lambda c, p: reference(h, args, bb, [list(c)], device, ("mean",), precision=p, memory=True,
                                steps=1)["mean"][c[0]]["peak_mib"])
     lines = steps_report(args, bb, configs, device, rounds, h.ref_version)
-    more, targets = bf16_section(args, configs, device, rounds, memory,
+    more, targets = bf16_section(configs, device, rounds, memory,
                                  bf16_unsupported(torch.device(device)) if precision != "fp32" else "not asked for")
     raw = {"mode": "steps", "backbone": bb.label, "device": device, "machine": machine(device),
            "torch": torch.__version__,
@@ -245,7 +245,7 @@ def steps_report(args, bb: PerfBackbone, configs, device, rounds, ref_version) -
 
 
 # ------------------------------------------------------------------ bf16 and memory
-def bf16_section(args, configs, device, rounds, memory: dict, why_not: str | None) -> tuple[list[str], list[Target]]:
+def bf16_section(configs, device, rounds, memory: dict, why_not: str | None) -> tuple[list[str], list[Target]]:
     col = lambda key: [r[key] for r in rounds if key in r]  # noqa: E731
     mine, m16, ref, ref16 = col("ours"), col("ours_bf16"), col("reference_mean"), col("reference_bf16")
     lines = ["", "## bf16 (autocast) and peak memory", ""]
