@@ -27,6 +27,18 @@ def _autocast(device_type: str, precision: str | None):
         torch.autocast(device_type, enabled=False)
 
 
+def _median_ms(fn, reps: int, device: str) -> float:
+    """Median wall milliseconds of ``reps`` calls of ``fn()``, each timed from a synchronised device to one."""
+    ts = []
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(1000 * (time.perf_counter() - t))
+    return statistics.median(ts)
+
+
 def random_ids(g: torch.Generator, vocab_size: int, batch: int, length: int, device: torch.device):
     """(input_ids [batch, length] drawn from ids >= 1000 with [CLS] (101) first, attention mask of ones)."""
     x = torch.randint(1000, vocab_size, (batch, length), generator=g)
@@ -44,19 +56,13 @@ def time_inference(forward, vocab_size: int, length: int, batch: int, reps: int,
     with torch.no_grad(), _autocast(dev.type, precision):
         forward(*one)
         forward(*big)
-        _sync(device)
-        lat = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            forward(*one)
-            _sync(device)
-            lat.append(1000 * (time.perf_counter() - t))
+        latency = _median_ms(lambda: forward(*one), reps, device)
         t = time.perf_counter()
         for _ in range(reps):
             forward(*big)
         _sync(device)
         through = batch * reps / (time.perf_counter() - t)
-    return {"latency_ms": statistics.median(lat), "examples_per_second": through}
+    return {"latency_ms": latency, "examples_per_second": through}
 
 
 def linear_context_check(shape: tuple[int, ...], precisions: list[str], device: str = "cpu",
@@ -74,14 +80,7 @@ def linear_context_check(shape: tuple[int, ...], precisions: list[str], device: 
         for p in precisions:
             with ctx(), _autocast(dev.type, p):
                 lin(x)
-                ts = []
-                for _ in range(reps):
-                    _sync(device)
-                    t = time.perf_counter()
-                    lin(x)
-                    _sync(device)
-                    ts.append(1000 * (time.perf_counter() - t))
-            out.setdefault(name, {})[p] = statistics.median(ts)
+                out.setdefault(name, {})[p] = _median_ms(lambda: lin(x), reps, device)
     return out
 
 
