@@ -63,11 +63,10 @@ def build_model(method: str, seed: int = 0):
         model.set_active("a")
     model.add_head("h", "classification", 3)
     g = torch.Generator().manual_seed(seed)
-    params = dict(model.named_parameters())
     added = set(model.keys_of(Modules(adapters=names, fusions=["f"] if method == "fusion" else [])))
     heads = set(model.keys_of(Modules(heads=["h"])))
     with torch.no_grad():  # adapters start near identity, the head near zero: give both weight (O(1) logits)
-        for name, p in params.items():
+        for name, p in model.named_parameters():
             if name in added:
                 p.add_(0.1 * torch.randn(p.shape, generator=g))
             elif name in heads:
