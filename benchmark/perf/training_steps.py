@@ -266,10 +266,9 @@ def bf16_section(configs, device, rounds, memory: dict, why_not: str | None) -> 
             lines.append(f"| {name} | {1 / a:.3f} | {1 / b:.3f} | {a / b:.2f}x | {rb} | {vs16} | {vs32} |")
     lines += memory_lines(memory, [c[0] for c in configs], device, "one warm-up + one step per setup, each in a "
                           "fresh process")
-    big = [n for n, *_ in configs if n.endswith("N=16")]
+    n16 = next((n for n, *_ in configs if n.endswith("N=16")), None)
     targets = []
-    if big:  # the fp32 targets of the headline table (TARGETS)
-        n16 = big[0]
+    if n16:  # the fp32 targets of the headline table (TARGETS)
         x = median(ref, n16) / median(mine, n16) if ref else None
         targets.append(Target("Fusion N=16 >= 5x the reference (fp32)", None if x is None else x >= 5,
                               f"{x:.2f}x" if x else ""))
@@ -278,8 +277,7 @@ def bf16_section(configs, device, rounds, memory: dict, why_not: str | None) -> 
     if ref:
         z = median(ref, "ST-A") / median(mine, "ST-A")
         targets.append(Target("ST-A >= 1.5x the reference (fp32)", z >= 1.5, f"{z:.2f}x"))
-    if big and m16:
-        n16 = big[0]
+    if n16 and m16:
         x_ref32 = median(ref, n16) / median(m16, n16) if ref else None
         x_ref16 = median(ref16, n16) / median(m16, n16) if ref16 else None
         targets += [Target("Fusion N=16 in bf16 >= 8x AdapterHub's fp32", None if x_ref32 is None else x_ref32 >= 8,
