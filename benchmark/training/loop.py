@@ -261,6 +261,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
     (``dev_accuracy`` and, under held-out selection, ``heldout_accuracy``); ``select`` names the one
     that picks the kept epoch and drives early stopping; ``snapshot()`` returns the trained state.
     ``compute`` gives the precision of the forward (the trained parameters stay float32 either way).
+    An epoch is ``steps_per_epoch`` steps, at most ``params.max_steps_per_epoch``.
     """
     if params.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, params.max_steps_per_epoch)
