@@ -52,13 +52,6 @@ def _probe(url: str) -> str | None:
     return outcome[0] if outcome else f"no answer within {PROBE_SECONDS:g} s"
 
 
-def status() -> str:
-    """'offline', 'reachable' or 'unreachable' (probed once per endpoint and process)."""
-    if offline_mode():
-        return "offline"
-    return "reachable" if _probe(endpoint()) is None else "unreachable"
-
-
 def unreachable_reason() -> str | None:
     """The paragraph to fail Hub work with, or None when the Hub may be used (reachable or offline mode)."""
     if offline_mode():
