@@ -17,8 +17,8 @@ from pathlib import Path
 
 from benchmark.data import hub
 from benchmark.data.encode import labels_of, render_row_at
-from benchmark.data.sources import data_dir, locate, read_rows
-from benchmark.errors import DataError, DataUnavailable, HubUnreachable, SpecError
+from benchmark.data.sources import locate, read_rows
+from benchmark.errors import DataUnavailable, HubUnreachable, SpecError
 from benchmark.spec.schema import TaskSpec
 from benchmark.spec.templates import template_columns
 
@@ -69,7 +69,7 @@ def _short(row: dict) -> str:
     return text if len(text) <= 200 else text[:200] + "...}"
 
 
-def _hub_status(task: TaskSpec, root: Path | None) -> str:
+def _hub_status(task: TaskSpec) -> str:
     ref = f"{task.dataset.path} ({task.dataset.name or 'default'})" if task.dataset else "the Hub"
     if hub.offline_mode():
         return (f"not checked against data: Hub offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set), "
@@ -113,9 +113,6 @@ def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) ->
         rendered += check_renders(task, rows, split, task_file)
         checked.append(f"{split} ({len(rows)} rows)")
     if hub_only and not checked:
-        return DataCheck(_hub_status(task, data_dir(root)))
+        return DataCheck(_hub_status(task))
     return DataCheck("; ".join(["data ok: " + ", ".join(checked), f"templates rendered on {rendered} sampled rows",
                                 *warnings]))
-
-
-__all__ = ["check_task_data", "check_renders", "sample_indices", "DataCheck", "DataError"]
