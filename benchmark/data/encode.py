@@ -72,24 +72,12 @@ class EncodedSplit:
 def tokenize_row(tok, rendered: dict, task: TaskSpec, max_length: int) -> dict:
     """One rendered row -> ``input_ids`` (and ``token_type_ids``): one sequence, or one per choice."""
     if task.type == "classification":
-        enc = tok(rendered["text"], rendered["text_pair"], truncation=True, max_length=max_length)
-        out = {"input_ids": enc["input_ids"]}
-        if "token_type_ids" in enc:
-            out["token_type_ids"] = enc["token_type_ids"]
-        return out
-    ids, tts = [], []
-    for choice in rendered["choices"]:
-        if rendered["text"] is not None:
-            enc = tok(rendered["text"], choice, truncation=True, max_length=max_length)
-        else:
-            enc = tok(choice, truncation=True, max_length=max_length)
-        ids.append(enc["input_ids"])
-        if "token_type_ids" in enc:
-            tts.append(enc["token_type_ids"])
-    out = {"input_ids": ids}
-    if tts:
-        out["token_type_ids"] = tts
-    return out
+        pairs = [(rendered["text"], rendered["text_pair"])]
+    else:  # each choice paired with the text, or alone where the task has no text
+        pairs = [(rendered["text"], c) if rendered["text"] is not None else (c, None) for c in rendered["choices"]]
+    encs = [tok(text, pair, truncation=True, max_length=max_length) for text, pair in pairs]
+    out = {k: [e[k] for e in encs] for k in ("input_ids", "token_type_ids") if k in encs[0]}
+    return out if task.type != "classification" else {k: v[0] for k, v in out.items()}
 
 
 def encode_split(
