@@ -30,6 +30,7 @@ MAX_SPEC_DEPTH = 50  # lists and mappings inside each other; deeper is an attack
 MAX_SPEC_VALUES = 100_000  # scalars, lists and mappings once aliases are expanded (a spec holds a few hundred)
 MAX_INCLUDE_DEPTH = 8  # a spec includes defaults that include defaults...; deeper is a mistake
 KIND_FOLDERS = {"task": "tasks", "method": "methods", "backbone": "backbones", "experiment": "experiments"}
+FOLDER_KIND = {folder: kind for kind, folder in KIND_FOLDERS.items()}
 
 
 class DuplicateKeyError(yaml.YAMLError):
@@ -225,12 +226,16 @@ def default_spec_dir() -> Path:
     return Path(list(bundled.submodule_search_locations)[0])
 
 
-def _kind_hint(path: Path, data: dict) -> str | None:
-    for parent in path.parents:
-        for kind, folder in KIND_FOLDERS.items():
-            if parent.name == folder:
-                return kind
-    return infer_kind(data)
+def folder_kind(path: Path, roots: list[Path] | tuple = ()) -> str | None:
+    """The kind a spec's folder says (its nearest kind folder, not looking above ``roots``); None outside the
+    kind folders: the kind then comes from its keys."""
+    resolved = [r.resolve() for r in roots]
+    for parent in path.resolve().parents:
+        if parent.name in FOLDER_KIND:
+            return FOLDER_KIND[parent.name]
+        if parent in resolved:
+            break
+    return None
 
 
 def _shared_default(name: str, kind: str | None) -> Path | None:
@@ -271,8 +276,7 @@ def load_with_includes(path: Path, _stack: tuple[Path, ...] = (), *, memo: dict 
     for name in incs:
         target = (path.parent / name).resolve()
         if not target.exists():
-            kind = _kind_hint(path, data)
-            target = _shared_default(name, kind) or target
+            target = _shared_default(name, folder_kind(path) or infer_kind(data)) or target
         if not target.exists():
             raise SpecError(f"included file {name!r} does not exist (looked at {target} and in the project's "
                             "specs/ folders)", file=str(path),

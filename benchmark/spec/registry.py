@@ -15,7 +15,13 @@ from pathlib import Path
 
 from benchmark.errors import SpecError
 from benchmark.spec import templates
-from benchmark.spec.loader import default_spec_dir, infer_kind, load_with_includes, validate_model
+from benchmark.spec.loader import (
+    default_spec_dir,
+    folder_kind,
+    infer_kind,
+    load_with_includes,
+    validate_model,
+)
 from benchmark.spec.schema import (
     SPEC_MODELS,
     BackboneSpec,
@@ -26,8 +32,6 @@ from benchmark.spec.schema import (
     TrainParams,
     searchable,
 )
-
-FOLDER_KIND = {"tasks": "task", "methods": "method", "backbones": "backbone", "experiments": "experiment"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class Registry:
 def _kind_of(path: Path, data: dict, roots: list[Path]) -> str | None:
     if isinstance(data.get("kind"), str):
         return data["kind"]
-    return _folder_kind(path, roots) or infer_kind(data)  # outside the kind folders: from its keys (input+label: a task, ...)
+    return folder_kind(path, roots) or infer_kind(data)  # outside the kind folders: from its keys (input+label: a task, ...)
 
 
 def spec_files(paths: list[Path]) -> list[Path]:
@@ -171,7 +175,7 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
         except SpecError as e:
             if strict:
                 raise
-            skipped = Skipped(_folder_kind(path, roots), path.stem, path, e)
+            skipped = Skipped(folder_kind(path, roots), path.stem, path, e)
             reg.broken[(skipped.kind, skipped.name)] = e
             reg.skipped.append(skipped)
             warn(skipped.warning())
@@ -200,17 +204,6 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
             del reg.experiments[name]
             reg.broken[("experiment", name)] = e
     return reg
-
-
-def _folder_kind(path: Path, roots: list[Path]) -> str | None:
-    """The kind a spec's folder says (None outside the kind folders: the kind came from its keys)."""
-    resolved = [r.resolve() for r in roots]
-    for parent in path.resolve().parents:
-        if parent.name in FOLDER_KIND:
-            return FOLDER_KIND[parent.name]
-        if parent in resolved:
-            break
-    return None
 
 
 def check_references(reg: Registry, only: str | None = None) -> None:
