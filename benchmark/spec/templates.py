@@ -303,17 +303,13 @@ def check_task_templates(task_templates: dict[str, str], *, file: str) -> None:
     column name, ``'{{ "Observation Text" }}'``) gives every row the same text. A multiple-choice
     choice may be constant (answer options such as "yes" / "no") when ``input.text`` reads a column.
     """
-    text_varies = "input.text" in task_templates and reads_row_safe(task_templates["input.text"])
+    try:
+        text_varies = "input.text" in task_templates and reads_row(task_templates["input.text"])
+    except jinja2.TemplateSyntaxError:
+        text_varies = False  # reported by check_template
     for fld, src in task_templates.items():
         check_template(src, file=file, field=fld,
                        require_column=not (fld.startswith("input.choices") and text_varies))
-
-
-def reads_row_safe(source: str) -> bool:
-    try:
-        return reads_row(source)
-    except jinja2.TemplateSyntaxError:
-        return False  # reported by check_template
 
 
 def check_template(source: str, *, file: str, field: str, require_column: bool = True) -> None:
@@ -344,45 +340,26 @@ def template_vars(row: dict) -> dict:
     return out
 
 
-def _render_bounded(template: jinja2.Template, row: dict) -> str:
+def render(source: str, row: dict, *, file: str = "<task>", field: str = "input") -> str:
     token = _BUDGET.set(_Budget(time.perf_counter()))
     try:
-        out = template.render(**template_vars(row))  # printing is counted and bounded while it happens
+        out = compile_template(source).render(**template_vars(row))  # printing is counted and bounded as it happens
+        _check_size(len(out), "the rendered text")
+        return out.strip()
+    except Exception as e:  # noqa: BLE001 - any render failure is a spec problem: one paragraph per cause
+        if isinstance(e, TemplateBudgetError):
+            why, fix = (f"went over a rendering limit: {e}",
+                        "templates should only pick and join a row's values; print an empty value with "
+                        "'{{ x or \"\" }}' and keep loops and repetition small")
+        elif isinstance(e, SecurityError):
+            why, fix = (f"tried an unsafe operation ({e}); spec templates run in a sandbox",
+                        "use only column values, filters and plain string methods in templates")
+        elif isinstance(e, jinja2.UndefinedError):
+            why, fix = (f"failed on a row with columns {sorted(row)}: {e.message}",
+                        "reference only columns (and keys) the dataset has; row['NAME'] reads a column by any name")
+        else:
+            why, fix = (f"failed to render: {type(e).__name__}: {e}",
+                        "check the template against a row of the data (afbench data TASK shows examples)")
+        raise SpecError(f"the template {source!r} {why}", file=file, field=field, fix=fix) from None
     finally:
         _BUDGET.reset(token)
-    _check_size(len(out), "the rendered text")
-    return out
-
-
-def render(source: str, row: dict, *, file: str = "<task>", field: str = "input") -> str:
-    try:
-        return _render_bounded(compile_template(source), row).strip()
-    except TemplateBudgetError as e:
-        raise SpecError(
-            f"the template {source!r} went over a rendering limit: {e}",
-            file=file,
-            field=field,
-            fix="templates should only pick and join a row's values; print an empty value with "
-                "'{{ x or \"\" }}' and keep loops and repetition small",
-        ) from None
-    except SecurityError as e:
-        raise SpecError(
-            f"the template {source!r} tried an unsafe operation ({e}); spec templates run in a sandbox",
-            file=file,
-            field=field,
-            fix="use only column values, filters and plain string methods in templates",
-        ) from None
-    except jinja2.UndefinedError as e:
-        raise SpecError(
-            f"the template {source!r} failed on a row with columns {sorted(row)}: {e.message}",
-            file=file,
-            field=field,
-            fix="reference only columns (and keys) the dataset has; row['NAME'] reads a column by any name",
-        ) from None
-    except Exception as e:  # noqa: BLE001 - any other render failure is a spec problem
-        raise SpecError(
-            f"the template {source!r} failed to render: {type(e).__name__}: {e}",
-            file=file,
-            field=field,
-            fix="check the template against a row of the data (afbench data TASK shows examples)",
-        ) from None
