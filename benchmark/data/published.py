@@ -84,12 +84,12 @@ def content_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _check_folder(folder: Path, where: str, field: str) -> Published:
+def _checked(ref: str, folder: Path, where: str, field: str, revision: str | None = None) -> Published:
     if not (folder / CONFIG).is_file() or not any((folder / w).is_file() for w in WEIGHTS):
         raise BenchError(f"{folder} is not an AdapterHub adapter folder (it needs {CONFIG} and one of "
                          f"{', '.join(WEIGHTS)})", file=where, field=field,
                          fix="point at a folder written by save_adapter() or afbench export (adapters/<name>)")
-    return Published(ref="", folder=str(folder), sha256=content_hash(folder))
+    return Published(ref, str(folder), content_hash(folder), revision)
 
 
 def resolve(ref: str, spec_file: str | None, task: str) -> Published:
@@ -100,8 +100,7 @@ def resolve(ref: str, spec_file: str | None, task: str) -> Published:
     candidates.append(Path(ref))
     for c in candidates:
         if c.is_dir():
-            p = _check_folder(c.resolve(), where, field)
-            return Published(ref, p.folder, p.sha256)
+            return _checked(ref, c.resolve(), where, field)
     if not HUB_ID.match(ref):
         raise BenchError(f"{ref!r} is neither a folder nor a Hub id (owner/name[@revision])", file=where, field=field,
                          fix="give the folder of an AdapterHub adapter (relative to the spec) or a Hub id, e.g. "
@@ -126,5 +125,4 @@ def resolve(ref: str, spec_file: str | None, task: str) -> Published:
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise BenchError(f"cannot download the published adapter {ref!r}: {type(e).__name__}: {str(e)[:200]}",
                          file=where, field=field, fix="check the Hub id and the revision") from None
-    p = _check_folder(path, where, field)
-    return Published(ref, p.folder, p.sha256, revision=path.name)  # snapshots/<commit>: the pinned revision
+    return _checked(ref, path, where, field, revision=path.name)  # snapshots/<commit>: the pinned revision

@@ -102,10 +102,8 @@ def locate(task: TaskSpec, split: str, root: Path | None = None, *, task_file: s
     if root is not None:
         p = mirror_path(root, task, split)
         if not p.exists():
-            hint = ""
-            missing = list(p.parent.parent.glob("MISSING.md")) + list(p.parent.glob("MISSING.md"))
-            if missing:
-                hint = f" {missing[0]} explains what the mirror lacks."
+            note = next((m for m in (p.parent.parent / "MISSING.md", p.parent / "MISSING.md") if m.exists()), None)
+            hint = f" {note} explains what the mirror lacks." if note else ""
             raise DataUnavailable(
                 f"task '{task.name}', split '{split}': not in the offline mirror (looked for {p}).{hint}",
                 file=task_file, field=f"splits ({split})",
