@@ -181,22 +181,15 @@ def collate(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     import torch
 
     mc = isinstance(examples[0]["input_ids"][0], list)
-    seqs = [s for ex in examples for s in (ex["input_ids"] if mc else [ex["input_ids"]])]
-    tts = None
-    if "token_type_ids" in examples[0]:
-        tts = [s for ex in examples for s in (ex["token_type_ids"] if mc else [ex["token_type_ids"]])]
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    tt = torch.zeros((len(seqs), L), dtype=torch.long) if tts is not None else None
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-        if tt is not None:
-            tt[i, : len(s)] = torch.tensor(tts[i])
-    batch = {"input_ids": ids, "attention_mask": mask}
-    if tt is not None:
-        batch["token_type_ids"] = tt
+    keys = [k for k in ("input_ids", "token_type_ids") if k in examples[0]]
+    seqs = {k: [s for ex in examples for s in (ex[k] if mc else [ex[k]])] for k in keys}
+    L = max(len(s) for s in seqs["input_ids"])
+    batch = {k: torch.full((len(seqs["input_ids"]), L), pad_id if k == "input_ids" else 0, dtype=torch.long)
+             for k in ("input_ids", "attention_mask", *keys[1:])}
+    for i, s in enumerate(seqs["input_ids"]):
+        batch["attention_mask"][i, : len(s)] = 1
+        for k in keys:
+            batch[k][i, : len(s)] = torch.tensor(seqs[k][i])
     if mc:
         B, K = len(examples), len(examples[0]["input_ids"])
         batch = {k: v.view(B, K, L) for k, v in batch.items()}
