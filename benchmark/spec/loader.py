@@ -257,13 +257,12 @@ def load_with_includes(path: Path, _stack: tuple[Path, ...] = (), *, memo: dict 
     """
     memo = {} if memo is None else memo
     path = path.resolve()
+    chain = " -> ".join(p.name for p in (*_stack, path))
     if path in _stack:
-        chain = " -> ".join(p.name for p in (*_stack, path))
         raise SpecError(f"include cycle {chain}", file=str(_stack[0]), field="include", fix="remove the cycle")
     if path in memo:
         return dict(memo[path])
     if len(_stack) > MAX_INCLUDE_DEPTH:
-        chain = " -> ".join(p.name for p in (*_stack, path))
         raise SpecError(f"includes nest over {MAX_INCLUDE_DEPTH} levels deep ({chain})", file=str(_stack[0]),
                         field="include", fix="include shared defaults directly instead of through a long chain")
     data = read_yaml(path)
@@ -314,19 +313,13 @@ def _fix_for(err: dict, model_fields: list[str]) -> str:
 
 def _known_fields(model: type, loc: tuple) -> list[str]:
     """Field names of the sub-model that an error location points into (for spelling hints)."""
-    fields = list(getattr(model, "model_fields", {}))
     cur = model
     for part in loc[:-1]:
         f = getattr(cur, "model_fields", {}).get(part)
         if f is None:
             break
-        ann = f.annotation
-        for cand in getattr(ann, "__args__", (ann,)):
-            if hasattr(cand, "model_fields"):
-                cur = cand
-                fields = list(cand.model_fields)
-                break
-    return fields
+        cur = next((c for c in getattr(f.annotation, "__args__", (f.annotation,)) if hasattr(c, "model_fields")), cur)
+    return list(getattr(cur, "model_fields", {}))
 
 
 _UNION_TAGS = {"int", "float", "str", "bool", "none", "constrained-int", "constrained-float", "constrained-str"}
