@@ -34,9 +34,6 @@ class DataCheck:
     missing: str | None = None  # the paragraph of the first split that is not there (DataUnavailable)
     hub_down: bool = False  # missing because the Hugging Face Hub is unreachable
 
-    def __str__(self) -> str:
-        return self.status
-
 
 def sample_indices(n: int, seed: int = 0) -> list[int]:
     """The first HEAD_ROWS rows and RANDOM_ROWS more drawn from the rest (fixed seed), in file order."""
