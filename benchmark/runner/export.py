@@ -107,28 +107,20 @@ class _Out:
         the middle (put back, or its files not written by the export moved into the new folder)."""
         done = []
         for p in sorted(self.root.iterdir()):
-            legacy = _LEGACY.match(p.name)
-            if legacy and p.is_dir() and not p.is_symlink() and not pid_alive(int(legacy["pid"])):
-                final = self.root / legacy["rid"]
-                if legacy["kind"] == "tmp":  # an unfinished folder of a killed export: nobody's data
-                    shutil.rmtree(p)
-                elif not os.path.lexists(final):  # a swap cut between its renames: the previous export back
-                    swap_in(p, final)
-                else:  # the previous export of a finished swap, from before the manifest: left, and said
-                    print(f"  {p.name}: the previous export of {legacy['rid']} left by an older afbench "
-                          "(remove it if nothing in it is yours)")
-                    continue
-                done.append(p.name)
-                continue
-            m = _LEFTOVER.match(p.name)
-            if not m or p.is_symlink() or not p.is_dir() or pid_alive(int(m["pid"])) or m["rid"] not in self.runs \
-                    and m["kind"] == "old":
+            m = _LEFTOVER.match(p.name) or _LEGACY.match(p.name)  # the two patterns never match the same name
+            legacy = m is not None and m.re is _LEGACY
+            if not m or p.is_symlink() or not p.is_dir() or pid_alive(int(m["pid"])) or not legacy \
+                    and m["rid"] not in self.runs and m["kind"] == "old":
                 continue
             final = self.root / m["rid"]
-            if m["kind"] == "tmp":
+            if m["kind"] == "tmp":  # an unfinished folder of a killed export: nobody's data
                 shutil.rmtree(p)
-            elif not os.path.lexists(final):
-                swap_in(p, final)  # the swap was cut between its two renames: the previous export back
+            elif not os.path.lexists(final):  # a swap cut between its two renames: the previous export back
+                swap_in(p, final)
+            elif legacy:  # the previous export of a finished swap, from before the manifest: left, and said
+                print(f"  {p.name}: the previous export of {m['rid']} left by an older afbench "
+                      "(remove it if nothing in it is yours)")
+                continue
             elif final.is_dir() and not final.is_symlink() and not _carry(p, final, self.owned(m["rid"])):
                 shutil.rmtree(p)
             done.append(p.name)
