@@ -37,10 +37,9 @@ from benchmark.runner.results import now, write_json_atomic
 
 JOBS = "jobs.json"
 SLURM_DIR = ".slurm"
-# squeue states in which a job may still write its result
-ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-          "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
+# squeue states in which a job waits to start (QUEUED) or may still write its result (ACTIVE)
 QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
+ACTIVE = QUEUED | {"RUNNING", "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED"}
 
 
 def job_info() -> dict:
