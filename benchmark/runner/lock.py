@@ -34,10 +34,6 @@ class LockHeld(BenchError):
     """Another driver is running this experiment."""
 
 
-def _host() -> str:
-    return socket.gethostname()
-
-
 def read_lock(exp_dir: Path) -> dict | None:
     """The holder recorded in the lock, {} for a lock being written, None when there is no lock."""
     f = exp_dir / LOCK
@@ -62,7 +58,7 @@ def holder_alive(holder: dict | None, lock_file: Path | None = None) -> bool | N
         except FileNotFoundError:
             return False
         return abs(age) < _UNWRITTEN_GRACE_S  # a future mtime (a clock set back, a copied file) ages too
-    if holder.get("host") != _host():
+    if holder.get("host") != socket.gethostname():
         return None
     pids = [holder.get("pid", -1), *(holder.get("workers") or [])]
     return any(pid_alive(int(p)) for p in pids if isinstance(p, int) and not isinstance(p, bool) and p > 0)
@@ -72,7 +68,8 @@ def describe(holder: dict) -> str:
     if not holder:
         return "a driver that is still writing the lock"
     workers = holder.get("workers") or []
-    alive = [p for p in workers if isinstance(p, int) and pid_alive(p)] if holder.get("host") == _host() else []
+    alive = [p for p in workers if isinstance(p, int) and pid_alive(p)] \
+        if holder.get("host") == socket.gethostname() else []
     tail = f"; worker(s) {', '.join(map(str, alive))} still alive" if alive and not pid_alive(int(holder.get("pid", -1))) \
         else ""
     return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started_at')}"
@@ -133,7 +130,8 @@ def experiment_lock(exp_dir: Path, *, wait: bool = False, poll_s: float = 2.0,
     except OSError as e:
         raise StorageError.from_os_error(exp_dir, e) from None
     f = exp_dir / LOCK
-    me = {"host": _host(), "pid": os.getpid(), "started_at": now(), "command": " ".join(["afbench", *sys.argv[1:4]])}
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now(),
+          "command": " ".join(["afbench", *sys.argv[1:4]])}
     announced = False
     while not _try_create(f, me):
         holder = read_lock(exp_dir)
