@@ -92,6 +92,7 @@ class PeakMemory:
 
     def __init__(self, device=None):
         self.device, self.method = device, None
+        self._cuda = device is not None and device.type == "cuda"
         self._stop, self._thread, self._sampled = threading.Event(), None, 0
 
     def __enter__(self) -> PeakMemory:
@@ -107,10 +108,6 @@ class PeakMemory:
             import torch
             torch.cuda.reset_peak_memory_stats(self.device)
         return self
-
-    @property
-    def _cuda(self) -> bool:
-        return self.device is not None and getattr(self.device, "type", "") == "cuda"
 
     def _sample(self) -> None:
         while not self._stop.wait(0.05):
