@@ -179,14 +179,8 @@ class Progress:
         self.done: dict[str, float] = {}  # run id -> seconds (0 for one that never started)
         self.failed: set[str] = set()
 
-    @property
-    def k(self) -> int:
-        return len(self.done)
-
     def tag(self, rid: str) -> str:
-        if rid not in self.number:
-            self.number[rid] = len(self.number) + 1
-        return f"[run {self.number[rid]}/{self.n}]"
+        return f"[run {self.number.setdefault(rid, len(self.number) + 1)}/{self.n}]"
 
     def start(self, rid: str, where: str = "") -> None:
         self.started[rid], self.fraction[rid] = time.perf_counter(), 0.0
@@ -232,7 +226,7 @@ class Progress:
         self.done[rid] = secs
         if err:
             self.failed.add(rid)
-        self.log(f"{tag} {'ok' if err is None else 'FAILED'} {rid} ({secs:.1f}s) | {self.k}/{self.n} done | "
+        self.log(f"{tag} {'ok' if err is None else 'FAILED'} {rid} ({secs:.1f}s) | {len(self.done)}/{self.n} done | "
                  f"elapsed {fmt(time.perf_counter() - self.t0)} | ETA {fmt(self.eta())}")
         if err:
             self.log(f"    {err}")
