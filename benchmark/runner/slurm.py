@@ -83,12 +83,8 @@ def squeue() -> dict[str, JobState] | None:
         return None
     if out.returncode != 0:
         return None
-    jobs = {}
-    for line in out.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 5:
-            jobs[parts[0]] = JobState(*parts)
-    return jobs
+    return {parts[0]: JobState(*parts) for line in out.stdout.splitlines()
+            if len(parts := line.strip().split("|")) == 5}
 
 
 def jobs_file(exp_dir: Path) -> Path:
@@ -228,17 +224,10 @@ def sbatch_parameters(spec: ClusterSpec, gpus: int, job_name: str) -> dict:
     params: dict = {"job_name": job_name, "time": spec.time_min, "cpus_per_task": spec.cpus_per_run,
                     "ntasks_per_node": 1, "nodes": 1, "signal_delay_s": 60,
                     "additional_parameters": {"kill-on-invalid-dep": "yes", **spec.sbatch}}
-    if spec.partition:
-        params["partition"] = spec.partition
-    if gpus:
-        params["gpus_per_node"] = gpus
-    if spec.mem_gb:
-        params["mem"] = f"{int(spec.mem_gb * 1024)}MB"
-    if spec.setup:
-        params["setup"] = list(spec.setup)
-    if spec.array_parallelism:
-        params["array_parallelism"] = spec.array_parallelism
-    return params
+    optional = {"partition": spec.partition, "gpus_per_node": gpus,
+                "mem": f"{int(spec.mem_gb * 1024)}MB" if spec.mem_gb else None, "setup": list(spec.setup),
+                "array_parallelism": spec.array_parallelism}
+    return params | {k: v for k, v in optional.items() if v}  # unset: the cluster's default
 
 
 def _minutes(limit: str) -> float | None:
