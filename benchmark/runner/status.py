@@ -20,7 +20,7 @@ from benchmark.paths import pid_alive
 from benchmark.records import read_result_file, scan_experiment
 from benchmark.runner import slurm
 from benchmark.runner.borrowed import borrowed
-from benchmark.runner.lock import describe, holder_alive, read_lock
+from benchmark.runner.lock import LOCK, describe, holder_alive, read_lock
 from benchmark.runner.slurm import QUEUED, JobState, load_jobs
 
 _TMP = re.compile(r"^\.tmp-(?P<rid>.+)-(?P<pid>\d+)$")
@@ -40,10 +40,8 @@ def _elapsed(seconds: float) -> str:
 
 def local_running(exp_dir: Path) -> dict[str, str]:
     """run id -> detail for runs training in a live local driver (its lock held, its worker alive)."""
-    lock = exp_dir / ".lock"
     holder = read_lock(exp_dir)
-    alive = holder_alive(holder, lock)
-    if holder is None or alive is False:
+    if holder_alive(holder, exp_dir / LOCK) is False:  # also no lock at all
         return {}
     here = bool(holder) and holder.get("host") == socket.gethostname()
     out = {}
@@ -116,7 +114,7 @@ def print_status(plan, results_dir: Path, queue: dict[str, JobState] | None = No
     by_id = plan.by_id()
     holder = read_lock(exp_dir)
     if holder is not None:
-        alive = holder_alive(holder, exp_dir / ".lock")
+        alive = holder_alive(holder, exp_dir / LOCK)
         out(f"driver: {describe(holder)}" + (" (stale: that process is gone)" if alive is False else ""))
     else:
         out("driver: none holds the lock")
