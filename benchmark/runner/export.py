@@ -342,10 +342,8 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
             except DataError as e:
                 samples[t] = None
                 notes.append(f"no sample for '{t}': {e.message}")
-        single = run.task is not None
-        doc["head"] = heads[run.task] if single else heads
-        doc["sample"] = samples[run.task] if single else samples
-        doc["active"] = active[run.task] if single else active
+        for key, per_task in (("head", heads), ("sample", samples), ("active", active)):  # a multi-task run: all
+            doc[key] = per_task[run.task] if run.task is not None else per_task
         doc["head_loader"] = loader
         if loader:
             notes.append(f"mean-pooling head: AdapterHub's heads read the first token, so load_head needs "
