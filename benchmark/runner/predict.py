@@ -93,11 +93,8 @@ def predict_plan(plan: Plan, reg: Registry, exp_dir: Path, *, only: list[str] | 
             echo(f"{run.id}: no weights here ({WEIGHTS}); skipped")
             continue
         why = weights_problem(folder)
-        if why:
-            out.append(Outcome(run.id, False, f"refused {run.id}: {why}"))
-            echo(out[-1].line)
-            continue
-        out.append(predict_run(run, reg, folder, lambda rid: lent.get(rid, exp_dir / rid), data_dir,
+        out.append(Outcome(run.id, False, f"refused {run.id}: {why}") if why else
+                   predict_run(run, reg, folder, lambda rid: lent.get(rid, exp_dir / rid), data_dir,
                                torch.device(device)))
         echo(out[-1].line)
     return out
