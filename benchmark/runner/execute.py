@@ -405,11 +405,9 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
                 if bad:
                     todo.remove(r)
                     note_failure(r, f"dependency failed: {', '.join(bad)}")
-            progress = Progress(todo, 1, log)
             slurm.run_on_slurm(plan, reg, todo, summary, exp_dir, in_flight=in_flight, device=device,
                                data_dir=data_dir, options=slurm_options or slurm.SlurmOptions(), log=log,
-                               note_failure=note_failure, progress=lambda k, rid, err, secs: progress(rid, err, secs),
-                               job=slurm_job)
+                               note_failure=note_failure, progress=Progress(todo, 1, log), job=slurm_job)
         else:
             predicted = predicted_seconds(plan, reg, data_dir, todo, dev, jobs, log, results_dir)
             _schedule(todo, summary, plan, reg, exp_dir, data_dir, dev, jobs, log, on_workers, predicted)

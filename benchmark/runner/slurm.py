@@ -317,7 +317,7 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
     runner's ``execute.slurm_job``, a module-level function submitit pickles by name): passed in, so this
     module never imports ``execute`` (which imports it).
 
-    ``note_failure(run, why)`` and ``progress(k, run id, error, seconds)`` are the local runner's, so
+    ``note_failure(run, why)`` and ``progress(run id, error, seconds)`` are the local runner's, so
     failures are recorded and progress printed the same way; ``summary`` is filled in place.
     """
     spec = options.cluster
@@ -384,7 +384,7 @@ def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failur
     """Poll squeue until every job ended; record each outcome as the local runner would."""
     left = {r.id: r for r in todo}
     started: set[str] = set()
-    k, failures_in_a_row = 0, 0
+    failures_in_a_row = 0
     while left:
         queue = squeue()
         if queue is None:
@@ -410,11 +410,10 @@ def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failur
                 failure = read_last_failure(exp_dir / rid)
                 if failure is not None and failure.slurm_job_id == jid:
                     res, own = failure, True
-            k += 1
             del left[rid]
             if own and res.finished:
                 summary.finished.append(rid)
-                progress(k, rid, None, float(res.wall_seconds or 0.0))
+                progress(rid, None, float(res.wall_seconds or 0.0))
                 continue
             if own:
                 err = res.error or "failed"
@@ -426,6 +425,6 @@ def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failur
                        f"or node failure; see {jobs.get(rid, {}).get('log', 'its log')}")
                 note_failure(r, err)
             summary.failed[rid] = err
-            progress(k, rid, err, float(res.wall_seconds or 0.0) if own else 0.0)
+            progress(rid, err, float(res.wall_seconds or 0.0) if own else 0.0)
         if left:
             time.sleep(poll_s)
