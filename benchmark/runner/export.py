@@ -357,7 +357,8 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
         return Exported(run.id, folder, notes)
     except BaseException as e:
         w.abort()
-        if _is_storage_failure(e):
+        # an OSError, or safetensors' own error for one (it carries "os error N" in its text)
+        if isinstance(e, OSError) or (isinstance(e, SafetensorError) and "os error" in str(e)):
             raise _storage_error(w.final, e) from None
         raise
 
@@ -375,11 +376,6 @@ def _storage_error(path: Path, e: Exception) -> StorageError:
                                                     "folder and renamed into place) and no partial export is left",
                                       fix=f"free space (or fix permissions) on the file system of {where}, or give "
                                           "another --out")
-
-
-def _is_storage_failure(e: BaseException) -> bool:
-    """An OSError, or safetensors' own error for one (it carries "os error N" in its text)."""
-    return isinstance(e, OSError) or (isinstance(e, SafetensorError) and "os error" in str(e))
 
 
 def _write_base(w: _Writer, model: AdapterModel, bspec, tok) -> str:
