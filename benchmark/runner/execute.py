@@ -162,10 +162,8 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         if is_finished(final):  # is in this command's summary), any other link is replaced by a folder of its own
             return
         final.unlink()
-    if is_finished(final):  # never replace a finished result with a failed rerun
-        write_run(final / LAST_FAILURE, RunRecord.model_validate(result), root=exp_dir)
-    else:
-        write_run(final / RESULT, RunRecord.model_validate(result), root=exp_dir)
+    # never replace a finished result with a failed rerun: its failure goes beside it
+    write_run(final / (LAST_FAILURE if is_finished(final) else RESULT), RunRecord.model_validate(result), root=exp_dir)
 
 
 PREVIOUS_KEYS = ("best_metric", "best_epoch", "selection_metric", "wall_seconds", "finished_at", "git", "versions",
