@@ -19,10 +19,10 @@ import re
 import threading
 from contextlib import suppress
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
 from benchmark.paths import read_regular
+from benchmark.runner.results import installed
 
 LOCK_FILE = Path(__file__).resolve().parents[2] / "requirements.lock"
 MAX_LOCK_BYTES = 16 << 20
@@ -67,14 +67,8 @@ def environment(lock_file: Path | None = None) -> dict:
         text = raw.decode("utf-8", errors="replace")
         note = {"lock_note": f"{lock_file.name} is not UTF-8 text ({e.reason} at byte {e.start}); its sha256 is of "
                              "its bytes and only its readable name==version lines were compared"}
-    drift = []
-    for name, want in sorted(lock_pins(text).items()):
-        try:
-            have = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            have = None
-        if have != want:
-            drift.append(f"{name} {have or 'not installed'} (lock: {want})")
+    drift = [f"{name} {have or 'not installed'} (lock: {want})"
+             for name, want in sorted(lock_pins(text).items()) if (have := installed(name)) != want]
     return {"lock": lock_file.name, "lock_sha256": hashlib.sha256(raw).hexdigest(),
             "matches_lock": not drift, "drift": drift} | note
 

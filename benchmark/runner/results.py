@@ -41,15 +41,17 @@ def write_json_atomic(path: Path, data: dict, *, root: Path | None = None) -> No
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n", root=root)
 
 
+def installed(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
 @lru_cache(maxsize=1)
 def versions() -> dict:
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("adapterfusion-bench", "torch", "transformers", "datasets", "tokenizers", "scikit-learn", "numpy"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
+    pkgs = ("adapterfusion-bench", "torch", "transformers", "datasets", "tokenizers", "scikit-learn", "numpy")
+    return {"python": sys.version.split()[0], "platform": platform.platform(), **{p: installed(p) for p in pkgs}}
 
 
 @lru_cache(maxsize=1)
