@@ -28,7 +28,7 @@ from benchmark.errors import BenchError, StorageError
 from benchmark.hashing import file_sha256
 from benchmark.modeling.checkpoint import WEIGHTS, verify_weights
 from benchmark.modeling.compute import Compute
-from benchmark.paths import remove, swap_in, under
+from benchmark.paths import pid_alive, remove, swap_in, under
 from benchmark.plan.identity import ID_SCHEME
 from benchmark.plan.order import start_order
 from benchmark.plan.run import Plan, Run
@@ -246,15 +246,7 @@ def die_with_driver(driver_pid: int) -> None:
 
 
 def _driver_alive(driver_pid: int, parent: int) -> bool:
-    if os.getppid() != parent:  # reparented: the process that started us is gone
-        return False
-    try:
-        os.kill(driver_pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
+    return os.getppid() == parent and pid_alive(driver_pid)  # reparented: the process that started us is gone
 
 
 def free_gpu(busy: list[int], ngpu: int) -> int:
