@@ -53,13 +53,15 @@ class TargetTuner:
 
     child: str  # the ModuleDict a target linear layer gets ("lora", "ia3")
     title: str  # the method's name in messages ("LoRA")
+    module: type[TunerModule]  # built as module(in_features, out_features, params)
+    params_model: type  # the method's params (a params.Strict)
 
     def make(self, in_features: int, out_features: int, params) -> TunerModule:
-        raise NotImplementedError
+        return self.module(in_features, out_features, params)
 
     def params_from(self, d: dict):
-        """The params as modules.json stores them (``describe``)."""
-        raise NotImplementedError
+        """The params as modules.json stores them (``describe``: the params and the ``dims`` of each target)."""
+        return self.params_model(**{k: v for k, v in d.items() if k != "dims"})
 
     # ------------------------------------------------------------------ where the modules sit
     def targets(self, model, params):

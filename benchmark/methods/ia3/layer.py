@@ -27,10 +27,6 @@ class IA3(TunerModule):
         self.params = params
         self.scale = nn.Parameter(torch.ones(out_features))  # [out]
 
-    @property
-    def kind(self) -> str:
-        return "ia3"
-
     def update(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return y * self.scale
 
@@ -38,16 +34,11 @@ class IA3(TunerModule):
 class IA3Tuner(TargetTuner):
     child = "ia3"
     title = "(IA)^3"
-
-    def make(self, in_features: int, out_features: int, params: IA3Params) -> IA3:
-        return IA3(in_features, out_features, params)
-
-    def params_from(self, d: dict) -> IA3Params:
-        return IA3Params(**{k: v for k, v in d.items() if k != "dims"})
+    module = IA3
+    params_model = IA3Params
 
 
 TUNER = IA3Tuner()
-CHILD = TUNER.child
 # the adapter type's side of the model API (``model.adapter_type`` dispatches here for ``ia3``)
 attach, activate, modules_of = TUNER.attach, TUNER.activate, TUNER.modules_of
 describe, params_from, expected_shapes = TUNER.describe, TUNER.params_from, TUNER.expected_shapes

@@ -34,10 +34,6 @@ class LoRA(TunerModule):
         nn.init.kaiming_uniform_(self.A.weight, a=math.sqrt(5))  # PEFT's init_lora_weights=True
         nn.init.zeros_(self.B.weight)
 
-    @property
-    def kind(self) -> str:
-        return "lora"
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x [.., in] -> A [.., r] -> B [.., out], scaled
         return self.B(self.A(self.dropout(x))) * self.scaling
@@ -49,16 +45,11 @@ class LoRA(TunerModule):
 class LoRATuner(TargetTuner):
     child = "lora"
     title = "LoRA"
-
-    def make(self, in_features: int, out_features: int, params: LoRAParams) -> LoRA:
-        return LoRA(in_features, out_features, params)
-
-    def params_from(self, d: dict) -> LoRAParams:
-        return LoRAParams(**{k: v for k, v in d.items() if k != "dims"})
+    module = LoRA
+    params_model = LoRAParams
 
 
 TUNER = LoRATuner()
-CHILD = TUNER.child
 # the adapter type's side of the model API (``model.adapter_type`` dispatches here for ``lora``)
 attach, activate, modules_of = TUNER.attach, TUNER.activate, TUNER.modules_of
 describe, params_from, expected_shapes = TUNER.describe, TUNER.params_from, TUNER.expected_shapes
