@@ -103,7 +103,7 @@ def test_distilbert_hooks_place_pfeiffer_and_houlsby_as_defined(backbones):
 def test_lora_is_w_x_plus_scaled_b_a_x(backbones):
     _, make = backbones["tiny-bert"]
     model = _full_model(make)
-    lin = layout.get(model.layers()[1], model.layout.lora_targets["value"])
+    lin = layout.get(model.layers()[1], model.layout.linear_targets["value"])
     lora = lin.lora["l"]
     x = torch.randn(3, 7, lin.in_features)
     with torch.no_grad():
@@ -304,7 +304,7 @@ TOY_FAMILY, TOY_KIND = "xlm-roberta", "lora_frozen_head"
 def toy_family_and_method():
     # a family: one layout entry (XLM-R spells its modules like RoBERTa)
     layout.register(layout.Layout(
-        TOY_FAMILY, layers="encoder.layer", embeddings="embeddings",
+        TOY_FAMILY, layers="encoder.layer",
         attention=layout.SubLayer("attention.output", "attention.output.LayerNorm"),
         output=layout.SubLayer("output", "output.LayerNorm"), first_token=layout.FirstToken(),
         linear_targets=dict(layout.LAYOUTS["roberta"].linear_targets),

@@ -38,7 +38,7 @@ def test_lora_logits_equal_peft_lora(registry, name):
     ours.eval()
 
     lay = ours.layout
-    names = [f"{lay.layers}.{i}.{lay.lora_targets[t]}" for i in range(ours.num_layers) for t in params.targets]
+    names = [f"{lay.layers}.{i}.{lay.linear_targets[t]}" for i in range(ours.num_layers) for t in params.targets]
     base = load_encoder(spec, tok)  # the same seeded "pretrained" weights
     config = peft.LoraConfig(r=params.rank, lora_alpha=params.alpha, lora_dropout=params.dropout,
                              target_modules="|".join(re.escape(n) for n in names), bias="none")

@@ -143,7 +143,7 @@ def lora_pair(registry):
     ours.eval()
 
     lay = ours.layout
-    paths = [f"{lay.layers}.{i}.{lay.lora_targets[t]}" for i in range(ours.num_layers) for t in TARGETS]
+    paths = [f"{lay.layers}.{i}.{lay.linear_targets[t]}" for i in range(ours.num_layers) for t in TARGETS]
     pattern = "|".join(re.escape(p) for p in paths)
     theirs = None
     for n, alpha in zip(names, ALPHAS):

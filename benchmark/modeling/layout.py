@@ -59,10 +59,8 @@ class FirstToken:
 class Layout:
     family: str  # the transformers ``config.model_type``
     layers: str  # path from the encoder to its ModuleList of layers
-    embeddings: str
     attention: SubLayer
     output: SubLayer
-    norm: Literal["post", "pre"] = "post"
     token_type_ids: bool = True  # the encoder's forward takes token_type_ids
     pooler: bool = True  # the model class takes ``add_pooling_layer`` (we always drop the pooler)
     first_token: FirstToken | None = None  # None: the last layer always runs in full (said once in the log)
@@ -70,11 +68,6 @@ class Layout:
     linear_targets: dict[str, str] = field(default_factory=dict)
     random_init: dict[str, int | str] = field(default_factory=dict)  # random_init config: value or "tokenizer.<attr>"
     refused: str | None = None  # why this family cannot host adapters (pre-LN)
-
-    @property
-    def lora_targets(self) -> dict[str, str]:
-        """The former name of ``linear_targets`` (read by older callers)."""
-        return self.linear_targets
 
     def sublayer(self, location: str) -> SubLayer:
         if location not in LOCATIONS:
@@ -105,8 +98,6 @@ class Layout:
         """State-dict prefix of the target linear ``target`` of layer ``i`` inside an AdapterModel."""
         return f"encoder.{self.layers}.{i}.{self.linear_targets[target]}."
 
-    lora_prefix = target_prefix  # the former name
-
 
 def get(root: nn.Module, path: str) -> nn.Module:
     mod = root
@@ -121,7 +112,7 @@ def put(root: nn.Module, path: str, module: nn.Module) -> None:
 
 
 _BERT_LIKE = dict(
-    layers="encoder.layer", embeddings="embeddings",
+    layers="encoder.layer",
     attention=SubLayer("attention.output", "attention.output.LayerNorm"),
     output=SubLayer("output", "output.LayerNorm"),
 )
@@ -152,16 +143,15 @@ register(Layout(  # v2 and v3 (v3 checkpoints are model_type deberta-v2); relati
     linear_targets={**_BERT_LINEARS, "query": "attention.self.query_proj", "key": "attention.self.key_proj",
                   "value": "attention.self.value_proj"}))
 register(Layout(
-    "distilbert", layers="transformer.layer", embeddings="embeddings",
+    "distilbert", layers="transformer.layer",
     attention=SubLayer("attention", "sa_layer_norm", "hook"),  # f = out_lin(context); x = the layer input
     output=SubLayer("ffn", "output_layer_norm", "hook"),  # f = dropout(lin2(act(lin1(x))))
     token_type_ids=False, pooler=False,
     linear_targets={"query": "attention.q_lin", "key": "attention.k_lin", "value": "attention.v_lin",
                   "attention_output": "attention.out_lin", "intermediate": "ffn.lin1", "output": "ffn.lin2"}))
 register(Layout(
-    "modernbert", layers="layers", embeddings="embeddings",
-    attention=SubLayer("attn", "attn_norm"), output=SubLayer("mlp", "mlp_norm"), norm="pre", token_type_ids=False,
-    pooler=False,
+    "modernbert", layers="layers", attention=SubLayer("attn", "attn_norm"), output=SubLayer("mlp", "mlp_norm"),
+    token_type_ids=False, pooler=False,
     refused="ModernBERT is pre-LN: its LayerNorms sit before each sub-layer, so the Pfeiffer placement (after the "
             "FFN output, between the pretrained post-sub-layer LayerNorms) and the fusion query h = LN(f + x) have no "
             "twin in it; the benchmark refuses it rather than invent a placement the paper never tested"))
