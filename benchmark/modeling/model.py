@@ -43,17 +43,9 @@ def params_from(d: dict) -> ModuleParams:
     return ADAPTER_TYPES[d.get("type", "pfeiffer")].params_from(d)
 
 
-def _adapter_types() -> dict:
-    """params.type -> its module: each method package's ``layer.py`` (``pfeiffer`` / ``houlsby``: ST-A's)."""
-    out = {}
-    for type_, kind in registry.module_types().items():
-        layer = registry.part(kind, "layer")
-        if layer is not None:
-            out[type_] = layer
-    return out
-
-
-ADAPTER_TYPES = _adapter_types()
+# params.type -> its module: each method package's ``layer.py`` (``pfeiffer`` / ``houlsby``: ST-A's)
+ADAPTER_TYPES = {type_: layer for type_, kind in registry.module_types().items()
+                 if (layer := registry.part(kind, "layer")) is not None}
 
 
 @dataclass(frozen=True)
@@ -186,15 +178,11 @@ class AdapterModel(nn.Module):
     # ------------------------------------------------------------------ selecting modules
     def modules_of(self, sel: Modules) -> list[nn.Module]:
         """The nn.Modules a selection names (every layer's slot for adapters and fusions)."""
-        for a in sel.adapters:
-            if a not in self.adapter_params:
-                raise KeyError(f"no adapter named '{a}' (have {sorted(self.adapter_params)})")
-        for f in sel.fusions:
-            if f not in self.fusion_params:
-                raise KeyError(f"no fusion named '{f}' (have {sorted(self.fusion_params)})")
-        for h in sel.heads:
-            if h not in self.heads:
-                raise KeyError(f"no head named '{h}' (have {sorted(self.heads)})")
+        for what, names, have in (("adapter", sel.adapters, self.adapter_params),
+                                  ("fusion", sel.fusions, self.fusion_params), ("head", sel.heads, self.heads)):
+            for n in names:
+                if n not in have:
+                    raise KeyError(f"no {what} named '{n}' (have {sorted(have)})")
         out: list[nn.Module] = []
         for a in sel.adapters:  # each adapter type knows its own modules
             out += adapter_type(self.adapter_params[a]).modules_of(self, a)
