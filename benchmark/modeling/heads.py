@@ -18,41 +18,31 @@ def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None, pooli
     return (hidden_states * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-class _TwoLayer(nn.Module):
-    def __init__(self, hidden_size: int, out: int, dropout: float, pooling: str = "cls"):
+class ClassificationHead(nn.Module):
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
         super().__init__()
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.dense = nn.Linear(hidden_size, hidden_size)
-        self.out = nn.Linear(hidden_size, out)
+        self.out = nn.Linear(hidden_size, num_labels)
         for lin in (self.dense, self.out):
             nn.init.normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
 
-    def score(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, hidden_states, attention_mask=None, num_choices: int | None = None) -> torch.Tensor:
         x = pool(hidden_states, attention_mask, self.pooling)  # [B, H]
         x = self.dropout(torch.tanh(self.dense(self.dropout(x))))
-        return self.out(x)
+        return self.out(x)  # [B, num_labels]
 
 
-class ClassificationHead(_TwoLayer):
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls"):
-        super().__init__(hidden_size, num_labels, dropout, pooling)
-        self.num_labels = num_labels
-
-    def forward(self, hidden_states, attention_mask=None, num_choices: int | None = None) -> torch.Tensor:
-        return self.score(hidden_states, attention_mask)  # [B, num_labels]
-
-
-class MultipleChoiceHead(_TwoLayer):
+class MultipleChoiceHead(ClassificationHead):
     """One score per (context, choice) sequence; the loss is a softmax over the K choices."""
 
     def __init__(self, hidden_size: int, num_choices: int, dropout: float, pooling: str = "cls"):
         super().__init__(hidden_size, 1, dropout, pooling)
-        self.num_labels = num_choices
 
     def forward(self, hidden_states, attention_mask=None, num_choices: int | None = None) -> torch.Tensor:
-        return self.score(hidden_states, attention_mask).view(-1, num_choices)  # [B*K, 1] -> [B, K]
+        return super().forward(hidden_states, attention_mask).view(-1, num_choices)  # [B*K, 1] -> [B, K]
 
 
 def make_head(task_type: str, hidden_size: int, num_labels: int, dropout: float, pooling: str = "cls") -> nn.Module:
