@@ -20,15 +20,15 @@ MERGES = ("merge_average", "merge_task_arithmetic", "merge_ties", "merge_dare", 
 
 
 def test_merge_defaults_are_the_published_ones_and_leave_every_other_dump_as_it_was(registry):
-    from benchmark.modeling import merging
+    from benchmark.methods import merge_defaults as published
 
     # the published defaults, filled into the spec so the run config (and id) states them
-    assert MergeParams(how="ties").model_dump() == {"how": "ties", "density": merging.TIES_DENSITY,
-                                                    "weight": merging.TIES_LAMBDA, "train_adapter": False}
-    assert (merging.TIES_DENSITY, merging.TIES_LAMBDA) == (0.2, 1.0)
+    assert MergeParams(how="ties").model_dump() == {"how": "ties", "density": published.TIES_DENSITY,
+                                                    "weight": published.TIES_LAMBDA, "train_adapter": False}
+    assert (published.TIES_DENSITY, published.TIES_LAMBDA) == (0.2, 1.0)
     dare = MergeParams(how="dare")
-    assert dare.density == pytest.approx(1 - merging.DARE_DROP) and dare.density == 0.1 and dare.weight == 1.0
-    assert MergeParams(how="task_arithmetic").weight == merging.TASK_ARITHMETIC_LAMBDA == 0.4
+    assert dare.density == pytest.approx(1 - published.DARE_DROP) and dare.density == 0.1 and dare.weight == 1.0
+    assert MergeParams(how="task_arithmetic").weight == published.TASK_ARITHMETIC_LAMBDA == 0.4
     assert MergeParams(how="task_arithmetic").density is None
     assert MergeParams(how="average").density is None and MergeParams(how="average").weight is None
     assert MergeParams(how="ties", density=0.5, weight=0.7).density == 0.5  # given values are kept

@@ -36,32 +36,26 @@ tensor together), as the paper does over a model; PEFT trims per tensor.
 the factors (A [r, in] and B [out, r] merged separately, with weights sqrt(|w_i s_i|), the sign on A
 only, s_i = alpha_i / r_i) and two types on the deltas Delta_i = s_i B_i A_i [out, in]: ``cat`` (exact:
 A = [w_i s_i A_i] stacked [sum r_i, in], B = [B_i] side by side [out, sum r_i]) and ``svd`` (sum_i w_i
-Delta_i, truncated SVD to rank ``svd_rank``, default the sources' largest rank: B = U S, A = Vh). The
+Delta_i, truncated SVD to the sources' largest rank: B = U S, A = Vh). The
 merged LoRA has alpha = rank (scaling 1), as PEFT's.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from torch import nn
 
-# Published defaults, as keyword defaults below; the defaults of the method's spec (``fusion.merge``) too
+# Published defaults, the defaults of ``merge_adapters`` and of the method's spec (``fusion.merge``)
 # (TIES: density 0.2, lambda 1; task arithmetic: lambda 0.4; DARE: p 0.9, lambda 1).
-from benchmark.methods.merge_defaults import (
-    DARE_DROP,
-    DARE_LAMBDA,
-    TASK_ARITHMETIC_LAMBDA,
-    TIES_DENSITY,
-    TIES_LAMBDA,
-)
+from benchmark.methods.merge_defaults import MERGE_DEFAULTS
 
 FACTOR_TYPES = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # PEFT, A and B separately
 DELTA_TYPES = ("cat", "svd")  # PEFT, on B A
 ADAPTER_MERGES = ("average", "task_arithmetic", "ties", "dare", "dare_ties")
-# The method's merge names (``fusion.merge.how``) over LoRA sources -> PEFT's combination type
+# The method's merge names (``fusion.merge.how``) -> PEFT's combination type (over LoRA sources: on the factors;
+# over bottleneck adapters, ``merge_adapters``: on the flattened task vectors)
 LORA_MERGES = {"average": "linear", "task_arithmetic": "linear", "ties": "ties", "dare": "dare_linear",
                "dare_ties": "dare_ties", "svd": "svd"}
 
@@ -78,20 +72,19 @@ def trim(tau: torch.Tensor, density: float) -> torch.Tensor:
     return tau * keep.view_as(tau)
 
 
-def drop(tau: torch.Tensor, density: float, generator: torch.Generator | None, rescale: bool = True) -> torch.Tensor:
+def drop(tau: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
     """DARE's random drop: keep each entry with probability ``density`` (= 1 - p), rescale by 1 / density."""
     if density >= 1:
         return tau
     mask = torch.bernoulli(torch.full_like(tau, density), generator=generator)  # [*] in {0, 1}
-    return tau * mask / density if rescale else tau * mask
+    return tau * mask / density
 
 
-def elect(stacked: torch.Tensor, method: Literal["total", "frequency"] = "total") -> torch.Tensor:
-    """stacked [N, *] -> bool mask [N, *]: where each source agrees with the elected sign."""
-    signs = stacked.sign()
-    mass = stacked.sum(0) if method == "total" else signs.sum(0)  # [*]
-    gamma = torch.where(mass >= 0, 1.0, -1.0).to(stacked.dtype)
-    return signs == gamma
+def elect(stacked: torch.Tensor) -> torch.Tensor:
+    """stacked [N, *] -> bool mask [N, *]: where each source agrees with the elected sign (PEFT's "total" method:
+    the sign of the summed mass)."""
+    gamma = torch.where(stacked.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)  # [*]
+    return stacked.sign() == gamma
 
 
 def disjoint_mean(stacked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -100,7 +93,7 @@ def disjoint_mean(stacked: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def combine(tensors: list[torch.Tensor], weights: list[float] | torch.Tensor, how: str, *, density: float = 1.0,
-            generator: torch.Generator | None = None, sign: Literal["total", "frequency"] = "total") -> torch.Tensor:
+            generator: torch.Generator | None = None) -> torch.Tensor:
     """N task tensors [*] and weights [N] -> one tensor [*], as PEFT's merge_utils type ``how``."""
     if how not in FACTOR_TYPES:
         raise ValueError(f"unknown combination '{how}' (have {', '.join(FACTOR_TYPES)})")
@@ -112,7 +105,7 @@ def combine(tensors: list[torch.Tensor], weights: list[float] | torch.Tensor, ho
     w = torch.as_tensor(weights, dtype=stacked.dtype, device=stacked.device)
     weighted = stacked * w.view(-1, *[1] * (stacked.dim() - 1))  # [N, *]
     if how.endswith("ties"):
-        return disjoint_mean(weighted, elect(stacked, sign))
+        return disjoint_mean(weighted, elect(stacked))
     return weighted.sum(0)
 
 
@@ -170,8 +163,8 @@ def _unflat(vector: torch.Tensor, like: list[dict[str, torch.Tensor]]) -> list[d
 
 def merge_adapters(sources: list[list[dict[str, torch.Tensor]]], how: str, *,
                    base: list[dict[str, torch.Tensor]] | None = None, lam: float | None = None,
-                   density: float | None = None, generator: torch.Generator | None = None,
-                   sign: Literal["total", "frequency"] = "total") -> list[dict[str, torch.Tensor]]:
+                   density: float | None = None,
+                   generator: torch.Generator | None = None) -> list[dict[str, torch.Tensor]]:
     """N adapters (each a list of per-module states, same structure) -> one, by ``how`` (``ADAPTER_MERGES``).
 
     ``base``: the init the task vectors are taken from (``initial_adapter``; None = zero). ``lam`` and
@@ -183,20 +176,17 @@ def merge_adapters(sources: list[list[dict[str, torch.Tensor]]], how: str, *,
         return _unflat(thetas.mean(0), sources[0])
     theta0 = _flat(base) if base is not None else torch.zeros_like(thetas[0])  # [P]
     taus = list(thetas - theta0)  # N x [P]
-    defaults = {"task_arithmetic": (TASK_ARITHMETIC_LAMBDA, 1.0, "linear"), "ties": (TIES_LAMBDA, TIES_DENSITY, "ties"),
-                "dare": (DARE_LAMBDA, 1 - DARE_DROP, "dare_linear"), "dare_ties": (DARE_LAMBDA, 1 - DARE_DROP, "dare_ties")}
-    lam_default, density_default, kind = defaults[how]
+    lam_default, density_default = MERGE_DEFAULTS[how]  # density None: every entry kept
     lam = lam_default if lam is None else lam
-    density = density_default if density is None else density
-    merged = combine(taus, [lam] * len(taus), kind, density=density, generator=generator, sign=sign)  # [P]
+    density = (density_default or 1.0) if density is None else density
+    merged = combine(taus, [lam] * len(taus), LORA_MERGES[how], density=density, generator=generator)  # [P]
     return _unflat(theta0 + merged, sources[0])
 
 
 # ------------------------------------------------------------------------------- LoRA
 def merge_lora(sources: list[list[dict[str, torch.Tensor]]], weights: list[float], scalings: list[float], how: str, *,
-               density: float = 1.0, generator: torch.Generator | None = None,
-               sign: Literal["total", "frequency"] = "total",
-               svd_rank: int | None = None) -> tuple[list[dict[str, torch.Tensor]], int]:
+               density: float = 1.0,
+               generator: torch.Generator | None = None) -> tuple[list[dict[str, torch.Tensor]], int]:
     """N LoRAs (per-module {A.weight [r, in], B.weight [out, r]}) with weights w_i and scalings s_i = alpha_i / r_i
     -> (merged per-module states, merged rank); the merged LoRA has alpha = rank. PEFT's random draws happen
     module by module (A of every source, then B), and so do these."""
@@ -207,7 +197,7 @@ def merge_lora(sources: list[list[dict[str, torch.Tensor]]], weights: list[float
         how = "linear"  # as PEFT: one source merges linearly
     if how in FACTOR_TYPES and len(set(ranks)) != 1:
         raise ValueError(f"'{how}' merges A and B factor-wise and needs one rank; the sources have {ranks}")
-    rank = {"cat": sum(ranks), "svd": svd_rank or max(ranks)}.get(how, ranks[0])
+    rank = {"cat": sum(ranks), "svd": max(ranks)}.get(how, ranks[0])
     ws = [w * s for w, s in zip(weights, scalings)]
     w_a = [math.copysign(math.sqrt(abs(x)), 1.0 if x >= 0 else -1.0) for x in ws]  # sign on A only
     w_b = [math.sqrt(abs(x)) for x in ws]
@@ -224,8 +214,8 @@ def merge_lora(sources: list[list[dict[str, torch.Tensor]]], weights: list[float
             new_b = u[:, :rank] @ torch.diag(sv[:rank])  # [out, rank]
             new_a = vh[:rank, :]  # [rank, in]
         else:
-            new_a = combine(a, w_a, how, density=density, generator=generator, sign=sign)  # [r, in]
-            new_b = combine(b, w_b, how, density=density, generator=generator, sign=sign)  # [out, r]
+            new_a = combine(a, w_a, how, density=density, generator=generator)  # [r, in]
+            new_b = combine(b, w_b, how, density=density, generator=generator)  # [out, r]
         merged.append({"A.weight": new_a.contiguous(), "B.weight": new_b.contiguous()})
     return merged, rank
 
