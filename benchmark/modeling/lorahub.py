@@ -53,8 +53,7 @@ class Found:
 
 
 def search(sources: list[list[dict[str, torch.Tensor]]], loss: Callable[[list[dict[str, torch.Tensor]]], float], *,
-           budget: int = BUDGET, l1: float = L1, bound: float = BOUND, seed: int = 0,
-           optimizer: str = "NGOpt") -> Found:
+           budget: int = BUDGET, l1: float = L1, seed: int = 0) -> Found:
     """Gradient-free weights over the K ``sources`` minimising ``loss(compose(w)) + l1 * mean |w|``."""
     try:
         import nevergrad as ng
@@ -62,7 +61,7 @@ def search(sources: list[list[dict[str, torch.Tensor]]], loss: Callable[[list[di
     except ImportError as exc:  # pragma: no cover - the extra is installed wherever the search runs
         raise ImportError("LoraHub-style search needs nevergrad: pip install '.[composition]'") from exc
     k = len(sources)
-    space = ng.p.Array(init=[0.0] * k, lower=[-bound] * k, upper=[bound] * k)
+    space = ng.p.Array(init=[0.0] * k, lower=[-BOUND] * k, upper=[BOUND] * k)
     space.random_state = np.random.RandomState(seed)
     history: list[tuple[list[float], float]] = []
 
@@ -71,6 +70,6 @@ def search(sources: list[list[dict[str, torch.Tensor]]], loss: Callable[[list[di
         history.append(([float(x) for x in w], value))
         return value
 
-    opt = ng.optimizers.registry[optimizer](parametrization=space, budget=budget)
+    opt = ng.optimizers.NGOpt(parametrization=space, budget=budget)
     best = [float(x) for x in opt.minimize(objective).value]
     return Found(best, float(loss(compose(sources, best))) + l1_penalty(best, l1), history)
