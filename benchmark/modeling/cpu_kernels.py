@@ -104,10 +104,6 @@ def _register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)  # bool mask, or None when nothing is masked
 
 
-def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -126,13 +122,6 @@ class _FrozenLinear(torch.autograd.Function):
         return _onednn_linear(grad, weight.t(), None), None, None
 
 
-def cpu_autocast_dtype() -> torch.dtype | None:
-    """bf16 when CPU autocast to bf16 is on, else None."""
-    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
-        return torch.bfloat16
-    return None
-
-
 class CpuLinear(nn.Linear):
     """``nn.Linear`` (same parameters and keys) computing frozen CPU float32 layers with oneDNN (in bf16 under
     bf16 autocast)."""
@@ -140,11 +129,11 @@ class CpuLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frozen = not self.weight.requires_grad and (self.bias is None or not self.bias.requires_grad)
         if frozen and x.device.type == "cpu" and self.weight.dtype == torch.float32:
-            low = cpu_autocast_dtype()
-            if low is not None and x.dtype in (torch.float32, low):
-                w, b = self._low_precision_copy(low)
-                x = x.to(low)  # [..., out] in bf16, as autocast's F.linear
-            elif low is None and x.dtype == torch.float32:
+            bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            if bf16 and x.dtype in (torch.float32, torch.bfloat16):
+                w, b = self._low_precision_copy(torch.bfloat16)
+                x = x.to(torch.bfloat16)  # [..., out] in bf16, as autocast's F.linear
+            elif not bf16 and x.dtype == torch.float32:
                 w, b = self.weight, self.bias
             else:
                 return F.linear(x, self.weight, self.bias)
@@ -218,7 +207,7 @@ def set_cpu_kernels(model: nn.Module, kernels: str) -> None:
     fast = kernels == "fast"
     if fast:
         _swap(model, nn.Dropout, lambda d: FastDropout(d.p, d.inplace))
-        if _onednn_linear_available():
+        if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
             _swap(model, nn.Linear, lambda m: _relinear(CpuLinear, m))
     else:
         _swap(model, FastDropout, lambda d: nn.Dropout(d.p, d.inplace))
