@@ -19,11 +19,10 @@ from benchmark.errors import CheckpointError, SpecError
 from benchmark.modeling import lorahub, merging
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_adapterhub, load_modules
-from benchmark.modeling.compute import Compute
 from benchmark.modeling.model import AdapterModel, Fuse, Modules
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.plan.run import Run
-from benchmark.training.loop import Objective, Predictions, evaluate, inputs_of, predict
+from benchmark.training.loop import Objective, evaluate, inputs_of, predict
 from benchmark.training.recipe import FUSION, RunContext, Setup, Trained, load_data
 
 
@@ -210,40 +209,32 @@ def _fusion_mt_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
     return _fusion_over_loaded_adapters(model, run)
 
 
-def _prune_after_training(model: AdapterModel, run: Run, keep: int, *, ranking, ranked_on: str, dev, pad_id: int,
-                         ctx: RunContext, compute: Compute) -> tuple[dict, Predictions]:
-    """``fusion.prune: {keep: k}``: rank the fused adapters by mean attention over every layer and the
-    ``ranking`` rows (the held-out slice; train rows under ``selection: dev``, never dev), keep the top k in
-    every layer (``modeling/prune.py``) and evaluate the pruned model on dev (its predictions too)."""
-    bs = run.method.train.eval_batch_size
-    model.start_capture()
-    evaluate(model, ranking, run.task, pad_id, bs, ctx.device, compute)
-    layers = model.stop_capture()
-    names = list(model.fusion_params[FUSION][0])
-    kept = model.prune_fusion(FUSION, top_k(names, layers, keep), drop_adapters=True)
-    pred = predict(model, dev, run.task, pad_id, bs, ctx.device, compute)
-    acc = pred.accuracy
-    return {"keep": keep, "kept": kept, "ranking": rank_adapters(names, layers), "ranked_on": ranked_on,
-            "ranking_rows": len(ranking), "mean_attention": dict(zip(names, mean_attention(layers))),
-            "dev_accuracy": acc}, pred
-
-
 def _attention_and_pruning(done: Trained) -> None:
     """The mean fusion attention (or static mixing weight) per layer and source on dev, and ``fusion.prune``."""
     model, run, method = done.model, done.run, done.run.method
+    bs, pad_id, device, compute = method.train.eval_batch_size, done.pad_id, done.ctx.device, done.compute
     model.start_capture()
-    again = evaluate(model, done.dev, run.task, done.pad_id, method.train.eval_batch_size, done.ctx.device,
-                     done.compute)
+    again = evaluate(model, done.dev, run.task, pad_id, bs, device, compute)
     done.result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
                                        "dev_accuracy": again}
     if method.fusion.mixing != "attention":  # static mixing: the same weights at every token, recorded alike
         done.result["fusion_attention"]["mixing"] = method.fusion.mixing
-    if method.fusion.prune is not None:
-        ho = done.heldout
-        done.result["prune"], done.predictions = _prune_after_training(
-            model, run, method.fusion.prune.keep, ranking=ho if ho is not None else done.train,
-            ranked_on="heldout" if ho is not None else "train", dev=done.dev, pad_id=done.pad_id, ctx=done.ctx,
-            compute=done.compute)
-        done.result["prune"]["unpruned_dev_accuracy"] = done.best_metric
-        done.result["best_metric"] = done.result["prune"]["dev_accuracy"]  # the pruned model is what it reports
-        done.keeps = Modules(adapters=done.result["prune"]["kept"])
+    if method.fusion.prune is None:
+        return
+    # ``fusion.prune: {keep: k}``: rank the fused adapters by mean attention over every layer and the ranking rows
+    # (the held-out slice; train rows under ``selection: dev``, never dev), keep the top k in every layer
+    # (``modeling/prune.py``) and evaluate the pruned model on dev (its predictions too)
+    keep = method.fusion.prune.keep
+    ranking, ranked_on = (done.heldout, "heldout") if done.heldout is not None else (done.train, "train")
+    model.start_capture()
+    evaluate(model, ranking, run.task, pad_id, bs, device, compute)
+    layers = model.stop_capture()
+    names = list(model.fusion_params[FUSION][0])
+    kept = model.prune_fusion(FUSION, top_k(names, layers, keep), drop_adapters=True)
+    pred = predict(model, done.dev, run.task, pad_id, bs, device, compute)
+    done.result["prune"] = {"keep": keep, "kept": kept, "ranking": rank_adapters(names, layers), "ranked_on": ranked_on,
+                            "ranking_rows": len(ranking), "mean_attention": dict(zip(names, mean_attention(layers))),
+                            "dev_accuracy": pred.accuracy, "unpruned_dev_accuracy": done.best_metric}
+    done.predictions = pred
+    done.result["best_metric"] = done.result["prune"]["dev_accuracy"]  # the pruned model is what it reports
+    done.keeps = Modules(adapters=kept)
