@@ -52,15 +52,11 @@ def section(name: str, params: type, flops: Callable | None = None, *, late: boo
     SECTIONS[name] = Section(name, params, flops, package, late)
 
 
-def _user_folders() -> list[Path]:
-    return [Path(p) for p in os.environ.get(ENV, "").split(os.pathsep) if p]
-
-
 def _packages() -> list[tuple[str, Path]]:
     """(Python package name, folder) of every method package: the shipped ones, then the user's."""
     own = Path(__file__).parent
     out = [(f"{__package__}.{d.name}", d) for d in sorted(own.iterdir()) if (d / "config.py").is_file()]
-    folders = _user_folders()
+    folders = [Path(p) for p in os.environ.get(ENV, "").split(os.pathsep) if p]
     for folder in folders:
         if not folder.is_dir():
             raise ValueError(f"{ENV}={os.environ[ENV]}: '{folder}' is not a folder; point it at a folder that holds "

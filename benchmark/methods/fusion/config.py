@@ -119,7 +119,12 @@ class FusionParams(Strict):
                 self.lorahub = LoraHubParams()  # LoraHub's defaults, written out in every dump and run id
             return self._no_fusion_layer("lorahub", "LoraHub composes one LoRA")
         if self.mixing == "merge":
-            return self._merge()
+            if self.merge is None:
+                raise ValueError(
+                    "fusion.mixing: merge needs a 'merge' section saying how the adapters are merged; add e.g. "
+                    "'merge: {how: ties}' to the method YAML's fusion section (how: average, task_arithmetic, ties, "
+                    "dare, dare_ties; density and weight default to the published values)")
+            return self._no_fusion_layer("merge", "a merge leaves one adapter")
         if self.merge is not None:
             raise ValueError(
                 f"fusion.merge is the weight merge of fusion.mixing: merge, but this method has mixing: "
@@ -138,14 +143,6 @@ class FusionParams(Strict):
                 f"fusion.implementation: {self.implementation} means nothing for it; remove 'implementation' "
                 f"from the method YAML (or set it to fast, the default) or use mixing: attention")
         return self
-
-    def _merge(self) -> FusionParams:
-        if self.merge is None:
-            raise ValueError(
-                "fusion.mixing: merge needs a 'merge' section saying how the adapters are merged; add e.g. "
-                "'merge: {how: ties}' to the method YAML's fusion section (how: average, task_arithmetic, ties, dare, "
-                "dare_ties; density and weight default to the published values)")
-        return self._no_fusion_layer("merge", "a merge leaves one adapter")
 
     def _no_fusion_layer(self, mixing: str, what: str) -> FusionParams:
         for field, bad, why in (
