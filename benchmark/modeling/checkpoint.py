@@ -20,6 +20,8 @@ from safetensors.torch import load_file, save
 
 from benchmark import adapterhub
 from benchmark.errors import CheckpointError, StorageError
+from benchmark.modeling.fusion import build_fusion
+from benchmark.modeling.heads import make_head
 from benchmark.modeling.layout import FUSION_LOCATION, LAYOUTS, LOCATIONS
 from benchmark.modeling.model import AdapterModel, Modules, adapter_type, params_from
 from benchmark.paths import write_atomic
@@ -171,9 +173,6 @@ def expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
     drift from what ``AdapterModel`` creates; the encoder's own tensors are not listed (their shapes
     depend on the backbone config, which the folder does not hold).
     """
-    from benchmark.modeling.fusion import build_fusion
-    from benchmark.modeling.heads import make_head
-
     h, layers = meta["hidden_size"], meta["num_layers"]
     layout = layout_for_keys(meta.get("family", "bert"))
     out: dict[str, tuple[int, ...]] = {}

@@ -79,12 +79,9 @@ class Compute:
     compile: bool = DEFAULT_COMPUTE.compile  # torch.compile (inductor): benchmark/modeling/compiled.py
 
     def __post_init__(self):
-        if self.cpu_kernels not in KERNELS:
-            raise ValueError(f"cpu_kernels must be one of {KERNELS}, got {self.cpu_kernels!r}")
-        if self.last_layer not in LAST_LAYER:
-            raise ValueError(f"last_layer must be one of {LAST_LAYER}, got {self.last_layer!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name, allowed in (("cpu_kernels", KERNELS), ("last_layer", LAST_LAYER), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.compile and self.cpu_kernels == "fast":
             raise ValueError("compile runs the stock CPU kernels (dynamo cannot trace the fast ones), got cpu_kernels='fast'")
 
