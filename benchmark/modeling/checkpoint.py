@@ -36,10 +36,6 @@ def layout_for_keys(family: str):
     return LAYOUTS[family]
 
 
-def same_keys(a, b) -> bool:
-    """Adapters and fusions saved in a model of layout ``a`` load into one of layout ``b``."""
-    return a.layers == b.layers and all(a.sublayer(loc) == b.sublayer(loc) for loc in LOCATIONS)
-
 WEIGHTS = "weights.safetensors"
 MODULES = "modules.json"
 
@@ -113,8 +109,9 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
             f"saved for hidden size {meta['hidden_size']} x {meta['num_layers']} layers, but the model has "
             f"{model.hidden_size} x {model.num_layers}", file=str(mfile),
             fix="load it into the backbone it was trained on")
-    family = meta.get("family", "bert")
-    if not same_keys(layout_for_keys(family), model.layout):
+    family, lay = meta.get("family", "bert"), model.layout
+    saved = layout_for_keys(family)  # its adapters and fusions load here when their keys are spelt alike
+    if saved.layers != lay.layers or any(saved.sublayer(loc) != lay.sublayer(loc) for loc in LOCATIONS):
         raise CheckpointError(f"saved from a '{family}' encoder, but the model is '{model.layout.family}'",
                               file=str(mfile), fix="load it into the backbone it was trained on")
     rename = rename or {}

@@ -151,14 +151,8 @@ def _flat(states: list[dict[str, torch.Tensor]]) -> torch.Tensor:
 
 
 def _unflat(vector: torch.Tensor, like: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-    out, at = [], 0
-    for s in like:
-        d = {}
-        for k, t in s.items():
-            d[k] = vector[at:at + t.numel()].view_as(t).clone()
-            at += t.numel()
-        out.append(d)
-    return out
+    chunks = iter(vector.split([t.numel() for s in like for t in s.values()]))  # in _flat's order
+    return [{k: next(chunks).view_as(t).clone() for k, t in s.items()} for s in like]
 
 
 def merge_adapters(sources: list[list[dict[str, torch.Tensor]]], how: str, *,

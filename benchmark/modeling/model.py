@@ -202,11 +202,8 @@ class AdapterModel(nn.Module):
         chosen = {id(m) for m in self.modules_of(sel)}
         prefixes = tuple(f"{n}." for n, m in self.named_modules() if id(m) in chosen)
         added = self._added_prefixes() if sel.encoder else ()
-        keys = []
-        for k in self.state_dict(keep_vars=True):
-            if k.startswith(prefixes) or (sel.encoder and k.startswith("encoder.") and not k.startswith(added)):
-                keys.append(k)
-        return keys
+        return [k for k in self.state_dict(keep_vars=True)
+                if k.startswith(prefixes) or (sel.encoder and k.startswith("encoder.") and not k.startswith(added))]
 
     def state_of(self, sel: Modules) -> dict[str, torch.Tensor]:
         """Detached copies of the selected modules' tensors (state-dict keys)."""
