@@ -27,7 +27,10 @@ from benchmark.training.recipe import FUSION, RunContext, Setup, Trained, load_d
 
 
 def setup(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
-    return (_fusion_mt_a if run.kind.depends_on == "mt_a" else _fusion_st_a)(model, run, ctx)
+    if run.kind.depends_on == "mt_a":  # the MT-A run's adapters and its fine-tuned encoder, both frozen
+        load_modules(model, ctx.run_dir(run.deps[0]), adapters=run.sources, heads=[], fusions=[], encoder=True)
+        return _fusion_over_loaded_adapters(model, run)
+    return _fusion_st_a(model, run, ctx)
 
 
 def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
@@ -201,12 +204,6 @@ def _probe_loss(model: AdapterModel, batch: dict, start: dict, steps: int, lr: f
         with torch.no_grad():
             scores.append(F.cross_entropy(logits(held), labels[held]).item())
     return sum(scores) / 2
-
-
-def _fusion_mt_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
-    # the MT-A run's adapters and its fine-tuned encoder, both frozen
-    load_modules(model, ctx.run_dir(run.deps[0]), adapters=run.sources, heads=[], fusions=[], encoder=True)
-    return _fusion_over_loaded_adapters(model, run)
 
 
 def _attention_and_pruning(done: Trained) -> None:

@@ -24,9 +24,5 @@ def params(cfg: dict) -> tuple[IA3Params, list[str]]:
     return IA3Params(targets=targets or ["key", "value", "intermediate"]), differ
 
 
-def is_ia3(cfg: dict) -> bool:
-    return cfg.get("composition_mode") == "scale"
-
-
 METHOD = Method("ia3", "loras", {"*": "lora_B"}, config, params, lambda v: v.reshape(-1, 1), architecture="lora",
-                matches=is_ia3)
+                matches=lambda cfg: cfg.get("composition_mode") == "scale")
