@@ -18,8 +18,7 @@ def mean_attention(layers: list[list[float]]) -> list[float]:
     """[layers][N] mean fusion attention per layer -> [N] mean over layers."""
     if not layers:
         raise ValueError("no fusion attention captured (was the fusion active while capturing?)")
-    n = len(layers[0])
-    return [sum(row[i] for row in layers) / len(layers) for i in range(n)]
+    return [sum(column) / len(layers) for column in zip(*layers)]
 
 
 def rank_adapters(names: list[str], layers: list[list[float]]) -> list[str]:
