@@ -43,8 +43,9 @@ def params_from(d: dict) -> ModuleParams:
     return ADAPTER_TYPES[d.get("type", "pfeiffer")].params_from(d)
 
 
-# params.type -> its module: each method package's ``layer.py`` (``pfeiffer`` / ``houlsby``: ST-A's)
-ADAPTER_TYPES = {type_: layer for type_, kind in registry.module_types().items()
+# params.type -> its module: each method package's ``layer.py`` (``pfeiffer`` / ``houlsby``: ST-A's), or the
+# ``TUNER`` it declares (a ``tuners.TargetTuner``, which has the six functions)
+ADAPTER_TYPES = {type_: getattr(layer, "TUNER", layer) for type_, kind in registry.module_types().items()
                  if (layer := registry.part(kind, "layer")) is not None}
 
 

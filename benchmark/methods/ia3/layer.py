@@ -38,7 +38,4 @@ class IA3Tuner(TargetTuner):
     params_model = IA3Params
 
 
-TUNER = IA3Tuner()
-# the adapter type's side of the model API (``model.adapter_type`` dispatches here for ``ia3``)
-attach, activate, modules_of = TUNER.attach, TUNER.activate, TUNER.modules_of
-describe, params_from, expected_shapes = TUNER.describe, TUNER.params_from, TUNER.expected_shapes
+TUNER = IA3Tuner()  # the adapter type's side of the model API (``model.adapter_type`` dispatches here for ``ia3``)

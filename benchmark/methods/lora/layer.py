@@ -49,7 +49,4 @@ class LoRATuner(TargetTuner):
     params_model = LoRAParams
 
 
-TUNER = LoRATuner()
-# the adapter type's side of the model API (``model.adapter_type`` dispatches here for ``lora``)
-attach, activate, modules_of = TUNER.attach, TUNER.activate, TUNER.modules_of
-describe, params_from, expected_shapes = TUNER.describe, TUNER.params_from, TUNER.expected_shapes
+TUNER = LoRATuner()  # the adapter type's side of the model API (``model.adapter_type`` dispatches here for ``lora``)
