@@ -69,10 +69,8 @@ def _read_sources(run: Run, ctx: RunContext):
                         f"from), which published adapters do not have ({', '.join(run.published)} come from fusion.adapterhub)",
                         file=ctx.reg.file_of("experiment", run.experiment) or run.experiment, field="fusion.adapterhub",
                         fix="merge stage-1 sources only: leave fusion.adapterhub out of the experiment for this method")
-    seeds = set()
-    for _, dep in run.stage1_deps():
-        rec = records.read_result(Path(ctx.run_dir(dep)))
-        seeds.add(rec.seed if rec is not None else None)
+    # the sources' seeds (None: a source without result.json)
+    seeds = {getattr(records.read_result(Path(ctx.run_dir(dep))), "seed", None) for _, dep in run.stage1_deps()}
     if len(seeds) != 1 or None in seeds:
         raise CheckpointError(f"the merged sources must be stage-1 runs of one seed with a result.json each; "
                               f"found seeds {sorted(map(str, seeds))}", file=str(ctx.run_dir(run.deps[0])),
