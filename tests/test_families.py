@@ -103,7 +103,7 @@ def test_distilbert_hooks_place_pfeiffer_and_houlsby_as_defined(backbones):
 def test_lora_is_w_x_plus_scaled_b_a_x(backbones):
     _, make = backbones["tiny-bert"]
     model = _full_model(make)
-    lin = layout.get(model.layers()[1], model.layout.linear_targets["value"])
+    lin = model.layers()[1].get_submodule(model.layout.linear_targets["value"])
     lora = lin.lora["l"]
     x = torch.randn(3, 7, lin.in_features)
     with torch.no_grad():

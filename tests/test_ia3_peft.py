@@ -14,7 +14,6 @@ import re
 import pytest
 import torch
 
-from benchmark.modeling import layout
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.model import AdapterModel, Modules
 from benchmark.spec.schema import IA3Params
@@ -52,7 +51,7 @@ def test_ia3_logits_equal_peft_ia3(registry, name):
         for n in names:
             target = inner.get_submodule(n)
             assert not target.is_feedforward  # PEFT scales this layer's output, as AdapterHub and we do
-            target.ia3_l["default"].copy_(layout.get(ours.encoder, n).ia3["l"].scale.view(-1, 1))
+            target.ia3_l["default"].copy_(ours.encoder.get_submodule(n).ia3["l"].scale.view(-1, 1))
     theirs.eval()
 
     batch = dict(tok(["a short one", "and a somewhat longer second sentence here"], padding=True, return_tensors="pt"))

@@ -10,7 +10,6 @@ import re
 import pytest
 import torch
 
-from benchmark.modeling import layout
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.model import AdapterModel, Modules
 from benchmark.spec.schema import LoRAParams
@@ -46,7 +45,7 @@ def test_lora_logits_equal_peft_lora(registry, name):
     inner = theirs.base_model.model
     with torch.no_grad():
         for n in names:
-            mine = layout.get(ours.encoder, n).lora["l"]
+            mine = ours.encoder.get_submodule(n).lora["l"]
             target = inner.get_submodule(n)
             target.lora_A["default"].weight.copy_(mine.A.weight)
             target.lora_B["default"].weight.copy_(mine.B.weight)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.modeling import layout, merging
+from benchmark.modeling import merging
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.model import AdapterModel, Modules
 from benchmark.spec.schema import AdapterParams, LoRAParams
@@ -156,7 +156,7 @@ def lora_pair(registry):
     with torch.no_grad():
         for p in paths:
             for n in names:
-                mine = layout.get(ours.encoder, p).lora[n]
+                mine = ours.encoder.get_submodule(p).lora[n]
                 inner.get_submodule(p).lora_A[n].weight.copy_(mine.A.weight)
                 inner.get_submodule(p).lora_B[n].weight.copy_(mine.B.weight)
     theirs.eval()

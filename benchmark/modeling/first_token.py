@@ -23,7 +23,7 @@ import sys
 import torch
 from torch import nn
 
-from benchmark.modeling.layout import FirstToken, get
+from benchmark.modeling.layout import FirstToken
 
 LAST_LAYER = ("first_token", "full")
 
@@ -44,7 +44,7 @@ class FirstTokenLastLayer(nn.Module):
         if not self._ctx.first_token_only:  # the stock layer (an encoder: no cross-attention, no chunking)
             return self.original(hidden_states, attention_mask, *args, **kwargs)  # [B, T, H]
         p = self._parts
-        sa = get(self, p.self_attention)
+        sa = self.get_submodule(p.self_attention)
         B, T, _ = hidden_states.shape
         d = sa.attention_head_size
         first = hidden_states[:, :1]  # [B, 1, H]
@@ -57,8 +57,8 @@ class FirstTokenLastLayer(nn.Module):
         context, _ = attend(sa, query, key, value, attention_mask,
                             dropout=sa.dropout.p if sa.training else 0.0, scaling=sa.scaling, **kwargs)
         context = context.reshape(B, 1, -1)  # [B, 1, H]
-        attended = get(self, p.attention_output)(context, first)  # [B, 1, H]
-        return get(self, p.output)(get(self, p.intermediate)(attended), attended)  # [B, 1, H]
+        attended = self.get_submodule(p.attention_output)(context, first)  # [B, 1, H]
+        return self.get_submodule(p.output)(self.get_submodule(p.intermediate)(attended), attended)  # [B, 1, H]
 
 
 _SAID: set[str] = set()

@@ -76,16 +76,16 @@ class Layout:
 
     # ------------------------------------------------------------------ reaching into an encoder
     def layer_list(self, encoder: nn.Module) -> nn.ModuleList:
-        return get(encoder, self.layers)
+        return encoder.get_submodule(self.layers)
 
     def host(self, layer: nn.Module, location: str) -> nn.Module:
-        return get(layer, self.sublayer(location).host)
+        return layer.get_submodule(self.sublayer(location).host)
 
     def set_host(self, layer: nn.Module, location: str, module: nn.Module) -> None:
         put(layer, self.sublayer(location).host, module)
 
     def norm_of(self, layer: nn.Module, location: str) -> nn.Module:
-        return get(layer, self.sublayer(location).norm)
+        return layer.get_submodule(self.sublayer(location).norm)
 
     # ------------------------------------------------------------------ state-dict keys (no model needed)
     def slot_prefix(self, i: int, location: str) -> str:
@@ -99,16 +99,9 @@ class Layout:
         return f"encoder.{self.layers}.{i}.{self.linear_targets[target]}."
 
 
-def get(root: nn.Module, path: str) -> nn.Module:
-    mod = root
-    for part in path.split("."):
-        mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
-    return mod
-
-
 def put(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
-    setattr(get(root, parent) if parent else root, name, module)
+    setattr(root.get_submodule(parent), name, module)
 
 
 _BERT_LIKE = dict(

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from benchmark.modeling.context import Switchable
-from benchmark.modeling.layout import Layout, get
+from benchmark.modeling.layout import Layout
 
 
 class TunerModule(Switchable, nn.Module):
@@ -73,7 +73,7 @@ class TargetTuner:
                                  f"(have {sorted(lay.linear_targets)})")
         for i, layer in enumerate(model.layers()):
             for t in params.targets:
-                lin = get(layer, lay.linear_targets[t])
+                lin = layer.get_submodule(lay.linear_targets[t])
                 if not isinstance(lin, nn.Linear):
                     raise TypeError(f"{self.title} target '{t}' of '{lay.family}' is a {type(lin).__name__}, "
                                     "not nn.Linear")
