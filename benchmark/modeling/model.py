@@ -99,9 +99,7 @@ class AdapterModel(nn.Module):
 
     def slots(self, location: str | None = None):
         """The adapter slots (``layers.Slot``), layer by layer, attention before output."""
-        for mod in self._slots:
-            if location is None or mod.location == location:
-                yield mod
+        return (mod for mod in self._slots if location is None or mod.location == location)
 
     def add_adapter(self, name: str, params: ModuleParams) -> None:
         """Add an adapter of any type; its module (``adapter_type``) decides where its parameters sit."""
@@ -219,10 +217,7 @@ class AdapterModel(nn.Module):
 
     # ------------------------------------------------------------------ fusion helpers
     def fusion_layers(self, name: str | None = None):
-        for mod in self.slots("output"):
-            for n, f in mod.fusions.items():
-                if name is None or n == name:
-                    yield f
+        return (f for mod in self.slots("output") for n, f in mod.fusions.items() if name is None or n == name)
 
     def fusion_regularization(self, name: str) -> torch.Tensor:
         """sum over layers of ||I - V||_F^2 (the paper's value regulariser, before its 0.01 weight)."""
