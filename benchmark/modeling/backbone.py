@@ -61,11 +61,6 @@ def offline_tokenizer_file(tspec: TokenizerSpec) -> Path:
     return path
 
 
-def offline_tokenizer_fingerprint(tspec: TokenizerSpec) -> str:
-    """sha256 prefix of the tokenizer file a tiny backbone uses (for results: same file, same ids)."""
-    return tokenizer_files.fingerprint_file(offline_tokenizer_file(tspec))
-
-
 def offline_tokenizer(tspec: TokenizerSpec):
     """The small offline tokenizer of a ``random_init`` backbone (shipped file; no network)."""
     from transformers import BertTokenizerFast, RobertaTokenizerFast
