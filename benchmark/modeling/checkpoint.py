@@ -86,11 +86,10 @@ def _load_tensors(model: AdapterModel, tensors: dict, file: str, expected: set[s
 
 
 def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=None, heads=None,
-                 encoder: bool | None = None, rename: dict[str, str] | None = None) -> dict:
+                 encoder: bool | None = None) -> dict:
     """Add the saved modules to ``model`` (creating adapters / fusions / heads) and load their weights.
 
-    ``None`` selects everything the folder has; ``rename`` maps saved adapter names to new ones.
-    Returns the folder's modules.json.
+    ``None`` selects everything the folder has. Returns the folder's modules.json.
     """
     folder = Path(folder)
     wfile, mfile = folder / WEIGHTS, folder / MODULES
@@ -114,7 +113,6 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
     if saved.layers != lay.layers or any(saved.sublayer(loc) != lay.sublayer(loc) for loc in LOCATIONS):
         raise CheckpointError(f"saved from a '{family}' encoder, but the model is '{model.layout.family}'",
                               file=str(mfile), fix="load it into the backbone it was trained on")
-    rename = rename or {}
     adapters = list(meta["adapters"]) if adapters is None else list(adapters)
     fusions = list(meta["fusions"]) if fusions is None else list(fusions)
     heads = list(meta["heads"]) if heads is None else list(heads)
@@ -122,13 +120,12 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
     for a in adapters:
         if a not in meta["adapters"]:
             raise CheckpointError(f"no adapter '{a}' saved here (have {sorted(meta['adapters'])})", file=str(mfile))
-        new = rename.get(a, a)
-        if new not in model.adapter_params:
-            model.add_adapter(new, params_from(meta["adapters"][a]))
+        if a not in model.adapter_params:
+            model.add_adapter(a, params_from(meta["adapters"][a]))
     for f in fusions:
         info = meta["fusions"][f]
         if f not in model.fusion_params:
-            model.add_fusion(f, [rename.get(a, a) for a in info["adapters"]], FusionParams(**info["params"]))
+            model.add_fusion(f, info["adapters"], FusionParams(**info["params"]))
     for h in heads:
         if h not in model.heads:
             model.add_head(h, *meta["heads"][h])
@@ -138,10 +135,8 @@ def load_modules(model: AdapterModel, folder: Path, *, adapters=None, fusions=No
         raise CheckpointError(f"cannot read the weights ({type(e).__name__}: {str(e)[:200]})", file=str(wfile),
                               fix="the file is damaged or not safetensors: retrain the run that wrote it "
                                   "(delete its folder or run with --force)") from None
-    sel = Modules(tuple(rename.get(a, a) for a in adapters), tuple(fusions), tuple(heads), encoder)
-    back = {new: old for old, new in rename.items()}
-    expected = {k: _rename_key(k, back) for k in model.keys_of(sel)}  # key in the model -> key in the file
-    chosen = {k: tensors[saved] for k, saved in expected.items() if saved in tensors}
+    expected = model.keys_of(Modules(tuple(adapters), tuple(fusions), tuple(heads), encoder))
+    chosen = {k: tensors[k] for k in expected if k in tensors}
     _load_tensors(model, chosen, str(wfile), set(expected))  # strict: every tensor of the selection
     return meta
 
@@ -228,12 +223,6 @@ def verify_weights(folder: Path) -> str | None:
     if size < 8:
         return f"unreadable: {wfile.name} is {size} bytes"
     return None
-
-
-def _rename_key(key: str, rename: dict[str, str]) -> str:
-    for old, new in rename.items():
-        key = key.replace(f".adapters.{old}.", f".adapters.{new}.")
-    return key
 
 
 # ---------------------------------------------------------------------------------------- AdapterHub
