@@ -82,7 +82,8 @@ class Layout:
         return layer.get_submodule(self.sublayer(location).host)
 
     def set_host(self, layer: nn.Module, location: str, module: nn.Module) -> None:
-        put(layer, self.sublayer(location).host, module)
+        parent, _, name = self.sublayer(location).host.rpartition(".")
+        setattr(layer.get_submodule(parent), name, module)
 
     def norm_of(self, layer: nn.Module, location: str) -> nn.Module:
         return layer.get_submodule(self.sublayer(location).norm)
@@ -97,11 +98,6 @@ class Layout:
     def target_prefix(self, i: int, target: str) -> str:
         """State-dict prefix of the target linear ``target`` of layer ``i`` inside an AdapterModel."""
         return f"encoder.{self.layers}.{i}.{self.linear_targets[target]}."
-
-
-def put(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent), name, module)
 
 
 _BERT_LIKE = dict(
