@@ -4,7 +4,6 @@ fusion-attention heatmaps (rows: target task, columns: adapters, one panel per l
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import matplotlib
 
@@ -12,7 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmark.paths import write_atomic  # noqa: E402
 from benchmark.report.aggregate import Collected  # noqa: E402
 from benchmark.report.tables import task_order  # noqa: E402
 
@@ -110,9 +108,3 @@ def relative_to_full(col: Collected, backbone: str, full: str, labels: list[tupl
     ax.set_ylabel("relative difference to Full (%)")
     ax.legend(fontsize=7, ncols=2)
     return _png(fig)
-
-
-def write(path: Path, data: bytes, root: Path | None = None) -> None:
-    """Atomically, checked to lie under ``root`` (``paths.write_atomic``); reports publish their figures
-    through ``build.publish`` as one set."""
-    write_atomic(path, data, root=root)

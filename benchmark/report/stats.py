@@ -34,7 +34,6 @@ class Equivalence:
     p: float  # TOST p: the larger of the two one-sided p-values
     low: float  # the (1 - 2 alpha) = 90% interval of the difference
     high: float
-    margin: float
 
     @property
     def equivalent(self) -> bool:
@@ -52,7 +51,7 @@ def tost(diffs: list[float], margin: float = EQUIVALENCE_MARGIN) -> Equivalence 
     p_low = stats.t.sf((d + margin) / se, df)  # H0: diff <= -margin
     p_high = stats.t.cdf((d - margin) / se, df)  # H0: diff >= +margin
     q = stats.t.ppf(1 - SIGNIFICANCE, df)
-    return Equivalence(float(max(p_low, p_high)), d - q * se, d + q * se, margin)
+    return Equivalence(float(max(p_low, p_high)), d - q * se, d + q * se)
 
 
 def holm(pvalues: list[float | None]) -> list[float | None]:
