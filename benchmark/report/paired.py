@@ -122,9 +122,6 @@ def test_text(t: Tested | None) -> str:
     return f"{p_text(t.p)}, Holm {p_value(t.adjusted)} {t.family}" + ("†" if t.significant else "")
 
 
-_PAIRED_T = object()  # Tests.add's default test
-
-
 class Tests:
     """One backbone's comparisons, each added once with its family; read after every one is added."""
 
@@ -132,13 +129,12 @@ class Tests:
         self.families = Families()
         self._added: dict[object, tuple[Comparison, str, float | None, tuple[str, ...]]] = {}
 
-    def add(self, family: str, key: object, comparison: Comparison | None, notes: tuple[str, ...] = (),
-            p: float | None | object = _PAIRED_T) -> None:
-        """``p``: the test's p (an equivalence test's TOST p, None: no test), by default the comparison's
-        paired t p; a sensitivity comparison joins no test. A key is added once (the first family wins)."""
-        if comparison is None or key in self._added:
+    def add(self, family: str, key: object, comparison: Comparison, notes: tuple[str, ...], p: float | None) -> None:
+        """``p``: the test's p (paired t; an equivalence test's TOST p; None: no test); a sensitivity comparison
+        joins no test. A key is added once (the first family wins)."""
+        if key in self._added:
             return
-        raw = None if family == SENSITIVITY else (comparison.paired_t_p if p is _PAIRED_T else p)
+        raw = None if family == SENSITIVITY else p
         self.families.add(family, key, raw)
         self._added[key] = (comparison, family, raw, notes)
 
@@ -147,9 +143,6 @@ class Tests:
             return None
         comparison, family, raw, notes = self._added[key]
         return Tested(comparison, family, raw, self.families.adjusted(key)[0], notes)
-
-    def size(self, family: str) -> int:
-        return self.families.size(family)
 
     def notes(self) -> list[str]:
         """The pairing notes (shared adapters), once each."""

@@ -326,8 +326,9 @@ def adapter_seed_sensitivity(col: Collected, backbone: str, tests: Tests) -> lis
 
 
 # The paper's findings, and every other comparison a backbone's tables print, in three steps: compute each test
-# once (``RawTest`` records; a finding's own in its ``ClaimCheck``), adjust (``adjust``: Holm within each family,
-# once over all of them), render (``findings``: a row and a verdict per claim, read from the adjusted ``Tests``).
+# once (``RawTest`` records; a finding's own in its ``ClaimCheck``), adjust (``backbone_tests``: Holm within each
+# family, once over all of them), render (``findings``: a row and a verdict per claim, read from the adjusted
+# ``Tests``).
 PER_TASK_CLAIMS = ("small_tasks", "most_tasks")
 
 
@@ -420,15 +421,10 @@ def backbone_tests(col: Collected, backbone: str, checks: list[ClaimCheck]) -> T
         done = {x.key for x in computed}
         todo = [t for t in tasks if (t, a, b) not in done]
         computed += _per_task_tests(family, a, b, _pairs(col, backbone, a, b, todo))
-    return adjust(computed)
-
-
-def adjust(computed: list[RawTest]) -> Tests:
-    """Holm within each family, once over all of ``computed`` (``Tests`` adjusts after the last one is added; a key
-    computed twice keeps its first family)."""
+    # Holm within each family, once over all of them (``Tests`` adjusts after the last one is added)
     tests = Tests()
     for x in computed:
-        tests.add(x.family, x.key, x.comparison, x.notes, p=x.p)
+        tests.add(x.family, x.key, x.comparison, x.notes, x.p)
     return tests
 
 
@@ -625,7 +621,7 @@ def heldout_ties(col: Collected, backbone: str, rows: list[RowView], cols) -> li
 
 def families_text(tests: Tests) -> str:
     """"confirmatory: 11 tests, exploratory: 16 tests" (the families this backbone has)."""
-    sizes = [(f, tests.size(f)) for f in (CONFIRMATORY, EXPLORATORY)]
+    sizes = [(f, tests.families.size(f)) for f in (CONFIRMATORY, EXPLORATORY)]
     return ", ".join(f"{f}: {n} test{'s' * (n != 1)}" for f, n in sizes if n) or "no tests"
 
 
