@@ -190,77 +190,69 @@ def _quantiles(sorted_scores: np.ndarray, t: np.ndarray) -> np.ndarray:
     return sorted_scores[..., idx]
 
 
-def violation_ratios(sorted_a: np.ndarray, sorted_b: np.ndarray, dt: float = ASO_DT) -> np.ndarray:
+def violation_ratios(sorted_a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:
     """eps_W2 of sorted score samples (..., n_a) and (..., n_b), as deepsig's ``compute_violation_ratio``: the
     integral over t in (0, 1) of (G^-1 - F^-1)^2 where F^-1 < G^-1 (its first grid point left out, as deepsig
     leaves it out), over the whole squared Wasserstein distance; 0.5 where the two distributions are equal."""
-    t = np.arange(dt, 1, dt)
+    t = np.arange(ASO_DT, 1, ASO_DT)
     f, g = _quantiles(sorted_a, t), _quantiles(sorted_b, t)
     diff = g - f
-    w2 = np.sum(diff ** 2 * dt, axis=-1)
+    w2 = np.sum(diff ** 2 * ASO_DT, axis=-1)
     violated = np.where(f >= g, 0.0, diff)
-    part = np.sum(violated[..., 1:] ** 2 * dt, axis=-1)
+    part = np.sum(violated[..., 1:] ** 2 * ASO_DT, axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(w2 == 0, 0.5, part / np.where(w2 == 0, 1.0, w2))
 
 
-def aso_from_draws(a, b, ua: np.ndarray, ub: np.ndarray, *, dt: float = ASO_DT,
-                   confidence: float = ASO_CONFIDENCE) -> float:
+def aso_from_draws(a, b, ua: np.ndarray, ub: np.ndarray) -> float:
     """eps_min from given uniforms ``ua`` (reps, n_a) and ``ub`` (reps, n_b): each bootstrap draw is a side's
     quantile function at its uniforms (a resample of its scores with replacement), as in deepsig."""
     sa, sb = np.sort(np.asarray(a, dtype=float)), np.sort(np.asarray(b, dtype=float))
-    ratio = float(violation_ratios(sa, sb, dt))
-    draws_a = np.sort(sa[np.clip(np.ceil(len(sa) * ua).astype(int) - 1, 0, len(sa) - 1)], axis=1)
-    draws_b = np.sort(sb[np.clip(np.ceil(len(sb) * ub).astype(int) - 1, 0, len(sb) - 1)], axis=1)
-    samples = violation_ratios(draws_a, draws_b, dt)
+    ratio = float(violation_ratios(sa, sb))
+    samples = violation_ratios(np.sort(_quantiles(sa, ua), axis=1), np.sort(_quantiles(sb, ub), axis=1))
     const = math.sqrt(len(sa) * len(sb) / (len(sa) + len(sb)))
     sigma = float(np.std(const * (samples - ratio)))
-    return float(np.clip(ratio - sigma / const * stats.norm.ppf(1 - confidence), 0.0, 1.0))
+    return float(np.clip(ratio - sigma / const * stats.norm.ppf(1 - ASO_CONFIDENCE), 0.0, 1.0))
 
 
-def aso(a, b, *, reps: int = ASO_REPLICATES, seed: int = BOOTSTRAP_SEED, dt: float = ASO_DT,
-        confidence: float = ASO_CONFIDENCE) -> float | None:
+def aso(a, b) -> float | None:
     """Almost Stochastic Order's eps_min of scores ``a`` over ``b`` (Dror et al. 2019, as ``deepsig.aso``
     computes it); None where a side has no score. Seeded: a report's value never moves by chance."""
     if len(a) == 0 or len(b) == 0:
         return None
-    rng = np.random.default_rng(seed)
-    return aso_from_draws(a, b, rng.uniform(0, 1, (reps, len(a))), rng.uniform(0, 1, (reps, len(b))),
-                          dt=dt, confidence=confidence)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    return aso_from_draws(a, b, rng.uniform(0, 1, (ASO_REPLICATES, len(a))),
+                          rng.uniform(0, 1, (ASO_REPLICATES, len(b))))
 
 
 # --------------------------------------------------------------------------------------------- power
-def minimal_detectable_effect(sd_diff: float, n: int, *, alpha: float = ALPHA, power: float = POWER) -> float:
-    """The paired design's minimal detectable effect (points) at ``power``, two-sided ``alpha``:
+def minimal_detectable_effect(sd_diff: float, n: int) -> float:
+    """The paired design's minimal detectable effect (points) at ``POWER``, two-sided ``ALPHA``:
     MDE = (t_{1-alpha/2, n-1} + t_{power, n-1}) * sd_d / sqrt(n)."""
     if n < 2:
         return math.inf
     df = n - 1
-    return float((stats.t.ppf(1 - alpha / 2, df) + stats.t.ppf(power, df)) * sd_diff / math.sqrt(n))
+    return float((stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(POWER, df)) * sd_diff / math.sqrt(n))
 
 
-def seeds_needed(effect: float, sd_diff: float, *, alpha: float = ALPHA, power: float = POWER,
-                 most: int = 1000) -> int | None:
-    """The fewest paired seeds whose MDE reaches ``|effect|``; None when more than ``most`` (or no effect)."""
+def seeds_needed(effect: float, sd_diff: float) -> int | None:
+    """The fewest paired seeds whose MDE reaches ``|effect|``; None when more than 1,000 (or no effect)."""
     if effect == 0 or not math.isfinite(effect):
         return None
     if sd_diff == 0:
         return 2
-    for n in range(2, most + 1):
-        if minimal_detectable_effect(sd_diff, n, alpha=alpha, power=power) <= abs(effect):
-            return n
-    return None
+    return next((n for n in range(2, 1001) if minimal_detectable_effect(sd_diff, n) <= abs(effect)), None)
 
 
-def equivalence_half_width(sd_diff: float, n: int, *, alpha: float = ALPHA) -> float:
+def equivalence_half_width(sd_diff: float, n: int) -> float:
     """The half-width of the paired (1 - 2 alpha) interval, t_{1-alpha, n-1} * sd_d / sqrt(n) (inf below 2 seeds)."""
-    return float(stats.t.ppf(1 - alpha, n - 1) * sd_diff / math.sqrt(n)) if n >= 2 else math.inf
+    return float(stats.t.ppf(1 - ALPHA, n - 1) * sd_diff / math.sqrt(n)) if n >= 2 else math.inf
 
 
-def equivalence_reachable(sd_diff: float, n: int, margin: float, *, alpha: float = ALPHA) -> bool:
+def equivalence_reachable(sd_diff: float, n: int, margin: float) -> bool:
     """Whether TOST at ``margin`` can pass at all with n paired seeds and this spread: the (1 - 2 alpha)
     interval's half-width must fit inside the margin."""
-    return equivalence_half_width(sd_diff, n, alpha=alpha) < margin
+    return equivalence_half_width(sd_diff, n) < margin
 
 
 # ------------------------------------------------------------------------------------------ families

@@ -787,7 +787,7 @@ def _equivalence_verdict(x: Tested, eq: Equivalence | None) -> str:
         return f"does not hold (the 90% interval lies outside {m} point)"
     if not equivalence_reachable(c.sd_diff, c.n, EQUIVALENCE_MARGIN):
         need = next((n for n in range(2, 1001) if equivalence_reachable(c.sd_diff, n, EQUIVALENCE_MARGIN)), None)
-        half = equivalence_half_width(c.sd_diff, c.n, alpha=SIGNIFICANCE)
+        half = equivalence_half_width(c.sd_diff, c.n)
         return (f"cannot be shown with {c.n} seeds: at the observed SD of paired differences ({c.sd_diff:.2f}) the "
                 f"90% interval is ±{half:.2f} wide, more than the {m} point margin, even at a zero difference; "
                 f"{need or 'over 1,000'} seeds would be needed")
