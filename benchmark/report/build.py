@@ -48,7 +48,6 @@ from benchmark.report.tables import (
     claim_checks,
     findings,
     fmt,
-    layout,
     p_text,
     variant_heading,
     variants,
@@ -400,8 +399,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
                                            f"({b}; rows = target task, columns = adapter, % of the softmax mass "
                                            "over dev tokens, averaged over seeds), Figure 4/6 style", png))
         full = methods.reference_column(methods.FULL)
-        png = figures.relative_to_full(col, b, full.label, [(c[0], c[2]) for c in layout("table1")], reg) \
-            if full else None
+        png = figures.relative_to_full(col, b, full.label, [(c.label, c.heading) for c in methods.layout("table1")],
+                                       reg) if full else None
         if png:
             data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",
                                        png))

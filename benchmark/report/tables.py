@@ -49,19 +49,8 @@ from benchmark.report.stats import (  # noqa: F401 - p_text
     tost,
 )
 
-
-# Columns, Table 2 comparisons and † pairs come from the method kinds (benchmark/methods): a new kind's
-# columns appear without an edit here.
-def layout(table: str) -> list[tuple[str, str, str]]:
-    """(our column label, the paper's key, heading) of a table."""
-    return [(c.label, c.paper_key, c.heading) for c in methods.layout(table)]
-
-
-def comparisons() -> list[tuple[str, str, str, str]]:
-    """Table 2: (key, fusion column, baseline column, heading)."""
-    return [(c.key, c.ours, c.baseline, c.heading) for c in methods.comparisons()]
-
-
+# Columns, Table 2 comparisons and † pairs come from the method kinds (benchmark/methods: ``methods.layout``,
+# ``methods.comparisons``, ``methods.significance_pairs``): a new kind's columns appear without an edit here.
 TITLES = {"table1": "Table 1: all methods", "table3": "Table 3: ST-A reduction factors",
           "table4": "Table 4: RoBERTa-base"}
 # The LaTeX Tables 1/3/4 are set unscaled on landscape pages (no text below 8 pt), at most this many method
@@ -409,7 +398,7 @@ def backbone_tests(col: Collected, backbone: str, checks: list[ClaimCheck]) -> T
     variants and shared-adapter columns against their kind's column and their † baseline (sensitivity: CIs
     only); then adjusted. Paired by seed from the records."""
     have, tasks, pairs = col.columns(backbone), col.tasks(backbone), methods.significance_pairs()
-    wanted = [(EXPLORATORY, f, b) for _, f, b, _ in comparisons() if {f, b} <= have]
+    wanted = [(EXPLORATORY, c.ours, c.baseline) for c in methods.comparisons() if {c.ours, c.baseline} <= have]
     for label, base in variants(col, backbone).items():
         if base in have:
             wanted.append((SENSITIVITY, label, base))
@@ -494,7 +483,8 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
                 majority: dict[str, Majority] | None = None, tests: Tests | None = None) -> TableView | None:
     """``majority``: task -> its majority baseline (``baseline.majority_baselines``); None: no such column.
     ``tests``: the backbone's comparisons (``backbone_tests``, built here when not given)."""
-    cols = [c for c in layout(key) if c[0] in col.columns(backbone)]
+    # (our column label, the paper's key, heading)
+    cols = [(c.label, c.paper_key, c.heading) for c in methods.layout(key) if c.label in col.columns(backbone)]
     pairs = methods.significance_pairs()
     extra = variants(col, backbone) if key == "table1" else {}  # other specs of a kind: never silently dropped
     if extra:
@@ -626,34 +616,35 @@ def families_text(tests: Tests) -> str:
 
 
 def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests | None = None) -> Table2View | None:
-    comps = [c for c in comparisons() if {c[1], c[2]} <= col.columns(backbone)]
+    comps = [c for c in methods.comparisons() if {c.ours, c.baseline} <= col.columns(backbone)]
     if not comps:
         return None
     with_paper = compares_with_table1(reg, backbone, paper)
     tasks = task_order(reg, [t for t in col.tasks(backbone) if any(
-        col.cells.get((backbone, t, c[1]), Cell()).values and col.cells.get((backbone, t, c[2]), Cell()).values
+        col.cells.get((backbone, t, c.ours), Cell()).values and col.cells.get((backbone, t, c.baseline), Cell()).values
         for c in comps)])
     tests = tests or backbone_tests(col, backbone, claim_checks(col, backbone, paper, reg))
     rows, stat_rows = [], []
     for t in tasks:
         ours, deltas, pap, tested, der = [], [], [], [], []
-        for key, f, b, heading in comps:
-            x = tests.get((t, f, b))
+        for comp in comps:
+            x = tests.get((t, comp.ours, comp.baseline))
             tested.append(x)
             d = x.comparison.delta if x else None  # the mean over paired seeds (the arrow reads the same Δ)
             ours.append(None if d is None else arrow(d))
             deltas.append(d)
             if x:
                 c = x.comparison
-                stat_rows.append(StatRow(t, heading, f"{c.delta:+.2f}", x.ci, f"{c.p_better:.2f}",
+                stat_rows.append(StatRow(t, comp.heading, f"{c.delta:+.2f}", x.ci, f"{c.p_better:.2f}",
                                          p_value(x.p) if x.p is not None else "—",
                                          f"{p_value(x.adjusted)}{'†' if x.significant else ''} ({x.family})"
                                          if x.adjusted is not None else "—",
                                          f"{c.aso:.2f}" if c.aso is not None else "—"))
             shown = with_paper and is_paper_task(reg, t)
-            pap.append(published.paper_arrow(paper, t, key) if shown else None)
+            pap.append(published.paper_arrow(paper, t, comp.key) if shown else None)
             # "(Table 1: ...)" marks a printed arrow that its Table 1 contradicts; a derived one cannot
-            der.append(published.derived_arrow(paper, t, key) if shown and published.is_printed(paper, key) else None)
+            der.append(published.derived_arrow(paper, t, comp.key)
+                       if shown and published.is_printed(paper, comp.key) else None)
         rows.append(Table2Row(t, ours, deltas, pap, tested, der))
     improved, improved_p, agree = [], [], []
     for j, _comp in enumerate(comps):
@@ -663,7 +654,7 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests |
         # the paper's count over the same tasks as ours, so both sides of "ours / paper" share a denominator
         improved_p.append(f"{sum(r.paper[j] == 'up' for r in both)}/{len(both)}" if both else "—")
         agree.append(f"{sum(r.ours[j] == r.paper[j] for r in both)}/{len(both)}" if both else "—")
-    view = Table2View(backbone, [c[3] for c in comps], [c[0] for c in comps], rows, improved, improved_p, agree)
+    view = Table2View(backbone, [c.heading for c in comps], [c.key for c in comps], rows, improved, improved_p, agree)
     view.stats, view.families = stat_rows, families_text(tests)
     view.rank_correlation = rank_correlation(col, backbone, paper, reg)
     view.notes = table2_notes(view, paper, with_paper) + [FAMILIES_NOTE] + ([ASO_NOTE] if stat_rows else [])
