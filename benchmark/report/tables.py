@@ -254,12 +254,8 @@ def compares_with_table1(reg, backbone: str, paper: dict) -> bool:
 
 
 def task_order(reg, tasks: list[str]) -> list[str]:
-    def key(t):
-        spec = reg.tasks.get(t)
-        order = spec.paper.order if spec and spec.paper.order else 999
-        return (order, t)
-
-    return sorted(tasks, key=key)
+    """The paper's Table 1 order (a task spec's ``paper.order``), then the other tasks by name."""
+    return sorted(tasks, key=lambda t: ((reg.tasks[t].paper.order if t in reg.tasks else None) or 999, t))
 
 
 def group_of(reg, task: str) -> str:
@@ -789,14 +785,11 @@ def findings(checks: list[ClaimCheck], tests: Tests, paper: dict) -> list[Findin
     """The paper's findings checked on our numbers (``claim_checks``: only for paper tasks on a backbone that is,
     or stands in for, the paper's Table 1 backbone), each read from the adjusted ``tests`` and printed with its
     family; a verdict only with ``MIN_SEEDS`` paired seeds."""
-    return [_finding(check, tests, paper) for check in checks]
-
-
-def _finding(check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
-    text, test = check.claim.text.format(small=SMALL_TASK_TRAIN_SIZE), check.claim.test
-    if test in PER_TASK_CLAIMS:
-        return _per_task_finding(text, check, tests, paper)
-    return (_on_par_finding if test == "on_par" else _average_finding)(text, check, tests, paper)
+    out = []
+    for check in checks:
+        finding = _per_task_finding if check.claim.test in PER_TASK_CLAIMS else _over_tasks_finding
+        out.append(finding(check.claim.text.format(small=SMALL_TASK_TRAIN_SIZE), check, tests, paper))
+    return out
 
 
 def _per_task_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
@@ -816,24 +809,22 @@ def _per_task_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -
     return Finding(text, paper_text, f"{up}/{len(got)} improved; {_described(got)}", verdict, power)
 
 
-def _average_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
+def _over_tasks_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
+    """An "on average" claim (the mean's paired t) or an "on par" one (the TOST of the per-seed means)."""
     paper_text, effect = _published_means(paper, *_paper_keys(check.claim), check.tasks)
-    x = tests.get(("mean", check.claim.ours, check.claim.baseline))
-    ours = f"mean gain {x.text()} over {len(check.tasks)} tasks"
-    if check.claim.per_task:
-        ours += f"; {_described(_tested_per_task(check, tests))}"
-    return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _average_verdict(x), power_text(x, effect))
-
-
-def _on_par_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
-    paper_text, effect = _published_means(paper, *_paper_keys(check.claim), check.tasks)
-    x, eq = tests.get(("tost", check.claim.ours, check.claim.baseline)), check.eq
-    run = test_text(x) or "not run (the verdict says why)"
-    shown = (f"; TOST at ±{EQUIVALENCE_MARGIN:.1f} point over per-seed means: 90% interval {eq.low:+.2f} to "
-             f"{eq.high:+.2f}, {run}" if eq else "")
-    ours = f"mean difference {x.text(test=False)} over {len(check.tasks)} tasks{shown}"
-    return Finding(text, paper_text, ours, _too_few(x.comparison.n) or _equivalence_verdict(x, eq),
-                   power_text(x, effect))
+    a, b, over = check.claim.ours, check.claim.baseline, f"over {len(check.tasks)} tasks"
+    if check.claim.test == "on_par":
+        x, eq = tests.get(("tost", a, b)), check.eq
+        run = test_text(x) or "not run (the verdict says why)"
+        shown = (f"; TOST at ±{EQUIVALENCE_MARGIN:.1f} point over per-seed means: 90% interval {eq.low:+.2f} to "
+                 f"{eq.high:+.2f}, {run}" if eq else "")
+        ours, verdict = f"mean difference {x.text(test=False)} {over}{shown}", _equivalence_verdict(x, eq)
+    else:
+        x = tests.get(("mean", a, b))
+        ours, verdict = f"mean gain {x.text()} {over}", _average_verdict(x)
+        if check.claim.per_task:
+            ours += f"; {_described(_tested_per_task(check, tests))}"
+    return Finding(text, paper_text, ours, _too_few(x.comparison.n) or verdict, power_text(x, effect))
 
 
 def _paper_keys(claim: methods.Claim) -> tuple[str, str]:
