@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from benchmark.cli import main
-from benchmark.report.build import build_data, paper_numbers, source_modules
+from benchmark.report.build import build_data, source_modules
+from benchmark.report.published import load as paper_numbers
 from benchmark.report.tables import arrow
 from benchmark.runner.results import write_json_atomic
 from conftest import MIRROR

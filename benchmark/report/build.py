@@ -63,12 +63,6 @@ MULTITASK_NOTE = ("MT-A: one run per seed fine-tunes the encoder with all tasks'
                   "Stage-1 ST-A: the same task's fusion-source adapter (one seed), for scale.")
 
 
-def paper_numbers(path: str | None = None) -> tuple[dict, str]:
-    """The published tables: ``path`` (the CLI's --paper, else $AFBENCH_PAPER_FILE), or the copy bundled
-    with the package."""
-    return published.load(path)
-
-
 @dataclass
 class Figure:
     name: str
@@ -152,8 +146,11 @@ def _lock(fin: list[RunRecord]) -> str:
     """Which lock the runs' environment was checked against, and whether it matched (results.environment)."""
     envs = [r.environment for r in fin]
     recorded = [e for e in envs if isinstance(e, dict) and e.get("lock_sha256")]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for e in recorded:
+        groups.setdefault((e.get("lock") or "lock", e["lock_sha256"]), []).append(e)
     parts = []
-    for (lock, sha), group in sorted(_group(recorded, lambda e: (e.get("lock") or "lock", e["lock_sha256"])).items()):
+    for (lock, sha), group in sorted(groups.items()):
         drift = [e for e in group if not e.get("matches_lock")]
         text = f"{lock} sha256 {sha[:12]}: {len(group) - len(drift)} of {len(group)} runs match it"
         if drift:
@@ -163,13 +160,6 @@ def _lock(fin: list[RunRecord]) -> str:
     if len(recorded) < len(envs):
         parts.append(f"not recorded ({len(envs) - len(recorded)} older run{'s' if len(envs) - len(recorded) > 1 else ''})")
     return "; ".join(parts)
-
-
-def _group(items, key) -> dict:
-    out: dict = {}
-    for it in items:
-        out.setdefault(key(it), []).append(it)
-    return out
 
 
 def dated(results: list[RunRecord]) -> str:
@@ -354,7 +344,7 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
             extra += (f" ({len(col.stale)} result(s) on disk are from an older version of the spec or other data: "
                       "their run ids are not in the current plan)")
         raise BenchError(f"no results for experiment '{experiment}' under {results_dir / experiment}{extra}", fix=fix)
-    paper, paper_src = paper_numbers(paper_file)
+    paper, paper_src = published.load(paper_file)  # --paper, else $AFBENCH_PAPER_FILE, else the bundled copy
     exp_spec = reg.experiments.get(experiment)
     data = ReportData(
         experiment=experiment,
@@ -370,10 +360,9 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
     data.reruns = reruns.reruns([r for r in col.results if r.finished])
     data.reruns_summary = reruns.summary(data.reruns)
     data.reproducibility += reruns.thread_note(col.results)
-    root = data_root
     for b in col.backbones():
         pb = reg.backbones[b].paper_backbone if b in reg.backbones else None
-        floor = majority_baselines(reg, col.tasks(b), root)
+        floor = majority_baselines(reg, col.tasks(b), data_root)
         checks = claim_checks(col, b, paper, reg)  # the paper's findings and their tests
         tests = backbone_tests(col, b, checks)  # every comparison once, each in one family, Holm-adjusted
         for key in published.tables_for(paper, pb):
