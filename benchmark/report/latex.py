@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from benchmark.report.prose import BULLET, NUMBER, code_spans, is_item, list_items
+from benchmark.report.prose import BULLET, NUMBER, code_spans, is_item, list_items, split_blocks
 
 # LaTeX's special characters first (the backslash before anything that introduces one)
 _SPECIAL = {"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "%": r"\%", "#": r"\#",
@@ -59,16 +59,8 @@ def _inline(text: str) -> str:
 
 def markdown(text: str | None) -> str:
     """Spec prose (the Markdown subset of ``prose.py``: paragraphs, - / 1. lists, `code`, **bold**) as LaTeX."""
-    blocks: list[list[str]] = [[]]
-    for line in (text or "").splitlines():
-        if line.strip():
-            if is_item(line) and blocks[-1] and not is_item(blocks[-1][0]):
-                blocks.append([])
-            blocks[-1].append(line.rstrip())
-        elif blocks[-1]:
-            blocks.append([])
     out = []
-    for b in (b for b in blocks if b):
+    for b in split_blocks(text, is_item):  # any item right under a paragraph line starts a list
         for pattern, env in ((BULLET, "itemize"), (NUMBER, "enumerate")):
             if pattern.match(b[0]):
                 body = "\n".join(r"\item " + _inline(it) for it in list_items(pattern, b))

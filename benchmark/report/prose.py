@@ -8,6 +8,7 @@ author writes can become a tag or an attribute, so a description or a note canno
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from markupsafe import Markup, escape
 
@@ -61,14 +62,19 @@ def _block(lines: list[str]) -> str:
     return f"<p>{_inline(' '.join(ln.strip() for ln in lines))}</p>"
 
 
-def markdown_to_html(text: str | None) -> Markup:
-    """The Markdown subset above as safe HTML (a ``Markup``, so autoescaping leaves it alone)."""
+def split_blocks(text: str | None, starts_list: Callable[[str], bool]) -> list[list[str]]:
+    """Runs of non-blank lines; a ``starts_list`` line right under a paragraph line opens its own (as in CommonMark)."""
     blocks: list[list[str]] = [[]]
     for line in (text or "").splitlines():
-        if _starts_list(line) and blocks[-1] and not is_item(blocks[-1][0]):
-            blocks.append([])  # a list right under a paragraph line starts its own block, as in CommonMark
+        if starts_list(line) and blocks[-1] and not is_item(blocks[-1][0]):
+            blocks.append([])
         if line.strip():
             blocks[-1].append(line.rstrip())
         elif blocks[-1]:
             blocks.append([])
-    return Markup("\n".join(_block(b) for b in blocks if b))
+    return [b for b in blocks if b]
+
+
+def markdown_to_html(text: str | None) -> Markup:
+    """The Markdown subset above as safe HTML (a ``Markup``, so autoescaping leaves it alone)."""
+    return Markup("\n".join(_block(b) for b in split_blocks(text, _starts_list)))
