@@ -160,10 +160,7 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str,
                     c.last.append(hist[-1])
                 if r.fusion_attention and r.fusion_attention.layers:
                     attention.setdefault((r.backbone, t, label), []).append(r.fusion_attention.model_dump())
-    no_data = {}
-    for s in plan.skipped if plan is not None else []:
-        if s.what.startswith("task "):
-            no_data[s.what[5:]] = s.why
+    no_data = {s.what[5:]: s.why for s in (plan.skipped if plan is not None else []) if s.what.startswith("task ")}
     return Collected(experiment, cells, stage1, no_data, results, plan.description if plan is not None else "",
                      attention, stale, stale_sources=stale_sources, multitask=multitask, column_kinds=kinds,
                      held_back=held_back, report_seeds=seeds)

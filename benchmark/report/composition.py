@@ -83,14 +83,13 @@ def _runs(col: Collected, backbone: str, label: str) -> list[RunRecord]:
 def composition_columns(col: Collected, backbone: str) -> dict[str, list[str]]:
     """A kind's column -> its variant columns whose every run composed the sources another way than its attention
     (other mixings first, then merges; by label within each)."""
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[tuple[bool, str]]] = {}
     have = col.columns(backbone)
     for label, base in variants(col, backbone).items():
         mix = {mixing_of(r) for r in _runs(col, backbone, label)}
         if base in have and mix and not mix & {None, ATTENTION}:
-            out.setdefault(base, []).append(label)
-    return {base: sorted(labels, key=lambda lb: (MERGE in {mixing_of(r) for r in _runs(col, backbone, lb)}, lb))
-            for base, labels in out.items()}
+            out.setdefault(base, []).append((MERGE in mix, label))
+    return {base: [label for _, label in sorted(labels)] for base, labels in out.items()}
 
 
 def method_name(runs: list[RunRecord]) -> str:
@@ -124,11 +123,10 @@ def _row(col: Collected, backbone: str, label: str, base: str, name: str, tasks:
 
 
 def composition_tables(col: Collected, backbone: str, reg, tests: Tests,
-                       majority: dict[str, Majority] | None = None) -> list[CompositionView]:
+                       majority: dict[str, Majority]) -> list[CompositionView]:
     """One table per kind column that has composition variants (none: no table). ``tests``: the backbone's
     comparisons (``tables.backbone_tests``), which hold every variant against its kind's column; ``majority``: task ->
     its majority baseline (‡ as in Table 1)."""
-    majority = majority or {}
     views = []
     for base, labels in composition_columns(col, backbone).items():
         heading = next((c.name for c in methods.layout("table1") if c.label == base), base)

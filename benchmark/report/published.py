@@ -47,10 +47,9 @@ def arrow(delta: float) -> str:
 def load(path: str | None = None) -> tuple[dict, str]:
     """(paper numbers, where they came from, as a report may show it: no machine paths)."""
     bundled_text = resources.files("benchmark.paper").joinpath("adapterfusion_eacl2021.yaml").read_text()
-    p = path  # the CLI passes --paper, else $AFBENCH_PAPER_FILE
-    if not p:
+    if not path:  # the CLI passes --paper, else $AFBENCH_PAPER_FILE
         return _parse(bundled_text, BUNDLED), f"bundled copy ({BUNDLED})"
-    f = Path(p)
+    f = Path(path)
     if not f.is_file():
         raise BenchError(f"paper numbers file {f} does not exist", field="--paper",
                          fix="point --paper / AFBENCH_PAPER_FILE at adapterfusion_eacl2021.yaml")

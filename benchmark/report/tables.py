@@ -416,11 +416,11 @@ def backbone_tests(col: Collected, backbone: str, checks: list[ClaimCheck]) -> T
 MAJORITY_MARK = "‡"
 
 
-def cell_view(col: Collected, backbone: str, task: str, label: str, majority: dict[str, Majority] | None,
+def cell_view(col: Collected, backbone: str, task: str, label: str, majority: dict[str, Majority],
               paper: dict | None = None) -> CellView:
     """A column's cell on ``task`` beside ``paper``'s published mean and std; ‡ at the task's majority baseline."""
     c, paper = col.cells.get((backbone, task, label), Cell()), paper or {}
-    m = (majority or {}).get(task)
+    m = majority.get(task)
     return CellView(c.mean, c.std, c.n, c.reason(col.no_data.get(task)), paper.get("mean"), paper.get("std"),
                     note=MAJORITY_MARK if m is not None and m.near(c.mean) else "")
 
@@ -475,10 +475,10 @@ def majority_note(rows: list[RowView]) -> str:
     return text
 
 
-def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
-                majority: dict[str, Majority] | None = None, tests: Tests | None = None) -> TableView | None:
-    """``majority``: task -> its majority baseline (``baseline.majority_baselines``); None: no such column.
-    ``tests``: the backbone's comparisons (``backbone_tests``, built here when not given)."""
+def build_table(key: str, col: Collected, backbone: str, paper: dict, reg, majority: dict[str, Majority],
+                tests: Tests) -> TableView | None:
+    """``majority``: task -> its majority baseline (``baseline.majority_baselines``); ``tests``: the backbone's
+    comparisons (``backbone_tests``)."""
     # (our column label, the paper's key, heading)
     cols = [(c.label, c.paper_key, c.heading) for c in methods.layout(key) if c.label in col.columns(backbone)]
     pairs = methods.significance_pairs()
@@ -493,7 +493,6 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
     tasks = task_order(reg, [t for t in col.tasks(backbone)
                              if any(col.cells.get((backbone, t, c[0]), Cell()).expected for c in cols)
                              or t in col.no_data])
-    tests = tests or backbone_tests(col, backbone, claim_checks(col, backbone, paper, reg))
     rows = []
     for t in tasks:
         views = []
@@ -505,7 +504,7 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg,
             if v.test is not None and v.test.significant:  # a sensitivity comparison is never marked
                 v.marker = "†"
             views.append(v)
-        rows.append(RowView(t, group_of(reg, t), views, (majority or {}).get(t)))
+        rows.append(RowView(t, group_of(reg, t), views, majority.get(t)))
     mean_row = [mean_cell([r.cells[j] for r in rows]) for j in range(len(cols))]
     notes = []
     if pb is None:
@@ -611,7 +610,7 @@ def families_text(tests: Tests) -> str:
     return ", ".join(f"{f}: {n} test{'s' * (n != 1)}" for f, n in sizes if n) or "no tests"
 
 
-def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests | None = None) -> Table2View | None:
+def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests) -> Table2View | None:
     comps = [c for c in methods.comparisons() if {c.ours, c.baseline} <= col.columns(backbone)]
     if not comps:
         return None
@@ -619,7 +618,6 @@ def build_table2(col: Collected, backbone: str, paper: dict, reg, tests: Tests |
     tasks = task_order(reg, [t for t in col.tasks(backbone) if any(
         col.cells.get((backbone, t, c.ours), Cell()).values and col.cells.get((backbone, t, c.baseline), Cell()).values
         for c in comps)])
-    tests = tests or backbone_tests(col, backbone, claim_checks(col, backbone, paper, reg))
     rows, stat_rows = [], []
     for t in tasks:
         ours, deltas, pap, tested, der = [], [], [], [], []
