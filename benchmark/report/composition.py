@@ -22,7 +22,7 @@ from benchmark.methods.merge_defaults import MERGE_DEFAULTS
 from benchmark.records import SPEED, RecordError, RunRecord, read_speed
 from benchmark.report.aggregate import Cell, Collected
 from benchmark.report.baseline import Majority
-from benchmark.report.cost import MIB, counted, mean_text
+from benchmark.report.cost import cost_cells, counted
 from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES
 from benchmark.report.paired import SENSITIVITY, Tested, Tests
 from benchmark.report.tables import MAJORITY_MARK, CellView, cell_view, mean_cell, task_order, variants
@@ -113,13 +113,9 @@ def _row(col: Collected, backbone: str, label: str, base: str, name: str, tasks:
     cells = [cell_view(col, backbone, t, label, majority) for t in tasks]
     deltas = [None if label == base else tests.get((t, label, base)) for t in tasks]
     runs = _runs(col, backbone, label)
-    n = len(runs)
-    return CompositionRow(
-        name, label, cells, mean_cell(cells), deltas,
-        mean_text([r.params.trained for r in runs if r.params and r.params.trained is not None], n, "{:,.0f}"),
-        mean_text([r.train_seconds for r in runs if r.train_seconds], n, "{:.1f}"),
-        mean_text([r.memory.peak_rss_bytes / MIB for r in runs if r.memory and r.memory.peak_rss_bytes], n, "{:.0f}"),
-        runs)
+    cost = cost_cells(runs)  # as the cost table has them
+    return CompositionRow(name, label, cells, mean_cell(cells), deltas, cost["trainable params"], cost["train s"],
+                          cost["peak RSS (MiB)"], runs)
 
 
 def composition_tables(col: Collected, backbone: str, reg, tests: Tests,

@@ -72,6 +72,26 @@ def _backbone_params(results: list[RunRecord]) -> dict[str, int]:
     return out
 
 
+def cost_cells(rs: list[RunRecord], backbone_params: int | None = None) -> dict[str, str]:
+    """A group of runs' cells (``COLUMNS``), each the mean over the runs that recorded it."""
+    n = len(rs)
+    mem = [r.memory for r in rs if r.memory]
+    rss = [m.peak_rss_bytes / MIB for m in mem if m.peak_rss_bytes]
+    cuda = [m.cuda_max_allocated_bytes / MIB for m in mem if m.cuda_max_allocated_bytes is not None]
+    trained = [r.params.trained for r in rs if r.params and r.params.trained is not None]
+    share = [100.0 * t / backbone_params for t in trained] if backbone_params else []
+    ckpt = [r.checkpoint_bytes / MIB for r in rs if r.checkpoint_bytes]
+    secs = [r.train_seconds for r in rs if r.train_seconds]
+    tps = [r.padding.real_tokens / r.train_seconds for r in rs if r.train_seconds and r.padding
+           and r.padding.real_tokens]
+    return {"runs": str(n), "peak RSS (MiB)": mean_text(rss, n, "{:.0f}"),
+            "CUDA max allocated (MiB)": mean_text(cuda, n, "{:.0f}") if cuda or any((r.device or "").startswith("cuda")
+                                                                        for r in rs) else CPU_ONLY,
+            "trainable params": mean_text(trained, n, "{:,.0f}"), "% of backbone": mean_text(share, n, "{:.2f}"),
+            "checkpoint (MiB)": mean_text(ckpt, n, "{:.2f}"), "train s": mean_text(secs, n, "{:.1f}"),
+            "tokens/s": mean_text(tps, n, "{:.0f}")}
+
+
 def cost_table(results: list[RunRecord]) -> CostView | None:
     fin = [r for r in results if r.finished]
     if not fin:
@@ -82,23 +102,7 @@ def cost_table(results: list[RunRecord]) -> CostView | None:
         groups.setdefault((r.backbone, r.label), []).append(r)
     view = CostView(COLUMNS)
     for (b, label), rs in sorted(groups.items()):
-        n = len(rs)
-        mem = [r.memory for r in rs if r.memory]
-        rss = [m.peak_rss_bytes / MIB for m in mem if m.peak_rss_bytes]
-        cuda = [m.cuda_max_allocated_bytes / MIB for m in mem if m.cuda_max_allocated_bytes is not None]
-        trained = [r.params.trained for r in rs if r.params and r.params.trained is not None]
-        share = [100.0 * t / backbone[b] for t in trained] if backbone.get(b) else []
-        ckpt = [r.checkpoint_bytes / MIB for r in rs if r.checkpoint_bytes]
-        secs = [r.train_seconds for r in rs if r.train_seconds]
-        tps = [r.padding.real_tokens / r.train_seconds for r in rs if r.train_seconds and r.padding
-               and r.padding.real_tokens]
-        cells = {"runs": str(n), "peak RSS (MiB)": mean_text(rss, n, "{:.0f}"),
-                 "CUDA max allocated (MiB)": mean_text(cuda, n, "{:.0f}") if cuda or any((r.device or "").startswith("cuda")
-                                                                             for r in rs) else CPU_ONLY,
-                 "trainable params": mean_text(trained, n, "{:,.0f}"), "% of backbone": mean_text(share, n, "{:.2f}"),
-                 "checkpoint (MiB)": mean_text(ckpt, n, "{:.2f}"), "train s": mean_text(secs, n, "{:.1f}"),
-                 "tokens/s": mean_text(tps, n, "{:.0f}")}
-        view.rows.append(CostRow(b, label, n, cells))
+        view.rows.append(CostRow(b, label, len(rs), cost_cells(rs, backbone.get(b))))
     _leave_out_empty(view, groups)
     view.notes += environment_notes(fin)
     return view
