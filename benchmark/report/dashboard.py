@@ -116,14 +116,13 @@ def collect(root: Path, backbones: dict, report_seeds: dict[str, list[int]] | No
     """The page's data (points, axes, which runs lack which axis, the result files left out) and the finished
     results it read (``report_seeds``: experiment -> the seeds its report uses; its other seeds are left out, as
     its report's tables leave them)."""
-    names, groups, problems = method_names(), {}, []
+    names, groups = method_names(), {}
     scans = [scan_experiment(root, exp) for exp in experiments(root)]
     seeds_of = report_seeds or {}
     finished = [r for scan in scans for r in scan.results
                 if r.finished and r.seed in seeds_of.get(r.experiment, [r.seed])]
     seeds = {r.run_id: r.seed for r in finished}
-    for scan in scans:
-        problems += scan.problems()
+    problems = [p for scan in scans for p in scan.problems()]
     for r in finished:
         for task, value, joint in _scores(r):
             key = (r.experiment, r.backbone, task, r.label, adapters_of(r, seeds), _caps(r))

@@ -48,8 +48,6 @@ class Rerun:
     epochs_after: int
     max_epoch_delta: float  # largest |dev accuracy difference| over the epochs both trained
     same_losses: bool  # every common epoch's train loss equal to 1e-9
-    wall_before: float | None
-    wall_after: float | None
     cpu_before: str
     cpu_after: str
 
@@ -70,8 +68,8 @@ def reruns(results: list[RunRecord]) -> list[Rerun]:
         same = all(a.train_loss is not None and b.get("train_loss") is not None
                    and abs(a.train_loss - b["train_loss"]) <= 1e-9 for a, b in common)
         out.append(Rerun(r.run_id, r.seed, prev["best_metric"], r.best_metric, len(old_h), len(new_h),
-                         max(devs, default=0.0), same, prev.get("wall_seconds"), r.wall_seconds,
-                         prev.get("cpu_model") or NOT_RECORDED, r.cpu_model or NOT_RECORDED))
+                         max(devs, default=0.0), same, prev.get("cpu_model") or NOT_RECORDED,
+                         r.cpu_model or NOT_RECORDED))
     return sorted(out, key=lambda x: x.run_id)
 
 
