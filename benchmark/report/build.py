@@ -564,16 +564,13 @@ def held_signals():
 
 def tex_fragments(env: jinja2.Environment, data: ReportData) -> list[tuple[str, str]]:
     """(file name, LaTeX) of every table as an \\input-able fragment (what report.tex typesets inline)."""
-    out = []
-    for t in data.tables:
-        out.append((f"{t.key}-{t.backbone}.tex", env.get_template("tex_table.tex.j2").render(t=t)))
-    for t2 in data.table2:
-        out.append((f"table2-{t2.backbone}.tex", env.get_template("tex_table2.tex.j2").render(t2=t2)))
-    for b, fs in data.findings.items():
-        out.append((f"findings-{b}.tex", env.get_template("tex_findings.tex.j2").render(fs=fs)))
-    for c in data.composition:
-        out.append((f"composition-{c.backbone}.tex", env.get_template("tex_composition.tex.j2").render(c=c)))
-    return out
+    def tex(template: str, **view) -> str:
+        return env.get_template(template).render(**view)
+
+    return ([(f"{t.key}-{t.backbone}.tex", tex("tex_table.tex.j2", t=t)) for t in data.tables]
+            + [(f"table2-{t2.backbone}.tex", tex("tex_table2.tex.j2", t2=t2)) for t2 in data.table2]
+            + [(f"findings-{b}.tex", tex("tex_findings.tex.j2", fs=fs)) for b, fs in data.findings.items()]
+            + [(f"composition-{c.backbone}.tex", tex("tex_composition.tex.j2", c=c)) for c in data.composition])
 
 
 def print_summary(data: ReportData) -> None:

@@ -148,25 +148,18 @@ def compare_over_tasks(designs: dict[str, Paired], *, reps: int = REPLICATES,
     per_task = [100.0 * (d.a - d.b).mean() for _, d in sorted(designs.items())]
     levels = {d.level for d in designs.values()}
     per_seed = per_seed_over_tasks(designs)  # seed-level view of the average
-    a_means, b_means = per_seed_means_over_tasks(designs)
     return Comparison(float(np.mean(per_task)), float(low), float(high), _p_better(one_seed[:, None]),
                       min(len(d.seeds) for d in designs.values()), "rows" if levels == {"rows"} else "seeds",
                       paired_t(per_seed), float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else None,
-                      aso(a_means, b_means))
+                      aso(per_seed_over_tasks(designs, lambda d, i: d.a[i]),
+                          per_seed_over_tasks(designs, lambda d, i: d.b[i])))
 
 
-def per_seed_over_tasks(designs: dict[str, Paired]) -> list[float]:
-    """Per seed that every task has, the mean over tasks of that seed's A - B (points), in seed order."""
+def per_seed_over_tasks(designs: dict[str, Paired], side=lambda d, i: d.a[i] - d.b[i]) -> list[float]:
+    """Per seed that every task has, the mean over tasks of ``side`` of that seed's row ``i`` (points; by default
+    A - B, else e.g. A's accuracy alone), in seed order."""
     common = sorted(set.intersection(*(set(d.seeds) for d in designs.values()))) if designs else []
-    return [float(np.mean([100.0 * (d.a[d.seeds.index(s)] - d.b[d.seeds.index(s)]).mean()
-                           for d in designs.values()])) for s in common]
-
-
-def per_seed_means_over_tasks(designs: dict[str, Paired]) -> tuple[list[float], list[float]]:
-    """Per seed that every task has, A's and B's accuracy averaged over tasks (points), in seed order."""
-    common = sorted(set.intersection(*(set(d.seeds) for d in designs.values()))) if designs else []
-    side = lambda s, x: float(np.mean([100.0 * getattr(d, x)[d.seeds.index(s)].mean() for d in designs.values()]))  # noqa: E731
-    return [side(s, "a") for s in common], [side(s, "b") for s in common]
+    return [float(np.mean([100.0 * side(d, d.seeds.index(s)).mean() for d in designs.values()])) for s in common]
 
 
 def _p_better(draws: np.ndarray) -> float:
