@@ -66,7 +66,7 @@ def method_name(label: str, kind: str | None, names: dict[str, str]) -> str:
     """A registry label's name; another spec of a kind: the kind's name and the label."""
     if label in names:
         return names[label]
-    ref = methods.reference_column(kind) if kind in methods.KINDS else None
+    ref = methods.reference_column(kind)  # None for an unknown kind
     return f"{ref.name} ({label})" if ref else label
 
 

@@ -269,9 +269,8 @@ def variants(col: Collected, backbone: str) -> dict[str, str]:
     known = {c.label for t in methods.TABLES for c in methods.layout(t)}
     out = {}
     for label in sorted(col.columns(backbone) - known):
-        kind = methods.KINDS.get(col.kind_of(label) or "")
-        base = kind.columns.get("table1") if kind else None
-        out[label] = base[0].label if base else ""
+        base = methods.reference_column(col.kind_of(label) or "")  # the kind's first Table 1 column
+        out[label] = base.label if base else ""
     return out
 
 
@@ -345,11 +344,8 @@ def _pairs(col: Collected, backbone: str, a: str, b: str, tasks: list[str]) -> d
 
 
 def _per_task_tests(family: str, a: str, b: str, prs: dict[str, Pairing]) -> list[RawTest]:
-    out = []
-    for t, pr in prs.items():
-        if c := compare(pr.design):
-            out.append(RawTest(family, (t, a, b), c, pr.notes, c.paired_t_p))
-    return out
+    return [RawTest(family, (t, a, b), c, pr.notes, c.paired_t_p)
+            for t, pr in prs.items() if (c := compare(pr.design))]
 
 
 def _claim_check(claim: methods.Claim, prs: dict[str, Pairing]) -> ClaimCheck:
