@@ -685,8 +685,7 @@ def rank_correlation(col: Collected, backbone: str, paper: dict, reg) -> str:
     ours, theirs = [], []
     for t in col.tasks(backbone):
         f, s = col.cells.get((backbone, t, comp.ours)), col.cells.get((backbone, t, comp.baseline))
-        pg = published.gain(paper, t, published.paper_key(comp.ours), published.paper_key(comp.baseline)) \
-            if is_paper_task(reg, t) else None
+        pg = published.gain(paper, t, *_paper_keys(comp)) if is_paper_task(reg, t) else None
         if f and s and f.values and s.values and pg is not None:
             ours.append(f.mean - s.mean)
             theirs.append(pg)
@@ -821,7 +820,7 @@ def _over_tasks_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict)
     return Finding(text, paper_text, ours, _too_few(x.comparison.n) or verdict, power_text(x, effect))
 
 
-def _paper_keys(claim: methods.Claim) -> tuple[str, str]:
+def _paper_keys(claim: methods.Claim | methods.Comparison) -> tuple[str, str]:
     return published.paper_key(claim.ours), published.paper_key(claim.baseline)
 
 
