@@ -12,7 +12,6 @@ import pytest
 from scipy import stats
 
 from benchmark.report.inference import (
-    Families,
     Paired,
     aso,
     aso_from_draws,
@@ -22,6 +21,7 @@ from benchmark.report.inference import (
     minimal_detectable_effect,
     seeds_needed,
 )
+from benchmark.report.paired import Tested, Tests
 
 
 def _exact(design: Paired):
@@ -125,21 +125,17 @@ def test_power_formulas_against_the_noncentral_t():
 
 
 def test_each_test_is_in_one_family_with_holm_inside_it():
-    fam = Families()
-    for key, p in (("a", 0.01), ("b", 0.04), ("c", 0.03)):
-        fam.add("confirmatory", key, p)
-    fam.add("exploratory", "d", 0.01)
-    fam.add("exploratory", "e", None)
-    fam.add("confirmatory", "a", 0.01)  # the same test again, same family: fine
-    with pytest.raises(ValueError, match="already in family 'confirmatory'"):
-        fam.add("exploratory", "a", 0.01)
-    assert fam.adjusted("a") == (pytest.approx(0.03), "confirmatory")
-    assert fam.adjusted("c") == (pytest.approx(0.06), "confirmatory")  # 2 x 0.03
-    assert fam.adjusted("b") == (pytest.approx(0.06), "confirmatory")  # max(1 x 0.04, 0.06): monotone
-    assert fam.adjusted("d") == (pytest.approx(0.01), "exploratory")
-    assert fam.adjusted("e") == (None, "exploratory") and fam.size("confirmatory") == 3
-    with pytest.raises(RuntimeError):
-        fam.add("confirmatory", "f", 0.2)
+    c = compare(Paired.from_accuracies({1: 80.0, 2: 81.0}, {1: 79.0, 2: 79.5}))
+    raw = {key: Tested(c, "confirmatory", p) for key, p in (("a", 0.01), ("b", 0.04), ("c", 0.03))}
+    raw |= {"d": Tested(c, "exploratory", 0.01), "e": Tested(c, "exploratory", None)}
+    tests = Tests(raw)
+    assert (tests.get("a").adjusted, tests.get("a").family) == (pytest.approx(0.03), "confirmatory")
+    assert tests.get("c").adjusted == pytest.approx(0.06)  # 2 x 0.03
+    assert tests.get("b").adjusted == pytest.approx(0.06)  # max(1 x 0.04, 0.06): monotone
+    assert (tests.get("d").adjusted, tests.get("d").family) == (pytest.approx(0.01), "exploratory")
+    assert (tests.get("e").adjusted, tests.get("e").family) == (None, "exploratory")
+    assert tests.size("confirmatory") == 3 and tests.size("exploratory") == 1 and tests.get("f") is None
+    assert all(tests.get(k).comparison is c and tests.get(k).p == raw[k].p for k in raw)  # the raw test, adjusted
 
 
 def test_partial_scores_take_the_general_row_draw_and_match_the_enumeration():

@@ -33,8 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from benchmark.report.stats import holm
-
 REPLICATES = 10_000
 BOOTSTRAP_SEED = 20210419  # fixed and printed with the results: the CI of a report never moves by chance
 POWER = 0.8
@@ -247,34 +245,3 @@ def equivalence_reachable(sd_diff: float, n: int, margin: float) -> bool:
     interval's half-width must fit inside the margin."""
     return equivalence_half_width(sd_diff, n) < margin
 
-
-# ------------------------------------------------------------------------------------------ families
-class Families:
-    """Every test of a report, each in exactly one named family; Holm within a family. A test is added
-    once (by key) and printed with that family's adjusted value wherever it appears."""
-
-    def __init__(self):
-        self._family: dict[object, str] = {}
-        self._raw: dict[object, float] = {}
-        self._adjusted: dict[object, float] | None = None
-
-    def add(self, family: str, key: object, p: float | None) -> None:
-        if self._adjusted is not None:
-            raise RuntimeError("families are closed: add every test before reading an adjusted value")
-        if key in self._family and self._family[key] != family:
-            raise ValueError(f"test {key!r} is already in family {self._family[key]!r}, not {family!r}")
-        self._family[key] = family
-        if p is not None:
-            self._raw[key] = p
-
-    def adjusted(self, key: object) -> tuple[float | None, str | None]:
-        """(Holm-adjusted p within the test's family, the family's name)."""
-        if self._adjusted is None:
-            self._adjusted = {}
-            for name in set(self._family.values()):
-                keys = [k for k, f in self._family.items() if f == name and k in self._raw]
-                self._adjusted.update(zip(keys, holm([self._raw[k] for k in keys]), strict=True))
-        return self._adjusted.get(key), self._family.get(key)
-
-    def size(self, family: str) -> int:
-        return sum(1 for k, f in self._family.items() if f == family and k in self._raw)

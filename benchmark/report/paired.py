@@ -3,21 +3,21 @@ paired by seed, the pairing read from the records (each finished run's ``seed``;
 say whose adapters it read), and every test in exactly one named family.
 
 ``pair`` builds one task's design from a report cell's runs; ``Tests`` holds one backbone's comparisons
-(``inference.compare`` / ``compare_over_tasks``), their family and Holm value (``inference.Families``);
+(``inference.compare`` / ``compare_over_tasks``), their family and Holm value;
 ``text`` / ``test_text`` print them the same way wherever they appear.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from benchmark import predictions
 from benchmark.errors import BenchError
 from benchmark.report.aggregate import Collected
-from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES, Comparison, Families, Paired
-from benchmark.report.stats import SIGNIFICANCE, p_text, p_value
+from benchmark.report.inference import BOOTSTRAP_SEED, REPLICATES, Comparison, Paired
+from benchmark.report.stats import SIGNIFICANCE, holm, p_text, p_value
 
 CONFIRMATORY, EXPLORATORY, SENSITIVITY = "confirmatory", "exploratory", "sensitivity"
 FAMILIES_NOTE = (
@@ -94,7 +94,7 @@ class Tested:
     comparison: Comparison
     family: str
     p: float | None  # the raw p the family adjusts (paired t; TOST p for an equivalence test); None: no test
-    adjusted: float | None
+    adjusted: float | None = None  # Holm within the family (``Tests``); None before that or without a test
     notes: tuple[str, ...] = ()
 
     @property
@@ -122,28 +122,21 @@ def test_text(t: Tested | None) -> str:
     return f"{p_text(t.p)}, Holm {p_value(t.adjusted)} {t.family}" + ("†" if t.significant else "")
 
 
-class Tests:
-    """One backbone's comparisons, each added once with its family; read after every one is added."""
+class Tests(dict):
+    """One backbone's comparisons, key -> ``Tested``, built at once from the unadjusted tests (each key has one
+    family): Holm within each family, so a test is printed with its family's value wherever it appears."""
 
-    def __init__(self):
-        self.families = Families()
-        self._added: dict[object, tuple[Comparison, str, float | None, tuple[str, ...]]] = {}
+    def __init__(self, raw: dict[object, Tested]):
+        adjusted = {}
+        for family in {x.family for x in raw.values()}:
+            keys = [k for k, x in raw.items() if x.family == family]
+            adjusted.update(zip(keys, holm([raw[k].p for k in keys]), strict=True))  # a None p stays None
+        super().__init__({k: replace(x, adjusted=adjusted[k]) for k, x in raw.items()})
 
-    def add(self, family: str, key: object, comparison: Comparison, notes: tuple[str, ...], p: float | None) -> None:
-        """``p``: the test's p (paired t; an equivalence test's TOST p; None: no test); a sensitivity comparison
-        joins no test. A key is added once (the first family wins)."""
-        if key in self._added:
-            return
-        raw = None if family == SENSITIVITY else p
-        self.families.add(family, key, raw)
-        self._added[key] = (comparison, family, raw, notes)
-
-    def get(self, key: object) -> Tested | None:
-        if key not in self._added:
-            return None
-        comparison, family, raw, notes = self._added[key]
-        return Tested(comparison, family, raw, self.families.adjusted(key)[0], notes)
+    def size(self, family: str) -> int:
+        """The tests of ``family`` (comparisons with a p)."""
+        return sum(1 for x in self.values() if x.family == family and x.p is not None)
 
     def notes(self) -> list[str]:
         """The pairing notes (shared adapters), once each."""
-        return list(dict.fromkeys(n for _, _, _, ns in self._added.values() for n in ns))
+        return list(dict.fromkeys(n for x in self.values() for n in x.notes))

@@ -19,7 +19,6 @@ from benchmark.report.inference import (
     ASO_DT,
     ASO_REPLICATES,
     BOOTSTRAP_SEED,
-    Comparison,
     compare,
     compare_over_tasks,
     equivalence_half_width,
@@ -310,21 +309,10 @@ def adapter_seed_sensitivity(col: Collected, backbone: str, tests: Tests) -> lis
 
 
 # The paper's findings, and every other comparison a backbone's tables print, in three steps: compute each test
-# once (``RawTest`` records; a finding's own in its ``ClaimCheck``), adjust (``backbone_tests``: Holm within each
-# family, once over all of them), render (``findings``: a row and a verdict per claim, read from the adjusted
-# ``Tests``).
+# once (unadjusted ``Tested`` records by key; a finding's own in its ``ClaimCheck``), adjust (``backbone_tests``:
+# Holm within each family, once over all of them), render (``findings``: a row and a verdict per claim, read from
+# the adjusted ``Tests``).
 PER_TASK_CLAIMS = ("small_tasks", "most_tasks")
-
-
-@dataclass(frozen=True)
-class RawTest:
-    """One comparison before adjustment: its family, key, paired comparison, pairing notes and the raw p its
-    family adjusts (paired t; TOST p for an equivalence test; None: no test)."""
-    family: str
-    key: tuple
-    comparison: Comparison
-    notes: tuple[str, ...]
-    p: float | None
 
 
 @dataclass(frozen=True)
@@ -334,7 +322,7 @@ class ClaimCheck:
     per-seed means (whose interval the finding prints)."""
     claim: methods.Claim
     tasks: list[str]
-    tests: list[RawTest]
+    tests: dict[tuple, Tested]  # key -> the unadjusted test
     eq: Equivalence | None = None
 
 
@@ -343,9 +331,10 @@ def _pairs(col: Collected, backbone: str, a: str, b: str, tasks: list[str]) -> d
     return {t: pr for t in tasks if (pr := pair(col, backbone, t, a, b))}
 
 
-def _per_task_tests(family: str, a: str, b: str, prs: dict[str, Pairing]) -> list[RawTest]:
-    return [RawTest(family, (t, a, b), c, pr.notes, c.paired_t_p)
-            for t, pr in prs.items() if (c := compare(pr.design))]
+def _per_task_tests(family: str, a: str, b: str, prs: dict[str, Pairing]) -> dict[tuple, Tested]:
+    """Key (task, a, b) -> the unadjusted test: the paired t's p, none for a sensitivity comparison (CIs only)."""
+    return {(t, a, b): Tested(c, family, None if family == SENSITIVITY else c.paired_t_p, notes=pr.notes)
+            for t, pr in prs.items() if (c := compare(pr.design))}
 
 
 def _claim_check(claim: methods.Claim, prs: dict[str, Pairing]) -> ClaimCheck:
@@ -363,7 +352,7 @@ def _claim_check(claim: methods.Claim, prs: dict[str, Pairing]) -> ClaimCheck:
         key, p = ("tost", a, b), (eq.p if runnable else None)
     else:
         eq, key, p = None, ("mean", a, b), (over.paired_t_p if over else None)
-    return ClaimCheck(claim, list(prs), [RawTest(CONFIRMATORY, key, over, notes, p)] if over else [], eq)
+    return ClaimCheck(claim, list(prs), {key: Tested(over, CONFIRMATORY, p, notes=notes)} if over else {}, eq)
 
 
 def claim_checks(col: Collected, backbone: str, paper: dict, reg) -> list[ClaimCheck]:
@@ -397,16 +386,14 @@ def backbone_tests(col: Collected, backbone: str, checks: list[ClaimCheck]) -> T
         kind_base = label.partition("@")[0]
         if "@" in label and pairs.get(kind_base) in have:
             wanted.append((SENSITIVITY, label, pairs[kind_base]))
-    computed = [x for check in checks for x in check.tests]
+    computed: dict[tuple, Tested] = {}
+    for check in checks:  # two claims on one pair share their per-task tests: the first one's is kept
+        for key, x in check.tests.items():
+            computed.setdefault(key, x)
     for family, a, b in wanted:
-        done = {x.key for x in computed}
-        todo = [t for t in tasks if (t, a, b) not in done]
-        computed += _per_task_tests(family, a, b, _pairs(col, backbone, a, b, todo))
-    # Holm within each family, once over all of them (``Tests`` adjusts after the last one is added)
-    tests = Tests()
-    for x in computed:
-        tests.add(x.family, x.key, x.comparison, x.notes, x.p)
-    return tests
+        todo = [t for t in tasks if (t, a, b) not in computed]
+        computed |= _per_task_tests(family, a, b, _pairs(col, backbone, a, b, todo))
+    return Tests(computed)  # Holm within each family, once over all of them
 
 
 MAJORITY_MARK = "‡"
@@ -602,7 +589,7 @@ def heldout_ties(col: Collected, backbone: str, rows: list[RowView], cols) -> li
 
 def families_text(tests: Tests) -> str:
     """"confirmatory: 11 tests, exploratory: 16 tests" (the families this backbone has)."""
-    sizes = [(f, tests.families.size(f)) for f in (CONFIRMATORY, EXPLORATORY)]
+    sizes = [(f, tests.size(f)) for f in (CONFIRMATORY, EXPLORATORY)]
     return ", ".join(f"{f}: {n} test{'s' * (n != 1)}" for f, n in sizes if n) or "no tests"
 
 
