@@ -30,10 +30,11 @@ def paper_key(label: str) -> str:
     return next(c.paper_key for c in methods.layout("table1") if c.label == label)
 
 
-def paper_columns(comparison: str) -> tuple[str, str]:
-    """(fusion column, baseline column) of the paper's Table 1 for a Table 2 comparison key."""
-    comp = next(c for c in methods.comparisons() if c.key == comparison)
-    return paper_key(comp.ours), paper_key(comp.baseline)
+def paper_columns(pair: methods.Comparison | methods.Claim | str) -> tuple[str, str]:
+    """(fusion column, baseline column) of the paper's Table 1 for a Table 2 comparison (or its key) or a claim."""
+    if isinstance(pair, str):
+        pair = next(c for c in methods.comparisons() if c.key == pair)
+    return paper_key(pair.ours), paper_key(pair.baseline)
 
 
 MEAN_ROW = "Mean"  # the row of Table 1 that holds the published means over all 16 tasks

@@ -672,7 +672,7 @@ def rank_correlation(col: Collected, backbone: str, paper: dict, reg) -> str:
     ours, theirs = [], []
     for t in col.tasks(backbone):
         f, s = col.cells.get((backbone, t, comp.ours)), col.cells.get((backbone, t, comp.baseline))
-        pg = published.gain(paper, t, *_paper_keys(comp)) if is_paper_task(reg, t) else None
+        pg = published.gain(paper, t, *published.paper_columns(comp)) if is_paper_task(reg, t) else None
         if f and s and f.values and s.values and pg is not None:
             ours.append(f.mean - s.mean)
             theirs.append(pg)
@@ -774,7 +774,7 @@ def findings(checks: list[ClaimCheck], tests: Tests, paper: dict) -> list[Findin
 
 def _per_task_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
     claim, got = check.claim, _tested_per_task(check, tests)
-    gains = {t: published.gain(paper, t, *_paper_keys(claim)) for t, _ in got}
+    gains = {t: published.gain(paper, t, *published.paper_columns(claim)) for t, _ in got}
     power = "; ".join(f"{t}: {power_text(x, gains[t])}" for t, x in got)
     verdict = _too_few(min(x.comparison.n for _, x in got)) or _per_task_verdict(got)
     if claim.test == "small_tasks":
@@ -791,7 +791,7 @@ def _per_task_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -
 
 def _over_tasks_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict) -> Finding:
     """An "on average" claim (the mean's paired t) or an "on par" one (the TOST of the per-seed means)."""
-    paper_text, effect = _published_means(paper, *_paper_keys(check.claim), check.tasks)
+    paper_text, effect = _published_means(paper, *published.paper_columns(check.claim), check.tasks)
     a, b, over = check.claim.ours, check.claim.baseline, f"over {len(check.tasks)} tasks"
     if check.claim.test == "on_par":
         x, eq = tests.get(("tost", a, b)), check.eq
@@ -805,10 +805,6 @@ def _over_tasks_finding(text: str, check: ClaimCheck, tests: Tests, paper: dict)
         if check.claim.per_task:
             ours += f"; {_described(_tested_per_task(check, tests))}"
     return Finding(text, paper_text, ours, _too_few(x.comparison.n) or verdict, power_text(x, effect))
-
-
-def _paper_keys(claim: methods.Claim | methods.Comparison) -> tuple[str, str]:
-    return published.paper_key(claim.ours), published.paper_key(claim.baseline)
 
 
 def _tested_per_task(check: ClaimCheck, tests: Tests) -> list[tuple[str, Tested]]:
