@@ -394,14 +394,13 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
             data.figures.append(Figure(f"relative-to-full-{b}", f"Relative difference to Full ({b}), Figure 3 style",
                                        png))
         data.attention += attention_summaries(col, b, reg)
-    data.stage1 = sorted(({"task": r.task, "backbone": r.backbone, "seed": r.seed,
+    data.stage1 = sorted([{"task": r.task, "backbone": r.backbone, "seed": r.seed,
                            "accuracy": r.best_metric, "epoch": r.best_epoch,
                            "heldout": r.selection_metric if r.selection == "heldout" else None,
                            "rows": r.data.train_rows if r.data else None,
                            "rows_total": r.data.train_rows_total if r.data else None, "published": None}
-                          for r in st_a_sources(col)),
-                         key=lambda d: (d["backbone"], d["task"], d["seed"]))
-    data.stage1 = sorted(data.stage1 + published_sources(col), key=lambda d: (d["backbone"], d["task"], bool(d["published"])))
+                          for r in st_a_sources(col)] + published_sources(col),
+                         key=lambda d: (d["backbone"], d["task"], bool(d["published"]), d["seed"]))
     data.multitask = multitask_quality(col)
     data.source_kinds, data.source_modules = source_modules(col)
     used = {t for r in col.results for t in (r.tasks or [r.task])} | set(col.no_data)
