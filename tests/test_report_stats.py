@@ -22,11 +22,11 @@ def test_tost_is_two_one_sided_paired_tests_of_scipy():
     ci = sp.ttest_1samp(D, 0.0).confidence_interval(0.90)
     assert math.isclose(eq.low, ci.low, rel_tol=1e-9) and math.isclose(eq.high, ci.high, rel_tol=1e-9)
     # equivalence shown exactly when the 90% interval lies inside the margin
-    assert eq.equivalent == (-1.0 < eq.low and eq.high < 1.0)
+    assert (eq.p < stats.SIGNIFICANCE) == (-1.0 < eq.low and eq.high < 1.0)
     tight = stats.tost([0.02, -0.05, 0.1, 0.01])
-    assert tight.equivalent and -1.0 < tight.low < tight.high < 1.0
+    assert tight.p < stats.SIGNIFICANCE and -1.0 < tight.low < tight.high < 1.0
     far = stats.tost([10.0, 10.5, 9.5])
-    assert not far.equivalent and far.low > 1.0
+    assert far.p >= stats.SIGNIFICANCE and far.low > 1.0
     assert stats.tost([1.0]) is None and stats.tost([0.5, 0.5, 0.5]) is None
 
 
@@ -34,7 +34,7 @@ def test_the_audit_example_is_not_parity():
     """minilm_table1: ST-A vs Full, per-seed means over 4 tasks differ by -0.78 on average over 3 paired seeds;
     the paired 90% interval reaches beyond ±1, so TOST fails."""
     eq = stats.tost([-2.30, -0.04, 0.00])
-    assert eq.low < -1.0 < eq.high and not eq.equivalent
+    assert eq.low < -1.0 < eq.high and eq.p >= stats.SIGNIFICANCE
 
 
 def test_holm_by_hand():

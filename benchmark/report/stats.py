@@ -35,10 +35,6 @@ class Equivalence:
     low: float  # the (1 - 2 alpha) = 90% interval of the difference
     high: float
 
-    @property
-    def equivalent(self) -> bool:
-        return self.p < SIGNIFICANCE
-
 
 def tost(diffs: list[float], margin: float = EQUIVALENCE_MARGIN) -> Equivalence | None:
     """Two one-sided paired t-tests of H0: |mean difference| >= margin over the per-seed differences (A - B of
