@@ -1,6 +1,6 @@
 """A report reads what the runner recorded: which results are current comes from the specs and the data
 fingerprints and command-line choices stored in the results, so it needs neither the data mirror nor the
-training flags (``report/aggregate.recorded_plan``)."""
+training flags (``report/aggregate.load``, through ``plan.build.recorded``)."""
 
 from __future__ import annotations
 

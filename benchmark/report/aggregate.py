@@ -6,7 +6,7 @@ not as table rows. The adapters fusion read (its dependencies, grid runs or not)
 adapters. A cell knows why it is empty: not run, failed, no data.
 
 Which results are current is decided from the experiment spec as it is now and what the results
-recorded (``recorded_plan``: the spec's runs with the data fingerprints and the command-line choices each
+recorded (``plan.build.recorded``: the spec's runs with the data fingerprints and the command-line choices each
 result stored), never from the data or the training flags, so a report needs neither; nor from the
 ``plan.json`` of the last run alone, which may be older than the results (``--only``) or the specs. It
 gives the tasks left out for want of data; it is the whole plan only when the experiment's spec is gone.
@@ -166,24 +166,17 @@ def collect(results: list[RunRecord], plan: PlanRecord | None, experiment: str,
                      held_back=held_back, report_seeds=seeds)
 
 
-def recorded_plan(reg, spec, results: list[RunRecord], stored: PlanRecord | None, data_root=None,
-                  lent: list[RunRecord] = ()) -> PlanRecord:
-    """``plan.build.recorded`` as a record, with the tasks left out for want of data as ``plan.json`` (``stored``)
-    says."""
-    plan = recorded(reg, spec, results, data_root=data_root, lent=lent).record()
-    plan.skipped = stored.skipped if stored is not None else []
-    return plan
-
-
 def load(results_dir: Path, experiment: str, reg=None, data_root=None) -> Collected:
-    """Read ``results_dir/<experiment>`` and which of its results are current (``recorded_plan``)."""
+    """Read ``results_dir/<experiment>`` and which of its results are current (``plan.build.recorded`` as a record,
+    with the tasks left out for want of data as ``plan.json`` says)."""
     scan = scan_experiment(results_dir, experiment)
     problems = scan.problems()
     spec = reg.experiments.get(experiment) if reg is not None else None
     stored, why = _read_plan(results_dir / experiment)
     if spec is not None:
         lent = [r for e in spec.dependencies_from for r in scan_experiment(results_dir, e).results]
-        plan, source = recorded_plan(reg, spec, scan.results, stored, data_root, lent), "current specs"
+        plan, source = recorded(reg, spec, scan.results, data_root=data_root, lent=lent).record(), "current specs"
+        plan.skipped = stored.skipped if stored is not None else []
     else:
         plan, source = stored, "plan.json (the experiment spec no longer exists)" if stored else "none"
         problems += [why] if why else []
