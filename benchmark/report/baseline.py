@@ -24,14 +24,11 @@ class Majority:
     how: str = ""  # "predicts 'not_entailment'" / "uniform chance, 1/4"
     why: str = ""
 
-    @property
-    def one_row(self) -> float:
-        """One dev row in accuracy points: results closer than this to the baseline are at chance."""
-        return 100.0 / self.dev_rows if self.dev_rows else 0.0
-
     def near(self, value: float | None) -> bool:
-        """Within one dev row of the baseline or below it (a result no better than predicting one class)."""
-        return self.accuracy is not None and value is not None and value <= self.accuracy + self.one_row + 1e-9
+        """Within one dev row (100 / dev rows points) of the baseline or below it (a result no better than
+        predicting one class)."""
+        one_row = 100.0 / self.dev_rows if self.dev_rows else 0.0
+        return self.accuracy is not None and value is not None and value <= self.accuracy + one_row + 1e-9
 
 
 def _labels(task, split: str, root: Path | None, task_file: str) -> list[int]:
