@@ -442,7 +442,7 @@ def _env() -> jinja2.Environment:
     env.filters["p"] = p_text
     env.filters["tex"] = latex.escape
     env.filters["texmd"] = latex.markdown
-    env.filters["texarrow"] = latex.arrow
+    env.filters["texarrow"] = lambda a: latex.escape(ARROWS.get(a, "—"))  # ↗ -> $\nearrow$, no arrow: --
     return env
 
 

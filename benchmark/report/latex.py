@@ -38,13 +38,6 @@ def escape(text) -> str:
     return "".join(out)
 
 
-ARROWS = {"up": r"$\nearrow$", "down": r"$\searrow$", "same": r"$\rightarrow$"}
-
-
-def arrow(a: str | None) -> str:
-    return ARROWS.get(a or "", "--")
-
-
 def _inline(text: str) -> str:
     """Escape, then `code` -> \\texttt and **bold** -> \\textbf."""
     out = []
