@@ -337,7 +337,7 @@ def test_on_average_claims_test_the_noise_of_the_mean(registry, handmade):
 
 
 def test_p_values_below_a_hundredth_are_never_printed_as_zero():
-    from benchmark.report.tables import p_text
+    from benchmark.report.stats import p_text
 
     assert (p_text(0.004), p_text(0.01), p_text(0.456), p_text(0.0001)) == (
         "p = 0.0040", "p = 0.010", "p = 0.46", "p < 0.001")

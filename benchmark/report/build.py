@@ -34,6 +34,7 @@ from benchmark.report.composition import CompositionView, composition_tables
 from benchmark.report.cost import CostView, cost_table, counted
 from benchmark.report.prose import markdown_to_html
 from benchmark.report.reruns import REPRODUCIBILITY_NOTE
+from benchmark.report.stats import p_text
 from benchmark.report.swept import swept_methods
 from benchmark.report.tables import (
     ARROWS,
@@ -48,7 +49,6 @@ from benchmark.report.tables import (
     claim_checks,
     findings,
     fmt,
-    p_text,
     variant_heading,
     variants,
 )

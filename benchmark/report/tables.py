@@ -39,11 +39,10 @@ from benchmark.report.paired import (
     test_text,
 )
 from benchmark.report.published import ARROW_THRESHOLD, arrow  # the thresholds live with the paper's numbers
-from benchmark.report.stats import (  # noqa: F401 - p_text
+from benchmark.report.stats import (
     EQUIVALENCE_MARGIN,
     SIGNIFICANCE,
     Equivalence,
-    p_text,
     p_value,
     tost,
 )
