@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from benchmark.report import paired  # the module: pytest would collect the classes Tested/Tests
 from benchmark.report.inference import (
     Paired,
     aso,
@@ -21,7 +22,6 @@ from benchmark.report.inference import (
     minimal_detectable_effect,
     seeds_needed,
 )
-from benchmark.report.paired import Tested, Tests
 
 
 def _exact(design: Paired):
@@ -126,9 +126,9 @@ def test_power_formulas_against_the_noncentral_t():
 
 def test_each_test_is_in_one_family_with_holm_inside_it():
     c = compare(Paired.from_accuracies({1: 80.0, 2: 81.0}, {1: 79.0, 2: 79.5}))
-    raw = {key: Tested(c, "confirmatory", p) for key, p in (("a", 0.01), ("b", 0.04), ("c", 0.03))}
-    raw |= {"d": Tested(c, "exploratory", 0.01), "e": Tested(c, "exploratory", None)}
-    tests = Tests(raw)
+    raw = {key: paired.Tested(c, "confirmatory", p) for key, p in (("a", 0.01), ("b", 0.04), ("c", 0.03))}
+    raw |= {"d": paired.Tested(c, "exploratory", 0.01), "e": paired.Tested(c, "exploratory", None)}
+    tests = paired.Tests(raw)
     assert (tests.get("a").adjusted, tests.get("a").family) == (pytest.approx(0.03), "confirmatory")
     assert tests.get("c").adjusted == pytest.approx(0.06)  # 2 x 0.03
     assert tests.get("b").adjusted == pytest.approx(0.06)  # max(1 x 0.04, 0.06): monotone
