@@ -131,14 +131,13 @@ def compare(design: Paired, *, reps: int = REPLICATES, seed: int = BOOTSTRAP_SEE
                       aso(100.0 * design.a.mean(axis=1), 100.0 * design.b.mean(axis=1)))
 
 
-def compare_over_tasks(designs: dict[str, Paired], *, reps: int = REPLICATES,
-                       seed: int = BOOTSTRAP_SEED) -> Comparison | None:
+def compare_over_tasks(designs: dict[str, Paired], *, reps: int = REPLICATES) -> Comparison | None:
     """"On average over tasks": each task resampled on its own (stratified), the per-task differences
     averaged with equal weights; P(A > B) draws one new seed (and dev sample) per task."""
     designs = {t: d for t, d in designs.items() if d.seeds}
     if not designs:
         return None
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
     draws = [_draws(d, reps, rng) for _, d in sorted(designs.items())]  # each (reps, n_t)
     means = np.mean([x.mean(axis=1) for x in draws], axis=0)  # (reps,)
     one_seed = np.mean([x[:, 0] for x in draws], axis=0)  # a new seed on every task: column 0 is one uniform draw
