@@ -38,8 +38,6 @@ def store(tracking, exp_dir: Path) -> Path:
 class Tracker:
     """One backend for one run: ``start`` (config), ``epoch`` (one history entry), ``finish`` (the final record)."""
 
-    extra = ""
-
     def __init__(self, where: Path, experiment: str, group: str, task: str, run_id: str, tracking):
         self.where, self.experiment, self.group, self.task, self.run_id = where, experiment, group, task, run_id
         self.tracking = tracking
@@ -52,8 +50,6 @@ class Tracker:
 
 
 class TensorBoard(Tracker):
-    extra = "track-tensorboard"
-
     def start(self, config):
         from torch.utils.tensorboard import SummaryWriter
 
@@ -73,8 +69,6 @@ class TensorBoard(Tracker):
 
 
 class MLflow(Tracker):
-    extra = "track-mlflow"
-
     def start(self, config):
         uri = self.tracking.mlflow_uri or f"sqlite:///{self.where / 'mlflow.db'}"
         _probe(uri)
@@ -104,8 +98,6 @@ class MLflow(Tracker):
 
 
 class WandB(Tracker):
-    extra = "track-wandb"
-
     def start(self, config):
         import wandb
 
@@ -122,8 +114,6 @@ class WandB(Tracker):
 
 
 class Trackio(Tracker):
-    extra = "track-trackio"
-
     def start(self, config):
         os.environ.setdefault("TRACKIO_DIR", str(self.where / "trackio"))  # read when trackio is imported
         import trackio
@@ -165,7 +155,8 @@ class Session:
                     getattr(t, method)(*args)
                 except Exception as e:  # noqa: BLE001 - a tracker never fails a run: one line, then off
                     live.remove(t)
-                    why = f"the package is not installed (pip install 'adapterfusion-bench[{t.extra}]')" \
+                    extra = next(f"track-{name}" for name, cls in BACKENDS.items() if isinstance(t, cls))
+                    why = f"the package is not installed (pip install 'adapterfusion-bench[{extra}]')" \
                         if isinstance(e, ImportError) else f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                     self.log(f"  tracking: {type(t).__name__} is off for {t.run_id}: {why}")
 
