@@ -208,8 +208,9 @@ def _options(args):
 
 def _planned(args):
     """(registry, plan, results root, experiment folder) of the experiment a command names."""
+    from benchmark.paths import under
     from benchmark.plan.build import build_plan
-    from benchmark.runner.results import experiment_dir, results_root
+    from benchmark.runner.results import results_root
 
     reg = _registry(args)
     exp = reg.get("experiment", args.experiment)
@@ -217,7 +218,7 @@ def _planned(args):
     for line in fusion_warnings(plan, reg):
         print(line, file=sys.stderr)
     root = results_root(args.results_dir)
-    return reg, plan, root, experiment_dir(root, plan.experiment.name)
+    return reg, plan, root, under(root, plan.experiment.name)
 
 
 def _finished(args, reg=None):
@@ -225,16 +226,17 @@ def _finished(args, reg=None):
     results were planned (``plan.build.recorded``: every set of training choices they recorded), so none of these
     commands takes the training flags; only runs with a folder here or under a lender (``dependencies_from``), since a
     choice recorded by some runs plans the whole grid under it."""
+    from benchmark.paths import under
     from benchmark.plan.build import recorded
     from benchmark.records import scan_experiment
-    from benchmark.runner.results import experiment_dir, results_root
+    from benchmark.runner.results import results_root
 
     reg, root = reg or _registry(args), results_root(args.results_dir)
     exp = reg.get("experiment", args.experiment)
     lent = [r for e in exp.dependencies_from for r in scan_experiment(root, e).results]
     plan = recorded(reg, exp, scan_experiment(root, exp.name).results, availability(reg, _data_dir(args)),
                     data_root=_data_dir(args), lent=lent)
-    homes = [experiment_dir(root, e) for e in (exp.name, *exp.dependencies_from)]
+    homes = [under(root, e) for e in (exp.name, *exp.dependencies_from)]
     plan.runs = [r for r in plan.runs if any((h / r.id).is_dir() for h in homes)]
     return reg, plan, root, homes[0]
 

@@ -103,16 +103,17 @@ class _Named:
 
 @pytest.mark.parametrize("evil", ["../../escaped", "/tmp/afbench-escaped-abs"])
 def test_every_writer_refuses_a_traversing_name(tmp_path, evil, monkeypatch):
+    from benchmark.paths import under
     from benchmark.report.build import publish
     from benchmark.runner import slurm
     from benchmark.runner.lock import experiment_lock
-    from benchmark.runner.results import experiment_dir, write_json_atomic
+    from benchmark.runner.results import write_json_atomic
 
     root = tmp_path / "a" / "b" / "results"
     root.mkdir(parents=True)
     before = _files(tmp_path)
     with pytest.raises(PathOutsideRoot):  # results/<experiment>, the lock and plan.json under it
-        experiment_dir(root, evil)
+        under(root, evil)
     with pytest.raises(PathOutsideRoot):
         write_json_atomic(root / evil / "plan.json", {}, root=root)
     exp = root / "ok"
@@ -134,7 +135,7 @@ def test_every_writer_refuses_a_traversing_name(tmp_path, evil, monkeypatch):
         with pytest.raises(PathOutsideRoot):
             run_plan(plan, reg, results_dir=root, data_dir=None, device="cpu", executor=executor, log=lambda _: None)
     assert slurm.jobs_file(root / "ok").is_relative_to(root / "ok")
-    with experiment_lock(experiment_dir(root, "ok"), log=lambda _: None):
+    with experiment_lock(under(root, "ok"), log=lambda _: None):
         pass
     after = _files(tmp_path) - before
     assert all(p.is_relative_to(root) or p.is_relative_to(tmp_path / "reports") for p in after), after

@@ -50,7 +50,7 @@ from benchmark.runner.lock import LOCK, LockHeld, describe, holder_alive, read_l
 from benchmark.runner.progress import REDRAW_SECONDS, Display, Progress, guard_streams, reporter
 from benchmark.runner.progress import fmt as _fmt
 from benchmark.runner.provenance import PeakMemory, cpu_model, environment
-from benchmark.runner.results import experiment_dir, git_revision, now, versions
+from benchmark.runner.results import git_revision, now, versions
 from benchmark.runner.slurm import job_info
 from benchmark.runner.tracking import tracked
 from benchmark.spec.registry import Registry
@@ -347,7 +347,7 @@ def run_plan(plan: Plan, reg: Registry, *, results_dir: Path, data_dir: Path | N
              executor: str = "local", slurm_options=None, on_workers=None) -> Summary:
     """Train what is not finished (``only``: a subset of run ids, ``plan.build.select``), locally or as
     Slurm jobs (``executor``, ``slurm.py``)."""
-    exp_dir = experiment_dir(results_dir, plan.experiment.name)
+    exp_dir = under(results_dir, plan.experiment.name)  # PathOutsideRoot for a name that leaves the root
     exp_dir.mkdir(parents=True, exist_ok=True)
     # on Slurm each job picks its device (the driver's login node may have no GPU)
     dev = pick_device(device, plan.experiment.device) if executor == "local" else torch.device("cpu")

@@ -33,7 +33,6 @@ from benchmark.records import (
     write_plan,
     write_run,
 )
-from benchmark.runner.results import experiment_dir
 from benchmark.spec.registry import NAME, Registry
 from benchmark.spec.schema import BackboneSpec, Caps, ComputeSpec, MethodSpec, Selection, TaskSpec
 
@@ -91,7 +90,7 @@ def migrate_experiment(plan: Plan, reg: Registry, results_dir: Path, data_root, 
     second, and folders already renamed (by ``migrated_from``, or a scheme-1 result whose folder no
     longer carries its id) give their dependents' hashes the new ids.
     """
-    exp_dir = experiment_dir(results_dir, plan.experiment.name)
+    exp_dir = under(results_dir, plan.experiment.name)
     stored, mapping, interrupted = {}, {}, []  # old id -> result to migrate; old id -> new id
     for d in _folders(exp_dir):
         r = _raw(d)

@@ -17,7 +17,7 @@ from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-from benchmark.paths import under, write_atomic
+from benchmark.paths import write_atomic
 
 
 def results_root(explicit: str | Path | None = None) -> Path:
@@ -27,11 +27,6 @@ def results_root(explicit: str | Path | None = None) -> Path:
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def experiment_dir(root: Path, experiment: str) -> Path:
-    """``root/<experiment>``, refused (``PathOutsideRoot``) unless it lies inside the results root."""
-    return under(root, experiment)
 
 
 def write_json_atomic(path: Path, data: dict, *, root: Path | None = None) -> None:

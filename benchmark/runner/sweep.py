@@ -28,7 +28,6 @@ from benchmark.plan.build import Options, build_plan, select
 from benchmark.records import read_result_file
 from benchmark.runner.execute import run_plan
 from benchmark.runner.lock import experiment_lock
-from benchmark.runner.results import experiment_dir
 from benchmark.spec.registry import Registry, check_sweep
 from benchmark.spec.schema import ExperimentSpec, SearchRange, SweepSpec, searchable
 
@@ -100,7 +99,7 @@ def dims_of(reg: Registry, spec: SweepSpec) -> list[Dim]:
 
 def sweep_root(results_dir: Path, experiment: str, method: str) -> Path:
     """Where a sweep's trial runs (``<root>/<experiment>/<run id>/``) and its study live."""
-    return under(experiment_dir(results_dir, experiment), ".sweep", method)
+    return under(under(results_dir, experiment), ".sweep", method)
 
 
 def with_values(exp: ExperimentSpec, method: str, values: dict) -> ExperimentSpec:
@@ -158,7 +157,7 @@ def sweep(reg: Registry, exp: ExperimentSpec, spec: SweepSpec, *, results_dir: P
     dims = dims_of(reg, spec)
     optuna = _import_optuna()
     root = sweep_root(results_dir, exp.name, method)
-    exp_dir = experiment_dir(root, exp.name)
+    exp_dir = under(root, exp.name)
 
     def plan_of(values: dict):
         plan = build_plan(reg, with_values(exp, method, values), available, data_root=data_dir,
