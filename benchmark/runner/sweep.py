@@ -92,11 +92,6 @@ def resolve(reg: Registry, exp: ExperimentSpec, method: str | None, space: list[
     return spec.model_copy(update={"trials": trials}) if trials is not None else spec
 
 
-def dims_of(reg: Registry, spec: SweepSpec) -> list[Dim]:
-    ints = searchable(type(reg.methods[spec.method].train))
-    return [Dim(k, r.low, r.high, r.log, ints[k]) for k, r in spec.space.items()]
-
-
 def sweep_root(results_dir: Path, experiment: str, method: str) -> Path:
     """Where a sweep's trial runs (``<root>/<experiment>/<run id>/``) and its study live."""
     return under(under(results_dir, experiment), ".sweep", method)
@@ -128,15 +123,6 @@ def done(study) -> list:
     return [t for t in study.trials if t.state.is_finished() and not t.user_attrs.get("interrupted")]
 
 
-def _import_optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise BenchError(MISSING, field="optuna") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna
-
-
 def sweep(reg: Registry, exp: ExperimentSpec, spec: SweepSpec, *, results_dir: Path, data_dir: Path | None,
           available=None, options: Options | None = None, device: str | None = None, jobs: int = 1,
           parallel: int = 1, executor: str = "local", slurm_options=None, log=print):
@@ -154,18 +140,22 @@ def sweep(reg: Registry, exp: ExperimentSpec, spec: SweepSpec, *, results_dir: P
                          "accuracy of each trial's runs", file=file, field="selection",
                          fix="sweep an experiment with 'selection: heldout' (copy this one under another name with "
                              "that line; its run ids are then its own)")
-    dims = dims_of(reg, spec)
-    optuna = _import_optuna()
+    ints = searchable(type(reg.methods[method].train))
+    dims = [Dim(k, r.low, r.high, r.log, ints[k]) for k, r in spec.space.items()]
+    try:
+        import optuna
+    except ImportError:
+        raise BenchError(MISSING, field="optuna") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     root = sweep_root(results_dir, exp.name, method)
     exp_dir = under(root, exp.name)
 
     def plan_of(values: dict):
         plan = build_plan(reg, with_values(exp, method, values), available, data_root=data_dir,
                           options=options or Options())
-        ids = [r.id for r in plan.runs if r.method.name == method and not r.implied]
-        return plan, ids
+        return plan, [r.id for r in plan.runs if r.method.name == method and not r.implied]
 
-    if not plan_of({})[1]:
+    if not (planned := plan_of({})[1]):
         raise BenchError(f"experiment '{exp.name}' has no run of method '{method}' (with data available)",
                          file=file, field="groups", fix="name a method its groups list, or add it to a group")
     with experiment_lock(exp_dir, log=log):
@@ -186,7 +176,7 @@ def sweep(reg: Registry, exp: ExperimentSpec, spec: SweepSpec, *, results_dir: P
         study.set_user_attr("sampler", f"Optuna TPE, seed {spec.seed}")
         todo = max(0, spec.trials - len(done(study)))
         log(f"sweep {exp.name} / {method}: {len(study.trials)} trial(s) stored, {todo} to run; objective: mean "
-            f"held-out accuracy of {len(plan_of({})[1])} run(s); dev is not used")
+            f"held-out accuracy of {len(planned)} run(s); dev is not used")
         while (todo := spec.trials - len(done(study))) > 0:
             batch = [study.ask() for _ in range(min(parallel, todo))]
             runs, ids = {}, {}
