@@ -108,13 +108,10 @@ def save_jobs(exp_dir: Path, runs: dict[str, dict]) -> None:
     write_json_atomic(jobs_file(exp_dir), {"runs": runs})
 
 
-def live_runs(exp_dir: Path, queue: dict[str, JobState] | None = None) -> dict[str, JobState]:
+def live_runs(exp_dir: Path) -> dict[str, JobState]:
     """Runs of this experiment whose Slurm job is queued or running (no squeue call without jobs.json)."""
     jobs = load_jobs(exp_dir)
-    if not jobs:
-        return {}
-    queue = squeue() if queue is None else queue
-    if queue is None:
+    if not jobs or (queue := squeue()) is None:
         return {}
     return {rid: queue[j["job_id"]] for rid, j in jobs.items()
             if j.get("job_id") in queue and queue[j["job_id"]].active}
