@@ -45,9 +45,7 @@ from benchmark.records import read_result_file
 from benchmark.runner.borrowed import borrowed
 from benchmark.spec.registry import Registry
 
-TARGET = adapterhub.VERSION
 SAMPLE_ROWS = 4
-MODEL_CLASS = adapterhub.MODEL_CLASS
 LOADER = "heads/mean_pooling.py"  # adapterhub/mean_pooling_head.py, copied where a head reads the masked mean (MiniLM)
 
 
@@ -276,10 +274,10 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
     tok = load_tokenizer(bspec)
     model = build_model(run, reg, run_dir, tok)
     model_type = model.config.model_type
-    if model_type not in MODEL_CLASS:
+    if model_type not in adapterhub.MODEL_CLASS:
         raise adapterhub.Inexpressible(f"AdapterHub export supports BERT and RoBERTa encoders, not {model_type!r}",
                                        fix="export runs on a BERT or RoBERTa backbone")
-    model_class, prefix = MODEL_CLASS[model_type], type(model.encoder).base_model_prefix
+    model_class, prefix = adapterhub.MODEL_CLASS[model_type], type(model.encoder).base_model_prefix
     hidden = model.hidden_size
     configs = {name: adapterhub.adapter_config(params) for name, params in model.adapter_params.items()}  # or refused
     if any(fparams.mixing == "static" for _, fparams in model.fusion_params.values()):
@@ -297,7 +295,7 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
     notes: list[str] = []
     try:
         doc: dict = {"run_id": run.id, "experiment": run.experiment, "method": run.label, "backbone": run.backbone,
-                     "task": run.task, "tasks": run.all_tasks, "format": TARGET, "model_class": model_class}
+                     "task": run.task, "tasks": run.all_tasks, "format": adapterhub.VERSION, "model_class": model_class}
         if hub_base:
             doc["base"] = bspec.model_id
         else:
