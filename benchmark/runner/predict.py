@@ -34,13 +34,6 @@ class Outcome:
     line: str
 
 
-def recorded_metrics(rec: RunRecord) -> dict[str, float]:
-    """Each task's recorded dev accuracy (MT-A: ``per_task``)."""
-    if rec.per_task:
-        return {t: v.best_metric for t, v in rec.per_task.items()}
-    return {rec.task: rec.best_metric}
-
-
 def has_predictions(folder: Path, rec: RunRecord) -> bool:
     try:
         predictions.read(folder, rec.predictions)
@@ -53,7 +46,9 @@ def predict_run(run: Run, reg: Registry, folder: Path, run_dir, data_dir, device
     """Recompute one finished run's predictions; write them only when they reproduce its record."""
     rec = read_result_file(folder).record
     model, tok, compute = load_for_eval(run, reg, run_dir, device)
-    want, got, preds = recorded_metrics(rec), {}, []
+    # each task's recorded dev accuracy (MT-A: per_task)
+    want = {t: v.best_metric for t, v in rec.per_task.items()} if rec.per_task else {rec.task: rec.best_metric}
+    got, preds = {}, []
     for t in want:
         activate(model, t)
         p = predict(model, dev_split(reg, data_dir, run, reg.tasks[t], tok), t, tok.pad_token_id,

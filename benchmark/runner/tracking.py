@@ -30,11 +30,6 @@ FLUSH_SECONDS = 20.0  # after a run's result is written, how long its trackers m
 FINAL = ("best_metric", "best_epoch", "selection_metric", "train_seconds", "wall_seconds", "examples_per_second")
 
 
-def store(tracking, exp_dir: Path) -> Path:
-    """The local store: ``tracking.dir`` (relative to the working directory), else <results>/<experiment>/.tracking."""
-    return Path(tracking.dir).resolve() if tracking.dir else exp_dir / ".tracking"
-
-
 class Tracker:
     """One backend for one run: ``start`` (config), ``epoch`` (one history entry), ``finish`` (the final record)."""
 
@@ -179,7 +174,8 @@ def open_session(run, reg, plan, exp_dir: Path, log=print) -> Session | None:
     if not tracking.backends:
         return None
     task = run.task or "+".join(run.tasks)
-    where = store(tracking, exp_dir)
+    # the local store: tracking.dir (relative to the working directory), else <results>/<experiment>/.tracking
+    where = Path(tracking.dir).resolve() if tracking.dir else exp_dir / ".tracking"
     session = Session([BACKENDS[b](where, run.experiment, run.label, task, run.id, tracking)
                        for b in dict.fromkeys(tracking.backends)], log)
     config = {"run_id": run.id, "experiment": run.experiment, "method": run.method.name, "label": run.label,
