@@ -261,7 +261,6 @@ def check_time_limit(spec: ClusterSpec, where: str | None) -> None:
 
 def validate_submission(params: dict, folder: Path, where: str | None) -> None:
     """``sbatch --test-only`` of the exact script submitit will submit: nothing is queued."""
-    _submitit()  # a clear error when it is missing
     from submitit.slurm.slurm import _make_sbatch_string  # the script submitit itself submits
 
     try:
