@@ -48,6 +48,7 @@ def _method(folder, name: str, body: str) -> None:
     ("{mixing: lorahub}", "source_method: lora", "fusion.source_method"),  # LoraHub over ST-A sources
     ("{source_method: lora, mixing: merge, merge: {how: ties}, lorahub: {shots: 8}}", "set 'mixing: lorahub'",
      "fusion"),
+    ("{source_method: lora, mixing: lorahub, merge: {how: ties}}", "set 'mixing: merge'", "fusion"),  # once kept
     ("{source_method: lora, mixing: lorahub, prune: {keep: 2}}", "remove 'prune'", "fusion"),
     ("{source_method: lora, mixing: lorahub, lorahub: {shots: 1}}", "shots", "fusion"),
     ("{source_method: lora, mixing: lorahub, lorahub: {budget: 400}}", "budget", "fusion"),  # nevergrad's hang

@@ -114,6 +114,10 @@ class FusionParams(Strict):
             raise ValueError(f"fusion.lorahub is the search of fusion.mixing: lorahub, but this method has mixing: "
                              f"{self.mixing}; set 'mixing: lorahub' in the method YAML's fusion section, or remove "
                              "'lorahub'")
+        if self.merge is not None and self.mixing != "merge":
+            raise ValueError(
+                f"fusion.merge is the weight merge of fusion.mixing: merge, but this method has mixing: "
+                f"{self.mixing}; set 'mixing: merge' in the method YAML's fusion section, or remove 'merge'")
         if self.mixing == "lorahub":
             if self.lorahub is None:
                 self.lorahub = LoraHubParams()  # LoraHub's defaults, written out in every dump and run id
@@ -125,10 +129,6 @@ class FusionParams(Strict):
                     "'merge: {how: ties}' to the method YAML's fusion section (how: average, task_arithmetic, ties, "
                     "dare, dare_ties; density and weight default to the published values)")
             return self._no_fusion_layer("merge", "a merge leaves one adapter")
-        if self.merge is not None:
-            raise ValueError(
-                f"fusion.merge is the weight merge of fusion.mixing: merge, but this method has mixing: "
-                f"{self.mixing}; set 'mixing: merge' in the method YAML's fusion section, or remove 'merge'")
         if self.mixing != "static":
             return self
         if self.prune is not None:
