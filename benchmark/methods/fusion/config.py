@@ -110,14 +110,11 @@ class FusionParams(Strict):
 
     @model_validator(mode="after")
     def _static_mixing(self) -> FusionParams:
-        if self.lorahub is not None and self.mixing != "lorahub":
-            raise ValueError(f"fusion.lorahub is the search of fusion.mixing: lorahub, but this method has mixing: "
-                             f"{self.mixing}; set 'mixing: lorahub' in the method YAML's fusion section, or remove "
-                             "'lorahub'")
-        if self.merge is not None and self.mixing != "merge":
-            raise ValueError(
-                f"fusion.merge is the weight merge of fusion.mixing: merge, but this method has mixing: "
-                f"{self.mixing}; set 'mixing: merge' in the method YAML's fusion section, or remove 'merge'")
+        for field, what in (("lorahub", "search"), ("merge", "weight merge")):
+            if getattr(self, field) is not None and self.mixing != field:
+                raise ValueError(f"fusion.{field} is the {what} of fusion.mixing: {field}, but this method has "
+                                 f"mixing: {self.mixing}; set 'mixing: {field}' in the method YAML's fusion section, "
+                                 f"or remove '{field}'")
         if self.mixing == "lorahub":
             if self.lorahub is None:
                 self.lorahub = LoraHubParams()  # LoraHub's defaults, written out in every dump and run id
