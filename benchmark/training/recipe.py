@@ -83,6 +83,16 @@ def setup(*kinds: str):
     return deco
 
 
+def one_module_setup(section: str) -> Callable[[AdapterModel, Run, RunContext], Setup]:
+    """The setup of a kind that adds one module of its method YAML's ``section``, named after the task, and trains
+    it with the head (ST-A's ``adapter``, LoRA's ``lora``, (IA)^3's ``ia3``): a package's ``setup = ...``."""
+    def setup(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+        model.add_adapter(run.task, getattr(run.method, section))
+        model.set_active(run.task)
+        return Setup(trains=Modules(adapters=[run.task]))
+    return setup
+
+
 # --------------------------------------------------------------------------------- data
 def _common(reg: Registry, data_dir: Path | None, run: Run, task: TaskSpec) -> dict:
     caps = run.caps_for(task.name)
