@@ -82,10 +82,12 @@ def load_tokenizer(spec: BackboneSpec):
     try:
         return _from_pretrained(AutoTokenizer.from_pretrained, spec)
     except OSError as e:  # a bad id or a network failure: this run fails, not the whole grid
-        raise BenchError(
-            f"cannot load the tokenizer of backbone '{spec.name}' from {model_path(spec)}: {str(e)[:300]}",
-            field="model_id", fix="check the network (Hub backbones need it) or use an offline backbone (minilm-l6)",
-        ) from None
+        raise _cannot_load(f"the tokenizer of backbone '{spec.name}'", spec, e) from None
+
+
+def _cannot_load(what: str, spec: BackboneSpec, e: OSError) -> BenchError:
+    return BenchError(f"cannot load {what} from {model_path(spec)}: {str(e)[:300]}", field="model_id",
+                      fix="check the network (Hub backbones need it) or use an offline backbone (minilm-l6)")
 
 
 def counting_tokenizer(spec: BackboneSpec):
@@ -148,10 +150,7 @@ def load_encoder(spec: BackboneSpec, tokenizer=None):
         lay = _layout(spec, cfg.model_type)
         return _from_pretrained(AutoModel.from_pretrained, spec, config=cfg, **_no_pooler(lay))
     except OSError as e:
-        raise BenchError(
-            f"cannot load backbone '{spec.name}' from {model_path(spec)}: {str(e)[:300]}",
-            field="model_id", fix="check the network (Hub backbones need it) or use an offline backbone (minilm-l6)",
-        ) from None
+        raise _cannot_load(f"backbone '{spec.name}'", spec, e) from None
 
 
 def _layout(spec: BackboneSpec, model_type: str):
