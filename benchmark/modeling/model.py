@@ -49,6 +49,11 @@ ADAPTER_TYPES = {type_: getattr(layer, "TUNER", layer) for type_, kind in regist
                  if (layer := registry.part(kind, "layer")) is not None}
 
 
+def flat_choices(num_choices: int | None, *tensors):
+    """Multiple-choice tensors [B, K, ...] -> [B*K, ...] (one sequence per choice); as they are without choices."""
+    return [t.flatten(0, 1) if num_choices and t is not None else t for t in tensors]
+
+
 @dataclass(frozen=True)
 class Fuse:
     """Activate fusion layer ``name``. ``adapters`` may repeat the fusion's adapter list as a check; the
@@ -245,12 +250,9 @@ class AdapterModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids, attention_mask, head: str, token_type_ids=None) -> torch.Tensor:
         """input_ids [B, L] (classification) or [B, K, L] (multiple choice) -> logits [B, C] / [B, K]."""
-        num_choices = None
-        if input_ids.dim() == 3:
-            num_choices = input_ids.shape[1]
-            input_ids = input_ids.flatten(0, 1)  # [B*K, L]
-            attention_mask = attention_mask.flatten(0, 1)
-            token_type_ids = token_type_ids.flatten(0, 1) if token_type_ids is not None else None
+        num_choices = input_ids.shape[1] if input_ids.dim() == 3 else None
+        input_ids, attention_mask, token_type_ids = flat_choices(num_choices, input_ids, attention_mask,
+                                                                 token_type_ids)  # [B*K, L]
         pooling = getattr(self.heads[head], "pooling", "cls")
         hidden = self.encode(input_ids, attention_mask, token_type_ids, first_token_only=pooling == "cls")
         return self.heads[head](hidden, attention_mask, num_choices)

@@ -19,7 +19,7 @@ from benchmark.errors import CheckpointError, SpecError
 from benchmark.modeling import lorahub, merging
 from benchmark.modeling.backbone import load_encoder, load_tokenizer
 from benchmark.modeling.checkpoint import load_adapterhub, load_modules
-from benchmark.modeling.model import AdapterModel, Fuse, Modules
+from benchmark.modeling.model import AdapterModel, Fuse, Modules, flat_choices
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.plan.run import Run
 from benchmark.training.loop import Objective, evaluate, inputs_of, predict
@@ -180,15 +180,12 @@ def _probe_loss(model: AdapterModel, batch: dict, start: dict, steps: int, lr: f
     ids, mask = inputs["input_ids"], inputs["attention_mask"]  # [B, L] or [B, K, L]
     k = ids.shape[1] if ids.dim() == 3 else None
     with torch.no_grad():
-        types = inputs.get("token_type_ids")
-        hidden = model.encode(ids.flatten(0, 1) if k else ids, mask.flatten(0, 1) if k else mask,
-                              (types.flatten(0, 1) if k else types) if types is not None else None)
+        hidden = model.encode(*flat_choices(k, ids, mask, inputs.get("token_type_ids")))
     hidden = hidden.unflatten(0, (ids.shape[0], k)) if k else hidden  # [B, (K,) L, H]
     labels, n = batch["labels"], ids.shape[0]
 
     def logits(rows):  # the head on these examples: [len(rows), C] (multiple choice: [len(rows), K])
-        h, m = hidden[rows], mask[rows]
-        return head(h.flatten(0, 1) if k else h, m.flatten(0, 1) if k else m, k)
+        return head(*flat_choices(k, hidden[rows], mask[rows]), k)
 
     halves = [torch.arange(0, n, 2), torch.arange(1, n, 2)]
     scores = []
