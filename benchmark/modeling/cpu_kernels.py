@@ -42,9 +42,7 @@ ATTENTION = "afbench_cpu_dropout"  # name registered with transformers' Attentio
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
     """Bool tensor of ``shape``, each element True with probability 1 - p, independently."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = torch.Size(shape).numel()
     lanes = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
     bits = lanes.random_(-(2**63), None).view(torch.int32)[:n]  # uniform over all 2**32 values
     threshold = int(p * 2**32) - 2**31  # P(bits < threshold) = floor(p * 2**32) / 2**32
