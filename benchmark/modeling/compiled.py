@@ -45,12 +45,8 @@ def compiler_missing(device: torch.device) -> str | None:
 def bucket_length(length: int, limit: int | None = None) -> int:
     """The padded length of a batch whose longest row has ``length`` tokens: the next power of two (at least
     ``MIN_BUCKET``), capped at ``limit`` (the model's position limit) but never below ``length``."""
-    width = MIN_BUCKET
-    while width < length:
-        width *= 2
-    if limit is not None:
-        width = min(width, max(limit, length))
-    return width
+    width = max(MIN_BUCKET, 1 << (length - 1).bit_length())  # the smallest power of two >= length
+    return width if limit is None else min(width, max(limit, length))
 
 
 PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0}  # input_ids: the tokenizer's pad id
@@ -119,11 +115,10 @@ class Compiled:
                 "torch": torch.__version__}
 
 
-def attach(model, pad_id: int | None) -> Compiled:
+def attach(model, pad_id: int | None) -> None:
     """Run ``model``'s forward compiled from now on (``training.loop`` looks for it; ``Compute.check`` has
     checked for a compiler)."""
-    model.__dict__["compiled"] = compiled = Compiled(model, pad_id)  # not a module: no state-dict entry
-    return compiled
+    model.__dict__["compiled"] = Compiled(model, pad_id)  # not a module: no state-dict entry
 
 
 def compiled_of(model) -> Compiled | None:
