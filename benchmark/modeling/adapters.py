@@ -23,12 +23,6 @@ from benchmark.spec.schema import AdapterParams
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
-def non_linearity(params: AdapterParams) -> str:
-    if params.non_linearity:
-        return params.non_linearity
-    return "relu" if params.type == "pfeiffer" else "swish"
-
-
 class BottleneckAdapter(nn.Module):
     def __init__(self, hidden_size: int, params: AdapterParams):
         super().__init__()
@@ -37,7 +31,7 @@ class BottleneckAdapter(nn.Module):
         self.params = params
         self.bottleneck = hidden_size // params.reduction_factor
         self.down = nn.Linear(hidden_size, self.bottleneck)  # weight [r, H]
-        self.act = ACTIVATIONS[non_linearity(params)]()
+        self.act = ACTIVATIONS[params.activation]()
         self.up = nn.Linear(self.bottleneck, hidden_size)  # weight [H, r]
         # AdapterHub "bert" init: normal(0, 0.02) weights, zero biases.
         for lin in (self.down, self.up):
@@ -58,7 +52,7 @@ def stackable(adapters: list) -> bool:
     """Whether N adapters can run as one (``stacked_down``): bottlenecks of one width and one non-linearity."""
     first = adapters[0]
     return all(isinstance(a, BottleneckAdapter) and a.bottleneck == first.bottleneck
-               and non_linearity(a.params) == non_linearity(first.params) for a in adapters)
+               and a.params.activation == first.params.activation for a in adapters)
 
 
 def stacked_down(h: torch.Tensor, adapters: list[BottleneckAdapter]):
@@ -68,7 +62,7 @@ def stacked_down(h: torch.Tensor, adapters: list[BottleneckAdapter]):
     N, r = len(adapters), adapters[0].bottleneck
     w_down = torch.cat([a.down.weight for a in adapters], 0)  # [N*r, H]
     b_down = torch.cat([a.down.bias for a in adapters], 0)  # [N*r]
-    act = ACTIVATIONS[non_linearity(adapters[0].params)]()
+    act = ACTIVATIONS[adapters[0].params.activation]()
     a = act(F.linear(h, w_down, b_down)).view(B, T, N, r)
     return a, torch.cat([a.up.weight for a in adapters], 1), torch.stack([a.up.bias for a in adapters], 0)
 

@@ -31,9 +31,8 @@ _NON_LINEARITY = {"relu": "relu", "swish": "swish", "silu": "swish", "gelu": "ge
 
 
 def _bottleneck_config(params: AdapterParams) -> dict:
-    nl = params.non_linearity or ("relu" if params.type == "pfeiffer" else "swish")
     return {**SEQ_BN, **(HOULSBY if params.type == "houlsby" else {}), "reduction_factor": params.reduction_factor,
-            "non_linearity": nl}
+            "non_linearity": params.activation}
 
 
 def _bottleneck_params(cfg: dict) -> tuple[AdapterParams, list[str]]:

@@ -15,6 +15,11 @@ class AdapterParams(Strict):
     reduction_factor: ReductionFactor = 16
     non_linearity: Literal["relu", "swish", "gelu", "tanh"] | None = None  # None: pfeiffer relu, houlsby swish
 
+    @property
+    def activation(self) -> str:
+        """The non-linearity the adapter computes: ``non_linearity``, or its type's default."""
+        return self.non_linearity or ("relu" if self.type == "pfeiffer" else "swish")
+
 
 def flops(p: AdapterParams, shape, sources: int) -> float:
     """down + up, 2 * 2Hr per token (Pfeiffer after the FFN; Houlsby a second one after attention)."""
