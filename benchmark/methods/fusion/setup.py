@@ -27,37 +27,30 @@ from benchmark.training.recipe import FUSION, RunContext, Setup, Trained, load_d
 
 
 def setup(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
+    params = run.method.fusion
     if run.kind.depends_on == "mt_a":  # the MT-A run's adapters and its fine-tuned encoder, both frozen
         load_modules(model, ctx.run_dir(run.deps[0]), adapters=run.sources, heads=[], fusions=[], encoder=True)
-        return _fusion_over_loaded_adapters(model, run)
-    return _fusion_st_a(model, run, ctx)
-
-
-def _fusion_over_loaded_adapters(model: AdapterModel, run: Run) -> Setup:
-    """The fusion layer (or static mixing) over the loaded sources; it trains with the paper's V regulariser
-    (dynamic AdapterFusion only: static mixing has no V) and optionally the annealed temperature."""
-    params = run.method.fusion
+    elif params.mixing == "merge":
+        return _merged_sources(model, run, ctx)
+    elif params.mixing == "lorahub":
+        return _lorahub(model, run, ctx)
+    else:
+        for src, dep in run.stage1_deps():  # one stage-1 ST-A run per source ...
+            load_modules(model, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
+        for src, pub in run.published.items():  # ... or a published AdapterHub adapter (fusion.adapterhub)
+            if content_hash(Path(pub.folder)) != pub.sha256:
+                raise CheckpointError(f"the published adapter for '{src}' changed since the run was planned",
+                                      file=pub.folder,
+                                      fix="plan again (afbench run) so the run id holds its new content")
+            load_adapterhub(model, Path(pub.folder), name=src)
+    # the fusion layer (or static mixing) over the loaded sources; it trains with the paper's V regulariser
+    # (dynamic AdapterFusion only: static mixing has no V) and optionally the annealed temperature
     model.add_fusion(FUSION, run.sources, params)
     model.set_active(Fuse(FUSION))
     has_value = params.type == "dynamic" and params.mixing == "attention"
     return Setup(trains=Modules(fusions=[FUSION]), keeps=Modules(adapters=run.sources),
                  objective=Objective(FUSION, params.regularization if has_value else 0.0, params.temperature),
                  finish=_attention_and_pruning)
-
-
-def _fusion_st_a(model: AdapterModel, run: Run, ctx: RunContext) -> Setup:
-    if run.method.fusion.mixing == "merge":
-        return _merged_sources(model, run, ctx)
-    if run.method.fusion.mixing == "lorahub":
-        return _lorahub(model, run, ctx)
-    for src, dep in run.stage1_deps():  # one stage-1 ST-A run per source ...
-        load_modules(model, ctx.run_dir(dep), adapters=[src], heads=[], fusions=[], encoder=False)
-    for src, pub in run.published.items():  # ... or a published AdapterHub adapter (fusion.adapterhub)
-        if content_hash(Path(pub.folder)) != pub.sha256:
-            raise CheckpointError(f"the published adapter for '{src}' changed since the run was planned",
-                                  file=pub.folder, fix="plan again (afbench run) so the run id holds its new content")
-        load_adapterhub(model, Path(pub.folder), name=src)
-    return _fusion_over_loaded_adapters(model, run)
 
 
 def _read_sources(run: Run, ctx: RunContext):
