@@ -278,9 +278,9 @@ def cmd_plan(args) -> int:
     from benchmark.runner.borrowed import borrowed
 
     reg, plan, root, exp_dir = _planned(args)  # --estimate prices exactly these runs (a Hub task not downloaded: declared sizes)
-    if args.estimate or args.calibrate:
-        return _estimate(args, reg, plan, root)
     where = borrowed(plan, root)  # implied runs finished under another experiment (dependencies_from)
+    if args.estimate or args.calibrate:
+        return _estimate(args, reg, plan, root, where)
     rows = []
     for i, r in enumerate(plan.runs, 1):
         res = read_result_file(where.get(r.id, exp_dir / r.id))
@@ -312,9 +312,10 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _estimate(args, reg, plan, root) -> int:
+def _estimate(args, reg, plan, root, where) -> int:
     """``plan --estimate``: predicted seconds per run (benchmark/plan/cost.py); ``--calibrate`` refits the CPU
-    model on this experiment's finished runs of one seed (``cost.fit_seed``) and checks it on the others."""
+    model on this experiment's finished runs of one seed (``cost.fit_seed``) and checks it on the others.
+    ``where``: implied runs finished under a lender (dependencies_from), read there and never trained: not priced."""
     import json
 
     from benchmark.modeling.backbone import READER
@@ -325,13 +326,9 @@ def _estimate(args, reg, plan, root) -> int:
     if args.calibrate:
         print(f"wrote {cost.recalibrate(plan, reg, data_root, root, READER)}")
         return 0
-    from benchmark.runner.borrowed import borrowed
-
     device = args.estimate_device
     jobs = args.gpus or (os.cpu_count() or 1 if device == "cpu" else 1)
     threads = max(1, (os.cpu_count() or 1) // jobs) if device == "cpu" else 1
-    # implied runs finished under a lender (dependencies_from) are read there, never trained: not priced
-    where = borrowed(plan, root)
     lent = Counter(p.parent.name for p in where.values())
     own = [r for r in plan.runs if r.id not in where] if where else None
     if args.pending:  # what is left to train: the finished runs are not priced either
