@@ -59,8 +59,7 @@ def read_environment(args: argparse.Namespace, environ=os.environ) -> argparse.N
 
 
 def _data_dir(args) -> Path | None:
-    d = getattr(args, "data_dir", None)
-    return Path(d) if d else None
+    return Path(args.data_dir) if args.data_dir else None
 
 
 def availability(reg, root):
@@ -670,19 +669,18 @@ def slurm_flags(sp: argparse.ArgumentParser) -> None:
 
 
 def slurm_options(args: argparse.Namespace):
-    """``slurm.SlurmOptions`` from the --cluster file and the flags over it."""
+    """``slurm.SlurmOptions`` from the --cluster file and the flags over it (run and sweep: ``slurm_flags``)."""
     from benchmark.runner.cluster import ClusterSpec, load_cluster, parse_sbatch_options
     from benchmark.runner.slurm import SlurmOptions
 
-    spec = load_cluster(getattr(args, "cluster", None))
-    flags = {k: getattr(args, k, None) for k in ("partition", "time_min", "gpus_per_run", "cpus_per_run", "mem_gb",
-                                                  "array_parallelism")}
-    update = {k: v for k, v in {**flags, "log_dir": getattr(args, "slurm_log_dir", None)}.items() if v is not None}
-    extra = parse_sbatch_options(getattr(args, "sbatch", None))
-    if extra:
+    spec = load_cluster(args.cluster)
+    flags = {k: getattr(args, k) for k in ("partition", "time_min", "gpus_per_run", "cpus_per_run", "mem_gb",
+                                           "array_parallelism")}
+    update = {k: v for k, v in {**flags, "log_dir": args.slurm_log_dir}.items() if v is not None}
+    if extra := parse_sbatch_options(args.sbatch):
         update["sbatch"] = {**spec.sbatch, **extra}
     spec = ClusterSpec.model_validate({**spec.model_dump(), **update})
-    return SlurmOptions(spec, getattr(args, "wait", True), getattr(args, "poll_s", 10.0), getattr(args, "cluster", None))
+    return SlurmOptions(spec, args.wait, args.poll_s, args.cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:
