@@ -749,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="refit the CPU cost model on this experiment's finished runs (writes "
                                  "<results>/.cost_calibration.json, which then takes precedence over the shipped one)")
     sw = common(sub.add_parser("sweep", help="tune a method's train hyper-parameters with Optuna on the held-out "
-                                             "slice of train (never dev); the best as a new method spec"))
+                                             "slice of train (never dev); the best as a new method spec"), results=True)
     sw.add_argument("experiment", help="experiment name (it must use selection: heldout)")
     sw.add_argument("--method", help="the method to tune (one the experiment's groups list); default: its sweep:")
     sw.add_argument("--space", action="append", metavar="KEY=LOW:HIGH[:log]",
@@ -757,7 +757,6 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--trials", type=int, help="trials the study should hold (a rerun continues it; default: the "
                                                "sweep: block's, else 10)")
     sw.add_argument("--out", required=True, metavar="DIR", help="where <method>_swept.yaml goes (DIR/methods/)")
-    sw.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     sw.add_argument("--jobs", type=int, default=1, metavar="N", help="runs in parallel processes (local executor)")
     sw.add_argument("--parallel", type=int, default=1, metavar="K",
                     help="trials asked at once and trained together (Slurm: one array with --array-parallelism)")
@@ -786,16 +785,15 @@ def build_parser() -> argparse.ArgumentParser:
                 data=False, results=True)
     db.add_argument("--out-dir", default="reports", metavar="DIR", help="where dashboard.html goes (default: reports)")
     pu = common(sub.add_parser("push", help="results, reports, predictions (and adapters) as a Hub dataset"),
-                experiment=True)
+                experiment=True, results=True)
     pu.add_argument("--repo", required=True, metavar="ORG/NAME", help="the Hub dataset repository")
     pu.add_argument("--adapters", action="store_true", help="add the AdapterHub exports (afbench export) of its runs")
     pu.add_argument("--dry-run", action="store_true", help="write the folder to --out and upload nothing")
     pu.add_argument("--out", metavar="DIR", help="the folder to write (default: a temporary folder)")
     pu.add_argument("--private", action="store_true", help="create the repository private")
-    pu.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     pu.add_argument("--reports-dir", default="reports", metavar="DIR", help="where its reports are (default: reports)")
     pr = common(sub.add_parser("prune", help="pruned fusion after training: dev accuracy and inference speed per k"),
-                experiment=True)
+                experiment=True, results=True)
     pr.add_argument("--only", action="append", metavar="GLOB",
                     help="Fusion w/ ST-A runs whose id matches (repeatable; default: all finished ones)")
     pr.add_argument("--keep", default="1,2,4,8", help="k values below N (N itself, 'all', is always added)")
@@ -804,7 +802,6 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--rerender", action="store_true",
                     help="re-render prune_<experiment>_*.md and .png in --out-dir from their stored .json "
                          "(nothing is loaded, evaluated or timed; the json stays as it is)")
-    pr.add_argument("--results-dir", metavar="DIR", help=RESULTS_HELP)
     pr.add_argument("--out-dir", default="reports", metavar="DIR",
                     help="where prune_<experiment>_<task>.{md,json,png} go (default: reports)")
     sp = common(sub.add_parser("speed", help="inference speed of finished runs on their dev split (the composition "
