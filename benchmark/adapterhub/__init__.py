@@ -12,8 +12,8 @@
   child>.<its name>.<its tail>`` (``to_hub`` / ``from_hub``; the paths agree in BERT-style families, whose
   slots and target linears sit where AdapterHub's do); heads: ``dense`` / ``out`` are items 1 / 4 of its
   ``Sequential``. ``mean_pooling_head.py`` is the head type export ships for a mean-pooling head.
-* **Published adapters** (``fusion.adapterhub``, located by ``data/published.py``): ``check_published``
-  refuses, at plan time, configs we cannot compute and adapters trained for another backbone.
+* **Published adapters** (``fusion.adapterhub``, located by ``data/published.py``): ``fusable`` and ``check_backbone``
+  refuse, at plan time, configs we cannot compute and adapters trained for another backbone.
 
 No torch at import (the planner imports this module; the reporter plans).
 """
@@ -89,12 +89,8 @@ class Method:
 def methods_table() -> dict[str, Method]:
     """Our params' ``type`` -> its ``Method``: every method package's ``adapterhub.py`` (``METHOD``: ST-A's
     bottleneck adapters, LoRA, (IA)^3); a type without an entry is refused by export."""
-    out = {}
-    for type_, kind in registry.module_types().items():
-        part = registry.part(kind, "adapterhub")
-        if part is not None:
-            out[type_] = part.METHOD
-    return out
+    return {type_: part.METHOD for type_, kind in registry.module_types().items()
+            if (part := registry.part(kind, "adapterhub")) is not None}
 
 
 def architectures() -> list[str]:
@@ -170,13 +166,13 @@ def hub_key(key: str, prefix: str, names: dict[str, str] | None = None) -> str |
     return f"{prefix + '.' if prefix else ''}{m['path']}.{method.hub_child}.{name}.{tail}"
 
 
-def to_hub(state: dict, prefix: str, names: dict[str, str] | None = None, method: Method | None = None) -> dict:
+def to_hub(state: dict, prefix: str, names: dict[str, str] | None = None) -> dict:
     """Our state (one module's keys) in AdapterHub's keys and shapes."""
     out = {}
     for k, v in state.items():
         h = hub_key(k, prefix, names)
         if h is not None:
-            shape = (method or _by_child()[_key().match(k)["child"]]).to_hub_shape
+            shape = _by_child()[_key().match(k)["child"]].to_hub_shape
             out[h] = shape(v) if shape else v
     return out
 
