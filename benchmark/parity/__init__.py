@@ -65,6 +65,7 @@ def _neutral_names(model: AdapterModel) -> dict[str, str]:
     return out
 
 
+@torch.no_grad()
 def export_case(arch: str, folder: Path) -> None:
     import transformers
     from transformers import AutoModel
@@ -80,9 +81,8 @@ def export_case(arch: str, folder: Path) -> None:
         model.add_adapter(name, AdapterParams(type=kind, reduction_factor=16))
     model.add_fusion("f", FUSED, FusionParams())
     added = dict(model.named_parameters())
-    with torch.no_grad():
-        for name in model.keys_of(Modules(adapters=list(ADAPTERS), fusions=["f"])):
-            added[name].add_(0.1 * torch.randn_like(added[name]))
+    for name in model.keys_of(Modules(adapters=list(ADAPTERS), fusions=["f"])):
+        added[name].add_(0.1 * torch.randn_like(added[name]))
     model.eval()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, config.vocab_size, (3, 17), generator=g)
@@ -93,8 +93,7 @@ def export_case(arch: str, folder: Path) -> None:
     outputs = {}
     for setup in SETUPS:
         model.set_active(Fuse("f", FUSED) if setup == "fusion" else setup)  # FUSED: checked against the fusion
-        with torch.no_grad():
-            outputs[setup] = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.contiguous()
+        outputs[setup] = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state.contiguous()
     names = _neutral_names(model)
     modules = {names[k]: v.contiguous() for k, v in model.state_dict().items() if k in names}
     write_atomic(folder / "base.safetensors", save({k: v.contiguous() for k, v in base.items()}))
@@ -107,8 +106,8 @@ def export_case(arch: str, folder: Path) -> None:
         "fusion": FUSED, "reduction_factor": 16, "setups": SETUPS}, indent=2))
 
 
-def run_parity(reference_python: str, work_dir: Path, archs: list[str] | None = None) -> int:
-    for arch in archs or ARCHS:
+def run_parity(reference_python: str, work_dir: Path) -> int:
+    for arch in ARCHS:
         export_case(arch, work_dir / arch)
     script = Path(__file__).with_name("reference.py")
     proc = subprocess.run([reference_python, str(script), str(work_dir)], capture_output=True, text=True)

@@ -89,14 +89,14 @@ def train_and_export(work: Path, log=print, **spec_options) -> list:
     return export_plan(plan, reg, work / "results" / EXPERIMENT, work / "export", echo=log)
 
 
-def readme_snippet(root: Path = ROOT) -> str:
+def readme_snippet() -> str:
     """The README's export-loading snippet (the python block that reads export.json), as printed there."""
-    for doc in (root / "README.md", *sorted((root / "docs").glob("**/*.md"))):
+    for doc in (ROOT / "README.md", *sorted((ROOT / "docs").glob("**/*.md"))):
         blocks = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S) if doc.is_file() else []
         found = [b for b in blocks if "export.json" in b and "AutoAdapterModel" in b]
         if found:
             return found[0]
-    raise FileNotFoundError(f"no python block loading export.json in {root / 'README.md'} or docs/")
+    raise FileNotFoundError(f"no python block loading export.json in {ROOT / 'README.md'} or docs/")
 
 
 def run_roundtrip(reference_python: str, work: Path, tolerance: float) -> bool:
