@@ -467,10 +467,8 @@ class ResultFile:
 
     def where(self, root: Path) -> str:
         """The file relative to the results root (reports hold no machine paths)."""
-        try:
-            return str(self.path.relative_to(root))
-        except ValueError:
-            return f"{self.path.parent.name}/{self.path.name}"
+        return str(self.path.relative_to(root)) if self.path.is_relative_to(root) \
+            else f"{self.path.parent.name}/{self.path.name}"
 
 
 def read_result_file(run_dir: Path) -> ResultFile:
