@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from functools import partial
 
 
@@ -60,9 +62,6 @@ class StorageError(BenchError):
     @classmethod
     def from_os_error(cls, path, e: Exception, *, kept: str | None = None, fix: str | None = None) -> StorageError:
         """``kept``: what is intact (default: a run's results); ``fix``: the way out (default: --results-dir)."""
-        import errno
-        import os
-
         code = getattr(e, "errno", None)
         name = errno.errorcode.get(code, "") if code else ""
         what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
