@@ -394,23 +394,21 @@ def load_run(path: Path) -> RunRecord:
     return parse_run(data, file=path, folder_name=path.parent.name)
 
 
-def write_run(path: Path, record: RunRecord | dict, *, root: Path | None = None) -> RunRecord:
-    """Validate and write a result.json atomically (``paths.write_atomic``); returns the record written."""
+def write_run(path: Path, record: RunRecord | dict, *, root: Path | None = None) -> None:
+    """Validate and write a result.json atomically (``paths.write_atomic``)."""
     rec = record if isinstance(record, RunRecord) else RunRecord.model_validate(record)
     write_atomic(path, json.dumps(rec.dump(), indent=2) + "\n", root=root)
-    return rec
 
 
-def add_to_run(path: Path, fields: dict, *, root: Path | None = None) -> RunRecord:
+def add_to_run(path: Path, fields: dict, *, root: Path | None = None) -> None:
     """Add (or replace) top-level keys of a finished run's result.json, the rest as it was, byte for byte (key
     order, schema, values): ``afbench predict`` records predictions without rewriting the run. The file and
     the result are both checked as records before the atomic write."""
     data = _read_json(path, RUN_FIX)
     parse_run(data, file=path, folder_name=path.parent.name)
     out = {**data, **fields}
-    rec = parse_run(out, file=path, folder_name=path.parent.name)
+    parse_run(out, file=path, folder_name=path.parent.name)
     write_atomic(path, json.dumps(out, indent=2) + "\n", root=root)
-    return rec
 
 
 def load_plan(path: Path) -> PlanRecord:
