@@ -132,16 +132,14 @@ def is_legacy(folder: Path) -> bool:
         return False
 
 
-def upgrade(folder: Path, entry: PredictionsEntry | dict | None, *, root: Path | None = None) -> dict:
+def upgrade(folder: Path, entry: PredictionsEntry | dict | None, *, root: Path | None = None) -> None:
     """Rewrite a legacy file (``is_legacy``) in today's columns, checked against its record ``entry`` first, and
-    the record's hash; returns the new ``predictions`` entry. The record is written first: a stop between the two
-    writes leaves a legacy file that ``read`` checks against its upgrade's hash, and a rerun finishes it."""
+    the record's hash. The record is written first: a stop between the two writes leaves a legacy file that
+    ``read`` checks against its upgrade's hash, and a rerun finishes it."""
     cols = read(folder, entry)
     data = to_bytes(cols)
-    new = _entry(data, len(cols["row"]))
-    add_to_run(Path(folder) / RESULT, {"predictions": new}, root=root)
+    add_to_run(Path(folder) / RESULT, {"predictions": _entry(data, len(cols["row"]))}, root=root)
     write_atomic(Path(folder) / FILE, data, root=root)
-    return new
 
 
 def accuracy(columns: dict[str, list], task: str | None = None) -> float:
