@@ -52,8 +52,8 @@ def inside(root: str | Path, path: str | Path) -> Path:
     return path
 
 
-def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None = None, mode: int = 0o644,
-                 kept: str | None = None, fix: str | None = None, exclusive: bool = False) -> Path:
+def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None = None, kept: str | None = None,
+                 fix: str | None = None, exclusive: bool = False) -> Path:
     """Write ``data`` to ``path`` (checked to lie under ``root`` when given) through a temp file beside it,
     fsync, rename. An OSError becomes one StorageError naming the file (``kept``, ``fix``: the writer's own
     words for what is intact and the way out, ``StorageError.from_os_error``); ``path`` is then as it was.
@@ -64,7 +64,7 @@ def write_atomic(path: str | Path, data: str | bytes, *, root: str | Path | None
     raw = data.encode("utf-8") if isinstance(data, str) else data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()

@@ -45,7 +45,7 @@ class PredictionsError(BenchError):
     """A predictions file that is missing, altered or unreadable."""
 
 
-def _schema(names=COLUMNS):
+def _schema(names):
     """The arrow schema of a file with columns ``names`` (today's, or a ``LEGACY`` file's)."""
     import pyarrow as pa
 
