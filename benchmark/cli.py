@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 from benchmark.errors import BenchError, DataUnavailable, HubUnreachable, SpecError, StorageError
+from benchmark.paths import under
+from benchmark.runner.results import results_root
 
 
 def _registry(args):
@@ -207,9 +209,7 @@ def _options(args):
 
 def _planned(args):
     """(registry, plan, results root, experiment folder) of the experiment a command names."""
-    from benchmark.paths import under
     from benchmark.plan.build import build_plan
-    from benchmark.runner.results import results_root
 
     reg = _registry(args)
     exp = reg.get("experiment", args.experiment)
@@ -225,10 +225,8 @@ def _finished(args, reg=None):
     results were planned (``plan.build.recorded``: every set of training choices they recorded), so none of these
     commands takes the training flags; only runs with a folder here or under a lender (``dependencies_from``), since a
     choice recorded by some runs plans the whole grid under it."""
-    from benchmark.paths import under
     from benchmark.plan.build import recorded
     from benchmark.records import scan_experiment
-    from benchmark.runner.results import results_root
 
     reg, root = reg or _registry(args), results_root(args.results_dir)
     exp = reg.get("experiment", args.experiment)
@@ -411,7 +409,6 @@ def cmd_run(args) -> int:
 
 def cmd_sweep(args) -> int:
     """``afbench sweep``: benchmark/runner/sweep.py (Optuna on the held-out slice; dev never read)."""
-    from benchmark.runner.results import results_root
     from benchmark.runner.sweep import resolve, sweep, write_variant
 
     reg = _registry(args)
@@ -470,7 +467,6 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     """Reports from what the results recorded: no data (but for the majority baselines), no training flags."""
     from benchmark.report.build import build_reports
-    from benchmark.runner.results import results_root
 
     reg = _registry(args)
     for exp in args.experiments:
@@ -482,7 +478,6 @@ def cmd_report(args) -> int:
 
 def cmd_dashboard(args) -> int:
     from benchmark.report.dashboard import write_dashboard
-    from benchmark.runner.results import results_root
 
     reg = _registry(args)
     seeds = {name: e.report_seeds for name, e in reg.experiments.items() if e.report_seeds is not None}
@@ -496,7 +491,6 @@ def cmd_push(args) -> int:
     import tempfile
 
     from benchmark.report import push
-    from benchmark.runner.results import results_root
 
     reg = _registry(args)
     exp = reg.get("experiment", args.experiment)
@@ -576,7 +570,6 @@ def cmd_parity(args) -> int:
 
 def cmd_prune(args) -> int:
     from benchmark.analysis.prune import rerender, run_prune
-    from benchmark.runner.results import results_root
 
     if args.rerender:  # from the stored JSON: no model, no data, no timing
         rerender(args.experiment, Path(args.out_dir), results_root(args.results_dir))
