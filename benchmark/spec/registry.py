@@ -94,12 +94,6 @@ class Registry:
         )
 
 
-def _kind_of(path: Path, data: dict, roots: list[Path]) -> str | None:
-    if isinstance(data.get("kind"), str):
-        return data["kind"]
-    return folder_kind(path, roots) or infer_kind(data)  # outside the kind folders: from its keys (input+label: a task, ...)
-
-
 def spec_files(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
@@ -138,7 +132,8 @@ def check_name(kind: str, name: object, path: Path) -> None:
 
 def load_file(path: Path, roots: list[Path], memo: dict | None = None):
     data = load_with_includes(path, memo=memo)
-    kind = _kind_of(path, data, roots)
+    # a kind: key, else its folder's kind, else (outside the kind folders) from its keys (input+label: a task, ...)
+    kind = data["kind"] if isinstance(data.get("kind"), str) else folder_kind(path, roots) or infer_kind(data)
     if kind not in SPEC_MODELS:
         raise SpecError(
             f"cannot tell what kind of spec this is (kind: {data.get('kind')!r})",
