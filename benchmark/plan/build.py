@@ -19,7 +19,7 @@ from benchmark.data.sources import task_fingerprints
 from benchmark.errors import SpecError
 from benchmark.plan.identity import run_id
 from benchmark.plan.run import Plan, Run
-from benchmark.spec.registry import Registry
+from benchmark.spec.registry import Registry, method_name
 from benchmark.spec.schema import DEFAULT_COMPUTE, Caps, ComputeSpec, ExperimentSpec, MethodRef, MethodSpec
 
 
@@ -71,16 +71,12 @@ def fusion_sources(exp: ExperimentSpec, target: str) -> list[str]:
     return srcs if target in srcs else [*srcs, target]
 
 
-def _method_name(mref) -> str:
-    return mref.method if isinstance(mref, MethodRef) else mref
-
-
 def mt_a_tasks(reg: Registry, exp: ExperimentSpec) -> list[str]:
     base = exp.mt_a.tasks or (experiment_tasks(exp) if exp.fusion.sources == "all" else list(exp.fusion.sources))
     out = list(base)
     for g in exp.groups:  # every task that asks for an MT-A cell, or for a kind built on MT-A, trains jointly
         for m in g.methods:
-            kind = reg.methods[_method_name(m)].method_kind
+            kind = reg.methods[method_name(m)].method_kind
             if kind.multitask or kind.depends_on == "mt_a":
                 out += [t for t in g.tasks if t not in out]
     return out
@@ -194,8 +190,8 @@ class _Planner:
 
     def mt_a_method(self) -> str:
         """The experiment's own multi-task method if it lists one, else the spec named after the kind."""
-        listed = [_method_name(m) for g in self.exp.groups for m in g.methods
-                  if self.reg.methods[_method_name(m)].method_kind.multitask]
+        listed = [method_name(m) for g in self.exp.groups for m in g.methods
+                  if self.reg.methods[method_name(m)].method_kind.multitask]
         return listed[0] if listed else "mt_a"
 
     def grid_run(self, name: str, task: str, backbone: str, seed: int, rf: int | None,
@@ -230,7 +226,7 @@ class _Planner:
         for backbone in g.backbones or self.exp.backbones:
             for seed in g.seeds or self.exp.seeds:
                 for mref in g.methods:
-                    name = _method_name(mref)
+                    name = method_name(mref)
                     if self.reg.methods[name].method_kind.multitask:
                         self.mt_a(backbone, seed, implied=False)
                         continue

@@ -201,6 +201,10 @@ def load_registry(extra: list[Path] | None = None, *, include_default: bool = Tr
     return reg
 
 
+def method_name(entry: str | MethodRef) -> str:
+    return entry.method if isinstance(entry, MethodRef) else entry
+
+
 def check_references(reg: Registry, only: str | None = None) -> None:
     """Experiments may only name tasks, methods and backbones that exist, with valid overrides."""
     train_fields = set(TrainParams.model_fields)
@@ -214,7 +218,7 @@ def check_references(reg: Registry, only: str | None = None) -> None:
             for ti, t in enumerate(g.tasks):
                 reg.get("task", t, referenced_from=f, field_path=f"groups[{gi}].tasks[{ti}]")
             for mi, m in enumerate(g.methods):
-                mname = m.method if isinstance(m, MethodRef) else m
+                mname = method_name(m)
                 spec = reg.get("method", mname, referenced_from=f, field_path=f"groups[{gi}].methods[{mi}]")
                 if isinstance(m, MethodRef) and m.reduction_factor and spec.adapter is None:
                     raise SpecError(
@@ -324,7 +328,7 @@ def check_sweep(reg: Registry, exp, f: str | None) -> None:
     """An experiment's ``sweep:`` block: a method of its groups, numeric train fields, bounds the method accepts."""
     sw = exp.sweep
     spec = reg.get("method", sw.method, referenced_from=f, field_path="sweep.method")
-    listed = {m.method if isinstance(m, MethodRef) else m for g in exp.groups for m in g.methods}
+    listed = {method_name(m) for g in exp.groups for m in g.methods}
     if sw.method not in listed:
         raise SpecError(f"sweep.method '{sw.method}' is not a method of this experiment's groups, so no run of it "
                         "would be trained", file=f, field="sweep.method",
