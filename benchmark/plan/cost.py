@@ -34,6 +34,7 @@ passes (``modeling.backbone.READER``): the planning layer loads no model code, a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import statistics
@@ -41,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.data.batching import epoch_batches, padding_cost
+from benchmark.data.batching import epoch_batches, padding_cost, row_lengths
 from benchmark.data.encode import render_row_at, tokenize_row
 from benchmark.data.holdout import heldout_size
 from benchmark.data.sources import read_rows, subsample
@@ -135,16 +136,11 @@ def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: st
         length = max(8, int(ASSUMED_LENGTH * max_length))
         return SplitProfile(n, [[length] * k if k else length], False)
     tok = _tokenizers[tok_key]
-    idx = subsample(len(rows), SAMPLE_ROWS, 0)
-    lengths = []
-    for i in idx:
-        try:
-            enc = tokenize_row(tok, render_row_at(task, rows[i], split, i, task_file), task, max_length)
-        except BenchError:
-            continue
-        ids = enc["input_ids"]
-        lengths.append([len(x) for x in ids] if ids and isinstance(ids[0], list) else len(ids))
-    return SplitProfile(len(rows), lengths or [max_length // 2], True)
+    encoded = []
+    for i in subsample(len(rows), SAMPLE_ROWS, 0):
+        with contextlib.suppress(BenchError):  # a row that fails to render or tokenize is left out of the sample
+            encoded.append(tokenize_row(tok, render_row_at(task, rows[i], split, i, task_file), task, max_length))
+    return SplitProfile(len(rows), row_lengths(encoded) or [max_length // 2], True)
 
 
 _tokenizers: dict[str, object] = {}
