@@ -26,11 +26,11 @@ def test_wall_time_follows_the_dependency_graph(registry):
 
     order = start_order(plan.runs)
     seconds = {r.id: 1.0 for r in plan.runs}
-    assert cost.makespan(plan, seconds, 1, order) == pytest.approx(len(plan.runs))
+    assert cost.makespan(seconds, 1, order) == pytest.approx(len(plan.runs))
     # unlimited devices: the longest chain (stage-1 or MT-A, then the fusion run that reads it) is 2 runs
-    assert cost.makespan(plan, seconds, len(plan.runs), order) == pytest.approx(2.0)
+    assert cost.makespan(seconds, len(plan.runs), order) == pytest.approx(2.0)
     # two devices: never faster than the total over two, never slower than one device
-    two = cost.makespan(plan, seconds, 2, order)
+    two = cost.makespan(seconds, 2, order)
     assert len(plan.runs) / 2 <= two <= len(plan.runs)
 
 

@@ -7,7 +7,7 @@ SST-2). Grouping keeps the batches random (which rows meet, in which order) but 
 rows of about one length:
 
 1. shuffle all rows (one torch generator seeded by ``seed``),
-2. cut the permutation into mega-batches of ``mega`` batches (``mega * batch_size`` rows),
+2. cut the permutation into mega-batches of ``MEGA`` batches (``MEGA * batch_size`` rows),
 3. sort each mega-batch by length, longest first (stable: ties keep their random order),
 4. cut each mega-batch into batches of ``batch_size`` rows,
 5. shuffle the batches (the same generator), so neither lengths nor mega-batches come in order.
@@ -52,7 +52,7 @@ def _longest(length: Length) -> int:
     return length if isinstance(length, int) else max(length, default=0)
 
 
-def epoch_batches(lengths: Sequence[Length], batch_size: int, *, mode: str, seed: int, mega: int = MEGA,
+def epoch_batches(lengths: Sequence[Length], batch_size: int, *, mode: str, seed: int,
                   randperm: Callable[[int], list[int]] | None = None) -> list[list[int]]:
     """Row indices of every training batch of one epoch; each row exactly once.
 
@@ -62,8 +62,8 @@ def epoch_batches(lengths: Sequence[Length], batch_size: int, *, mode: str, seed
     """
     if mode not in MODES:
         raise ValueError(f"batching mode must be one of {MODES}, got {mode!r}")
-    if batch_size < 1 or mega < 1:
-        raise ValueError(f"batch_size and mega must be >= 1, got {batch_size} and {mega}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(lengths)
     if randperm is None:
         import torch
@@ -74,7 +74,7 @@ def epoch_batches(lengths: Sequence[Length], batch_size: int, *, mode: str, seed
     if mode == "shuffled":
         return [order[i: i + batch_size] for i in range(0, n, batch_size)]
     longest = [_longest(x) for x in lengths]
-    rows = mega * batch_size
+    rows = MEGA * batch_size
     batches: list[list[int]] = []
     for start in range(0, n, rows):  # steps 2-4
         block = sorted(order[start: start + rows], key=lambda i: -longest[i])

@@ -274,7 +274,7 @@ def price(cost: RunCost, device: str, cpu_fit: dict | None) -> float:
     return (cost.train_gflop + cost.eval_gflop) * 1e9 / peak + steps + GPU_OVERHEAD_S
 
 
-def makespan(plan: Plan, seconds: dict[str, float], devices: int, order: list[Run]) -> float:
+def makespan(seconds: dict[str, float], devices: int, order: list[Run]) -> float:
     """Wall seconds on ``devices`` parallel workers: list scheduling in the runner's start order, each run
     started when its dependencies (among ``seconds``) have finished and a worker is free."""
     finish: dict[str, float] = {}
@@ -339,7 +339,7 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, reader: Reader, 
     per_kind: dict[str, float] = {}
     for c in out:
         per_kind[c.kind] = per_kind.get(c.kind, 0.0) + c.seconds / 3600
-    wall = makespan(plan, seconds, devices, start_order(list(chosen)))
+    wall = makespan(seconds, devices, start_order(list(chosen)))
     label = calibration_note(name, cpu) if device == "cpu" else name
     return Estimate(device, devices, out, wall, label, per_kind)
 

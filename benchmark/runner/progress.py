@@ -215,7 +215,7 @@ class Progress:
             ratio = self.ratio()
             seconds = {r.id: self.predicted[r.id] * ratio * (1 - self.fraction.get(r.id, 0.0)) for r in left}
             order = sorted(left, key=lambda r: r.id not in self.started)  # running first, then in start order
-            return max(own, makespan(None, seconds, self.jobs, order))
+            return max(own, makespan(seconds, self.jobs, order))
         ran = [s for rid, s in self.done.items() if s]
         return max(own, sum(ran) / len(ran) * len(left) / max(1, self.jobs) if ran else 0.0)
 
