@@ -17,7 +17,7 @@ from benchmark.methods.params import LATE_FIELDS, ReductionFactor, Strict
 
 Batching = Literal["grouped", "shuffled"]
 PRECISIONS = ("auto", "fp32", "bf16")
-Precision = Literal["auto", "fp32", "bf16"]  # benchmark/modeling/compute.py: auto = bf16 autocast on CUDA, fp32 on CPU
+Precision = Literal[PRECISIONS]  # benchmark/modeling/compute.py: auto = bf16 autocast on CUDA, fp32 on CPU
 # a seed every random generator takes (numpy's bound; torch's is 2**64); a list of seeds is a few runs per cell
 Seed = Annotated[int, Field(ge=0, lt=2**32, description="a seed, 0 <= seed < 2**32")]
 MAX_SEEDS = 100
