@@ -78,10 +78,19 @@ class Run:
 
     def config(self, reg: Registry, exp: ExperimentSpec | None = None) -> dict:
         """The resolved config stored with the result (provenance: prose included)."""
+        # a local backbone's folder and a drop-in task's data files as a committed result may show them (their
+        # content is in the run id)
+        backbone = reg.backbones[self.backbone].model_dump(mode="json")
+        if backbone.get("path"):
+            backbone["path"] = shown_path(backbone["path"])
+        tasks = {t: reg.tasks[t].model_dump(mode="json") for t in self.all_tasks}
+        for task in tasks.values():
+            if task.get("data_files"):
+                task["data_files"] = {k: shown_path(v) for k, v in task["data_files"].items()}
         out = {
             "method": self.method.model_dump(mode="json"),
-            "backbone": _portable_backbone(reg.backbones[self.backbone].model_dump(mode="json")),
-            "tasks": {t: _portable(reg.tasks[t].model_dump(mode="json")) for t in self.all_tasks},
+            "backbone": backbone,
+            "tasks": tasks,
             "seed": self.seed,
             "sources": self.sources,
             "caps": self.caps.model_dump(mode="json"),
@@ -121,17 +130,3 @@ class Plan:
             skipped=[Skipped(what=w, why=y) for w, y in self.skipped],
             # the tasks of the experiment's groups: the rows of its tables (an MT-A run also trains others)
             targets=sorted({t for g in self.experiment.groups for t in g.tasks}))
-
-
-def _portable_backbone(backbone: dict) -> dict:
-    """A local backbone's folder as a committed result may show it (its content hash is in the run id)."""
-    if backbone.get("path"):
-        backbone["path"] = shown_path(backbone["path"])
-    return backbone
-
-
-def _portable(task: dict) -> dict:
-    """A drop-in task's data files as a committed result may show them (their content is in the run id)."""
-    if task.get("data_files"):
-        task["data_files"] = {k: shown_path(v) for k, v in task["data_files"].items()}
-    return task
