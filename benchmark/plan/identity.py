@@ -27,11 +27,6 @@ ID_SCHEME = 2
 PROSE = {"kind", "name", "description", "notes", "paper"}
 
 
-def task_identity(task: TaskSpec) -> dict:
-    # where the rows come from is identified by their fingerprint (``data``), never by a path
-    return task.model_dump(mode="json", exclude=PROSE | {"dataset", "data_files"})
-
-
 def backbone_identity(backbone: BackboneSpec) -> dict:
     out = backbone.model_dump(mode="json", exclude=PROSE | {"paper_backbone", "path", "aliases"})
     if backbone.source == "local":  # a local checkpoint is its content, wherever the folder lies
@@ -80,7 +75,8 @@ def run_identity(*, method: MethodSpec, backbone: BackboneSpec, tasks: dict[str,
         "scheme": ID_SCHEME,
         "method": method.model_dump(mode="json", exclude=PROSE),
         "backbone": backbone_identity(backbone),
-        "tasks": {t: task_identity(s) for t, s in tasks.items()},
+        # where a task's rows come from is identified by their fingerprint (``data``), never by a path
+        "tasks": {t: s.model_dump(mode="json", exclude=PROSE | {"dataset", "data_files"}) for t, s in tasks.items()},
         "data": {t: data.get(t, {}) for t in tasks},
         "seed": seed,
         "sources": list(sources),
