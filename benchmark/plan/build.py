@@ -60,20 +60,17 @@ def variant_column(label: str, adapter_seed: int | str) -> str:
 
 
 def experiment_tasks(exp: ExperimentSpec) -> list[str]:
-    seen: list[str] = []
-    for g in exp.groups:
-        seen += [t for t in g.tasks if t not in seen]
-    return seen
+    return list(dict.fromkeys(t for g in exp.groups for t in g.tasks))
 
 
-def fusion_sources(exp: ExperimentSpec, target: str) -> list[str]:
+def fusion_sources(exp: ExperimentSpec, target: str | None = None) -> list[str]:
+    """The tasks whose adapters a fusion on ``target`` reads (``target`` itself added last where not listed)."""
     srcs = experiment_tasks(exp) if exp.fusion.sources == "all" else list(exp.fusion.sources)
-    return srcs if target in srcs else [*srcs, target]
+    return srcs if target is None or target in srcs else [*srcs, target]
 
 
 def mt_a_tasks(reg: Registry, exp: ExperimentSpec) -> list[str]:
-    base = exp.mt_a.tasks or (experiment_tasks(exp) if exp.fusion.sources == "all" else list(exp.fusion.sources))
-    out = list(base)
+    out = list(exp.mt_a.tasks or fusion_sources(exp))
     for g in exp.groups:  # every task that asks for an MT-A cell, or for a kind built on MT-A, trains jointly
         for m in g.methods:
             kind = reg.methods[method_name(m)].method_kind
@@ -173,7 +170,7 @@ class _Planner:
         """fusion.adapterhub resolved once per plan: folders checked and hashed, Hub ids pinned."""
         if self._published is None:
             file = self.reg.file_of("experiment", self.exp.name)
-            fused = experiment_tasks(self.exp) if self.exp.fusion.sources == "all" else list(self.exp.fusion.sources)
+            fused = fusion_sources(self.exp)
             for t in self.exp.fusion.adapterhub:
                 if t not in fused:
                     raise SpecError(f"fusion.adapterhub names '{t}', which is not a fused source ({', '.join(fused)})",
