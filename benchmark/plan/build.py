@@ -34,25 +34,6 @@ class Options:
     compile: bool | None = None  # --compile: True; None = the experiment's compute.compile, then eager
 
 
-def resolve_method(reg: Registry, exp: ExperimentSpec, name: str, rf: int | None = None,
-                   caps: Caps | None = None, batching: str | None = None) -> MethodSpec:
-    """The method spec with the experiment's overrides, caps, batching and a swept reduction factor applied."""
-    m = reg.methods[name].model_copy(deep=True)
-    train = m.train.model_dump()
-    train.update(exp.overrides.get(name, {}))
-    caps = caps or exp.caps
-    if caps.max_epochs:
-        train["epochs"] = min(train["epochs"], caps.max_epochs)
-    if caps.max_steps_per_epoch:
-        train["max_steps_per_epoch"] = min(train.get("max_steps_per_epoch") or caps.max_steps_per_epoch,
-                                           caps.max_steps_per_epoch)
-    train["batching"] = batching or train.get("batching") or exp.batching
-    m.train = type(m.train)(**train)
-    if rf is not None and m.adapter is not None:
-        m.adapter = m.adapter.model_copy(update={"reduction_factor": rf})
-    return m
-
-
 def variant_column(label: str, adapter_seed: int | str) -> str:
     """The report column of fusion runs that read other adapters than the experiment's default, e.g.
     ``fusion_st_a_rf16@s42`` (every seed over the seed-42 adapters) or ``fusion_mt_a@matched``."""
@@ -148,8 +129,21 @@ class _Planner:
             kept.implied = False
         return self.runs[run.id]
 
-    def method(self, name: str, rf: int | None = None, caps: Caps | None = None) -> MethodSpec:
-        return resolve_method(self.reg, self.exp, name, rf, caps, self.batching)
+    def method(self, name: str, rf: int | None, caps: Caps) -> MethodSpec:
+        """The method spec with the experiment's overrides, caps, batching and a swept reduction factor applied."""
+        m = self.reg.methods[name].model_copy(deep=True)
+        train = m.train.model_dump()
+        train.update(self.exp.overrides.get(name, {}))
+        if caps.max_epochs:
+            train["epochs"] = min(train["epochs"], caps.max_epochs)
+        if caps.max_steps_per_epoch:
+            train["max_steps_per_epoch"] = min(train.get("max_steps_per_epoch") or caps.max_steps_per_epoch,
+                                               caps.max_steps_per_epoch)
+        train["batching"] = self.batching or train.get("batching") or self.exp.batching
+        m.train = type(m.train)(**train)
+        if rf is not None and m.adapter is not None:
+            m.adapter = m.adapter.model_copy(update={"reduction_factor": rf})
+        return m
 
     def stage1(self, task: str, backbone: str, seed: int, rf: int, method: str | None = None) -> Run:
         """The source run a fusion reads for ``task``: ST-A at ``rf`` (or the fusion's ``source_method``)."""
@@ -162,7 +156,7 @@ class _Planner:
         if not tasks:
             return None
         caps = self.exp.mt_a.caps or self.exp.caps
-        run = Run("", self.exp.name, self.method(self.mt_a_method(), caps=caps), backbone, seed, caps=caps,
+        run = Run("", self.exp.name, self.method(self.mt_a_method(), None, caps), backbone, seed, caps=caps,
                   tasks=tasks, implied=implied)
         return self.add(run, task_caps={} if self.exp.mt_a.caps else None)  # mt_a.caps: one cap for every task
 
