@@ -97,10 +97,7 @@ def padding_cost(lengths: Sequence[Length], batches: Sequence[Sequence[int]],
         rows = [lengths[i] for i in batch]
         width = max([_longest(x) for x in rows] + ([pad_to] if pad_to is not None else []))
         for x in rows:
-            if isinstance(x, int):
-                real += x
-                computed += width
-            else:
-                real += sum(x)
-                computed += width * len(x)
+            choices = [x] if isinstance(x, int) else x  # a classification row is one sequence
+            real += sum(choices)
+            computed += width * len(choices)
     return real, computed

@@ -118,10 +118,7 @@ def step_flops(shape: Shape, setup: str, *, n: int = 0, rf: int = 16, impl: str 
             _adapter(c, M, H, r, input_grad=g, trained=True)
             g = True
         elif setup == "fusion":
-            if impl == "ours":
-                _fusion_ours(c, M, H, r, n, input_grad=g)
-            else:
-                _fusion_reference(c, M, H, r, n, input_grad=g)
+            (_fusion_ours if impl == "ours" else _fusion_reference)(c, M, H, r, n, input_grad=g)
             g = True
     C = shape.num_labels
     c.op("head", 2 * B * H * H, 1 + int(g))  # dense on the pooled [B, H]
