@@ -40,13 +40,11 @@ def variant_column(label: str, adapter_seed: int | str) -> str:
     return f"{label}@{'matched' if adapter_seed == 'matched' else f's{adapter_seed}'}"
 
 
-def experiment_tasks(exp: ExperimentSpec) -> list[str]:
-    return list(dict.fromkeys(t for g in exp.groups for t in g.tasks))
-
-
 def fusion_sources(exp: ExperimentSpec, target: str | None = None) -> list[str]:
     """The tasks whose adapters a fusion on ``target`` reads (``target`` itself added last where not listed)."""
-    srcs = experiment_tasks(exp) if exp.fusion.sources == "all" else list(exp.fusion.sources)
+    # all: every task of the experiment's groups, in the order they first appear
+    srcs = list(dict.fromkeys(t for g in exp.groups for t in g.tasks)) if exp.fusion.sources == "all" \
+        else list(exp.fusion.sources)
     return srcs if target is None or target in srcs else [*srcs, target]
 
 

@@ -185,11 +185,6 @@ def computed_tokens(lengths: list, rows: int, batch_size: int, mode: str, seed: 
     return computed * rows / n
 
 
-def mean_sequence(lengths: list) -> float:
-    flat = [x for v in lengths for x in (v if isinstance(v, list) else [v])]
-    return statistics.fmean(flat) if flat else 0.0
-
-
 # --------------------------------------------------------------------------------------- runs
 def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[str, float],
              threads: int, reader: Reader) -> RunCost:
@@ -218,7 +213,8 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
         per_epoch = computed_tokens(tr.lengths, n_train, tp.batch_size, run.batching)
         evals = computed_tokens(ev.lengths, n_eval, tp.eval_batch_size, "shuffled") + \
             computed_tokens(tr.lengths, held, tp.eval_batch_size, "shuffled")
-        seq = mean_sequence(tr.lengths)
+        flat = [x for v in tr.lengths for x in (v if isinstance(v, list) else [v])]  # each choice its own sequence
+        seq = statistics.fmean(flat) if flat else 0.0
         train_steps += epochs * -(-n_train // tp.batch_size)
         eval_steps += epochs * (-(-n_eval // tp.eval_batch_size) + -(-held // tp.eval_batch_size))
         train_gf += per_epoch * epochs * train_per_token(trains_of(run.method), shape, seq, extra) / 1e9
