@@ -52,18 +52,14 @@ def check_renders(task: TaskSpec, rows: list[dict], split: str, task_file: str) 
         fields += [(f"input.choices[{k}]", c) for k, c in enumerate(rendered.get("choices") or [])]
         for fld, text in fields:
             if text is not None and not text.strip():
+                row = repr(rows[i])
                 raise SpecError(
                     f"split '{split}', row {i}: the template {task.templates[fld]!r} renders empty text "
-                    f"(row: {_short(rows[i])})",
+                    f"(row: {row if len(row) <= 200 else row[:200] + '...}'})",
                     file=task_file, field=fld,
                     fix="check the column holds text for every row, or give a fallback: '{{ x or \"(none)\" }}'",
                 )
     return len(idx)
-
-
-def _short(row: dict) -> str:
-    text = repr(row)
-    return text if len(text) <= 200 else text[:200] + "...}"
 
 
 def _hub_status(task: TaskSpec) -> str:

@@ -206,12 +206,6 @@ def infer_kind(data: dict) -> str | None:
     return None
 
 
-def _is_checkout(folder: Path) -> bool:
-    pyproject = folder / "pyproject.toml"
-    return (folder / "specs" / "tasks").is_dir() and pyproject.is_file() and \
-        'name = "adapterfusion-bench"' in pyproject.read_text(encoding="utf-8", errors="replace")
-
-
 def default_spec_dir() -> Path:
     """Where the project's own specs are: $AFBENCH_SPECS; else ``specs/`` of the checkout we run from (the
     current folder, or the one this package was installed from in editable mode); else the copy shipped
@@ -220,7 +214,9 @@ def default_spec_dir() -> Path:
     if env:
         return Path(env)
     for folder in (Path.cwd(), Path(__file__).resolve().parents[2]):
-        if _is_checkout(folder):
+        pyproject = folder / "pyproject.toml"
+        if (folder / "specs" / "tasks").is_dir() and pyproject.is_file() and \
+                'name = "adapterfusion-bench"' in pyproject.read_text(encoding="utf-8", errors="replace"):
             return folder / "specs"
     bundled = importlib.util.find_spec("benchmark.bundled_specs")  # a namespace package: data files only
     return Path(list(bundled.submodule_search_locations)[0])
