@@ -204,10 +204,8 @@ def run_work(reg: Registry, run: Run, data_root: Path | None, epoch_share: dict[
             basis.append(f"{t}: declared sizes, {ASSUMED_LENGTH:.0%} of max length assumed")
         held = heldout_size(tr.rows, run.selection.heldout_fraction, run.selection.heldout_max_rows) \
             if run.selection.protocol == "heldout" else 0
-        n_train = tr.rows - held
-        if caps.max_train_rows:
-            n_train = min(n_train, caps.max_train_rows)
-        n_eval = min(ev.rows, caps.max_eval_rows) if caps.max_eval_rows else ev.rows
+        n_train = min(tr.rows - held, caps.max_train_rows or tr.rows)
+        n_eval = min(ev.rows, caps.max_eval_rows or ev.rows)
         if tp.max_steps_per_epoch and len(tasks) == 1:
             n_train = min(n_train, tp.max_steps_per_epoch * tp.batch_size)
         per_epoch = computed_tokens(tr.lengths, n_train, tp.batch_size, run.batching)
