@@ -146,15 +146,11 @@ def encoder_per_token(shape: Shape, seq: float) -> float:
     return shape.layers * (2 * (4 * H * H + 2 * H * inter) + 4 * seq * H)
 
 
-def prices() -> dict:
-    """Every spec section's price, as its method package declares it (``registry.section(..., flops=...)``)."""
-    return {s.name: s.flops for s in registry.sections() if s.flops is not None}
-
-
 def method_per_token(method, shape: Shape, sources: int = 0) -> float:
-    """Forward FLOPs per token of what ``method`` (a MethodSpec) adds to every layer: each module it declares."""
-    return shape.layers * sum(price(p, shape, sources) for name, price in prices().items()
-                              if (p := getattr(method, name, None)) is not None)
+    """Forward FLOPs per token of what ``method`` (a MethodSpec) adds to every layer: each module it declares, at
+    the price its method package declares for that spec section (``registry.section(..., flops=...)``)."""
+    return shape.layers * sum(s.flops(p, shape, sources) for s in registry.sections()
+                              if s.flops is not None and (p := getattr(method, s.name, None)) is not None)
 
 
 def trains_of(method) -> frozenset[str]:
