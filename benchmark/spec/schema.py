@@ -126,14 +126,9 @@ class TaskSpec(Strict):
 
     @property
     def templates(self) -> dict[str, str]:
-        out = {}
-        if self.input.text:
-            out["input.text"] = self.input.text
-        if self.input.text_pair:
-            out["input.text_pair"] = self.input.text_pair
-        for i, c in enumerate(self.input.choices or []):
-            out[f"input.choices[{i}]"] = c
-        return out
+        given = {"input.text": self.input.text, "input.text_pair": self.input.text_pair}
+        choices = {f"input.choices[{i}]": c for i, c in enumerate(self.input.choices or [])}
+        return {k: v for k, v in given.items() if v} | choices
 
 
 # ------------------------------------------------------------------------------------------ backbone
