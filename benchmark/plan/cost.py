@@ -233,11 +233,9 @@ def load_calibration(results_root: Path | None = None) -> dict:
 def cpu_entry(calibration: dict, cpu: str | None) -> tuple[str, dict]:
     """The calibration of this CPU model, else the default one (the note says which)."""
     cpus = calibration.get("cpus", {})
-    if cpu in cpus:
-        return cpu, cpus[cpu]
-    default = calibration.get("default")
-    if default in cpus:
-        return default, cpus[default]
+    for name in (cpu, calibration.get("default")):
+        if name in cpus:
+            return name, cpus[name]
     raise BenchError("no CPU calibration for the cost model", field=f"<results>/{USER_FILE}",
                      fix="run `afbench plan minilm_table1 --estimate --calibrate` after some runs have finished")
 

@@ -195,15 +195,10 @@ def infer_kind(data: dict) -> str | None:
     """The kind of a spec from its keys, for a file with no ``kind:`` key outside the kind folders."""
     if isinstance(data.get("kind"), str):
         return data["kind"]
-    if "groups" in data:
-        return "experiment"
-    if "method" in data:
-        return "method"
-    if "source" in data:
-        return "backbone"
-    if "input" in data and ("label" in data or "type" in data):
-        return "task"
-    return None
+    for key, kind in (("groups", "experiment"), ("method", "method"), ("source", "backbone")):
+        if key in data:
+            return kind
+    return "task" if "input" in data and ("label" in data or "type" in data) else None
 
 
 def default_spec_dir() -> Path:
