@@ -266,12 +266,6 @@ def check_references(reg: Registry, only: str | None = None) -> None:
             check_sweep(reg, exp, f)
 
 
-def _module_type(spec) -> str | None:
-    """The module type a method's runs add (its first section's ``type``: pfeiffer, houlsby, lora ...), if any."""
-    needs = spec.method_kind.needs
-    return getattr(getattr(spec, needs[0], None), "type", None) if needs else None
-
-
 def check_sources(reg: Registry, name: str, spec, exp, f: str | None) -> None:
     """A fusion method's ``source_method``: a single-task method that trains one module per task, of a type the
     method can compose (AdapterFusion and static mixing: Pfeiffer adapters; merges: bottleneck adapters or LoRA)."""
@@ -290,7 +284,8 @@ def check_sources(reg: Registry, name: str, spec, exp, f: str | None) -> None:
             raise SpecError(f"fusion.source_method '{fusion.source_method}' is a {kind.name} method, not one that "
                             "trains one module per task over the frozen encoder, so it gives no sources to compose",
                             file=mf, field=field, fix="name an adapter or LoRA method (st_a, lora)")
-        mtype = _module_type(src)
+        # the module type its runs add: its first section's type (pfeiffer, houlsby, lora ...), if any
+        mtype = getattr(getattr(src, kind.needs[0], None), "type", None) if kind.needs else None
         if mtype in ("pfeiffer", "houlsby"):
             raise SpecError(f"fusion.source_method '{fusion.source_method}' names adapter sources, which are the default "
                             "(ST-A at fusion.source_reduction_factor) and would lose the reduction factor from the run "
