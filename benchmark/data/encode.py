@@ -119,11 +119,8 @@ def encode_split(
     idx = [pool[i] for i in subsample(len(pool), None if part == "heldout" else max_rows, data_seed)]
     rows_sel = [rows[i] for i in idx]
     labels = labels_of(task, rows_sel, split, task_file)
-    examples = []
-    for i, row, y in zip(idx, rows_sel, labels):
-        ex = tokenize_row(tokenizer, render_row_at(task, row, split, i, task_file), task, max_length)
-        ex["label"] = y
-        examples.append(ex)
+    examples = [tokenize_row(tokenizer, render_row_at(task, row, split, i, task_file), task, max_length) | {"label": y}
+                for i, row, y in zip(idx, rows_sel, labels)]
     if not examples:  # guards the loops downstream: no split may train "finished" on nothing
         raise DataError(f"task '{task.name}', split '{split}' gave no examples", file=task_file,
                         field=f"splits ({split})", fix="check the split and the row caps")
