@@ -126,16 +126,15 @@ def encoder_shape(spec: BackboneSpec, reader: Reader) -> Shape:
 _profiles: dict[tuple, SplitProfile] = {}  # split_profile's, per (task, split, max length, tokenizer, data root)
 
 
-def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: str | None, task_file: str,
+def _measure(task: TaskSpec, split: str, max_length: int, tok, data_root: Path | None, task_file: str,
              declared_rows: int | None) -> SplitProfile:
     try:
-        rows = read_rows(task, split, Path(root) if root else None, task_file=task_file)
+        rows = read_rows(task, split, data_root, task_file=task_file)
     except (DataUnavailable, DataError):
         n = declared_rows or 0
         k = task.num_labels if task.type == "multiple_choice" else 0
         length = max(8, int(ASSUMED_LENGTH * max_length))
         return SplitProfile(n, [[length] * k if k else length], False)
-    tok = _tokenizers[tok_key]
     encoded = []
     for i in subsample(len(rows), SAMPLE_ROWS, 0):
         with contextlib.suppress(BenchError):  # a row that fails to render or tokenize is left out of the sample
@@ -146,8 +145,8 @@ def _measure(task: TaskSpec, split: str, max_length: int, tok_key: str, root: st
 _tokenizers: dict[str, object] = {}
 
 
-def _tokenizer_key(reg: Registry, backbone: str, load_tokenizer: Callable) -> str:
-    """Load the backbone's tokenizer once; a Hub backbone offline uses MiniLM's (BERT's uncased vocab)."""
+def _tokenizer(reg: Registry, backbone: str, load_tokenizer: Callable):
+    """The backbone's tokenizer, loaded once; a Hub backbone offline uses MiniLM's (BERT's uncased vocab)."""
     if backbone not in _tokenizers:
         try:
             _tokenizers[backbone] = load_tokenizer(reg.backbones[backbone])
@@ -156,7 +155,7 @@ def _tokenizer_key(reg: Registry, backbone: str, load_tokenizer: Callable) -> st
             if proxy is None or proxy == backbone:
                 raise
             _tokenizers[backbone] = load_tokenizer(reg.backbones[proxy])
-    return backbone
+    return _tokenizers[backbone]
 
 
 def split_profile(reg: Registry, run: Run, task: str, split: str, data_root: Path | None,
@@ -166,10 +165,10 @@ def split_profile(reg: Registry, run: Run, task: str, split: str, data_root: Pat
     max_len = min(caps.max_length or spec.max_length, spec.max_length)
     train = spec.paper.train_size
     declared = train if split == spec.splits.train else spec.paper.dev_size or (train // 10 if train else None)
-    tok_key, root = _tokenizer_key(reg, run.backbone, reader.tokenizer), str(data_root) if data_root else None
-    key = (spec.name, split, max_len, tok_key, root)
+    tok = _tokenizer(reg, run.backbone, reader.tokenizer)
+    key = (spec.name, split, max_len, run.backbone, str(data_root) if data_root else None)
     if key not in _profiles:
-        _profiles[key] = _measure(spec, split, max_len, tok_key, root, reg.file_of("task", task), declared)
+        _profiles[key] = _measure(spec, split, max_len, tok, data_root, reg.file_of("task", task), declared)
     return _profiles[key]
 
 
