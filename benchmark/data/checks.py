@@ -62,14 +62,6 @@ def check_renders(task: TaskSpec, rows: list[dict], split: str, task_file: str) 
     return len(idx)
 
 
-def _hub_status(task: TaskSpec) -> str:
-    ref = f"{task.dataset.path} ({task.dataset.name or 'default'})" if task.dataset else "the Hub"
-    if hub.offline_mode():
-        return (f"not checked against data: Hub offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set), "
-                f"{ref} is read from the Hugging Face cache at run time")
-    return f"not checked against data: {ref} is read from the Hugging Face Hub at run time (validate does not download)"
-
-
 def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) -> DataCheck:
     """Raise a SpecError/DataError on a mismatch; return the status (and any missing data) otherwise."""
     checked, hub_only, rendered, warnings = [], False, 0, []
@@ -105,7 +97,12 @@ def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) ->
                             "any model scores 100% by always predicting it; check label.column and the split")
         rendered += check_renders(task, rows, split, task_file)
         checked.append(f"{split} ({len(rows)} rows)")
-    if hub_only and not checked:
-        return DataCheck(_hub_status(task))
+    if hub_only and not checked:  # a Hub task (locate found its dataset)
+        ref = f"{task.dataset.path} ({task.dataset.name or 'default'})"
+        if hub.offline_mode():
+            return DataCheck(f"not checked against data: Hub offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set), "
+                             f"{ref} is read from the Hugging Face cache at run time")
+        return DataCheck(f"not checked against data: {ref} is read from the Hugging Face Hub at run time (validate "
+                         "does not download)")
     return DataCheck("; ".join(["data ok: " + ", ".join(checked), f"templates rendered on {rendered} sampled rows",
                                 *warnings]))
