@@ -221,9 +221,7 @@ def _method_spec() -> type[_MethodSpec]:
     """``MethodSpec``: one optional field per section a method package declares (``registry.section``): the paper's
     (``adapter``, ``fusion``, ``mt_a``) dump as null while unset, as they always did; every later one is a late field
     (left out of a dump while unset, so no run id of a spec without it moves)."""
-    for s in registry.sections():
-        if s.late:
-            LATE_FIELDS["MethodSpec"][s.name] = None
+    LATE_FIELDS["MethodSpec"].update({s.name: None for s in registry.sections() if s.late})
     return create_model(
         "MethodSpec", __base__=_MethodSpec, __module__=__name__,
         **{s.name: (s.params | None, None) for s in registry.sections()},
