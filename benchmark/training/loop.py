@@ -103,12 +103,9 @@ def make_optimizer(model: AdapterModel, params: TrainParams, device: torch.devic
     LayerNorm gains, scaling vectors) get none, and neither do the parameters a module declares in its
     ``no_decay()`` (fusion's V, which its regulariser pulls towards the identity); every other matrix decays."""
     declared = {id(p) for m in model.modules() if callable(getattr(m, "no_decay", None)) for p in m.no_decay()}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or id(p) in declared
-        (no_decay if skip else decay).append(p)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    no_decay = [p for p in trained if p.ndim < 2 or id(p) in declared]
+    decay = [p for p in trained if p.ndim >= 2 and id(p) not in declared]
     groups = [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=params.lr, fused=device.type == "cuda")
 
@@ -238,19 +235,6 @@ def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> No
                   f"{h['seconds']:.0f}s")
 
 
-def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device,
-              classes: list[int] | None = None, compute: Compute = DEFAULT) -> torch.Tensor:
-    with compute.autocast(device):
-        logits = forward(model, head, batch)
-    loss = F.cross_entropy(logits.float(), batch["labels"])  # the loss in float32 under any precision
-    if classes is not None:
-        classes.append(logits.shape[-1])  # [B, C] (C classes, or K choices)
-    if obj.fusion and obj.reg_weight:
-        # the value regulariser enters the loss of the same step (AdapterHub adds it one step late)
-        loss = loss + obj.reg_weight * model.fusion_regularization(obj.fusion)
-    return loss
-
-
 def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         epoch_batches: Callable[[int], Iterator[tuple[str, dict]]], evaluate_epoch: Callable[[], dict],
         snapshot: Callable[[], dict], device: torch.device, objective: Objective | None = None,
@@ -272,7 +256,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
     trained = [p for p in model.parameters() if p.requires_grad]
     check_every = 1 if device.type == "cpu" else 50  # a finiteness check is a host sync on a GPU
     out, since_best, global_step, seen, train_time = Outcome(), 0, 0, 0, 0.0
-    first_loss, classes = None, []  # the untrained model's loss and the class count: the divergence rule
+    first_loss = classes = None  # the untrained model's loss and the class count: the divergence rule
     for epoch in range(params.epochs):
         model.train()
         t0, steps, epoch_seen = time.perf_counter(), 0, 0
@@ -286,9 +270,14 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
             out.padding["real_tokens"] += int(mask.sum())
             out.padding["computed_tokens"] += mask.numel()
             batch = to_device(batch, device)
-            loss = step_loss(model, batch, head, objective, device, classes if first_loss is None else None, compute)
-            if first_loss is None:
-                first_loss = float(loss.detach())
+            with compute.autocast(device):
+                logits = forward(model, head, batch)
+            loss = F.cross_entropy(logits.float(), batch["labels"])  # the loss in float32 under any precision
+            if objective.fusion and objective.reg_weight:
+                # the value regulariser enters the loss of the same step (AdapterHub adds it one step late)
+                loss = loss + objective.reg_weight * model.fusion_regularization(objective.fusion)
+            if first_loss is None:  # logits [B, C] (C classes, or K choices)
+                first_loss, classes = float(loss.detach()), logits.shape[-1]
             loss.backward()
             if params.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trained, params.grad_clip)
@@ -307,10 +296,10 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         train_loss = loss_sum.item() / max(1, steps)
         if not math.isfinite(train_loss):
             raise NonFiniteLoss(f"the training loss became {train_loss} (epoch {epoch + 1})")
-        if first_loss is not None and diverged(train_loss, first_loss, max(classes, default=2)):
+        if first_loss is not None and diverged(train_loss, first_loss, classes):
             raise Diverged(f"the training diverged: mean loss {train_loss:.4g} in epoch {epoch + 1}, over "
                            f"{DIVERGED_RATIO:g}x the "
-                           f"first step's {first_loss:.4g} and over ln({max(classes, default=2)}) (a uniform guess); "
+                           f"first step's {first_loss:.4g} and over ln({classes}) (a uniform guess); "
                            "lower the learning rate")
         train_time += time.perf_counter() - t0
         model.set_fusion_temperature(1.0)
