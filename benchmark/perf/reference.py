@@ -25,11 +25,16 @@ from inference_steps import _autocast  # noqa: E402
 from steps import Head, make_batch, peak_mib, setup_kind, time_steps  # noqa: E402
 
 
-def _encoder(backbone: dict):
-    if "bert_config" in backbone:
-        torch.manual_seed(0)
-        return BertModel(BertConfig(**backbone["bert_config"]), add_pooling_layer=False)
-    return AutoModel.from_pretrained(backbone["path"], add_pooling_layer=False)
+def adapter_model(backbone: dict, names: list[str], config=SeqBnConfig):
+    """The encoder under AdapterHub (seeded, so both sides time the same shapes) with an adapter of ``config``
+    (rf 16) per name, none where ``config`` is None (full fine-tuning): every reference script's model."""
+    torch.manual_seed(0)
+    model = (BertModel(BertConfig(**backbone["bert_config"]), add_pooling_layer=False) if "bert_config" in backbone
+             else AutoModel.from_pretrained(backbone["path"], add_pooling_layer=False))
+    adapters.init(model)
+    for a in names if config else ():
+        model.add_adapter(a, config=config(reduction_factor=16))
+    return model
 
 
 def main(backbone, cfg):
@@ -39,14 +44,8 @@ def main(backbone, cfg):
         res = out["results"].setdefault(pooling, {})
         for config in cfg["configs"]:
             name, n, kind = config[0], config[1], setup_kind(config)
-            torch.manual_seed(0)
-            model = _encoder(backbone)
-            adapters.init(model)
             names = [f"a{i}" for i in range(max(n, 1))]
-            if kind != "full":
-                for a in names:
-                    model.add_adapter(a, config=(DoubleSeqBnConfig if kind == "houlsby" else SeqBnConfig)(
-                        reduction_factor=16))
+            model = adapter_model(backbone, names, {"full": None, "houlsby": DoubleSeqBnConfig}.get(kind, SeqBnConfig))
             if kind == "full":
                 for p in model.parameters():
                     p.requires_grad = True

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import adapters
 import torch
-from adapters import SeqBnConfig
-from transformers import AutoModel
 
 sys.path.insert(0, str(Path(__file__).parent))
+from reference import adapter_model  # noqa: E402
 from steps import Head, time_steps  # noqa: E402
 
 
@@ -22,10 +21,7 @@ def main(model_path, cfg):
     out = {"adapters_version": adapters.__version__, "results": {}}
     for task, path in cfg["tasks"].items():
         blob = torch.load(path, weights_only=True)
-        torch.manual_seed(0)
-        model = AutoModel.from_pretrained(model_path, add_pooling_layer=False)
-        adapters.init(model)
-        model.add_adapter("a", config=SeqBnConfig(reduction_factor=16))
+        model = adapter_model({"path": model_path}, ["a"])
         model.train_adapter("a")
         head = Head(model.config.hidden_size, blob["num_labels"], pooling="mean")
         model.train()

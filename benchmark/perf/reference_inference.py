@@ -9,11 +9,11 @@ from pathlib import Path
 
 import adapters
 import torch
-from adapters import Fuse, SeqBnConfig
+from adapters import Fuse
 
 sys.path.insert(0, str(Path(__file__).parent))
 from inference_steps import time_inference  # noqa: E402
-from reference import _encoder  # noqa: E402
+from reference import adapter_model  # noqa: E402
 from steps import (
     Head,  # noqa: E402
     peak_mib,  # noqa: E402
@@ -24,12 +24,8 @@ def main(backbone, cfg):
     device = cfg.get("device", "cpu")
     out = {"adapters_version": adapters.__version__, "results": {}}
     for name, n in cfg["configs"]:
-        torch.manual_seed(0)
-        model = _encoder(backbone)
-        adapters.init(model)
         names = [f"a{i}" for i in range(max(n, 1))]
-        for a in names:
-            model.add_adapter(a, config=SeqBnConfig(reduction_factor=16))
+        model = adapter_model(backbone, names)
         if n == 0:
             model.set_active_adapters(names[0])
         else:
