@@ -16,10 +16,10 @@ import time
 
 import torch
 
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+if __package__:  # ours: benchmark.perf.inference_steps; the reference side imports it from this folder
+    from benchmark.perf.steps import random_ids, sync
+else:
+    from steps import random_ids, sync
 
 
 def _autocast(device_type: str, precision: str | None):
@@ -31,19 +31,12 @@ def _median_ms(fn, reps: int, device: str) -> float:
     """Median wall milliseconds of ``reps`` calls of ``fn()``, each timed from a synchronised device to one."""
     ts = []
     for _ in range(reps):
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         ts.append(1000 * (time.perf_counter() - t))
     return statistics.median(ts)
-
-
-def random_ids(g: torch.Generator, vocab_size: int, batch: int, length: int, device: torch.device):
-    """(input_ids [batch, length] drawn from ids >= 1000 with [CLS] (101) first, attention mask of ones)."""
-    x = torch.randint(1000, vocab_size, (batch, length), generator=g)
-    x[:, 0] = 101
-    return x.to(device), torch.ones_like(x).to(device)
 
 
 def time_inference(forward, vocab_size: int, length: int, batch: int, reps: int, device: str,
@@ -60,7 +53,7 @@ def time_inference(forward, vocab_size: int, length: int, batch: int, reps: int,
         t = time.perf_counter()
         for _ in range(reps):
             forward(*big)
-        _sync(device)
+        sync(device)
         through = batch * reps / (time.perf_counter() - t)
     return {"latency_ms": latency, "examples_per_second": through}
 

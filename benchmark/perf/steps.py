@@ -14,11 +14,17 @@ def setup_kind(config) -> str:
     return config[2] if len(config) > 2 else ("st_a" if config[1] == 0 else "fusion")
 
 
+def random_ids(g: torch.Generator, vocab_size: int, batch: int, length: int, device: torch.device | str):
+    """(input_ids [batch, length] drawn from ids >= 1000 with [CLS] (101) first, attention mask of ones)."""
+    x = torch.randint(1000, vocab_size, (batch, length), generator=g)
+    x[:, 0] = 101
+    return x.to(device), torch.ones_like(x).to(device)
+
+
 def make_batch(vocab_size: int, batch: int, length: int, num_labels: int = 3, device: str = "cpu"):
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, vocab_size, (batch, length), generator=g)
-    ids[:, 0] = 101  # [CLS]
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+    ids, mask = random_ids(g, vocab_size, batch, length, device)
+    return {"input_ids": ids, "attention_mask": mask,
             "labels": torch.randint(0, num_labels, (batch,), generator=g).to(device)}
 
 
