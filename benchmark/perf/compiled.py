@@ -66,15 +66,6 @@ def _train(specs: Path, results: Path, data_dir: Path | None, flags: list[str]) 
                          fix="see the run's output above; afbench run with the same flags reproduces it")
 
 
-def dev_logits(model, split, head: str, pad_id: int, batch_size: int) -> tuple[list[int], torch.Tensor]:
-    """(rows, logits [rows, classes]) in ``loop.predict``'s batches, eager or compiled as ``model`` is."""
-    rows, out = [], []
-    for idx, logits, _ in scored_batches(model, split, head, pad_id, batch_size, torch.device("cpu")):
-        out.append(logits)
-        rows += idx
-    return rows, torch.cat(out)
-
-
 def compare_run(run, reg, results: Path, data_dir) -> dict:
     """One trained run's dev logits, eager vs compiled, from its stored weights."""
     tok = load_tokenizer(reg.backbones[run.backbone])
@@ -82,13 +73,14 @@ def compare_run(run, reg, results: Path, data_dir) -> dict:
     split = dev_split(reg, data_dir, run, task, tok)
     bs = run.method.train.eval_batch_size
     got = {}
-    for name, compute in (("eager", Compute("stock", run.compute.last_layer, "fp32")),
-                          ("compiled", Compute("stock", run.compute.last_layer, "fp32", compile=True))):
+    for name in ("eager", "compiled"):
         model = build_model(run, reg, lambda rid: results / EXPERIMENT / rid, tok)
         activate(model, run.task)
-        compute.apply(model, tok.pad_token_id)
-        rows, logits = dev_logits(model, split, run.task, tok.pad_token_id, bs)
-        got[name] = logits[torch.tensor(rows).argsort()]
+        Compute("stock", run.compute.last_layer, "fp32", compile=name == "compiled").apply(model, tok.pad_token_id)
+        # logits [rows, classes] in loop.predict's batches, eager or compiled as the model is, back in row order
+        scored = list(scored_batches(model, split, run.task, tok.pad_token_id, bs, torch.device("cpu")))
+        rows = [i for idx, _, _ in scored for i in idx]
+        got[name] = torch.cat([logits for _, logits, _ in scored])[torch.tensor(rows).argsort()]
     diff = (got["eager"] - got["compiled"]).abs()
     flips = int((got["eager"].argmax(-1) != got["compiled"].argmax(-1)).sum())
     return {"max_abs_logit_diff": float(diff.max()), "mean_abs_logit_diff": float(diff.mean()),
