@@ -57,16 +57,6 @@ def ours(bb: PerfBackbone, configs, *, length: int, batch: int, reps: int, devic
     return out
 
 
-def st_a_profile(bb: PerfBackbone, args, device: str, precisions: list[str], config) -> dict:
-    """ms per forward of ours ST-A (``config``) at the throughput batch in attention, linear layers and the rest,
-    per precision (CPU only: what bounds the ST-A ratio, since both sides call the same attention kernel)."""
-    if device != "cpu":
-        return {}
-    forward, model, _ = served(bb, config)
-    return {p: profile_forward(forward, model.config.vocab_size, args.length, args.infer_batch, p)
-            for p in precisions}
-
-
 def reference(h: Harness, args, bb: PerfBackbone, configs, device: str, precision: str, reps: int) -> dict:
     cfg = {"configs": [list(c[:2]) for c in configs], "length": args.length, "batch": args.infer_batch,
            "reps": reps, "device": device, "precision": precision}
@@ -85,8 +75,17 @@ def run_inference(args) -> int:
         "inference", precisions, configs, {"backbone": bb.name, "length": args.length, "batch": args.infer_batch,
                                            "device": device},
         lambda c, p: reference(h, args, bb, [c], device, p, 1)[c[0]]["peak_mib"])
-    check = context_check(bb, args, ns, device, precisions)
-    profile = st_a_profile(bb, args, device, precisions, configs[0])
+    # one nn.Linear on the input shape AdapterHub's fusion projects (rows, tokens, adapters, width; not contiguous),
+    # under no_grad and inference_mode: why the timings use no_grad
+    shape = (min(args.infer_batch, 8), args.length, max(ns, default=2), bb.config().hidden_size)
+    check = {"shape": list(shape), "ms": linear_context_check(shape, precisions, device)}
+    # ms per forward of ours ST-A at the throughput batch in attention, linear layers and the rest, per precision
+    # (CPU only: what bounds the ST-A ratio, since both sides call the same attention kernel)
+    profile = {}
+    if device == "cpu":
+        forward, model, _ = served(bb, configs[0])
+        profile = {p: profile_forward(forward, model.config.vocab_size, args.length, args.infer_batch, p)
+                   for p in precisions}
     lines, targets = inference_report(args, bb, device, configs, precisions, rounds, memory, h.ref_version, check,
                                       profile)
     raw = {"st_a_profile_ms": profile, "mode": "inference", "backbone": bb.label, "length": args.length, "throughput_batch": args.infer_batch,
@@ -94,14 +93,6 @@ def run_inference(args) -> int:
            "linear_context_check": check}
     h.write(lines, raw, targets, args.out)
     return 0
-
-
-def context_check(bb: PerfBackbone, args, ns: list[int], device: str, precisions: list[str]) -> dict:
-    """One ``nn.Linear`` on the input shape AdapterHub's fusion projects (rows, tokens, adapters, width; not
-    contiguous), under ``no_grad`` and ``inference_mode``: why the timings use ``no_grad``."""
-    width = bb.config().hidden_size
-    shape = (min(args.infer_batch, 8), args.length, max(ns, default=2), width)
-    return {"shape": list(shape), "ms": linear_context_check(shape, precisions, device)}
 
 
 ST_A_TARGET = 1.2  # ST-A inference, ours / AdapterHub, at batch 1 (latency) and the throughput batch
