@@ -84,10 +84,11 @@ def plan_task(task, tok, args, root) -> dict:
     return out
 
 
-def _batch(plan: dict, pad: str, i: int, pad_id: int, length: int) -> dict[str, torch.Tensor]:
-    rows = [plan["split"].examples[j] for j in plan["paddings"][pad]["batches"][i]]
-    b = collate(rows, pad_id)
-    return pad_to(b, length, pad_id) if pad == "pad128" else b
+def timed_batches(plan: dict, pad: str, pad_id: int, length: int) -> list[dict[str, torch.Tensor]]:
+    """The padding's timed batches, collated (``pad128``: padded to ``length``)."""
+    p = plan["paddings"][pad]
+    bs = [collate([plan["split"].examples[j] for j in p["batches"][i]], pad_id) for i in p["timed"]]
+    return [pad_to(b, length, pad_id) for b in bs] if pad == "pad128" else bs
 
 
 def trainer(plan: dict, encoder_factory, precision: str = "fp32"):
@@ -121,7 +122,7 @@ def time_ours(plan: dict, encoder_factory, pad_id: int, args, order, precision: 
     step = trainer(plan, encoder_factory, precision)
     out = {}
     for pad in order:
-        batches = [_batch(plan, pad, i, pad_id, args.length) for i in plan["paddings"][pad]["timed"]]
+        batches = timed_batches(plan, pad, pad_id, args.length)
         it = iter(batches[:1] + batches)  # the first one again as the warm-up
         out[pad] = time_steps(lambda: step(next(it)), 1, len(batches))
     return out
@@ -131,7 +132,7 @@ def grouped_profile(plan: dict, encoder_factory, pad_id: int, args) -> dict:
     """Where a grouped step spends its time, fp32 and bf16: ``profile_ms`` over the timed grouped batches (each
     once, after a warm-up), ms per step by operator kind, and ``width_tokens``, their mean padded width: what bounds the
     bf16 epoch's speed-up."""
-    batches = [_batch(plan, "grouped", i, pad_id, args.length) for i in plan["paddings"]["grouped"]["timed"]]
+    batches = timed_batches(plan, "grouped", pad_id, args.length)
     width = statistics.mean(b["input_ids"].shape[-1] for b in batches)
     out = {}
     for precision in ("fp32", "bf16"):
@@ -146,9 +147,7 @@ def time_reference(h: Harness, args, plans: list[dict], pad_id: int, model_dir: 
         tasks = {}
         for plan in plans:
             f = Path(tmp) / f"{plan['task']}.pt"
-            torch.save({"num_labels": plan["num_labels"],
-                        "batches": [_batch(plan, "pad128", i, pad_id, args.length)
-                                    for i in plan["paddings"]["pad128"]["timed"]]}, f)
+            torch.save({"num_labels": plan["num_labels"], "batches": timed_batches(plan, "pad128", pad_id, args.length)}, f)
             tasks[plan["task"]] = str(f)
         return h.reference("reference_epochs.py", model_dir, {"tasks": tasks})
 
