@@ -334,9 +334,8 @@ def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: 
     steps_per_epoch = math.ceil(len(train_split) / params.batch_size)
 
     def epoch_batches(epoch: int):
-        for batch in batches(train_split, params.batch_size, pad_id, mode=params.batching or "grouped",
-                             seed=epoch_seed(seed, epoch)):
-            yield head, batch
+        return ((head, b) for b in batches(train_split, params.batch_size, pad_id, mode=params.batching or "grouped",
+                                           seed=epoch_seed(seed, epoch)))
 
     def evaluate_epoch() -> dict:
         p = predict(model, dev_split, head, pad_id, params.eval_batch_size, device, compute)
