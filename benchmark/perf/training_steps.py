@@ -140,7 +140,6 @@ def _ratio_cells(ref: list[dict], mine: list[dict], name: str) -> str:
 def run_steps(args) -> int:
     bb, device, ns = command_line(args)
     configs = [("ST-A", 0)] + [(f"Fusion N={n}", n) for n in ns]
-    cuda = device.startswith("cuda")
     common = dict(batch_size=args.batch_size, length=args.length, warmup=WARMUP, steps=args.steps, device=device)
     # name -> how ours runs; on CUDA the CPU kernels do not apply, bf16 autocast does
     first_token = not getattr(args, "no_first_token", False)
@@ -148,7 +147,7 @@ def run_steps(args) -> int:
     variants = {"ours": dict(pooling="mean")}  # float32
     if first_token:
         variants["ours_first_token"] = dict(pooling="cls", compute=Compute("fast", "first_token"))
-    if not cuda:
+    if not device.startswith("cuda"):
         variants["ours_stock"] = dict(pooling="mean", compute=Compute("stock", "full"))
     precs = precisions(args, device)
     bf16 = "bf16" in precs
