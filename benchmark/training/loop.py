@@ -78,7 +78,6 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def inputs_of(batch: dict) -> dict:
-    """The model's inputs of a batch (everything but the labels)."""
     return {k: v for k, v in batch.items() if k != "labels"}
 
 
