@@ -74,7 +74,7 @@ def test_early_stopping_keeps_the_selected_epoch(tiny_bert, monkeypatch, heldout
     held_scores = iter([60.0, 80.0, 61.0, 62.0, 99.0, 99.0])  # held-out peaks in epoch 2
     snaps = []
 
-    def fake_predict(model_, split, head, pad_id, bs, device, *compute):  # evaluate() reads its accuracy
+    def fake_predict(model_, split, head, pad_id, bs, device, *compute):  # train reads its accuracy
         return SimpleNamespace(accuracy=next(held_scores) if split.split == "heldout" else next(dev_scores))
 
     monkeypatch.setattr(loop, "predict", fake_predict)

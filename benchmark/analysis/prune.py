@@ -37,7 +37,7 @@ from benchmark.records import read_result, read_result_file
 from benchmark.runner.export import activate, load_for_eval
 from benchmark.runner.results import now
 from benchmark.spec.registry import Registry
-from benchmark.training.loop import evaluate, inputs_of, to_device
+from benchmark.training.loop import inputs_of, predict, to_device
 from benchmark.training.recipe import FUSION, RunContext, load_data
 
 KS = (1, 2, 4, 8)
@@ -103,14 +103,14 @@ def prune_run(reg: Registry, run: Run, folder: Path, data_dir, device: torch.dev
     ranking_rows, ranked_on = (ho, "heldout") if ho is not None else (tr, "train")
     bs, pad = run.method.train.eval_batch_size, tok.pad_token_id
     model.start_capture()
-    evaluate(model, ranking_rows, run.task, pad, bs, device, compute)
+    predict(model, ranking_rows, run.task, pad, bs, device, compute)
     layers = model.stop_capture()
     names = list(model.fusion_built_on[FUSION])
     ks = ks_for(len(names), wanted)
     per_k = {k: {"kept": top_k(names, layers, k)} for k in ks}
     for k in ks:
         model.prune_fusion(FUSION, per_k[k]["kept"])
-        per_k[k]["dev_accuracy"] = evaluate(model, dev, run.task, pad, bs, device, compute)
+        per_k[k]["dev_accuracy"] = predict(model, dev, run.task, pad, bs, device, compute).accuracy
         per_k[k]["rounds"] = []
     for r in range(rounds):  # alternate the order of k every round: drift hits every k alike
         for k in ks if r % 2 == 0 else ks[::-1]:

@@ -175,12 +175,6 @@ def predict(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, ba
     return out
 
 
-def evaluate(model: AdapterModel, split: EncodedSplit, head: str, pad_id: int, batch_size: int,
-             device: torch.device, compute: Compute = DEFAULT) -> float:
-    """Accuracy in percent."""
-    return predict(model, split, head, pad_id, batch_size, device, compute).accuracy
-
-
 # Where the step bar is hidden (a log file, nohup, CI), a progress line at least this often: an MRPC
 # fusion epoch on a CPU takes ~10 minutes, and one line per epoch looked like a hung run.
 PROGRESS_SECONDS = 30.0
@@ -340,7 +334,8 @@ def train(model: AdapterModel, head: str, train_split: EncodedSplit, dev_split: 
         p = predict(model, dev_split, head, pad_id, params.eval_batch_size, device, compute)
         m = {"dev_accuracy": p.accuracy, "predictions": {head: p}}
         if heldout is not None:
-            m["heldout_accuracy"] = evaluate(model, heldout, head, pad_id, params.eval_batch_size, device, compute)
+            m["heldout_accuracy"] = predict(model, heldout, head, pad_id, params.eval_batch_size, device,
+                                            compute).accuracy
         return m
 
     return fit(model, params, steps_per_epoch=steps_per_epoch, epoch_batches=epoch_batches,

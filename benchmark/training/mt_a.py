@@ -20,7 +20,7 @@ from benchmark.data.encode import EncodedSplit, batches
 from benchmark.modeling.compute import DEFAULT, Compute
 from benchmark.modeling.model import AdapterModel
 from benchmark.spec.schema import MtaParams, TrainParams
-from benchmark.training.loop import Outcome, evaluate, fit, predict
+from benchmark.training.loop import Outcome, fit, predict
 
 
 def alpha_at(epoch: int, epochs: int, p: MtaParams) -> float:
@@ -69,7 +69,7 @@ def train_multitask(model: AdapterModel, data: dict[str, tuple[EncodedSplit, Enc
             accs[t] = preds[t].accuracy
             per_task[t].append(accs[t])
             if heldout:
-                held[t] = evaluate(model, heldout[t], t, pad_id, params.eval_batch_size, device, compute)
+                held[t] = predict(model, heldout[t], t, pad_id, params.eval_batch_size, device, compute).accuracy
         epoch = len(per_task[next(iter(data))]) - 1
         m = {"dev_accuracy": sum(accs.values()) / len(accs), "dev_accuracy_per_task": accs,
              "alpha": alpha_at(epoch, params.epochs, mt), "predictions": preds}

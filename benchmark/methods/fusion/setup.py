@@ -22,7 +22,7 @@ from benchmark.modeling.checkpoint import load_adapterhub, load_modules
 from benchmark.modeling.model import AdapterModel, Fuse, Modules, flat_choices
 from benchmark.modeling.prune import mean_attention, rank_adapters, top_k
 from benchmark.plan.run import Run
-from benchmark.training.loop import Objective, evaluate, inputs_of, predict
+from benchmark.training.loop import Objective, inputs_of, predict
 from benchmark.training.recipe import FUSION, RunContext, Setup, Trained, load_data
 
 
@@ -199,7 +199,7 @@ def _attention_and_pruning(done: Trained) -> None:
     model, run, method = done.model, done.run, done.run.method
     bs, pad_id, device, compute = method.train.eval_batch_size, done.pad_id, done.ctx.device, done.compute
     model.start_capture()
-    again = evaluate(model, done.dev, run.task, pad_id, bs, device, compute)
+    again = predict(model, done.dev, run.task, pad_id, bs, device, compute).accuracy
     done.result["fusion_attention"] = {"adapters": list(run.sources), "layers": model.stop_capture(),
                                        "dev_accuracy": again}
     if method.fusion.mixing != "attention":  # static mixing: the same weights at every token, recorded alike
@@ -212,7 +212,7 @@ def _attention_and_pruning(done: Trained) -> None:
     keep = method.fusion.prune.keep
     ranking, ranked_on = (done.heldout, "heldout") if done.heldout is not None else (done.train, "train")
     model.start_capture()
-    evaluate(model, ranking, run.task, pad_id, bs, device, compute)
+    predict(model, ranking, run.task, pad_id, bs, device, compute)
     layers = model.stop_capture()
     names = list(model.fusion_params[FUSION][0])
     kept = model.prune_fusion(FUSION, top_k(names, layers, keep), drop_adapters=True)
