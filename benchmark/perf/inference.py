@@ -21,13 +21,14 @@ from benchmark.perf import harness
 from benchmark.perf.backbones import PerfBackbone, perf_backbone
 from benchmark.perf.harness import Harness, median, memory_lines
 from benchmark.perf.inference_steps import (
+    _autocast,
     linear_context_check,
-    profile_forward,
+    profile_ms,
     profile_table,
     time_inference,
 )
 from benchmark.perf.meta import Target
-from benchmark.perf.steps import Head, peak_mib
+from benchmark.perf.steps import Head, peak_mib, random_ids
 from benchmark.perf.training_steps import build_setup
 
 
@@ -84,8 +85,11 @@ def run_inference(args) -> int:
     profile = {}
     if device == "cpu":
         forward, model, _ = served(bb, configs[0])
-        profile = {p: profile_forward(forward, model.config.vocab_size, args.length, args.infer_batch, p)
-                   for p in precisions}
+        ids, mask = random_ids(torch.Generator().manual_seed(1), model.config.vocab_size, args.infer_batch,
+                               args.length, "cpu")
+        for p in precisions:
+            with torch.no_grad(), _autocast("cpu", p):
+                profile[p] = profile_ms(lambda: forward(ids, mask))
     lines, targets = inference_report(args, bb, device, configs, precisions, rounds, memory, h.ref_version, check,
                                       profile)
     raw = {"st_a_profile_ms": profile, "mode": "inference", "backbone": bb.label, "length": args.length, "throughput_batch": args.infer_batch,

@@ -110,10 +110,3 @@ def profile_table(profiles: dict[str, dict], label: str) -> list[str]:
     return [f"| {label} | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds),
             *(f"| {name} | " + " | ".join(f"{v[k]:.1f} ({100 * v[k] / sum(v.values()):.0f}%)" for k in kinds) + " |"
               for name, v in profiles.items())]
-
-
-def profile_forward(forward, vocab_size: int, length: int, batch: int, precision: str | None, reps: int = 3) -> dict:
-    """``profile_ms`` of one forward at ``batch`` under ``torch.no_grad`` and the precision's autocast (CPU)."""
-    ids, mask = random_ids(torch.Generator().manual_seed(1), vocab_size, batch, length, torch.device("cpu"))
-    with torch.no_grad(), _autocast("cpu", precision):
-        return profile_ms(lambda: forward(ids, mask), reps)
