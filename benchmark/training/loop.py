@@ -248,7 +248,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
     sched = linear_schedule(opt, total, params.warmup_ratio)
     trained = [p for p in model.parameters() if p.requires_grad]
     check_every = 1 if device.type == "cpu" else 50  # a finiteness check is a host sync on a GPU
-    out, since_best, global_step, seen, train_time = Outcome(), 0, 0, 0, 0.0
+    out, since_best, global_step, seen = Outcome(), 0, 0, 0
     first_loss = classes = None  # the untrained model's loss and the class count: the divergence rule
     for epoch in range(params.epochs):
         model.train()
@@ -294,13 +294,13 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
                            f"{DIVERGED_RATIO:g}x the "
                            f"first step's {first_loss:.4g} and over ln({classes}) (a uniform guess); "
                            "lower the learning rate")
-        train_time += time.perf_counter() - t0
+        out.train_seconds += time.perf_counter() - t0
         model.set_fusion_temperature(1.0)
         metrics = evaluate_epoch()
         predictions = metrics.pop("predictions", None)  # per-row, kept for the kept epoch only
         out.history.append({"epoch": epoch + 1, "train_loss": train_loss, **metrics,
                             "seconds": time.perf_counter() - t0})
-        log_epoch(desc, out.history[-1], params.epochs, seen / max(train_time, 1e-9))
+        log_epoch(desc, out.history[-1], params.epochs, seen / max(out.train_seconds, 1e-9))
         if epoch_listener is not None:
             epoch_listener(dict(out.history[-1]))
         if metrics[select] > out.best_selection:
@@ -314,8 +314,7 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
                                      f"for {since_best} epochs (kept epoch {out.best_epoch})")
                 REPORTER.line(f"    {desc} {out.stopped_early}")
                 break
-    out.examples_per_second = seen / max(train_time, 1e-9)
-    out.train_seconds = train_time
+    out.examples_per_second = seen / max(out.train_seconds, 1e-9)
     return out
 
 
