@@ -198,10 +198,8 @@ def run_single_task(run: Run, ctx: RunContext, out_dir: Path) -> dict:
 def setup_of(kind: str) -> Callable[[AdapterModel, Run, RunContext], Setup] | None:
     """How single-task runs of ``kind`` add their modules: its method package's ``setup.py`` (``setup``), or a
     ``@setup`` in code; None when it has neither (or its package gives a whole ``recipe``)."""
-    if kind not in SETUPS:
-        part = registry.part(kind, "setup")
-        if part is not None and hasattr(part, "setup"):
-            SETUPS[kind] = part.setup
+    if kind not in SETUPS and (found := getattr(registry.part(kind, "setup"), "setup", None)) is not None:
+        SETUPS[kind] = found
     return SETUPS.get(kind)
 
 
