@@ -102,8 +102,8 @@ def run_inference(args) -> int:
 ST_A_TARGET = 1.2  # ST-A inference, ours / AdapterHub, at batch 1 (latency) and the throughput batch
 
 
-def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version,
-                     check: dict | None = None, profile: dict | None = None) -> tuple[list[str], list[Target]]:
+def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_version, check: dict,
+                     profile: dict) -> tuple[list[str], list[Target]]:
     lines = ["# Inference: latency and throughput of ST-A and Fusion, ours vs AdapterHub", "",
              f"{bb.label}, {args.length} tokens per row, mean-pooling head, eval mode under `torch.no_grad` "
              "(what transformers' pipelines and our evaluation use; see the note below); "
@@ -142,17 +142,16 @@ def inference_report(args, bb, device, configs, precisions, rounds, memory, ref_
     if memory:
         lines += [*memory_lines(memory, [c[0] for c in configs], device, "each side, setup and precision in a fresh "
                                 "process")[1:], ""]
-    if check:
-        ms = check["ms"]
-        lines += ["Why `torch.no_grad` and not `torch.inference_mode`: one `nn.Linear` on a non-contiguous input "
-                  f"of shape {tuple(check['shape'])} (rows, tokens, adapters, width: what AdapterHub's fusion "
-                  "projects), median ms:", "",
-                  "| context | " + " | ".join(precisions) + " |", "|---|" + "---:|" * len(precisions),
-                  *(f"| `torch.{c}` | " + " | ".join(f"{ms[c][p]:.1f}" for p in precisions) + " |" for c in ms), "",
-                  "Under `inference_mode` with bf16 autocast, PyTorch's `matmul` does not fold such an input "
-                  "into one GEMM (the autocast weight does not require grad there) and copies the weight per "
-                  "row instead. AdapterHub's fusion projects inputs laid out like this in every layer. "
-                  "Both sides are timed under `no_grad`, so neither pays it.", ""]
+    ms = check["ms"]
+    lines += ["Why `torch.no_grad` and not `torch.inference_mode`: one `nn.Linear` on a non-contiguous input "
+              f"of shape {tuple(check['shape'])} (rows, tokens, adapters, width: what AdapterHub's fusion "
+              "projects), median ms:", "",
+              "| context | " + " | ".join(precisions) + " |", "|---|" + "---:|" * len(precisions),
+              *(f"| `torch.{c}` | " + " | ".join(f"{ms[c][p]:.1f}" for p in precisions) + " |" for c in ms), "",
+              "Under `inference_mode` with bf16 autocast, PyTorch's `matmul` does not fold such an input "
+              "into one GEMM (the autocast weight does not require grad there) and copies the weight per "
+              "row instead. AdapterHub's fusion projects inputs laid out like this in every layer. "
+              "Both sides are timed under `no_grad`, so neither pays it.", ""]
     return lines, targets
 
 
