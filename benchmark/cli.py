@@ -372,15 +372,12 @@ def cmd_run(args) -> int:
                               fix="make the data available (see each reason), then rerun")
     only, force = None, args.force
     if args.only:
-        import fnmatch
-
         from benchmark.plan.build import select
 
         only = select(plan, args.only)
         # --force retrains the runs the globs name; the runs they depend on are retrained only if their
         # weights are unusable (as without --force), so refreshing fusion runs keeps their committed sources
-        force = {r.id for r in plan.runs if r.id in only and any(fnmatch.fnmatchcase(r.id, p) for p in args.only)} \
-            if args.force else False
+        force = {r.id for r in plan.matching(args.only)} if args.force else False
         if not only:
             raise BenchError(f"--only {' '.join(args.only)} matches no run of '{plan.experiment.name}'",
                              field="--only", fix=f"use glob patterns over the run ids that afbench plan "

@@ -12,7 +12,6 @@ per target task (seeds side by side) in ``reports/prune_<experiment>_<task>.{md,
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import json
 import re
@@ -282,8 +281,7 @@ def figure(path: Path, task: str, ks: list[int], n: int, table: dict, runs: list
 
 def run_prune(reg: Registry, plan: Plan, results_dir: Path, data_dir, *, only: list[str] | None, device: str,
               rounds: int, out_dir: Path, ks: tuple[int, ...] = KS, argv: list[str] | None = None) -> list[Path]:
-    chosen = [r for r in plan.runs if r.kind.name == "fusion_st_a" and r.method.fusion.mixing == "attention"
-              and (not only or any(fnmatch.fnmatchcase(r.id, p) for p in only))]
+    chosen = [r for r in plan.matching(only) if r.kind.name == "fusion_st_a" and r.method.fusion.mixing == "attention"]
     if not chosen:
         raise BenchError(f"no Fusion w/ ST-A run of '{plan.experiment.name}' matches {only or 'anything'}",
                          field="--only", fix=f"use globs over the ids afbench plan {plan.experiment.name} lists, "

@@ -13,7 +13,6 @@ table (``report/composition.py``) prints it per row.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import sys
 from pathlib import Path
@@ -41,7 +40,7 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
               threads: int | None = None, argv: list[str] | None = None) -> Path:
     if rounds < 1:
         raise BenchError(f"--rounds {rounds} times nothing", field="--rounds", fix="give --rounds 1 or more (default 3)")
-    named = [r for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in only)]
+    named = plan.matching(only)
     matched = [r for r in named if is_finished(exp_dir / r.id)]
     chosen = [r for r in matched if (exp_dir / r.id / WEIGHTS).is_file() and r.task in reg.tasks]  # not MT-A's
     if not chosen:

@@ -8,7 +8,6 @@ per fused source (or one run of its ``fusion.source_method``, e.g. LoRA); kinds 
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -291,7 +290,7 @@ def select(plan: Plan, patterns: list[str]) -> set[str]:
     """Ids of the runs whose id matches any glob pattern (``afbench run --only``), with everything they
     depend on, so that a selection can always run."""
     by_id = plan.by_id()
-    todo = [r.id for r in plan.runs if any(fnmatch.fnmatchcase(r.id, p) for p in patterns)]
+    todo = [r.id for r in plan.matching(patterns)]
     chosen: set[str] = set()
     while todo:
         rid = todo.pop()

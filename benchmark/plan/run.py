@@ -6,6 +6,7 @@ planner (``build.py``) is the only writer.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 
 from benchmark.data.published import Published
@@ -120,6 +121,10 @@ class Plan:
 
     def by_id(self) -> dict[str, Run]:
         return {r.id: r for r in self.runs}
+
+    def matching(self, globs: list[str] | None) -> list[Run]:
+        """The runs whose id matches one of the ``--only`` globs (no globs: every run), in plan order."""
+        return [r for r in self.runs if not globs or any(fnmatch.fnmatchcase(r.id, g) for g in globs)]
 
     def record(self) -> PlanRecord:
         """What the report needs of the plan (``plan.json``): the expected cells and the tasks left out, with why."""

@@ -21,7 +21,6 @@ loader registers it, so nothing loads a head that disagrees with the samples' lo
 
 from __future__ import annotations
 
-import fnmatch
 import io
 import json
 import os
@@ -416,8 +415,7 @@ def export_plan(plan: Plan, reg: Registry, exp_dir: Path, out: Path, *, only: li
     except OSError as e:
         raise _storage_error(out, e) from None
     lent = borrowed(plan, exp_dir.parent)  # an MT-A run read from another experiment (dependencies_from)
-    runs = [r for r in plan.runs if (not only or any(fnmatch.fnmatchcase(r.id, p) for p in only))
-            and read_result_file(exp_dir / r.id).finished]
+    runs = [r for r in plan.matching(only) if read_result_file(exp_dir / r.id).finished]
     for run in runs:
         owner.check(run.id)  # every folder in the way is refused before anything is written
     done = []

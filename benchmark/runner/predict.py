@@ -9,7 +9,6 @@ exactly; otherwise it refuses the run with one line (recorded vs recomputed) and
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +73,7 @@ def predict_plan(plan: Plan, reg: Registry, exp_dir: Path, *, only: list[str] | 
     whose weights are here and match their record; a run with valid predictions is skipped unless ``force``."""
     lent = borrowed(plan, exp_dir.parent)
     out = []
-    for run in plan.runs:
-        if only and not any(fnmatch.fnmatchcase(run.id, p) for p in only):
-            continue
+    for run in plan.matching(only):
         folder = exp_dir / run.id
         res = read_result_file(folder)
         if not res.finished:
