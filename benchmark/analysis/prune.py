@@ -50,10 +50,10 @@ def ks_for(n: int, wanted: tuple[int, ...] = KS) -> list[int]:
 
 
 def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device, run_dir=None):
-    """(model with what the run evaluated active: its fusion, adapter or none, tokenizer, compute) from a finished
-    run folder, rebuilt by ``export.load_for_eval`` (``export.build_model``, the rebuild ``afbench export`` and
-    ``afbench predict`` use); ``afbench speed`` loads its runs here too. ``run_dir``: run id -> its folder (default:
-    beside ``folder``), for dependencies read from another experiment (``dependencies_from``)."""
+    """(model with what the run evaluated active, tokenizer, compute, that setup: its ``Fuse``, adapter or None) from
+    a finished run folder, rebuilt by ``export.load_for_eval`` (``export.build_model``, the rebuild ``afbench export``
+    and ``afbench predict`` use); ``afbench speed`` loads its runs here too and names the setup in its measurement.
+    ``run_dir``: run id -> its folder (default: beside ``folder``), for dependencies read from another experiment."""
     res = read_result_file(folder)
     if not res.finished:
         raise BenchError(f"run {run.id} is not finished ({res.state})", file=str(folder),
@@ -65,8 +65,7 @@ def load_trained(reg: Registry, run: Run, folder: Path, device: torch.device, ru
                                   f"folder away and rerun afbench run {run.experiment} --only '{run.id}' (its "
                                   "finished stage-1 adapters are kept; --force would retrain them too)")
     model, tok, compute = load_for_eval(run, reg, run_dir or (lambda rid: folder.parent / rid), device)
-    activate(model, run.task)
-    return model, tok, compute
+    return model, tok, compute, activate(model, run.task)
 
 
 @torch.no_grad()
@@ -96,7 +95,7 @@ def speed(model, split, head: str, pad_id: int, batch_size: int, device, compute
 
 def prune_run(reg: Registry, run: Run, folder: Path, data_dir, device: torch.device, rounds: int,
               wanted: tuple[int, ...] = KS) -> dict:
-    model, tok, compute = load_trained(reg, run, folder, device)
+    model, tok, compute, _ = load_trained(reg, run, folder, device)
     ctx = RunContext(reg, reg.experiments.get(run.experiment), data_dir, device, lambda rid: folder.parent / rid)
     tr, dev, ho = load_data(ctx, run, reg.tasks[run.task], tok)
     ranking_rows, ranked_on = (ho, "heldout") if ho is not None else (tr, "train")

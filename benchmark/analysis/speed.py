@@ -31,7 +31,6 @@ from benchmark.plan.build import data_drift
 from benchmark.plan.run import Plan
 from benchmark.records import SPEED, is_finished
 from benchmark.runner.borrowed import borrowed
-from benchmark.runner.export import activate
 from benchmark.spec.registry import Registry
 from benchmark.training.recipe import dev_split
 
@@ -62,12 +61,11 @@ def run_speed(reg: Registry, plan: Plan, exp_dir: Path, data_dir, *, only: list[
     for run in chosen:  # every model first (and one untimed pass each), then the rounds: loading is not timed
         print(f"loading {run.id} ...", flush=True)
         try:
-            model, tok, compute = load_trained(reg, run, exp_dir / run.id, dev_device,
-                                               lambda rid: where.get(rid, exp_dir / rid))
+            model, tok, compute, setup = load_trained(reg, run, exp_dir / run.id, dev_device,
+                                                      lambda rid: where.get(rid, exp_dir / rid))
         except CheckpointError as e:  # a dependency's weights (MT-A's encoder) or its modules.json missing
             print(f"not timed: {run.id}: {e.message}", flush=True)
             continue
-        setup = activate(model, run.task)  # what load_trained made active, named in the measurement
         serving(model)  # as runner/serve.py serves it: eval, every weight frozen (prepacked oneDNN layers)
         dev = dev_split(reg, data_dir, run, reg.tasks[run.task], tok)
         speed(model, dev, run.task, tok.pad_token_id, run.method.train.eval_batch_size, dev_device, compute)
