@@ -147,14 +147,11 @@ def target_lines(exp: str, task: str, runs: list[dict], rounds: int, stem_name: 
     for k in ks:
         cells = [r["k"].get(str(k)) for r in runs]
         accs = [c["dev_accuracy"] for c in cells if c]
-        eps = [c["examples_per_second"] for c in cells if c and c["examples_per_second"]]
-        lat = [c["latency_ms_batch1"] for c in cells if c and c["latency_ms_batch1"]]
-        e = statistics.median(eps) if eps else None
-        table[k] = {"mean_dev_accuracy": statistics.mean(accs), "examples_per_second": e,
-                    "latency_ms_batch1": statistics.median(lat) if lat else None}
+        e, lat = median(cells, "examples_per_second"), median(cells, "latency_ms_batch1")  # over the seeds timed
+        table[k] = {"mean_dev_accuracy": statistics.mean(accs), "examples_per_second": e, "latency_ms_batch1": lat}
         lines.append(f"| {label(k)} | " + " | ".join(f"{c['dev_accuracy']:.2f}" if c else "-" for c in cells)
                      + f" | {statistics.mean(accs):.2f} | " + (f"{e:.1f}" if e else "not timed") + " | "
-                     + (f"{table[k]['latency_ms_batch1']:.1f}" if lat else "-") + " | "
+                     + (f"{lat:.1f}" if lat else "-") + " | "
                      + (f"{e / base:.2f}x" if e and base else "-") + " |")
     lines += ["", "Kept adapters per seed (k = 1, 2, ...: the ranking by mean attention): "
               + "; ".join(f"s{r['seed']}: {', '.join(r['ranking'])}" for r in runs) + ".",
