@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sys
 from collections import Counter
 from pathlib import Path
+
+from tabulate import tabulate
 
 from benchmark.errors import BenchError, DataUnavailable, HubUnreachable, SpecError, StorageError
 from benchmark.paths import under
@@ -97,8 +100,6 @@ def availability(reg, root):
 
 def cmd_list(args) -> int:
     reg = _registry(args)
-    from tabulate import tabulate
-
     rows = [("task", n, f"{t.type}, {t.num_labels} {'choices' if t.type == 'multiple_choice' else 'classes'}",
              reg.file_of("task", n)) for n, t in sorted(reg.tasks.items())]
     rows += [("method", n, m.method, reg.file_of("method", n)) for n, m in sorted(reg.methods.items())]
@@ -268,8 +269,6 @@ def implied_duplicates(plan, reg) -> list[str]:
 
 
 def cmd_plan(args) -> int:
-    from tabulate import tabulate
-
     from benchmark.paths import shown_path
     from benchmark.records import read_result_file, scan_experiment
     from benchmark.runner.borrowed import borrowed
@@ -313,8 +312,6 @@ def _estimate(args, reg, plan, root, where) -> int:
     """``plan --estimate``: predicted seconds per run (benchmark/plan/cost.py); ``--calibrate`` refits the CPU
     model on this experiment's finished runs of one seed (``cost.fit_seed``) and checks it on the others.
     ``where``: implied runs finished under a lender (dependencies_from), read there and never trained: not priced."""
-    import json
-
     from benchmark.modeling.backbone import READER
     from benchmark.plan import cost
     from benchmark.runner.provenance import cpu_model
@@ -338,7 +335,6 @@ def _estimate(args, reg, plan, root, where) -> int:
         print(json.dumps({**est.as_json(), **({"not_priced_read_from": dict(lent)} if lent else {}),
                           **({"skipped": dict(plan.skipped)} if plan.skipped else {})}, indent=1))
         return 0
-    from tabulate import tabulate
     rows = [(r.id, r.kind, f"{r.epochs:.1f}", f"{r.train_gflop / 1e3:.1f}", f"{r.eval_gflop / 1e3:.1f}",
              f"{r.seconds / 60:.1f}") for r in est.runs]
     print(tabulate(rows, headers=["run id", "kind", "epochs", "train TFLOP", "eval TFLOP", "minutes"],
