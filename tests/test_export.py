@@ -242,7 +242,7 @@ def test_writer_keeps_every_path_under_the_root(tmp_path):
     (tmp_path / "out").mkdir()
     w = _Writer(tmp_path / "out", "run")
     with pytest.raises(BenchError, match="outside the output folder"):
-        w.path("../../escape.json")
+        w.json("../../escape.json", {})
     with pytest.raises(BenchError, match="outside the output folder"):
         _Writer(tmp_path / "out", "../sibling")
     w.json("a/b.json", {"x": 1})

@@ -176,11 +176,6 @@ class _Writer:
                              field="--out", fix="use task and adapter names without path separators or '..'")
         return p
 
-    def path(self, rel: str) -> Path:
-        p = self.inside(self.tmp / rel)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
     def json(self, rel: str, data: dict) -> str:
         return self.text(rel, json.dumps(data, indent=2) + "\n")
 
@@ -380,7 +375,7 @@ def _write_base(w: _Writer, model: AdapterModel, bspec, tok) -> str:
     clean = load_encoder(bspec, tok)
     state = {k.removeprefix("encoder."): v for k, v in model.state_of(Modules(encoder=True)).items()}
     clean.load_state_dict(state, strict=True)
-    folder = w.path("base/config.json").parent
+    folder = w.inside(w.tmp / "base")  # save_pretrained makes it
     clean.save_pretrained(str(folder))
     tok.save_pretrained(str(folder))
     return "base"
