@@ -21,6 +21,7 @@ loader registers it, so nothing loads a head that disagrees with the samples' lo
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -358,8 +359,6 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
 def _storage_error(path: Path, e: Exception) -> StorageError:
     """One paragraph for a failed write under ``--out``. safetensors reports the OS error only in its text
     ("... No space left on device (os error 28)"), so its errno is read from there."""
-    import errno
-
     if not isinstance(e, OSError):
         m = re.search(r"os error (\d+)", str(e))
         e = OSError(int(m.group(1)) if m else errno.EIO, os.strerror(int(m.group(1))) if m else str(e))
