@@ -273,7 +273,6 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
         raise adapterhub.Inexpressible(f"AdapterHub export supports BERT and RoBERTa encoders, not {model_type!r}",
                                        fix="export runs on a BERT or RoBERTa backbone")
     model_class, prefix = adapterhub.MODEL_CLASS[model_type], type(model.encoder).base_model_prefix
-    hidden = model.hidden_size
     configs = {name: adapterhub.adapter_config(params) for name, params in model.adapter_params.items()}  # or refused
     if any(fparams.mixing == "static" for _, fparams in model.fusion_params.values()):
         raise adapterhub.Inexpressible(f"AdapterHub {adapterhub.VERSION} has no static mixing (fusion.mixing: static, "
@@ -282,7 +281,7 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
     tuned = read_meta(Path(run_dir(run.id)) / MODULES)["encoder"] or run.kind.depends_on == "mt_a"
     hub_base = bspec.source == "hub" and not tuned
     model_name = bspec.model_id if bspec.source == "hub" else ""
-    meta = lambda name: adapterhub.meta(name, hidden, model_class, model_type, model_name)  # noqa: E731
+    meta = lambda name: adapterhub.meta(name, model.hidden_size, model_class, model_type, model_name)  # noqa: E731
     try:
         w = _Writer(out, run.id, owner)
     except OSError as e:
@@ -308,7 +307,7 @@ def export_run(run: Run, reg: Registry, run_dir, out: Path, data_dir=None, owner
         for fname, (sources, fparams) in model.fusion_params.items():
             hub_name = ",".join(sources)
             w.json("fusion/adapter_fusion_config.json", {"adapter_names": sources,
-                                                         "config": adapterhub.FUSION_CONFIGS[fparams.type],
+                                                         "config": adapterhub.FUSION.config(fparams),
                                                          **meta(hub_name)})
             w.tensors("fusion/pytorch_model_adapter_fusion.bin",
                       adapterhub.to_hub(model.state_of(Modules(fusions=[fname])), prefix, {fname: hub_name}))
