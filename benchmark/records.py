@@ -16,6 +16,7 @@ Layer 0: imports only ``errors`` and ``paths``; no torch, so the reporter and ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -432,15 +433,13 @@ def write_plan(path: Path, record: PlanRecord, *, root: Path | None = None) -> b
     """Write plan.json, unless the file there already records this plan (read as ``SCHEMA`` in memory, a run's
     ``kind``, which older files lack, taken from ``record``): a run that trains nothing leaves a committed
     plan.json as it is. Returns whether it wrote."""
-    try:
+    with contextlib.suppress(RecordError):  # missing, unreadable or not a plan: written anew
         old = load_plan(path).model_dump(by_alias=True)
         kinds = {r.id: r.kind for r in record.runs}
         for r in old["runs"]:
             r["kind"] = r["kind"] or kinds.get(r["id"])
         if old == record.model_dump(by_alias=True):
             return False
-    except RecordError:  # missing, unreadable or not a plan: written anew
-        pass
     write_atomic(path, json.dumps(record.dump(), indent=2) + "\n", root=root)
     return True
 
