@@ -305,10 +305,6 @@ def _is_accuracy(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x <= 100
 
 
-def _what(x: object) -> str:
-    return "missing" if x is None else repr(x) if isinstance(x, float) else type(x).__name__
-
-
 def _problem(data: object, folder_name: str | None) -> tuple[str, str]:
     """(why ``data`` is not a usable result, the field), ("", "") when it is."""
     if not isinstance(data, dict):
@@ -336,9 +332,9 @@ def _problem(data: object, folder_name: str | None) -> tuple[str, str]:
             if bad:
                 return f"'per_task' has no numeric best_metric for {', '.join(bad)} (an accuracy in percent, " \
                        "0..100)", "per_task"
-        elif not _is_accuracy(data.get("best_metric")):
-            return f"finished but 'best_metric' is {_what(data.get('best_metric'))}, not a finite accuracy in 0..100 " \
-                   "(percent)", "best_metric"
+        elif not _is_accuracy(best := data.get("best_metric")):
+            what = "missing" if best is None else repr(best) if isinstance(best, float) else type(best).__name__
+            return f"finished but 'best_metric' is {what}, not a finite accuracy in 0..100 (percent)", "best_metric"
     return "", ""
 
 
