@@ -51,11 +51,9 @@ from benchmark.runner.progress import REDRAW_SECONDS, Display, Progress, guard_s
 from benchmark.runner.progress import fmt as _fmt
 from benchmark.runner.provenance import PeakMemory, cpu_model, environment
 from benchmark.runner.results import git_revision, now, versions
-from benchmark.runner.slurm import job_info
 from benchmark.runner.tracking import tracked
 from benchmark.spec.registry import Registry
 from benchmark.training import loop
-from benchmark.training.loop import Diverged
 from benchmark.training.recipe import RunContext, execute
 
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # writes cannot succeed: stop the grid
@@ -136,7 +134,7 @@ def record(run: Run, reg: Registry, plan: Plan, exp_dir: Path, device: torch.dev
         "torch_threads": None if device is None else torch.get_num_threads(),
         # cpu_kernels, last_layer, precision, matmul_dtype: benchmark/modeling/compute.py
         **({} if device is None else Compute.of(run.compute).record(device)),
-        **job_info(),  # slurm_job_id, slurm_node, slurm_gpus when run as a Slurm job
+        **slurm.job_info(),  # slurm_job_id, slurm_node, slurm_gpus when run as a Slurm job
         "cpu_model": None if device is None else cpu_model(),
         "host": socket.gethostname(),
         "started_at": started,
@@ -214,7 +212,7 @@ def execute_one(run: Run, reg: Registry, plan: Plan, exp_dir: Path, data_dir: Pa
         msg = e.render() if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
         tail = "".join(traceback.format_exception(e)[-3:])
         measured, error = {"traceback_tail": tail}, msg
-        if isinstance(e, Diverged):  # not retrained unless --force: the same settings diverge again
+        if isinstance(e, loop.Diverged):  # not retrained unless --force: the same settings diverge again
             measured["diverged"] = True
     seconds = time.perf_counter() - t0
     record(run, reg, plan, exp_dir, device, measured, error, started, seconds, work)
