@@ -151,10 +151,8 @@ def _plan_lists(path: Path, plan: Plan) -> bool:
 def _rewrite(folder: Path, result: RunRecord, new: str, old: str, mapping: dict[str, str]) -> None:
     """Rewrite the renamed folder's result.json (the one command that rewrites a result: as the current
     schema, the old keys kept)."""
-    result = result.model_copy(deep=True)
-    result.run_id, result.deps, result.id_scheme = new, [mapping.get(d, d) for d in result.deps], ID_SCHEME
-    result.migrated_from = old
-    write_run(folder / RESULT, result)
+    write_run(folder / RESULT, result.model_copy(update={
+        "run_id": new, "deps": [mapping.get(d, d) for d in result.deps], "id_scheme": ID_SCHEME, "migrated_from": old}))
 
 
 def upgrade_predictions(exp_dir: Path, *, dry_run: bool = False, log=print) -> list[str]:
