@@ -92,16 +92,6 @@ def resolve(reg: Registry, exp: ExperimentSpec, method: str | None, space: list[
     return spec.model_copy(update={"trials": trials}) if trials is not None else spec
 
 
-def sweep_root(results_dir: Path, experiment: str, method: str) -> Path:
-    """Where a sweep's trial runs (``<root>/<experiment>/<run id>/``) and its study live."""
-    return under(under(results_dir, experiment), ".sweep", method)
-
-
-def with_values(exp: ExperimentSpec, method: str, values: dict) -> ExperimentSpec:
-    """The experiment with ``values`` over its overrides of ``method`` (a copy; the spec is never edited)."""
-    return exp.model_copy(update={"overrides": {**exp.overrides, method: {**exp.overrides.get(method, {}), **values}}})
-
-
 class TrialFailed(Exception):
     """A trial whose runs did not all finish (diverged, failed): no objective value."""
 
@@ -147,12 +137,12 @@ def sweep(reg: Registry, exp: ExperimentSpec, spec: SweepSpec, *, results_dir: P
     except ImportError:
         raise BenchError(MISSING, field="optuna") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    root = sweep_root(results_dir, exp.name, method)
+    root = under(under(results_dir, exp.name), ".sweep", method)  # the trial runs (<root>/<experiment>/<run id>/), the study
     exp_dir = under(root, exp.name)
 
-    def plan_of(values: dict):
-        plan = build_plan(reg, with_values(exp, method, values), available, data_root=data_dir,
-                          options=options or Options())
+    def plan_of(values: dict):  # the experiment with ``values`` over its overrides of ``method`` (a copy)
+        varied = exp.model_copy(update={"overrides": {**exp.overrides, method: {**exp.overrides.get(method, {}), **values}}})
+        plan = build_plan(reg, varied, available, data_root=data_dir, options=options or Options())
         return plan, [r.id for r in plan.runs if r.method.name == method and not r.implied]
 
     if not (planned := plan_of({})[1]):
