@@ -38,13 +38,10 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _norm(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def lock_pins(text: str) -> dict[str, str]:
-    """``name -> version`` of every ``name==version`` line of a pip/uv lock file."""
-    return {_norm(m.group(1)): m.group(2) for line in text.splitlines() if (m := _PIN.match(line.strip()))}
+    """``name -> version`` of every ``name==version`` line of a pip/uv lock file (names normalised as PEP 503's)."""
+    return {re.sub(r"[-_.]+", "-", m.group(1)).lower(): m.group(2) for line in text.splitlines()
+            if (m := _PIN.match(line.strip()))}
 
 
 def environment(lock_file: Path | None = None) -> dict:
