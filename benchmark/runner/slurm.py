@@ -72,12 +72,9 @@ class JobState:
 
 
 def squeue() -> dict[str, JobState] | None:
-    """This user's jobs Slurm still knows (live, and ended within MinJobAge); None if squeue fails."""
-    exe = shutil.which("squeue")
-    if exe is None:
-        return None
+    """This user's jobs Slurm still knows (live, and ended within MinJobAge); None if squeue fails or is missing."""
     try:
-        out = subprocess.run([exe, "-h", "-r", "--states=all", "-u", getpass.getuser(),
+        out = subprocess.run(["squeue", "-h", "-r", "--states=all", "-u", getpass.getuser(),
                               "-o", "%i|%T|%N|%M|%r"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
