@@ -111,17 +111,14 @@ def print_status(plan, results_dir: Path, queue: dict[str, JobState] | None = No
 
     exp_dir = results_dir / plan.experiment.name
     rows = experiment_status(plan, exp_dir, queue)
-    by_id = plan.by_id()
     holder = read_lock(exp_dir)
     if holder is not None:
         alive = holder_alive(holder, exp_dir / LOCK)
         out(f"driver: {describe(holder)}" + (" (stale: that process is gone)" if alive is False else ""))
     else:
         out("driver: none holds the lock")
-    table = []
-    for i, s in enumerate(rows, 1):
-        r = by_id[s.run_id]
-        table.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, s.state, s.detail, s.run_id))
+    table = [(i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed, s.state, s.detail, s.run_id)
+             for i, (s, r) in enumerate(zip(rows, plan.runs, strict=True), 1)]  # rows are in plan order
     out(tabulate(table, headers=["#", "task", "method", "backbone", "seed", "status", "detail", "run id"]))
     c = Counter(s.state for s in rows)
     out(f"{plan.experiment.name}: {len(rows)} runs: "
