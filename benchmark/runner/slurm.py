@@ -366,14 +366,14 @@ def run_on_slurm(plan, reg, todo: list, summary, exp_dir: Path, *, in_flight: di
         log(f"not waiting (--no-wait); watch with: afbench status {plan.experiment.name}")
         return
     try:
-        _follow(plan, todo, summary, exp_dir, job_of, jobs, options.poll_s, log, note_failure, progress)
+        _follow(todo, summary, exp_dir, job_of, jobs, options.poll_s, log, note_failure, progress)
     except KeyboardInterrupt:
         log(f"stopped waiting: the Slurm jobs keep running; watch them with afbench status {plan.experiment.name}, "
             "and rerun the same command to wait again (nothing is submitted twice)")
         raise
 
 
-def _follow(plan, todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failure, progress) -> None:
+def _follow(todo, summary, exp_dir, job_of, jobs, poll_s, log, note_failure, progress) -> None:
     """Poll squeue until every job ended; record each outcome as the local runner would."""
     left = {r.id: r for r in todo}
     started: set[str] = set()
