@@ -168,31 +168,23 @@ class Session:
             self.log(f"  tracking: still sending after {FLUSH_SECONDS:.0f}s; the run goes on without waiting")
 
 
-def open_session(run, reg, plan, exp_dir: Path, log=print) -> Session | None:
-    """The run's trackers (None when the experiment tracks nothing), started with its config."""
-    tracking = plan.experiment.tracking
-    if not tracking.backends:
-        return None
-    task = run.task or "+".join(run.tasks)
-    # the local store: tracking.dir (relative to the working directory), else <results>/<experiment>/.tracking
-    where = Path(tracking.dir).resolve() if tracking.dir else exp_dir / ".tracking"
-    session = Session([BACKENDS[b](where, run.experiment, run.label, task, run.id, tracking)
-                       for b in dict.fromkeys(tracking.backends)], log)
-    config = {"run_id": run.id, "experiment": run.experiment, "method": run.method.name, "label": run.label,
-              "task": task, "backbone": run.backbone, "seed": run.seed, "config": run.config(reg, plan.experiment)}
-    session.q.put(("start", (config,)))
-    return session
-
-
 def tracked(execute_one):
     """Wrap the runner's ``execute_one(run, reg, plan, exp_dir, ...) -> (run id, error, seconds)`` with the
-    run's trackers; without tracking it is called as it is."""
+    run's trackers, started with its config; without tracking it is called as it is."""
 
     @functools.wraps(execute_one)
     def wrapper(run, reg, plan, exp_dir, *args, **kwargs):
-        session = open_session(run, reg, plan, exp_dir)
-        if session is None:
+        tracking = plan.experiment.tracking
+        if not tracking.backends:
             return execute_one(run, reg, plan, exp_dir, *args, **kwargs)
+        task = run.task or "+".join(run.tasks)
+        # the local store: tracking.dir (relative to the working directory), else <results>/<experiment>/.tracking
+        where = Path(tracking.dir).resolve() if tracking.dir else exp_dir / ".tracking"
+        session = Session([BACKENDS[b](where, run.experiment, run.label, task, run.id, tracking)
+                           for b in dict.fromkeys(tracking.backends)])
+        config = {"run_id": run.id, "experiment": run.experiment, "method": run.method.name, "label": run.label,
+                  "task": task, "backbone": run.backbone, "seed": run.seed, "config": run.config(reg, plan.experiment)}
+        session.q.put(("start", (config,)))
         loop.epoch_listener, record = session.epoch, {"status": "interrupted", "run_id": run.id}
         try:
             out = execute_one(run, reg, plan, exp_dir, *args, **kwargs)
