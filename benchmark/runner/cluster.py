@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from benchmark.errors import BenchError
 from benchmark.spec.loader import read_yaml, validate_model
 
 
@@ -40,8 +41,6 @@ def load_cluster(path: str | Path | None) -> ClusterSpec:
 
 def parse_sbatch_options(items: list[str] | None, *, file: str | None = None) -> dict[str, str | bool]:
     """``--sbatch KEY=VALUE`` (or a bare ``KEY`` for a flag such as ``exclusive``) as a dict."""
-    from benchmark.errors import BenchError
-
     out: dict[str, str | bool] = {}
     for item in items or []:
         key, sep, value = item.partition("=")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import json
 import os
 import shutil
 import subprocess
@@ -90,8 +91,6 @@ def jobs_file(exp_dir: Path) -> Path:
 
 def load_jobs(exp_dir: Path) -> dict[str, dict]:
     """run id -> {job_id, submitted_at, log} of the latest submission of that run."""
-    import json
-
     f = jobs_file(exp_dir)
     if not f.exists():
         return {}
