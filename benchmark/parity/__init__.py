@@ -50,11 +50,10 @@ def _neutral_names(model: AdapterModel) -> dict[str, str]:
     """Our adapter / fusion keys -> ``layer{i}.{attention|output}.{name}.{down|up}.{weight|bias}`` and
     ``layer{i}.fusion.{query|key|value}.{weight|bias}`` (the layout says where each slot's keys start)."""
     out = {}
-    lay = model.layout
     for key in model.state_dict():
         for i in range(model.num_layers):
             for loc in LOCATIONS:
-                prefix = lay.slot_prefix(i, loc)
+                prefix = model.layout.slot_prefix(i, loc)
                 if not key.startswith(prefix):
                     continue
                 rest = key[len(prefix):].split(".")  # adapters.{n}.{down|up}.{w|b} | fusions.{f}.{q|k|v}.{w|b}

@@ -35,8 +35,7 @@ def load_cluster(path: str | Path | None) -> ClusterSpec:
     """The cluster file's settings, or the defaults when no file is given."""
     if path is None:
         return ClusterSpec()
-    data = read_yaml(Path(path))
-    return validate_model(ClusterSpec, data, file=str(path))
+    return validate_model(ClusterSpec, read_yaml(Path(path)), file=str(path))
 
 
 def parse_sbatch_options(items: list[str] | None, *, file: str | None = None) -> dict[str, str | bool]:

@@ -137,8 +137,7 @@ def unmatched_note(plan, results_dir: Path, data_root: Path | None) -> list[str]
         return []
     folder = results_dir / plan.experiment.name
     matched = len(scan.results) - len(stale)
-    sources = {r.data_source for r in stale}
-    if "mirror" in sources and data_root is None:
+    if data_root is None and any(r.data_source == "mirror" for r in stale):
         return [f"note: {len(stale)} result(s) under {folder} were trained on the offline data mirror, and run ids "
                 "include a content hash of the data: with AFBENCH_DATA_DIR unset the plan reads the Hub instead, so "
                 f"{'none' if not matched else 'not all'} of their ids is in it. Fix: set AFBENCH_DATA_DIR (or "
