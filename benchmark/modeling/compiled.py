@@ -49,7 +49,7 @@ def bucket_length(length: int, limit: int | None = None) -> int:
     return width if limit is None else min(width, max(limit, length))
 
 
-PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0}  # input_ids: the tokenizer's pad id
+PADDED = ("input_ids", "attention_mask", "token_type_ids")  # input_ids with the tokenizer's pad id, the others 0
 
 
 def pad_batch(batch: dict, pad_id: int, limit: int | None = None) -> dict:
@@ -59,15 +59,8 @@ def pad_batch(batch: dict, pad_id: int, limit: int | None = None) -> dict:
     extra = bucket_length(length, limit) - length
     if extra == 0:
         return batch
-    out = {}
-    for k, v in batch.items():
-        if k == "input_ids":
-            out[k] = F.pad(v, (0, extra), value=pad_id)
-        elif k in PAD_VALUES and v.shape[-1] == length:
-            out[k] = F.pad(v, (0, extra), value=PAD_VALUES[k])
-        else:
-            out[k] = v
-    return out
+    return {k: F.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0) if k in PADDED and v.shape[-1] == length
+            else v for k, v in batch.items()}
 
 
 def _forward(model, head: str, inputs: dict) -> torch.Tensor:
