@@ -170,15 +170,12 @@ def layout_for(family: str) -> Layout:
     """The layout of a ``config.model_type``; a clear error for a family without one or a refused one."""
     lay = LAYOUTS.get(family)
     if lay is None:
-        raise TypeError(f"no encoder layout for model_type '{family}' (have {', '.join(sorted(supported()))}); "
+        have = sorted(f for f, other in LAYOUTS.items() if not other.refused)
+        raise TypeError(f"no encoder layout for model_type '{family}' (have {', '.join(have)}); "
                         "add a Layout to benchmark/modeling/layout.py")
     if lay.refused:
         raise TypeError(f"model_type '{family}' is not supported: {lay.refused}")
     return lay
-
-
-def supported() -> list[str]:
-    return [f for f, lay in LAYOUTS.items() if not lay.refused]
 
 
 def layout_of(encoder: nn.Module) -> Layout:
