@@ -115,11 +115,9 @@ def sections() -> list[Section]:
     """The declared sections: the paper's in the order they were declared, then the later ones in the report order
     of the kinds that declared them (LoRA before (IA)^3)."""
     rank = {k.name: i for i, k in enumerate(kinds.report_order())}
-    first = {}
-    for kind, pkg in PACKAGES.items():
-        first[pkg] = min(first.get(pkg, len(rank)), rank.get(kind, len(rank)))
-    order = list(SECTIONS)
-    return sorted(SECTIONS.values(), key=lambda s: (s.late, first.get(s.package, len(rank)) if s.late else order.index(s.name)))
+    first = {pkg: min(rank.get(k, len(rank)) for k, p in PACKAGES.items() if p == pkg) for pkg in PACKAGES.values()}
+    # sorted is stable and SECTIONS is in declaration order: the paper's sections (key 0) keep it, ties too
+    return sorted(SECTIONS.values(), key=lambda s: (s.late, first.get(s.package, len(rank)) if s.late else 0))
 
 
 def module_types() -> dict[str, str]:
