@@ -38,10 +38,6 @@ class BottleneckAdapter(nn.Module):
             nn.init.normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
 
-    @property
-    def kind(self) -> str:
-        return self.params.type
-
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         # h: [B, T, H] -> down [B, T, r] -> up [B, T, H]
         return self.up(self.act(self.down(h)))

@@ -49,7 +49,7 @@ class Slot(Switchable, nn.Module):
             return f
         if act.fusion is None:
             adapter = self.adapters[act.adapter]
-            if adapter.kind == "pfeiffer":
+            if adapter.params.type == "pfeiffer":
                 return adapter(self._norm(f + x)) + f  # query = h = LN(f + x), residual = f
             return adapter(f) + f  # Houlsby: on the raw sub-layer output
         fusion: AdapterFusion = self.fusions[act.fusion]
