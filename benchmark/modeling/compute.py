@@ -113,9 +113,7 @@ class Compute:
             raise BenchError(f"compile is on, but torch.compile cannot run on {device}: {missing}", field="compile",
                              fix="install a C++ compiler (gcc/g++) for the CPU, triton for CUDA, or turn compile "
                                  "off (drop --compile / compute.compile)")
-        if self.precision != "bf16":
-            return
-        why = bf16_unsupported(device)
+        why = bf16_unsupported(device) if self.precision == "bf16" else None
         if why:
             raise BenchError(f"precision bf16 was asked for on {device}, but {why}", field="precision",
                              fix="use --precision fp32 (or auto), or run on a device with native bf16 "
