@@ -134,24 +134,21 @@ class AdapterModel(nn.Module):
         """Turn adapters off (None), on (one adapter name), or activate a fusion over several."""
         if isinstance(setup, str) and setup not in self.adapter_params:
             raise KeyError(f"no adapter named '{setup}'")
-        fused = self.fused_adapters(setup) if isinstance(setup, Fuse) else None
+        if isinstance(setup, Fuse):
+            if setup.name not in self.fusion_params:
+                raise KeyError(f"no fusion named '{setup.name}' (have {sorted(self.fusion_params)})")
+            fused = list(self.fusion_params[setup.name][0])
+            if setup.adapters is not None and list(setup.adapters) != fused:
+                raise ValueError(f"Fuse('{setup.name}', {list(setup.adapters)}) does not match the fusion's adapters "
+                                 f"{fused} (names and order are fixed when the fusion is added)")
         for mod in self.modules():  # every module owns its activation state: switch all off
             if isinstance(mod, Switchable):
                 mod.switch_off()
         if isinstance(setup, str):
             adapter_type(self.adapter_params[setup]).activate(self, setup)
-        elif fused is not None:
+        elif isinstance(setup, Fuse):
             for mod in self.slots(FUSION_LOCATION):
                 mod.active = ActiveSetup(fusion=setup.name, fused=fused)
-
-    def fused_adapters(self, setup: Fuse) -> list[str]:
-        if setup.name not in self.fusion_params:
-            raise KeyError(f"no fusion named '{setup.name}' (have {sorted(self.fusion_params)})")
-        own = self.fusion_params[setup.name][0]
-        if setup.adapters is not None and list(setup.adapters) != own:
-            raise ValueError(f"Fuse('{setup.name}', {list(setup.adapters)}) does not match the fusion's adapters "
-                             f"{own} (names and order are fixed when the fusion is added)")
-        return list(own)
 
     def prune_fusion(self, name: str, keep: list[str], drop_adapters: bool = False) -> list[str]:
         """Run fusion ``name`` over the adapters ``keep`` only (in the fusion's own order), its softmax
@@ -240,12 +237,10 @@ class AdapterModel(nn.Module):
     def stop_capture(self) -> list[list[float]] | None:
         """Mean fusion attention per layer and adapter over every real token seen: [layers][N]."""
         self._ctx.capture = False
-        out = []
-        for mod in self.slots("output"):
-            if mod.capture_sum is None:
-                return None
-            out.append((mod.capture_sum / max(mod.capture_count, 1)).tolist())
-        return out
+        slots = list(self.slots("output"))
+        if any(mod.capture_sum is None for mod in slots):
+            return None
+        return [(mod.capture_sum / max(mod.capture_count, 1)).tolist() for mod in slots]
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids, attention_mask, head: str, token_type_ids=None) -> torch.Tensor:
