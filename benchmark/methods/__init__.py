@@ -14,7 +14,6 @@ from __future__ import annotations
 from benchmark.methods import registry
 from benchmark.methods.kinds import (  # noqa: F401  (the registry's API, read as methods.X)
     KINDS,
-    MODULES,
     TABLES,
     Claim,
     Column,
@@ -26,7 +25,6 @@ from benchmark.methods.kinds import (  # noqa: F401  (the registry's API, read a
     layout,
     reference_column,
     register,
-    report_order,
     significance_pairs,
     table2_key,
     unregister,
