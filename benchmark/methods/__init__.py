@@ -21,7 +21,6 @@ from benchmark.methods.kinds import (  # noqa: F401  (the registry's API, read a
     MethodKind,
     comparisons,
     fusion_columns,
-    get,
     layout,
     reference_column,
     register,

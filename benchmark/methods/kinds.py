@@ -97,10 +97,6 @@ def unregister(name: str) -> None:
     KINDS.pop(name, None)
 
 
-def get(name: str) -> MethodKind:
-    return KINDS[name]
-
-
 def report_order() -> list[MethodKind]:
     """Kinds in registration order, each kind with ``after`` moved right behind its anchor (and the anchor's
     earlier followers); a kind registered before its anchor (method packages load by folder name) is placed once

@@ -87,7 +87,7 @@ def load(folder, *, task: str | None = None, device: str = "cpu", mt_a_folder=No
                          file=str(folder / "result.json"), fix="load(folder, task=<one of them>)")
     registry.discover()  # the method kinds, to know whether the run fused on an MT-A run's tuned encoder
     encoder_from = None
-    if rec.method_kind in kinds.KINDS and kinds.get(rec.method_kind).depends_on == "mt_a":
+    if rec.method_kind in kinds.KINDS and kinds.KINDS[rec.method_kind].depends_on == "mt_a":
         encoder_from = Path(mt_a_folder) if mt_a_folder else folder.parent / rec.deps[0]
     for f, want in ((folder, rec.run_id), (encoder_from, rec.deps[0] if rec.deps else None)):
         if f is None:

@@ -202,7 +202,7 @@ class _MethodSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> _MethodSpec:
-        kind = methods.get(self.method)
+        kind = methods.KINDS[self.method]
         for section in kind.needs:
             if getattr(self, section, None) is None:
                 article = "an" if section[0] in "aeiou" else "a"
@@ -214,7 +214,7 @@ class _MethodSpec(Strict):
 
     @property
     def method_kind(self) -> methods.MethodKind:
-        return methods.get(self.method)
+        return methods.KINDS[self.method]
 
 
 def _method_spec() -> type[_MethodSpec]:
