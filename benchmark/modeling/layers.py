@@ -13,16 +13,11 @@ original function. Where f is reached is the family's layout (``layout.py``):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from benchmark.modeling.context import ActiveSetup, ForwardContext, Switchable
 from benchmark.modeling.layout import SLOT, Layout
-
-if TYPE_CHECKING:
-    from benchmark.modeling.fusion import AdapterFusion
 
 
 class Slot(Switchable, nn.Module):
@@ -52,7 +47,7 @@ class Slot(Switchable, nn.Module):
             if adapter.params.type == "pfeiffer":
                 return adapter(self._norm(f + x)) + f  # query = h = LN(f + x), residual = f
             return adapter(f) + f  # Houlsby: on the raw sub-layer output
-        fusion: AdapterFusion = self.fusions[act.fusion]
+        fusion = self.fusions[act.fusion]  # AdapterFusion or StaticMixing: (o [B, T, H], probs [B, T, N])
         h = self._norm(f + x)  # [B, T, H]
         out, probs = fusion(h, [self.adapters[n] for n in act.fused], residual=f)
         if self._ctx.capture:
