@@ -49,9 +49,6 @@ def bucket_length(length: int, limit: int | None = None) -> int:
     return width if limit is None else min(width, max(limit, length))
 
 
-PADDED = ("input_ids", "attention_mask", "token_type_ids")  # input_ids with the tokenizer's pad id, the others 0
-
-
 def pad_batch(batch: dict, pad_id: int, limit: int | None = None) -> dict:
     """``batch`` ([B, L] or, multiple choice, [B, K, L] inputs) padded on its last axis to ``bucket_length(L)``;
     labels and anything else without a length axis unchanged."""
@@ -59,8 +56,9 @@ def pad_batch(batch: dict, pad_id: int, limit: int | None = None) -> dict:
     extra = bucket_length(length, limit) - length
     if extra == 0:
         return batch
-    return {k: F.pad(v, (0, extra), value=pad_id if k == "input_ids" else 0) if k in PADDED and v.shape[-1] == length
-            else v for k, v in batch.items()}
+    pad = {"input_ids": pad_id, "attention_mask": 0, "token_type_ids": 0}  # what each padded key is padded with
+    return {k: F.pad(v, (0, extra), value=pad[k]) if k in pad and v.shape[-1] == length else v
+            for k, v in batch.items()}
 
 
 def _forward(model, head: str, inputs: dict) -> torch.Tensor:
