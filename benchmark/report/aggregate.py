@@ -45,13 +45,7 @@ class Cell:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     def reason(self, no_data: str | None) -> str:
-        if self.values:
-            return ""
-        if no_data:
-            return "no data"
-        if self.failed:
-            return "failed"
-        return "not run"
+        return "" if self.values else "no data" if no_data else "failed" if self.failed else "not run"
 
 
 @dataclass
