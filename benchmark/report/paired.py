@@ -43,50 +43,41 @@ class Pairing:
 def pair(col: Collected, backbone: str, task: str, a: str, b: str) -> Pairing | None:
     """Column ``a`` against column ``b`` on ``task``, paired by each run's own recorded seed; None without a
     seed both sides ran. A run whose ``deps`` were trained with another seed than its own (shared adapters)
-    still pairs by its own seed, and the pairing says so."""
+    still pairs by its own seed, and the pairing says so. Row level where each paired run's predictions file is
+    present, matches its record and reproduces the recorded accuracy exactly, on the same dev rows."""
     by_id = {r.run_id: r for r in col.results}
-    sides, notes = [], []
+    sides, rows, notes = [], [], []
     for label in (a, b):
         cell = col.cells.get((backbone, task, label))
-        acc, foreign = {}, {}
+        acc, foreign, correct = {}, {}, {}  # seed -> accuracy / the seeds its deps ran / (row ids, correctness)
         for rid, value in zip(cell.run_ids, cell.values, strict=True) if cell else ():
             rec = by_id[rid]
             acc[rec.seed] = value
             dep_seeds = sorted({by_id[d].seed for d in rec.deps if d in by_id})
             if dep_seeds and dep_seeds != [rec.seed]:
                 foreign[rec.seed] = dep_seeds
+            if not (col.folder and rec.predictions):
+                continue
+            try:
+                cols = predictions.read(col.folder / rid, rec.predictions)
+            except BenchError:
+                continue
+            mine = sorted((r, ok) for t, r, ok in zip(cols["task"], cols["row"], cols["correct"], strict=True)
+                          if t == task)
+            if mine and predictions.accuracy(cols, task) == value:
+                correct[rec.seed] = (tuple(r for r, _ in mine), np.array([ok for _, ok in mine], dtype=float))
         if foreign:
             read = sorted({s for ds in foreign.values() for s in ds})
             notes.append(f"{label}: the runs of seed(s) {', '.join(map(str, sorted(foreign)))} read the adapters of "
                          f"seed(s) {', '.join(map(str, read))} (shared adapters); paired by each run's own seed")
         sides.append(acc)
-    rows = [_rows(col, by_id, backbone, task, label) for label in (a, b)]
+        rows.append(correct)
     common = set(sides[0]) & set(sides[1])
     if common and all(common <= set(r) for r in rows) and len({r[s][0] for r in rows for s in common}) == 1:
         design = Paired.from_rows({s: rows[0][s][1] for s in common}, {s: rows[1][s][1] for s in common})
     else:  # a run without predictions, or other dev rows (another cap): the seed level is what pairs
         design = Paired.from_accuracies(*sides)
     return Pairing(design, tuple(notes)) if design.seeds else None
-
-
-def _rows(col: Collected, by_id: dict, backbone: str, task: str, label: str) -> dict[int, tuple]:
-    """Seed -> (row ids, per-row correctness) of the cell's run on ``task``'s dev rows, in row order, for the runs whose
-    predictions file is present, matches its record and reproduces the recorded accuracy exactly; a run
-    without one is left out (its pair falls back to the seed level)."""
-    cell = col.cells.get((backbone, task, label))
-    out: dict[int, tuple] = {}
-    for rid, value in zip(cell.run_ids, cell.values, strict=True) if cell and col.folder else ():
-        rec = by_id[rid]
-        if not rec.predictions:
-            continue
-        try:
-            cols = predictions.read(col.folder / rid, rec.predictions)
-        except BenchError:
-            continue
-        mine = sorted((r, ok) for t, r, ok in zip(cols["task"], cols["row"], cols["correct"], strict=True) if t == task)
-        if mine and predictions.accuracy(cols, task) == value:
-            out[rec.seed] = (tuple(r for r, _ in mine), np.array([ok for _, ok in mine], dtype=float))
-    return out
 
 
 @dataclass(frozen=True)
