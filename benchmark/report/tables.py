@@ -256,11 +256,6 @@ def task_order(reg, tasks: list[str]) -> list[str]:
     return sorted(tasks, key=lambda t: ((reg.tasks[t].paper.order if t in reg.tasks else None) or 999, t))
 
 
-def group_of(reg, task: str) -> str:
-    spec = reg.tasks.get(task)
-    return (spec.paper.group or "") if spec else ""
-
-
 def variants(col: Collected, backbone: str) -> dict[str, str]:
     """Columns of method specs that are not a paper column (another spec of a kind, e.g. ST-A with shuffled
     batches) -> the paper column of their kind, which they are tested against (†)."""
@@ -486,7 +481,8 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg, major
             if v.test is not None and v.test.significant:  # a sensitivity comparison is never marked
                 v.marker = "†"
             views.append(v)
-        rows.append(RowView(t, group_of(reg, t), views, majority.get(t)))
+        group = reg.tasks[t].paper.group if t in reg.tasks else None
+        rows.append(RowView(t, group or "", views, majority.get(t)))
     mean_row = [mean_cell([r.cells[j] for r in rows]) for j in range(len(cols))]
     notes = []
     if pb is None:
