@@ -75,9 +75,4 @@ def _compute(task, root: Path | None, task_file: str) -> Majority:
 
 def majority_baselines(reg, tasks: list[str], root: Path | None) -> dict[str, Majority]:
     """task -> its majority baseline (or why there is none), for the tasks the registry knows."""
-    out = {}
-    for t in tasks:
-        spec = reg.tasks.get(t)
-        if spec is not None:
-            out[t] = _majority(spec, root, reg.file_of("task", t))
-    return out
+    return {t: _majority(reg.tasks[t], root, reg.file_of("task", t)) for t in tasks if t in reg.tasks}
