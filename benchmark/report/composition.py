@@ -129,9 +129,8 @@ def composition_tables(col: Collected, backbone: str, reg, tests: Tests,
         reference = f"{heading} ({ATTENTION})"
         tasks = task_order(reg, [t for t in col.tasks(backbone) if t in col.no_data or any(
             col.cells.get((backbone, t, lb), Cell()).expected for lb in (base, *labels))])
-        rows = [_row(col, backbone, base, base, reference, tasks, tests, majority)]
-        rows += [_row(col, backbone, lb, base, method_name(_runs(col, backbone, lb)), tasks, tests, majority)
-                 for lb in labels]
+        rows = [_row(col, backbone, lb, base, reference if lb == base else method_name(_runs(col, backbone, lb)),
+                     tasks, tests, majority) for lb in (base, *labels)]
         view = CompositionView(backbone, reference, heading, tasks, rows)
         view.notes = _notes(col, view, _inference(col, rows))
         views.append(view)
