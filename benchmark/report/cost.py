@@ -100,9 +100,8 @@ def cost_table(results: list[RunRecord]) -> CostView | None:
     groups: dict[tuple[str, str], list[RunRecord]] = {}
     for r in fin:
         groups.setdefault((r.backbone, r.label), []).append(r)
-    view = CostView(COLUMNS)
-    for (b, label), rs in sorted(groups.items()):
-        view.rows.append(CostRow(b, label, len(rs), cost_cells(rs, backbone.get(b))))
+    view = CostView(COLUMNS, [CostRow(b, label, len(rs), cost_cells(rs, backbone.get(b)))
+                              for (b, label), rs in sorted(groups.items())])
     _leave_out_empty(view, groups)
     view.notes += environment_notes(fin)
     return view
