@@ -229,8 +229,6 @@ def seeds_needed(effect: float, sd_diff: float) -> int | None:
     """The fewest paired seeds whose MDE reaches ``|effect|``; None when more than 1,000 (or no effect)."""
     if effect == 0 or not math.isfinite(effect):
         return None
-    if sd_diff == 0:
-        return 2
     return next((n for n in range(2, 1001) if minimal_detectable_effect(sd_diff, n) <= abs(effect)), None)
 
 
