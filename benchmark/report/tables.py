@@ -460,9 +460,8 @@ def build_table(key: str, col: Collected, backbone: str, paper: dict, reg, major
     cols = [(c.label, c.paper_key, c.heading) for c in methods.layout(key) if c.label in col.columns(backbone)]
     pairs = methods.significance_pairs()
     extra = variants(col, backbone) if key == "table1" else {}  # other specs of a kind: never silently dropped
-    if extra:
-        cols += [(label, label, variant_heading(label)) for label in extra]
-        pairs.update({label: base for label, base in extra.items() if base})
+    cols += [(label, label, variant_heading(label)) for label in extra]
+    pairs.update({label: base for label, base in extra.items() if base})
     if not cols or (key == "table3" and len(cols) < 2):
         return None
     pb = (reg.backbones[backbone].paper_backbone if backbone in reg.backbones else None)
