@@ -9,8 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from benchmark.records import RunRecord
-
-NOT_RECORDED = "not recorded"
+from benchmark.report.cost import NOT_RECORDED
 
 # What is bit-exact and what is not, with this project's measured reruns (every report states it under its
 # provenance; ``thread_note`` adds the report's own thread counts where they differ).
