@@ -365,10 +365,8 @@ def build_data(reg, experiment: str, results_dir: Path, paper_file: str | None,
         floor = majority_baselines(reg, col.tasks(b), data_root)
         checks = claim_checks(col, b, paper, reg)  # the paper's findings and their tests
         tests = backbone_tests(col, b, checks)  # every comparison once, each in one family, Holm-adjusted
-        for key in published.tables_for(paper, pb):
-            t = build_table(key, col, b, paper, reg, floor, tests)
-            if t:
-                data.tables.append(t)
+        data.tables += [t for key in published.tables_for(paper, pb)
+                        if (t := build_table(key, col, b, paper, reg, floor, tests))]
         t2 = build_table2(col, b, paper, reg, tests)
         if t2:
             data.table2.append(t2)
