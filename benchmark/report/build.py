@@ -199,9 +199,7 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     revs = list(dict.fromkeys((r.git or {}).get("revision") or "unknown" for r in by_time))
     if len(revs) > 3:
         revs = [f"{len(revs)} commits in training order: " + ", ".join(r[:10] for r in revs)]
-    dirty = any((r.git or {}).get("dirty") for r in col.results)
     v = (fin[0].versions or {}) if fin else {}
-    spec_file = shown_path(spec_file)
     versions = {k: v.get(k) for k in ("torch", "transformers", "python") if v.get(k)}
     caps = exp_spec.caps.model_dump(exclude_none=True) if exp_spec else {}
     overrides = exp_spec.overrides if exp_spec else {}
@@ -215,11 +213,11 @@ def _provenance(col: Collected, exp_spec, spec_file: str) -> dict:
     if col.problems:
         runs += f"; {len(col.problems)} result file(s) left out (listed below)"
     return {
-        "spec_file": spec_file,
+        "spec_file": shown_path(spec_file),
         "runs_finished": len(fin),
         "runs_failed": len(col.results) - len(fin),
         "revisions": revs,
-        "dirty": dirty,
+        "dirty": any((r.git or {}).get("dirty") for r in col.results),
         "devices": sorted({r.device or "?" for r in fin}),
         "data_sources": sorted({r.data_source for r in fin} - {""}),
         "cpu": counted([r.cpu_model or "not recorded" for r in fin]) if fin else "—",
