@@ -163,17 +163,12 @@ def collect(root: Path, backbones: dict, report_seeds: dict[str, list[int]] | No
             "lacking": lacking, "not_recorded": missing_axes, "problems": problems}, finished
 
 
-def render(data: dict, dated: str, revision: str) -> str:
-    from benchmark.report.build import _env
-
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
-    return _env().get_template("dashboard.html.j2").render(data=data, blob=blob, dated=dated, revision=revision)
-
-
 def write_dashboard(root: Path, out_dir: Path, backbones: dict, report_seeds: dict[str, list[int]] | None = None) -> Path:
     """Write ``out_dir/dashboard.html`` over every experiment under ``root``; returns the file written."""
-    from benchmark.report.build import dated, reporter_revision
+    from benchmark.report.build import _env, dated, reporter_revision
 
     data, finished = collect(root, backbones, report_seeds)
-    html = render(data, dated(finished), reporter_revision())
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).replace("</", "<\\/")
+    html = _env().get_template("dashboard.html.j2").render(data=data, blob=blob, dated=dated(finished),
+                                                           revision=reporter_revision())
     return write_atomic(out_dir / NAME, html, root=out_dir)
