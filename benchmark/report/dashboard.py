@@ -141,13 +141,9 @@ def collect(root: Path, backbones: dict, report_seeds: dict[str, list[int]] | No
     for (exp, backbone, task, label, adapters), g in sorted(groups.items()):
         runs, kind = g["runs"], g["runs"][0].method_kind
         ci = mean_interval(g["values"])
-        x, lacking = {}, {}
-        for a in axes:
-            have = [v for v in (a.get(r) for r in runs) if v is not None]
-            x[a.key] = statistics.fmean(have) if have else None
-            missing = [r.run_id for r in runs if a.get(r) is None]
-            if missing:
-                lacking[a.key] = missing
+        have = {a.key: [v for v in (a.get(r) for r in runs) if v is not None] for a in axes}
+        x = {k: statistics.fmean(vs) if vs else None for k, vs in have.items()}
+        lacking = {a.key: missing for a in axes if (missing := [r.run_id for r in runs if a.get(r) is None])}
         points.append({
             "experiment": exp, "backbone": backbone, "backbone_name": backbone_name(backbone, backbones),
             "task": task, "method": label + (f"@{adapters.split()[1]}" if adapters.startswith("adapters") else ""),
