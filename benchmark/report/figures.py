@@ -30,10 +30,7 @@ def attention_matrix(col: Collected, backbone: str, label: str, reg):
     if not per_target:
         return None
     targets = task_order(reg, list(per_target))
-    adapters: list[str] = []
-    for t in targets:
-        for rec in per_target[t]:
-            adapters += [a for a in rec["adapters"] if a not in adapters]
+    adapters = list(dict.fromkeys(a for t in targets for rec in per_target[t] for a in rec["adapters"]))
     layers = len(per_target[targets[0]][0]["layers"])
     m = np.full((layers, len(targets), len(adapters)), np.nan)
     for i, t in enumerate(targets):
