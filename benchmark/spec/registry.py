@@ -66,8 +66,7 @@ class Registry:
     skipped: list[Skipped] = field(default_factory=list)  # the broken files themselves, in the order found
 
     def table(self, kind: str) -> dict:
-        return {"task": self.tasks, "method": self.methods, "backbone": self.backbones,
-                "experiment": self.experiments}[kind]
+        return getattr(self, f"{kind}s")
 
     def file_of(self, kind: str, name: str) -> str:
         return str(self.files.get((kind, name), f"<{kind} {name}>"))
