@@ -204,6 +204,11 @@ def method_name(entry: str | MethodRef) -> str:
     return entry.method if isinstance(entry, MethodRef) else entry
 
 
+def _check_names(reg: Registry, kind: str, names: list[str] | None, f: str | None, field_path: str) -> None:
+    for i, name in enumerate(names or []):  # every name of the list at field_path is a known spec of that kind
+        reg.get(kind, name, referenced_from=f, field_path=f"{field_path}[{i}]")
+
+
 def check_references(reg: Registry, only: str | None = None) -> None:
     """Experiments may only name tasks, methods and backbones that exist, with valid overrides."""
     train_fields = set(TrainParams.model_fields)
@@ -211,11 +216,9 @@ def check_references(reg: Registry, only: str | None = None) -> None:
         if only is not None and name != only:
             continue
         f = reg.file_of("experiment", name)
-        for i, b in enumerate(exp.backbones):
-            reg.get("backbone", b, referenced_from=f, field_path=f"backbones[{i}]")
+        _check_names(reg, "backbone", exp.backbones, f, "backbones")
         for gi, g in enumerate(exp.groups):
-            for ti, t in enumerate(g.tasks):
-                reg.get("task", t, referenced_from=f, field_path=f"groups[{gi}].tasks[{ti}]")
+            _check_names(reg, "task", g.tasks, f, f"groups[{gi}].tasks")
             for mi, m in enumerate(g.methods):
                 mname = method_name(m)
                 spec = reg.get("method", mname, referenced_from=f, field_path=f"groups[{gi}].methods[{mi}]")
@@ -232,13 +235,9 @@ def check_references(reg: Registry, only: str | None = None) -> None:
                         file=f, field=f"groups[{gi}].methods[{mi}].adapter_seed",
                         fix="remove adapter_seed, or use it on a fusion method (fusion_st_a, fusion_mt_a)",
                     )
-            for bi, b in enumerate(g.backbones or []):
-                reg.get("backbone", b, referenced_from=f, field_path=f"groups[{gi}].backbones[{bi}]")
-        if exp.fusion.sources != "all":
-            for si, s in enumerate(exp.fusion.sources):
-                reg.get("task", s, referenced_from=f, field_path=f"fusion.sources[{si}]")
-        for si, s in enumerate(exp.mt_a.tasks or []):
-            reg.get("task", s, referenced_from=f, field_path=f"mt_a.tasks[{si}]")
+            _check_names(reg, "backbone", g.backbones, f, f"groups[{gi}].backbones")
+        _check_names(reg, "task", None if exp.fusion.sources == "all" else exp.fusion.sources, f, "fusion.sources")
+        _check_names(reg, "task", exp.mt_a.tasks, f, "mt_a.tasks")
         for di, other in enumerate(exp.dependencies_from):  # whose finished stage-1 runs are read (runner/borrowed.py)
             if other == name:
                 raise SpecError(f"experiment '{name}' names itself in dependencies_from", file=f,
