@@ -77,7 +77,6 @@ class _Planner:
         self.compute = ComputeSpec(cpu_kernels=kernels or ("stock" if compiled else DEFAULT_COMPUTE.cpu_kernels),
                                    last_layer=options.last_layer or spec.last_layer or DEFAULT_COMPUTE.last_layer,
                                    precision=options.precision, compile=compiled)
-        self.exp_precision = spec.precision
         self.plan = Plan(exp, [])
         self.runs: dict[str, Run] = {}
         self._why: dict[str, str] = {}
@@ -99,13 +98,13 @@ class _Planner:
         return self._data[task]
 
     # ------------------------------------------------------------------ runs
-    def caps(self, task: str | None, stage1: bool = False) -> Caps:
+    def caps(self, task: str, stage1: bool = False) -> Caps:
         base = (self.exp.fusion.caps or self.exp.caps) if stage1 else self.exp.caps
-        return self.exp.task_caps.get(task, base) if task else base
+        return self.exp.task_caps.get(task, base)
 
     def add(self, run: Run, task_caps: dict[str, Caps] | None = None) -> Run:
         # precision: the command line, then the method spec, then the experiment's compute:, then auto
-        precision = (self.compute.precision or run.method.precision or self.exp_precision
+        precision = (self.compute.precision or run.method.precision or self.exp.compute.precision
                      or DEFAULT_COMPUTE.precision)
         run.selection, run.compute = self.exp.selection, self.compute.model_copy(update={"precision": precision})
         if run.compute.compile and run.method.fusion is not None and run.method.fusion.temperature:
