@@ -177,9 +177,8 @@ class _Planner:
 
     def mt_a_method(self) -> str:
         """The experiment's own multi-task method if it lists one, else the spec named after the kind."""
-        listed = [method_name(m) for g in self.exp.groups for m in g.methods
-                  if self.reg.methods[method_name(m)].method_kind.multitask]
-        return listed[0] if listed else "mt_a"
+        return next((method_name(m) for g in self.exp.groups for m in g.methods
+                     if self.reg.methods[method_name(m)].method_kind.multitask), "mt_a")
 
     def grid_run(self, name: str, task: str, backbone: str, seed: int, rf: int | None,
                  adapter_seed: int | str | None = None) -> None:
