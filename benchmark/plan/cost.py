@@ -322,14 +322,13 @@ def estimate(plan: Plan, reg: Registry, data_root: Path | None, reader: Reader, 
     share = cal.get("epoch_share", {})
     chosen = runs if runs is not None else plan.runs
     out = []
+    per_kind: dict[str, float] = {}
     for r in chosen:
         c = run_work(reg, r, data_root, share, threads or 1, reader)
         c.seconds = price(c, device, fit)
         out.append(c)
-    seconds = {c.id: c.seconds for c in out}
-    per_kind: dict[str, float] = {}
-    for c in out:
         per_kind[c.kind] = per_kind.get(c.kind, 0.0) + c.seconds / 3600
+    seconds = {c.id: c.seconds for c in out}
     wall = makespan(seconds, devices, start_order(list(chosen)))
     label = calibration_note(name, cpu) if device == "cpu" else name
     return Estimate(device, devices, out, wall, label, per_kind)
