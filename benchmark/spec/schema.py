@@ -368,12 +368,8 @@ class SweepSpec(Strict):
 
 def searchable(train: type[BaseModel]) -> dict[str, bool]:
     """The numeric fields of a method's ``train:`` model that a sweep may search -> whether they are integers."""
-    out = {}
-    for key, f in train.model_fields.items():
-        kinds = set(get_args(f.annotation)) or {f.annotation}
-        if kinds & {int, float}:
-            out[key] = float not in kinds
-    return out
+    kinds = {key: set(get_args(f.annotation)) or {f.annotation} for key, f in train.model_fields.items()}
+    return {key: float not in k for key, k in kinds.items() if k & {int, float}}
 
 
 class ExperimentSpec(Strict):
