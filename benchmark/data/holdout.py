@@ -27,7 +27,4 @@ def heldout_indices(labels: list[int], fraction: float, max_rows: int, seed: int
     for c in sorted(classes, key=lambda c: (-(exact[c] - take[c]), c))[: k - sum(take.values())]:
         take[c] += 1  # largest remainders get the rows left over
     rng = random.Random(seed)
-    out: list[int] = []
-    for c in classes:
-        out += rng.sample(by_class[c], take[c])
-    return sorted(out)
+    return sorted(i for c in classes for i in rng.sample(by_class[c], take[c]))
