@@ -41,11 +41,8 @@ def epoch_seed(run_seed: int, epoch: int) -> int:
 def row_lengths(examples: Sequence[dict]) -> list[Length]:
     """Token counts of encoded examples (``EncodedSplit.examples``): an int per classification row, a
     list of per-choice counts per multiple-choice row."""
-    out: list[Length] = []
-    for ex in examples:
-        ids = ex["input_ids"]
-        out.append([len(s) for s in ids] if ids and isinstance(ids[0], list) else len(ids))
-    return out
+    ids = [ex["input_ids"] for ex in examples]
+    return [[len(s) for s in x] if x and isinstance(x[0], list) else len(x) for x in ids]
 
 
 def _longest(length: Length) -> int:
