@@ -184,10 +184,7 @@ def deep_merge(base: dict, override: dict) -> dict:
     """Mappings merge key by key; any other value (lists included) in ``override`` replaces."""
     out = dict(base)
     for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
