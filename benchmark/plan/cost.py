@@ -340,13 +340,11 @@ def fit_seed(plan: Plan, results: dict[str, RunRecord]) -> int:
     the most runs, then the lowest. A fit on one kind alone (a CPU that trained only ST-A runs of a seed)
     cannot tell training, evaluation and per-run overhead apart."""
     by_id = plan.by_id()
-    kinds: dict[int, set[str]] = {}
-    count: dict[int, int] = {}
+    kinds: dict[int, list[str]] = {}  # seed -> the kind of each of its finished runs
     for rid, r in results.items():
         if rid in by_id and r.finished:
-            kinds.setdefault(r.seed, set()).add(by_id[rid].kind.name)
-            count[r.seed] = count.get(r.seed, 0) + 1
-    return min(kinds, key=lambda seed: (-len(kinds[seed]), -count[seed], seed))
+            kinds.setdefault(r.seed, []).append(by_id[rid].kind.name)
+    return min(kinds, key=lambda seed: (-len(set(kinds[seed])), -len(kinds[seed]), seed))
 
 
 def calibrate(plan: Plan, reg: Registry, data_root: Path | None, results: dict[str, RunRecord],
