@@ -103,12 +103,10 @@ def step_flops(shape: Shape, setup: str, *, n: int = 0, rf: int = 16, impl: str 
     c = Count()
     g = enc  # does the residual stream entering this layer require grad? (trained embeddings: from layer 0)
     for _ in range(shape.layers):
-        # attention block: Q, K, V, scores, context, output dense
-        for _ in range(3):
+        for _ in range(4):  # attention block: Q, K, V and the output dense
             c.op("encoder", 2 * M * H * H, int(g) + int(enc))
         c.op("encoder", 2 * B * T * T * H, 2 * int(g))  # Q Kᵀ over all heads
         c.op("encoder", 2 * B * T * T * H, 2 * int(g))  # P V
-        c.op("encoder", 2 * M * H * H, int(g) + int(enc))
         if setup == "houlsby":
             _adapter(c, M, H, r, input_grad=g, trained=True)
             g = True
