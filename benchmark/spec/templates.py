@@ -333,17 +333,11 @@ def check_template(source: str, *, file: str, field: str, require_column: bool =
         )
 
 
-def template_vars(row: dict) -> dict:
-    """The variables a template sees: identifier-named columns, and ``row`` = the whole row."""
-    out = {k: v for k, v in row.items() if isinstance(k, str) and k.isidentifier() and k != ROW}
-    out[ROW] = row
-    return out
-
-
 def render(source: str, row: dict, *, file: str = "<task>", field: str = "input") -> str:
     token = _BUDGET.set(_Budget(time.perf_counter()))
     try:
-        out = compile_template(source).render(**template_vars(row))  # printing is counted and bounded as it happens
+        columns = {k: v for k, v in row.items() if isinstance(k, str) and k.isidentifier() and k != ROW}
+        out = compile_template(source).render({**columns, ROW: row})  # printing is counted and bounded as it happens
         _check_size(len(out), "the rendered text")
         return out.strip()
     except Exception as e:  # noqa: BLE001 - any render failure is a spec problem: one paragraph per cause
