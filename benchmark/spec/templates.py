@@ -306,31 +306,25 @@ def check_task_templates(task_templates: dict[str, str], *, file: str) -> None:
     try:
         text_varies = "input.text" in task_templates and reads_row(task_templates["input.text"])
     except jinja2.TemplateSyntaxError:
-        text_varies = False  # reported by check_template
-    for fld, src in task_templates.items():
-        check_template(src, file=file, field=fld,
-                       require_column=not (fld.startswith("input.choices") and text_varies))
-
-
-def check_template(source: str, *, file: str, field: str, require_column: bool = True) -> None:
-    """Valid Jinja2, and (``require_column``) it reads at least one column: a constant trains on nothing."""
-    try:
-        _ENV.parse(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise SpecError(
-            f"the template {source!r} is not valid Jinja2 ({e.message}, line {e.lineno})",
-            file=file,
-            field=field,
-            fix="write it as Jinja2, e.g. '{{ premise }}' for a column named premise",
-        ) from None
-    if require_column and not reads_row(source):
-        raise SpecError(
-            f"the template {source!r} reads no column, so every row would get the same text",
-            file=file,
-            field=field,
-            fix="name a column: '{{ premise }}', or '{{ row['Observation Text'] }}' for a column whose name "
-                "has spaces (a quoted name inside {{ }} is a constant string, not a column)",
-        )
+        text_varies = False  # reported below
+    for fld, source in task_templates.items():
+        try:
+            _ENV.parse(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise SpecError(
+                f"the template {source!r} is not valid Jinja2 ({e.message}, line {e.lineno})",
+                file=file,
+                field=fld,
+                fix="write it as Jinja2, e.g. '{{ premise }}' for a column named premise",
+            ) from None
+        if not (fld.startswith("input.choices") and text_varies) and not reads_row(source):
+            raise SpecError(
+                f"the template {source!r} reads no column, so every row would get the same text",
+                file=file,
+                field=fld,
+                fix="name a column: '{{ premise }}', or '{{ row['Observation Text'] }}' for a column whose name "
+                    "has spaces (a quoted name inside {{ }} is a constant string, not a column)",
+            )
 
 
 def render(source: str, row: dict, *, file: str = "<task>", field: str = "input") -> str:
