@@ -33,12 +33,6 @@ class Options:
     compile: bool | None = None  # --compile: True; None = the experiment's compute.compile, then eager
 
 
-def variant_column(label: str, adapter_seed: int | str) -> str:
-    """The report column of fusion runs that read other adapters than the experiment's default, e.g.
-    ``fusion_st_a_rf16@s42`` (every seed over the seed-42 adapters) or ``fusion_mt_a@matched``."""
-    return f"{label}@{'matched' if adapter_seed == 'matched' else f's{adapter_seed}'}"
-
-
 def fusion_sources(exp: ExperimentSpec, target: str | None = None) -> list[str]:
     """The tasks whose adapters a fusion on ``target`` reads (``target`` itself added last where not listed)."""
     # all: every task of the experiment's groups, in the order they first appear
@@ -188,7 +182,9 @@ class _Planner:
         chosen = self.exp.fusion.adapter_seed if adapter_seed is None else adapter_seed
         aseed = seed if chosen == "matched" else chosen
         if adapter_seed is not None and adapter_seed != self.exp.fusion.adapter_seed:
-            run.columns = [variant_column(run.label, adapter_seed)]
+            # other adapters than the experiment's default: their own report column, e.g. fusion_st_a_rf16@s42
+            # (every seed over the seed-42 adapters) or fusion_mt_a@matched
+            run.columns = [f"{run.label}@{'matched' if adapter_seed == 'matched' else f's{adapter_seed}'}"]
         if kind.depends_on == "stage1":
             published = self.published()
             run.sources = [s for s in fusion_sources(self.exp, task) if s in published or self.usable(s)]
