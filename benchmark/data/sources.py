@@ -34,7 +34,6 @@ def data_dir(given: str | Path | None = None) -> Path | None:
 
 
 def mirror_path(root: Path, task: TaskSpec, split: str) -> Path:
-    assert task.dataset is not None
     return root / task.dataset.path.replace("/", "__") / (task.dataset.name or "default") / f"{split}.parquet"
 
 
@@ -210,7 +209,6 @@ def read_rows(task: TaskSpec, split: str, root: Path | None = None, *, task_file
         return rows
     import datasets
 
-    assert task.dataset is not None
     try:
         ds = datasets.load_dataset(task.dataset.path, task.dataset.name, split=split)
     except Exception as e:  # noqa: BLE001 - report any Hub failure as a clear data error
