@@ -419,8 +419,7 @@ def recalibrate(plan: Plan, reg: Registry, data_root: Path | None, results_root:
 
 def summary_lines(est: Estimate) -> list[str]:
     lines = [f"estimate on {est.device}" + (f" x {est.devices}" if est.devices > 1 else "") + f" ({est.calibration}):"]
-    for k, h in sorted(est.per_kind.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {k:<14} {h:8.2f} h")
+    lines += [f"  {k:<14} {h:8.2f} h" for k, h in sorted(est.per_kind.items(), key=lambda kv: -kv[1])]
     unit = "GPU-hours" if est.device != "cpu" else "CPU run-hours"
     lines.append(f"  total          {est.total_hours:8.2f} {unit}; wall {est.wall_seconds / 3600:.2f} h on "
                  f"{est.devices} {'device' if est.devices == 1 else 'devices'} along the dependency graph")
