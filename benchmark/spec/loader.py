@@ -279,10 +279,8 @@ def load_with_includes(path: Path, _stack: tuple[Path, ...] = (), *, memo: dict 
 
 def _fix_for(err: dict, model_fields: list[str]) -> str:
     t = err["type"]
-    loc = err["loc"]
     if t == "extra_forbidden":
-        key = str(loc[-1])
-        close = difflib.get_close_matches(key, model_fields, n=1)
+        close = difflib.get_close_matches(str(err["loc"][-1]), model_fields, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         return f"{hint}remove the key or rename it to one the schema knows"
     if t == "missing":
