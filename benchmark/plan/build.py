@@ -176,16 +176,15 @@ class _Planner:
 
     def grid_run(self, name: str, task: str, backbone: str, seed: int, rf: int | None,
                  adapter_seed: int | str | None = None) -> None:
-        kind = self.reg.methods[name].method_kind
-        run = Run("", self.exp.name, self.method(name, rf, self.caps(task)), backbone, seed,
-                  caps=self.caps(task), task=task)
+        caps = self.caps(task)
+        run = Run("", self.exp.name, self.method(name, rf, caps), backbone, seed, caps=caps, task=task)
         chosen = self.exp.fusion.adapter_seed if adapter_seed is None else adapter_seed
         aseed = seed if chosen == "matched" else chosen
         if adapter_seed is not None and adapter_seed != self.exp.fusion.adapter_seed:
             # other adapters than the experiment's default: their own report column, e.g. fusion_st_a_rf16@s42
             # (every seed over the seed-42 adapters) or fusion_mt_a@matched
             run.columns = [f"{run.label}@{'matched' if adapter_seed == 'matched' else f's{adapter_seed}'}"]
-        if kind.depends_on == "stage1":
+        if run.kind.depends_on == "stage1":
             published = self.published()
             run.sources = [s for s in fusion_sources(self.exp, task) if s in published or self.usable(s)]
             run.published = {s: published[s] for s in run.sources if s in published}
@@ -196,7 +195,7 @@ class _Planner:
             fusion = run.method.fusion
             run.deps = [self.stage1(s, backbone, aseed, fusion.source_reduction_factor, fusion.source_method).id
                         for s in run.sources if s not in published]
-        elif kind.depends_on == "mt_a":
+        elif run.kind.depends_on == "mt_a":
             dep = self.mt_a(backbone, aseed, implied=True)
             if dep is None or task not in dep.tasks:
                 raise SpecError(f"{name} on '{task}' needs an MT-A run that includes it", file=self.exp.name,
