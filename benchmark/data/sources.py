@@ -142,11 +142,10 @@ def _read_json_lines(path: Path, text: str, field: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            rows.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise DataError(f"line {n} is not valid JSON ({e.msg}, column {e.colno})", file=str(path), field=field,
                             fix="write one JSON object per line (JSON Lines)") from None
-        rows.append(row)
     return rows
 
 
