@@ -64,14 +64,13 @@ def check_renders(task: TaskSpec, rows: list[dict], split: str, task_file: str) 
 
 def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) -> DataCheck:
     """Raise a SpecError/DataError on a mismatch; return the status (and any missing data) otherwise."""
-    checked, hub_only, rendered, warnings = [], False, 0, []
+    checked, rendered, warnings = [], 0, []
     for split in (task.splits.train, task.splits.eval):
         try:
             src = locate(task, split, root, task_file=task_file)
         except DataUnavailable as e:
             return DataCheck(f"MISSING: {e.render()}", missing=e.render(), hub_down=isinstance(e, HubUnreachable))
         if src.kind == "hub":
-            hub_only = True
             continue  # validate never downloads
         rows = read_rows(task, split, root, task_file=task_file)  # DataError if empty or malformed
         cols = list(dict.fromkeys(k for r in rows for k in r))  # any row's keys (JSONL rows may differ)
@@ -97,7 +96,7 @@ def check_task_data(task: TaskSpec, task_file: str, root: Path | None = None) ->
                             "any model scores 100% by always predicting it; check label.column and the split")
         rendered += check_renders(task, rows, split, task_file)
         checked.append(f"{split} ({len(rows)} rows)")
-    if hub_only and not checked:  # a Hub task (locate found its dataset)
+    if not checked:  # every split is read from the Hub (locate found its dataset)
         ref = f"{task.dataset.path} ({task.dataset.name or 'default'})"
         if hub.offline_mode():
             return DataCheck(f"not checked against data: Hub offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set), "
