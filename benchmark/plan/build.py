@@ -283,7 +283,7 @@ def select(plan: Plan, patterns: list[str]) -> set[str]:
     """Ids of the runs whose id matches any glob pattern (``afbench run --only``), with everything they
     depend on, so that a selection can always run."""
     by_id = plan.by_id()
-    todo = [r.id for r in plan.matching(patterns)]
+    todo = [r.id for r in plan.matching(patterns)] if patterns else []  # matching's "no globs" is every run
     chosen: set[str] = set()
     while todo:
         rid = todo.pop()
