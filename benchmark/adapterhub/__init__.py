@@ -84,7 +84,6 @@ class Method:
     matches: Callable | None = None  # of the configs of that architecture, those that are this method (IA3Config)
 
 
-
 @cache
 def methods_table() -> dict[str, Method]:
     """Our params' ``type`` -> its ``Method``: every method package's ``adapterhub.py`` (``METHOD``: ST-A's

@@ -191,12 +191,13 @@ def steps_report(args, bb: PerfBackbone, configs, device, rounds, ref_version) -
     mine, ref_mean, ref_cls, first = col("ours"), col("reference_mean"), col("reference_cls"), col("ours_first_token")
     alt = "ours_bf16" if device.startswith("cuda") else "ours_stock"
     alt_label = "ours, bf16 autocast, steps/s" if alt == "ours_bf16" else "ours, stock kernels, steps/s"
+    raw_name = Path(args.out or REPORTS["steps"]).with_suffix(".json").name
     lines = [
         "# Training-step throughput: ours vs AdapterHub",
         "",
         f"{bb.label}, batch {args.batch_size}, length {args.length}, float32 on {device} ({machine(device)}), "
         f"{args.steps} timed steps after {WARMUP} warm-up per setup and round, {args.rounds} alternating rounds "
-        f"(median round shown; the raw per-round seconds per step are in `{Path(args.out or REPORTS['steps']).with_suffix('.json').name}`). "
+        f"(median round shown; the raw per-round seconds per step are in `{raw_name}`). "
         f"Reference: adapters {ref_version or 'not run'}; both sides train the same two-layer head, Pfeiffer "
         "adapters rf 16, fusion over N of them.",
         "",

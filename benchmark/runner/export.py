@@ -107,8 +107,9 @@ class _Out:
         for p in sorted(self.root.iterdir()):
             m = _LEFTOVER.match(p.name) or _LEGACY.match(p.name)  # the two patterns never match the same name
             legacy = m is not None and m.re is _LEGACY
-            if not m or p.is_symlink() or not p.is_dir() or pid_alive(int(m["pid"])) or not legacy \
-                    and m["rid"] not in self.runs and m["kind"] == "old":
+            if not m or p.is_symlink() or not p.is_dir() or pid_alive(int(m["pid"])):
+                continue
+            if not legacy and m["kind"] == "old" and m["rid"] not in self.runs:  # a run the manifest does not list
                 continue
             final = self.root / m["rid"]
             if m["kind"] == "tmp":  # an unfinished folder of a killed export: nobody's data

@@ -137,11 +137,13 @@ def sweep(reg: Registry, exp: ExperimentSpec, spec: SweepSpec, *, results_dir: P
     except ImportError:
         raise BenchError(MISSING, field="optuna") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    root = under(under(results_dir, exp.name), ".sweep", method)  # the trial runs (<root>/<experiment>/<run id>/), the study
+    # the trial runs (<root>/<experiment>/<run id>/) and the study
+    root = under(under(results_dir, exp.name), ".sweep", method)
     exp_dir = under(root, exp.name)
 
     def plan_of(values: dict):  # the experiment with ``values`` over its overrides of ``method`` (a copy)
-        varied = exp.model_copy(update={"overrides": {**exp.overrides, method: {**exp.overrides.get(method, {}), **values}}})
+        overrides = {**exp.overrides, method: {**exp.overrides.get(method, {}), **values}}
+        varied = exp.model_copy(update={"overrides": overrides})
         plan = build_plan(reg, varied, available, data_root=data_dir, options=options or Options())
         return plan, [r.id for r in plan.runs if r.method.name == method and not r.implied]
 

@@ -228,6 +228,18 @@ def log_epoch(desc: str, h: dict, epochs: int, examples_per_second: float) -> No
                   f"{h['seconds']:.0f}s")
 
 
+def step_loss(model: AdapterModel, batch: dict, head: str, obj: Objective, device: torch.device,
+              compute: Compute = DEFAULT) -> tuple[torch.Tensor, int]:
+    """The step's loss and the class count C of its logits [B, C] (C classes, or K choices)."""
+    with compute.autocast(device):
+        logits = forward(model, head, batch)
+    loss = F.cross_entropy(logits.float(), batch["labels"])  # the loss in float32 under any precision
+    if obj.fusion and obj.reg_weight:
+        # the value regulariser enters the loss of the same step (AdapterHub adds it one step late)
+        loss = loss + obj.reg_weight * model.fusion_regularization(obj.fusion)
+    return loss, logits.shape[-1]
+
+
 def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
         epoch_batches: Callable[[int], Iterator[tuple[str, dict]]], evaluate_epoch: Callable[[], dict],
         snapshot: Callable[[], dict], device: torch.device, objective: Objective | None = None,
@@ -263,14 +275,9 @@ def fit(model: AdapterModel, params: TrainParams, *, steps_per_epoch: int,
             out.padding["real_tokens"] += int(mask.sum())
             out.padding["computed_tokens"] += mask.numel()
             batch = to_device(batch, device)
-            with compute.autocast(device):
-                logits = forward(model, head, batch)
-            loss = F.cross_entropy(logits.float(), batch["labels"])  # the loss in float32 under any precision
-            if objective.fusion and objective.reg_weight:
-                # the value regulariser enters the loss of the same step (AdapterHub adds it one step late)
-                loss = loss + objective.reg_weight * model.fusion_regularization(objective.fusion)
-            if first_loss is None:  # logits [B, C] (C classes, or K choices)
-                first_loss, classes = float(loss.detach()), logits.shape[-1]
+            loss, n_classes = step_loss(model, batch, head, objective, device, compute)
+            if first_loss is None:
+                first_loss, classes = float(loss.detach()), n_classes
             loss.backward()
             if params.grad_clip:
                 torch.nn.utils.clip_grad_norm_(trained, params.grad_clip)
