@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmark.cli import main
-from conftest import ROOT, needs_mirror
+from conftest import MIRROR, ROOT, needs_mirror
 
 GRID = """
     backbones: [tiny-bert]
@@ -44,7 +44,8 @@ def _cli(name: str, args: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "benchmark.cli", "run", name, *extra, *args]
 
 
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+# the mirror the skip decided on: from a shell without AFBENCH_DATA_DIR the CLI below would read the Hub
+ENV = dict(os.environ, PYTHONPATH=str(ROOT), **({"AFBENCH_DATA_DIR": str(MIRROR)} if MIRROR else {}))
 
 
 # ------------------------------------------------------------------------------ a worker killed
