@@ -13,10 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tabulate import tabulate
-
 from benchmark.errors import BenchError, DataUnavailable, HubUnreachable, SpecError, StorageError
-from benchmark.paths import under
+from benchmark.paths import shown_path, under
 from benchmark.runner.results import results_root
 
 
@@ -106,6 +104,7 @@ def cmd_list(args) -> int:
     rows += [("backbone", n, b.source, reg.file_of("backbone", n)) for n, b in sorted(reg.backbones.items())]
     rows += [("experiment", n, f"{len(e.groups)} group(s), seeds {e.seeds}", reg.file_of("experiment", n))
              for n, e in sorted(reg.experiments.items())]
+    from tabulate import tabulate  # imported where a table prints: it costs ~25 ms of every start-up
     print(tabulate(rows, headers=["kind", "name", "what", "file"]))
     return 0
 
@@ -269,7 +268,6 @@ def implied_duplicates(plan, reg) -> list[str]:
 
 
 def cmd_plan(args) -> int:
-    from benchmark.paths import shown_path
     from benchmark.records import read_result_file, scan_experiment
     from benchmark.runner.borrowed import borrowed
 
@@ -284,6 +282,7 @@ def cmd_plan(args) -> int:
         rows.append((i, r.task or "+".join(r.tasks), r.label, r.backbone, r.seed,
                      f"{len(r.deps)}+{len(r.published)} published" if r.published else len(r.deps),
                      "implied" if r.implied else "grid", state, r.id))
+    from tabulate import tabulate
     print(tabulate(rows, headers=["#", "task", "method", "backbone", "seed", "deps", "role", "status", "run id"],
                    disable_numparse=True))
     for what, why in plan.skipped:
@@ -337,6 +336,7 @@ def _estimate(args, reg, plan, root, where) -> int:
         return 0
     rows = [(r.id, r.kind, f"{r.epochs:.1f}", f"{r.train_gflop / 1e3:.1f}", f"{r.eval_gflop / 1e3:.1f}",
              f"{r.seconds / 60:.1f}") for r in est.runs]
+    from tabulate import tabulate
     print(tabulate(rows, headers=["run id", "kind", "epochs", "train TFLOP", "eval TFLOP", "minutes"],
                    disable_numparse=True))
     if device == "cpu":
@@ -356,7 +356,6 @@ def _estimate(args, reg, plan, root, where) -> int:
 
 
 def cmd_run(args) -> int:
-    from benchmark.paths import shown_path
     from benchmark.runner.execute import pending_runs, run_plan
     from benchmark.runner.lock import experiment_lock, record_workers
     from benchmark.runner.progress import guard_streams

@@ -9,12 +9,9 @@ any point (Ctrl-C, kill -9, power loss) never leaves a result that looks finishe
 from __future__ import annotations
 
 import json
-import platform
-import subprocess
 import sys
 from datetime import UTC, datetime
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
 from benchmark.paths import write_atomic
@@ -37,6 +34,9 @@ def write_json_atomic(path: Path, data: dict, *, root: Path | None = None) -> No
 
 
 def installed(name: str) -> str | None:
+    # imported here, not at the top (nor platform, subprocess below): every afbench command imports this module
+    from importlib import metadata
+
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -45,12 +45,16 @@ def installed(name: str) -> str | None:
 
 @lru_cache(maxsize=1)
 def versions() -> dict:
+    import platform
+
     pkgs = ("adapterfusion-bench", "torch", "transformers", "datasets", "tokenizers", "scikit-learn", "numpy")
     return {"python": sys.version.split()[0], "platform": platform.platform(), **{p: installed(p) for p in pkgs}}
 
 
 @lru_cache(maxsize=1)
 def git_revision() -> dict:
+    import subprocess
+
     root = Path(__file__).resolve().parents[2]
 
     def git(*args):
