@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # before any test module imports huggingface_hub, which reads it once at import: a Hub call set offline later
 # (monkeypatch) would still go to the network and, where the network hangs rather than refuses, wait in backoff
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 def _mirror() -> Path | None:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmark.cli import main
-from conftest import MIRROR, ROOT, needs_mirror
+from conftest import ROOT, needs_mirror
 
 GRID = """
     backbones: [tiny-bert]
@@ -44,8 +44,9 @@ def _cli(name: str, args: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "benchmark.cli", "run", name, *extra, *args]
 
 
-# the mirror the skip decided on: from a shell without AFBENCH_DATA_DIR the CLI below would read the Hub
-ENV = dict(os.environ, PYTHONPATH=str(ROOT), **({"AFBENCH_DATA_DIR": str(MIRROR)} if MIRROR else {}))
+def _env() -> dict:
+    """Built inside a test, after conftest's session fixture set the mirror, the private cache and offline mode."""
+    return dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 # ------------------------------------------------------------------------------ a worker killed
@@ -53,7 +54,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT), **({"AFBENCH_DATA_DIR": str(MIRROR)
 @pytest.mark.slow
 def test_a_worker_killed_by_sigkill_fails_its_run_alone_and_a_rerun_retrains_it(tmp_path):
     args = _experiment(tmp_path, "oom", rows=600, epochs=2)
-    proc = subprocess.Popen(_cli("oom", args, "--jobs", "2"), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli("oom", args, "--jobs", "2"), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     folder = tmp_path / "r" / "oom"
     deadline, temps = time.time() + 300, []
@@ -75,7 +76,7 @@ def test_a_worker_killed_by_sigkill_fails_its_run_alone_and_a_rerun_retrains_it(
     assert res[other]["status"] == "finished"
     assert [rid for rid, r in res.items() if r["status"] != "finished"] == [victim]
     assert "3 trained" in out and "1 failed" in out and not list(folder.glob(".tmp-*"))
-    rerun = subprocess.run(_cli("oom", args, "--jobs", "2"), cwd=ROOT, env=ENV, capture_output=True, text=True)
+    rerun = subprocess.run(_cli("oom", args, "--jobs", "2"), cwd=ROOT, env=_env(), capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     assert "3 already finished, 1 to run" in rerun.stdout and "1 trained" in rerun.stdout
     assert _results(folder)[victim]["status"] == "finished"
@@ -88,7 +89,7 @@ def test_a_worker_killed_by_sigkill_fails_its_run_alone_and_a_rerun_retrains_it(
 def test_a_reader_that_closes_the_pipe_fails_no_run(tmp_path, jobs):
     """`afbench run ... | head -1`: the reader goes away after the first line; every run still finishes."""
     args = _experiment(tmp_path, "piped", rows=64)
-    proc = subprocess.Popen(_cli("piped", args, "--jobs", jobs), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_cli("piped", args, "--jobs", jobs), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     assert b"piped: 4 runs" in proc.stdout.readline()
     proc.stdout.close()
